@@ -1,0 +1,35 @@
+# certgate — `make run` starts an all-in-one cluster, `make test` runs every test.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+# Starts auth, proxy and node on localhost with SQLite under ./data and prints the
+# first admin's invite link. Ctrl-C stops it.
+run: install
+	$(BIN)/certgate start --data-dir ./data --first-admin admin
+
+test: install
+	bash scripts/test-deps.sh
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src
+
+bench: install
+	bash scripts/test-deps.sh
+	$(BIN)/python bench/cert_issuance.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,131 @@
+"""The role resource: what a set of users may do, and with which options."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from certgate.api.duration import Duration
+from certgate.api.meta import Metadata, Model
+
+# Resources and verbs a role's `rules` may name ("*" is every one).
+RESOURCES = (
+    "user",
+    "role",
+    "token",
+    "lock",
+    "node",
+    "cert_authority",
+    "session",
+    "event",
+    "access_request",
+    "kube_cluster",
+)
+VERBS = ("list", "read", "create", "update", "delete")
+
+LabelValues = str | list[str]
+
+
+class Rule(Model):
+    resources: list[str]
+    verbs: list[str]
+
+    @field_validator("resources")
+    @classmethod
+    def _known_resources(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name != "*" and name not in RESOURCES:
+                raise ValueError(f'unknown resource "{name}"')
+        return value
+
+    @field_validator("verbs")
+    @classmethod
+    def _known_verbs(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name != "*" and name not in VERBS:
+                raise ValueError(f'unknown verb "{name}"')
+        return value
+
+
+class Threshold(Model):
+    approve: int = Field(default=1, ge=1)
+    deny: int = Field(default=1, ge=1)
+
+
+class RequestConditions(Model):
+    roles: list[str] = Field(default_factory=list)
+    thresholds: list[Threshold] = Field(default_factory=list)
+    max_duration: Duration | None = None
+
+
+class ReviewConditions(Model):
+    roles: list[str] = Field(default_factory=list)
+
+
+class JoinPolicy(Model):
+    roles: list[str] = Field(default_factory=lambda: ["*"])
+    kinds: list[Literal["ssh", "k8s", "*"]] = ["*"]  # noqa: RUF012 (pydantic copies defaults)
+    modes: list[Literal["observer", "peer", "moderator"]] = ["observer"]  # noqa: RUF012
+
+
+class RoleConditions(Model):
+    logins: list[str] = Field(default_factory=list)
+    node_labels: dict[str, LabelValues] = Field(default_factory=dict)
+    kubernetes_groups: list[str] = Field(default_factory=list)
+    kubernetes_users: list[str] = Field(default_factory=list)
+    kubernetes_labels: dict[str, LabelValues] = Field(default_factory=dict)
+    request: RequestConditions | None = None
+    review_requests: ReviewConditions | None = None
+    rules: list[Rule] = Field(default_factory=list)
+    join_sessions: list[JoinPolicy] = Field(default_factory=list)
+
+
+RecordingMode = Literal["off", "best_effort", "strict"]
+
+
+class RecordSession(Model):
+    ssh: RecordingMode = "best_effort"
+
+
+class RoleOptions(Model):
+    max_session_ttl: Duration = timedelta(hours=8)
+    forward_agent: bool = False
+    port_forwarding: bool = True
+    record_session: RecordSession = Field(default_factory=RecordSession)
+    locking_mode: Literal["best_effort", "strict"] = "best_effort"
+    require_session_mfa: bool = False
+    client_idle_timeout: Duration | None = None
+
+    @field_validator("record_session", mode="before")
+    @classmethod
+    def _record_bool(cls, value: Any) -> Any:
+        # `record_session: true|false` is shorthand for every kind of session.
+        if isinstance(value, bool):
+            return {"ssh": "best_effort" if value else "off"}
+        return value
+
+    @field_validator("max_session_ttl")
+    @classmethod
+    def _positive_ttl(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
+
+
+class RoleSpec(Model):
+    allow: RoleConditions = Field(default_factory=RoleConditions)
+    deny: RoleConditions = Field(default_factory=RoleConditions)
+    options: RoleOptions = Field(default_factory=RoleOptions)
+
+
+class Role(Model):
+    kind: Literal["role"] = "role"
+    version: Literal["v1"] = "v1"
+    metadata: Metadata
+    spec: RoleSpec = Field(default_factory=RoleSpec)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name

@@ -1,0 +1,1 @@
+"""The auth server's logic: its certificate authorities, logins and access decisions."""

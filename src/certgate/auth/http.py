@@ -1,0 +1,360 @@
+"""The auth service's HTTPS API (port 3025, mTLS).
+
+Each route names the (resource, verb) it needs; `_handler` runs the Authorizer on the
+caller before the route's code, so no route can forget the check. Callers are known
+by their client certificate:
+
+- issued by the host TLS CA: a service (proxy, node, the local admin);
+- issued by the user TLS CA: a user;
+- a proxy may pass a user's certificate on in `Certgate-Forwarded-Cert` (remote cgctl
+  and renewals through the proxy); auth verifies it against the user CA itself and
+  refuses the header from anyone but a proxy.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+
+from certgate.api.certs import identity_from_x509, verify_x509_client_cert
+from certgate.api.codec import dump, from_dict, to_dict
+from certgate.api.duration import parse_duration
+from certgate.api.identity import SYSTEM_PROXY, Identity
+from certgate.api.lock import Lock
+from certgate.auth import permissions as perm
+from certgate.auth.permissions import Authorizer
+from certgate.auth.server import AuthServer
+from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
+
+log = logging.getLogger("certgate.auth")
+
+FORWARDED_CERT = "Certgate-Forwarded-Cert"
+FORWARDED_ADDR = "Certgate-Client-Addr"
+
+Handler = Callable[[web.Request, Identity | None], Awaitable[Any]]
+
+
+class AuthAPI:
+    def __init__(self, server: AuthServer, metrics: Any = None) -> None:
+        self.server = server
+        self.authorizer = Authorizer(server.load_roles)
+        self.metrics = metrics
+        self._host_ca_subject: x509.Name | None = None
+
+    # caller identity ----------------------------------------------------------------
+
+    def _host_subject(self) -> x509.Name:
+        if self._host_ca_subject is None:
+            pem = self.server.issuer.authorities["host_tls"].spec.active_keys[0].public
+            self._host_ca_subject = x509.load_pem_x509_certificate(pem.encode()).subject
+        return self._host_ca_subject
+
+    def caller(self, request: web.Request) -> Identity | None:
+        """Who is calling, from the verified client certificate (or forwarded one)."""
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        forwarded = request.headers.get(FORWARDED_CERT)
+        if not der:
+            if forwarded:
+                raise AccessDenied(
+                    "access denied: forwarded identities are accepted only from proxies"
+                )
+            return None
+        cert = x509.load_der_x509_certificate(der)
+        identity = identity_from_x509(cert)
+        # The kind comes from which CA signed the certificate, never from its content.
+        is_service = cert.issuer == self._host_subject()
+        identity = _with_kind(identity, "service" if is_service else "user")
+        if forwarded:
+            if not identity.is_service(SYSTEM_PROXY):
+                raise AccessDenied(
+                    "access denied: forwarded identities are accepted only from proxies"
+                )
+            user_cas = [
+                k.public for k in self.server.issuer.authorities["user_tls"].spec.active_keys
+            ]
+            try:
+                forwarded_der = base64.b64decode(forwarded, validate=True)
+            except ValueError as exc:
+                raise AccessDenied("access denied: malformed forwarded certificate") from exc
+            identity = verify_x509_client_cert(forwarded_der, user_cas, self.server.clock.now())
+            identity = _with_kind(identity, "user")
+        return identity
+
+    def client_addr(self, request: web.Request) -> str:
+        """Where the user is; only a proxy may say so for a user it passes on."""
+        forwarded = request.headers.get(FORWARDED_ADDR)
+        if forwarded and self._direct_is_proxy(request):
+            return forwarded
+        return request.remote or ""
+
+    def _direct_is_proxy(self, request: web.Request) -> bool:
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        if not der:
+            return False
+        cert = x509.load_der_x509_certificate(der)
+        if cert.issuer != self._host_subject():
+            return False
+        return SYSTEM_PROXY in identity_from_x509(cert).roles
+
+    # plumbing -----------------------------------------------------------------------
+
+    def _handler(
+        self, resource: str | None, verb: str, fn: Handler
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            try:
+                caller = self.caller(request)
+                if resource is not None:
+                    caller = await self.authorizer.check(caller, resource, verb)
+                result = await fn(request, caller)
+            except CertgateError as exc:
+                if self.metrics:
+                    self.metrics.errors.labels(kind=exc.kind).inc()
+                return web.json_response(to_json(exc), status=exc.http_status)
+            if isinstance(result, web.StreamResponse):
+                return result
+            if result is None:
+                return web.Response(status=204)
+            return web.json_response(result)
+
+        return handle
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024, middlewares=[_internal_errors])
+        r = app.router
+        add = self._handler
+        r.add_get("/v1/ping", add(None, "", self.ping))
+        r.add_post("/v1/login", add(perm.LOGIN, "create", self.login))
+        r.add_post("/v1/certs/renew", add(perm.SELF, "update", self.renew))
+        r.add_get("/v1/whoami", add(perm.SELF, "read", self.whoami))
+        r.add_get("/v1/invites/{token}", add(perm.INVITE, "read", self.get_invite))
+        r.add_post("/v1/invites/{token}", add(perm.INVITE, "update", self.complete_invite))
+        r.add_post("/v1/join", add(None, "", self.join))
+        r.add_post("/v1/users", add("user", "create", self.add_user))
+        r.add_post("/v1/users/{name}/reset", add("user", "update", self.reset_user))
+        r.add_post("/v1/tokens", add("token", "create", self.add_token))
+        r.add_get("/v1/authorities/{type}/export", add(None, "", self.export_authority))
+        r.add_get("/v1/events", add("event", "list", self.search_events))
+        for kind in ("role", "user", "token", "lock", "node", "cert_authority"):
+            r.add_get(f"/v1/resources/{kind}", add(kind, "list", self.list_resources))
+            r.add_get(f"/v1/resources/{kind}/{{name}}", add(kind, "read", self.get_resource))
+            r.add_delete(f"/v1/resources/{kind}/{{name}}", add(kind, "delete", self.rm_resource))
+        r.add_post("/v1/resources", add(None, "", self.put_resource))
+        return app
+
+    # routes -------------------------------------------------------------------------
+
+    async def ping(self, request: web.Request, caller: Identity | None) -> Any:
+        return {
+            "cluster_name": self.server.cluster_name,
+            "proxy_public_addr": self.server.proxy_public_addr,
+            "version": "0.1.0",
+        }
+
+    async def login(self, request: web.Request, caller: Identity | None) -> Any:
+        body = await _json_body(request)
+        bundle = await self.server.login(
+            username=_str(body, "user"),
+            password=_str(body, "password"),
+            otp=_str(body, "otp"),
+            public_key=_str(body, "public_key"),
+            ttl=_ttl(body),
+            client_addr=self.client_addr(request),
+        )
+        if self.metrics:
+            self.metrics.logins.inc()
+            self.metrics.certs_issued.inc()
+        return bundle.to_dict()
+
+    async def renew(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        if caller.kind != "user":
+            raise AccessDenied("access denied: only users renew certificates here")
+        body = await _json_body(request)
+        bundle = await self.server.renew(caller, _str(body, "public_key"), _ttl(body))
+        if self.metrics:
+            self.metrics.certs_issued.inc()
+        return bundle.to_dict()
+
+    async def whoami(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        return caller.to_dict()
+
+    async def get_invite(self, request: web.Request, caller: Identity | None) -> Any:
+        info = await self.server.get_invite(request.match_info["token"])
+        return {"user": info.user, "totp_secret": info.totp_secret, "totp_uri": info.totp_uri}
+
+    async def complete_invite(self, request: web.Request, caller: Identity | None) -> Any:
+        body = await _json_body(request)
+        await self.server.complete_invite(
+            request.match_info["token"],
+            _str(body, "password"),
+            _str(body, "otp"),
+            self.client_addr(request),
+        )
+        return None
+
+    async def join(self, request: web.Request, caller: Identity | None) -> Any:
+        body = await _json_body(request)
+        principals = body.get("principals", [])
+        if not isinstance(principals, list) or not all(isinstance(p, str) for p in principals):
+            raise BadParameter("principals must be a list of strings")
+        bundle = await self.server.join(
+            token_name=_str(body, "token"),
+            role=_str(body, "role"),
+            public_key=_str(body, "public_key"),
+            name=_str(body, "name"),
+            principals=principals,
+            client_addr=request.remote or "",
+        )
+        return bundle.to_dict()
+
+    async def add_user(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        body = await _json_body(request)
+        roles = _str_list(body, "roles")
+        traits = body.get("traits", {})
+        if not isinstance(traits, dict):
+            raise BadParameter("traits must be a mapping of lists of strings")
+        url = await self.server.add_user(_str(body, "name"), roles, traits, caller.username)
+        return {"invite_url": url}
+
+    async def reset_user(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        url = await self.server.reset_user(request.match_info["name"], caller.username)
+        return {"invite_url": url}
+
+    async def add_token(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        body = await _json_body(request)
+        ttl = parse_duration(str(body.get("ttl", "30m")))
+        token = await self.server.add_token(_str_list(body, "roles"), ttl, caller.username)
+        return {
+            "token": token.metadata.name,
+            "expires": token.metadata.expires.isoformat() if token.metadata.expires else None,
+            "roles": list(token.spec.roles),
+            "ca_pin": self.server.ca_pin(),
+            "auth_addr": self.server.auth_addr,
+        }
+
+    async def export_authority(self, request: web.Request, caller: Identity | None) -> Any:
+        # Public keys only: anyone may read them (sshd hosts fetch them to trust users).
+        text = self.server.export_authority(request.match_info["type"])
+        return web.Response(text=text if text.endswith("\n") else text + "\n")
+
+    async def search_events(self, request: web.Request, caller: Identity | None) -> Any:
+        q = request.query
+        events, cursor = await self.server.audit.search(
+            since=_time(q.get("since")),
+            until=_time(q.get("until")),
+            event_types=[e for e in q.get("event", "").split(",") if e],
+            user=q.get("user") or None,
+            node=q.get("node") or None,
+            limit=min(int(q.get("limit", "100") or 100), 10000),
+            cursor=q.get("cursor") or None,
+        )
+        return {"events": events, "cursor": cursor}
+
+    async def list_resources(self, request: web.Request, caller: Identity | None) -> Any:
+        kind = _kind(request)
+        items = await self.server.get_resources(kind, None)
+        return json.loads(dump(items, "json"))
+
+    async def get_resource(self, request: web.Request, caller: Identity | None) -> Any:
+        items = await self.server.get_resources(_kind(request), request.match_info["name"])
+        return json.loads(dump(items, "json"))
+
+    async def rm_resource(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        await self.server.delete_resource(
+            _kind(request), request.match_info["name"], caller.username
+        )
+        return None
+
+    async def put_resource(self, request: web.Request, caller: Identity | None) -> Any:
+        body = await _json_body(request)
+        document = body.get("resource")
+        resource = from_dict(document)
+        upsert = bool(body.get("upsert", False))
+        caller = await self.authorizer.check(
+            caller, resource.kind, "update" if upsert else "create"
+        )
+        if isinstance(resource, Lock) and not resource.spec.created_by:
+            spec = resource.spec.model_copy(update={"created_by": caller.username})
+            resource = resource.model_copy(update={"spec": spec})
+        saved = await self.server.put_resource(resource, caller.username, upsert)
+        return to_dict(saved)
+
+
+@web.middleware
+async def _internal_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except CertgateError as exc:
+        return web.json_response(to_json(exc), status=exc.http_status)
+    except Exception:
+        log.exception("internal error serving %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": "internal", "message": "internal error: see the auth server's log"},
+            status=500,
+        )
+
+
+def _with_kind(identity: Identity, kind: str) -> Identity:
+    return replace(identity, kind=kind)
+
+
+def _kind(request: web.Request) -> str:
+    return request.path.split("/")[3]
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadParameter("request body must be a JSON object") from exc
+    if not isinstance(body, dict):
+        raise BadParameter("request body must be a JSON object")
+    return body
+
+
+def _str(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadParameter(f'"{key}" is required and must be a string')
+    return value
+
+
+def _str_list(body: dict[str, Any], key: str) -> list[str]:
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadParameter(f'"{key}" must be a list of strings')
+    return value
+
+
+def _ttl(body: dict[str, Any]) -> Any:
+    value = body.get("ttl")
+    return parse_duration(str(value)) if value else None
+
+
+def _time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise BadParameter(f'invalid time "{text}": use RFC 3339') from exc

@@ -1,0 +1,134 @@
+"""Turning a user (or a joining host) into signed certificates.
+
+    user + roles  --RoleSet-->  Identity  --CA signers-->  SSH cert + X.509 cert
+
+The signers are built once from the CA resources in the store; private keys never
+leave this process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import timedelta
+
+from certgate.api.authority import CAType, CertAuthority
+from certgate.api.bundle import CertBundle
+from certgate.api.certs import load_ssh_public_key_text
+from certgate.api.identity import Identity
+from certgate.api.role import Role
+from certgate.api.user import User
+from certgate.auth.ca import CASigner, host_ca_known_hosts_line
+from certgate.auth.rbac import RoleSet
+from certgate.clock import Clock
+
+DEFAULT_USER_TTL = timedelta(hours=8)
+SERVICE_TTL = timedelta(days=7)
+
+
+class CertIssuer:
+    def __init__(self, authorities: dict[CAType, CertAuthority], clock: Clock) -> None:
+        self._clock = clock
+        self.authorities = authorities
+        self._signers = {name: CASigner(ca) for name, ca in authorities.items()}
+
+    def signer(self, ca_type: CAType) -> CASigner:
+        return self._signers[ca_type]
+
+    def user_identity(
+        self,
+        user: User,
+        roles: list[Role],
+        ttl: timedelta | None,
+        request_ids: tuple[str, ...] = (),
+    ) -> Identity:
+        role_set = RoleSet(roles, user.spec.traits)
+        lifetime = role_set.adjust_ttl(ttl or DEFAULT_USER_TTL)
+        return Identity(
+            username=user.name,
+            roles=tuple(role.name for role in roles),
+            traits=user.spec.traits,
+            logins=tuple(role_set.logins()),
+            request_ids=request_ids,
+            expires=self._clock.now() + lifetime,
+            mfa_verified=False,
+            kind="user",
+        )
+
+    def issue_user(self, identity: Identity, role_set: RoleSet, public_key: str) -> CertBundle:
+        now = self._clock.now()
+        options = role_set.options()
+        key = load_ssh_public_key_text(public_key)  # parsed once, used by both signers
+        ssh_cert = self._signers["user_ssh"].sign_user_ssh(
+            key,
+            identity,
+            valid_after=now,
+            valid_before=identity.expires,
+            permit_port_forwarding=options.port_forwarding,
+            permit_agent_forwarding=options.forward_agent,
+        )
+        tls_cert = self._signers["user_tls"].sign_tls(
+            key,
+            identity,
+            not_before=now,
+            not_after=identity.expires,
+        )
+        return self._bundle(identity, ssh_cert, tls_cert)
+
+    def issue_service(
+        self,
+        name: str,
+        system_role: str,
+        public_key: str,
+        principals: list[str],
+        ttl: timedelta = SERVICE_TTL,
+    ) -> CertBundle:
+        """A host identity: host SSH cert (for nodes' SSH servers) and a host TLS cert
+        that is both client (mTLS to auth) and server (its own listeners)."""
+        now = self._clock.now()
+        identity = Identity(
+            username=name,
+            roles=(system_role,),
+            logins=tuple(principals),
+            expires=now + ttl,
+            kind="service",
+        )
+        key = load_ssh_public_key_text(public_key)
+        ssh_cert = self._signers["host_ssh"].sign_host_ssh(
+            key, name, principals, valid_before=identity.expires, valid_after=now
+        )
+        dns = [p for p in principals if not _is_ip(p)]
+        ips = [p for p in principals if _is_ip(p)]
+        tls_cert = self._signers["host_tls"].sign_tls(
+            key,
+            identity,
+            not_before=now,
+            not_after=identity.expires,
+            dns_names=dns,
+            ip_addresses=ips,
+            server=True,
+        )
+        return self._bundle(identity, ssh_cert, tls_cert)
+
+    def tls_ca_certs(self) -> list[str]:
+        """PEM certificates of the host TLS CA, then the user TLS CA."""
+        host = self.authorities["host_tls"].spec.active_keys
+        user = self.authorities["user_tls"].spec.active_keys
+        return [key.public for key in [*host, *user]]
+
+    def _bundle(self, identity: Identity, ssh_cert: str, tls_cert: str) -> CertBundle:
+        return CertBundle(
+            identity=identity,
+            ssh_cert=ssh_cert,
+            tls_cert=tls_cert,
+            tls_cas=self.tls_ca_certs(),
+            known_hosts=host_ca_known_hosts_line(self.authorities["host_ssh"]),
+            user_ca_keys=[key.public for key in self.authorities["user_ssh"].spec.active_keys],
+        )
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True

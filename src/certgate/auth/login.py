@@ -1,0 +1,127 @@
+"""Checking a login: password and one-time code, lockout after repeated failures.
+
+Every refusal reads the same (`access denied: invalid user name, password or one-time
+code`) whether the user is unknown, the password is wrong or the code is wrong or
+reused, so a caller learns nothing about which users exist. Failures are counted per
+user name, known or not, under `/login_attempts/<name>`; the fifth in a row locks that
+name for 20 minutes. Every attempt is an audit event.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict
+
+from certgate.api.user import User
+from certgate.auth.passwords import match_totp, verify_password
+from certgate.backend.base import Backend, Item
+from certgate.clock import Clock
+from certgate.errors import AccessDenied, AlreadyExists, CompareFailed, LimitExceeded, NotFound
+from certgate.services.audit import AuditLog
+from certgate.services.users import UserService
+
+MAX_FAILURES = 5
+LOCKOUT = timedelta(minutes=20)
+REFUSAL = "access denied: invalid user name, password or one-time code"
+LOCKED = "access denied: too many failed logins; try again in 20 minutes or ask an admin"
+
+
+class _Attempts(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    failures: int = 0
+    locked_until: datetime | None = None
+
+
+class LoginChecker:
+    def __init__(self, backend: Backend, users: UserService, audit: AuditLog, clock: Clock):
+        self._backend = backend
+        self._users = users
+        self._audit = audit
+        self._clock = clock
+
+    async def check(self, name: str, password: str, otp: str, client_addr: str) -> User:
+        """The user if password and code are right; AccessDenied otherwise."""
+        now = self._clock.now()
+        attempts, revision = await self._attempts(name)
+        if attempts.locked_until and attempts.locked_until > now:
+            await self._audit.emit(
+                "user.login.locked",
+                user=name,
+                success=False,
+                addr=client_addr,
+                error="account locked after repeated failures",
+            )
+            raise LimitExceeded(LOCKED)
+        reason = await self._verify(name, password, otp, now)
+        if reason:
+            await self._record_failure(name, attempts, revision, now)
+            await self._audit.emit(
+                "user.login.failure", user=name, success=False, addr=client_addr, error=reason
+            )
+            raise AccessDenied(REFUSAL)
+        if revision:
+            await self._clear(name)
+        return await self._users.get(name)
+
+    async def _verify(self, name: str, password: str, otp: str, now: datetime) -> str:
+        """An empty string when the login is good, else the reason (for the audit log)."""
+        try:
+            user = await self._users.get(name)
+        except NotFound:
+            user = None
+        secrets = await self._users.get_secrets(name) if user else None
+        password_hash = secrets.password_hash if secrets else None
+        if not await verify_password(password_hash, password):
+            return "unknown user" if user is None else "bad password"
+        assert user is not None and secrets is not None
+        if not user.status.active:
+            return "invite not completed"
+        step = match_totp(secrets.totp_secret, otp, now)
+        if step is None:
+            return "bad one-time code"
+        if step <= secrets.last_otp_step:
+            return "one-time code already used"
+        try:
+            await self._users.update_secrets(
+                name, secrets.model_copy(update={"last_otp_step": step})
+            )
+        except CompareFailed:
+            # Another login with this user won the race, maybe with this very code.
+            return "one-time code already used"
+        return ""
+
+    async def _attempts(self, name: str) -> tuple[_Attempts, int]:
+        try:
+            item = await self._backend.get(f"/login_attempts/{name}")
+        except NotFound:
+            return _Attempts(), 0
+        return _Attempts.model_validate_json(item.value), item.revision
+
+    async def _record_failure(
+        self, name: str, attempts: _Attempts, revision: int, now: datetime
+    ) -> None:
+        failures = attempts.failures + 1
+        locked_until = now + LOCKOUT if failures >= MAX_FAILURES else None
+        updated = _Attempts(failures=0 if locked_until else failures, locked_until=locked_until)
+        item = Item(
+            key=f"/login_attempts/{name}",
+            value=updated.model_dump_json().encode(),
+            expires=now + LOCKOUT,
+        )
+        try:
+            if revision:
+                await self._backend.compare_and_swap(item, revision)
+            else:
+                await self._backend.create(item)
+        except (CompareFailed, NotFound, AlreadyExists):
+            # A concurrent failure changed the counter; count this one on top of it.
+            fresh, fresh_revision = await self._attempts(name)
+            await self._record_failure(name, fresh, fresh_revision, now)
+
+    async def _clear(self, name: str) -> None:
+        try:
+            await self._backend.delete(f"/login_attempts/{name}")
+        except NotFound:
+            pass

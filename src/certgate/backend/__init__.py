@@ -1,0 +1,1 @@
+"""Key-value storage behind one interface (`Backend`); implementations: sqlite."""

@@ -1,0 +1,73 @@
+"""The storage seam: an ordered key-value store with revisions, expiry and watches.
+
+Keys are `/`-separated strings (`/roles/dev`, `/users/alice/secrets`); values are bytes.
+Every write gets a new revision from one cluster-wide counter, strictly increasing, so
+`watch` can deliver events in order and resume after a given revision.
+
+Code above this module names only `Backend`; `certgate.backend.registry` picks the
+implementation from the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    value: bytes
+    revision: int = 0
+    expires: datetime | None = None
+
+
+class EventType(Enum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: EventType
+    # For DELETE, value is empty and revision is the revision of the deletion.
+    item: Item
+
+
+class Backend(Protocol):
+    """All methods are coroutines; errors are certgate.errors kinds.
+
+    - get: NotFound if absent or expired.
+    - create: AlreadyExists if present (and not expired).
+    - put: create or overwrite unconditionally.
+    - compare_and_swap: CompareFailed unless the stored revision equals `expected_revision`
+      (NotFound if the key is absent).
+    - delete: NotFound if absent.
+    - range: items whose key starts with `prefix`, ordered by key, expired ones omitted.
+    - watch: events for keys under any of `prefixes`, in revision order, starting after
+      `start_revision` (0: only events from now on). Items that expire produce DELETE
+      events. The iterator ends when the backend is closed.
+    """
+
+    async def get(self, key: str) -> Item: ...
+
+    async def create(self, item: Item) -> Item: ...
+
+    async def put(self, item: Item) -> Item: ...
+
+    async def compare_and_swap(self, item: Item, expected_revision: int) -> Item: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def delete_range(self, prefix: str) -> int: ...
+
+    async def range(self, prefix: str, limit: int = 0) -> list[Item]: ...
+
+    async def current_revision(self) -> int: ...
+
+    def watch(self, prefixes: Sequence[str], start_revision: int = 0) -> AsyncIterator[Event]: ...
+
+    async def close(self) -> None: ...

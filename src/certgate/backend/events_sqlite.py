@@ -1,0 +1,228 @@
+"""The audit event store on SQLite: append events, search them by time and filters.
+
+Audit events are JSON objects (`{"event": "session.start", "code": "T2000I",
+"time": "2030-01-01T12:00:00Z", "uid": "...", "user": "alice", "node": "db-1", ...}`).
+The whole event is kept as JSON; the fields searches filter on are copied into columns:
+
+    audit_events(id, time, event, code, uid UNIQUE, user, node, data)
+    indexes: (time), (event, time), (user, time), (node, time)
+
+`time` is microseconds since the epoch, so ordering is exact and the indexes stay
+small. SQLite appends the row id to every index, so each of them is also ordered by
+(time, id) within its leading column, and a page is one index range scan: a search
+stays fast however many events are stored.
+
+Pages are keyset-paginated: the cursor is the (time, id) of the last event returned,
+so paging never skips or repeats an event, even while new ones are appended.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from certgate.backend.sqlite import SQLiteWorker, write_transaction
+from certgate.errors import BadParameter
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+MAX_LIMIT = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_events (
+    id INTEGER PRIMARY KEY,
+    time INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    code TEXT NOT NULL,
+    uid TEXT NOT NULL UNIQUE,
+    user TEXT,
+    node TEXT,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_events_time ON audit_events (time);
+CREATE INDEX IF NOT EXISTS audit_events_event_time ON audit_events (event, time);
+CREATE INDEX IF NOT EXISTS audit_events_user_time ON audit_events (user, time);
+CREATE INDEX IF NOT EXISTS audit_events_node_time ON audit_events (node, time);
+"""
+
+_INSERT = (
+    # OR IGNORE on uid: an emitter that retries after a lost answer must not log the
+    # same event twice.
+    "INSERT OR IGNORE INTO audit_events (time, event, code, uid, user, node, data)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class SQLiteEventStore:
+    """Audit events in one SQLite file. Open with `await SQLiteEventStore.open(path)`."""
+
+    def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self._db = SQLiteWorker(path, busy_timeout, name="certgate-events")
+
+    @classmethod
+    async def open(cls, path: Path, *, busy_timeout: float = 5.0) -> SQLiteEventStore:
+        store = cls(path, busy_timeout=busy_timeout)
+        await store._db.start(_create_schema)
+        return store
+
+    async def append(self, event: Mapping[str, Any]) -> None:
+        """Store one event; an event whose uid is already stored is ignored."""
+        await self.append_many([event])
+
+    async def append_many(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Store many events in one transaction (bulk loads, imports, benchmarks)."""
+        rows = [_row(event) for event in events]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            with write_transaction(conn):
+                conn.executemany(_INSERT, rows)
+
+        if rows:
+            await self._db.run(insert)
+
+    async def search(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        event_types: Sequence[str] = (),
+        user: str | None = None,
+        node: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        # str rather than a Literal so callers can pass a query parameter through;
+        # anything but "desc" or "asc" is refused below.
+        order: str = "desc",
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of events with since <= time < until matching every filter given.
+
+        `event_types` matches any of the types listed (all types if empty). Returns the
+        events (newest first for "desc") and the cursor for the next page, or None when
+        this page is the last. Pass the cursor back with the same filters and order.
+        """
+        if order not in ("desc", "asc"):
+            raise BadParameter(f'order must be "desc" or "asc", got {order!r}')
+        if isinstance(event_types, str):
+            raise BadParameter("event_types takes a list of event types, not one string")
+        if not 1 <= limit <= MAX_LIMIT:
+            raise BadParameter(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+
+        conditions: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            conditions.append("time >= ?")
+            params.append(_micros(since, "since"))
+        if until is not None:
+            conditions.append("time < ?")
+            params.append(_micros(until, "until"))
+        if user is not None:
+            conditions.append("user = ?")
+            params.append(user)
+        if node is not None:
+            conditions.append("node = ?")
+            params.append(node)
+        if cursor is not None:
+            after_time, after_id = _decode_cursor(cursor, order)
+            # Spelled as a range on time plus a tie-break, so the index serves it.
+            if order == "desc":
+                conditions.append("time <= ? AND (time < ? OR id < ?)")
+            else:
+                conditions.append("time >= ? AND (time > ? OR id > ?)")
+            params += [after_time, after_time, after_id]
+
+        direction = "DESC" if order == "desc" else "ASC"
+        ordering = f"ORDER BY time {direction}, id {direction} LIMIT ?"
+        # One more than asked for tells whether another page follows.
+        fetch = limit + 1
+        types = sorted(set(event_types))
+        if not types:
+            where = " AND ".join(conditions) or "1"
+            sql = f"SELECT id, time, data FROM audit_events WHERE {where} {ordering}"
+            args = [*params, fetch]
+        else:
+            # One ordered, limited scan of the (event, time) index per type, merged:
+            # `event IN (...)` would make SQLite sort every match before the LIMIT.
+            parts = []
+            args = []
+            for kind in types:
+                where = " AND ".join(["event = ?", *conditions])
+                parts.append(
+                    f"SELECT * FROM (SELECT id, time, data FROM audit_events"
+                    f" WHERE {where} {ordering})"
+                )
+                args += [kind, *params, fetch]
+            sql = f"SELECT id, time, data FROM ({' UNION ALL '.join(parts)}) {ordering}"
+            args.append(fetch)
+
+        rows = await self._db.run(lambda c: c.execute(sql, args).fetchall())
+        page = rows[:limit]
+        events = [json.loads(data) for _, _, data in page]
+        next_cursor = None
+        if len(rows) > limit:
+            last_id, last_time, _ = page[-1]
+            next_cursor = _encode_cursor(last_time, last_id, order)
+        return events, next_cursor
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    with write_transaction(conn):
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+
+def _row(event: Mapping[str, Any]) -> tuple[Any, ...]:
+    for field in ("event", "code", "time", "uid"):
+        if not isinstance(event.get(field), str) or not event[field]:
+            raise BadParameter(f'audit event needs a non-empty string "{field}"')
+    for field in ("user", "node"):
+        if event.get(field) is not None and not isinstance(event[field], str):
+            raise BadParameter(f'audit event "{field}" must be a string')
+    try:
+        moment = datetime.fromisoformat(event["time"])
+    except ValueError as exc:
+        raise BadParameter(f"audit event time {event['time']!r} is not RFC 3339") from exc
+    try:
+        data = json.dumps(event, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise BadParameter(f"audit event {event['uid']} is not JSON: {exc}") from exc
+    return (
+        _micros(moment, "audit event time"),
+        event["event"],
+        event["code"],
+        event["uid"],
+        event.get("user"),
+        event.get("node"),
+        data,
+    )
+
+
+def _micros(moment: datetime, what: str) -> int:
+    if moment.tzinfo is None:
+        raise BadParameter(f"{what} must carry a timezone, got {moment.isoformat()}")
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _encode_cursor(time: int, row_id: int, order: str) -> str:
+    raw = json.dumps([order, time, row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, order: str) -> tuple[int, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        cursor_order, time, row_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise BadParameter("search cursor is malformed: start again without one") from exc
+    if cursor_order != order or not isinstance(time, int) or not isinstance(row_id, int):
+        raise BadParameter(f"search cursor was not made by an {order!r}-order search")
+    return time, row_id

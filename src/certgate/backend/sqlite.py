@@ -1,0 +1,680 @@
+"""The SQLite backend: the default `Backend`, one file on disk, safe to share between
+processes on one host.
+
+    writer (any process)                           watcher (any process)
+    --------------------                           ---------------------
+    BEGIN IMMEDIATE                                SELECT ... FROM events
+      INSERT INTO events  -> rowid = revision        WHERE revision > cursor
+      INSERT/UPDATE/DELETE kv                        ORDER BY revision
+    COMMIT                                         every poll_interval, and at once
+                                                   when this backend itself wrote
+
+Every write appends a row to `events` in the same transaction that changes `kv`, and
+that row's AUTOINCREMENT id is the item's new revision. SQLite lets one writer commit
+at a time and takes the id inside the write lock, so revisions become visible in
+strictly increasing order: a watcher that remembers the last revision it delivered
+never skips an event, whichever process wrote it.
+
+Expired items are hidden from every read at once; a maintenance task deletes them
+shortly after and logs DELETE events, which is how watchers learn of expiry. The same
+task compacts the event log (keeping `max_events` events and `max_event_age` of
+history); a watch resuming from a compacted revision fails with `CompareFailed`, and
+the caller reads the current state again.
+
+The connection lives on one worker thread per backend (`SQLiteWorker`), so waiting on
+another process's lock never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import random
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+from certgate.backend.base import Event, EventType, Item
+from certgate.clock import Clock, SystemClock
+from certgate.errors import (
+    AlreadyExists,
+    BadParameter,
+    CertgateError,
+    CompareFailed,
+    ConnectionProblem,
+    NotFound,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# How many events a watcher reads per query, and how many expired items one
+# maintenance pass deletes per transaction (short write transactions keep other
+# writers' waits short).
+_BATCH = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    revision INTEGER NOT NULL,
+    expires REAL
+);
+CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires) WHERE expires IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    revision INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    type TEXT NOT NULL,
+    value BLOB NOT NULL,
+    expires REAL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('compacted_through', 0);
+"""
+
+
+def translate_sqlite_error(exc: sqlite3.Error) -> CertgateError:
+    """Turn a sqlite3 error into the certgate error a caller can act on."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return ConnectionProblem(f"storage is busy, try again: {exc}")
+    if isinstance(exc, sqlite3.IntegrityError):
+        return BadParameter(f"storage refused the write: {exc}")
+    return CertgateError(f"storage error: {exc}")
+
+
+class SQLiteWorker:
+    """One sqlite connection owned by one thread; coroutines hand it work with `run`.
+
+    sqlite3 calls block (a busy lock can wait for seconds), so they never run on the
+    event loop. A single thread also means the connection is never shared between
+    threads, and calls through one worker run one at a time, in the order made.
+    """
+
+    def __init__(self, path: Path, busy_timeout: float, name: str) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def start(self, setup: Callable[[sqlite3.Connection], None]) -> None:
+        """Open the file (WAL, NORMAL sync, busy timeout) and run `setup` on it."""
+
+        def connect() -> None:
+            # The store holds secrets (CA keys, password hashes): create it readable by
+            # its owner only. SQLite gives the -wal and -shm files the same mode.
+            os.close(os.open(self._path, os.O_CREAT | os.O_RDWR, 0o600))
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so write
+            # transactions can be BEGIN IMMEDIATE (see write_transaction).
+            conn = sqlite3.connect(self._path, timeout=self._busy_timeout, isolation_level=None)
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                # With WAL, NORMAL survives process crashes; only a power loss can
+                # drop the last commits.
+                conn.execute("PRAGMA synchronous = NORMAL")
+                setup(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+
+        try:
+            await self._submit(connect)
+        except sqlite3.Error as exc:
+            await self.close()
+            raise CertgateError(f"cannot open storage {self._path}: {exc}") from exc
+        except BaseException:
+            await self.close()
+            raise
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(connection)` on the worker thread; sqlite3 errors become ours."""
+        if self._closed:
+            raise ConnectionProblem("storage is closed")
+        conn = self._conn
+        if conn is None:
+            raise ConnectionProblem("storage is not open")
+        try:
+            return await self._submit(lambda: fn(conn))
+        except sqlite3.Error as exc:
+            raise translate_sqlite_error(exc) from exc
+
+    async def close(self) -> None:
+        """Close the connection after the calls already queued have run."""
+        if self._closed:
+            return
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await self._submit(conn.close)
+        self._executor.shutdown(wait=False)
+
+    async def _submit(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error.
+
+    IMMEDIATE takes the write lock up front (waiting through busy_timeout). A deferred
+    transaction that reads first and writes later can instead fail at once with
+    SQLITE_BUSY when another process committed in between, which no wait would fix.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+@contextlib.contextmanager
+def read_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """A consistent snapshot across several SELECTs; never blocks writers under WAL."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+
+def _prefix_end(prefix: str) -> str | None:
+    """The smallest string greater than every string starting with `prefix`, if any.
+
+    With it, `key >= prefix AND key < end` is an index range; SQLite's BINARY order
+    on UTF-8 text is code-point order, the same as Python's.
+    """
+    point = ord(prefix[-1]) + 1
+    if point > 0x10FFFF:
+        return None
+    if 0xD800 <= point <= 0xDFFF:  # surrogates cannot be stored; skip past them
+        point = 0xE000
+    return prefix[:-1] + chr(point)
+
+
+def _prefix_clause(prefixes: Sequence[str]) -> tuple[str, list[Any]]:
+    """SQL matching keys under any of `prefixes`, and its parameters."""
+    parts: list[str] = []
+    params: list[Any] = []
+    for prefix in prefixes:
+        if prefix == "":
+            return "1", []
+        end = _prefix_end(prefix)
+        if end is None:
+            parts.append("(key >= ? AND substr(key, 1, ?) = ?)")
+            params += [prefix, len(prefix), prefix]
+        else:
+            parts.append("(key >= ? AND key < ?)")
+            params += [prefix, end]
+    return "(" + " OR ".join(parts) + ")", params
+
+
+def _epoch(moment: datetime, what: str) -> float:
+    if moment.tzinfo is None:
+        raise BadParameter(f"{what} must carry a timezone, got {moment.isoformat()}")
+    return moment.timestamp()
+
+
+def _moment(epoch: float | None) -> datetime | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+
+
+def _check_item(item: Item) -> tuple[bytes, float | None]:
+    if not isinstance(item.key, str) or not item.key:
+        raise BadParameter("item key must be a non-empty string")
+    if not isinstance(item.value, bytes | bytearray | memoryview):
+        raise BadParameter(f"value of {item.key} must be bytes")
+    expires = None if item.expires is None else _epoch(item.expires, "expiry")
+    return bytes(item.value), expires
+
+
+def _current_revision(conn: sqlite3.Connection) -> int:
+    # sqlite_sequence keeps the highest id ever given out, even after compaction
+    # has deleted that event.
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _append_event(
+    conn: sqlite3.Connection,
+    key: str,
+    kind: EventType,
+    value: bytes,
+    expires: float | None,
+    now: float,
+) -> int:
+    cursor = conn.execute(
+        "INSERT INTO events (key, type, value, expires, created) VALUES (?, ?, ?, ?, ?)",
+        (key, kind.value, value, expires, now),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _live_revision(conn: sqlite3.Connection, key: str, now: float) -> int | None:
+    """The revision of `key` if it is stored and not expired."""
+    row = conn.execute(
+        "SELECT revision FROM kv WHERE key = ? AND (expires IS NULL OR expires > ?)",
+        (key, now),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _store(
+    conn: sqlite3.Connection, key: str, value: bytes, expires: float | None, now: float
+) -> int:
+    revision = _append_event(conn, key, EventType.PUT, value, expires, now)
+    conn.execute(
+        "INSERT INTO kv (key, value, revision, expires) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET"
+        " value = excluded.value, revision = excluded.revision, expires = excluded.expires",
+        (key, value, revision, expires),
+    )
+    return revision
+
+
+class SQLiteBackend:
+    """`Backend` on one SQLite file; see the module docstring for how it works.
+
+    Build it with `await SQLiteBackend.open(path, clock=...)`; the constructor does no
+    I/O. Every instance, in this process or another, on the same file sees the same
+    items, revisions and events.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        clock: Clock | None = None,
+        poll_interval: float = 0.05,
+        *,
+        busy_timeout: float = 5.0,
+        max_events: int = 100_000,
+        max_event_age: timedelta = timedelta(hours=1),
+        compact_interval: float = 60.0,
+    ) -> None:
+        if poll_interval <= 0:
+            raise BadParameter(f"poll_interval must be positive, got {poll_interval}")
+        if max_events < 1:
+            raise BadParameter(f"max_events must be at least 1, got {max_events}")
+        self.path = path
+        self._clock: Clock = clock or SystemClock()
+        self._poll_interval = poll_interval
+        self._max_events = max_events
+        self._max_event_age = max_event_age
+        self._compact_interval = compact_interval
+        self._db = SQLiteWorker(path, busy_timeout, name="certgate-sqlite")
+        # Replaced by a fresh Event on each local write, so a watcher that took the
+        # current one before reading is woken by any write after that read.
+        self._wakeup = asyncio.Event()
+        # The newest revision this instance knows of: its own writes at once, other
+        # processes' within a poll interval. watch(start_revision=0) starts here.
+        self._known_revision = 0
+        self._maintenance: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        clock: Clock | None = None,
+        poll_interval: float = 0.05,
+        *,
+        busy_timeout: float = 5.0,
+        max_events: int = 100_000,
+        max_event_age: timedelta = timedelta(hours=1),
+        compact_interval: float = 60.0,
+    ) -> SQLiteBackend:
+        """Open (creating if needed) the database at `path` and start maintenance."""
+        backend = cls(
+            path,
+            clock,
+            poll_interval,
+            busy_timeout=busy_timeout,
+            max_events=max_events,
+            max_event_age=max_event_age,
+            compact_interval=compact_interval,
+        )
+        await backend._start()
+        return backend
+
+    async def _start(self) -> None:
+        await self._db.start(_create_schema)
+        self._known_revision = await self._db.run(_current_revision)
+        self._maintenance = asyncio.create_task(
+            self._maintain(), name=f"certgate-sqlite-maintenance:{self.path}"
+        )
+        self._maintenance.add_done_callback(_log_task_failure)
+
+    # -- Backend -------------------------------------------------------------------
+
+    async def get(self, key: str) -> Item:
+        now = self._now()
+        row = await self._db.run(
+            lambda c: c.execute(
+                "SELECT key, value, revision, expires FROM kv"
+                " WHERE key = ? AND (expires IS NULL OR expires > ?)",
+                (key, now),
+            ).fetchone()
+        )
+        if row is None:
+            raise NotFound(f"key {key} is not found")
+        return _item(row)
+
+    async def create(self, item: Item) -> Item:
+        value, expires = _check_item(item)
+        now = self._now()
+
+        def create(conn: sqlite3.Connection) -> int:
+            with write_transaction(conn):
+                if _live_revision(conn, item.key, now) is not None:
+                    raise AlreadyExists(f"key {item.key} already exists")
+                # An expired row not yet reaped is simply replaced.
+                return _store(conn, item.key, value, expires, now)
+
+        return self._written(item, value, await self._db.run(create))
+
+    async def put(self, item: Item) -> Item:
+        value, expires = _check_item(item)
+        now = self._now()
+
+        def put(conn: sqlite3.Connection) -> int:
+            with write_transaction(conn):
+                return _store(conn, item.key, value, expires, now)
+
+        return self._written(item, value, await self._db.run(put))
+
+    async def compare_and_swap(self, item: Item, expected_revision: int) -> Item:
+        value, expires = _check_item(item)
+        now = self._now()
+
+        def swap(conn: sqlite3.Connection) -> int:
+            with write_transaction(conn):
+                revision = _live_revision(conn, item.key, now)
+                if revision is None:
+                    raise NotFound(f"key {item.key} is not found")
+                if revision != expected_revision:
+                    raise CompareFailed(
+                        f"key {item.key} changed: it is at revision {revision},"
+                        f" not {expected_revision}; read it again"
+                    )
+                return _store(conn, item.key, value, expires, now)
+
+        return self._written(item, value, await self._db.run(swap))
+
+    async def delete(self, key: str) -> None:
+        now = self._now()
+
+        def delete(conn: sqlite3.Connection) -> int:
+            with write_transaction(conn):
+                if _live_revision(conn, key, now) is None:
+                    raise NotFound(f"key {key} is not found")
+                conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+                return _append_event(conn, key, EventType.DELETE, b"", None, now)
+
+        self._wrote(await self._db.run(delete))
+
+    async def delete_range(self, prefix: str) -> int:
+        """Delete every item under `prefix`; returns how many were visible."""
+        now = self._now()
+        where, params = _prefix_clause([prefix])
+
+        def delete_range(conn: sqlite3.Connection) -> tuple[int, int]:
+            with write_transaction(conn):
+                rows = conn.execute(
+                    f"SELECT key, expires FROM kv WHERE {where} ORDER BY key", params
+                )
+                doomed = rows.fetchall()
+                revision = 0
+                for key, _ in doomed:
+                    conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+                    # Expired rows get their DELETE event here instead of from the
+                    # reaper, so watchers see each removal exactly once.
+                    revision = _append_event(conn, key, EventType.DELETE, b"", None, now)
+                live = sum(1 for _, expires in doomed if expires is None or expires > now)
+                return live, revision
+
+        live, revision = await self._db.run(delete_range)
+        if revision:
+            self._wrote(revision)
+        return live
+
+    async def range(self, prefix: str, limit: int = 0) -> list[Item]:
+        if limit < 0:
+            raise BadParameter(f"limit must not be negative, got {limit}")
+        now = self._now()
+        where, params = _prefix_clause([prefix])
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT key, value, revision, expires FROM kv"
+                f" WHERE {where} AND (expires IS NULL OR expires > ?)"
+                " ORDER BY key LIMIT ?",
+                [*params, now, limit or -1],
+            ).fetchall()
+        )
+        return [_item(row) for row in rows]
+
+    async def current_revision(self) -> int:
+        revision = await self._db.run(_current_revision)
+        self._known_revision = max(self._known_revision, revision)
+        return revision
+
+    def watch(self, prefixes: Sequence[str], start_revision: int = 0) -> AsyncIterator[Event]:
+        """Events under `prefixes` after `start_revision`, in revision order.
+
+        start_revision=0 starts after the newest revision this instance knows of when
+        `watch` is called: every write made through it before the call is excluded,
+        and writes by other processes in the last poll interval may be included.
+        To follow a state read with `range`, take `current_revision()` before the
+        read and watch from there (events may repeat what the read saw; never skip).
+        """
+        if isinstance(prefixes, str):
+            raise BadParameter("watch takes a list of prefixes, not one string")
+        if not prefixes:
+            raise BadParameter('watch needs at least one prefix; "" watches every key')
+        if start_revision < 0:
+            raise BadParameter(f"start_revision must not be negative, got {start_revision}")
+        return self._watch(tuple(prefixes), start_revision or self._known_revision)
+
+    async def close(self) -> None:
+        """Stop maintenance, end every watch, and close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._notify()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        await self._db.close()
+
+    # -- maintenance ----------------------------------------------------------------
+
+    async def compact(self) -> int:
+        """Drop old events from the log now; returns how many were dropped.
+
+        Runs on its own every `compact_interval` seconds; public for tests and tools.
+        """
+        now = self._now()
+        oldest_kept = now - self._max_event_age.total_seconds()
+
+        def compact(conn: sqlite3.Connection) -> int:
+            with write_transaction(conn):
+                head = _current_revision(conn)
+                (watermark,) = conn.execute(
+                    "SELECT value FROM meta WHERE name = 'compacted_through'"
+                ).fetchone()
+                # Events are appended in time order, so the first young one bounds
+                # the old ones; this scans only events about to be dropped.
+                young = conn.execute(
+                    "SELECT revision FROM events WHERE revision > ? AND created >= ?"
+                    " ORDER BY revision LIMIT 1",
+                    (watermark, oldest_kept),
+                ).fetchone()
+                cut = max(head - self._max_events, (young[0] - 1) if young else head)
+                if cut <= watermark:
+                    return 0
+                dropped = conn.execute("DELETE FROM events WHERE revision <= ?", (cut,)).rowcount
+                conn.execute("UPDATE meta SET value = ? WHERE name = 'compacted_through'", (cut,))
+                return int(dropped)
+
+        return await self._db.run(compact)
+
+    async def _maintain(self) -> None:
+        """Reap expired items and learn other processes' revisions, every poll interval."""
+        next_compaction = time.monotonic() + self._compact_interval
+        failures = 0
+        while not self._closed:
+            delay = self._poll_interval
+            now = self._now()
+            try:
+                head, reaped = await self._db.run(functools.partial(_reap, now=now))
+                self._known_revision = max(self._known_revision, head)
+                if reaped:
+                    self._notify()
+                if reaped == _BATCH:
+                    delay = 0  # more to reap: go on at once
+                if time.monotonic() >= next_compaction:
+                    await self.compact()
+                    next_compaction = time.monotonic() + self._compact_interval
+                failures = 0
+            except Exception as exc:
+                if self._closed:
+                    return
+                failures += 1
+                # Back off with jitter so processes sharing a busy file spread out.
+                delay = min(5.0, self._poll_interval * 2**failures) * random.uniform(0.5, 1.5)
+                log.warning(
+                    "sqlite maintenance failed, retrying in %.2fs: %s",
+                    delay,
+                    exc,
+                    exc_info=not isinstance(exc, CertgateError),  # a bug: keep the trace
+                )
+            await asyncio.sleep(delay)
+
+    # -- watch ----------------------------------------------------------------------
+
+    async def _watch(self, prefixes: tuple[str, ...], cursor: int) -> AsyncIterator[Event]:
+        where, params = _prefix_clause(prefixes)
+        while not self._closed:
+            wakeup = self._wakeup  # taken before reading, so no write is missed
+            try:
+                read = functools.partial(_read_events, where=where, params=params, cursor=cursor)
+                rows, head = await self._db.run(read)
+            except ConnectionProblem:
+                if self._closed:
+                    return
+                raise
+            for revision, key, kind, value, expires in rows:
+                cursor = revision
+                item = Item(key=key, value=value, revision=revision, expires=_moment(expires))
+                yield Event(type=EventType(kind), item=item)
+            if len(rows) == _BATCH:
+                continue
+            # Nothing else under our prefixes up to head: skip the rest next time.
+            cursor = max(cursor, head)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_interval):
+                    await wakeup.wait()
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._clock.now().timestamp()
+
+    def _notify(self) -> None:
+        self._wakeup.set()
+        self._wakeup = asyncio.Event()
+
+    def _wrote(self, revision: int) -> None:
+        self._known_revision = max(self._known_revision, revision)
+        self._notify()
+
+    def _written(self, item: Item, value: bytes, revision: int) -> Item:
+        self._wrote(revision)
+        return Item(key=item.key, value=value, revision=revision, expires=item.expires)
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    # Several processes may open a new file at once; the write lock serializes them
+    # and IF NOT EXISTS makes the losers no-ops.
+    with write_transaction(conn):
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+
+
+def _item(row: tuple[Any, ...]) -> Item:
+    key, value, revision, expires = row
+    return Item(key=key, value=bytes(value), revision=revision, expires=_moment(expires))
+
+
+def _reap(conn: sqlite3.Connection, now: float) -> tuple[int, int]:
+    """Delete up to _BATCH expired items, logging a DELETE event for each.
+
+    Returns (current revision, items deleted). The first SELECT is a cheap indexed
+    read, so the write lock is taken only when something has expired.
+    """
+    expired = "SELECT key FROM kv WHERE expires IS NOT NULL AND expires <= ?"
+    if conn.execute(f"{expired} LIMIT 1", (now,)).fetchone() is None:
+        return _current_revision(conn), 0
+    # Re-read under the write lock: another process may have reaped these already.
+    with write_transaction(conn):
+        keys = [key for (key,) in conn.execute(f"{expired} LIMIT {_BATCH}", (now,))]
+        for key in keys:
+            conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+            _append_event(conn, key, EventType.DELETE, b"", None, now)
+        return _current_revision(conn), len(keys)
+
+
+def _read_events(
+    conn: sqlite3.Connection, where: str, params: list[Any], cursor: int
+) -> tuple[list[tuple[Any, ...]], int]:
+    """Up to _BATCH events after `cursor` under the prefixes, and the head revision.
+
+    Both come from one snapshot, so nothing at or below head can appear later.
+    """
+    with read_transaction(conn):
+        (watermark,) = conn.execute(
+            "SELECT value FROM meta WHERE name = 'compacted_through'"
+        ).fetchone()
+        if cursor < watermark:
+            raise CompareFailed(
+                f"watch revision {cursor} too old: events up to {watermark} were"
+                " compacted; read the current state and watch again"
+            )
+        head = _current_revision(conn)
+        rows = conn.execute(
+            "SELECT revision, key, type, value, expires FROM events"
+            f" WHERE revision > ? AND revision <= ? AND {where}"
+            f" ORDER BY revision LIMIT {_BATCH}",
+            [cursor, head, *params],
+        ).fetchall()
+    return rows, head
+
+
+def _log_task_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("sqlite maintenance stopped", exc_info=task.exception())

@@ -1,0 +1,1 @@
+"""Entry points: parsing and printing only; the work happens in `certgate.client`."""

@@ -1,0 +1,49 @@
+"""`cgctl`: the admin tool. One module per noun; this one wires them together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import yaml
+
+from certgate.cli.cgctl import audit, authority, resources, tokens, users
+from certgate.cli.common import run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    envvar="CERTGATE_DATA_DIR",
+    help="The auth server's data dir (its admin identity). Default: the standard data "
+    "dir if it has one, else your cgsh login.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="certgate.yaml of the auth server (its data_dir is used).",
+)
+@click.version_option("0.1.0", prog_name="cgctl")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: Path | None, config_path: Path | None) -> None:
+    """Administer a certgate cluster: users, roles, tokens, locks, audit."""
+    if config_path and not data_dir:
+        data_dir = _data_dir_from_config(config_path)
+    ctx.obj = data_dir
+
+
+def _data_dir_from_config(path: Path) -> Path | None:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--config") from exc
+    value = data.get("data_dir") if isinstance(data, dict) else None
+    return Path(value) if value else None
+
+
+for module in (users, tokens, resources, authority, audit):
+    module.register(cli)
+
+main = run(cli)

@@ -1,0 +1,85 @@
+"""`cgctl audit ls`: search the audit log."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+
+from certgate.api.duration import parse_duration
+from certgate.cli.cgctl._connect import api
+from certgate.cli.common import FORMAT, print_json, table
+from certgate.errors import BadParameter
+
+
+def parse_since(value: str | None) -> str | None:
+    """`1h` (ago) or an RFC 3339 time, as an RFC 3339 time."""
+    if not value:
+        return None
+    try:
+        return (datetime.now(UTC) - parse_duration(value)).isoformat()
+    except BadParameter:
+        pass
+    try:
+        return datetime.fromisoformat(value).isoformat()
+    except ValueError as exc:
+        raise click.BadParameter(f'"{value}": use a duration (1h) or RFC 3339 time') from exc
+
+
+@click.group()
+def audit() -> None:
+    """The audit log."""
+
+
+@audit.command("ls")
+@click.option("--since", help="Events after this: a duration ago (1h) or RFC 3339 time.")
+@click.option("--until", help="Events before this: a duration ago or RFC 3339 time.")
+@click.option("--event", help="Event types, comma-separated (user.login,session.start).")
+@click.option("--user", help="Only events of this user.")
+@click.option("--node", help="Only events on this node.")
+@click.option("--limit", default=100, show_default=True, help="At most this many events.")
+@FORMAT
+@click.pass_context
+def ls(
+    ctx: click.Context,
+    since: str | None,
+    until: str | None,
+    event: str | None,
+    user: str | None,
+    node: str | None,
+    limit: int,
+    fmt: str,
+) -> None:
+    """List audit events, newest first."""
+    params = {
+        k: v
+        for k, v in {
+            "since": parse_since(since),
+            "until": parse_since(until),
+            "event": event,
+            "user": user,
+            "node": node,
+            "limit": str(limit),
+        }.items()
+        if v
+    }
+    result = api(ctx).call("GET", "/events", params=params)
+    events = result["events"]
+    if fmt == "json":
+        print_json(events)
+        return
+    skip = {"event", "code", "time", "uid", "user"}
+    rows = [
+        (
+            e["time"][:19].replace("T", " "),
+            e["event"],
+            e.get("user", ""),
+            " ".join(f"{k}={v}" for k, v in sorted(e.items()) if k not in skip),
+        )
+        for e in events
+    ]
+    click.echo(table(["Time", "Event", "User", "Details"], rows))
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(audit)

@@ -1,0 +1,148 @@
+"""`cgctl create|get|rm`: any resource as a YAML/JSON document."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+import yaml
+
+from certgate.api.codec import parse_documents, to_dict
+from certgate.cli.cgctl._connect import api
+from certgate.cli.common import table
+
+KINDS = ("user", "role", "token", "lock", "node", "cert_authority")
+# Plurals and short names people type.
+ALIASES = {
+    "users": "user",
+    "roles": "role",
+    "tokens": "token",
+    "locks": "lock",
+    "nodes": "node",
+    "cert_authorities": "cert_authority",
+    "cas": "cert_authority",
+    "ca": "cert_authority",
+}
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    kind, _, name = ref.partition("/")
+    kind = ALIASES.get(kind, kind)
+    if kind not in KINDS:
+        raise click.BadParameter(f'unknown kind "{kind}": use one of {", ".join(KINDS)}')
+    if _ and not name:
+        raise click.BadParameter(f'"{ref}": name the resource after the slash')
+    return kind, name or None
+
+
+@click.command()
+@click.option("-f", "--filename", "file", help="File to read ('-' for standard input).")
+@click.argument("path", required=False)
+@click.option("--force", is_flag=True, help="Overwrite a resource that exists.")
+@click.pass_context
+def create(ctx: click.Context, file: str | None, path: str | None, force: bool) -> None:
+    """Create resources from a YAML or JSON file (all or nothing)."""
+    source = file or path
+    if not source:
+        raise click.UsageError("name a file: cgctl create -f FILE (or - for standard input)")
+    text = sys.stdin.read() if source == "-" else _read(source)
+    resources = parse_documents(text)  # every document checked before anything is sent
+    cluster = api(ctx)
+    for resource in resources:
+        cluster.call("POST", "/resources", json={"resource": to_dict(resource), "upsert": force})
+        verb = "created" if not force else "created or updated"
+        click.echo(f'{resource.kind} "{resource.metadata.name}" has been {verb}')
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc.strerror}", param_hint="FILE") from exc
+
+
+@click.command()
+@click.argument("ref")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "yaml", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@click.pass_context
+def get(ctx: click.Context, ref: str, fmt: str) -> None:
+    """Show resources: KIND or KIND/NAME (role, user, token, lock, node, cert_authority)."""
+    kind, name = parse_ref(ref)
+    path = f"/resources/{kind}" + (f"/{name}" if name else "")
+    items: list[dict[str, Any]] = api(ctx).call("GET", path)
+    if fmt == "json":
+        click.echo(json.dumps(items if not name else items[0], indent=2))
+    elif fmt == "yaml":
+        click.echo(yaml.safe_dump_all(items, sort_keys=False), nl=False)
+    else:
+        click.echo(_text(kind, items))
+
+
+def _text(kind: str, items: list[dict[str, Any]]) -> str:
+    rows: list[tuple[Any, ...]]
+    if kind == "role":
+        rows = [
+            (
+                r["metadata"]["name"],
+                r["spec"]["allow"]["logins"],
+                r["spec"]["allow"]["node_labels"],
+                r["metadata"]["description"],
+            )
+            for r in items
+        ]
+        return table(["Role", "Allowed logins", "Node labels", "Description"], rows)
+    if kind == "node":
+        rows = [
+            (
+                n["metadata"]["name"],
+                n["spec"]["hostname"],
+                n["spec"]["addr"],
+                n["metadata"]["labels"],
+            )
+            for n in items
+        ]
+        return table(["Node", "Hostname", "Address", "Labels"], rows)
+    if kind == "cert_authority":
+        rows = [(c["metadata"]["name"], c["spec"]["cluster_name"]) for c in items]
+        return table(["Type", "Cluster"], rows)
+    if kind == "lock":
+        rows = [
+            (
+                lk["metadata"]["name"],
+                ",".join(f"{k}={v}" for k, v in lk["spec"]["target"].items() if v),
+                lk["spec"]["message"],
+                lk["metadata"]["expires"] or "never",
+            )
+            for lk in items
+        ]
+        return table(["Lock", "Target", "Message", "Expires"], rows)
+    rows = [(i["metadata"]["name"], i["metadata"].get("expires") or "") for i in items]
+    return table(["Name", "Expires"], rows)
+
+
+@click.command()
+@click.argument("ref")
+@click.pass_context
+def rm(ctx: click.Context, ref: str) -> None:
+    """Delete a resource: KIND/NAME."""
+    kind, name = parse_ref(ref)
+    if not name:
+        raise click.BadParameter("name the resource: KIND/NAME", param_hint="REF")
+    api(ctx).call("DELETE", f"/resources/{kind}/{name}")
+    click.echo(f'{kind} "{name}" has been deleted')
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(create)
+    cli.add_command(get)
+    cli.add_command(rm)

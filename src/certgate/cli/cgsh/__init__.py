@@ -1,0 +1,19 @@
+"""`cgsh`: the user's tool. One module per noun; this one wires them together."""
+
+from __future__ import annotations
+
+import click
+
+from certgate.cli.cgsh import session
+from certgate.cli.common import run
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option("0.1.0", prog_name="cgsh")
+def cli() -> None:
+    """Log in to a certgate cluster and reach its servers."""
+
+
+session.register(cli)
+
+main = run(cli)

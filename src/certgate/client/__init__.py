@@ -1,0 +1,1 @@
+"""What cgsh and cgctl need: the profile, logins, and the API connection. No printing."""

@@ -1,0 +1,84 @@
+"""How cgctl and cgsh reach the auth API.
+
+- On the auth host: the admin identity in `<data_dir>/admin` talks to auth directly.
+- Anywhere else: the logged-in profile talks to the proxy, which passes the user's
+  certificate on to auth (`/v1/api/...`); the user's roles decide what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from certgate.client.profile import Profile, load_profile
+from certgate.errors import AccessDenied, NotFound
+from certgate.rpc.auth_client import AuthClient
+from certgate.rpc.identity_files import IdentityFiles
+from certgate.transport import client_context
+
+
+@dataclass
+class ClusterAPI:
+    client: AuthClient
+    prefix: str
+    who: str
+
+    def call(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
+        return self.client.call(method, self.prefix + path, json=json, params=params)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def default_data_dirs() -> list[Path]:
+    if os.geteuid() == 0:
+        return [Path("/var/lib/certgate")]
+    return [Path.home() / ".local" / "share" / "certgate"]
+
+
+def connect_admin(data_dir: Path) -> ClusterAPI:
+    admin_dir = data_dir / "admin"
+    identity = IdentityFiles.load(admin_dir)
+    try:
+        auth_addr = (admin_dir / "auth_addr").read_text().strip()
+    except OSError as exc:
+        raise NotFound(f"no auth address in {admin_dir}") from exc
+    client = AuthClient(f"https://{auth_addr}", identity.tls_context())
+    return ClusterAPI(client, "/v1", "admin")
+
+
+def connect_profile(profile: Profile | None = None) -> ClusterAPI:
+    profile = profile or load_profile()
+    identity = profile.identity()
+    context = client_context(
+        identity.bundle.tls_cas,
+        identity.bundle.tls_cert,
+        identity.key_pem,
+        insecure=profile.insecure,
+    )
+    client = AuthClient(f"https://{profile.proxy}", context)
+    return ClusterAPI(client, "/v1/api", profile.user)
+
+
+def connect(data_dir: Path | None) -> ClusterAPI:
+    """The admin identity when a data dir with one is given or found, else the profile."""
+    candidates = [data_dir] if data_dir else [*_env_data_dir(), *default_data_dirs()]
+    for candidate in candidates:
+        if (candidate / "admin" / "bundle.json").exists():
+            return connect_admin(candidate)
+    if data_dir:
+        raise NotFound(f"no admin identity in {data_dir}: is this the auth server's data dir?")
+    try:
+        return connect_profile()
+    except AccessDenied:
+        raise AccessDenied(
+            "no cluster to talk to: run cgctl on the auth host (--data-dir DIR) "
+            "or log in with cgsh login first"
+        ) from None
+
+
+def _env_data_dir() -> list[Path]:
+    value = os.environ.get("CERTGATE_DATA_DIR")
+    return [Path(value)] if value else []

@@ -1,0 +1,1 @@
+"""`certgate start`: configuration, the services it runs, diagnostics."""

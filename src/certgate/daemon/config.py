@@ -1,0 +1,205 @@
+"""The daemon's configuration: `certgate.yaml` (DESIGN §1), then flags on top."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from certgate.api.codec import describe_validation_error
+from certgate.errors import BadParameter
+
+SERVICE_ROLES = ("auth", "proxy", "node", "kube")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Storage(_Section):
+    type: Literal["sqlite", "postgres"] = "sqlite"
+    conn_string: str = ""
+
+
+class Recordings(_Section):
+    uri: str = "file://"
+
+
+class AuthService(_Section):
+    enabled: bool = True
+    listen_addr: str = "0.0.0.0:3025"
+    # The address other services dial; defaults to listen_addr with 0.0.0.0 -> 127.0.0.1.
+    advertise_addr: str = ""
+    storage: Storage = Field(default_factory=Storage)
+    recordings: Recordings = Field(default_factory=Recordings)
+
+
+class TLSFiles(_Section):
+    cert_file: str = ""
+    key_file: str = ""
+
+
+class ProxyService(_Section):
+    enabled: bool = True
+    public_addr: str = "localhost:3080"
+    web_listen_addr: str = "0.0.0.0:3080"
+    ssh_listen_addr: str = "0.0.0.0:3023"
+    kube_listen_addr: str = "0.0.0.0:3026"
+    tls: TLSFiles = Field(default_factory=TLSFiles)
+
+
+class SSHService(_Section):
+    enabled: bool = True
+    listen_addr: str = "0.0.0.0:3022"
+    advertise_addr: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class KubernetesService(_Section):
+    enabled: bool = False
+    listen_addr: str = "0.0.0.0:3027"
+    kubeconfig_file: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Config(_Section):
+    version: Literal["v1"] = "v1"
+    cluster_name: str = ""
+    nodename: str = ""
+    data_dir: str = ""
+    diag_addr: str = "127.0.0.1:3434"
+    auth_servers: list[str] = Field(default_factory=list)
+    join_token: str = ""
+    ca_pin: str = ""
+    debug: bool = False
+    auth_service: AuthService = Field(default_factory=AuthService)
+    proxy_service: ProxyService = Field(default_factory=ProxyService)
+    ssh_service: SSHService = Field(default_factory=SSHService)
+    kubernetes_service: KubernetesService = Field(default_factory=KubernetesService)
+
+    def roles(self) -> list[str]:
+        enabled = {
+            "auth": self.auth_service.enabled,
+            "proxy": self.proxy_service.enabled,
+            "node": self.ssh_service.enabled,
+            "kube": self.kubernetes_service.enabled,
+        }
+        return [role for role in SERVICE_ROLES if enabled[role]]
+
+    def with_roles(self, roles: list[str]) -> Config:
+        unknown = [r for r in roles if r not in SERVICE_ROLES]
+        if unknown:
+            raise BadParameter(
+                f'unknown role "{unknown[0]}": choose from {", ".join(SERVICE_ROLES)}'
+            )
+        return self.model_copy(
+            update={
+                "auth_service": self.auth_service.model_copy(update={"enabled": "auth" in roles}),
+                "proxy_service": self.proxy_service.model_copy(
+                    update={"enabled": "proxy" in roles}
+                ),
+                "ssh_service": self.ssh_service.model_copy(update={"enabled": "node" in roles}),
+                "kubernetes_service": self.kubernetes_service.model_copy(
+                    update={"enabled": "kube" in roles}
+                ),
+            }
+        )
+
+
+def default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/certgate")
+    return Path.home() / ".local" / "share" / "certgate"
+
+
+def load_config(path: Path | None) -> Config:
+    """The config at `path` (or all defaults); a one-line BadParameter for any problem."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BadParameter(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    try:
+        data: Any = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise BadParameter(f"config {path}: invalid YAML{where}") from exc
+    if not isinstance(data, dict):
+        raise BadParameter(f"config {path}: expected a mapping of settings")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise BadParameter(describe_validation_error("config", str(path), exc)) from exc
+
+
+def split_addr(addr: str, default_port: int) -> tuple[str, int]:
+    """`host:port`, `[::1]:port`, `host` -> (host, port)."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or "]" in port:
+        return addr.strip("[]"), default_port
+    if not port.isdigit():
+        raise BadParameter(f'invalid address "{addr}": the port must be a number')
+    return host.strip("[]"), int(port)
+
+
+def dial_addr(listen_addr: str, default_port: int) -> str:
+    """The address to dial a service listening on `listen_addr` from this host."""
+    host, port = split_addr(listen_addr, default_port)
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    return f"{host}:{port}"
+
+
+SAMPLE = """\
+# certgate.yaml — every option with its default. `certgate start --config certgate.yaml`.
+version: v1
+# Name of this cluster; appears in certificates. Default: this host's name.
+cluster_name: ""
+# Name of this host in the inventory. Default: this host's name.
+nodename: ""
+# Where state lives. Default: /var/lib/certgate as root, ~/.local/share/certgate otherwise.
+data_dir: ""
+# /healthz, /readyz and /metrics (Prometheus). Empty: off.
+diag_addr: 127.0.0.1:3434
+# For services other than auth: where auth is, and the join token (`cgctl tokens add`).
+auth_servers: []          # e.g. ["auth.example.com:3025"]
+join_token: ""
+ca_pin: ""                # sha256:... printed by `cgctl tokens add`; pins the cluster CA
+debug: false              # JSON logs at debug level
+
+auth_service:
+  enabled: true
+  listen_addr: 0.0.0.0:3025
+  advertise_addr: ""      # what other services dial; default: listen_addr on this host
+  storage:
+    type: sqlite          # or postgres, with conn_string: "postgresql://..."
+  recordings:
+    uri: "file://"        # default <data_dir>/recordings
+
+proxy_service:
+  enabled: true
+  public_addr: localhost:3080   # what users type and what invite links point to
+  web_listen_addr: 0.0.0.0:3080
+  ssh_listen_addr: 0.0.0.0:3023
+  kube_listen_addr: 0.0.0.0:3026
+  tls:                    # empty: a certificate from the cluster's host CA (--insecure)
+    cert_file: ""
+    key_file: ""
+
+ssh_service:
+  enabled: true
+  listen_addr: 0.0.0.0:3022
+  advertise_addr: ""      # what the proxy dials; default: listen_addr on this host
+  labels: {env: dev}
+
+kubernetes_service:
+  enabled: false
+  listen_addr: 0.0.0.0:3027
+  kubeconfig_file: ""
+  labels: {}
+"""

@@ -1,0 +1,268 @@
+"""`certgate start`: runs the enabled services in one asyncio loop until SIGTERM.
+
+start()
+  ├─ data dir checks, diagnostics listener
+  ├─ auth   (store, CAs, admin identity in <data_dir>/admin, HTTPS+mTLS API)
+  ├─ proxy  (identity from local auth, or by joining; web listener)
+  └─ first admin invite (with --first-admin, on an empty cluster)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import pwd
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from certgate.api.identity import SYSTEM_PROXY
+from certgate.auth.http import AuthAPI
+from certgate.auth.server import AuthServer
+from certgate.backend.base import Backend
+from certgate.backend.registry import open_backend, open_event_store
+from certgate.clock import SystemClock
+from certgate.daemon.config import Config, dial_addr, split_addr
+from certgate.daemon.diag import Diagnostics, Metrics
+from certgate.errors import BadParameter, CertgateError, NotFound
+from certgate.proxy.web import ProxyWeb
+from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.rpc.identity_files import IdentityFiles, new_key
+from certgate.rpc.join import join_cluster
+from certgate.services.audit import AuditLog
+from certgate.transport import server_context
+
+log = logging.getLogger("certgate")
+
+FIRST_ADMIN_ROLES = ["access", "editor", "auditor"]
+
+
+@dataclass
+class Daemon:
+    config: Config
+    data_dir: Path
+    first_admin: str = ""
+    announce: Callable[[str], None] = print
+    metrics: Metrics = field(default_factory=Metrics)
+    _runners: list[web.AppRunner] = field(default_factory=list)
+    _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+    auth: AuthServer | None = None
+    auth_addr: str = ""
+
+    @property
+    def nodename(self) -> str:
+        return self.config.nodename or socket.gethostname()
+
+    async def run(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await self.start()
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await self.close()
+
+    async def start(self) -> None:
+        _check_data_dir(self.data_dir)
+        diagnostics = Diagnostics(self.metrics)
+        if self.config.diag_addr:
+            await self._listen(diagnostics.app(), self.config.diag_addr, 3434, None, "diagnostics")
+        if self.config.auth_service.enabled:
+            await self._start_auth(diagnostics)
+        if self.config.proxy_service.enabled:
+            await self._start_proxy()
+        if not diagnostics.checks:
+            diagnostics.checks.append(_always_ready)
+        if self.first_admin and self.auth:
+            await self._invite_first_admin(self.auth)
+
+    async def close(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        for closer in reversed(self._closers):
+            await closer()
+
+    # auth ------------------------------------------------------------------------
+
+    async def _start_auth(self, diagnostics: Diagnostics) -> None:
+        cfg = self.config.auth_service
+        backend = await open_backend(cfg.storage.model_dump(), self.data_dir)
+        self._closers.append(backend.close)
+        events = await open_event_store(cfg.storage.model_dump(), self.data_dir)
+        self._closers.append(events.close)
+        audit = AuditLog(events, self.data_dir / "log" / "events.log")
+        self.auth_addr = cfg.advertise_addr or dial_addr(cfg.listen_addr, 3025)
+        server = AuthServer(
+            backend,
+            audit,
+            SystemClock(),
+            cluster_name=self.config.cluster_name or socket.gethostname(),
+            proxy_public_addr=self.config.proxy_service.public_addr,
+            auth_addr=self.auth_addr,
+        )
+        await server.start()
+        self.auth = server
+        diagnostics.checks.append(lambda: _store_ready(backend))
+
+        key_pem, public_key = new_key()
+        auth_host, _ = split_addr(self.auth_addr, 3025)
+        principals = _local_names(self.nodename, auth_host)
+        own = IdentityFiles(
+            key_pem, server.issue_service_identity("auth", "Auth", public_key, principals)
+        )
+
+        admin_key, admin_public = new_key()
+        admin = IdentityFiles(admin_key, server.issue_admin_identity(admin_public))
+        admin_dir = self.data_dir / "admin"
+        admin.save(admin_dir)
+        (admin_dir / "auth_addr").write_text(self.auth_addr + "\n")
+
+        api = AuthAPI(server, self.metrics)
+        app = api.app()
+        app.middlewares.append(self.metrics.middleware("auth"))
+        tls_cas = server.issuer.tls_ca_certs()
+        context = server_context(own.bundle.tls_cert, own.key_pem, client_cas=tls_cas)
+        await self._listen(app, cfg.listen_addr, 3025, context, "auth")
+        log.info("auth service ready for cluster %s", server.cluster_name)
+
+    # proxy -----------------------------------------------------------------------
+
+    async def _service_identity(
+        self, role: str, system_role: str, principals: list[str]
+    ) -> IdentityFiles:
+        """From the auth in this process, else the saved one, else by joining."""
+        directory = self.data_dir / "identity" / role
+        if self.auth is not None:
+            key_pem, public_key = new_key()
+            bundle = self.auth.issue_service_identity(
+                f"{self.nodename}", system_role, public_key, principals
+            )
+            identity = IdentityFiles(key_pem, bundle)
+            identity.save(directory)
+            return identity
+        try:
+            return IdentityFiles.load(directory)
+        except NotFound:
+            pass
+        if not self.config.auth_servers or not self.config.join_token:
+            raise BadParameter(
+                f"the {role} service needs --auth-server and --token to join the cluster"
+            )
+        identity = await join_cluster(
+            self.config.auth_servers[0],
+            self.config.join_token,
+            self.config.ca_pin,
+            role,
+            self.nodename,
+            principals,
+        )
+        identity.save(directory)
+        return identity
+
+    def _auth_dial(self) -> str:
+        if self.auth is not None:
+            return self.auth_addr
+        return self.config.auth_servers[0]
+
+    async def _start_proxy(self) -> None:
+        cfg = self.config.proxy_service
+        public_host, _ = split_addr(cfg.public_addr, 3080)
+        identity = await self._service_identity(
+            "proxy", SYSTEM_PROXY, _local_names(self.nodename, public_host)
+        )
+        auth = AsyncAuthClient(f"https://{self._auth_dial()}", identity.tls_context())
+        self._closers.append(auth.close)
+        ping = await auth.call("GET", "/v1/ping")
+        web_proxy = ProxyWeb(auth, str(ping["cluster_name"]))
+        app = web_proxy.app()
+        app.middlewares.append(self.metrics.middleware("proxy"))
+        user_ca = identity.bundle.tls_cas[1:]  # host CA first, then user CA(s)
+        if cfg.tls.cert_file and cfg.tls.key_file:
+            try:
+                cert_pem = Path(cfg.tls.cert_file).read_text()
+                key_pem = Path(cfg.tls.key_file).read_text()
+            except OSError as exc:
+                raise BadParameter(f"cannot read the proxy's TLS files: {exc}") from exc
+        else:
+            cert_pem, key_pem = identity.bundle.tls_cert, identity.key_pem
+        context = server_context(cert_pem, key_pem, client_cas=user_ca)
+        await self._listen(app, cfg.web_listen_addr, 3080, context, "proxy web")
+
+    # first admin -----------------------------------------------------------------
+
+    async def _invite_first_admin(self, auth: AuthServer) -> None:
+        if await auth.users.list_all():
+            return
+        login = os.environ.get("SUDO_USER") or _current_user()
+        logins = list(dict.fromkeys([login, "root"])) if login != "root" else ["root"]
+        url = await auth.add_user(
+            self.first_admin, FIRST_ADMIN_ROLES, {"logins": logins}, created_by="certgate start"
+        )
+        self.announce(
+            f'\nFirst admin user "{self.first_admin}" created (logins: {", ".join(logins)}).\n'
+            f"Open this link within 1 hour to set a password and one-time code:\n\n  {url}\n\n"
+            f"Then: cgsh login --proxy={self.config.proxy_service.public_addr} "
+            f"--user={self.first_admin} --insecure\n"
+        )
+
+    # listeners -------------------------------------------------------------------
+
+    async def _listen(
+        self, app: web.Application, addr: str, default_port: int, context: Any, name: str
+    ) -> None:
+        host, port = split_addr(addr, default_port)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host or None, port, ssl_context=context, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            if exc.errno == errno.EADDRINUSE:
+                raise BadParameter(
+                    f"cannot listen on {addr} for {name}: the address is already in use"
+                ) from exc
+            raise BadParameter(f"cannot listen on {addr} for {name}: {exc.strerror}") from exc
+        self._runners.append(runner)
+        log.info("%s listening on %s", name, addr)
+
+
+async def _always_ready() -> str | None:
+    return None
+
+
+async def _store_ready(backend: Backend) -> str | None:
+    try:
+        await asyncio.wait_for(backend.current_revision(), timeout=2)
+    except (CertgateError, TimeoutError, OSError) as exc:
+        return f"store unreachable: {exc}"
+    return None
+
+
+def _local_names(nodename: str, *extra: str) -> list[str]:
+    names = [nodename, "localhost", "127.0.0.1", "::1", *extra]
+    return [n for n in dict.fromkeys(names) if n and n not in ("0.0.0.0", "::")]
+
+
+def _current_user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise BadParameter(f"cannot write the data dir {data_dir}: {exc.strerror or exc}") from exc

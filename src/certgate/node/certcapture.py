@@ -1,0 +1,125 @@
+"""Shims over two asyncssh internals the node cannot do without.
+
+1. Certificate capture. asyncssh checks a client certificate (CA signature, validity,
+   principal = login, source-address) but never hands it to the application
+   (ronf/asyncssh#642), and the node needs the roles inside it. We wrap, per
+   connection, `SSHServerConnection.validate_public_key(username, key_data, msg,
+   signature)`: asyncssh calls it for every public-key request, and when it returns
+   True for a request that carries a signature, `key_data` is exactly the
+   certificate that was validated *and* whose private key signed. That is the one
+   moment where "which certificate authenticated" is unambiguous, so the node's
+   authorization runs there and can still turn the answer into a failure.
+
+2. Agent forwarding guard. asyncssh decides agent forwarding with a server-wide
+   option, and creates the agent socket in a root-only temporary directory. The node
+   decides per connection (the caller's roles) and must hand the socket to the target
+   user, so we wrap `SSHServerConnection.create_agent_listener()`.
+
+Both are instance attributes set on one connection, never patches of the class, so
+other asyncssh servers in the same process (the proxy) are unaffected. They depend on
+asyncssh internals: `ASYNCSSH_PINNED` names the version they were checked against,
+`check_compatible()` refuses to run when the hooks' shape changed, and
+tests/node/test_certcapture.py fails loudly on any upgrade.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncssh
+
+log = logging.getLogger(__name__)
+
+# The asyncssh release these shims were read against. Upgrading asyncssh means reading
+# connection.py/auth.py again (see the module docstring) and then bumping this.
+ASYNCSSH_PINNED = "2.24.1"
+
+# Called with (login, certificate wire bytes) once asyncssh validated the certificate
+# and its signature; returning False makes the authentication attempt fail.
+CertificateVerified = Callable[[str, bytes], Awaitable[bool]]
+
+_VALIDATE_PARAMS = ["self", "username", "key_data", "msg", "signature"]
+
+
+class ShimError(RuntimeError):
+    """The installed asyncssh no longer has the internals these shims wrap."""
+
+
+def check_compatible() -> None:
+    """Raise ShimError unless asyncssh still has the hooks with the expected shape."""
+    conn_cls = asyncssh.SSHServerConnection
+    validate = getattr(conn_cls, "validate_public_key", None)
+    if validate is None or not inspect.iscoroutinefunction(validate):
+        raise ShimError(_broken("SSHServerConnection.validate_public_key is gone or not async"))
+    params = list(inspect.signature(validate).parameters)
+    if params != _VALIDATE_PARAMS:
+        raise ShimError(_broken(f"validate_public_key takes {params}, expected {_VALIDATE_PARAMS}"))
+    agent = getattr(conn_cls, "create_agent_listener", None)
+    if agent is None or not inspect.iscoroutinefunction(agent):
+        raise ShimError(_broken("SSHServerConnection.create_agent_listener is gone or not async"))
+    if list(inspect.signature(agent).parameters) != ["self"]:
+        raise ShimError(_broken("create_agent_listener now takes arguments"))
+    if asyncssh.__version__ != ASYNCSSH_PINNED:
+        log.warning(
+            "asyncssh %s is not the version the certificate capture was checked against (%s)",
+            asyncssh.__version__,
+            ASYNCSSH_PINNED,
+        )
+
+
+def _broken(what: str) -> str:
+    return (
+        f"asyncssh {asyncssh.__version__} broke certgate's certificate capture: {what}; "
+        f"it was written for asyncssh {ASYNCSSH_PINNED} (see certgate/node/certcapture.py)"
+    )
+
+
+def install_certificate_capture(conn: Any, on_verified: CertificateVerified) -> None:
+    """Route `conn`'s successful, signed public-key checks through `on_verified`."""
+    original = conn.validate_public_key
+
+    async def validate_public_key(
+        username: str, key_data: bytes, msg: bytes, signature: bytes
+    ) -> bool:
+        if not await original(username, key_data, msg, signature):
+            return False
+        if not msg:
+            # A probe ("would you accept this key?") proves nothing yet; decide when
+            # the client signs, so authorization and audit run once per real attempt.
+            return True
+        return await on_verified(username, key_data)
+
+    conn.validate_public_key = validate_public_key
+
+
+def guard_agent_forwarding(
+    conn: Any, allow: Callable[[], bool], created: Callable[[str], None]
+) -> None:
+    """Let `allow()` veto agent forwarding on `conn`; `created(path)` sees the socket."""
+    original = conn.create_agent_listener
+
+    async def create_agent_listener() -> bool:
+        if not allow():
+            return False
+        if not await original():
+            return False
+        path = conn.get_agent_path()
+        if path:
+            created(str(path))
+        return True
+
+    conn.create_agent_listener = create_agent_listener
+
+
+def certificate_text(key_data: bytes) -> str:
+    """ "type base64" of a key or certificate in its wire form (as sent in userauth)."""
+    if len(key_data) < 4:
+        raise ValueError("truncated ssh key blob")
+    (length,) = struct.unpack(">I", key_data[:4])
+    key_type = key_data[4 : 4 + length].decode("ascii")
+    return f"{key_type} {base64.b64encode(key_data).decode('ascii')}"

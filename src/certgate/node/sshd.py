@@ -1,0 +1,717 @@
+"""The node's SSH server (port 3022): certificate logins, sessions as local Unix users.
+
+    ssh client ──▶ NodeSSHServer (asyncssh, one _Connection per client)
+      auth     asyncssh checks the user certificate (trusted CA, validity, principal =
+               login, source-address); certcapture hands us the certificate that signed
+               ──▶ identity ──▶ authorizer(identity, login, client_addr) ──▶ SessionPolicy
+               (AccessDenied ──▶ auth fails, audit "session.rejected")
+      session  shell / exec / exec with pty / sftp subsystem ──▶ session.spawn() as the
+               Unix user; bytes relayed between the channel and the child's raw fds
+      forward  -L (direct-tcpip), -R (tcpip-forward), agent ──▶ only if the policy says so
+      audit    session.rejected, session.start, session.end, exec, port_forward,
+               agent_forward; delivered in order by one worker so a slow sink never
+               stalls a session
+
+How the node joins the cluster, where the CA keys come from and what the authorizer
+checks (roles, labels, locks) belong to the caller; this module only enforces answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncssh
+
+from certgate.api.certs import identity_from_ssh_cert
+from certgate.api.identity import Identity
+from certgate.errors import AccessDenied, BadParameter, NotFound
+from certgate.node import certcapture
+from certgate.node.session import (
+    SFTP_SERVER,
+    ChildProcess,
+    UnixAccount,
+    login_environment,
+    lookup_account,
+    shell_argv,
+    signal_by_name,
+    signal_name,
+    spawn,
+)
+
+log = logging.getLogger(__name__)
+
+# OpenSSH clients take the first cipher of *their* list that the server offers:
+# chacha20-poly1305, then aes-ctr (with a separate MAC), then aes-gcm. In asyncssh
+# AES-GCM runs at about twice the speed of the others (NOTES.md), so the node offers
+# only AES-GCM, which every OpenSSH since 6.2 (2013), PuTTY and Go's x/crypto speak.
+DEFAULT_CIPHERS: tuple[str, ...] = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+AUTHORIZE_TIMEOUT = 10.0
+AUDIT_TIMEOUT = 10.0
+LOGIN_TIMEOUT = 30.0
+# How long terminate_sessions waits for a client to take the message before hanging up.
+TERMINATE_FLUSH_SECONDS = 2.0
+# A channel queues at most this much output before the child's output is paused; a few
+# SSH packets' worth keeps the pipe full without holding megabytes per session.
+WRITE_HIGH_WATER = 256 * 1024
+
+
+@dataclass(frozen=True)
+class SessionPolicy:
+    """What an authorized connection may do beyond running sessions.
+
+    Built by the authorizer from the caller's roles. New fields must default to the
+    restrictive choice so an older authorizer grants nothing new by accident.
+    """
+
+    port_forwarding: bool = False
+    forward_agent: bool = False
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A live session, as `NodeSSHServer.sessions()` lists it."""
+
+    id: str
+    identity: Identity
+    login: str
+    kind: str  # "shell", "exec" or "sftp"
+    started: datetime
+    client_addr: str
+    command: str | None = None
+    tty: bool = False
+    term_size: tuple[int, int] | None = None  # (columns, rows) when the session began
+
+
+class SessionObserver(Protocol):
+    """Sees what an interactive (pty) session shows; a session recorder implements it.
+
+    Called on the event loop in the data path: keep each call cheap and non-blocking
+    (buffer and hand off). An exception detaches the observer, never the session.
+    """
+
+    def on_output(self, data: bytes) -> None: ...
+
+    def on_resize(self, width: int, height: int) -> None: ...
+
+    def on_end(self) -> None: ...
+
+
+Authorizer = Callable[[Identity, str, str], Awaitable[SessionPolicy]]
+AuditSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+ObserverFactory = Callable[[SessionInfo], SessionObserver | None]
+SessionPredicate = Callable[[Identity, str], bool]
+
+
+def _format_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _ca_key_blob(line: str) -> bytes | None:
+    """The public key blob of a trusted-CA line ("type base64 [comment]")."""
+    fields = line.split()
+    if fields and fields[0].startswith("@"):
+        fields = fields[2:]  # "@cert-authority <hosts> type base64"
+    elif fields and fields[0] == "cert-authority":
+        fields = fields[1:]  # authorized_keys form
+    if len(fields) < 2:
+        return None
+    try:
+        key = asyncssh.import_public_key(f"{fields[0]} {fields[1]}")
+    except (asyncssh.KeyImportError, ValueError):
+        return None
+    return bytes(key.public_data)
+
+
+class NodeSSHServer:
+    """The SSH server of a node.
+
+    `trusted_user_ca_keys()` is called for every new connection, so rotating the user
+    CA needs no restart. `authorizer` decides each login; `audit` receives events;
+    `session_observer` (optional) is asked for an observer for every pty session.
+    """
+
+    def __init__(
+        self,
+        host_key: bytes | str,
+        host_cert: bytes | str,
+        trusted_user_ca_keys: Callable[[], list[str]],
+        authorizer: Authorizer,
+        audit: AuditSink | None,
+        node_name: str,
+        *,
+        session_observer: ObserverFactory | None = None,
+        ciphers: Sequence[str] = DEFAULT_CIPHERS,
+        authorize_timeout: float = AUTHORIZE_TIMEOUT,
+    ) -> None:
+        # Fail at construction, not at the first login, if asyncssh changed under us.
+        certcapture.check_compatible()
+        try:
+            self._host_key = asyncssh.import_private_key(host_key)
+            self._host_cert = asyncssh.import_certificate(host_cert)
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise BadParameter(f"node host key or certificate is malformed: {exc}") from exc
+        self._trusted_user_ca_keys = trusted_user_ca_keys
+        self._authorizer = authorizer
+        self._audit_sink = audit
+        self.node_name = node_name
+        self._observer_factory = session_observer
+        self._ciphers = list(ciphers)
+        self._authorize_timeout = authorize_timeout
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._connections: set[_Connection] = set()
+        self._sessions: dict[str, _Session] = {}
+        self._audit_queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._audit_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str = "0.0.0.0", port: int = 3022) -> int:
+        """Listen on host:port (0 picks a free port); returns the bound port."""
+        if self._audit_task is None:
+            self._audit_task = asyncio.create_task(self._audit_worker(), name="node-audit")
+        self._acceptor = await asyncssh.create_server(
+            lambda: _Connection(self),
+            host,
+            port,
+            server_host_keys=[(self._host_key, self._host_cert)],
+            encryption_algs=self._ciphers,
+            public_key_auth=True,
+            password_auth=False,
+            kbdint_auth=False,
+            host_based_auth=False,
+            gss_host=None,
+            # Raw bytes end to end, and no asyncssh line editor in front of the pty.
+            encoding=None,
+            line_editor=False,
+            allow_pty=True,
+            x11_forwarding=False,
+            # Decided per connection by the policy (certcapture.guard_agent_forwarding).
+            agent_forwarding=True,
+            login_timeout=LOGIN_TIMEOUT,
+            keepalive_interval=30,
+            keepalive_count_max=3,
+            server_version="certgate",
+        )
+        return int(self._acceptor.get_port())
+
+    async def close(self) -> None:
+        """Stop listening, end every session and connection, flush the audit queue."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+            self._acceptor = None
+        for connection in list(self._connections):
+            connection.abort()
+        if self._audit_task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._audit_queue.join(), AUDIT_TIMEOUT)
+            self._audit_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._audit_task
+            self._audit_task = None
+
+    # ------------------------------------------------------------------ sessions
+
+    def sessions(self) -> list[SessionInfo]:
+        """The sessions running now."""
+        return [s.info for s in self._sessions.values() if s.info is not None]
+
+    async def terminate_sessions(self, predicate: SessionPredicate, message: str) -> int:
+        """End the live sessions whose (identity, login) match, showing `message` first.
+
+        The matching clients' connections are closed too, so nothing else (a second
+        session on a multiplexed connection, a port forward) survives a lock.
+        Returns how many sessions were ended.
+        """
+        victims = [
+            c
+            for c in list(self._connections)
+            if c.identity is not None and predicate(c.identity, c.login)
+        ]
+        ended = sum(connection.terminate(message) for connection in victims)
+        if victims:
+            await asyncio.gather(*(connection.hang_up() for connection in victims))
+        return ended
+
+    # ------------------------------------------------------------------ internals
+
+    def _trusted_ca_blobs(self) -> frozenset[bytes]:
+        try:
+            lines = self._trusted_user_ca_keys()
+        except Exception:
+            # Fail closed: without a CA list nobody logs in, which is loud enough.
+            log.exception("could not read the trusted user CA keys")
+            return frozenset()
+        blobs = set()
+        for line in lines:
+            blob = _ca_key_blob(line)
+            if blob is None:
+                log.warning("ignoring malformed trusted user CA key line: %.40s", line)
+            else:
+                blobs.add(blob)
+        return frozenset(blobs)
+
+    def _audit(self, event: str, fields: dict[str, Any]) -> None:
+        if self._audit_sink is not None:
+            self._audit_queue.put_nowait((event, {"node": self.node_name, **fields}))
+
+    async def _audit_worker(self) -> None:
+        while True:
+            event, fields = await self._audit_queue.get()
+            try:
+                if self._audit_sink is not None:
+                    await asyncio.wait_for(self._audit_sink(event, fields), AUDIT_TIMEOUT)
+            except Exception:
+                log.exception("audit sink failed for %s event", event)
+            finally:
+                self._audit_queue.task_done()
+
+    def _observer_for(self, info: SessionInfo) -> SessionObserver | None:
+        if self._observer_factory is None:
+            return None
+        try:
+            return self._observer_factory(info)
+        except Exception:
+            log.exception("session observer factory failed for session %s", info.id)
+            return None
+
+
+class _Connection(asyncssh.SSHServer):
+    """One client connection: its authentication and what it was allowed."""
+
+    def __init__(self, node: NodeSSHServer) -> None:
+        self._node = node
+        self._conn: Any = None
+        self._trusted: frozenset[bytes] = frozenset()
+        self.client_addr = ""
+        self.identity: Identity | None = None
+        self.login = ""
+        self.account: UnixAccount | None = None
+        self.policy = SessionPolicy()
+        self.sessions: set[_Session] = set()
+
+    # ---- asyncssh callbacks --------------------------------------------------
+
+    def connection_made(self, conn: Any) -> None:
+        self._conn = conn
+        peer = conn.get_extra_info("peername")
+        self.client_addr = _format_addr(str(peer[0]), int(peer[1])) if peer else ""
+        self._trusted = self._node._trusted_ca_blobs()
+        certcapture.install_certificate_capture(conn, self._certificate_verified)
+        certcapture.guard_agent_forwarding(conn, self._allow_agent, self._agent_socket_created)
+        self._node._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._node._connections.discard(self)
+
+    def begin_auth(self, username: str) -> bool:
+        return True  # every login authenticates
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: Any) -> bool:
+        return False  # plain keys never: only certificates from the user CA
+
+    def validate_ca_key(self, username: str, key: Any) -> bool:
+        return bytes(key.public_data) in self._trusted
+
+    def session_requested(self) -> Any:
+        if self.identity is None or self.account is None:
+            return False
+        return _Session(self)
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        allowed = self.policy.port_forwarding
+        self._audit_forward("local", f"{dest_host}:{dest_port}", allowed)
+        if not allowed:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                "port forwarding is not allowed by your roles",
+            )
+        return True
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        allowed = self.policy.port_forwarding
+        # The listener is opened by this (root) process: only root may ask for a
+        # privileged port, as with sshd.
+        if 0 < listen_port < 1024 and (self.account is None or self.account.uid != 0):
+            allowed = False
+        self._audit_forward("remote", f"{listen_host}:{listen_port}", allowed)
+        return allowed
+
+    # ---- authentication ------------------------------------------------------
+
+    async def _certificate_verified(self, login: str, key_data: bytes) -> bool:
+        node = self._node
+        try:
+            identity = identity_from_ssh_cert(certcapture.certificate_text(key_data))
+        except (BadParameter, ValueError) as exc:
+            self._reject(None, login, f"malformed certificate: {exc}")
+            return False
+        if login not in identity.logins:
+            # asyncssh already checked the principal; this guards the shim itself.
+            self._reject(identity, login, f'login "{login}" is not a principal of the certificate')
+            return False
+        try:
+            account = lookup_account(login)
+        except NotFound as exc:
+            self._reject(identity, login, exc.message)
+            return False
+        try:
+            policy = await asyncio.wait_for(
+                node._authorizer(identity, login, self.client_addr), node._authorize_timeout
+            )
+        except AccessDenied as exc:
+            self._reject(identity, login, exc.message)
+            return False
+        except TimeoutError:
+            self._reject(identity, login, "authorization timed out")
+            return False
+        except Exception:
+            log.exception("authorizer failed for %s as %s", identity.username, login)
+            self._reject(identity, login, "internal error while authorizing")
+            return False
+        self.identity, self.login, self.account, self.policy = identity, login, account, policy
+        return True
+
+    def _reject(self, identity: Identity | None, login: str, reason: str) -> None:
+        user = identity.username if identity is not None else ""
+        log.info("refused %s as %s from %s: %s", user or "?", login, self.client_addr, reason)
+        self._node._audit(
+            "session.rejected",
+            {"user": user, "login": login, "reason": reason, "client_addr": self.client_addr},
+        )
+
+    # ---- forwarding ----------------------------------------------------------
+
+    def _audit_forward(self, kind: str, addr: str, allowed: bool) -> None:
+        self._node._audit(
+            "port_forward",
+            {
+                "user": self.identity.username if self.identity else "",
+                "login": self.login,
+                "client_addr": self.client_addr,
+                "kind": kind,
+                "addr": addr,
+                "allowed": allowed,
+            },
+        )
+
+    def _allow_agent(self) -> bool:
+        allowed = self.policy.forward_agent and self.account is not None
+        self._node._audit(
+            "agent_forward",
+            {
+                "user": self.identity.username if self.identity else "",
+                "login": self.login,
+                "client_addr": self.client_addr,
+                "allowed": allowed,
+            },
+        )
+        return allowed
+
+    def _agent_socket_created(self, path: str) -> None:
+        # asyncssh makes the socket in a root-only temporary directory; the session's
+        # programs run as the login and must be able to reach it.
+        assert self.account is not None
+        for item in (os.path.dirname(path), path):
+            os.chown(item, self.account.uid, self.account.gid)
+
+    # ---- termination ---------------------------------------------------------
+
+    def terminate(self, message: str) -> int:
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.terminate(message)
+        return len(sessions)
+
+    async def hang_up(self) -> None:
+        """Close the connection once the sessions' last words had a chance to leave."""
+        waits = [session.wait_closed() for session in self.sessions]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), TERMINATE_FLUSH_SECONDS)
+        if self._conn is not None:
+            self._conn.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._conn.wait_closed(), TERMINATE_FLUSH_SECONDS)
+
+    def abort(self) -> None:
+        for session in list(self.sessions):
+            session.kill()
+        if self._conn is not None:
+            self._conn.abort()
+
+
+class _Session(asyncssh.SSHServerSession[bytes]):
+    """One session channel: its request, its child process and the relay between them.
+
+    It is also the child's ProcessSink (session.ChildProcess calls output/exited).
+    """
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+        self._node = connection._node
+        self._chan: Any = None
+        self.id = str(uuid.uuid4())
+        self.info: SessionInfo | None = None
+        self._kind = ""
+        self._command: str | None = None
+        self._term: str | None = None
+        self._term_size: tuple[int, int, int, int] | None = None
+        self._child: ChildProcess | None = None
+        self._observer: SessionObserver | None = None
+        self._started_at = 0.0
+        self._ended = False
+        self._end_reason = "exited"
+        self._exit_code: int | None = None
+        self._closed = asyncio.get_running_loop().create_future()
+
+    # ---- requests ------------------------------------------------------------
+
+    def connection_made(self, chan: Any) -> None:
+        self._chan = chan
+        chan.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any
+    ) -> bool:
+        self._term = term_type
+        self._term_size = term_size
+        return True
+
+    def shell_requested(self) -> bool:
+        self._kind = "shell"
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        self._kind, self._command = "exec", command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        if subsystem != "sftp" or not os.access(SFTP_SERVER, os.X_OK):
+            return False
+        self._kind = "sftp"
+        return True
+
+    def session_started(self) -> None:
+        try:
+            self._start()
+        except Exception as exc:
+            log.exception("could not start %s session %s", self._kind, self.id)
+            with contextlib.suppress(OSError):
+                self._chan.write_stderr(f"certgate: cannot start session: {exc}\r\n".encode())
+                self._chan.exit(127)
+            self._end("failed to start")
+
+    def _start(self) -> None:
+        connection = self._connection
+        assert connection.identity is not None and connection.account is not None
+        account = connection.account
+        size = self._term_size
+        if size is not None and (size[0] <= 0 or size[1] <= 0):
+            size = (80, 24, 0, 0)
+        self.info = SessionInfo(
+            id=self.id,
+            identity=connection.identity,
+            login=connection.login,
+            kind=self._kind,
+            started=datetime.now(UTC),
+            client_addr=connection.client_addr,
+            command=self._command,
+            tty=size is not None,
+            term_size=(size[0], size[1]) if size is not None else None,
+        )
+        env = login_environment(
+            account,
+            client_env=self._chan.get_environment(),
+            term=self._term,
+            extra=self._session_env(),
+        )
+        if self._kind == "sftp":
+            executable, argv = SFTP_SERVER, [SFTP_SERVER]
+        else:
+            executable, argv = shell_argv(account, self._command)
+        self._started_at = time.monotonic()
+        self._child = spawn(account, executable, argv, env, self, pty_size=size)
+        self._connection.sessions.add(self)
+        self._node._sessions[self.id] = self
+        if size is not None:
+            self._observer = self._node._observer_for(self.info)
+        self._node._audit(
+            "session.start",
+            {
+                **self._fields(),
+                "client_addr": connection.client_addr,
+                "command": self._command,
+                "tty": size is not None,
+                "pid": self._child.pid,
+            },
+        )
+
+    def _session_env(self) -> dict[str, str]:
+        connection = self._connection
+        assert connection.identity is not None
+        env = {"CERTGATE_USER": connection.identity.username, "CERTGATE_SESSION_ID": self.id}
+        peer = self._chan.get_extra_info("peername")
+        local = self._chan.get_extra_info("sockname")
+        if peer and local:
+            env["SSH_CLIENT"] = f"{peer[0]} {peer[1]} {local[1]}"
+            env["SSH_CONNECTION"] = f"{peer[0]} {peer[1]} {local[0]} {local[1]}"
+        agent = self._chan.get_agent_path()
+        if agent:
+            env["SSH_AUTH_SOCK"] = str(agent)
+        if self._command is not None:
+            env["SSH_ORIGINAL_COMMAND"] = self._command
+        return env
+
+    # ---- channel → child -----------------------------------------------------
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        if self._child is not None and not self._child.write_stdin(data):
+            # The child is not keeping up: stop reading the channel, which stops
+            # window adjusts, which makes the client wait (end-to-end back pressure).
+            self._chan.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self._child is not None:
+            self._child.close_stdin()
+        return True  # keep the channel open for the child's remaining output
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if width <= 0 or height <= 0:
+            return
+        self._term_size = (width, height, pixwidth, pixheight)
+        if self._child is not None:
+            self._child.resize(width, height, pixwidth, pixheight)
+        if self._observer is not None:
+            self._notify(self._observer.on_resize, width, height)
+
+    def signal_received(self, signal: str) -> None:
+        signum = signal_by_name(signal)
+        if signum is not None and self._child is not None:
+            self._child.signal(signum)
+
+    def break_received(self, msec: int) -> bool:
+        return False
+
+    def pause_writing(self) -> None:
+        if self._child is not None:
+            self._child.pause_output()
+
+    def resume_writing(self) -> None:
+        if self._child is not None:
+            self._child.resume_output()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._child is not None and self._exit_code is None:
+            self._child.terminate()
+            if self._end_reason == "exited":
+                self._end_reason = "disconnected"
+        self._end(self._end_reason)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    # ---- child → channel (ProcessSink) ----------------------------------------
+
+    def output(self, data: bytes, stderr: bool) -> None:
+        try:
+            if stderr:
+                self._chan.write_stderr(data)
+            else:
+                self._chan.write(data)
+        except OSError:
+            # The channel is closing (client went away or we terminated it).
+            if self._child is not None:
+                self._child.terminate()
+            return
+        if self._observer is not None:
+            self._notify(self._observer.on_output, data)
+
+    def stdin_drained(self) -> None:
+        self._chan.resume_reading()
+
+    def exited(self, returncode: int) -> None:
+        self._exit_code = returncode
+        if self._kind == "exec":
+            self._node._audit(
+                "exec", {**self._fields(), "command": self._command, "exit_code": returncode}
+            )
+        with contextlib.suppress(OSError):
+            if returncode >= 0:
+                self._chan.exit(returncode)
+            else:
+                self._chan.exit_with_signal(signal_name(-returncode))
+        self._end("exited")
+
+    # ---- ending --------------------------------------------------------------
+
+    def terminate(self, message: str) -> None:
+        """Show `message`, end the child and close the channel."""
+        text = f"\r\n{message}\r\n" if self.info is not None and self.info.tty else f"{message}\n"
+        with contextlib.suppress(OSError):
+            if self.info is not None and self.info.tty:
+                self._chan.write(text.encode())
+            else:
+                self._chan.write_stderr(text.encode())
+        self._end_reason = "terminated"
+        if self._child is not None and self._exit_code is None:
+            self._child.terminate()
+        # close() flushes what the window allows before the channel close goes out.
+        self._chan.close()
+
+    def kill(self) -> None:
+        """Server shutdown: no goodbyes."""
+        self._end_reason = "node shutting down"
+        if self._child is not None:
+            self._child.close()
+        self._end(self._end_reason)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    def _end(self, reason: str) -> None:
+        if self._ended or self.info is None:
+            return
+        self._ended = True
+        self._connection.sessions.discard(self)
+        self._node._sessions.pop(self.id, None)
+        if self._observer is not None:
+            self._notify(self._observer.on_end)
+            self._observer = None
+        fields: dict[str, Any] = {
+            **self._fields(),
+            "duration": round(time.monotonic() - self._started_at, 3),
+            "reason": reason,
+        }
+        if self._exit_code is not None:
+            fields["exit_code"] = self._exit_code
+        self._node._audit("session.end", fields)
+
+    def _fields(self) -> dict[str, Any]:
+        assert self.info is not None
+        return {
+            "session_id": self.id,
+            "user": self.info.identity.username,
+            "login": self.info.login,
+            "kind": self.info.kind,
+        }
+
+    def _notify(self, method: Callable[..., None], *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:
+            log.exception("session observer failed; detaching it from session %s", self.id)
+            self._observer = None

@@ -1,0 +1,1 @@
+"""The proxy: the one public entry (web API, SSH jump host, Kubernetes)."""

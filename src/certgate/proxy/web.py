@@ -1,0 +1,240 @@
+"""The proxy's HTTPS listener (port 3080): login, invites, and the auth API for users.
+
+    cgsh login  --POST /v1/login-->            proxy --(proxy identity)-->  auth /v1/login
+    browser     --/web/invite/<token>-->        proxy --------------------> auth /v1/invites
+    remote cgctl/cgsh --/v1/api/<path>-->       proxy --(proxy identity + the user's own
+                        (user's client cert)           certificate, forwarded)--> auth /v1/<path>
+
+The proxy never decides for auth: it passes the user's certificate on, and auth checks it
+against the user CA itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+from importlib import resources
+from typing import Any
+
+import qrcode
+import qrcode.image.svg
+from aiohttp import web
+
+from certgate.errors import BadParameter, CertgateError, to_json
+from certgate.rpc.auth_client import AsyncAuthClient
+
+log = logging.getLogger("certgate.proxy")
+
+FORWARDED_CERT = "Certgate-Forwarded-Cert"
+FORWARDED_ADDR = "Certgate-Client-Addr"
+# Headers a client may not set itself: they carry identity between proxy and auth.
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+_IDENTITY_HEADERS = {FORWARDED_CERT.lower(), FORWARDED_ADDR.lower()}
+
+
+class ProxyWeb:
+    def __init__(self, auth: AsyncAuthClient, cluster_name: str) -> None:
+        self._auth = auth
+        self.cluster_name = cluster_name
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024 * 1024, middlewares=[_errors])
+        r = app.router
+        r.add_get("/v1/ping", self.ping)
+        r.add_post("/v1/login", self.login)
+        r.add_get("/v1/invites/{token}", self.get_invite)
+        r.add_post("/v1/invites/{token}", self.complete_invite)
+        r.add_get("/web/invite/{token}", self.invite_page)
+        r.add_post("/web/invite/{token}", self.invite_form)
+        r.add_route("*", "/v1/api/{path:.*}", self.forward)
+        r.add_get("/", self.index)
+        return app
+
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.json_response({"cluster_name": self.cluster_name, "version": "0.1.0"})
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=f"certgate proxy for {self.cluster_name}: log in with "
+            f"`cgsh login --proxy={request.host}`\n"
+        )
+
+    def _user_headers(self, request: web.Request) -> dict[str, str]:
+        return {FORWARDED_ADDR: request.remote or ""}
+
+    async def login(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        result = await self._auth.call(
+            "POST", "/v1/login", json=body, headers=self._user_headers(request)
+        )
+        return web.json_response(result)
+
+    async def get_invite(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        return web.json_response(await self._auth.call("GET", f"/v1/invites/{_safe(token)}"))
+
+    async def complete_invite(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        body = await _json_object(request)
+        await self._auth.call(
+            "POST", f"/v1/invites/{_safe(token)}", json=body, headers=self._user_headers(request)
+        )
+        return web.Response(status=204)
+
+    async def invite_page(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        try:
+            invite = await self._auth.call("GET", f"/v1/invites/{_safe(token)}")
+        except CertgateError as exc:
+            return _page("", self.cluster_name, _message(exc.message, "error"), "", 404)
+        return _page(invite["user"], self.cluster_name, "", _invite_form(invite), 200)
+
+    async def invite_form(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        form = await request.post()
+        password = str(form.get("password", ""))
+        otp = str(form.get("otp", ""))
+        try:
+            invite = await self._auth.call("GET", f"/v1/invites/{_safe(token)}")
+        except CertgateError as exc:
+            return _page("", self.cluster_name, _message(exc.message, "error"), "", 404)
+        if password != str(form.get("password_confirm", password)):
+            text = _message("the two passwords differ", "error")
+            return _page(invite["user"], self.cluster_name, text, _invite_form(invite), 400)
+        try:
+            await self._auth.call(
+                "POST",
+                f"/v1/invites/{_safe(token)}",
+                json={"password": password, "otp": otp},
+                headers=self._user_headers(request),
+            )
+        except CertgateError as exc:
+            text = _message(exc.message, "error")
+            return _page(
+                invite["user"], self.cluster_name, text, _invite_form(invite), exc.http_status
+            )
+        done = _message(
+            f"your account is ready. Log in with: cgsh login --proxy={request.host} "
+            f"--user={invite['user']}",
+            "ok",
+        )
+        return _page(invite["user"], self.cluster_name, done, "", 200)
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        """The auth API for users, with their certificate passed on for auth to check."""
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        if not der:
+            raise _Refusal(401, "access denied: log in first (cgsh login)")
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in _HOP_HEADERS
+            and k.lower() not in _IDENTITY_HEADERS
+            and k.lower().startswith(("content-type", "accept"))
+        }
+        headers[FORWARDED_CERT] = base64.b64encode(der).decode()
+        headers[FORWARDED_ADDR] = request.remote or ""
+        path = "/v1/" + request.match_info["path"]
+        response = await self._auth.raw(
+            request.method,
+            path,
+            params=list(request.query.items()),
+            headers=headers,
+            content=await request.read() if request.can_read_body else None,
+        )
+        return web.Response(
+            status=response.status_code,
+            body=response.content,
+            content_type=response.headers.get("content-type", "application/json").split(";")[0],
+        )
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _safe(token: str) -> str:
+    # Tokens are hex; refuse anything that could change the path on the way to auth.
+    if not token or len(token) > 128 or not token.isalnum():
+        raise BadParameter("invite not found or expired: ask your admin for a new one")
+    return token
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise BadParameter("request body must be a JSON object") from exc
+    if not isinstance(body, dict):
+        raise BadParameter("request body must be a JSON object")
+    return body
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except web.HTTPException:
+        raise
+    except _Refusal as exc:
+        return web.json_response(
+            {"error": "access_denied", "message": exc.message}, status=exc.status
+        )
+    except CertgateError as exc:
+        return web.json_response(to_json(exc), status=exc.http_status)
+    except Exception:
+        log.exception("internal error serving %s %s", request.method, request.path)
+        return web.json_response(
+            {"error": "internal", "message": "internal error: see the proxy's log"}, status=500
+        )
+
+
+def _template() -> str:
+    return (resources.files("certgate.web") / "templates" / "invite.html").read_text()
+
+
+def _qr_svg(data: str) -> str:
+    image = qrcode.make(data, image_factory=qrcode.image.svg.SvgPathImage)
+    return str(image.to_string(encoding="unicode"))
+
+
+def _invite_form(invite: dict[str, Any]) -> str:
+    secret = html.escape(invite["totp_secret"])
+    return f"""
+<p>Scan this code with an authenticator app (or type the secret), then choose a
+password of at least 12 characters and enter the app's current code.</p>
+<div class="qr">{_qr_svg(invite["totp_uri"])}</div>
+<p>Secret: <code id="totp-secret">{secret}</code></p>
+<form method="post">
+  <label for="password">Password</label>
+  <input id="password" name="password" type="password" minlength="12" required
+         autocomplete="new-password">
+  <label for="password_confirm">Password again</label>
+  <input id="password_confirm" name="password_confirm" type="password" minlength="12" required
+         autocomplete="new-password">
+  <label for="otp">One-time code</label>
+  <input id="otp" name="otp" inputmode="numeric" pattern="[0-9]{{6}}" required
+         autocomplete="one-time-code">
+  <button type="submit">Create account</button>
+</form>"""
+
+
+def _message(text: str, kind: str) -> str:
+    return f'<p class="{kind}" role="status">{html.escape(text)}</p>'
+
+
+def _page(user: str, cluster: str, message: str, form: str, status: int) -> web.Response:
+    body = (
+        _template()
+        .replace("{{user}}", html.escape(user or "there"))
+        .replace("{{cluster}}", html.escape(cluster))
+        .replace("{{message}}", message)
+        .replace("{{form}}", form)
+    )
+    return web.Response(text=body, content_type="text/html", status=status)

@@ -1,0 +1,1 @@
+"""Talking to the auth API from another process (proxy, node, cgctl, cgsh)."""

@@ -1,0 +1,114 @@
+"""A thin client for the auth service's HTTPS API, sync (CLIs) and async (services).
+
+Answers are JSON; an error answer is turned back into the certgate error that caused it
+(`errors.from_json`), so a refusal reads the same on both sides of the wire.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import httpx
+
+from certgate.errors import CertgateError, ConnectionProblem, from_json
+
+DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    raise from_json(response.status_code, body)
+
+
+def _decode(response: httpx.Response) -> Any:
+    _raise_for(response)
+    if response.status_code == 204 or not response.content:
+        return None
+    if response.headers.get("content-type", "").startswith("application/json"):
+        return response.json()
+    return response.text
+
+
+def _unreachable(base_url: str, exc: Exception) -> CertgateError:
+    if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        return ConnectionProblem(
+            f"cannot verify the TLS certificate of {base_url}: pass --insecure for a "
+            "self-signed proxy, or check the address"
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return ConnectionProblem(f"{base_url} did not answer in time")
+    return ConnectionProblem(f"cannot reach {base_url}: {exc}")
+
+
+class AuthClient:
+    """Blocking client (command-line tools)."""
+
+    def __init__(
+        self, base_url: str, context: ssl.SSLContext, headers: dict[str, str] | None = None
+    ):
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.base_url, verify=context, timeout=DEFAULT_TIMEOUT, headers=headers
+        )
+
+    def call(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
+        try:
+            response = self._http.request(method, path, json=json, params=params)
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.base_url, exc) from exc
+        return _decode(response)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class AsyncAuthClient:
+    """Non-blocking client (proxy, node)."""
+
+    def __init__(
+        self, base_url: str, context: ssl.SSLContext, headers: dict[str, str] | None = None
+    ):
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            verify=context,
+            timeout=DEFAULT_TIMEOUT,
+            headers=headers,
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        response = await self.raw(method, path, json=json, params=params, headers=headers)
+        return _decode(response)
+
+    async def raw(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> httpx.Response:
+        try:
+            return await self._http.request(
+                method, path, json=json, params=params, headers=headers, content=content
+            )
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.base_url, exc) from exc
+
+    async def close(self) -> None:
+        await self._http.aclose()

@@ -1,0 +1,1 @@
+"""Typed stores on a Backend: one module per resource family."""

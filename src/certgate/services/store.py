@@ -1,0 +1,84 @@
+"""A typed view of one key prefix: resources in, resources out, revisions kept.
+
+`ResourceStore(backend, "/roles/", Role)` stores each role as JSON under
+`/roles/<name>`; reads set `metadata.revision` from the backend so a later `update`
+is conditional on it (a lost race raises CompareFailed instead of overwriting).
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel
+
+from certgate.api.meta import Metadata
+from certgate.backend.base import Backend, Item
+from certgate.errors import AlreadyExists, NotFound
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class ResourceStore(Generic[T]):
+    def __init__(self, backend: Backend, prefix: str, model: type[T], noun: str) -> None:
+        self._backend = backend
+        self._prefix = prefix
+        self._model = model
+        self._noun = noun
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def key(self, name: str) -> str:
+        return self._prefix + name
+
+    def decode(self, item: Item) -> T:
+        resource = self._model.model_validate_json(item.value)
+        meta = _metadata(resource).model_copy(update={"revision": item.revision})
+        return resource.model_copy(update={"metadata": meta})
+
+    def _encode(self, resource: T) -> Item:
+        meta = _metadata(resource)
+        clean = resource.model_copy(update={"metadata": meta.model_copy(update={"revision": 0})})
+        return Item(
+            key=self.key(meta.name),
+            value=clean.model_dump_json().encode(),
+            expires=meta.expires,
+        )
+
+    async def get(self, name: str) -> T:
+        try:
+            return self.decode(await self._backend.get(self.key(name)))
+        except NotFound:
+            raise NotFound(f'{self._noun} "{name}" not found') from None
+
+    async def list(self) -> list[T]:
+        return [self.decode(item) for item in await self._backend.range(self._prefix)]
+
+    async def create(self, resource: T) -> T:
+        try:
+            item = await self._backend.create(self._encode(resource))
+        except AlreadyExists:
+            name = _metadata(resource).name
+            raise AlreadyExists(f'{self._noun} "{name}" already exists') from None
+        return self.decode(item)
+
+    async def upsert(self, resource: T) -> T:
+        return self.decode(await self._backend.put(self._encode(resource)))
+
+    async def update(self, resource: T) -> T:
+        """Write `resource` only if nobody changed it since it was read."""
+        expected = _metadata(resource).revision
+        return self.decode(await self._backend.compare_and_swap(self._encode(resource), expected))
+
+    async def delete(self, name: str) -> None:
+        try:
+            await self._backend.delete(self.key(name))
+        except NotFound:
+            raise NotFound(f'{self._noun} "{name}" not found') from None
+
+
+def _metadata(resource: BaseModel) -> Metadata:
+    meta = getattr(resource, "metadata", None)
+    assert isinstance(meta, Metadata), "resources carry metadata"
+    return meta

@@ -1,0 +1,1 @@
+"""Templates and static assets served by the proxy."""
