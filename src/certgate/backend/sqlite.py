@@ -506,8 +506,9 @@ class SQLiteBackend:
         self._notify()
         if self._maintenance is not None:
             self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+            # wait() rather than await: a cancellation of close() itself must still
+            # propagate, and the task's own CancelledError must not.
+            await asyncio.wait([self._maintenance])
         await self._db.close()
 
     # -- maintenance ----------------------------------------------------------------

@@ -65,6 +65,8 @@ class Diagnostics:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.checks: list[ReadinessCheck] = []
+        # Set once every service of this process has started.
+        self.started = False
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -77,7 +79,7 @@ class Diagnostics:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if not self.checks:
+        if not self.started:
             return web.json_response({"status": "starting"}, status=503)
         for check in self.checks:
             problem = await check()

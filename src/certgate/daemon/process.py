@@ -49,7 +49,7 @@ class Daemon:
     config: Config
     data_dir: Path
     first_admin: str = ""
-    announce: Callable[[str], None] = print
+    announce: Callable[[str], None] = field(default=lambda text: print(text, flush=True))
     metrics: Metrics = field(default_factory=Metrics)
     _runners: list[web.AppRunner] = field(default_factory=list)
     _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
@@ -81,10 +81,9 @@ class Daemon:
             await self._start_auth(diagnostics)
         if self.config.proxy_service.enabled:
             await self._start_proxy()
-        if not diagnostics.checks:
-            diagnostics.checks.append(_always_ready)
         if self.first_admin and self.auth:
             await self._invite_first_admin(self.auth)
+        diagnostics.started = True
 
     async def close(self) -> None:
         for runner in reversed(self._runners):
@@ -235,10 +234,6 @@ class Daemon:
             raise BadParameter(f"cannot listen on {addr} for {name}: {exc.strerror}") from exc
         self._runners.append(runner)
         log.info("%s listening on %s", name, addr)
-
-
-async def _always_ready() -> str | None:
-    return None
 
 
 async def _store_ready(backend: Backend) -> str | None:

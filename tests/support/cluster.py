@@ -1,0 +1,194 @@
+"""A real certgate cluster in subprocesses on free loopback ports, driven by its CLIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.net import free_port
+from tests.support.otp import OtpDevice
+
+BIN = Path(sys.executable).parent
+PASSWORD = "correct horse battery staple"
+
+
+def _insecure() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@dataclass
+class User:
+    name: str
+    password: str
+    otp: OtpDevice
+    home: Path
+
+
+@dataclass
+class Cluster:
+    workdir: Path
+    roles: str = "auth,proxy"
+    extra_args: list[str] = field(default_factory=list)
+    cluster_name: str = "test.certgate"
+    process: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.workdir / "data"
+        self.auth_port = free_port()
+        self.web_port = free_port()
+        self.ssh_proxy_port = free_port()
+        self.ssh_port = free_port()
+        self.diag_port = free_port()
+        self.log = self.workdir / "certgate.log"
+
+    @property
+    def proxy_addr(self) -> str:
+        return f"127.0.0.1:{self.web_port}"
+
+    @property
+    def auth_addr(self) -> str:
+        return f"127.0.0.1:{self.auth_port}"
+
+    def command(self) -> list[str]:
+        return [
+            str(BIN / "certgate"),
+            "start",
+            "--roles", self.roles,
+            "--data-dir", str(self.data_dir),
+            "--cluster-name", self.cluster_name,
+            "--nodename", "node-1",
+            "--auth-listen", self.auth_addr,
+            "--web-listen", self.proxy_addr,
+            "--public-addr", self.proxy_addr,
+            "--ssh-proxy-listen", f"127.0.0.1:{self.ssh_proxy_port}",
+            "--ssh-listen", f"127.0.0.1:{self.ssh_port}",
+            "--diag-addr", f"127.0.0.1:{self.diag_port}",
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 30) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"certgate exited:\n{self.log.read_text()}")
+            if self.diag("/readyz")[0] == 200:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"certgate not ready in {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def diag(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.diag_port}{path}", timeout=2) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def web(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A plain HTTPS call to the proxy, as a script or browser would make it."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"https://{self.proxy_addr}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, context=_insecure(), timeout=10) as r:
+                text = r.read().decode()
+                status = r.status
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode()
+            status = exc.code
+        try:
+            return status, json.loads(text) if text else None
+        except ValueError:
+            return status, text
+
+    # command-line tools ------------------------------------------------------------
+
+    def cgctl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return run(
+            [str(BIN / "cgctl"), "--data-dir", str(self.data_dir), *args], input=input, check=check
+        )
+
+    def cgsh(
+        self, user: User, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        env = {"CERTGATE_HOME": str(user.home)}
+        return run([str(BIN / "cgsh"), *args], input=input, check=check, env=env)
+
+    def add_user(self, name: str, roles: str = "access", logins: str = "") -> User:
+        args = ["users", "add", name, f"--roles={roles}"]
+        if logins:
+            args.append(f"--logins={logins}")
+        out = self.cgctl(*args).stdout
+        token = invite_token(out)
+        status, invite = self.web("GET", f"/v1/invites/{token}")
+        assert status == 200, invite
+        otp = OtpDevice(invite["totp_secret"])
+        status, answer = self.web(
+            "POST", f"/v1/invites/{token}", {"password": PASSWORD, "otp": otp.next_code()}
+        )
+        assert status == 204, answer
+        return User(name, PASSWORD, otp, self.workdir / "homes" / name)
+
+    def login(
+        self, user: User, *extra: str, check: bool = True, otp: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        code = otp or user.otp.next_code()
+        return self.cgsh(
+            user, "login", f"--proxy={self.proxy_addr}", f"--user={user.name}", "--insecure",
+            f"--otp={code}", *extra, input=user.password + "\n", check=check,
+        )  # fmt: skip
+
+
+def invite_token(text: str) -> str:
+    match = re.search(r"/web/invite/([0-9a-f]+)", text)
+    assert match, text
+    return match.group(1)
+
+
+def run(
+    argv: list[str], input: str | None = None, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    result = subprocess.run(
+        argv, input=input, capture_output=True, text=True, env=full_env, timeout=60
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv)} exited {result.returncode}\nstdout: {result.stdout}\n"
+            f"stderr: {result.stderr}"
+        )
+    return result
