@@ -129,9 +129,7 @@ CredsFactory = Callable[..., UserCreds]
 
 
 @pytest.fixture(scope="session")
-def make_creds(
-    authorities: Authorities, tmp_path_factory: pytest.TempPathFactory
-) -> CredsFactory:
+def make_creds(authorities: Authorities, tmp_path_factory: pytest.TempPathFactory) -> CredsFactory:
     """make_creds(username, logins, roles=(), signer=None, valid=(start, end)) -> UserCreds."""
     directory = tmp_path_factory.mktemp("creds")
     counter = iter(range(1_000_000))
@@ -224,6 +222,10 @@ class Node:
             threading.Event().wait(0.02)
         raise AssertionError(f"no {name} event matched; saw {self.events!r}")
 
+    def event_for_user(self, name: str, user: str) -> dict[str, Any]:
+        """The first `name` event about certificate user `user`."""
+        return self.wait_for_event(name, lambda fields: bool(fields.get("user") == user))
+
     def ssh_argv(
         self, creds: UserCreds, login: str, *command: str, options: tuple[str, ...] = ()
     ) -> list[str]:
@@ -249,9 +251,7 @@ async def authorize(identity: Identity, login: str, client_addr: str) -> Session
 
 
 @pytest.fixture(scope="session")
-def node(
-    unix_users: dict[str, pwd.struct_passwd], authorities: Authorities
-) -> Iterator[Node]:
+def node(unix_users: dict[str, pwd.struct_passwd], authorities: Authorities) -> Iterator[Node]:
     if shutil.which("ssh") is None:
         pytest.skip("needs the OpenSSH client")
     events: list[tuple[str, dict[str, Any]]] = []

@@ -22,7 +22,8 @@ history); a watch resuming from a compacted revision fails with `CompareFailed`,
 the caller reads the current state again.
 
 The connection lives on one worker thread per backend (`SQLiteWorker`), so waiting on
-another process's lock never blocks the event loop.
+another process's lock never blocks the event loop; calls queued while it works are
+answered together, one wakeup of the loop per batch.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ import contextlib
 import functools
 import logging
 import os
+import queue
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -101,12 +103,19 @@ class SQLiteWorker:
     sqlite3 calls block (a busy lock can wait for seconds), so they never run on the
     event loop. A single thread also means the connection is never shared between
     threads, and calls through one worker run one at a time, in the order made.
+
+    Under load many calls wait at once: the thread takes every queued call (up to
+    `_MAX_BATCH_CALLS`), runs them in order, and hands all their answers back to the
+    event loop in one wakeup, so a busy server pays the thread round trip once per
+    batch rather than once per call.
     """
 
     def __init__(self, path: Path, busy_timeout: float, name: str) -> None:
         self._path = path
         self._busy_timeout = busy_timeout
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._name = name
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._closed = False
 
@@ -166,10 +175,59 @@ class SQLiteWorker:
         if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 await self._submit(conn.close)
-        self._executor.shutdown(wait=False)
+        if self._thread is not None:
+            self._calls.put(None)  # the thread ends after the calls before it
 
     async def _submit(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+            self._thread.start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._calls.put((loop, future, fn))
+        return await future
+
+    def _serve(self) -> None:
+        """The worker thread: runs calls in order and answers them a batch at a time."""
+        while True:
+            batch = [self._calls.get()]
+            while len(batch) < _MAX_BATCH_CALLS:
+                try:
+                    batch.append(self._calls.get_nowait())
+                except queue.Empty:
+                    break
+            answers: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+            for call in batch:
+                if call is None:
+                    continue
+                loop, future, fn = call
+                try:
+                    outcome: _Outcome = (future, fn(), None)
+                except BaseException as exc:  # handed to the caller, who re-raises it
+                    outcome = (future, None, exc)
+                answers.setdefault(loop, []).append(outcome)
+            for loop, outcomes in answers.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_settle, outcomes)
+            if None in batch:
+                return
+
+
+# A call for the worker thread: the caller's loop, the future it awaits, the work.
+_Call = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+_Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+_MAX_BATCH_CALLS = 64
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """On the event loop: answer the calls of one batch."""
+    for future, result, error in outcomes:
+        if future.cancelled():
+            continue
+        if error is None:
+            future.set_result(result)
+        else:
+            future.set_exception(error)
 
 
 @contextlib.contextmanager

@@ -46,6 +46,8 @@ READ_SIZE = 64 * 1024
 # Linux lets root grow a pipe to 1 MiB (fs.pipe-max-size); a fuller pipe means fewer
 # wakeups per megabyte when the child writes faster than the client reads.
 PIPE_SIZE = 1024 * 1024
+# At most this many reads of what a pty still holds when its shell has exited.
+_PTY_DRAIN_READS = 16
 # How long a child gets between SIGHUP and SIGKILL when its channel goes away.
 KILL_GRACE_SECONDS = 3.0
 
@@ -270,9 +272,6 @@ class ChildProcess:
             self._pidfd = None
         # The pidfd is readable only once the child is a zombie, so this does not block.
         self.returncode = self._popen.wait()
-        if self._kill_timer is not None:
-            self._kill_timer.cancel()
-            self._kill_timer = None
         if self._pty_fd is not None:
             # Background jobs may keep the pty open forever; like sshd, the session ends
             # with its shell. Deliver what the pty already holds, then stop reading.
@@ -280,9 +279,13 @@ class ChildProcess:
         self._maybe_finish()
 
     def _drain_pty(self) -> None:
+        # Bounded: a background job that keeps writing (`yes &`) must not keep us here.
         for fd in list(self._outputs):
-            while fd in self._outputs:
+            for _ in range(_PTY_DRAIN_READS):
+                if fd not in self._outputs:
+                    break
                 self._read(fd, force=True)
+            self._close_output(fd)
 
     # ---- output ------------------------------------------------------------
 
@@ -330,6 +333,9 @@ class ChildProcess:
         if self.returncode is None or self._outputs or self._reported:
             return
         self._reported = True
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+            self._kill_timer = None
         self._close_stdin_now()
         self._sink.exited(self.returncode)
 
@@ -408,8 +414,13 @@ class ChildProcess:
 
     def signal(self, signum: int) -> None:
         """Signal the child's whole process group (it leads its own session)."""
-        if self.returncode is not None:
-            return  # reaped: the pid may already belong to someone else
+        if self.returncode is None:
+            self._signal_group(signum)
+
+    def _signal_group(self, signum: int) -> None:
+        # Also used after the leader was reaped while its output pipes are still held
+        # open (a background job): Linux does not hand out a pid again while it names a
+        # live process group, so the number still means this session's job.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signum)
 
@@ -420,14 +431,14 @@ class ChildProcess:
         """
         self._sink = _NullSink()
         self._close_stdin_now()
-        if self.returncode is not None:
+        if self._reported:
             return
-        self.signal(signal.SIGHUP)
-        # A shell ignores SIGTERM, but SIGHUP after SIGCONT is what a hang-up delivers.
-        self.signal(signal.SIGCONT)
+        # What a terminal hang-up delivers: SIGHUP, and SIGCONT so stopped jobs see it.
+        self._signal_group(signal.SIGHUP)
+        self._signal_group(signal.SIGCONT)
         if self._kill_timer is None:
             self._kill_timer = self._loop.call_later(
-                KILL_GRACE_SECONDS, self.signal, signal.SIGKILL
+                KILL_GRACE_SECONDS, self._signal_group, signal.SIGKILL
             )
         # Nobody reads the output any more; a child blocked writing would never exit.
         self.resume_output()
@@ -435,7 +446,8 @@ class ChildProcess:
     def close(self) -> None:
         """Release everything now (server shutdown): SIGKILL, close fds, stop watching."""
         self._sink = _NullSink()
-        self.signal(signal.SIGKILL)
+        if not self._reported:
+            self._signal_group(signal.SIGKILL)
         self._close_stdin_now()
         for fd in list(self._outputs):
             self._close_output(fd)

@@ -511,10 +511,10 @@ class _Session(asyncssh.SSHServerSession[bytes]):
             self._start()
         except Exception as exc:
             log.exception("could not start %s session %s", self._kind, self.id)
+            self._ended = True  # never started: no session.end without a session.start
             with contextlib.suppress(OSError):
                 self._chan.write_stderr(f"certgate: cannot start session: {exc}\r\n".encode())
                 self._chan.exit(127)
-            self._end("failed to start")
 
     def _start(self) -> None:
         connection = self._connection

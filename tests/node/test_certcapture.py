@@ -1,0 +1,228 @@
+"""The asyncssh shims: pinned version, hook shapes, and that they fire when they should.
+
+If an asyncssh upgrade fails here, read certgate/node/certcapture.py's docstring, check
+the wrapped internals in the new release, then bump ASYNCSSH_PINNED.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncssh
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from certgate.api.identity import Identity
+from certgate.errors import AccessDenied
+from certgate.node import certcapture
+from certgate.node.sshd import NodeSSHServer, SessionPolicy
+
+from .conftest import Authorities
+
+
+def test_asyncssh_is_the_version_the_shims_were_checked_against() -> None:
+    assert asyncssh.__version__ == certcapture.ASYNCSSH_PINNED, (
+        f"asyncssh is now {asyncssh.__version__}: re-read the internals that "
+        "certgate/node/certcapture.py wraps, then bump ASYNCSSH_PINNED"
+    )
+
+
+def test_wrapped_hooks_still_have_their_shape() -> None:
+    certcapture.check_compatible()
+
+
+def test_asyncssh_still_routes_auth_and_agent_requests_through_the_hooks() -> None:
+    # Public-key auth must go through conn.validate_public_key with the signed data...
+    auth_start = inspect.getsource(asyncssh.auth._ServerPublicKeyAuth._start)
+    assert "self._conn.validate_public_key(self._username, key_data," in auth_start
+    # ...which must verify the signature itself before answering True for it.
+    validate = inspect.getsource(asyncssh.SSHServerConnection.validate_public_key)
+    assert "key.verify(String(self._session_id) + msg, signature)" in validate
+    assert "_validate_client_certificate" in validate
+    # Agent forwarding requests must go through conn.create_agent_listener.
+    agent_req = inspect.getsource(asyncssh.channel.SSHServerChannel._finish_agent_req_request)
+    assert "self._conn.create_agent_listener()" in agent_req
+
+
+def test_check_compatible_fails_loudly_when_a_hook_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def validate_public_key(self: Any, username: str, key_data: bytes) -> bool:
+        return False
+
+    monkeypatch.setattr(asyncssh.SSHServerConnection, "validate_public_key", validate_public_key)
+    with pytest.raises(certcapture.ShimError, match="broke certgate's certificate capture"):
+        certcapture.check_compatible()
+
+
+class FakeConnection:
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, bytes, bytes, bytes]] = []
+        self.listeners = 0
+
+    async def validate_public_key(
+        self, username: str, key_data: bytes, msg: bytes, signature: bytes
+    ) -> bool:
+        self.calls.append((username, key_data, msg, signature))
+        return self.answer
+
+    async def create_agent_listener(self) -> bool:
+        self.listeners += 1
+        return True
+
+    def get_agent_path(self) -> str:
+        return "/tmp/asyncssh-x/agent"
+
+
+async def test_capture_fires_only_for_validated_signed_requests() -> None:
+    seen: list[tuple[str, bytes]] = []
+
+    async def on_verified(login: str, key_data: bytes) -> bool:
+        seen.append((login, key_data))
+        return login == "good"
+
+    conn = FakeConnection(answer=True)
+    certcapture.install_certificate_capture(conn, on_verified)
+    # A probe without a signature is answered by asyncssh alone.
+    assert await conn.validate_public_key("good", b"cert", b"", b"") is True
+    assert seen == []
+    # A signed request asyncssh accepted reaches us, and our answer is final.
+    assert await conn.validate_public_key("good", b"cert", b"msg", b"sig") is True
+    assert await conn.validate_public_key("bad", b"cert", b"msg", b"sig") is False
+    assert seen == [("good", b"cert"), ("bad", b"cert")]
+
+    rejecting = FakeConnection(answer=False)
+    certcapture.install_certificate_capture(rejecting, on_verified)
+    assert await rejecting.validate_public_key("good", b"cert", b"msg", b"sig") is False
+    assert len(seen) == 2  # asyncssh's refusal never reaches us
+
+
+async def test_agent_guard_vetoes_and_reports_the_socket() -> None:
+    created: list[str] = []
+    conn = FakeConnection(answer=True)
+    allowed = False
+    certcapture.guard_agent_forwarding(conn, lambda: allowed, created.append)
+    assert await conn.create_agent_listener() is False
+    assert conn.listeners == 0
+    allowed = True
+    assert await conn.create_agent_listener() is True
+    assert created == ["/tmp/asyncssh-x/agent"]
+
+
+def test_certificate_text_round_trips(authorities: Authorities) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    now = datetime.now(UTC)
+    cert = authorities.user.sign_user_ssh(
+        public.decode(),
+        Identity(username="u", logins=("root",)),
+        now,
+        now + timedelta(minutes=5),
+        permit_port_forwarding=False,
+        permit_agent_forwarding=False,
+    )
+    kind, blob = cert.split()[:2]
+    assert certcapture.certificate_text(base64.b64decode(blob)) == f"{kind} {blob}"
+    with pytest.raises(ValueError):
+        certcapture.certificate_text(b"\x00")
+
+
+async def test_asyncssh_client_login_hands_the_certificate_identity_to_the_authorizer(
+    authorities: Authorities,
+) -> None:
+    """End to end inside one process: the authorizer sees what the certificate says."""
+    seen: list[tuple[Identity, str, str]] = []
+
+    async def authorize(identity: Identity, login: str, client_addr: str) -> SessionPolicy:
+        seen.append((identity, login, client_addr))
+        if "blocked" in identity.roles:
+            raise AccessDenied("blocked")
+        return SessionPolicy()
+
+    host_key = ed25519.Ed25519PrivateKey.generate()
+    host_public = host_key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    now = datetime.now(UTC)
+    host_cert = authorities.host.sign_host_ssh(
+        host_public.decode(), "node-cc", ["127.0.0.1"], now + timedelta(hours=1)
+    )
+    server = NodeSSHServer(
+        host_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ),
+        host_cert,
+        lambda: authorities.user_ca_lines,
+        authorize,
+        None,
+        "node-cc",
+    )
+    port = await server.start("127.0.0.1", 0)
+
+    def client_key(identity: Identity) -> tuple[Any, Any]:
+        user_key = ec.generate_private_key(ec.SECP256R1())
+        public = user_key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        cert = authorities.user.sign_user_ssh(
+            public.decode(),
+            identity,
+            now - timedelta(minutes=1),
+            now + timedelta(hours=1),
+            permit_port_forwarding=False,
+            permit_agent_forwarding=False,
+        )
+        private = user_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        return asyncssh.import_private_key(private), asyncssh.import_certificate(cert)
+
+    async def login(keys: list[tuple[Any, Any]]) -> None:
+        async with asyncssh.connect(
+            "127.0.0.1",
+            port,
+            username="root",
+            client_keys=keys,
+            known_hosts=None,
+            agent_path=None,
+            config=None,
+            encryption_algs=["aes128-gcm@openssh.com"],
+        ):
+            pass
+
+    try:
+        identity = Identity(
+            username="carol",
+            roles=("dev", "ops"),
+            traits={"team": ["infra"]},
+            logins=("root",),
+        )
+        await login([client_key(identity)])
+        assert len(seen) == 1
+        got, got_login, client_addr = seen[0]
+        assert (got.username, got.roles, got.traits, got.logins) == (
+            "carol",
+            ("dev", "ops"),
+            {"team": ["infra"]},
+            ("root",),
+        )
+        assert got_login == "root" and client_addr.startswith("127.0.0.1:")
+
+        # A refusal by the authorizer is a failed login.
+        blocked = Identity(username="dave", roles=("blocked",), logins=("root",))
+        with pytest.raises(asyncssh.PermissionDenied):
+            await login([client_key(blocked)])
+        assert [identity.username for identity, _, _ in seen] == ["carol", "dave"]
+    finally:
+        await server.close()
