@@ -82,10 +82,12 @@ class AuthAPI:
                 k.public for k in self.server.issuer.authorities["user_tls"].spec.active_keys
             ]
             try:
-                forwarded_der = base64.b64decode(forwarded, validate=True)
+                forwarded_cert = x509.load_der_x509_certificate(
+                    base64.b64decode(forwarded, validate=True)
+                )
             except ValueError as exc:
                 raise AccessDenied("access denied: malformed forwarded certificate") from exc
-            identity = verify_x509_client_cert(forwarded_der, user_cas, self.server.clock.now())
+            identity = verify_x509_client_cert(forwarded_cert, user_cas, self.server.clock.now())
             identity = _with_kind(identity, "user")
         return identity
 

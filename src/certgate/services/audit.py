@@ -3,12 +3,25 @@
 Events are JSON objects with `event` (e.g. `user.login`), `code`, `time`, `uid` and the
 event's own fields. They go to the event store (searchable) and to
 `<data_dir>/log/events.log` for log shippers. See docs/audit.md for every type.
+
+Writes are group commits: `emit` returns only once its event is stored and in the
+file, but events emitted while a write is under way wait for the next one and go
+together, one store transaction and one file append for the lot:
+
+    emit ─┐                 ┌─ append_many([e1..en]) ─ one write() of n lines ─┐
+    emit ─┼─> pending ──────┤                                                  ├─> each emit returns
+    emit ─┘   (while the    └──────────────────────────────────────────────────┘
+              last batch is written)
+
+So a busy auth server issuing certificates is never queued behind one event at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -16,6 +29,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from certgate.clock import Clock, SystemClock
+
+log = logging.getLogger("certgate.audit")
+
+# The most events one store transaction and one file append carry.
+MAX_BATCH = 512
 
 # Event type -> code. Codes are stable identifiers for SIEM rules; types may gain fields.
 EVENT_CODES: dict[str, str] = {
@@ -51,6 +69,10 @@ EVENT_CODES: dict[str, str] = {
 class EventStore(Protocol):
     async def append(self, event: dict[str, Any]) -> None: ...
 
+    async def append_many(self, events: Sequence[dict[str, Any]]) -> None:
+        """All of `events` in one transaction: all stored, or none."""
+        ...
+
     async def search(
         self,
         since: datetime | None,
@@ -69,7 +91,8 @@ class AuditLog:
         self._store = store
         self._log_file = log_file
         self._clock = clock or SystemClock()
-        self._file_lock = asyncio.Lock()
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
         log_file.parent.mkdir(parents=True, exist_ok=True)
 
     async def emit(self, event: str, **fields: Any) -> dict[str, Any]:
@@ -84,16 +107,79 @@ class AuditLog:
         return record
 
     async def record(self, record: dict[str, Any]) -> None:
-        """Store an event built elsewhere (a node's, a proxy's) as it is."""
-        await self._store.append(record)
-        line = json.dumps(record, sort_keys=True) + "\n"
-        async with self._file_lock:
-            await asyncio.to_thread(_append_line, self._log_file, line)
+        """Store an event built elsewhere (a node's, a proxy's) as it is.
+
+        Returns once the event is stored and appended to the file; raises what storing
+        it raised. A caller that is cancelled meanwhile does not unwrite it.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending(), name="certgate-audit")
+            self._writer.add_done_callback(_log_writer_failure)
+        await done
+
+    async def close(self) -> None:
+        """Wait for the events already emitted to be written."""
+        if self._writer is not None:
+            await asyncio.wait([self._writer])
 
     async def search(self, **query: Any) -> tuple[list[dict[str, Any]], str | None]:
         return await self._store.search(**query)
 
+    async def _write_pending(self) -> None:
+        """Write batches until nothing is pending; one writer task at a time."""
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            outcomes = await self._store_batch([record for record, _ in batch])
+            stored = [r for (r, _), error in zip(batch, outcomes, strict=True) if error is None]
+            if stored:
+                text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in stored)
+                try:
+                    await asyncio.to_thread(_append_text, self._log_file, text)
+                except OSError as exc:
+                    # Stored but not in the file: the caller hears of it, as before.
+                    outcomes = [error or exc for error in outcomes]
+            for (_, done), error in zip(batch, outcomes, strict=True):
+                if done.done():
+                    continue  # the caller was cancelled; its event is written anyway
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
 
-def _append_line(path: Path, line: str) -> None:
-    with path.open("a", encoding="utf-8") as out:
-        out.write(line)
+    async def _store_batch(self, records: list[dict[str, Any]]) -> list[Exception | None]:
+        """Store `records` in one transaction; the error of each that failed, if any."""
+        try:
+            await self._store.append_many(records)
+            return [None] * len(records)
+        except Exception as exc:
+            if len(records) == 1:
+                return [exc]
+        # One bad event must not fail the others: store them one by one, so each
+        # caller hears about its own.
+        outcomes: list[Exception | None] = []
+        for record in records:
+            try:
+                await self._store.append(record)
+                outcomes.append(None)
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+
+def _log_writer_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("audit writer failed", exc_info=task.exception())
+
+
+def _append_text(path: Path, text: str) -> None:
+    # One write() on an O_APPEND descriptor: lines from several processes (auth
+    # workers) never interleave within a batch.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        data = text.encode()
+        while data:
+            data = data[os.write(fd, data) :]
+    finally:
+        os.close(fd)
