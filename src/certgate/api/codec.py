@@ -1,7 +1,7 @@
 """Resources to and from YAML/JSON documents, with one-line errors naming the field.
 
-    parse_documents(text)  ->  [Role, User, ...]      (refuses the whole input on any error)
-    dump(resource, "yaml") ->  text
+parse_documents(text)  ->  [Role, User, ...]      (refuses the whole input on any error)
+dump(resource, "yaml") ->  text
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ log = logging.getLogger("certgate.auth")
 
 FORWARDED_CERT = "Certgate-Forwarded-Cert"
 FORWARDED_ADDR = "Certgate-Client-Addr"
+# Client certificates whose parsed identity is kept (each is a few hundred bytes).
+PEER_CACHE_SIZE = 4096
 
 Handler = Callable[[web.Request, Identity | None], Awaitable[Any]]
 
@@ -45,9 +47,12 @@ Handler = Callable[[web.Request, Identity | None], Awaitable[Any]]
 class AuthAPI:
     def __init__(self, server: AuthServer, metrics: Any = None) -> None:
         self.server = server
-        self.authorizer = Authorizer(server.load_roles)
+        self.authorizer = Authorizer(server.load_roles, server.role_sets)
         self.metrics = metrics
         self._host_ca_subject: x509.Name | None = None
+        # Verified client certificate (DER) -> who it speaks for. The TLS handshake
+        # verified it; what it says never changes, so it is parsed once, not per request.
+        self._peers: dict[bytes, Identity] = {}
 
     # caller identity ----------------------------------------------------------------
 
@@ -57,22 +62,33 @@ class AuthAPI:
             self._host_ca_subject = x509.load_pem_x509_certificate(pem.encode()).subject
         return self._host_ca_subject
 
-    def caller(self, request: web.Request) -> Identity | None:
-        """Who is calling, from the verified client certificate (or forwarded one)."""
+    def _peer(self, request: web.Request) -> Identity | None:
+        """The identity of the client certificate the TLS handshake verified, if any."""
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-        forwarded = request.headers.get(FORWARDED_CERT)
         if not der:
+            return None
+        identity = self._peers.get(der)
+        if identity is None:
+            cert = x509.load_der_x509_certificate(der)
+            # The kind comes from which CA signed the certificate, never from its content.
+            is_service = cert.issuer == self._host_subject()
+            identity = _with_kind(identity_from_x509(cert), "service" if is_service else "user")
+            if len(self._peers) >= PEER_CACHE_SIZE:
+                del self._peers[next(iter(self._peers))]  # the oldest
+            self._peers[der] = identity
+        return identity
+
+    def caller(self, request: web.Request) -> Identity | None:
+        """Who is calling, from the verified client certificate (or forwarded one)."""
+        identity = self._peer(request)
+        forwarded = request.headers.get(FORWARDED_CERT)
+        if identity is None:
             if forwarded:
                 raise AccessDenied(
                     "access denied: forwarded identities are accepted only from proxies"
                 )
             return None
-        cert = x509.load_der_x509_certificate(der)
-        identity = identity_from_x509(cert)
-        # The kind comes from which CA signed the certificate, never from its content.
-        is_service = cert.issuer == self._host_subject()
-        identity = _with_kind(identity, "service" if is_service else "user")
         if forwarded:
             if not identity.is_service(SYSTEM_PROXY):
                 raise AccessDenied(
@@ -99,14 +115,8 @@ class AuthAPI:
         return request.remote or ""
 
     def _direct_is_proxy(self, request: web.Request) -> bool:
-        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-        if not der:
-            return False
-        cert = x509.load_der_x509_certificate(der)
-        if cert.issuer != self._host_subject():
-            return False
-        return SYSTEM_PROXY in identity_from_x509(cert).roles
+        identity = self._peer(request)
+        return identity is not None and identity.is_service(SYSTEM_PROXY)
 
     # plumbing -----------------------------------------------------------------------
 

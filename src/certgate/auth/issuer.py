@@ -40,8 +40,12 @@ class CertIssuer:
         roles: list[Role],
         ttl: timedelta | None,
         request_ids: tuple[str, ...] = (),
+        role_set: RoleSet | None = None,
     ) -> Identity:
-        role_set = RoleSet(roles, user.spec.traits)
+        """The identity to certify; `role_set`, if given, is `roles` evaluated for the
+        user's traits (else it is built here)."""
+        if role_set is None:
+            role_set = RoleSet(roles, user.spec.traits)
         lifetime = role_set.adjust_ttl(ttl or DEFAULT_USER_TTL)
         return Identity(
             username=user.name,

@@ -23,7 +23,7 @@ from certgate.api.identity import (
     Identity,
 )
 from certgate.api.role import Role
-from certgate.auth.rbac import RoleSet
+from certgate.auth.rbac import RoleSet, RoleSetCache
 from certgate.errors import AccessDenied, NotFound
 
 # Pseudo-resources for actions that are not resource CRUD.
@@ -67,8 +67,9 @@ RoleLoader = Callable[[list[str]], Awaitable[list[Role]]]
 
 
 class Authorizer:
-    def __init__(self, load_roles: RoleLoader) -> None:
+    def __init__(self, load_roles: RoleLoader, role_sets: RoleSetCache | None = None) -> None:
         self._load_roles = load_roles
+        self._role_sets = role_sets or RoleSetCache()
 
     async def check(self, caller: Identity | None, resource: str, verb: str) -> Identity:
         """The caller, if it may `verb` on `resource`; AccessDenied otherwise."""
@@ -97,4 +98,4 @@ class Authorizer:
             roles = await self._load_roles(list(caller.roles))
         except NotFound as exc:
             raise AccessDenied(f"access denied: {exc}") from None
-        return RoleSet(roles, caller.traits)
+        return self._role_sets.get(roles, caller.traits)

@@ -395,6 +395,32 @@ class RoleSet:
         return sorted(name for name in names if not any(p.fullmatch(name) for p in deny))
 
 
+class RoleSetCache:
+    """RoleSets by the roles' names and revisions and the traits they were built for.
+
+    Building a RoleSet expands templates and compiles selectors; for the same stored
+    roles (same revisions) and traits the result is the same, so it is built once. A
+    role without a revision (not read from the store) is never cached.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        self._sets: dict[tuple[tuple[tuple[str, int], ...], str], RoleSet] = {}
+
+    def get(self, roles: Sequence[Role], traits: Mapping[str, Sequence[str]]) -> RoleSet:
+        revisions = tuple(sorted((role.name, role.metadata.revision) for role in roles))
+        if any(revision <= 0 for _, revision in revisions):
+            return RoleSet(roles, traits)
+        key = (revisions, json.dumps(traits, sort_keys=True))
+        role_set = self._sets.get(key)
+        if role_set is None:
+            role_set = RoleSet(roles, traits)
+            if len(self._sets) >= self._size:
+                del self._sets[next(iter(self._sets))]  # the oldest
+            self._sets[key] = role_set
+        return role_set
+
+
 def _name_pattern(value: str) -> re.Pattern[str]:
     try:
         return re.compile(value if _is_regex(value) else _glob(value))

@@ -5,6 +5,7 @@ inputs and records what it does in the audit log.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,7 +34,7 @@ from certgate.auth.passwords import (
     new_totp_secret,
     totp_uri,
 )
-from certgate.auth.rbac import RoleSet, validate_role
+from certgate.auth.rbac import RoleSet, RoleSetCache, validate_role
 from certgate.backend.base import Backend
 from certgate.clock import Clock
 from certgate.errors import AccessDenied, BadParameter, NotFound
@@ -79,6 +80,7 @@ class AuthServer:
             backend, "/authorities/", CertAuthority, "certificate authority"
         )
         self.login_checker = LoginChecker(backend, self.users, audit, clock)
+        self.role_sets = RoleSetCache()
         self._issuer: CertIssuer | None = None
 
     async def start(self) -> None:
@@ -95,11 +97,15 @@ class AuthServer:
     # roles -------------------------------------------------------------------------
 
     async def load_roles(self, names: list[str]) -> list[Role]:
-        return [await self.roles.get(name) for name in names]
+        """The roles as stored now (read on every call: a change applies at once)."""
+        if len(names) == 1:
+            return [await self.roles.get(names[0])]
+        # Read together, so the store answers them in one round trip.
+        return list(await asyncio.gather(*(self.roles.get(name) for name in names)))
 
     async def role_set_for(self, user: User) -> tuple[list[Role], RoleSet]:
         roles = await self.load_roles(user.spec.roles)
-        return roles, RoleSet(roles, user.spec.traits)
+        return roles, self.role_sets.get(roles, user.spec.traits)
 
     # logins and certificates -----------------------------------------------------------
 
@@ -136,7 +142,7 @@ class AuthServer:
     ) -> CertBundle:
         roles, role_set = await self.role_set_for(user)
         ttl = min(ttl or timedelta(hours=8), MAX_USER_TTL)
-        identity = self.issuer.user_identity(user, roles, ttl, request_ids)
+        identity = self.issuer.user_identity(user, roles, ttl, request_ids, role_set)
         bundle = self.issuer.issue_user(identity, role_set, public_key)
         await self.audit.emit(
             "cert.create",

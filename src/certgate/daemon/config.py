@@ -177,7 +177,8 @@ auth_service:
   listen_addr: 0.0.0.0:3025
   advertise_addr: ""      # what other services dial; default: listen_addr on this host
   storage:
-    type: sqlite          # or postgres, with conn_string: "postgresql://..."
+    type: sqlite          # or postgres
+    conn_string: ""       # postgres only: "postgresql://user@host/certgate"
   recordings:
     uri: "file://"        # default <data_dir>/recordings
 

@@ -3,6 +3,12 @@
 `ResourceStore(backend, "/roles/", Role)` stores each role as JSON under
 `/roles/<name>`; reads set `metadata.revision` from the backend so a later `update`
 is conditional on it (a lost race raises CompareFailed instead of overwriting).
+
+Every read still goes to the backend, but a revision names one stored value for good
+(revisions are never reused), so the resource decoded for a key at a revision is kept
+and handed out again while the backend answers with that revision: a hot read (the
+user and roles behind every certificate) skips parsing and validating the JSON.
+Resources are frozen models, so sharing one is safe.
 """
 
 from __future__ import annotations
@@ -18,12 +24,25 @@ from certgate.errors import AlreadyExists, NotFound
 T = TypeVar("T", bound=BaseModel)
 
 
+# Decoded resources kept per store (the most recently decoded keys).
+DECODED_CACHE_SIZE = 1024
+
+
 class ResourceStore(Generic[T]):
-    def __init__(self, backend: Backend, prefix: str, model: type[T], noun: str) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        prefix: str,
+        model: type[T],
+        noun: str,
+        cache_size: int = DECODED_CACHE_SIZE,
+    ) -> None:
         self._backend = backend
         self._prefix = prefix
         self._model = model
         self._noun = noun
+        self._cache_size = cache_size
+        self._decoded: dict[str, T] = {}
 
     @property
     def prefix(self) -> str:
@@ -33,9 +52,18 @@ class ResourceStore(Generic[T]):
         return self._prefix + name
 
     def decode(self, item: Item) -> T:
+        cached = self._decoded.get(item.key)
+        if cached is not None and _metadata(cached).revision == item.revision:
+            return cached
         resource = self._model.model_validate_json(item.value)
         meta = _metadata(resource).model_copy(update={"revision": item.revision})
-        return resource.model_copy(update={"metadata": meta})
+        resource = resource.model_copy(update={"metadata": meta})
+        if item.revision > 0 and self._cache_size > 0:
+            self._decoded.pop(item.key, None)
+            if len(self._decoded) >= self._cache_size:
+                del self._decoded[next(iter(self._decoded))]  # the least recently decoded
+            self._decoded[item.key] = resource
+        return resource
 
     def _encode(self, resource: T) -> Item:
         meta = _metadata(resource)
