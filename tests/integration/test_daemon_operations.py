@@ -12,7 +12,6 @@ from pathlib import Path
 import yaml
 
 from certgate.daemon.config import Config
-
 from tests.support.cluster import BIN, Cluster, run
 from tests.support.net import free_port
 

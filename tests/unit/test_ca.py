@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,6 +38,7 @@ from certgate.api.certs import (
     identity_from_x509,
     private_key_to_openssh,
     public_key_openssh,
+    ssh_public_key_text,
 )
 from certgate.api.identity import (
     SSH_EXT_MFA,
@@ -238,6 +239,42 @@ def test_optional_extensions_are_left_out_when_empty(
     assert SSH_EXT_REQUESTS.encode() not in cert.extensions
     assert SSH_EXT_MFA.encode() not in cert.extensions
     assert identity_from_ssh_cert(cert) == plain
+
+
+@pytest.mark.parametrize(
+    "make_key",
+    [
+        ed25519.Ed25519PrivateKey.generate,
+        lambda: ec.generate_private_key(ec.SECP256R1()),
+        lambda: ec.generate_private_key(ec.SECP384R1()),
+        lambda: ec.generate_private_key(ec.SECP521R1()),
+    ],
+    ids=["ed25519", "nistp256", "nistp384", "nistp521"],
+)
+def test_user_cert_for_every_key_kind_parses_verifies_and_reads_in_ssh_keygen(
+    tmp_path: Path,
+    signers: dict[str, CASigner],
+    make_key: Callable[[], ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey],
+) -> None:
+    # The certificate encoding is ours (auth/ca.py), so check it against both a strict
+    # parser (cryptography) and OpenSSH for every key kind a client may send.
+    key = make_key()
+    key_line = ssh_public_key_text(key.public_key())
+    line = signers["user_ssh"].sign_user_ssh(key_line, ALICE, NOW, LATER, serial=9, **PERMIT)
+    assert line.startswith(key_line.split()[0] + "-cert-v01@openssh.com ")
+    cert = ssh.load_ssh_public_identity(line.encode())
+    assert isinstance(cert, ssh.SSHCertificate)
+    cert.verify_cert_signature()
+    assert cert.public_key() == key.public_key()
+    assert cert.serial == 9
+    assert ssh_public_key_text(cert.signature_key()) == signers["user_ssh"].public_key_text
+    assert list(cert.extensions) == sorted(cert.extensions)
+    assert identity_from_ssh_cert(cert) == ALICE
+    path = tmp_path / "id-cert.pub"
+    path.write_text(line + "\n")
+    result = _run("ssh-keygen", "-L", "-f", path)
+    assert result.returncode == 0, result.stderr
+    assert 'Key ID: "alice"' in result.stdout
 
 
 def test_user_without_logins_gets_a_principal_no_account_can_have(

@@ -10,18 +10,24 @@
     ca_pin(tls_ca)                                -> "sha256:<hex of the CA's SPKI>"
 
 SSH CAs hold Ed25519 keys, TLS CAs ECDSA P-256 keys with a self-signed certificate.
-Certificates are built with `cryptography` (its `SSHCertificateBuilder` writes the custom
-`roles@certgate`-style extensions that asyncssh cannot), and read back by
-`certgate.api.certs`. Signing is on the hot path of every login, so everything that
+X.509 certificates are built with `cryptography`; OpenSSH certificates are encoded here
+(`_ssh_certificate`, the format of OpenSSH's PROTOCOL.certkeys) and signed with the CA's
+Ed25519 key: `cryptography`'s `SSHCertificateBuilder` encodes in Python and then parses
+its own output back, which was half the cost of a renewal's SSH certificate. Both are
+read back by `certgate.api.certs` (and the tests check them with `ssh-keygen` and a
+stock sshd). Signing is on the hot path of every login and renewal, so everything that
 does not depend on the request is prepared once in `CASigner.__init__`.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import json
+import os
 import secrets
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -31,7 +37,6 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.hazmat.primitives.serialization import ssh
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certgate.api.authority import (
@@ -193,6 +198,32 @@ def _load_tls_subject_key(
     return loaded
 
 
+_USER_CERT = 1  # SSH2_CERT_TYPE_USER
+_HOST_CERT = 2  # SSH2_CERT_TYPE_HOST
+_SSH_CURVES = {"secp256r1": b"nistp256", "secp384r1": b"nistp384", "secp521r1": b"nistp521"}
+
+
+def _sshstr(data: bytes) -> bytes:
+    """An SSH wire-format string: uint32 length, then the bytes."""
+    return struct.pack(">I", len(data)) + data
+
+
+def _ssh_key_fields(
+    key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey,
+) -> tuple[bytes, bytes]:
+    """The key's SSH type name and the fields that follow the type in its key blob."""
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return b"ssh-ed25519", _sshstr(raw)
+    curve = _SSH_CURVES.get(key.curve.name)
+    if curve is None:
+        raise BadParameter(f"ssh public key on unsupported curve {key.curve.name}")
+    point = key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    return b"ecdsa-sha2-" + curve, _sshstr(curve) + _sshstr(point)
+
+
 class CASigner:
     """Signs certificates with one CA's key.
 
@@ -219,6 +250,8 @@ class CASigner:
                 raise BadParameter(f"certificate authority {ca.name} must hold an ed25519 key")
             self._ssh_key = key
             self._public_key_text = ssh_public_key_text(key.public_key())
+            # The "signature key" field of every certificate: the CA's public key blob.
+            self._ssh_ca_blob = base64.b64decode(self._public_key_text.split()[1])
             return
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise BadParameter(f"certificate authority {ca.name} must hold an ecdsa key")
@@ -243,6 +276,20 @@ class CASigner:
         self._client_eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
         self._server_eku = x509.ExtendedKeyUsage(
             [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+        )
+        # Builders are immutable: these hold the issuer and the extensions every leaf
+        # certificate has, and each certificate adds its own fields to a copy.
+        self._client_base = self._base_builder(self._client_eku)
+        self._server_base = self._base_builder(self._server_eku)
+
+    def _base_builder(self, eku: x509.ExtendedKeyUsage) -> x509.CertificateBuilder:
+        return (
+            x509.CertificateBuilder()
+            .issuer_name(self._issuer)
+            .add_extension(self._leaf, critical=True)
+            .add_extension(self._usage, critical=True)
+            .add_extension(eku, critical=False)
+            .add_extension(self._aki, critical=False)
         )
 
     @property
@@ -290,24 +337,14 @@ class CASigner:
         assert self._ssh_key is not None
         start, end = _time_range(valid_after, valid_before)
         logins = identity.logins or (NO_LOGIN_PRINCIPAL_PREFIX + secrets.token_hex(8),)
-        builder = (
-            ssh.SSHCertificateBuilder()
-            .public_key(_ssh_subject_key(public_key))
-            .serial(secrets.randbits(64) if serial is None else serial)
-            .type(ssh.SSHCertificateType.USER)
-            .key_id(identity.username.encode())
-            .valid_principals([login.encode() for login in logins])
-            .valid_after(to_ssh_time(start))
-            .valid_before(to_ssh_time(end))
-            .add_extension(SSH_EXT_ROLES.encode(), _json(list(identity.roles)))
-            .add_extension(SSH_EXT_TRAITS.encode(), _json(identity.traits))
-        )
+        extensions = [
+            (SSH_EXT_ROLES.encode(), _json(list(identity.roles))),
+            (SSH_EXT_TRAITS.encode(), _json(identity.traits)),
+        ]
         if identity.request_ids:
-            builder = builder.add_extension(
-                SSH_EXT_REQUESTS.encode(), _json(list(identity.request_ids))
-            )
+            extensions.append((SSH_EXT_REQUESTS.encode(), _json(list(identity.request_ids))))
         if identity.mfa_verified:
-            builder = builder.add_extension(SSH_EXT_MFA.encode(), b"")
+            extensions.append((SSH_EXT_MFA.encode(), b""))
         flags = (
             (b"permit-pty", permit_pty),
             (b"permit-port-forwarding", permit_port_forwarding),
@@ -315,10 +352,17 @@ class CASigner:
             (b"permit-X11-forwarding", permit_x11),
             (b"permit-user-rc", permit_user_rc),
         )
-        for name, allowed in flags:
-            if allowed:
-                builder = builder.add_extension(name, b"")
-        return builder.sign(self._ssh_key).public_bytes().decode()
+        extensions += [(name, b"") for name, allowed in flags if allowed]
+        return self._ssh_certificate(
+            _ssh_subject_key(public_key),
+            _USER_CERT,
+            identity.username,
+            logins,
+            start,
+            end,
+            extensions,
+            serial,
+        )
 
     def sign_host_ssh(
         self,
@@ -340,18 +384,61 @@ class CASigner:
             raise BadParameter("a host certificate needs a host id")
         start, end = _time_range(valid_after or datetime.now(UTC), valid_before)
         names = list(dict.fromkeys([host_id, *(p for p in principals if p)]))
-        cert = (
-            ssh.SSHCertificateBuilder()
-            .public_key(_ssh_subject_key(public_key))
-            .serial(secrets.randbits(64) if serial is None else serial)
-            .type(ssh.SSHCertificateType.HOST)
-            .key_id(host_id.encode())
-            .valid_principals([name.encode() for name in names])
-            .valid_after(to_ssh_time(start))
-            .valid_before(to_ssh_time(end))
-            .sign(self._ssh_key)
+        return self._ssh_certificate(
+            _ssh_subject_key(public_key), _HOST_CERT, host_id, names, start, end, [], serial
         )
-        return cert.public_bytes().decode()
+
+    def _ssh_certificate(
+        self,
+        key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey,
+        cert_type: int,
+        key_id: str,
+        principals: Sequence[str],
+        valid_after: datetime,
+        valid_before: datetime,
+        extensions: list[tuple[bytes, bytes]],
+        serial: int | None,
+    ) -> str:
+        """An OpenSSH certificate (PROTOCOL.certkeys), signed, as one public key line.
+
+        No critical options, ever (sshd refuses a certificate with one it does not
+        know); extensions sorted by name, as OpenSSH requires.
+        """
+        assert self._ssh_key is not None
+        if serial is None:
+            serial = secrets.randbits(64)
+        if not 0 <= serial < 2**64:
+            raise BadParameter("certificate serial must fit in 64 bits")
+        if not principals:
+            # An empty list would make the certificate valid for every principal.
+            raise BadParameter("an ssh certificate needs at least one principal")
+        key_type, key_fields = _ssh_key_fields(key)
+        cert_key_type = key_type + b"-cert-v01@openssh.com"
+        names = [name for name, _ in extensions]
+        if len(set(names)) != len(names):
+            raise BadParameter("duplicate ssh certificate extension")
+        encoded_extensions = b"".join(
+            _sshstr(name) + _sshstr(_sshstr(value) if value else b"")
+            for name, value in sorted(extensions)
+        )
+        body = b"".join(
+            [
+                _sshstr(cert_key_type),
+                _sshstr(os.urandom(32)),  # nonce
+                key_fields,
+                struct.pack(">QI", serial, cert_type),
+                _sshstr(key_id.encode()),
+                _sshstr(b"".join(_sshstr(p.encode()) for p in principals)),
+                struct.pack(">QQ", to_ssh_time(valid_after), to_ssh_time(valid_before)),
+                _sshstr(b""),  # critical options
+                _sshstr(encoded_extensions),
+                _sshstr(b""),  # reserved
+                _sshstr(self._ssh_ca_blob),
+            ]
+        )
+        signature = self._ssh_key.sign(body)
+        cert = body + _sshstr(_sshstr(b"ssh-ed25519") + _sshstr(signature))
+        return (cert_key_type + b" " + base64.b64encode(cert)).decode()
 
     # ------------------------------------------------------------------------ X.509
 
@@ -381,17 +468,12 @@ class CASigner:
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, _common_name(identity.username)))
         payload = replace(identity, expires=end).to_json().encode()
         builder = (
-            x509.CertificateBuilder()
+            (self._server_base if server else self._client_base)
             .subject_name(x509.Name(attributes))
-            .issuer_name(self._issuer)
             .public_key(_load_tls_subject_key(public_key))
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
             .not_valid_after(end)
-            .add_extension(self._leaf, critical=True)
-            .add_extension(self._usage, critical=True)
-            .add_extension(self._server_eku if server else self._client_eku, critical=False)
-            .add_extension(self._aki, critical=False)
             .add_extension(
                 x509.UnrecognizedExtension(IDENTITY_EXTENSION_OID, payload), critical=False
             )
