@@ -139,7 +139,7 @@ def _proxy_join_command(cluster: Cluster, kind: str) -> tuple[str, list[str]]:
 
 
 def test_a_separate_proxy_joins_with_a_token(cluster: Cluster, tmp_path: Path) -> None:
-    token, args = _proxy_join_command(cluster, "proxy")
+    _token, args = _proxy_join_command(cluster, "proxy")
     assert args[:2] == ["--roles", "proxy"]
     web = f"127.0.0.1:{free_port()}"
     log = tmp_path / "proxy.log"
@@ -175,7 +175,7 @@ def test_join_refusals(cluster: Cluster, tmp_path: Path) -> None:
             "--web-listen", f"127.0.0.1:{free_port()}",
         )  # fmt: skip
 
-    token, args = _proxy_join_command(cluster, "node")
+    _token, args = _proxy_join_command(cluster, "node")
     args[1] = "proxy"  # a node token used to join as a proxy
     wrong_role = join(args, "wrong-role")
     assert wrong_role.returncode == 3

@@ -30,6 +30,12 @@ class CertIssuer:
         self._clock = clock
         self.authorities = authorities
         self._signers = {name: CASigner(ca) for name, ca in authorities.items()}
+        # The same in every bundle: made once.
+        self._tls_cas = [key.public for key in authorities["host_tls"].spec.active_keys] + [
+            key.public for key in authorities["user_tls"].spec.active_keys
+        ]
+        self._known_hosts = host_ca_known_hosts_line(authorities["host_ssh"])
+        self._user_ca_keys = [key.public for key in authorities["user_ssh"].spec.active_keys]
 
     def signer(self, ca_type: CAType) -> CASigner:
         return self._signers[ca_type]
@@ -115,18 +121,16 @@ class CertIssuer:
 
     def tls_ca_certs(self) -> list[str]:
         """PEM certificates of the host TLS CA, then the user TLS CA."""
-        host = self.authorities["host_tls"].spec.active_keys
-        user = self.authorities["user_tls"].spec.active_keys
-        return [key.public for key in [*host, *user]]
+        return list(self._tls_cas)
 
     def _bundle(self, identity: Identity, ssh_cert: str, tls_cert: str) -> CertBundle:
         return CertBundle(
             identity=identity,
             ssh_cert=ssh_cert,
             tls_cert=tls_cert,
-            tls_cas=self.tls_ca_certs(),
-            known_hosts=host_ca_known_hosts_line(self.authorities["host_ssh"]),
-            user_ca_keys=[key.public for key in self.authorities["user_ssh"].spec.active_keys],
+            tls_cas=list(self._tls_cas),
+            known_hosts=self._known_hosts,
+            user_ca_keys=list(self._user_ca_keys),
         )
 
 

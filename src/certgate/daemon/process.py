@@ -100,6 +100,7 @@ class Daemon:
         events = await open_event_store(cfg.storage.model_dump(), self.data_dir)
         self._closers.append(events.close)
         audit = AuditLog(events, self.data_dir / "log" / "events.log")
+        self._closers.append(audit.close)  # closers run last first: before the store closes
         self.auth_addr = cfg.advertise_addr or dial_addr(cfg.listen_addr, 3025)
         server = AuthServer(
             backend,
