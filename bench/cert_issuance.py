@@ -329,7 +329,7 @@ def run_renewals(
         # Sampling profiler over the server's processes: collapsed stacks for
         # flamegraph.pl or speedscope. Its own CPU counts as "everything else".
         spy = subprocess.Popen(
-            [str(Path(sys.executable).parent / "py-spy"), "record", "--subprocesses",
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--subprocesses", "--gil",
              "--format", "raw", "--rate", "200", "--nonblocking", "-o", str(profile),
              "-d", str(int(seconds)), "-p", str(cluster.process.pid)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -13,6 +13,7 @@ by their client certificate:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -32,6 +33,7 @@ from certgate.api.lock import Lock
 from certgate.auth import permissions as perm
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
+from certgate.backend.base import EventType
 from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
 
 log = logging.getLogger("certgate.auth")
@@ -162,6 +164,7 @@ class AuthAPI:
             r.add_get(f"/v1/resources/{kind}/{{name}}", add(kind, "read", self.get_resource))
             r.add_delete(f"/v1/resources/{kind}/{{name}}", add(kind, "delete", self.rm_resource))
         r.add_post("/v1/resources", add(None, "", self.put_resource))
+        r.add_get("/v1/watch", add(None, "", self.watch))
         return app
 
     # routes -------------------------------------------------------------------------
@@ -306,6 +309,66 @@ class AuthAPI:
             resource = resource.model_copy(update={"spec": spec})
         saved = await self.server.put_resource(resource, caller.username, upsert)
         return to_dict(saved)
+
+    async def watch(self, request: web.Request, caller: Identity | None) -> Any:
+        """A snapshot of the asked kinds, then every change, as JSON lines.
+
+        Proxies and nodes keep their views of roles, locks and nodes with this. A
+        `{"type": "ping"}` line every few seconds lets them tell a quiet stream from a
+        dead one.
+        """
+        kinds = [k for k in request.query.get("kinds", "").split(",") if k]
+        if not kinds:
+            raise BadParameter("name the kinds to watch: ?kinds=role,lock")
+        for kind in kinds:
+            caller = await self.authorizer.check(caller, kind, "list")
+        stores = {kind: self.server.store_for(kind) for kind in kinds}
+        by_prefix = {store.prefix: kind for kind, store in stores.items()}
+        revision = await self.server.backend.current_revision()
+        snapshot = {
+            kind: [to_dict(r) for r in await store.list()] for kind, store in stores.items()
+        }
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        await _send(response, {"type": "snapshot", "revision": revision, "items": snapshot})
+        events = self.server.backend.watch(list(by_prefix), revision)
+        next_event = asyncio.ensure_future(anext(events))
+        try:
+            while True:
+                done, _ = await asyncio.wait({next_event}, timeout=WATCH_PING_SECONDS)
+                if not done:
+                    await _send(response, {"type": "ping"})
+                    continue
+                try:
+                    event = next_event.result()
+                except StopAsyncIteration:
+                    break
+                next_event = asyncio.ensure_future(anext(events))
+                prefix = next(p for p in by_prefix if event.item.key.startswith(p))
+                kind = by_prefix[prefix]
+                name = event.item.key[len(prefix) :]
+                if event.type is EventType.DELETE:
+                    await _send(response, {"type": "delete", "kind": kind, "name": name})
+                else:
+                    resource = stores[kind].decode(event.item)
+                    if kind == "cert_authority":
+                        resource = resource.without_secrets()
+                    await _send(
+                        response, {"type": "put", "kind": kind, "resource": to_dict(resource)}
+                    )
+        except ConnectionResetError:
+            pass  # the watcher went away
+        finally:
+            next_event.cancel()
+            await events.aclose()  # type: ignore[attr-defined]
+        return response
+
+
+WATCH_PING_SECONDS = 5.0
+
+
+async def _send(response: web.StreamResponse, message: dict[str, Any]) -> None:
+    await response.write(json.dumps(message).encode() + b"\n")
 
 
 @web.middleware

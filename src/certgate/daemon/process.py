@@ -223,7 +223,9 @@ class Daemon:
         host, port = split_addr(addr, default_port)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, host or None, port, ssl_context=context, reuse_address=True)
+        site = web.TCPSite(
+            runner, host or None, port, ssl_context=context, reuse_address=True, shutdown_timeout=2
+        )
         try:
             await site.start()
         except OSError as exc:

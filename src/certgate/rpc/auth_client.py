@@ -6,7 +6,9 @@ Answers are JSON; an error answer is turned back into the certgate error that ca
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -107,6 +109,20 @@ class AsyncAuthClient:
             return await self._http.request(
                 method, path, json=json, params=params, headers=headers, content=content
             )
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.base_url, exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, path: str, params: Any = None
+    ) -> AsyncIterator[AsyncIterator[str]]:
+        """A long answer, line by line (the watch stream)."""
+        try:
+            async with self._http.stream(method, path, params=params) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    _raise_for(response)
+                yield response.aiter_lines()
         except httpx.HTTPError as exc:
             raise _unreachable(self.base_url, exc) from exc
 

@@ -1,0 +1,131 @@
+"""A live, in-memory view of some resource kinds, fed by auth's watch stream.
+
+Proxies and nodes decide from this view (roles, locks, nodes), so they keep deciding
+while auth is briefly unreachable, and they learn of a new lock within milliseconds.
+
+    view = ResourceView(client, ["role", "lock"], on_change=...)
+    view.start()                 # connects, takes a snapshot, follows changes, reconnects
+    view.get("role", "dev")      # the current resource, or None
+    view.seconds_since_contact() # how stale the view may be (for strict locking)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from certgate.api.codec import KINDS
+from certgate.rpc.auth_client import AsyncAuthClient
+
+log = logging.getLogger("certgate.watch")
+
+ChangeCallback = Callable[[str, str, BaseModel | None], Awaitable[None]]
+
+
+class ResourceView:
+    def __init__(
+        self,
+        client: AsyncAuthClient,
+        kinds: list[str],
+        on_change: ChangeCallback | None = None,
+    ) -> None:
+        self._client = client
+        self._kinds = kinds
+        self._on_change = on_change
+        self._items: dict[str, dict[str, BaseModel]] = {kind: {} for kind in kinds}
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_contact = 0.0
+        self.connected = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"watch {','.join(self._kinds)}")
+        self._task.add_done_callback(_log_crash)
+
+    async def wait_ready(self, timeout: float = 10) -> None:
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def get(self, kind: str, name: str) -> BaseModel | None:
+        return self._items[kind].get(name)
+
+    def all(self, kind: str) -> list[BaseModel]:
+        return list(self._items[kind].values())
+
+    def seconds_since_contact(self) -> float:
+        if self.connected:
+            return 0.0
+        return time.monotonic() - self._last_contact if self._last_contact else float("inf")
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                await self._follow()
+                backoff = 0.2
+            except Exception as exc:  # refusals, transport errors, a broken stream alike
+                log.warning("watch of %s lost: %s", ",".join(self._kinds), exc)
+            self.connected = False
+            # Backoff with jitter, so many services do not reconnect in step.
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 5.0)
+
+    async def _follow(self) -> None:
+        async with self._client.stream(
+            "GET", "/v1/watch", params={"kinds": ",".join(self._kinds)}
+        ) as lines:
+            async for line in lines:
+                self._last_contact = time.monotonic()
+                message = json.loads(line)
+                await self._apply(message)
+
+    async def _apply(self, message: dict[str, Any]) -> None:
+        kind_of = message["type"]
+        if kind_of == "snapshot":
+            fresh = {
+                kind: {doc["metadata"]["name"]: KINDS[kind].model_validate(doc) for doc in docs}
+                for kind, docs in message["items"].items()
+            }
+            old = self._items
+            self._items = {kind: fresh.get(kind, {}) for kind in self._kinds}
+            self.connected = True
+            self._ready.set()
+            for kind in self._kinds:
+                for name, resource in self._items[kind].items():
+                    if old[kind].get(name) != resource:
+                        await self._notify(kind, name, resource)
+                for name in set(old[kind]) - set(self._items[kind]):
+                    await self._notify(kind, name, None)
+        elif kind_of == "put":
+            kind = message["kind"]
+            resource = KINDS[kind].model_validate(message["resource"])
+            name = message["resource"]["metadata"]["name"]
+            self._items[kind][name] = resource
+            await self._notify(kind, name, resource)
+        elif kind_of == "delete":
+            kind, name = message["kind"], message["name"]
+            self._items[kind].pop(name, None)
+            await self._notify(kind, name, None)
+
+    async def _notify(self, kind: str, name: str, resource: BaseModel | None) -> None:
+        if self._on_change is not None:
+            try:
+                await self._on_change(kind, name, resource)
+            except Exception:
+                log.exception("handling a change of %s/%s failed", kind, name)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("watch task ended: %s", task.exception())
