@@ -79,6 +79,19 @@ class BackendSuite:
         with pytest.raises(NotFound):
             await backend.get("/nothing/here")
 
+    async def test_get_many_returns_present_items_in_the_order_asked(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        a = await backend.put(Item("/roles/a", b"a"))
+        c = await backend.put(Item("/roles/c", b"c"))
+        await backend.put(Item("/roles/old", b"x", expires=clock.now() + timedelta(seconds=1)))
+        clock.advance(timedelta(seconds=2))
+        got = await backend.get_many(["/roles/c", "/roles/missing", "/roles/old", "/roles/a"])
+        assert got == [c, a]
+        assert await backend.get_many([]) == []
+        with pytest.raises(BadParameter):
+            await backend.get_many("/roles/a")
+
     async def test_create_refuses_existing_key(self, backend: Backend) -> None:
         created = await backend.create(Item("/roles/dev", b"one"))
         with pytest.raises(AlreadyExists):

@@ -430,8 +430,10 @@ def test_local_forward_refused_unless_the_policy_allows_it(
             try:
                 answer = talk(local, b"ping")
             finally:
-                tunnel.terminate()
-                tunnel.communicate(timeout=10)
+                # SIGKILL, not SIGTERM: OpenSSH 9.2's client can miss a SIGTERM that
+                # lands while it handles a channel-open failure and then polls forever.
+                tunnel.kill()
+                tunnel.wait(10)
             event = node.event_for_user("port_forward", creds.identity.username)
             assert event["allowed"] is allowed and event["kind"] == "local"
             assert event["addr"] == f"127.0.0.1:{target}"
@@ -474,7 +476,7 @@ def test_remote_forward_follows_the_policy(node: Node, make_creds: CredsFactory)
         try:
             assert talk(remote, b"pong") == b"echo:pong"
         finally:
-            tunnel.terminate()
+            tunnel.kill()
             tunnel.wait(10)
 
 

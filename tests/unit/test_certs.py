@@ -439,3 +439,50 @@ def test_only_ecdsa_and_ed25519_keys_are_certified() -> None:
     )
     with pytest.raises(BadParameter, match="ecdsa or ed25519"):
         load_ssh_public_key_text(rsa_line)
+
+
+_KEYS = {
+    "ed25519": ed25519.Ed25519PrivateKey.generate().public_key(),
+    "nistp256": ec.generate_private_key(ec.SECP256R1()).public_key(),
+    "nistp384": ec.generate_private_key(ec.SECP384R1()).public_key(),
+    "nistp521": ec.generate_private_key(ec.SECP521R1()).public_key(),
+}
+
+
+def _openssh(key: ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(_KEYS)),
+    other=st.sampled_from(sorted(_KEYS)),
+    cut=st.integers(min_value=0, max_value=200),
+    flip=st.integers(min_value=0, max_value=200),
+    extra=st.binary(max_size=8),
+    mangle=st.sampled_from(["none", "truncate", "flip", "append", "swap_type", "newline"]),
+)
+def test_key_parser_agrees_with_cryptography_on_valid_and_mangled_keys(
+    kind: str, other: str, cut: int, flip: int, extra: bytes, mangle: str
+) -> None:
+    # load_ssh_public_key_text parses the common key kinds itself (fast path); it must
+    # accept exactly what cryptography accepts, as the same key, and refuse the rest.
+    key_type, body = _openssh(_KEYS[kind]).split()
+    blob = bytearray(base64.b64decode(body))
+    if mangle == "truncate":
+        blob = blob[: cut % (len(blob) + 1)]
+    elif mangle == "flip":
+        blob[flip % len(blob)] ^= 0x01
+    elif mangle == "append":
+        blob += extra
+    elif mangle == "swap_type":
+        key_type = _openssh(_KEYS[other]).split()[0]
+    separator = b"\n" if mangle == "newline" else b" "
+    line = key_type + separator + base64.b64encode(bytes(blob)) + b" comment"
+    try:
+        expected = ssh.load_ssh_public_key(line)
+    except (ValueError, NotImplementedError, ssh.UnsupportedAlgorithm):
+        with pytest.raises(BadParameter):
+            load_ssh_public_key_text(line)
+        return
+    assert load_ssh_public_key_text(line) == expected

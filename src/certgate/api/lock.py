@@ -50,3 +50,34 @@ class Lock(Model):
     @property
     def name(self) -> str:
         return self.metadata.name
+
+
+def lock_matches(
+    lock: Lock,
+    *,
+    user: str,
+    roles: tuple[str, ...] | list[str],
+    request_ids: tuple[str, ...] | list[str] = (),
+    login: str = "",
+    node: str = "",
+    now: datetime,
+) -> bool:
+    """Whether `lock` is in force for this identity (and login and node, where known).
+
+    Targets match exactly: a user lock names a user name, a role lock any of the
+    identity's roles, and so on. An expired lock matches nothing.
+    """
+    if lock.metadata.expires is not None and lock.metadata.expires <= now:
+        return False
+    target = lock.spec.target
+    return bool(
+        (target.user and target.user == user)
+        or (target.role and target.role in roles)
+        or (target.access_request and target.access_request in request_ids)
+        or (target.login and login and target.login == login)
+        or (target.node and node and target.node == node)
+    )
+
+
+def lock_message(lock: Lock) -> str:
+    return f"access denied: locked: {lock.spec.message or 'by an administrator'}"

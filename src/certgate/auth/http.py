@@ -30,11 +30,13 @@ from certgate.api.codec import dump, from_dict, to_dict
 from certgate.api.duration import parse_duration
 from certgate.api.identity import SYSTEM_PROXY, Identity
 from certgate.api.lock import Lock
+from certgate.api.node import Node
 from certgate.auth import permissions as perm
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
 from certgate.backend.base import EventType
 from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
+from certgate.services.audit import EVENT_CODES
 
 log = logging.getLogger("certgate.auth")
 
@@ -159,12 +161,15 @@ class AuthAPI:
         r.add_post("/v1/tokens", add("token", "create", self.add_token))
         r.add_get("/v1/authorities/{type}/export", add(None, "", self.export_authority))
         r.add_get("/v1/events", add("event", "list", self.search_events))
+        r.add_post("/v1/events", add(perm.AUDIT_WRITE, "create", self.record_event))
         for kind in ("role", "user", "token", "lock", "node", "cert_authority"):
             r.add_get(f"/v1/resources/{kind}", add(kind, "list", self.list_resources))
             r.add_get(f"/v1/resources/{kind}/{{name}}", add(kind, "read", self.get_resource))
             r.add_delete(f"/v1/resources/{kind}/{{name}}", add(kind, "delete", self.rm_resource))
         r.add_post("/v1/resources", add(None, "", self.put_resource))
         r.add_get("/v1/watch", add(None, "", self.watch))
+        r.add_post("/v1/nodes/heartbeat", add(perm.HEARTBEAT, "update", self.heartbeat))
+        r.add_get("/v1/my/nodes", add(perm.SELF, "read", self.my_nodes))
         return app
 
     # routes -------------------------------------------------------------------------
@@ -280,6 +285,21 @@ class AuthAPI:
         )
         return {"events": events, "cursor": cursor}
 
+    async def record_event(self, request: web.Request, caller: Identity | None) -> Any:
+        """An event from a proxy or node; auth stamps time, code, id and the sender."""
+        assert caller is not None
+        body = await _json_body(request)
+        event = _str(body, "event")
+        if event not in EVENT_CODES:
+            raise BadParameter(f'unknown audit event "{event}"')
+        fields = body.get("fields", {})
+        if not isinstance(fields, dict) or any(
+            key in ("event", "code", "time", "uid", "server") for key in fields
+        ):
+            raise BadParameter("audit fields must be a mapping without reserved keys")
+        await self.server.audit.emit(event, server=caller.username, **fields)
+        return None
+
     async def list_resources(self, request: web.Request, caller: Identity | None) -> Any:
         kind = _kind(request)
         items = await self.server.get_resources(kind, None)
@@ -310,6 +330,20 @@ class AuthAPI:
         saved = await self.server.put_resource(resource, caller.username, upsert)
         return to_dict(saved)
 
+    async def heartbeat(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        body = await _json_body(request)
+        node = from_dict(body.get("node"))
+        if not isinstance(node, Node):
+            raise BadParameter("a heartbeat carries a node resource")
+        ttl = parse_duration(str(body.get("ttl", "30s")))
+        await self.server.heartbeat(caller, node, ttl)
+        return None
+
+    async def my_nodes(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        return [to_dict(n) for n in await self.server.nodes_for(caller)]
+
     async def watch(self, request: web.Request, caller: Identity | None) -> Any:
         """A snapshot of the asked kinds, then every change, as JSON lines.
 
@@ -325,8 +359,10 @@ class AuthAPI:
         stores = {kind: self.server.store_for(kind) for kind in kinds}
         by_prefix = {store.prefix: kind for kind, store in stores.items()}
         revision = await self.server.backend.current_revision()
+        # get_resources strips CA private keys: they never leave auth.
         snapshot = {
-            kind: [to_dict(r) for r in await store.list()] for kind, store in stores.items()
+            kind: [to_dict(r) for r in await self.server.get_resources(kind, None)]
+            for kind in kinds
         }
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
@@ -360,6 +396,7 @@ class AuthAPI:
             pass  # the watcher went away
         finally:
             next_event.cancel()
+            await asyncio.gather(next_event, return_exceptions=True)
             await events.aclose()  # type: ignore[attr-defined]
         return response
 

@@ -223,6 +223,10 @@ class RoleSet:
             )
             for role in ordered
         )
+        # Answers that depend on nothing but the roles and traits, worked out on first
+        # use: a RoleSet is immutable and RoleSetCache hands the same one out again.
+        self._logins: list[str] | None = None
+        self._options: RoleOptions | None = None
 
     @property
     def roles(self) -> tuple[Role, ...]:
@@ -240,12 +244,14 @@ class RoleSet:
         A login denied only on some nodes (deny logins with deny node_labels) stays here;
         `check_login` refuses it on those nodes.
         """
-        allowed = {login for r in self._roles for login in r.allow.logins}
-        return sorted(
-            login
-            for login in allowed
-            if not any(r.deny.denies_everywhere(login) for r in self._roles)
-        )
+        if self._logins is None:
+            allowed = {login for r in self._roles for login in r.allow.logins}
+            self._logins = sorted(
+                login
+                for login in allowed
+                if not any(r.deny.denies_everywhere(login) for r in self._roles)
+            )
+        return list(self._logins)
 
     def check_login(self, node_name: str, node_labels: Mapping[str, str], login: str) -> None:
         """Raise AccessDenied unless `login` is allowed on this node."""
@@ -338,6 +344,11 @@ class RoleSet:
         With no roles the result is RoleOptions' defaults, except that nothing is
         forwarded (no role allows it).
         """
+        if self._options is None:
+            self._options = self._merged_options()
+        return self._options  # frozen: safe to share
+
+    def _merged_options(self) -> RoleOptions:
         opts = [r.role.spec.options for r in self._roles]
         if not opts:
             return RoleOptions(forward_agent=False, port_forwarding=False)

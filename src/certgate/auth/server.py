@@ -5,7 +5,6 @@ inputs and records what it does in the audit log.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -98,10 +97,7 @@ class AuthServer:
 
     async def load_roles(self, names: list[str]) -> list[Role]:
         """The roles as stored now (read on every call: a change applies at once)."""
-        if len(names) == 1:
-            return [await self.roles.get(names[0])]
-        # Read together, so the store answers them in one round trip.
-        return list(await asyncio.gather(*(self.roles.get(name) for name in names)))
+        return await self.roles.get_many(names)
 
     async def role_set_for(self, user: User) -> tuple[list[Role], RoleSet]:
         roles = await self.load_roles(user.spec.roles)
@@ -282,13 +278,32 @@ class AuthServer:
     def issue_service_identity(
         self, name: str, system_role: str, public_key: str, principals: list[str]
     ) -> CertBundle:
-        names = list(dict.fromkeys([name, *principals]))
+        # `<name>.<cluster>` too, so `ssh web-1.example.com` through the proxy verifies.
+        names = list(dict.fromkeys([name, f"{name}.{self.cluster_name}", *principals]))
         return self.issuer.issue_service(name, system_role, public_key, names)
 
     def issue_admin_identity(self, public_key: str) -> CertBundle:
         return self.issuer.issue_service(
             "admin", SYSTEM_ADMIN, public_key, ["admin"], ttl=timedelta(days=30)
         )
+
+    # inventory ----------------------------------------------------------------------
+
+    async def heartbeat(self, caller: Identity, node: Node, ttl: timedelta) -> None:
+        """A node announces itself; it disappears when it stops (the item expires)."""
+        if node.name != caller.username:
+            raise AccessDenied(
+                f'access denied: node "{caller.username}" cannot announce "{node.name}"'
+            )
+        meta = node.metadata.model_copy(update={"expires": self.clock.now() + ttl})
+        await self.nodes.upsert(node.model_copy(update={"metadata": meta}))
+
+    async def nodes_for(self, caller: Identity) -> list[Node]:
+        """The nodes the caller's roles give access to (what `cgsh ls` shows)."""
+        roles = await self.load_roles(list(caller.roles))
+        role_set = RoleSet(roles, caller.traits)
+        nodes = await self.nodes.list()
+        return [n for n in nodes if role_set.can_access_node(n.metadata.labels)]
 
     # resources ----------------------------------------------------------------------
 

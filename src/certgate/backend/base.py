@@ -41,6 +41,8 @@ class Backend(Protocol):
     """All methods are coroutines; errors are certgate.errors kinds.
 
     - get: NotFound if absent or expired.
+    - get_many: the items of `keys` that are present and not expired, in the order of
+      `keys`, read from one snapshot (a missing key is left out, not an error).
     - create: AlreadyExists if present (and not expired).
     - put: create or overwrite unconditionally.
     - compare_and_swap: CompareFailed unless the stored revision equals `expected_revision`
@@ -53,6 +55,8 @@ class Backend(Protocol):
     """
 
     async def get(self, key: str) -> Item: ...
+
+    async def get_many(self, keys: Sequence[str]) -> list[Item]: ...
 
     async def create(self, item: Item) -> Item: ...
 

@@ -441,6 +441,24 @@ class SQLiteBackend:
             raise NotFound(f"key {key} is not found")
         return _item(row)
 
+    async def get_many(self, keys: Sequence[str]) -> list[Item]:
+        if isinstance(keys, str):
+            raise BadParameter("get_many takes a list of keys, not one string")
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return []
+        now = self._now()
+        marks = ", ".join("?" * len(wanted))
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT key, value, revision, expires FROM kv"
+                f" WHERE key IN ({marks}) AND (expires IS NULL OR expires > ?)",
+                [*wanted, now],
+            ).fetchall()
+        )
+        found = {row[0]: _item(row) for row in rows}
+        return [found[key] for key in keys if key in found]
+
     async def create(self, item: Item) -> Item:
         value, expires = _check_item(item)
         now = self._now()

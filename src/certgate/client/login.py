@@ -39,6 +39,12 @@ def login(
     finally:
         client.close()
     identity = IdentityFiles(key_pem=key_pem, bundle=CertBundle.from_dict(data))
-    profile = Profile(proxy=proxy, user=user, cluster=str(ping["cluster_name"]), insecure=insecure)
+    profile = Profile(
+        proxy=proxy,
+        user=user,
+        cluster=str(ping["cluster_name"]),
+        insecure=insecure,
+        ssh_proxy=str(ping.get("ssh_addr", "")),
+    )
     profile.save(identity)
     return profile

@@ -27,6 +27,8 @@ class Profile:
     user: str
     cluster: str
     insecure: bool = False
+    # The proxy's SSH jump host, HOST:PORT, as the proxy announces it.
+    ssh_proxy: str = ""
 
     @property
     def keys_dir(self) -> Path:
@@ -59,6 +61,7 @@ def load_profile() -> Profile:
         user=str(data["user"]),
         cluster=str(data.get("cluster", "")),
         insecure=bool(data.get("insecure", False)),
+        ssh_proxy=str(data.get("ssh_proxy", "")),
     )
 
 

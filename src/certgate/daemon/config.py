@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from certgate.api.codec import describe_validation_error
+from certgate.api.duration import Duration
 from certgate.errors import BadParameter
 
 SERVICE_ROLES = ("auth", "proxy", "node", "kube")
@@ -56,6 +58,8 @@ class SSHService(_Section):
     listen_addr: str = "0.0.0.0:3022"
     advertise_addr: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
+    # How often the node announces itself; it leaves `cgsh ls` within two of these.
+    heartbeat_interval: Duration = timedelta(seconds=10)
 
 
 class KubernetesService(_Section):
@@ -197,6 +201,7 @@ ssh_service:
   listen_addr: 0.0.0.0:3022
   advertise_addr: ""      # what the proxy dials; default: listen_addr on this host
   labels: {env: dev}
+  heartbeat_interval: 10s # the node leaves `cgsh ls` within two intervals of stopping
 
 kubernetes_service:
   enabled: false

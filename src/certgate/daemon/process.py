@@ -23,7 +23,9 @@ from typing import Any
 
 from aiohttp import web
 
-from certgate.api.identity import SYSTEM_PROXY
+from certgate.api.authority import CertAuthority
+from certgate.api.identity import SYSTEM_NODE, SYSTEM_PROXY
+from certgate.auth.cached_access import CachedAccess
 from certgate.auth.http import AuthAPI
 from certgate.auth.server import AuthServer
 from certgate.backend.base import Backend
@@ -32,10 +34,14 @@ from certgate.clock import SystemClock
 from certgate.daemon.config import Config, dial_addr, split_addr
 from certgate.daemon.diag import Diagnostics, Metrics
 from certgate.errors import BadParameter, CertgateError, NotFound
+from certgate.node.agent import NodeAgent
+from certgate.proxy.sshd import ProxySSH
 from certgate.proxy.web import ProxyWeb
+from certgate.rpc.audit import RemoteAudit
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import join_cluster
+from certgate.rpc.watcher import ResourceView
 from certgate.services.audit import AuditLog
 from certgate.transport import server_context
 
@@ -51,7 +57,6 @@ class Daemon:
     first_admin: str = ""
     announce: Callable[[str], None] = field(default=lambda text: print(text, flush=True))
     metrics: Metrics = field(default_factory=Metrics)
-    _runners: list[web.AppRunner] = field(default_factory=list)
     _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     auth: AuthServer | None = None
     auth_addr: str = ""
@@ -81,15 +86,19 @@ class Daemon:
             await self._start_auth(diagnostics)
         if self.config.proxy_service.enabled:
             await self._start_proxy()
+        if self.config.ssh_service.enabled:
+            await self._start_node()
         if self.first_admin and self.auth:
             await self._invite_first_admin(self.auth)
         diagnostics.started = True
 
     async def close(self) -> None:
-        for runner in reversed(self._runners):
-            await runner.cleanup()
+        # Last started, first stopped: nodes and proxies before the auth they talk to.
         for closer in reversed(self._closers):
-            await closer()
+            try:
+                await closer()
+            except Exception:
+                log.exception("error while shutting down")
 
     # auth ------------------------------------------------------------------------
 
@@ -183,7 +192,8 @@ class Daemon:
         auth = AsyncAuthClient(f"https://{self._auth_dial()}", identity.tls_context())
         self._closers.append(auth.close)
         ping = await auth.call("GET", "/v1/ping")
-        web_proxy = ProxyWeb(auth, str(ping["cluster_name"]))
+        _, ssh_port = split_addr(cfg.ssh_listen_addr, 3023)
+        web_proxy = ProxyWeb(auth, str(ping["cluster_name"]), f"{public_host}:{ssh_port}")
         app = web_proxy.app()
         app.middlewares.append(self.metrics.middleware("proxy"))
         user_ca = identity.bundle.tls_cas[1:]  # host CA first, then user CA(s)
@@ -197,6 +207,49 @@ class Daemon:
             cert_pem, key_pem = identity.bundle.tls_cert, identity.key_pem
         context = server_context(cert_pem, key_pem, client_cas=user_ca)
         await self._listen(app, cfg.web_listen_addr, 3080, context, "proxy web")
+
+        view = ResourceView(auth, ["role", "lock", "node", "cert_authority"])
+        view.start()
+        self._closers.append(view.close)
+        await view.wait_ready()
+        access = CachedAccess(view, web_proxy.cluster_name)
+        web_proxy.access = access
+        ssh = ProxySSH(
+            host_key=identity.key_pem,
+            host_cert=identity.bundle.ssh_cert,
+            user_ca_keys=lambda: _ca_keys(view, "user_ssh"),
+            access=access,
+            audit=RemoteAudit(auth),
+        )
+        host, port = split_addr(cfg.ssh_listen_addr, 3023)
+        await self._guard_listen(ssh.start(host, port), cfg.ssh_listen_addr, "proxy ssh")
+        self._closers.append(ssh.close)
+        log.info("proxy ssh listening on %s", cfg.ssh_listen_addr)
+
+    # node ------------------------------------------------------------------------
+
+    async def _start_node(self) -> None:
+        cfg = self.config.ssh_service
+        host, port = split_addr(cfg.listen_addr, 3022)
+        advertise = cfg.advertise_addr or ""
+        advertise_host = (
+            split_addr(advertise, port)[0]
+            if advertise
+            else _reachable_host(host, self._auth_dial())
+        )
+        identity = await self._service_identity(
+            "node", SYSTEM_NODE, _local_names(self.nodename, advertise_host)
+        )
+        auth = AsyncAuthClient(f"https://{self._auth_dial()}", identity.tls_context())
+        self._closers.append(auth.close)
+        agent = NodeAgent(self.nodename, identity, auth, cfg.labels, cfg.heartbeat_interval)
+        await self._guard_listen(
+            agent.start(host, port, advertise_host), cfg.listen_addr, "node ssh"
+        )
+        self._closers.append(agent.close)
+        log.info(
+            "node %s ssh listening on %s (labels %s)", self.nodename, cfg.listen_addr, cfg.labels
+        )
 
     # first admin -----------------------------------------------------------------
 
@@ -217,6 +270,16 @@ class Daemon:
 
     # listeners -------------------------------------------------------------------
 
+    async def _guard_listen(self, starting: Awaitable[Any], addr: str, name: str) -> None:
+        try:
+            await starting
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise BadParameter(
+                    f"cannot listen on {addr} for {name}: the address is already in use"
+                ) from exc
+            raise BadParameter(f"cannot listen on {addr} for {name}: {exc.strerror}") from exc
+
     async def _listen(
         self, app: web.Application, addr: str, default_port: int, context: Any, name: str
     ) -> None:
@@ -227,15 +290,11 @@ class Daemon:
             runner, host or None, port, ssl_context=context, reuse_address=True, shutdown_timeout=2
         )
         try:
-            await site.start()
-        except OSError as exc:
+            await self._guard_listen(site.start(), addr, name)
+        except BadParameter:
             await runner.cleanup()
-            if exc.errno == errno.EADDRINUSE:
-                raise BadParameter(
-                    f"cannot listen on {addr} for {name}: the address is already in use"
-                ) from exc
-            raise BadParameter(f"cannot listen on {addr} for {name}: {exc.strerror}") from exc
-        self._runners.append(runner)
+            raise
+        self._closers.append(runner.cleanup)
         log.info("%s listening on %s", name, addr)
 
 
@@ -245,6 +304,25 @@ async def _store_ready(backend: Backend) -> str | None:
     except (CertgateError, TimeoutError, OSError) as exc:
         return f"store unreachable: {exc}"
     return None
+
+
+def _ca_keys(view: ResourceView, ca_type: str) -> list[str]:
+    ca = view.get("cert_authority", ca_type)
+    return [key.public for key in ca.spec.active_keys] if isinstance(ca, CertAuthority) else []
+
+
+def _reachable_host(listen_host: str, auth_addr: str) -> str:
+    """The address others can dial this host at: the listen address, or for a wildcard
+    listener the local address that routes to auth."""
+    if listen_host not in ("", "0.0.0.0", "::"):
+        return listen_host
+    auth_host, _ = split_addr(auth_addr, 3025)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((auth_host, 9))  # UDP connect sends nothing; it picks a route
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
 
 
 def _local_names(nodename: str, *extra: str) -> list[str]:

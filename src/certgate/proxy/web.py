@@ -11,6 +11,7 @@ against the user CA itself.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import html
 import logging
@@ -20,8 +21,13 @@ from typing import Any
 import qrcode
 import qrcode.image.svg
 from aiohttp import web
+from cryptography import x509
 
-from certgate.errors import BadParameter, CertgateError, to_json
+from certgate.api.certs import identity_from_x509
+from certgate.api.codec import to_dict
+from certgate.api.identity import Identity
+from certgate.auth.cached_access import CachedAccess
+from certgate.errors import AccessDenied, BadParameter, CertgateError, ConnectionProblem, to_json
 from certgate.rpc.auth_client import AsyncAuthClient
 
 log = logging.getLogger("certgate.proxy")
@@ -34,9 +40,12 @@ _IDENTITY_HEADERS = {FORWARDED_CERT.lower(), FORWARDED_ADDR.lower()}
 
 
 class ProxyWeb:
-    def __init__(self, auth: AsyncAuthClient, cluster_name: str) -> None:
+    def __init__(self, auth: AsyncAuthClient, cluster_name: str, ssh_addr: str) -> None:
         self._auth = auth
         self.cluster_name = cluster_name
+        self.ssh_addr = ssh_addr
+        # Set once the proxy's live view of roles, locks and nodes is ready.
+        self.access: CachedAccess | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024, middlewares=[_errors])
@@ -48,11 +57,14 @@ class ProxyWeb:
         r.add_get("/web/invite/{token}", self.invite_page)
         r.add_post("/web/invite/{token}", self.invite_form)
         r.add_route("*", "/v1/api/{path:.*}", self.forward)
+        r.add_get("/v1/ssh/check", self.ssh_check)
         r.add_get("/", self.index)
         return app
 
     async def ping(self, request: web.Request) -> web.Response:
-        return web.json_response({"cluster_name": self.cluster_name, "version": "0.1.0"})
+        return web.json_response(
+            {"cluster_name": self.cluster_name, "ssh_addr": self.ssh_addr, "version": "0.1.0"}
+        )
 
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -121,6 +133,37 @@ class ProxyWeb:
         )
         return _page(invite["user"], self.cluster_name, done, "", 200)
 
+    async def ssh_check(self, request: web.Request) -> web.Response:
+        """May the caller log in as `login` on `node`, and does the node answer?
+
+        cgsh asks before it runs ssh, so a refusal reads as a reason, not as
+        "Permission denied (publickey)". The node decides again on its own.
+        """
+        identity = _client_identity(request)
+        if self.access is None:
+            raise _Refusal(503, "the proxy is starting; try again")
+        target = request.query.get("node", "")
+        login = request.query.get("login", "")
+        if not target or not login:
+            raise BadParameter("name the node and the login: ?node=web-1&login=ubuntu")
+        node = self.access.resolve_node(identity, target)
+        try:
+            self.access.check_login(identity, node.name, node.metadata.labels, login)
+        except AccessDenied as exc:
+            reason = exc.message.removeprefix("access denied: ")
+            if not reason.startswith("access denied to"):
+                reason = f"access denied to {login}@{node.name}: {reason}"
+            raise AccessDenied(reason) from None
+        host, _, port = node.spec.addr.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
+            writer.close()
+        except (TimeoutError, OSError) as exc:
+            raise ConnectionProblem(
+                f'node "{node.name}" at {node.spec.addr} is unreachable'
+            ) from exc
+        return web.json_response({"node": to_dict(node)})
+
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """The auth API for users, with their certificate passed on for auth to check."""
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
@@ -149,6 +192,15 @@ class ProxyWeb:
             body=response.content,
             content_type=response.headers.get("content-type", "application/json").split(";")[0],
         )
+
+
+def _client_identity(request: web.Request) -> Identity:
+    """The user behind the TLS client certificate (verified against the user CA)."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    if not der:
+        raise _Refusal(401, "access denied: log in first (cgsh login)")
+    return identity_from_x509(x509.load_der_x509_certificate(der))
 
 
 class _Refusal(Exception):

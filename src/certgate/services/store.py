@@ -13,6 +13,7 @@ Resources are frozen models, so sharing one is safe.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
@@ -79,6 +80,16 @@ class ResourceStore(Generic[T]):
             return self.decode(await self._backend.get(self.key(name)))
         except NotFound:
             raise NotFound(f'{self._noun} "{name}" not found') from None
+
+    async def get_many(self, names: Sequence[str]) -> list[T]:
+        """The named resources, read together (one snapshot); NotFound names the first
+        one missing."""
+        items = await self._backend.get_many([self.key(name) for name in names])
+        found = {item.key: item for item in items}
+        for name in names:
+            if self.key(name) not in found:
+                raise NotFound(f'{self._noun} "{name}" not found')
+        return [self.decode(found[self.key(name)]) for name in names]
 
     async def list(self) -> list[T]:
         return [self.decode(item) for item in await self._backend.range(self._prefix)]

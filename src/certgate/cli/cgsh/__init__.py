@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from certgate.cli.cgsh import session
+from certgate.cli.cgsh import session, ssh
 from certgate.cli.common import run
 
 
@@ -15,5 +15,6 @@ def cli() -> None:
 
 
 session.register(cli)
+ssh.register(cli)
 
 main = run(cli)

@@ -1,0 +1,101 @@
+"""Decisions of proxies and nodes, made from their live view of roles, locks and nodes.
+
+They decide without a round trip to auth, and go on deciding while auth is briefly
+unreachable (the view is fed by auth's watch stream, see rpc/watcher.py).
+
+check_identity(identity)        -> None or AccessDenied   (locks, roles that exist)
+resolve_node(identity, target)  -> Node or NotFound/AccessDenied
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from certgate.api.identity import Identity
+from certgate.api.lock import Lock, lock_matches, lock_message
+from certgate.api.node import Node
+from certgate.api.role import Role
+from certgate.auth.rbac import RoleSet
+from certgate.clock import Clock, SystemClock
+from certgate.errors import AccessDenied, NotFound
+from certgate.rpc.watcher import ResourceView
+
+
+class CachedAccess:
+    def __init__(
+        self, view: ResourceView, cluster_name: str = "", clock: Clock | None = None
+    ) -> None:
+        self._view = view
+        self._cluster_suffix = f".{cluster_name}" if cluster_name else ""
+        self._clock = clock or SystemClock()
+
+    def role_set(self, identity: Identity) -> RoleSet:
+        roles = []
+        for name in identity.roles:
+            role = self._view.get("role", name)
+            if not isinstance(role, Role):
+                raise AccessDenied(
+                    f'access denied: role "{name}" of your certificate no longer exists'
+                )
+            roles.append(role)
+        return RoleSet(roles, identity.traits)
+
+    def lock_for(self, identity: Identity, login: str = "", node: str = "") -> Lock | None:
+        now = self._clock.now()
+        for lock in self._view.all("lock"):
+            assert isinstance(lock, Lock)
+            if lock_matches(
+                lock,
+                user=identity.username,
+                roles=identity.roles,
+                request_ids=identity.request_ids,
+                login=login,
+                node=node,
+                now=now,
+            ):
+                return lock
+        return None
+
+    def check_identity(self, identity: Identity, login: str = "", node: str = "") -> None:
+        lock = self.lock_for(identity, login, node)
+        if lock is not None:
+            raise AccessDenied(lock_message(lock))
+
+    def check_login(
+        self, identity: Identity, node_name: str, node_labels: dict[str, str], login: str
+    ) -> RoleSet:
+        """Refuses (AccessDenied) unless the roles allow `login` here and no lock applies."""
+        role_set = self.role_set(identity)
+        role_set.check_login(node_name, node_labels, login)
+        self.check_identity(identity, login=login, node=node_name)
+        return role_set
+
+    def find_node(self, target: str) -> Node:
+        """A node by id, then by hostname, then by address; never an arbitrary address.
+
+        `web-1.<cluster name>` names node `web-1` (what `cgsh config` lets ssh use)."""
+        if self._cluster_suffix and target.endswith(self._cluster_suffix):
+            target = target[: -len(self._cluster_suffix)]
+        nodes = [n for n in self._view.all("node") if isinstance(n, Node)]
+        now = self._clock.now()
+        live = [n for n in nodes if n.metadata.expires is None or n.metadata.expires > now]
+        keys: list[Callable[[Node], str]] = [
+            lambda n: n.metadata.name,
+            lambda n: n.spec.hostname,
+            lambda n: n.spec.addr.rsplit(":", 1)[0],
+        ]
+        for key in keys:
+            found = [n for n in live if key(n) == target]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise NotFound(f'"{target}" names {len(found)} nodes: use the node id')
+        raise NotFound(f'node "{target}" not found')
+
+    def resolve_node(self, identity: Identity, target: str) -> Node:
+        node = self.find_node(target)
+        if not self.role_set(identity).can_access_node(node.metadata.labels):
+            # The same answer as for a missing node: roles decide what a user may see.
+            raise NotFound(f'node "{target}" not found')
+        self.check_identity(identity, node=node.name)
+        return node

@@ -1,0 +1,105 @@
+"""SSH for cgsh: an OpenSSH client config for the cluster, access checks, node lists.
+
+cgsh runs the system's OpenSSH `ssh`/`scp` with a generated config, so the data path is
+OpenSSH's C code end to end and every ssh option works. Before it does, it asks the
+proxy whether the login is allowed and the node answers, so a refusal reads as a reason
+rather than "Permission denied (publickey)".
+
+    Host *.<cluster> <node names>          -> ProxyJump through the proxy's SSH port
+    Host <proxy host>                      -> the jump host itself (port 3023)
+    both: IdentityFile, CertificateFile, UserKnownHostsFile with the host CA
+"""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import Any
+
+from certgate.client.cluster import connect_profile
+from certgate.client.profile import Profile, home
+from certgate.errors import BadParameter
+from certgate.rpc.auth_client import AuthClient
+from certgate.transport import client_context
+
+
+def proxy_client(profile: Profile) -> AuthClient:
+    identity = profile.identity()
+    context = client_context(
+        identity.bundle.tls_cas, identity.bundle.tls_cert, identity.key_pem,
+        insecure=profile.insecure,
+    )  # fmt: skip
+    return AuthClient(f"https://{profile.proxy}", context)
+
+
+def list_nodes(profile: Profile, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Nodes the user's roles can reach, optionally only those with all `labels`."""
+    cluster = connect_profile(profile)
+    try:
+        nodes: list[dict[str, Any]] = cluster.call("GET", "/my/nodes")
+    finally:
+        cluster.close()
+    wanted = labels or {}
+    chosen = [
+        n for n in nodes if all(n["metadata"]["labels"].get(k) == v for k, v in wanted.items())
+    ]
+    return sorted(chosen, key=lambda n: n["metadata"]["name"])
+
+
+def check_access(profile: Profile, node: str, login: str) -> dict[str, Any]:
+    client = proxy_client(profile)
+    try:
+        answer: dict[str, Any] = client.call(
+            "GET", "/v1/ssh/check", params={"node": node, "login": login}
+        )
+    finally:
+        client.close()
+    node: dict[str, Any] = answer["node"]
+    return node
+
+
+def split_target(target: str, login: str | None) -> tuple[str, str]:
+    """`[LOGIN@]NODE` plus `-l LOGIN` -> (login, node); the default login is yours."""
+    user, at, node = target.rpartition("@")
+    if not node:
+        raise BadParameter(f'"{target}": name a node, like ubuntu@web-1')
+    chosen = login or (user if at else "") or getpass.getuser()
+    return chosen, node
+
+
+def _proxy_host_port(profile: Profile) -> tuple[str, str]:
+    addr = profile.ssh_proxy or profile.proxy.rsplit(":", 1)[0] + ":3023"
+    host, _, port = addr.rpartition(":")
+    return host, port
+
+
+def openssh_config(profile: Profile, node_names: list[str]) -> str:
+    keys = profile.keys_dir
+    host, port = _proxy_host_port(profile)
+    jump_user = "certgate"  # the jump host takes any name; the node checks the login
+    patterns = " ".join([f"*.{profile.cluster}", *node_names])
+    common = (
+        f"    UserKnownHostsFile {keys / 'known_hosts'}\n"
+        f"    IdentityFile {keys / 'key'}\n"
+        f"    CertificateFile {keys / 'key-cert.pub'}\n"
+        "    IdentitiesOnly yes\n"
+        "    StrictHostKeyChecking yes\n"
+        "    CheckHostIP no\n"
+        "    HashKnownHosts no\n"
+    )
+    return (
+        f"# certgate cluster {profile.cluster} through {profile.proxy}, for {profile.user}.\n"
+        "# Made by `cgsh config`; certificates renew with `cgsh login`.\n"
+        f"Host {patterns}\n"
+        f"    ProxyJump {jump_user}@{host}:{port}\n"
+        f"{common}"
+        f"Host {host}\n"
+        f"    Port {port}\n"
+        f"{common}"
+    )
+
+
+def write_config(profile: Profile, node_names: list[str]) -> Path:
+    path = home() / "ssh_config"
+    path.write_text(openssh_config(profile, node_names))
+    return path

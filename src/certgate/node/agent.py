@@ -1,0 +1,150 @@
+"""A node in the cluster: its SSH server wired to the cluster's view, and heartbeats.
+
+NodeAgent.start()
+  ├─ ResourceView(role, lock, cert_authority)   decisions without a round trip
+  ├─ NodeSSHServer(host cert from joining)      authorizer = roles + labels + locks
+  ├─ heartbeat loop                             name, address, labels, with a TTL
+  └─ on a new lock: end every live session it matches, with its message
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+
+from certgate.api.authority import CertAuthority
+from certgate.api.codec import to_dict
+from certgate.api.duration import format_duration
+from certgate.api.identity import Identity
+from certgate.api.lock import Lock, lock_matches, lock_message
+from certgate.api.meta import Metadata
+from certgate.api.node import Node, NodeSpec
+from certgate.auth.cached_access import CachedAccess
+from certgate.clock import SystemClock
+from certgate.errors import CertgateError
+from certgate.node.sshd import NodeSSHServer, SessionInfo, SessionObserver, SessionPolicy
+from certgate.rpc.audit import RemoteAudit
+from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.rpc.identity_files import IdentityFiles
+from certgate.rpc.watcher import ResourceView
+
+log = logging.getLogger("certgate.node")
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        name: str,
+        identity: IdentityFiles,
+        auth: AsyncAuthClient,
+        labels: dict[str, str],
+        heartbeat_interval: timedelta,
+    ) -> None:
+        self.name = name
+        self.labels = labels
+        self._identity = identity
+        self._auth = auth
+        self._interval = heartbeat_interval
+        self._clock = SystemClock()
+        self.view = ResourceView(auth, ["role", "lock", "cert_authority"], self._on_change)
+        self.access = CachedAccess(self.view)
+        self._audit = RemoteAudit(auth)
+        self.server: NodeSSHServer | None = None
+        self.addr = ""
+        self._heartbeats: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int, advertise_host: str) -> int:
+        self.view.start()
+        await self.view.wait_ready()
+        self.server = NodeSSHServer(
+            host_key=self._identity.key_pem,
+            host_cert=self._identity.bundle.ssh_cert,
+            trusted_user_ca_keys=self._user_ca_keys,
+            authorizer=self._authorize,
+            audit=self._send_audit,
+            node_name=self.name,
+            session_observer=self._observer,
+        )
+        bound = await self.server.start(host, port)
+        self.addr = f"{advertise_host}:{bound}"
+        await self._heartbeat()
+        self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="node heartbeats")
+        return bound
+
+    async def close(self) -> None:
+        if self._heartbeats:
+            self._heartbeats.cancel()
+            await asyncio.gather(self._heartbeats, return_exceptions=True)
+        if self.server:
+            await self.server.close()
+        await self.view.close()
+
+    # decisions -------------------------------------------------------------------
+
+    def _user_ca_keys(self) -> list[str]:
+        ca = self.view.get("cert_authority", "user_ssh")
+        if not isinstance(ca, CertAuthority):
+            return []
+        return [key.public for key in ca.spec.active_keys]
+
+    async def _authorize(self, identity: Identity, login: str, client_addr: str) -> SessionPolicy:
+        role_set = self.access.check_login(identity, self.name, self.labels, login)
+        options = role_set.options()
+        return SessionPolicy(
+            port_forwarding=options.port_forwarding, forward_agent=options.forward_agent
+        )
+
+    def _observer(self, info: SessionInfo) -> SessionObserver | None:
+        return None  # session recording hooks in here
+
+    async def _send_audit(self, event: str, fields: dict[str, Any]) -> None:
+        await self._audit(event, node=self.name, **fields)
+
+    async def _on_change(self, kind: str, name: str, resource: BaseModel | None) -> None:
+        if kind != "lock" or not isinstance(resource, Lock) or self.server is None:
+            return
+        now = self._clock.now()
+
+        def matches(identity: Identity, login: str) -> bool:
+            return lock_matches(
+                resource,
+                user=identity.username,
+                roles=identity.roles,
+                request_ids=identity.request_ids,
+                login=login,
+                node=self.name,
+                now=now,
+            )
+
+        ended = await self.server.terminate_sessions(matches, lock_message(resource))
+        if ended:
+            log.info("lock %s ended %d session(s)", name, ended)
+
+    # heartbeats ------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        node = Node(
+            metadata=Metadata(name=self.name, labels=self.labels),
+            spec=NodeSpec(addr=self.addr, hostname=socket.gethostname()),
+        )
+        ttl = self._interval * 1.5
+        await self._auth.call(
+            "POST",
+            "/v1/nodes/heartbeat",
+            json={"node": to_dict(node), "ttl": format_duration(ttl)},
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        seconds = self._interval.total_seconds()
+        while True:
+            await asyncio.sleep(seconds * (0.9 + 0.2 * random.random()))
+            try:
+                await self._heartbeat()
+            except CertgateError as exc:
+                log.warning("heartbeat failed: %s", exc)
