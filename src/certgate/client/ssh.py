@@ -54,8 +54,8 @@ def check_access(profile: Profile, node: str, login: str) -> dict[str, Any]:
         )
     finally:
         client.close()
-    node: dict[str, Any] = answer["node"]
-    return node
+    found: dict[str, Any] = answer["node"]
+    return found
 
 
 def split_target(target: str, login: str | None) -> tuple[str, str]:
