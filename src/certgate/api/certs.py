@@ -154,7 +154,8 @@ def load_ssh_public_key_text(
         return fast
     try:
         key = ssh.load_ssh_public_key(data.strip())
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except (ValueError, UnsupportedAlgorithm, NotImplementedError) as exc:
+        # NotImplementedError: cryptography's word for a compressed EC point.
         raise BadParameter(f"malformed ssh public key: {exc}") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
         # RSA would work, but certgate clients only make ECDSA or Ed25519 keys, and

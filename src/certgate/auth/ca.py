@@ -198,6 +198,7 @@ def _load_tls_subject_key(
     return loaded
 
 
+_SUBJECT_CACHE_SIZE = 4096
 _USER_CERT = 1  # SSH2_CERT_TYPE_USER
 _HOST_CERT = 2  # SSH2_CERT_TYPE_HOST
 _SSH_CURVES = {"secp256r1": b"nistp256", "secp384r1": b"nistp384", "secp521r1": b"nistp521"}
@@ -279,8 +280,22 @@ class CASigner:
         )
         # Builders are immutable: these hold the issuer and the extensions every leaf
         # certificate has, and each certificate adds its own fields to a copy.
+        self._subjects: dict[tuple[str, tuple[str, ...]], x509.Name] = {}
         self._client_base = self._base_builder(self._client_eku)
         self._server_base = self._base_builder(self._server_eku)
+
+    def _subject(self, username: str, roles: tuple[str, ...]) -> x509.Name:
+        """O = each role, CN = the user name; kept, since a user renews with the same."""
+        key = (username, roles)
+        subject = self._subjects.get(key)
+        if subject is None:
+            attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, role) for role in roles]
+            attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, _common_name(username)))
+            subject = x509.Name(attributes)
+            if len(self._subjects) >= _SUBJECT_CACHE_SIZE:
+                del self._subjects[next(iter(self._subjects))]  # the oldest
+            self._subjects[key] = subject
+        return subject
 
     def _base_builder(self, eku: x509.ExtendedKeyUsage) -> x509.CertificateBuilder:
         return (
@@ -462,14 +477,11 @@ class CASigner:
         self._require("sign tls certificates", "user_tls", "host_tls")
         assert self._tls_key is not None
         start, end = _time_range(not_before, not_after)
-        attributes = [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, role) for role in identity.roles
-        ]
-        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, _common_name(identity.username)))
+        subject = self._subject(identity.username, identity.roles)
         payload = replace(identity, expires=end).to_json().encode()
         builder = (
             (self._server_base if server else self._client_base)
-            .subject_name(x509.Name(attributes))
+            .subject_name(subject)
             .public_key(_load_tls_subject_key(public_key))
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)

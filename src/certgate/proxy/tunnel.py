@@ -1,0 +1,99 @@
+"""Relaying a direct-tcpip channel to a node's TCP port, losing no early bytes.
+
+asyncssh's own forwarder drops what the far side sends before the channel is attached,
+and an SSH server speaks first (its version line): the client then sees a broken banner.
+Here the TCP side buffers until the channel side is connected, and each side pauses the
+other when its buffers fill, so a fast node cannot swamp a slow client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncssh
+
+
+class _NodeSide(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.channel: _ChannelSide | None = None
+        self._early: list[bytes] = []
+        self._early_eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.channel is not None and self.channel.chan is not None:
+            self.channel.chan.write(data)
+        else:
+            self._early.append(data)
+
+    def eof_received(self) -> bool:
+        if self.channel is not None and self.channel.chan is not None:
+            self.channel.chan.write_eof()
+        else:
+            self._early_eof = True
+        return True  # keep our side open for what the client still sends
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.channel is not None and self.channel.chan is not None:
+            self.channel.chan.close()
+
+    def pause_writing(self) -> None:
+        if self.channel is not None and self.channel.chan is not None:
+            self.channel.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.channel is not None and self.channel.chan is not None:
+            self.channel.chan.resume_reading()
+
+    def attach(self, channel: _ChannelSide) -> None:
+        self.channel = channel
+        assert channel.chan is not None
+        for chunk in self._early:
+            channel.chan.write(chunk)
+        self._early.clear()
+        if self._early_eof:
+            channel.chan.write_eof()
+
+
+class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
+    def __init__(self, node: _NodeSide) -> None:
+        self.node = node
+        self.chan: Any = None
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+        self.node.attach(self)
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        if self.node.transport is not None:
+            self.node.transport.write(data)
+
+    def eof_received(self) -> bool:
+        if self.node.transport is not None and self.node.transport.can_write_eof():
+            self.node.transport.write_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.node.transport is not None:
+            self.node.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.node.transport is not None:
+            self.node.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.node.transport is not None:
+            self.node.transport.resume_reading()
+
+
+async def open_tunnel(host: str, port: int, timeout: float) -> asyncssh.SSHTCPSession[bytes]:
+    """Connect to host:port (TimeoutError/OSError on failure) and return the session
+    that relays a channel to it."""
+    loop = asyncio.get_running_loop()
+    _, node = await asyncio.wait_for(loop.create_connection(_NodeSide, host, port), timeout)
+    return _ChannelSide(node)
