@@ -43,7 +43,9 @@ class Cluster:
     roles: str = "auth,proxy"
     extra_args: list[str] = field(default_factory=list)
     cluster_name: str = "test.certgate"
+    labels: str = "env=dev"
     process: subprocess.Popen[bytes] | None = None
+    nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.data_dir = self.workdir / "data"
@@ -76,6 +78,8 @@ class Cluster:
             "--ssh-proxy-listen", f"127.0.0.1:{self.ssh_proxy_port}",
             "--ssh-listen", f"127.0.0.1:{self.ssh_port}",
             "--diag-addr", f"127.0.0.1:{self.diag_port}",
+            "--labels", self.labels,
+            "--heartbeat-interval", "1s",
             *self.extra_args,
         ]  # fmt: skip
 
@@ -92,7 +96,35 @@ class Cluster:
             time.sleep(0.05)
         raise RuntimeError(f"certgate not ready in {timeout}s:\n{self.log.read_text()}")
 
+    def start_node(self, name: str, labels: str) -> tuple[subprocess.Popen[bytes], int]:
+        """Another node process joining with a fresh token, as an admin would add one."""
+        out = self.cgctl("tokens", "add", "--type=node", "--ttl=5m").stdout
+        join = next(line for line in out.splitlines() if line.startswith("certgate start"))
+        port = free_port()
+        log = self.workdir / f"{name}.log"
+        with log.open("ab") as log_file:
+            process = subprocess.Popen(
+                [str(BIN / "certgate"), *join.split()[1:], "--nodename", name,
+                 "--labels", labels, "--data-dir", str(self.workdir / name),
+                 "--ssh-listen", f"127.0.0.1:{port}", "--diag-addr", "",
+                 "--heartbeat-interval", "1s"],
+                stdout=log_file, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        self.nodes.append(process)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"node {name} exited:\n{log.read_text()}")
+            if "ssh listening" in log.read_text():
+                return process, port
+            time.sleep(0.05)
+        raise RuntimeError(f"node {name} did not start:\n{log.read_text()}")
+
     def stop(self) -> int:
+        for node in self.nodes:
+            if node.poll() is None:
+                node.send_signal(signal.SIGTERM)
+                node.wait(timeout=15)
         if self.process is None or self.process.poll() is not None:
             return self.process.returncode if self.process else 0
         self.process.send_signal(signal.SIGTERM)

@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -336,8 +336,10 @@ class AuthAPI:
         node = from_dict(body.get("node"))
         if not isinstance(node, Node):
             raise BadParameter("a heartbeat carries a node resource")
-        ttl = parse_duration(str(body.get("ttl", "30s")))
-        await self.server.heartbeat(caller, node, ttl)
+        seconds = body.get("ttl_seconds", 30)
+        if not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
+            raise BadParameter("ttl_seconds must be a number of seconds up to 3600")
+        await self.server.heartbeat(caller, node, timedelta(seconds=seconds))
         return None
 
     async def my_nodes(self, request: web.Request, caller: Identity | None) -> Any:

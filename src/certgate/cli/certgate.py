@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from certgate.api.duration import parse_duration
 from certgate.cli.common import run
 from certgate.daemon.config import SAMPLE, Config, default_data_dir, load_config
 from certgate.daemon.logs import setup_logging
@@ -32,6 +33,7 @@ def cli() -> None:
 @click.option("--ca-pin", help="sha256:... pin of the cluster CA (printed by cgctl tokens add).")
 @click.option("--nodename", help="This host's name in the inventory.")
 @click.option("--labels", help="Node labels, k=v,k=v.")
+@click.option("--heartbeat-interval", help="How often a node announces itself (default 10s).")
 @click.option("--cluster-name", help="Name of a new cluster.")
 @click.option("--auth-listen", help="Auth listen address (default 0.0.0.0:3025).")
 @click.option("--web-listen", help="Proxy web listen address (default 0.0.0.0:3080).")
@@ -50,6 +52,7 @@ def start(
     ca_pin: str | None,
     nodename: str | None,
     labels: str | None,
+    heartbeat_interval: str | None,
     cluster_name: str | None,
     auth_listen: str | None,
     web_listen: str | None,
@@ -82,6 +85,11 @@ def start(
     config = _override_listeners(
         config, auth_listen, web_listen, ssh_proxy_listen, ssh_listen, public_addr, labels
     )
+    if heartbeat_interval:
+        ssh_cfg = config.ssh_service.model_copy(
+            update={"heartbeat_interval": parse_duration(heartbeat_interval)}
+        )
+        config = config.model_copy(update={"ssh_service": ssh_cfg})
     directory = data_dir or (Path(config.data_dir) if config.data_dir else default_data_dir())
     setup_logging(config.debug)
     daemon = Daemon(config, directory.resolve(), first_admin=first_admin)

@@ -37,6 +37,9 @@ class AuthService(_Section):
     advertise_addr: str = ""
     storage: Storage = Field(default_factory=Storage)
     recordings: Recordings = Field(default_factory=Recordings)
+    # Processes serving the auth API (this one and workers-1 more, sharing the port and
+    # the store); 0 means one per core. See certgate.daemon.auth_workers.
+    workers: int = Field(default=1, ge=0, le=256)
 
 
 class TLSFiles(_Section):
@@ -185,6 +188,8 @@ auth_service:
     conn_string: ""       # postgres only: "postgresql://user@host/certgate"
   recordings:
     uri: "file://"        # default <data_dir>/recordings
+  workers: 1              # processes serving the auth API on one port (0: one per core);
+                          # more than 1 signs more certificates per second on more cores
 
 proxy_service:
   enabled: true

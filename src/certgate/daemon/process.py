@@ -31,6 +31,14 @@ from certgate.auth.server import AuthServer
 from certgate.backend.base import Backend
 from certgate.backend.registry import open_backend, open_event_store
 from certgate.clock import SystemClock
+from certgate.daemon.auth_workers import (
+    AuthWorkerPool,
+    WorkerSpec,
+    check_port_free,
+    listening_sockets,
+    serve_on,
+    worker_count,
+)
 from certgate.daemon.config import Config, dial_addr, split_addr
 from certgate.daemon.diag import Diagnostics, Metrics
 from certgate.errors import BadParameter, CertgateError, NotFound
@@ -141,8 +149,53 @@ class Daemon:
         app.middlewares.append(self.metrics.middleware("auth"))
         tls_cas = server.issuer.tls_ca_certs()
         context = server_context(own.bundle.tls_cert, own.key_pem, client_cas=tls_cas)
-        await self._listen(app, cfg.listen_addr, 3025, context, "auth")
+        workers = worker_count(cfg.workers)
+        if workers == 1:
+            await self._listen(app, cfg.listen_addr, 3025, context, "auth")
+        else:
+            await self._start_auth_workers(server, own, app, context, workers)
         log.info("auth service ready for cluster %s", server.cluster_name)
+
+    async def _start_auth_workers(
+        self,
+        server: AuthServer,
+        own: IdentityFiles,
+        app: web.Application,
+        context: Any,
+        workers: int,
+    ) -> None:
+        """This process and workers-1 spawned ones serve the auth API on one port."""
+        cfg = self.config.auth_service
+        host, port = split_addr(cfg.listen_addr, 3025)
+
+        sockets: list[socket.socket] = []
+
+        async def listen() -> None:
+            check_port_free(host, port)  # SO_REUSEPORT would share a port in use
+            sockets.extend(listening_sockets(host, port))
+            self._closers.append((await serve_on(app, sockets, context)).cleanup)
+
+        await self._guard_listen(listen(), cfg.listen_addr, "auth")
+        log.info("auth listening on %s", cfg.listen_addr)
+        specs = [
+            WorkerSpec(
+                index=index,
+                data_dir=self.data_dir,
+                storage=cfg.storage.model_dump(),
+                cluster_name=server.cluster_name,
+                proxy_public_addr=server.proxy_public_addr,
+                auth_addr=server.auth_addr,
+                host=host,
+                port=sockets[0].getsockname()[1],
+                cert_pem=own.bundle.tls_cert,
+                key_pem=own.key_pem,
+                debug=self.config.debug,
+            )
+            for index in range(1, workers)
+        ]
+        pool = AuthWorkerPool(specs, self.metrics)
+        await pool.start()
+        self._closers.append(pool.stop)
 
     # proxy -----------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ from pydantic import BaseModel
 
 from certgate.api.authority import CertAuthority
 from certgate.api.codec import to_dict
-from certgate.api.duration import format_duration
 from certgate.api.identity import Identity
 from certgate.api.lock import Lock, lock_matches, lock_message
 from certgate.api.meta import Metadata
@@ -133,11 +132,13 @@ class NodeAgent:
             metadata=Metadata(name=self.name, labels=self.labels),
             spec=NodeSpec(addr=self.addr, hostname=socket.gethostname()),
         )
+        # Expires 1.5 intervals on: a missed beat or two of jitter keeps it listed, and a
+        # stopped node is gone within two intervals.
         ttl = self._interval * 1.5
         await self._auth.call(
             "POST",
             "/v1/nodes/heartbeat",
-            json={"node": to_dict(node), "ttl": format_duration(ttl)},
+            json={"node": to_dict(node), "ttl_seconds": ttl.total_seconds()},
         )
 
     async def _heartbeat_loop(self) -> None:

@@ -262,7 +262,8 @@ class NodeSSHServer:
 
     def _audit(self, event: str, fields: dict[str, Any]) -> None:
         if self._audit_sink is not None:
-            self._audit_queue.put_nowait((event, {"node": self.node_name, **fields}))
+            # No "node" field: the sink knows which node it serves and adds it.
+            self._audit_queue.put_nowait((event, fields))
 
     async def _audit_worker(self) -> None:
         while True:
@@ -314,6 +315,16 @@ class _Connection(asyncssh.SSHServer):
         self._node._connections.discard(self)
 
     def begin_auth(self, username: str) -> bool:
+        # principals="*" makes asyncssh leave the login check to us: it would refuse a
+        # login that is not a principal silently, and every refusal must be audited
+        # with its reason. `_certificate_verified` checks the login first thing.
+        lines = [
+            f'cert-authority,principals="*" {" ".join(line.split()[:2])}'
+            for line in self._node._trusted_user_ca_keys()
+            if _ca_key_blob(line) is not None and not line.startswith("@")
+        ]
+        if lines:
+            self._conn.set_authorized_keys(asyncssh.import_authorized_keys("\n".join(lines)))
         return True  # every login authenticates
 
     def public_key_auth_supported(self) -> bool:
@@ -361,7 +372,6 @@ class _Connection(asyncssh.SSHServer):
             self._reject(None, login, f"malformed certificate: {exc}")
             return False
         if login not in identity.logins:
-            # asyncssh already checked the principal; this guards the shim itself.
             self._reject(identity, login, f'login "{login}" is not a principal of the certificate')
             return False
         try:

@@ -46,6 +46,7 @@ class _Connection(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername")
         self.client_addr = f"{peer[0]}:{peer[1]}" if peer else ""
         install_certificate_capture(conn, self._verified)
+        _allow_jumping(conn)
 
     def begin_auth(self, username: str) -> bool:
         # Any principal will do here: the jump host does not log anyone in; the node
@@ -109,6 +110,22 @@ class _Connection(asyncssh.SSHServer):
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return False
+
+
+def _allow_jumping(conn: Any) -> None:
+    """Let direct-tcpip through whatever `permit-port-forwarding` says.
+
+    asyncssh treats every direct-tcpip channel as port forwarding and checks the
+    certificate's permit flag. On the jump host a channel is the jump itself, and it
+    only reaches inventory nodes the roles allow; port forwarding proper (-L/-R) is
+    decided by the node. The override is per connection, never on the class.
+    """
+    original = conn.check_certificate_permission
+
+    def check_certificate_permission(permission: str) -> bool:
+        return permission == "port-forwarding" or bool(original(permission))
+
+    conn.check_certificate_permission = check_certificate_permission
 
 
 class ProxySSH:

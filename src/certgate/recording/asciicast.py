@@ -1,0 +1,325 @@
+"""asciicast v2: the file format of session recordings (DESIGN §5).
+
+A recording is UTF-8 text, one JSON value per line (https://docs.asciinema.org/manual/
+asciicast/v2/): a header object, then events `[time, type, data]`, time in seconds since
+the session began:
+
+    {"version": 2, "width": 100, "height": 30, "timestamp": 1764000000,
+     "env": {"TERM": "xterm-256color", "SHELL": "/bin/bash"},
+     "certgate": {"session_id": "…", "user": "alice", "login": "root", "node": "db-1",
+                  "roles": ["access"], "kind": "shell", "command": null}}
+    [0.012345, "o", "root@db-1:~# "]
+    [1.500000, "r", "120x40"]
+
+asciinema's player ignores the `certgate` object. Output bytes are decoded as UTF-8 by
+an incremental decoder, so a character split across two reads is written whole; bytes
+that are not UTF-8 become U+FFFD, as a terminal would show them.
+
+Writing is split in two so the session's data path stays cheap: `CastEncoder` turns a
+batch of raw events into lines (pure, no I/O) and `CastFile` appends them with one
+write() per batch. A batch is always whole lines, so a crash leaves a file that ends at
+a line boundary (or, on a damaged disk, with one broken line that `CastReader` reports).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from certgate.errors import BadParameter
+
+VERSION = 2
+OUTPUT = "o"
+RESIZE = "r"
+
+# A raw event as the recorder collects it: (seconds since start, type, payload). Output
+# payloads are bytes (decoded when encoded), resize payloads are (width, height).
+RawEvent = tuple[float, str, Any]
+
+
+@dataclass(frozen=True)
+class Header:
+    """The first line of a recording."""
+
+    width: int
+    height: int
+    timestamp: float  # Unix time the session began
+    session_id: str
+    user: str
+    login: str
+    node: str
+    roles: tuple[str, ...] = ()
+    kind: str = "shell"
+    command: str | None = None
+    term: str = "xterm"
+    shell: str = "/bin/sh"
+    extra: dict[str, Any] = field(default_factory=dict)  # unknown keys, kept as read
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "version": VERSION,
+            "width": self.width,
+            "height": self.height,
+            "timestamp": int(self.timestamp),
+            "env": {"TERM": self.term, "SHELL": self.shell},
+            "certgate": {
+                "session_id": self.session_id,
+                "user": self.user,
+                "login": self.login,
+                "node": self.node,
+                "roles": list(self.roles),
+                "kind": self.kind,
+                "command": self.command,
+                # Sub-second start, which the integer `timestamp` cannot hold.
+                "start": self.timestamp,
+            },
+        }
+
+    def to_line(self) -> bytes:
+        return (json.dumps(self.to_dict(), ensure_ascii=False) + "\n").encode()
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Header:
+        """The header in `data`; ValueError saying what is wrong if it is not one."""
+        if not isinstance(data, dict):
+            raise ValueError("the header is not a JSON object")
+        if data.get("version") != VERSION:
+            raise ValueError(f"not an asciicast v2 header (version {data.get('version')!r})")
+        width, height = data.get("width"), data.get("height")
+        if not _positive_int(width) or not _positive_int(height):
+            raise ValueError("the header needs positive integer width and height")
+        env = data.get("env") if isinstance(data.get("env"), dict) else {}
+        meta = data.get("certgate") if isinstance(data.get("certgate"), dict) else {}
+        timestamp = meta.get("start", data.get("timestamp", 0))
+        if not isinstance(timestamp, int | float) or isinstance(timestamp, bool):
+            raise ValueError("the header timestamp is not a number")
+        roles = meta.get("roles", [])
+        command = meta.get("command")
+        known = {"version", "width", "height", "timestamp", "env", "certgate"}
+        return cls(
+            width=int(width),
+            height=int(height),
+            timestamp=float(timestamp),
+            session_id=str(meta.get("session_id", "")),
+            user=str(meta.get("user", "")),
+            login=str(meta.get("login", "")),
+            node=str(meta.get("node", "")),
+            roles=tuple(str(r) for r in roles) if isinstance(roles, list) else (),
+            kind=str(meta.get("kind", "shell")),
+            command=command if isinstance(command, str) else None,
+            term=str(env.get("TERM", "")),
+            shell=str(env.get("SHELL", "")),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of a recording: `type` is "o" (output) or "r" (resize, "WxH")."""
+
+    time: float
+    type: str
+    data: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time": self.time, "type": self.type, "data": self.data}
+
+
+def event_line(time: float, kind: str, data: str) -> str:
+    # 6 decimals as asciinema writes them: microseconds, and no float repr noise.
+    return f"[{time:.6f}, {json.dumps(kind)}, {json.dumps(data, ensure_ascii=False)}]\n"
+
+
+class CastEncoder:
+    """Turns batches of raw events into asciicast lines; keeps the UTF-8 decoder state.
+
+    One encoder per recording, fed in order. Pure: no I/O, no clock.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._last_time = 0.0
+
+    def encode(self, events: Sequence[RawEvent]) -> bytes:
+        lines: list[str] = []
+        for time, kind, payload in events:
+            # Never backwards, whatever the caller's clock did.
+            time = max(time, self._last_time)
+            if kind == OUTPUT:
+                text = self._decoder.decode(bytes(payload))
+                if not text:
+                    continue  # only the start of a split character so far
+                lines.append(event_line(time, OUTPUT, text))
+            elif kind == RESIZE:
+                width, height = payload
+                lines.append(event_line(time, RESIZE, f"{width}x{height}"))
+            else:
+                raise ValueError(f"unknown event type {kind!r}")
+            self._last_time = time
+        return "".join(lines).encode()
+
+    def finish(self, time: float) -> bytes:
+        """Whatever a split character left in the decoder, as U+FFFD, at `time`."""
+        text = self._decoder.decode(b"", final=True)
+        if not text:
+            return b""
+        return event_line(max(time, self._last_time), OUTPUT, text).encode()
+
+
+class CastFile:
+    """An asciicast file being written: created with its header, then appended to.
+
+    Every `append` is one write() of whole lines on an O_APPEND descriptor (looping
+    only if the kernel takes part of it), so what was appended before a crash is on
+    disk as whole lines. Writes go to the page cache; no fsync per batch.
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd: int | None = fd
+        self.path = path
+        self.size = 0
+
+    @classmethod
+    def create(cls, path: Path, header: Header) -> CastFile:
+        """Create `path` (never an existing file) and write the header: OSError if not."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        cast = cls(fd, path)
+        try:
+            cast.append(header.to_line())
+        except OSError:
+            cast.close()
+            raise
+        return cast
+
+    def append(self, data: bytes) -> None:
+        if self._fd is None:
+            raise OSError("the recording file is closed")
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.size += len(data)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class CastReader:
+    """Reads a recording: `header` at once, then `events()` until the end or damage.
+
+    A line that is not a valid event stops the events; `damage` then says where and
+    why ("recording ends at line 7: ..."), and nothing after it is trusted. A header
+    that cannot be read raises BadParameter.
+    """
+
+    def __init__(self, lines: Iterable[str | bytes]) -> None:
+        self._lines = iter(lines)
+        self.damage: str | None = None
+        self.line_count = 0
+        first = self._next_line()
+        if first is None:
+            raise BadParameter("recording ends at line 1: the file is empty")
+        try:
+            self.header = Header.from_dict(json.loads(first))
+        except ValueError as exc:
+            raise BadParameter(f"recording ends at line 1: {_reason(exc)}") from exc
+
+    def _next_line(self) -> str | None:
+        for raw in self._lines:
+            self.line_count += 1
+            line = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+            if line.strip():
+                return line
+        return None
+
+    def events(self) -> Iterator[Event]:
+        last = 0.0
+        while (line := self._next_line()) is not None:
+            try:
+                event = _parse_event(line)
+            except ValueError as exc:
+                self.damage = f"recording ends at line {self.line_count}: {_reason(exc)}"
+                return
+            if event.time < last:
+                self.damage = (
+                    f"recording ends at line {self.line_count}: time goes backwards "
+                    f"({event.time:.6f} after {last:.6f})"
+                )
+                return
+            last = event.time
+            yield event
+
+
+def _reason(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        if exc.pos >= len(exc.doc.rstrip("\n")):
+            return "the line is cut short (truncated file?)"
+        return f"not JSON ({exc.msg} at column {exc.colno})"
+    return str(exc)
+
+
+def _parse_event(line: str) -> Event:
+    value = json.loads(line)
+    if not isinstance(value, list) or len(value) != 3:
+        raise ValueError("not an event ([time, type, data])")
+    time, kind, data = value
+    if not isinstance(time, int | float) or isinstance(time, bool) or time < 0:
+        raise ValueError("event time is not a non-negative number")
+    if not isinstance(kind, str) or not isinstance(data, str):
+        raise ValueError("event type and data must be strings")
+    if kind == RESIZE and not _is_size(data):
+        raise ValueError(f'resize event "{data}" is not WIDTHxHEIGHT')
+    return Event(float(time), kind, data)
+
+
+def _is_size(text: str) -> bool:
+    width, sep, height = text.partition("x")
+    return bool(sep) and width.isdigit() and height.isdigit()
+
+
+def read_header(path: Path) -> Header:
+    """The header of the recording at `path` (BadParameter if it has none)."""
+    with path.open("rb") as file:
+        first = file.readline()
+    return CastReader([first]).header
+
+
+# How far from the end `last_event_time` looks for the last whole event.
+_TAIL_BYTES = 256 * 1024
+
+
+def last_event_time(path: Path) -> float:
+    """The time of the last readable event (0 if none), reading only the file's tail.
+
+    A broken last line (a torn write) is skipped, so the duration of a damaged
+    recording is that of what can be played.
+    """
+    with path.open("rb") as file:
+        file.seek(0, os.SEEK_END)
+        size = file.tell()
+        start = max(0, size - _TAIL_BYTES)
+        file.seek(start)
+        tail = file.read()
+    lines = tail.split(b"\n")
+    if start > 0:
+        lines = lines[1:]  # the first piece is probably part of a line
+    for raw in reversed(lines):
+        if not raw.strip():
+            continue
+        try:
+            return _parse_event(raw.decode("utf-8", errors="replace")).time
+        except ValueError:
+            continue
+    return 0.0
