@@ -23,9 +23,16 @@ from certgate.rpc.watcher import ResourceView
 
 class CachedAccess:
     def __init__(
-        self, view: ResourceView, cluster_name: str = "", clock: Clock | None = None
+        self,
+        view: ResourceView,
+        cluster_name: str = "",
+        clock: Clock | None = None,
+        strict_grace: float = 30.0,
     ) -> None:
         self._view = view
+        # For roles with `locking_mode: strict`: how long this view may go without word
+        # from auth before their holders are refused (and their sessions ended).
+        self.strict_grace = strict_grace
         self._cluster_suffix = f".{cluster_name}" if cluster_name else ""
         self._clock = clock or SystemClock()
 
@@ -60,6 +67,23 @@ class CachedAccess:
         lock = self.lock_for(identity, login, node)
         if lock is not None:
             raise AccessDenied(lock_message(lock))
+        if self.strict_and_cut_off(identity):
+            raise AccessDenied(
+                "access denied: locked: this service cannot confirm locks with auth, "
+                "and your roles require it (locking_mode: strict)"
+            )
+
+    def view_is_stale(self) -> bool:
+        return self._view.seconds_since_contact() > self.strict_grace
+
+    def strict_and_cut_off(self, identity: Identity) -> bool:
+        """True when the lock view is stale and one of the identity's roles is strict."""
+        if not self.view_is_stale():
+            return False
+        try:
+            return self.role_set(identity).options().locking_mode == "strict"
+        except AccessDenied:
+            return True
 
     def check_login(
         self, identity: Identity, node_name: str, node_labels: dict[str, str], login: str

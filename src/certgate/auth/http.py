@@ -32,10 +32,12 @@ from certgate.api.identity import SYSTEM_PROXY, Identity
 from certgate.api.lock import Lock
 from certgate.api.node import Node
 from certgate.auth import permissions as perm
+from certgate.auth.http_recordings import add_recording_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
 from certgate.backend.base import EventType
 from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
+from certgate.recording.store import RecordingStore
 from certgate.services.audit import EVENT_CODES
 
 log = logging.getLogger("certgate.auth")
@@ -49,9 +51,14 @@ Handler = Callable[[web.Request, Identity | None], Awaitable[Any]]
 
 
 class AuthAPI:
-    def __init__(self, server: AuthServer, metrics: Any = None) -> None:
+    def __init__(
+        self, server: AuthServer, metrics: Any = None, recordings: RecordingStore | None = None
+    ) -> None:
         self.server = server
-        self.authorizer = Authorizer(server.load_roles, server.role_sets)
+        self.recordings = recordings  # session recordings (http_recordings.py)
+        self.authorizer = Authorizer(
+            server.load_roles, server.role_sets, check_not_locked=server.check_not_locked
+        )
         self.metrics = metrics
         self._host_ca_subject: x509.Name | None = None
         # Verified client certificate (DER) -> who it speaks for. The TLS handshake
@@ -170,6 +177,7 @@ class AuthAPI:
         r.add_get("/v1/watch", add(None, "", self.watch))
         r.add_post("/v1/nodes/heartbeat", add(perm.HEARTBEAT, "update", self.heartbeat))
         r.add_get("/v1/my/nodes", add(perm.SELF, "read", self.my_nodes))
+        add_recording_routes(self, r)
         return app
 
     # routes -------------------------------------------------------------------------
@@ -403,7 +411,8 @@ class AuthAPI:
         return response
 
 
-WATCH_PING_SECONDS = 5.0
+# Watchers measure how fresh their view is by these (strict locking), so keep it short.
+WATCH_PING_SECONDS = 1.0
 
 
 async def _send(response: web.StreamResponse, message: dict[str, Any]) -> None:

@@ -9,7 +9,7 @@ leave this process.
 from __future__ import annotations
 
 import ipaddress
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from certgate.api.authority import CAType, CertAuthority
 from certgate.api.bundle import CertBundle
@@ -47,19 +47,24 @@ class CertIssuer:
         ttl: timedelta | None,
         request_ids: tuple[str, ...] = (),
         role_set: RoleSet | None = None,
+        not_after: datetime | None = None,
     ) -> Identity:
         """The identity to certify; `role_set`, if given, is `roles` evaluated for the
-        user's traits (else it is built here)."""
+        user's traits (else it is built here). It expires after `ttl` (capped by the
+        roles), and never after `not_after`."""
         if role_set is None:
             role_set = RoleSet(roles, user.spec.traits)
         lifetime = role_set.adjust_ttl(ttl or DEFAULT_USER_TTL)
+        expires = self._clock.now() + lifetime
+        if not_after is not None:
+            expires = min(expires, not_after)
         return Identity(
             username=user.name,
             roles=tuple(role.name for role in roles),
             traits=user.spec.traits,
             logins=tuple(role_set.logins()),
             request_ids=request_ids,
-            expires=self._clock.now() + lifetime,
+            expires=expires,
             mfa_verified=False,
             kind="user",
         )

@@ -32,6 +32,7 @@ INVITE = "invite"  # reading and completing invites on a user's behalf (proxies)
 HEARTBEAT = "heartbeat"  # announcing oneself in the inventory (nodes, kube, proxies)
 AUDIT_WRITE = "audit_write"  # sending audit events to auth (every service)
 SELF = "self"  # own certificates and profile (every authenticated user)
+RECORDING_WRITE = "recording_write"  # uploading session recordings (nodes)
 
 _SERVICE_GRANTS: dict[str, set[tuple[str, str]]] = {
     SYSTEM_PROXY: {
@@ -53,6 +54,7 @@ _SERVICE_GRANTS: dict[str, set[tuple[str, str]]] = {
     SYSTEM_NODE: {
         (HEARTBEAT, "update"),
         (AUDIT_WRITE, "create"),
+        (RECORDING_WRITE, "create"),
         ("role", "list"),
         ("role", "read"),
         ("lock", "list"),
@@ -66,10 +68,19 @@ _SERVICE_GRANTS[SYSTEM_KUBE] = set(_SERVICE_GRANTS[SYSTEM_NODE])
 RoleLoader = Callable[[list[str]], Awaitable[list[Role]]]
 
 
+LockCheck = Callable[[str, tuple[str, ...], tuple[str, ...]], Awaitable[None]]
+
+
 class Authorizer:
-    def __init__(self, load_roles: RoleLoader, role_sets: RoleSetCache | None = None) -> None:
+    def __init__(
+        self,
+        load_roles: RoleLoader,
+        role_sets: RoleSetCache | None = None,
+        check_not_locked: LockCheck | None = None,
+    ) -> None:
         self._load_roles = load_roles
         self._role_sets = role_sets or RoleSetCache()
+        self._check_not_locked = check_not_locked
 
     async def check(self, caller: Identity | None, resource: str, verb: str) -> Identity:
         """The caller, if it may `verb` on `resource`; AccessDenied otherwise."""
@@ -84,9 +95,12 @@ class Authorizer:
             raise AccessDenied(
                 f"access denied: service {caller.username} may not {verb} {resource}"
             )
+        if self._check_not_locked is not None:
+            # A locked user can do nothing with a still-valid certificate.
+            await self._check_not_locked(caller.username, caller.roles, caller.request_ids)
         if resource == SELF:
             return caller
-        if resource in (LOGIN, INVITE, HEARTBEAT, AUDIT_WRITE):
+        if resource in (LOGIN, INVITE, HEARTBEAT, AUDIT_WRITE, RECORDING_WRITE):
             raise AccessDenied(f"access denied: only cluster services may use {resource}")
         role_set = await self.role_set(caller)
         if not role_set.allows_rule(resource, verb):

@@ -6,8 +6,10 @@ inputs and records what it does in the audit log.
 from __future__ import annotations
 
 import secrets
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,7 +18,7 @@ from certgate.api.authority import CAType, CertAuthority
 from certgate.api.bundle import CertBundle
 from certgate.api.codec import Resource
 from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY, Identity
-from certgate.api.lock import Lock
+from certgate.api.lock import Lock, lock_matches, lock_message
 from certgate.api.meta import Metadata
 from certgate.api.node import Node
 from certgate.api.role import Role
@@ -38,6 +40,7 @@ from certgate.backend.base import Backend
 from certgate.clock import Clock
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.services.audit import AuditLog
+from certgate.services.locks import LockCache
 from certgate.services.store import ResourceStore
 from certgate.services.users import Invite, UserSecrets, UserService, new_user
 
@@ -74,6 +77,7 @@ class AuthServer:
         self.roles: ResourceStore[Role] = ResourceStore(backend, "/roles/", Role, "role")
         self.tokens: ResourceStore[Token] = ResourceStore(backend, "/tokens/", Token, "token")
         self.locks: ResourceStore[Lock] = ResourceStore(backend, "/locks/", Lock, "lock")
+        self.lock_cache = LockCache(backend, self.locks, self._lock_expired, clock)
         self.nodes: ResourceStore[Node] = ResourceStore(backend, "/nodes/", Node, "node")
         self.authorities: ResourceStore[CertAuthority] = ResourceStore(
             backend, "/authorities/", CertAuthority, "certificate authority"
@@ -87,6 +91,23 @@ class AuthServer:
         cas = await ensure_authorities(self.authorities, self.cluster_name, self.clock)
         await ensure_preset_roles(self.roles)
         self._issuer = CertIssuer(cas, self.clock)
+        await self.lock_cache.start()
+
+    async def close(self) -> None:
+        await self.lock_cache.close()
+
+    async def _lock_expired(self, lock: Lock) -> None:
+        # The same uid from every auth process that sees the expiry: stored once.
+        uid = str(
+            uuid.uuid5(uuid.NAMESPACE_URL, f"lock-expired:{lock.name}:{lock.metadata.expires}")
+        )
+        await self.audit.emit(
+            "lock.expired",
+            uid=uid,
+            name=lock.name,
+            target=lock.spec.target.describe(),
+            user=lock.spec.created_by,
+        )
 
     @property
     def issuer(self) -> CertIssuer:
@@ -99,9 +120,31 @@ class AuthServer:
         """The roles as stored now (read on every call: a change applies at once)."""
         return await self.roles.get_many(names)
 
-    async def role_set_for(self, user: User) -> tuple[list[Role], RoleSet]:
-        roles = await self.load_roles(user.spec.roles)
-        return roles, self.role_sets.get(roles, user.spec.traits)
+    async def user_with_roles(
+        self, name: str, likely_roles: Sequence[str]
+    ) -> tuple[User, list[Role]]:
+        """The user and its roles as stored now.
+
+        One read of the store when `likely_roles` (the roles its certificate names) are
+        still the user's roles, the usual case; roles it has gained since are read next.
+        """
+        user_key = self.users.users.key(name)
+        keys = [user_key, *(self.roles.key(role) for role in likely_roles)]
+        items = {item.key: item for item in await self.backend.get_many(keys)}
+        if user_key not in items:
+            raise NotFound(f'user "{name}" not found')
+        user = self.users.users.decode(items[user_key])
+        others = [role for role in user.spec.roles if self.roles.key(role) not in items]
+        read_after = (
+            {role.name: role for role in await self.roles.get_many(others)} if others else {}
+        )
+        roles = [
+            read_after[role]
+            if role in read_after
+            else self.roles.decode(items[self.roles.key(role)])
+            for role in user.spec.roles
+        ]
+        return user, roles
 
     # logins and certificates -----------------------------------------------------------
 
@@ -122,12 +165,23 @@ class AuthServer:
     async def renew(self, caller: Identity, public_key: str, ttl: timedelta | None) -> CertBundle:
         """New certificates for a logged-in user: roles and traits are read afresh, and
         the new certificates never outlive the ones presented."""
-        user = await self.users.get(caller.username)
+        user, roles = await self.user_with_roles(caller.username, caller.roles)
         remaining = caller.expires - self.clock.now()
         wanted = min(ttl, remaining) if ttl else remaining
         if wanted <= timedelta(0):
             raise AccessDenied("access denied: certificate expired; log in again")
-        return await self._issue_for_user(user, public_key, wanted, caller.request_ids)
+        return await self._issue_for_user(
+            user, public_key, wanted, caller.request_ids, roles, not_after=caller.expires
+        )
+
+    async def check_not_locked(
+        self, user: str, roles: tuple[str, ...] | list[str], request_ids: tuple[str, ...] = ()
+    ) -> None:
+        """AccessDenied with the lock's message if a lock targets this identity."""
+        now = self.clock.now()
+        for lock in self.lock_cache.all():
+            if lock_matches(lock, user=user, roles=roles, request_ids=request_ids, now=now):
+                raise AccessDenied(lock_message(lock))
 
     async def _issue_for_user(
         self,
@@ -135,10 +189,23 @@ class AuthServer:
         public_key: str,
         ttl: timedelta | None,
         request_ids: tuple[str, ...] = (),
+        roles: list[Role] | None = None,
+        not_after: datetime | None = None,
     ) -> CertBundle:
-        roles, role_set = await self.role_set_for(user)
+        """Certificates for `user`, expiring after `ttl` (capped) and never after
+        `not_after`; `roles` are its roles if the caller read them already."""
+        try:
+            await self.check_not_locked(user.name, user.spec.roles, request_ids)
+        except AccessDenied as exc:
+            await self.audit.emit("cert.create.failure", user=user.name, error=exc.message)
+            raise
+        if roles is None:
+            roles = await self.load_roles(user.spec.roles)
+        role_set = self.role_sets.get(roles, user.spec.traits)
         ttl = min(ttl or timedelta(hours=8), MAX_USER_TTL)
-        identity = self.issuer.user_identity(user, roles, ttl, request_ids, role_set)
+        identity = self.issuer.user_identity(
+            user, roles, ttl, request_ids, role_set, not_after=not_after
+        )
         bundle = self.issuer.issue_user(identity, role_set, public_key)
         await self.audit.emit(
             "cert.create",
@@ -337,8 +404,20 @@ class AuthServer:
                 await self.roles.get(role)
         store = self.store_for(resource.kind)
         saved: BaseModel = await (store.upsert(resource) if upsert else store.create(resource))
-        event = "role.created" if resource.kind == "role" else "resource.created"
-        await self.audit.emit(event, user=by, kind=resource.kind, name=resource.metadata.name)
+        if isinstance(resource, Lock):
+            await self.audit.emit(
+                "lock.created",
+                user=by,
+                name=resource.name,
+                target=resource.spec.target.describe(),
+                message=resource.spec.message,
+                expires=resource.metadata.expires.isoformat()
+                if resource.metadata.expires
+                else None,
+            )
+        else:
+            event = "role.created" if resource.kind == "role" else "resource.created"
+            await self.audit.emit(event, user=by, kind=resource.kind, name=resource.metadata.name)
         return saved
 
     async def delete_resource(self, kind: str, name: str, by: str) -> None:

@@ -34,6 +34,11 @@ def cli() -> None:
 @click.option("--nodename", help="This host's name in the inventory.")
 @click.option("--labels", help="Node labels, k=v,k=v.")
 @click.option("--heartbeat-interval", help="How often a node announces itself (default 10s).")
+@click.option(
+    "--strict-lock-grace",
+    help="How long a service may be cut off from auth before strict-locking roles are "
+    "refused (default 30s).",
+)
 @click.option("--cluster-name", help="Name of a new cluster.")
 @click.option("--auth-listen", help="Auth listen address (default 0.0.0.0:3025).")
 @click.option("--web-listen", help="Proxy web listen address (default 0.0.0.0:3080).")
@@ -53,6 +58,7 @@ def start(
     nodename: str | None,
     labels: str | None,
     heartbeat_interval: str | None,
+    strict_lock_grace: str | None,
     cluster_name: str | None,
     auth_listen: str | None,
     web_listen: str | None,
@@ -90,6 +96,8 @@ def start(
             update={"heartbeat_interval": parse_duration(heartbeat_interval)}
         )
         config = config.model_copy(update={"ssh_service": ssh_cfg})
+    if strict_lock_grace:
+        config = config.model_copy(update={"strict_lock_grace": parse_duration(strict_lock_grace)})
     directory = data_dir or (Path(config.data_dir) if config.data_dir else default_data_dir())
     setup_logging(config.debug)
     daemon = Daemon(config, directory.resolve(), first_admin=first_admin)

@@ -82,6 +82,9 @@ class Config(_Section):
     join_token: str = ""
     ca_pin: str = ""
     debug: bool = False
+    # Roles with `locking_mode: strict`: how long a proxy or node may be cut off from
+    # auth (and so from new locks) before it refuses their holders and ends their sessions.
+    strict_lock_grace: Duration = timedelta(seconds=30)
     auth_service: AuthService = Field(default_factory=AuthService)
     proxy_service: ProxyService = Field(default_factory=ProxyService)
     ssh_service: SSHService = Field(default_factory=SSHService)
@@ -178,6 +181,7 @@ auth_servers: []          # e.g. ["auth.example.com:3025"]
 join_token: ""
 ca_pin: ""                # sha256:... printed by `cgctl tokens add`; pins the cluster CA
 debug: false              # JSON logs at debug level
+strict_lock_grace: 30s    # locking_mode strict: refuse after this long cut off from auth
 
 auth_service:
   enabled: true

@@ -128,6 +128,7 @@ class Daemon:
             auth_addr=self.auth_addr,
         )
         await server.start()
+        self._closers.append(server.close)
         self.auth = server
         diagnostics.checks.append(lambda: _store_ready(backend))
 
@@ -265,7 +266,9 @@ class Daemon:
         view.start()
         self._closers.append(view.close)
         await view.wait_ready()
-        access = CachedAccess(view, web_proxy.cluster_name)
+        access = CachedAccess(
+            view, web_proxy.cluster_name, strict_grace=self.config.strict_lock_grace.total_seconds()
+        )
         web_proxy.access = access
         ssh = ProxySSH(
             host_key=identity.key_pem,
@@ -295,7 +298,14 @@ class Daemon:
         )
         auth = AsyncAuthClient(f"https://{self._auth_dial()}", identity.tls_context())
         self._closers.append(auth.close)
-        agent = NodeAgent(self.nodename, identity, auth, cfg.labels, cfg.heartbeat_interval)
+        agent = NodeAgent(
+            self.nodename,
+            identity,
+            auth,
+            cfg.labels,
+            cfg.heartbeat_interval,
+            strict_grace=self.config.strict_lock_grace.total_seconds(),
+        )
         await self._guard_listen(
             agent.start(host, port, advertise_host), cfg.listen_addr, "node ssh"
         )

@@ -44,6 +44,7 @@ class NodeAgent:
         auth: AsyncAuthClient,
         labels: dict[str, str],
         heartbeat_interval: timedelta,
+        strict_grace: float = 30.0,
     ) -> None:
         self.name = name
         self.labels = labels
@@ -52,11 +53,12 @@ class NodeAgent:
         self._interval = heartbeat_interval
         self._clock = SystemClock()
         self.view = ResourceView(auth, ["role", "lock", "cert_authority"], self._on_change)
-        self.access = CachedAccess(self.view)
+        self.access = CachedAccess(self.view, strict_grace=strict_grace)
         self._audit = RemoteAudit(auth)
         self.server: NodeSSHServer | None = None
         self.addr = ""
         self._heartbeats: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int, advertise_host: str) -> int:
         self.view.start()
@@ -74,12 +76,14 @@ class NodeAgent:
         self.addr = f"{advertise_host}:{bound}"
         await self._heartbeat()
         self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="node heartbeats")
+        self._watchdog = asyncio.create_task(self._strict_watchdog(), name="strict locking")
         return bound
 
     async def close(self) -> None:
-        if self._heartbeats:
-            self._heartbeats.cancel()
-            await asyncio.gather(self._heartbeats, return_exceptions=True)
+        for task in (self._heartbeats, self._watchdog):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.server:
             await self.server.close()
         await self.view.close()
@@ -121,9 +125,27 @@ class NodeAgent:
                 now=now,
             )
 
-        ended = await self.server.terminate_sessions(matches, lock_message(resource))
+        ended = await self.server.terminate_sessions(
+            matches, lock_message(resource), reason="locked", audit_fields={"lock": name}
+        )
         if ended:
             log.info("lock %s ended %d session(s)", name, ended)
+
+    async def _strict_watchdog(self) -> None:
+        """Ends the sessions of strict-locking roles once the lock view went stale."""
+        while True:
+            await asyncio.sleep(0.5)
+            if self.server is None or not self.access.view_is_stale():
+                continue
+            ended = await self.server.terminate_sessions(
+                lambda identity, login: self.access.strict_and_cut_off(identity),
+                "access denied: locked: this node cannot confirm locks with auth, "
+                "and your roles require it (locking_mode: strict)",
+                reason="locked",
+                audit_fields={"lock": "strict locking: auth unreachable"},
+            )
+            if ended:
+                log.warning("auth unreachable: ended %d strict-locking session(s)", ended)
 
     # heartbeats ------------------------------------------------------------------
 

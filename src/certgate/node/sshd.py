@@ -89,13 +89,18 @@ class SessionInfo:
     command: str | None = None
     tty: bool = False
     term_size: tuple[int, int] | None = None  # (columns, rows) when the session began
+    term: str | None = None  # the client's TERM, for pty sessions
 
 
 class SessionObserver(Protocol):
-    """Sees what an interactive (pty) session shows; a session recorder implements it.
+    """Sees what a session shows; a session recorder implements it.
 
+    The factory is asked for every pty session and every exec session (with or without
+    a pty), before the child is started; it returns None to observe nothing, and may
+    raise SessionRefused to refuse the session (recording required but impossible).
     Called on the event loop in the data path: keep each call cheap and non-blocking
-    (buffer and hand off). An exception detaches the observer, never the session.
+    (buffer and hand off). An exception detaches the observer, never the session; an
+    observer that must stop the session calls `NodeSSHServer.end_session`.
     """
 
     def on_output(self, data: bytes) -> None: ...
@@ -103,6 +108,10 @@ class SessionObserver(Protocol):
     def on_resize(self, width: int, height: int) -> None: ...
 
     def on_end(self) -> None: ...
+
+
+class SessionRefused(Exception):
+    """Raised by an observer factory: the session must not start (the message says why)."""
 
 
 Authorizer = Callable[[Identity, str, str], Awaitable[SessionPolicy]]
@@ -225,11 +234,18 @@ class NodeSSHServer:
         """The sessions running now."""
         return [s.info for s in self._sessions.values() if s.info is not None]
 
-    async def terminate_sessions(self, predicate: SessionPredicate, message: str) -> int:
+    async def terminate_sessions(
+        self,
+        predicate: SessionPredicate,
+        message: str,
+        reason: str = "terminated",
+        audit_fields: dict[str, Any] | None = None,
+    ) -> int:
         """End the live sessions whose (identity, login) match, showing `message` first.
 
         The matching clients' connections are closed too, so nothing else (a second
         session on a multiplexed connection, a port forward) survives a lock.
+        `reason` (and `audit_fields`) go into each session.end event.
         Returns how many sessions were ended.
         """
         victims = [
@@ -237,7 +253,9 @@ class NodeSSHServer:
             for c in list(self._connections)
             if c.identity is not None and predicate(c.identity, c.login)
         ]
-        ended = sum(connection.terminate(message) for connection in victims)
+        ended = sum(
+            connection.terminate(message, reason, audit_fields or {}) for connection in victims
+        )
         if victims:
             await asyncio.gather(*(connection.hang_up() for connection in victims))
         return ended
@@ -281,9 +299,22 @@ class NodeSSHServer:
             return None
         try:
             return self._observer_factory(info)
+        except SessionRefused:
+            raise
         except Exception:
             log.exception("session observer factory failed for session %s", info.id)
             return None
+
+    def end_session(self, session_id: str, message: str, reason: str = "terminated") -> bool:
+        """End one live session, showing `message` first; False if it is not running.
+
+        For observers that cannot go on (a recording that must be written and cannot).
+        """
+        session = self._sessions.get(session_id)
+        if session is None:
+            return False
+        session.terminate(message, reason)
+        return True
 
 
 class _Connection(asyncssh.SSHServer):
@@ -441,10 +472,10 @@ class _Connection(asyncssh.SSHServer):
 
     # ---- termination ---------------------------------------------------------
 
-    def terminate(self, message: str) -> int:
+    def terminate(self, message: str, reason: str, audit_fields: dict[str, Any]) -> int:
         sessions = list(self.sessions)
         for session in sessions:
-            session.terminate(message)
+            session.terminate(message, reason, audit_fields)
         return len(sessions)
 
     async def hang_up(self) -> None:
@@ -485,6 +516,7 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         self._observer: SessionObserver | None = None
         self._started_at = 0.0
         self._ended = False
+        self._end_fields: dict[str, Any] = {}
         self._end_reason = "exited"
         self._exit_code: int | None = None
         self._closed = asyncio.get_running_loop().create_future()
@@ -520,7 +552,13 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         try:
             self._start()
         except Exception as exc:
-            log.exception("could not start %s session %s", self._kind, self.id)
+            if isinstance(exc, SessionRefused):
+                self._refused(str(exc))
+            else:
+                log.exception("could not start %s session %s", self._kind, self.id)
+            if self._observer is not None:
+                self._notify(self._observer.on_end)
+                self._observer = None
             self._ended = True  # never started: no session.end without a session.start
             with contextlib.suppress(OSError):
                 self._chan.write_stderr(f"certgate: cannot start session: {exc}\r\n".encode())
@@ -543,6 +581,7 @@ class _Session(asyncssh.SSHServerSession[bytes]):
             command=self._command,
             tty=size is not None,
             term_size=(size[0], size[1]) if size is not None else None,
+            term=self._term,
         )
         env = login_environment(
             account,
@@ -555,11 +594,13 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         else:
             executable, argv = shell_argv(account, self._command)
         self._started_at = time.monotonic()
+        # Asked before the child exists: a session refused by its observer (SessionRefused)
+        # never runs anything.
+        if size is not None or self._kind == "exec":
+            self._observer = self._node._observer_for(self.info)
         self._child = spawn(account, executable, argv, env, self, pty_size=size)
         self._connection.sessions.add(self)
         self._node._sessions[self.id] = self
-        if size is not None:
-            self._observer = self._node._observer_for(self.info)
         self._node._audit(
             "session.start",
             {
@@ -568,6 +609,22 @@ class _Session(asyncssh.SSHServerSession[bytes]):
                 "command": self._command,
                 "tty": size is not None,
                 "pid": self._child.pid,
+            },
+        )
+
+    def _refused(self, reason: str) -> None:
+        connection = self._connection
+        user = connection.identity.username if connection.identity else ""
+        log.info("refused %s session %s of %s: %s", self._kind, self.id, user, reason)
+        self._node._audit(
+            "session.rejected",
+            {
+                "user": user,
+                "login": connection.login,
+                "reason": reason,
+                "client_addr": connection.client_addr,
+                "session_id": self.id,
+                "kind": self._kind,
             },
         )
 
@@ -668,7 +725,9 @@ class _Session(asyncssh.SSHServerSession[bytes]):
 
     # ---- ending --------------------------------------------------------------
 
-    def terminate(self, message: str) -> None:
+    def terminate(
+        self, message: str, reason: str = "terminated", audit_fields: dict[str, Any] | None = None
+    ) -> None:
         """Show `message`, end the child and close the channel."""
         text = f"\r\n{message}\r\n" if self.info is not None and self.info.tty else f"{message}\n"
         with contextlib.suppress(OSError):
@@ -676,7 +735,8 @@ class _Session(asyncssh.SSHServerSession[bytes]):
                 self._chan.write(text.encode())
             else:
                 self._chan.write_stderr(text.encode())
-        self._end_reason = "terminated"
+        self._end_reason = reason
+        self._end_fields = audit_fields or {}
         if self._child is not None and self._exit_code is None:
             self._child.terminate()
         # close() flushes what the window allows before the channel close goes out.
@@ -703,6 +763,7 @@ class _Session(asyncssh.SSHServerSession[bytes]):
             self._observer = None
         fields: dict[str, Any] = {
             **self._fields(),
+            **self._end_fields,
             "duration": round(time.monotonic() - self._started_at, 3),
             "reason": reason,
         }

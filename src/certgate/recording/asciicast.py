@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from certgate.errors import BadParameter
 
@@ -289,37 +289,38 @@ def _is_size(text: str) -> bool:
     return bool(sep) and width.isdigit() and height.isdigit()
 
 
-def read_header(path: Path) -> Header:
-    """The header of the recording at `path` (BadParameter if it has none)."""
-    with path.open("rb") as file:
-        first = file.readline()
-    return CastReader([first]).header
+def read_header(file: BinaryIO) -> Header:
+    """The header of the recording in `file`, read from where it is (BadParameter if
+    it has none)."""
+    return CastReader([file.readline(1 << 20)]).header
 
 
-# How far from the end `last_event_time` looks for the last whole event.
+# How far from the end `last_event_time` looks first for the last whole event.
 _TAIL_BYTES = 256 * 1024
 
 
-def last_event_time(path: Path) -> float:
-    """The time of the last readable event (0 if none), reading only the file's tail.
+def last_event_time(file: BinaryIO) -> float:
+    """The time of the last readable event in `file` (0 if none), read from its end.
 
     A broken last line (a torn write) is skipped, so the duration of a damaged
-    recording is that of what can be played.
+    recording is that of what can be played. Reads a growing tail, so the usual cost
+    is one small read however long the recording is.
     """
-    with path.open("rb") as file:
-        file.seek(0, os.SEEK_END)
-        size = file.tell()
-        start = max(0, size - _TAIL_BYTES)
+    size = file.seek(0, os.SEEK_END)
+    span = _TAIL_BYTES
+    while True:
+        start = max(0, size - span)
         file.seek(start)
-        tail = file.read()
-    lines = tail.split(b"\n")
-    if start > 0:
-        lines = lines[1:]  # the first piece is probably part of a line
-    for raw in reversed(lines):
-        if not raw.strip():
-            continue
-        try:
-            return _parse_event(raw.decode("utf-8", errors="replace")).time
-        except ValueError:
-            continue
-    return 0.0
+        lines = file.read(size - start).split(b"\n")
+        if start > 0:
+            lines = lines[1:]  # the first piece is probably part of a line
+        for raw in reversed(lines):
+            if not raw.strip():
+                continue
+            try:
+                return _parse_event(raw.decode("utf-8", errors="replace")).time
+            except ValueError:
+                continue
+        if start == 0:
+            return 0.0
+        span *= 4

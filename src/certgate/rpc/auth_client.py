@@ -118,7 +118,9 @@ class AsyncAuthClient:
     ) -> AsyncIterator[AsyncIterator[str]]:
         """A long answer, line by line (the watch stream)."""
         try:
-            async with self._http.stream(method, path, params=params) as response:
+            # A watch stream pings every second: five silent seconds mean it is dead.
+            timeout = httpx.Timeout(5.0, connect=5.0)
+            async with self._http.stream(method, path, params=params, timeout=timeout) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     _raise_for(response)

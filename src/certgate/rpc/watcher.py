@@ -64,8 +64,7 @@ class ResourceView:
         return list(self._items[kind].values())
 
     def seconds_since_contact(self) -> float:
-        if self.connected:
-            return 0.0
+        """Seconds since auth last said anything (the stream pings every second)."""
         return time.monotonic() - self._last_contact if self._last_contact else float("inf")
 
     async def _run(self) -> None:

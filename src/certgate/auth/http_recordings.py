@@ -1,0 +1,225 @@
+"""Auth API routes for session recordings (DESIGN §5).
+
+    PUT /v1/recordings/{id}?incomplete=1   a node uploads a cast file (body: the file)
+    GET /v1/recordings?since&until&user&node&limit    list, newest first
+    GET /v1/recordings/{id}                its RecordingInfo
+    GET /v1/recordings/{id}/cast           the cast file, streamed
+
+Who may do what, checked before any work:
+
+- upload: nodes (the RECORDING_WRITE grant), and only recordings of their own sessions
+  (the header's node must be the caller);
+- list and read: a user always sees their own sessions' recordings; others' need a role
+  rule on `session` (`list` to list, `read` to play), as the `auditor` preset has. The
+  auth host's admin identity sees everything. The route itself only needs a signed-in
+  caller (`perm.SELF`): the rest of the decision depends on what is asked for, so it is
+  made here, at the top of each handler, before the store is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from certgate.api.identity import SYSTEM_ADMIN, Identity
+from certgate.api.recording import RecordingInfo, check_recording_id, is_recording_id
+from certgate.auth import permissions as perm
+from certgate.errors import AccessDenied, BadParameter, ConnectionProblem, LimitExceeded, NotFound
+from certgate.recording.asciicast import last_event_time, read_header
+from certgate.recording.store import MAX_LIST, RecordingQuery, RecordingStore, not_found
+
+if TYPE_CHECKING:
+    from certgate.auth.http import AuthAPI
+
+log = logging.getLogger("certgate.auth")
+
+SESSION = "session"  # the role rule resource for recordings
+# The largest recording a node may upload.
+MAX_UPLOAD_BYTES = 4 * 1024**3
+# Uploads are kept in memory up to this size while they are checked, then on disk.
+SPOOL_BYTES = 4 * 1024 * 1024
+CHUNK = 256 * 1024
+
+
+def add_recording_routes(api: AuthAPI, router: web.UrlDispatcher) -> None:
+    routes = RecordingRoutes(api)
+    add = api._handler
+    router.add_put("/v1/recordings/{id}", add(perm.RECORDING_WRITE, "create", routes.upload))
+    router.add_get("/v1/recordings", add(perm.SELF, "read", routes.list))
+    router.add_get("/v1/recordings/{id}", add(perm.SELF, "read", routes.info))
+    router.add_get("/v1/recordings/{id}/cast", add(perm.SELF, "read", routes.cast))
+
+
+class RecordingRoutes:
+    def __init__(self, api: AuthAPI) -> None:
+        self._api = api
+
+    @property
+    def _store(self) -> RecordingStore:
+        store = self._api.recordings
+        if store is None:
+            raise ConnectionProblem("this auth server has no recordings store configured")
+        return store
+
+    async def _sees_all(self, caller: Identity, verb: str) -> bool:
+        """Whether `caller` may `verb` every user's recordings, not just their own."""
+        if caller.kind == "service":
+            return SYSTEM_ADMIN in caller.roles
+        role_set = await self._api.authorizer.role_set(caller)
+        return role_set.allows_rule(SESSION, verb)
+
+    async def _readable(self, request: web.Request, caller: Identity | None) -> RecordingInfo:
+        """The recording the request names, if the caller may read it."""
+        assert caller is not None
+        recording_id = request.match_info["id"]
+        if not is_recording_id(recording_id):
+            raise NotFound(f'recording "{recording_id}" not found: recording ids are session UUIDs')
+        info = await self._store.info(recording_id)
+        if info.user != caller.username and not await self._sees_all(caller, "read"):
+            raise AccessDenied(
+                f'access denied to recording "{recording_id}": it is {info.user}\'s session and '
+                f'your roles do not allow "read" on "{SESSION}"'
+            )
+        return info
+
+    # ---- routes --------------------------------------------------------------------
+
+    async def list(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        q = request.query
+        query = RecordingQuery(
+            since=_time(q.get("since")),
+            until=_time(q.get("until")),
+            user=q.get("user") or None,
+            node=q.get("node") or None,
+            limit=_limit(q.get("limit")),
+        )
+        if not await self._sees_all(caller, "list"):
+            if query.user not in (None, caller.username):
+                raise AccessDenied(
+                    f"access denied to {query.user}'s recordings: your roles do not allow "
+                    f'"list" on "{SESSION}" (you can list your own)'
+                )
+            query = RecordingQuery(
+                since=query.since,
+                until=query.until,
+                user=caller.username,
+                node=query.node,
+                limit=query.limit,
+            )
+        return [info.to_dict() for info in await self._store.list(query)]
+
+    async def info(self, request: web.Request, caller: Identity | None) -> Any:
+        return (await self._readable(request, caller)).to_dict()
+
+    async def cast(self, request: web.Request, caller: Identity | None) -> Any:
+        info = await self._readable(request, caller)
+        chunks = self._store.stream(info.id)
+        try:
+            first = await anext(chunks, b"")
+        except NotFound:
+            raise not_found(info.id) from None
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/x-asciicast; charset=utf-8"}
+        )
+        response.content_length = info.size
+        await response.prepare(request)
+        await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def upload(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        recording_id = check_recording_id(request.match_info["id"])
+        incomplete = request.query.get("incomplete", "") in ("1", "true", "yes")
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+            received = 0
+            async for chunk in request.content.iter_chunked(CHUNK):
+                received += len(chunk)
+                if received > MAX_UPLOAD_BYTES:
+                    raise LimitExceeded(
+                        f"recording {recording_id} is larger than {MAX_UPLOAD_BYTES} bytes"
+                    )
+                spool.write(chunk)
+            spool.seek(0)
+            header = read_header(spool)
+            if header.session_id != recording_id:
+                raise BadParameter(
+                    f"recording {recording_id} holds session {header.session_id or '(none)'}"
+                )
+            is_admin = SYSTEM_ADMIN in caller.roles
+            if header.node != caller.username and not is_admin:
+                raise AccessDenied(
+                    f"access denied: node {caller.username} may not upload recordings of "
+                    f'node "{header.node}"'
+                )
+            await self._check_not_taken(recording_id, header.node)
+            spool.seek(0)
+            duration = last_event_time(spool)
+            spool.seek(0)
+            info = RecordingInfo(
+                id=recording_id,
+                user=header.user,
+                login=header.login,
+                node=header.node,
+                session_kind=header.kind,
+                command=header.command,
+                roles=list(header.roles),
+                start=datetime.fromtimestamp(header.timestamp, UTC),
+                duration=round(duration, 3),
+                incomplete=incomplete,
+                uploaded=self._api.server.clock.now(),
+            )
+            stored = await self._store.put(info, spool)  # type: ignore[arg-type]
+        await self._api.server.audit.emit(
+            "session.upload",
+            server=caller.username,
+            session_id=recording_id,
+            user=stored.user,
+            login=stored.login,
+            node=stored.node,
+            kind=stored.session_kind,
+            duration=stored.duration,
+            size=stored.size,
+            incomplete=stored.incomplete,
+        )
+        return stored.to_dict()
+
+    async def _check_not_taken(self, recording_id: str, node: str) -> None:
+        """A node may send its recording again (a retry), never replace another's."""
+        try:
+            existing = await self._store.info(recording_id)
+        except NotFound:
+            return
+        if existing.node != node:
+            raise AccessDenied(
+                f"access denied: recording {recording_id} was uploaded by node {existing.node}"
+            )
+
+
+def _time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise BadParameter(f'invalid time "{text}": use RFC 3339') from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _limit(text: str | None) -> int:
+    if not text:
+        return 1000
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise BadParameter(f'invalid limit "{text}": use a number') from exc
+    if not 1 <= value <= MAX_LIST:
+        raise BadParameter(f"limit must be between 1 and {MAX_LIST}, got {value}")
+    return value

@@ -1,0 +1,176 @@
+"""Node side: send finished recordings to auth, delete them only once auth has them.
+
+    session ends ──▶ <dir>/ended/<id>.cast ──submit(id, complete)──▶ queue ──▶ PUT to auth
+    node starts  ──▶ scan: ended/<id>.cast (complete), <id>.cast (cut off: incomplete) ─┘
+                                                  stored ──▶ unlink the file
+                                                  refused as malformed ──▶ <dir>/rejected/
+                                                  any other error ──▶ retry later (backoff
+                                                                      and jitter)
+
+Nothing is deleted before auth answered that it stored the recording, so a crash or
+`kill -9` at any point loses at most what the session had not yet written: the next
+start finds the file and sends it, marked incomplete if the session never ended.
+Uploads go one at a time, streamed from the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from certgate.api.recording import is_recording_id
+from certgate.errors import BadParameter, CertgateError
+from certgate.recording.recorder import RecordingDirectory
+
+log = logging.getLogger("certgate.recording")
+
+RETRY_MIN = 1.0
+RETRY_MAX = 60.0
+CHUNK = 256 * 1024
+
+# (session id, file, incomplete) -> returns once auth has stored it; raises otherwise.
+Send = Callable[[str, Path, bool], Awaitable[None]]
+
+
+class RecordingUploader:
+    def __init__(
+        self,
+        directory: RecordingDirectory,
+        send: Send,
+        *,
+        retry_min: float = RETRY_MIN,
+        retry_max: float = RETRY_MAX,
+    ) -> None:
+        self._directory = directory
+        self._send = send
+        self._retry_min = retry_min
+        self._retry_max = retry_max
+        self._queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._delays: dict[str, float] = {}
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self.uploaded = 0  # for tests and metrics
+
+    async def start(self) -> int:
+        """Queue what a previous run left behind, then start sending; returns that count.
+
+        Call before any session starts: every file in the live directory then belongs
+        to a session that was cut off.
+        """
+        self._directory.create()
+        leftovers = 0
+        for path, complete in self._leftovers():
+            self.submit(path.stem, complete)
+            leftovers += 1
+        if leftovers:
+            log.info("%d recording(s) from an earlier run queued for upload", leftovers)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="recording-uploads")
+            self._task.add_done_callback(_log_crash)
+        return leftovers
+
+    def _leftovers(self) -> list[tuple[Path, bool]]:
+        found: list[tuple[Path, bool]] = []
+        for folder, complete in ((self._directory.ended, True), (self._directory.path, False)):
+            for path in sorted(folder.glob("*.cast")):
+                if is_recording_id(path.stem):
+                    found.append((path, complete))
+                else:
+                    log.warning("ignoring %s: not named after a session id", path)
+        return found
+
+    def submit(self, session_id: str, complete: bool) -> None:
+        """Queue a recording whose session ended (on the event loop)."""
+        if session_id in self._queued:
+            return
+        self._queued.add(session_id)
+        self._queue.put_nowait((session_id, complete))
+
+    def pending(self) -> int:
+        """Recordings queued, being sent or waiting to be retried."""
+        return len(self._queued) + len(self._retries)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is queued or being sent; False if `timeout` passed first."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._queue.join()
+                return True
+        return False
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Give queued uploads `timeout` seconds, then stop; the rest go at next start."""
+        if self._task is None:
+            return
+        await self.wait_idle(timeout)
+        for handle in self._retries.values():
+            handle.cancel()
+        self._retries.clear()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            session_id, complete = await self._queue.get()
+            try:
+                await self._upload(session_id, complete)
+            finally:
+                self._queued.discard(session_id)
+                self._queue.task_done()
+
+    async def _upload(self, session_id: str, complete: bool) -> None:
+        path = (
+            self._directory.finished(session_id) if complete else self._directory.live(session_id)
+        )
+        if not path.exists():
+            log.warning("recording %s vanished before it was uploaded", session_id)
+            return
+        try:
+            await self._send(session_id, path, not complete)
+        except BadParameter as exc:
+            # Auth will never take this file as it is: keep it aside for an operator
+            # rather than retrying forever or deleting it.
+            kept = self._directory.path / "rejected" / path.name
+            kept.parent.mkdir(exist_ok=True)
+            path.replace(kept)
+            log.error("auth refused recording %s (%s); kept in %s", session_id, exc, kept)
+            return
+        except (CertgateError, OSError) as exc:
+            # Retried later, without holding up the recordings queued behind it.
+            delay = self._delays.get(session_id, self._retry_min)
+            self._delays[session_id] = min(delay * 2, self._retry_max)
+            wait = delay * (0.5 + random.random())
+            log.warning(
+                "upload of recording %s failed (%s); retrying in %.1fs", session_id, exc, wait
+            )
+            self._retries[session_id] = asyncio.get_running_loop().call_later(
+                wait, self._retry, session_id, complete
+            )
+            return
+        path.unlink(missing_ok=True)
+        self._delays.pop(session_id, None)
+        self.uploaded += 1
+        log.info("recording %s uploaded%s", session_id, "" if complete else " (incomplete)")
+
+    def _retry(self, session_id: str, complete: bool) -> None:
+        self._retries.pop(session_id, None)
+        self.submit(session_id, complete)
+
+
+async def file_chunks(path: Path, size: int = CHUNK) -> AsyncIterator[bytes]:
+    """The file's bytes in chunks, read off the event loop."""
+    with path.open("rb") as file:
+        while chunk := await asyncio.to_thread(file.read, size):
+            yield chunk
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("recording uploader stopped", exc_info=task.exception())

@@ -1,0 +1,80 @@
+"""Auth's in-memory copy of the locks, kept current by the store's watch.
+
+Every API call of a user checks the locks; reading them from the store each time would
+put a query on the hottest path (certificate renewal). The copy follows the store's
+watch, so a lock written by any auth process applies here within the backend's watch
+latency (in-process: at once; SQLite across processes: one poll interval).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from certgate.api.lock import Lock
+from certgate.backend.base import Backend, EventType
+from certgate.clock import Clock, SystemClock
+from certgate.errors import CompareFailed
+from certgate.services.store import ResourceStore
+
+log = logging.getLogger("certgate.locks")
+
+
+class LockCache:
+    def __init__(
+        self,
+        backend: Backend,
+        store: ResourceStore[Lock],
+        on_expired: Callable[[Lock], Awaitable[None]] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._backend = backend
+        self._store = store
+        self._on_expired = on_expired
+        self._clock = clock or SystemClock()
+        self._locks: dict[str, Lock] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        revision = await self._reload()
+        self._task = asyncio.create_task(self._follow(revision), name="lock cache")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def all(self) -> list[Lock]:
+        return list(self._locks.values())
+
+    def _expired(self, lock: Lock) -> bool:
+        expires = lock.metadata.expires
+        # A little slack: the store reaps expired items on its own schedule.
+        return expires is not None and expires <= self._clock.now() + timedelta(seconds=1)
+
+    async def _reload(self) -> int:
+        revision = await self._backend.current_revision()
+        self._locks = {lock.name: lock for lock in await self._store.list()}
+        return revision
+
+    async def _follow(self, revision: int) -> None:
+        while True:
+            try:
+                async for event in self._backend.watch([self._store.prefix], revision):
+                    revision = event.item.revision
+                    name = event.item.key[len(self._store.prefix) :]
+                    if event.type is EventType.DELETE:
+                        gone = self._locks.pop(name, None)
+                        if gone is not None and self._expired(gone) and self._on_expired:
+                            await self._on_expired(gone)
+                    else:
+                        self._locks[name] = self._store.decode(event.item)
+                return  # the backend closed
+            except CompareFailed:
+                revision = await self._reload()  # fell too far behind: start over
+            except Exception:
+                log.exception("lock cache lost its watch; reloading")
+                await asyncio.sleep(0.5)
+                revision = await self._reload()
