@@ -17,7 +17,13 @@ from certgate.backend.events_sqlite import SQLiteEventStore
 from certgate.backend.registry import open_backend, open_event_store
 from certgate.backend.sqlite import SQLiteBackend
 from certgate.clock import FakeClock
-from certgate.errors import BadParameter, CertgateError, CompareFailed, ConnectionProblem
+from certgate.errors import (
+    BadParameter,
+    CertgateError,
+    CompareFailed,
+    ConnectionProblem,
+    NotFound,
+)
 
 from .conftest import BackendTarget
 from .suite import BackendSuite, assert_quiet, next_events, watching
@@ -110,6 +116,29 @@ async def test_busy_lock_fails_without_stalling_the_loop(tmp_path: Path) -> None
     finally:
         holder.close()
         await backend.close()
+
+
+class _BusyConnection:
+    """Stands for the loop's read connection at a moment it would have to wait."""
+
+    def execute(self, *args: object) -> None:
+        error = sqlite3.OperationalError("database is locked")
+        error.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+        raise error
+
+
+async def test_a_read_that_would_wait_goes_to_the_worker(
+    sqlite_backend: SQLiteBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reads of single keys run on the event loop's own connection, which never waits;
+    # a read that would have to wait for a lock is handed to the worker thread instead.
+    stored = await sqlite_backend.put(Item("/k", b"v"))
+    assert await sqlite_backend.get("/k") == stored
+    monkeypatch.setattr(sqlite_backend, "_reader", _BusyConnection())
+    assert await sqlite_backend.get("/k") == stored
+    assert await sqlite_backend.get_many(["/k", "/missing"]) == [stored]
+    with pytest.raises(NotFound):
+        await sqlite_backend.get("/missing")
 
 
 async def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:

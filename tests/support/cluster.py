@@ -96,7 +96,9 @@ class Cluster:
             time.sleep(0.05)
         raise RuntimeError(f"certgate not ready in {timeout}s:\n{self.log.read_text()}")
 
-    def start_node(self, name: str, labels: str) -> tuple[subprocess.Popen[bytes], int]:
+    def start_node(
+        self, name: str, labels: str, *extra: str
+    ) -> tuple[subprocess.Popen[bytes], int]:
         """Another node process joining with a fresh token, as an admin would add one."""
         out = self.cgctl("tokens", "add", "--type=node", "--ttl=5m").stdout
         join = next(line for line in out.splitlines() if line.startswith("certgate start"))
@@ -107,7 +109,7 @@ class Cluster:
                 [str(BIN / "certgate"), *join.split()[1:], "--nodename", name,
                  "--labels", labels, "--data-dir", str(self.workdir / name),
                  "--ssh-listen", f"127.0.0.1:{port}", "--diag-addr", "",
-                 "--heartbeat-interval", "1s"],
+                 "--heartbeat-interval", "1s", *extra],
                 stdout=log_file, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.nodes.append(process)
