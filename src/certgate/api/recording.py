@@ -21,7 +21,7 @@ _ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a
 
 def is_recording_id(value: str) -> bool:
     """Whether `value` is a session id (canonical lower-case UUID4): safe as a file name."""
-    return bool(_ID.match(value))
+    return bool(_ID.fullmatch(value))
 
 
 def check_recording_id(value: str) -> str:

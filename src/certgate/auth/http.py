@@ -32,6 +32,7 @@ from certgate.api.identity import SYSTEM_PROXY, Identity
 from certgate.api.lock import Lock
 from certgate.api.node import Node
 from certgate.auth import permissions as perm
+from certgate.auth.http_agentless import add_agentless_routes
 from certgate.auth.http_recordings import add_recording_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
@@ -178,6 +179,7 @@ class AuthAPI:
         r.add_post("/v1/nodes/heartbeat", add(perm.HEARTBEAT, "update", self.heartbeat))
         r.add_get("/v1/my/nodes", add(perm.SELF, "read", self.my_nodes))
         add_recording_routes(self, r)
+        add_agentless_routes(self, r)
         return app
 
     # routes -------------------------------------------------------------------------
@@ -302,10 +304,18 @@ class AuthAPI:
             raise BadParameter(f'unknown audit event "{event}"')
         fields = body.get("fields", {})
         if not isinstance(fields, dict) or any(
-            key in ("event", "code", "time", "uid", "server") for key in fields
+            key in ("event", "code", "time", "uid", "server_name") for key in fields
         ):
             raise BadParameter("audit fields must be a mapping without reserved keys")
-        await self.server.audit.emit(event, server=caller.username, **fields)
+        server = caller.username
+        claimed = fields.pop("server", None)
+        if claimed is not None:
+            # A service may name its own role as the server that decided ("proxy": the
+            # proxy terminated SSH for an agentless node); its name goes in server_name.
+            if claimed not in {role.lower() for role in caller.roles}:
+                raise BadParameter(f'audit field "server" must be your role, not "{claimed}"')
+            server, fields["server_name"] = claimed, caller.username
+        await self.server.audit.emit(event, server=server, **fields)
         return None
 
     async def list_resources(self, request: web.Request, caller: Identity | None) -> Any:

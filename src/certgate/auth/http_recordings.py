@@ -111,7 +111,7 @@ class RecordingRoutes:
                 node=query.node,
                 limit=query.limit,
             )
-        return [info.to_dict() for info in await self._store.list(query)]
+        return [info.to_dict() for info in await self._store.search(query)]
 
     async def info(self, request: web.Request, caller: Identity | None) -> Any:
         return (await self._readable(request, caller)).to_dict()
@@ -176,7 +176,7 @@ class RecordingRoutes:
                 incomplete=incomplete,
                 uploaded=self._api.server.clock.now(),
             )
-            stored = await self._store.put(info, spool)  # type: ignore[arg-type]
+            stored = await self._store.put(info, spool)
         await self._api.server.audit.emit(
             "session.upload",
             server=caller.username,

@@ -33,10 +33,12 @@ HEARTBEAT = "heartbeat"  # announcing oneself in the inventory (nodes, kube, pro
 AUDIT_WRITE = "audit_write"  # sending audit events to auth (every service)
 SELF = "self"  # own certificates and profile (every authenticated user)
 RECORDING_WRITE = "recording_write"  # uploading session recordings (nodes)
+AGENTLESS = "agentless"  # certificates to terminate SSH for agentless nodes (proxies)
 
 _SERVICE_GRANTS: dict[str, set[tuple[str, str]]] = {
     SYSTEM_PROXY: {
         (LOGIN, "create"),
+        (AGENTLESS, "create"),
         (INVITE, "read"),
         (INVITE, "update"),
         (HEARTBEAT, "update"),
@@ -100,7 +102,7 @@ class Authorizer:
             await self._check_not_locked(caller.username, caller.roles, caller.request_ids)
         if resource == SELF:
             return caller
-        if resource in (LOGIN, INVITE, HEARTBEAT, AUDIT_WRITE, RECORDING_WRITE):
+        if resource in (LOGIN, INVITE, HEARTBEAT, AUDIT_WRITE, RECORDING_WRITE, AGENTLESS):
             raise AccessDenied(f"access denied: only cluster services may use {resource}")
         role_set = await self.role_set(caller)
         if not role_set.allows_rule(resource, verb):

@@ -23,7 +23,10 @@ the caller reads the current state again.
 
 The connection lives on one worker thread per backend (`SQLiteWorker`), so waiting on
 another process's lock never blocks the event loop; calls queued while it works are
-answered together, one wakeup of the loop per batch.
+answered together, one wakeup of the loop per batch. Reads of single keys (`get`,
+`get_many`) are the exception: they run on a second, read-only connection on the event
+loop itself, which cannot wait (no busy timeout; WAL readers never wait for writers)
+and hands the rare read that would wait to the worker (see `_point_read`).
 """
 
 from __future__ import annotations
@@ -391,6 +394,9 @@ class SQLiteBackend:
         # processes' within a poll interval. watch(start_revision=0) starts here.
         self._known_revision = 0
         self._maintenance: asyncio.Task[None] | None = None
+        # Point reads run on the event loop's own connection (see _point_read).
+        self._reader: sqlite3.Connection | None = None
+        self._reader_thread = 0
         self._closed = False
 
     @classmethod
@@ -430,7 +436,7 @@ class SQLiteBackend:
 
     async def get(self, key: str) -> Item:
         now = self._now()
-        row = await self._db.run(
+        row = await self._point_read(
             lambda c: c.execute(
                 "SELECT key, value, revision, expires FROM kv"
                 " WHERE key = ? AND (expires IS NULL OR expires > ?)",
@@ -449,7 +455,7 @@ class SQLiteBackend:
             return []
         now = self._now()
         marks = ", ".join("?" * len(wanted))
-        rows = await self._db.run(
+        rows = await self._point_read(
             lambda c: c.execute(
                 "SELECT key, value, revision, expires FROM kv"
                 f" WHERE key IN ({marks}) AND (expires IS NULL OR expires > ?)",
@@ -458,6 +464,41 @@ class SQLiteBackend:
         )
         found = {row[0]: _item(row) for row in rows}
         return [found[key] for key in keys if key in found]
+
+    async def _point_read(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read by primary key on the event loop's own connection, else on the
+        worker thread.
+
+        Such a read costs microseconds, far less than handing it to the worker thread
+        and back (renewals read the user and roles on every call). It never waits:
+        under WAL a reader does not wait for writers, and the loop's connection has no
+        busy timeout, so the rare read that would wait (a lock held while another
+        process recovers the WAL) fails at once and goes to the worker, which waits.
+        """
+        reader = self._loop_reader()
+        if reader is not None:
+            try:
+                return read(reader)
+            except sqlite3.Error as exc:
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise translate_sqlite_error(exc) from exc
+        return await self._db.run(read)
+
+    def _loop_reader(self) -> sqlite3.Connection | None:
+        """The read-only connection of the thread that opened it (the event loop's)."""
+        if self._closed:
+            return None
+        if self._reader is None:
+            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+            try:
+                conn.execute("PRAGMA busy_timeout = 0")
+                conn.execute("PRAGMA query_only = 1")
+            except sqlite3.Error:
+                conn.close()
+                return None
+            self._reader, self._reader_thread = conn, threading.get_ident()
+        return self._reader if self._reader_thread == threading.get_ident() else None
 
     async def create(self, item: Item) -> Item:
         value, expires = _check_item(item)
@@ -585,6 +626,10 @@ class SQLiteBackend:
             # wait() rather than await: a cancellation of close() itself must still
             # propagate, and the task's own CancelledError must not.
             await asyncio.wait([self._maintenance])
+        if self._reader is not None and self._reader_thread == threading.get_ident():
+            with contextlib.suppress(sqlite3.Error):
+                self._reader.close()
+        self._reader = None
         await self._db.close()
 
     # -- maintenance ----------------------------------------------------------------

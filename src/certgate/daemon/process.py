@@ -45,6 +45,7 @@ from certgate.errors import BadParameter, CertgateError, NotFound
 from certgate.node.agent import NodeAgent
 from certgate.proxy.sshd import ProxySSH
 from certgate.proxy.web import ProxyWeb
+from certgate.recording.registry import open_recording_store
 from certgate.rpc.audit import RemoteAudit
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles, new_key
@@ -145,7 +146,9 @@ class Daemon:
         admin.save(admin_dir)
         (admin_dir / "auth_addr").write_text(self.auth_addr + "\n")
 
-        api = AuthAPI(server, self.metrics)
+        api = AuthAPI(
+            server, self.metrics, recordings=open_recording_store(cfg.recordings.uri, self.data_dir)
+        )
         app = api.app()
         app.middlewares.append(self.metrics.middleware("auth"))
         tls_cas = server.issuer.tls_ca_certs()
@@ -305,6 +308,7 @@ class Daemon:
             cfg.labels,
             cfg.heartbeat_interval,
             strict_grace=self.config.strict_lock_grace.total_seconds(),
+            data_dir=self.data_dir / "node",
         )
         await self._guard_listen(
             agent.start(host, port, advertise_host), cfg.listen_addr, "node ssh"

@@ -14,6 +14,7 @@ import logging
 import random
 import socket
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -27,7 +28,10 @@ from certgate.api.node import Node, NodeSpec
 from certgate.auth.cached_access import CachedAccess
 from certgate.clock import SystemClock
 from certgate.errors import CertgateError
+from certgate.node.recording_hook import RecordingHook
 from certgate.node.sshd import NodeSSHServer, SessionInfo, SessionObserver, SessionPolicy
+from certgate.recording.node_recordings import NodeRecordings
+from certgate.recording.uploader import auth_sender
 from certgate.rpc.audit import RemoteAudit
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles
@@ -45,6 +49,8 @@ class NodeAgent:
         labels: dict[str, str],
         heartbeat_interval: timedelta,
         strict_grace: float = 30.0,
+        *,
+        data_dir: Path,
     ) -> None:
         self.name = name
         self.labels = labels
@@ -58,11 +64,17 @@ class NodeAgent:
         self.server: NodeSSHServer | None = None
         self.addr = ""
         self._heartbeats: asyncio.Task[None] | None = None
+        # Session recordings: written under data_dir, uploaded to auth (recording_hook.py).
+        self.recordings = NodeRecordings(data_dir / "recordings", auth_sender(auth))
+        self._record = RecordingHook(
+            self.recordings, name, self._recording_mode, self._end_session
+        )
         self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int, advertise_host: str) -> int:
         self.view.start()
         await self.view.wait_ready()
+        await self.recordings.start()  # before any session: leftovers are from a crash
         self.server = NodeSSHServer(
             host_key=self._identity.key_pem,
             host_cert=self._identity.bundle.ssh_cert,
@@ -86,6 +98,7 @@ class NodeAgent:
                 await asyncio.gather(task, return_exceptions=True)
         if self.server:
             await self.server.close()
+        await self.recordings.close()
         await self.view.close()
 
     # decisions -------------------------------------------------------------------
@@ -104,7 +117,13 @@ class NodeAgent:
         )
 
     def _observer(self, info: SessionInfo) -> SessionObserver | None:
-        return None  # session recording hooks in here
+        return self._record(info)
+
+    def _recording_mode(self, identity: Identity) -> str:
+        return self.access.role_set(identity).options().record_session.ssh
+
+    def _end_session(self, session_id: str, message: str, reason: str) -> bool:
+        return self.server is not None and self.server.end_session(session_id, message, reason)
 
     async def _send_audit(self, event: str, fields: dict[str, Any]) -> None:
         await self._audit(event, node=self.name, **fields)

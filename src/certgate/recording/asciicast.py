@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from certgate.errors import BadParameter
 
@@ -92,10 +92,12 @@ class Header:
         if data.get("version") != VERSION:
             raise ValueError(f"not an asciicast v2 header (version {data.get('version')!r})")
         width, height = data.get("width"), data.get("height")
+        if not isinstance(width, int) or not isinstance(height, int):
+            raise ValueError("the header needs positive integer width and height")
         if not _positive_int(width) or not _positive_int(height):
             raise ValueError("the header needs positive integer width and height")
-        env = data.get("env") if isinstance(data.get("env"), dict) else {}
-        meta = data.get("certgate") if isinstance(data.get("certgate"), dict) else {}
+        env: dict[str, Any] = data["env"] if isinstance(data.get("env"), dict) else {}
+        meta: dict[str, Any] = data["certgate"] if isinstance(data.get("certgate"), dict) else {}
         timestamp = meta.get("start", data.get("timestamp", 0))
         if not isinstance(timestamp, int | float) or isinstance(timestamp, bool):
             raise ValueError("the header timestamp is not a number")
@@ -289,7 +291,7 @@ def _is_size(text: str) -> bool:
     return bool(sep) and width.isdigit() and height.isdigit()
 
 
-def read_header(file: BinaryIO) -> Header:
+def read_header(file: IO[bytes]) -> Header:
     """The header of the recording in `file`, read from where it is (BadParameter if
     it has none)."""
     return CastReader([file.readline(1 << 20)]).header
@@ -299,7 +301,7 @@ def read_header(file: BinaryIO) -> Header:
 _TAIL_BYTES = 256 * 1024
 
 
-def last_event_time(file: BinaryIO) -> float:
+def last_event_time(file: IO[bytes]) -> float:
     """The time of the last readable event in `file` (0 if none), read from its end.
 
     A broken last line (a torn write) is skipped, so the duration of a damaged

@@ -20,7 +20,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from pydantic import ValidationError
 
@@ -44,11 +44,11 @@ class DirectoryStore:
 
     # ---- writing -------------------------------------------------------------------
 
-    async def put(self, info: RecordingInfo, source: bytes | BinaryIO) -> RecordingInfo:
+    async def put(self, info: RecordingInfo, source: bytes | IO[bytes]) -> RecordingInfo:
         check_recording_id(info.id)
         return await asyncio.to_thread(self._put, info, source)
 
-    def _put(self, info: RecordingInfo, source: bytes | BinaryIO) -> RecordingInfo:
+    def _put(self, info: RecordingInfo, source: bytes | IO[bytes]) -> RecordingInfo:
         cast_tmp = self._tmp / f"{info.id}.{uuid.uuid4().hex}.cast"
         info_tmp = cast_tmp.with_suffix(".json")
         try:
@@ -99,12 +99,12 @@ class DirectoryStore:
         finally:
             file.close()
 
-    async def list(self, query: RecordingQuery) -> list[RecordingInfo]:
+    async def search(self, query: RecordingQuery) -> list[RecordingInfo]:
         if not 1 <= query.limit <= MAX_LIST:
             raise BadParameter(f"limit must be between 1 and {MAX_LIST}, got {query.limit}")
-        return await asyncio.to_thread(self._list, query)
+        return await asyncio.to_thread(self._search, query)
 
-    def _list(self, query: RecordingQuery) -> list[RecordingInfo]:
+    def _search(self, query: RecordingQuery) -> list[RecordingInfo]:
         found: list[RecordingInfo] = []
         with os.scandir(self.root) as entries:
             for entry in entries:
@@ -135,7 +135,7 @@ def _read_info(path: Path, recording_id: str) -> RecordingInfo:
         raise BadParameter(f"recording {recording_id} has unreadable metadata: {exc}") from exc
 
 
-def _write_synced(path: Path, source: bytes | BinaryIO) -> int:
+def _write_synced(path: Path, source: bytes | IO[bytes]) -> int:
     """Write `source` to a new file at `path` and fsync it; returns the bytes written."""
     size = 0
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import BinaryIO, Protocol
+from typing import IO, Protocol
 
 from certgate.api.recording import RecordingInfo
 from certgate.errors import NotFound
@@ -46,7 +46,7 @@ class RecordingQuery:
 
 
 class RecordingStore(Protocol):
-    async def put(self, info: RecordingInfo, source: bytes | BinaryIO) -> RecordingInfo:
+    async def put(self, info: RecordingInfo, source: bytes | IO[bytes]) -> RecordingInfo:
         """Store the cast file (bytes, or a binary file read to its end) and its info.
 
         Returns the info as stored (`size` set to the bytes stored). BadParameter for
@@ -66,7 +66,7 @@ class RecordingStore(Protocol):
         """The cast file in chunks; NotFound from the first `anext` if it is absent."""
         ...
 
-    async def list(self, query: RecordingQuery) -> list[RecordingInfo]:
+    async def search(self, query: RecordingQuery) -> list[RecordingInfo]:
         """Matching recordings, newest start first, at most `query.limit`."""
         ...
 

@@ -23,8 +23,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from certgate.api.recording import is_recording_id
-from certgate.errors import BadParameter, CertgateError
+from certgate.errors import BadParameter, CertgateError, from_json
 from certgate.recording.recorder import RecordingDirectory
+from certgate.rpc.auth_client import AsyncAuthClient
 
 log = logging.getLogger("certgate.recording")
 
@@ -174,3 +175,24 @@ async def file_chunks(path: Path, size: int = CHUNK) -> AsyncIterator[bytes]:
 def _log_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("recording uploader stopped", exc_info=task.exception())
+
+
+def auth_sender(auth: AsyncAuthClient) -> Send:
+    """A `Send` that streams the file to auth's `PUT /v1/recordings/{id}`."""
+
+    async def send(session_id: str, path: Path, incomplete: bool) -> None:
+        response = await auth.raw(
+            "PUT",
+            f"/v1/recordings/{session_id}",
+            params={"incomplete": "1"} if incomplete else None,
+            headers={"Content-Type": "application/x-asciicast"},
+            content=file_chunks(path),
+        )
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise from_json(response.status_code, body)
+
+    return send

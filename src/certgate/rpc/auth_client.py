@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import httpx
@@ -103,7 +103,7 @@ class AsyncAuthClient:
         json: Any = None,
         params: Any = None,
         headers: dict[str, str] | None = None,
-        content: bytes | None = None,
+        content: bytes | AsyncIterable[bytes] | None = None,  # an iterable streams
     ) -> httpx.Response:
         try:
             return await self._http.request(

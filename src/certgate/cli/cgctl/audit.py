@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
@@ -38,6 +39,7 @@ def audit() -> None:
 @click.option("--user", help="Only events of this user.")
 @click.option("--node", help="Only events on this node.")
 @click.option("--limit", default=100, show_default=True, help="At most this many events.")
+@click.option("--cursor", help="Continue a listing from where the last page stopped.")
 @FORMAT
 @click.pass_context
 def ls(
@@ -48,9 +50,14 @@ def ls(
     user: str | None,
     node: str | None,
     limit: int,
+    cursor: str | None,
     fmt: str,
 ) -> None:
-    """List audit events, newest first."""
+    """List audit events, newest first.
+
+    When more events match than --limit, the command for the next page is printed on
+    stderr (same filters, plus --cursor).
+    """
     params = {
         k: v
         for k, v in {
@@ -60,14 +67,25 @@ def ls(
             "user": user,
             "node": node,
             "limit": str(limit),
+            "cursor": cursor,
         }.items()
         if v
     }
     result = api(ctx).call("GET", "/events", params=params)
     events = result["events"]
+    next_cursor = result.get("cursor")
     if fmt == "json":
         print_json(events)
-        return
+    else:
+        _print_table(events)
+    if next_cursor:
+        # The same filters, with --since/--until pinned to the times this page used.
+        shown = {k: v for k, v in params.items() if k != "cursor"}
+        options = " ".join(f"--{k}={v}" for k, v in shown.items())
+        click.echo(f"more events: cgctl audit ls {options} --cursor={next_cursor}", err=True)
+
+
+def _print_table(events: list[dict[str, Any]]) -> None:
     skip = {"event", "code", "time", "uid", "user"}
     rows = [
         (

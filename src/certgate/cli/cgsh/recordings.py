@@ -1,0 +1,95 @@
+"""`cgsh recordings ls` and `cgsh play ID`: find and replay recorded sessions."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from certgate.cli.common import FORMAT, print_json, table
+from certgate.client.cluster import connect_profile
+from certgate.client.recordings import (
+    as_json,
+    fetch_recording,
+    format_seconds,
+    list_recordings,
+    play,
+)
+
+
+@click.group()
+def recordings() -> None:
+    """Recorded sessions."""
+
+
+@recordings.command("ls")
+@click.option("--since", help="Sessions started after this: a duration ago (1h) or RFC 3339.")
+@click.option("--user", help="Only sessions of this user.")
+@click.option("--node", help="Only sessions on this node.")
+@click.option("--limit", default=1000, show_default=True, help="At most this many.")
+@FORMAT
+def ls(since: str | None, user: str | None, node: str | None, limit: int, fmt: str) -> None:
+    """List recorded sessions, newest first: yours, or everyone's if your roles allow."""
+    api = connect_profile()
+    try:
+        found = list_recordings(api, since=since, user=user, node=node, limit=limit)
+    finally:
+        api.close()
+    if fmt == "json":
+        print_json([info.to_dict() for info in found])
+        return
+    rows = [
+        (
+            info.id,
+            info.user,
+            info.login,
+            info.node,
+            info.start.strftime("%Y-%m-%d %H:%M:%S"),
+            format_seconds(info.duration) + (" (incomplete)" if info.incomplete else ""),
+            info.session_kind if info.command is None else f"exec: {info.command}",
+        )
+        for info in found
+    ]
+    click.echo(table(["ID", "User", "Login", "Node", "Start", "Duration", "Session"], rows))
+
+
+@click.command("play")
+@click.argument("recording_id", metavar="ID")
+@click.option("--speed", default=1.0, show_default=True, type=float, help="Playback speed.")
+@click.option("--skip-idle", is_flag=True, help="Shorten pauses to half a second.")
+@FORMAT
+def play_command(recording_id: str, speed: float, skip_idle: bool, fmt: str) -> None:
+    """Replay a recorded session in this terminal at its original timing.
+
+    --format=json prints the recording's events instead. A damaged recording plays up to
+    the damage, then says where it stops (exit status 1).
+    """
+    if speed <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--speed")
+    api = connect_profile()
+    try:
+        recording = fetch_recording(api, recording_id)
+    finally:
+        api.close()
+    if fmt == "json":
+        document = as_json(recording)
+        print_json(document)
+        damage = document["damage"]
+    else:
+        reader = recording.reader()
+        out = sys.stdout.buffer
+
+        def write(text: str) -> None:
+            out.write(text.encode("utf-8", errors="replace"))
+            out.flush()
+
+        play(reader.events(), write, speed=speed, skip_idle=skip_idle)
+        damage = reader.damage
+    if damage:
+        click.echo(damage, err=True)
+        sys.exit(1)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(recordings)
+    cli.add_command(play_command)

@@ -1,0 +1,148 @@
+"""Session recordings from the user's side: list them, fetch one, play it back.
+
+    list_recordings(api, since=, user=, node=)  GET /v1/recordings   (through the proxy)
+    fetch_recording(api, id)                    GET /v1/recordings/{id} and .../cast
+    play(events, write, speed=, skip_idle=)     original timing, scaled; pure but for sleep
+
+What a user may list and read is auth's decision (their own sessions, or everyone's
+with a role rule on `session`); this module only asks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from certgate.api.duration import parse_duration
+from certgate.api.recording import RecordingInfo, is_recording_id
+from certgate.client.cluster import ClusterAPI
+from certgate.errors import BadParameter, NotFound
+from certgate.recording.asciicast import OUTPUT, CastReader, Event
+
+# With skip_idle, no pause in playback is longer than this (seconds).
+IDLE_CAP = 0.5
+
+
+def parse_since(value: str | None) -> str | None:
+    """`1h` (that long ago) or an RFC 3339 time, as an RFC 3339 time."""
+    if not value:
+        return None
+    try:
+        return (datetime.now(UTC) - parse_duration(value)).isoformat()
+    except BadParameter:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadParameter(f'invalid time "{value}": use a duration (1h) or RFC 3339') from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+
+
+def list_recordings(
+    api: ClusterAPI,
+    *,
+    since: str | None = None,
+    user: str | None = None,
+    node: str | None = None,
+    limit: int = 1000,
+) -> list[RecordingInfo]:
+    params = {
+        k: v
+        for k, v in {
+            "since": parse_since(since),
+            "user": user,
+            "node": node,
+            "limit": str(limit),
+        }.items()
+        if v
+    }
+    answer = api.call("GET", "/recordings", params=params)
+    return [RecordingInfo.from_dict(item) for item in answer or []]
+
+
+@dataclass(frozen=True)
+class Recording:
+    info: RecordingInfo
+    text: str  # the cast file
+
+    def reader(self) -> CastReader:
+        return CastReader(self.text.splitlines())
+
+
+def _checked(recording_id: str) -> str:
+    # A malformed id can name no recording; checking here also keeps it out of the URL.
+    if not is_recording_id(recording_id):
+        raise NotFound(f'recording "{recording_id}" not found')
+    return recording_id
+
+
+def fetch_info(api: ClusterAPI, recording_id: str) -> RecordingInfo:
+    return RecordingInfo.from_dict(api.call("GET", f"/recordings/{_checked(recording_id)}"))
+
+
+def fetch_recording(api: ClusterAPI, recording_id: str) -> Recording:
+    info = fetch_info(api, recording_id)
+    text = api.call("GET", f"/recordings/{info.id}/cast")
+    if not isinstance(text, str):
+        raise BadParameter(f"recording {info.id} came back in an unexpected form")
+    return Recording(info, text)
+
+
+def play(
+    events: Iterable[Event],
+    write: Callable[[str], None],
+    *,
+    speed: float = 1.0,
+    skip_idle: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Write each output event's text at its time, divided by `speed`.
+
+    With `skip_idle`, pauses longer than IDLE_CAP are cut to IDLE_CAP. Resize events
+    are not replayed (the terminal playing back has its own size).
+    """
+    if speed <= 0:
+        raise BadParameter(f"speed must be more than 0, got {speed}")
+    start = clock()
+    skipped = 0.0
+    previous = 0.0
+    for event in events:
+        gap = event.time - previous
+        previous = event.time
+        if skip_idle and gap > IDLE_CAP:
+            skipped += gap - IDLE_CAP
+        due = (event.time - skipped) / speed
+        delay = due - (clock() - start)
+        if delay > 0:
+            sleep(delay)
+        if event.type == OUTPUT:
+            write(event.data)
+
+
+def as_json(recording: Recording) -> dict[str, Any]:
+    """The recording's info, header and events, and where it is damaged (or null)."""
+    reader = recording.reader()
+    events = [event.to_dict() for event in reader.events()]
+    return {
+        "id": recording.info.id,
+        "info": recording.info.to_dict(),
+        "header": reader.header.to_dict(),
+        "events": events,
+        "damage": reader.damage,
+    }
+
+
+def format_seconds(seconds: float) -> str:
+    """`42s`, `3m05s`, `2h01m` for listings."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

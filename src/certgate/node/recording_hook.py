@@ -1,0 +1,103 @@
+"""Which sessions a node records, and what a failed recording does to its session.
+
+The roles' `record_session.ssh` (strictest of the caller's roles) decides:
+
+    off          nothing is recorded
+    best_effort  pty sessions are recorded; if the file cannot be created or written,
+                 the session goes on (the recording is kept up to the failure and
+                 uploaded marked incomplete)
+    strict       pty sessions and exec commands are recorded; a session whose file
+                 cannot be created is refused before anything runs, and one whose
+                 writes fail is ended with a message
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from certgate.api.identity import Identity
+from certgate.errors import CertgateError, NotFound
+from certgate.node.session import lookup_account
+from certgate.node.sshd import SessionInfo, SessionObserver, SessionRefused
+from certgate.recording.asciicast import Header
+from certgate.recording.node_recordings import NodeRecordings
+
+log = logging.getLogger("certgate.node")
+
+# (identity) -> "off" | "best_effort" | "strict"
+ModeFor = Callable[[Identity], str]
+# (session id, message, reason) -> whether a live session was ended
+EndSession = Callable[[str, str, str], bool]
+
+DEFAULT_SIZE = (80, 24)
+
+
+class RecordingHook:
+    """The node's session observer factory: a SessionRecorder per recorded session."""
+
+    def __init__(
+        self,
+        recordings: NodeRecordings,
+        node_name: str,
+        mode_for: ModeFor,
+        end_session: EndSession,
+    ) -> None:
+        self._recordings = recordings
+        self._node_name = node_name
+        self._mode_for = mode_for
+        self._end_session = end_session
+
+    def __call__(self, info: SessionInfo) -> SessionObserver | None:
+        try:
+            mode = self._mode_for(info.identity)
+        except CertgateError as exc:
+            # The login was just authorized with the same roles; if they cannot be read
+            # now, fail closed rather than run a session that may need recording.
+            raise SessionRefused(
+                f"cannot tell whether this session must be recorded: {exc}"
+            ) from exc
+        if mode == "off" or (not info.tty and mode != "strict"):
+            return None
+        strict = mode == "strict"
+        try:
+            return self._recordings.open(
+                self.header(info), on_failure=self._failed if strict else None
+            )
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            if strict:
+                raise SessionRefused(
+                    f"your roles require session recording and it cannot be written: {reason}"
+                ) from exc
+            log.warning("session %s is not recorded: %s", info.id, reason)
+            return None
+
+    def header(self, info: SessionInfo) -> Header:
+        width, height = info.term_size or DEFAULT_SIZE
+        try:
+            shell = lookup_account(info.login).shell
+        except NotFound:
+            shell = ""
+        return Header(
+            width=width,
+            height=height,
+            timestamp=info.started.timestamp(),
+            session_id=info.id,
+            user=info.identity.username,
+            login=info.login,
+            node=self._node_name,
+            roles=tuple(info.identity.roles),
+            kind=info.kind,
+            command=info.command,
+            term=info.term or "",
+            shell=shell,
+        )
+
+    def _failed(self, session_id: str, reason: str) -> None:
+        message = (
+            f"certgate: session ended: your roles require session recording and it "
+            f"cannot be written: {reason}"
+        )
+        if self._end_session(session_id, message, "recording failed"):
+            log.warning("ended session %s: its recording failed (%s)", session_id, reason)
