@@ -29,7 +29,6 @@ import os
 import secrets
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
@@ -478,7 +477,10 @@ class CASigner:
         assert self._tls_key is not None
         start, end = _time_range(not_before, not_after)
         subject = self._subject(identity.username, identity.roles)
-        payload = replace(identity, expires=end).to_json().encode()
+        # Identity.to_json() of the identity with expires = not_after, built directly.
+        claims = identity.to_dict()
+        claims["expires"] = end.isoformat()
+        payload = json.dumps(claims, sort_keys=True, separators=(",", ":")).encode()
         builder = (
             (self._server_base if server else self._client_base)
             .subject_name(subject)

@@ -416,13 +416,13 @@ class RoleSetCache:
 
     def __init__(self, size: int = 1024) -> None:
         self._size = size
-        self._sets: dict[tuple[tuple[tuple[str, int], ...], str], RoleSet] = {}
+        self._sets: dict[tuple[object, ...], RoleSet] = {}
 
     def get(self, roles: Sequence[Role], traits: Mapping[str, Sequence[str]]) -> RoleSet:
         revisions = tuple(sorted((role.name, role.metadata.revision) for role in roles))
         if any(revision <= 0 for _, revision in revisions):
             return RoleSet(roles, traits)
-        key = (revisions, json.dumps(traits, sort_keys=True))
+        key = (revisions, *sorted((name, tuple(values)) for name, values in traits.items()))
         role_set = self._sets.get(key)
         if role_set is None:
             role_set = RoleSet(roles, traits)

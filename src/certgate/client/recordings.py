@@ -69,7 +69,7 @@ class Recording:
     text: str  # the cast file
 
     def reader(self) -> CastReader:
-        return CastReader(self.text.splitlines())
+        return CastReader(self.text.split("\n"))
 
 
 def _checked(recording_id: str) -> str:

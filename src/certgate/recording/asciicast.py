@@ -26,6 +26,7 @@ from __future__ import annotations
 import codecs
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,7 +140,15 @@ class Event:
 
 def event_line(time: float, kind: str, data: str) -> str:
     # 6 decimals as asciinema writes them: microseconds, and no float repr noise.
-    return f"[{time:.6f}, {json.dumps(kind)}, {json.dumps(data, ensure_ascii=False)}]\n"
+    text = json.dumps(data, ensure_ascii=False)
+    if _LINE_BREAKS.search(text):
+        # Unicode line breaks that JSON leaves raw but str.splitlines() (and some
+        # readers) would split a line at: escape them, so a line is a line everywhere.
+        text = _LINE_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    return f"[{time:.6f}, {json.dumps(kind)}, {text}]\n"
+
+
+_LINE_BREAKS = re.compile("[\x85\u2028\u2029]")
 
 
 class CastEncoder:
@@ -221,7 +230,9 @@ class CastFile:
 class CastReader:
     """Reads a recording: `header` at once, then `events()` until the end or damage.
 
-    A line that is not a valid event stops the events; `damage` then says where and
+    Give it the file's lines split at "\n" only (a file object, or `text.split("\n")`;
+    not `str.splitlines()`, which also splits at other Unicode line breaks). A line that
+    is not a valid event stops the events; `damage` then says where and
     why ("recording ends at line 7: ..."), and nothing after it is trusted. A header
     that cannot be read raises BadParameter.
     """
@@ -266,9 +277,9 @@ class CastReader:
 
 def _reason(exc: ValueError) -> str:
     if isinstance(exc, json.JSONDecodeError):
-        if exc.pos >= len(exc.doc.rstrip("\n")):
+        if exc.msg.startswith("Unterminated string") or exc.pos >= len(exc.doc.rstrip()):
             return "the line is cut short (truncated file?)"
-        return f"not JSON ({exc.msg} at column {exc.colno})"
+        return f"not JSON ({exc.msg}, column {exc.colno})"
     return str(exc)
 
 

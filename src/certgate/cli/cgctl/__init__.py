@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import yaml
 
-from certgate.cli.cgctl import audit, authority, locks, resources, tokens, users
+from certgate.cli.cgctl import audit, authority, locks, nodes, resources, tokens, users
 from certgate.cli.common import run
 
 
@@ -43,7 +43,7 @@ def _data_dir_from_config(path: Path) -> Path | None:
     return Path(value) if value else None
 
 
-for module in (users, tokens, resources, authority, audit, locks):
+for module in (users, tokens, resources, authority, audit, locks, nodes):
     module.register(cli)
 
 main = run(cli)

@@ -1,0 +1,139 @@
+"""The node's session recorder: cheap calls in the data path, whole lines on disk soon,
+the file moved aside when the session ends, and failures reported."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from certgate.recording.asciicast import CastFile, CastReader, Header
+from certgate.recording.recorder import (
+    FLUSH_INTERVAL,
+    RecordingDirectory,
+    RecordingWriter,
+    SessionRecorder,
+)
+
+
+def header() -> Header:
+    return Header(
+        width=80,
+        height=24,
+        timestamp=1_900_000_000.0,
+        session_id=str(uuid.uuid4()),
+        user="alice",
+        login="root",
+        node="node-1",
+    )
+
+
+class Harness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.directory = RecordingDirectory(tmp_path / "recordings")
+        self.directory.create()
+        self.writer = RecordingWriter()
+        self.ended: list[tuple[str, bool]] = []
+        self.failures: list[tuple[str, str]] = []
+
+    def open(self, head: Header | None = None) -> SessionRecorder:
+        return SessionRecorder.open(
+            head or header(),
+            self.directory,
+            self.writer,
+            on_ended=lambda sid, ok: self.ended.append((sid, ok)),
+            on_failure=lambda sid, msg: self.failures.append((sid, msg)),
+        )
+
+    async def settle(self) -> None:
+        await self.writer.drain()
+        await asyncio.sleep(0)  # the writer's callbacks to the loop
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[Harness]:
+    h = Harness(tmp_path)
+    yield h
+    h.writer.close()
+
+
+def events(path: Path) -> list[list[object]]:
+    reader = CastReader(path.read_text().split("\n"))
+    return [[e.time, e.type, e.data] for e in reader.events()]
+
+
+async def test_output_reaches_the_file_within_the_flush_interval(harness: Harness) -> None:
+    recorder = harness.open()
+    live = harness.directory.live(recorder.session_id)
+    recorder.on_output(b"first ")
+    recorder.on_output(b"chunk")  # within 10 ms: the same event
+    recorder.on_resize(120, 40)
+    assert events(live) == []  # nothing written in the data path itself
+    await asyncio.sleep(FLUSH_INTERVAL * 3)
+    await harness.settle()
+    written = events(live)
+    assert [e[1:] for e in written] == [["o", "first chunk"], ["r", "120x40"]]
+    # Still the live file: a crash now leaves all of this for the next start.
+    assert live.exists() and harness.ended == []
+
+
+async def test_a_burst_is_flushed_at_64_kib_without_waiting(harness: Harness) -> None:
+    recorder = harness.open()
+    for _ in range(20):
+        recorder.on_output(b"x" * 4096)
+    await harness.settle()  # no sleep: the 64 KiB threshold handed it over
+    text = "".join(str(e[2]) for e in events(harness.directory.live(recorder.session_id)))
+    assert len(text) >= 64 * 1024
+
+
+async def test_end_moves_the_whole_file_aside_and_reports_it(harness: Harness) -> None:
+    recorder = harness.open()
+    recorder.on_output("tail é".encode()[:-1])  # ends inside a character
+    recorder.on_end()
+    recorder.on_output(b"after the end")  # ignored
+    await harness.settle()
+    assert harness.ended == [(recorder.session_id, True)]
+    assert not harness.directory.live(recorder.session_id).exists()
+    done = harness.directory.finished(recorder.session_id)
+    assert "".join(str(e[2]) for e in events(done)) == "tail \ufffd"
+
+
+async def test_a_failed_write_is_reported_and_recording_stops(harness: Harness) -> None:
+    recorder = harness.open()
+    # The disk fills up under the session: the file's descriptor now points at /dev/full.
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.dup2(full, recorder._cast._fd)  # type: ignore[arg-type]
+    finally:
+        os.close(full)
+    recorder.on_output(b"x" * 70_000)
+    await harness.settle()
+    assert harness.failures == [(recorder.session_id, "No space left on device")]
+    assert recorder.failed == "No space left on device"
+    recorder.on_output(b"more")  # dropped, no second report
+    recorder.on_end()
+    await harness.settle()
+    # Kept in the live directory: uploaded marked incomplete.
+    assert harness.ended == [(recorder.session_id, False)]
+    assert harness.directory.live(recorder.session_id).exists()
+
+
+def test_a_recording_file_is_never_reused(harness: Harness, tmp_path: Path) -> None:
+    head = header()
+    CastFile.create(harness.directory.live(head.session_id), head).close()
+    with pytest.raises(FileExistsError):
+        harness.open(head)
+
+
+async def test_header_first_line_is_the_sessions(harness: Harness) -> None:
+    head = header()
+    recorder = harness.open(head)
+    first = harness.directory.live(recorder.session_id).read_text().split("\n")[0]
+    assert json.loads(first)["certgate"]["session_id"] == head.session_id
+    recorder.on_end()
+    await harness.settle()

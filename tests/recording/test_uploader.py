@@ -1,0 +1,114 @@
+"""The node's uploader: leftovers after a crash, delete only after auth confirms, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+
+from certgate.errors import BadParameter, ConnectionProblem
+from certgate.recording.recorder import RecordingDirectory
+from certgate.recording.uploader import RecordingUploader, file_chunks
+
+
+class FakeAuth:
+    """Stands in for auth's PUT /v1/recordings/{id}; fails while `down` is set."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, tuple[bytes, bool]] = {}
+        self.down = False
+        self.refuse = False
+        self.attempts = 0
+
+    async def send(self, session_id: str, path: Path, incomplete: bool) -> None:
+        self.attempts += 1
+        if self.down:
+            raise ConnectionProblem("auth is unreachable")
+        if self.refuse:
+            raise BadParameter("not an asciicast v2 header")
+        data = b"".join([chunk async for chunk in file_chunks(path, 7)])
+        self.stored[session_id] = (data, incomplete)
+
+
+async def eventually(check: object, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def directory(tmp_path: Path) -> RecordingDirectory:
+    d = RecordingDirectory(tmp_path / "recordings")
+    d.create()
+    return d
+
+
+async def test_leftovers_are_uploaded_at_start_and_marked(directory: RecordingDirectory) -> None:
+    cut_off, finished = str(uuid.uuid4()), str(uuid.uuid4())
+    directory.live(cut_off).write_bytes(b"cut off by kill -9")
+    directory.finished(finished).write_bytes(b"ended, upload pending")
+    (directory.path / "notes.cast").write_bytes(b"not ours")
+    auth = FakeAuth()
+    uploader = RecordingUploader(directory, auth.send)
+    assert await uploader.start() == 2
+    await eventually(lambda: len(auth.stored) == 2)
+    assert auth.stored[cut_off] == (b"cut off by kill -9", True)
+    assert auth.stored[finished] == (b"ended, upload pending", False)
+    await eventually(lambda: not directory.live(cut_off).exists())
+    assert not directory.finished(finished).exists()
+    assert (directory.path / "notes.cast").exists()
+    await uploader.close()
+
+
+async def test_nothing_is_deleted_until_auth_has_it(directory: RecordingDirectory) -> None:
+    auth = FakeAuth()
+    auth.down = True
+    uploader = RecordingUploader(directory, auth.send, retry_min=0.02, retry_max=0.05)
+    await uploader.start()
+    session = str(uuid.uuid4())
+    directory.finished(session).write_bytes(b"recording")
+    uploader.submit(session, complete=True)
+    await eventually(lambda: auth.attempts >= 3)
+    assert directory.finished(session).exists() and auth.stored == {}
+    assert uploader.pending() == 1
+    auth.down = False
+    await eventually(lambda: session in auth.stored)
+    await eventually(lambda: not directory.finished(session).exists())
+    assert uploader.pending() == 0
+    await uploader.close()
+
+
+async def test_a_refused_file_is_kept_aside(directory: RecordingDirectory) -> None:
+    auth = FakeAuth()
+    auth.refuse = True
+    uploader = RecordingUploader(directory, auth.send)
+    await uploader.start()
+    session = str(uuid.uuid4())
+    directory.finished(session).write_bytes(b"garbage")
+    uploader.submit(session, complete=True)
+    kept = directory.path / "rejected" / f"{session}.cast"
+    await eventually(kept.exists)
+    assert kept.read_bytes() == b"garbage"
+    await uploader.close()
+
+
+async def test_close_leaves_unsent_recordings_for_the_next_start(
+    directory: RecordingDirectory,
+) -> None:
+    auth = FakeAuth()
+    auth.down = True
+    uploader = RecordingUploader(directory, auth.send, retry_min=10)
+    await uploader.start()
+    session = str(uuid.uuid4())
+    directory.finished(session).write_bytes(b"recording")
+    uploader.submit(session, complete=True)
+    await eventually(lambda: auth.attempts == 1)
+    await uploader.close(timeout=0.1)
+    assert directory.finished(session).exists()
+    auth.down = False
+    again = RecordingUploader(directory, auth.send)
+    assert await again.start() == 1
+    await eventually(lambda: session in auth.stored)
+    await again.close()
