@@ -49,7 +49,6 @@ async def open_sessions(
     key = asyncssh.read_private_key(str(keys / "key"))
     cert = asyncssh.read_certificate(str(keys / "key-cert.pub"))
     known = str(keys / "known_hosts")
-    connections = []
     processes = []
     semaphore = asyncio.Semaphore(20)
 
@@ -62,7 +61,6 @@ async def open_sessions(
             process = await conn.create_process(term_type="xterm", term_size=(80, 24))
             process.stdin.write("echo ready\n")
             await process.stdout.readuntil("ready\r\n")
-            connections.append(conn)
             processes.append(process)
 
     await asyncio.gather(*(one(i) for i in range(count)))
@@ -84,6 +82,8 @@ async def one_round(cluster: Cluster, keys: Path, ports: list[int], count: int) 
     elapsed = time.perf_counter() - sent
     await client.call("DELETE", f"/v1/resources/lock/{lock.name}")
     await client.close()
+    for process in processes:
+        process.channel.get_connection().close()
     await asyncio.sleep(0.3)  # let every node see the lock go
     return elapsed
 

@@ -34,9 +34,7 @@ if TYPE_CHECKING:
 def add_agentless_routes(api: AuthAPI, router: web.UrlDispatcher) -> None:
     routes = AgentlessRoutes(AgentlessCerts(api.server))
     add = api._handler
-    router.add_post(
-        "/v1/agentless/host-certs", add("cert_authority", "create", routes.host_certs)
-    )
+    router.add_post("/v1/agentless/host-certs", add("cert_authority", "create", routes.host_certs))
     router.add_post(
         "/v1/agentless/proxy-host-certs", add(perm.AGENTLESS, "create", routes.proxy_host_certs)
     )

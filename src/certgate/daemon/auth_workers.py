@@ -32,7 +32,6 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -41,14 +40,11 @@ from typing import Any
 
 from aiohttp import web
 
-from certgate.auth.http import AuthAPI
-from certgate.auth.server import AuthServer
-from certgate.backend.registry import open_backend, open_event_store
-from certgate.clock import SystemClock
+from certgate.daemon.auth_service import Closer, auth_app, open_auth_server
+from certgate.daemon.config import AuthService
 from certgate.daemon.diag import Metrics
 from certgate.daemon.logs import setup_logging
 from certgate.errors import BadParameter
-from certgate.services.audit import AuditLog
 from certgate.transport import server_context
 
 log = logging.getLogger("certgate.auth.workers")
@@ -71,7 +67,7 @@ class WorkerSpec:
 
     index: int
     data_dir: Path
-    storage: dict[str, Any]
+    config: AuthService
     cluster_name: str
     proxy_public_addr: str
     auth_addr: str
@@ -231,27 +227,18 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> None:
 
     loop.add_reader(conn.fileno(), main_process_gone)
 
-    closers: list[Callable[[], Any]] = []
+    closers: list[Closer] = []
     try:
-        backend = await open_backend(spec.storage, spec.data_dir)
-        closers.append(backend.close)
-        events = await open_event_store(spec.storage, spec.data_dir)
-        closers.append(events.close)
-        audit = AuditLog(events, spec.data_dir / "log" / "events.log")
-        closers.append(audit.close)
-        server = AuthServer(
-            backend,
-            audit,
-            SystemClock(),
+        server = await open_auth_server(
+            spec.config,
+            spec.data_dir,
             cluster_name=spec.cluster_name,
             proxy_public_addr=spec.proxy_public_addr,
             auth_addr=spec.auth_addr,
-        )
-        await server.start()  # the main process made the CAs; this reads them
+            closers=closers,
+        )  # the main process made the CAs; this reads them
         relay = MetricsRelay()
-        api = AuthAPI(server, relay.metrics)
-        app = api.app()
-        app.middlewares.append(relay.metrics.middleware("auth"))
+        app = auth_app(server, relay.metrics, spec.config, spec.data_dir)
         context = server_context(
             spec.cert_pem, spec.key_pem, client_cas=server.issuer.tls_ca_certs()
         )

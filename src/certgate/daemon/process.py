@@ -26,11 +26,9 @@ from aiohttp import web
 from certgate.api.authority import CertAuthority
 from certgate.api.identity import SYSTEM_NODE, SYSTEM_PROXY
 from certgate.auth.cached_access import CachedAccess
-from certgate.auth.http import AuthAPI
 from certgate.auth.server import AuthServer
 from certgate.backend.base import Backend
-from certgate.backend.registry import open_backend, open_event_store
-from certgate.clock import SystemClock
+from certgate.daemon.auth_service import auth_app, open_auth_server
 from certgate.daemon.auth_workers import (
     AuthWorkerPool,
     WorkerSpec,
@@ -45,18 +43,17 @@ from certgate.errors import BadParameter, CertgateError, NotFound
 from certgate.node.agent import NodeAgent
 from certgate.proxy.sshd import ProxySSH
 from certgate.proxy.web import ProxyWeb
-from certgate.recording.registry import open_recording_store
 from certgate.rpc.audit import RemoteAudit
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import join_cluster
 from certgate.rpc.watcher import ResourceView
-from certgate.services.audit import AuditLog
 from certgate.transport import server_context
 
 log = logging.getLogger("certgate")
 
 FIRST_ADMIN_ROLES = ["access", "editor", "auditor"]
+SHUTDOWN_STEP_SECONDS = 5
 
 
 @dataclass
@@ -105,7 +102,9 @@ class Daemon:
         # Last started, first stopped: nodes and proxies before the auth they talk to.
         for closer in reversed(self._closers):
             try:
-                await closer()
+                await asyncio.wait_for(closer(), SHUTDOWN_STEP_SECONDS)
+            except TimeoutError:
+                log.warning("a service took over %ss to stop; moving on", SHUTDOWN_STEP_SECONDS)
             except Exception:
                 log.exception("error while shutting down")
 
@@ -113,25 +112,17 @@ class Daemon:
 
     async def _start_auth(self, diagnostics: Diagnostics) -> None:
         cfg = self.config.auth_service
-        backend = await open_backend(cfg.storage.model_dump(), self.data_dir)
-        self._closers.append(backend.close)
-        events = await open_event_store(cfg.storage.model_dump(), self.data_dir)
-        self._closers.append(events.close)
-        audit = AuditLog(events, self.data_dir / "log" / "events.log")
-        self._closers.append(audit.close)  # closers run last first: before the store closes
         self.auth_addr = cfg.advertise_addr or dial_addr(cfg.listen_addr, 3025)
-        server = AuthServer(
-            backend,
-            audit,
-            SystemClock(),
+        server = await open_auth_server(
+            cfg,
+            self.data_dir,
             cluster_name=self.config.cluster_name or socket.gethostname(),
             proxy_public_addr=self.config.proxy_service.public_addr,
             auth_addr=self.auth_addr,
+            closers=self._closers,
         )
-        await server.start()
-        self._closers.append(server.close)
         self.auth = server
-        diagnostics.checks.append(lambda: _store_ready(backend))
+        diagnostics.checks.append(lambda: _store_ready(server.backend))
 
         key_pem, public_key = new_key()
         auth_host, _ = split_addr(self.auth_addr, 3025)
@@ -146,11 +137,7 @@ class Daemon:
         admin.save(admin_dir)
         (admin_dir / "auth_addr").write_text(self.auth_addr + "\n")
 
-        api = AuthAPI(
-            server, self.metrics, recordings=open_recording_store(cfg.recordings.uri, self.data_dir)
-        )
-        app = api.app()
-        app.middlewares.append(self.metrics.middleware("auth"))
+        app = auth_app(server, self.metrics, cfg, self.data_dir)
         tls_cas = server.issuer.tls_ca_certs()
         context = server_context(own.bundle.tls_cert, own.key_pem, client_cas=tls_cas)
         workers = worker_count(cfg.workers)
@@ -185,7 +172,7 @@ class Daemon:
             WorkerSpec(
                 index=index,
                 data_dir=self.data_dir,
-                storage=cfg.storage.model_dump(),
+                config=cfg,
                 cluster_name=server.cluster_name,
                 proxy_public_addr=server.proxy_public_addr,
                 auth_addr=server.auth_addr,

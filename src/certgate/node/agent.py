@@ -66,9 +66,7 @@ class NodeAgent:
         self._heartbeats: asyncio.Task[None] | None = None
         # Session recordings: written under data_dir, uploaded to auth (recording_hook.py).
         self.recordings = NodeRecordings(data_dir / "recordings", auth_sender(auth))
-        self._record = RecordingHook(
-            self.recordings, name, self._recording_mode, self._end_session
-        )
+        self._record = RecordingHook(self.recordings, name, self._recording_mode, self._end_session)
         self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int, advertise_host: str) -> int:

@@ -90,6 +90,7 @@ class SessionInfo:
     tty: bool = False
     term_size: tuple[int, int] | None = None  # (columns, rows) when the session began
     term: str | None = None  # the client's TERM, for pty sessions
+    node: str = ""  # set by the proxy for agentless nodes; a node's own sessions leave it ""
 
 
 class SessionObserver(Protocol):
@@ -214,12 +215,16 @@ class NodeSSHServer:
 
     async def close(self) -> None:
         """Stop listening, end every session and connection, flush the audit queue."""
-        if self._acceptor is not None:
-            self._acceptor.close()
-            await self._acceptor.wait_closed()
-            self._acceptor = None
+        acceptor, self._acceptor = self._acceptor, None
+        if acceptor is not None:
+            acceptor.close()
+        # Abort before waiting: the listener's wait_closed() can wait for every open
+        # connection, and a client that never hangs up would stall shutdown.
         for connection in list(self._connections):
             connection.abort()
+        if acceptor is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(acceptor.wait_closed(), 2)
         if self._audit_task is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._audit_queue.join(), AUDIT_TIMEOUT)

@@ -1,0 +1,68 @@
+"""Building the auth service: its store, audit log and server, and its HTTPS app.
+
+The one place that assembles them, for `certgate start` and for each extra auth
+process (`auth_service.workers`, see auth_workers.py), so every process serving the
+auth API is built the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from certgate.auth.http import AuthAPI
+from certgate.auth.server import AuthServer
+from certgate.backend.registry import open_backend, open_event_store
+from certgate.clock import SystemClock
+from certgate.daemon.config import AuthService
+from certgate.daemon.diag import Metrics
+from certgate.recording.registry import open_recording_store
+from certgate.services.audit import AuditLog
+
+Closer = Callable[[], Awaitable[Any]]
+
+
+async def open_auth_server(
+    cfg: AuthService,
+    data_dir: Path,
+    *,
+    cluster_name: str,
+    proxy_public_addr: str,
+    auth_addr: str,
+    closers: list[Closer],
+) -> AuthServer:
+    """Open the store and audit log and start the auth server on them.
+
+    What must be closed is appended to `closers` as it opens; close them last first.
+    """
+    storage = cfg.storage.model_dump()
+    backend = await open_backend(storage, data_dir)
+    closers.append(backend.close)
+    events = await open_event_store(storage, data_dir)
+    closers.append(events.close)
+    audit = AuditLog(events, data_dir / "log" / "events.log")
+    closers.append(audit.close)  # before the event store closes
+    server = AuthServer(
+        backend,
+        audit,
+        SystemClock(),
+        cluster_name=cluster_name,
+        proxy_public_addr=proxy_public_addr,
+        auth_addr=auth_addr,
+    )
+    await server.start()
+    closers.append(server.close)
+    return server
+
+
+def auth_app(
+    server: AuthServer, metrics: Metrics, cfg: AuthService, data_dir: Path
+) -> web.Application:
+    """The auth HTTPS API (to be served with client certificates required by TLS)."""
+    api = AuthAPI(server, metrics, recordings=open_recording_store(cfg.recordings.uri, data_dir))
+    app = api.app()
+    app.middlewares.append(metrics.middleware("auth"))
+    return app

@@ -1,0 +1,484 @@
+"""The channels the proxy relays between a user and an agentless sshd.
+
+    user ──session channel──▶ RelaySession ──create_session──▶ sshd
+            pty-req, env, shell/exec/subsystem   replayed as one request once the
+                                                 session starts
+            data, eof, window-change,  ────────▶ passed on as they come
+            signal, break
+            ◀──────── data, stderr, eof; exit-status / exit-signal when sshd closes
+
+    -L  user direct-tcpip    ──▶ ChannelPipe ◀──▶ ChannelPipe ──direct-tcpip──▶ sshd
+    -R  sshd forwarded-tcpip ──▶ ChannelPipe ◀──▶ ChannelPipe ──forwarded-tcpip──▶ user
+
+Bytes are handed from one channel to the other as they arrive, never parsed or copied
+into streams; when one side's send buffer fills it pauses reading on the other, so flow
+control runs end to end (a slow client slows the sshd's output, not the proxy's memory).
+
+What a session may do (port forwarding, which Unix user) was decided when the user
+authenticated (agentless.py); this module relays and reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import asyncssh
+
+from certgate.api.identity import Identity
+from certgate.node.sshd import SessionInfo, SessionObserver, SessionRefused
+
+log = logging.getLogger("certgate.proxy.agentless")
+
+# A channel queues at most this much before the other side is paused (as on the node).
+WRITE_HIGH_WATER = 256 * 1024
+
+
+class RelayContext(Protocol):
+    """What a relayed session needs from its user's connection (agentless._UserConnection)."""
+
+    @property
+    def identity(self) -> Identity | None: ...
+
+    @property
+    def login(self) -> str: ...
+
+    @property
+    def node_name(self) -> str: ...
+
+    @property
+    def client_addr(self) -> str: ...
+
+    def audit(self, event: str, fields: dict[str, Any]) -> None: ...
+
+    def observer_for(self, info: SessionInfo) -> SessionObserver | None:
+        """May raise SessionRefused."""
+
+    def session_started(self, session: RelaySession) -> None: ...
+
+    def session_ended(self, session: RelaySession) -> None: ...
+
+
+class RelaySession(asyncssh.SSHServerSession[bytes]):
+    """One session channel of the user, relayed to one session channel on the sshd."""
+
+    def __init__(self, context: RelayContext, onward: asyncssh.SSHClientConnection) -> None:
+        self._context = context
+        self._onward_conn = onward
+        self.id = str(uuid.uuid4())
+        self.info: SessionInfo | None = None
+        self._chan: Any = None
+        self._onward: Any = None  # the sshd's session channel, once open
+        self._kind = ""
+        self._command: str | None = None
+        self._subsystem: str | None = None
+        self._term: str | None = None
+        self._term_size: tuple[int, int, int, int] | None = None
+        self._term_modes: dict[int, int] = {}
+        self._early: list[bytes] = []
+        self._early_eof = False
+        self._observer: SessionObserver | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._started_at = 0.0
+        self._announced = False
+        self._ended = False
+        self._end_reason = "exited"
+        self._end_fields: dict[str, Any] = {}
+        self._exit_status: int | None = None
+        self._exit_signal: tuple[str, bool, str, str] | None = None
+        self._closed = asyncio.get_running_loop().create_future()
+
+    # ---- the user's requests -------------------------------------------------
+
+    def connection_made(self, chan: Any) -> None:
+        self._chan = chan
+        chan.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any
+    ) -> bool:
+        self._term = term_type
+        width, height = term_size[0] or 80, term_size[1] or 24
+        self._term_size = (width, height, term_size[2], term_size[3])
+        self._term_modes = dict(term_modes or {})
+        return True
+
+    def shell_requested(self) -> bool:
+        self._kind = "shell"
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        self._kind, self._command = "exec", command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        if subsystem != "sftp":
+            return False
+        self._kind, self._subsystem = "sftp", subsystem
+        return True
+
+    def session_started(self) -> None:
+        context = self._context
+        assert context.identity is not None
+        size = self._term_size
+        self.info = SessionInfo(
+            id=self.id,
+            identity=context.identity,
+            login=context.login,
+            kind=self._kind,
+            started=datetime.now(UTC),
+            client_addr=context.client_addr,
+            command=self._command,
+            tty=size is not None,
+            term_size=(size[0], size[1]) if size is not None else None,
+            term=self._term,
+            node=context.node_name,
+        )
+        self._started_at = time.monotonic()
+        try:
+            if size is not None or self._kind == "exec":
+                self._observer = context.observer_for(self.info)
+        except SessionRefused as exc:
+            self._refuse(str(exc))
+            return
+        context.session_started(self)
+        self._task = asyncio.create_task(self._open_onward(), name=f"agentless session {self.id}")
+        self._task.add_done_callback(_log_crash)
+
+    async def _open_onward(self) -> None:
+        try:
+            chan, _ = await self._onward_conn.create_session(
+                lambda: _OnwardSide(self),
+                command=self._command,
+                subsystem=self._subsystem,
+                env=self._chan.get_environment(),
+                send_env=None,
+                request_pty="force" if self._term_size is not None else False,
+                term_type=self._term,
+                term_size=self._term_size,
+                term_modes=self._term_modes,
+                encoding=None,
+            )
+        except (asyncssh.Error, OSError) as exc:
+            reason = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
+            self._refuse(f"sshd of node {self._context.node_name} refused the session: {reason}")
+            return
+        if self._ended:  # the user went away or the session was ended meanwhile
+            chan.close()
+            return
+        self._onward = chan
+        chan.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        for data in self._early:
+            chan.write(data)
+        self._early.clear()
+        if self._early_eof:
+            chan.write_eof()
+        self._chan.resume_reading()
+        self._announced = True
+        self._context.audit(
+            "session.start",
+            {
+                **self._fields(),
+                "client_addr": self._context.client_addr,
+                "command": self._command,
+                "tty": self._term_size is not None,
+            },
+        )
+
+    def _refuse(self, reason: str) -> None:
+        context = self._context
+        log.info("refused %s session %s on %s: %s", self._kind, self.id, context.node_name, reason)
+        context.audit(
+            "session.rejected",
+            {
+                **self._fields(),
+                "client_addr": context.client_addr,
+                "reason": reason,
+            },
+        )
+        self._end("refused", audit=False)
+        with contextlib.suppress(OSError):
+            self._chan.write_stderr(f"certgate: cannot start session: {reason}\r\n".encode())
+            self._chan.exit(255)
+
+    # ---- user → sshd -----------------------------------------------------------
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        if self._onward is not None:
+            self._onward.write(data)
+        else:
+            # The sshd's session is still opening: hold this, read no more until it is.
+            self._early.append(data)
+            self._chan.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self._onward is not None:
+            self._onward.write_eof()
+        else:
+            self._early_eof = True
+        return True  # keep the channel open for the sshd's remaining output
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        if width <= 0 or height <= 0:
+            return
+        self._term_size = (width, height, pixwidth, pixheight)
+        if self._onward is not None:
+            with contextlib.suppress(OSError):
+                self._onward.change_terminal_size(width, height, pixwidth, pixheight)
+        if self._observer is not None:
+            self._notify(self._observer.on_resize, width, height)
+
+    def signal_received(self, signal: str) -> None:
+        if self._onward is not None:
+            with contextlib.suppress(OSError):
+                self._onward.send_signal(signal)
+
+    def break_received(self, msec: int) -> bool:
+        if self._onward is None:
+            return False
+        with contextlib.suppress(OSError):
+            self._onward.send_break(msec)
+        return True
+
+    def pause_writing(self) -> None:
+        if self._onward is not None:
+            self._onward.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._onward is not None:
+            self._onward.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._onward is not None:
+            self._onward.close()
+        if self._end_reason == "exited" and self._exit_status is None and not self._exit_signal:
+            self._end_reason = "disconnected"
+        self._end(self._end_reason)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    # ---- sshd → user (from _OnwardSide) ------------------------------------------
+
+    def output(self, data: bytes, datatype: Any) -> None:
+        try:
+            self._chan.write(data, datatype)
+        except OSError:
+            # The user's channel is closing: nothing more to relay.
+            if self._onward is not None:
+                self._onward.close()
+            return
+        if self._observer is not None:
+            self._notify(self._observer.on_output, data)
+
+    def output_eof(self) -> None:
+        with contextlib.suppress(OSError):
+            self._chan.write_eof()
+
+    def exit_status(self, status: int) -> None:
+        self._exit_status = status
+
+    def exit_signal(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self._exit_signal = (signal, core_dumped, msg, lang)
+
+    def onward_closed(self) -> None:
+        """The sshd closed its channel: pass the exit on, then close ours."""
+        self._onward = None
+        if self._kind == "exec" and not self._ended:
+            code = self._exit_status
+            if code is None and self._exit_signal is not None:
+                code = -1
+            self._context.audit(
+                "exec", {**self._fields(), "command": self._command, "exit_code": code}
+            )
+        with contextlib.suppress(OSError):
+            if self._exit_status is not None:
+                self._chan.exit(self._exit_status)
+            elif self._exit_signal is not None:
+                self._chan.exit_with_signal(*self._exit_signal)
+            else:
+                self._chan.close()
+        self._end(self._end_reason)
+
+    # ---- ending ------------------------------------------------------------------
+
+    def terminate(
+        self, message: str, reason: str = "terminated", audit_fields: dict[str, Any] | None = None
+    ) -> None:
+        """Show `message`, end the sshd's session and close the user's channel."""
+        tty = self._term_size is not None
+        with contextlib.suppress(OSError):
+            if tty:
+                self._chan.write(f"\r\n{message}\r\n".encode())
+            else:
+                self._chan.write_stderr(f"{message}\n".encode())
+        self._end_reason = reason
+        self._end_fields = audit_fields or {}
+        if self._onward is not None:
+            self._onward.close()
+        self._chan.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    def _end(self, reason: str, audit: bool = True) -> None:
+        if self._ended or self.info is None:
+            return
+        self._ended = True
+        self._context.session_ended(self)
+        if self._observer is not None:
+            self._notify(self._observer.on_end)
+            self._observer = None
+        if not audit or not self._announced:
+            return  # no session.end without a session.start
+        fields: dict[str, Any] = {
+            **self._fields(),
+            **self._end_fields,
+            "duration": round(time.monotonic() - self._started_at, 3),
+            "reason": reason,
+        }
+        if self._exit_status is not None:
+            fields["exit_code"] = self._exit_status
+        elif self._exit_signal is not None:
+            fields["exit_signal"] = self._exit_signal[0]
+        self._context.audit("session.end", fields)
+
+    def _fields(self) -> dict[str, Any]:
+        identity = self._context.identity
+        return {
+            "session_id": self.id,
+            "user": identity.username if identity is not None else "",
+            "login": self._context.login,
+            "kind": self._kind,
+        }
+
+    def _notify(self, method: Callable[..., None], *args: Any) -> None:
+        try:
+            method(*args)
+        except Exception:
+            log.exception("session observer failed; detaching it from session %s", self.id)
+            self._observer = None
+
+
+class _OnwardSide(asyncssh.SSHClientSession[bytes]):
+    """The sshd's end of a RelaySession."""
+
+    def __init__(self, relay: RelaySession) -> None:
+        self._relay = relay
+        self._chan: Any = None
+
+    def connection_made(self, chan: Any) -> None:
+        self._chan = chan
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        self._relay.output(data, datatype)
+
+    def eof_received(self) -> bool:
+        self._relay.output_eof()
+        return True  # exit-status and the close are still to come
+
+    def exit_status_received(self, status: int) -> None:
+        self._relay.exit_status(status)
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self._relay.exit_signal(signal, core_dumped, msg, lang)
+
+    def pause_writing(self) -> None:
+        chan = self._relay._chan
+        if chan is not None:
+            chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        chan = self._relay._chan
+        if chan is not None:
+            chan.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._relay.onward_closed()
+
+
+class ChannelPipe(asyncssh.SSHTCPSession[bytes]):
+    """One end of a forwarded TCP connection relayed between two SSH channels.
+
+    Either end may open first and receive data before the other exists: that data is
+    held until the other end's channel is made.
+    """
+
+    def __init__(self) -> None:
+        self.chan: Any = None
+        self.peer: ChannelPipe | None = None
+        self._held: list[bytes] = []
+        self._held_eof = False
+        self._close_when_made = False
+
+    @classmethod
+    def pair(cls) -> tuple[ChannelPipe, ChannelPipe]:
+        a, b = cls(), cls()
+        a.peer, b.peer = b, a
+        return a, b
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+        chan.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        for data in self._held:
+            chan.write(data)
+        self._held.clear()
+        if self._held_eof:
+            chan.write_eof()
+        if self._close_when_made:
+            chan.close()
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        if self.peer is not None:
+            self.peer.send(data)
+
+    def eof_received(self) -> bool:
+        if self.peer is not None:
+            self.peer.send_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None:
+            self.peer.close()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.chan is not None:
+            self.peer.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.chan is not None:
+            self.peer.chan.resume_reading()
+
+    # what the peer asks of this end's channel
+
+    def send(self, data: bytes) -> None:
+        if self.chan is None:
+            self._held.append(data)
+            return
+        with contextlib.suppress(OSError):
+            self.chan.write(data)
+
+    def send_eof(self) -> None:
+        if self.chan is None:
+            self._held_eof = True
+            return
+        with contextlib.suppress(OSError):
+            self.chan.write_eof()
+
+    def close(self) -> None:
+        if self.chan is None:
+            self._close_when_made = True
+        else:
+            self.chan.close()
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("agentless session task failed", exc_info=task.exception())
