@@ -401,8 +401,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="renewals in flight")
     parser.add_argument("--clients", type=int, default=1, help="load-generator processes")
     parser.add_argument(
-        "--auth-workers", type=int, default=None,
-        help="auth_service.workers for the cluster (default: certgate's default)",
+        "--auth-workers", type=int, default=0,
+        help="auth_service.workers: processes serving the auth API (0: one per core; "
+        "certgate's own default is 1)",
     )  # fmt: skip
     parser.add_argument("--logins", type=int, default=30, help="logins to time (0: none)")
     parser.add_argument("--keygen-runs", type=int, default=50, help="ssh-keygen signings")
@@ -421,10 +422,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argon2 = argon2_cost()
 
     extra = ["--first-admin", "admin"]
-    if args.auth_workers is not None:
+    if args.auth_workers != 1:  # 1 is certgate's default: no config file needed
         config = tmp / "certgate.yaml"
         config.write_text(f"version: v1\nauth_service:\n  workers: {args.auth_workers}\n")
         extra += ["--config", str(config)]
+    auth_processes = args.auth_workers or cores
     cluster = Cluster(tmp / "cluster", cluster_name="bench", extra_args=extra)
     cluster.start()
     try:
@@ -445,6 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = renewal.seconds
     print()
     print(f"cores                      {cores}")
+    per_core = " = one per core" if not args.auth_workers else ""
+    print(
+        f"auth processes             {auth_processes} "
+        f"(auth_service.workers: {args.auth_workers}{per_core})"
+    )
     print(
         f"renewals                   {rate:,.0f} certificate pairs/s "
         f"(SSH + X.509; {renewal.pairs} in {wall:.0f} s, concurrency {args.concurrency}, "

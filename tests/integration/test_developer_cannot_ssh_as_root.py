@@ -289,3 +289,34 @@ def test_sessions_are_audited(ssh_cluster: Cluster, dev: User) -> None:
     )
     assert exec_event["login"] == LOGIN
     assert exec_event["node"] == "node-1"
+
+
+def test_cgsh_runs_a_command_on_every_node_with_a_label(ssh_cluster: Cluster) -> None:
+    ops = ssh_cluster.add_user("fleet-ops", roles="access", logins=LOGIN)
+    ssh_cluster.login(ops)
+    out = ssh_cluster.cgsh(ops, "ssh", f"{LOGIN}@env=dev", "echo hi-from-$(whoami)")
+    lines = sorted(out.stdout.splitlines())
+    assert "[node-1] hi-from-cgnr" in lines
+    assert not any(line.startswith("[node-prod]") for line in lines)
+    failing = ssh_cluster.cgsh(ops, "ssh", f"{LOGIN}@env=prod", "exit 3", check=False)
+    assert failing.returncode == 3
+
+
+def test_cgsh_ssh_gives_an_interactive_terminal(ssh_cluster: Cluster, dev: User) -> None:
+    import pexpect
+
+    child = pexpect.spawn(
+        str(Path(ssh_cluster.command()[0]).parent / "cgsh"),
+        ["ssh", "-t", f"{LOGIN}@node-1"],
+        env={**os.environ, "CERTGATE_HOME": str(dev.home)},
+        timeout=15,
+        encoding="utf-8",
+        dimensions=(30, 100),
+    )
+    child.sendline("stty size; echo DONE-$((6*7))")
+    child.expect("30 100")
+    child.expect("DONE-42")
+    child.sendline("exit 5")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 5

@@ -154,14 +154,15 @@ def test_role_login_and_node_locks(
 def test_strict_locking_refuses_when_auth_is_unreachable(lock_cluster: Cluster) -> None:
     c = lock_cluster
     _, port = c.start_node("node-strict", "env=dev", "--strict-lock-grace", "2s")
-    strict, strict_config = logged_in(c, "strict-user", roles="strict-ops")
-    relaxed, relaxed_config = logged_in(c, "relaxed-user", roles="contractor")
+    strict, _strict_config = logged_in(c, "strict-user", roles="strict-ops")
+    relaxed, _relaxed_config = logged_in(c, "relaxed-user", roles="contractor")
 
     def direct(user: User, *extra: str) -> list[str]:
         # Straight to the node: the proxy lives in the auth process this test stops.
         keys = user.home / "keys"
         return [
-            "-F", "/dev/null", "-i", str(keys / "key"), "-o", f"CertificateFile={keys / 'key-cert.pub'}",
+            "-F", "/dev/null", "-i", str(keys / "key"),
+            "-o", f"CertificateFile={keys / 'key-cert.pub'}",
             "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
             "-o", f"UserKnownHostsFile={keys / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
             "-p", str(port), *extra, f"{LOGIN}@127.0.0.1",

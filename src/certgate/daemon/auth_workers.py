@@ -50,7 +50,7 @@ from certgate.transport import server_context
 log = logging.getLogger("certgate.auth.workers")
 
 READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 4.0  # within the daemon's 5 s per shutdown step
 REPORT_INTERVAL = 1.0
 RESTART_BACKOFF_MAX = 30.0
 # A worker that ran this long before exiting is restarted without delay growth.
@@ -318,18 +318,21 @@ class AuthWorkerPool:
         self._stopping = True
         for task in self._supervisors:
             task.cancel()
-        for worker in self._workers.values():
-            if worker.process.is_alive():
+        workers = list(self._workers.values())
+        for worker in workers:
+            if not worker.exited.done():
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.terminate()
-        workers = list(self._workers.values())
         if workers:
             await asyncio.wait([w.exited for w in workers], timeout=STOP_TIMEOUT)
         for worker in workers:
-            if worker.process.is_alive():
+            # `exited` is set when the worker's end of the sentinel pipe closes, which
+            # happens as it exits; join then reaps it.
+            if not worker.exited.done():
                 log.warning("auth worker %d did not stop in time: killing it", worker.index)
-                worker.process.kill()
-            worker.process.join(timeout=1)
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
+            await asyncio.to_thread(worker.process.join, 2)
             self._forget(worker)
         self._workers.clear()
 

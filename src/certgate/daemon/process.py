@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from certgate.api.authority import CertAuthority
 from certgate.api.identity import SYSTEM_NODE, SYSTEM_PROXY
@@ -41,6 +42,8 @@ from certgate.daemon.config import Config, dial_addr, split_addr
 from certgate.daemon.diag import Diagnostics, Metrics
 from certgate.errors import BadParameter, CertgateError, NotFound
 from certgate.node.agent import NodeAgent
+from certgate.proxy.agentless import AgentlessForwarder
+from certgate.proxy.agentless_certs import AuthAgentlessCerts
 from certgate.proxy.sshd import ProxySSH
 from certgate.proxy.web import ProxyWeb
 from certgate.rpc.audit import RemoteAudit
@@ -252,7 +255,13 @@ class Daemon:
         context = server_context(cert_pem, key_pem, client_cas=user_ca)
         await self._listen(app, cfg.web_listen_addr, 3080, context, "proxy web")
 
-        view = ResourceView(auth, ["role", "lock", "node", "cert_authority"])
+        agentless: AgentlessForwarder | None = None
+
+        async def proxy_view_changed(kind: str, name: str, resource: BaseModel | None) -> None:
+            if agentless is not None:  # locks end agentless sessions; node edits renew
+                await agentless.on_change(kind, name, resource)
+
+        view = ResourceView(auth, ["role", "lock", "node", "cert_authority"], proxy_view_changed)
         view.start()
         self._closers.append(view.close)
         await view.wait_ready()
@@ -260,12 +269,21 @@ class Daemon:
             view, web_proxy.cluster_name, strict_grace=self.config.strict_lock_grace.total_seconds()
         )
         web_proxy.access = access
+        agentless = AgentlessForwarder(
+            user_ca_keys=lambda: _ca_keys(view, "user_ssh"),
+            host_ca_keys=lambda: _ca_keys(view, "host_ssh"),
+            access=access,
+            certs=AuthAgentlessCerts(auth),
+            audit=RemoteAudit(auth),
+        )
+        self._closers.append(agentless.close)
         ssh = ProxySSH(
             host_key=identity.key_pem,
             host_cert=identity.bundle.ssh_cert,
             user_ca_keys=lambda: _ca_keys(view, "user_ssh"),
             access=access,
             audit=RemoteAudit(auth),
+            agentless=agentless,
         )
         host, port = split_addr(cfg.ssh_listen_addr, 3023)
         await self._guard_listen(ssh.start(host, port), cfg.ssh_listen_addr, "proxy ssh")

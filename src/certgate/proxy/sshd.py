@@ -23,6 +23,7 @@ from certgate.api.identity import Identity
 from certgate.auth.cached_access import CachedAccess
 from certgate.errors import CertgateError
 from certgate.node.certcapture import certificate_text, install_certificate_capture
+from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.tunnel import open_tunnel
 from certgate.rpc.audit import AuditSink
 
@@ -100,6 +101,12 @@ class _Connection(asyncssh.SSHServer):
                 addr=self.client_addr, reason=exc.message, server="proxy",
             )  # fmt: skip
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, exc.message) from None
+        if node.spec.sub_kind == "openssh":
+            # An agentless sshd: the proxy itself terminates SSH and decides (agentless.py).
+            if self._proxy.agentless is None:
+                reason = f'node "{node.name}" is an agentless node this proxy does not serve'
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason)
+            return await self._proxy.agentless.open_channel(node, self.client_addr)
         host, _, port = node.spec.addr.rpartition(":")
         try:
             return await open_tunnel(host, int(port), DIAL_TIMEOUT)
@@ -136,12 +143,14 @@ class ProxySSH:
         user_ca_keys: Callable[[], list[str]],
         access: CachedAccess,
         audit: AuditSink,
+        agentless: AgentlessForwarder | None = None,
     ) -> None:
         self._host_key = asyncssh.import_private_key(host_key)
         self._host_cert = asyncssh.import_certificate(host_cert)
         self.user_ca_keys = user_ca_keys
         self.access = access
         self.audit = audit
+        self.agentless = agentless
         self._server: Any = None
 
     async def start(self, host: str, port: int) -> int:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import codecs
 import json
 import os
-import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,16 +138,10 @@ class Event:
 
 
 def event_line(time: float, kind: str, data: str) -> str:
-    # 6 decimals as asciinema writes them: microseconds, and no float repr noise.
-    text = json.dumps(data, ensure_ascii=False)
-    if _LINE_BREAKS.search(text):
-        # Unicode line breaks that JSON leaves raw but str.splitlines() (and some
-        # readers) would split a line at: escape them, so a line is a line everywhere.
-        text = _LINE_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-    return f"[{time:.6f}, {json.dumps(kind)}, {text}]\n"
-
-
-_LINE_BREAKS = re.compile("[\x85\u2028\u2029]")
+    # 6 decimals as asciinema writes them: microseconds, and no float repr noise. The
+    # data is JSON with ASCII escapes: json's fastest encoder (about 4x the speed of
+    # ensure_ascii=False), and no raw U+2028/U+0085 that a reader could split a line at.
+    return f'[{time:.6f}, "{kind}", {json.dumps(data)}]\n'
 
 
 class CastEncoder:

@@ -1,18 +1,23 @@
 """Recording sessions on a node: an observer per session, one writer thread per node.
 
-    session data path (event loop)                writer thread (one per node)
-    ──────────────────────────────                ────────────────────────────
+    session data path (event loop)                      writer thread (one per node)
+    ──────────────────────────────                      ────────────────────────────
     on_output(bytes) ─ append to pending ─┐
-    on_resize(w, h)  ─ append to pending ─┤ every 50 ms or 64 KiB
-                                          └─ submit(batch) ─▶ CastEncoder.encode
-                                                             CastFile.append (one write)
-    on_end()  ─ submit(last batch, finish) ─────────────────▶ close; move to ended/
-                                          ◀─ call_soon_threadsafe(on_ended(id, ok))
+    on_resize(w, h)  ─ append to pending ─┤ every 50 ms or 64 KiB:
+                                          └─ CastEncoder.encode ─ submit(lines) ─▶
+                                                                   CastFile.append
+                                                                   (one write)
+    on_end()  ─ encode the rest ─ submit(finish) ─────────────────▶ close; move to ended/
+                                 ◀─ call_soon_threadsafe(on_ended(id, ok))
 
-The observer's calls only append to a list and arm a timer: decoding, JSON and disk
-writes happen on the writer thread, in order, so a slow disk never stalls a session's
-relay. Consecutive output within 10 ms is one event, which keeps a `cat` of a big file
-from becoming one JSON line per 4 KiB pty read.
+The observer's calls only append to a list and arm a timer. A batch is encoded (UTF-8
+decode, JSON) on the loop, 64 KiB at a time, and only the write() goes to the writer
+thread, in order, so a slow disk never stalls a session's relay. The CPU work stays on
+the loop on purpose: a CPU-bound second thread would hold the GIL for up to the switch
+interval every time the loop releases it for a socket call, slowing every session far
+more than the encoding costs (measured: bench/recording_overhead.py). Consecutive output
+within 10 ms is one event, which keeps a `cat` of a big file from becoming one JSON
+line per 4 KiB pty read.
 
 A write that fails stops the recording and calls `on_failure` on the loop: the node
 ends the session when the roles say `record_session: strict`, and carries on
@@ -171,7 +176,8 @@ class SessionRecorder:
             return
         self._flush()
         self._ended = True
-        self._writer.submit(self._finish, self._clock() - self._start)
+        tail = b"" if self.failed else self._encoder.finish(self._clock() - self._start)
+        self._writer.submit(self._finish, tail)
 
     # ---- hand-off ------------------------------------------------------------------
 
@@ -183,23 +189,23 @@ class SessionRecorder:
             self._pending, self._pending_bytes = [], 0
             return
         batch, self._pending, self._pending_bytes = self._pending, [], 0
-        self._writer.submit(self._write, batch)
+        self._writer.submit(self._write, self._encoder.encode([(t, k, p) for t, k, p in batch]))
 
     # ---- writer thread -------------------------------------------------------------
 
-    def _write(self, batch: list[list[Any]]) -> None:
+    def _write(self, lines: bytes) -> None:
         if self._write_failed:
             return
         try:
-            self._cast.append(self._encoder.encode([(t, k, p) for t, k, p in batch]))
+            self._cast.append(lines)
         except OSError as exc:
             self._fail(exc)
 
-    def _finish(self, end_time: float) -> None:
+    def _finish(self, tail: bytes) -> None:
         complete = not self._write_failed
-        if complete:
+        if complete and tail:
             try:
-                self._cast.append(self._encoder.finish(end_time))
+                self._cast.append(tail)
             except OSError as exc:
                 self._fail(exc)
                 complete = False

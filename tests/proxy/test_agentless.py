@@ -1,0 +1,380 @@
+"""The proxy's agentless SSH server, in process: a real jump host (ProxySSH), the
+AgentlessForwarder, a stock sshd, and asyncssh as the user's client. Covers what the
+integration tests cannot see from outside: observers (recording), the live session
+list, terminate_sessions, end_session, exit signals, -L and -R relays, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from certgate.api.certs import identity_from_ssh_cert, load_ssh_public_key_text
+from certgate.api.identity import Identity
+from certgate.api.meta import Metadata
+from certgate.api.node import Node, NodeSpec
+from certgate.api.role import Role, RoleConditions, RoleOptions, RoleSpec
+from certgate.auth.ca import CASigner, generate_authority
+from certgate.auth.cached_access import CachedAccess
+from certgate.node.sshd import SessionInfo, SessionRefused
+from certgate.proxy.agentless import AgentlessForwarder
+from certgate.proxy.agentless_certs import Signed
+from certgate.proxy.sshd import ProxySSH
+from tests.support.sshd import Sshd, make_host_key, run_sshd
+from tests.support.unix import ensure_user
+
+LOGIN = "cgag"
+NODE = "sshd-1"
+CLUSTER = "agentless-test.example"
+REFUSE_OBSERVED = "refuse-observed"  # a command the test observer refuses
+
+
+@dataclass
+class Authorities:
+    user: CASigner
+    host: CASigner
+
+
+@pytest.fixture(scope="module")
+def authorities() -> Authorities:
+    now = datetime.now(UTC)
+    return Authorities(
+        user=CASigner(generate_authority("user_ssh", CLUSTER, now)),
+        host=CASigner(generate_authority("host_ssh", CLUSTER, now)),
+    )
+
+
+@pytest.fixture(scope="module")
+def sshd(authorities: Authorities, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    ensure_user(LOGIN)
+    workdir = tmp_path_factory.mktemp("sshd")
+    key = make_host_key(workdir)
+    public = (workdir / (key.name + ".pub")).read_text()
+    cert = authorities.host.sign_host_ssh(
+        load_ssh_public_key_text(public), NODE, [NODE], datetime.now(UTC) + timedelta(hours=1)
+    )
+    with run_sshd(
+        workdir,
+        authorities.user.public_key_text,
+        host_key=key,
+        host_cert=cert,
+        extra_config="Subsystem sftp /usr/lib/openssh/sftp-server",
+    ) as server:
+        yield server
+
+
+class StubView:
+    """What CachedAccess reads of a ResourceView."""
+
+    def __init__(self, items: dict[str, dict[str, Any]]) -> None:
+        self.items = items
+
+    def get(self, kind: str, name: str) -> Any:
+        return self.items.get(kind, {}).get(name)
+
+    def all(self, kind: str) -> list[Any]:
+        return list(self.items.get(kind, {}).values())
+
+    def seconds_since_contact(self) -> float:
+        return 0.0
+
+
+class LocalCerts:
+    """An AgentlessCertSource that signs in process, as auth would."""
+
+    def __init__(self, authorities: Authorities) -> None:
+        self._cas = authorities
+        self.onward_asked = 0
+
+    async def host_cert(self, node: str, public_key: str) -> Signed:
+        expires = datetime.now(UTC) + timedelta(minutes=30)
+        cert = self._cas.host.sign_host_ssh(
+            load_ssh_public_key_text(public_key), node, [node], expires
+        )
+        return Signed(cert, expires)
+
+    async def onward_cert(self, presented: str, login: str, node: str, public_key: str) -> Signed:
+        self.onward_asked += 1
+        now = datetime.now(UTC)
+        identity = replace(
+            identity_from_ssh_cert(presented), logins=(login,), expires=now + timedelta(minutes=1)
+        )
+        cert = self._cas.user.sign_user_ssh(
+            load_ssh_public_key_text(public_key),
+            identity,
+            now,
+            identity.expires,
+            permit_port_forwarding=True,
+            permit_agent_forwarding=False,
+        )
+        return Signed(cert, identity.expires)
+
+
+@dataclass
+class Observed:
+    info: SessionInfo
+    output: bytearray = field(default_factory=bytearray)
+    resizes: list[tuple[int, int]] = field(default_factory=list)
+    ended: bool = False
+
+    def on_output(self, data: bytes) -> None:
+        self.output += data
+
+    def on_resize(self, width: int, height: int) -> None:
+        self.resizes.append((width, height))
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
+@dataclass
+class Proxy:
+    port: int
+    forwarder: AgentlessForwarder
+    events: list[tuple[str, dict[str, Any]]]
+    observed: list[Observed]
+    authorities: Authorities
+
+    def creds(self, roles: tuple[str, ...] = ("ops",)) -> Any:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        now = datetime.now(UTC)
+        identity = Identity(
+            username="alice", roles=roles, logins=(LOGIN, "root"), expires=now + timedelta(hours=1)
+        )
+        cert = self.authorities.user.sign_user_ssh(
+            load_ssh_public_key_text(key.export_public_key().decode()),
+            identity,
+            now - timedelta(minutes=1),
+            identity.expires,
+            permit_port_forwarding=True,
+            permit_agent_forwarding=False,
+        )
+        return [(key, asyncssh.import_certificate(cert))]
+
+    @contextlib.asynccontextmanager
+    async def connect(
+        self, login: str = LOGIN, roles: tuple[str, ...] = ("ops",)
+    ) -> AsyncIterator[asyncssh.SSHClientConnection]:
+        keys = self.creds(roles)
+        known = asyncssh.import_known_hosts(
+            f"@cert-authority * {self.authorities.host.public_key_text}\n"
+        )
+        async with asyncssh.connect(
+            "127.0.0.1", self.port, username="jump", client_keys=keys, known_hosts=known,
+            config=None, agent_path=None,
+        ) as jump:  # fmt: skip
+            async with asyncssh.connect(
+                NODE, tunnel=jump, username=login, client_keys=keys, known_hosts=known,
+                config=None, agent_path=None,
+            ) as conn:  # fmt: skip
+                yield conn
+
+    async def wait_for(self, event: str, timeout: float = 5) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for name, fields in self.events:
+                if name == event:
+                    return fields
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no {event} event; saw {self.events!r}")
+
+
+def _role(name: str, port_forwarding: bool) -> Role:
+    return Role(
+        metadata=Metadata(name=name),
+        spec=RoleSpec(
+            allow=RoleConditions(logins=[LOGIN], node_labels={"env": "lab"}),
+            deny=RoleConditions(logins=["root"]),
+            options=RoleOptions(port_forwarding=port_forwarding),
+        ),
+    )
+
+
+@pytest.fixture
+async def proxy(authorities: Authorities, sshd: Sshd) -> AsyncIterator[Proxy]:
+    node = Node(
+        metadata=Metadata(name=NODE, labels={"env": "lab"}),
+        spec=NodeSpec(addr=f"127.0.0.1:{sshd.port}", sub_kind="openssh"),
+    )
+    view = StubView(
+        {
+            "role": {"ops": _role("ops", True), "viewer": _role("viewer", False)},
+            "node": {NODE: node},
+            "lock": {},
+        }
+    )
+    access = CachedAccess(view, CLUSTER)  # type: ignore[arg-type]
+    events: list[tuple[str, dict[str, Any]]] = []
+    observed: list[Observed] = []
+
+    async def audit(event: str, **fields: Any) -> None:
+        events.append((event, fields))
+
+    def observe(info: SessionInfo) -> Observed:
+        if info.command == REFUSE_OBSERVED:
+            raise SessionRefused("recording is required and cannot be written")
+        seen = Observed(info)
+        observed.append(seen)
+        return seen
+
+    user_ca = [authorities.user.public_key_text]
+    forwarder = AgentlessForwarder(
+        user_ca_keys=lambda: user_ca,
+        host_ca_keys=lambda: [authorities.host.public_key_text],
+        access=access,
+        certs=LocalCerts(authorities),
+        audit=audit,
+        session_observer=observe,
+    )
+    jump_key = asyncssh.generate_private_key("ssh-ed25519")
+    jump_cert = authorities.host.sign_host_ssh(
+        load_ssh_public_key_text(jump_key.export_public_key().decode()),
+        "proxy",
+        ["127.0.0.1"],
+        datetime.now(UTC) + timedelta(hours=1),
+    )
+    jump = ProxySSH(
+        host_key=jump_key.export_private_key().decode(),
+        host_cert=jump_cert,
+        user_ca_keys=lambda: user_ca,
+        access=access,
+        audit=audit,
+        agentless=forwarder,
+    )
+    port = await jump.start("127.0.0.1", 0)
+    try:
+        yield Proxy(port, forwarder, events, observed, authorities)
+    finally:
+        await jump.close()
+        await forwarder.close()
+
+
+async def test_a_pty_session_is_observed_and_listed(proxy: Proxy) -> None:
+    async with proxy.connect() as conn:
+        process = await conn.create_process(
+            "echo observed-$((6*7)); read line; echo got-$line",
+            term_type="xterm",
+            term_size=(100, 30),
+            encoding=None,
+        )
+        assert b"observed-42" in await process.stdout.readuntil(b"observed-42")
+        live = proxy.forwarder.sessions()
+        assert [(s.login, s.node, s.tty, s.term_size) for s in live] == [
+            (LOGIN, NODE, True, (100, 30))
+        ]
+        process.change_terminal_size(120, 40)
+        process.stdin.write(b"more\n")
+        result = await process.wait(timeout=10)
+        assert result.exit_status == 0
+    seen = proxy.observed[0]
+    assert seen.info.node == NODE and seen.info.term == "xterm"
+    assert b"observed-42" in seen.output and b"got-more" in seen.output
+    assert seen.resizes == [(120, 40)]
+    assert seen.ended
+    assert proxy.forwarder.sessions() == []
+    end = await proxy.wait_for("session.end")
+    assert end["node"] == NODE and end["exit_code"] == 0
+
+
+async def test_exit_signals_and_stderr_come_back(proxy: Proxy) -> None:
+    async with proxy.connect() as conn:
+        result = await conn.run("echo to-stderr >&2; kill -KILL $$", encoding=None)
+        assert result.stderr == b"to-stderr\n"
+        assert result.exit_signal is not None and result.exit_signal[0] == "KILL"
+        code = await conn.run("exit 42")
+        assert code.exit_status == 42
+    exec_event = await proxy.wait_for("exec")
+    assert exec_event["login"] == LOGIN and exec_event["node"] == NODE
+
+
+async def test_terminate_sessions_ends_them_with_a_message(proxy: Proxy) -> None:
+    async with proxy.connect() as conn:
+        process = await conn.create_process("sleep 30", encoding=None)
+        await proxy.wait_for("session.start")
+        assert len(proxy.forwarder.sessions()) == 1
+        ended = await proxy.forwarder.terminate_sessions(
+            lambda identity, login: identity.username == "alice", "locked: go away", "locked",
+            {"lock": "l1"},
+        )  # fmt: skip
+        assert ended == 1
+        stderr = await asyncio.wait_for(process.stderr.read(), 5)
+        assert b"locked: go away" in stderr
+    end = await proxy.wait_for("session.end")
+    assert end["reason"] == "locked" and end["lock"] == "l1"
+
+
+async def test_an_observer_may_refuse_a_session(proxy: Proxy) -> None:
+    async with proxy.connect() as conn:
+        result = await conn.run(REFUSE_OBSERVED)
+        assert result.exit_status == 255
+        assert "recording is required" in str(result.stderr)
+    rejected = await proxy.wait_for("session.rejected")
+    assert "recording is required" in rejected["reason"]
+
+
+async def test_root_and_labels_are_decided_by_the_proxy(proxy: Proxy) -> None:
+    with pytest.raises(asyncssh.PermissionDenied):
+        async with proxy.connect(login="root"):
+            pass
+    rejected = await proxy.wait_for("session.rejected")
+    assert rejected["reason"] == f'access denied to root@{NODE}: login "root" is denied by role ops'
+    assert rejected["node"] == NODE
+
+
+async def test_local_and_remote_forwarding_when_roles_allow(proxy: Proxy) -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello from the far side\n")  # speaks first, like an SSH server
+        writer.write(await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with proxy.connect() as conn:
+            reader, writer = await conn.open_connection("127.0.0.1", port, encoding=None)
+            assert await reader.readline() == b"hello from the far side\n"
+            writer.write(b"ping\n")
+            assert await reader.readline() == b"ping\n"
+            writer.close()
+
+            listener = await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", port)
+            r2, w2 = await asyncio.open_connection("127.0.0.1", listener.get_port())
+            assert await r2.readline() == b"hello from the far side\n"
+            w2.write(b"pong\n")
+            assert await r2.readline() == b"pong\n"
+            w2.close()
+            listener.close()
+    finally:
+        server.close()
+    forwards = [f for e, f in proxy.events if e == "port_forward"]
+    assert {f["kind"] for f in forwards} == {"local", "remote"}
+    assert all(f["allowed"] for f in forwards)
+
+
+async def test_forwarding_is_refused_without_the_role(proxy: Proxy) -> None:
+    async with proxy.connect(roles=("viewer",)) as conn:
+        with pytest.raises(asyncssh.ChannelOpenError, match="not allowed by your roles"):
+            await conn.open_connection("127.0.0.1", 9)
+        with pytest.raises(asyncssh.ChannelListenError):
+            await conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 9)
+
+
+async def test_sftp_runs_on_the_sshd(proxy: Proxy, tmp_path: Path) -> None:
+    async with proxy.connect() as conn, conn.start_sftp_client() as sftp:
+        home = await sftp.realpath(".")
+        async with sftp.open("agentless-unit.txt", "w") as f:
+            await f.write("through the proxy")
+        assert await sftp.exists(f"{home}/agentless-unit.txt")
+    owner = subprocess.run(
+        ["stat", "-c", "%U", f"{home}/agentless-unit.txt"], capture_output=True, text=True
+    )
+    assert owner.stdout.strip() == LOGIN
