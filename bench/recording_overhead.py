@@ -1,6 +1,6 @@
 """What session recording costs, and how fast the audit log answers at 1M events.
 
-    .venv/bin/python bench/recording_overhead.py [--mib 64] [--rounds 3]
+    .venv/bin/python bench/recording_overhead.py [--mib 64] [--rounds 6]
                                                  [--events 1000000] [--queries 20]
                                                  [--skip-throughput] [--skip-audit]
 
@@ -12,7 +12,8 @@
    (`ssh -tt ... cat FILE`, the node's interactive data path: pty -> channel, and for
    the recorded user the recorder), output to /dev/null, recording off then on, and
    waits between runs until the node has uploaded the recording, so one run's upload
-   never overlaps the next run. Figures: MiB/s per run, best and median per mode, the
+   never overlaps the next run; rounds alternate which mode goes first. Figures: MiB/s
+   and the certgate process's CPU per MiB for each run, best and median per mode, the
    on/off ratio of the medians, and how long the upload of a recording took.
 2. Audit: `--events` events bulk-loaded (`append_many`, 10,000 a transaction) into
    the cluster's own event store (a realistic mix: 200 users, 500 nodes, the event
@@ -73,6 +74,13 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far, all threads."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------- throughput
@@ -143,18 +151,28 @@ def throughput(cluster: Cluster, workdir: Path, mib: int, rounds: int) -> None:
     cat_once(configs["on"], target)
     wait_uploaded(node_recordings)
     speeds: dict[str, list[float]] = {"off": [], "on": []}
+    cpu: dict[str, list[float]] = {"off": [], "on": []}
     uploads: list[float] = []
+    assert cluster.process is not None
+    pid = cluster.process.pid
     for round_ in range(rounds):
-        for mode in ("off", "on"):
+        # Alternate which mode goes first, so drift in the machine's load favours neither.
+        for mode in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
+            before = process_cpu(pid)
             seconds = cat_once(configs[mode], target)
+            cpu[mode].append((process_cpu(pid) - before) / (size / 2**20))
             speeds[mode].append(size / seconds / 2**20)
             if mode == "on":
                 uploads.append(wait_uploaded(node_recordings))
-            print(f"  round {round_ + 1} recording {mode:3}: {speeds[mode][-1]:7.1f} MiB/s")
+            print(
+                f"  round {round_ + 1} recording {mode:3}: {speeds[mode][-1]:7.1f} MiB/s,"
+                f" certgate CPU {ms(cpu[mode][-1])}/MiB"
+            )
     for mode in ("off", "on"):
         print(
             f"  recording {mode:3}: best {max(speeds[mode]):7.1f} MiB/s,"
-            f" median {statistics.median(speeds[mode]):7.1f} MiB/s"
+            f" median {statistics.median(speeds[mode]):7.1f} MiB/s,"
+            f" certgate CPU median {ms(statistics.median(cpu[mode]))}/MiB"
         )
     ratio = statistics.median(speeds["on"]) / statistics.median(speeds["off"])
     print(f"  on/off (medians): {ratio:.3f}   (target >= 0.95)")
@@ -300,7 +318,9 @@ def audit(cluster: Cluster, count: int, repeat: int) -> None:
     path = cluster.data_dir / "events.db"
     seconds = asyncio.run(load_events(path, count))
     print(f"  bulk load: {seconds:.1f} s ({count / seconds:,.0f} events/s, append_many)")
-    print(f"  events.db: {path.stat().st_size / 2**20:.0f} MiB")
+    files = [path, path.with_name(path.name + "-wal")]
+    stored = sum(f.stat().st_size for f in files if f.exists())
+    print(f"  events.db (with its WAL): {stored / 2**20:.0f} MiB")
     at_store = asyncio.run(store_latencies(path, repeat))
     via_api = api_latencies(cluster, repeat)
     width = max(len(name) for name in at_store)
@@ -321,7 +341,7 @@ def audit(cluster: Cluster, count: int, repeat: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mib", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--skip-throughput", action="store_true")

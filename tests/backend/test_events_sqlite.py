@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -210,3 +212,59 @@ async def test_bad_search_arguments_are_refused(loaded: SQLiteEventStore) -> Non
     for arguments in bad:
         with pytest.raises(BadParameter):
             await loaded.search(**arguments)
+
+
+async def test_an_append_that_would_wait_waits_on_the_worker_not_the_loop(
+    tmp_path: Path,
+) -> None:
+    # Appends run on the event loop's own connection when they need not wait; while
+    # another process holds the write lock they go to the worker thread, which waits,
+    # and the loop keeps serving.
+    path = tmp_path / "events.db"
+    store = await SQLiteEventStore.open(path, busy_timeout=5.0)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.append(ALL[0])  # inline
+        holder.execute("BEGIN IMMEDIATE")
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        async def release() -> None:
+            await asyncio.sleep(0.3)
+            holder.execute("COMMIT")
+
+        ticker = asyncio.create_task(tick())
+        releaser = asyncio.create_task(release())
+        await store.append_many(ALL[1:3])
+        await releaser
+        ticker.cancel()
+        assert ticks >= 10  # the loop kept running while the append waited ~0.3 s
+        await store.append(ALL[3])  # inline again
+        events, _ = await store.search(limit=10, order="asc")
+        assert numbers(events) == [0, 1, 2, 3]
+    finally:
+        holder.close()
+        await store.close()
+
+
+async def test_the_log_of_inline_appends_is_checkpointed_and_reused(tmp_path: Path) -> None:
+    # Appends on the loop's connection never checkpoint (that syncs to disk); every so
+    # many, one goes to the worker and checkpoints, so the write-ahead log stops growing.
+    store = await SQLiteEventStore.open(tmp_path / "events.db")
+    wal = tmp_path / "events.db-wal"
+    try:
+        for n in range(250):
+            await store.append(make_event(n))
+        after_250 = wal.stat().st_size
+        for n in range(250, 1250):
+            await store.append(make_event(n))
+        assert wal.stat().st_size < 2 * after_250  # not five times as large
+        events, _ = await store.search(limit=10_000)
+        assert len(events) == 1250
+    finally:
+        await store.close()

@@ -19,6 +19,7 @@ from certgate.recording.asciicast import (
     CastReader,
     Event,
     Header,
+    event_line,
     last_event_time,
     read_header,
 )
@@ -195,3 +196,16 @@ def test_unicode_line_breaks_are_escaped_so_a_line_is_a_line() -> None:
     out = CastEncoder().encode([(0.1, "o", "a\u2028b\x85c\u2029".encode())]).decode()
     assert len(out.splitlines()) == 1
     assert json.loads(out)[2] == "a\u2028b\x85c\u2029"
+
+
+@given(st.lists(st.binary(max_size=40) | st.sampled_from([b'"\\\r\n\t\x1b[0m', "é".encode()])))
+def test_the_plain_text_fast_path_writes_what_json_would(chunks: list[bytes]) -> None:
+    encoder = CastEncoder()
+    out = b"".join(encoder.encode([(0.5, "o", chunk)]) for chunk in chunks)
+    out += encoder.finish(1.0)
+    joined = b"".join(chunks).decode("utf-8", errors="replace")
+    assert "".join(json.loads(line)[2] for line in lines_of(out)) == joined
+    plain = b'say "hi"\\\r\n\t\x1b[0m'
+    assert CastEncoder().encode([(0.5, "o", plain)]).decode() == event_line(
+        0.5, "o", plain.decode()
+    )

@@ -20,15 +20,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
+import logging
 import sqlite3
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from certgate.backend.sqlite import SQLiteWorker, write_transaction
+from certgate.backend.sqlite import SQLiteWorker, translate_sqlite_error, write_transaction
 from certgate.errors import BadParameter
+
+log = logging.getLogger(__name__)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -59,12 +64,29 @@ _INSERT = (
 )
 
 
+# Inline appends between two checkpoints (made on the worker thread, see append_many).
+_CHECKPOINT_EVERY = 200
+
+
 class SQLiteEventStore:
-    """Audit events in one SQLite file. Open with `await SQLiteEventStore.open(path)`."""
+    """Audit events in one SQLite file. Open with `await SQLiteEventStore.open(path)`.
+
+    Appends are the hot path (every certificate issued is an event, and its caller
+    waits for it to be stored), so they run on the event loop's own connection when
+    they need not wait: that connection has no busy timeout, so an append that would
+    wait for another process's write lock fails at once and goes to the worker thread,
+    which waits. A commit under WAL with synchronous=NORMAL writes to the page cache
+    only; the checkpoints that sync to disk are made on the worker thread.
+    """
 
     def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
         self.path = path
         self._db = SQLiteWorker(path, busy_timeout, name="certgate-events")
+        self._writer: sqlite3.Connection | None = None
+        self._writer_thread = 0
+        self._inline_appends = 0
+        self._checkpoint_due = False
+        self._closed = False
 
     @classmethod
     async def open(cls, path: Path, *, busy_timeout: float = 5.0) -> SQLiteEventStore:
@@ -84,8 +106,56 @@ class SQLiteEventStore:
             with write_transaction(conn):
                 conn.executemany(_INSERT, rows)
 
-        if rows:
+        if not rows:
+            return
+        writer = None if self._checkpoint_due else self._loop_writer()
+        if writer is not None:
+            try:
+                insert(writer)
+            except sqlite3.Error as exc:
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise translate_sqlite_error(exc) from exc
+            else:
+                self._inline_appends += 1
+                self._checkpoint_due = self._inline_appends >= _CHECKPOINT_EVERY
+                return
+        if not self._checkpoint_due:
             await self._db.run(insert)
+            return
+
+        # Every so many inline appends, one goes to the worker, which checkpoints right
+        # after it (as SQLite's auto-checkpoint would, syncing to disk off the loop).
+        # Appends meanwhile queue behind it, so the checkpoint can catch up with the log
+        # and the next write starts the log over instead of growing it.
+        def insert_and_checkpoint(conn: sqlite3.Connection) -> None:
+            insert(conn)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error as exc:
+                log.warning("audit event store checkpoint failed: %s", exc)
+
+        try:
+            await self._db.run(insert_and_checkpoint)
+        finally:
+            self._inline_appends = 0
+            self._checkpoint_due = False
+
+    def _loop_writer(self) -> sqlite3.Connection | None:
+        """The connection of the thread that opened it (the event loop's); it never waits."""
+        if self._closed:
+            return None
+        if self._writer is None:
+            conn = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+            try:
+                conn.execute("PRAGMA busy_timeout = 0")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA wal_autocheckpoint = 0")  # syncs: the worker's job
+            except sqlite3.Error:
+                conn.close()
+                return None
+            self._writer, self._writer_thread = conn, threading.get_ident()
+        return self._writer if self._writer_thread == threading.get_ident() else None
 
     async def search(
         self,
@@ -170,6 +240,11 @@ class SQLiteEventStore:
         return events, next_cursor
 
     async def close(self) -> None:
+        self._closed = True
+        if self._writer is not None and self._writer_thread == threading.get_ident():
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.close()
+        self._writer = None
         await self._db.close()
 
 

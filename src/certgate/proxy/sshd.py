@@ -24,6 +24,7 @@ from certgate.auth.cached_access import CachedAccess
 from certgate.errors import CertgateError
 from certgate.node.certcapture import certificate_text, install_certificate_capture
 from certgate.proxy.agentless import AgentlessForwarder
+from certgate.proxy.corked import CorkedListener
 from certgate.proxy.tunnel import open_tunnel
 from certgate.rpc.audit import AuditSink
 
@@ -154,10 +155,12 @@ class ProxySSH:
         self._server: Any = None
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncssh.create_server(
-            lambda: _Connection(self),
-            host or None,
+        # CorkedListener: each pass of the loop's packets leave in one send() (corked.py).
+        self._server = await asyncssh.listen(
+            host or "",
             port,
+            tunnel=CorkedListener(),
+            server_factory=lambda: _Connection(self),
             server_host_keys=[(self._host_key, self._host_cert)],
             encryption_algs=ENCRYPTION_ALGS,
             allow_scp=False,
@@ -166,8 +169,7 @@ class ProxySSH:
             login_timeout=30,
             keepalive_interval=30,
         )
-        sockets = self._server.sockets
-        return int(sockets[0].getsockname()[1]) if sockets else port
+        return int(self._server.get_port()) or port
 
     async def close(self) -> None:
         if self._server is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -80,9 +81,11 @@ def sign(
     _write(pub_path, signed["public_key"] + "\n", 0o644)
     _write(cert_path, signed["certificate"] + "\n", 0o644)
     user_ca = out.with_name("certgate_user_ca.pub")
+    addr = (names or [host])[0]
+    expires = datetime.fromisoformat(signed["expires"]).strftime("%Y-%m-%d %H:%M UTC")
     click.echo(
         f"Wrote the host key {out} (0600) and its certificate {cert_path},\n"
-        f"valid for {', '.join(signed['principals'])} until {signed['expires']}.\n"
+        f"valid for {', '.join(signed['principals'])} until {expires}.\n"
         "\n"
         "Trust the cluster's users and present the certificate — on the OpenSSH server:\n"
         "\n"
@@ -98,7 +101,7 @@ def sign(
         "\n"
         "  kind: node\n"
         f"  metadata: {{name: {host}, labels: {{env: prod}}}}\n"
-        "  spec: {sub_kind: openssh, addr: HOST:22}\n"
+        f'  spec: {{sub_kind: openssh, addr: "{addr}:22"}}\n'
     )
 
 

@@ -1,0 +1,398 @@
+"""One user's SSH connection to an agentless node, served by the proxy (agentless.py).
+
+authenticate  the user's certificate (user CA, captured) ─▶ roles, deny, locks on
+              the node's labels ─▶ SessionPolicy; refusals fail auth and are audited
+onward        a one-minute certificate for the login from auth ─▶ asyncssh client on
+              the socket open_channel dialled; the sshd's host certificate must be
+              the host CA's for the node's name. Started the moment the user is in,
+              so the sshd's handshake overlaps the client's session request
+channels      session ─▶ RelaySession; -L ─▶ direct-tcpip on the sshd; -R ─▶
+              tcpip-forward on the sshd, each connection back as forwarded-tcpip
+              (agentless_session.py), forwarding only if the policy allows
+terminate     a lock or an admin ends the sessions with a message, then hangs up
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from certgate.api.certs import identity_from_ssh_cert
+from certgate.api.identity import Identity
+from certgate.api.node import Node
+from certgate.errors import AccessDenied, BadParameter, CertgateError
+from certgate.node import certcapture
+from certgate.node.sshd import SessionInfo, SessionObserver, SessionPolicy
+from certgate.proxy.agentless_session import ChannelPipe, RelaySession
+from certgate.proxy.corked import CorkedTunnel
+
+if TYPE_CHECKING:
+    from certgate.proxy.agentless import AgentlessForwarder
+
+log = logging.getLogger("certgate.proxy.agentless")
+
+TERMINATE_FLUSH_SECONDS = 2.0
+# The sshd side: AES-GCM first (fastest in asyncssh), then what any sshd offers.
+ONWARD_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
+
+
+@dataclass
+class Dialled:
+    """The sshd connection open_channel made, waiting for its user to authenticate."""
+
+    node: Node
+    sock: socket.socket
+    deadline: float  # time.monotonic() by which the sshd must have let us in
+    given: bool = False  # handed to asyncssh, which closes it from then on
+
+    def close(self) -> None:
+        if not self.given:
+            self.sock.close()
+
+
+class UserConnection(asyncssh.SSHServer):
+    """One user's SSH connection to an agentless node, and the proxy's to its sshd."""
+
+    def __init__(self, forwarder: AgentlessForwarder) -> None:
+        self._forwarder = forwarder
+        self._conn: Any = None
+        self._dialled: Dialled | None = None
+        self._trusted: frozenset[bytes] = frozenset()
+        self._authorized_keys = ""
+        self.client_addr = ""
+        self.node_name = ""
+        self.identity: Identity | None = None
+        self.login = ""
+        self._presented = ""
+        self.policy = SessionPolicy()
+        self.sessions: set[RelaySession] = set()
+        self._onward_task: asyncio.Task[asyncssh.SSHClientConnection] | None = None
+        self._onward: asyncssh.SSHClientConnection | None = None
+        self._onward_refusal_audited = False
+
+    # ---- asyncssh callbacks ----------------------------------------------------
+
+    def connection_made(self, conn: Any) -> None:
+        self._conn = conn
+        self._dialled = self._forwarder.take_handover(conn)
+        peer = conn.get_extra_info("peername")
+        self.client_addr = f"{peer[0]}:{peer[1]}" if peer else ""
+        if self._dialled is None:  # never happens: open_channel registers every connection
+            conn.abort()
+            return
+        self.node_name = self._dialled.node.name
+        self._trusted, self._authorized_keys = self._forwarder.trusted_user_cas()
+        certcapture.install_certificate_capture(conn, self._certificate_verified)
+        self._forwarder.add_connection(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._forwarder.remove_connection(self)
+        if self._onward_task is not None and not self._onward_task.done():
+            self._onward_task.cancel()
+        if self._onward is not None:
+            self._onward.close()
+        if self._dialled is not None and self._onward_task is None:
+            self._dialled.close()
+
+    def begin_auth(self, username: str) -> bool:
+        # principals="*": asyncssh would refuse a login that is not a principal
+        # silently; `_certificate_verified` checks it and audits the refusal.
+        if self._authorized_keys:
+            self._conn.set_authorized_keys(asyncssh.import_authorized_keys(self._authorized_keys))
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: Any) -> bool:
+        return False  # only certificates from the user CA
+
+    def validate_ca_key(self, username: str, key: Any) -> bool:
+        return bytes(key.public_data) in self._trusted
+
+    def session_requested(self) -> Any:
+        if self.identity is None:
+            return False
+        return self._open_session()
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Any:
+        allowed = self.policy.port_forwarding
+        self._audit_forward("local", f"{dest_host}:{dest_port}", allowed)
+        if not allowed:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                "port forwarding is not allowed by your roles",
+            )
+        return self._open_direct(dest_host, dest_port, orig_host, orig_port)
+
+    def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        allowed = self.policy.port_forwarding
+        self._audit_forward("remote", f"{listen_host}:{listen_port}", allowed)
+        if not allowed:
+            return False
+        return self._open_remote(listen_host, listen_port)
+
+    # ---- authentication --------------------------------------------------------
+
+    async def _certificate_verified(self, login: str, key_data: bytes) -> bool:
+        assert self._dialled is not None
+        node = self._dialled.node
+        try:
+            presented = certcapture.certificate_text(key_data)
+            identity = identity_from_ssh_cert(presented)
+        except (BadParameter, ValueError) as exc:
+            self._reject(None, login, f"malformed certificate: {exc}")
+            return False
+        # The roles first: their refusal names the rule ("denied by role dev"), which
+        # says more than the certificate lacking the login (it lacks it for that reason).
+        try:
+            role_set = self._forwarder.access.check_login(
+                identity, node.name, dict(node.metadata.labels), login
+            )
+        except AccessDenied as exc:
+            self._reject(identity, login, exc.message)
+            return False
+        except Exception:
+            log.exception("authorizing %s as %s on %s failed", identity.username, login, node.name)
+            self._reject(identity, login, "internal error while authorizing")
+            return False
+        if login not in identity.logins:
+            self._reject(identity, login, f'login "{login}" is not a principal of the certificate')
+            return False
+        options = role_set.options()
+        self.identity, self.login, self._presented = identity, login, presented
+        # Agents are not relayed to agentless nodes (the sshd would need the socket).
+        self.policy = SessionPolicy(port_forwarding=options.port_forwarding, forward_agent=False)
+        # Connect on now: the sshd's handshake overlaps the client's session request.
+        self._onward_task = asyncio.create_task(
+            self._connect_onward(), name=f"agentless onward {node.name}"
+        )
+        self._onward_task.add_done_callback(_retrieve)
+        return True
+
+    def _reject(self, identity: Identity | None, login: str, reason: str) -> None:
+        user = identity.username if identity is not None else ""
+        log.info(
+            "refused %s as %s on %s from %s: %s",
+            user or "?", login, self.node_name, self.client_addr, reason,
+        )  # fmt: skip
+        self.audit(
+            "session.rejected",
+            {"user": user, "login": login, "reason": reason, "client_addr": self.client_addr},
+        )
+
+    # ---- the connection to the sshd --------------------------------------------
+
+    async def _connect_onward(self) -> asyncssh.SSHClientConnection:
+        dialled = self._dialled
+        assert dialled is not None and self.identity is not None
+        node = dialled.node
+        remaining = max(dialled.deadline - time.monotonic(), 0.5)
+        try:
+            key, cert = await asyncio.wait_for(
+                self._forwarder.onward_credentials(self._presented, self.login, node.name),
+                remaining,
+            )
+            options = await asyncssh.SSHClientConnectionOptions.construct(
+                config=None,
+                client_factory=lambda: _OnwardClient(self),
+                username=self.login,
+                client_keys=[(key, cert)],
+                agent_path=None,
+                known_hosts=self._forwarder.known_hosts(),
+                host_key_alias=node.name,
+                preferred_auth="publickey",
+                gss_kex=False,
+                gss_auth=False,
+                encryption_algs=list(ONWARD_CIPHERS),
+                keepalive_interval=30,
+                keepalive_count_max=3,
+                client_version="certgate-proxy",
+            )
+            remaining = max(dialled.deadline - time.monotonic(), 0.5)
+            dialled.given = True
+            conn = await asyncio.wait_for(
+                asyncssh.connect(tunnel=CorkedTunnel(dialled.sock), config=None, options=options),
+                remaining,
+            )
+        except BaseException as exc:
+            dialled.close()
+            if not isinstance(exc, Exception):
+                raise
+            raise self._onward_error(exc) from None
+        self._onward = conn
+        return conn
+
+    def _onward_error(self, exc: Exception) -> asyncssh.ChannelOpenError:
+        """A failure of the onward connection, as the user will read it."""
+        assert self._dialled is not None
+        node = self._dialled.node
+        where = f'sshd of node "{node.name}" at {node.spec.addr}'
+        if isinstance(exc, TimeoutError):
+            reason = f"{where} did not answer in time"
+        elif isinstance(exc, CertgateError):
+            reason = f"auth refused a certificate for {self.login}@{node.name}: {exc.message}"
+        elif isinstance(exc, asyncssh.HostKeyNotVerifiable):
+            reason = (
+                f"{where} has no host certificate from this cluster for "
+                f'"{node.name}": install one made by cgctl auth sign --host={node.name}'
+            )
+        elif isinstance(exc, asyncssh.PermissionDenied):
+            reason = (
+                f'{where} refused the login "{self.login}": check that it trusts the user '
+                "CA (TrustedUserCAKeys, from cgctl auth export --type=user) and that the "
+                "Unix user exists"
+            )
+        elif isinstance(exc, asyncssh.Error | OSError):
+            reason = f"{where} closed the connection: {exc}"
+        else:
+            log.error("onward connection to %s failed", node.name, exc_info=exc)
+            reason = f"internal error connecting to {where}"
+        return self._onward_failed(reason)
+
+    def _onward_failed(self, reason: str) -> asyncssh.ChannelOpenError:
+        if not self._onward_refusal_audited:
+            self._onward_refusal_audited = True
+            log.info("agentless onward connection failed: %s", reason)
+            self._reject(self.identity, self.login, reason)
+        return asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason)
+
+    async def onward(self) -> asyncssh.SSHClientConnection:
+        assert self._onward_task is not None
+        return await asyncio.shield(self._onward_task)
+
+    def onward_lost(self) -> None:
+        """The sshd hung up: nothing this connection does can go on.
+
+        Only once it was up: a connection that failed to open is reported to the user
+        by the channel it was opened for (`_onward_error`), not by hanging up.
+        """
+        if self._onward is None:
+            return
+        self._onward = None
+        if self._conn is not None:
+            self._conn.close()
+
+    async def _open_session(self) -> RelaySession:
+        return RelaySession(self, await self.onward())
+
+    async def _open_direct(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> ChannelPipe:
+        onward = await self.onward()
+        user_end, sshd_end = ChannelPipe.pair()
+        try:
+            await onward.create_connection(
+                lambda: sshd_end, dest_host, dest_port, orig_host, orig_port, encoding=None
+            )
+        except asyncssh.ChannelOpenError:
+            raise
+        except (asyncssh.Error, OSError) as exc:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
+        return user_end
+
+    async def _open_remote(self, listen_host: str, listen_port: int) -> Any:
+        onward = await self.onward()
+
+        async def incoming(orig_host: str, orig_port: int) -> ChannelPipe:
+            user_end, sshd_end = ChannelPipe.pair()
+            try:
+                await self._conn.create_connection(
+                    lambda: user_end, listen_host, bound, orig_host, orig_port, encoding=None
+                )
+            except (asyncssh.Error, OSError) as exc:
+                raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
+            return sshd_end
+
+        try:
+            listener = await onward.create_server(incoming, listen_host, listen_port, encoding=None)
+        except (asyncssh.Error, OSError):
+            return False
+        bound = listener.get_port() or listen_port
+        return listener
+
+    # ---- helpers for RelayContext ------------------------------------------------
+
+    def audit(self, event: str, fields: dict[str, Any]) -> None:
+        self._forwarder.audit(event, {**fields, "node": self.node_name})
+
+    def observer_for(self, info: SessionInfo) -> SessionObserver | None:
+        return self._forwarder.observer_for(info)
+
+    def session_started(self, session: RelaySession) -> None:
+        self.sessions.add(session)
+        self._forwarder.add_session(session)
+
+    def session_ended(self, session: RelaySession) -> None:
+        self.sessions.discard(session)
+        self._forwarder.remove_session(session)
+
+    def _audit_forward(self, kind: str, addr: str, allowed: bool) -> None:
+        self.audit(
+            "port_forward",
+            {
+                "user": self.identity.username if self.identity else "",
+                "login": self.login,
+                "client_addr": self.client_addr,
+                "kind": kind,
+                "addr": addr,
+                "allowed": allowed,
+            },
+        )
+
+    # ---- termination -------------------------------------------------------------
+
+    def terminate(self, message: str, reason: str, audit_fields: dict[str, Any]) -> int:
+        sessions = list(self.sessions)
+        for session in sessions:
+            session.terminate(message, reason, audit_fields)
+        return len(sessions)
+
+    async def hang_up(self) -> None:
+        """Close the connection once the sessions' last words had a chance to leave."""
+        waits = [session.wait_closed() for session in self.sessions]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits), TERMINATE_FLUSH_SECONDS)
+        if self._onward is not None:
+            self._onward.close()
+        if self._conn is not None:
+            self._conn.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._conn.wait_closed(), TERMINATE_FLUSH_SECONDS)
+
+    def abort(self) -> None:
+        if self._onward is not None:
+            self._onward.abort()
+        if self._conn is not None:
+            self._conn.abort()
+
+
+class _OnwardClient(asyncssh.SSHClient):
+    def __init__(self, user: UserConnection) -> None:
+        self._user = user
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._user.onward_lost()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    # The outcome is read by whoever awaits `onward()`; a connection that never opens a
+    # channel must not leave "exception was never retrieved" behind.
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,204 @@
+"""Transports that hand an asyncssh connection's writes on once per event-loop pass.
+
+asyncssh writes every SSH packet to its transport as soon as it is made, and puts an
+SSH_MSG_IGNORE packet in front of each one on an encrypted connection. On a socket that
+is two send() calls per packet; on a connection that runs *inside* an SSH channel (the
+proxy serving agentless nodes) it is two channel messages per packet, each wrapped again.
+Measured on the agentless path, sends were the largest single cost.
+
+A corked transport keeps what is written during one pass of the event loop and passes
+it on in one write at the end of the pass (`loop.call_soon`), so a packet and its
+ignore packet, and all the packets made from one read, leave together. Order is kept;
+nothing waits longer than the current pass; flow control passes straight through.
+
+    CorkedTunnel(sock)       asyncssh.connect(tunnel=...) on a connected socket
+    CorkedListener()         asyncssh.listen(tunnel=...) on host:port
+    ChannelTransport(conn)   an asyncssh connection served on an SSH channel (the
+                             session of a direct-tcpip channel)
+
+All three use asyncssh's documented `tunnel` argument: an object whose
+create_connection/create_server asyncssh calls with its connection factory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import asyncssh
+
+
+class CorkedTransport(asyncio.Transport):
+    """The transport an asyncssh connection writes to; `sink` is the real one (a socket
+    transport or an SSH channel: both have write, write_eof, close, abort,
+    get_extra_info, pause_reading and resume_reading)."""
+
+    def __init__(self, sink: Any) -> None:
+        super().__init__()
+        self._sink = sink
+        self._pending: list[bytes] = []
+        self._scheduled = False
+        self._closing = False
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing:
+            return
+        self._pending.append(bytes(data))
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        try:
+            self._sink.write(data)
+        except (OSError, asyncssh.Error):
+            pass  # the far side is gone; the close will be reported separately
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._sink.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self._closing:
+            self.flush()
+            self._closing = True
+            self._sink.close()
+
+    def abort(self) -> None:
+        # What was written before (asyncssh's disconnect message) still goes first.
+        self.flush()
+        self._closing = True
+        self._sink.abort()
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._sink.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._sink.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._sink.resume_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return sum(len(chunk) for chunk in self._pending)
+
+
+class _SocketSide(asyncio.Protocol):
+    """The socket's protocol: passes everything to the asyncssh connection."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn.connection_made(CorkedTransport(transport))
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        self.conn.eof_received()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
+
+
+class CorkedTunnel:
+    """`asyncssh.connect(tunnel=CorkedTunnel(sock))`: a client on a connected socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    async def create_connection(
+        self, session_factory: Callable[[], Any], remote_host: str, remote_port: int
+    ) -> tuple[Any, Any]:
+        loop = asyncio.get_running_loop()
+        conn = session_factory()
+        transport, _ = await loop.create_connection(lambda: _SocketSide(conn), sock=self._sock)
+        return transport, conn
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
+
+
+class _CorkedServer(asyncssh.SSHListener):
+    def __init__(self, server: asyncio.Server) -> None:
+        super().__init__()
+        self._server = server
+
+    def get_port(self) -> int:
+        return int(self._server.sockets[0].getsockname()[1]) if self._server.sockets else 0
+
+    def close(self) -> None:
+        self._server.close()
+
+    async def wait_closed(self) -> None:
+        await self._server.wait_closed()
+
+
+class CorkedListener:
+    """`asyncssh.listen(tunnel=CorkedListener(), host=..., port=...)`: a TCP listener."""
+
+    async def create_server(
+        self, session_factory: Callable[[str, int], Any], listen_host: str, listen_port: int
+    ) -> asyncssh.SSHListener:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: _SocketSide(session_factory("", 0)), listen_host or None, listen_port
+        )
+        return _CorkedServer(server)
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
+
+
+class ChannelTransport(asyncssh.SSHTCPSession[bytes]):
+    """Serves asyncssh connection `conn` on the SSH channel this session is given."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def connection_made(self, chan: Any) -> None:
+        self.conn.connection_made(CorkedTransport(chan))
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        self.conn.data_received(data)
+
+    def eof_received(self) -> bool:
+        self.conn.eof_received()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
