@@ -207,6 +207,23 @@ def test_pty_sessions_work(cluster: Cluster, dev: User, ssh_config: Path) -> Non
     assert "hi-42" in shell.stdout
 
 
+def test_the_proxy_records_agentless_pty_sessions(
+    cluster: Cluster, dev: User, ssh_config: Path
+) -> None:
+    marker = "recorded-by-the-proxy-" + str(time.monotonic_ns())
+    shown = stock(ssh_config, "-tt", f"{LOGIN}@{NODE}", f"echo {marker}")
+    assert shown.returncode == 0, shown.stderr
+    deadline = time.monotonic() + 15
+    while True:
+        listed = json.loads(cluster.cgsh(dev, "recordings", "ls", "--format=json").stdout)
+        mine = [r for r in listed if r["node"] == NODE and r.get("login") == LOGIN]
+        played = [cluster.cgsh(dev, "play", r["id"], "--format=json").stdout for r in mine]
+        if any(marker in text for text in played):
+            break
+        assert time.monotonic() < deadline, "the agentless session was not recorded"
+        time.sleep(0.3)
+
+
 def test_port_forwarding_needs_a_role_that_allows_it(
     cluster: Cluster, dev: User, ssh_config: Path
 ) -> None:

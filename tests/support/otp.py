@@ -2,7 +2,7 @@
 
 The server accepts the code of the current 30-second step and of one step either side,
 and never a step at or before the last one used. `OtpDevice.next_code()` hands out the
-codes of the previous, current and next step in turn, and waits for time to move on
+codes of the current and next step in turn, and waits for time to move on
 only when those are used up, just as a person would.
 """
 
@@ -23,7 +23,9 @@ class OtpDevice:
     def next_code(self) -> str:
         while True:
             current = int(time.time()) // STEP
-            step = max(self.last_step + 1, current - 1)
+            # Never the previous step: on a loaded machine the request may cross into the
+            # next step, and then that code would be two steps old and refused.
+            step = max(self.last_step + 1, current)
             if step <= current + 1:
                 self.last_step = step
                 return str(self.totp.at(step * STEP))

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from certgate.api.identity import SYSTEM_ADMIN, Identity
+from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_PROXY, Identity
 from certgate.api.recording import RecordingInfo, check_recording_id, is_recording_id
 from certgate.auth import permissions as perm
 from certgate.errors import AccessDenied, BadParameter, ConnectionProblem, LimitExceeded, NotFound
@@ -154,7 +154,10 @@ class RecordingRoutes:
                     f"recording {recording_id} holds session {header.session_id or '(none)'}"
                 )
             is_admin = SYSTEM_ADMIN in caller.roles
-            if header.node != caller.username and not is_admin:
+            own = header.node == caller.username or (
+                SYSTEM_PROXY in caller.roles and await self._is_agentless(header.node)
+            )
+            if not own and not is_admin:
                 raise AccessDenied(
                     f"access denied: node {caller.username} may not upload recordings of "
                     f'node "{header.node}"'
@@ -190,6 +193,14 @@ class RecordingRoutes:
             incomplete=stored.incomplete,
         )
         return stored.to_dict()
+
+    async def _is_agentless(self, node: str) -> bool:
+        """Proxies record (and upload) the sessions of agentless OpenSSH nodes."""
+        try:
+            found = await self._api.server.nodes.get(node)
+        except NotFound:
+            return False
+        return found.spec.sub_kind == "openssh"
 
     async def _check_not_taken(self, recording_id: str, node: str) -> None:
         """A node may send its recording again (a retry), never replace another's."""

@@ -39,6 +39,7 @@ _SERVICE_GRANTS: dict[str, set[tuple[str, str]]] = {
     SYSTEM_PROXY: {
         (LOGIN, "create"),
         (AGENTLESS, "create"),
+        (RECORDING_WRITE, "create"),  # sessions of agentless nodes are recorded here
         (INVITE, "read"),
         (INVITE, "update"),
         (HEARTBEAT, "update"),

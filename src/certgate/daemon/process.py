@@ -42,10 +42,13 @@ from certgate.daemon.config import Config, dial_addr, split_addr
 from certgate.daemon.diag import Diagnostics, Metrics
 from certgate.errors import BadParameter, CertgateError, NotFound
 from certgate.node.agent import NodeAgent
+from certgate.node.recording_hook import RecordingHook
 from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.agentless_certs import AuthAgentlessCerts
 from certgate.proxy.sshd import ProxySSH
 from certgate.proxy.web import ProxyWeb
+from certgate.recording.node_recordings import NodeRecordings
+from certgate.recording.uploader import auth_sender
 from certgate.rpc.audit import RemoteAudit
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles, new_key
@@ -269,12 +272,26 @@ class Daemon:
             view, web_proxy.cluster_name, strict_grace=self.config.strict_lock_grace.total_seconds()
         )
         web_proxy.access = access
+        # Sessions of agentless nodes are recorded here, as a node records its own.
+        recordings = NodeRecordings(self.data_dir / "proxy" / "recordings", auth_sender(auth))
+        await recordings.start()
+        self._closers.append(recordings.close)
+
+        def end_session(session_id: str, message: str, reason: str) -> bool:
+            return agentless is not None and agentless.end_session(session_id, message, reason)
+
         agentless = AgentlessForwarder(
             user_ca_keys=lambda: _ca_keys(view, "user_ssh"),
             host_ca_keys=lambda: _ca_keys(view, "host_ssh"),
             access=access,
             certs=AuthAgentlessCerts(auth),
             audit=RemoteAudit(auth),
+            session_observer=RecordingHook(
+                recordings,
+                "",
+                lambda identity: access.role_set(identity).options().record_session.ssh,
+                end_session,
+            ),
         )
         self._closers.append(agentless.close)
         ssh = ProxySSH(

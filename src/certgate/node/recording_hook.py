@@ -86,7 +86,7 @@ class RecordingHook:
             session_id=info.id,
             user=info.identity.username,
             login=info.login,
-            node=self._node_name,
+            node=info.node or self._node_name,  # the proxy records for agentless nodes
             roles=tuple(info.identity.roles),
             kind=info.kind,
             command=info.command,
