@@ -45,11 +45,12 @@ spec:
 
 async def open_sessions(
     keys: Path, ports: list[int], count: int
-) -> list[asyncssh.SSHClientProcess]:
+) -> tuple[list[asyncssh.SSHClientProcess], list[asyncssh.SSHClientConnection]]:
     key = asyncssh.read_private_key(str(keys / "key"))
     cert = asyncssh.read_certificate(str(keys / "key-cert.pub"))
     known = str(keys / "known_hosts")
     processes = []
+    connections = []
     semaphore = asyncio.Semaphore(20)
 
     async def one(i: int) -> None:
@@ -62,13 +63,14 @@ async def open_sessions(
             process.stdin.write("echo ready\n")
             await process.stdout.readuntil("ready\r\n")
             processes.append(process)
+            connections.append(conn)
 
     await asyncio.gather(*(one(i) for i in range(count)))
-    return processes
+    return processes, connections
 
 
 async def one_round(cluster: Cluster, keys: Path, ports: list[int], count: int) -> float:
-    processes = await open_sessions(keys, ports, count)
+    processes, connections = await open_sessions(keys, ports, count)
     closed = asyncio.gather(*(p.wait_closed() for p in processes))
     admin = IdentityFiles.load(cluster.data_dir / "admin")
     client = AsyncAuthClient(f"https://{cluster.auth_addr}", admin.tls_context())
@@ -82,8 +84,8 @@ async def one_round(cluster: Cluster, keys: Path, ports: list[int], count: int) 
     elapsed = time.perf_counter() - sent
     await client.call("DELETE", f"/v1/resources/lock/{lock.name}")
     await client.close()
-    for process in processes:
-        process.channel.get_connection().close()
+    for conn in connections:
+        conn.close()
     await asyncio.sleep(0.3)  # let every node see the lock go
     return elapsed
 
