@@ -9,6 +9,7 @@ command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 [ -x /usr/lib/openssh/sftp-server ] || need+=(openssh-sftp-server)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

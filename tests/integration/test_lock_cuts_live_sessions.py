@@ -85,7 +85,7 @@ def test_locking_a_user_ends_the_live_shell_and_refuses_everything(lock_cluster:
     live = shell(config, f"{LOGIN}@node-1")
 
     locked_at = time.monotonic()
-    name = lock(c, "--user=contractor", "--ttl=4s", "--message=suspicious activity")
+    name = lock(c, "--user=contractor", "--message=suspicious activity")
     live.expect("access denied: locked: suspicious activity")
     live.expect(pexpect.EOF)
     assert time.monotonic() - locked_at < 2
@@ -106,8 +106,11 @@ def test_locking_a_user_ends_the_live_shell_and_refuses_everything(lock_cluster:
     assert created and created[0]["target"] == "user=contractor"
     ended = [e for e in events if e["event"] == "session.end" and e.get("reason") == "locked"]
     assert any(e.get("lock") == name and e["user"] == "contractor" for e in ended)
+    c.cgctl("rm", f"lock/{name}")
 
-    # The lock lifts itself.
+    # A lock with a TTL lifts itself, with nobody acting.
+    brief = lock(c, "--user=contractor", "--ttl=3s", "--message=brief")
+    assert "locked: brief" in c.cgsh(contractor, "ls", check=False).stderr
     deadline = time.monotonic() + 10
     while stock_ssh(config, f"{LOGIN}@node-1", "true").returncode != 0:
         assert time.monotonic() < deadline, "the lock did not expire"
@@ -116,7 +119,7 @@ def test_locking_a_user_ends_the_live_shell_and_refuses_everything(lock_cluster:
     assert c.cgsh(contractor, "ssh", f"{LOGIN}@node-1", "echo back").stdout.strip() == "back"
     deadline = time.monotonic() + 5
     while not any(
-        e["event"] == "lock.expired" and e["name"] == name
+        e["event"] == "lock.expired" and e["name"] == brief
         for e in json.loads(c.cgctl("audit", "ls", "--event=lock.expired", "--format=json").stdout)
     ):
         assert time.monotonic() < deadline, "no lock.expired event"

@@ -62,7 +62,7 @@ def _remove_users() -> None:
 def unix_users() -> Iterator[dict[str, pwd.struct_passwd]]:
     """Two throwaway accounts; ALICE is also in EXTRA_GROUP."""
     if os.geteuid() != 0:
-        pytest.skip("creating Unix users needs root")
+        pytest.fail("creating Unix users needs root: run the suite as root (make test does)")
     _remove_users()  # left over from an interrupted run
     _run("groupadd", EXTRA_GROUP)
     _run("useradd", "-m", "-s", "/bin/bash", "-G", EXTRA_GROUP, ALICE)
@@ -253,7 +253,7 @@ async def authorize(identity: Identity, login: str, client_addr: str) -> Session
 @pytest.fixture(scope="session")
 def node(unix_users: dict[str, pwd.struct_passwd], authorities: Authorities) -> Iterator[Node]:
     if shutil.which("ssh") is None:
-        pytest.skip("needs the OpenSSH client")
+        pytest.fail("needs the OpenSSH client: make test installs openssh-client")
     events: list[tuple[str, dict[str, Any]]] = []
     recorders: list[Recorder] = []
 

@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pexpect  # type: ignore[import-untyped]
-import pytest
 
 from .conftest import (
     ALICE,
@@ -380,7 +379,6 @@ def test_scp_both_ways_preserves_bytes_and_ownership(
     assert not Path("/root/nope.bin").exists()
 
 
-@pytest.mark.skipif(shutil.which("rsync") is None, reason="rsync is not installed")
 def test_rsync_over_ssh(node: Node, make_creds: CredsFactory, tmp_path: Path) -> None:
     creds = make_creds("rsyncer", (ALICE,))
     source = tmp_path / "tree"
