@@ -33,6 +33,7 @@ from certgate.api.lock import Lock
 from certgate.api.node import Node
 from certgate.auth import permissions as perm
 from certgate.auth.http_agentless import add_agentless_routes
+from certgate.auth.http_body import json_body, required_str, str_list
 from certgate.auth.http_recordings import add_recording_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
@@ -192,12 +193,12 @@ class AuthAPI:
         }
 
     async def login(self, request: web.Request, caller: Identity | None) -> Any:
-        body = await _json_body(request)
+        body = await json_body(request)
         bundle = await self.server.login(
-            username=_str(body, "user"),
-            password=_str(body, "password"),
-            otp=_str(body, "otp"),
-            public_key=_str(body, "public_key"),
+            username=required_str(body, "user"),
+            password=required_str(body, "password"),
+            otp=required_str(body, "otp"),
+            public_key=required_str(body, "public_key"),
             ttl=_ttl(body),
             client_addr=self.client_addr(request),
         )
@@ -210,8 +211,8 @@ class AuthAPI:
         assert caller is not None
         if caller.kind != "user":
             raise AccessDenied("access denied: only users renew certificates here")
-        body = await _json_body(request)
-        bundle = await self.server.renew(caller, _str(body, "public_key"), _ttl(body))
+        body = await json_body(request)
+        bundle = await self.server.renew(caller, required_str(body, "public_key"), _ttl(body))
         if self.metrics:
             self.metrics.certs_issued.inc()
         return bundle.to_dict()
@@ -225,25 +226,25 @@ class AuthAPI:
         return {"user": info.user, "totp_secret": info.totp_secret, "totp_uri": info.totp_uri}
 
     async def complete_invite(self, request: web.Request, caller: Identity | None) -> Any:
-        body = await _json_body(request)
+        body = await json_body(request)
         await self.server.complete_invite(
             request.match_info["token"],
-            _str(body, "password"),
-            _str(body, "otp"),
+            required_str(body, "password"),
+            required_str(body, "otp"),
             self.client_addr(request),
         )
         return None
 
     async def join(self, request: web.Request, caller: Identity | None) -> Any:
-        body = await _json_body(request)
+        body = await json_body(request)
         principals = body.get("principals", [])
         if not isinstance(principals, list) or not all(isinstance(p, str) for p in principals):
             raise BadParameter("principals must be a list of strings")
         bundle = await self.server.join(
-            token_name=_str(body, "token"),
-            role=_str(body, "role"),
-            public_key=_str(body, "public_key"),
-            name=_str(body, "name"),
+            token_name=required_str(body, "token"),
+            role=required_str(body, "role"),
+            public_key=required_str(body, "public_key"),
+            name=required_str(body, "name"),
             principals=principals,
             client_addr=request.remote or "",
         )
@@ -251,12 +252,12 @@ class AuthAPI:
 
     async def add_user(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
-        body = await _json_body(request)
-        roles = _str_list(body, "roles")
+        body = await json_body(request)
+        roles = str_list(body, "roles")
         traits = body.get("traits", {})
         if not isinstance(traits, dict):
             raise BadParameter("traits must be a mapping of lists of strings")
-        url = await self.server.add_user(_str(body, "name"), roles, traits, caller.username)
+        url = await self.server.add_user(required_str(body, "name"), roles, traits, caller.username)
         return {"invite_url": url}
 
     async def reset_user(self, request: web.Request, caller: Identity | None) -> Any:
@@ -266,9 +267,9 @@ class AuthAPI:
 
     async def add_token(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
-        body = await _json_body(request)
+        body = await json_body(request)
         ttl = parse_duration(str(body.get("ttl", "30m")))
-        token = await self.server.add_token(_str_list(body, "roles"), ttl, caller.username)
+        token = await self.server.add_token(str_list(body, "roles"), ttl, caller.username)
         return {
             "token": token.metadata.name,
             "expires": token.metadata.expires.isoformat() if token.metadata.expires else None,
@@ -298,8 +299,8 @@ class AuthAPI:
     async def record_event(self, request: web.Request, caller: Identity | None) -> Any:
         """An event from a proxy or node; auth stamps time, code, id and the sender."""
         assert caller is not None
-        body = await _json_body(request)
-        event = _str(body, "event")
+        body = await json_body(request)
+        event = required_str(body, "event")
         if event not in EVENT_CODES:
             raise BadParameter(f'unknown audit event "{event}"')
         fields = body.get("fields", {})
@@ -335,7 +336,7 @@ class AuthAPI:
         return None
 
     async def put_resource(self, request: web.Request, caller: Identity | None) -> Any:
-        body = await _json_body(request)
+        body = await json_body(request)
         document = body.get("resource")
         resource = from_dict(document)
         upsert = bool(body.get("upsert", False))
@@ -350,7 +351,7 @@ class AuthAPI:
 
     async def heartbeat(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
-        body = await _json_body(request)
+        body = await json_body(request)
         node = from_dict(body.get("node"))
         if not isinstance(node, Node):
             raise BadParameter("a heartbeat carries a node resource")
@@ -453,30 +454,6 @@ def _with_kind(identity: Identity, kind: str) -> Identity:
 
 def _kind(request: web.Request) -> str:
     return request.path.split("/")[3]
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadParameter("request body must be a JSON object") from exc
-    if not isinstance(body, dict):
-        raise BadParameter("request body must be a JSON object")
-    return body
-
-
-def _str(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise BadParameter(f'"{key}" is required and must be a string')
-    return value
-
-
-def _str_list(body: dict[str, Any], key: str) -> list[str]:
-    value = body.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise BadParameter(f'"{key}" must be a list of strings')
-    return value
 
 
 def _ttl(body: dict[str, Any]) -> Any:

@@ -16,7 +16,6 @@ Who may call, checked before any work (AuthAPI._handler):
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -25,7 +24,7 @@ from certgate.api.duration import parse_duration
 from certgate.api.identity import Identity
 from certgate.auth import permissions as perm
 from certgate.auth.agentless import AgentlessCerts
-from certgate.errors import BadParameter
+from certgate.auth.http_body import json_body, required_str, str_list
 
 if TYPE_CHECKING:
     from certgate.auth.http import AuthAPI
@@ -50,11 +49,11 @@ class AgentlessRoutes:
 
     async def host_certs(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
-        body = await _json_body(request)
+        body = await json_body(request)
         ttl = body.get("ttl")
         signed = await self._certs.sign_openssh_host(
-            _str(body, "host"),
-            _str_list(body, "principals"),
+            required_str(body, "host"),
+            str_list(body, "principals"),
             parse_duration(str(ttl)) if ttl else None,
             caller.username,
         )
@@ -68,40 +67,18 @@ class AgentlessRoutes:
         }
 
     async def proxy_host_certs(self, request: web.Request, caller: Identity | None) -> Any:
-        body = await _json_body(request)
-        signed = await self._certs.sign_proxy_host(_str(body, "node"), _str(body, "public_key"))
-        return {"certificate": signed.certificate, "expires": signed.expires.isoformat()}
-
-    async def onward_user_certs(self, request: web.Request, caller: Identity | None) -> Any:
-        body = await _json_body(request)
-        signed = await self._certs.sign_onward_user(
-            _str(body, "certificate"),
-            _str(body, "login"),
-            _str(body, "node"),
-            _str(body, "public_key"),
+        body = await json_body(request)
+        signed = await self._certs.sign_proxy_host(
+            required_str(body, "node"), required_str(body, "public_key")
         )
         return {"certificate": signed.certificate, "expires": signed.expires.isoformat()}
 
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadParameter("request body must be a JSON object") from exc
-    if not isinstance(body, dict):
-        raise BadParameter("request body must be a JSON object")
-    return body
-
-
-def _str(body: dict[str, Any], key: str) -> str:
-    value = body.get(key)
-    if not isinstance(value, str) or not value:
-        raise BadParameter(f'"{key}" is required and must be a string')
-    return value
-
-
-def _str_list(body: dict[str, Any], key: str) -> list[str]:
-    value = body.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise BadParameter(f'"{key}" must be a list of strings')
-    return value
+    async def onward_user_certs(self, request: web.Request, caller: Identity | None) -> Any:
+        body = await json_body(request)
+        signed = await self._certs.sign_onward_user(
+            required_str(body, "certificate"),
+            required_str(body, "login"),
+            required_str(body, "node"),
+            required_str(body, "public_key"),
+        )
+        return {"certificate": signed.certificate, "expires": signed.expires.isoformat()}

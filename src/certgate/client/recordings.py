@@ -13,32 +13,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from certgate.api.duration import parse_duration
 from certgate.api.recording import RecordingInfo, is_recording_id
 from certgate.client.cluster import ClusterAPI
+from certgate.client.times import parse_since
 from certgate.errors import BadParameter, NotFound
 from certgate.recording.asciicast import OUTPUT, CastReader, Event
 
 # With skip_idle, no pause in playback is longer than this (seconds).
 IDLE_CAP = 0.5
-
-
-def parse_since(value: str | None) -> str | None:
-    """`1h` (that long ago) or an RFC 3339 time, as an RFC 3339 time."""
-    if not value:
-        return None
-    try:
-        return (datetime.now(UTC) - parse_duration(value)).isoformat()
-    except BadParameter:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadParameter(f'invalid time "{value}": use a duration (1h) or RFC 3339') from None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
 def list_recordings(

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 
-from certgate.api.duration import parse_duration
 from certgate.cli.cgctl._connect import api
 from certgate.cli.common import FORMAT, print_json, table
-from certgate.errors import BadParameter
-
-
-def parse_since(value: str | None) -> str | None:
-    """`1h` (ago) or an RFC 3339 time, as an RFC 3339 time."""
-    if not value:
-        return None
-    try:
-        return (datetime.now(UTC) - parse_duration(value)).isoformat()
-    except BadParameter:
-        pass
-    try:
-        return datetime.fromisoformat(value).isoformat()
-    except ValueError as exc:
-        raise click.BadParameter(f'"{value}": use a duration (1h) or RFC 3339 time') from exc
+from certgate.client.times import parse_since
 
 
 @click.group()
