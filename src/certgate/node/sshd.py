@@ -35,6 +35,7 @@ from certgate.api.certs import identity_from_ssh_cert
 from certgate.api.identity import Identity
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.node import certcapture
+from certgate.node.server_options import certificate_server_options
 from certgate.node.session import (
     SFTP_SERVER,
     ChildProcess,
@@ -56,7 +57,6 @@ log = logging.getLogger(__name__)
 DEFAULT_CIPHERS: tuple[str, ...] = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 AUTHORIZE_TIMEOUT = 10.0
 AUDIT_TIMEOUT = 10.0
-LOGIN_TIMEOUT = 30.0
 # How long terminate_sessions waits for a client to take the message before hanging up.
 TERMINATE_FLUSH_SECONDS = 2.0
 # A channel queues at most this much output before the child's output is paused; a few
@@ -194,22 +194,8 @@ class NodeSSHServer:
             port,
             server_host_keys=[(self._host_key, self._host_cert)],
             encryption_algs=self._ciphers,
-            public_key_auth=True,
-            password_auth=False,
-            kbdint_auth=False,
-            host_based_auth=False,
-            gss_host=None,
-            # Raw bytes end to end, and no asyncssh line editor in front of the pty.
-            encoding=None,
-            line_editor=False,
-            allow_pty=True,
-            x11_forwarding=False,
             # Decided per connection by the policy (certcapture.guard_agent_forwarding).
-            agent_forwarding=True,
-            login_timeout=LOGIN_TIMEOUT,
-            keepalive_interval=30,
-            keepalive_count_max=3,
-            server_version="certgate",
+            **certificate_server_options(agent_forwarding=True),
         )
         return int(self._acceptor.get_port())
 

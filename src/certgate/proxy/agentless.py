@@ -50,6 +50,7 @@ from certgate.api.node import Node
 from certgate.auth.cached_access import CachedAccess
 from certgate.errors import BadParameter, CertgateError
 from certgate.node import certcapture
+from certgate.node.server_options import LOGIN_TIMEOUT, certificate_server_options
 from certgate.node.sshd import (
     DEFAULT_CIPHERS,
     ObserverFactory,
@@ -70,7 +71,6 @@ log = logging.getLogger("certgate.proxy.agentless")
 # authentication): past this the user is told which node did not answer. A little under
 # 5 s, so with the client's own handshake the refusal arrives within 5 s.
 CONNECT_TIMEOUT = 4.5
-LOGIN_TIMEOUT = 30.0
 AUDIT_TIMEOUT = 10.0
 
 
@@ -216,22 +216,7 @@ class AgentlessForwarder:
             server_factory=lambda: UserConnection(self),
             server_host_keys=[(self._host_key, cert)],
             encryption_algs=self._ciphers,
-            public_key_auth=True,
-            password_auth=False,
-            kbdint_auth=False,
-            host_based_auth=False,
-            gss_host=None,
-            encoding=None,
-            line_editor=False,
-            allow_pty=True,
-            x11_forwarding=False,
-            agent_forwarding=False,
-            allow_scp=False,
-            login_timeout=LOGIN_TIMEOUT,
-            keepalive_interval=30,
-            keepalive_count_max=3,
-            server_version="certgate",
-            config=None,
+            **certificate_server_options(agent_forwarding=False, allow_scp=False, config=None),
         )
         assert tunnel.factory is not None
         front = _Front(tunnel.factory, acceptor, datetime.now(UTC), signed.expires)
