@@ -6,7 +6,8 @@
                         (user's client cert)           certificate, forwarded)--> auth /v1/<path>
 
 The proxy never decides for auth: it passes the user's certificate on, and auth checks it
-against the user CA itself.
+against the user CA itself. Answers are streamed through a chunk at a time, so a long
+one (`cgsh play` of a large recording) is never held in the proxy's memory whole.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ FORWARDED_ADDR = "Certgate-Client-Addr"
 # Headers a client may not set itself: they carry identity between proxy and auth.
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 _IDENTITY_HEADERS = {FORWARDED_CERT.lower(), FORWARDED_ADDR.lower()}
+# A user who takes longer than this to take one chunk of an answer is gone.
+WRITE_TIMEOUT = 30.0
 
 
 class ProxyWeb:
@@ -180,18 +183,48 @@ class ProxyWeb:
         headers[FORWARDED_CERT] = base64.b64encode(der).decode()
         headers[FORWARDED_ADDR] = request.remote or ""
         path = "/v1/" + request.match_info["path"]
-        response = await self._auth.raw(
-            request.method,
-            path,
-            params=list(request.query.items()),
-            headers=headers,
-            content=await request.read() if request.can_read_body else None,
-        )
-        return web.Response(
-            status=response.status_code,
-            body=response.content,
-            content_type=response.headers.get("content-type", "application/json").split(";")[0],
-        )
+        # Request bodies are small (client_max_size bounds them); answers may not be.
+        body = await request.read() if request.can_read_body else None
+        response = web.StreamResponse()
+        try:
+            async with self._auth.raw_stream(
+                request.method,
+                path,
+                params=list(request.query.items()),
+                headers=headers,
+                content=body,
+            ) as answer:
+                response.set_status(answer.status_code)
+                response.headers["Content-Type"] = answer.headers.get(
+                    "content-type", "application/json"
+                )
+                length = answer.headers.get("content-length")
+                # aiter_bytes() undoes any content-encoding, which changes the length.
+                if length is not None and "content-encoding" not in answer.headers:
+                    response.content_length = int(length)
+                await response.prepare(request)
+                async for chunk in answer.aiter_bytes():
+                    async with asyncio.timeout(WRITE_TIMEOUT):
+                        await response.write(chunk)
+        except CertgateError as exc:
+            if not response.prepared:
+                raise  # auth did not answer: the user gets the error as JSON
+            # Auth broke off mid-answer. Cut the user's connection too, so a short body
+            # cannot pass for a whole one.
+            log.warning("answer to %s %s broke off: %s", request.method, path, exc.message)
+            _hang_up(request)
+            return response
+        except (ConnectionError, TimeoutError):
+            # The user went away or stopped reading: free the connection to auth.
+            _hang_up(request)
+            return response
+        await response.write_eof()
+        return response
+
+
+def _hang_up(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.close()
 
 
 def _client_identity(request: web.Request) -> Identity:

@@ -113,6 +113,35 @@ class AsyncAuthClient:
             raise _unreachable(self.base_url, exc) from exc
 
     @contextlib.asynccontextmanager
+    async def raw_stream(
+        self,
+        method: str,
+        path: str,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
+        content: bytes | AsyncIterable[bytes] | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Like `raw`, but the body is left unread: iterate `aiter_bytes()` inside.
+
+        However long the answer, only a chunk of it is in memory at a time (the proxy
+        passes a recording through this way). A failure while reading the body becomes
+        ConnectionProblem, as one before the answer does.
+        """
+        request = self._http.build_request(
+            method, path, params=params, headers=headers, content=content
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.base_url, exc) from exc
+        try:
+            yield response
+        except httpx.HTTPError as exc:
+            raise _unreachable(self.base_url, exc) from exc
+        finally:
+            await response.aclose()
+
+    @contextlib.asynccontextmanager
     async def stream(
         self, method: str, path: str, params: Any = None
     ) -> AsyncIterator[AsyncIterator[str]]:
