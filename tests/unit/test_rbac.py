@@ -359,6 +359,39 @@ def test_join_policies_union() -> None:
     assert policies == RoleSet([b, a], {}).join_policies()
 
 
+def test_join_modes_follow_the_owners_roles_and_kind() -> None:
+    watcher = role(
+        "watcher",
+        allow={
+            "join_sessions": [
+                {"roles": ["dev*"], "kinds": ["ssh"], "modes": ["observer"]},
+                {"roles": ["pair"], "modes": ["peer"]},
+            ]
+        },
+    )
+    rs = RoleSet([watcher], {})
+    assert rs.join_modes(["developer"]) == ["observer"]
+    assert rs.join_modes(["ops", "developer"]) == ["observer"]
+    assert rs.join_modes(["ops"]) == []
+    assert rs.join_modes(["developer"], kind="k8s") == []
+    # A peer may also watch.
+    assert rs.join_modes(["pair"]) == ["observer", "peer"]
+    assert rs.join_modes(["pair"], kind="k8s") == ["observer", "peer"]
+    # No join_sessions at all: nothing.
+    assert RoleSet([DEVELOPER], {}).join_modes(["developer"]) == []
+
+
+def test_join_modes_deny_wins() -> None:
+    allow = role("a", allow={"join_sessions": [{"roles": ["*"], "modes": ["observer", "peer"]}]})
+    deny = role("b", deny={"join_sessions": [{"roles": ["admin*"], "modes": ["peer"]}]})
+    rs = RoleSet([allow, deny], {})
+    assert rs.join_modes(["dev"]) == ["observer", "peer"]
+    assert rs.join_modes(["admins"]) == ["observer"]
+    # Every mode sees the session: denying the sight denies them all.
+    no_watch = role("c", deny={"join_sessions": [{"roles": ["*"], "modes": ["observer"]}]})
+    assert RoleSet([allow, no_watch], {}).join_modes(["dev"]) == []
+
+
 def test_request_and_review_roles() -> None:
     a = role(
         "a",

@@ -5,6 +5,7 @@ unreachable (the view is fed by auth's watch stream, see rpc/watcher.py).
 
 check_identity(identity)        -> None or AccessDenied   (locks, roles that exist)
 resolve_node(identity, target)  -> Node or NotFound/AccessDenied
+check_join(identity, owner, ...) -> None or AccessDenied   (cgsh join)
 """
 
 from __future__ import annotations
@@ -93,6 +94,26 @@ class CachedAccess:
         role_set.check_login(node_name, node_labels, login)
         self.check_identity(identity, login=login, node=node_name)
         return role_set
+
+    def check_join(
+        self,
+        identity: Identity,
+        owner_user: str,
+        owner_roles: tuple[str, ...] | list[str],
+        mode: str,
+        node: str,
+    ) -> None:
+        """Refuses (AccessDenied) unless `identity` may join that user's session in `mode`.
+
+        Owners may always join their own sessions (from a second terminal)."""
+        self.check_identity(identity, node=node)
+        if identity.username == owner_user:
+            return
+        if mode not in self.role_set(identity).join_modes(owner_roles, "ssh"):
+            raise AccessDenied(
+                f"access denied: your roles do not allow joining {owner_user}'s sessions "
+                f"as {mode} (role option join_sessions)"
+            )
 
     def find_node(self, target: str) -> Node:
         """A node by id, then by hostname, then by address; never an arbitrary address.

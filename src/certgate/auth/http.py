@@ -35,6 +35,7 @@ from certgate.auth import permissions as perm
 from certgate.auth.http_agentless import add_agentless_routes
 from certgate.auth.http_body import json_body, required_str, str_list
 from certgate.auth.http_recordings import add_recording_routes
+from certgate.auth.http_sessions import add_session_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
 from certgate.backend.base import EventType
@@ -180,6 +181,7 @@ class AuthAPI:
         r.add_post("/v1/nodes/heartbeat", add(perm.HEARTBEAT, "update", self.heartbeat))
         r.add_get("/v1/my/nodes", add(perm.SELF, "read", self.my_nodes))
         add_recording_routes(self, r)
+        add_session_routes(self, r)
         add_agentless_routes(self, r)
         return app
 

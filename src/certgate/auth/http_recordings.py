@@ -155,7 +155,8 @@ class RecordingRoutes:
                 )
             is_admin = SYSTEM_ADMIN in caller.roles
             own = header.node == caller.username or (
-                SYSTEM_PROXY in caller.roles and await self._is_agentless(header.node)
+                # Proxies record (and upload) the sessions of agentless OpenSSH nodes.
+                SYSTEM_PROXY in caller.roles and await self._api.server.is_agentless(header.node)
             )
             if not own and not is_admin:
                 raise AccessDenied(
@@ -193,14 +194,6 @@ class RecordingRoutes:
             incomplete=stored.incomplete,
         )
         return stored.to_dict()
-
-    async def _is_agentless(self, node: str) -> bool:
-        """Proxies record (and upload) the sessions of agentless OpenSSH nodes."""
-        try:
-            found = await self._api.server.nodes.get(node)
-        except NotFound:
-            return False
-        return found.spec.sub_kind == "openssh"
 
     async def _check_not_taken(self, recording_id: str, node: str) -> None:
         """A node may send its recording again (a retry), never replace another's."""

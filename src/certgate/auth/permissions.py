@@ -34,12 +34,16 @@ AUDIT_WRITE = "audit_write"  # sending audit events to auth (every service)
 SELF = "self"  # own certificates and profile (every authenticated user)
 RECORDING_WRITE = "recording_write"  # uploading session recordings (nodes)
 AGENTLESS = "agentless"  # certificates to terminate SSH for agentless nodes (proxies)
+SESSION_WRITE = "session_write"  # registering live session trackers (nodes, proxies)
 
 _SERVICE_GRANTS: dict[str, set[tuple[str, str]]] = {
     SYSTEM_PROXY: {
         (LOGIN, "create"),
         (AGENTLESS, "create"),
         (RECORDING_WRITE, "create"),  # sessions of agentless nodes are recorded here
+        (SESSION_WRITE, "update"),  # and tracked here
+        (SESSION_WRITE, "delete"),
+        ("session", "list"),  # live sessions, to let joiners through to their nodes
         (INVITE, "read"),
         (INVITE, "update"),
         (HEARTBEAT, "update"),
@@ -58,6 +62,8 @@ _SERVICE_GRANTS: dict[str, set[tuple[str, str]]] = {
         (HEARTBEAT, "update"),
         (AUDIT_WRITE, "create"),
         (RECORDING_WRITE, "create"),
+        (SESSION_WRITE, "update"),
+        (SESSION_WRITE, "delete"),
         ("role", "list"),
         ("role", "read"),
         ("lock", "list"),
@@ -67,6 +73,9 @@ _SERVICE_GRANTS: dict[str, set[tuple[str, str]]] = {
     },
 }
 _SERVICE_GRANTS[SYSTEM_KUBE] = set(_SERVICE_GRANTS[SYSTEM_NODE])
+
+# Pseudo-resources no user role can grant.
+_SERVICE_ONLY = (LOGIN, INVITE, HEARTBEAT, AUDIT_WRITE, RECORDING_WRITE, AGENTLESS, SESSION_WRITE)
 
 RoleLoader = Callable[[list[str]], Awaitable[list[Role]]]
 
@@ -103,7 +112,7 @@ class Authorizer:
             await self._check_not_locked(caller.username, caller.roles, caller.request_ids)
         if resource == SELF:
             return caller
-        if resource in (LOGIN, INVITE, HEARTBEAT, AUDIT_WRITE, RECORDING_WRITE, AGENTLESS):
+        if resource in _SERVICE_ONLY:
             raise AccessDenied(f"access denied: only cluster services may use {resource}")
         role_set = await self.role_set(caller)
         if not role_set.allows_rule(resource, verb):

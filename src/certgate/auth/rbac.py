@@ -11,6 +11,7 @@ refuses a role that could not be evaluated; the role store calls it on create.
                                    check_rule(resource, verb)        API access checker
                                    kubernetes_groups/users(), can_access_kube(labels)
                                    options(), adjust_ttl(ttl)        certificate contents
+                                   join_modes(owner roles)           cgsh join
 
 Rules that hold throughout:
 
@@ -382,6 +383,36 @@ class RoleSet:
             for policy in r.role.spec.allow.join_sessions:
                 seen.setdefault(policy.model_dump_json(), policy)
         return [seen[key] for key in sorted(seen)]
+
+    def join_modes(self, owner_roles: Sequence[str], kind: str = "ssh") -> list[str]:
+        """How these roles may join a live `kind` session of a user holding `owner_roles`.
+
+        A `join_sessions` policy applies when one of its `roles` (globs) names one of the
+        owner's roles and its `kinds` include `kind`. Allowed modes are the union over
+        the allow policies that apply, less every mode of a deny policy that applies.
+        A peer, and a moderator, may also observe: both see the session; for the same
+        reason a denied `observer` denies every mode.
+        """
+
+        def applies(policy: JoinPolicy) -> bool:
+            kinds_match = WILDCARD in policy.kinds or kind in policy.kinds
+            patterns = [_name_pattern(name) for name in policy.roles]
+            return kinds_match and any(p.fullmatch(role) for p in patterns for role in owner_roles)
+
+        allowed: set[str] = set()
+        denied: set[str] = set()
+        for r in self._roles:
+            for policy in r.role.spec.allow.join_sessions:
+                if applies(policy):
+                    allowed.update(policy.modes)
+            for policy in r.role.spec.deny.join_sessions:
+                if applies(policy):
+                    denied.update(policy.modes)
+        if allowed & {"peer", "moderator"}:
+            allowed.add("observer")
+        if "observer" in denied:
+            return []  # every mode sees the session: refusing the sight refuses them all
+        return sorted(allowed - denied)
 
     def request_roles(self) -> list[str]:
         """Roles these roles may request: allowed by some role, matched by no deny."""

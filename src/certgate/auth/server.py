@@ -22,6 +22,7 @@ from certgate.api.lock import Lock, lock_matches, lock_message
 from certgate.api.meta import Metadata
 from certgate.api.node import Node
 from certgate.api.role import Role
+from certgate.api.session_tracker import SessionTracker
 from certgate.api.token import Token, TokenSpec
 from certgate.api.user import INTERNAL_TRAITS, User
 from certgate.auth.bootstrap import ensure_authorities, ensure_cluster_name, ensure_preset_roles
@@ -79,6 +80,9 @@ class AuthServer:
         self.locks: ResourceStore[Lock] = ResourceStore(backend, "/locks/", Lock, "lock")
         self.lock_cache = LockCache(backend, self.locks, self._lock_expired, clock)
         self.nodes: ResourceStore[Node] = ResourceStore(backend, "/nodes/", Node, "node")
+        self.session_trackers: ResourceStore[SessionTracker] = ResourceStore(
+            backend, "/sessions/", SessionTracker, "session"
+        )
         self.authorities: ResourceStore[CertAuthority] = ResourceStore(
             backend, "/authorities/", CertAuthority, "certificate authority"
         )
@@ -371,6 +375,14 @@ class AuthServer:
         role_set = RoleSet(roles, caller.traits)
         nodes = await self.nodes.list()
         return [n for n in nodes if role_set.can_access_node(n.metadata.labels)]
+
+    async def is_agentless(self, node: str) -> bool:
+        """Whether `node` is an agentless OpenSSH node (its sessions are the proxy's)."""
+        try:
+            found = await self.nodes.get(node)
+        except NotFound:
+            return False
+        return found.spec.sub_kind == "openssh"
 
     # resources ----------------------------------------------------------------------
 

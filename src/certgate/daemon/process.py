@@ -301,6 +301,7 @@ class Daemon:
             access=access,
             audit=RemoteAudit(auth),
             agentless=agentless,
+            live_sessions=lambda node: auth.call("GET", "/v1/sessions", params={"node": node}),
         )
         host, port = split_addr(cfg.ssh_listen_addr, 3023)
         await self._guard_listen(ssh.start(host, port), cfg.ssh_listen_addr, "proxy ssh")

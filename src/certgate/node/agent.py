@@ -4,6 +4,7 @@ NodeAgent.start()
   ├─ ResourceView(role, lock, cert_authority)   decisions without a round trip
   ├─ NodeSSHServer(host cert from joining)      authorizer = roles + labels + locks
   ├─ heartbeat loop                             name, address, labels, with a TTL
+  ├─ session trackers                           live terminal sessions, for cgsh sessions/join
   └─ on a new lock: end every live session it matches, with its message
 """
 
@@ -30,11 +31,13 @@ from certgate.clock import SystemClock
 from certgate.errors import CertgateError
 from certgate.node.recording_hook import RecordingHook
 from certgate.node.sshd import NodeSSHServer, SessionInfo, SessionObserver, SessionPolicy
+from certgate.node.tracking import TrackedSessions
 from certgate.recording.node_recordings import NodeRecordings
 from certgate.recording.uploader import auth_sender
 from certgate.rpc.audit import RemoteAudit
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles
+from certgate.rpc.session_trackers import SessionTrackerPublisher
 from certgate.rpc.watcher import ResourceView
 
 log = logging.getLogger("certgate.node")
@@ -68,6 +71,7 @@ class NodeAgent:
         self.recordings = NodeRecordings(data_dir / "recordings", auth_sender(auth))
         self._record = RecordingHook(self.recordings, name, self._recording_mode, self._end_session)
         self._watchdog: asyncio.Task[None] | None = None
+        self._trackers = SessionTrackerPublisher(auth)
 
     async def start(self, host: str, port: int, advertise_host: str) -> int:
         self.view.start()
@@ -81,7 +85,10 @@ class NodeAgent:
             audit=self._send_audit,
             node_name=self.name,
             session_observer=self._observer,
+            join_authorizer=self._authorize_join,
+            tracking=TrackedSessions(self._trackers, self.name),
         )
+        self._trackers.start()
         bound = await self.server.start(host, port)
         self.addr = f"{advertise_host}:{bound}"
         await self._heartbeat()
@@ -96,6 +103,7 @@ class NodeAgent:
                 await asyncio.gather(task, return_exceptions=True)
         if self.server:
             await self.server.close()
+        await self._trackers.close()
         await self.recordings.close()
         await self.view.close()
 
@@ -112,6 +120,11 @@ class NodeAgent:
         options = role_set.options()
         return SessionPolicy(
             port_forwarding=options.port_forwarding, forward_agent=options.forward_agent
+        )
+
+    def _authorize_join(self, identity: Identity, owner: SessionInfo, mode: str) -> None:
+        self.access.check_join(
+            identity, owner.identity.username, owner.identity.roles, mode, self.name
         )
 
     def _observer(self, info: SessionInfo) -> SessionObserver | None:

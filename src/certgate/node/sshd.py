@@ -8,9 +8,12 @@
       session  shell / exec / exec with pty / sftp subsystem ──▶ session.spawn() as the
                Unix user; bytes relayed between the channel and the child's raw fds
       forward  -L (direct-tcpip), -R (tcpip-forward), agent ──▶ only if the policy says so
-      audit    session.rejected, session.start, session.end, exec, port_forward,
-               agent_forward; delivered in order by one worker so a slow sink never
-               stalls a session
+      join     login "join:<mode>:<session id>" ──▶ join_authorizer(identity, owner, mode)
+               ──▶ a JoinChannel in that session's party (join.py), nothing else
+      trackers terminal sessions and their joiners are reported to `tracking`
+      audit    session.rejected, session.start, session.end, session.join,
+               session.leave, exec, port_forward, agent_forward; delivered in order
+               by one worker so a slow sink never stalls a session
 
 How the node joins the cluster, where the CA keys come from and what the authorizer
 checks (roles, labels, locks) belong to the caller; this module only enforces answers.
@@ -33,8 +36,10 @@ import asyncssh
 
 from certgate.api.certs import identity_from_ssh_cert
 from certgate.api.identity import Identity
+from certgate.api.session_tracker import JOIN_MODES, parse_join_login
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.node import certcapture
+from certgate.node.join import JoinChannel, SessionParty
 from certgate.node.server_options import certificate_server_options
 from certgate.node.session import (
     SFTP_SERVER,
@@ -115,7 +120,23 @@ class SessionRefused(Exception):
     """Raised by an observer factory: the session must not start (the message says why)."""
 
 
+class SessionTracking(Protocol):
+    """Told about terminal sessions as they start, gain or lose joiners, and end.
+
+    Called on the event loop; keep each call cheap (queue and return)."""
+
+    def started(self, info: SessionInfo) -> None: ...
+
+    def participants_changed(
+        self, info: SessionInfo, participants: list[dict[str, Any]]
+    ) -> None: ...
+
+    def ended(self, info: SessionInfo) -> None: ...
+
+
 Authorizer = Callable[[Identity, str, str], Awaitable[SessionPolicy]]
+# (joiner, the session's owner, mode) -> None, or AccessDenied
+JoinAuthorizer = Callable[[Identity, SessionInfo, str], None]
 AuditSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 ObserverFactory = Callable[[SessionInfo], SessionObserver | None]
 SessionPredicate = Callable[[Identity, str], bool]
@@ -159,6 +180,8 @@ class NodeSSHServer:
         node_name: str,
         *,
         session_observer: ObserverFactory | None = None,
+        join_authorizer: JoinAuthorizer | None = None,
+        tracking: SessionTracking | None = None,
         ciphers: Sequence[str] = DEFAULT_CIPHERS,
         authorize_timeout: float = AUTHORIZE_TIMEOUT,
     ) -> None:
@@ -174,6 +197,8 @@ class NodeSSHServer:
         self._audit_sink = audit
         self.node_name = node_name
         self._observer_factory = session_observer
+        self._join_authorizer = join_authorizer
+        self.tracking = tracking
         self._ciphers = list(ciphers)
         self._authorize_timeout = authorize_timeout
         self._acceptor: asyncssh.SSHAcceptor | None = None
@@ -296,6 +321,11 @@ class NodeSSHServer:
             log.exception("session observer factory failed for session %s", info.id)
             return None
 
+    def party(self, session_id: str) -> SessionParty | None:
+        """The joiners' side of a live terminal session, if it is running here."""
+        session = self._sessions.get(session_id)
+        return session.party if session is not None else None
+
     def end_session(self, session_id: str, message: str, reason: str = "terminated") -> bool:
         """End one live session, showing `message` first; False if it is not running.
 
@@ -321,6 +351,9 @@ class _Connection(asyncssh.SSHServer):
         self.account: UnixAccount | None = None
         self.policy = SessionPolicy()
         self.sessions: set[_Session] = set()
+        # Set for a join login: (mode, session id); such a connection only joins.
+        self.join: tuple[str, str] | None = None
+        self.joins: set[JoinChannel] = set()
 
     # ---- asyncssh callbacks --------------------------------------------------
 
@@ -335,6 +368,7 @@ class _Connection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._node._connections.discard(self)
+        self.joins.clear()
 
     def begin_auth(self, username: str) -> bool:
         # principals="*" makes asyncssh leave the login check to us: it would refuse a
@@ -359,6 +393,13 @@ class _Connection(asyncssh.SSHServer):
         return bytes(key.public_data) in self._trusted
 
     def session_requested(self) -> Any:
+        if self.identity is not None and self.join is not None:
+            mode, session_id = self.join
+            channel = JoinChannel(
+                self.identity.username, mode, session_id, lambda: self._node.party(session_id)
+            )
+            self.joins.add(channel)
+            return channel
         if self.identity is None or self.account is None:
             return False
         return _Session(self)
@@ -393,6 +434,9 @@ class _Connection(asyncssh.SSHServer):
         except (BadParameter, ValueError) as exc:
             self._reject(None, login, f"malformed certificate: {exc}")
             return False
+        join = parse_join_login(login)
+        if join is not None:
+            return self._authorize_join(identity, login, *join)
         if login not in identity.logins:
             self._reject(identity, login, f'login "{login}" is not a principal of the certificate')
             return False
@@ -416,6 +460,31 @@ class _Connection(asyncssh.SSHServer):
             self._reject(identity, login, "internal error while authorizing")
             return False
         self.identity, self.login, self.account, self.policy = identity, login, account, policy
+        return True
+
+    def _authorize_join(self, identity: Identity, login: str, mode: str, session_id: str) -> bool:
+        """A join login: the session must run here and the joiner's roles allow `mode`."""
+        node = self._node
+        if mode not in JOIN_MODES:
+            self._reject(identity, login, f'unknown join mode "{mode}": use observer or peer')
+            return False
+        session = node._sessions.get(session_id)
+        if session is None or session.info is None or session.party is None:
+            self._reject(identity, login, f'session "{session_id}" is not running on this node')
+            return False
+        if node._join_authorizer is None:
+            self._reject(identity, login, "joining sessions is not enabled on this node")
+            return False
+        try:
+            node._join_authorizer(identity, session.info, mode)
+        except AccessDenied as exc:
+            self._reject(identity, login, exc.message)
+            return False
+        except Exception:
+            log.exception("join authorizer failed for %s", identity.username)
+            self._reject(identity, login, "internal error while authorizing")
+            return False
+        self.identity, self.login, self.join = identity, login, (mode, session_id)
         return True
 
     def _reject(self, identity: Identity | None, login: str, reason: str) -> None:
@@ -467,11 +536,14 @@ class _Connection(asyncssh.SSHServer):
         sessions = list(self.sessions)
         for session in sessions:
             session.terminate(message, reason, audit_fields)
+        for joined in list(self.joins):
+            joined.finish(message)
         return len(sessions)
 
     async def hang_up(self) -> None:
         """Close the connection once the sessions' last words had a chance to leave."""
         waits = [session.wait_closed() for session in self.sessions]
+        waits += [joined.wait_closed() for joined in self.joins]
         if waits:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), TERMINATE_FLUSH_SECONDS)
@@ -505,6 +577,8 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         self._term_size: tuple[int, int, int, int] | None = None
         self._child: ChildProcess | None = None
         self._observer: SessionObserver | None = None
+        # Terminal sessions only: who else is watching or typing (join.py).
+        self.party: SessionParty | None = None
         self._started_at = 0.0
         self._ended = False
         self._end_fields: dict[str, Any] = {}
@@ -592,6 +666,10 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         self._child = spawn(account, executable, argv, env, self, pty_size=size)
         self._connection.sessions.add(self)
         self._node._sessions[self.id] = self
+        if size is not None:
+            self.party = SessionParty(self._show, self._peer_input, self._membership)
+            if self._node.tracking is not None:
+                self._node.tracking.started(self.info)
         self._node._audit(
             "session.start",
             {
@@ -697,6 +775,33 @@ class _Session(asyncssh.SSHServerSession[bytes]):
             return
         if self._observer is not None:
             self._notify(self._observer.on_output, data)
+        if self.party is not None:
+            self.party.output(data)
+
+    # ---- joiners (join.py) ---------------------------------------------------
+
+    def _show(self, data: bytes) -> None:
+        # certgate's own lines go where output goes: the owner, the recording, joiners.
+        self.output(data, False)
+
+    def _peer_input(self, data: bytes) -> None:
+        if self._child is not None and self._exit_code is None:
+            self._child.write_stdin(data)
+
+    def _membership(self, event: str, member: JoinChannel) -> None:
+        assert self.info is not None
+        self._node._audit(
+            event,
+            {
+                "session_id": self.id,
+                "user": member.user,
+                "mode": member.mode,
+                "session_user": self.info.identity.username,
+                "login": self.info.login,
+            },
+        )
+        if self.party is not None and self._node.tracking is not None and not self._ended:
+            self._node.tracking.participants_changed(self.info, self.party.participants())
 
     def stdin_drained(self) -> None:
         self._chan.resume_reading()
@@ -749,6 +854,10 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         self._ended = True
         self._connection.sessions.discard(self)
         self._node._sessions.pop(self.id, None)
+        if self.party is not None:
+            self.party.end()
+            if self._node.tracking is not None:
+                self._node.tracking.ended(self.info)
         if self._observer is not None:
             self._notify(self._observer.on_end)
             self._observer = None

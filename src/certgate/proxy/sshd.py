@@ -7,7 +7,9 @@
 The proxy authenticates the user's certificate against the cluster's user CA, checks
 locks, and opens direct-tcpip channels only to nodes of the inventory the user's roles
 can see — never to an arbitrary address. The end-to-end SSH session runs between the
-client and the node, which makes its own decision on the login.
+client and the node, which makes its own decision on the login. A node the roles cannot
+reach is still dialled for a user who may join a live session on it (`cgsh join`); the
+node then lets that connection do nothing but join.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import asyncssh
 
 from certgate.api.certs import identity_from_ssh_cert
 from certgate.api.identity import Identity
+from certgate.api.node import Node
 from certgate.auth.cached_access import CachedAccess
-from certgate.errors import CertgateError
+from certgate.errors import AccessDenied, CertgateError, NotFound
 from certgate.node.certcapture import certificate_text, install_certificate_capture
 from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.corked import CorkedListener
@@ -95,7 +98,10 @@ class _Connection(asyncssh.SSHServer):
         assert self.identity is not None
         identity = self.identity
         try:
-            node = self._proxy.access.resolve_node(identity, target)
+            try:
+                node = self._proxy.access.resolve_node(identity, target)
+            except NotFound:
+                node = await self._proxy.node_to_join(identity, target)
         except CertgateError as exc:
             await self._proxy.audit(
                 "session.rejected", user=identity.username, node=target,
@@ -145,6 +151,7 @@ class ProxySSH:
         access: CachedAccess,
         audit: AuditSink,
         agentless: AgentlessForwarder | None = None,
+        live_sessions: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None,
     ) -> None:
         self._host_key = asyncssh.import_private_key(host_key)
         self._host_cert = asyncssh.import_certificate(host_cert)
@@ -152,7 +159,25 @@ class ProxySSH:
         self.access = access
         self.audit = audit
         self.agentless = agentless
+        # node name -> the live sessions there (auth's trackers), for join-only dials.
+        self.live_sessions = live_sessions
         self._server: Any = None
+
+    async def node_to_join(self, identity: Identity, target: str) -> Node:
+        """The node `target` names, if a session the user may join runs there.
+
+        NotFound otherwise: the same answer as for a node the roles cannot see."""
+        node = self.access.find_node(target)
+        if self.live_sessions is not None:
+            for session in await self.live_sessions(node.name):
+                try:
+                    self.access.check_join(
+                        identity, session["user"], session["roles"], "observer", node.name
+                    )
+                except AccessDenied:
+                    continue
+                return node
+        raise NotFound(f'node "{target}" not found')
 
     async def start(self, host: str, port: int) -> int:
         # CorkedListener: each pass of the loop's packets leave in one send() (corked.py).

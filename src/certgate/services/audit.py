@@ -59,6 +59,8 @@ EVENT_CODES: dict[str, str] = {
     "lock.deleted": "TLK01I",
     "lock.expired": "TLK02I",
     "session.start": "T2000I",
+    "session.join": "T2001I",
+    "session.leave": "T2003I",
     "session.end": "T2004I",
     "session.upload": "T2005I",
     "session.rejected": "T1006W",

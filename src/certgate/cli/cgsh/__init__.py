@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from certgate.cli.cgsh import recordings, session, ssh
+from certgate.cli.cgsh import recordings, session, sessions, ssh
 from certgate.cli.common import run
 
 
@@ -17,5 +17,6 @@ def cli() -> None:
 session.register(cli)
 ssh.register(cli)
 recordings.register(cli)
+sessions.register(cli)
 
 main = run(cli)

@@ -44,7 +44,7 @@ def ls(labels: tuple[str, ...], fmt: str) -> None:
     click.echo(table(["Node", "Address", "Labels"], rows))
 
 
-def _openssh(tool: str) -> str:
+def openssh_binary(tool: str) -> str:
     path = shutil.which(tool)
     if not path:
         raise BadParameter(f"{tool} (OpenSSH client) is not installed: install openssh-client")
@@ -89,7 +89,7 @@ def ssh(
     found = check_access(profile, node, user)
     name = found["metadata"]["name"]
     config = write_config(profile, [name])
-    argv = [_openssh("ssh"), "-F", str(config), *options, "-l", user, name, *command]
+    argv = [openssh_binary("ssh"), "-F", str(config), *options, "-l", user, name, *command]
     os.execv(argv[0], argv)
 
 
@@ -110,7 +110,7 @@ def _run_on_matching(
     for name in nodes:
         check_access(profile, name, user)
         result = subprocess.run(
-            [_openssh("ssh"), "-F", str(config), *options, "-T", "-l", user, name, *command],
+            [openssh_binary("ssh"), "-F", str(config), *options, "-T", "-l", user, name, *command],
             capture_output=True, text=True,
         )  # fmt: skip
         for line in result.stdout.splitlines():
@@ -138,7 +138,7 @@ def scp(recursive: bool, paths: tuple[str, ...]) -> None:
     if not nodes:
         raise click.UsageError("one side must be remote: LOGIN@NODE:PATH")
     config = write_config(profile, nodes)
-    argv = [_openssh("scp"), "-F", str(config), "-q"]
+    argv = [openssh_binary("scp"), "-F", str(config), "-q"]
     if recursive:
         argv.append("-r")
     argv += list(paths)

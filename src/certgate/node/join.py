@@ -1,0 +1,208 @@
+"""Joining a live terminal session: observers watch it, peers type into it too.
+
+    owner's channel ◀── output ──┬── SessionParty.output() ──▶ each JoinChannel (joiner's ssh)
+    child's pty     ◀── input ───┴────────────────────────────── peers' keystrokes
+                                  └─ everyone sees "certgate: bob joined (observer)"
+
+A joiner connects like any SSH user but with the login `join:<mode>:<session id>`
+(api/session_tracker.py); the server that runs the session (a node, or the proxy for an
+agentless node) checks the joiner's roles and locks, then hands the session channel a
+JoinChannel instead of starting a shell. A joiner first gets the last few KiB the session
+showed, so the screen is not blank until the next output. Observers cannot type:
+Ctrl-C or Ctrl-D leaves. A joiner that falls too far behind is dropped, never the
+session slowed down for it.
+
+The party knows nothing of the child process or recording; its owner passes in how to
+show text to everyone (`announce`) and how to send a peer's input to the child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncssh
+
+log = logging.getLogger(__name__)
+
+# What a joiner sees first: the session's most recent output, up to this much.
+BACKLOG_BYTES = 32 * 1024
+# A joiner whose channel holds more unsent output than this is dropped.
+MAX_BEHIND_BYTES = 4 * 1024 * 1024
+# Keys that make an observer leave (its other keystrokes go nowhere).
+_OBSERVER_LEAVE_KEYS = (b"\x03", b"\x04")
+
+# (event, joiner) -> None: "session.join" or "session.leave".
+MembershipListener = Callable[[str, "JoinChannel"], None]
+
+
+class SessionParty:
+    """The joiners of one live session, and the recent output a newcomer is shown."""
+
+    def __init__(
+        self,
+        announce: Callable[[bytes], None],
+        write_input: Callable[[bytes], None],
+        on_membership: MembershipListener,
+    ) -> None:
+        self._announce = announce
+        self._write_input = write_input
+        self._on_membership = on_membership
+        self._backlog: deque[bytes] = deque()
+        self._backlog_size = 0
+        self.members: list[JoinChannel] = []
+        self.ended = False
+
+    def output(self, data: bytes) -> None:
+        """What the session showed its owner: keep the tail, pass it to every joiner."""
+        # No copying: chunks are kept as they are and whole ones dropped from the front.
+        self._backlog.append(data)
+        self._backlog_size += len(data)
+        while self._backlog_size - len(self._backlog[0]) >= BACKLOG_BYTES:
+            self._backlog_size -= len(self._backlog.popleft())
+        for member in list(self.members):
+            member.send(data)
+
+    def say(self, text: str) -> None:
+        """A line from certgate to everyone in the session, the owner included."""
+        self._announce(f"\r\ncertgate: {text}\r\n".encode())
+
+    def join(self, member: JoinChannel) -> None:
+        if self.ended:
+            member.finish("certgate: the session has ended")
+            return
+        member.send(b"".join(self._backlog)[-BACKLOG_BYTES:])
+        self.members.append(member)
+        self.say(f"{member.user} joined ({member.mode})")
+        self._on_membership("session.join", member)
+
+    def leave(self, member: JoinChannel) -> None:
+        if member not in self.members:
+            return
+        self.members.remove(member)
+        if not self.ended:
+            self.say(f"{member.user} left")
+        self._on_membership("session.leave", member)
+
+    def input(self, member: JoinChannel, data: bytes) -> None:
+        if member.mode == "peer" and not self.ended:
+            self._write_input(data)
+
+    def end(self, message: str = "certgate: the session has ended") -> None:
+        """The session is over: every joiner is told and let go."""
+        self.ended = True
+        for member in list(self.members):
+            member.finish(message)
+
+    def participants(self) -> list[dict[str, Any]]:
+        return [
+            {"user": m.user, "mode": m.mode, "joined": m.joined.isoformat()} for m in self.members
+        ]
+
+
+class JoinChannel(asyncssh.SSHServerSession[bytes]):
+    """A joiner's session channel: a view of someone else's terminal.
+
+    `find_party()` is asked when the joiner's shell request arrives; None means the
+    session has ended in the meantime. Only pty and shell requests are accepted: a
+    join login runs nothing of its own.
+    """
+
+    def __init__(
+        self,
+        user: str,
+        mode: str,
+        session_id: str,
+        find_party: Callable[[], SessionParty | None],
+    ) -> None:
+        self.user = user
+        self.mode = mode
+        self.session_id = session_id
+        self.joined = datetime.now(UTC)
+        self._find_party = find_party
+        self._party: SessionParty | None = None
+        self._chan: Any = None
+        self._done = False
+        self._closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, chan: Any) -> None:
+        self._chan = chan
+
+    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        return False
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return False
+
+    def session_started(self) -> None:
+        party = self._find_party()
+        if party is None:
+            self.finish("certgate: the session has ended", status=1)
+            return
+        self._party = party
+        hint = "you can type into it" if self.mode == "peer" else "read-only; Ctrl-C leaves"
+        self._write(f"certgate: joined session {self.session_id} as {self.mode} ({hint})\r\n")
+        party.join(self)
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        if self._party is None:
+            return
+        if self.mode == "peer":
+            self._party.input(self, data)
+        elif any(key in data for key in _OBSERVER_LEAVE_KEYS):
+            self.finish("certgate: you left the session")
+
+    def eof_received(self) -> bool:
+        # A joiner's input ending (`cgsh join < /dev/null`) ends nothing: it keeps watching.
+        return True
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        pass  # the owner's terminal sets the size
+
+    def break_received(self, msec: int) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._done = True
+        if self._party is not None:
+            self._party.leave(self)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    async def wait_closed(self) -> None:
+        """Until the channel is closed (what was written to it has gone out)."""
+        await asyncio.shield(self._closed)
+
+    def send(self, data: bytes) -> None:
+        if self._done or not data:
+            return
+        if self._chan.get_write_buffer_size() > MAX_BEHIND_BYTES:
+            self.finish("certgate: you fell too far behind the session and were disconnected")
+            return
+        self._write(data)
+
+    def finish(self, message: str, status: int = 0) -> None:
+        """Show `message`, end the joiner's channel and leave the party."""
+        if self._done:
+            return
+        self._done = True
+        self._write(f"\r\n{message}\r\n")
+        if self._party is not None:
+            self._party.leave(self)
+        with contextlib.suppress(OSError):
+            self._chan.exit(status)
+
+    def _write(self, data: bytes | str) -> None:
+        with contextlib.suppress(OSError):
+            self._chan.write(data.encode() if isinstance(data, str) else data)

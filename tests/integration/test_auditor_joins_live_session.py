@@ -1,0 +1,267 @@
+"""Live sessions are listed and can be joined by policy (issue 4, part 5).
+
+Real processes: `certgate start` with auth, proxy and node; the session's owner types
+into a real terminal (pexpect, stock OpenSSH through the proxy); joiners run
+`cgsh join` in real terminals of their own. An observer sees the live output and cannot
+type; a peer's keystrokes reach the shell; everyone sees who joined; joins are audited;
+a joiner without the policy is refused, also when it skips cgsh and asks the node itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pexpect
+import pytest
+
+from certgate.api.session_tracker import join_login
+from tests.support.cluster import BIN, Cluster, User
+from tests.support.unix import ensure_user
+
+LOGIN = "cgjoin"
+ROLES = f"""\
+kind: role
+metadata: {{name: dev}}
+spec:
+  allow: {{logins: [{LOGIN}], node_labels: {{"*": "*"}}}}
+---
+kind: role
+metadata: {{name: watcher}}
+spec:
+  allow:
+    join_sessions: [{{roles: [dev], kinds: [ssh], modes: [observer]}}]
+---
+kind: role
+metadata: {{name: pair}}
+spec:
+  allow:
+    join_sessions: [{{roles: ["d*"], modes: [peer]}}]
+---
+kind: role
+metadata: {{name: nobody}}
+spec: {{}}
+"""
+
+
+def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    ensure_user(LOGIN)
+    c = Cluster(tmp_path_factory.mktemp("join"), roles="auth,proxy,node")
+    c.start()
+    c.cgctl("create", "-f", "-", input=ROLES)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def people(cluster: Cluster) -> dict[str, User]:
+    users = {}
+    for name, roles in (("alice", "dev"), ("walt", "watcher"), ("pat", "pair"), ("eve", "nobody")):
+        users[name] = cluster.add_user(name, roles=roles)
+        cluster.login(users[name])
+    return users
+
+
+def owner_shell(cluster: Cluster, user: User) -> pexpect.spawn:
+    config = user.home / "openssh_config"
+    config.write_text(eventually(lambda: _config_with_node(cluster, user)))
+    child = pexpect.spawn(
+        "ssh", ["-F", str(config), "-tt", f"{LOGIN}@node-1"], timeout=15, encoding="utf-8"
+    )
+    child.sendline("echo READY-$((40+2))")
+    child.expect("READY-42")
+    return child
+
+
+def _config_with_node(cluster: Cluster, user: User) -> str:
+    text = cluster.cgsh(user, "config").stdout
+    return text if "node-1" in text else ""
+
+
+def join(cluster: Cluster, user: User, session_id: str, *extra: str) -> pexpect.spawn:
+    return pexpect.spawn(
+        str(BIN / "cgsh"),
+        ["join", session_id, *extra],
+        env={**os.environ, "CERTGATE_HOME": str(user.home), "TERM": "xterm"},
+        timeout=15,
+        encoding="utf-8",
+    )
+
+
+def sessions(cluster: Cluster, user: User) -> list[dict[str, Any]]:
+    out = cluster.cgsh(user, "sessions", "ls", "--format=json").stdout
+    found: list[dict[str, Any]] = json.loads(out)
+    return found
+
+
+def audit(cluster: Cluster, event: str) -> list[dict[str, Any]]:
+    out = cluster.cgctl("audit", "ls", f"--event={event}", "--format=json", "--limit=500").stdout
+    found: list[dict[str, Any]] = json.loads(out)
+    return found
+
+
+def test_observers_watch_peers_type_and_everyone_sees_who_joined(
+    cluster: Cluster, people: dict[str, User]
+) -> None:
+    alice, walt, pat, eve = (people[n] for n in ("alice", "walt", "pat", "eve"))
+    shell = owner_shell(cluster, alice)
+
+    # The live session is listed for its owner and for those who may join it.
+    listed = eventually(lambda: [s for s in sessions(cluster, walt) if s["user"] == "alice"])
+    assert len(listed) == 1
+    session = listed[0]
+    assert (session["login"], session["node"], session["join_modes"]) == (
+        LOGIN,
+        "node-1",
+        ["observer"],
+    )
+    session_id = session["id"]
+    assert [s["id"] for s in sessions(cluster, alice)] == [session_id]
+    assert sessions(cluster, eve) == []
+    text = cluster.cgsh(walt, "sessions", "ls").stdout
+    assert session_id in text and "alice" in text and "observer" in text
+
+    # An observer joins: everyone sees it, the observer sees live output...
+    observer = join(cluster, walt, session_id)
+    observer.expect(f"joined session {session_id} as observer")
+    shell.expect_exact("walt joined (observer)")
+    observer.expect_exact("walt joined (observer)")
+    shell.sendline("echo LIVE-$((1+2))")
+    observer.expect("LIVE-3")
+
+    # ...and cannot type: nothing it sends reaches the shell.
+    observer.send("echo OBSERVER-$((2+2))\r")
+    time.sleep(0.5)
+    shell.sendline("echo AFTER-$((3+3))")
+    shell.expect("AFTER-6")
+    observer.expect("AFTER-6")
+    assert "OBSERVER-4" not in shell.before
+
+    # A peer types into the session; owner and observer see the result.
+    peer = join(cluster, pat, session_id, "--mode=peer")
+    peer.expect(f"joined session {session_id} as peer")
+    shell.expect_exact("pat joined (peer)")
+    peer.send("echo PEER-$((5+5))\r")
+    shell.expect("PEER-10")
+    observer.expect("PEER-10")
+    peer.expect("PEER-10")
+
+    # The tracker lists who is in the session.
+    def both_listed() -> bool:
+        found = [s for s in sessions(cluster, alice) if s["id"] == session_id]
+        joined = {(p["user"], p["mode"]) for p in found[0]["participants"]} if found else set()
+        return joined == {("walt", "observer"), ("pat", "peer")}
+
+    eventually(both_listed)
+
+    # Ctrl-C is how an observer leaves; the others see it go.
+    observer.send("\x03")
+    observer.expect("you left the session")
+    observer.expect(pexpect.EOF)
+    shell.expect_exact("walt left")
+
+    # The session ends: its joiners are told and let go, and it leaves the list.
+    shell.sendline("exit")
+    shell.expect(pexpect.EOF)
+    peer.expect("the session has ended")
+    peer.expect(pexpect.EOF)
+    eventually(lambda: not [s for s in sessions(cluster, walt) if s["id"] == session_id])
+
+    joins = [e for e in audit(cluster, "session.join") if e.get("session_id") == session_id]
+    assert {(e["user"], e["mode"], e["session_user"]) for e in joins} == {
+        ("walt", "observer", "alice"),
+        ("pat", "peer", "alice"),
+    }
+    assert all(e["node"] == "node-1" for e in joins)
+    leaves = [e for e in audit(cluster, "session.leave") if e.get("session_id") == session_id]
+    assert {e["user"] for e in leaves} == {"walt", "pat"}
+
+
+def test_joining_without_the_policy_is_refused(cluster: Cluster, people: dict[str, User]) -> None:
+    alice, walt, eve = people["alice"], people["walt"], people["eve"]
+    shell = owner_shell(cluster, alice)
+    session_id = eventually(lambda: [s["id"] for s in sessions(cluster, alice)])[0]
+
+    # cgsh says why, in one line, before dialling anything.
+    peer = cluster.cgsh(walt, "join", session_id, "--mode=peer", check=False)
+    assert peer.returncode == 3
+    assert peer.stderr.strip() == (
+        "error: access denied: your roles do not allow joining alice's session as peer "
+        "(you may join as observer)"
+    )
+    hidden = cluster.cgsh(eve, "join", session_id, check=False)
+    assert hidden.returncode != 0
+    assert f'session "{session_id}" not found' in hidden.stderr
+    bogus = cluster.cgsh(walt, "join", "../../etc/passwd", check=False)
+    assert bogus.returncode == 4
+    assert bogus.stderr.strip() == (
+        'error: session "../../etc/passwd" not found: session ids are UUIDs'
+    )
+
+    # Skipping cgsh and asking the node directly with stock OpenSSH changes nothing.
+    def stock_join(user: User, login: str) -> subprocess.CompletedProcess[str]:
+        # `cgsh config` lists only nodes the roles reach; NODE.<cluster> goes through the
+        # proxy all the same.
+        config = user.home / "join_config"
+        config.write_text(cluster.cgsh(user, "config").stdout)
+        return subprocess.run(
+            ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-tt", "-l", login,
+             f"node-1.{cluster.cluster_name}"],
+            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    for login in (
+        join_login("peer", session_id),  # a mode the roles do not give
+        join_login("observer", "00000000-0000-4000-8000-000000000000"),  # no such session
+        join_login("moderator", session_id),  # not a mode
+    ):
+        result = stock_join(walt, login)
+        assert result.returncode == 255, result
+        assert "Permission denied" in result.stderr
+    # Eve cannot even reach the node: no node access, and nothing she may join there.
+    result = stock_join(eve, join_login("observer", session_id))
+    assert result.returncode == 255
+    assert "not found" in result.stderr
+    refusals = [
+        e
+        for e in audit(cluster, "session.rejected")
+        if e.get("user") == "walt" and session_id in e.get("login", "")
+    ]
+    assert any("do not allow joining alice's sessions as peer" in e["reason"] for e in refusals)
+    shell.sendline("exit")
+    shell.expect(pexpect.EOF)
+
+
+def test_locking_a_joiner_ends_its_view(cluster: Cluster, people: dict[str, User]) -> None:
+    alice, walt = people["alice"], people["walt"]
+    shell = owner_shell(cluster, alice)
+    session_id = eventually(lambda: [s["id"] for s in sessions(cluster, alice)])[0]
+    observer = join(cluster, walt, session_id)
+    shell.expect_exact("walt joined (observer)")
+
+    out = cluster.cgctl("lock", "--user=walt", "--message=no more watching").stdout
+    name = out.split("'")[1]
+    observer.expect("access denied: locked: no more watching")
+    observer.expect(pexpect.EOF)
+    shell.expect_exact("walt left")
+    # The owner's session goes on.
+    shell.sendline("echo STILL-$((4+4))")
+    shell.expect("STILL-8")
+    cluster.cgctl("rm", f"lock/{name}")
+    shell.sendline("exit")
+    shell.expect(pexpect.EOF)
