@@ -16,10 +16,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pexpect
 import pytest
 
 from certgate.api.session_tracker import join_login
+from certgate.client.cluster import connect_profile
+from certgate.errors import AccessDenied
+from certgate.rpc.identity_files import IdentityFiles
 from tests.support.cluster import BIN, Cluster, User
 from tests.support.unix import ensure_user
 
@@ -263,5 +267,62 @@ def test_locking_a_joiner_ends_its_view(cluster: Cluster, people: dict[str, User
     shell.sendline("echo STILL-$((4+4))")
     shell.expect("STILL-8")
     cluster.cgctl("rm", f"lock/{name}")
+    shell.sendline("exit")
+    shell.expect(pexpect.EOF)
+
+
+def test_trackers_cannot_be_forged_or_removed_by_others(
+    cluster: Cluster, people: dict[str, User], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alice, walt = people["alice"], people["walt"]
+    shell = owner_shell(cluster, alice)
+    session_id = eventually(lambda: [s["id"] for s in sessions(cluster, alice)])[0]
+    forged = {
+        "tracker": {
+            "metadata": {"name": "11111111-1111-4111-8111-111111111111"},
+            "spec": {
+                "session_kind": "shell",
+                "user": "alice",
+                "login": LOGIN,
+                "node": "node-1",
+                "roles": ["dev"],
+                "started": "2026-01-01T00:00:00+00:00",
+            },
+        },
+        "ttl_seconds": 30,
+    }
+
+    # Another node speaks only for its own sessions.
+    cluster.start_node("node-2", "env=prod")
+    node2 = IdentityFiles.load(cluster.workdir / "node-2" / "identity" / "node")
+    with httpx.Client(
+        base_url=f"https://{cluster.auth_addr}", verify=node2.tls_context(), timeout=10
+    ) as auth:
+        answer = auth.put(f"/v1/sessions/{forged['tracker']['metadata']['name']}", json=forged)
+        assert answer.status_code == 403
+        assert 'may not track sessions of node "node-1"' in answer.json()["message"]
+        answer = auth.delete(f"/v1/sessions/{session_id}")
+        assert answer.status_code == 403
+        answer = auth.put("/v1/sessions/../../roles/dev", json=forged)
+        assert answer.status_code in (400, 404)
+        broken = {"tracker": {"metadata": {"name": session_id}, "spec": {"node": 7}}}
+        answer = auth.put(f"/v1/sessions/{session_id}", json=broken)
+        assert answer.status_code == 400
+        assert answer.json()["message"].startswith(f'session "{session_id}": spec.')
+
+    # A user cannot write trackers at all, even their own.
+    monkeypatch.setenv("CERTGATE_HOME", str(walt.home))
+    api = connect_profile()
+    try:
+        with pytest.raises(AccessDenied, match="only cluster services may use session_write"):
+            api.call("PUT", f"/sessions/{session_id}", json=forged)
+        with pytest.raises(AccessDenied):
+            api.call("DELETE", f"/sessions/{session_id}")
+    finally:
+        api.close()
+
+    # Alice's session is still listed, unchanged, and no forged one appeared.
+    listed = sessions(cluster, alice)
+    assert [s["id"] for s in listed] == [session_id]
     shell.sendline("exit")
     shell.expect(pexpect.EOF)

@@ -71,6 +71,14 @@ def test_auditor_reads_sessions_and_events_only() -> None:
     }
     assert auditor.logins() == []
     assert auditor.options().max_session_ttl == timedelta(hours=8)
+    # Watches anyone's live sessions, never types into them.
+    assert auditor.join_modes(["access"]) == ["observer"]
+    assert auditor.join_modes(["editor", "anything"]) == ["observer"]
+
+
+def test_only_the_auditor_joins_sessions() -> None:
+    assert preset("access").join_modes(["access"]) == []
+    assert preset("editor").join_modes(["access"]) == []
 
 
 def test_access_and_editor_together() -> None:

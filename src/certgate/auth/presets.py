@@ -7,7 +7,7 @@ or delete them like any other role.
 from __future__ import annotations
 
 from certgate.api.meta import Metadata
-from certgate.api.role import Role, RoleConditions, RoleOptions, RoleSpec, Rule
+from certgate.api.role import JoinPolicy, Role, RoleConditions, RoleOptions, RoleSpec, Rule
 
 ACCESS = "access"
 EDITOR = "editor"
@@ -48,15 +48,17 @@ def editor_role() -> Role:
 
 
 def auditor_role() -> Role:
-    """Read-only access to session recordings and the audit log."""
+    """Read-only access to session recordings and the audit log; watching live sessions."""
     return Role(
         metadata=Metadata(
             name=AUDITOR,
-            description="read session recordings and the audit log",
+            description="read session recordings and the audit log, watch live sessions",
         ),
         spec=RoleSpec(
             allow=RoleConditions(
-                rules=[Rule(resources=["session", "event"], verbs=["list", "read"])]
+                rules=[Rule(resources=["session", "event"], verbs=["list", "read"])],
+                # Observers only: an auditor sees, never types.
+                join_sessions=[JoinPolicy(roles=["*"], kinds=["*"], modes=["observer"])],
             )
         ),
     )
