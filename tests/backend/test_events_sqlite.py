@@ -268,3 +268,50 @@ async def test_the_log_of_inline_appends_is_checkpointed_and_reused(tmp_path: Pa
         assert len(events) == 1250
     finally:
         await store.close()
+
+
+async def test_the_log_stays_bounded_during_a_bulk_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bulk load appends large batches on the loop's connection; counting appends
+    # alone let 200 of them grow the log past the database itself (~3 GB for a million
+    # events). The log is checkpointed by size too, and truncated when it starts over.
+    store = await SQLiteEventStore.open(tmp_path / "events.db")
+    wal = tmp_path / "events.db-wal"
+    total, batch = 200_000, 1000
+    largest = 0
+    # Checkpoints (on the worker) stay occasional: the truncated log must not by its
+    # size alone call for the next one, sending every append through the worker.
+    worker_calls = 0
+    worker_run = store._db.run
+
+    async def counted(fn: Any) -> Any:
+        nonlocal worker_calls
+        worker_calls += 1
+        return await worker_run(fn)
+
+    monkeypatch.setattr(store._db, "run", counted)
+    try:
+        for start in range(0, total, batch):
+            await store.append_many(
+                {
+                    "event": TYPES[n % 3],
+                    "code": "T2000I",
+                    "time": (START + timedelta(milliseconds=n)).isoformat(),
+                    "uid": f"bulk-{n:07d}",
+                    "user": USERS[n % 3],
+                    "node": NODES[n % 2],
+                }
+                for n in range(start, start + batch)
+            )
+            largest = max(largest, wal.stat().st_size)
+        assert worker_calls <= total // batch // 10
+        events, _ = await store.search(limit=1, order="asc")
+        assert events[0]["uid"] == "bulk-0000000"
+        events, _ = await store.search(limit=1)
+        assert events[0]["uid"] == f"bulk-{total - 1:07d}"
+    finally:
+        await store.close()
+    # 16 MiB between checkpoints, plus the transaction that crossed the line.
+    assert largest < 24 * 1024 * 1024, f"the log grew to {largest} bytes"
+    assert (tmp_path / "events.db").stat().st_size > 16 * 1024 * 1024  # it was a load

@@ -64,8 +64,15 @@ _INSERT = (
 )
 
 
-# Inline appends between two checkpoints (made on the worker thread, see append_many).
+# Inline appends between two checkpoints (made on the worker thread, see append_many),
+# or sooner once the log has grown by this much: a bulk load of random uids dirties
+# index pages all over the file, and 200 of its transactions can log hundreds of MiB.
 _CHECKPOINT_EVERY = 200
+_CHECKPOINT_WAL_BYTES = 16 * 1024 * 1024
+# When the log starts over after a checkpoint, SQLite reuses the file at its largest
+# size unless told otherwise: truncate it back to this. Well under the size that calls
+# for a checkpoint, or the truncated file alone would call for the next one.
+_WAL_SIZE_LIMIT = 4 * 1024 * 1024
 
 
 class SQLiteEventStore:
@@ -76,11 +83,18 @@ class SQLiteEventStore:
     they need not wait: that connection has no busy timeout, so an append that would
     wait for another process's write lock fails at once and goes to the worker thread,
     which waits. A commit under WAL with synchronous=NORMAL writes to the page cache
-    only; the checkpoints that sync to disk are made on the worker thread.
+    only; the checkpoints that sync to disk are made on the worker thread, every
+    _CHECKPOINT_EVERY inline appends or _CHECKPOINT_WAL_BYTES of log, whichever comes
+    first. The log then stays near that size, plus the largest single `append_many`
+    (one transaction is never split): bulk loads should pass batches, not everything.
     """
 
     def __init__(self, path: Path, *, busy_timeout: float = 5.0) -> None:
         self.path = path
+        self._wal_path = path.with_name(path.name + "-wal")
+        # The log's size below which growth does not call for a checkpoint: 0, or its
+        # size after a checkpoint that could not finish (another process was reading).
+        self._wal_mark = 0
         self._db = SQLiteWorker(path, busy_timeout, name="certgate-events")
         self._writer: sqlite3.Connection | None = None
         self._writer_thread = 0
@@ -118,7 +132,10 @@ class SQLiteEventStore:
                     raise translate_sqlite_error(exc) from exc
             else:
                 self._inline_appends += 1
-                self._checkpoint_due = self._inline_appends >= _CHECKPOINT_EVERY
+                self._checkpoint_due = (
+                    self._inline_appends >= _CHECKPOINT_EVERY
+                    or self._wal_size() >= self._wal_mark + _CHECKPOINT_WAL_BYTES
+                )
                 return
         if not self._checkpoint_due:
             await self._db.run(insert)
@@ -128,15 +145,21 @@ class SQLiteEventStore:
         # after it (as SQLite's auto-checkpoint would, syncing to disk off the loop).
         # Appends meanwhile queue behind it, so the checkpoint can catch up with the log
         # and the next write starts the log over instead of growing it.
-        def insert_and_checkpoint(conn: sqlite3.Connection) -> None:
+        # A checkpoint that copies the whole log back lets the next write start it over
+        # (truncated to _WAL_SIZE_LIMIT); one that cannot (a reader in another process
+        # still needs the log) is tried again once the log has grown by as much again.
+        def insert_and_checkpoint(conn: sqlite3.Connection) -> int:
             insert(conn)
             try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error as exc:
                 log.warning("audit event store checkpoint failed: %s", exc)
+                return self._wal_size()
+            _, logged, copied = row
+            return 0 if logged == copied else self._wal_size()
 
         try:
-            await self._db.run(insert_and_checkpoint)
+            self._wal_mark = await self._db.run(insert_and_checkpoint)
         finally:
             self._inline_appends = 0
             self._checkpoint_due = False
@@ -151,11 +174,18 @@ class SQLiteEventStore:
                 conn.execute("PRAGMA busy_timeout = 0")
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA wal_autocheckpoint = 0")  # syncs: the worker's job
+                conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
             except sqlite3.Error:
                 conn.close()
                 return None
             self._writer, self._writer_thread = conn, threading.get_ident()
         return self._writer if self._writer_thread == threading.get_ident() else None
+
+    def _wal_size(self) -> int:
+        try:
+            return self._wal_path.stat().st_size
+        except OSError:
+            return 0
 
     async def search(
         self,
@@ -249,6 +279,8 @@ class SQLiteEventStore:
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:
+    # The worker's connection (it checkpoints, and writes when the loop's cannot).
+    conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
     with write_transaction(conn):
         for statement in _SCHEMA.split(";"):
             if statement.strip():
