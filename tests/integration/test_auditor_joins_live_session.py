@@ -83,7 +83,7 @@ def people(cluster: Cluster) -> dict[str, User]:
 
 def owner_shell(cluster: Cluster, user: User) -> pexpect.spawn:
     config = user.home / "openssh_config"
-    config.write_text(eventually(lambda: _config_with_node(cluster, user)))
+    config.write_text(eventually(lambda: _config_with_node(cluster, user, "node-1")))
     child = pexpect.spawn(
         "ssh", ["-F", str(config), "-tt", f"{LOGIN}@node-1"], timeout=15, encoding="utf-8"
     )
@@ -92,9 +92,9 @@ def owner_shell(cluster: Cluster, user: User) -> pexpect.spawn:
     return child
 
 
-def _config_with_node(cluster: Cluster, user: User) -> str:
+def _config_with_node(cluster: Cluster, user: User, node: str) -> str:
     text = cluster.cgsh(user, "config").stdout
-    return text if "node-1" in text else ""
+    return text if node in text else ""
 
 
 def join(cluster: Cluster, user: User, session_id: str, *extra: str) -> pexpect.spawn:
@@ -326,3 +326,25 @@ def test_trackers_cannot_be_forged_or_removed_by_others(
     assert [s["id"] for s in listed] == [session_id]
     shell.sendline("exit")
     shell.expect(pexpect.EOF)
+
+
+def test_sessions_of_a_dead_node_leave_the_list(cluster: Cluster, people: dict[str, User]) -> None:
+    alice = people["alice"]
+    process, _ = cluster.start_node("node-3", "env=crash")
+    config = alice.home / "node3_config"
+    config.write_text(eventually(lambda: _config_with_node(cluster, alice, "node-3")))
+    shell = pexpect.spawn(
+        "ssh", ["-F", str(config), "-tt", f"{LOGIN}@node-3"], timeout=15, encoding="utf-8"
+    )
+    shell.sendline("echo READY-$((40+2))")
+    shell.expect("READY-42")
+    on_node3 = eventually(lambda: [s for s in sessions(cluster, alice) if s["node"] == "node-3"])
+    assert len(on_node3) == 1
+
+    process.kill()  # no goodbyes: nothing tells auth the session ended
+    process.wait()
+    shell.expect(pexpect.EOF)
+    started = time.monotonic()
+    eventually(lambda: not [s for s in sessions(cluster, alice) if s["node"] == "node-3"])
+    # Trackers live three heartbeat intervals (1 s here) past their last refresh.
+    assert time.monotonic() - started <= 10

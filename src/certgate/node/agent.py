@@ -71,7 +71,10 @@ class NodeAgent:
         self.recordings = NodeRecordings(data_dir / "recordings", auth_sender(auth))
         self._record = RecordingHook(self.recordings, name, self._recording_mode, self._end_session)
         self._watchdog: asyncio.Task[None] | None = None
-        self._trackers = SessionTrackerPublisher(auth)
+        # Live sessions are refreshed with the heartbeat and outlive a dead node by at
+        # most three intervals, as its place in `cgsh ls` does by two.
+        seconds = heartbeat_interval.total_seconds()
+        self._trackers = SessionTrackerPublisher(auth, ttl=3 * seconds, refresh=seconds)
 
     async def start(self, host: str, port: int, advertise_host: str) -> int:
         self.view.start()
