@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
@@ -378,3 +379,33 @@ async def test_sftp_runs_on_the_sshd(proxy: Proxy, tmp_path: Path) -> None:
         ["stat", "-c", "%U", f"{home}/agentless-unit.txt"], capture_output=True, text=True
     )
     assert owner.stdout.strip() == LOGIN
+
+
+def _agentless_node(sshd: Sshd) -> Node:
+    return Node(
+        metadata=Metadata(name=NODE, labels={"env": "lab"}),
+        spec=NodeSpec(addr=f"127.0.0.1:{sshd.port}", sub_kind="openssh"),
+    )
+
+
+async def test_a_channel_that_never_opens_closes_its_dialled_socket(
+    proxy: Proxy, sshd: Sshd
+) -> None:
+    # The client can hang up while the proxy dials: asyncssh then drops the session
+    # open_channel returned without a word to it. The socket to the sshd must not wait
+    # for the login timeout (or the garbage collector) to be closed.
+    session = await proxy.forwarder.open_channel(_agentless_node(sshd), "127.0.0.1:1")
+    ((dialled, _),) = proxy.forwarder._handover.values()
+    assert dialled.sock.fileno() != -1
+    del session
+    gc.collect()
+    assert dialled.sock.fileno() == -1
+    assert proxy.forwarder._handover == {}
+
+
+async def test_closing_the_forwarder_closes_sockets_not_yet_taken(proxy: Proxy, sshd: Sshd) -> None:
+    session = await proxy.forwarder.open_channel(_agentless_node(sshd), "127.0.0.1:1")
+    ((dialled, _),) = proxy.forwarder._handover.values()
+    await proxy.forwarder.close()
+    assert dialled.sock.fileno() == -1
+    del session

@@ -37,6 +37,7 @@ import contextlib
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -111,7 +112,9 @@ class AgentlessForwarder:
         self.onward_public = self._onward_key.export_public_key().decode().strip()
         self._fronts: dict[str, _Front] = {}
         self._front_builds: dict[str, asyncio.Task[_Front]] = {}
-        self._handover: dict[Any, Dialled] = {}
+        # Dialled sockets waiting for their connection (see open_channel), with the
+        # timer that closes them if it never comes.
+        self._handover: dict[Any, tuple[Dialled, asyncio.TimerHandle]] = {}
         self._connections: set[UserConnection] = set()
         self._sessions: dict[str, RelaySession] = {}
         self._audit_queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
@@ -123,6 +126,8 @@ class AgentlessForwarder:
         """End every connection and flush the audit queue."""
         for connection in list(self._connections):
             connection.abort()
+        for conn in list(self._handover):
+            self._drop_handover(conn)
         for front in self._fronts.values():
             front.acceptor.close()
         self._fronts.clear()
@@ -146,6 +151,7 @@ class AgentlessForwarder:
         sock = await self._dial(node)
         try:
             front = await self._front(node.name)
+            conn = front.new_connection()
         except CertgateError as exc:
             sock.close()
             raise asyncssh.ChannelOpenError(
@@ -153,17 +159,25 @@ class AgentlessForwarder:
                 f'cannot serve node "{node.name}": auth did not certify the proxy for it: '
                 f"{exc.message}",
             ) from None
-        conn = front.new_connection()
+        except BaseException:  # cancelled: the client hung up while we waited for auth
+            sock.close()
+            raise
         dialled = Dialled(node, sock, started + self.connect_timeout)
-        self._handover[conn] = dialled
-        # If the jump host's channel never opens after all, nobody takes the socket.
-        asyncio.get_running_loop().call_later(LOGIN_TIMEOUT, self._drop_handover, conn)
-        return ChannelTransport(conn)
+        timer = asyncio.get_running_loop().call_later(LOGIN_TIMEOUT, self._drop_handover, conn)
+        self._handover[conn] = (dialled, timer)
+        session = ChannelTransport(conn)
+        # If the channel never opens after all (the client hung up while we dialled),
+        # asyncssh drops the session without telling it, and nobody takes the socket:
+        # close it then, not at the timer.
+        weakref.finalize(session, self._drop_handover, conn)
+        return session
 
     def _drop_handover(self, conn: Any) -> None:
-        dialled = self._handover.pop(conn, None)
-        if dialled is not None:
-            dialled.sock.close()
+        entry = self._handover.pop(conn, None)
+        if entry is not None:
+            dialled, timer = entry
+            timer.cancel()
+            dialled.close()
 
     async def _dial(self, node: Node) -> socket.socket:
         host, _, port = node.spec.addr.rpartition(":")
@@ -316,7 +330,12 @@ class AgentlessForwarder:
         self._sessions.pop(session.id, None)
 
     def take_handover(self, conn: Any) -> Dialled | None:
-        return self._handover.pop(conn, None)
+        entry = self._handover.pop(conn, None)
+        if entry is None:
+            return None
+        dialled, timer = entry
+        timer.cancel()
+        return dialled
 
     def audit(self, event: str, fields: dict[str, Any]) -> None:
         if self._audit_sink is None:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +57,7 @@ class Dialled:
     node: Node
     sock: socket.socket
     deadline: float  # time.monotonic() by which the sshd must have let us in
-    given: bool = False  # handed to asyncssh, which closes it from then on
+    given: bool = False  # a transport of asyncssh's owns it, and closes it from then on
 
     def close(self) -> None:
         if not self.given:
@@ -82,6 +83,7 @@ class UserConnection(asyncssh.SSHServer):
         self._onward_task: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self._onward: asyncssh.SSHClientConnection | None = None
         self._onward_refusal_audited = False
+        self._lost = False
 
     # ---- asyncssh callbacks ----------------------------------------------------
 
@@ -99,13 +101,15 @@ class UserConnection(asyncssh.SSHServer):
         self._forwarder.add_connection(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._forwarder.remove_connection(self)
         if self._onward_task is not None and not self._onward_task.done():
+            # A task cancelled before its first step never runs its own cleanup.
             self._onward_task.cancel()
         if self._onward is not None:
             self._onward.close()
-        if self._dialled is not None and self._onward_task is None:
-            self._dialled.close()
+        if self._dialled is not None:
+            self._dialled.close()  # unless asyncssh's transport owns it by now
 
     def begin_auth(self, username: str) -> bool:
         # principals="*": asyncssh would refuse a login that is not a principal
@@ -203,6 +207,7 @@ class UserConnection(asyncssh.SSHServer):
         assert dialled is not None and self.identity is not None
         node = dialled.node
         remaining = max(dialled.deadline - time.monotonic(), 0.5)
+        tunnel: _OnwardTunnel | None = None
         try:
             key, cert = await asyncio.wait_for(
                 self._forwarder.onward_credentials(self._presented, self.login, node.name),
@@ -225,17 +230,20 @@ class UserConnection(asyncssh.SSHServer):
                 client_version="certgate-proxy",
             )
             remaining = max(dialled.deadline - time.monotonic(), 0.5)
-            dialled.given = True
+            tunnel = _OnwardTunnel(dialled)
             conn = await asyncio.wait_for(
-                asyncssh.connect(tunnel=CorkedTunnel(dialled.sock), config=None, options=options),
-                remaining,
+                asyncssh.connect(tunnel=tunnel, config=None, options=options), remaining
             )
         except BaseException as exc:
             dialled.close()
+            if tunnel is not None and tunnel.conn is not None:
+                tunnel.conn.abort()  # made, but the wait ended first: nobody else has it
             if not isinstance(exc, Exception):
                 raise
             raise self._onward_error(exc) from None
         self._onward = conn
+        if self._lost:  # the user left as the sshd let us in (a cancel can come late)
+            conn.close()
         return conn
 
     def _onward_error(self, exc: Exception) -> asyncssh.ChannelOpenError:
@@ -381,6 +389,24 @@ class UserConnection(asyncssh.SSHServer):
             self._onward.abort()
         if self._conn is not None:
             self._conn.abort()
+
+
+class _OnwardTunnel(CorkedTunnel):
+    """The tunnel on the dialled socket; it notes when a transport takes the socket over
+    (asyncssh may fail or be cancelled before that, and then the socket is still ours)."""
+
+    def __init__(self, dialled: Dialled) -> None:
+        super().__init__(dialled.sock)
+        self._dialled = dialled
+        self.conn: Any = None
+
+    async def create_connection(
+        self, session_factory: Callable[[], Any], remote_host: str, remote_port: int
+    ) -> tuple[Any, Any]:
+        transport, conn = await super().create_connection(session_factory, remote_host, remote_port)
+        self._dialled.given = True
+        self.conn = conn
+        return transport, conn
 
 
 class _OnwardClient(asyncssh.SSHClient):

@@ -9,6 +9,8 @@ other when its buffers fill, so a fast node cannot swamp a slow client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import weakref
 from typing import Any
 
 import asyncssh
@@ -49,6 +51,12 @@ class _NodeSide(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.channel is not None and self.channel.chan is not None:
             self.channel.chan.resume_reading()
+
+    def close_unattached(self) -> None:
+        """Close the node's side if no channel ever came for it."""
+        if self.channel is None and self.transport is not None:
+            with contextlib.suppress(RuntimeError):  # the event loop is already closed
+                self.transport.close()
 
     def attach(self, channel: _ChannelSide) -> None:
         self.channel = channel
@@ -96,4 +104,8 @@ async def open_tunnel(host: str, port: int, timeout: float) -> asyncssh.SSHTCPSe
     that relays a channel to it."""
     loop = asyncio.get_running_loop()
     _, node = await asyncio.wait_for(loop.create_connection(_NodeSide, host, port), timeout)
-    return _ChannelSide(node)
+    session = _ChannelSide(node)
+    # If the channel never opens after all (the client hung up while we dialled),
+    # asyncssh drops the session without telling it: close the node's side then.
+    weakref.finalize(session, node.close_unattached)
+    return session
