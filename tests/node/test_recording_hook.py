@@ -8,10 +8,9 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pexpect  # type: ignore[import-untyped]
@@ -74,8 +73,8 @@ def rnode(
     uploads: dict[str, tuple[bytes, bool]] = {}
     events: list[tuple[str, dict[str, Any]]] = []
 
-    async def send(session_id: str, path: Path, incomplete: bool) -> None:
-        uploads[session_id] = (path.read_bytes(), incomplete)
+    async def send(session_id: str, chunks: AsyncIterable[bytes], incomplete: bool) -> None:
+        uploads[session_id] = (b"".join([chunk async for chunk in chunks]), incomplete)
 
     async def audit(event: str, fields: dict[str, Any]) -> None:
         events.append((event, fields))
@@ -240,12 +239,12 @@ def test_strict_session_ends_when_its_recording_fails(
         recorder = next(
             o
             for o in reversed(rnode.observers)
-            if isinstance(o, SessionRecorder) and o._cast.path.exists()
+            if isinstance(o, SessionRecorder) and o._file.path.exists()
         )
         # The disk fills up: the recording's descriptor now points at /dev/full.
         full = os.open("/dev/full", os.O_WRONLY)
         try:
-            os.dup2(full, recorder._cast._fd)  # type: ignore[arg-type]
+            os.dup2(full, recorder._file._fd)  # type: ignore[arg-type]
         finally:
             os.close(full)
         child.sendline("echo more output")

@@ -1,4 +1,4 @@
-"""The node's session recorder: cheap calls in the data path, whole lines on disk soon,
+"""The node's session recorder: cheap calls in the data path, whole frames on disk soon,
 the file moved aside when the session ends, and failures reported."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from certgate.recording.asciicast import CastFile, CastReader, Header
+from certgate.recording.asciicast import CastReader, Header
+from certgate.recording.rawlog import RawLogFile, to_asciicast
 from certgate.recording.recorder import (
     FLUSH_INTERVAL,
     RecordingDirectory,
@@ -63,7 +64,9 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 
 
 def events(path: Path) -> list[list[object]]:
-    reader = CastReader(path.read_text().split("\n"))
+    """The events of the session log at `path`, as they will be uploaded."""
+    cast, _ = to_asciicast(path.read_bytes())
+    reader = CastReader(cast.split(b"\n"))
     return [[e.time, e.type, e.data] for e in reader.events()]
 
 
@@ -108,7 +111,7 @@ async def test_a_failed_write_is_reported_and_recording_stops(harness: Harness) 
     # The disk fills up under the session: the file's descriptor now points at /dev/full.
     full = os.open("/dev/full", os.O_WRONLY)
     try:
-        os.dup2(full, recorder._cast._fd)  # type: ignore[arg-type]
+        os.dup2(full, recorder._file._fd)  # type: ignore[arg-type]
     finally:
         os.close(full)
     recorder.on_output(b"x" * 70_000)
@@ -125,7 +128,7 @@ async def test_a_failed_write_is_reported_and_recording_stops(harness: Harness) 
 
 def test_a_recording_file_is_never_reused(harness: Harness, tmp_path: Path) -> None:
     head = header()
-    CastFile.create(harness.directory.live(head.session_id), head).close()
+    RawLogFile.create(harness.directory.live(head.session_id), head).close()
     with pytest.raises(FileExistsError):
         harness.open(head)
 
@@ -133,7 +136,9 @@ def test_a_recording_file_is_never_reused(harness: Harness, tmp_path: Path) -> N
 async def test_header_first_line_is_the_sessions(harness: Harness) -> None:
     head = header()
     recorder = harness.open(head)
-    first = harness.directory.live(recorder.session_id).read_text().split("\n")[0]
+    # On disk from the start: a crash before any output still leaves whose session it was.
+    cast, _ = to_asciicast(harness.directory.live(recorder.session_id).read_bytes())
+    first = cast.split(b"\n")[0]
     assert json.loads(first)["certgate"]["session_id"] == head.session_id
     recorder.on_end()
     await harness.settle()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterable
 from pathlib import Path
 
 import pytest
 
 from certgate.errors import BadParameter, ConnectionProblem
 from certgate.recording.recorder import RecordingDirectory
-from certgate.recording.uploader import RecordingUploader, file_chunks
+from certgate.recording.uploader import RecordingUploader
 
 
 class FakeAuth:
@@ -22,13 +23,13 @@ class FakeAuth:
         self.refuse = False
         self.attempts = 0
 
-    async def send(self, session_id: str, path: Path, incomplete: bool) -> None:
+    async def send(self, session_id: str, chunks: AsyncIterable[bytes], incomplete: bool) -> None:
         self.attempts += 1
         if self.down:
             raise ConnectionProblem("auth is unreachable")
         if self.refuse:
             raise BadParameter("not an asciicast v2 header")
-        data = b"".join([chunk async for chunk in file_chunks(path, 7)])
+        data = b"".join([chunk async for chunk in chunks])
         self.stored[session_id] = (data, incomplete)
 
 

@@ -15,10 +15,10 @@ asciinema's player ignores the `certgate` object. Output bytes are decoded as UT
 an incremental decoder, so a character split across two reads is written whole; bytes
 that are not UTF-8 become U+FFFD, as a terminal would show them.
 
-Writing is split in two so the session's data path stays cheap: `CastEncoder` turns a
-batch of raw events into lines (pure, no I/O) and `CastFile` appends them with one
-write() per batch. A batch is always whole lines, so a crash leaves a file that ends at
-a line boundary (or, on a damaged disk, with one broken line that `CastReader` reports).
+A node does not write this format while a session runs: it writes a raw session log
+(rawlog.py), which `CastEncoder` (pure, no I/O) turns into lines after the session, as
+it is uploaded. A stored file that is damaged (a disk error, a truncated copy) plays up
+to its first broken line, which `CastReader` reports.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
 from certgate.errors import BadParameter
@@ -209,46 +208,6 @@ class CastEncoder:
         if not text:
             return b""
         return event_line(max(time, self._last_time), OUTPUT, text).encode()
-
-
-class CastFile:
-    """An asciicast file being written: created with its header, then appended to.
-
-    Every `append` is one write() of whole lines on an O_APPEND descriptor (looping
-    only if the kernel takes part of it), so what was appended before a crash is on
-    disk as whole lines. Writes go to the page cache; no fsync per batch.
-    """
-
-    def __init__(self, fd: int, path: Path) -> None:
-        self._fd: int | None = fd
-        self.path = path
-        self.size = 0
-
-    @classmethod
-    def create(cls, path: Path, header: Header) -> CastFile:
-        """Create `path` (never an existing file) and write the header: OSError if not."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        cast = cls(fd, path)
-        try:
-            cast.append(header.to_line())
-        except OSError:
-            cast.close()
-            raise
-        return cast
-
-    def append(self, data: bytes) -> None:
-        if self._fd is None:
-            raise OSError("the recording file is closed")
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        self.size += len(data)
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
 
 
 class CastReader:

@@ -2,22 +2,22 @@
 
     session data path (event loop)                      writer thread (one per node)
     ──────────────────────────────                      ────────────────────────────
-    on_output(bytes) ─ append to pending ─┐
-    on_resize(w, h)  ─ append to pending ─┤ every 50 ms or 64 KiB:
-                                          └─ CastEncoder.encode ─ submit(lines) ─▶
-                                                                   CastFile.append
-                                                                   (one write)
-    on_end()  ─ encode the rest ─ submit(finish) ─────────────────▶ close; move to ended/
+    on_output(bytes) ─ frame, bytes ──┐
+    on_resize(w, h)  ─ frame ─────────┤ every 50 ms or 64 KiB:
+                     (to a list)      └─ submit(frames) ───────▶ RawLogFile.append
+                                                                 (one writev)
+    on_end()  ─ submit(finish) ────────────────────────────────▶ close; move to ended/
                                  ◀─ call_soon_threadsafe(on_ended(id, ok))
 
-The observer's calls only append to a list and arm a timer. A batch is encoded (UTF-8
-decode, JSON) on the loop, 64 KiB at a time, and only the write() goes to the writer
-thread, in order, so a slow disk never stalls a session's relay. The CPU work stays on
-the loop on purpose: a CPU-bound second thread would hold the GIL for up to the switch
-interval every time the loop releases it for a socket call, slowing every session far
-more than the encoding costs (measured: bench/recording_overhead.py). Consecutive output
-within 10 ms is one event, which keeps a `cat` of a big file from becoming one JSON
-line per 4 KiB pty read.
+The observer's calls only append a 13-byte frame header and the bytes object itself to
+a list (no copy) and arm a timer. The session's log is raw (rawlog.py) and becomes
+asciicast v2 after the session, as the uploader sends it: decoding UTF-8 and escaping
+JSON here cost the relay about a tenth of its throughput on a `cat` of a big file, and
+copying output into one growing buffer still a few percent (measured:
+bench/recording_overhead.py). Only the writev() goes to the writer thread, in order, so
+a slow disk never stalls a session's relay; no CPU-bound work goes there, because a
+busy second thread holds the GIL for up to the switch interval every time the loop
+releases it for a socket call.
 
 A write that fails stops the recording and calls `on_failure` on the loop: the node
 ends the session when the roles say `record_session: strict`, and carries on
@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from certgate.api.recording import check_recording_id
-from certgate.recording.asciicast import OUTPUT, RESIZE, CastEncoder, CastFile, Header
+from certgate.recording.asciicast import Header
+from certgate.recording.rawlog import FRAME, IOV_MAX, OUTPUT_TYPE, RawLogFile, resize_frame
 
 log = logging.getLogger("certgate.recording")
 
@@ -45,8 +46,6 @@ log = logging.getLogger("certgate.recording")
 FLUSH_INTERVAL = 0.05
 # ...or as soon as this much is pending.
 FLUSH_BYTES = 64 * 1024
-# Output chunks closer together than this are one event.
-COALESCE_SECONDS = 0.01
 
 FailureCallback = Callable[[str, str], None]  # (session id, message)
 EndedCallback = Callable[[str, bool], None]  # (session id, complete)
@@ -81,8 +80,12 @@ def _log_failure(future: Future[None]) -> None:
 class RecordingDirectory:
     """Where a node keeps recordings until auth has them.
 
-    <dir>/<id>.cast          being written (or cut off by a crash: incomplete)
-    <dir>/ended/<id>.cast    the session ended and the file is whole
+        <dir>/<id>.cast          being written (or cut off by a crash: incomplete)
+        <dir>/ended/<id>.cast    the session ended and the file is whole
+
+    Both are raw session logs (rawlog.py), turned into asciicast v2 as they are uploaded;
+    they keep the recordings' `.cast` name (a file from before raw logs is asciicast, and
+    is sent as it is).
     """
 
     def __init__(self, path: Path) -> None:
@@ -105,7 +108,7 @@ class SessionRecorder:
 
     def __init__(
         self,
-        cast: CastFile,
+        log_file: RawLogFile,
         header: Header,
         directory: RecordingDirectory,
         writer: RecordingWriter,
@@ -115,20 +118,22 @@ class SessionRecorder:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.session_id = header.session_id
-        self._cast = cast
+        self._file = log_file
         self._directory = directory
         self._writer = writer
         self._on_ended = on_ended
         self._on_failure = on_failure
         self._clock = clock
         self._loop = asyncio.get_running_loop()
-        self._encoder = CastEncoder()
         self._start = clock()
-        self._last_time = 0.0
-        self._pending: list[list[Any]] = []
+        # Frame headers and the output itself, not yet handed to the writer: a list, not
+        # a bytearray, so the data path never copies output (writev() takes the list).
+        self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._ended = False
+        # True once the session ended or the recording failed: nothing more is taken.
+        self._stopped = False
         # Set on the loop when a write failed; the writer thread checks its own flag.
         self.failed: str | None = None
         self._write_failed = False
@@ -143,31 +148,30 @@ class SessionRecorder:
         on_ended: EndedCallback,
         on_failure: FailureCallback | None = None,
     ) -> SessionRecorder:
-        """Create the session's file with its header now: OSError if it cannot be."""
-        cast = CastFile.create(directory.live(header.session_id), header)
-        return cls(cast, header, directory, writer, on_ended=on_ended, on_failure=on_failure)
+        """Create the session's log with its header now: OSError if it cannot be."""
+        log_file = RawLogFile.create(directory.live(header.session_id), header)
+        return cls(log_file, header, directory, writer, on_ended=on_ended, on_failure=on_failure)
 
     # ---- SessionObserver (event loop, data path) -----------------------------------
 
     def on_output(self, data: bytes) -> None:
-        if self._ended or self.failed is not None:
+        if self._stopped:
             return
-        now = self._clock() - self._start
+        if type(data) is not bytes:  # kept until written: it must not change meanwhile
+            data = bytes(data)
         pending = self._pending
-        if pending and pending[-1][1] == OUTPUT and now - pending[-1][0] < COALESCE_SECONDS:
-            pending[-1][2] += data
-        else:
-            pending.append([now, OUTPUT, bytearray(data)])
+        pending.append(_pack_frame(OUTPUT_TYPE, self._clock() - self._start, len(data)))
+        pending.append(data)
         self._pending_bytes += len(data)
-        if self._pending_bytes >= FLUSH_BYTES:
+        if self._pending_bytes >= FLUSH_BYTES or len(pending) >= IOV_MAX:
             self._flush()
         elif self._timer is None:
             self._timer = self._loop.call_later(FLUSH_INTERVAL, self._flush)
 
     def on_resize(self, width: int, height: int) -> None:
-        if self._ended or self.failed is not None:
+        if self._stopped:
             return
-        self._pending.append([self._clock() - self._start, RESIZE, (width, height)])
+        self._pending.append(resize_frame(self._clock() - self._start, width, height))
         if self._timer is None:
             self._timer = self._loop.call_later(FLUSH_INTERVAL, self._flush)
 
@@ -176,8 +180,8 @@ class SessionRecorder:
             return
         self._flush()
         self._ended = True
-        tail = b"" if self.failed else self._encoder.finish(self._clock() - self._start)
-        self._writer.submit(self._finish, tail)
+        self._stopped = True
+        self._writer.submit(self._finish)
 
     # ---- hand-off ------------------------------------------------------------------
 
@@ -185,35 +189,27 @@ class SessionRecorder:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._pending or self.failed is not None:
-            self._pending, self._pending_bytes = [], 0
-            return
-        batch, self._pending, self._pending_bytes = self._pending, [], 0
-        self._writer.submit(self._write, self._encoder.encode([(t, k, p) for t, k, p in batch]))
+        if self._pending and not self._stopped:
+            batch, self._pending, self._pending_bytes = self._pending, [], 0
+            self._writer.submit(self._write, batch)
 
     # ---- writer thread -------------------------------------------------------------
 
-    def _write(self, lines: bytes) -> None:
+    def _write(self, frames: list[bytes]) -> None:
         if self._write_failed:
             return
         try:
-            self._cast.append(lines)
+            self._file.append(frames)
         except OSError as exc:
             self._fail(exc)
 
-    def _finish(self, tail: bytes) -> None:
+    def _finish(self) -> None:
         complete = not self._write_failed
-        if complete and tail:
-            try:
-                self._cast.append(tail)
-            except OSError as exc:
-                self._fail(exc)
-                complete = False
         with contextlib.suppress(OSError):
-            self._cast.close()
+            self._file.close()
         if complete:
             try:
-                os.replace(self._cast.path, self._directory.finished(self.session_id))
+                os.replace(self._file.path, self._directory.finished(self.session_id))
             except OSError as exc:
                 log.warning("recording %s stays in place: %s", self.session_id, exc)
                 complete = False
@@ -229,7 +225,11 @@ class SessionRecorder:
         if self.failed is not None:
             return
         self.failed = message
+        self._stopped = True
         self._pending, self._pending_bytes = [], 0
         log.warning("recording of session %s failed: %s", self.session_id, message)
         if self._on_failure is not None:
             self._on_failure(self.session_id, message)
+
+
+_pack_frame = FRAME.pack

@@ -2,6 +2,7 @@
 
     session ends ──▶ <dir>/ended/<id>.cast ──submit(id, complete)──▶ queue ──▶ PUT to auth
     node starts  ──▶ scan: ended/<id>.cast (complete), <id>.cast (cut off: incomplete) ─┘
+                                      (raw session logs, sent as asciicast v2: cast_chunks)
                                                   stored ──▶ unlink the file
                                                   refused as malformed ──▶ <dir>/rejected/
                                                   any other error ──▶ retry later (backoff
@@ -10,7 +11,10 @@
 Nothing is deleted before auth answered that it stored the recording, so a crash or
 `kill -9` at any point loses at most what the session had not yet written: the next
 start finds the file and sends it, marked incomplete if the session never ended.
-Uploads go one at a time, streamed from the file.
+Uploads go one at a time, streamed from the file. A raw session log (rawlog.py)
+becomes asciicast v2 as it is read, a chunk at a time on the event loop between other
+work (not in a thread: see recorder.py on the GIL); a log cut off by a crash ends at its
+last whole frame.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from certgate.api.recording import is_recording_id
 from certgate.errors import BadParameter, CertgateError, from_json
+from certgate.recording.rawlog import CastConverter, read_preamble
 from certgate.recording.recorder import RecordingDirectory
 from certgate.rpc.auth_client import AsyncAuthClient
 
@@ -33,8 +38,9 @@ RETRY_MIN = 1.0
 RETRY_MAX = 60.0
 CHUNK = 256 * 1024
 
-# (session id, file, incomplete) -> returns once auth has stored it; raises otherwise.
-Send = Callable[[str, Path, bool], Awaitable[None]]
+# (session id, the recording as asciicast v2 bytes, incomplete) -> returns once auth has
+# stored it; raises otherwise. The bytes can be iterated once.
+Send = Callable[[str, AsyncIterable[bytes], bool], Awaitable[None]]
 
 
 class RecordingUploader:
@@ -133,8 +139,11 @@ class RecordingUploader:
         if not path.exists():
             log.warning("recording %s vanished before it was uploaded", session_id)
             return
+        chunks = cast_chunks(path)
         try:
-            await self._send(session_id, path, not complete)
+            # The header first: a log cut off before it was written is refused here.
+            first = await anext(chunks)
+            await self._send(session_id, _prepend(first, chunks), not complete)
         except BadParameter as exc:
             # Auth will never take this file as it is: keep it aside for an operator
             # rather than retrying forever or deleting it.
@@ -155,6 +164,8 @@ class RecordingUploader:
                 wait, self._retry, session_id, complete
             )
             return
+        finally:
+            await chunks.aclose()
         path.unlink(missing_ok=True)
         self._delays.pop(session_id, None)
         self.uploaded += 1
@@ -165,11 +176,45 @@ class RecordingUploader:
         self.submit(session_id, complete)
 
 
-async def file_chunks(path: Path, size: int = CHUNK) -> AsyncIterator[bytes]:
-    """The file's bytes in chunks, read off the event loop."""
+async def cast_chunks(path: Path, size: int = CHUNK) -> AsyncGenerator[bytes, None]:
+    """The recording at `path` as asciicast v2, the header line first, then chunks.
+
+    A raw session log is converted as it is read; anything else (a node's file from
+    before raw logs) is asciicast already and comes as it is. BadParameter at the first
+    chunk if a raw log has no readable header.
+    """
     with path.open("rb") as file:
-        while chunk := await asyncio.to_thread(file.read, size):
-            yield chunk
+        header = await asyncio.to_thread(read_preamble, file)
+        if header is None:
+            while chunk := await asyncio.to_thread(file.read, size):
+                yield chunk
+            return
+        yield header
+        converter = CastConverter()
+        while data := await asyncio.to_thread(file.read, size):
+            if events := converter.feed(data):
+                yield events
+            if converter.frames.damage is not None:
+                break
+        if tail := converter.finish():
+            yield tail
+        _log_losses(path, converter)
+
+
+def _log_losses(path: Path, converter: CastConverter) -> None:
+    if converter.frames.damage is not None:
+        log.error("recording %s is sent up to its damage: %s", path.stem, converter.frames.damage)
+    elif converter.frames.pending:
+        # A write cut off by a crash: the session was not ended, the file is incomplete.
+        log.info(
+            "recording %s: %d bytes of a cut-off write dropped", path.stem, converter.frames.pending
+        )
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
@@ -180,13 +225,13 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 def auth_sender(auth: AsyncAuthClient) -> Send:
     """A `Send` that streams the file to auth's `PUT /v1/recordings/{id}`."""
 
-    async def send(session_id: str, path: Path, incomplete: bool) -> None:
+    async def send(session_id: str, chunks: AsyncIterable[bytes], incomplete: bool) -> None:
         response = await auth.raw(
             "PUT",
             f"/v1/recordings/{session_id}",
             params={"incomplete": "1"} if incomplete else None,
             headers={"Content-Type": "application/x-asciicast"},
-            content=file_chunks(path),
+            content=chunks,
         )
         if response.status_code >= 400:
             try:
