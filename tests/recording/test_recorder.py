@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from certgate.recording.asciicast import CastReader, Header
-from certgate.recording.rawlog import RawLogFile, to_asciicast
+from certgate.recording.rawlog import IOV_MAX, RawLogFile, to_asciicast
 from certgate.recording.recorder import (
+    FLUSH_BYTES,
     FLUSH_INTERVAL,
     RecordingDirectory,
     RecordingWriter,
@@ -85,13 +86,24 @@ async def test_output_reaches_the_file_within_the_flush_interval(harness: Harnes
     assert live.exists() and harness.ended == []
 
 
-async def test_a_burst_is_flushed_at_64_kib_without_waiting(harness: Harness) -> None:
+async def test_a_burst_is_flushed_at_flush_bytes_without_waiting(harness: Harness) -> None:
     recorder = harness.open()
-    for _ in range(20):
+    for _ in range(FLUSH_BYTES // 4096 + 4):
         recorder.on_output(b"x" * 4096)
-    await harness.settle()  # no sleep: the 64 KiB threshold handed it over
+    await harness.settle()  # no sleep: the FLUSH_BYTES threshold handed it over
     text = "".join(str(e[2]) for e in events(harness.directory.live(recorder.session_id)))
-    assert len(text) >= 64 * 1024
+    assert len(text) >= FLUSH_BYTES
+
+
+async def test_many_small_outputs_are_flushed_before_writev_takes_too_many(
+    harness: Harness,
+) -> None:
+    recorder = harness.open()
+    for n in range(IOV_MAX):  # a frame header and the data each: 2 * IOV_MAX buffers
+        recorder.on_output(b"%d," % n)
+    await harness.settle()  # no sleep: the number of buffers handed it over
+    text = "".join(str(e[2]) for e in events(harness.directory.live(recorder.session_id)))
+    assert text.startswith("0,1,2,") and len(text) > IOV_MAX
 
 
 async def test_end_moves_the_whole_file_aside_and_reports_it(harness: Harness) -> None:
@@ -114,7 +126,7 @@ async def test_a_failed_write_is_reported_and_recording_stops(harness: Harness) 
         os.dup2(full, recorder._file._fd)  # type: ignore[arg-type]
     finally:
         os.close(full)
-    recorder.on_output(b"x" * 70_000)
+    recorder.on_output(b"x" * (FLUSH_BYTES + 1))
     await harness.settle()
     assert harness.failures == [(recorder.session_id, "No space left on device")]
     assert recorder.failed == "No space left on device"

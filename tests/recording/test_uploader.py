@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from certgate.errors import BadParameter, ConnectionProblem
+from certgate.recording.asciicast import CastEncoder, Header
+from certgate.recording.rawlog import FRAME, OUTPUT_TYPE, preamble
 from certgate.recording.recorder import RecordingDirectory
 from certgate.recording.uploader import RecordingUploader
 
@@ -113,3 +115,62 @@ async def test_close_leaves_unsent_recordings_for_the_next_start(
     assert await again.start() == 1
     await eventually(lambda: session in auth.stored)
     await again.close()
+
+
+def raw_log(session_id: str, *outputs: tuple[float, bytes]) -> tuple[bytes, bytes]:
+    """A raw session log of `outputs`, and the asciicast v2 auth must get for it."""
+    header = Header(80, 24, 1_900_000_000.0, session_id, "alice", "root", "node-1")
+    frames = b"".join(FRAME.pack(OUTPUT_TYPE, t, len(data)) + data for t, data in outputs)
+    cast = header.to_line() + CastEncoder().encode([(t, "o", data) for t, data in outputs])
+    return preamble(header) + frames, cast
+
+
+async def test_a_raw_log_cut_off_by_a_crash_is_sent_as_asciicast_marked_incomplete(
+    directory: RecordingDirectory,
+) -> None:
+    cut_off, finished = str(uuid.uuid4()), str(uuid.uuid4())
+    log, cast = raw_log(cut_off, (0.1, b"before the "), (0.5, "crash \xe2\x9c".encode("latin-1")))
+    torn = FRAME.pack(OUTPUT_TYPE, 0.7, 100) + b"never finished"
+    directory.live(cut_off).write_bytes(log + torn)
+    whole, whole_cast = raw_log(finished, *((n / 50, b"x" * 5000) for n in range(200)))
+    directory.finished(finished).write_bytes(whole)
+    auth = FakeAuth()
+    uploader = RecordingUploader(directory, auth.send)
+    assert await uploader.start() == 2
+    await eventually(lambda: len(auth.stored) == 2)
+    # Up to the last whole frame; the character the crash cut in two is U+FFFD.
+    assert auth.stored[cut_off] == (cast + b'[0.500000, "o", "\\ufffd"]\n', True)
+    assert auth.stored[finished] == (whole_cast, False)  # read and sent in chunks
+    await eventually(lambda: not directory.live(cut_off).exists())
+    await uploader.close()
+
+
+async def test_a_raw_log_without_its_header_is_kept_aside(directory: RecordingDirectory) -> None:
+    session = str(uuid.uuid4())
+    log, _ = raw_log(session)
+    directory.live(session).write_bytes(log[:-3])  # killed while the header was written
+    auth = FakeAuth()
+    uploader = RecordingUploader(directory, auth.send)
+    await uploader.start()
+    kept = directory.path / "rejected" / f"{session}.cast"
+    await eventually(kept.exists)
+    assert auth.attempts == 0
+    await uploader.close()
+
+
+async def test_a_just_ended_session_is_sent_after_a_delay_or_at_close(
+    directory: RecordingDirectory,
+) -> None:
+    auth = FakeAuth()
+    uploader = RecordingUploader(directory, auth.send, after_end=0.2)
+    await uploader.start()
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    for session in (first, second):
+        directory.finished(session).write_bytes(raw_log(session)[0])
+    uploader.ended(first, complete=True)
+    await asyncio.sleep(0.1)
+    assert auth.stored == {} and uploader.pending() == 1
+    await eventually(lambda: first in auth.stored)
+    uploader.ended(second, complete=True)
+    await uploader.close()  # does not leave it for the next start
+    assert second in auth.stored and not directory.finished(second).exists()

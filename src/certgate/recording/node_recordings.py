@@ -45,7 +45,7 @@ class NodeRecordings:
             header,
             self.directory,
             self.writer,
-            on_ended=self.uploader.submit,
+            on_ended=self.uploader.ended,
             on_failure=on_failure,
         )
 

@@ -3,7 +3,7 @@
     session data path (event loop)                      writer thread (one per node)
     ──────────────────────────────                      ────────────────────────────
     on_output(bytes) ─ frame, bytes ──┐
-    on_resize(w, h)  ─ frame ─────────┤ every 50 ms or 64 KiB:
+    on_resize(w, h)  ─ frame ─────────┤ every 50 ms or 256 KiB:
                      (to a list)      └─ submit(frames) ───────▶ RawLogFile.append
                                                                  (one writev)
     on_end()  ─ submit(finish) ────────────────────────────────▶ close; move to ended/
@@ -44,8 +44,9 @@ log = logging.getLogger("certgate.recording")
 
 # Output is handed to the writer at least this often...
 FLUSH_INTERVAL = 0.05
-# ...or as soon as this much is pending.
-FLUSH_BYTES = 64 * 1024
+# ...or as soon as this much is pending: fewer hand-offs to the writer thread cost the
+# relay less (each one passes the GIL back and forth), 256 KiB a session is little.
+FLUSH_BYTES = 256 * 1024
 
 FailureCallback = Callable[[str, str], None]  # (session id, message)
 EndedCallback = Callable[[str, bool], None]  # (session id, complete)

@@ -37,6 +37,11 @@ log = logging.getLogger("certgate.recording")
 RETRY_MIN = 1.0
 RETRY_MAX = 60.0
 CHUNK = 256 * 1024
+# A session's last output may still be on its way to the user when the node sees the
+# session end (channel windows and socket buffers hold megabytes, and in a one-process
+# cluster the proxy relays it on this same event loop). Its upload waits this long so
+# as not to slow that down (measured: bench/recording_overhead.py).
+AFTER_END_DELAY = 1.0
 
 # (session id, the recording as asciicast v2 bytes, incomplete) -> returns once auth has
 # stored it; raises otherwise. The bytes can be iterated once.
@@ -51,16 +56,19 @@ class RecordingUploader:
         *,
         retry_min: float = RETRY_MIN,
         retry_max: float = RETRY_MAX,
+        after_end: float = AFTER_END_DELAY,
     ) -> None:
         self._directory = directory
         self._send = send
         self._retry_min = retry_min
         self._retry_max = retry_max
+        self._after_end = after_end
         self._queue: asyncio.Queue[tuple[str, bool]] = asyncio.Queue()
         self._queued: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._delays: dict[str, float] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._ending: dict[str, tuple[asyncio.TimerHandle, bool]] = {}  # ended(): waiting
         self.uploaded = 0  # for tests and metrics
 
     async def start(self) -> int:
@@ -98,9 +106,25 @@ class RecordingUploader:
         self._queued.add(session_id)
         self._queue.put_nowait((session_id, complete))
 
+    def ended(self, session_id: str, complete: bool) -> None:
+        """Queue the recording of a session that just ended, AFTER_END_DELAY from now."""
+        if self._after_end <= 0:
+            self.submit(session_id, complete)
+            return
+        handle = asyncio.get_running_loop().call_later(
+            self._after_end, self._ending_done, session_id
+        )
+        self._ending[session_id] = (handle, complete)
+
+    def _ending_done(self, session_id: str) -> None:
+        handle, complete = self._ending.pop(session_id)
+        handle.cancel()  # when called by close(), before its time
+        self.submit(session_id, complete)
+
     def pending(self) -> int:
-        """Recordings queued, being sent or waiting to be retried."""
-        return len(self._queued) + len(self._retries)
+        """Recordings waiting after their session's end, queued, being sent or waiting
+        to be retried."""
+        return len(self._ending) + len(self._queued) + len(self._retries)
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is queued or being sent; False if `timeout` passed first."""
@@ -114,6 +138,8 @@ class RecordingUploader:
         """Give queued uploads `timeout` seconds, then stop; the rest go at next start."""
         if self._task is None:
             return
+        for session_id in list(self._ending):
+            self._ending_done(session_id)  # no session is left to slow down
         await self.wait_idle(timeout)
         for handle in self._retries.values():
             handle.cancel()
