@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 
-from tests.support.cluster import Cluster, User
+from tests.support.cluster import BIN, Cluster, User
 from tests.support.net import free_port
 from tests.support.sshd import Sshd, run_sshd
 from tests.support.unix import ensure_user
@@ -270,6 +271,52 @@ def test_a_lock_ends_a_live_session(cluster: Cluster, ssh_config: Path) -> None:
         running.kill()
     assert running.returncode != 0
     assert "stop now" in err
+
+
+def test_agentless_sessions_are_listed_and_joined_at_the_proxy(
+    cluster: Cluster, dev: User, ssh_config: Path
+) -> None:
+    watcher = cluster.add_user("awatch", roles="auditor")  # observes every session
+    cluster.login(watcher)
+    shell = pexpect.spawn(
+        "ssh", ["-F", str(ssh_config), "-tt", f"{LOGIN}@{NODE}"], timeout=15, encoding="utf-8"
+    )
+    shell.sendline("echo READY-$((40+2))")
+    shell.expect("READY-42")
+
+    def listed() -> list[dict[str, Any]]:
+        out = cluster.cgsh(watcher, "sessions", "ls", "--format=json").stdout
+        return [s for s in json.loads(out) if s["node"] == NODE and s["user"] == "adev"]
+
+    deadline = time.monotonic() + 15
+    while not (found := listed()):
+        assert time.monotonic() < deadline, "the agentless session was not tracked"
+        time.sleep(0.2)
+    session_id = found[0]["id"]
+    assert found[0]["join_modes"] == ["observer"]
+
+    observer = pexpect.spawn(
+        str(BIN / "cgsh"), ["join", session_id],
+        env={**os.environ, "CERTGATE_HOME": str(watcher.home), "TERM": "xterm"},
+        timeout=15, encoding="utf-8",
+    )  # fmt: skip
+    observer.expect(f"joined session {session_id} as observer")
+    shell.expect_exact("awatch joined (observer)")
+    shell.sendline("echo LIVE-$((6*7))")
+    observer.expect("LIVE-42")
+    observer.send("echo NOPE-$((1+1))\r")
+    shell.sendline("echo AFTER-$((2+2))")
+    shell.expect("AFTER-4")
+    assert "NOPE-2" not in shell.before
+    shell.sendline("exit")
+    shell.expect(pexpect.EOF)
+    observer.expect("the session has ended")
+    observer.expect(pexpect.EOF)
+    joins = events(cluster, "--event=session.join")
+    assert any(
+        e["session_id"] == session_id and e["user"] == "awatch" and e["server"] == "proxy"
+        for e in joins
+    )
 
 
 def _silent_listener() -> tuple[socket.socket, int]:

@@ -43,6 +43,7 @@ from certgate.daemon.diag import Diagnostics, Metrics
 from certgate.errors import BadParameter, CertgateError, NotFound
 from certgate.node.agent import NodeAgent
 from certgate.node.recording_hook import RecordingHook
+from certgate.node.tracking import TrackedSessions
 from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.agentless_certs import AuthAgentlessCerts
 from certgate.proxy.sshd import ProxySSH
@@ -53,6 +54,7 @@ from certgate.rpc.audit import RemoteAudit
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import join_cluster
+from certgate.rpc.session_trackers import SessionTrackerPublisher
 from certgate.rpc.watcher import ResourceView
 from certgate.transport import server_context
 
@@ -280,6 +282,10 @@ class Daemon:
         def end_session(session_id: str, message: str, reason: str) -> bool:
             return agentless is not None and agentless.end_session(session_id, message, reason)
 
+        # Live sessions of agentless nodes are tracked here, as a node tracks its own.
+        trackers = SessionTrackerPublisher(auth)
+        trackers.start()
+        self._closers.append(trackers.close)
         agentless = AgentlessForwarder(
             user_ca_keys=lambda: _ca_keys(view, "user_ssh"),
             host_ca_keys=lambda: _ca_keys(view, "host_ssh"),
@@ -292,6 +298,7 @@ class Daemon:
                 lambda identity: access.role_set(identity).options().record_session.ssh,
                 end_session,
             ),
+            tracking=TrackedSessions(trackers),
         )
         self._closers.append(agentless.close)
         ssh = ProxySSH(

@@ -28,6 +28,9 @@ from typing import Any
 
 import asyncssh
 
+from certgate.api.session_tracker import JOIN_MODES
+from certgate.errors import AccessDenied
+
 log = logging.getLogger(__name__)
 
 # What a joiner sees first: the session's most recent output, up to this much.
@@ -39,6 +42,38 @@ _OBSERVER_LEAVE_KEYS = (b"\x03", b"\x04")
 
 # (event, joiner) -> None: "session.join" or "session.leave".
 MembershipListener = Callable[[str, "JoinChannel"], None]
+
+
+def join_refusal(
+    mode: str, session_id: str, party: SessionParty | None, authorize: Callable[[], None]
+) -> str | None:
+    """Why a join login must be refused, or None: the mode must be one we have, the
+    session must run here (`party`), and `authorize()` (roles, locks) must not raise."""
+    if mode not in JOIN_MODES:
+        return f'unknown join mode "{mode}": use observer or peer'
+    if party is None or party.ended:
+        return f'session "{session_id}" is not running here'
+    try:
+        authorize()
+    except AccessDenied as exc:
+        return exc.message
+    except Exception:
+        log.exception("authorizing a join of session %s failed", session_id)
+        return "internal error while authorizing"
+    return None
+
+
+def membership_fields(
+    session_id: str, owner: str, login: str, member: JoinChannel
+) -> dict[str, Any]:
+    """The fields of a session.join or session.leave audit event."""
+    return {
+        "session_id": session_id,
+        "user": member.user,
+        "mode": member.mode,
+        "session_user": owner,
+        "login": login,
+    }
 
 
 class SessionParty:

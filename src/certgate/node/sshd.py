@@ -36,10 +36,10 @@ import asyncssh
 
 from certgate.api.certs import identity_from_ssh_cert
 from certgate.api.identity import Identity
-from certgate.api.session_tracker import JOIN_MODES, parse_join_login
+from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.node import certcapture
-from certgate.node.join import JoinChannel, SessionParty
+from certgate.node.join import JoinChannel, SessionParty, join_refusal, membership_fields
 from certgate.node.server_options import certificate_server_options
 from certgate.node.session import (
     SFTP_SERVER,
@@ -465,24 +465,18 @@ class _Connection(asyncssh.SSHServer):
     def _authorize_join(self, identity: Identity, login: str, mode: str, session_id: str) -> bool:
         """A join login: the session must run here and the joiner's roles allow `mode`."""
         node = self._node
-        if mode not in JOIN_MODES:
-            self._reject(identity, login, f'unknown join mode "{mode}": use observer or peer')
-            return False
         session = node._sessions.get(session_id)
-        if session is None or session.info is None or session.party is None:
-            self._reject(identity, login, f'session "{session_id}" is not running on this node')
-            return False
-        if node._join_authorizer is None:
-            self._reject(identity, login, "joining sessions is not enabled on this node")
-            return False
-        try:
+
+        def authorize() -> None:
+            if node._join_authorizer is None:
+                raise AccessDenied("joining sessions is not enabled on this node")
+            assert session is not None and session.info is not None
             node._join_authorizer(identity, session.info, mode)
-        except AccessDenied as exc:
-            self._reject(identity, login, exc.message)
-            return False
-        except Exception:
-            log.exception("join authorizer failed for %s", identity.username)
-            self._reject(identity, login, "internal error while authorizing")
+
+        party = session.party if session is not None else None
+        refusal = join_refusal(mode, session_id, party, authorize)
+        if refusal is not None:
+            self._reject(identity, login, refusal)
             return False
         self.identity, self.login, self.join = identity, login, (mode, session_id)
         return True
@@ -791,14 +785,7 @@ class _Session(asyncssh.SSHServerSession[bytes]):
     def _membership(self, event: str, member: JoinChannel) -> None:
         assert self.info is not None
         self._node._audit(
-            event,
-            {
-                "session_id": self.id,
-                "user": member.user,
-                "mode": member.mode,
-                "session_user": self.info.identity.username,
-                "login": self.info.login,
-            },
+            event, membership_fields(self.id, self.info.identity.username, self.info.login, member)
         )
         if self.party is not None and self._node.tracking is not None and not self._ended:
             self._node.tracking.participants_changed(self.info, self.party.participants())

@@ -51,6 +51,7 @@ from certgate.api.node import Node
 from certgate.auth.cached_access import CachedAccess
 from certgate.errors import BadParameter, CertgateError
 from certgate.node import certcapture
+from certgate.node.join import SessionParty
 from certgate.node.server_options import LOGIN_TIMEOUT, certificate_server_options
 from certgate.node.sshd import (
     DEFAULT_CIPHERS,
@@ -59,6 +60,7 @@ from certgate.node.sshd import (
     SessionObserver,
     SessionPredicate,
     SessionRefused,
+    SessionTracking,
 )
 from certgate.proxy.agentless_certs import AgentlessCertSource
 from certgate.proxy.agentless_session import RelaySession
@@ -81,7 +83,8 @@ class AgentlessForwarder:
     `user_ca_keys()` and `host_ca_keys()` are read for every connection (CA rotation
     needs no restart); `certs` gets certificates from auth; `audit` receives events;
     `session_observer` (optional) is asked for an observer for every pty or exec
-    session, as on a node (`SessionInfo.node` names the node).
+    session, as on a node (`SessionInfo.node` names the node); `tracking` (optional)
+    hears of terminal sessions and their joiners, as on a node.
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class AgentlessForwarder:
         certs: AgentlessCertSource,
         audit: AuditSink | None,
         session_observer: ObserverFactory | None = None,
+        tracking: SessionTracking | None = None,
         ciphers: Sequence[str] = DEFAULT_CIPHERS,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
@@ -103,6 +107,7 @@ class AgentlessForwarder:
         self._certs = certs
         self._audit_sink = audit
         self._observer_factory = session_observer
+        self.tracking = tracking
         self._ciphers = list(ciphers)
         self.connect_timeout = connect_timeout
         # One key presented to users (certified per node), one shown to the sshds.
@@ -274,6 +279,14 @@ class AgentlessForwarder:
         if victims:
             await asyncio.gather(*(c.hang_up() for c in victims))
         return ended
+
+    def session(self, session_id: str) -> RelaySession | None:
+        return self._sessions.get(session_id)
+
+    def party(self, session_id: str) -> SessionParty | None:
+        """The joiners' side of a live terminal session served here (node/join.py)."""
+        session = self._sessions.get(session_id)
+        return session.party if session is not None else None
 
     def end_session(self, session_id: str, message: str, reason: str = "terminated") -> bool:
         """End one live session, showing `message` first; False if it is not running."""

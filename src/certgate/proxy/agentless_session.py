@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import asyncssh
 
 from certgate.api.identity import Identity
+from certgate.node.join import JoinChannel, SessionParty, membership_fields
 from certgate.node.sshd import SessionInfo, SessionObserver, SessionRefused
 
 log = logging.getLogger("certgate.proxy.agentless")
@@ -64,6 +65,11 @@ class RelayContext(Protocol):
 
     def session_ended(self, session: RelaySession) -> None: ...
 
+    def participants_changed(
+        self, session: RelaySession, participants: list[dict[str, Any]]
+    ) -> None:
+        """Someone joined or left the live session (node/join.py)."""
+
 
 class RelaySession(asyncssh.SSHServerSession[bytes]):
     """One session channel of the user, relayed to one session channel on the sshd."""
@@ -84,6 +90,8 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         self._early: list[bytes] = []
         self._early_eof = False
         self._observer: SessionObserver | None = None
+        # Terminal sessions only: who else is watching or typing (node/join.py).
+        self.party: SessionParty | None = None
         self._task: asyncio.Task[None] | None = None
         self._started_at = 0.0
         self._announced = False
@@ -147,6 +155,8 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         except SessionRefused as exc:
             self._refuse(str(exc))
             return
+        if size is not None:
+            self.party = SessionParty(self._show, self._peer_input, self._membership)
         context.session_started(self)
         self._task = asyncio.create_task(self._open_onward(), name=f"agentless session {self.id}")
         self._task.add_done_callback(_log_crash)
@@ -277,6 +287,26 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
             return
         if self._observer is not None:
             self._notify(self._observer.on_output, data)
+        if self.party is not None and datatype is None:
+            self.party.output(data)
+
+    # ---- joiners (node/join.py) ----------------------------------------------------
+
+    def _show(self, data: bytes) -> None:
+        # certgate's own lines go where output goes: the owner, the recording, joiners.
+        self.output(data, None)
+
+    def _peer_input(self, data: bytes) -> None:
+        if self._onward is not None:
+            self._onward.write(data)
+
+    def _membership(self, event: str, member: JoinChannel) -> None:
+        assert self.info is not None
+        self._context.audit(
+            event, membership_fields(self.id, self.info.identity.username, self.info.login, member)
+        )
+        if self.party is not None and not self._ended:
+            self._context.participants_changed(self, self.party.participants())
 
     def output_eof(self) -> None:
         with contextlib.suppress(OSError):
@@ -332,6 +362,8 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         if self._ended or self.info is None:
             return
         self._ended = True
+        if self.party is not None:
+            self.party.end()
         self._context.session_ended(self)
         if self._observer is not None:
             self._notify(self._observer.on_end)

@@ -9,6 +9,8 @@ onward        a one-minute certificate for the login from auth ─▶ asyncssh c
 channels      session ─▶ RelaySession; -L ─▶ direct-tcpip on the sshd; -R ─▶
               tcpip-forward on the sshd, each connection back as forwarded-tcpip
               (agentless_session.py), forwarding only if the policy allows
+join          login "join:<mode>:<session id>" ─▶ that live session's party (node/join.py)
+              if the joiner's roles and locks allow; no onward connection, nothing else
 terminate     a lock or an admin ends the sessions with a message, then hangs up
 """
 
@@ -28,8 +30,10 @@ import asyncssh
 from certgate.api.certs import identity_from_ssh_cert
 from certgate.api.identity import Identity
 from certgate.api.node import Node
+from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, BadParameter, CertgateError
 from certgate.node import certcapture
+from certgate.node.join import JoinChannel, join_refusal
 from certgate.node.sshd import SessionInfo, SessionObserver, SessionPolicy
 from certgate.proxy.agentless_session import ChannelPipe, RelaySession
 from certgate.proxy.corked import CorkedTunnel
@@ -80,6 +84,9 @@ class UserConnection(asyncssh.SSHServer):
         self._presented = ""
         self.policy = SessionPolicy()
         self.sessions: set[RelaySession] = set()
+        # Set for a join login: (mode, session id); such a connection only joins.
+        self.join: tuple[str, str] | None = None
+        self.joins: set[JoinChannel] = set()
         self._onward_task: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self._onward: asyncssh.SSHClientConnection | None = None
         self._onward_refusal_audited = False
@@ -102,6 +109,7 @@ class UserConnection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        self.joins.clear()
         self._forwarder.remove_connection(self)
         if self._onward_task is not None and not self._onward_task.done():
             # A task cancelled before its first step never runs its own cleanup.
@@ -130,6 +138,14 @@ class UserConnection(asyncssh.SSHServer):
     def session_requested(self) -> Any:
         if self.identity is None:
             return False
+        if self.join is not None:
+            mode, session_id = self.join
+            forwarder = self._forwarder
+            channel = JoinChannel(
+                self.identity.username, mode, session_id, lambda: forwarder.party(session_id)
+            )
+            self.joins.add(channel)
+            return channel
         return self._open_session()
 
     def connection_requested(
@@ -162,6 +178,9 @@ class UserConnection(asyncssh.SSHServer):
         except (BadParameter, ValueError) as exc:
             self._reject(None, login, f"malformed certificate: {exc}")
             return False
+        join = parse_join_login(login)
+        if join is not None:
+            return self._authorize_join(identity, login, *join)
         # The roles first: their refusal names the rule ("denied by role dev"), which
         # says more than the certificate lacking the login (it lacks it for that reason).
         try:
@@ -187,6 +206,27 @@ class UserConnection(asyncssh.SSHServer):
             self._connect_onward(), name=f"agentless onward {node.name}"
         )
         self._onward_task.add_done_callback(_retrieve)
+        return True
+
+    def _authorize_join(self, identity: Identity, login: str, mode: str, session_id: str) -> bool:
+        """A join login: the session must run on this node, and the roles allow `mode`."""
+        session = self._forwarder.session(session_id)
+        if session is not None and session.info is not None and session.info.node != self.node_name:
+            session = None  # joined through the node it runs on, nowhere else
+
+        def authorize() -> None:
+            assert session is not None and session.info is not None
+            owner = session.info.identity
+            self._forwarder.access.check_join(
+                identity, owner.username, owner.roles, mode, self.node_name
+            )
+
+        party = session.party if session is not None else None
+        refusal = join_refusal(mode, session_id, party, authorize)
+        if refusal is not None:
+            self._reject(identity, login, refusal)
+            return False
+        self.identity, self.login, self.join = identity, login, (mode, session_id)
         return True
 
     def _reject(self, identity: Identity | None, login: str, reason: str) -> None:
@@ -345,10 +385,23 @@ class UserConnection(asyncssh.SSHServer):
     def session_started(self, session: RelaySession) -> None:
         self.sessions.add(session)
         self._forwarder.add_session(session)
+        tracking = self._forwarder.tracking
+        if tracking is not None and session.party is not None and session.info is not None:
+            tracking.started(session.info)
 
     def session_ended(self, session: RelaySession) -> None:
         self.sessions.discard(session)
         self._forwarder.remove_session(session)
+        tracking = self._forwarder.tracking
+        if tracking is not None and session.party is not None and session.info is not None:
+            tracking.ended(session.info)
+
+    def participants_changed(
+        self, session: RelaySession, participants: list[dict[str, Any]]
+    ) -> None:
+        tracking = self._forwarder.tracking
+        if tracking is not None and session.info is not None:
+            tracking.participants_changed(session.info, participants)
 
     def _audit_forward(self, kind: str, addr: str, allowed: bool) -> None:
         self.audit(
@@ -369,11 +422,14 @@ class UserConnection(asyncssh.SSHServer):
         sessions = list(self.sessions)
         for session in sessions:
             session.terminate(message, reason, audit_fields)
+        for joined in list(self.joins):
+            joined.finish(message)
         return len(sessions)
 
     async def hang_up(self) -> None:
         """Close the connection once the sessions' last words had a chance to leave."""
         waits = [session.wait_closed() for session in self.sessions]
+        waits += [joined.wait_closed() for joined in self.joins]
         if waits:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), TERMINATE_FLUSH_SECONDS)
