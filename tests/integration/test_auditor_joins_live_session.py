@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -26,6 +26,7 @@ from certgate.errors import AccessDenied
 from certgate.rpc.identity_files import IdentityFiles
 from tests.support.cluster import BIN, Cluster, User
 from tests.support.unix import ensure_user
+from tests.support.wait import eventually
 
 LOGIN = "cgjoin"
 ROLES = f"""\
@@ -52,16 +53,6 @@ spec: {{}}
 """
 
 
-def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     ensure_user(LOGIN)
@@ -81,11 +72,11 @@ def people(cluster: Cluster) -> dict[str, User]:
     return users
 
 
-def owner_shell(cluster: Cluster, user: User) -> pexpect.spawn:
-    config = user.home / "openssh_config"
-    config.write_text(eventually(lambda: _config_with_node(cluster, user, "node-1")))
+def owner_shell(cluster: Cluster, user: User, node: str = "node-1") -> pexpect.spawn:
+    config = user.home / f"{node}_config"
+    config.write_text(eventually(lambda: _config_with_node(cluster, user, node)))
     child = pexpect.spawn(
-        "ssh", ["-F", str(config), "-tt", f"{LOGIN}@node-1"], timeout=15, encoding="utf-8"
+        "ssh", ["-F", str(config), "-tt", f"{LOGIN}@{node}"], timeout=15, encoding="utf-8"
     )
     child.sendline("echo READY-$((40+2))")
     child.expect("READY-42")
@@ -331,13 +322,7 @@ def test_trackers_cannot_be_forged_or_removed_by_others(
 def test_sessions_of_a_dead_node_leave_the_list(cluster: Cluster, people: dict[str, User]) -> None:
     alice = people["alice"]
     process, _ = cluster.start_node("node-3", "env=crash")
-    config = alice.home / "node3_config"
-    config.write_text(eventually(lambda: _config_with_node(cluster, alice, "node-3")))
-    shell = pexpect.spawn(
-        "ssh", ["-F", str(config), "-tt", f"{LOGIN}@node-3"], timeout=15, encoding="utf-8"
-    )
-    shell.sendline("echo READY-$((40+2))")
-    shell.expect("READY-42")
+    shell = owner_shell(cluster, alice, "node-3")
     on_node3 = eventually(lambda: [s for s in sessions(cluster, alice) if s["node"] == "node-3"])
     assert len(on_node3) == 1
 

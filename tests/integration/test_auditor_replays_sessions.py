@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +21,7 @@ import pexpect  # type: ignore[import-untyped]
 import pytest
 
 from tests.support.cluster import BIN, Cluster, User
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sessions as root need root")
 
@@ -33,17 +34,6 @@ spec:
     node_labels: {"*": "*"}
   options: {record_session: {ssh: strict}}
 """
-
-
-def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """The first truthy value of check(), polling until `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.1)
 
 
 def terminal(cluster: Cluster, user: User, *args: str) -> pexpect.spawn:
