@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from certgate.client.profile import Profile, load_profile
 from certgate.errors import AccessDenied, NotFound
@@ -27,6 +27,9 @@ class ClusterAPI:
 
     def call(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
         return self.client.call(method, self.prefix + path, json=json, params=params)
+
+    def download(self, path: str, out: BinaryIO, params: Any = None) -> int:
+        return self.client.download(self.prefix + path, out, params=params)
 
     def close(self) -> None:
         self.client.close()

@@ -10,10 +10,11 @@ with a role rule on `session`); this module only asks.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from certgate.api.recording import RecordingInfo, is_recording_id
 from certgate.client.cluster import ClusterAPI
@@ -50,10 +51,16 @@ def list_recordings(
 @dataclass(frozen=True)
 class Recording:
     info: RecordingInfo
-    text: str  # the cast file
+    # The cast file, in a temporary file: a long session's recording can be large.
+    file: BinaryIO
 
     def reader(self) -> CastReader:
-        return CastReader(self.text.split("\n"))
+        """A reader from the start of the file (binary lines split at "\n" only)."""
+        self.file.seek(0)
+        return CastReader(self.file)
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def _checked(recording_id: str) -> str:
@@ -68,11 +75,15 @@ def fetch_info(api: ClusterAPI, recording_id: str) -> RecordingInfo:
 
 
 def fetch_recording(api: ClusterAPI, recording_id: str) -> Recording:
+    """The recording, downloaded to a temporary file (gone when closed)."""
     info = fetch_info(api, recording_id)
-    text = api.call("GET", f"/recordings/{info.id}/cast")
-    if not isinstance(text, str):
-        raise BadParameter(f"recording {info.id} came back in an unexpected form")
-    return Recording(info, text)
+    spool = tempfile.TemporaryFile()
+    try:
+        api.download(f"/recordings/{info.id}/cast", spool)
+    except BaseException:
+        spool.close()
+        raise
+    return Recording(info, spool)
 
 
 def play(

@@ -9,6 +9,7 @@ import click
 from certgate.cli.common import FORMAT, print_json, table
 from certgate.client.cluster import connect_profile
 from certgate.client.recordings import (
+    Recording,
     as_json,
     fetch_recording,
     format_seconds,
@@ -71,23 +72,31 @@ def play_command(recording_id: str, speed: float, skip_idle: bool, fmt: str) -> 
         recording = fetch_recording(api, recording_id)
     finally:
         api.close()
-    if fmt == "json":
-        document = as_json(recording)
-        print_json(document)
-        damage = document["damage"]
-    else:
-        reader = recording.reader()
-        out = sys.stdout.buffer
-
-        def write(text: str) -> None:
-            out.write(text.encode("utf-8", errors="replace"))
-            out.flush()
-
-        play(reader.events(), write, speed=speed, skip_idle=skip_idle)
-        damage = reader.damage
+    try:
+        damage = _show(recording, fmt, speed, skip_idle)
+    finally:
+        recording.close()
     if damage:
         click.echo(damage, err=True)
         sys.exit(1)
+
+
+def _show(recording: Recording, fmt: str, speed: float, skip_idle: bool) -> str | None:
+    """Print or play `recording`; returns where it is damaged, if it is."""
+    if fmt == "json":
+        document = as_json(recording)
+        print_json(document)
+        damage: str | None = document["damage"]
+        return damage
+    reader = recording.reader()
+    out = sys.stdout.buffer
+
+    def write(text: str) -> None:
+        out.write(text.encode("utf-8", errors="replace"))
+        out.flush()
+
+    play(reader.events(), write, speed=speed, skip_idle=skip_idle)
+    return reader.damage
 
 
 def register(cli: click.Group) -> None:
