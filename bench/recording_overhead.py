@@ -13,8 +13,11 @@
    the recorded user the recorder), output to /dev/null, recording off then on, and
    waits between runs until the node has uploaded the recording, so one run's upload
    never overlaps the next run; rounds alternate which mode goes first. Figures: MiB/s
-   and the certgate process's CPU per MiB for each run, best and median per mode, the
-   on/off ratio of the medians, and how long the upload of a recording took.
+   and the certgate process's CPU per MiB for each run (all threads, and its event loop
+   thread alone, which relays every session), best and median per mode, the on/off
+   ratio of the medians, and how long the upload of a recording took (it converts the
+   node's raw session log to asciicast as it sends it). First, in this process, what
+   the recorder alone costs the event loop per MiB, and what converting its log costs.
 2. Audit: `--events` events bulk-loaded (`append_many`, 10,000 a transaction) into
    the cluster's own event store (a realistic mix: 200 users, 500 nodes, the event
    types a cluster emits, spread over 30 days), then each query `--queries` times, at
@@ -50,6 +53,13 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 
 from certgate.backend.events_sqlite import SQLiteEventStore  # noqa: E402
+from certgate.recording.asciicast import Header  # noqa: E402
+from certgate.recording.recorder import (  # noqa: E402
+    RecordingDirectory,
+    RecordingWriter,
+    SessionRecorder,
+)
+from certgate.recording.uploader import cast_chunks  # noqa: E402
 from certgate.rpc.identity_files import IdentityFiles  # noqa: E402
 from certgate.services.audit import EVENT_CODES  # noqa: E402
 from tests.support.cluster import Cluster, User  # noqa: E402
@@ -78,7 +88,17 @@ def ms(seconds: float) -> str:
 
 def process_cpu(pid: int) -> float:
     """CPU seconds (user + system) the process has used so far, all threads."""
-    text = Path(f"/proc/{pid}/stat").read_text()
+    return _cpu(Path(f"/proc/{pid}/stat"))
+
+
+def loop_cpu(pid: int) -> float:
+    """CPU seconds of the process's main thread: certgate's event loop, where the
+    sessions are relayed (the rest is threads: recording writer, sqlite, uploads)."""
+    return _cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+
+def _cpu(stat: Path) -> float:
+    text = stat.read_text()
     fields = text[text.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -135,6 +155,35 @@ def wait_uploaded(node_recordings: Path, timeout: float = 300) -> float:
     return time.perf_counter() - start
 
 
+async def recorder_alone(workdir: Path, source: Path, read: int = 4096) -> tuple[float, float]:
+    """Loop CPU ms per MiB of a SessionRecorder fed `source` in `read`-byte pieces (what
+    it adds to a session's relay), and of converting its log as the upload does."""
+    data = source.read_bytes()
+    reads = [data[at : at + read] for at in range(0, len(data), read)]
+    directory = RecordingDirectory(workdir / "recorder-alone")
+    directory.create()
+    writer = RecordingWriter()
+    header = Header(80, 24, time.time(), str(uuid.uuid4()), "bench", "root", "node-1")
+    recorder = SessionRecorder.open(
+        header, directory, writer, on_ended=lambda session_id, complete: None
+    )
+    start = time.thread_time()
+    for n, piece in enumerate(reads):
+        recorder.on_output(piece)
+        if n % 16 == 0:
+            await asyncio.sleep(0)  # let the flush timer run, as a relay's loop would
+    recording = time.thread_time() - start
+    recorder.on_end()
+    await writer.drain()
+    writer.close()
+    start = time.thread_time()
+    async for _ in cast_chunks(directory.finished(header.session_id)):
+        pass
+    converting = time.thread_time() - start
+    mib = len(data) / 2**20
+    return recording * 1000 / mib, converting * 1000 / mib
+
+
 def throughput(cluster: Cluster, workdir: Path, mib: int, rounds: int) -> None:
     cluster.cgctl("create", "-f", "-", input=UNRECORDED_ROLE)
     plain = cluster.add_user("plain", roles="unrecorded")
@@ -147,32 +196,40 @@ def throughput(cluster: Cluster, workdir: Path, mib: int, rounds: int) -> None:
     size = text_file(target, mib)
     node_recordings = cluster.data_dir / "node" / "recordings"
     print(f"\n== throughput: cat of a {mib} MiB text file in a pty session, {rounds} rounds")
+    recording, converting = asyncio.run(recorder_alone(workdir, target))
+    print(
+        f"  the recorder alone, 4 KiB reads: {recording:.2f} ms/MiB of loop CPU in the session,"
+        f" {converting:.2f} ms/MiB converting to asciicast at upload"
+    )
     cat_once(configs["off"], target)  # warm: page cache, first connection
     cat_once(configs["on"], target)
     wait_uploaded(node_recordings)
     speeds: dict[str, list[float]] = {"off": [], "on": []}
     cpu: dict[str, list[float]] = {"off": [], "on": []}
+    loop: dict[str, list[float]] = {"off": [], "on": []}
     uploads: list[float] = []
     assert cluster.process is not None
     pid = cluster.process.pid
     for round_ in range(rounds):
         # Alternate which mode goes first, so drift in the machine's load favours neither.
         for mode in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
-            before = process_cpu(pid)
+            before, loop_before = process_cpu(pid), loop_cpu(pid)
             seconds = cat_once(configs[mode], target)
             cpu[mode].append((process_cpu(pid) - before) / (size / 2**20))
+            loop[mode].append((loop_cpu(pid) - loop_before) / (size / 2**20))
             speeds[mode].append(size / seconds / 2**20)
             if mode == "on":
                 uploads.append(wait_uploaded(node_recordings))
             print(
                 f"  round {round_ + 1} recording {mode:3}: {speeds[mode][-1]:7.1f} MiB/s,"
-                f" certgate CPU {ms(cpu[mode][-1])}/MiB"
+                f" certgate CPU {ms(cpu[mode][-1])}/MiB (event loop {ms(loop[mode][-1])})"
             )
     for mode in ("off", "on"):
         print(
             f"  recording {mode:3}: best {max(speeds[mode]):7.1f} MiB/s,"
             f" median {statistics.median(speeds[mode]):7.1f} MiB/s,"
             f" certgate CPU median {ms(statistics.median(cpu[mode]))}/MiB"
+            f" (event loop {ms(statistics.median(loop[mode]))})"
         )
     ratio = statistics.median(speeds["on"]) / statistics.median(speeds["off"])
     print(f"  on/off (medians): {ratio:.3f}   (target >= 0.95)")
