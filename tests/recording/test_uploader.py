@@ -146,14 +146,18 @@ async def test_a_raw_log_cut_off_by_a_crash_is_sent_as_asciicast_marked_incomple
 
 
 async def test_a_raw_log_without_its_header_is_kept_aside(directory: RecordingDirectory) -> None:
-    session = str(uuid.uuid4())
-    log, _ = raw_log(session)
-    directory.live(session).write_bytes(log[:-3])  # killed while the header was written
+    log, _ = raw_log(str(uuid.uuid4()))
+    # Killed while the header was written, or between creating the file and writing.
+    sessions = {str(uuid.uuid4()): log[:cut] for cut in (len(log) - 3, 5, 0)}
+    for session, data in sessions.items():
+        directory.live(session).write_bytes(data)
     auth = FakeAuth()
     uploader = RecordingUploader(directory, auth.send)
-    await uploader.start()
-    kept = directory.path / "rejected" / f"{session}.cast"
-    await eventually(kept.exists)
+    assert await uploader.start() == 3
+    for session, data in sessions.items():
+        kept = directory.path / "rejected" / f"{session}.cast"
+        await eventually(kept.exists)
+        assert kept.read_bytes() == data
     assert auth.attempts == 0
     await uploader.close()
 

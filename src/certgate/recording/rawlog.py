@@ -78,7 +78,10 @@ def read_preamble(file: IO[bytes]) -> bytes | None:
     """The header line of the raw log in `file`, read from its start; None if the file
     is not a raw log (an asciicast file of an older node). BadParameter if it is one
     whose header cannot be read (cut off before it was written)."""
-    if file.read(len(MAGIC)) != MAGIC:
+    start = file.read(len(MAGIC))
+    if start != MAGIC:
+        if MAGIC.startswith(start):  # empty, or cut off inside MAGIC: created, then killed
+            raise BadParameter("the session log ends inside its header (cut off at creation?)")
         file.seek(0)
         return None
     line = file.readline(MAX_HEADER_BYTES)

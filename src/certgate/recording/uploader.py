@@ -1,12 +1,13 @@
 """Node side: send finished recordings to auth, delete them only once auth has them.
 
-    session ends ──▶ <dir>/ended/<id>.cast ──submit(id, complete)──▶ queue ──▶ PUT to auth
-    node starts  ──▶ scan: ended/<id>.cast (complete), <id>.cast (cut off: incomplete) ─┘
-                                      (raw session logs, sent as asciicast v2: cast_chunks)
-                                                  stored ──▶ unlink the file
-                                                  refused as malformed ──▶ <dir>/rejected/
-                                                  any other error ──▶ retry later (backoff
-                                                                      and jitter)
+    session ends ──▶ <dir>/ended/<id>.cast ──ended(id, complete)──▶ queue ──▶ PUT to auth
+                                           (AFTER_END_DELAY later)    ▲   (a raw session
+    node starts  ──▶ scan: ended/<id>.cast (complete),                │    log is sent as
+                           <id>.cast (cut off: incomplete) ──submit───┘    asciicast v2:
+                                                                           cast_chunks)
+                     stored ──▶ unlink the file
+                     refused as malformed ──▶ <dir>/rejected/
+                     any other error ──▶ retry later (backoff and jitter)
 
 Nothing is deleted before auth answered that it stored the recording, so a crash or
 `kill -9` at any point loses at most what the session had not yet written: the next
@@ -168,7 +169,7 @@ class RecordingUploader:
         chunks = cast_chunks(path)
         try:
             # The header first: a log cut off before it was written is refused here.
-            first = await anext(chunks)
+            first = await anext(chunks, b"")
             await self._send(session_id, _prepend(first, chunks), not complete)
         except BadParameter as exc:
             # Auth will never take this file as it is: keep it aside for an operator
