@@ -331,6 +331,9 @@ def _silent_listener() -> tuple[socket.socket, int]:
             try:
                 held.append(listener.accept()[0])
             except OSError:
+                # The test closed the listener: let go of what it held, too.
+                for connection in held:
+                    connection.close()
                 return
 
     threading.Thread(target=accept, daemon=True).start()
@@ -364,4 +367,5 @@ def test_an_unreachable_sshd_fails_within_5s_naming_the_node(cluster: Cluster, d
         assert 'node "agentless-hung"' in hung.stderr, hung.stderr
         assert elapsed < 5, elapsed
     finally:
+        silent.shutdown(socket.SHUT_RDWR)  # wakes the accept thread, which cleans up
         silent.close()
