@@ -196,6 +196,28 @@ class _NullSink:
         pass
 
 
+def _read_more(fd: int, first: bytes) -> bytes:
+    """`first` and whatever else the pty holds now, up to READ_SIZE.
+
+    A pty hands out at most 4 KiB a read; relaying each read as it comes makes one SSH
+    packet (and one pass through every layer) per 4 KiB. Gathering what is already
+    there costs one more read that comes back empty, and lets a fast writer's output
+    leave in 64 KiB pieces while keystroke echoes still go out at once.
+    """
+    parts = [first]
+    total = len(first)
+    while total < READ_SIZE:
+        try:
+            more = os.read(fd, READ_SIZE - total)
+        except OSError:  # EAGAIN: nothing more now; EIO: the next read reports it
+            break
+        if not more:
+            break
+        parts.append(more)
+        total += len(more)
+    return first if len(parts) == 1 else b"".join(parts)
+
+
 def _nonblocking(fd: int) -> int:
     os.set_blocking(fd, False)
     return fd
@@ -292,6 +314,8 @@ class ChildProcess:
     def _read(self, fd: int, force: bool = False) -> None:
         try:
             data = os.read(fd, READ_SIZE)
+            if fd == self._pty_fd and 0 < len(data) < READ_SIZE:
+                data = _read_more(fd, data)
         except BlockingIOError:
             if force:
                 self._close_output(fd)
