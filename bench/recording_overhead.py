@@ -67,6 +67,7 @@ from certgate.recording.uploader import cast_chunks  # noqa: E402
 from certgate.rpc.identity_files import IdentityFiles  # noqa: E402
 from certgate.services.audit import EVENT_CODES  # noqa: E402
 from tests.support.cluster import Cluster, User  # noqa: E402
+from tests.support.sshd import run_sshd  # noqa: E402
 
 UNRECORDED_ROLE = """\
 kind: role
@@ -137,6 +138,29 @@ def ssh_config(cluster: Cluster, user: User) -> Path:
     return path
 
 
+LABELS = {
+    "off": "certgate, recording off",
+    "on": "certgate, recording on ",
+    "sshd": "OpenSSH sshd (baseline)",
+}
+
+
+def sshd_config(cluster: Cluster, user: User, workdir: Path, port: int, key: Path) -> Path:
+    """An OpenSSH client config for the baseline: `user`'s certificate, straight to a
+    stock sshd (as root) that trusts the cluster's user CA."""
+    keys = user.home / "keys"
+    path = workdir / "baseline_ssh_config"
+    known = workdir / "baseline_known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {Path(f'{key}.pub').read_text()}")
+    path.write_text(
+        "Host node-1\n    HostName 127.0.0.1\n"
+        f"    Port {port}\n    IdentityFile {keys / 'key'}\n"
+        f"    CertificateFile {keys / 'key-cert.pub'}\n    IdentitiesOnly yes\n"
+        f"    UserKnownHostsFile {known}\n    StrictHostKeyChecking yes\n"
+    )
+    return path
+
+
 def cat_once(config: Path, target: Path) -> float:
     """Seconds for `cat target` in a pty session on node-1 (output discarded)."""
     start = time.perf_counter()
@@ -196,6 +220,16 @@ def throughput(cluster: Cluster, workdir: Path, mib: int, rounds: int) -> None:
     for mode, user in (("off", plain), ("on", recorded)):
         cluster.login(user)
         configs[mode] = ssh_config(cluster, user)
+    user_ca = cluster.cgctl("auth", "export", "--type=user").stdout
+    with run_sshd(workdir / "sshd", user_ca, extra_config="LogLevel ERROR") as sshd:
+        key = workdir / "sshd" / "ssh_host_ed25519_key"
+        configs["sshd"] = sshd_config(cluster, plain, workdir, sshd.port, key)
+        _throughput(cluster, workdir, mib, rounds, configs)
+
+
+def _throughput(
+    cluster: Cluster, workdir: Path, mib: int, rounds: int, configs: dict[str, Path]
+) -> None:
     target = workdir / "big.txt"
     size = text_file(target, mib)
     node_recordings = cluster.data_dir / "node" / "recordings"
@@ -205,18 +239,19 @@ def throughput(cluster: Cluster, workdir: Path, mib: int, rounds: int) -> None:
         f"  the recorder alone, 4 KiB reads: {recording:.2f} ms/MiB of loop CPU in the session,"
         f" {converting:.2f} ms/MiB converting to asciicast at upload"
     )
-    cat_once(configs["off"], target)  # warm: page cache, first connection
-    cat_once(configs["on"], target)
+    for config in configs.values():
+        cat_once(config, target)  # warm: page cache, first connection
     wait_uploaded(node_recordings)
-    speeds: dict[str, list[float]] = {"off": [], "on": []}
-    cpu: dict[str, list[float]] = {"off": [], "on": []}
-    loop: dict[str, list[float]] = {"off": [], "on": []}
+    modes = ["off", "on", "sshd"]
+    speeds: dict[str, list[float]] = {mode: [] for mode in modes}
+    cpu: dict[str, list[float]] = {mode: [] for mode in modes}
+    loop: dict[str, list[float]] = {mode: [] for mode in modes}
     uploads: list[float] = []
     assert cluster.process is not None
     pid = cluster.process.pid
     for round_ in range(rounds):
-        # Alternate which mode goes first, so drift in the machine's load favours neither.
-        for mode in ("off", "on") if round_ % 2 == 0 else ("on", "off"):
+        # Rotate which mode goes first, so drift in the machine's load favours none.
+        for mode in modes[round_ % 3 :] + modes[: round_ % 3]:
             before, loop_before = process_cpu(pid), loop_cpu(pid)
             seconds = cat_once(configs[mode], target)
             cpu[mode].append((process_cpu(pid) - before) / (size / 2**20))
@@ -225,18 +260,20 @@ def throughput(cluster: Cluster, workdir: Path, mib: int, rounds: int) -> None:
             if mode == "on":
                 uploads.append(wait_uploaded(node_recordings))
             print(
-                f"  round {round_ + 1} recording {mode:3}: {speeds[mode][-1]:7.1f} MiB/s,"
+                f"  round {round_ + 1} {LABELS[mode]}: {speeds[mode][-1]:7.1f} MiB/s,"
                 f" certgate CPU {ms(cpu[mode][-1])}/MiB (event loop {ms(loop[mode][-1])})"
             )
-    for mode in ("off", "on"):
+    for mode in modes:
         print(
-            f"  recording {mode:3}: best {max(speeds[mode]):7.1f} MiB/s,"
+            f"  {LABELS[mode]}: best {max(speeds[mode]):7.1f} MiB/s,"
             f" median {statistics.median(speeds[mode]):7.1f} MiB/s,"
             f" certgate CPU median {ms(statistics.median(cpu[mode]))}/MiB"
             f" (event loop {ms(statistics.median(loop[mode]))})"
         )
-    ratio = statistics.median(speeds["on"]) / statistics.median(speeds["off"])
-    print(f"  on/off (medians): {ratio:.3f}   (target >= 0.95)")
+    median = {mode: statistics.median(speeds[mode]) for mode in modes}
+    print(f"  on/off (medians): {median['on'] / median['off']:.3f}   (target >= 0.95)")
+    off, on = median["off"] / median["sshd"], median["on"] / median["sshd"]
+    print(f"  against OpenSSH sshd (direct, no recording): off {off:.2f}x, on {on:.2f}x")
     stored = sorted(
         (cluster.data_dir / "recordings").glob("*.cast"), key=lambda p: p.stat().st_mtime
     )
