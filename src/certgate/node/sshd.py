@@ -39,6 +39,7 @@ from certgate.api.identity import Identity
 from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.node import certcapture
+from certgate.node.corked import CorkedListener
 from certgate.node.join import JoinChannel, SessionParty, join_refusal, membership_fields
 from certgate.node.server_options import certificate_server_options
 from certgate.node.session import (
@@ -213,10 +214,12 @@ class NodeSSHServer:
         """Listen on host:port (0 picks a free port); returns the bound port."""
         if self._audit_task is None:
             self._audit_task = asyncio.create_task(self._audit_worker(), name="node-audit")
-        self._acceptor = await asyncssh.create_server(
-            lambda: _Connection(self),
+        # Corked: the packets one pass of the loop makes leave in one send (corked.py).
+        self._acceptor = await asyncssh.listen(
             host,
             port,
+            tunnel=CorkedListener(),
+            server_factory=lambda: _Connection(self),
             server_host_keys=[(self._host_key, self._host_cert)],
             encryption_algs=self._ciphers,
             # Decided per connection by the policy (certcapture.guard_agent_forwarding).

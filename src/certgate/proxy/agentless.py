@@ -51,6 +51,7 @@ from certgate.api.node import Node
 from certgate.auth.cached_access import CachedAccess
 from certgate.errors import BadParameter, CertgateError
 from certgate.node import certcapture
+from certgate.node.corked import ChannelTransport
 from certgate.node.join import SessionParty
 from certgate.node.server_options import LOGIN_TIMEOUT, certificate_server_options
 from certgate.node.sshd import (
@@ -65,7 +66,6 @@ from certgate.node.sshd import (
 from certgate.proxy.agentless_certs import AgentlessCertSource
 from certgate.proxy.agentless_session import RelaySession
 from certgate.proxy.agentless_user import Dialled, UserConnection
-from certgate.proxy.corked import ChannelTransport
 from certgate.rpc.audit import AuditSink
 
 log = logging.getLogger("certgate.proxy.agentless")

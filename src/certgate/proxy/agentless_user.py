@@ -33,10 +33,10 @@ from certgate.api.node import Node
 from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, BadParameter, CertgateError
 from certgate.node import certcapture
+from certgate.node.corked import CorkedTunnel
 from certgate.node.join import JoinChannel, join_refusal
 from certgate.node.sshd import SessionInfo, SessionObserver, SessionPolicy
 from certgate.proxy.agentless_session import ChannelPipe, RelaySession
-from certgate.proxy.corked import CorkedTunnel
 
 if TYPE_CHECKING:
     from certgate.proxy.agentless import AgentlessForwarder

@@ -26,8 +26,8 @@ from certgate.api.node import Node
 from certgate.auth.cached_access import CachedAccess
 from certgate.errors import AccessDenied, CertgateError, NotFound
 from certgate.node.certcapture import certificate_text, install_certificate_capture
+from certgate.node.corked import CorkedListener
 from certgate.proxy.agentless import AgentlessForwarder
-from certgate.proxy.corked import CorkedListener
 from certgate.proxy.tunnel import open_tunnel
 from certgate.rpc.audit import AuditSink
 

@@ -4,7 +4,8 @@ asyncssh writes every SSH packet to its transport as soon as it is made, and put
 SSH_MSG_IGNORE packet in front of each one on an encrypted connection. On a socket that
 is two send() calls per packet; on a connection that runs *inside* an SSH channel (the
 proxy serving agentless nodes) it is two channel messages per packet, each wrapped again.
-Measured on the agentless path, sends were the largest single cost.
+Measured on the agentless path, sends were the largest single cost; on the node,
+corking took `ssh -J proxy node` from 205 to 238 MiB/s (bench/ssh_paths.py).
 
 A corked transport keeps what is written during one pass of the event loop and passes
 it on in one write at the end of the pass (`loop.call_soon`), so a packet and its
@@ -12,7 +13,7 @@ ignore packet, and all the packets made from one read, leave together. Order is 
 nothing waits longer than the current pass; flow control passes straight through.
 
     CorkedTunnel(sock)       asyncssh.connect(tunnel=...) on a connected socket
-    CorkedListener()         asyncssh.listen(tunnel=...) on host:port
+    CorkedListener()         asyncssh.listen(tunnel=...) on host:port (node and proxy)
     ChannelTransport(conn)   an asyncssh connection served on an SSH channel (the
                              session of a direct-tcpip channel)
 
