@@ -39,6 +39,7 @@ from certgate.api.identity import Identity
 from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.node import certcapture
+from certgate.node.audit_queue import AuditQueue, AuditSink
 from certgate.node.corked import CorkedListener
 from certgate.node.join import JoinChannel, SessionParty, join_refusal, membership_fields
 from certgate.node.server_options import certificate_server_options
@@ -62,7 +63,6 @@ log = logging.getLogger(__name__)
 # only AES-GCM, which every OpenSSH since 6.2 (2013), PuTTY and Go's x/crypto speak.
 DEFAULT_CIPHERS: tuple[str, ...] = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 AUTHORIZE_TIMEOUT = 10.0
-AUDIT_TIMEOUT = 10.0
 # How long terminate_sessions waits for a client to take the message before hanging up.
 TERMINATE_FLUSH_SECONDS = 2.0
 # A channel queues at most this much output before the child's output is paused; a few
@@ -121,6 +121,20 @@ class SessionRefused(Exception):
     """Raised by an observer factory: the session must not start (the message says why)."""
 
 
+def observer_for(factory: ObserverFactory | None, info: SessionInfo) -> SessionObserver | None:
+    """The factory's observer for a session; SessionRefused passes, other errors only
+    cost the session its observer (and are logged)."""
+    if factory is None:
+        return None
+    try:
+        return factory(info)
+    except SessionRefused:
+        raise
+    except Exception:
+        log.exception("session observer factory failed for session %s", info.id)
+        return None
+
+
 class SessionTracking(Protocol):
     """Told about terminal sessions as they start, gain or lose joiners, and end.
 
@@ -138,7 +152,6 @@ class SessionTracking(Protocol):
 Authorizer = Callable[[Identity, str, str], Awaitable[SessionPolicy]]
 # (joiner, the session's owner, mode) -> None, or AccessDenied
 JoinAuthorizer = Callable[[Identity, SessionInfo, str], None]
-AuditSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 ObserverFactory = Callable[[SessionInfo], SessionObserver | None]
 SessionPredicate = Callable[[Identity, str], bool]
 
@@ -195,7 +208,7 @@ class NodeSSHServer:
             raise BadParameter(f"node host key or certificate is malformed: {exc}") from exc
         self._trusted_user_ca_keys = trusted_user_ca_keys
         self._authorizer = authorizer
-        self._audit_sink = audit
+        self._audit_queue = AuditQueue(audit, "node-audit")
         self.node_name = node_name
         self._observer_factory = session_observer
         self._join_authorizer = join_authorizer
@@ -205,15 +218,11 @@ class NodeSSHServer:
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._connections: set[_Connection] = set()
         self._sessions: dict[str, _Session] = {}
-        self._audit_queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        self._audit_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, host: str = "0.0.0.0", port: int = 3022) -> int:
         """Listen on host:port (0 picks a free port); returns the bound port."""
-        if self._audit_task is None:
-            self._audit_task = asyncio.create_task(self._audit_worker(), name="node-audit")
         # Corked: the packets one pass of the loop makes leave in one send (corked.py).
         self._acceptor = await asyncssh.listen(
             host,
@@ -239,13 +248,7 @@ class NodeSSHServer:
         if acceptor is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(acceptor.wait_closed(), 2)
-        if self._audit_task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._audit_queue.join(), AUDIT_TIMEOUT)
-            self._audit_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._audit_task
-            self._audit_task = None
+        await self._audit_queue.close()
 
     # ------------------------------------------------------------------ sessions
 
@@ -298,31 +301,11 @@ class NodeSSHServer:
         return frozenset(blobs)
 
     def _audit(self, event: str, fields: dict[str, Any]) -> None:
-        if self._audit_sink is not None:
-            # No "node" field: the sink knows which node it serves and adds it.
-            self._audit_queue.put_nowait((event, fields))
-
-    async def _audit_worker(self) -> None:
-        while True:
-            event, fields = await self._audit_queue.get()
-            try:
-                if self._audit_sink is not None:
-                    await asyncio.wait_for(self._audit_sink(event, fields), AUDIT_TIMEOUT)
-            except Exception:
-                log.exception("audit sink failed for %s event", event)
-            finally:
-                self._audit_queue.task_done()
+        # No "node" field: the sink knows which node it serves and adds it.
+        self._audit_queue.put(event, fields)
 
     def _observer_for(self, info: SessionInfo) -> SessionObserver | None:
-        if self._observer_factory is None:
-            return None
-        try:
-            return self._observer_factory(info)
-        except SessionRefused:
-            raise
-        except Exception:
-            log.exception("session observer factory failed for session %s", info.id)
-            return None
+        return observer_for(self._observer_factory, info)
 
     def party(self, session_id: str) -> SessionParty | None:
         """The joiners' side of a live terminal session, if it is running here."""

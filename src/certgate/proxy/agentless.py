@@ -33,7 +33,6 @@ asyncssh API is used here beyond certcapture's (the same shims as the node's).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -51,6 +50,8 @@ from certgate.api.node import Node
 from certgate.auth.cached_access import CachedAccess
 from certgate.errors import BadParameter, CertgateError
 from certgate.node import certcapture
+from certgate.node.audit_queue import AuditQueue
+from certgate.node.audit_queue import AuditSink as EventSink
 from certgate.node.corked import ChannelTransport
 from certgate.node.join import SessionParty
 from certgate.node.server_options import LOGIN_TIMEOUT, certificate_server_options
@@ -60,8 +61,8 @@ from certgate.node.sshd import (
     SessionInfo,
     SessionObserver,
     SessionPredicate,
-    SessionRefused,
     SessionTracking,
+    observer_for,
 )
 from certgate.proxy.agentless_certs import AgentlessCertSource
 from certgate.proxy.agentless_session import RelaySession
@@ -74,7 +75,6 @@ log = logging.getLogger("certgate.proxy.agentless")
 # authentication): past this the user is told which node did not answer. A little under
 # 5 s, so with the client's own handshake the refusal arrives within 5 s.
 CONNECT_TIMEOUT = 4.5
-AUDIT_TIMEOUT = 10.0
 
 
 class AgentlessForwarder:
@@ -105,7 +105,10 @@ class AgentlessForwarder:
         self._host_ca_keys = host_ca_keys
         self.access = access
         self._certs = certs
-        self._audit_sink = audit
+        # Every event names the proxy as the server that decided.
+        self._audit_queue = AuditQueue(
+            None if audit is None else _as_proxy(audit), "agentless audit"
+        )
         self._observer_factory = session_observer
         self.tracking = tracking
         self._ciphers = list(ciphers)
@@ -122,8 +125,6 @@ class AgentlessForwarder:
         self._handover: dict[Any, tuple[Dialled, asyncio.TimerHandle]] = {}
         self._connections: set[UserConnection] = set()
         self._sessions: dict[str, RelaySession] = {}
-        self._audit_queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
-        self._audit_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -136,13 +137,7 @@ class AgentlessForwarder:
         for front in self._fronts.values():
             front.acceptor.close()
         self._fronts.clear()
-        if self._audit_task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._audit_queue.join(), AUDIT_TIMEOUT)
-            self._audit_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._audit_task
-            self._audit_task = None
+        await self._audit_queue.close()
 
     # ------------------------------------------------------------------ the jump host's call
 
@@ -351,35 +346,10 @@ class AgentlessForwarder:
         return dialled
 
     def audit(self, event: str, fields: dict[str, Any]) -> None:
-        if self._audit_sink is None:
-            return
-        if self._audit_task is None:
-            self._audit_task = asyncio.create_task(self._audit_worker(), name="agentless audit")
-        self._audit_queue.put_nowait((event, fields))
-
-    async def _audit_worker(self) -> None:
-        while True:
-            event, fields = await self._audit_queue.get()
-            try:
-                if self._audit_sink is not None:
-                    await asyncio.wait_for(
-                        self._audit_sink(event, server="proxy", **fields), AUDIT_TIMEOUT
-                    )
-            except Exception:
-                log.exception("audit sink failed for %s event", event)
-            finally:
-                self._audit_queue.task_done()
+        self._audit_queue.put(event, fields)
 
     def observer_for(self, info: SessionInfo) -> SessionObserver | None:
-        if self._observer_factory is None:
-            return None
-        try:
-            return self._observer_factory(info)
-        except SessionRefused:
-            raise
-        except Exception:
-            log.exception("session observer factory failed for session %s", info.id)
-            return None
+        return observer_for(self._observer_factory, info)
 
     def trusted_user_cas(self) -> tuple[frozenset[bytes], str]:
         """(key blobs, authorized_keys text) of the user CA, read now."""
@@ -457,3 +427,10 @@ class _ChannelTunnel:
 
     async def wait_closed(self) -> None:
         pass
+
+
+def _as_proxy(sink: AuditSink) -> EventSink:
+    async def send(event: str, fields: dict[str, Any]) -> None:
+        await sink(event, server="proxy", **fields)
+
+    return send
