@@ -41,6 +41,7 @@ from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.node import certcapture
 from certgate.node.audit_queue import AuditQueue, AuditSink
 from certgate.node.corked import CorkedListener
+from certgate.node.hangup import close_connection, end_all, wait_for_last_words
 from certgate.node.join import JoinChannel, SessionParty, join_refusal, membership_fields
 from certgate.node.server_options import certificate_server_options
 from certgate.node.session import (
@@ -63,8 +64,6 @@ log = logging.getLogger(__name__)
 # only AES-GCM, which every OpenSSH since 6.2 (2013), PuTTY and Go's x/crypto speak.
 DEFAULT_CIPHERS: tuple[str, ...] = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 AUTHORIZE_TIMEOUT = 10.0
-# How long terminate_sessions waits for a client to take the message before hanging up.
-TERMINATE_FLUSH_SECONDS = 2.0
 # A channel queues at most this much output before the child's output is paused; a few
 # SSH packets' worth keeps the pipe full without holding megabytes per session.
 WRITE_HIGH_WATER = 256 * 1024
@@ -513,24 +512,12 @@ class _Connection(asyncssh.SSHServer):
     # ---- termination ---------------------------------------------------------
 
     def terminate(self, message: str, reason: str, audit_fields: dict[str, Any]) -> int:
-        sessions = list(self.sessions)
-        for session in sessions:
-            session.terminate(message, reason, audit_fields)
-        for joined in list(self.joins):
-            joined.finish(message)
-        return len(sessions)
+        return end_all(self.sessions, self.joins, message, reason, audit_fields)
 
     async def hang_up(self) -> None:
         """Close the connection once the sessions' last words had a chance to leave."""
-        waits = [session.wait_closed() for session in self.sessions]
-        waits += [joined.wait_closed() for joined in self.joins]
-        if waits:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waits), TERMINATE_FLUSH_SECONDS)
-        if self._conn is not None:
-            self._conn.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._conn.wait_closed(), TERMINATE_FLUSH_SECONDS)
+        await wait_for_last_words([*self.sessions, *self.joins])
+        await close_connection(self._conn)
 
     def abort(self) -> None:
         for session in list(self.sessions):

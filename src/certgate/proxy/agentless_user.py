@@ -17,7 +17,6 @@ terminate     a lock or an admin ends the sessions with a message, then hangs up
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -34,6 +33,7 @@ from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, BadParameter, CertgateError
 from certgate.node import certcapture
 from certgate.node.corked import CorkedTunnel
+from certgate.node.hangup import close_connection, end_all, wait_for_last_words
 from certgate.node.join import JoinChannel, join_refusal
 from certgate.node.sshd import SessionInfo, SessionObserver, SessionPolicy
 from certgate.proxy.agentless_session import ChannelPipe, RelaySession
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("certgate.proxy.agentless")
 
-TERMINATE_FLUSH_SECONDS = 2.0
 # The sshd side: AES-GCM first (fastest in asyncssh), then what any sshd offers.
 ONWARD_CIPHERS = (
     "aes128-gcm@openssh.com",
@@ -419,26 +418,14 @@ class UserConnection(asyncssh.SSHServer):
     # ---- termination -------------------------------------------------------------
 
     def terminate(self, message: str, reason: str, audit_fields: dict[str, Any]) -> int:
-        sessions = list(self.sessions)
-        for session in sessions:
-            session.terminate(message, reason, audit_fields)
-        for joined in list(self.joins):
-            joined.finish(message)
-        return len(sessions)
+        return end_all(self.sessions, self.joins, message, reason, audit_fields)
 
     async def hang_up(self) -> None:
         """Close the connection once the sessions' last words had a chance to leave."""
-        waits = [session.wait_closed() for session in self.sessions]
-        waits += [joined.wait_closed() for joined in self.joins]
-        if waits:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waits), TERMINATE_FLUSH_SECONDS)
+        await wait_for_last_words([*self.sessions, *self.joins])
         if self._onward is not None:
             self._onward.close()
-        if self._conn is not None:
-            self._conn.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._conn.wait_closed(), TERMINATE_FLUSH_SECONDS)
+        await close_connection(self._conn)
 
     def abort(self) -> None:
         if self._onward is not None:
