@@ -268,20 +268,19 @@ def test_trackers_cannot_be_forged_or_removed_by_others(
     alice, walt = people["alice"], people["walt"]
     shell = owner_shell(cluster, alice)
     session_id = eventually(lambda: [s["id"] for s in sessions(cluster, alice)])[0]
-    forged = {
-        "tracker": {
-            "metadata": {"name": "11111111-1111-4111-8111-111111111111"},
-            "spec": {
-                "session_kind": "shell",
-                "user": "alice",
-                "login": LOGIN,
-                "node": "node-1",
-                "roles": ["dev"],
-                "started": "2026-01-01T00:00:00+00:00",
-            },
+    forged_id = "11111111-1111-4111-8111-111111111111"
+    tracker = {
+        "metadata": {"name": forged_id},
+        "spec": {
+            "session_kind": "shell",
+            "user": "alice",
+            "login": LOGIN,
+            "node": "node-1",
+            "roles": ["dev"],
+            "started": "2026-01-01T00:00:00+00:00",
         },
-        "ttl_seconds": 30,
     }
+    forged = {"put": [tracker], "ttl_seconds": 30}
 
     # Another node speaks only for its own sessions.
     cluster.start_node("node-2", "env=prod")
@@ -289,26 +288,34 @@ def test_trackers_cannot_be_forged_or_removed_by_others(
     with httpx.Client(
         base_url=f"https://{cluster.auth_addr}", verify=node2.tls_context(), timeout=10
     ) as auth:
-        answer = auth.put(f"/v1/sessions/{forged['tracker']['metadata']['name']}", json=forged)
+        answer = auth.post("/v1/sessions", json=forged)
         assert answer.status_code == 403
         assert 'may not track sessions of node "node-1"' in answer.json()["message"]
-        answer = auth.delete(f"/v1/sessions/{session_id}")
+        answer = auth.post("/v1/sessions", json={"delete": [session_id]})
         assert answer.status_code == 403
-        answer = auth.put("/v1/sessions/../../roles/dev", json=forged)
-        assert answer.status_code in (400, 404)
-        broken = {"tracker": {"metadata": {"name": session_id}, "spec": {"node": 7}}}
-        answer = auth.put(f"/v1/sessions/{session_id}", json=broken)
+        # Its own node name on someone else's live session changes nothing either.
+        own = {**tracker, "metadata": {"name": session_id}}
+        own["spec"] = {**tracker["spec"], "node": "node-2"}
+        answer = auth.post("/v1/sessions", json={"put": [own]})
+        assert answer.status_code == 403
+        assert "is on another node" in answer.json()["message"]
+        answer = auth.post("/v1/sessions", json={"delete": ["../../roles/dev"]})
+        assert answer.status_code == 400
+        broken = {"metadata": {"name": session_id}, "spec": {"node": 7}}
+        answer = auth.post("/v1/sessions", json={"put": [broken]})
         assert answer.status_code == 400
         assert answer.json()["message"].startswith(f'session "{session_id}": spec.')
+        answer = auth.post("/v1/sessions", json={"put": "everything"})
+        assert answer.status_code == 400
 
     # A user cannot write trackers at all, even their own.
     monkeypatch.setenv("CERTGATE_HOME", str(walt.home))
     api = connect_profile()
     try:
         with pytest.raises(AccessDenied, match="only cluster services may use session_write"):
-            api.call("PUT", f"/sessions/{session_id}", json=forged)
+            api.call("POST", "/sessions", json=forged)
         with pytest.raises(AccessDenied):
-            api.call("DELETE", f"/sessions/{session_id}")
+            api.call("POST", "/sessions", json={"delete": [session_id]})
     finally:
         api.close()
 

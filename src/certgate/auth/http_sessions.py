@@ -1,8 +1,8 @@
 """Auth API routes for live session trackers (`cgsh sessions ls`, `cgsh join`).
 
-    PUT    /v1/sessions/{id}    a node (or the proxy, for agentless nodes) registers or
-                                refreshes a tracker: {"tracker": {...}, "ttl_seconds": N}
-    DELETE /v1/sessions/{id}    ... and removes it when the session ends
+    POST   /v1/sessions         a node (or the proxy, for agentless nodes) registers or
+                                refreshes trackers and removes ended ones, in one call:
+                                {"put": [tracker...], "delete": [id...], "ttl_seconds": N}
     GET    /v1/sessions[?node=] the live sessions the caller may see, newest first
     GET    /v1/sessions/{id}    one of them
 
@@ -18,6 +18,7 @@ for a session that does not exist.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -39,13 +40,13 @@ if TYPE_CHECKING:
 
 SESSION = "session"  # the role rule resource
 MAX_TTL_SECONDS = 600
+MAX_BATCH = 1000
 
 
 def add_session_routes(api: AuthAPI, router: web.UrlDispatcher) -> None:
     routes = SessionRoutes(api)
     add = api._handler
-    router.add_put("/v1/sessions/{id}", add(perm.SESSION_WRITE, "update", routes.put))
-    router.add_delete("/v1/sessions/{id}", add(perm.SESSION_WRITE, "delete", routes.delete))
+    router.add_post("/v1/sessions", add(perm.SESSION_WRITE, "update", routes.write))
     # Users (their own, and what their roles show) and proxies (join-only dials): the
     # check depends on the kind of caller, so it is made first thing in the handler.
     router.add_get("/v1/sessions", add(None, "", routes.list))
@@ -76,46 +77,49 @@ class SessionRoutes:
             f'access denied: {caller.username} may not track sessions of node "{node}"'
         )
 
-    async def put(self, request: web.Request, caller: Identity | None) -> Any:
+    async def write(self, request: web.Request, caller: Identity | None) -> Any:
+        """Register or refresh the trackers in "put", remove those named in "delete".
+
+        One call carries every change a service has queued (a burst of sessions
+        starting and ending is a few calls, not two per session). Everything is
+        checked before anything is written: one bad item refuses the whole call.
+        """
         assert caller is not None
-        session_id = _session_id(request)
         body = await json_body(request)
-        try:
-            tracker = SessionTracker.model_validate(body.get("tracker"))
-        except ValidationError as exc:
-            raise BadParameter(describe_validation_error("session", session_id, exc)) from exc
-        if tracker.name != session_id:
-            raise BadParameter(f"tracker {tracker.name} sent to session {session_id}")
         seconds = body.get("ttl_seconds", 60)
         if not isinstance(seconds, int | float) or not 0 < seconds <= MAX_TTL_SECONDS:
             raise BadParameter(f"ttl_seconds must be a number of seconds up to {MAX_TTL_SECONDS}")
-        await self._check_writer(caller, tracker.spec.node)
-        try:
-            existing = await self._store.get(session_id)
-        except NotFound:
-            pass
-        else:
-            # A retry or a refresh, never another node's session.
-            if existing.spec.node != tracker.spec.node:
-                raise AccessDenied(f"access denied: session {session_id} is on another node")
+        trackers = [_tracker(item) for item in _items(body, "put")]
+        deletes = [_session_id(item) for item in _items(body, "delete")]
+        for node in sorted({t.spec.node for t in trackers}):
+            await self._check_writer(caller, node)
+        existing = {
+            name: found
+            for name in [*(t.name for t in trackers), *deletes]
+            if (found := await self._existing(name)) is not None
+        }
+        for tracker in trackers:
+            # A refresh, never another node's session.
+            if tracker.name in existing and existing[tracker.name].spec.node != tracker.spec.node:
+                raise AccessDenied(f"access denied: session {tracker.name} is on another node")
+        for name in deletes:
+            if name in existing:
+                await self._check_writer(caller, existing[name].spec.node)
         expires = self._api.server.clock.now() + timedelta(seconds=seconds)
-        meta = tracker.metadata.model_copy(update={"expires": expires, "revision": 0})
-        await self._store.upsert(tracker.model_copy(update={"metadata": meta}))
+        for tracker in trackers:
+            meta = tracker.metadata.model_copy(update={"expires": expires, "revision": 0})
+            await self._store.upsert(tracker.model_copy(update={"metadata": meta}))
+        for name in deletes:
+            if name in existing:  # else already gone: expired, or a retried delete
+                with contextlib.suppress(NotFound):
+                    await self._store.delete(name)
         return None
 
-    async def delete(self, request: web.Request, caller: Identity | None) -> Any:
-        assert caller is not None
-        session_id = _session_id(request)
+    async def _existing(self, name: str) -> SessionTracker | None:
         try:
-            existing = await self._store.get(session_id)
+            return await self._store.get(name)
         except NotFound:
-            return None  # already gone (expired, or a retried delete)
-        await self._check_writer(caller, existing.spec.node)
-        try:
-            await self._store.delete(session_id)
-        except NotFound:
-            pass
-        return None
+            return None
 
     # ---- readers --------------------------------------------------------------------
 
@@ -170,9 +174,29 @@ class SessionRoutes:
         return answers[0]
 
 
-def _session_id(request: web.Request) -> str:
-    session_id = request.match_info["id"]
-    if not is_recording_id(session_id):
+def _items(body: dict[str, Any], key: str) -> list[Any]:
+    items = body.get(key, [])
+    if not isinstance(items, list):
+        raise BadParameter(f'"{key}" must be a list')
+    if len(items) > MAX_BATCH:
+        raise BadParameter(f'at most {MAX_BATCH} items in "{key}" per call, got {len(items)}')
+    return items
+
+
+def _tracker(document: Any) -> SessionTracker:
+    name = ""
+    if isinstance(document, dict) and isinstance(document.get("metadata"), dict):
+        name = str(document["metadata"].get("name", ""))
+    try:
+        tracker = SessionTracker.model_validate(document)
+    except ValidationError as exc:
+        raise BadParameter(describe_validation_error("session", name, exc)) from exc
+    _session_id(tracker.name)
+    return tracker
+
+
+def _session_id(session_id: Any) -> str:
+    if not isinstance(session_id, str) or not is_recording_id(session_id):
         raise BadParameter(f'invalid session id "{session_id}": session ids are UUIDs')
     return session_id
 

@@ -1,12 +1,16 @@
 """Keeping auth's session trackers of one service's live sessions up to date.
 
-    put(tracker) / remove(id)  ── on the event loop, never waits ──▶ queue
-    worker: PUT /v1/sessions/{id} | DELETE /v1/sessions/{id}, in order, one at a time
+    put(tracker) / remove(id)  ── on the event loop, never waits ──▶ pending ids (a set)
+    worker: one POST /v1/sessions per pass with every pending change:
+            {"put": [the latest tracker of each live id], "delete": [ended ids]}
     refresh: every `refresh` seconds every live tracker is sent again, so auth's copy
              (which expires after `ttl`) outlives the session only if this service dies
 
-A failed call is logged and left to the next refresh: trackers are a view for people,
-and a slow or absent auth server must never hold a session up.
+Changes are coalesced: a session that starts and ends while the worker is busy costs
+nothing, and a burst of sessions is a few calls, not two per session. An id is deleted
+only if it was registered. A failed call is logged and left to the next refresh:
+trackers are a view for people, and a slow or absent auth server must never hold a
+session up.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ log = logging.getLogger("certgate.sessions")
 TRACKER_TTL_SECONDS = 30.0
 REFRESH_SECONDS = 10.0
 CALL_TIMEOUT = 10.0
+# The most changes one call carries (auth accepts 1000 of each kind).
+BATCH = 500
 
 
 class SessionTrackerPublisher:
@@ -38,7 +44,11 @@ class SessionTrackerPublisher:
         self._ttl = ttl
         self._refresh = refresh
         self._live: dict[str, SessionTracker] = {}
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._registered: set[str] = set()  # ids auth has (or may have) from us
+        self._pending: dict[str, None] = {}  # ids with a change to send, in order
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -51,52 +61,79 @@ class SessionTrackerPublisher:
                 task.add_done_callback(_log_crash)
 
     async def close(self, flush_seconds: float = 2.0) -> None:
-        """Send what is queued (bounded by `flush_seconds`), then stop."""
+        """Send what is pending (bounded by `flush_seconds`), then stop."""
         if self._tasks:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), flush_seconds)
+                await asyncio.wait_for(self.flushed(), flush_seconds)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
+    async def flushed(self) -> None:
+        """Until nothing is pending and no call is under way."""
+        while self._pending or not self._idle.is_set():
+            await self._idle.wait()
+            await asyncio.sleep(0)
+
     def put(self, tracker: SessionTracker) -> None:
         self._live[tracker.name] = tracker
-        self._queue.put_nowait(tracker.name)
+        self._mark(tracker.name)
 
     def remove(self, session_id: str) -> None:
         self._live.pop(session_id, None)
-        self._queue.put_nowait(session_id)
+        self._mark(session_id)
 
     def live(self) -> list[SessionTracker]:
         return list(self._live.values())
 
-    async def _send(self, session_id: str) -> None:
-        # The latest state wins: a session that ended before its start went out is
-        # never registered at all.
-        tracker = self._live.get(session_id)
-        path = f"/v1/sessions/{session_id}"
-        if tracker is None:
-            await self._auth.call("DELETE", path)
-        else:
-            body = {"tracker": to_dict(tracker), "ttl_seconds": self._ttl}
-            await self._auth.call("PUT", path, json=body)
+    def _mark(self, session_id: str) -> None:
+        self._pending[session_id] = None
+        self._idle.clear()
+        self._wake.set()
+
+    async def _send(self, ids: list[str]) -> None:
+        # The latest state of each id wins.
+        puts = [self._live[i] for i in ids if i in self._live]
+        deletes = [i for i in ids if i not in self._live and i in self._registered]
+        if not puts and not deletes:
+            return
+        # Registered before the call: if the answer is lost, the put may still have
+        # landed, and a later delete must go out.
+        self._registered.update(t.name for t in puts)
+        body = {
+            "put": [to_dict(t) for t in puts],
+            "delete": deletes,
+            "ttl_seconds": self._ttl,
+        }
+        try:
+            await self._auth.call("POST", "/v1/sessions", json=body)
+        finally:
+            # Sent or not, a delete is not retried: the tracker expires on its own.
+            self._registered.difference_update(deletes)
 
     async def _worker(self) -> None:
         while True:
-            session_id = await self._queue.get()
+            if not self._pending:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            ids = list(self._pending)[:BATCH]
+            for session_id in ids:
+                del self._pending[session_id]
             try:
-                await asyncio.wait_for(self._send(session_id), CALL_TIMEOUT)
+                await asyncio.wait_for(self._send(ids), CALL_TIMEOUT)
             except (CertgateError, TimeoutError) as exc:
-                log.warning("session tracker %s not sent: %s", session_id, exc)
-            finally:
-                self._queue.task_done()
+                # Live trackers go out again with the next refresh; an unsent delete
+                # is left to expire.
+                log.warning("%d session tracker change(s) not sent: %s", len(ids), exc)
 
     async def _refresher(self) -> None:
         while True:
             await asyncio.sleep(self._refresh)
             for session_id in list(self._live):
-                self._queue.put_nowait(session_id)
+                self._mark(session_id)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -1,0 +1,97 @@
+"""SessionTrackerPublisher: changes are coalesced into few calls, deletes follow puts.
+
+The auth side here records the calls it gets (the real API is exercised by
+tests/integration/test_auditor_joins_live_session.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from certgate.api.meta import Metadata
+from certgate.api.session_tracker import SessionTracker, SessionTrackerSpec
+from certgate.errors import ConnectionProblem
+from certgate.rpc.session_trackers import SessionTrackerPublisher
+
+
+class _Auth:
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail = False
+
+    async def call(self, method: str, path: str, json: Any = None) -> None:
+        assert (method, path) == ("POST", "/v1/sessions")
+        await self.gate.wait()
+        self.calls.append(json)
+        if self.fail:
+            raise ConnectionProblem("auth is down")
+
+
+def tracker(n: int) -> SessionTracker:
+    return SessionTracker(
+        metadata=Metadata(name=f"00000000-0000-4000-8000-{n:012d}"),
+        spec=SessionTrackerSpec(
+            session_kind="shell", user="alice", login="alice", node="node-1",
+            started=datetime(2026, 1, 1, tzinfo=UTC),
+        ),
+    )  # fmt: skip
+
+
+def names(call: dict[str, Any]) -> list[str]:
+    return [t["metadata"]["name"][-3:] for t in call["put"]]
+
+
+async def test_a_burst_is_one_call_and_ended_sessions_cost_nothing() -> None:
+    auth = _Auth()
+    publisher = SessionTrackerPublisher(auth, ttl=3, refresh=60)  # type: ignore[arg-type]
+    publisher.start()
+    for n in range(200):
+        publisher.put(tracker(n))
+    publisher.remove(tracker(7).name)  # started and ended before anything was sent
+    await publisher.flushed()
+    assert len(auth.calls) == 1
+    assert len(auth.calls[0]["put"]) == 199 and auth.calls[0]["delete"] == []
+    assert auth.calls[0]["ttl_seconds"] == 3
+    for n in range(200):
+        publisher.remove(tracker(n).name)
+    await publisher.flushed()
+    assert len(auth.calls) == 2
+    assert len(auth.calls[1]["delete"]) == 199  # not 7: auth never had it
+    assert tracker(7).name not in auth.calls[1]["delete"]
+    await publisher.close()
+
+
+async def test_changes_made_during_a_call_go_in_the_next_one() -> None:
+    auth = _Auth()
+    publisher = SessionTrackerPublisher(auth, refresh=60)  # type: ignore[arg-type]
+    publisher.start()
+    auth.gate.clear()
+    publisher.put(tracker(1))
+    await asyncio.sleep(0.01)  # the first call is under way, held at the gate
+    publisher.put(tracker(2))
+    publisher.put(tracker(1))  # again: still one entry
+    auth.gate.set()
+    await publisher.flushed()
+    assert [sorted(names(c)) for c in auth.calls] == [["001"], ["001", "002"]]
+    await publisher.close()
+
+
+async def test_live_trackers_are_refreshed_and_failures_retried_by_refresh() -> None:
+    auth = _Auth()
+    publisher = SessionTrackerPublisher(auth, refresh=0.05)  # type: ignore[arg-type]
+    auth.fail = True
+    publisher.start()
+    publisher.put(tracker(1))
+    await asyncio.sleep(0.2)
+    auth.fail = False
+    await asyncio.sleep(0.2)
+    assert len(auth.calls) >= 3
+    assert all(names(c) == ["001"] for c in auth.calls)
+    publisher.remove(tracker(1).name)
+    await publisher.flushed()
+    assert auth.calls[-1]["delete"] == [tracker(1).name]
+    await publisher.close()
