@@ -340,3 +340,32 @@ def test_sessions_of_a_dead_node_leave_the_list(cluster: Cluster, people: dict[s
     eventually(lambda: not [s for s in sessions(cluster, alice) if s["node"] == "node-3"])
     # Trackers live three heartbeat intervals (1 s here) past their last refresh.
     assert time.monotonic() - started <= 10
+
+
+def test_services_send_audit_events_in_batches_and_cannot_forge_them(cluster: Cluster) -> None:
+    cluster.start_node("node-4", "env=audit")
+    node4 = IdentityFiles.load(cluster.workdir / "node-4" / "identity" / "node")
+    marker = f"batch-{time.monotonic_ns()}"
+    batch = [
+        {"event": "exec", "fields": {"user": marker, "command": f"step {n}", "exit_code": 0}}
+        for n in range(5)
+    ]
+    with httpx.Client(
+        base_url=f"https://{cluster.auth_addr}", verify=node4.tls_context(), timeout=10
+    ) as auth:
+        # One bad event refuses the whole call: nothing of it is stored.
+        forged = [*batch, {"event": "exec", "fields": {"uid": "mine", "user": marker}}]
+        answer = auth.post("/v1/events", json={"events": forged})
+        assert answer.status_code == 400
+        assert "reserved keys" in answer.json()["message"]
+        posing = [*batch, {"event": "exec", "fields": {"server": "auth", "user": marker}}]
+        answer = auth.post("/v1/events", json={"events": posing})
+        assert answer.status_code == 400
+        assert 'must be your role, not "auth"' in answer.json()["message"]
+        assert not [e for e in audit(cluster, "exec") if e.get("user") == marker]
+        answer = auth.post("/v1/events", json={"events": batch})
+        assert answer.status_code == 204
+    stored = [e for e in audit(cluster, "exec") if e.get("user") == marker]
+    # Newest first; stored in the order sent, each stamped with the sending node.
+    assert [e["command"] for e in reversed(stored)] == [f"step {n}" for n in range(5)]
+    assert {e["server"] for e in stored} == {"node-4"}

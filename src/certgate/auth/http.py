@@ -47,6 +47,8 @@ log = logging.getLogger("certgate.auth")
 
 FORWARDED_CERT = "Certgate-Forwarded-Cert"
 FORWARDED_ADDR = "Certgate-Client-Addr"
+# The most audit events one call from a service carries.
+MAX_EVENTS_PER_CALL = 1000
 # Client certificates whose parsed identity is kept (each is a few hundred bytes).
 PEER_CACHE_SIZE = 4096
 
@@ -299,17 +301,34 @@ class AuthAPI:
         return {"events": events, "cursor": cursor}
 
     async def record_event(self, request: web.Request, caller: Identity | None) -> Any:
-        """An event from a proxy or node; auth stamps time, code, id and the sender."""
+        """Events from a proxy or node; auth stamps time, code, id and the sender.
+
+        One event ({"event", "fields"}) or several in order ({"events": [...]}, at most
+        MAX_EVENTS_PER_CALL): all are checked before any is stored, and stored in order.
+        """
         assert caller is not None
         body = await json_body(request)
-        event = required_str(body, "event")
+        items = body["events"] if "events" in body else [body]
+        if not isinstance(items, list) or len(items) > MAX_EVENTS_PER_CALL:
+            raise BadParameter(f'"events" must be a list of at most {MAX_EVENTS_PER_CALL}')
+        checked = [self._checked_event(caller, item) for item in items]
+        await asyncio.gather(
+            *(self.server.audit.emit(event, **fields) for event, fields in checked)
+        )
+        return None
+
+    def _checked_event(self, caller: Identity, item: Any) -> tuple[str, dict[str, Any]]:
+        if not isinstance(item, dict):
+            raise BadParameter("each audit event must be a mapping with event and fields")
+        event = required_str(item, "event")
         if event not in EVENT_CODES:
             raise BadParameter(f'unknown audit event "{event}"')
-        fields = body.get("fields", {})
+        fields = item.get("fields", {})
         if not isinstance(fields, dict) or any(
             key in ("event", "code", "time", "uid", "server_name") for key in fields
         ):
             raise BadParameter("audit fields must be a mapping without reserved keys")
+        fields = dict(fields)
         server = caller.username
         claimed = fields.pop("server", None)
         if claimed is not None:
@@ -318,8 +337,7 @@ class AuthAPI:
             if claimed not in {role.lower() for role in caller.roles}:
                 raise BadParameter(f'audit field "server" must be your role, not "{claimed}"')
             server, fields["server_name"] = claimed, caller.username
-        await self.server.audit.emit(event, server=server, **fields)
-        return None
+        return event, {**fields, "server": server}
 
     async def list_resources(self, request: web.Request, caller: Identity | None) -> Any:
         kind = _kind(request)

@@ -285,13 +285,15 @@ class Daemon:
         # Live sessions of agentless nodes are tracked here, as a node tracks its own.
         trackers = SessionTrackerPublisher(auth)
         trackers.start()
+        remote_audit = RemoteAudit(auth)
         self._closers.append(trackers.close)
         agentless = AgentlessForwarder(
             user_ca_keys=lambda: _ca_keys(view, "user_ssh"),
             host_ca_keys=lambda: _ca_keys(view, "host_ssh"),
             access=access,
             certs=AuthAgentlessCerts(auth),
-            audit=RemoteAudit(auth),
+            audit=remote_audit,
+            audit_batch=remote_audit.many,
             session_observer=RecordingHook(
                 recordings,
                 "",

@@ -86,6 +86,7 @@ class NodeAgent:
             trusted_user_ca_keys=self._user_ca_keys,
             authorizer=self._authorize,
             audit=self._send_audit,
+            audit_batch=self._send_audits,
             node_name=self.name,
             session_observer=self._observer,
             join_authorizer=self._authorize_join,
@@ -141,6 +142,9 @@ class NodeAgent:
 
     async def _send_audit(self, event: str, fields: dict[str, Any]) -> None:
         await self._audit(event, node=self.name, **fields)
+
+    async def _send_audits(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        await self._audit.many([(event, {**fields, "node": self.name}) for event, fields in events])
 
     async def _on_change(self, kind: str, name: str, resource: BaseModel | None) -> None:
         if kind != "lock" or not isinstance(resource, Lock) or self.server is None:

@@ -20,11 +20,19 @@ AUDIT_TIMEOUT = 10.0
 
 # (event, fields) -> delivered
 AuditSink = Callable[[str, dict[str, Any]], Awaitable[None]]
+# [(event, fields), ...] -> all delivered, in order
+BatchSink = Callable[[list[tuple[str, dict[str, Any]]]], Awaitable[None]]
+# The most events one batch carries.
+MAX_BATCH = 500
 
 
 class AuditQueue:
-    def __init__(self, sink: AuditSink | None, name: str) -> None:
+    """With a `batch` sink, the worker sends everything queued so far in one call (a
+    burst of sessions is a few calls, not one per event); else one event at a time."""
+
+    def __init__(self, sink: AuditSink | None, name: str, batch: BatchSink | None = None) -> None:
         self._sink = sink
+        self._batch = batch
         self._name = name
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -41,19 +49,29 @@ class AuditQueue:
         task, self._task = self._task, None
         if task is None:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout)
-        task.cancel()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout)
+        finally:
+            # Also when this close is itself cancelled (a shutdown step ran out of time):
+            # a worker left running would fail on a closed client for every event left.
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
     async def _worker(self) -> None:
         assert self._sink is not None
         while True:
-            event, fields = await self._queue.get()
+            batch = [await self._queue.get()]
+            while self._batch is not None and len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             try:
-                await asyncio.wait_for(self._sink(event, fields), AUDIT_TIMEOUT)
+                if self._batch is not None:
+                    await asyncio.wait_for(self._batch(batch), AUDIT_TIMEOUT)
+                else:
+                    await asyncio.wait_for(self._sink(*batch[0]), AUDIT_TIMEOUT)
             except Exception:
-                log.exception("audit sink failed for %s event", event)
+                log.exception("audit sink failed for %s", ", ".join(e for e, _ in batch))
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()

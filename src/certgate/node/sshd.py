@@ -39,7 +39,7 @@ from certgate.api.identity import Identity
 from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.node import certcapture
-from certgate.node.audit_queue import AuditQueue, AuditSink
+from certgate.node.audit_queue import AuditQueue, AuditSink, BatchSink
 from certgate.node.corked import CorkedListener
 from certgate.node.hangup import close_connection, end_all, wait_for_last_words
 from certgate.node.join import JoinChannel, SessionParty, join_refusal, membership_fields
@@ -193,6 +193,7 @@ class NodeSSHServer:
         node_name: str,
         *,
         session_observer: ObserverFactory | None = None,
+        audit_batch: BatchSink | None = None,
         join_authorizer: JoinAuthorizer | None = None,
         tracking: SessionTracking | None = None,
         ciphers: Sequence[str] = DEFAULT_CIPHERS,
@@ -207,7 +208,7 @@ class NodeSSHServer:
             raise BadParameter(f"node host key or certificate is malformed: {exc}") from exc
         self._trusted_user_ca_keys = trusted_user_ca_keys
         self._authorizer = authorizer
-        self._audit_queue = AuditQueue(audit, "node-audit")
+        self._audit_queue = AuditQueue(audit, "node-audit", audit_batch)
         self.node_name = node_name
         self._observer_factory = session_observer
         self._join_authorizer = join_authorizer

@@ -50,7 +50,7 @@ from certgate.api.node import Node
 from certgate.auth.cached_access import CachedAccess
 from certgate.errors import BadParameter, CertgateError
 from certgate.node import certcapture
-from certgate.node.audit_queue import AuditQueue
+from certgate.node.audit_queue import AuditQueue, BatchSink
 from certgate.node.audit_queue import AuditSink as EventSink
 from certgate.node.corked import ChannelTransport
 from certgate.node.join import SessionParty
@@ -97,6 +97,7 @@ class AgentlessForwarder:
         audit: AuditSink | None,
         session_observer: ObserverFactory | None = None,
         tracking: SessionTracking | None = None,
+        audit_batch: BatchSink | None = None,
         ciphers: Sequence[str] = DEFAULT_CIPHERS,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
@@ -107,7 +108,9 @@ class AgentlessForwarder:
         self._certs = certs
         # Every event names the proxy as the server that decided.
         self._audit_queue = AuditQueue(
-            None if audit is None else _as_proxy(audit), "agentless audit"
+            None if audit is None else _as_proxy(audit),
+            "agentless audit",
+            None if audit_batch is None else _batch_as_proxy(audit_batch),
         )
         self._observer_factory = session_observer
         self.tracking = tracking
@@ -432,5 +435,12 @@ class _ChannelTunnel:
 def _as_proxy(sink: AuditSink) -> EventSink:
     async def send(event: str, fields: dict[str, Any]) -> None:
         await sink(event, server="proxy", **fields)
+
+    return send
+
+
+def _batch_as_proxy(batch: BatchSink) -> BatchSink:
+    async def send(events: list[tuple[str, dict[str, Any]]]) -> None:
+        await batch([(event, {**fields, "server": "proxy"}) for event, fields in events])
 
     return send
