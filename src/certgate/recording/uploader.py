@@ -141,14 +141,18 @@ class RecordingUploader:
             return
         for session_id in list(self._ending):
             self._ending_done(session_id)  # no session is left to slow down
-        await self.wait_idle(timeout)
-        for handle in self._retries.values():
-            handle.cancel()
-        self._retries.clear()
-        self._task.cancel()
+        task, self._task = self._task, None
+        try:
+            await self.wait_idle(timeout)
+        finally:
+            # Also when this close is itself cancelled (a shutdown step ran out of time):
+            # what is not sent stays on disk for the next start.
+            for handle in self._retries.values():
+                handle.cancel()
+            self._retries.clear()
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+            await task
 
     async def _run(self) -> None:
         while True:
