@@ -123,19 +123,21 @@ class Cluster:
         raise RuntimeError(f"node {name} did not start:\n{log.read_text()}")
 
     def stop(self) -> int:
-        for node in self.nodes:
-            if node.poll() is None:
-                node.send_signal(signal.SIGTERM)
-                node.wait(timeout=15)
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
+        """SIGTERM every process; one that takes over 15 s is killed, and after
+        everything is stopped (nothing is left running) the first such is raised."""
+        slow: subprocess.TimeoutExpired | None = None
+        for process in [*self.nodes, *([self.process] if self.process else [])]:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired as exc:
+                    process.kill()
+                    process.wait()
+                    slow = slow or exc
+        if slow is not None:
+            raise slow
+        return self.process.returncode if self.process else 0
 
     def diag(self, path: str) -> tuple[int, str]:
         try:
