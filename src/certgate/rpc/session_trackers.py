@@ -84,9 +84,6 @@ class SessionTrackerPublisher:
         self._live.pop(session_id, None)
         self._mark(session_id)
 
-    def live(self) -> list[SessionTracker]:
-        return list(self._live.values())
-
     def _mark(self, session_id: str) -> None:
         self._pending[session_id] = None
         self._idle.clear()
