@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/certgate start --data-dir ./data --first-admin admin
 
-test: install
+# lint first: CI checks ruff, ruff format and mypy --strict through this target.
+test: lint
 	bash scripts/test-deps.sh
 	$(BIN)/pytest -q -p no:cacheprovider
 

@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from certgate.api.identity import Identity
 from certgate.auth.ca import CASigner, generate_authority
 from certgate.errors import AccessDenied
-from certgate.node.sshd import NodeSSHServer, SessionInfo, SessionPolicy
+from certgate.node.sshd import NodeSSHServer
+from certgate.srv.session import SessionInfo, SessionPolicy
 
 T = TypeVar("T")
 

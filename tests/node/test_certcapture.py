@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from certgate.api.identity import Identity
 from certgate.errors import AccessDenied
-from certgate.node import certcapture
-from certgate.node.sshd import NodeSSHServer, SessionPolicy
+from certgate.node.sshd import NodeSSHServer
+from certgate.srv import certcapture
+from certgate.srv.session import SessionPolicy
 
 from .conftest import Authorities
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from certgate.node.join import BACKLOG_BYTES, MAX_BEHIND_BYTES, JoinChannel, SessionParty
+from certgate.srv.join import BACKLOG_BYTES, MAX_BEHIND_BYTES, JoinChannel, SessionParty
 
 
 class _Channel:

@@ -19,11 +19,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from certgate.api.identity import Identity
-from certgate.node.recording_hook import RecordingHook
-from certgate.node.sshd import NodeSSHServer, SessionInfo, SessionObserver
+from certgate.node.sshd import NodeSSHServer
 from certgate.recording.asciicast import CastReader
 from certgate.recording.node_recordings import NodeRecordings
 from certgate.recording.recorder import SessionRecorder
+from certgate.srv.recording_hook import RecordingHook
+from certgate.srv.session import SessionInfo, SessionObserver
 
 from .conftest import ALICE, Authorities, CredsFactory, authorize, needs_openssh
 

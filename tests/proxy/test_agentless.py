@@ -18,17 +18,17 @@ from typing import Any
 import asyncssh
 import pytest
 
+from certgate.access.cached_access import CachedAccess
 from certgate.api.certs import identity_from_ssh_cert, load_ssh_public_key_text
 from certgate.api.identity import Identity
 from certgate.api.meta import Metadata
 from certgate.api.node import Node, NodeSpec
 from certgate.api.role import Role, RoleConditions, RoleOptions, RoleSpec
 from certgate.auth.ca import CASigner, generate_authority
-from certgate.auth.cached_access import CachedAccess
-from certgate.node.sshd import SessionInfo, SessionRefused
 from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.agentless_certs import Signed
 from certgate.proxy.sshd import ProxySSH
+from certgate.srv.session import SessionInfo, SessionRefused
 from tests.support.sshd import Sshd, make_host_key, run_sshd
 from tests.support.unix import ensure_user
 

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 
+from certgate.access.rbac import RoleSet, validate_role
 from certgate.api.role import RESOURCES, VERBS, RoleOptions
 from certgate.auth.presets import preset_roles
-from certgate.auth.rbac import RoleSet, validate_role
 from certgate.errors import AccessDenied
 
 TRAITS = {

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from certgate.access.rbac import LabelSelector, RoleSet, validate_role
 from certgate.api.role import Role
 from certgate.auth.presets import preset_roles
-from certgate.auth.rbac import LabelSelector, RoleSet, validate_role
 from certgate.errors import AccessDenied, BadParameter
 
 

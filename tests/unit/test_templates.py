@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certgate.auth.templates import (
+from certgate.access.templates import (
     expand,
     expand_all,
     is_template,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from datetime import datetime, timedelta
 
+from certgate.access.rbac import RoleSet
 from certgate.api.authority import CAType, CertAuthority
 from certgate.api.bundle import CertBundle
 from certgate.api.certs import load_ssh_public_key_text
@@ -18,7 +19,6 @@ from certgate.api.identity import Identity
 from certgate.api.role import Role
 from certgate.api.user import User
 from certgate.auth.ca import CASigner, host_ca_known_hosts_line
-from certgate.auth.rbac import RoleSet
 from certgate.clock import Clock
 
 DEFAULT_USER_TTL = timedelta(hours=8)

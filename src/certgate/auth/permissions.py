@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from certgate.access.rbac import RoleSet, RoleSetCache
 from certgate.api.identity import (
     SYSTEM_ADMIN,
     SYSTEM_KUBE,
@@ -23,7 +24,6 @@ from certgate.api.identity import (
     Identity,
 )
 from certgate.api.role import Role
-from certgate.auth.rbac import RoleSet, RoleSetCache
 from certgate.errors import AccessDenied, NotFound
 
 # Pseudo-resources for actions that are not resource CRUD.

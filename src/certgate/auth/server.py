@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from certgate.access.rbac import RoleSet, RoleSetCache, validate_role
 from certgate.api.authority import CAType, CertAuthority
 from certgate.api.bundle import CertBundle
 from certgate.api.codec import Resource
@@ -36,7 +37,6 @@ from certgate.auth.passwords import (
     new_totp_secret,
     totp_uri,
 )
-from certgate.auth.rbac import RoleSet, RoleSetCache, validate_role
 from certgate.backend.base import Backend
 from certgate.clock import Clock
 from certgate.errors import AccessDenied, BadParameter, NotFound

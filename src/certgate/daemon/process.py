@@ -24,9 +24,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
+from certgate.access.cached_access import CachedAccess
 from certgate.api.authority import CertAuthority
 from certgate.api.identity import SYSTEM_NODE, SYSTEM_PROXY
-from certgate.auth.cached_access import CachedAccess
 from certgate.auth.server import AuthServer
 from certgate.backend.base import Backend
 from certgate.daemon.auth_service import auth_app, open_auth_server
@@ -42,8 +42,6 @@ from certgate.daemon.config import Config, dial_addr, split_addr
 from certgate.daemon.diag import Diagnostics, Metrics
 from certgate.errors import BadParameter, CertgateError, NotFound
 from certgate.node.agent import NodeAgent
-from certgate.node.recording_hook import RecordingHook
-from certgate.node.tracking import TrackedSessions
 from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.agentless_certs import AuthAgentlessCerts
 from certgate.proxy.sshd import ProxySSH
@@ -56,6 +54,8 @@ from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import join_cluster
 from certgate.rpc.session_trackers import SessionTrackerPublisher
 from certgate.rpc.watcher import ResourceView
+from certgate.srv.recording_hook import RecordingHook
+from certgate.srv.tracking import TrackedSessions
 from certgate.transport import server_context
 
 log = logging.getLogger("certgate")

@@ -20,18 +20,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from certgate.access.cached_access import CachedAccess
 from certgate.api.authority import CertAuthority
 from certgate.api.codec import to_dict
 from certgate.api.identity import Identity
 from certgate.api.lock import Lock, lock_matches, lock_message
 from certgate.api.meta import Metadata
 from certgate.api.node import Node, NodeSpec
-from certgate.auth.cached_access import CachedAccess
 from certgate.clock import SystemClock
 from certgate.errors import CertgateError
-from certgate.node.recording_hook import RecordingHook
-from certgate.node.sshd import NodeSSHServer, SessionInfo, SessionObserver, SessionPolicy
-from certgate.node.tracking import TrackedSessions
+from certgate.node.sshd import NodeSSHServer
 from certgate.recording.node_recordings import NodeRecordings
 from certgate.recording.uploader import auth_sender
 from certgate.rpc.audit import RemoteAudit
@@ -39,6 +37,9 @@ from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles
 from certgate.rpc.session_trackers import SessionTrackerPublisher
 from certgate.rpc.watcher import ResourceView
+from certgate.srv.recording_hook import RecordingHook
+from certgate.srv.session import SessionInfo, SessionObserver, SessionPolicy
+from certgate.srv.tracking import TrackedSessions
 
 log = logging.getLogger("certgate.node")
 

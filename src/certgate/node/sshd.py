@@ -27,10 +27,9 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import asyncssh
 
@@ -38,12 +37,6 @@ from certgate.api.certs import identity_from_ssh_cert
 from certgate.api.identity import Identity
 from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, BadParameter, NotFound
-from certgate.node import certcapture
-from certgate.node.audit_queue import AuditQueue, AuditSink, BatchSink
-from certgate.node.corked import CorkedListener
-from certgate.node.hangup import close_connection, end_all, wait_for_last_words
-from certgate.node.join import JoinChannel, SessionParty, join_refusal, membership_fields
-from certgate.node.server_options import certificate_server_options
 from certgate.node.session import (
     SFTP_SERVER,
     ChildProcess,
@@ -55,104 +48,31 @@ from certgate.node.session import (
     signal_name,
     spawn,
 )
+from certgate.srv import certcapture
+from certgate.srv.audit_queue import AuditQueue, AuditSink, BatchSink
+from certgate.srv.corked import CorkedListener
+from certgate.srv.hangup import close_connection, end_all, wait_for_last_words
+from certgate.srv.join import JoinChannel, SessionParty, join_refusal, membership_fields
+from certgate.srv.server_options import DEFAULT_CIPHERS, certificate_server_options
+from certgate.srv.session import (
+    Authorizer,
+    JoinAuthorizer,
+    ObserverFactory,
+    SessionInfo,
+    SessionObserver,
+    SessionPolicy,
+    SessionPredicate,
+    SessionRefused,
+    SessionTracking,
+    observer_for,
+)
 
 log = logging.getLogger(__name__)
 
-# OpenSSH clients take the first cipher of *their* list that the server offers:
-# chacha20-poly1305, then aes-ctr (with a separate MAC), then aes-gcm. In asyncssh
-# AES-GCM runs at about twice the speed of the others (NOTES.md), so the node offers
-# only AES-GCM, which every OpenSSH since 6.2 (2013), PuTTY and Go's x/crypto speak.
-DEFAULT_CIPHERS: tuple[str, ...] = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 AUTHORIZE_TIMEOUT = 10.0
 # A channel queues at most this much output before the child's output is paused; a few
 # SSH packets' worth keeps the pipe full without holding megabytes per session.
 WRITE_HIGH_WATER = 256 * 1024
-
-
-@dataclass(frozen=True)
-class SessionPolicy:
-    """What an authorized connection may do beyond running sessions.
-
-    Built by the authorizer from the caller's roles. New fields must default to the
-    restrictive choice so an older authorizer grants nothing new by accident.
-    """
-
-    port_forwarding: bool = False
-    forward_agent: bool = False
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """A live session, as `NodeSSHServer.sessions()` lists it."""
-
-    id: str
-    identity: Identity
-    login: str
-    kind: str  # "shell", "exec" or "sftp"
-    started: datetime
-    client_addr: str
-    command: str | None = None
-    tty: bool = False
-    term_size: tuple[int, int] | None = None  # (columns, rows) when the session began
-    term: str | None = None  # the client's TERM, for pty sessions
-    node: str = ""  # set by the proxy for agentless nodes; a node's own sessions leave it ""
-
-
-class SessionObserver(Protocol):
-    """Sees what a session shows; a session recorder implements it.
-
-    The factory is asked for every pty session and every exec session (with or without
-    a pty), before the child is started; it returns None to observe nothing, and may
-    raise SessionRefused to refuse the session (recording required but impossible).
-    Called on the event loop in the data path: keep each call cheap and non-blocking
-    (buffer and hand off). An exception detaches the observer, never the session; an
-    observer that must stop the session calls `NodeSSHServer.end_session`.
-    """
-
-    def on_output(self, data: bytes) -> None: ...
-
-    def on_resize(self, width: int, height: int) -> None: ...
-
-    def on_end(self) -> None: ...
-
-
-class SessionRefused(Exception):
-    """Raised by an observer factory: the session must not start (the message says why)."""
-
-
-def observer_for(factory: ObserverFactory | None, info: SessionInfo) -> SessionObserver | None:
-    """The factory's observer for a session; SessionRefused passes, other errors only
-    cost the session its observer (and are logged)."""
-    if factory is None:
-        return None
-    try:
-        return factory(info)
-    except SessionRefused:
-        raise
-    except Exception:
-        log.exception("session observer factory failed for session %s", info.id)
-        return None
-
-
-class SessionTracking(Protocol):
-    """Told about terminal sessions as they start, gain or lose joiners, and end.
-
-    Called on the event loop; keep each call cheap (queue and return)."""
-
-    def started(self, info: SessionInfo) -> None: ...
-
-    def participants_changed(
-        self, info: SessionInfo, participants: list[dict[str, Any]]
-    ) -> None: ...
-
-    def ended(self, info: SessionInfo) -> None: ...
-
-
-Authorizer = Callable[[Identity, str, str], Awaitable[SessionPolicy]]
-# (joiner, the session's owner, mode) -> None, or AccessDenied
-JoinAuthorizer = Callable[[Identity, SessionInfo, str], None]
-ObserverFactory = Callable[[SessionInfo], SessionObserver | None]
-SessionPredicate = Callable[[Identity, str], bool]
 
 
 def _format_addr(host: str, port: int) -> str:

@@ -45,18 +45,21 @@ from typing import Any
 import asyncssh
 from pydantic import BaseModel
 
+from certgate.access.cached_access import CachedAccess
 from certgate.api.lock import Lock, lock_matches, lock_message
 from certgate.api.node import Node
-from certgate.auth.cached_access import CachedAccess
 from certgate.errors import BadParameter, CertgateError
-from certgate.node import certcapture
-from certgate.node.audit_queue import AuditQueue, BatchSink
-from certgate.node.audit_queue import AuditSink as EventSink
-from certgate.node.corked import ChannelTransport
-from certgate.node.join import SessionParty
-from certgate.node.server_options import LOGIN_TIMEOUT, certificate_server_options
-from certgate.node.sshd import (
-    DEFAULT_CIPHERS,
+from certgate.proxy.agentless_certs import AgentlessCertSource
+from certgate.proxy.agentless_session import RelaySession
+from certgate.proxy.agentless_user import Dialled, UserConnection
+from certgate.rpc.audit import AuditSink
+from certgate.srv import certcapture
+from certgate.srv.audit_queue import AuditQueue, BatchSink
+from certgate.srv.audit_queue import AuditSink as EventSink
+from certgate.srv.corked import ChannelTransport
+from certgate.srv.join import SessionParty
+from certgate.srv.server_options import DEFAULT_CIPHERS, LOGIN_TIMEOUT, certificate_server_options
+from certgate.srv.session import (
     ObserverFactory,
     SessionInfo,
     SessionObserver,
@@ -64,10 +67,6 @@ from certgate.node.sshd import (
     SessionTracking,
     observer_for,
 )
-from certgate.proxy.agentless_certs import AgentlessCertSource
-from certgate.proxy.agentless_session import RelaySession
-from certgate.proxy.agentless_user import Dialled, UserConnection
-from certgate.rpc.audit import AuditSink
 
 log = logging.getLogger("certgate.proxy.agentless")
 

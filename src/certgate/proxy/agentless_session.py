@@ -32,8 +32,8 @@ from typing import Any, Protocol
 import asyncssh
 
 from certgate.api.identity import Identity
-from certgate.node.join import JoinChannel, SessionParty, membership_fields
-from certgate.node.sshd import SessionInfo, SessionObserver, SessionRefused
+from certgate.srv.join import JoinChannel, SessionParty, membership_fields
+from certgate.srv.session import SessionInfo, SessionObserver, SessionRefused
 
 log = logging.getLogger("certgate.proxy.agentless")
 

@@ -31,12 +31,12 @@ from certgate.api.identity import Identity
 from certgate.api.node import Node
 from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, BadParameter, CertgateError
-from certgate.node import certcapture
-from certgate.node.corked import CorkedTunnel
-from certgate.node.hangup import close_connection, end_all, wait_for_last_words
-from certgate.node.join import JoinChannel, join_refusal
-from certgate.node.sshd import SessionInfo, SessionObserver, SessionPolicy
 from certgate.proxy.agentless_session import ChannelPipe, RelaySession
+from certgate.srv import certcapture
+from certgate.srv.corked import CorkedTunnel
+from certgate.srv.hangup import close_connection, end_all, wait_for_last_words
+from certgate.srv.join import JoinChannel, join_refusal
+from certgate.srv.session import SessionInfo, SessionObserver, SessionPolicy
 
 if TYPE_CHECKING:
     from certgate.proxy.agentless import AgentlessForwarder

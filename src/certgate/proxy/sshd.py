@@ -20,16 +20,16 @@ from typing import Any
 
 import asyncssh
 
+from certgate.access.cached_access import CachedAccess
 from certgate.api.certs import identity_from_ssh_cert
 from certgate.api.identity import Identity
 from certgate.api.node import Node
-from certgate.auth.cached_access import CachedAccess
 from certgate.errors import AccessDenied, CertgateError, NotFound
-from certgate.node.certcapture import certificate_text, install_certificate_capture
-from certgate.node.corked import CorkedListener
 from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.tunnel import open_tunnel
 from certgate.rpc.audit import AuditSink
+from certgate.srv.certcapture import certificate_text, install_certificate_capture
+from certgate.srv.corked import CorkedListener
 
 log = logging.getLogger("certgate.proxy.ssh")
 

@@ -24,10 +24,10 @@ import qrcode.image.svg
 from aiohttp import web
 from cryptography import x509
 
+from certgate.access.cached_access import CachedAccess
 from certgate.api.certs import identity_from_x509
 from certgate.api.codec import to_dict
 from certgate.api.identity import Identity
-from certgate.auth.cached_access import CachedAccess
 from certgate.errors import AccessDenied, BadParameter, CertgateError, ConnectionProblem, to_json
 from certgate.rpc.auth_client import AsyncAuthClient
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from certgate.access.rbac import RoleSet
 from certgate.api.identity import Identity
 from certgate.api.lock import Lock, lock_matches, lock_message
 from certgate.api.node import Node
 from certgate.api.role import Role
-from certgate.auth.rbac import RoleSet
 from certgate.clock import Clock, SystemClock
 from certgate.errors import AccessDenied, NotFound
 from certgate.rpc.watcher import ResourceView

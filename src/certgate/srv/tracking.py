@@ -10,8 +10,8 @@ from typing import Any
 
 from certgate.api.meta import Metadata
 from certgate.api.session_tracker import Participant, SessionTracker, SessionTrackerSpec
-from certgate.node.sshd import SessionInfo
 from certgate.rpc.session_trackers import SessionTrackerPublisher
+from certgate.srv.session import SessionInfo
 
 
 class TrackedSessions:

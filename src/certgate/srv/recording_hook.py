@@ -19,9 +19,9 @@ from collections.abc import Callable
 from certgate.api.identity import Identity
 from certgate.errors import CertgateError, NotFound
 from certgate.node.session import lookup_account
-from certgate.node.sshd import SessionInfo, SessionObserver, SessionRefused
 from certgate.recording.asciicast import Header
 from certgate.recording.node_recordings import NodeRecordings
+from certgate.srv.session import SessionInfo, SessionObserver, SessionRefused
 
 log = logging.getLogger("certgate.node")
 

@@ -75,7 +75,7 @@ def check_compatible() -> None:
 def _broken(what: str) -> str:
     return (
         f"asyncssh {asyncssh.__version__} broke certgate's certificate capture: {what}; "
-        f"it was written for asyncssh {ASYNCSSH_PINNED} (see certgate/node/certcapture.py)"
+        f"it was written for asyncssh {ASYNCSSH_PINNED} (see certgate/srv/certcapture.py)"
     )
 
 

@@ -37,6 +37,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
+from certgate.access.templates import (
+    Traits,
+    expand,
+    expand_all,
+    is_template,
+    is_valid_login,
+    parse_template,
+    validate_template,
+)
 from certgate.api.role import (
     JoinPolicy,
     LabelValues,
@@ -46,15 +55,6 @@ from certgate.api.role import (
     RoleConditions,
     RoleOptions,
     Rule,
-)
-from certgate.auth.templates import (
-    Traits,
-    expand,
-    expand_all,
-    is_template,
-    is_valid_login,
-    parse_template,
-    validate_template,
 )
 from certgate.errors import AccessDenied, BadParameter
 
