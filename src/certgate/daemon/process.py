@@ -40,6 +40,7 @@ from certgate.daemon.auth_workers import (
 )
 from certgate.daemon.config import Config, dial_addr, split_addr
 from certgate.daemon.diag import Diagnostics, Metrics
+from certgate.daemon.logs import secure_data_dir
 from certgate.errors import BadParameter, CertgateError, NotFound
 from certgate.node.agent import NodeAgent
 from certgate.proxy.agentless import AgentlessForwarder
@@ -435,7 +436,7 @@ def _current_user() -> str:
 
 def _check_data_dir(data_dir: Path) -> None:
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(data_dir)
         probe = data_dir / ".write-test"
         probe.write_text("ok")
         probe.unlink()
