@@ -7,16 +7,18 @@ before the password and code are asked for."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import ssl
 import threading
 from pathlib import Path
 
+import pexpect
 from cryptography import x509
 
 from certgate.client.proxy_trust import spki_pin
-from tests.support.cluster import Cluster, User
+from tests.support.cluster import BIN, Cluster, User
 from tests.support.net import free_port
 from tests.support.tlsfiles import proxy_config, self_signed
 
@@ -194,3 +196,27 @@ def test_login_with_no_flags_repeats_the_last_one(cluster: Cluster, workdir: Pat
     assert result.stderr.strip() == (
         "error: no earlier login to repeat: cgsh login --proxy=HOST:PORT --user=NAME"
     )
+
+
+def test_in_a_terminal_the_prompts_come_after_the_proxy_is_checked(
+    cluster: Cluster, workdir: Path
+) -> None:
+    frank = cluster.add_user("tofu-frank", logins="frank")
+    env = {**os.environ, "CERTGATE_HOME": str(frank.home)}
+    argv = ["login", f"--proxy=https://{cluster.proxy_addr}", f"--user={frank.name}"]
+
+    # Without --insecure: the refusal, and no password prompt at all.
+    child = pexpect.spawn(str(BIN / "cgsh"), argv, env=env, timeout=20)
+    child.expect(pexpect.EOF)
+    shown = child.before.decode()
+    assert "pass --insecure" in shown and "Password" not in shown
+
+    # With it: the prompts, then the profile (the password is not echoed).
+    child = pexpect.spawn(str(BIN / "cgsh"), [*argv, "--insecure"], env=env, timeout=20)
+    child.expect(f"Password for {frank.name}: ")
+    child.sendline(frank.password)
+    child.expect("One-time code: ")
+    child.sendline(frank.otp.next_code())
+    child.expect(pexpect.EOF)
+    shown = child.before.decode()
+    assert "Logged in as:       tofu-frank" in shown and frank.password not in shown
