@@ -66,8 +66,8 @@ class ProxyCertificateChanged(AccessDenied):
 
 
 def spki_pin(cert: x509.Certificate) -> str:
-    """ "sha256:<hex>" of the certificate's SubjectPublicKeyInfo, as `cgctl status` shows
-    the cluster's CA pins."""
+    """ "sha256:<hex>" of the certificate's SubjectPublicKeyInfo: for the host CA, the
+    same value as the `--ca-pin` that `cgctl tokens add` prints."""
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
