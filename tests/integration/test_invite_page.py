@@ -74,6 +74,12 @@ def test_a_new_user_sets_up_through_the_page(cluster: Cluster) -> None:
     assert "invite not found or expired" in page
 
 
+def test_the_front_page_shows_the_login_command(cluster: Cluster) -> None:
+    status, page = _fetch(f"https://{cluster.proxy_addr}/")
+    assert status == 200
+    assert f"`cgsh login --proxy=https://{cluster.proxy_addr} --insecure`" in page
+
+
 def test_the_page_escapes_what_it_shows(cluster: Cluster) -> None:
     status, page = _fetch(f"https://{cluster.proxy_addr}/web/invite/<script>alert(1)</script>")
     assert status in (400, 404)
