@@ -180,3 +180,14 @@ async def test_on_change_checks_a_new_lock_off_the_watch_loop(h: Harness) -> Non
     await task
     assert h.hung_up == ["alice"]
     await h.monitor.close()
+
+
+async def test_ticks_between_lock_rechecks_leave_locks_out(h: Harness) -> None:
+    alice = h.client("alice", policy=SessionPolicy(idle_timeout=1.0))
+    h.lock("l1", user="alice")
+    assert h.monitor.decide(alice, stale=False, locks=True) is not None
+    h.ticks.now += 0.5
+    assert h.monitor.decide(alice, stale=False, locks=False) is None
+    h.ticks.now += 0.5
+    cut = h.monitor.decide(alice, stale=False, locks=False)
+    assert cut is not None and cut.reason == "idle timeout"

@@ -3,6 +3,7 @@
     lock put (watch) ────────────┐
     every TICK seconds ──────────┼──▶ decide(client) for every registered client
                                  │      1 a lock in force for its identity/login/target
+                                 │        (on a lock put, and every LOCK_RECHECK s)
                                  │      2 the lock view is stale and a role is strict
                                  │      3 no input for client_idle_timeout
                                  │      4 the certificate it began with has expired
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 # How often idle time, certificate expiry and the lock view's freshness are checked.
 TICK = 0.25
+# Locks are checked when one is put; every client against every lock again this often
+# as well (clients x locks matches: too many to do every tick), for a client that was
+# admitted while a lock was arriving.
+LOCK_RECHECK = 5.0
 
 
 class LockView(Protocol):
@@ -115,9 +120,12 @@ class SessionMonitor:
 
     # ---- decisions (no I/O) --------------------------------------------------------
 
-    def decide(self, client: LiveClient, *, stale: bool) -> Cut | None:
-        """Whether `client` must be cut now, and why (the first rule that applies)."""
-        lock = self._access.lock_for(client.identity, client.login, client.target)
+    def decide(self, client: LiveClient, *, stale: bool, locks: bool = True) -> Cut | None:
+        """Whether `client` must be cut now, and why (the first rule that applies);
+        `locks=False` leaves locks out."""
+        lock = (
+            self._access.lock_for(client.identity, client.login, client.target) if locks else None
+        )
         if lock is not None:
             return Cut(lock_message(lock), "locked", {"lock": lock.name})
         if stale and self._access.strict_and_cut_off(client.identity):
@@ -135,7 +143,7 @@ class SessionMonitor:
 
     # ---- applying them -------------------------------------------------------------
 
-    async def check(self) -> int:
+    async def check(self, locks: bool = True) -> int:
         """Cut every client a rule rules out now; how many sessions ended."""
         stale = self._access.view_is_stale()
         cuts: dict[tuple[str, str], tuple[Cut, list[LiveClient]]] = {}
@@ -143,7 +151,7 @@ class SessionMonitor:
             if client.cut_reason is not None:
                 continue
             try:
-                cut = self.decide(client, stale=stale)
+                cut = self.decide(client, stale=stale, locks=locks)
             except Exception:
                 log.exception("session monitor could not decide on %s", client.identity.username)
                 continue
@@ -196,10 +204,13 @@ class SessionMonitor:
         self._task = self._lock_check = None
 
     async def _run(self) -> None:
+        every = max(1, round(LOCK_RECHECK / self._tick))
+        ticks = 0
         while True:
             await asyncio.sleep(self._tick)
+            ticks += 1
             try:
-                await self.check()
+                await self.check(locks=ticks % every == 0)
             except Exception:
                 log.exception("session monitor check failed")
 
