@@ -191,3 +191,18 @@ async def test_ticks_between_lock_rechecks_leave_locks_out(h: Harness) -> None:
     h.ticks.now += 0.5
     cut = h.monitor.decide(alice, stale=False, locks=False)
     assert cut is not None and cut.reason == "idle timeout"
+
+
+async def test_a_new_client_is_matched_against_locks_at_its_first_tick(h: Harness) -> None:
+    # A lock that reached the view while the client's login was being decided.
+    h.lock("l1", user="late")
+    h.client("late")
+    h.client("early")
+    await h.monitor.check(locks=False)
+    assert h.hung_up == ["late"]
+    # Later ticks leave locks to lock puts: an old client is not matched again.
+    h.lock("l2", user="early")
+    await h.monitor.check(locks=False)
+    assert h.hung_up == ["late"]
+    await h.monitor.check(locks=True)
+    assert h.hung_up == ["late", "early"]

@@ -92,6 +92,8 @@ class LiveClient:
         self._monotonic = monotonic
         self.last_input = monotonic()
         self.cut_reason: str | None = None
+        # Set once the monitor matched this client against the locks (monitor.py).
+        self.lock_checked = False
 
     def touch(self) -> None:
         """The client sent something (keystrokes, data): it is not idle."""

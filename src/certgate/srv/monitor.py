@@ -3,7 +3,8 @@
     lock put (watch) ────────────┐
     every TICK seconds ──────────┼──▶ decide(client) for every registered client
                                  │      1 a lock in force for its identity/login/target
-                                 │        (on a lock put, and every LOCK_RECHECK s)
+                                 │        (every client on a lock put; a new client at
+                                 │        its first tick)
                                  │      2 the lock view is stale and a role is strict
                                  │      3 no input for client_idle_timeout
                                  │      4 the certificate it began with has expired
@@ -37,10 +38,9 @@ log = logging.getLogger(__name__)
 
 # How often idle time, certificate expiry and the lock view's freshness are checked.
 TICK = 0.25
-# Locks are checked when one is put; every client against every lock again this often
-# as well (clients x locks matches: too many to do every tick), for a client that was
-# admitted while a lock was arriving.
-LOCK_RECHECK = 5.0
+# Clients decided between two yields to the event loop: a lock put checks every client
+# against every lock, which must not stall the sessions' data path meanwhile.
+CHUNK = 100
 
 
 class LockView(Protocol):
@@ -144,14 +144,22 @@ class SessionMonitor:
     # ---- applying them -------------------------------------------------------------
 
     async def check(self, locks: bool = True) -> int:
-        """Cut every client a rule rules out now; how many sessions ended."""
+        """Cut every client a rule rules out now; how many sessions ended.
+
+        Locks are matched for every client when `locks` (a lock was put), else only for
+        clients not yet checked by the monitor: each client is then checked against
+        the locks of a moment after it was admitted, and against every later lock put,
+        even if a lock arrived while its login was being decided."""
         stale = self._access.view_is_stale()
         cuts: dict[tuple[str, str], tuple[Cut, list[LiveClient]]] = {}
-        for client in self._registry.clients():
+        for count, client in enumerate(self._registry.clients(), 1):
+            if count % CHUNK == 0:
+                await asyncio.sleep(0)
             if client.cut_reason is not None:
                 continue
             try:
-                cut = self.decide(client, stale=stale, locks=locks)
+                cut = self.decide(client, stale=stale, locks=locks or not client.lock_checked)
+                client.lock_checked = True
             except Exception:
                 log.exception("session monitor could not decide on %s", client.identity.username)
                 continue
@@ -204,13 +212,10 @@ class SessionMonitor:
         self._task = self._lock_check = None
 
     async def _run(self) -> None:
-        every = max(1, round(LOCK_RECHECK / self._tick))
-        ticks = 0
         while True:
             await asyncio.sleep(self._tick)
-            ticks += 1
             try:
-                await self.check(locks=ticks % every == 0)
+                await self.check(locks=False)
             except Exception:
                 log.exception("session monitor check failed")
 
