@@ -27,7 +27,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from certgate.api.codec import describe_validation_error
-from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_PROXY, Identity
+from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY, Identity
 from certgate.api.recording import is_recording_id
 from certgate.api.session_tracker import JOIN_MODES, SessionTracker
 from certgate.auth import permissions as perm
@@ -68,14 +68,37 @@ class SessionRoutes:
     # ---- writers (nodes and proxies) ------------------------------------------------
 
     async def _check_writer(self, caller: Identity, node: str) -> None:
-        """A node speaks for its own sessions; a proxy for those of agentless nodes."""
-        if SYSTEM_ADMIN in caller.roles or node == caller.username:
-            return
-        if SYSTEM_PROXY in caller.roles and await self._api.server.is_agentless(node):
-            return
+        """A node (or kube service) speaks for its own sessions; a proxy for those of
+        agentless nodes. Being named like the node is not enough: a proxy shares the
+        name of the host it runs on, which may also run a node."""
+        if caller.kind == "service":
+            if SYSTEM_ADMIN in caller.roles:
+                return
+            runs_sessions = SYSTEM_NODE in caller.roles or SYSTEM_KUBE in caller.roles
+            if runs_sessions and node == caller.username:
+                return
+            if SYSTEM_PROXY in caller.roles and await self._api.server.is_agentless(node):
+                return
         raise AccessDenied(
             f'access denied: {caller.username} may not track sessions of node "{node}"'
         )
+
+    async def _check_roles(self, tracker: SessionTracker) -> None:
+        """A tracker names roles its user holds: they decide who may join the session,
+        so a writer must not hand a session roles that would widen that."""
+        try:
+            user = await self._api.server.users.get(tracker.spec.user)
+        except NotFound:
+            raise AccessDenied(
+                f'access denied: session {tracker.name} names user "{tracker.spec.user}", '
+                "who does not exist"
+            ) from None
+        extra = sorted(set(tracker.spec.roles) - set(user.spec.roles))
+        if extra:
+            raise AccessDenied(
+                f"access denied: session {tracker.name} names roles {', '.join(extra)} "
+                f'that user "{tracker.spec.user}" does not hold'
+            )
 
     async def write(self, request: web.Request, caller: Identity | None) -> Any:
         """Register or refresh the trackers in "put", remove those named in "delete".
@@ -93,6 +116,8 @@ class SessionRoutes:
         deletes = [_session_id(item) for item in _items(body, "delete")]
         for node in sorted({t.spec.node for t in trackers}):
             await self._check_writer(caller, node)
+        for tracker in trackers:
+            await self._check_roles(tracker)
         existing = {
             name: found
             for name in [*(t.name for t in trackers), *deletes]
