@@ -83,21 +83,25 @@ class SessionRoutes:
             f'access denied: {caller.username} may not track sessions of node "{node}"'
         )
 
-    async def _check_roles(self, tracker: SessionTracker) -> None:
+    async def _check_roles(self, tracker: SessionTracker, held: dict[str, set[str] | None]) -> None:
         """A tracker names roles its user holds: they decide who may join the session,
         so a writer must not hand a session roles that would widen that."""
-        try:
-            user = await self._api.server.users.get(tracker.spec.user)
-        except NotFound:
+        name = tracker.spec.user
+        if name not in held:
+            try:
+                held[name] = set((await self._api.server.users.get(name)).spec.roles)
+            except NotFound:
+                held[name] = None
+        roles = held[name]
+        if roles is None:
             raise AccessDenied(
-                f'access denied: session {tracker.name} names user "{tracker.spec.user}", '
-                "who does not exist"
-            ) from None
-        extra = sorted(set(tracker.spec.roles) - set(user.spec.roles))
+                f'access denied: session {tracker.name} names user "{name}", who does not exist'
+            )
+        extra = sorted(set(tracker.spec.roles) - roles)
         if extra:
             raise AccessDenied(
                 f"access denied: session {tracker.name} names roles {', '.join(extra)} "
-                f'that user "{tracker.spec.user}" does not hold'
+                f'that user "{name}" does not hold'
             )
 
     async def write(self, request: web.Request, caller: Identity | None) -> Any:
@@ -116,17 +120,17 @@ class SessionRoutes:
         deletes = [_session_id(item) for item in _items(body, "delete")]
         for node in sorted({t.spec.node for t in trackers}):
             await self._check_writer(caller, node)
-        for tracker in trackers:
-            await self._check_roles(tracker)
         existing = {
             name: found
             for name in [*(t.name for t in trackers), *deletes]
             if (found := await self._existing(name)) is not None
         }
+        held: dict[str, set[str] | None] = {}  # user -> roles, read once per call
         for tracker in trackers:
             # A refresh, never another node's session.
             if tracker.name in existing and existing[tracker.name].spec.node != tracker.spec.node:
                 raise AccessDenied(f"access denied: session {tracker.name} is on another node")
+            await self._check_roles(tracker, held)
         for name in deletes:
             if name in existing:
                 await self._check_writer(caller, existing[name].spec.node)
