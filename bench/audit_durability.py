@@ -164,6 +164,8 @@ def bench_rate(cluster: Cluster, node: IdentityFiles, args: argparse.Namespace, 
 
     loop = Loop()
 
+    writers: dict[str, Any] = {}
+
     async def build() -> tuple[dict[str, int], list[Any], list[Any]]:
         client = AsyncAuthClient(f"https://{cluster.auth_addr}", node.tls_context())
         send = post_events(client)
@@ -179,7 +181,8 @@ def bench_rate(cluster: Cluster, node: IdentityFiles, args: argparse.Namespace, 
         memory = MemoryAuditQueue(one, "bench memory", many)
         ports: dict[str, int] = {}
         servers = []
-        for name, writer in (("spool", spool), ("memory", memory)):
+        writers.update(spool=spool, memory=memory)
+        for name, writer in writers.items():
             server = NodeSSHServer(
                 host_pem, host_cert, lambda: user_ca_lines, authorize, writer, "bench"
             )
@@ -204,6 +207,18 @@ def bench_rate(cluster: Cluster, node: IdentityFiles, args: argparse.Namespace, 
     memory_median = statistics.median(rates["memory"])
     print(f"   median: spool {spool_median:.1f}/s, memory queue {memory_median:.1f}/s")
     print(f"   ratio spool/memory: {spool_median / memory_median:.3f}")
+
+    async def put_cost(writer: Any, count: int = 10_000) -> float:
+        """Microseconds a session's event loop spends per put()."""
+        fields = {"session_id": "s", "user": "bencher", "login": LOGIN, "kind": "exec"}
+        started = time.perf_counter()
+        for n in range(count):
+            writer.put("exec", {**fields, "command": f"put {n}", "exit_code": 0})
+        return (time.perf_counter() - started) / count * 1e6
+
+    spool_put = loop.run(put_cost(writers["spool"]))
+    memory_put = loop.run(put_cost(writers["memory"]))
+    print(f"   put() on the event loop: spool {spool_put:.1f} us, memory queue {memory_put:.1f} us")
 
     async def close() -> None:
         for server in servers:

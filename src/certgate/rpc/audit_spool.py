@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -105,12 +106,15 @@ class AuditSpool:
         self._changed = asyncio.Event()  # for close(): something was written or sent
         self._tasks: list[asyncio.Task[None]] = []
         self.delivered = 0  # events auth acknowledged (benchmarks, diagnostics)
+        # Event ids: random per run, then counted (a uuid4 each costs a syscall).
+        self._run_id = uuid.uuid4().hex
+        self._sequence = itertools.count()
 
     # ------------------------------------------------------------------ the writer side
 
     def put(self, event: str, fields: dict[str, Any]) -> None:
         record = {
-            "id": uuid.uuid4().hex,
+            "id": f"{self._run_id}.{next(self._sequence)}",
             "event": event,
             "time": self._clock.now().isoformat(),
             "fields": fields,
