@@ -203,3 +203,21 @@ async def test_an_oversized_event_is_cut_before_it_is_spooled(tmp_path: Path) ->
     assert len(record["fields"]["command"]) < size
     assert "command" in record["fields"]["truncated"]
     await spool.close()
+
+
+async def test_an_event_that_cannot_be_sent_is_set_aside(tmp_path: Path) -> None:
+    auth = _Auth()
+    spool = AuditSpool(tmp_path, auth)
+    await spool.start()
+
+    async def strict_json(records: list[dict[str, Any]]) -> None:
+        json.dumps(records, allow_nan=False)  # as the HTTP client encodes a body
+        await auth(records)
+
+    spool._send = strict_json
+    spool.put("exec", {"n": 0})
+    spool.put("exec", {"n": 1, "duration": float("nan")})
+    spool.put("exec", {"n": 2})
+    await until(lambda: spool.backlog == 0)
+    assert auth.numbers() == [0, 2]
+    await spool.close()

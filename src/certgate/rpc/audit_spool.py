@@ -62,7 +62,9 @@ BACKOFF_MAX = 10.0
 CLOSE_TIMEOUT = 10.0
 
 _SEGMENT = re.compile(r"(\d{12})\.jsonl")
-_REFUSED = (BadParameter, AccessDenied)
+# Answers that will not change on a retry: auth refused the call, or it could not even
+# be encoded (a NaN in a field).
+_REFUSED = (BadParameter, AccessDenied, ValueError, TypeError)
 
 
 @dataclass
