@@ -372,8 +372,12 @@ class AuditSpool:
             record.get("id"),
             exc,
         )
-        with (self._dir / "refused.jsonl").open("ab") as file:
-            file.write(_line({"refused": str(exc), "record": record}))
+        # Owner-only, like the segments: events name users and command lines.
+        fd = os.open(self._dir / "refused.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, _line({"refused": str(exc), "record": record}))
+        finally:
+            os.close(fd)
 
 
 def _line(record: dict[str, Any]) -> bytes:
