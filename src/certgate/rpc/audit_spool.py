@@ -1,9 +1,9 @@
 """The durable audit spool of a node or proxy: events stay on disk until auth stored them.
 
-    session ─ put(event, fields) ─▶ one JSON line in memory ─▶ writer task ─ write+fsync ─▶ segment
-              (no I/O, no waiting)                           (in a thread, every line      files
-                                                              buffered since the last one)   │
-    auth ◀── POST /v1/events, up to 500 events / 512 KiB ◀── sender task: reads the oldest ──┘
+    session ─ put(event, fields) ─▶ record in memory ─▶ writer task: encode, write, fsync ─┐
+              (no I/O, no encoding)                      (in a thread: every record put    │
+                                                          since the last write, at once)   ▼
+    auth ◀── POST /v1/events, up to 500 events / 512 KiB ◀── sender task ◀── segment files
          ──▶ 204: the cursor moves on; a segment wholly acknowledged is deleted
 
 Only what is fsynced is sent, so an event auth acknowledged is one the spool could not
@@ -97,7 +97,7 @@ class AuditSpool:
         self._name = name
         self._clock = clock or SystemClock()
         self._segment_bytes = segment_bytes
-        self._buffer: list[bytes] = []
+        self._buffer: list[dict[str, Any]] = []  # records put, not yet on disk
         self._segments: list[_Segment] = []
         self._offset = 0  # acknowledged bytes of self._segments[0]
         self._writing = False
@@ -115,28 +115,26 @@ class AuditSpool:
     # ------------------------------------------------------------------ the writer side
 
     def put(self, event: str, fields: dict[str, Any]) -> None:
+        # Encoding waits for the writer's thread: a session pays for a dict and a clock.
         record = {
             "id": f"{self._run_id}.{next(self._sequence)}",
             "event": event,
             "time": self._clock.now().isoformat(),
-            "fields": fields,
+            "fields": dict(fields),  # the caller's dict may change after this
         }
-        line = _line(record)
-        if len(line) > MAX_EVENT_BYTES:
-            # Keep batches within what auth takes; auth cuts to the same caps anyway.
-            line = _line({**record, "fields": capped(fields)})
         if self._closed:
             # A session that ended while the server was closing: written at once.
-            self._write_now(line)
+            self._write_now([record])
             return
-        self._buffer.append(line)
+        self._buffer.append(record)
         self._wake_writer.set()
 
     @property
     def backlog(self) -> int:
-        """Bytes on disk or in memory that auth has not acknowledged yet."""
+        """Bytes on disk auth has not acknowledged, plus events not on disk yet: 0 when
+        everything put has been delivered."""
         on_disk = sum(s.end for s in self._segments) - self._offset
-        return on_disk + sum(len(line) for line in self._buffer)
+        return on_disk + len(self._buffer)
 
     async def start(self) -> None:
         await asyncio.to_thread(self._recover)
@@ -172,8 +170,8 @@ class AuditSpool:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             if self._buffer:
-                lines, self._buffer = self._buffer, []
-                self._write_now(b"".join(lines))
+                records, self._buffer = self._buffer, []
+                self._write_now(records)
             # The active segment's descriptor stays open: a session ending during
             # shutdown still writes its event (put after close); exit closes it.
 
@@ -182,21 +180,21 @@ class AuditSpool:
             await self._wake_writer.wait()
             self._wake_writer.clear()
             while self._buffer:
-                lines, self._buffer = self._buffer, []
-                data = b"".join(lines)
+                records, self._buffer = self._buffer, []
                 self._writing = True
                 try:
                     segment = await self._active_segment()
                     assert segment.fd is not None
-                    await asyncio.to_thread(_append, segment.fd, data)
+                    written = await asyncio.to_thread(_write, segment.fd, records)
                 except OSError as exc:
+                    # A partly written batch is written again whole: auth keeps each id once.
                     log.error("%s: cannot write audit events (retrying): %s", self._name, exc)
-                    self._buffer[:0] = [data]
+                    self._buffer[:0] = records
                     await asyncio.sleep(1)
                     continue
                 finally:
                     self._writing = False
-                segment.end += len(data)
+                segment.end += written
                 self._wake_sender.set()
                 self._changed.set()
 
@@ -211,17 +209,20 @@ class AuditSpool:
         self._segments.append(new)
         return new
 
-    def _write_now(self, data: bytes) -> None:
+    def _write_now(self, records: list[dict[str, Any]]) -> None:
         fd = self._segments[-1].fd if self._segments else None
-        if fd is None:
-            log.error("%s: audit events lost at shutdown: %s", self._name, data[:200])
-            return
         try:
-            _append(fd, data)
+            if fd is None:
+                raise OSError("the spool was never started")
+            written = _write(fd, records)
         except OSError as exc:
-            log.error("%s: audit events lost at shutdown: %s", self._name, exc)
+            kinds = ", ".join(sorted({str(r["event"]) for r in records}))
+            count = len(records)
+            log.error(
+                "%s: %d audit events lost at shutdown (%s): %s", self._name, count, kinds, exc
+            )
             return
-        self._segments[-1].end += len(data)
+        self._segments[-1].end += written
 
     # ------------------------------------------------------------------ the sender side
 
@@ -380,15 +381,27 @@ class AuditSpool:
             os.close(fd)
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def _line(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":"), default=str).encode() + b"\n"
+    return _ENCODER.encode(record).encode() + b"\n"
 
 
-def _append(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+def _write(fd: int, records: list[dict[str, Any]]) -> int:
+    """Append `records` as lines and fsync; the bytes written. Runs in a thread."""
+    lines = []
+    for record in records:
+        line = _line(record)
+        if len(line) > MAX_EVENT_BYTES:
+            # Keep batches within what auth takes; auth cuts to the same caps anyway.
+            line = _line({**record, "fields": capped(record["fields"])})
+        lines.append(line)
+    view = memoryview(b"".join(lines))
     while view:
         view = view[os.write(fd, view) :]
     os.fsync(fd)
+    return sum(len(line) for line in lines)
 
 
 def _read(path: Path, offset: int, size: int) -> bytes:
