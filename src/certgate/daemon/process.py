@@ -49,7 +49,8 @@ from certgate.proxy.sshd import ProxySSH
 from certgate.proxy.web import ProxyWeb
 from certgate.recording.node_recordings import NodeRecordings
 from certgate.recording.uploader import auth_sender
-from certgate.rpc.audit import RemoteAudit
+from certgate.rpc.audit import SpoolSink, post_events
+from certgate.rpc.audit_spool import AuditSpool
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import join_cluster
@@ -303,15 +304,18 @@ class Daemon:
         # Live sessions of agentless nodes are tracked here, as a node tracks its own.
         trackers = SessionTrackerPublisher(auth)
         trackers.start()
-        remote_audit = RemoteAudit(auth)
         self._closers.append(trackers.close)
+        # The proxy's audit events (jump host, agentless sessions) wait on disk until
+        # auth stored them; closed after both servers (closers run in reverse).
+        audit = AuditSpool(self.data_dir / "proxy" / "audit", post_events(auth), "proxy audit")
+        await audit.start()
+        self._closers.append(audit.close)
         agentless = AgentlessForwarder(
             user_ca_keys=lambda: _ca_keys(view, "user_ssh"),
             host_ca_keys=lambda: _ca_keys(view, "host_ssh"),
             access=access,
             certs=AuthAgentlessCerts(auth),
-            audit=remote_audit,
-            audit_batch=remote_audit.many,
+            audit=audit,
             session_observer=RecordingHook(
                 recordings,
                 "",
@@ -329,7 +333,7 @@ class Daemon:
             host_cert=identity.bundle.ssh_cert,
             user_ca_keys=lambda: _ca_keys(view, "user_ssh"),
             access=access,
-            audit=RemoteAudit(auth),
+            audit=SpoolSink(audit),
             agentless=agentless,
             live_sessions=lambda node: auth.call("GET", "/v1/sessions", params={"node": node}),
         )

@@ -18,7 +18,6 @@ import random
 import socket
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel
 
@@ -32,7 +31,8 @@ from certgate.errors import CertgateError
 from certgate.node.sshd import NodeSSHServer
 from certgate.recording.node_recordings import NodeRecordings
 from certgate.recording.uploader import auth_sender
-from certgate.rpc.audit import RemoteAudit
+from certgate.rpc.audit import post_events
+from certgate.rpc.audit_spool import AuditSpool
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles
 from certgate.rpc.session_trackers import SessionTrackerPublisher
@@ -68,7 +68,8 @@ class NodeAgent:
         self.access = CachedAccess(self.view, strict_grace=strict_grace)
         self.registry = SessionRegistry()
         self.monitor = SessionMonitor(self.registry, self.access, server="node")
-        self._audit = RemoteAudit(auth)
+        # Audit events wait on disk until auth stored them (auth stamps the node's name).
+        self.audit = AuditSpool(data_dir / "audit", post_events(auth), "node audit")
         self.server: NodeSSHServer | None = None
         self.addr = ""
         self._heartbeats: asyncio.Task[None] | None = None
@@ -84,13 +85,13 @@ class NodeAgent:
         self.view.start()
         await self.view.wait_ready()
         await self.recordings.start()  # before any session: leftovers are from a crash
+        await self.audit.start()  # sends what an earlier run left, too
         self.server = NodeSSHServer(
             host_key=self._identity.key_pem,
             host_cert=self._identity.bundle.ssh_cert,
             trusted_user_ca_keys=self._user_ca_keys,
             authorizer=access_authorizer(self.access, self.name, self.labels),
-            audit=self._send_audit,
-            audit_batch=self._send_audits,
+            audit=self.audit,
             node_name=self.name,
             session_observer=self._observer,
             join_authorizer=self._authorize_join,
@@ -112,6 +113,7 @@ class NodeAgent:
         await self.monitor.close()
         if self.server:
             await self.server.close()
+        await self.audit.close()
         await self._trackers.close()
         await self.recordings.close()
         await self.view.close()
@@ -137,12 +139,6 @@ class NodeAgent:
 
     def _end_session(self, session_id: str, message: str, reason: str) -> bool:
         return self.server is not None and self.server.end_session(session_id, message, reason)
-
-    async def _send_audit(self, event: str, fields: dict[str, Any]) -> None:
-        await self._audit(event, node=self.name, **fields)
-
-    async def _send_audits(self, events: list[tuple[str, dict[str, Any]]]) -> None:
-        await self._audit.many([(event, {**fields, "node": self.name}) for event, fields in events])
 
     async def _on_change(self, kind: str, name: str, resource: BaseModel | None) -> None:
         await self.monitor.on_change(kind, name, resource)

@@ -48,7 +48,7 @@ from certgate.node.session import (
     spawn,
 )
 from certgate.srv import certcapture
-from certgate.srv.audit_queue import AuditQueue, AuditSink, BatchSink
+from certgate.srv.audit_queue import AuditSink, AuditWriter, BatchSink, audit_writer
 from certgate.srv.authorize import AUTHORIZE_TIMEOUT, LoginRefused, check_login
 from certgate.srv.corked import CorkedListener
 from certgate.srv.forwarding import loopback_bind
@@ -110,7 +110,7 @@ class NodeSSHServer:
         host_cert: bytes | str,
         trusted_user_ca_keys: Callable[[], list[str]],
         authorizer: Authorizer,
-        audit: AuditSink | None,
+        audit: AuditWriter | AuditSink | None,
         node_name: str,
         *,
         session_observer: ObserverFactory | None = None,
@@ -130,7 +130,7 @@ class NodeSSHServer:
             raise BadParameter(f"node host key or certificate is malformed: {exc}") from exc
         self._trusted_user_ca_keys = trusted_user_ca_keys
         self._authorizer = authorizer
-        self._audit_queue = AuditQueue(audit, "node-audit", audit_batch)
+        self._audit_queue = audit_writer(audit, "node-audit", audit_batch)
         self.node_name = node_name
         self._observer_factory = session_observer
         self._join_authorizer = join_authorizer

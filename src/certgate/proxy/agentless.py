@@ -54,8 +54,8 @@ from certgate.proxy.agentless_certs import AgentlessCertSource
 from certgate.proxy.agentless_user import Dialled, UserConnection
 from certgate.rpc.audit import AuditSink
 from certgate.srv import certcapture
-from certgate.srv.audit_queue import AuditQueue, BatchSink
 from certgate.srv.audit_queue import AuditSink as EventSink
+from certgate.srv.audit_queue import AuditWriter, BatchSink, audit_writer
 from certgate.srv.authorize import access_authorizer
 from certgate.srv.corked import ChannelTransport
 from certgate.srv.join import SessionParty
@@ -97,7 +97,7 @@ class AgentlessForwarder:
         host_ca_keys: Callable[[], list[str]],
         access: CachedAccess,
         certs: AgentlessCertSource,
-        audit: AuditSink | None,
+        audit: AuditWriter | AuditSink | None,
         session_observer: ObserverFactory | None = None,
         tracking: SessionTracking | None = None,
         audit_batch: BatchSink | None = None,
@@ -111,9 +111,10 @@ class AgentlessForwarder:
         self._host_ca_keys = host_ca_keys
         self.access = access
         self._certs = certs
-        # Every event names the proxy as the server that decided.
-        self._audit_queue = AuditQueue(
-            None if audit is None else _as_proxy(audit),
+        # Every event names the proxy as the server that decided (a writer's events
+        # reach auth from the proxy's identity, and auth stamps it).
+        self._audit_queue = audit_writer(
+            audit if audit is None or isinstance(audit, AuditWriter) else _as_proxy(audit),
             "agentless audit",
             None if audit_batch is None else _batch_as_proxy(audit_batch),
         )
