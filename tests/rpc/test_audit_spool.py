@@ -150,7 +150,8 @@ async def test_a_batch_whose_answer_was_lost_is_resent_and_stored_once(tmp_path:
     await spool.start()
     for n in range(10):
         spool.put("exec", {"n": n})
-    await until(lambda: spool.backlog == 0)
+    # backlog is 0 also before the writer took the events: wait for them at auth too.
+    await until(lambda: len(auth.numbers()) == 10 and spool.backlog == 0)
     # The same ids went twice (the first answer was lost), and were stored once.
     assert len(auth.sent_ids) > len(set(auth.sent_ids))
     assert auth.numbers() == list(range(10))

@@ -68,11 +68,11 @@ def emitted_events() -> dict[str, set[str]]:
 
 
 def test_the_collector_sees_the_emitters_it_must() -> None:
-    # The collector itself works: it finds events of auth, the node, the agentless
-    # forwarder, the join layer, and the ones auth picks through a variable.
+    # The collector itself works: it finds events of auth, the node, the
+    # session core, the join layer, and the ones auth picks through a variable.
     found = emitted_events()
     assert "src/certgate/node/sshd.py" in found["agent_forward"]
-    assert "src/certgate/proxy/agentless_session.py" in found["session.start"]
+    assert "src/certgate/srv/live.py" in found["session.start"]
     assert "src/certgate/srv/join.py" in found["session.join"]
     assert "src/certgate/auth/server.py" in found["user.delete"]
     assert {"role.created", "resource.created", "lock.deleted"} <= set(found)
