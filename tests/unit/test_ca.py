@@ -35,6 +35,7 @@ from certgate.api.certs import (
     generate_private_key,
     identity_from_ssh_cert,
     identity_from_x509,
+    issued_by,
     private_key_to_openssh,
     public_key_openssh,
     ssh_public_key_text,
@@ -51,6 +52,7 @@ from certgate.auth.ca import (
     CLOCK_SKEW,
     CASigner,
     ca_pin,
+    check_cluster_name,
     generate_authority,
     host_ca_known_hosts_line,
     user_ca_trust_line,
@@ -139,7 +141,7 @@ def test_tls_authority_is_a_self_signed_ca(cas: dict[str, CertAuthority]) -> Non
     assert isinstance(private.curve, ec.SECP256R1)
     assert cert.public_key() == private.public_key()
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (
-        "example host_tls CA"
+        "host_tls CA example"
     )
     assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "example"
     assert cert.issuer == cert.subject
@@ -519,7 +521,7 @@ def test_openssl_reads_and_verifies_the_tls_cert(
     text = _run("openssl", "x509", "-in", leaf, "-noout", "-text")
     assert text.returncode == 0, text.stderr
     assert "Subject: O = dev, O = auditor, CN = alice" in text.stdout
-    assert "Issuer: O = example, CN = example user_tls CA" in text.stdout
+    assert "Issuer: O = example, CN = user_tls CA example" in text.stdout
     assert "TLS Web Client Authentication" in text.stdout
     assert IDENTITY_EXTENSION_OID.dotted_string in text.stdout
     at = str(int((NOW + timedelta(hours=1)).timestamp()))
@@ -728,3 +730,38 @@ def test_stock_sshd_refuses_another_clusters_cert(sshd: RunningSshd, tmp_path: P
     result = _ssh_true(sshd, tmp_path, key, _user_cert(other, key, (current_user(),)))
     assert result.returncode == 255
     assert "Permission denied" in result.stderr
+
+
+LONG_CLUSTER = "a-cluster-whose-name-is-longer-than-any-common-name.example.internal"
+
+
+def test_ca_subjects_differ_whatever_the_cluster_name_length() -> None:
+    # Cut at 64 bytes, "<cluster> host_tls CA" and "<cluster> user_tls CA" were one name.
+    subjects = {
+        x509.load_pem_x509_certificate(
+            generate_authority(kind, LONG_CLUSTER, NOW).spec.active_keys[0].public.encode()
+        ).subject
+        for kind in ("host_tls", "user_tls")
+    }
+    assert len(subjects) == 2
+
+
+@pytest.mark.parametrize(
+    "name", ["", "bad name", "ünïcode.example", "a..b", "-dash.example", "x" * 64, "a/b"]
+)
+def test_cluster_names_no_certificate_can_carry_are_refused(name: str) -> None:
+    with pytest.raises(BadParameter, match="invalid cluster name"):
+        check_cluster_name(name)
+    with pytest.raises(BadParameter, match="invalid cluster name"):
+        generate_authority("host_tls", name, NOW)
+
+
+def test_a_certificate_is_placed_by_its_issuer_key_not_its_issuer_name() -> None:
+    # Two CAs with one subject (what a long cluster name gave the host and user CAs
+    # before): only the key that signed counts.
+    first, second = (CASigner(generate_authority("host_tls", "same", NOW)) for _ in range(2))
+    assert first.certificate.subject == second.certificate.subject
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    leaf = _tls_cert(second.sign_tls(key, ALICE, NOW, LATER))
+    assert not issued_by(leaf, [first.certificate])
+    assert issued_by(leaf, [first.certificate, second.certificate])

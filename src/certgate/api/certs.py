@@ -316,6 +316,23 @@ def identity_from_x509(cert: x509.Certificate) -> Identity:
     return replace(identity, expires=cert.not_valid_after_utc)
 
 
+def issued_by(cert: x509.Certificate, ca_certs: Sequence[x509.Certificate]) -> bool:
+    """Whether one of `ca_certs` signed `cert`: decided by the CA's key, not its name.
+
+    Two CAs may carry the same subject (an old cluster's CA names were cut to 64 bytes),
+    so every CA of that name is tried and only a signature that verifies counts.
+    """
+    for ca in ca_certs:
+        if ca.subject != cert.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (InvalidSignature, ValueError, TypeError):
+            continue
+        return True
+    return False
+
+
 def verify_x509_client_cert(
     cert: X509Input,
     trusted_ca_certs: Sequence[X509Input],
@@ -332,13 +349,10 @@ def verify_x509_client_cert(
         cas = [load_x509_certificate(ca) for ca in trusted_ca_certs]
     except BadParameter as exc:
         raise AccessDenied(exc.message) from exc
-    issuer = next((ca for ca in cas if ca.subject == parsed.issuer), None)
-    if issuer is None:
+    if not any(ca.subject == parsed.issuer for ca in cas):
         raise AccessDenied("certificate is not issued by this cluster's CA")
-    try:
-        parsed.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError) as exc:
-        raise AccessDenied("certificate signature is invalid") from exc
+    if not issued_by(parsed, cas):
+        raise AccessDenied("certificate signature is invalid")
     if now < parsed.not_valid_before_utc:
         raise AccessDenied(
             f"certificate is not valid before {parsed.not_valid_before_utc.isoformat()}"

@@ -25,7 +25,12 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
-from certgate.api.certs import identity_from_x509, verify_x509_client_cert
+from certgate.api.certs import (
+    identity_from_x509,
+    issued_by,
+    load_x509_certificate,
+    verify_x509_client_cert,
+)
 from certgate.api.codec import dump, from_dict, to_dict
 from certgate.api.duration import parse_duration
 from certgate.api.identity import SYSTEM_PROXY, Identity
@@ -65,18 +70,18 @@ class AuthAPI:
             server.load_roles, server.role_sets, check_not_locked=server.check_not_locked
         )
         self.metrics = metrics
-        self._host_ca_subject: x509.Name | None = None
+        self._host_ca_certs: list[x509.Certificate] | None = None
         # Verified client certificate (DER) -> who it speaks for. The TLS handshake
         # verified it; what it says never changes, so it is parsed once, not per request.
         self._peers: dict[bytes, Identity] = {}
 
     # caller identity ----------------------------------------------------------------
 
-    def _host_subject(self) -> x509.Name:
-        if self._host_ca_subject is None:
-            pem = self.server.issuer.authorities["host_tls"].spec.active_keys[0].public
-            self._host_ca_subject = x509.load_pem_x509_certificate(pem.encode()).subject
-        return self._host_ca_subject
+    def _host_cas(self) -> list[x509.Certificate]:
+        if self._host_ca_certs is None:
+            keys = self.server.issuer.authorities["host_tls"].spec.active_keys
+            self._host_ca_certs = [load_x509_certificate(k.public) for k in keys]
+        return self._host_ca_certs
 
     def _peer(self, request: web.Request) -> Identity | None:
         """The identity of the client certificate the TLS handshake verified, if any."""
@@ -87,8 +92,9 @@ class AuthAPI:
         identity = self._peers.get(der)
         if identity is None:
             cert = x509.load_der_x509_certificate(der)
-            # The kind comes from which CA signed the certificate, never from its content.
-            is_service = cert.issuer == self._host_subject()
+            # The kind comes from which CA key signed the certificate, never from its
+            # content or its issuer's name (two CAs may share a name).
+            is_service = issued_by(cert, self._host_cas())
             identity = _with_kind(identity_from_x509(cert), "service" if is_service else "user")
             if len(self._peers) >= PEER_CACHE_SIZE:
                 del self._peers[next(iter(self._peers))]  # the oldest
