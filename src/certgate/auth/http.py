@@ -176,6 +176,7 @@ class AuthAPI:
         r.add_post("/v1/join", add(None, "", self.join))
         r.add_post("/v1/users", add("user", "create", self.add_user))
         r.add_post("/v1/users/{name}/reset", add("user", "update", self.reset_user))
+        r.add_post("/v1/users/{name}/unlock", add("user", "update", self.unlock_user))
         r.add_post("/v1/tokens", add("token", "create", self.add_token))
         r.add_get("/v1/authorities/{type}/export", add(None, "", self.export_authority))
         r.add_get("/v1/events", add("event", "list", self.search_events))
@@ -274,6 +275,11 @@ class AuthAPI:
         assert caller is not None
         url = await self.server.reset_user(request.match_info["name"], caller.username)
         return {"invite_url": url}
+
+    async def unlock_user(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        await self.server.unlock_user(request.match_info["name"], caller.username)
+        return None
 
     async def add_token(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None

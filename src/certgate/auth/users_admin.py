@@ -57,6 +57,12 @@ class UserAdmin(AuthCore):
         await self.audit.emit("user.reset", user=by, name=name)
         return await self._new_invite(name, "reset")
 
+    async def unlock_user(self, name: str, by: str) -> None:
+        """Lift a lockout after failed logins (the name need not be a user: unknown
+        names are counted and locked the same way)."""
+        await self.login_checker.unlock(name)
+        await self.audit.emit("user.unlock", user=by, name=name)
+
     async def delete_user(self, name: str, by: str) -> None:
         await self.users.delete(name)
         await self.audit.emit("user.delete", user=by, name=name)

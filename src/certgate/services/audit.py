@@ -42,6 +42,7 @@ EVENT_CODES: dict[str, str] = {
     "user.delete": "T1004I",
     "user.invite.complete": "T1005I",
     "user.reset": "T1006I",
+    "user.unlock": "T1007I",
     "user.login": "T1000I",
     "user.login.failure": "T1000W",
     "user.login.locked": "T1001W",
