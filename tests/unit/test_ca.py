@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -60,6 +60,13 @@ from certgate.auth.ca import (
 from certgate.errors import BadParameter
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def issued_now(identity: Identity) -> Identity:
+    """`identity` as read back from a certificate signed at NOW (which says when)."""
+    return replace(identity, issued=NOW - CLOCK_SKEW)
+
+
 LATER = NOW + timedelta(hours=8)
 SSHD = "/usr/sbin/sshd"
 PERMIT = {"permit_port_forwarding": True, "permit_agent_forwarding": False}
@@ -201,7 +208,7 @@ def test_user_cert_carries_the_identity(
     assert cert.extensions[SSH_EXT_MFA.encode()] == b""
     assert cert.public_key() == user_key.public_key()
     cert.verify_cert_signature()
-    assert identity_from_ssh_cert(line) == ALICE
+    assert identity_from_ssh_cert(line) == issued_now(ALICE)
 
 
 def test_permit_flags_follow_the_arguments(
@@ -239,7 +246,7 @@ def test_optional_extensions_are_left_out_when_empty(
     assert isinstance(cert, ssh.SSHCertificate)
     assert SSH_EXT_REQUESTS.encode() not in cert.extensions
     assert SSH_EXT_MFA.encode() not in cert.extensions
-    assert identity_from_ssh_cert(cert) == plain
+    assert identity_from_ssh_cert(cert) == issued_now(plain)
 
 
 @pytest.mark.parametrize(
@@ -270,7 +277,7 @@ def test_user_cert_for_every_key_kind_parses_verifies_and_reads_in_ssh_keygen(
     assert cert.serial == 9
     assert ssh_public_key_text(cert.signature_key()) == signers["user_ssh"].public_key_text
     assert list(cert.extensions) == sorted(cert.extensions)
-    assert identity_from_ssh_cert(cert) == ALICE
+    assert identity_from_ssh_cert(cert) == issued_now(ALICE)
     path = tmp_path / "id-cert.pub"
     path.write_text(line + "\n")
     result = _run("ssh-keygen", "-L", "-f", path)
@@ -455,7 +462,7 @@ def test_tls_cert_carries_the_identity(
     cert.verify_directly_issued_by(ca_cert)
     assert cert.not_valid_before_utc == NOW - CLOCK_SKEW
     assert cert.not_valid_after_utc == LATER
-    assert identity_from_x509(cert) == ALICE
+    assert identity_from_x509(cert) == issued_now(ALICE)
 
 
 def test_server_tls_cert_has_names_and_server_auth(
@@ -480,7 +487,7 @@ def test_server_tls_cert_has_names_and_server_auth(
         ipaddress.ip_address("10.0.0.5"),
         ipaddress.ip_address("::1"),
     ]
-    assert identity_from_x509(cert) == node
+    assert identity_from_x509(cert) == issued_now(node)
     with pytest.raises(BadParameter, match="invalid ip address"):
         signers["host_tls"].sign_tls(
             user_key.public_key(), node, NOW, LATER, ip_addresses=["db-1"], server=True

@@ -126,6 +126,7 @@ def identity_from_ssh_cert(cert: SSHCertInput) -> Identity:
         expires=from_ssh_time(parsed.valid_before),
         mfa_verified=SSH_EXT_MFA.encode() in parsed.extensions,
         kind="user",
+        issued=from_ssh_time(parsed.valid_after),
     )
 
 
@@ -298,7 +299,8 @@ def load_x509_certificate(cert: X509Input) -> x509.Certificate:
 def identity_from_x509(cert: x509.Certificate) -> Identity:
     """The identity an X.509 certificate speaks for (its signature is not checked).
 
-    The expiry is the certificate's own notAfter, whatever the embedded JSON says.
+    The expiry and issue time are the certificate's own notAfter and notBefore,
+    whatever the embedded JSON says.
     """
     try:
         extension = cert.extensions.get_extension_for_oid(IDENTITY_EXTENSION_OID)
@@ -313,7 +315,7 @@ def identity_from_x509(cert: x509.Certificate) -> Identity:
             raise TypeError("traits must be an object")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BadParameter(f"certgate identity extension is malformed: {exc}") from exc
-    return replace(identity, expires=cert.not_valid_after_utc)
+    return replace(identity, expires=cert.not_valid_after_utc, issued=cert.not_valid_before_utc)
 
 
 def issued_by(cert: x509.Certificate, ca_certs: Sequence[x509.Certificate]) -> bool:

@@ -30,6 +30,7 @@ from certgate.backend.base import Backend
 from certgate.clock import Clock
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.services.audit import AuditLog
+from certgate.services.host_names import HostNames
 from certgate.services.locks import LockCache
 from certgate.services.store import ResourceStore
 from certgate.services.users import UserService
@@ -57,6 +58,7 @@ class AuthCore:
         self.proxy_public_addr = proxy_public_addr
         self.auth_addr = auth_addr
         self.users = UserService(backend)
+        self.host_names = HostNames(backend)
         self.roles: ResourceStore[Role] = ResourceStore(backend, "/roles/", Role, "role")
         self.tokens: ResourceStore[Token] = ResourceStore(backend, "/tokens/", Token, "token")
         self.locks: ResourceStore[Lock] = ResourceStore(backend, "/locks/", Lock, "lock")

@@ -285,11 +285,21 @@ class AuthAPI:
         assert caller is not None
         body = await json_body(request)
         ttl = parse_duration(str(body.get("ttl", "30m")))
-        token = await self.server.add_token(str_list(body, "roles"), ttl, caller.username)
+        uses = body.get("uses")
+        if uses is not None and (not isinstance(uses, int) or isinstance(uses, bool)):
+            raise BadParameter("uses must be a whole number of joins")
+        name = body.get("name") or ""
+        if not isinstance(name, str):
+            raise BadParameter("name must be a host name")
+        token = await self.server.add_token(
+            str_list(body, "roles"), ttl, caller.username, uses=uses, name=name
+        )
         return {
             "token": token.metadata.name,
             "expires": token.metadata.expires.isoformat() if token.metadata.expires else None,
             "roles": list(token.spec.roles),
+            "uses": token.spec.uses,
+            "name": token.spec.name,
             "ca_pin": self.server.ca_pin(),
             "auth_addr": self.server.auth_addr,
         }

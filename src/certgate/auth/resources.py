@@ -13,7 +13,7 @@ from certgate.api.lock import Lock
 from certgate.api.role import Role
 from certgate.api.user import User
 from certgate.auth.users_admin import UserAdmin
-from certgate.errors import BadParameter
+from certgate.errors import BadParameter, NotFound
 from certgate.services.store import ResourceStore
 
 
@@ -72,8 +72,21 @@ class ResourceAdmin(UserAdmin):
             return
         if kind == "cert_authority":
             raise BadParameter("certificate authorities cannot be deleted")
-        await self.store_for(kind).delete(name)
+        if kind == "node":
+            await self._delete_node(name)
+        else:
+            await self.store_for(kind).delete(name)
         event = {"role": "role.deleted", "token": "token.delete", "lock": "lock.deleted"}.get(
             kind, "resource.deleted"
         )
         await self.audit.emit(event, user=by, kind=kind, name=name)
+
+    async def _delete_node(self, name: str) -> None:
+        """Out of the inventory, and its name free to join again: the identity that held
+        it can no longer heartbeat (its entry is gone)."""
+        released = await self.host_names.release("node", name)
+        try:
+            await self.nodes.delete(name)
+        except NotFound:
+            if not released:
+                raise

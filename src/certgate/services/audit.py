@@ -64,6 +64,7 @@ EVENT_CODES: dict[str, str] = {
     "session.leave": "T2003I",
     "session.end": "T2004I",
     "session.upload": "T2005I",
+    "session.upload.failure": "T2005W",
     "session.rejected": "T1006W",
     "exec": "T3002I",
     "port_forward": "T3003I",
