@@ -108,7 +108,7 @@ class JoinAdmin(AuthCore):
         _check_join_name(name)
         if await self.host_names.get(role, name) is not None:
             raise AccessDenied(await self._held_message(role, name))
-        await self._check_principals(role, name, principals)
+        await self._check_principals(name, principals)
         bundle = self.issue_service_identity(name, system_role, public_key, principals)
         identity = bundle.identity
         assert identity.issued is not None
@@ -164,7 +164,7 @@ class JoinAdmin(AuthCore):
             f"pick another name, or free it with {free}"
         )
 
-    async def _check_principals(self, role: str, name: str, principals: list[str]) -> None:
+    async def _check_principals(self, name: str, principals: list[str]) -> None:
         """Names and addresses only, and none that is another host's name."""
         if len(principals) > MAX_HOST_PRINCIPALS:
             raise BadParameter(f"a host may have at most {MAX_HOST_PRINCIPALS} principals")
@@ -174,10 +174,12 @@ class JoinAdmin(AuthCore):
             base = principal[: -len(suffix)] if principal.endswith(suffix) else principal
             if base == name:
                 continue
-            if await self.host_names.get(role, base) is not None:
-                raise AccessDenied(
-                    f'access denied: principal "{principal}" is the name of another {role}'
-                )
+            # Any role: a proxy's certificate, too, must not be valid for a node's name.
+            for other in JOIN_ROLE_TO_SYSTEM:
+                if await self.host_names.get(other, base) is not None:
+                    raise AccessDenied(
+                        f'access denied: principal "{principal}" is the name of another {other}'
+                    )
 
     def issue_service_identity(
         self, name: str, system_role: str, public_key: str, principals: list[str]
