@@ -194,3 +194,22 @@ def test_a_proxy_identity_cannot_announce_a_node(cluster: Cluster) -> None:
         answer = client.post("/v1/nodes/heartbeat", json={"node": node, "ttl_seconds": 30})
     assert answer.status_code == 403
     assert "is not a node" in answer.json()["message"]
+
+
+def test_no_service_certificate_is_valid_for_a_nodes_name(cluster: Cluster) -> None:
+    node_token, pin = new_token(cluster)
+    join(cluster, node_token, pin, "victim-1", [])
+    out = cluster.cgctl("tokens", "add", "--type=proxy", "--ttl=10m").stdout
+    proxy_token = next(w for w in out.split() if len(w) == 32)
+
+    def join_proxy(principals: list[str]) -> IdentityFiles:
+        return asyncio.run(
+            join_cluster(cluster.auth_addr, proxy_token, pin, "proxy", "proxy-2", principals)
+        )
+
+    with pytest.raises(AccessDenied, match='principal "victim-1" is the name of another node'):
+        join_proxy(["victim-1"])
+    suffixed = f"victim-1.{cluster.cluster_name}"
+    with pytest.raises(AccessDenied, match="is the name of another node"):
+        join_proxy([suffixed])
+    assert join_proxy(["proxy-2.example"]).bundle.identity.username == "proxy-2"
