@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from certgate.access.rbac import RoleSetCache
+from certgate.api.access_request import AccessRequest
 from certgate.api.authority import CAType, CertAuthority
 from certgate.api.bundle import CertBundle
 from certgate.api.identity import Identity
@@ -66,6 +67,9 @@ class AuthCore:
         self.nodes: ResourceStore[Node] = ResourceStore(backend, "/nodes/", Node, "node")
         self.session_trackers: ResourceStore[SessionTracker] = ResourceStore(
             backend, "/sessions/", SessionTracker, "session"
+        )
+        self.access_requests: ResourceStore[AccessRequest] = ResourceStore(
+            backend, "/access_requests/", AccessRequest, "access request"
         )
         self.authorities: ResourceStore[CertAuthority] = ResourceStore(
             backend, "/authorities/", CertAuthority, "certificate authority"

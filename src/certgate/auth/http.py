@@ -181,7 +181,7 @@ class AuthAPI:
         r.add_get("/v1/authorities/{type}/export", add(None, "", self.export_authority))
         r.add_get("/v1/events", add("event", "list", self.search_events))
         r.add_post("/v1/events", add(perm.AUDIT_WRITE, "create", self.record_event))
-        for kind in ("role", "user", "token", "lock", "node", "cert_authority"):
+        for kind in ("role", "user", "token", "lock", "node", "cert_authority", "access_request"):
             r.add_get(f"/v1/resources/{kind}", add(kind, "list", self.list_resources))
             r.add_get(f"/v1/resources/{kind}/{{name}}", add(kind, "read", self.get_resource))
             r.add_delete(f"/v1/resources/{kind}/{{name}}", add(kind, "delete", self.rm_resource))

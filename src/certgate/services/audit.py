@@ -69,6 +69,9 @@ EVENT_CODES: dict[str, str] = {
     "exec": "T3002I",
     "port_forward": "T3003I",
     "sftp": "TS001I",
+    "access_request.create": "T5000I",
+    "access_request.review": "T5002I",
+    "access_request.update": "T5001I",
 }
 
 
