@@ -164,7 +164,7 @@ async def test_a_threshold_of_two_needs_two_different_reviewers(server: AuthServ
         await server.review_request(user("alice"), created.name, "approve", "")
     twice = await server.review_request(user("bob"), created.name, "approve", "")
     assert twice.state == "APPROVED"
-    with pytest.raises(BadParameter, match="already approved .*your review changes nothing"):
+    with pytest.raises(BadParameter, match=r"already approved .*your review changes nothing"):
         await server.review_request(user("r0"), created.name, "deny", "")
 
 
@@ -219,10 +219,7 @@ async def test_concurrent_reviews_are_all_kept(
     # makes each lost race read again, so exactly two approvals count and the others
     # learn their review changed nothing.
     results = await asyncio.gather(
-        *(
-            server.review_request(user(f"r{i}"), created.name, "approve", f"r{i}")
-            for i in range(8)
-        ),
+        *(server.review_request(user(f"r{i}"), created.name, "approve", f"r{i}") for i in range(8)),
         return_exceptions=True,
     )
     kept = [r for r in results if not isinstance(r, BaseException)]

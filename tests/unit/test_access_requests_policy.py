@@ -101,8 +101,7 @@ def test_a_reviewer_must_be_allowed_every_role_and_a_deny_names_itself() -> None
     )
     assert reviewer.refusal(["db-admin"]) is None
     assert reviewer.refusal(["db-admin", "web"]) == (
-        'you may not review requests for role "web": none of your roles lists it in '
-        "review_requests"
+        'you may not review requests for role "web": none of your roles lists it in review_requests'
     )
     assert reviewer.refusal(["kube-member"]) == (
         'you may not review requests for role "kube-member": role "nope" denies it in '

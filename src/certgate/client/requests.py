@@ -171,10 +171,9 @@ def _standing_dir(profile: Profile) -> Any:
     return profile.keys_dir / "standing"
 
 
-def standing_identity(profile: Profile) -> IdentityFiles:
-    """The login certificates: the current ones when they carry no grant, else the
-    ones kept aside when the first grant was assumed."""
-    current = profile.identity()
+def standing_identity(profile: Profile, current: IdentityFiles) -> IdentityFiles:
+    """The login certificates: the `current` ones when they carry no grant, else the
+    ones kept aside when the first grant was assumed (`current` if none were)."""
     if not current.bundle.identity.request_ids:
         return current
     try:
@@ -199,7 +198,7 @@ def assume(profile: Profile, request_ids: Sequence[str], keep_current: bool = Tr
     """Re-issue the profile's certificates with these grants (and, with `keep_current`,
     the ones already in use that are still active)."""
     current = profile.identity()
-    standing = standing_identity(profile)
+    standing = standing_identity(profile, current)
     wanted = list(request_ids)
     if keep_current and current.bundle.identity.request_ids:
         api = RequestsAPI(connect_profile(profile, standing))
@@ -224,7 +223,7 @@ def drop(profile: Profile) -> CertBundle:
     current = profile.identity()
     if not current.bundle.identity.request_ids:
         return current.bundle
-    standing = standing_identity(profile)
+    standing = standing_identity(profile, current)
     if standing is current:
         raise AccessDenied("the certificates from your login are gone: run cgsh login")
     if standing.bundle.identity.expires <= datetime.now(UTC):

@@ -12,7 +12,7 @@ from certgate.cli.common import FORMAT, print_json, table
 from certgate.client.cluster import connect_profile
 from certgate.client.profile import Profile, load_profile
 from certgate.client.requests import AccessRequestView, RequestsAPI, assume, drop
-from certgate.errors import AccessDenied, BadParameter
+from certgate.errors import AccessDenied, BadParameter, NotFound
 
 
 def _api(ctx: click.Context) -> RequestsAPI:
@@ -97,7 +97,12 @@ def assume_after_login(profile: Profile, request_id: str) -> None:
     cluster = connect_profile(profile)
     try:
         api = RequestsAPI(cluster)
-        found = api.get(request_id)
+        try:
+            found = api.get(request_id)
+        except NotFound:
+            # Not one the user may see: auth's refusal to assume it says why.
+            assume(profile, [request_id])
+            return
         if found.state == "PENDING":
             click.echo(f"Waiting for request {found.id} ({found.what}) to be reviewed...", err=True)
         wait_and_assume(api, found)
