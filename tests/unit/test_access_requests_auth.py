@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from certgate.api.codec import from_dict
 from certgate.api.identity import SYSTEM_ADMIN, Identity
 from certgate.api.lock import Lock, LockSpec, LockTarget
 from certgate.api.meta import Metadata
+from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
 from certgate.backend.registry import open_backend, open_event_store
 from certgate.clock import SystemClock
@@ -30,7 +32,7 @@ ROLES: list[dict[str, Any]] = [
         "spec": {
             "allow": {
                 "request": {
-                    "roles": ["db-admin", "two-man"],
+                    "roles": ["db-admin", "two-man", "event-reader"],
                     "search_as_roles": ["db-search"],
                     "max_duration": "2h",
                     "suggested_reviewers": ["alice"],
@@ -52,6 +54,11 @@ ROLES: list[dict[str, Any]] = [
     },
     {
         "kind": "role",
+        "metadata": {"name": "event-reader"},
+        "spec": {"allow": {"rules": [{"resources": ["event"], "verbs": ["list"]}]}},
+    },
+    {
+        "kind": "role",
         "metadata": {"name": "two-man"},
         "spec": {"allow": {"logins": ["root2"], "node_labels": {"*": "*"}}},
     },
@@ -63,7 +70,7 @@ ROLES: list[dict[str, Any]] = [
     {
         "kind": "role",
         "metadata": {"name": "reviewer"},
-        "spec": {"allow": {"review_requests": {"roles": ["db-*", "two-man"]}}},
+        "spec": {"allow": {"review_requests": {"roles": ["db-*", "two-man", "event-*"]}}},
     },
     {
         "kind": "role",
@@ -326,3 +333,34 @@ def _lock(request_id: str) -> Lock:
         metadata=Metadata(name=f"lock-{request_id[:8]}"),
         spec=LockSpec(target=LockTarget(access_request=request_id), message="grant revoked"),
     )
+
+
+async def test_the_api_honours_a_grant_while_it_lasts_and_never_a_foreign_one(
+    server: AuthServer,
+) -> None:
+    authorizer = Authorizer(
+        server.load_roles,
+        server.role_sets,
+        check_not_locked=server.check_not_locked,
+        load_user=server.user_with_roles,
+        load_grants=server.granted_roles,
+    )
+    created = await request(server, roles=["event-reader"], max_duration=None)
+    key = public_key_openssh(generate_private_key())
+    standing = (await server._issue_for_user(await server.users.get("carl"), key, None)).identity
+    with pytest.raises(AccessDenied):
+        await authorizer.check(standing, "event", "list")
+    await server.review_request(user("alice"), created.name, "approve", "")
+    granted = (await server.assume_requests(standing, key, [created.name], None)).identity
+    assert await authorizer.check(granted, "event", "list")
+    # The same roles and request id claimed by someone else's certificate grant nothing.
+    pete = (await server._issue_for_user(await server.users.get("pete"), key, None)).identity
+    forged = replace(pete, roles=(*pete.roles, "event-reader"), request_ids=(created.name,))
+    with pytest.raises(AccessDenied):
+        await authorizer.check(forged, "event", "list")
+    # The grant ends (as its max_duration would end it): its certificate loses the role.
+    stored = await server.access_requests.get(created.name)
+    ended = stored.spec.model_copy(update={"access_expires": SystemClock().now()})
+    await server.access_requests.update(stored.model_copy(update={"spec": ended}))
+    with pytest.raises(AccessDenied):
+        await authorizer.check(granted, "event", "list")

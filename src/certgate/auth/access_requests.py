@@ -452,6 +452,26 @@ class AccessRequestAdmin(AuthCore):
             )
         return request
 
+    async def granted_roles(self, caller: Identity) -> list[Role]:
+        """The roles the caller's access requests grant now: those approved for this
+        user whose access has not ended (the API authorizer adds them to the roles the
+        user holds)."""
+        now = self.clock.now()
+        names: list[str] = []
+        for ref in caller.request_ids:
+            try:
+                request = await self.access_requests.get(ref)
+            except NotFound:
+                continue
+            if request.spec.user == caller.username and request.active_at(now):
+                names += request.spec.roles
+        if not names:
+            return []
+        try:
+            return await self.roles.get_many(list(dict.fromkeys(names)))
+        except NotFound:
+            return []
+
     async def assume_requests(
         self,
         caller: Identity,

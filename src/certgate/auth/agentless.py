@@ -135,7 +135,9 @@ class AgentlessCerts:
         role_set = server.role_sets.get(roles, identity.traits)
         role_set.check_login(node.name, node.metadata.labels, login)
         check_resource(identity.resources, "node", node.name, f"{login}@{node.name}")
-        await server.check_not_locked(identity.username, identity.roles, identity.request_ids)
+        await server.check_not_locked(
+            identity.username, identity.roles, identity.request_ids, identity.issued
+        )
         expires = min(now + ONWARD_USER_TTL, identity.expires)
         onward = replace(identity, logins=(login,), expires=expires)
         certificate = server.issuer.signer("user_ssh").sign_user_ssh(

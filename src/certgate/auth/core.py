@@ -24,7 +24,7 @@ from certgate.api.session_tracker import SessionTracker
 from certgate.api.token import Token
 from certgate.api.user import User
 from certgate.auth.bootstrap import ensure_authorities, ensure_cluster_name, ensure_preset_roles
-from certgate.auth.ca import host_ca_known_hosts_line, user_ca_trust_line
+from certgate.auth.ca import CLOCK_SKEW, host_ca_known_hosts_line, user_ca_trust_line
 from certgate.auth.issuer import CertIssuer
 from certgate.auth.login import LoginChecker
 from certgate.backend.base import Backend
@@ -124,7 +124,7 @@ class AuthCore:
         keys = [user_key, *(self.roles.key(role) for role in likely_roles)]
         items = {item.key: item for item in await self.backend.get_many(keys)}
         if user_key not in items:
-            raise NotFound(f'user "{name}" not found')
+            raise NotFound(f'user "{name}" no longer exists')
         user = self.users.users.decode(items[user_key])
         others = [role for role in user.spec.roles if self.roles.key(role) not in items]
         read_after = (
@@ -167,12 +167,19 @@ class AuthCore:
         )
 
     async def check_not_locked(
-        self, user: str, roles: tuple[str, ...] | list[str], request_ids: tuple[str, ...] = ()
+        self,
+        user: str,
+        roles: tuple[str, ...] | list[str],
+        request_ids: tuple[str, ...] = (),
+        issued: datetime | None = None,
     ) -> None:
-        """AccessDenied with the lock's message if a lock targets this identity."""
+        """AccessDenied with the lock's message if a lock targets this identity (whose
+        certificate was issued at `issued`, if known)."""
         now = self.clock.now()
         for lock in self.lock_cache.all():
-            if lock_matches(lock, user=user, roles=roles, request_ids=request_ids, now=now):
+            if lock_matches(
+                lock, user=user, roles=roles, request_ids=request_ids, now=now, issued=issued
+            ):
                 raise AccessDenied(lock_message(lock))
 
     async def _issue_for_user(
@@ -188,8 +195,13 @@ class AuthCore:
         """Certificates for `user`, expiring after `ttl` (capped) and never after
         `not_after`; `roles` are its roles if the caller read them already (with those
         of `request_ids`, which may limit it to `resources`)."""
+        # What the new certificates will say of their issue time: a lock on the user's
+        # older certificates (user_cuts.py) does not catch them.
+        starts = self.issuer.signing_time()
         try:
-            await self.check_not_locked(user.name, user.spec.roles, request_ids)
+            await self.check_not_locked(
+                user.name, user.spec.roles, request_ids, issued=starts - CLOCK_SKEW
+            )
         except AccessDenied as exc:
             await self.audit.emit("cert.create.failure", user=user.name, error=exc.message)
             raise
@@ -200,7 +212,7 @@ class AuthCore:
         identity = self.issuer.user_identity(
             user, roles, ttl, request_ids, role_set, not_after=not_after, resources=resources
         )
-        bundle = self.issuer.issue_user(identity, role_set, public_key)
+        bundle = self.issuer.issue_user(identity, role_set, public_key, not_before=starts)
         await self.audit.emit(
             "cert.create",
             user=user.name,

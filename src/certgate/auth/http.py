@@ -68,7 +68,11 @@ class AuthAPI:
         self.server = server
         self.recordings = recordings  # session recordings (http_recordings.py)
         self.authorizer = Authorizer(
-            server.load_roles, server.role_sets, check_not_locked=server.check_not_locked
+            server.load_roles,
+            server.role_sets,
+            check_not_locked=server.check_not_locked,
+            load_user=server.user_with_roles,
+            load_grants=server.granted_roles,
         )
         self.metrics = metrics
         self._host_ca_certs: list[x509.Certificate] | None = None
@@ -178,6 +182,7 @@ class AuthAPI:
         r.add_post("/v1/users", add("user", "create", self.add_user))
         r.add_post("/v1/users/{name}/reset", add("user", "update", self.reset_user))
         r.add_post("/v1/users/{name}/unlock", add("user", "update", self.unlock_user))
+        r.add_patch("/v1/users/{name}", add("user", "update", self.update_user))
         r.add_post("/v1/tokens", add("token", "create", self.add_token))
         r.add_get("/v1/authorities/{type}/export", add(None, "", self.export_authority))
         r.add_get("/v1/events", add("event", "list", self.search_events))
@@ -292,6 +297,23 @@ class AuthAPI:
         assert caller is not None
         url = await self.server.reset_user(request.match_info["name"], caller.username)
         return {"invite_url": url}
+
+    async def update_user(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        body = await json_body(request)
+        roles = str_list(body, "roles") if "roles" in body else None
+        traits = body.get("traits")
+        if traits is not None and (
+            not isinstance(traits, dict)
+            or not all(
+                isinstance(v, list) and all(isinstance(i, str) for i in v) for v in traits.values()
+            )
+        ):
+            raise BadParameter("traits must be a mapping of lists of strings")
+        user = await self.server.update_user(
+            request.match_info["name"], roles, traits, caller.username
+        )
+        return to_dict(user)
 
     async def unlock_user(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from pydantic import BaseModel
@@ -13,6 +14,7 @@ from certgate.api.codec import Resource
 from certgate.api.lock import Lock
 from certgate.api.role import Role
 from certgate.api.user import User
+from certgate.auth.user_cuts import narrowed
 from certgate.auth.users_admin import UserAdmin
 from certgate.errors import BadParameter, NotFound
 from certgate.services.store import ResourceStore
@@ -51,13 +53,24 @@ class ResourceAdmin(UserAdmin):
             raise BadParameter(
                 "access requests are made with `cgsh request create` and changed by reviews"
             )
+        if isinstance(resource, Lock) and resource.spec.target.access_request:
+            await self.access_requests.get(resource.spec.target.access_request)
+        before: User | None = None
         if isinstance(resource, User):
             for role in resource.spec.roles:
                 await self.roles.get(role)
-        if isinstance(resource, Lock) and resource.spec.target.access_request:
-            await self.access_requests.get(resource.spec.target.access_request)
+            if upsert:
+                with contextlib.suppress(NotFound):
+                    before = await self.users.get(resource.name)
+            if before is not None:
+                # Status (invite completed, lockouts) is auth's, not the document's.
+                resource = resource.model_copy(update={"status": before.status})
         store = self.store_for(resource.kind)
         saved: BaseModel = await (store.upsert(resource) if upsert else store.create(resource))
+        if before is not None and isinstance(saved, User):
+            lost = narrowed(before, saved)
+            if lost:
+                await self.cut_user_certs(before, by, f"changed (lost {', '.join(lost)})")
         if isinstance(resource, Lock):
             await self.audit.emit(
                 "lock.created",

@@ -1,4 +1,8 @@
-"""Users and invites: creating, resetting and deleting users; completing invites."""
+"""Users and invites: creating, changing, resetting and deleting users; invites.
+
+Deleting or resetting a user, or taking a role or a login away, cuts the certificates
+the user already holds (user_cuts.py); a fresh login works at once.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from certgate.api.user import INTERNAL_TRAITS
-from certgate.auth.core import AuthCore, check_token_text
+from certgate.api.user import INTERNAL_TRAITS, User
+from certgate.auth.core import check_token_text
 from certgate.auth.passwords import (
     check_password_policy,
     hash_password,
@@ -15,6 +19,7 @@ from certgate.auth.passwords import (
     new_totp_secret,
     totp_uri,
 )
+from certgate.auth.user_cuts import UserCuts, narrowed
 from certgate.errors import AccessDenied, BadParameter
 from certgate.services.users import Invite, UserSecrets, new_user
 
@@ -28,7 +33,7 @@ class InviteInfo:
     totp_uri: str
 
 
-class UserAdmin(AuthCore):
+class UserAdmin(UserCuts):
     # users and invites --------------------------------------------------------------
 
     async def add_user(
@@ -55,7 +60,49 @@ class UserAdmin(AuthCore):
             if invite.user == name:
                 await self.users.delete_invite(invite.token)
         await self.audit.emit("user.reset", user=by, name=name)
+        await self.cut_user_certs(user, by, "reset")
         return await self._new_invite(name, "reset")
+
+    async def update_user(
+        self,
+        name: str,
+        roles: list[str] | None,
+        traits: dict[str, list[str]] | None,
+        by: str,
+    ) -> User:
+        """Set the user's roles and/or some traits (each trait given replaces that trait).
+
+        Anything taken away cuts the user's current certificates."""
+        if roles is not None:
+            for role in roles:
+                await self.roles.get(role)  # NotFound names the missing role
+        for key in traits or {}:
+            if key not in INTERNAL_TRAITS:
+                raise BadParameter(f'unknown trait "{key}": use {", ".join(INTERNAL_TRAITS)}')
+        before = await self.users.get(name)
+        spec = before.spec.model_copy(
+            update={
+                "roles": before.spec.roles if roles is None else roles,
+                "traits": {
+                    k: v
+                    for k, v in {**before.spec.traits, **(traits or {})}.items()
+                    if v  # an empty list removes the trait
+                },
+            }
+        )
+        after = await self.users.update(before.model_copy(update={"spec": spec}))
+        lost = narrowed(before, after)
+        await self.audit.emit(
+            "user.update",
+            user=by,
+            name=name,
+            roles=after.spec.roles,
+            traits=after.spec.traits,
+            removed=lost or None,
+        )
+        if lost:
+            await self.cut_user_certs(before, by, f"changed (lost {', '.join(lost)})")
+        return after
 
     async def unlock_user(self, name: str, by: str) -> None:
         """Lift a lockout after failed logins (the name need not be a user: unknown
@@ -64,6 +111,9 @@ class UserAdmin(AuthCore):
         await self.audit.emit("user.unlock", user=by, name=name)
 
     async def delete_user(self, name: str, by: str) -> None:
+        user = await self.users.get(name)
+        # The lock first: a user that is gone never has working certificates.
+        await self.cut_user_certs(user, by, "deleted")
         await self.users.delete(name)
         await self.audit.emit("user.delete", user=by, name=name)
 
