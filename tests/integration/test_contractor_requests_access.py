@@ -134,6 +134,8 @@ def test_contractor_requests_access_an_admin_approves_and_it_ends(c: Cluster) ->
     assert f"(request {request_id})" in out
 
     assert ssh(c, carl, "node-1", "echo granted").stdout.strip() == "granted"
+    resource = c.cgctl("get", f"access_request/{request_id}").stdout
+    assert request_id in resource and "APPROVED" in resource and "node-access" in resource
     status = c.cgsh(carl, "status").stdout
     assert f"Access request:     {request_id} (node-access; approved by admin: go ahead)" in status
     assert "active until" in status
@@ -211,7 +213,7 @@ def test_two_approvals_from_different_reviewers_and_every_refusal_says_why(
 
 
 def test_a_resource_request_grants_that_node_and_no_other(c: Cluster) -> None:
-    c.start_node("node-2", "env=dev")
+    _, node_2_port = c.start_node("node-2", "env=dev")
     rita = c.add_user("rita", roles="contractor")
     c.login(rita)
     found = eventually(
@@ -229,6 +231,21 @@ def test_a_resource_request_grants_that_node_and_no_other(c: Cluster) -> None:
     assert ssh(c, rita, "node-2", "echo mine").stdout.strip() == "mine"
     other = ssh(c, rita, "node-1", "true")
     assert other.returncode != 0 and "node-1" in other.stderr
+    # Plain OpenSSH straight to each node, past the proxy: node-1 itself refuses.
+    keys = rita.home / "keys"
+
+    def direct(port: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
+             "-i", str(keys / "key"), "-o", f"CertificateFile={keys / 'key-cert.pub'}",
+             "-p", str(port), f"{LOGIN}@127.0.0.1", "echo direct"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+
+    assert direct(node_2_port).stdout.strip() == "direct"
+    refused_direct = direct(c.ssh_port)
+    assert refused_direct.returncode != 0 and "direct" not in refused_direct.stdout
     listed = c.cgsh(rita, "ls").stdout
     assert "node-2" in listed and "node-1" not in listed
     assert "Limited to:         node/node-2" in c.cgsh(rita, "status").stdout
