@@ -192,6 +192,10 @@ async def test_refusals_name_their_reason(server: AuthServer) -> None:
     assert await server.list_requests(user("kim"), False) == []
     with pytest.raises(NotFound):
         await server.get_request(user("kim"), created.name, False)
+    # A prefix finds only requests one can see; the whole id gets the reason above.
+    with pytest.raises(NotFound):
+        await server.review_request(user("kim"), created.name[:8], "approve", "")
+    assert (await server.get_request(user("alice"), created.name[:8], False)).name == created.name
 
     key = public_key_openssh(generate_private_key())
     with pytest.raises(AccessDenied, match="still pending"):

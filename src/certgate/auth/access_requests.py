@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 from certgate.access.rbac import RoleSet
@@ -64,6 +64,13 @@ def _retention(request: AccessRequest) -> AccessRequest:
     last = max(t for t in (spec.pending_expires, spec.access_expires) if t is not None)
     meta = request.metadata.model_copy(update={"expires": last + RETENTION})
     return request.model_copy(update={"metadata": meta})
+
+
+def _owned_by(user: str) -> Callable[[AccessRequest], Awaitable[bool]]:
+    async def owned(request: AccessRequest) -> bool:
+        return request.spec.user == user
+
+    return owned
 
 
 class AccessRequestAdmin(AuthCore):
@@ -252,18 +259,26 @@ class AccessRequestAdmin(AuthCore):
     async def get_request(self, caller: Identity, ref: str, read_all: bool) -> AccessRequest:
         """A request by id or unique id prefix, if the caller may see it (the same
         NotFound as for no such request otherwise)."""
-        request = await self._by_ref(ref)
+        request = await self._by_ref(ref, lambda r: self._visible(caller, r, read_all))
         request = await self._expire_one(request)
         if not await self._visible(caller, request, read_all):
             raise NotFound(f'access request "{ref}" not found')
         return request
 
-    async def _by_ref(self, ref: str) -> AccessRequest:
+    async def _by_ref(
+        self, ref: str, visible: Callable[[AccessRequest], Awaitable[bool]]
+    ) -> AccessRequest:
+        """By the whole id, or by a prefix unique among the requests `visible` to the
+        caller (a prefix never finds, or counts, requests the caller cannot see)."""
         if not ref or "/" in ref:
             raise NotFound(f'access request "{ref}" not found')
         with contextlib.suppress(NotFound):
             return await self.access_requests.get(ref)
-        found = [r for r in await self.access_requests.list() if r.name.startswith(ref)]
+        found = [
+            r
+            for r in await self.access_requests.list()
+            if r.name.startswith(ref) and await visible(r)
+        ]
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
@@ -329,7 +344,7 @@ class AccessRequestAdmin(AuthCore):
         if not admin and caller.kind != "user":
             raise AccessDenied("access denied: only users and administrators review requests")
         policy = None if admin else await self.review_policy(caller)
-        request = await self._by_ref(ref)
+        request = await self._by_ref(ref, lambda r: self._visible(caller, r, False))
         for _ in range(CAS_ATTEMPTS):
             request = await self._expire_one(request)
             if policy is not None:
@@ -426,7 +441,7 @@ class AccessRequestAdmin(AuthCore):
         """An approved request of `user` whose access has not ended; AccessDenied with
         the reason otherwise."""
         try:
-            request = await self._expire_one(await self._by_ref(ref))
+            request = await self._expire_one(await self._by_ref(ref, _owned_by(user)))
         except NotFound:
             raise AccessDenied(f'access denied: access request "{ref}" not found') from None
         if request.spec.user != user:
