@@ -3,6 +3,7 @@ thresholds, durations."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -162,3 +163,28 @@ def test_only_a_pending_request_past_its_ttl_expires() -> None:
     expired = expire(request, NOW + timedelta(hours=1))
     assert expired is not None and expired.state == "EXPIRED"
     assert expire(expired, NOW + timedelta(hours=2)) is None
+
+
+names = st.lists(st.sampled_from(["db", "db-admin", "web", "web-admin", "ops"]), max_size=4)
+patterns = st.lists(st.sampled_from(["db*", "*-admin", "web", "^o.*$", "*"]), max_size=2)
+
+
+@given(names, names, patterns)
+def test_deny_wins_whatever_the_roles_say(
+    allowed_a: list[str], allowed_b: list[str], denied: list[str]
+) -> None:
+    policy = RequestPolicy(
+        [
+            role("a", allow={"request": {"roles": allowed_a, "search_as_roles": allowed_b}}),
+            role("b", allow={"request": {"roles": allowed_b}}, deny={"request": {"roles": denied}}),
+        ],
+        {},
+    )
+    requestable = policy.requestable_roles()
+    assert set(requestable) <= set(allowed_a) | set(allowed_b)
+    for name in set(allowed_a) | set(allowed_b):
+        blocked = any(
+            re.fullmatch(p if p.startswith("^") else p.replace("*", ".*"), name) for p in denied
+        )
+        assert (name in requestable) == (not blocked)
+        assert not (blocked and name in policy.search_as_roles())
