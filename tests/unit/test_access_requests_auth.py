@@ -302,8 +302,11 @@ async def test_a_resource_request_grants_the_search_roles_for_that_node_only(
         await server.nodes.upsert(node)  # type: ignore[arg-type]
     found = await server.search_resources(user("carl"), "node", {})
     assert [n.name for n in found] == ["db-1", "db-2"]
-    with pytest.raises(AccessDenied, match="reaches node/web-1"):
-        await request(server, roles=[], resources=["node/web-1"])
+    for name in ("web-1", "no-such-node"):
+        with pytest.raises(NotFound, match=f'node "{name}" not found among the nodes you may'):
+            await request(server, roles=[], resources=[f"node/{name}"])
+    with pytest.raises(AccessDenied, match="do not let you request resources as"):
+        await request(server, roles=["db-admin"], resources=["node/db-1"])
     created = await request(server, roles=[], resources=["node/db-1"])
     assert created.spec.roles == ["db-search"]
     await server.review_request(user("alice"), created.name, "approve", "")

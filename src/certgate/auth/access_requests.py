@@ -117,8 +117,8 @@ class AccessRequestAdmin(AuthCore):
         user, standing = await self._standing(caller)
         policy = RequestPolicy(standing, user.spec.traits)
         refs = [await self._resource_ref(text) for text in resources]
-        if refs and not roles:
-            roles = await self._search_roles_for(policy, user, refs)
+        if refs:
+            roles = await self._search_roles_for(policy, user, refs, roles)
         policy.check_request(list(roles), refs, reason)
         for role in roles:
             await self.roles.get(role)  # a requestable role that does not exist: NotFound
@@ -159,7 +159,12 @@ class AccessRequestAdmin(AuthCore):
         kind, _, name = text.partition("/")
         if kind != "node" or not name:
             raise BadParameter(f'"{text}": name a resource as node/NAME')
-        node = await self._find_node(name)
+        try:
+            node = await self._find_node(name)
+        except NotFound:
+            raise NotFound(
+                f'node "{name}" not found among the nodes you may request (cgsh request search)'
+            ) from None
         return ResourceRef(kind="node", name=node.name)
 
     async def _find_node(self, name: str) -> Node:
@@ -172,24 +177,30 @@ class AccessRequestAdmin(AuthCore):
             raise NotFound(f'node "{name}" not found') from None
 
     async def _search_roles_for(
-        self, policy: RequestPolicy, user: User, refs: Sequence[ResourceRef]
+        self,
+        policy: RequestPolicy,
+        user: User,
+        refs: Sequence[ResourceRef],
+        asked: Sequence[str],
     ) -> list[str]:
-        """The search_as_roles that reach every named resource (all of them: the grant
-        is limited to the resources anyway)."""
-        names = policy.search_as_roles()
+        """The search roles to grant the resources with: those asked, else every one
+        the user may search as; together they must reach every named resource (the
+        grant is limited to those resources anyway)."""
+        names = list(asked) or policy.search_as_roles()
         if not names:
             raise AccessDenied(
                 "access denied: your roles let you request no resources (no search_as_roles)"
             )
-        roles = await self.roles.get_many(names)
+        policy.check_request(names, refs, "-")  # the reason is checked with the request
+        role_set = RoleSet(await self.roles.get_many(names), user.spec.traits)
         for ref in refs:
             node = await self.nodes.get(ref.name)
-            if not any(
-                RoleSet([role], user.spec.traits).can_access_node(node.metadata.labels)
-                for role in roles
-            ):
-                raise AccessDenied(
-                    f"access denied: none of the roles you may search as reaches {ref.describe()}"
+            if not role_set.can_access_node(node.metadata.labels):
+                # The same answer as for a node that does not exist: a user learns of
+                # nodes only through the roles they may search as.
+                raise NotFound(
+                    f'node "{ref.name}" not found among the nodes you may request '
+                    "(cgsh request search)"
                 )
         return names
 
