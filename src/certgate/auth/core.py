@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from certgate.access.rbac import RoleSetCache
+from certgate.api.access_request import AccessRequest
 from certgate.api.authority import CAType, CertAuthority
 from certgate.api.bundle import CertBundle
 from certgate.api.identity import Identity
@@ -66,6 +67,9 @@ class AuthCore:
         self.nodes: ResourceStore[Node] = ResourceStore(backend, "/nodes/", Node, "node")
         self.session_trackers: ResourceStore[SessionTracker] = ResourceStore(
             backend, "/sessions/", SessionTracker, "session"
+        )
+        self.access_requests: ResourceStore[AccessRequest] = ResourceStore(
+            backend, "/access_requests/", AccessRequest, "access request"
         )
         self.authorities: ResourceStore[CertAuthority] = ResourceStore(
             backend, "/authorities/", CertAuthority, "certificate authority"
@@ -186,9 +190,11 @@ class AuthCore:
         request_ids: tuple[str, ...] = (),
         roles: list[Role] | None = None,
         not_after: datetime | None = None,
+        resources: tuple[str, ...] = (),
     ) -> CertBundle:
         """Certificates for `user`, expiring after `ttl` (capped) and never after
-        `not_after`; `roles` are its roles if the caller read them already."""
+        `not_after`; `roles` are its roles if the caller read them already (with those
+        of `request_ids`, which may limit it to `resources`)."""
         # What the new certificates will say of their issue time: a lock on the user's
         # older certificates (user_cuts.py) does not catch them.
         starts = self.issuer.signing_time()
@@ -204,7 +210,7 @@ class AuthCore:
         role_set = self.role_sets.get(roles, user.spec.traits)
         ttl = min(ttl or timedelta(hours=8), MAX_USER_TTL)
         identity = self.issuer.user_identity(
-            user, roles, ttl, request_ids, role_set, not_after=not_after
+            user, roles, ttl, request_ids, role_set, not_after=not_after, resources=resources
         )
         bundle = self.issuer.issue_user(identity, role_set, public_key, not_before=starts)
         await self.audit.emit(

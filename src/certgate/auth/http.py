@@ -41,6 +41,7 @@ from certgate.auth.audit_intake import checked_event
 from certgate.auth.http_agentless import add_agentless_routes
 from certgate.auth.http_body import json_body, required_str, str_list
 from certgate.auth.http_recordings import add_recording_routes
+from certgate.auth.http_requests import add_request_routes
 from certgate.auth.http_sessions import add_session_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
@@ -71,6 +72,7 @@ class AuthAPI:
             server.role_sets,
             check_not_locked=server.check_not_locked,
             load_user=server.user_with_roles,
+            load_grants=server.granted_roles,
         )
         self.metrics = metrics
         self._host_ca_certs: list[x509.Certificate] | None = None
@@ -185,7 +187,7 @@ class AuthAPI:
         r.add_get("/v1/authorities/{type}/export", add(None, "", self.export_authority))
         r.add_get("/v1/events", add("event", "list", self.search_events))
         r.add_post("/v1/events", add(perm.AUDIT_WRITE, "create", self.record_event))
-        for kind in ("role", "user", "token", "lock", "node", "cert_authority"):
+        for kind in ("role", "user", "token", "lock", "node", "cert_authority", "access_request"):
             r.add_get(f"/v1/resources/{kind}", add(kind, "list", self.list_resources))
             r.add_get(f"/v1/resources/{kind}/{{name}}", add(kind, "read", self.get_resource))
             r.add_delete(f"/v1/resources/{kind}/{{name}}", add(kind, "delete", self.rm_resource))
@@ -196,6 +198,7 @@ class AuthAPI:
         add_recording_routes(self, r)
         add_session_routes(self, r)
         add_agentless_routes(self, r)
+        add_request_routes(self, r)
         return app
 
     # routes -------------------------------------------------------------------------
@@ -220,14 +223,29 @@ class AuthAPI:
         if self.metrics:
             self.metrics.logins.inc()
             self.metrics.certs_issued.inc()
-        return bundle.to_dict()
+        answer = bundle.to_dict()
+        # Users whose roles say `request_access: always` request at once (cgsh login).
+        policy = await self.server.request_policy(bundle.identity)
+        if policy.request_access == "always":
+            answer["request_access"] = {"mode": "always", "roles": policy.requestable_roles()}
+        return answer
 
     async def renew(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
         if caller.kind != "user":
             raise AccessDenied("access denied: only users renew certificates here")
         body = await json_body(request)
-        bundle = await self.server.renew(caller, required_str(body, "public_key"), _ttl(body))
+        public_key = required_str(body, "public_key")
+        # Access requests to carry: those named (none: back to standing roles), else the
+        # ones the presented certificate carries, checked again.
+        request_ids = str_list(body, "request_ids") if "request_ids" in body else None
+        if request_ids is None:
+            request_ids = list(caller.request_ids)
+        if request_ids:
+            bundle = await self.server.assume_requests(caller, public_key, request_ids, _ttl(body))
+        else:
+            standing = replace(caller, request_ids=(), resources=())
+            bundle = await self.server.renew(standing, public_key, _ttl(body))
         if self.metrics:
             self.metrics.certs_issued.inc()
         return bundle.to_dict()

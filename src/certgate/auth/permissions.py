@@ -89,6 +89,9 @@ LockCheck = Callable[[str, tuple[str, ...], tuple[str, ...], datetime | None], A
 # (user name, the roles its certificate names) -> the user and its roles as stored now;
 # NotFound when the user is gone.
 UserLoader = Callable[[str, Sequence[str]], Awaitable[tuple[User, list[Role]]]]
+# The caller -> the roles its certificate's access requests grant now (none once a
+# grant has ended, been locked or is not the caller's).
+GrantLoader = Callable[[Identity], Awaitable[list[Role]]]
 
 
 class Authorizer:
@@ -98,11 +101,13 @@ class Authorizer:
         role_sets: RoleSetCache | None = None,
         check_not_locked: LockCheck | None = None,
         load_user: UserLoader | None = None,
+        load_grants: GrantLoader | None = None,
     ) -> None:
         self._load_roles = load_roles
         self._role_sets = role_sets or RoleSetCache()
         self._check_not_locked = check_not_locked
         self._load_user = load_user
+        self._load_grants = load_grants
 
     async def check(self, caller: Identity | None, resource: str, verb: str) -> Identity:
         """The caller, if it may `verb` on `resource`; AccessDenied otherwise."""
@@ -119,7 +124,7 @@ class Authorizer:
             )
         held: list[Role] | None = None
         if self._load_user is not None:
-            caller, held = await self._current(caller, self._load_user)
+            caller, held = await self._current(caller, self._load_user, self._load_grants)
         if self._check_not_locked is not None:
             # A locked user can do nothing with a still-valid certificate.
             await self._check_not_locked(
@@ -145,12 +150,17 @@ class Authorizer:
         return self._role_sets.get(roles, caller.traits)
 
     @staticmethod
-    async def _current(caller: Identity, load_user: UserLoader) -> tuple[Identity, list[Role]]:
-        """The caller with only the roles its user still holds, and those roles."""
+    async def _current(
+        caller: Identity, load_user: UserLoader, load_grants: GrantLoader | None
+    ) -> tuple[Identity, list[Role]]:
+        """The caller with only the roles its user still holds or its access requests
+        still grant, and those roles."""
         try:
             _user, roles = await load_user(caller.username, caller.roles)
         except NotFound as exc:  # the user is gone (or one of its roles is)
             raise AccessDenied(f"access denied: {exc.message}") from None
-        # Roles granted by access requests are to be added here once requests land.
+        if caller.request_ids and load_grants is not None:
+            names = {role.name for role in roles}
+            roles += [role for role in await load_grants(caller) if role.name not in names]
         held = [role for role in roles if role.name in caller.roles]
         return replace(caller, roles=tuple(role.name for role in held)), held

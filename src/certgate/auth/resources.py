@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from certgate.access.rbac import validate_role
+from certgate.api.access_request import AccessRequest
 from certgate.api.authority import CertAuthority
 from certgate.api.codec import Resource
 from certgate.api.lock import Lock
@@ -30,6 +31,7 @@ class ResourceAdmin(UserAdmin):
             "lock": self.locks,
             "node": self.nodes,
             "cert_authority": self.authorities,
+            "access_request": self.access_requests,
         }
         if kind not in stores:
             raise BadParameter(f'unknown kind "{kind}": use {", ".join(stores)}')
@@ -47,6 +49,12 @@ class ResourceAdmin(UserAdmin):
             validate_role(resource)
         if isinstance(resource, CertAuthority):
             raise BadParameter("certificate authorities are created by auth and cannot be set")
+        if isinstance(resource, AccessRequest):
+            raise BadParameter(
+                "access requests are made with `cgsh request create` and changed by reviews"
+            )
+        if isinstance(resource, Lock) and resource.spec.target.access_request:
+            await self.access_requests.get(resource.spec.target.access_request)
         before: User | None = None
         if isinstance(resource, User):
             for role in resource.spec.roles:

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from certgate.client.profile import NotLoggedIn, Profile, load_profile
-from certgate.client.proxy_client import connect_proxy
+from certgate.client.profile import (
+    CertificateExpired,
+    NotLoggedIn,
+    Profile,
+    expired_message,
+    load_profile,
+)
+from certgate.client.proxy_client import ProxyClient, connect_proxy
 from certgate.errors import AccessDenied, NotFound
 from certgate.rpc.auth_client import AuthClient
 from certgate.rpc.identity_files import IdentityFiles
@@ -52,10 +59,18 @@ def connect_admin(data_dir: Path) -> ClusterAPI:
     return ClusterAPI(client, "/v1", "admin")
 
 
-def connect_profile(profile: Profile | None = None) -> ClusterAPI:
-    """Through the proxy with the profile's certificate (refused here once expired)."""
+def connect_profile(
+    profile: Profile | None = None, identity: IdentityFiles | None = None
+) -> ClusterAPI:
+    """Through the profile's proxy with its pin, as the profile's identity (or
+    `identity`); refused here, before dialling, once that certificate expired."""
     profile = profile or load_profile()
-    return ClusterAPI(connect_proxy(profile), "/v1/api", profile.user)
+    if identity is None:
+        return ClusterAPI(connect_proxy(profile), "/v1/api", profile.user)
+    expires = identity.bundle.identity.expires
+    if expires <= datetime.now(UTC):
+        raise CertificateExpired(expired_message(expires))
+    return ClusterAPI(ProxyClient(profile.proxy, profile.pin, identity), "/v1/api", profile.user)
 
 
 def connect(data_dir: Path | None) -> ClusterAPI:

@@ -99,7 +99,16 @@ def _saved_pin(proxy: str) -> ProxyPin | None:
     return profile.pin if profile.proxy == proxy else None
 
 
-def login(contact: Contact, user: str, password: str, otp: str, ttl: str | None) -> Profile:
+def login(
+    contact: Contact,
+    user: str,
+    password: str,
+    otp: str,
+    ttl: str | None,
+    request_terms: dict[str, Any] | None = None,
+) -> Profile:
+    """Log in; `request_terms`, if given, receives what auth says the user must
+    request at once (`request_access: always`), if anything."""
     key_pem, public_key = new_key()
     body: dict[str, Any] = {
         "user": user,
@@ -110,6 +119,8 @@ def login(contact: Contact, user: str, password: str, otp: str, ttl: str | None)
     if ttl:
         body["ttl"] = ttl
     data = contact.client.call("POST", "/v1/login", json=body)
+    if request_terms is not None and isinstance(data.get("request_access"), dict):
+        request_terms.update(data["request_access"])
     bundle = CertBundle.from_dict(data)
     identity = IdentityFiles(key_pem=key_pem, bundle=bundle)
     profile = Profile(

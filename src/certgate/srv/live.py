@@ -179,6 +179,8 @@ class LiveSession:
                 "client_addr": self.client.client_addr,
                 "command": self.info.command,
                 "tty": self.info.tty,
+                # The grants (access request ids) the session runs under.
+                "access_requests": list(self.client.identity.request_ids),
                 **fields,
             },
         )

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
+from certgate.cli.cgsh.request import assume_after_login, describe_grant, request_at_login
 from certgate.cli.common import FORMAT, print_json
 from certgate.client.login import last_login, proxy_address, reach
 from certgate.client.login import login as do_login
 from certgate.client.profile import load_profile, remove_profile
+from certgate.client.requests import grant_status
 
 
 @click.command()
@@ -27,8 +30,18 @@ from certgate.client.profile import load_profile, remove_profile
     help="First login to a proxy with a self-signed certificate: trust the certificate it "
     "shows now, and only that one afterwards (it is pinned in the profile).",
 )
+@click.option(
+    "--request-id", help="Assume this approved access request (waits while it is pending)."
+)
+@click.option("--request-reason", default="", help="Why, when your roles make login request.")
 def login(
-    proxy: str | None, user: str | None, otp: str | None, ttl: str | None, insecure: bool
+    proxy: str | None,
+    user: str | None,
+    otp: str | None,
+    ttl: str | None,
+    insecure: bool,
+    request_id: str | None,
+    request_reason: str,
 ) -> None:
     """Log in with password and one-time code; keys and certificates go to ~/.certgate.
 
@@ -49,9 +62,14 @@ def login(
             if not sys.stdin.isatty():
                 raise click.UsageError("pass --otp when the password comes from standard input")
             otp = click.prompt("One-time code")
-        do_login(contact, user, password, otp, ttl)
+        terms: dict[str, Any] = {}
+        profile = do_login(contact, user, password, otp, ttl, terms)
     finally:
         contact.close()
+    if request_id:
+        assume_after_login(profile, request_id)
+    elif terms.get("roles"):
+        request_at_login(profile, list(terms["roles"]), request_reason)
     _show(profile_status(), "text")
 
 
@@ -67,6 +85,8 @@ def profile_status() -> dict[str, object]:
         "kubernetes_groups": identity.traits.get("kubernetes_groups", []),
         "valid_until": identity.expires.isoformat(),
         "expired": identity.expires <= datetime.now(UTC),
+        "access_requests": grant_status(profile, identity.request_ids),
+        "resources": list(identity.resources),
     }
 
 
@@ -93,6 +113,11 @@ def _show(status: dict[str, object], fmt: str) -> None:
     click.echo(f"  Logins:             {joined('logins')}")
     click.echo(f"  Kubernetes groups:  {joined('kubernetes_groups')}")
     click.echo(f"  Valid until:        {validity}")
+    requests = status.get("access_requests")
+    for grant in requests if isinstance(requests, list) else []:
+        click.echo(f"  Access request:     {describe_grant(grant)}")
+    if status.get("resources"):
+        click.echo(f"  Limited to:         {joined('resources')}")
 
 
 @click.command()
