@@ -1,0 +1,62 @@
+"""`certgate plugin NAME --config FILE`: the process around the loop (identity, client,
+signals)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+
+from certgate.errors import AccessDenied
+from certgate.plugins.base import PluginRunner
+from certgate.plugins.config import load_plugin_config
+from certgate.plugins.registry import make_notifier
+from certgate.plugins.state import StateFile
+from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.rpc.identity_files import IdentityFiles
+
+log = logging.getLogger("certgate.plugins")
+
+
+def run_plugin(name: str, config_path: Path) -> None:
+    """Runs until SIGTERM or Ctrl-C; refusals at start raise (one line for the user)."""
+    config = load_plugin_config(config_path, name)
+    identity = IdentityFiles.load(config.identity)
+    expires = identity.bundle.identity.expires
+    if expires <= datetime.now(UTC):
+        raise AccessDenied(
+            f"the identity in {config.identity} expired at {expires:%Y-%m-%d %H:%M} UTC: "
+            "sign a new one with cgctl auth sign --user=NAME --out=DIR"
+        )
+    state_file = StateFile(config.state_file)
+    state_file.load()  # a damaged state file stops the plugin before it says anything
+    asyncio.run(_main(name, config_path, identity))
+
+
+async def _main(name: str, config_path: Path, identity: IdentityFiles) -> None:
+    config = load_plugin_config(config_path, name)
+    auth = AsyncAuthClient(f"https://{config.proxy}", identity.tls_context(config.insecure))
+    notifier = make_notifier(name, config)
+    runner = PluginRunner(name, config, notifier, StateFile(config.state_file), auth)
+    log.info(
+        "%s plugin as %s (certificate valid until %s)",
+        name,
+        identity.bundle.identity.username,
+        identity.bundle.identity.expires.isoformat(),
+    )
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        await runner.run()
+    except asyncio.CancelledError:
+        log.info("%s plugin stopping", name)
+    finally:
+        with contextlib.suppress(Exception):
+            await notifier.close()
+        await auth.close()
