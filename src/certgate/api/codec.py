@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from certgate.api.access_request import AccessRequest
 from certgate.api.authority import CertAuthority
 from certgate.api.lock import Lock
 from certgate.api.node import Node
@@ -21,7 +22,7 @@ from certgate.api.token import Token
 from certgate.api.user import User
 from certgate.errors import BadParameter
 
-Resource = Role | User | Token | Lock | Node | CertAuthority
+Resource = Role | User | Token | Lock | Node | CertAuthority | AccessRequest
 
 KINDS: dict[str, type[BaseModel]] = {
     "role": Role,
@@ -30,6 +31,7 @@ KINDS: dict[str, type[BaseModel]] = {
     "lock": Lock,
     "node": Node,
     "cert_authority": CertAuthority,
+    "access_request": AccessRequest,
 }
 
 # pydantic's messages rephrased the way our refusals read.
@@ -87,7 +89,7 @@ def from_dict(document: Any) -> Resource:
         resource = KINDS[kind].model_validate(document)
     except ValidationError as exc:
         raise BadParameter(describe_validation_error(kind, str(name), exc)) from exc
-    assert isinstance(resource, Role | User | Token | Lock | Node | CertAuthority)
+    assert isinstance(resource, Role | User | Token | Lock | Node | CertAuthority | AccessRequest)
     return resource
 
 

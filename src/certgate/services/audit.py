@@ -42,6 +42,7 @@ EVENT_CODES: dict[str, str] = {
     "user.delete": "T1004I",
     "user.invite.complete": "T1005I",
     "user.reset": "T1006I",
+    "user.unlock": "T1007I",
     "user.login": "T1000I",
     "user.login.failure": "T1000W",
     "user.login.locked": "T1001W",
@@ -63,10 +64,14 @@ EVENT_CODES: dict[str, str] = {
     "session.leave": "T2003I",
     "session.end": "T2004I",
     "session.upload": "T2005I",
+    "session.upload.failure": "T2005W",
     "session.rejected": "T1006W",
     "exec": "T3002I",
     "port_forward": "T3003I",
     "sftp": "TS001I",
+    "access_request.create": "T5000I",
+    "access_request.review": "T5002I",
+    "access_request.update": "T5001I",
 }
 
 

@@ -13,7 +13,7 @@ from certgate.api.codec import parse_documents, to_dict
 from certgate.cli.cgctl._connect import api
 from certgate.cli.common import table
 
-KINDS = ("user", "role", "token", "lock", "node", "cert_authority")
+KINDS = ("user", "role", "token", "lock", "node", "cert_authority", "access_request")
 # Plurals and short names people type.
 ALIASES = {
     "users": "user",
@@ -24,6 +24,8 @@ ALIASES = {
     "cert_authorities": "cert_authority",
     "cas": "cert_authority",
     "ca": "cert_authority",
+    "access_requests": "access_request",
+    "requests": "access_request",
 }
 
 
@@ -76,7 +78,8 @@ def _read(path: str) -> str:
 )
 @click.pass_context
 def get(ctx: click.Context, ref: str, fmt: str) -> None:
-    """Show resources: KIND or KIND/NAME (role, user, token, lock, node, cert_authority)."""
+    """Show resources: KIND or KIND/NAME (role, user, token, lock, node, cert_authority,
+    access_request)."""
     kind, name = parse_ref(ref)
     path = f"/resources/{kind}" + (f"/{name}" if name else "")
     items: list[dict[str, Any]] = api(ctx).call("GET", path)
@@ -126,6 +129,18 @@ def _text(kind: str, items: list[dict[str, Any]]) -> str:
             for lk in items
         ]
         return table(["Lock", "Target", "Message", "Expires"], rows)
+    if kind == "access_request":
+        rows = [
+            (
+                r["metadata"]["name"],
+                r["spec"]["user"],
+                ",".join(r["spec"]["roles"]),
+                r["spec"]["state"],
+                r["spec"]["created"],
+            )
+            for r in items
+        ]
+        return table(["Request", "User", "Roles", "State", "Created"], rows)
     rows = [(i["metadata"]["name"], i["metadata"].get("expires") or "") for i in items]
     return table(["Name", "Expires"], rows)
 

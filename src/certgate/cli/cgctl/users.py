@@ -1,4 +1,4 @@
-"""`cgctl users add|ls|rm|reset`."""
+"""`cgctl users add|ls|rm|reset|unlock|update`."""
 
 from __future__ import annotations
 
@@ -88,6 +88,15 @@ def reset(ctx: click.Context, name: str) -> None:
     result = api(ctx).call("POST", f"/users/{name}/reset")
     click.echo(f'User "{name}" has been reset. Share this link (valid for 1 hour):\n')
     click.echo(result["invite_url"])
+
+
+@users.command("unlock")
+@click.argument("name")
+@click.pass_context
+def unlock(ctx: click.Context, name: str) -> None:
+    """Lift the lockout that repeated failed logins put on a user name."""
+    api(ctx).call("POST", f"/users/{name}/unlock")
+    click.echo(f'User "{name}" may log in again.')
 
 
 def register(cli: click.Group) -> None:
