@@ -123,7 +123,7 @@ class StateFile:
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             return PluginState.from_json(data)
-        except (ValueError, KeyError, TypeError, BadParameter) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, BadParameter) as exc:
             raise BadParameter(
                 f"the state file {self.path} is damaged ({exc}): move it away to start afresh"
             ) from exc
