@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from certgate.access.rbac import RoleSet
+from certgate.access.requests import check_resource, resource_allowed
 from certgate.api.identity import Identity
 from certgate.api.lock import Lock, lock_matches, lock_message
 from certgate.api.node import Node
@@ -92,6 +93,7 @@ class CachedAccess:
         """Refuses (AccessDenied) unless the roles allow `login` here and no lock applies."""
         role_set = self.role_set(identity)
         role_set.check_login(node_name, node_labels, login)
+        check_resource(identity.resources, "node", node_name, f"{login}@{node_name}")
         self.check_identity(identity, login=login, node=node_name)
         return role_set
 
@@ -139,7 +141,9 @@ class CachedAccess:
 
     def resolve_node(self, identity: Identity, target: str) -> Node:
         node = self.find_node(target)
-        if not self.role_set(identity).can_access_node(node.metadata.labels):
+        if not self.role_set(identity).can_access_node(
+            node.metadata.labels
+        ) or not resource_allowed(identity.resources, "node", node.name):
             # The same answer as for a missing node: roles decide what a user may see.
             raise NotFound(f'node "{target}" not found')
         self.check_identity(identity, node=node.name)

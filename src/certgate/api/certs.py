@@ -34,6 +34,7 @@ from certgate.api.identity import (
     IDENTITY_OID,
     SSH_EXT_MFA,
     SSH_EXT_REQUESTS,
+    SSH_EXT_RESOURCES,
     SSH_EXT_ROLES,
     SSH_EXT_TRAITS,
     Identity,
@@ -122,6 +123,9 @@ def identity_from_ssh_cert(cert: SSHCertInput) -> Identity:
         logins=tuple(p for p in principals if not p.startswith(NO_LOGIN_PRINCIPAL_PREFIX)),
         request_ids=_string_list(
             _json_extension(parsed, SSH_EXT_REQUESTS, []), f"{what} {SSH_EXT_REQUESTS}"
+        ),
+        resources=_string_list(
+            _json_extension(parsed, SSH_EXT_RESOURCES, []), f"{what} {SSH_EXT_RESOURCES}"
         ),
         expires=from_ssh_time(parsed.valid_before),
         mfa_verified=SSH_EXT_MFA.encode() in parsed.extensions,

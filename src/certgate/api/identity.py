@@ -4,7 +4,8 @@ An identity travels inside both certificates so every service decides without a 
 trip to auth (DESIGN §2):
 
 - SSH: key id = username, principals = logins, and the extensions
-  `roles@certgate`, `traits@certgate`, `request-ids@certgate` (JSON text).
+  `roles@certgate`, `traits@certgate`, `request-ids@certgate`, `resources@certgate`
+  (JSON text).
 - X.509: CN = username, O = roles, and the private extension `IDENTITY_OID` carrying
   `Identity.to_json()`.
 """
@@ -23,6 +24,9 @@ SSH_EXT_ROLES = "roles@certgate"
 SSH_EXT_TRAITS = "traits@certgate"
 SSH_EXT_REQUESTS = "request-ids@certgate"
 SSH_EXT_MFA = "mfa-verified@certgate"
+# Set only by resource access requests: the one resources ("node/db-1") the holder may
+# reach; an identity without it is not limited to named resources.
+SSH_EXT_RESOURCES = "resources@certgate"
 
 # Built-in roles of service identities and of the auth host's admin identity. They are
 # honoured only on identities whose `kind` is "service", so a user role that happens to
@@ -47,6 +51,8 @@ class Identity:
     traits: dict[str, list[str]] = field(default_factory=dict)
     logins: tuple[str, ...] = ()
     request_ids: tuple[str, ...] = ()
+    # Granted by resource access requests: only these ("node/db-1") may be reached.
+    resources: tuple[str, ...] = ()
     expires: datetime = datetime(1970, 1, 1, tzinfo=UTC)
     mfa_verified: bool = False
     kind: str = "user"
@@ -71,6 +77,7 @@ class Identity:
             "traits": self.traits,
             "logins": list(self.logins),
             "request_ids": list(self.request_ids),
+            "resources": list(self.resources),
             "expires": self.expires.isoformat(),
             "mfa_verified": self.mfa_verified,
             "kind": self.kind,
@@ -85,6 +92,7 @@ class Identity:
             traits={str(k): [str(v) for v in vs] for k, vs in data.get("traits", {}).items()},
             logins=tuple(data.get("logins", ())),
             request_ids=tuple(data.get("request_ids", ())),
+            resources=tuple(str(r) for r in data.get("resources", ())),
             expires=datetime.fromisoformat(data["expires"]),
             mfa_verified=bool(data.get("mfa_verified", False)),
             kind=str(data.get("kind", "user")),

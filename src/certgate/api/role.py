@@ -55,9 +55,25 @@ class Threshold(Model):
 
 
 class RequestConditions(Model):
+    """What users holding the role may request (allow) or never request (deny).
+
+    `roles` are requested whole; `search_as_roles` let the user search for resources and
+    request single ones (`cgsh request create --resource=node/NAME`), granted with those
+    roles but limited to the resources named. Names may be templates (allow) or globs
+    and `^regex$` (deny)."""
+
     roles: list[str] = Field(default_factory=list)
+    search_as_roles: list[str] = Field(default_factory=list)
     thresholds: list[Threshold] = Field(default_factory=list)
     max_duration: Duration | None = None
+    suggested_reviewers: list[str] = Field(default_factory=list)
+
+    @field_validator("max_duration")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
 
 
 class ReviewConditions(Model):
@@ -97,6 +113,10 @@ class RoleOptions(Model):
     locking_mode: Literal["best_effort", "strict"] = "best_effort"
     require_session_mfa: bool = False
     client_idle_timeout: Duration | None = None
+    # optional: requests are an extra; reason: a request must say why; always: `cgsh
+    # login` asks for the requestable roles at once (the user works only under a grant).
+    request_access: Literal["optional", "reason", "always"] = "optional"
+    request_prompt: str = ""  # shown to users asked for a reason
 
     @field_validator("record_session", mode="before")
     @classmethod

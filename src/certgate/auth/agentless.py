@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from certgate.access.requests import check_resource
 from certgate.api.certs import (
     load_ssh_public_key_text,
     private_key_to_openssh,
@@ -133,6 +134,7 @@ class AgentlessCerts:
         roles = await server.load_roles(list(identity.roles))
         role_set = server.role_sets.get(roles, identity.traits)
         role_set.check_login(node.name, node.metadata.labels, login)
+        check_resource(identity.resources, "node", node.name, f"{login}@{node.name}")
         await server.check_not_locked(identity.username, identity.roles, identity.request_ids)
         expires = min(now + ONWARD_USER_TTL, identity.expires)
         onward = replace(identity, logins=(login,), expires=expires)

@@ -57,6 +57,7 @@ from certgate.api.certs import (
 from certgate.api.identity import (
     SSH_EXT_MFA,
     SSH_EXT_REQUESTS,
+    SSH_EXT_RESOURCES,
     SSH_EXT_ROLES,
     SSH_EXT_TRAITS,
     Identity,
@@ -374,6 +375,8 @@ class CASigner:
         ]
         if identity.request_ids:
             extensions.append((SSH_EXT_REQUESTS.encode(), _json(list(identity.request_ids))))
+        if identity.resources:
+            extensions.append((SSH_EXT_RESOURCES.encode(), _json(list(identity.resources))))
         if identity.mfa_verified:
             extensions.append((SSH_EXT_MFA.encode(), b""))
         flags = (

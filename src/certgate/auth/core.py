@@ -183,9 +183,11 @@ class AuthCore:
         request_ids: tuple[str, ...] = (),
         roles: list[Role] | None = None,
         not_after: datetime | None = None,
+        resources: tuple[str, ...] = (),
     ) -> CertBundle:
         """Certificates for `user`, expiring after `ttl` (capped) and never after
-        `not_after`; `roles` are its roles if the caller read them already."""
+        `not_after`; `roles` are its roles if the caller read them already (with those
+        of `request_ids`, which may limit it to `resources`)."""
         try:
             await self.check_not_locked(user.name, user.spec.roles, request_ids)
         except AccessDenied as exc:
@@ -196,7 +198,7 @@ class AuthCore:
         role_set = self.role_sets.get(roles, user.spec.traits)
         ttl = min(ttl or timedelta(hours=8), MAX_USER_TTL)
         identity = self.issuer.user_identity(
-            user, roles, ttl, request_ids, role_set, not_after=not_after
+            user, roles, ttl, request_ids, role_set, not_after=not_after, resources=resources
         )
         bundle = self.issuer.issue_user(identity, role_set, public_key)
         await self.audit.emit(

@@ -40,6 +40,7 @@ from certgate.auth import permissions as perm
 from certgate.auth.http_agentless import add_agentless_routes
 from certgate.auth.http_body import json_body, required_str, str_list
 from certgate.auth.http_recordings import add_recording_routes
+from certgate.auth.http_requests import add_request_routes
 from certgate.auth.http_sessions import add_session_routes
 from certgate.auth.http_user_certs import add_user_cert_routes
 from certgate.auth.permissions import Authorizer
@@ -193,6 +194,7 @@ class AuthAPI:
         add_recording_routes(self, r)
         add_session_routes(self, r)
         add_agentless_routes(self, r)
+        add_request_routes(self, r)
         add_user_cert_routes(self, r)
         return app
 
@@ -225,7 +227,17 @@ class AuthAPI:
         if caller.kind != "user":
             raise AccessDenied("access denied: only users renew certificates here")
         body = await json_body(request)
-        bundle = await self.server.renew(caller, required_str(body, "public_key"), _ttl(body))
+        public_key = required_str(body, "public_key")
+        # Access requests to carry: those named (none: back to standing roles), else the
+        # ones the presented certificate carries, checked again.
+        request_ids = str_list(body, "request_ids") if "request_ids" in body else None
+        if request_ids is None:
+            request_ids = list(caller.request_ids)
+        if request_ids:
+            bundle = await self.server.assume_requests(caller, public_key, request_ids, _ttl(body))
+        else:
+            standing = replace(caller, request_ids=(), resources=())
+            bundle = await self.server.renew(standing, public_key, _ttl(body))
         if self.metrics:
             self.metrics.certs_issued.inc()
         return bundle.to_dict()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from certgate.access.rbac import RoleSet
+from certgate.access.requests import resource_allowed
 from certgate.api.identity import SYSTEM_NODE, Identity
 from certgate.api.node import Node
 from certgate.auth.core import AuthCore
@@ -39,7 +40,12 @@ class Inventory(AuthCore):
         roles = await self.load_roles(list(caller.roles))
         role_set = RoleSet(roles, caller.traits)
         nodes = await self.nodes.list()
-        return [n for n in nodes if role_set.can_access_node(n.metadata.labels)]
+        return [
+            n
+            for n in nodes
+            if role_set.can_access_node(n.metadata.labels)
+            and resource_allowed(caller.resources, "node", n.name)
+        ]
 
     async def is_agentless(self, node: str) -> bool:
         """Whether `node` is an agentless OpenSSH node (its sessions are the proxy's)."""

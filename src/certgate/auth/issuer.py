@@ -49,10 +49,12 @@ class CertIssuer:
         request_ids: tuple[str, ...] = (),
         role_set: RoleSet | None = None,
         not_after: datetime | None = None,
+        resources: tuple[str, ...] = (),
     ) -> Identity:
         """The identity to certify; `role_set`, if given, is `roles` evaluated for the
         user's traits (else it is built here). It expires after `ttl` (capped by the
-        roles), and never after `not_after`."""
+        roles), and never after `not_after`. `request_ids` are the access requests whose
+        roles are among `roles`; `resources`, if any, the only ones it may reach."""
         if role_set is None:
             role_set = RoleSet(roles, user.spec.traits)
         lifetime = role_set.adjust_ttl(ttl or DEFAULT_USER_TTL)
@@ -65,6 +67,7 @@ class CertIssuer:
             traits=user.spec.traits,
             logins=tuple(role_set.logins()),
             request_ids=request_ids,
+            resources=resources,
             expires=expires,
             mfa_verified=False,
             kind="user",

@@ -54,6 +54,8 @@ class ResourceAdmin(UserAdmin):
         if isinstance(resource, User):
             for role in resource.spec.roles:
                 await self.roles.get(role)
+        if isinstance(resource, Lock) and resource.spec.target.access_request:
+            await self.access_requests.get(resource.spec.target.access_request)
         store = self.store_for(resource.kind)
         saved: BaseModel = await (store.upsert(resource) if upsert else store.create(resource))
         if isinstance(resource, Lock):

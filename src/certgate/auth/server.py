@@ -5,6 +5,7 @@
     joining.py       join tokens and service identities
     inventory.py     node heartbeats and what users see of nodes
     resources.py     resources by kind (cgctl get/create/rm)
+    access_requests.py  access requests: create, review, wait, expire, assume
 
 Callers are already authorized (see permissions.py); this layer trusts its inputs and
 records what it does in the audit log.
@@ -12,6 +13,7 @@ records what it does in the audit log.
 
 from __future__ import annotations
 
+from certgate.auth.access_requests import AccessRequestAdmin
 from certgate.auth.core import MAX_USER_TTL
 from certgate.auth.inventory import Inventory
 from certgate.auth.joining import JOIN_ROLE_TO_SYSTEM, JoinAdmin
@@ -21,5 +23,5 @@ from certgate.auth.users_admin import INVITE_TTL, InviteInfo
 __all__ = ["INVITE_TTL", "JOIN_ROLE_TO_SYSTEM", "MAX_USER_TTL", "AuthServer", "InviteInfo"]
 
 
-class AuthServer(ResourceAdmin, JoinAdmin, Inventory):
+class AuthServer(ResourceAdmin, JoinAdmin, Inventory, AccessRequestAdmin):
     """The auth service: every part above, on one set of stores."""

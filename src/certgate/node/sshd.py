@@ -566,6 +566,7 @@ class _Session(asyncssh.SSHServerSession[bytes]):
                 "command": self._command,
                 "tty": size is not None,
                 "pid": self._child.pid,
+                "access_requests": list(self.info.identity.request_ids),
             },
         )
 

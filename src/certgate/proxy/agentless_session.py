@@ -191,6 +191,7 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
             chan.write_eof()
         self._chan.resume_reading()
         self._announced = True
+        identity = self._context.identity
         self._context.audit(
             "session.start",
             {
@@ -198,6 +199,7 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
                 "client_addr": self._context.client_addr,
                 "command": self._command,
                 "tty": self._term_size is not None,
+                "access_requests": list(identity.request_ids) if identity else [],
             },
         )
 

@@ -1,0 +1,458 @@
+"""Access requests in the auth service: create, review, wait, expire, and assume.
+
+    cgsh request create ─> create_request ──> /access_requests/<id>  PENDING
+    reviewers           ─> review_request ──> compare-and-swap: reviews + state
+    cgsh (waiting)      ─> wait_request(after_revision) ──> the request once it changed
+    reaper (every auth) ─> expire_requests ──> EXPIRED past pending_expires
+    cgsh (approved)     ─> assume_requests ──> certificates with the grant
+
+Who may do what is decided in access/requests.py from the roles as stored now; this
+module reads and writes the store and records every change in the audit log
+(`access_request.create`, `.review`, `.update`). Every write is conditional on the
+revision read, and a lost race is retried on the fresh request, so two reviewers at the
+same moment both count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from certgate.access.rbac import RoleSet
+from certgate.access.requests import (
+    RequestPolicy,
+    ReviewPolicy,
+    apply_review,
+    check_reviewable,
+    expire,
+    resolve_directly,
+)
+from certgate.api.access_request import (
+    AccessRequest,
+    AccessRequestSpec,
+    ResourceRef,
+    Verdict,
+    new_request_id,
+)
+from certgate.api.bundle import CertBundle
+from certgate.api.identity import SYSTEM_ADMIN, Identity
+from certgate.api.meta import Metadata
+from certgate.api.node import Node
+from certgate.api.role import Role
+from certgate.api.user import User
+from certgate.auth.core import MAX_USER_TTL, AuthCore
+from certgate.errors import AccessDenied, BadParameter, CompareFailed, NotFound
+
+log = logging.getLogger("certgate.auth.requests")
+
+DEFAULT_PENDING_TTL = timedelta(hours=1)
+MAX_PENDING_TTL = timedelta(days=7)
+# Resolved requests stay readable (cgsh request ls, audits) this long after they end.
+RETENTION = timedelta(days=7)
+REAPER_INTERVAL = 1.0
+# How long one wait call may hold (under the proxy's 15 s read timeout).
+MAX_WAIT = timedelta(seconds=10)
+CAS_ATTEMPTS = 20
+
+
+def _retention(request: AccessRequest) -> AccessRequest:
+    """The request with its store expiry: RETENTION after its last relevant moment."""
+    spec = request.spec
+    last = max(t for t in (spec.pending_expires, spec.access_expires) if t is not None)
+    meta = request.metadata.model_copy(update={"expires": last + RETENTION})
+    return request.model_copy(update={"metadata": meta})
+
+
+class AccessRequestAdmin(AuthCore):
+    _reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        self._reaper = asyncio.create_task(self._reap_forever(), name="access request reaper")
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        await super().close()
+
+    # who is asking -------------------------------------------------------------------
+
+    async def _standing(self, caller: Identity) -> tuple[User, list[Role]]:
+        """The caller's user record and standing roles (never roles from requests)."""
+        return await self.user_with_roles(caller.username, ())
+
+    async def request_policy(self, caller: Identity) -> RequestPolicy:
+        user, roles = await self._standing(caller)
+        return RequestPolicy(roles, user.spec.traits)
+
+    async def review_policy(self, caller: Identity) -> ReviewPolicy:
+        user, roles = await self._standing(caller)
+        return ReviewPolicy(roles, user.spec.traits)
+
+    # create --------------------------------------------------------------------------
+
+    async def create_request(
+        self,
+        caller: Identity,
+        roles: Sequence[str],
+        resources: Sequence[str],
+        reason: str,
+        reviewers: Sequence[str],
+        max_duration: timedelta | None,
+        pending_ttl: timedelta | None,
+    ) -> AccessRequest:
+        if caller.kind != "user":
+            raise AccessDenied("access denied: only users request access")
+        user, standing = await self._standing(caller)
+        policy = RequestPolicy(standing, user.spec.traits)
+        refs = [await self._resource_ref(text) for text in resources]
+        if refs and not roles:
+            roles = await self._search_roles_for(policy, user, refs)
+        policy.check_request(list(roles), refs, reason)
+        for role in roles:
+            await self.roles.get(role)  # a requestable role that does not exist: NotFound
+        ttl = pending_ttl or DEFAULT_PENDING_TTL
+        if not timedelta(0) < ttl <= MAX_PENDING_TTL:
+            raise BadParameter("--request-ttl must be longer than 0s and at most 7d")
+        now = self.clock.now()
+        request = AccessRequest(
+            metadata=Metadata(name=new_request_id()),
+            spec=AccessRequestSpec(
+                user=user.name,
+                roles=list(dict.fromkeys(roles)),
+                resources=refs,
+                reason=reason,
+                suggested_reviewers=list(
+                    dict.fromkeys([*reviewers, *policy.suggested_reviewers(roles)])
+                ),
+                created=now,
+                pending_expires=now + ttl,
+                max_duration=max_duration,
+                thresholds=policy.thresholds(roles),
+            ),
+        )
+        saved = await self.access_requests.create(_retention(request))
+        await self.audit.emit(
+            "access_request.create",
+            user=user.name,
+            id=saved.name,
+            roles=saved.spec.roles,
+            resources=[r.describe() for r in saved.spec.resources],
+            reason=reason,
+            reviewers=saved.spec.suggested_reviewers,
+            state="PENDING",
+        )
+        return saved
+
+    async def _resource_ref(self, text: str) -> ResourceRef:
+        kind, _, name = text.partition("/")
+        if kind != "node" or not name:
+            raise BadParameter(f'"{text}": name a resource as node/NAME')
+        node = await self._find_node(name)
+        return ResourceRef(kind="node", name=node.name)
+
+    async def _find_node(self, name: str) -> Node:
+        try:
+            return await self.nodes.get(name)
+        except NotFound:
+            found = [n for n in await self.nodes.list() if name in (n.spec.hostname,)]
+            if len(found) == 1:
+                return found[0]
+            raise NotFound(f'node "{name}" not found') from None
+
+    async def _search_roles_for(
+        self, policy: RequestPolicy, user: User, refs: Sequence[ResourceRef]
+    ) -> list[str]:
+        """The search_as_roles that reach every named resource (all of them: the grant
+        is limited to the resources anyway)."""
+        names = policy.search_as_roles()
+        if not names:
+            raise AccessDenied(
+                "access denied: your roles let you request no resources (no search_as_roles)"
+            )
+        roles = await self.roles.get_many(names)
+        for ref in refs:
+            node = await self.nodes.get(ref.name)
+            if not any(
+                RoleSet([role], user.spec.traits).can_access_node(node.metadata.labels)
+                for role in roles
+            ):
+                raise AccessDenied(
+                    f"access denied: none of the roles you may search as reaches {ref.describe()}"
+                )
+        return names
+
+    async def search_resources(
+        self, caller: Identity, kind: str, labels: dict[str, str]
+    ) -> list[Node]:
+        """What the caller could reach with their search_as_roles (`cgsh request search`)."""
+        if kind != "node":
+            raise BadParameter(f'cannot search for "{kind}": use --kind=node')
+        user, standing = await self._standing(caller)
+        names = RequestPolicy(standing, user.spec.traits).search_as_roles()
+        if not names:
+            raise AccessDenied(
+                "access denied: your roles let you search for no resources (no search_as_roles)"
+            )
+        role_set = RoleSet(await self.roles.get_many(names), user.spec.traits)
+        now = self.clock.now()
+        return [
+            n
+            for n in await self.nodes.list()
+            if (n.metadata.expires is None or n.metadata.expires > now)
+            and role_set.can_access_node(n.metadata.labels)
+            and all(n.metadata.labels.get(k) == v for k, v in labels.items())
+        ]
+
+    # read ----------------------------------------------------------------------------
+
+    async def _visible(self, caller: Identity, request: AccessRequest, read_all: bool) -> bool:
+        if read_all or caller.is_service(SYSTEM_ADMIN) or request.spec.user == caller.username:
+            return True
+        if caller.kind != "user":
+            return False
+        return (await self.review_policy(caller)).may_review(request)
+
+    async def get_request(self, caller: Identity, ref: str, read_all: bool) -> AccessRequest:
+        """A request by id or unique id prefix, if the caller may see it (the same
+        NotFound as for no such request otherwise)."""
+        request = await self._by_ref(ref)
+        request = await self._expire_one(request)
+        if not await self._visible(caller, request, read_all):
+            raise NotFound(f'access request "{ref}" not found')
+        return request
+
+    async def _by_ref(self, ref: str) -> AccessRequest:
+        if not ref or "/" in ref:
+            raise NotFound(f'access request "{ref}" not found')
+        with contextlib.suppress(NotFound):
+            return await self.access_requests.get(ref)
+        found = [r for r in await self.access_requests.list() if r.name.startswith(ref)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise BadParameter(f'"{ref}" names {len(found)} access requests: give more of the id')
+        raise NotFound(f'access request "{ref}" not found')
+
+    async def list_requests(self, caller: Identity, read_all: bool) -> list[AccessRequest]:
+        """The caller's own requests and those they may review (every one with `list`
+        on access_request), newest first."""
+        requests = [await self._expire_one(r) for r in await self.access_requests.list()]
+        policy = await self.review_policy(caller) if caller.kind == "user" else None
+        shown = [
+            r
+            for r in requests
+            if read_all
+            or caller.is_service(SYSTEM_ADMIN)
+            or r.spec.user == caller.username
+            or (policy is not None and policy.may_review(r))
+        ]
+        return sorted(shown, key=lambda r: r.spec.created, reverse=True)
+
+    async def wait_request(
+        self, caller: Identity, ref: str, after_revision: int, timeout: timedelta, read_all: bool
+    ) -> AccessRequest:
+        """The request once its revision passes `after_revision`, or as it is when
+        `timeout` ends first. A change made between the caller's last read and this
+        call is never missed: revisions only grow."""
+        timeout = min(timeout, MAX_WAIT)
+        request = await self.get_request(caller, ref, read_all)
+        key = self.access_requests.key(request.name)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout.total_seconds()):
+                while request.metadata.revision <= after_revision and not request.is_final():
+                    watched_from = await self.backend.current_revision()
+                    request = await self.get_request(caller, request.name, read_all)
+                    if request.metadata.revision > after_revision or request.is_final():
+                        break
+                    await self._next_change(key, watched_from, request)
+                    request = await self.get_request(caller, request.name, read_all)
+        return request
+
+    async def _next_change(self, key: str, revision: int, request: AccessRequest) -> None:
+        """Until the key changes, or its pending time ends (it then expires)."""
+        left = (request.spec.pending_expires - self.clock.now()).total_seconds()
+        events = self.backend.watch([key], revision)
+        try:
+            async with asyncio.timeout(max(left, 0.0) + 0.05):
+                async for _ in events:
+                    return
+        except TimeoutError:
+            return
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
+    # review --------------------------------------------------------------------------
+
+    async def review_request(
+        self, caller: Identity, ref: str, verdict: Verdict, reason: str
+    ) -> AccessRequest:
+        if verdict not in ("approve", "deny"):
+            raise BadParameter('a review is "approve" or "deny"')
+        admin = caller.is_service(SYSTEM_ADMIN)
+        if not admin and caller.kind != "user":
+            raise AccessDenied("access denied: only users and administrators review requests")
+        policy = None if admin else await self.review_policy(caller)
+        request = await self._by_ref(ref)
+        for _ in range(CAS_ATTEMPTS):
+            request = await self._expire_one(request)
+            if policy is not None:
+                # Requests one may not review are not listed, but a reviewer who names
+                # one learns why they may not review it.
+                policy.check_review(request, caller.username)
+            check_reviewable(request, caller.username)
+            limit = await self._roles_max_duration(request)
+            now = self.clock.now()
+            apply = resolve_directly if admin else apply_review
+            updated = apply(request, caller.username, verdict, reason, now, limit)
+            try:
+                saved = await self.access_requests.update(_retention(updated))
+            except CompareFailed:
+                request = await self.access_requests.get(request.name)
+                continue
+            await self._audit_review(saved, caller.username, verdict, reason)
+            return saved
+        raise CompareFailed(f"access request {request.name} kept changing: try the review again")
+
+    async def _roles_max_duration(self, request: AccessRequest) -> timedelta | None:
+        try:
+            user = await self.users.users.get(request.spec.user)
+            roles = await self.roles.get_many(user.spec.roles)
+        except NotFound:
+            return None
+        return RequestPolicy(roles, user.spec.traits).max_duration(request.spec.roles)
+
+    async def _audit_review(
+        self, saved: AccessRequest, author: str, verdict: str, reason: str
+    ) -> None:
+        await self.audit.emit(
+            "access_request.review",
+            user=author,
+            id=saved.name,
+            requester=saved.spec.user,
+            verdict=verdict,
+            reason=reason,
+            state=saved.state,
+        )
+        if saved.state != "PENDING":
+            await self._audit_update(saved, by=author)
+
+    async def _audit_update(self, saved: AccessRequest, by: str) -> None:
+        await self.audit.emit(
+            "access_request.update",
+            user=by,
+            id=saved.name,
+            requester=saved.spec.user,
+            roles=saved.spec.roles,
+            state=saved.state,
+            reason=saved.spec.resolve_reason,
+            access_expires=saved.spec.access_expires.isoformat()
+            if saved.spec.access_expires
+            else None,
+        )
+
+    # expiry --------------------------------------------------------------------------
+
+    async def _expire_one(self, request: AccessRequest) -> AccessRequest:
+        """The request, marked EXPIRED first if its pending time has passed (whichever
+        auth process sees it first writes it; the others read its write)."""
+        expired = expire(request, self.clock.now())
+        if expired is None:
+            return request
+        try:
+            saved = await self.access_requests.update(expired)
+        except CompareFailed:
+            return await self.access_requests.get(request.name)
+        await self._audit_update(saved, by="certgate")
+        return saved
+
+    async def expire_requests(self) -> int:
+        count = 0
+        now = self.clock.now()
+        for request in await self.access_requests.list():
+            if expire(request, now) is not None:
+                with contextlib.suppress(NotFound):
+                    if (await self._expire_one(request)).state == "EXPIRED":
+                        count += 1
+        return count
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REAPER_INTERVAL)
+            try:
+                await self.expire_requests()
+            except Exception:
+                log.exception("expiring access requests failed; trying again")
+
+    # certificates with grants ------------------------------------------------------
+
+    async def active_request(self, user: str, ref: str) -> AccessRequest:
+        """An approved request of `user` whose access has not ended; AccessDenied with
+        the reason otherwise."""
+        try:
+            request = await self._expire_one(await self._by_ref(ref))
+        except NotFound:
+            raise AccessDenied(f'access denied: access request "{ref}" not found') from None
+        if request.spec.user != user:
+            raise AccessDenied(
+                f"access denied: access request {request.name} is {request.spec.user}'s, not yours"
+            )
+        why = request.spec.resolve_reason
+        if request.state == "PENDING":
+            raise AccessDenied(f"access denied: access request {request.name} is still pending")
+        if request.state == "DENIED":
+            raise AccessDenied(f"access denied: access request {request.name} was {why}")
+        if request.state == "EXPIRED":
+            raise AccessDenied(
+                f"access denied: access request {request.name} expired: {why}; request again"
+            )
+        if not request.active_at(self.clock.now()):
+            ended = request.spec.access_expires
+            raise AccessDenied(
+                f"access denied: the access granted by request {request.name} ended at "
+                f"{ended:%Y-%m-%d %H:%M:%S %Z}"
+                if ended
+                else f"access denied: access request {request.name} grants nothing"
+            )
+        return request
+
+    async def assume_requests(
+        self,
+        caller: Identity,
+        public_key: str,
+        request_ids: Sequence[str],
+        ttl: timedelta | None,
+    ) -> CertBundle:
+        """Certificates with the caller's standing roles plus those of the approved
+        requests: they end when the first grant ends, and never after the certificate
+        presented. A resource request limits them to its resources."""
+        if caller.kind != "user":
+            raise AccessDenied("access denied: only users assume access requests")
+        user, standing = await self._standing(caller)
+        requests = [await self.active_request(user.name, ref) for ref in request_ids]
+        ids = tuple(dict.fromkeys(r.name for r in requests))
+        extra = [n for r in requests for n in r.spec.roles if n not in user.spec.roles]
+        roles = [*standing, *await self.roles.get_many(list(dict.fromkeys(extra)))]
+        resources = tuple(
+            dict.fromkeys(ref.describe() for r in requests for ref in r.spec.resources)
+        )
+        ends: list[datetime] = [caller.expires]
+        ends += [r.spec.access_expires for r in requests if r.spec.access_expires is not None]
+        not_after = min(ends)
+        remaining = not_after - self.clock.now()
+        wanted = min(ttl, remaining) if ttl else remaining
+        if wanted <= timedelta(0):
+            raise AccessDenied("access denied: certificate expired; log in again")
+        return await self._issue_for_user(
+            user,
+            public_key,
+            min(wanted, MAX_USER_TTL),
+            ids,
+            roles,
+            not_after=not_after,
+            resources=resources,
+        )
