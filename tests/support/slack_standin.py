@@ -120,7 +120,9 @@ class SlackStandin:
         if name in self.channels.values():
             return name
         if name.startswith("U") and name in self.users.values():
-            return "D" + name[1:]
+            return "D" + name[1:]  # posting to a user id opens the app's DM with them
+        if name.startswith("D") and "U" + name[1:] in self.users.values():
+            return name
         return self.channels.get(name.removeprefix("#"))
 
     def _post(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -146,7 +148,7 @@ class SlackStandin:
 
     def _update(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         channel = str(body.get("channel", ""))
-        if channel not in self.channels.values() and not channel.startswith("D"):
+        if channel != self._channel_id(channel):  # a name, not an id
             return 200, {"ok": False, "error": "channel_not_found"}
         for message in self.messages:
             if message.channel == channel and message.ts == body.get("ts"):
