@@ -43,6 +43,7 @@ class SlackStandin:
         self.calls: list[Call] = []
         self.messages: list[Message] = []
         self._rate_limit = rate_limit_once
+        self._retry_after = 1
         self.rate_limited = 0
         self._ts = itertools.count(1)
         self._lock = threading.Lock()
@@ -60,6 +61,12 @@ class SlackStandin:
 
     def stop(self) -> None:
         self._server.stop()
+
+    def rate_limit_next(self, retry_after: int) -> None:
+        """The next chat.postMessage gets a 429 asking for `retry_after` seconds."""
+        with self._lock:
+            self._rate_limit = True
+            self._retry_after = retry_after
 
     # what was received --------------------------------------------------------------
 
@@ -87,7 +94,7 @@ class SlackStandin:
         else:
             body = dict(request.query)
         status, answer = self._answer(request, method, body)
-        headers = {"Retry-After": "1"} if status == 429 else {}
+        headers = {"Retry-After": str(self._retry_after)} if status == 429 else {}
         with self._lock:
             self.calls.append(Call(method, body, dict(request.headers), status))
         return web.json_response(answer, status=status, headers=headers)
