@@ -7,10 +7,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from certgate.errors import AccessDenied
+from certgate.errors import AccessDenied, NotFound
 from certgate.plugins.base import PluginRunner
 from certgate.plugins.config import load_plugin_config
 from certgate.plugins.registry import make_notifier
@@ -20,16 +20,31 @@ from certgate.rpc.identity_files import IdentityFiles
 
 log = logging.getLogger("certgate.plugins")
 
+RENEW_WARNING = timedelta(days=7)
+
 
 def run_plugin(name: str, config_path: Path) -> None:
     """Runs until SIGTERM or Ctrl-C; refusals at start raise (one line for the user)."""
     config = load_plugin_config(config_path, name)
-    identity = IdentityFiles.load(config.identity)
+    try:
+        identity = IdentityFiles.load(config.identity)
+    except NotFound:
+        raise NotFound(
+            f"no identity in {config.identity}: make one with "
+            f"cgctl auth sign --user=NAME --out={config.identity}"
+        ) from None
     expires = identity.bundle.identity.expires
     if expires <= datetime.now(UTC):
         raise AccessDenied(
             f"the identity in {config.identity} expired at {expires:%Y-%m-%d %H:%M} UTC: "
             "sign a new one with cgctl auth sign --user=NAME --out=DIR"
+        )
+    if expires - datetime.now(UTC) < RENEW_WARNING:
+        log.warning(
+            "the identity in %s expires at %s UTC: sign a new one soon (cgctl auth sign "
+            "--user=NAME --out=DIR --overwrite) and restart the plugin",
+            config.identity,
+            f"{expires:%Y-%m-%d %H:%M}",
         )
     state_file = StateFile(config.state_file)
     state_file.load()  # a damaged state file stops the plugin before it says anything
