@@ -141,3 +141,22 @@ def _two(items: list[Any]) -> list[Any] | None:
 def _dm(slack: SlackStandin, channel: str) -> Any:
     found = [m for m in slack.top_messages() if m.channel == channel]
     return found[-1] if found else None
+
+
+def test_a_first_start_announces_pending_requests_not_history(
+    cluster: Cluster, people: People, slack: SlackStandin, workdir: Path
+) -> None:
+    pending = create_request(cluster, people.alice, reason="still open")["metadata"]["name"]
+    history = create_request(cluster, people.alice, reason="old news")["metadata"]["name"]
+    review(cluster, people.bob, history, "deny", "no")
+    plugin = PluginProcess("slack", slack_config(cluster, workdir, slack, "slack-c"), workdir)
+    plugin.start()
+    try:
+        eventually(lambda: messages_for(slack, pending))
+        later = create_request(cluster, people.alice, reason="later")["metadata"]["name"]
+        eventually(lambda: messages_for(slack, later))
+    finally:
+        assert plugin.stop() == 0
+    # Handled in order: the later request's message means the snapshot was all handled.
+    assert messages_for(slack, history) == []
+    assert not any(history in m.text for m in slack.top_messages())
