@@ -504,8 +504,15 @@ def _checks(conditions: RoleConditions) -> list[tuple[str, Callable[[], None]]]:
         ("kubernetes_labels", lambda: _validate_labels(conditions.kubernetes_labels)),
     ]
     if conditions.request is not None:
-        names = conditions.request.roles
-        checks.append(("request.roles", lambda: _validate_names(names)))
+        request = conditions.request
+        checks.append(("request.roles", lambda: _validate_names(request.roles)))
+        checks.append(("request.search_as_roles", lambda: _validate_names(request.search_as_roles)))
+        checks.append(
+            (
+                "request.suggested_reviewers",
+                lambda: _validate_templates(request.suggested_reviewers),
+            )
+        )
     if conditions.review_requests is not None:
         reviews = conditions.review_requests.roles
         checks.append(("review_requests.roles", lambda: _validate_names(reviews)))
@@ -541,6 +548,7 @@ def _validate_labels(selector: Mapping[str, LabelValues]) -> None:
 
 def _validate_names(values: Iterable[str]) -> None:
     for value in values:
+        validate_template(value)
         if _is_regex(value):
             _compile(value, value)
 

@@ -208,6 +208,38 @@ class AccessRequestAdmin(AuthCore):
             and all(n.metadata.labels.get(k) == v for k, v in labels.items())
         ]
 
+    async def suggest(self, caller: Identity, node_ref: str, login: str) -> dict[str, object]:
+        """Which requestable roles (or a resource request) would let the caller log in
+        as `login` on the node: what `cgsh ssh` tells a refused user to request."""
+        empty: dict[str, object] = {"roles": [], "resource": None}
+        if caller.kind != "user":
+            return empty
+        user, standing = await self._standing(caller)
+        policy = RequestPolicy(standing, user.spec.traits)
+        try:
+            node = await self._find_node(node_ref)
+        except NotFound:
+            return empty
+
+        def allows(extra: list[Role]) -> bool:
+            try:
+                role_set = RoleSet([*standing, *extra], user.spec.traits)
+                role_set.check_login(node.name, node.metadata.labels, login)
+            except AccessDenied:
+                return False
+            return True
+
+        roles = []
+        for name in policy.requestable_roles():
+            with contextlib.suppress(NotFound):
+                if allows([await self.roles.get(name)]):
+                    roles.append(name)
+        resource = None
+        search = policy.search_as_roles()
+        if search and allows(await self.roles.get_many(search)):
+            resource = f"node/{node.name}"
+        return {"roles": roles, "resource": resource}
+
     # read ----------------------------------------------------------------------------
 
     async def _visible(self, caller: Identity, request: AccessRequest, read_all: bool) -> bool:

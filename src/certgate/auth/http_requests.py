@@ -9,6 +9,8 @@
     POST /v1/access_requests/{id}/reviews    {verdict: approve|deny, reason}
     GET  /v1/access_search                   ?kind=node&label=k=v: what search_as_roles reach
     GET  /v1/my/requestable                  what the caller may request, and on what terms
+    GET  /v1/access_suggest                  ?node=N&login=L: requestable roles (or a
+                                             resource request) that would allow it
 
 Every authenticated user may call them (SELF); what each answer holds is decided by
 the user's roles as stored now (auth/access_requests.py, access/requests.py). Callers
@@ -45,6 +47,7 @@ def add_request_routes(api: AuthAPI, router: web.UrlDispatcher) -> None:
     router.add_post("/v1/access_requests/{id}/reviews", add(perm.SELF, "update", routes.review))
     router.add_get("/v1/access_search", add(perm.SELF, "read", routes.search))
     router.add_get("/v1/my/requestable", add(perm.SELF, "read", routes.requestable))
+    router.add_get("/v1/access_suggest", add(perm.SELF, "read", routes.suggest))
 
 
 def _optional_duration(body: dict[str, Any], key: str) -> timedelta | None:
@@ -157,3 +160,11 @@ class RequestRoutes:
             "request_access": policy.request_access,
             "request_prompt": policy.request_prompt,
         }
+
+    async def suggest(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        node = request.query.get("node", "")
+        login = request.query.get("login", "")
+        if not node or not login:
+            raise BadParameter("name the node and the login: ?node=web-1&login=ubuntu")
+        return await self._api.server.suggest(caller, node, login)

@@ -52,9 +52,12 @@ def connect_admin(data_dir: Path) -> ClusterAPI:
     return ClusterAPI(client, "/v1", "admin")
 
 
-def connect_profile(profile: Profile | None = None) -> ClusterAPI:
+def connect_profile(
+    profile: Profile | None = None, identity: IdentityFiles | None = None
+) -> ClusterAPI:
+    """Through the profile's proxy, as the profile's identity (or `identity`)."""
     profile = profile or load_profile()
-    identity = profile.identity()
+    identity = identity or profile.identity()
     context = client_context(
         identity.bundle.tls_cas,
         identity.bundle.tls_cert,

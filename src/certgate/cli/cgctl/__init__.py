@@ -7,7 +7,16 @@ from pathlib import Path
 import click
 import yaml
 
-from certgate.cli.cgctl import audit, authority, locks, nodes, resources, tokens, users
+from certgate.cli.cgctl import (
+    audit,
+    authority,
+    locks,
+    nodes,
+    requests,
+    resources,
+    tokens,
+    users,
+)
 from certgate.cli.common import run
 
 
@@ -43,7 +52,7 @@ def _data_dir_from_config(path: Path) -> Path | None:
     return Path(value) if value else None
 
 
-for module in (users, tokens, resources, authority, audit, locks, nodes):
+for module in (users, tokens, resources, authority, audit, locks, nodes, requests):
     module.register(cli)
 
 main = run(cli)

@@ -7,9 +7,11 @@ from datetime import UTC, datetime
 
 import click
 
+from certgate.cli.cgsh.request import assume_after_login, describe_grant
 from certgate.cli.common import FORMAT, print_json
 from certgate.client.login import login as do_login
 from certgate.client.profile import load_profile, remove_profile
+from certgate.client.requests import grant_status
 
 
 @click.command()
@@ -18,7 +20,17 @@ from certgate.client.profile import load_profile, remove_profile
 @click.option("--otp", help="The one-time code (prompted when not given).")
 @click.option("--ttl", help="How long the certificates should last (e.g. 8h); roles may cap it.")
 @click.option("--insecure", is_flag=True, help="Do not verify the proxy's TLS certificate.")
-def login(proxy: str, user: str, otp: str | None, ttl: str | None, insecure: bool) -> None:
+@click.option(
+    "--request-id", help="Assume this approved access request (waits while it is pending)."
+)
+def login(
+    proxy: str,
+    user: str,
+    otp: str | None,
+    ttl: str | None,
+    insecure: bool,
+    request_id: str | None,
+) -> None:
     """Log in with password and one-time code; keys and certificates go to ~/.certgate."""
     if sys.stdin.isatty():
         password = click.prompt(f"Password for {user}", hide_input=True)
@@ -28,7 +40,9 @@ def login(proxy: str, user: str, otp: str | None, ttl: str | None, insecure: boo
         if not sys.stdin.isatty():
             raise click.UsageError("pass --otp when the password comes from standard input")
         otp = click.prompt("One-time code")
-    do_login(proxy, user, password, otp, insecure, ttl)
+    profile = do_login(proxy, user, password, otp, insecure, ttl)
+    if request_id:
+        assume_after_login(profile, request_id)
     _show(profile_status(), "text")
 
 
@@ -44,6 +58,8 @@ def profile_status() -> dict[str, object]:
         "kubernetes_groups": identity.traits.get("kubernetes_groups", []),
         "valid_until": identity.expires.isoformat(),
         "expired": identity.expires <= datetime.now(UTC),
+        "access_requests": grant_status(profile, identity.request_ids),
+        "resources": list(identity.resources),
     }
 
 
@@ -70,6 +86,11 @@ def _show(status: dict[str, object], fmt: str) -> None:
     click.echo(f"  Logins:             {joined('logins')}")
     click.echo(f"  Kubernetes groups:  {joined('kubernetes_groups')}")
     click.echo(f"  Valid until:        {validity}")
+    requests = status.get("access_requests")
+    for grant in requests if isinstance(requests, list) else []:
+        click.echo(f"  Access request:     {describe_grant(grant)}")
+    if status.get("resources"):
+        click.echo(f"  Limited to:         {joined('resources')}")
 
 
 @click.command()

@@ -11,6 +11,7 @@ import click
 
 from certgate.cli.common import FORMAT, print_json, table
 from certgate.client.profile import Profile, load_profile
+from certgate.client.requests import with_request_hint
 from certgate.client.ssh import (
     check_access,
     list_nodes,
@@ -18,7 +19,7 @@ from certgate.client.ssh import (
     split_target,
     write_config,
 )
-from certgate.errors import BadParameter
+from certgate.errors import AccessDenied, BadParameter, NotFound
 
 
 def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -86,7 +87,10 @@ def ssh(
             options.append(flag)
     if "=" in node:
         sys.exit(_run_on_matching(profile, user, _labels((node,)), options, command))
-    found = check_access(profile, node, user)
+    try:
+        found = check_access(profile, node, user)
+    except (AccessDenied, NotFound) as exc:
+        raise with_request_hint(profile, node, user, exc) from None
     name = found["metadata"]["name"]
     config = write_config(profile, [name])
     argv = [openssh_binary("ssh"), "-F", str(config), *options, "-l", user, name, *command]

@@ -1,0 +1,86 @@
+"""`cgctl requests ls|show|approve|deny`: access requests, as an administrator.
+
+On the auth host (its admin identity) approve and deny resolve a request at once,
+whatever its thresholds, and are kept as reviews by "admin"; through a cgsh login they
+are reviews of that user, under that user's review_requests.
+"""
+
+from __future__ import annotations
+
+import click
+
+from certgate.cli.cgctl._connect import api
+from certgate.cli.cgsh.request import show_request
+from certgate.cli.common import FORMAT, print_json, table
+from certgate.client.requests import RequestsAPI
+
+
+def _requests(ctx: click.Context) -> RequestsAPI:
+    return RequestsAPI(api(ctx))
+
+
+@click.group()
+def requests() -> None:
+    """List, approve and deny access requests."""
+
+
+@requests.command("ls")
+@FORMAT
+@click.pass_context
+def ls(ctx: click.Context, fmt: str) -> None:
+    """Every access request (newest first)."""
+    found = _requests(ctx).all()
+    if fmt == "json":
+        print_json([r.raw for r in found])
+        return
+    rows = [
+        (r.id, r.user, r.what, r.state, r.created[:19], r.access_expires or "", r.reason)
+        for r in found
+    ]
+    headers = ["ID", "User", "Requested", "State", "Created", "Access until", "Reason"]
+    click.echo(table(headers, rows))
+
+
+@requests.command()
+@click.argument("request_id")
+@FORMAT
+@click.pass_context
+def show(ctx: click.Context, request_id: str, fmt: str) -> None:
+    """One request with its reviews."""
+    found = _requests(ctx).get(request_id)
+    if fmt == "json":
+        print_json(found.raw)
+    else:
+        show_request(found)
+
+
+def _review(ctx: click.Context, request_id: str, verdict: str, reason: str) -> None:
+    saved = _requests(ctx).review(request_id, verdict, reason)
+    done = "approved" if verdict == "approve" else "denied"
+    click.echo(f"Request {saved.id} of {saved.user} ({saved.what}): you {done} it.")
+    if saved.state == "PENDING":
+        click.echo("It is still pending: more reviews are needed.")
+    else:
+        click.echo(f"It is now {saved.state}: {saved.resolve_reason}")
+
+
+@requests.command()
+@click.argument("request_id")
+@click.option("--reason", default="", help="Your comment (the requester sees it).")
+@click.pass_context
+def approve(ctx: click.Context, request_id: str, reason: str) -> None:
+    """Approve a request."""
+    _review(ctx, request_id, "approve", reason)
+
+
+@requests.command()
+@click.argument("request_id")
+@click.option("--reason", default="", help="Why (the requester sees it).")
+@click.pass_context
+def deny(ctx: click.Context, request_id: str, reason: str) -> None:
+    """Deny a request."""
+    _review(ctx, request_id, "deny", reason)
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(requests)
