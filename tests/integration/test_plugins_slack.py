@@ -100,7 +100,10 @@ def test_request_reviews_and_approval_reach_slack(
         assert edit["channel"] == "C0ACCESS01" and edit["ts"] == channel_msg.ts
         assert "✅ APPROVED" in str(edit["blocks"])
         dm = eventually(lambda: _dm(slack, "D0ALICE001"))
-        assert dm.text.startswith(f"Your access request {rid} for roles kube-admin was approved")
+        assert dm.text.startswith(
+            f"Your access request {rid} for roles kube-admin was approved by bob, carol "
+            "(bob: looks right). You have access until "
+        )
         assert f"cgsh login --request-id={rid}" in dm.text
     finally:
         assert plugin.stop() == 0
@@ -124,18 +127,33 @@ def test_denial_and_expiry_edit_the_message(
         ]
         eventually(lambda: expiring_msg.edits, timeout=20)
         assert "⌛ EXPIRED" in str(expiring_msg.edits[-1]["blocks"])
+        # An administrator's decision on the auth host, with cgctl: the same story.
+        decided = create_request(cluster, people.alice)["metadata"]["name"]
+        [decided_msg] = eventually(lambda: messages_for(slack, decided))
+        cluster.cgctl("requests", "approve", decided, "--reason=break glass")
+        eventually(lambda: decided_msg.edits)
+        assert "✅ APPROVED" in str(decided_msg.edits[-1]["blocks"])
+        [reply] = slack.replies(decided_msg)
+        assert reply.text.endswith("approved the request: break glass")
         outcomes = eventually(
-            lambda: _two([m for m in slack.top_messages() if m.channel == "D0ALICE001"])
+            lambda: _three([m for m in slack.top_messages() if m.channel == "D0ALICE001"])
         )
         texts = sorted(m.text for m in outcomes)
         assert any(f"{denied} for roles kube-admin was denied" in t for t in texts)
-        assert any(f"{expiring} for roles kube-admin expired" in t for t in texts)
+        assert any(
+            f"{expiring} for roles kube-admin expired: nobody resolved it" in t for t in texts
+        )
+        assert any(f"{decided} for roles kube-admin was approved by" in t for t in texts)
     finally:
         assert plugin.stop() == 0
 
 
 def _two(items: list[Any]) -> list[Any] | None:
     return items if len(items) == 2 else None
+
+
+def _three(items: list[Any]) -> list[Any] | None:
+    return items if len(items) == 3 else None
 
 
 def _dm(slack: SlackStandin, channel: str) -> Any:

@@ -49,13 +49,23 @@ def review_line(review: Review) -> str:
 
 def outcome_line(request: RequestInfo) -> str:
     """What the requester is told when the request is resolved."""
-    why = f" ({request.resolve_reason})" if request.resolve_reason else ""
+    head = f"Your access request {request.id} for {request.what()}"
     if request.state == APPROVED:
-        until = f" until {when(request.access_ends())}" if request.access_ends() else ""
+        ends = request.access_ends()
+        until = f" until {when(ends)}" if ends else ""
         return (
-            f"Your access request {request.id} for {request.what()} was approved{why}. "
+            f"{head} was approved{_why(request, 'approved')}. "
             f"You have access{until}: cgsh login --request-id={request.id}"
         )
     if request.state == DENIED:
-        return f"Your access request {request.id} for {request.what()} was denied{why}."
-    return f"Your access request {request.id} for {request.what()} expired{why}."
+        return f"{head} was denied{_why(request, 'denied')}."
+    why = f": {request.resolve_reason}" if request.resolve_reason else ""
+    return f"{head} expired{why}."
+
+
+def _why(request: RequestInfo, verb: str) -> str:
+    # Auth says "approved by bob, carol (bob: fine)": read on from the verb.
+    reason = request.resolve_reason
+    if reason.startswith(verb + " "):
+        return " " + reason[len(verb) + 1 :]
+    return f" ({reason})" if reason else ""
