@@ -10,12 +10,24 @@ from typing import Any
 
 import pytest
 
-from tests.plugins.live import PluginProcess, create_request, plugin_identity, review, setup_people
+from tests.plugins.live import (
+    People,
+    PluginProcess,
+    create_request,
+    plugin_identity,
+    review,
+    setup_people,
+)
 from tests.support.cluster import Cluster
 from tests.support.slack_standin import TOKEN, SlackStandin
 from tests.support.wait import eventually
 
 ALICE_DM = "D0ALICE001"
+
+
+@pytest.fixture(scope="module")
+def people(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> People:
+    return setup_people(cluster, tmp_path_factory.mktemp("people"))
 
 
 @pytest.fixture
@@ -29,17 +41,22 @@ def channel_messages(slack: SlackStandin, rid: str) -> list[Any]:
     return [m for m in slack.top_messages() if m.channel == "C0ACCESS01" and rid in str(m.blocks)]
 
 
-def test_kill_9_and_restart(cluster: Cluster, workdir: Path, slack: SlackStandin) -> None:
-    people = setup_people(cluster, workdir)
-    state_file = workdir / "restart-state.json"
-    config = {
+def slack_config(cluster: Cluster, workdir: Path, slack: SlackStandin, name: str) -> dict[str, Any]:
+    return {
         "proxy": cluster.proxy_addr,
-        "identity": str(plugin_identity(cluster, workdir, "restart-plugin")),
-        "state_file": str(state_file),
+        "identity": str(plugin_identity(cluster, workdir, name)),
+        "state_file": str(workdir / f"{name}-state.json"),
         "role_to_recipients": {"*": ["#access-requests"]},
         "email_domain": "example.com",
         "slack": {"token": TOKEN, "api_url": slack.api_url},
     }
+
+
+def test_kill_9_and_restart(
+    cluster: Cluster, people: People, workdir: Path, slack: SlackStandin
+) -> None:
+    config = slack_config(cluster, workdir, slack, "restart-plugin")
+    state_file = Path(config["state_file"])
     plugin = PluginProcess("slack", config, workdir).start()
     try:
         # 1. Killed while idle; meanwhile a request is approved and another one made.
@@ -83,3 +100,24 @@ def test_kill_9_and_restart(cluster: Cluster, workdir: Path, slack: SlackStandin
     told = [m for m in slack.top_messages() if m.channel == ALICE_DM]
     assert len(told) == 1 and first in told[0].text
     assert plugin.text().count("slack plugin ready") == 3
+
+
+def test_sigterm_waits_for_the_call_in_flight(
+    cluster: Cluster, people: People, workdir: Path
+) -> None:
+    slack = SlackStandin(rate_limit_once=False).start()
+    try:
+        config = slack_config(cluster, workdir, slack, "term-plugin")
+        plugin = PluginProcess("slack", config, workdir).start()
+        slack.delay_next_answer(3.0)
+        rid = create_request(cluster, people.alice, reason="slow slack")["metadata"]["name"]
+        # Slack has the message; the plugin still waits for the answer when told to stop.
+        eventually(lambda: channel_messages(slack, rid))
+        assert plugin.stop() == 0
+        plugin.start()
+        last = create_request(cluster, people.alice, reason="after")["metadata"]["name"]
+        eventually(lambda: channel_messages(slack, last))
+        assert plugin.stop() == 0
+    finally:
+        slack.stop()
+    assert len(channel_messages(slack, rid)) == 1

@@ -110,3 +110,14 @@ async def test_a_server_that_keeps_failing_is_given_up_for_now(
     with pytest.raises(ConnectionProblem, match="failed after 2 attempts"):
         await n.post("#access-requests", pending())
     await n.close()
+
+
+async def test_a_long_reason_is_cut_not_refused(tmp_path: Path, slack: SlackStandin) -> None:
+    n = notifier(tmp_path, slack)
+    request = pending(reason="<&>" * 3000)
+    blocks = n.blocks(request)
+    [reason] = [f["text"] for f in blocks[1]["fields"] if f["text"].startswith("*Reason*")]
+    assert len(reason) < 2000 and reason.endswith("…")
+    assert reason.removesuffix("…").endswith(("&lt;", "&amp;", "&gt;"))
+    await n.post("#access-requests", request)
+    await n.close()

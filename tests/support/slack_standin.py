@@ -9,6 +9,7 @@ Retry-After), recording what a real workspace would have received.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class SlackStandin:
         self.messages: list[Message] = []
         self._rate_limit = rate_limit_once
         self._retry_after = 1
+        self._delay = 0.0
         self.rate_limited = 0
         self._ts = itertools.count(1)
         self._lock = threading.Lock()
@@ -61,6 +63,12 @@ class SlackStandin:
 
     def stop(self) -> None:
         self._server.stop()
+
+    def delay_next_answer(self, seconds: float) -> None:
+        """The next chat.postMessage is posted at once but answered `seconds` later:
+        a caller stopped meanwhile has sent a message it has no answer for yet."""
+        with self._lock:
+            self._delay = seconds
 
     def rate_limit_next(self, retry_after: int) -> None:
         """The next chat.postMessage gets a 429 asking for `retry_after` seconds."""
@@ -97,6 +105,9 @@ class SlackStandin:
         headers = {"Retry-After": str(self._retry_after)} if status == 429 else {}
         with self._lock:
             self.calls.append(Call(method, body, dict(request.headers), status))
+            delay, self._delay = (self._delay, 0.0) if method == "chat.postMessage" else (0.0, 0.0)
+        if delay:
+            await asyncio.sleep(delay)
         return web.json_response(answer, status=status, headers=headers)
 
     def _answer(
@@ -138,6 +149,8 @@ class SlackStandin:
             return 200, {"ok": False, "error": "channel_not_found"}
         if not body.get("text") and not body.get("blocks"):
             return 200, {"ok": False, "error": "no_text"}
+        if not _blocks_valid(body.get("blocks")):
+            return 200, {"ok": False, "error": "invalid_blocks"}
         thread_ts = body.get("thread_ts")
         if thread_ts is not None and not any(
             m.ts == thread_ts and m.channel == channel for m in self.messages
@@ -154,6 +167,8 @@ class SlackStandin:
         }
 
     def _update(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if not _blocks_valid(body.get("blocks")):
+            return 200, {"ok": False, "error": "invalid_blocks"}
         channel = str(body.get("channel", ""))
         if channel != self._channel_id(channel):  # a name, not an id
             return 200, {"ok": False, "error": "channel_not_found"}
@@ -164,3 +179,20 @@ class SlackStandin:
                 message.blocks = body.get("blocks", message.blocks)
                 return 200, {"ok": True, "channel": channel, "ts": message.ts, "text": message.text}
         return 200, {"ok": False, "error": "message_not_found"}
+
+
+def _blocks_valid(blocks: Any) -> bool:
+    """Block Kit's limits the plugin could meet: 50 blocks, section text 3000 characters,
+    10 fields of 2000."""
+    if blocks is None:
+        return True
+    if not isinstance(blocks, list) or len(blocks) > 50:
+        return False
+    for block in blocks:
+        if block.get("type") == "section":
+            if len(block.get("text", {}).get("text", "")) > 3000:
+                return False
+            fields = block.get("fields", [])
+            if len(fields) > 10 or any(len(f.get("text", "")) > 2000 for f in fields):
+                return False
+    return True

@@ -13,6 +13,7 @@ it is by then, never as it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from dataclasses import replace
@@ -35,6 +36,8 @@ KIND = "access_request"
 # The auth API's watch route, as the proxy serves it to users (and plugins).
 WATCH_PATH = "/v1/api/watch"
 MAX_BACKOFF = 60.0
+# How long a stopping plugin waits for the call it is making.
+STOP_GRACE = 10.0
 
 
 class PluginRunner:
@@ -141,8 +144,19 @@ class PluginRunner:
     async def _say_all(self, request: RequestInfo, record: RequestRecord) -> None:
         recipients = self._notifier.recipients(request)
         while (step := next_step(request, record, recipients)) is not None:
-            await self._say(step, request, record)
-            self._file.save(self._state)
+            call = asyncio.ensure_future(self._say_and_save(step, request, record))
+            try:
+                await asyncio.shield(call)
+            except asyncio.CancelledError:
+                # Stopping (SIGTERM): the call in flight may finish and be recorded
+                # first, so a clean stop never sends a message twice.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(call, STOP_GRACE)
+                raise
+
+    async def _say_and_save(self, step: Step, request: RequestInfo, record: RequestRecord) -> None:
+        await self._say(step, request, record)
+        self._file.save(self._state)
 
     async def _say(self, step: Step, request: RequestInfo, record: RequestRecord) -> None:
         """One outbound call, and what it changes in the record."""

@@ -25,6 +25,8 @@ from certgate.plugins.notifier import Posted, RecipientRefused
 from certgate.plugins.request_info import RequestInfo
 from certgate.plugins.retry import send
 
+# Characters of one field's value (Slack's limit is 2000 with the field's name).
+FIELD_LIMIT = 1900
 # Refusals that do not go away by trying again.
 _FOR_GOOD = {
     "channel_not_found",
@@ -124,7 +126,7 @@ class SlackNotifier:
             {
                 "type": "section",
                 "fields": [
-                    {"type": "mrkdwn", "text": f"*{name}*\n{_escape(value)}"}
+                    {"type": "mrkdwn", "text": f"*{name}*\n{_field(value)}"}
                     for name, value in fields
                 ],
             },
@@ -188,6 +190,18 @@ class SlackNotifier:
 def _fallback(request: RequestInfo) -> str:
     """The notification text (and what clients without blocks show)."""
     return f"{text.headline(request)}: {text.status(request)}"
+
+
+def _field(value: str) -> str:
+    """Escaped, and short enough for a field (Slack refuses one over 2000 characters)."""
+    escaped = _escape(value)
+    if len(escaped) <= FIELD_LIMIT:
+        return escaped
+    cut = escaped[: FIELD_LIMIT - 1]
+    amp = cut.rfind("&", len(cut) - 5)
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp]  # never half an entity
+    return cut + "…"
 
 
 def _escape(value: str) -> str:

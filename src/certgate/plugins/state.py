@@ -130,6 +130,15 @@ class StateFile:
 
     def save(self, state: PluginState) -> None:
         data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode()
+        try:
+            self._replace(data)
+        except OSError as exc:
+            # Without its state the plugin cannot promise not to repeat itself: stop.
+            raise BadParameter(
+                f"cannot write the state file {self.path}: {exc.strerror or exc}"
+            ) from exc
+
+    def _replace(self, data: bytes) -> None:
         directory = self.path.parent
         directory.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")

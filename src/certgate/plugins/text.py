@@ -20,6 +20,11 @@ def when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value is not None else "-"
 
 
+def cut(value: str, limit: int) -> str:
+    """At most `limit` characters (chats refuse a message with an overlong field)."""
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
 def status(request: RequestInfo) -> str:
     label = STATUS.get(request.state, request.state)
     return f"{label}: {request.resolve_reason}" if request.resolve_reason else label
