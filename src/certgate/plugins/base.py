@@ -131,7 +131,8 @@ class PluginRunner:
             # Gone from the cluster: a message still showing it pending would mislead.
             last = record.request
             if not last.resolved:
-                await self._say_all(replace(last, state=EXPIRED), record)
+                gone = replace(last, state=EXPIRED, resolve_reason="removed from the cluster")
+                await self._say_all(gone, record)
             del self._state.requests[rid]
             self._file.save(self._state)
             return
