@@ -12,7 +12,7 @@ from pathlib import Path
 
 from certgate.errors import AccessDenied, NotFound
 from certgate.plugins.base import PluginRunner
-from certgate.plugins.config import load_plugin_config
+from certgate.plugins.config import PluginConfig, load_plugin_config
 from certgate.plugins.registry import make_notifier
 from certgate.plugins.state import StateFile
 from certgate.rpc.auth_client import AsyncAuthClient
@@ -48,11 +48,10 @@ def run_plugin(name: str, config_path: Path) -> None:
         )
     state_file = StateFile(config.state_file)
     state_file.load()  # a damaged state file stops the plugin before it says anything
-    asyncio.run(_main(name, config_path, identity))
+    asyncio.run(_main(name, config, identity))
 
 
-async def _main(name: str, config_path: Path, identity: IdentityFiles) -> None:
-    config = load_plugin_config(config_path, name)
+async def _main(name: str, config: PluginConfig, identity: IdentityFiles) -> None:
     auth = AsyncAuthClient(f"https://{config.proxy}", identity.tls_context(config.insecure))
     notifier = make_notifier(name, config)
     runner = PluginRunner(name, config, notifier, StateFile(config.state_file), auth)
