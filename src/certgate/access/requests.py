@@ -118,7 +118,7 @@ class RequestPolicy:
                     else f'access denied: your roles do not let you request resources as "{role}"'
                     f" ({hint})"
                 )
-        if self.request_access in ("reason", "always") and not reason.strip():
+        if self.request_access == "reason" and not reason.strip():
             prompt = f" ({self.request_prompt})" if self.request_prompt else ""
             raise BadParameter(f"your roles require a reason for access requests{prompt}: --reason")
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import click
 
-from certgate.cli.cgsh.request import assume_after_login, describe_grant
+from certgate.cli.cgsh.request import assume_after_login, describe_grant, request_if_always
 from certgate.cli.common import FORMAT, print_json
 from certgate.client.login import login as do_login
 from certgate.client.profile import load_profile, remove_profile
@@ -23,6 +23,7 @@ from certgate.client.requests import grant_status
 @click.option(
     "--request-id", help="Assume this approved access request (waits while it is pending)."
 )
+@click.option("--request-reason", default="", help="Why, when your roles make login request.")
 def login(
     proxy: str,
     user: str,
@@ -30,6 +31,7 @@ def login(
     ttl: str | None,
     insecure: bool,
     request_id: str | None,
+    request_reason: str,
 ) -> None:
     """Log in with password and one-time code; keys and certificates go to ~/.certgate."""
     if sys.stdin.isatty():
@@ -43,6 +45,8 @@ def login(
     profile = do_login(proxy, user, password, otp, insecure, ttl)
     if request_id:
         assume_after_login(profile, request_id)
+    else:
+        request_if_always(profile, request_reason)
     _show(profile_status(), "text")
 
 
