@@ -87,7 +87,10 @@ async def test_each_step_once_saved_before_the_next(runner: Any) -> None:
         ("update", "#b", "APPROVED"),
         ("tell", "alice", "APPROVED"),
     ]
-    assert state_file.load().requests[request.id].requester_told
+    done = state_file.load().requests[request.id]
+    assert done.quiet  # resolved and all said: kept small from now on
+    await loop._handle(request.id, approved)
+    assert len(notifier.sent) == 7
 
 
 async def test_a_refused_recipient_is_skipped_for_good(runner: Any) -> None:

@@ -54,3 +54,14 @@ def test_a_damaged_file_is_refused_with_what_to_do(tmp_path: Path, text: str) ->
     path.write_text(text)
     with pytest.raises(BadParameter, match="move it away"):
         StateFile(path).load()
+
+
+def test_a_quiet_record_keeps_only_what_a_restart_needs(tmp_path: Path) -> None:
+    request = pending(state="APPROVED", reviews=(review(),), reason="long " * 100)
+    record = RequestRecord(request, messages={"#a": MessageRecord({"ts": "1"}, "APPROVED", 1)})
+    record.quiet = True
+    file = StateFile(tmp_path / "state.json")
+    file.save(PluginState(requests={request.id: record}, initialized=True))
+    assert len(file.path.read_text()) < 300
+    loaded = file.load().requests[request.id]
+    assert loaded.quiet and loaded.request.resolved and loaded.request.user == "alice"

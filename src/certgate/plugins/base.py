@@ -154,6 +154,10 @@ class PluginRunner:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(call, STOP_GRACE)
                 raise
+        if request.resolved and not record.quiet:
+            # Final, and all said: from now on only its id is kept (the file stays small).
+            record.quiet = True
+            self._file.save(self._state)
 
     async def _say_and_save(self, step: Step, request: RequestInfo, record: RequestRecord) -> None:
         await self._say(step, request, record)

@@ -5,7 +5,8 @@
          "request":  {...RequestInfo.to_json() as last handled...},
          "messages": {"<recipient>": {"ref": {...}, "shows": "PENDING", "replies": 1}
                       | {"failed": "channel_not_found"}},
-         "requester_told": false}}}
+         "requester_told": false},
+                  "<resolved, all said>": {"quiet": true, "request": {id, user, state}}}}
 
 A record is dropped once its request is gone from the cluster, so the file holds only
 live requests. A crash between an outbound call and the save that follows it is the
@@ -55,15 +56,18 @@ class RequestRecord:
     request: RequestInfo
     messages: dict[str, MessageRecord] = field(default_factory=dict)
     requester_told: bool = False
-    # Seen when the plugin first started and already resolved: nothing to say about it.
+    # Nothing more to say about it: resolved when the plugin first started, or resolved
+    # and everything said. Kept small, only so that it is not announced again.
     quiet: bool = False
 
     def to_json(self) -> dict[str, Any]:
+        if self.quiet:
+            r = self.request
+            return {"quiet": True, "request": {"id": r.id, "user": r.user, "state": r.state}}
         return {
             "request": self.request.to_json(),
             "messages": {name: m.to_json() for name, m in self.messages.items()},
             "requester_told": self.requester_told,
-            "quiet": self.quiet,
         }
 
     @classmethod
