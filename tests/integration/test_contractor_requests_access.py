@@ -35,6 +35,13 @@ spec:
     request: {{roles: [node-access], thresholds: [{{approve: 2, deny: 1}}]}}
 ---
 kind: role
+metadata: {{name: always-contractor}}
+spec:
+  allow:
+    request: {{roles: [node-access]}}
+  options: {{request_access: always}}
+---
+kind: role
 metadata: {{name: node-access}}
 spec:
   allow: {{logins: [{LOGIN}], node_labels: {{"*": "*"}}}}
@@ -253,3 +260,19 @@ def test_a_lock_on_the_request_cuts_the_live_session_started_under_it(
     assert ended and ended[-1].get("reason") == "locked"
     missing = c.cgctl("lock", "--access-request=not-a-request", check=False)
     assert missing.returncode != 0 and "not found" in missing.stderr
+
+
+def test_request_access_always_makes_login_request_and_wait(c: Cluster) -> None:
+    olga = c.add_user("olga", roles="always-contractor")
+    code = olga.otp.next_code()
+    login = background(
+        c, olga, "login", f"--proxy={c.proxy_addr}", f"--user={olga.name}", "--insecure",
+        f"--otp={code}", "--request-reason=on call", stdin=olga.password + "\n",
+    )  # fmt: skip
+    [pending] = eventually(lambda: requests_of(c, "olga", "PENDING"))
+    assert pending["spec"]["roles"] == ["node-access"] and pending["spec"]["reason"] == "on call"
+    assert login.poll() is None  # logged in, and waiting for the review
+    c.cgctl("requests", "approve", pending["metadata"]["name"])
+    _, err = login.communicate(timeout=30)
+    assert login.returncode == 0, err
+    assert ssh(c, olga, "node-1", "echo always").stdout.strip() == "always"

@@ -220,7 +220,12 @@ class AuthAPI:
         if self.metrics:
             self.metrics.logins.inc()
             self.metrics.certs_issued.inc()
-        return bundle.to_dict()
+        answer = bundle.to_dict()
+        # Users whose roles say `request_access: always` request at once (cgsh login).
+        policy = await self.server.request_policy(bundle.identity)
+        if policy.request_access == "always":
+            answer["request_access"] = {"mode": "always", "roles": policy.requestable_roles()}
+        return answer
 
     async def renew(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None

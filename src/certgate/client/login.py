@@ -20,8 +20,16 @@ def _known_cas() -> list[str]:
 
 
 def login(
-    proxy: str, user: str, password: str, otp: str, insecure: bool, ttl: str | None
+    proxy: str,
+    user: str,
+    password: str,
+    otp: str,
+    insecure: bool,
+    ttl: str | None,
+    request_terms: dict[str, Any] | None = None,
 ) -> Profile:
+    """Log in; `request_terms`, if given, receives what auth says the user must
+    request at once (`request_access: always`), if anything."""
     key_pem, public_key = new_key()
     context = client_context(_known_cas(), insecure=insecure)
     client = AuthClient(f"https://{proxy}", context)
@@ -38,6 +46,8 @@ def login(
         data = client.call("POST", "/v1/login", json=body)
     finally:
         client.close()
+    if request_terms is not None and isinstance(data.get("request_access"), dict):
+        request_terms.update(data["request_access"])
     identity = IdentityFiles(key_pem=key_pem, bundle=CertBundle.from_dict(data))
     profile = Profile(
         proxy=proxy,

@@ -110,16 +110,13 @@ def assume_after_login(profile: Profile, request_id: str) -> None:
         cluster.close()
 
 
-def request_if_always(profile: Profile, reason: str) -> None:
+def request_at_login(profile: Profile, roles: list[str], reason: str) -> None:
     """With `request_access: always` in the user's roles, a login requests every role
     they may request and waits for it: they work only under a grant."""
     cluster = connect_profile(profile)
     try:
         api = RequestsAPI(cluster)
-        terms = api.requestable()
-        if terms.get("request_access") != "always" or not terms.get("roles"):
-            return
-        created = api.create(terms["roles"], [], reason, [], None, None)
+        created = api.create(roles, [], reason, [], None, None)
         click.echo(f"Your roles require an access request: request {created.id}", err=True)
         click.echo(f"Waiting for {created.what} to be reviewed...", err=True)
         wait_and_assume(api, created)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
-from certgate.cli.cgsh.request import assume_after_login, describe_grant, request_if_always
+from certgate.cli.cgsh.request import assume_after_login, describe_grant, request_at_login
 from certgate.cli.common import FORMAT, print_json
 from certgate.client.login import login as do_login
 from certgate.client.profile import load_profile, remove_profile
@@ -42,11 +43,12 @@ def login(
         if not sys.stdin.isatty():
             raise click.UsageError("pass --otp when the password comes from standard input")
         otp = click.prompt("One-time code")
-    profile = do_login(proxy, user, password, otp, insecure, ttl)
+    terms: dict[str, Any] = {}
+    profile = do_login(proxy, user, password, otp, insecure, ttl, terms)
     if request_id:
         assume_after_login(profile, request_id)
-    else:
-        request_if_always(profile, request_reason)
+    elif terms.get("roles"):
+        request_at_login(profile, list(terms["roles"]), request_reason)
     _show(profile_status(), "text")
 
 
