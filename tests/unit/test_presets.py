@@ -25,7 +25,7 @@ def preset(name: str) -> RoleSet:
 
 def test_names_descriptions_and_validity() -> None:
     roles = preset_roles()
-    assert [r.name for r in roles] == ["access", "editor", "auditor"]
+    assert [r.name for r in roles] == ["access", "editor", "auditor", "access-plugin"]
     for role in roles:
         assert role.metadata.description
         validate_role(role)
@@ -85,3 +85,14 @@ def test_access_and_editor_together() -> None:
     both = RoleSet(preset_roles()[:2], TRAITS)
     assert both.logins() == ["alice", "ubuntu"]
     assert both.allows_rule("role", "create")
+
+
+def test_access_plugin_reads_access_requests_and_nothing_else() -> None:
+    plugin = preset("access-plugin")
+    allowed = {(r, v) for r in RESOURCES for v in VERBS if plugin.allows_rule(r, v)}
+    assert allowed == {("access_request", "list"), ("access_request", "read")}
+    assert plugin.logins() == []
+    assert not plugin.can_access_node({"env": "dev"})
+    assert plugin.kubernetes_groups() == []
+    assert not plugin.can_access_kube({})
+    assert plugin.options().max_session_ttl == timedelta(days=30)

@@ -43,6 +43,7 @@ from certgate.auth.http_body import json_body, required_str, str_list
 from certgate.auth.http_recordings import add_recording_routes
 from certgate.auth.http_requests import add_request_routes
 from certgate.auth.http_sessions import add_session_routes
+from certgate.auth.http_user_certs import add_user_cert_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
 from certgate.backend.base import EventType
@@ -199,6 +200,7 @@ class AuthAPI:
         add_session_routes(self, r)
         add_agentless_routes(self, r)
         add_request_routes(self, r)
+        add_user_cert_routes(self, r)
         return app
 
     # routes -------------------------------------------------------------------------

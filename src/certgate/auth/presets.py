@@ -1,4 +1,4 @@
-"""The roles every cluster starts with: `access`, `editor` and `auditor`.
+"""The roles every cluster starts with: `access`, `editor`, `auditor`, `access-plugin`.
 
 Bootstrap creates them when absent and never overwrites them, so operators may edit
 or delete them like any other role.
@@ -6,12 +6,15 @@ or delete them like any other role.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from certgate.api.meta import Metadata
 from certgate.api.role import JoinPolicy, Role, RoleConditions, RoleOptions, RoleSpec, Rule
 
 ACCESS = "access"
 EDITOR = "editor"
 AUDITOR = "auditor"
+ACCESS_PLUGIN = "access-plugin"
 
 
 def access_role() -> Role:
@@ -64,6 +67,24 @@ def auditor_role() -> Role:
     )
 
 
+def access_plugin_role() -> Role:
+    """What a notification plugin needs: follow access requests, and nothing else."""
+    return Role(
+        metadata=Metadata(
+            name=ACCESS_PLUGIN,
+            description="read and watch access requests (slack, mattermost, webhook plugins)",
+        ),
+        spec=RoleSpec(
+            allow=RoleConditions(
+                rules=[Rule(resources=["access_request"], verbs=["list", "read"])]
+            ),
+            # A plugin runs unattended on an identity from `cgctl auth sign --user`;
+            # it can read requests only, so it may live a month between renewals.
+            options=RoleOptions(max_session_ttl=timedelta(days=30), port_forwarding=False),
+        ),
+    )
+
+
 def preset_roles() -> list[Role]:
     """Fresh copies of the preset roles, in a stable order."""
-    return [access_role(), editor_role(), auditor_role()]
+    return [access_role(), editor_role(), auditor_role(), access_plugin_role()]

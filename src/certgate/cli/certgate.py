@@ -14,6 +14,8 @@ from certgate.cli.common import run
 from certgate.daemon.config import SAMPLE, Config, default_data_dir, load_config
 from certgate.daemon.logs import setup_logging
 from certgate.daemon.process import Daemon
+from certgate.plugins.process import run_plugin
+from certgate.plugins.registry import NOTIFIERS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -153,6 +155,23 @@ def parse_labels(text: str) -> dict[str, str]:
 def configure() -> None:
     """Print a commented certgate.yaml with every option and its default."""
     sys.stdout.write(SAMPLE)
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(sorted(NOTIFIERS)))
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The plugin's YAML config (docs/plugins.md).",
+)
+@click.option("--debug", is_flag=True, help="JSON logs at debug level.")
+def plugin(name: str, config_path: Path, debug: bool) -> None:
+    """Notify a chat or a webhook of access requests: slack, mattermost or webhook."""
+    setup_logging(debug)
+    run_plugin(name, config_path)
+    logging.shutdown()
 
 
 main = run(cli)

@@ -35,8 +35,10 @@ class ResourceView:
         client: AsyncAuthClient,
         kinds: list[str],
         on_change: ChangeCallback | None = None,
+        path: str = "/v1/watch",  # through a proxy, as a user: /v1/api/watch
     ) -> None:
         self._client = client
+        self._path = path
         self._kinds = kinds
         self._on_change = on_change
         self._items: dict[str, dict[str, BaseModel]] = {kind: {} for kind in kinds}
@@ -82,7 +84,7 @@ class ResourceView:
 
     async def _follow(self) -> None:
         async with self._client.stream(
-            "GET", "/v1/watch", params={"kinds": ",".join(self._kinds)}
+            "GET", self._path, params={"kinds": ",".join(self._kinds)}
         ) as lines:
             async for line in lines:
                 self._last_contact = time.monotonic()

@@ -1,4 +1,5 @@
-"""`cgctl auth export|sign`: the cluster's CA public keys and host certificates for OpenSSH."""
+"""`cgctl auth export|sign`: the cluster's CA public keys, host certificates for OpenSSH,
+and identities for plugins and scripts (`sign --user`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import click
 
 from certgate.cli.cgctl._connect import api
+from certgate.client.identities import sign_user_identity
 from certgate.errors import BadParameter
 
 
@@ -34,37 +36,86 @@ def export(ctx: click.Context, kind: str) -> None:
 
 
 @auth.command("sign")
-@click.option("--host", required=True, help="The node's name (as registered with cgctl create).")
+@click.option("--host", help="The node's name (as registered with cgctl create).")
+@click.option(
+    "--user",
+    help="A user to make an identity for (a plugin's or a script's), instead of --host.",
+)
 @click.option(
     "--principals",
     default="",
-    help="More names or addresses the certificate is valid for, comma-separated.",
+    help="More names or addresses the certificate is valid for, comma-separated (--host).",
 )
-@click.option("--ttl", default="720h", show_default=True, help="How long it is valid.")
+@click.option(
+    "--ttl",
+    default=None,
+    help="How long it is valid (default 720h; --user: capped by the user's roles).",
+)
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["openssh"]),
     default="openssh",
     show_default=True,
-    help="openssh: a host key and certificate for a stock sshd.",
+    help="openssh: a host key and certificate for a stock sshd (--host).",
 )
 @click.option(
     "--out",
     required=True,
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Where to write the private key; the certificate goes to OUT-cert.pub.",
+    type=click.Path(path_type=Path),
+    help="--host: where to write the private key (the certificate goes to OUT-cert.pub); "
+    "--user: the identity directory to write.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace files that exist.")
 @click.pass_context
 def sign(
-    ctx: click.Context, host: str, principals: str, ttl: str, fmt: str, out: Path, overwrite: bool
+    ctx: click.Context,
+    host: str | None,
+    user: str | None,
+    principals: str,
+    ttl: str | None,
+    fmt: str,
+    out: Path,
+    overwrite: bool,
+) -> None:
+    """Sign certificates: a host's for OpenSSH (--host) or a user's identity (--user)."""
+    if bool(host) == bool(user):
+        raise BadParameter("name either --host or --user")
+    if user:
+        _sign_user(ctx, user, ttl or "720h", out, overwrite)
+    else:
+        assert host is not None
+        _sign_host(ctx, host, principals, ttl or "720h", out, overwrite)
+
+
+def _sign_user(ctx: click.Context, user: str, ttl: str, out: Path, overwrite: bool) -> None:
+    out = out.absolute()
+    if out.exists() and not out.is_dir():
+        raise BadParameter(f"{out} is a file: --user writes an identity directory")
+    if (out / "bundle.json").exists() and not overwrite:
+        raise BadParameter(f"{out} holds an identity: pass --overwrite to replace it")
+    bundle = sign_user_identity(api(ctx), user, ttl, out)
+    identity = bundle.identity
+    click.echo(
+        f"Wrote an identity for {identity.username} (roles {', '.join(identity.roles) or '-'}) "
+        f"to {out},\nvalid until {identity.expires:%Y-%m-%d %H:%M} UTC.\n"
+        "\n"
+        "Point a plugin's config at it (docs/plugins.md):\n"
+        "\n"
+        f"  identity: {out}\n"
+    )
+
+
+def _sign_host(
+    ctx: click.Context, host: str, principals: str, ttl: str, out: Path, overwrite: bool
 ) -> None:
     """Make a host key for an OpenSSH server and sign its certificate with the host CA.
 
     Prints the sshd_config lines that make the server an agentless node.
     """
     out = out.absolute()
+    if out.is_dir():
+        raise BadParameter(f"{out} is a directory: --host writes a key file")
     cert_path = out.with_name(out.name + "-cert.pub")
     pub_path = out.with_name(out.name + ".pub")
     if not overwrite:

@@ -1,0 +1,154 @@
+"""Mattermost (REST API v4): the same messages as Slack, in Markdown.
+
+GET  /api/v4/users/me                                  the bot's own id (direct channels)
+GET  /api/v4/teams/name/{team}/channels/name/{name}    a "team/channel" recipient's id
+GET  /api/v4/users/email/{email}                       an email recipient's user id
+POST /api/v4/channels/direct [bot id, user id]         -> {id}: the direct channel
+POST /api/v4/posts {channel_id, message[, root_id]}    -> {id}; root_id makes a reply
+PUT  /api/v4/posts/{id} {id, message}                  the update
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from certgate.errors import ConnectionProblem
+from certgate.plugins import text
+from certgate.plugins.config import PluginConfig
+from certgate.plugins.notifier import Posted, RecipientRefused
+from certgate.plugins.request_info import RequestInfo
+from certgate.plugins.retry import send
+
+
+class MattermostNotifier:
+    def __init__(self, config: PluginConfig, http: httpx.AsyncClient | None = None) -> None:
+        assert config.mattermost is not None
+        self._config = config
+        self._api = config.mattermost.url.rstrip("/") + "/api/v4"
+        self._http = http or httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {config.mattermost.token}"}
+        )
+        self._bot_id = ""
+
+    # Notifier ---------------------------------------------------------------------
+
+    def recipients(self, request: RequestInfo) -> list[str]:
+        found = self._config.recipients_for(request.roles)
+        for reviewer in request.suggested_reviewers:
+            email = self._config.email_for(reviewer)
+            found.append(email if email else f"user:{reviewer}")
+        return list(dict.fromkeys(found))
+
+    async def post(self, recipient: str, request: RequestInfo) -> Posted:
+        channel_id = await self._channel(recipient)
+        post = await self._call(
+            "POST", "/posts", {"channel_id": channel_id, "message": self.message(request)}
+        )
+        return Posted({"channel_id": channel_id, "post_id": post["id"]}, request.state)
+
+    async def reply(
+        self, recipient: str, ref: dict[str, Any], request: RequestInfo, index: int
+    ) -> None:
+        await self._call(
+            "POST",
+            "/posts",
+            {
+                "channel_id": ref["channel_id"],
+                "root_id": ref["post_id"],
+                "message": text.review_line(request.reviews[index]),
+            },
+        )
+
+    async def update(self, recipient: str, ref: dict[str, Any], request: RequestInfo) -> None:
+        post_id = str(ref["post_id"])
+        await self._call(
+            "PUT",
+            f"/posts/{quote(post_id, safe='')}",
+            {"id": post_id, "message": self.message(request)},
+        )
+
+    async def tell_requester(self, request: RequestInfo) -> None:
+        email = self._config.email_for(request.user)
+        if email is None:
+            raise RecipientRefused(f"no email known for {request.user}: see docs/plugins.md")
+        channel_id = await self._channel(email)
+        await self._call(
+            "POST", "/posts", {"channel_id": channel_id, "message": text.outcome_line(request)}
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # the message ------------------------------------------------------------------
+
+    def message(self, request: RequestInfo) -> str:
+        url = text.review_url(self._config.link_base, request)
+        return "\n".join(
+            [
+                f"**Access request** `{request.id}`",
+                "",
+                "| | |",
+                "|---|---|",
+                f"| User | {_cell(request.user)} |",
+                f"| Requested | {_cell(text.cut(request.what(), 4000))} |",
+                f"| Reason | {_cell(text.cut(request.reason or '-', 4000))} |",
+                f"| Duration | {text.duration(request)} |",
+                f"| Access until | {text.when(request.access_ends())} |",
+                f"| Status | {_cell(text.status(request))} |",
+                "",
+                f"[Review it in certgate]({url}) or run `{text.approve_command(request)}`",
+                f"_pending until {text.when(request.pending_expires)}_",
+            ]
+        )
+
+    # calls ------------------------------------------------------------------------
+
+    async def _channel(self, recipient: str) -> str:
+        if recipient.startswith("user:"):
+            raise RecipientRefused(f"no email known for {recipient[5:]}: see docs/plugins.md")
+        if "@" in recipient:
+            user = await self._call("GET", f"/users/email/{quote(recipient, safe='@')}")
+            if not self._bot_id:
+                self._bot_id = str((await self._call("GET", "/users/me"))["id"])
+            channel = await self._call("POST", "/channels/direct", [self._bot_id, user["id"]])
+            return str(channel["id"])
+        team, sep, name = recipient.partition("/")
+        if not sep or not team or not name:
+            raise RecipientRefused(
+                f'mattermost recipient "{recipient}": use team/channel or an email'
+            )
+        channel = await self._call(
+            "GET", f"/teams/name/{quote(team, safe='')}/channels/name/{quote(name, safe='')}"
+        )
+        return str(channel["id"])
+
+    async def _call(self, method: str, path: str, body: Any = None) -> Any:
+        what = f"mattermost {method} {path}"
+        response = await send(self._http, method, self._api + path, what=what, json=body)
+        if response.status_code in (400, 404):
+            raise RecipientRefused(f"{what}: {_error(response)}")
+        if response.status_code >= 300:
+            # 401/403: the token's fault, not the recipient's: retried later.
+            raise ConnectionProblem(f"{what}: {_error(response)}")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ConnectionProblem(f"{what}: answer is not JSON") from exc
+
+
+def _error(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"status {response.status_code}"
+    if isinstance(body, dict) and body.get("message"):
+        return f"{response.status_code} {body.get('id', '')} {body['message']}".replace("  ", " ")
+    return f"status {response.status_code}"
+
+
+def _cell(value: str) -> str:
+    # A bar would end the table cell; a newline the row.
+    return value.replace("|", "\\|").replace("\n", " ")

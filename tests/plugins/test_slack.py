@@ -1,0 +1,123 @@
+"""The Slack notifier against the Slack stand-in: what a workspace receives."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import certgate.plugins.slack as slack_module
+from certgate.errors import ConnectionProblem
+from certgate.plugins.notifier import RecipientRefused
+from certgate.plugins.retry import RetryPolicy
+from certgate.plugins.slack import SlackNotifier
+from tests.plugins.conftest import config, slack_section
+from tests.plugins.requests import pending, review
+from tests.support.slack_standin import SlackStandin
+
+
+def notifier(tmp_path: Path, slack: SlackStandin, token: str | None = None) -> SlackNotifier:
+    section = slack_section(slack) if token is None else slack_section(slack, token)
+    return SlackNotifier(config(tmp_path, slack=section))
+
+
+async def test_message_reply_update_and_direct_message(tmp_path: Path, slack: SlackStandin) -> None:
+    n = notifier(tmp_path, slack)
+    request = pending()
+    assert n.recipients(request) == ["#access-requests", "bob@example.com"]
+    posted = await n.post("#access-requests", request)
+    # The first call met the stand-in's one 429 and was retried after Retry-After.
+    assert slack.rate_limited == 1
+    assert posted.ref == {"channel": "C0ACCESS01", "ts": posted.ref["ts"]}
+    [message] = slack.top_messages()
+    assert message.channel == "C0ACCESS01"
+    assert message.text == "alice requests roles kube-admin and node/db-1: ⏳ PENDING"
+    body = str(message.blocks)
+    for shown in (
+        request.id,
+        "alice",
+        "incident 42",
+        "4h",
+        "2026-11-30 13:00 UTC",  # created + max_duration: when access would end
+        f"<https://proxy.example.com:3080/web/requests/{request.id}|Review it in certgate>",
+        f"`cgctl requests approve {request.id}`",
+    ):
+        assert shown in body, shown
+
+    reviewed = replace(request, reviews=(review("bob", "approve", "looks right"),))
+    await n.reply("#access-requests", posted.ref, reviewed, 0)
+    [reply] = slack.replies(message)
+    assert reply.text == "bob approved the request: looks right"
+
+    approved = replace(reviewed, state="APPROVED", resolve_reason="on call")
+    await n.update("#access-requests", posted.ref, approved)
+    [edit] = message.edits
+    assert edit["channel"] == "C0ACCESS01" and edit["ts"] == message.ts
+    assert "✅ APPROVED: on call" in str(edit["blocks"])
+
+    await n.tell_requester(approved)
+    [lookup] = slack.ok_calls("users.lookupByEmail")
+    assert lookup.body == {"email": "alice@example.com"}
+    dm = slack.top_messages()[-1]
+    assert dm.channel == slack.dm_channel("alice@example.com")
+    assert dm.text.startswith(f"Your access request {request.id} for roles kube-admin")
+    assert "was approved (on call)" in dm.text
+    for call in slack.calls:
+        assert call.headers["Authorization"] == "Bearer xoxb-test-token"
+    await n.close()
+
+
+async def test_an_email_recipient_gets_a_direct_message(
+    tmp_path: Path, slack: SlackStandin
+) -> None:
+    n = notifier(tmp_path, slack)
+    posted = await n.post("bob@example.com", pending())
+    assert posted.ref["channel"] == slack.dm_channel("bob@example.com")
+    await n.close()
+
+
+async def test_unknown_channel_or_user_is_refused_for_good(
+    tmp_path: Path, slack: SlackStandin
+) -> None:
+    n = notifier(tmp_path, slack)
+    with pytest.raises(RecipientRefused, match="channel_not_found"):
+        await n.post("#nowhere", pending())
+    with pytest.raises(RecipientRefused, match="users_not_found"):
+        await n.post("carol@example.com", pending())
+    await n.close()
+
+
+async def test_a_bad_token_is_not_the_recipients_fault(tmp_path: Path, slack: SlackStandin) -> None:
+    n = notifier(tmp_path, slack, token="xoxb-wrong")
+    with pytest.raises(ConnectionProblem, match="invalid_auth"):
+        await n.post("#access-requests", pending())
+    await n.close()
+
+
+async def test_a_server_that_keeps_failing_is_given_up_for_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = slack_module.send
+
+    async def quick(*args: Any, **kwargs: Any) -> Any:
+        return await original(*args, policy=RetryPolicy(attempts=2, first_delay=0.01), **kwargs)
+
+    monkeypatch.setattr(slack_module, "send", quick)
+    # Nothing listens on the discard port.
+    n = SlackNotifier(config(tmp_path, slack={"token": "x", "api_url": "http://127.0.0.1:9/api"}))
+    with pytest.raises(ConnectionProblem, match="failed after 2 attempts"):
+        await n.post("#access-requests", pending())
+    await n.close()
+
+
+async def test_a_long_reason_is_cut_not_refused(tmp_path: Path, slack: SlackStandin) -> None:
+    n = notifier(tmp_path, slack)
+    request = pending(reason="<&>" * 3000)
+    blocks = n.blocks(request)
+    [reason] = [f["text"] for f in blocks[1]["fields"] if f["text"].startswith("*Reason*")]
+    assert len(reason) < 2000 and reason.endswith("…")
+    assert reason.removesuffix("…").endswith(("&lt;", "&amp;", "&gt;"))
+    await n.post("#access-requests", request)
+    await n.close()
