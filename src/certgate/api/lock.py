@@ -8,15 +8,16 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from certgate.api.meta import Metadata, Model
+from certgate.api.names import OptionalName, Time
 
 
 class LockTarget(Model):
-    user: str = ""
-    role: str = ""
-    login: str = ""
-    node: str = ""
-    access_request: str = ""
-    mfa_device: str = ""
+    user: OptionalName = ""
+    role: OptionalName = ""
+    login: OptionalName = ""
+    node: OptionalName = ""
+    access_request: OptionalName = ""
+    mfa_device: OptionalName = ""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LockTarget:
@@ -38,7 +39,7 @@ class LockSpec(Model):
     target: LockTarget
     message: str = ""
     created_by: str = ""
-    created: datetime | None = None
+    created: Time | None = None
 
 
 class Lock(Model):

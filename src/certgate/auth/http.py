@@ -24,24 +24,33 @@ from typing import Any
 
 from aiohttp import web
 from cryptography import x509
+from pydantic import BaseModel, ValidationError
 
 from certgate.api.certs import identity_from_x509, verify_x509_client_cert
-from certgate.api.codec import dump, from_dict, to_dict
+from certgate.api.codec import describe_validation_error, dump, from_dict, to_dict
 from certgate.api.duration import parse_duration
 from certgate.api.identity import SYSTEM_PROXY, Identity
 from certgate.api.lock import Lock
+from certgate.api.names import check_name, shown, utc_time
 from certgate.api.node import Node
 from certgate.auth import permissions as perm
 from certgate.auth.http_agentless import add_agentless_routes
-from certgate.auth.http_body import json_body, required_str, str_list
+from certgate.auth.http_body import (
+    MAX_BODY_BYTES,
+    json_body,
+    query_int,
+    required_str,
+    str_list,
+)
 from certgate.auth.http_recordings import add_recording_routes
 from certgate.auth.http_sessions import add_session_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
-from certgate.backend.base import EventType
+from certgate.backend.base import EventType, Item
 from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
 from certgate.recording.store import RecordingStore
 from certgate.services.audit import EVENT_CODES
+from certgate.services.store import ResourceStore
 
 log = logging.getLogger("certgate.auth")
 
@@ -51,6 +60,10 @@ FORWARDED_ADDR = "Certgate-Client-Addr"
 MAX_EVENTS_PER_CALL = 1000
 # Client certificates whose parsed identity is kept (each is a few hundred bytes).
 PEER_CACHE_SIZE = 4096
+# The most resources one `cgctl create` may carry (they are written in one transaction).
+MAX_RESOURCES_PER_CALL = 100
+# Longest password and one-time code taken: argon2 of a megabyte is CPU for nothing.
+MAX_SECRET_CHARS = 1024
 
 Handler = Callable[[web.Request, Identity | None], Awaitable[Any]]
 
@@ -145,6 +158,10 @@ class AuthAPI:
                 if resource is not None:
                     caller = await self.authorizer.check(caller, resource, verb)
                 result = await fn(request, caller)
+            except ValidationError as exc:
+                # A model built from request input that slipped past the route's checks.
+                bad = BadParameter(describe_validation_error(exc.title.lower(), "", exc))
+                return web.json_response(to_json(bad), status=bad.http_status)
             except CertgateError as exc:
                 if self.metrics:
                     self.metrics.errors.labels(kind=exc.kind).inc()
@@ -158,7 +175,7 @@ class AuthAPI:
         return handle
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024, middlewares=[_internal_errors])
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_internal_errors])
         r = app.router
         add = self._handler
         r.add_get("/v1/ping", add(None, "", self.ping))
@@ -198,10 +215,12 @@ class AuthAPI:
 
     async def login(self, request: web.Request, caller: Identity | None) -> Any:
         body = await json_body(request)
+        # Checked before the login checker writes an attempt or an audit event for it.
+        username = _checked_name(body.get("user"), "user name", "login", request)
         bundle = await self.server.login(
-            username=required_str(body, "user"),
-            password=required_str(body, "password"),
-            otp=required_str(body, "otp"),
+            username=username,
+            password=required_str(body, "password", MAX_SECRET_CHARS),
+            otp=required_str(body, "otp", MAX_SECRET_CHARS),
             public_key=required_str(body, "public_key"),
             ttl=_ttl(body),
             client_addr=self.client_addr(request),
@@ -233,22 +252,22 @@ class AuthAPI:
         body = await json_body(request)
         await self.server.complete_invite(
             request.match_info["token"],
-            required_str(body, "password"),
-            required_str(body, "otp"),
+            required_str(body, "password", MAX_SECRET_CHARS),
+            required_str(body, "otp", MAX_SECRET_CHARS),
             self.client_addr(request),
         )
         return None
 
     async def join(self, request: web.Request, caller: Identity | None) -> Any:
         body = await json_body(request)
-        principals = body.get("principals", [])
-        if not isinstance(principals, list) or not all(isinstance(p, str) for p in principals):
-            raise BadParameter("principals must be a list of strings")
+        # Checked before a failed join is audited with the name in it.
+        name = _checked_name(body.get("name"), "host name", "join", request)
+        principals = str_list(body, "principals", max_items=32, max_len=253)
         bundle = await self.server.join(
-            token_name=required_str(body, "token"),
-            role=required_str(body, "role"),
+            token_name=required_str(body, "token", 128),
+            role=required_str(body, "role", 16),
             public_key=required_str(body, "public_key"),
-            name=required_str(body, "name"),
+            name=name,
             principals=principals,
             client_addr=request.remote or "",
         )
@@ -261,7 +280,10 @@ class AuthAPI:
         traits = body.get("traits", {})
         if not isinstance(traits, dict):
             raise BadParameter("traits must be a mapping of lists of strings")
-        url = await self.server.add_user(required_str(body, "name"), roles, traits, caller.username)
+        name = check_name(body.get("name"), "user name")
+        for role in roles:
+            check_name(role, "role name")
+        url = await self.server.add_user(name, roles, traits, caller.username)
         return {"invite_url": url}
 
     async def reset_user(self, request: web.Request, caller: Identity | None) -> Any:
@@ -295,7 +317,7 @@ class AuthAPI:
             event_types=[e for e in q.get("event", "").split(",") if e],
             user=q.get("user") or None,
             node=q.get("node") or None,
-            limit=min(int(q.get("limit", "100") or 100), 10000),
+            limit=query_int(request, "limit", 100, 10000),
             cursor=q.get("cursor") or None,
         )
         return {"events": events, "cursor": cursor}
@@ -341,8 +363,31 @@ class AuthAPI:
 
     async def list_resources(self, request: web.Request, caller: Identity | None) -> Any:
         kind = _kind(request)
-        items = await self.server.get_resources(kind, None)
+        items = await self._readable(kind)
         return json.loads(dump(items, "json"))
+
+    async def _readable(self, kind: str) -> list[BaseModel]:
+        """Every stored `kind` that still decodes; a bad one is logged and left out, so
+        one poisoned item cannot fail every list, snapshot and watch of its kind."""
+        store = self.server.store_for(kind)
+        found = []
+        for item in await self.server.backend.range(store.prefix):
+            resource = self._decoded(kind, store, item)
+            if resource is not None:
+                found.append(resource)
+        return found
+
+    def _decoded(self, kind: str, store: ResourceStore[Any], item: Item) -> BaseModel | None:
+        try:
+            resource: BaseModel = store.decode(item)
+        except (ValidationError, ValueError) as exc:
+            log.error("skipping stored %s %s: it does not decode: %s", kind, shown(item.key), exc)
+            if self.metrics:
+                self.metrics.errors.labels(kind="bad_stored_item").inc()
+            return None
+        if kind == "cert_authority":
+            resource = resource.without_secrets()  # type: ignore[attr-defined]
+        return resource
 
     async def get_resource(self, request: web.Request, caller: Identity | None) -> Any:
         items = await self.server.get_resources(_kind(request), request.match_info["name"])
@@ -356,18 +401,33 @@ class AuthAPI:
         return None
 
     async def put_resource(self, request: web.Request, caller: Identity | None) -> Any:
+        """One resource ({"resource": doc}) or several ({"resources": [doc, ...]}).
+
+        Several are all or nothing: every one is parsed and authorized, then auth
+        writes them in one transaction (or none, with the reason for the first refusal).
+        """
         body = await json_body(request)
-        document = body.get("resource")
-        resource = from_dict(document)
+        several = "resources" in body
+        documents = body["resources"] if several else [body.get("resource")]
+        if not isinstance(documents, list) or not 0 < len(documents) <= MAX_RESOURCES_PER_CALL:
+            raise BadParameter(
+                f'"resources" must be a list of 1 to {MAX_RESOURCES_PER_CALL} resources'
+            )
         upsert = bool(body.get("upsert", False))
-        caller = await self.authorizer.check(
-            caller, resource.kind, "update" if upsert else "create"
-        )
-        if isinstance(resource, Lock) and not resource.spec.created_by:
-            spec = resource.spec.model_copy(update={"created_by": caller.username})
-            resource = resource.model_copy(update={"spec": spec})
-        saved = await self.server.put_resource(resource, caller.username, upsert)
-        return to_dict(saved)
+        resources = []
+        by = ""
+        for document in documents:
+            resource = from_dict(document)
+            checked = await self.authorizer.check(
+                caller, resource.kind, "update" if upsert else "create"
+            )
+            by = checked.username
+            if isinstance(resource, Lock) and not resource.spec.created_by:
+                spec = resource.spec.model_copy(update={"created_by": by})
+                resource = resource.model_copy(update={"spec": spec})
+            resources.append(resource)
+        saved = await self.server.put_resources(resources, by, upsert)
+        return [to_dict(r) for r in saved] if several else to_dict(saved[0])
 
     async def heartbeat(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
@@ -400,16 +460,16 @@ class AuthAPI:
         stores = {kind: self.server.store_for(kind) for kind in kinds}
         by_prefix = {store.prefix: kind for kind, store in stores.items()}
         revision = await self.server.backend.current_revision()
-        # get_resources strips CA private keys: they never leave auth.
-        snapshot = {
-            kind: [to_dict(r) for r in await self.server.get_resources(kind, None)]
-            for kind in kinds
-        }
+        # _readable strips CA private keys (they never leave auth) and skips bad items.
+        snapshot = {kind: [to_dict(r) for r in await self._readable(kind)] for kind in kinds}
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         await _send(response, {"type": "snapshot", "revision": revision, "items": snapshot})
         events = self.server.backend.watch(list(by_prefix), revision)
         next_event = asyncio.ensure_future(anext(events))
+        # From here on the status line is sent: a failure can only end the stream (the
+        # watcher reconnects and takes a fresh snapshot), never turn into a 500 written
+        # into the middle of it.
         try:
             while True:
                 done, _ = await asyncio.wait({next_event}, timeout=WATCH_PING_SECONDS)
@@ -426,15 +486,17 @@ class AuthAPI:
                 name = event.item.key[len(prefix) :]
                 if event.type is EventType.DELETE:
                     await _send(response, {"type": "delete", "kind": kind, "name": name})
-                else:
-                    resource = stores[kind].decode(event.item)
-                    if kind == "cert_authority":
-                        resource = resource.without_secrets()
+                    continue
+                resource = self._decoded(kind, stores[kind], event.item)
+                if resource is not None:  # a bad item is skipped, the stream goes on
                     await _send(
                         response, {"type": "put", "kind": kind, "resource": to_dict(resource)}
                     )
         except ConnectionResetError:
             pass  # the watcher went away
+        except Exception:
+            log.exception("watch of %s ended by an error", ",".join(kinds))
+            _end_abruptly(request)
         finally:
             next_event.cancel()
             await asyncio.gather(next_event, return_exceptions=True)
@@ -448,6 +510,23 @@ WATCH_PING_SECONDS = 1.0
 
 async def _send(response: web.StreamResponse, message: dict[str, Any]) -> None:
     await response.write(json.dumps(message).encode() + b"\n")
+
+
+def _end_abruptly(request: web.Request) -> None:
+    # Closing the connection without the final chunk tells the client the stream broke
+    # (it reconnects); a clean end could pass for "auth has nothing more to say".
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _checked_name(value: object, what: str, route: str, request: web.Request) -> str:
+    """A valid name from an unauthenticated caller, or a refusal logged in one short line
+    (never the name whole: it may be a megabyte)."""
+    try:
+        return check_name(value, what)
+    except BadParameter:
+        log.info("refused %s from %s: invalid %s %s", route, request.remote, what, shown(value))
+        raise
 
 
 @web.middleware
@@ -485,6 +564,8 @@ def _time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        return datetime.fromisoformat(text)
+        return utc_time(datetime.fromisoformat(text))
     except ValueError as exc:
-        raise BadParameter(f'invalid time "{text}": use RFC 3339') from exc
+        raise BadParameter(
+            f"invalid time {shown(text)}: use RFC 3339 before the year 9001"
+        ) from exc

@@ -39,7 +39,7 @@ from certgate.auth.passwords import (
 )
 from certgate.backend.base import Backend
 from certgate.clock import Clock
-from certgate.errors import AccessDenied, BadParameter, NotFound
+from certgate.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
 from certgate.services.audit import AuditLog
 from certgate.services.locks import LockCache
 from certgate.services.store import ResourceStore
@@ -407,15 +407,44 @@ class AuthServer:
         return items
 
     async def put_resource(self, resource: Resource, by: str, upsert: bool) -> BaseModel:
-        if isinstance(resource, Role):
-            validate_role(resource)
-        if isinstance(resource, CertAuthority):
-            raise BadParameter("certificate authorities are created by auth and cannot be set")
-        if isinstance(resource, User):
-            for role in resource.spec.roles:
-                await self.roles.get(role)
-        store = self.store_for(resource.kind)
-        saved: BaseModel = await (store.upsert(resource) if upsert else store.create(resource))
+        return (await self.put_resources([resource], by, upsert))[0]
+
+    async def put_resources(
+        self, resources: Sequence[Resource], by: str, upsert: bool
+    ) -> list[BaseModel]:
+        """All or nothing: every resource is checked, then all are written in one
+        transaction; a user may name a role created in the same call."""
+        seen: set[tuple[str, str]] = set()
+        new_roles = {r.metadata.name for r in resources if isinstance(r, Role)}
+        for resource in resources:
+            ref = (resource.kind, resource.metadata.name)
+            if ref in seen:
+                raise BadParameter(f'{resource.kind} "{ref[1]}" appears twice in the input')
+            seen.add(ref)
+            if isinstance(resource, Role):
+                validate_role(resource)
+            if isinstance(resource, CertAuthority):
+                raise BadParameter("certificate authorities are created by auth and cannot be set")
+            if isinstance(resource, User):
+                for role in resource.spec.roles:
+                    if role not in new_roles:
+                        await self.roles.get(role)
+        stores = [self.store_for(r.kind) for r in resources]
+        items = [store.encode(r) for store, r in zip(stores, resources, strict=True)]
+        try:
+            written = await self.backend.write_many(items, create_only=not upsert)
+        except AlreadyExists as exc:
+            for item, resource in zip(items, resources, strict=True):
+                if item.key in exc.message.split():
+                    name = resource.metadata.name
+                    raise AlreadyExists(f'{resource.kind} "{name}" already exists') from None
+            raise
+        saved = [store.decode(item) for store, item in zip(stores, written, strict=True)]
+        for resource in resources:
+            await self._audit_put(resource, by)
+        return saved
+
+    async def _audit_put(self, resource: Resource, by: str) -> None:
         if isinstance(resource, Lock):
             await self.audit.emit(
                 "lock.created",
@@ -430,7 +459,6 @@ class AuthServer:
         else:
             event = "role.created" if resource.kind == "role" else "resource.created"
             await self.audit.emit(event, user=by, kind=resource.kind, name=resource.metadata.name)
-        return saved
 
     async def delete_resource(self, kind: str, name: str, by: str) -> None:
         if kind == "user":

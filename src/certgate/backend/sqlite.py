@@ -523,6 +523,27 @@ class SQLiteBackend:
 
         return self._written(item, value, await self._db.run(put))
 
+    async def write_many(self, items: Sequence[Item], create_only: bool) -> list[Item]:
+        checked = [_check_item(item) for item in items]
+        now = self._now()
+
+        def write(conn: sqlite3.Connection) -> list[int]:
+            with write_transaction(conn):
+                if create_only:
+                    for item in items:
+                        if _live_revision(conn, item.key, now) is not None:
+                            raise AlreadyExists(f"key {item.key} already exists")
+                return [
+                    _store(conn, item.key, value, expires, now)
+                    for item, (value, expires) in zip(items, checked, strict=True)
+                ]
+
+        revisions = await self._db.run(write)
+        return [
+            self._written(item, value, revision)
+            for item, (value, _), revision in zip(items, checked, revisions, strict=True)
+        ]
+
     async def compare_and_swap(self, item: Item, expected_revision: int) -> Item:
         value, expires = _check_item(item)
         now = self._now()

@@ -41,8 +41,9 @@ from typing import Any
 from aiohttp import web
 
 from certgate.daemon.auth_service import Closer, auth_app, open_auth_server
-from certgate.daemon.config import AuthService
+from certgate.daemon.config import AuthService, HTTPLimits
 from certgate.daemon.diag import Metrics
+from certgate.daemon.listeners import LimitedSite, limited_runner
 from certgate.daemon.logs import setup_logging
 from certgate.errors import BadParameter
 from certgate.transport import server_context
@@ -76,6 +77,7 @@ class WorkerSpec:
     cert_pem: str
     key_pem: str
     debug: bool
+    limits: HTTPLimits
 
 
 # ---------------------------------------------------------------------------- sockets
@@ -125,14 +127,13 @@ def check_port_free(host: str, port: int) -> None:
 
 
 async def serve_on(
-    app: web.Application, sockets: list[socket.socket], context: Any
+    app: web.Application, sockets: list[socket.socket], context: Any, limits: HTTPLimits
 ) -> web.AppRunner:
     """Serve `app` on already-bound sockets; the runner's cleanup stops it."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    runner = await limited_runner(app, limits)
     try:
         for sock in sockets:
-            site = web.SockSite(runner, sock, ssl_context=context, shutdown_timeout=2)
+            site = LimitedSite(runner, limits, sock=sock, ssl_context=context)
             await site.start()
     except BaseException:
         await runner.cleanup()
@@ -242,7 +243,7 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> None:
         context = server_context(
             spec.cert_pem, spec.key_pem, client_cas=server.issuer.tls_ca_certs()
         )
-        runner = await serve_on(app, listening_sockets(spec.host, spec.port), context)
+        runner = await serve_on(app, listening_sockets(spec.host, spec.port), context, spec.limits)
         closers.append(runner.cleanup)
         _send(conn, ("ready", os.getpid()))
         log.info("auth worker %d serving (pid %d)", spec.index, os.getpid())

@@ -66,6 +66,11 @@ class ResourceStore(Generic[T]):
             self._decoded[item.key] = resource
         return resource
 
+    def encode(self, resource: T) -> Item:
+        """The item `resource` is stored as (for writes of several kinds in one
+        transaction, `Backend.write_many`)."""
+        return self._encode(resource)
+
     def _encode(self, resource: T) -> Item:
         meta = _metadata(resource)
         clean = resource.model_copy(update={"metadata": meta.model_copy(update={"revision": 0})})
