@@ -14,7 +14,7 @@ import random
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -121,6 +121,16 @@ class BackendSuite:
             )
             assert [event.item for event in await next_events(events, 2)] == written
         assert (await backend.get("/k/1")).value == b"new"
+
+    async def test_an_expiry_past_year_9999_in_utc_still_reads(self, backend: Backend) -> None:
+        # 9999-12-31T23:59:59-23:59 is in year 10000 in UTC: storable as an epoch, but
+        # it once failed every later read of its prefix.
+        far = datetime.fromisoformat("9999-12-31T23:59:59-23:59")
+        await backend.put(Item("/locks/far", b"v", expires=far))
+        await backend.put(Item("/locks/near", b"w"))
+        items = await backend.range("/locks/")
+        assert [item.key for item in items] == ["/locks/far", "/locks/near"]
+        assert (await backend.get("/locks/far")).value == b"v"
 
     async def test_put_overwrites(self, backend: Backend) -> None:
         first = await backend.put(Item("/k", b"one"))

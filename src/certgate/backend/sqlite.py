@@ -300,7 +300,15 @@ def _epoch(moment: datetime, what: str) -> float:
 
 
 def _moment(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+    if epoch is None:
+        return None
+    try:
+        return datetime.fromtimestamp(epoch, UTC)
+    except (ValueError, OverflowError, OSError):
+        # An expiry past year 9999 (written before times were checked at the edge, or
+        # straight into the file): it never comes, and must not fail every read of
+        # its prefix with "year 10000 is out of range".
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def _check_item(item: Item) -> tuple[bytes, float | None]:
