@@ -28,6 +28,10 @@ def user_context(home: Path) -> ssl.SSLContext:
     return IdentityFiles.load(home / "keys").tls_context(insecure=True)
 
 
+def _json(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
 def lock_doc(name: str, expires: str) -> dict[str, object]:
     return {
         "kind": "lock",
@@ -43,35 +47,47 @@ def test_every_fuzzed_input_is_refused_with_a_reason(cluster: Cluster) -> None:
     user = cluster.add_user("fuzz-victim", logins="fuzz")
     cluster.login(user)
     mine = user_context(user.home)
-    json_ct = "application/json"
+    j = "application/json"
+    odd_charset = f"{j}; charset=x-nope"
+    multipart = "multipart/form-data; boundary=zz"
+    form = "application/x-www-form-urlencoded"
+    surrogate = b'{"user": "\\ud800", "password": "pw", "otp": "1", "public_key": "k"}'
+    huge_role = {"kind": "role", "version": "v1", "metadata": {"name": "fuzz-r"},
+                 "spec": {"options": {"max_session_ttl": 10**30}}}  # fmt: skip
+    far_user = {"kind": "user", "version": "v1", "metadata": {"name": "fuzz-u2"},
+                "status": {"locked_until": FAR}}  # fmt: skip
+    two_mb = b'"x": "' + b"a" * 2_000_000 + b'"}'
     cases: list[tuple[str, str, str, str, bytes | None, str, ssl.SSLContext | None]] = [
         # (what, where, method, path, body, content type, client certificate)
-        ("10,000 deep", proxy, "POST", "/v1/login", login(b'"ttl": ' + DEEP + b"}"), json_ct, None),
-        ("10,000 deep", auth, "POST", "/v1/join", join(b'"principals": ' + DEEP + b"}"), json_ct, None),
-        ("5,000 digits", auth, "POST", "/v1/join", join(b'"x": ' + LONG_NUMBER + b"}"), json_ct, None),
-        ("5,000 digits", proxy, "POST", "/v1/login", login(b'"ttl": ' + LONG_NUMBER + b"}"), json_ct, None),
-        ("charset", proxy, "POST", "/v1/login", login(b'"ttl": "1h"}'), f"{json_ct}; charset=x-nope", None),
-        ("charset", auth, "POST", "/v1/join", join(b'"ttl": "1h"}'), f"{json_ct}; charset=x-nope", None),
-        ("NaN", proxy, "POST", "/v1/login", login(b'"ttl": NaN}'), json_ct, None),
-        ("Infinity", auth, "POST", "/v1/join", join(b'"principals": [Infinity]}'), json_ct, None),
-        ("surrogate", proxy, "POST", "/v1/login", b'{"user": "\\ud800", "password": "pw", "otp": "1", "public_key": "k"}', json_ct, None),
-        ("surrogate", auth, "POST", "/v1/join", join(b'"principals": ["\\udfff"]}'), json_ct, None),
-        ("not UTF-8", auth, "POST", "/v1/join", join(b'"principals": ["\xff\xfe"]}'), json_ct, None),
-        ("multipart", proxy, "POST", "/web/invite/abcd", b"--zz\r\nContent-Disposition: form-data\r\n\r\nbroken", "multipart/form-data; boundary=zz", None),
-        ("form charset", proxy, "POST", "/web/invite/abcd", b"password=a&otp=%ff", "application/x-www-form-urlencoded", None),
-        ("huge ttl", proxy, "POST", "/v1/login", login(b'"ttl": "99999999999999999d"}'), json_ct, None),
-        ("huge token ttl", auth, "POST", "/v1/tokens", b'{"roles": ["node"], "ttl": "99999999999d"}', json_ct, admin),
-        ("huge role ttl", auth, "POST", "/v1/resources", json.dumps({"resource": {"kind": "role", "version": "v1", "metadata": {"name": "fuzz-r"}, "spec": {"options": {"max_session_ttl": 10**30}}}}).encode(), json_ct, admin),
-        ("limit=abc", auth, "GET", "/v1/events?limit=abc", None, json_ct, admin),
-        ("since=year 10000", auth, "GET", f"/v1/events?since={FAR.replace('+', '%2B')}", None, json_ct, admin),
-        ("control in path", proxy, "GET", "/v1/api/whoami%00%09X:%20y", None, json_ct, mine),
-        ("newline in path", proxy, "GET", "/v1/api/whoami%0d%0aX:%20y", None, json_ct, mine),
-        ("pydantic", auth, "POST", "/v1/users", b'{"name": "fuzz-u", "roles": [], "traits": {"logins": [1]}}', json_ct, admin),
-        ("year 10000 lock", auth, "POST", "/v1/resources", json.dumps({"resource": lock_doc("fuzz-far", FAR)}).encode(), json_ct, admin),
-        ("year 10000 user", auth, "POST", "/v1/resources", json.dumps({"resource": {"kind": "user", "version": "v1", "metadata": {"name": "fuzz-u2"}, "status": {"locked_until": FAR}}}).encode(), json_ct, admin),
-        ("2 MB body", proxy, "POST", "/v1/login", login(b'"x": "' + b"a" * 2_000_000 + b'"}'), json_ct, None),
-        ("2 MB body", auth, "POST", "/v1/join", join(b'"x": "' + b"a" * 2_000_000 + b'"}'), json_ct, None),
-        ("2 MB forwarded", proxy, "POST", "/v1/api/resources", b'{"x": "' + b"a" * 2_000_000 + b'"}', json_ct, mine),
+        ("10,000 deep", proxy, "POST", "/v1/login", login(b'"ttl": ' + DEEP + b"}"), j, None),
+        ("10,000 deep", auth, "POST", "/v1/join", join(b'"principals": ' + DEEP + b"}"), j, None),
+        ("5,000 digits", auth, "POST", "/v1/join", join(b'"x": ' + LONG_NUMBER + b"}"), j, None),
+        ("5,000 digits", proxy, "POST", "/v1/login", login(b'"x": ' + LONG_NUMBER + b"}"), j, None),
+        ("charset", proxy, "POST", "/v1/login", login(b'"ttl": "1h"}'), odd_charset, None),
+        ("charset", auth, "POST", "/v1/join", join(b'"ttl": "1h"}'), odd_charset, None),
+        ("NaN", proxy, "POST", "/v1/login", login(b'"ttl": NaN}'), j, None),
+        ("Infinity", auth, "POST", "/v1/join", join(b'"principals": [Infinity]}'), j, None),
+        ("surrogate", proxy, "POST", "/v1/login", surrogate, j, None),
+        ("surrogate", auth, "POST", "/v1/join", join(b'"principals": ["\\udfff"]}'), j, None),
+        ("not UTF-8", auth, "POST", "/v1/join", join(b'"principals": ["\xff\xfe"]}'), j, None),
+        ("multipart", proxy, "POST", "/web/invite/abcd", b"--zz\r\nbroken", multipart, None),
+        ("form bytes", proxy, "POST", "/web/invite/abcd", b"password=a&otp=%ff", form, None),
+        ("huge ttl", proxy, "POST", "/v1/login", login(b'"ttl": "99999999999999999d"}'), j, None),
+        ("huge token ttl", auth, "POST", "/v1/tokens", b'{"roles": ["node"], "ttl": "9999999999d"}',
+         j, admin),
+        ("huge role ttl", auth, "POST", "/v1/resources", _json({"resource": huge_role}), j, admin),
+        ("limit=abc", auth, "GET", "/v1/events?limit=abc", None, j, admin),
+        ("since=year 10000", auth, "GET", f"/v1/events?since={FAR}", None, j, admin),
+        ("control in path", proxy, "GET", "/v1/api/whoami%00%09X:%20y", None, j, mine),
+        ("newline in path", proxy, "GET", "/v1/api/whoami%0d%0aX:%20y", None, j, mine),
+        ("pydantic", auth, "POST", "/v1/users",
+         b'{"name": "fuzz-u", "roles": [], "traits": {"logins": [1]}}', j, admin),
+        ("year 10000 lock", auth, "POST", "/v1/resources",
+         _json({"resource": lock_doc("fuzz-far", FAR)}), j, admin),
+        ("year 10000 user", auth, "POST", "/v1/resources", _json({"resource": far_user}), j, admin),
+        ("2 MB body", proxy, "POST", "/v1/login", login(two_mb), j, None),
+        ("2 MB body", auth, "POST", "/v1/join", join(two_mb), j, None),
+        ("2 MB forwarded", proxy, "POST", "/v1/api/resources", b"{" + two_mb, j, mine),
     ]  # fmt: skip
     wrong = []
     for what, addr, method, path, body, content_type, context in cases:

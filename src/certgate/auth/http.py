@@ -26,6 +26,7 @@ from aiohttp import web
 from cryptography import x509
 from pydantic import BaseModel, ValidationError
 
+from certgate.api.authority import CertAuthority
 from certgate.api.certs import identity_from_x509, verify_x509_client_cert
 from certgate.api.codec import describe_validation_error, dump, from_dict, to_dict
 from certgate.api.duration import parse_duration
@@ -46,11 +47,10 @@ from certgate.auth.http_recordings import add_recording_routes
 from certgate.auth.http_sessions import add_session_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
-from certgate.backend.base import EventType, Item
+from certgate.backend.base import EventType
 from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
 from certgate.recording.store import RecordingStore
 from certgate.services.audit import EVENT_CODES
-from certgate.services.store import ResourceStore
 
 log = logging.getLogger("certgate.auth")
 
@@ -367,27 +367,10 @@ class AuthAPI:
         return json.loads(dump(items, "json"))
 
     async def _readable(self, kind: str) -> list[BaseModel]:
-        """Every stored `kind` that still decodes; a bad one is logged and left out, so
-        one poisoned item cannot fail every list, snapshot and watch of its kind."""
-        store = self.server.store_for(kind)
-        found = []
-        for item in await self.server.backend.range(store.prefix):
-            resource = self._decoded(kind, store, item)
-            if resource is not None:
-                found.append(resource)
-        return found
-
-    def _decoded(self, kind: str, store: ResourceStore[Any], item: Item) -> BaseModel | None:
-        try:
-            resource: BaseModel = store.decode(item)
-        except (ValidationError, ValueError) as exc:
-            log.error("skipping stored %s %s: it does not decode: %s", kind, shown(item.key), exc)
-            if self.metrics:
-                self.metrics.errors.labels(kind="bad_stored_item").inc()
-            return None
-        if kind == "cert_authority":
-            resource = resource.without_secrets()  # type: ignore[attr-defined]
-        return resource
+        """Every stored `kind` that still decodes (a bad one is logged and left out, so
+        one poisoned item cannot fail every list, snapshot and watch of its kind)."""
+        items = await self.server.store_for(kind).list_readable()
+        return [_without_secrets(kind, item) for item in items]
 
     async def get_resource(self, request: web.Request, caller: Identity | None) -> Any:
         items = await self.server.get_resources(_kind(request), request.match_info["name"])
@@ -487,8 +470,9 @@ class AuthAPI:
                 if event.type is EventType.DELETE:
                     await _send(response, {"type": "delete", "kind": kind, "name": name})
                     continue
-                resource = self._decoded(kind, stores[kind], event.item)
+                resource = stores[kind].decode_or_skip(event.item)
                 if resource is not None:  # a bad item is skipped, the stream goes on
+                    resource = _without_secrets(kind, resource)
                     await _send(
                         response, {"type": "put", "kind": kind, "resource": to_dict(resource)}
                     )
@@ -545,6 +529,13 @@ async def _internal_errors(
             {"error": "internal", "message": "internal error: see the auth server's log"},
             status=500,
         )
+
+
+def _without_secrets(kind: str, resource: BaseModel) -> BaseModel:
+    # CA private keys never leave auth.
+    if isinstance(resource, CertAuthority):
+        return resource.without_secrets()
+    return resource
 
 
 def _with_kind(identity: Identity, kind: str) -> Identity:

@@ -13,16 +13,20 @@ Resources are frozen models, so sharing one is safe.
 
 from __future__ import annotations
 
+import builtins
+import logging
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
 from certgate.api.meta import Metadata
+from certgate.api.names import shown
 from certgate.backend.base import Backend, Item
 from certgate.errors import AlreadyExists, NotFound
 
 T = TypeVar("T", bound=BaseModel)
+log = logging.getLogger("certgate.store")
 
 
 # Decoded resources kept per store (the most recently decoded keys).
@@ -98,6 +102,25 @@ class ResourceStore(Generic[T]):
 
     async def list(self) -> list[T]:
         return [self.decode(item) for item in await self._backend.range(self._prefix)]
+
+    async def list_readable(self) -> builtins.list[T]:
+        """Like `list`, but an item that no longer decodes is logged and left out.
+
+        For views that must keep going (watch snapshots, the lock cache): one item
+        written by an older version, or straight into the store, must not hide every
+        other lock from them.
+        """
+        found = (self.decode_or_skip(item) for item in await self._backend.range(self._prefix))
+        return [resource for resource in found if resource is not None]
+
+    def decode_or_skip(self, item: Item) -> T | None:
+        try:
+            return self.decode(item)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            log.error(
+                "skipping stored %s %s: it does not decode: %s", self._noun, shown(item.key), exc
+            )
+            return None
 
     async def create(self, resource: T) -> T:
         try:
