@@ -43,7 +43,7 @@ from aiohttp import web
 from certgate.daemon.auth_service import Closer, auth_app, open_auth_server
 from certgate.daemon.config import AuthService, HTTPLimits
 from certgate.daemon.diag import Metrics
-from certgate.daemon.listeners import LimitedSite, limited_runner
+from certgate.daemon.listeners import LimitedSite, bound_sockets, limited_runner
 from certgate.daemon.logs import setup_logging
 from certgate.errors import BadParameter
 from certgate.transport import server_context
@@ -84,28 +84,8 @@ class WorkerSpec:
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for HOST:PORT with SO_REUSEPORT, one per address the host
-    names (all interfaces, IPv4 and IPv6, for an empty host), all on one port."""
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if port == 0 and len(sockets) > 1:
-                address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sock.bind(address)
-            sock.listen(socket.SOMAXCONN)
-            sock.setblocking(False)
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
+    """Listening sockets for HOST:PORT with SO_REUSEPORT, so workers share the port."""
+    return bound_sockets(host, port, reuse_port=True)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -132,9 +112,7 @@ async def serve_on(
     """Serve `app` on already-bound sockets; the runner's cleanup stops it."""
     runner = await limited_runner(app, limits)
     try:
-        for sock in sockets:
-            site = LimitedSite(runner, limits, sock=sock, ssl_context=context)
-            await site.start()
+        await LimitedSite(runner, limits, sockets, ssl_context=context).start()
     except BaseException:
         await runner.cleanup()
         raise

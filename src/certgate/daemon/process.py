@@ -40,7 +40,7 @@ from certgate.daemon.auth_workers import (
 )
 from certgate.daemon.config import Config, dial_addr, split_addr
 from certgate.daemon.diag import Diagnostics, Metrics
-from certgate.daemon.listeners import LimitedSite, limited_runner
+from certgate.daemon.listeners import LimitedSite, bound_sockets, limited_runner
 from certgate.errors import BadParameter, CertgateError, NotFound
 from certgate.node.agent import NodeAgent
 from certgate.proxy.agentless import AgentlessForwarder
@@ -388,9 +388,13 @@ class Daemon:
         host, port = split_addr(addr, default_port)
         limits = self.config.http_limits
         runner = await limited_runner(app, limits)
-        site = LimitedSite(runner, limits, host=host or None, port=port, ssl_context=context)
+
+        async def start() -> None:
+            sockets = bound_sockets(host or None, port)
+            await LimitedSite(runner, limits, sockets, ssl_context=context).start()
+
         try:
-            await self._guard_listen(site.start(), addr, name)
+            await self._guard_listen(start(), addr, name)
         except BadParameter:
             await runner.cleanup()
             raise
