@@ -108,10 +108,12 @@ def parse_documents(text: str) -> list[Resource]:
         raise BadParameter(f"invalid YAML{where}: {problem}") from exc
     except RecursionError as exc:  # [[[[...]]]] thousands deep
         raise BadParameter("invalid YAML: nested too deeply") from exc
-    except (ValueError, OverflowError) as exc:
-        # PyYAML's constructors raise these for explicit tags (`!!int x`, a bad
-        # `!!timestamp`) and for numbers longer than int() takes.
-        raise BadParameter(f"invalid YAML: a value cannot be read: {str(exc)[:80]}") from exc
+    except Exception as exc:
+        # PyYAML's constructors raise plain Python errors for explicit tags (`!!int x`:
+        # ValueError; `!!timestamp 2020-99-99 x`: AttributeError) and for numbers longer
+        # than int() takes; each is a value that cannot be read.
+        reason = " ".join(str(exc).split())[:80]
+        raise BadParameter(f"invalid YAML: a value cannot be read: {reason}") from exc
     if not documents:
         raise BadParameter("no resources found in the input")
     return [from_dict(doc) for doc in documents]
