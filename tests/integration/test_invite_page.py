@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import re
+import shlex
 import ssl
+import time
 import urllib.parse
 import urllib.request
 
 import pyotp
 
-from tests.support.cluster import PASSWORD, Cluster, invite_token
+from tests.support.cluster import PASSWORD, Cluster, User, invite_token
+from tests.support.otp import STEP, OtpDevice
 
 
 def _fetch(url: str, form: dict[str, str] | None = None) -> tuple[int, str]:
@@ -53,11 +56,28 @@ def test_a_new_user_sets_up_through_the_page(cluster: Cluster) -> None:
     )
     assert status == 200
     assert "your account is ready" in page
-    assert f"cgsh login --proxy={cluster.proxy_addr} --user=page-user" in page
+    # The command the page shows works as shown (the password and code from stdin).
+    shown = re.search(r"Log in with: (cgsh login [^<]+)</p>", page)
+    assert shown, page
+    assert shown.group(1) == (
+        f"cgsh login --proxy=https://{cluster.proxy_addr} --user=page-user --insecure"
+    )
+    device = OtpDevice(secret.group(1))
+    device.last_step = int(time.time()) // STEP  # the code the form took
+    user = User("page-user", PASSWORD, device, cluster.workdir / "homes" / "page-user")
+    argv = shlex.split(shown.group(1))[1:]
+    result = cluster.cgsh(user, *argv, f"--otp={device.next_code()}", input=PASSWORD + "\n")
+    assert "Logged in as:       page-user" in result.stdout
 
     status, page = _fetch(url)
     assert status == 404
     assert "invite not found or expired" in page
+
+
+def test_the_front_page_shows_the_login_command(cluster: Cluster) -> None:
+    status, page = _fetch(f"https://{cluster.proxy_addr}/")
+    assert status == 200
+    assert f"`cgsh login --proxy=https://{cluster.proxy_addr} --insecure`" in page
 
 
 def test_the_page_escapes_what_it_shows(cluster: Cluster) -> None:

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from certgate.client.profile import Profile, load_profile
+from certgate.client.profile import NotLoggedIn, Profile, load_profile
+from certgate.client.proxy_client import connect_proxy
 from certgate.errors import AccessDenied, NotFound
 from certgate.rpc.auth_client import AuthClient
 from certgate.rpc.identity_files import IdentityFiles
-from certgate.transport import client_context
 
 
 @dataclass
@@ -53,16 +53,9 @@ def connect_admin(data_dir: Path) -> ClusterAPI:
 
 
 def connect_profile(profile: Profile | None = None) -> ClusterAPI:
+    """Through the proxy with the profile's certificate (refused here once expired)."""
     profile = profile or load_profile()
-    identity = profile.identity()
-    context = client_context(
-        identity.bundle.tls_cas,
-        identity.bundle.tls_cert,
-        identity.key_pem,
-        insecure=profile.insecure,
-    )
-    client = AuthClient(f"https://{profile.proxy}", context)
-    return ClusterAPI(client, "/v1/api", profile.user)
+    return ClusterAPI(connect_proxy(profile), "/v1/api", profile.user)
 
 
 def connect(data_dir: Path | None) -> ClusterAPI:
@@ -75,7 +68,7 @@ def connect(data_dir: Path | None) -> ClusterAPI:
         raise NotFound(f"no admin identity in {data_dir}: is this the auth server's data dir?")
     try:
         return connect_profile()
-    except AccessDenied:
+    except NotLoggedIn:
         raise AccessDenied(
             "no cluster to talk to: run cgctl on the auth host (--data-dir DIR) "
             "or log in with cgsh login first"

@@ -1,8 +1,12 @@
-"""The user's profile: which proxy, which user, and the keys from the last login.
+"""The user's profile: which proxy, which user, how the proxy is trusted, and the keys.
 
 $CERTGATE_HOME (default ~/.certgate)/
-  profile.json        {"proxy": "host:3080", "user": "alice", "cluster": ..., "insecure": false}
+  profile.json        {"proxy": "host:3080", "user": "alice", "cluster": ..., "ssh_proxy": ...,
+                       "pin": {"kind": "ca"|"spki"|"public", "sha256": ..., "ca_pem": ...}}
   keys/               IdentityFiles: key, key-cert.pub, tls.crt, cas.pem, known_hosts, ...
+
+The pin is what the proxy's certificate was trusted by at the first login
+(client/proxy_trust.py); `--insecure` is never remembered.
 """
 
 from __future__ import annotations
@@ -10,11 +14,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from certgate.errors import AccessDenied, NotFound
+from certgate.client.proxy_trust import ProxyPin, spki_pin_of_pem
+from certgate.errors import AccessDenied, CertgateError, NotFound
 from certgate.rpc.identity_files import IdentityFiles
+
+
+class NotLoggedIn(AccessDenied):
+    """No profile, or no keys in it."""
+
+
+class CertificateExpired(AccessDenied):
+    """The profile's certificates are past their expiry: a new login is needed."""
 
 
 def home() -> Path:
@@ -26,7 +40,8 @@ class Profile:
     proxy: str
     user: str
     cluster: str
-    insecure: bool = False
+    # How the proxy's certificate is checked (None only in a profile not yet saved).
+    pin: ProxyPin | None = None
     # The proxy's SSH jump host, HOST:PORT, as the proxy announces it.
     ssh_proxy: str = ""
 
@@ -35,17 +50,38 @@ class Profile:
         return home() / "keys"
 
     def identity(self) -> IdentityFiles:
+        """The saved keys and certificates, expired or not (for `cgsh status`)."""
         try:
             return IdentityFiles.load(self.keys_dir)
         except NotFound:
-            raise AccessDenied("not logged in: run cgsh login") from None
+            raise NotLoggedIn("not logged in: run cgsh login") from None
+
+    def valid_identity(self, now: datetime | None = None) -> IdentityFiles:
+        """The keys and certificates to dial with; refused before dialling once expired,
+        so an expired login never reads as a network failure."""
+        identity = self.identity()
+        expires = identity.bundle.identity.expires
+        if expires <= (now or datetime.now(UTC)):
+            raise CertificateExpired(expired_message(expires))
+        return identity
 
     def save(self, identity: IdentityFiles) -> None:
         directory = home()
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
         identity.save(self.keys_dir)
-        (directory / "profile.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+        document = {
+            "proxy": self.proxy,
+            "user": self.user,
+            "cluster": self.cluster,
+            "ssh_proxy": self.ssh_proxy,
+            "pin": self.pin.to_dict() if self.pin else None,
+        }
+        _write_private(directory / "profile.json", json.dumps(document, indent=2) + "\n")
+
+
+def expired_message(expires: datetime) -> str:
+    return f"your certificate expired at {expires:%Y-%m-%d %H:%M:%S %Z}: run cgsh login"
 
 
 def load_profile() -> Profile:
@@ -53,16 +89,29 @@ def load_profile() -> Profile:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise AccessDenied("not logged in: run cgsh login --proxy=HOST:3080 --user=NAME") from None
+        raise NotLoggedIn("not logged in: run cgsh login --proxy=HOST:3080 --user=NAME") from None
     except (OSError, ValueError) as exc:
         raise AccessDenied(f"cannot read {path}: {exc}; log in again") from exc
+    pin = ProxyPin.from_dict(data.get("pin"))
+    if pin is None and data.get("insecure"):
+        pin = _legacy_pin()
     return Profile(
         proxy=str(data["proxy"]),
         user=str(data["user"]),
         cluster=str(data.get("cluster", "")),
-        insecure=bool(data.get("insecure", False)),
+        pin=pin,
         ssh_proxy=str(data.get("ssh_proxy", "")),
     )
+
+
+def _legacy_pin() -> ProxyPin | None:
+    """A profile from before pins, saved with --insecure: keep trusting the cluster CA
+    its login received (the trust it already had), never "anything" again."""
+    try:
+        host_ca = IdentityFiles.load(home() / "keys").bundle.tls_cas[0]
+    except (CertgateError, IndexError):
+        return None
+    return ProxyPin("ca", spki_pin_of_pem(host_ca), host_ca)
 
 
 def remove_profile() -> bool:
@@ -71,3 +120,11 @@ def remove_profile() -> bool:
     shutil.rmtree(directory / "keys", ignore_errors=True)
     (directory / "profile.json").unlink(missing_ok=True)
     return found
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)

@@ -18,18 +18,8 @@ from typing import Any
 
 from certgate.client.cluster import connect_profile
 from certgate.client.profile import Profile, home
+from certgate.client.proxy_client import connect_proxy
 from certgate.errors import BadParameter
-from certgate.rpc.auth_client import AuthClient
-from certgate.transport import client_context
-
-
-def proxy_client(profile: Profile) -> AuthClient:
-    identity = profile.identity()
-    context = client_context(
-        identity.bundle.tls_cas, identity.bundle.tls_cert, identity.key_pem,
-        insecure=profile.insecure,
-    )  # fmt: skip
-    return AuthClient(f"https://{profile.proxy}", context)
 
 
 def list_nodes(profile: Profile, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -47,7 +37,7 @@ def list_nodes(profile: Profile, labels: dict[str, str] | None = None) -> list[d
 
 
 def check_access(profile: Profile, node: str, login: str) -> dict[str, Any]:
-    client = proxy_client(profile)
+    client = connect_proxy(profile)
     try:
         answer: dict[str, Any] = client.call(
             "GET", "/v1/ssh/check", params={"node": node, "login": login}

@@ -41,6 +41,7 @@ from certgate.daemon.auth_workers import (
 from certgate.daemon.config import Config, dial_addr, split_addr
 from certgate.daemon.diag import Diagnostics, Metrics
 from certgate.daemon.listeners import LimitedSite, bound_sockets, limited_runner
+from certgate.daemon.logs import secure_data_dir
 from certgate.errors import BadParameter, CertgateError, NotFound
 from certgate.node.agent import NodeAgent
 from certgate.proxy.agentless import AgentlessForwarder
@@ -248,11 +249,17 @@ class Daemon:
         self._closers.append(auth.close)
         ping = await auth.call("GET", "/v1/ping")
         _, ssh_port = split_addr(cfg.ssh_listen_addr, 3023)
-        web_proxy = ProxyWeb(auth, str(ping["cluster_name"]), f"{public_host}:{ssh_port}")
+        real_certificate = bool(cfg.tls.cert_file and cfg.tls.key_file)
+        web_proxy = ProxyWeb(
+            auth,
+            str(ping["cluster_name"]),
+            f"{public_host}:{ssh_port}",
+            real_certificate=real_certificate,
+        )
         app = web_proxy.app()
         app.middlewares.append(self.metrics.middleware("proxy"))
         user_ca = identity.bundle.tls_cas[1:]  # host CA first, then user CA(s)
-        if cfg.tls.cert_file and cfg.tls.key_file:
+        if real_certificate:
             try:
                 cert_pem = Path(cfg.tls.cert_file).read_text()
                 key_pem = Path(cfg.tls.key_file).read_text()
@@ -366,9 +373,14 @@ class Daemon:
         self.announce(
             f'\nFirst admin user "{self.first_admin}" created (logins: {", ".join(logins)}).\n'
             f"Open this link within 1 hour to set a password and one-time code:\n\n  {url}\n\n"
-            f"Then: cgsh login --proxy={self.config.proxy_service.public_addr} "
-            f"--user={self.first_admin} --insecure\n"
+            f"Then: {self._login_command()}\n"
         )
+
+    def _login_command(self) -> str:
+        proxy = self.config.proxy_service
+        # The cluster's own certificate is trusted on first use: --insecure, once.
+        insecure = "" if proxy.tls.cert_file and proxy.tls.key_file else " --insecure"
+        return f"cgsh login --proxy=https://{proxy.public_addr} --user={self.first_admin}{insecure}"
 
     # listeners -------------------------------------------------------------------
 
@@ -440,7 +452,7 @@ def _current_user() -> str:
 
 def _check_data_dir(data_dir: Path) -> None:
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        secure_data_dir(data_dir)
         probe = data_dir / ".write-test"
         probe.write_text("ok")
         probe.unlink()

@@ -32,6 +32,7 @@ from certgate.api.codec import to_dict
 from certgate.api.identity import Identity
 from certgate.api.json_input import BODY_TIMEOUT, MAX_BODY_BYTES, parse_json
 from certgate.errors import AccessDenied, BadParameter, CertgateError, ConnectionProblem, to_json
+from certgate.proxy.web_headers import install_security_headers
 from certgate.rpc.auth_client import AsyncAuthClient
 
 log = logging.getLogger("certgate.proxy")
@@ -51,10 +52,19 @@ _PRINTABLE_PATH = re.compile(r"[\x21-\x7e]*")
 
 
 class ProxyWeb:
-    def __init__(self, auth: AsyncAuthClient, cluster_name: str, ssh_addr: str) -> None:
+    def __init__(
+        self,
+        auth: AsyncAuthClient,
+        cluster_name: str,
+        ssh_addr: str,
+        *,
+        real_certificate: bool = False,
+    ) -> None:
         self._auth = auth
         self.cluster_name = cluster_name
         self.ssh_addr = ssh_addr
+        # A configured certificate (not the cluster's own): HSTS, and no --insecure.
+        self.real_certificate = real_certificate
         # Set once the proxy's live view of roles, locks and nodes is ready.
         self.access: CachedAccess | None = None
 
@@ -69,7 +79,9 @@ class ProxyWeb:
         r.add_post("/web/invite/{token}", self.invite_form)
         r.add_route("*", "/v1/api/{path:.*}", self.forward)
         r.add_get("/v1/ssh/check", self.ssh_check)
+        r.add_get("/web/static/{name}", static_file)
         r.add_get("/", self.index)
+        install_security_headers(app, hsts=self.real_certificate)
         return app
 
     async def ping(self, request: web.Request) -> web.Response:
@@ -80,8 +92,17 @@ class ProxyWeb:
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(
             text=f"certgate proxy for {self.cluster_name}: log in with "
-            f"`cgsh login --proxy={request.host}`\n"
+            f"`{self._login_command(request)}`\n"
         )
+
+    def _login_command(self, request: web.Request, user: str = "") -> str:
+        """The login command that works as shown from where this page was reached."""
+        words = ["cgsh login", f"--proxy=https://{request.host}"]
+        if user:
+            words.append(f"--user={user}")
+        if not self.real_certificate:
+            words.append("--insecure")  # first login only: the certificate is then pinned
+        return " ".join(words)
 
     def _user_headers(self, request: web.Request) -> dict[str, str]:
         return {FORWARDED_ADDR: request.remote or ""}
@@ -138,8 +159,7 @@ class ProxyWeb:
                 invite["user"], self.cluster_name, text, _invite_form(invite), exc.http_status
             )
         done = _message(
-            f"your account is ready. Log in with: cgsh login --proxy={request.host} "
-            f"--user={invite['user']}",
+            f"your account is ready. Log in with: {self._login_command(request, invite['user'])}",
             "ok",
         )
         return _page(invite["user"], self.cluster_name, done, "", 200)
@@ -230,6 +250,23 @@ class ProxyWeb:
             return response
         await response.write_eof()
         return response
+
+
+_STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
+
+
+async def static_file(request: web.Request) -> web.Response:
+    """Our own stylesheets and scripts: the pages' CSP allows no inline ones."""
+    name = request.match_info["name"]
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    stem = name[: -len(suffix)] if suffix else name
+    if suffix not in _STATIC_TYPES or not stem.replace("-", "").isalnum():
+        raise web.HTTPNotFound()
+    try:
+        body = (resources.files("certgate.web") / "static" / name).read_bytes()
+    except OSError:
+        raise web.HTTPNotFound() from None
+    return web.Response(body=body, content_type=_STATIC_TYPES[suffix])
 
 
 def _hang_up(request: web.Request) -> None:

@@ -97,7 +97,7 @@ class AuditLog:
         self._clock = clock or SystemClock()
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
-        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     async def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         record: dict[str, Any] = {
@@ -182,7 +182,8 @@ def _log_writer_failure(task: asyncio.Task[None]) -> None:
 def _append_text(path: Path, text: str) -> None:
     # One write() on an O_APPEND descriptor: lines from several processes (auth
     # workers) never interleave within a batch.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    # 0600: the lines name users, client addresses and command lines.
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         data = text.encode()
         while data:

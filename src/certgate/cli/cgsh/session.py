@@ -8,27 +8,50 @@ from datetime import UTC, datetime
 import click
 
 from certgate.cli.common import FORMAT, print_json
+from certgate.client.login import last_login, proxy_address, reach
 from certgate.client.login import login as do_login
 from certgate.client.profile import load_profile, remove_profile
 
 
 @click.command()
-@click.option("--proxy", required=True, help="The proxy's HOST:PORT (e.g. proxy.example.com:3080).")
-@click.option("--user", required=True, help="Your certgate user name.")
+@click.option(
+    "--proxy",
+    help="The proxy: https://HOST:PORT or HOST:PORT (default: the last login's).",
+)
+@click.option("--user", help="Your certgate user name (default: the last login's).")
 @click.option("--otp", help="The one-time code (prompted when not given).")
 @click.option("--ttl", help="How long the certificates should last (e.g. 8h); roles may cap it.")
-@click.option("--insecure", is_flag=True, help="Do not verify the proxy's TLS certificate.")
-def login(proxy: str, user: str, otp: str | None, ttl: str | None, insecure: bool) -> None:
-    """Log in with password and one-time code; keys and certificates go to ~/.certgate."""
-    if sys.stdin.isatty():
-        password = click.prompt(f"Password for {user}", hide_input=True)
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-    if not otp:
-        if not sys.stdin.isatty():
-            raise click.UsageError("pass --otp when the password comes from standard input")
-        otp = click.prompt("One-time code")
-    do_login(proxy, user, password, otp, insecure, ttl)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="First login to a proxy with a self-signed certificate: trust the certificate it "
+    "shows now, and only that one afterwards (it is pinned in the profile).",
+)
+def login(
+    proxy: str | None, user: str | None, otp: str | None, ttl: str | None, insecure: bool
+) -> None:
+    """Log in with password and one-time code; keys and certificates go to ~/.certgate.
+
+    With no flags, logs in again to the last proxy as the last user.
+    """
+    if not proxy or not user:
+        last = last_login()
+        proxy = proxy or last.proxy
+        user = user or last.user
+    # The proxy is reached and its certificate checked before any secret is asked for.
+    contact = reach(proxy_address(proxy), insecure)
+    try:
+        if sys.stdin.isatty():
+            password = click.prompt(f"Password for {user}", hide_input=True)
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        if not otp:
+            if not sys.stdin.isatty():
+                raise click.UsageError("pass --otp when the password comes from standard input")
+            otp = click.prompt("One-time code")
+        do_login(contact, user, password, otp, ttl)
+    finally:
+        contact.close()
     _show(profile_status(), "text")
 
 
