@@ -95,3 +95,7 @@ def test_a_poisoned_lock_does_not_stop_a_later_one(node_cluster: Cluster) -> Non
     # Auth's own lock cache saw it too: a login is refused.
     assert "locked: after the poison" in c.login(user, check=False).stderr
     assert "internal error" not in c.log.read_text()
+    # Each bad item is audited once, however many watchers met it.
+    out = c.cgctl("audit", "ls", "--event=store.item.skipped", "--format=json").stdout
+    skipped = sorted(e["key"] for e in json.loads(out))
+    assert skipped == ["/locks/poison-far", "/locks/poison-junk"], skipped

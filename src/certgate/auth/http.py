@@ -47,7 +47,7 @@ from certgate.auth.http_recordings import add_recording_routes
 from certgate.auth.http_sessions import add_session_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
-from certgate.backend.base import EventType
+from certgate.backend.base import EventType, Item
 from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
 from certgate.recording.store import RecordingStore
 from certgate.services.audit import EVENT_CODES
@@ -64,6 +64,8 @@ PEER_CACHE_SIZE = 4096
 MAX_RESOURCES_PER_CALL = 100
 # Longest password and one-time code taken: argon2 of a megabyte is CPU for nothing.
 MAX_SECRET_CHARS = 1024
+# Bad stored items (key, revision) already audited by this process, at most.
+AUDITED_SKIPS_SIZE = 4096
 
 Handler = Callable[[web.Request, Identity | None], Awaitable[Any]]
 
@@ -82,6 +84,9 @@ class AuthAPI:
         # Verified client certificate (DER) -> who it speaks for. The TLS handshake
         # verified it; what it says never changes, so it is parsed once, not per request.
         self._peers: dict[bytes, Identity] = {}
+        # Stored items that do not decode: met (to audit) and audited, by key and revision.
+        self._unaudited_skips: dict[tuple[str, int], str] = {}
+        self._audited_skips: set[tuple[str, int]] = set()
 
     # caller identity ----------------------------------------------------------------
 
@@ -369,8 +374,26 @@ class AuthAPI:
     async def _readable(self, kind: str) -> list[BaseModel]:
         """Every stored `kind` that still decodes (a bad one is logged and left out, so
         one poisoned item cannot fail every list, snapshot and watch of its kind)."""
-        items = await self.server.store_for(kind).list_readable()
+        items = await self.server.store_for(kind).list_readable(self._note_skipped)
+        await self._audit_skips()
         return [_without_secrets(kind, item) for item in items]
+
+    def _note_skipped(self, item: Item, exc: Exception) -> None:
+        ref = (item.key, item.revision)
+        if ref not in self._audited_skips:
+            self._unaudited_skips[ref] = " ".join(str(exc).split())[:200]
+
+    async def _audit_skips(self) -> None:
+        """One audit event per bad stored item (and revision) this process meets, not one
+        per watcher that reconnects past it."""
+        while self._unaudited_skips:
+            (key, revision), error = self._unaudited_skips.popitem()
+            if len(self._audited_skips) >= AUDITED_SKIPS_SIZE:
+                self._audited_skips.clear()
+            self._audited_skips.add((key, revision))
+            await self.server.audit.emit(
+                "store.item.skipped", key=key[:200], revision=revision, error=error
+            )
 
     async def get_resource(self, request: web.Request, caller: Identity | None) -> Any:
         items = await self.server.get_resources(_kind(request), request.match_info["name"])
@@ -470,8 +493,10 @@ class AuthAPI:
                 if event.type is EventType.DELETE:
                     await _send(response, {"type": "delete", "kind": kind, "name": name})
                     continue
-                resource = stores[kind].decode_or_skip(event.item)
-                if resource is not None:  # a bad item is skipped, the stream goes on
+                resource = stores[kind].decode_or_skip(event.item, self._note_skipped)
+                if resource is None:  # a bad item is skipped (and audited), the stream goes on
+                    await self._audit_skips()
+                else:
                     resource = _without_secrets(kind, resource)
                     await _send(
                         response, {"type": "put", "kind": kind, "resource": to_dict(resource)}

@@ -143,6 +143,8 @@ class _AcceptLoop:
         self._ssl = ssl_context
         self._handshake = handshake
         self._loops = [asyncio.create_task(self._accept(sock)) for sock in sockets]
+        for task in self._loops:
+            task.add_done_callback(_log_crash)
         self._handshakes: set[asyncio.Task[None]] = set()
 
     async def _accept(self, listening: socket.socket) -> None:
@@ -187,6 +189,11 @@ class _AcceptLoop:
 
     async def wait_closed(self) -> None:
         await asyncio.gather(*self._loops, *self._handshakes, return_exceptions=True)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a listener stopped accepting connections: %r", task.exception())
 
 
 class LimitedSite(web.BaseSite):

@@ -58,6 +58,7 @@ EVENT_CODES: dict[str, str] = {
     "lock.created": "TLK00I",
     "lock.deleted": "TLK01I",
     "lock.expired": "TLK02I",
+    "store.item.skipped": "TST00W",
     "session.start": "T2000I",
     "session.join": "T2001I",
     "session.leave": "T2003I",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
@@ -27,6 +27,8 @@ from certgate.errors import AlreadyExists, NotFound
 
 T = TypeVar("T", bound=BaseModel)
 log = logging.getLogger("certgate.store")
+# Told of each stored item a reader skipped because it does not decode.
+SkipCallback = Callable[[Item, Exception], None]
 
 
 # Decoded resources kept per store (the most recently decoded keys).
@@ -103,20 +105,24 @@ class ResourceStore(Generic[T]):
     async def list(self) -> list[T]:
         return [self.decode(item) for item in await self._backend.range(self._prefix)]
 
-    async def list_readable(self) -> builtins.list[T]:
+    async def list_readable(self, on_skip: SkipCallback | None = None) -> builtins.list[T]:
         """Like `list`, but an item that no longer decodes is logged and left out.
 
         For views that must keep going (watch snapshots, the lock cache): one item
         written by an older version, or straight into the store, must not hide every
         other lock from them.
         """
-        found = (self.decode_or_skip(item) for item in await self._backend.range(self._prefix))
+        items = await self._backend.range(self._prefix)
+        found = (self.decode_or_skip(item, on_skip) for item in items)
         return [resource for resource in found if resource is not None]
 
-    def decode_or_skip(self, item: Item) -> T | None:
+    def decode_or_skip(self, item: Item, on_skip: SkipCallback | None = None) -> T | None:
+        """`item` decoded, or None (logged, and passed to `on_skip`) if it does not."""
         try:
             return self.decode(item)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            if on_skip is not None:
+                on_skip(item, exc)
             log.error(
                 "skipping stored %s %s: it does not decode: %s", self._noun, shown(item.key), exc
             )
