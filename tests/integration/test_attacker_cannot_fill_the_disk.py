@@ -66,6 +66,10 @@ def test_a_name_with_a_trailing_newline_is_refused_everywhere(cluster: Cluster) 
     assert added.returncode != 0
     assert len(added.stderr.strip().splitlines()) == 1 and "invalid user name" in added.stderr
 
+    locked = cluster.cgctl("lock", "--user=nl-alice\n", check=False)
+    assert locked.returncode == 2 and "Traceback" not in locked.stderr
+    assert len(locked.stderr.strip().splitlines()) == 1 and "user" in locked.stderr
+
     user = {"kind": "user", "version": "v1", "metadata": {"name": "nl-alice\n"}}
     status, answer = send_json(cluster.auth_addr, "/v1/resources", {"resource": user}, context)
     assert status == 400 and "metadata.name" in answer["message"]
