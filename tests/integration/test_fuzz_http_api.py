@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from certgate.rpc.identity_files import IdentityFiles
 from tests.support.cluster import Cluster
 from tests.support.raw_http import admin_context, insecure
 
@@ -48,7 +49,11 @@ def _body(value: Any) -> bytes:
 
 @pytest.fixture(scope="module")
 def clients(cluster: Cluster) -> Iterator[dict[str, httpx.Client]]:
+    user = cluster.add_user("fuzz-forwarded", logins="fuzz")
+    cluster.login(user)
+    mine = IdentityFiles.load(user.home / "keys").tls_context(insecure=True)
     made = {
+        "user": httpx.Client(base_url=f"https://{cluster.proxy_addr}", verify=mine),
         "proxy": httpx.Client(base_url=f"https://{cluster.proxy_addr}", verify=insecure()),
         "auth": httpx.Client(base_url=f"https://{cluster.auth_addr}", verify=insecure()),
         "admin": httpx.Client(
@@ -152,3 +157,48 @@ def test_admin_reads_and_adds_never_fail_inside(
     _check(admin.get(f"/v1/resources/{kind}/{quote(name, safe='')}"))
     _check(admin.post("/v1/users", content=_body(add)))
     _check(admin.post("/v1/tokens", content=_body(add)))
+
+
+@FUZZ
+@given(
+    params=st.dictionaries(
+        st.sampled_from(["limit", "since", "until", "user", "node", "incomplete", "kinds"]),
+        st.text(max_size=30)
+        | st.sampled_from(["9999-12-31T23:59:59-23:59", "0001-01-01T00:00+23:59"]),
+    ),
+    ident=st.text(min_size=1, max_size=40),
+    body=values,
+    path=st.sampled_from(
+        ["/v1/sessions", "/v1/agentless/host-certs", "/v1/events", "/v1/nodes/heartbeat"]
+    ),
+)
+def test_admin_sessions_recordings_and_services_never_fail_inside(
+    clients: dict[str, httpx.Client], params: dict[str, str], ident: str, body: Any, path: str
+) -> None:
+    admin = clients["admin"]
+    quoted = quote(ident, safe="")
+    _check(admin.get("/v1/recordings", params=params))
+    _check(admin.get(f"/v1/recordings/{quoted}"))
+    _check(admin.get("/v1/sessions", params=params))
+    _check(admin.get(f"/v1/sessions/{quoted}"))
+    _check(admin.post(path, content=_body(body)))
+    _check(admin.put(f"/v1/recordings/{quoted}", content=_body(body)))
+
+
+@FUZZ
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    path=st.text(max_size=40),
+    body=st.none() | values,
+    params=st.dictionaries(st.text(max_size=8), st.text(max_size=20), max_size=3),
+)
+def test_what_the_proxy_forwards_never_fails_inside(
+    clients: dict[str, httpx.Client],
+    method: str,
+    path: str,
+    body: Any,
+    params: dict[str, str],
+) -> None:
+    content = None if body is None else _body(body)
+    url = "/v1/api/" + quote(path, safe="/")
+    _check(clients["user"].request(method, url, content=content, params=params))
