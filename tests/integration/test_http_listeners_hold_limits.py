@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from certgate.api.json_input import BODY_TIMEOUT
 from tests.support.cluster import Cluster
 from tests.support.raw_http import insecure, send
 
@@ -110,3 +111,18 @@ def test_connections_past_the_cap_are_refused_at_once(limited: Cluster) -> None:
     while send(addr, "GET", "/v1/ping")[0] != 200:
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_a_half_sent_body_is_refused_after_the_body_timeout(limited: Cluster) -> None:
+    sock = tls(limited.proxy_addr)
+    sock.sendall(
+        b"POST /v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"user": '
+    )
+    start = time.monotonic()
+    sock.settimeout(BODY_TIMEOUT + 5)
+    answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert b"did not arrive in time" in answer
+    assert BODY_TIMEOUT - 1 < time.monotonic() - start < BODY_TIMEOUT + 5
+    sock.close()

@@ -5,7 +5,7 @@ else runs, so no route meets input Python's parsers choke on:
 
     body = await json_body(request)     # a JSON object, <= MAX_BODY_BYTES, read in time
     required_str(body, "user")          # a non-empty string of bounded length
-    query_int(request, "limit", 100)    # an integer, or BadParameter (never a ValueError)
+    query_int(request, "limit", 100, 10000)  # 1..10000, or BadParameter (never ValueError)
 
 What JSON is refused (NaN, 4,300-digit numbers, deep nesting, lone surrogates, other
 charsets) is decided by `api/json_input.py`, which the proxy uses too. A body must
@@ -22,7 +22,14 @@ from aiohttp import web
 from certgate.api.json_input import BODY_TIMEOUT, MAX_BODY_BYTES, parse_json
 from certgate.errors import BadParameter
 
-__all__ = ["BODY_TIMEOUT", "MAX_BODY_BYTES", "json_body", "query_int", "required_str"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "json_body",
+    "query_int",
+    "read_body",
+    "required_str",
+    "str_list",
+]
 
 _NOT_OBJECT = "request body must be a JSON object"
 
