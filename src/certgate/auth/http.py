@@ -27,7 +27,12 @@ from cryptography import x509
 from pydantic import BaseModel, ValidationError
 
 from certgate.api.authority import CertAuthority
-from certgate.api.certs import identity_from_x509, verify_x509_client_cert
+from certgate.api.certs import (
+    identity_from_x509,
+    issued_by,
+    load_x509_certificate,
+    verify_x509_client_cert,
+)
 from certgate.api.codec import describe_validation_error, dump, from_dict, to_dict
 from certgate.api.duration import parse_duration
 from certgate.api.identity import SYSTEM_PROXY, Identity
@@ -35,6 +40,7 @@ from certgate.api.lock import Lock
 from certgate.api.names import check_name, shown, utc_time
 from certgate.api.node import Node
 from certgate.auth import permissions as perm
+from certgate.auth.audit_intake import checked_event
 from certgate.auth.http_agentless import add_agentless_routes
 from certgate.auth.http_body import (
     MAX_BODY_BYTES,
@@ -50,7 +56,6 @@ from certgate.auth.server import AuthServer
 from certgate.backend.base import EventType, Item
 from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
 from certgate.recording.store import RecordingStore
-from certgate.services.audit import EVENT_CODES
 
 log = logging.getLogger("certgate.auth")
 
@@ -77,10 +82,13 @@ class AuthAPI:
         self.server = server
         self.recordings = recordings  # session recordings (http_recordings.py)
         self.authorizer = Authorizer(
-            server.load_roles, server.role_sets, check_not_locked=server.check_not_locked
+            server.load_roles,
+            server.role_sets,
+            check_not_locked=server.check_not_locked,
+            load_user=server.user_with_roles,
         )
         self.metrics = metrics
-        self._host_ca_subject: x509.Name | None = None
+        self._host_ca_certs: list[x509.Certificate] | None = None
         # Verified client certificate (DER) -> who it speaks for. The TLS handshake
         # verified it; what it says never changes, so it is parsed once, not per request.
         self._peers: dict[bytes, Identity] = {}
@@ -90,11 +98,11 @@ class AuthAPI:
 
     # caller identity ----------------------------------------------------------------
 
-    def _host_subject(self) -> x509.Name:
-        if self._host_ca_subject is None:
-            pem = self.server.issuer.authorities["host_tls"].spec.active_keys[0].public
-            self._host_ca_subject = x509.load_pem_x509_certificate(pem.encode()).subject
-        return self._host_ca_subject
+    def _host_cas(self) -> list[x509.Certificate]:
+        if self._host_ca_certs is None:
+            keys = self.server.issuer.authorities["host_tls"].spec.active_keys
+            self._host_ca_certs = [load_x509_certificate(k.public) for k in keys]
+        return self._host_ca_certs
 
     def _peer(self, request: web.Request) -> Identity | None:
         """The identity of the client certificate the TLS handshake verified, if any."""
@@ -105,8 +113,9 @@ class AuthAPI:
         identity = self._peers.get(der)
         if identity is None:
             cert = x509.load_der_x509_certificate(der)
-            # The kind comes from which CA signed the certificate, never from its content.
-            is_service = cert.issuer == self._host_subject()
+            # The kind comes from which CA key signed the certificate, never from its
+            # content or its issuer's name (two CAs may share a name).
+            is_service = issued_by(cert, self._host_cas())
             identity = _with_kind(identity_from_x509(cert), "service" if is_service else "user")
             if len(self._peers) >= PEER_CACHE_SIZE:
                 del self._peers[next(iter(self._peers))]  # the oldest
@@ -192,6 +201,8 @@ class AuthAPI:
         r.add_post("/v1/join", add(None, "", self.join))
         r.add_post("/v1/users", add("user", "create", self.add_user))
         r.add_post("/v1/users/{name}/reset", add("user", "update", self.reset_user))
+        r.add_post("/v1/users/{name}/unlock", add("user", "update", self.unlock_user))
+        r.add_patch("/v1/users/{name}", add("user", "update", self.update_user))
         r.add_post("/v1/tokens", add("token", "create", self.add_token))
         r.add_get("/v1/authorities/{type}/export", add(None, "", self.export_authority))
         r.add_get("/v1/events", add("event", "list", self.search_events))
@@ -296,15 +307,47 @@ class AuthAPI:
         url = await self.server.reset_user(request.match_info["name"], caller.username)
         return {"invite_url": url}
 
+    async def update_user(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        body = await json_body(request)
+        roles = str_list(body, "roles") if "roles" in body else None
+        traits = body.get("traits")
+        if traits is not None and (
+            not isinstance(traits, dict)
+            or not all(
+                isinstance(v, list) and all(isinstance(i, str) for i in v) for v in traits.values()
+            )
+        ):
+            raise BadParameter("traits must be a mapping of lists of strings")
+        user = await self.server.update_user(
+            request.match_info["name"], roles, traits, caller.username
+        )
+        return to_dict(user)
+
+    async def unlock_user(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        await self.server.unlock_user(request.match_info["name"], caller.username)
+        return None
+
     async def add_token(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
         body = await json_body(request)
         ttl = parse_duration(str(body.get("ttl", "30m")))
-        token = await self.server.add_token(str_list(body, "roles"), ttl, caller.username)
+        uses = body.get("uses")
+        if uses is not None and (not isinstance(uses, int) or isinstance(uses, bool)):
+            raise BadParameter("uses must be a whole number of joins")
+        name = body.get("name") or ""
+        if not isinstance(name, str):
+            raise BadParameter("name must be a host name")
+        token = await self.server.add_token(
+            str_list(body, "roles"), ttl, caller.username, uses=uses, name=name
+        )
         return {
             "token": token.metadata.name,
             "expires": token.metadata.expires.isoformat() if token.metadata.expires else None,
             "roles": list(token.spec.roles),
+            "uses": token.spec.uses,
+            "name": token.spec.name,
             "ca_pin": self.server.ca_pin(),
             "auth_addr": self.server.auth_addr,
         }
@@ -328,10 +371,12 @@ class AuthAPI:
         return {"events": events, "cursor": cursor}
 
     async def record_event(self, request: web.Request, caller: Identity | None) -> Any:
-        """Events from a proxy or node; auth stamps time, code, id and the sender.
+        """Events from a proxy, node or kube service (auth/audit_intake.py checks them).
 
         One event ({"event", "fields"}) or several in order ({"events": [...]}, at most
         MAX_EVENTS_PER_CALL): all are checked before any is stored, and stored in order.
+        An event resent with an id already stored (the sender never heard it was) is
+        not stored twice.
         """
         assert caller is not None
         body = await json_body(request)
@@ -339,32 +384,11 @@ class AuthAPI:
         if not isinstance(items, list) or len(items) > MAX_EVENTS_PER_CALL:
             raise BadParameter(f'"events" must be a list of at most {MAX_EVENTS_PER_CALL}')
         checked = [self._checked_event(caller, item) for item in items]
-        await asyncio.gather(
-            *(self.server.audit.emit(event, **fields) for event, fields in checked)
-        )
+        await asyncio.gather(*(self.server.audit.record(event) for event in checked))
         return None
 
-    def _checked_event(self, caller: Identity, item: Any) -> tuple[str, dict[str, Any]]:
-        if not isinstance(item, dict):
-            raise BadParameter("each audit event must be a mapping with event and fields")
-        event = required_str(item, "event")
-        if event not in EVENT_CODES:
-            raise BadParameter(f'unknown audit event "{event}"')
-        fields = item.get("fields", {})
-        if not isinstance(fields, dict) or any(
-            key in ("event", "code", "time", "uid", "server_name") for key in fields
-        ):
-            raise BadParameter("audit fields must be a mapping without reserved keys")
-        fields = dict(fields)
-        server = caller.username
-        claimed = fields.pop("server", None)
-        if claimed is not None:
-            # A service may name its own role as the server that decided ("proxy": the
-            # proxy terminated SSH for an agentless node); its name goes in server_name.
-            if claimed not in {role.lower() for role in caller.roles}:
-                raise BadParameter(f'audit field "server" must be your role, not "{claimed}"')
-            server, fields["server_name"] = claimed, caller.username
-        return event, {**fields, "server": server}
+    def _checked_event(self, caller: Identity, item: Any) -> dict[str, Any]:
+        return checked_event(caller, item, self.server.clock.now())
 
     async def list_resources(self, request: web.Request, caller: Identity | None) -> Any:
         kind = _kind(request)
