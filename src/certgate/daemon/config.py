@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from certgate.api.codec import describe_validation_error
 from certgate.api.duration import Duration
@@ -83,6 +83,13 @@ class HTTPLimits(_Section):
     idle_timeout: Duration = timedelta(seconds=30)
     # The TLS handshake must finish within this.
     handshake_timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("idle_timeout", "handshake_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
 
 
 class Config(_Section):
