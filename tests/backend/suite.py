@@ -14,7 +14,7 @@ import random
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -97,6 +97,40 @@ class BackendSuite:
         with pytest.raises(AlreadyExists):
             await backend.create(Item("/roles/dev", b"two"))
         assert await backend.get("/roles/dev") == created
+
+    async def test_write_many_creates_all_or_none(self, backend: Backend) -> None:
+        existing = await backend.create(Item("/roles/b", b"old"))
+        with pytest.raises(AlreadyExists, match="/roles/b"):
+            await backend.write_many(
+                [Item("/roles/a", b"a"), Item("/roles/b", b"b"), Item("/roles/c", b"c")],
+                create_only=True,
+            )
+        assert await backend.range("/roles/") == [existing]  # /roles/a was not written
+        written = await backend.write_many(
+            [Item("/roles/a", b"a"), Item("/roles/c", b"c")], create_only=True
+        )
+        assert [item.value for item in written] == [b"a", b"c"]
+        assert written[0].revision < written[1].revision
+        assert await backend.range("/roles/") == [written[0], existing, written[1]]
+
+    async def test_write_many_overwrites_unless_create_only(self, backend: Backend) -> None:
+        await backend.put(Item("/k/1", b"old"))
+        async with watching(backend, ["/k/"]) as events:
+            written = await backend.write_many(
+                [Item("/k/1", b"new"), Item("/k/2", b"two")], create_only=False
+            )
+            assert [event.item for event in await next_events(events, 2)] == written
+        assert (await backend.get("/k/1")).value == b"new"
+
+    async def test_an_expiry_past_year_9999_in_utc_still_reads(self, backend: Backend) -> None:
+        # 9999-12-31T23:59:59-23:59 is in year 10000 in UTC: storable as an epoch, but
+        # it once failed every later read of its prefix.
+        far = datetime.fromisoformat("9999-12-31T23:59:59-23:59")
+        await backend.put(Item("/locks/far", b"v", expires=far))
+        await backend.put(Item("/locks/near", b"w"))
+        items = await backend.range("/locks/")
+        assert [item.key for item in items] == ["/locks/far", "/locks/near"]
+        assert (await backend.get("/locks/far")).value == b"v"
 
     async def test_put_overwrites(self, backend: Backend) -> None:
         first = await backend.put(Item("/k", b"one"))

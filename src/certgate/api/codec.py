@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from certgate.api.access_request import AccessRequest
 from certgate.api.authority import CertAuthority
 from certgate.api.lock import Lock
+from certgate.api.names import shown
 from certgate.api.node import Node
 from certgate.api.role import Role
 from certgate.api.token import Token
@@ -23,6 +24,9 @@ from certgate.api.user import User
 from certgate.errors import BadParameter
 
 Resource = Role | User | Token | Lock | Node | CertAuthority | AccessRequest
+
+# The most text `parse_documents` reads: as much as one API request body may carry.
+MAX_INPUT_CHARS = 1024 * 1024
 
 KINDS: dict[str, type[BaseModel]] = {
     "role": Role,
@@ -71,7 +75,7 @@ def describe_validation_error(kind: str, name: str, exc: ValidationError) -> str
         message = message[len("Value error, ") :]
     message = message[0].lower() + message[1:] if message else message
     where = _location(first["loc"])
-    subject = f'{kind} "{name}"' if name else kind
+    subject = f"{kind} {shown(name)}" if name else kind
     return f"{subject}: {where}: {message}" if where else f"{subject}: {message}"
 
 
@@ -95,6 +99,8 @@ def from_dict(document: Any) -> Resource:
 
 def parse_documents(text: str) -> list[Resource]:
     """Every resource in a YAML (or JSON) stream; nothing is returned if any one is bad."""
+    if len(text) > MAX_INPUT_CHARS:
+        raise BadParameter(f"the input is larger than {MAX_INPUT_CHARS // 1024} KiB")
     try:
         documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as exc:
@@ -102,6 +108,14 @@ def parse_documents(text: str) -> list[Resource]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "cannot be parsed"
         raise BadParameter(f"invalid YAML{where}: {problem}") from exc
+    except RecursionError as exc:  # [[[[...]]]] thousands deep
+        raise BadParameter("invalid YAML: nested too deeply") from exc
+    except Exception as exc:
+        # PyYAML's constructors raise plain Python errors for explicit tags (`!!int x`:
+        # ValueError; `!!timestamp 2020-99-99 x`: AttributeError) and for numbers longer
+        # than int() takes; each is a value that cannot be read.
+        reason = " ".join(str(exc).split())[:80]
+        raise BadParameter(f"invalid YAML: a value cannot be read: {reason}") from exc
     if not documents:
         raise BadParameter("no resources found in the input")
     return [from_dict(doc) for doc in documents]

@@ -123,6 +123,14 @@ CATALOGUE: dict[str, EventType] = {
         _auth("lock.deleted", "TLK01I", "a lock was removed", "user", "kind", "name"),
         _auth("lock.expired", "TLK02I", "a lock expired", "user", "name", "target"),
         _auth(
+            "store.item.skipped",
+            "TST00W",
+            "a stored item that no longer decodes was left out of reads",
+            "key",
+            "revision",
+            "error",
+        ),
+        _auth(
             "session.upload",
             "T2005I",
             "a session recording was stored",

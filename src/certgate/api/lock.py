@@ -8,19 +8,20 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from certgate.api.meta import Metadata, Model
+from certgate.api.names import OptionalName, Time
 
 
 class LockTarget(Model):
-    user: str = ""
-    role: str = ""
-    login: str = ""
-    node: str = ""
-    access_request: str = ""
-    mfa_device: str = ""
+    user: OptionalName = ""
+    role: OptionalName = ""
+    login: OptionalName = ""
+    node: OptionalName = ""
+    access_request: OptionalName = ""
+    mfa_device: OptionalName = ""
     # With `user` only: the lock covers just that user's certificates whose validity
     # starts (SSH valid_after, X.509 notBefore) before this moment — the ones issued
     # before the user was deleted, reset or lost a role. Newer ones are not locked.
-    issued_before: datetime | None = None
+    issued_before: Time | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> LockTarget:
@@ -49,7 +50,7 @@ class LockSpec(Model):
     target: LockTarget
     message: str = ""
     created_by: str = ""
-    created: datetime | None = None
+    created: Time | None = None
 
 
 class Lock(Model):

@@ -7,11 +7,12 @@ from typing import Literal
 from pydantic import Field
 
 from certgate.api.meta import Metadata, Model
+from certgate.api.names import Text
 
 
 class NodeSpec(Model):
-    addr: str
-    hostname: str = ""
+    addr: Text
+    hostname: Text = ""
     # "" is a certgate node (it heartbeats itself); "openssh" an agentless sshd
     # registered by an admin.
     sub_kind: Literal["", "openssh"] = ""

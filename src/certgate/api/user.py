@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from pydantic import Field
 
 from certgate.api.meta import Metadata, Model
+from certgate.api.names import ResourceName, Text, Time
 
 # Traits certgate itself fills from `cgctl users add` flags; roles read them as
 # `{{internal.NAME}}`.
@@ -16,17 +16,17 @@ INTERNAL_TRAITS = ("logins", "kubernetes_groups", "kubernetes_users")
 
 class UserStatus(Model):
     # Set after too many failed logins in a row; logins are refused until then.
-    locked_until: datetime | None = None
+    locked_until: Time | None = None
     failed_logins: int = 0
     # False until the invite is completed (password and TOTP set).
     active: bool = False
 
 
 class UserSpec(Model):
-    roles: list[str] = Field(default_factory=list)
-    traits: dict[str, list[str]] = Field(default_factory=dict)
+    roles: list[ResourceName] = Field(default_factory=list)
+    traits: dict[str, list[Text]] = Field(default_factory=dict)
     created_by: str = ""
-    created: datetime | None = None
+    created: Time | None = None
 
 
 class User(Model):

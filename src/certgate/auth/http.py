@@ -24,29 +24,38 @@ from typing import Any
 
 from aiohttp import web
 from cryptography import x509
+from pydantic import BaseModel, ValidationError
 
+from certgate.api.authority import CertAuthority
 from certgate.api.certs import (
     identity_from_x509,
     issued_by,
     load_x509_certificate,
     verify_x509_client_cert,
 )
-from certgate.api.codec import dump, from_dict, to_dict
+from certgate.api.codec import describe_validation_error, dump, from_dict, to_dict
 from certgate.api.duration import parse_duration
 from certgate.api.identity import SYSTEM_PROXY, Identity
 from certgate.api.lock import Lock
+from certgate.api.names import check_name, shown, utc_time
 from certgate.api.node import Node
 from certgate.auth import permissions as perm
 from certgate.auth.audit_intake import checked_event
 from certgate.auth.http_agentless import add_agentless_routes
-from certgate.auth.http_body import json_body, required_str, str_list
+from certgate.auth.http_body import (
+    MAX_BODY_BYTES,
+    json_body,
+    query_int,
+    required_str,
+    str_list,
+)
 from certgate.auth.http_recordings import add_recording_routes
 from certgate.auth.http_requests import add_request_routes
 from certgate.auth.http_sessions import add_session_routes
 from certgate.auth.http_user_certs import add_user_cert_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
-from certgate.backend.base import EventType
+from certgate.backend.base import EventType, Item
 from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
 from certgate.recording.store import RecordingStore
 
@@ -58,6 +67,12 @@ FORWARDED_ADDR = "Certgate-Client-Addr"
 MAX_EVENTS_PER_CALL = 1000
 # Client certificates whose parsed identity is kept (each is a few hundred bytes).
 PEER_CACHE_SIZE = 4096
+# The most resources one `cgctl create` may carry (they are written in one transaction).
+MAX_RESOURCES_PER_CALL = 100
+# Longest password and one-time code taken: argon2 of a megabyte is CPU for nothing.
+MAX_SECRET_CHARS = 1024
+# Bad stored items (key, revision) already audited by this process, at most.
+AUDITED_SKIPS_SIZE = 4096
 
 Handler = Callable[[web.Request, Identity | None], Awaitable[Any]]
 
@@ -80,6 +95,9 @@ class AuthAPI:
         # Verified client certificate (DER) -> who it speaks for. The TLS handshake
         # verified it; what it says never changes, so it is parsed once, not per request.
         self._peers: dict[bytes, Identity] = {}
+        # Stored items that do not decode: met (to audit) and audited, by key and revision.
+        self._unaudited_skips: dict[tuple[str, int], str] = {}
+        self._audited_skips: set[tuple[str, int]] = set()
 
     # caller identity ----------------------------------------------------------------
 
@@ -157,6 +175,10 @@ class AuthAPI:
                 if resource is not None:
                     caller = await self.authorizer.check(caller, resource, verb)
                 result = await fn(request, caller)
+            except ValidationError as exc:
+                # A model built from request input that slipped past the route's checks.
+                bad = BadParameter(describe_validation_error(exc.title.lower(), "", exc))
+                return web.json_response(to_json(bad), status=bad.http_status)
             except CertgateError as exc:
                 if self.metrics:
                     self.metrics.errors.labels(kind=exc.kind).inc()
@@ -170,7 +192,7 @@ class AuthAPI:
         return handle
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024, middlewares=[_internal_errors])
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_internal_errors])
         r = app.router
         add = self._handler
         r.add_get("/v1/ping", add(None, "", self.ping))
@@ -214,10 +236,12 @@ class AuthAPI:
 
     async def login(self, request: web.Request, caller: Identity | None) -> Any:
         body = await json_body(request)
+        # Checked before the login checker writes an attempt or an audit event for it.
+        username = _checked_name(body.get("user"), "user name", "login", request)
         bundle = await self.server.login(
-            username=required_str(body, "user"),
-            password=required_str(body, "password"),
-            otp=required_str(body, "otp"),
+            username=username,
+            password=required_str(body, "password", MAX_SECRET_CHARS),
+            otp=required_str(body, "otp", MAX_SECRET_CHARS),
             public_key=required_str(body, "public_key"),
             ttl=_ttl(body),
             client_addr=self.client_addr(request),
@@ -264,22 +288,22 @@ class AuthAPI:
         body = await json_body(request)
         await self.server.complete_invite(
             request.match_info["token"],
-            required_str(body, "password"),
-            required_str(body, "otp"),
+            required_str(body, "password", MAX_SECRET_CHARS),
+            required_str(body, "otp", MAX_SECRET_CHARS),
             self.client_addr(request),
         )
         return None
 
     async def join(self, request: web.Request, caller: Identity | None) -> Any:
         body = await json_body(request)
-        principals = body.get("principals", [])
-        if not isinstance(principals, list) or not all(isinstance(p, str) for p in principals):
-            raise BadParameter("principals must be a list of strings")
+        # Checked before a failed join is audited with the name in it.
+        name = _checked_name(body.get("name"), "host name", "join", request)
+        principals = str_list(body, "principals", max_items=32, max_len=253)
         bundle = await self.server.join(
-            token_name=required_str(body, "token"),
-            role=required_str(body, "role"),
+            token_name=required_str(body, "token", 128),
+            role=required_str(body, "role", 16),
             public_key=required_str(body, "public_key"),
-            name=required_str(body, "name"),
+            name=name,
             principals=principals,
             client_addr=request.remote or "",
         )
@@ -292,7 +316,10 @@ class AuthAPI:
         traits = body.get("traits", {})
         if not isinstance(traits, dict):
             raise BadParameter("traits must be a mapping of lists of strings")
-        url = await self.server.add_user(required_str(body, "name"), roles, traits, caller.username)
+        name = check_name(body.get("name"), "user name")
+        for role in roles:
+            check_name(role, "role name")
+        url = await self.server.add_user(name, roles, traits, caller.username)
         return {"invite_url": url}
 
     async def reset_user(self, request: web.Request, caller: Identity | None) -> Any:
@@ -358,7 +385,7 @@ class AuthAPI:
             event_types=[e for e in q.get("event", "").split(",") if e],
             user=q.get("user") or None,
             node=q.get("node") or None,
-            limit=min(int(q.get("limit", "100") or 100), 10000),
+            limit=query_int(request, "limit", 100, 10000),
             cursor=q.get("cursor") or None,
         )
         return {"events": events, "cursor": cursor}
@@ -385,8 +412,32 @@ class AuthAPI:
 
     async def list_resources(self, request: web.Request, caller: Identity | None) -> Any:
         kind = _kind(request)
-        items = await self.server.get_resources(kind, None)
+        items = await self._readable(kind)
         return json.loads(dump(items, "json"))
+
+    async def _readable(self, kind: str) -> list[BaseModel]:
+        """Every stored `kind` that still decodes (a bad one is logged and left out, so
+        one poisoned item cannot fail every list, snapshot and watch of its kind)."""
+        items = await self.server.store_for(kind).list_readable(self._note_skipped)
+        await self._audit_skips()
+        return [_without_secrets(kind, item) for item in items]
+
+    def _note_skipped(self, item: Item, exc: Exception) -> None:
+        ref = (item.key, item.revision)
+        if ref not in self._audited_skips:
+            self._unaudited_skips[ref] = " ".join(str(exc).split())[:200]
+
+    async def _audit_skips(self) -> None:
+        """One audit event per bad stored item (and revision) this process meets, not one
+        per watcher that reconnects past it."""
+        while self._unaudited_skips:
+            (key, revision), error = self._unaudited_skips.popitem()
+            if len(self._audited_skips) >= AUDITED_SKIPS_SIZE:
+                self._audited_skips.clear()
+            self._audited_skips.add((key, revision))
+            await self.server.audit.emit(
+                "store.item.skipped", key=key[:200], revision=revision, error=error
+            )
 
     async def get_resource(self, request: web.Request, caller: Identity | None) -> Any:
         items = await self.server.get_resources(_kind(request), request.match_info["name"])
@@ -400,18 +451,33 @@ class AuthAPI:
         return None
 
     async def put_resource(self, request: web.Request, caller: Identity | None) -> Any:
+        """One resource ({"resource": doc}) or several ({"resources": [doc, ...]}).
+
+        Several are all or nothing: every one is parsed and authorized, then auth
+        writes them in one transaction (or none, with the reason for the first refusal).
+        """
         body = await json_body(request)
-        document = body.get("resource")
-        resource = from_dict(document)
+        several = "resources" in body
+        documents = body["resources"] if several else [body.get("resource")]
+        if not isinstance(documents, list) or not 0 < len(documents) <= MAX_RESOURCES_PER_CALL:
+            raise BadParameter(
+                f'"resources" must be a list of 1 to {MAX_RESOURCES_PER_CALL} resources'
+            )
         upsert = bool(body.get("upsert", False))
-        caller = await self.authorizer.check(
-            caller, resource.kind, "update" if upsert else "create"
-        )
-        if isinstance(resource, Lock) and not resource.spec.created_by:
-            spec = resource.spec.model_copy(update={"created_by": caller.username})
-            resource = resource.model_copy(update={"spec": spec})
-        saved = await self.server.put_resource(resource, caller.username, upsert)
-        return to_dict(saved)
+        resources = []
+        by = ""
+        for document in documents:
+            resource = from_dict(document)
+            checked = await self.authorizer.check(
+                caller, resource.kind, "update" if upsert else "create"
+            )
+            by = checked.username
+            if isinstance(resource, Lock) and not resource.spec.created_by:
+                spec = resource.spec.model_copy(update={"created_by": by})
+                resource = resource.model_copy(update={"spec": spec})
+            resources.append(resource)
+        saved = await self.server.put_resources(resources, by, upsert)
+        return [to_dict(r) for r in saved] if several else to_dict(saved[0])
 
     async def heartbeat(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
@@ -444,16 +510,16 @@ class AuthAPI:
         stores = {kind: self.server.store_for(kind) for kind in kinds}
         by_prefix = {store.prefix: kind for kind, store in stores.items()}
         revision = await self.server.backend.current_revision()
-        # get_resources strips CA private keys: they never leave auth.
-        snapshot = {
-            kind: [to_dict(r) for r in await self.server.get_resources(kind, None)]
-            for kind in kinds
-        }
+        # _readable strips CA private keys (they never leave auth) and skips bad items.
+        snapshot = {kind: [to_dict(r) for r in await self._readable(kind)] for kind in kinds}
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         await _send(response, {"type": "snapshot", "revision": revision, "items": snapshot})
         events = self.server.backend.watch(list(by_prefix), revision)
         next_event = asyncio.ensure_future(anext(events))
+        # From here on the status line is sent: a failure can only end the stream (the
+        # watcher reconnects and takes a fresh snapshot), never turn into a 500 written
+        # into the middle of it.
         try:
             while True:
                 done, _ = await asyncio.wait({next_event}, timeout=WATCH_PING_SECONDS)
@@ -470,15 +536,20 @@ class AuthAPI:
                 name = event.item.key[len(prefix) :]
                 if event.type is EventType.DELETE:
                     await _send(response, {"type": "delete", "kind": kind, "name": name})
+                    continue
+                resource = stores[kind].decode_or_skip(event.item, self._note_skipped)
+                if resource is None:  # a bad item is skipped (and audited), the stream goes on
+                    await self._audit_skips()
                 else:
-                    resource = stores[kind].decode(event.item)
-                    if kind == "cert_authority":
-                        resource = resource.without_secrets()
+                    resource = _without_secrets(kind, resource)
                     await _send(
                         response, {"type": "put", "kind": kind, "resource": to_dict(resource)}
                     )
         except ConnectionResetError:
             pass  # the watcher went away
+        except Exception:
+            log.exception("watch of %s ended by an error", ",".join(kinds))
+            _end_abruptly(request)
         finally:
             next_event.cancel()
             await asyncio.gather(next_event, return_exceptions=True)
@@ -492,6 +563,23 @@ WATCH_PING_SECONDS = 1.0
 
 async def _send(response: web.StreamResponse, message: dict[str, Any]) -> None:
     await response.write(json.dumps(message).encode() + b"\n")
+
+
+def _end_abruptly(request: web.Request) -> None:
+    # Closing the connection without the final chunk tells the client the stream broke
+    # (it reconnects); a clean end could pass for "auth has nothing more to say".
+    if request.transport is not None:
+        request.transport.close()
+
+
+def _checked_name(value: object, what: str, route: str, request: web.Request) -> str:
+    """A valid name from an unauthenticated caller, or a refusal logged in one short line
+    (never the name whole: it may be a megabyte)."""
+    try:
+        return check_name(value, what)
+    except BadParameter:
+        log.info("refused %s from %s: invalid %s %s", route, request.remote, what, shown(value))
+        raise
 
 
 @web.middleware
@@ -512,6 +600,13 @@ async def _internal_errors(
         )
 
 
+def _without_secrets(kind: str, resource: BaseModel) -> BaseModel:
+    # CA private keys never leave auth.
+    if isinstance(resource, CertAuthority):
+        return resource.without_secrets()
+    return resource
+
+
 def _with_kind(identity: Identity, kind: str) -> Identity:
     return replace(identity, kind=kind)
 
@@ -529,6 +624,8 @@ def _time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        return datetime.fromisoformat(text)
+        return utc_time(datetime.fromisoformat(text))
     except ValueError as exc:
-        raise BadParameter(f'invalid time "{text}": use RFC 3339') from exc
+        raise BadParameter(
+            f"invalid time {shown(text)}: use RFC 3339 before the year 9001"
+        ) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -16,7 +17,7 @@ from certgate.api.role import Role
 from certgate.api.user import User
 from certgate.auth.user_cuts import narrowed
 from certgate.auth.users_admin import UserAdmin
-from certgate.errors import BadParameter, NotFound
+from certgate.errors import AlreadyExists, BadParameter, NotFound
 from certgate.services.store import ResourceStore
 
 
@@ -45,32 +46,67 @@ class ResourceAdmin(UserAdmin):
         return items
 
     async def put_resource(self, resource: Resource, by: str, upsert: bool) -> BaseModel:
-        if isinstance(resource, Role):
-            validate_role(resource)
-        if isinstance(resource, CertAuthority):
-            raise BadParameter("certificate authorities are created by auth and cannot be set")
-        if isinstance(resource, AccessRequest):
-            raise BadParameter(
-                "access requests are made with `cgsh request create` and changed by reviews"
-            )
-        if isinstance(resource, Lock) and resource.spec.target.access_request:
-            await self.access_requests.get(resource.spec.target.access_request)
-        before: User | None = None
-        if isinstance(resource, User):
-            for role in resource.spec.roles:
-                await self.roles.get(role)
-            if upsert:
-                with contextlib.suppress(NotFound):
-                    before = await self.users.get(resource.name)
-            if before is not None:
-                # Status (invite completed, lockouts) is auth's, not the document's.
-                resource = resource.model_copy(update={"status": before.status})
-        store = self.store_for(resource.kind)
-        saved: BaseModel = await (store.upsert(resource) if upsert else store.create(resource))
-        if before is not None and isinstance(saved, User):
-            lost = narrowed(before, saved)
-            if lost:
-                await self.cut_user_certs(before, by, f"changed (lost {', '.join(lost)})")
+        return (await self.put_resources([resource], by, upsert))[0]
+
+    async def put_resources(
+        self, resources: Sequence[Resource], by: str, upsert: bool
+    ) -> list[BaseModel]:
+        """All or nothing: every resource is checked, then all are written in one
+        transaction (Backend.write_many); a user may name a role created in the same call."""
+        seen: set[tuple[str, str]] = set()
+        new_roles = {r.metadata.name for r in resources if isinstance(r, Role)}
+        prepared: list[Resource] = []
+        befores: list[User | None] = []
+        for resource in resources:
+            ref = (resource.kind, resource.metadata.name)
+            if ref in seen:
+                raise BadParameter(f'{resource.kind} "{ref[1]}" appears twice in the input')
+            seen.add(ref)
+            if isinstance(resource, Role):
+                validate_role(resource)
+            if isinstance(resource, CertAuthority):
+                raise BadParameter("certificate authorities are created by auth and cannot be set")
+            if isinstance(resource, AccessRequest):
+                raise BadParameter(
+                    "access requests are made with `cgsh request create` and changed by reviews"
+                )
+            if isinstance(resource, Lock) and resource.spec.target.access_request:
+                await self.access_requests.get(resource.spec.target.access_request)
+            before: User | None = None
+            if isinstance(resource, User):
+                for role in resource.spec.roles:
+                    if role not in new_roles:
+                        await self.roles.get(role)
+                if upsert:
+                    with contextlib.suppress(NotFound):
+                        before = await self.users.get(resource.name)
+                if before is not None:
+                    # Status (invite completed, lockouts) is auth's, not the document's.
+                    resource = resource.model_copy(update={"status": before.status})
+            prepared.append(resource)
+            befores.append(before)
+        stores = [self.store_for(r.kind) for r in prepared]
+        items = [store.encode(r) for store, r in zip(stores, prepared, strict=True)]
+        try:
+            written = await self.backend.write_many(items, create_only=not upsert)
+        except AlreadyExists as exc:
+            for item, resource in zip(items, prepared, strict=True):
+                if item.key in exc.message.split():
+                    name = resource.metadata.name
+                    raise AlreadyExists(f'{resource.kind} "{name}" already exists') from None
+            raise
+        saved: list[BaseModel] = [
+            store.decode(item) for store, item in zip(stores, written, strict=True)
+        ]
+        for resource, before, now in zip(prepared, befores, saved, strict=True):
+            if before is not None and isinstance(now, User):
+                lost = narrowed(before, now)
+                if lost:
+                    await self.cut_user_certs(before, by, f"changed (lost {', '.join(lost)})")
+            await self._audit_put(resource, by)
+        return saved
+
+    async def _audit_put(self, resource: Resource, by: str) -> None:
         if isinstance(resource, Lock):
             await self.audit.emit(
                 "lock.created",
@@ -85,7 +121,6 @@ class ResourceAdmin(UserAdmin):
         else:
             event = "role.created" if resource.kind == "role" else "resource.created"
             await self.audit.emit(event, user=by, kind=resource.kind, name=resource.metadata.name)
-        return saved
 
     async def delete_resource(self, kind: str, name: str, by: str) -> None:
         if kind == "user":

@@ -45,6 +45,8 @@ class Backend(Protocol):
       `keys`, read from one snapshot (a missing key is left out, not an error).
     - create: AlreadyExists if present (and not expired).
     - put: create or overwrite unconditionally.
+    - write_many: put every item in one transaction, all or none; with `create_only`,
+      AlreadyExists (naming the key) if any is present, and nothing is written.
     - compare_and_swap: CompareFailed unless the stored revision equals `expected_revision`
       (NotFound if the key is absent).
     - delete: NotFound if absent.
@@ -63,6 +65,8 @@ class Backend(Protocol):
     async def put(self, item: Item) -> Item: ...
 
     async def compare_and_swap(self, item: Item, expected_revision: int) -> Item: ...
+
+    async def write_many(self, items: Sequence[Item], create_only: bool) -> list[Item]: ...
 
     async def delete(self, key: str) -> None: ...
 

@@ -300,7 +300,15 @@ def _epoch(moment: datetime, what: str) -> float:
 
 
 def _moment(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, UTC)
+    if epoch is None:
+        return None
+    try:
+        return datetime.fromtimestamp(epoch, UTC)
+    except (ValueError, OverflowError, OSError):
+        # An expiry past year 9999 (written before times were checked at the edge, or
+        # straight into the file): it never comes, and must not fail every read of
+        # its prefix with "year 10000 is out of range".
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def _check_item(item: Item) -> tuple[bytes, float | None]:
@@ -522,6 +530,27 @@ class SQLiteBackend:
                 return _store(conn, item.key, value, expires, now)
 
         return self._written(item, value, await self._db.run(put))
+
+    async def write_many(self, items: Sequence[Item], create_only: bool) -> list[Item]:
+        checked = [_check_item(item) for item in items]
+        now = self._now()
+
+        def write(conn: sqlite3.Connection) -> list[int]:
+            with write_transaction(conn):
+                if create_only:
+                    for item in items:
+                        if _live_revision(conn, item.key, now) is not None:
+                            raise AlreadyExists(f"key {item.key} already exists")
+                return [
+                    _store(conn, item.key, value, expires, now)
+                    for item, (value, expires) in zip(items, checked, strict=True)
+                ]
+
+        revisions = await self._db.run(write)
+        return [
+            self._written(item, value, revision)
+            for item, (value, _), revision in zip(items, checked, revisions, strict=True)
+        ]
 
     async def compare_and_swap(self, item: Item, expected_revision: int) -> Item:
         value, expires = _check_item(item)

@@ -8,8 +8,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
-from certgate.errors import CertgateError
+from certgate.api.codec import describe_validation_error
+from certgate.errors import BadParameter, CertgateError
 
 
 def run(main: Callable[..., Any]) -> Callable[[], None]:
@@ -29,6 +31,10 @@ def run(main: Callable[..., Any]) -> Callable[[], None]:
         except CertgateError as exc:
             click.echo(f"error: {exc.message}", err=True)
             sys.exit(exc.exit_code)
+        except ValidationError as exc:  # a flag's value a resource model refuses
+            bad = BadParameter(describe_validation_error(exc.title.lower(), "", exc))
+            click.echo(f"error: {bad.message}", err=True)
+            sys.exit(bad.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
 

@@ -41,8 +41,9 @@ from typing import Any
 from aiohttp import web
 
 from certgate.daemon.auth_service import Closer, auth_app, open_auth_server
-from certgate.daemon.config import AuthService
+from certgate.daemon.config import AuthService, HTTPLimits
 from certgate.daemon.diag import Metrics
+from certgate.daemon.listeners import LimitedSite, bound_sockets, limited_runner
 from certgate.daemon.logs import setup_logging
 from certgate.errors import BadParameter
 from certgate.transport import server_context
@@ -76,34 +77,15 @@ class WorkerSpec:
     cert_pem: str
     key_pem: str
     debug: bool
+    limits: HTTPLimits
 
 
 # ---------------------------------------------------------------------------- sockets
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:
-    """Listening sockets for HOST:PORT with SO_REUSEPORT, one per address the host
-    names (all interfaces, IPv4 and IPv6, for an empty host), all on one port."""
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if port == 0 and len(sockets) > 1:
-                address = (address[0], sockets[0].getsockname()[1], *address[2:])
-            sock.bind(address)
-            sock.listen(socket.SOMAXCONN)
-            sock.setblocking(False)
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
+    """Listening sockets for HOST:PORT with SO_REUSEPORT, so workers share the port."""
+    return bound_sockets(host, port, reuse_port=True)
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -125,15 +107,12 @@ def check_port_free(host: str, port: int) -> None:
 
 
 async def serve_on(
-    app: web.Application, sockets: list[socket.socket], context: Any
+    app: web.Application, sockets: list[socket.socket], context: Any, limits: HTTPLimits
 ) -> web.AppRunner:
     """Serve `app` on already-bound sockets; the runner's cleanup stops it."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    runner = await limited_runner(app, limits)
     try:
-        for sock in sockets:
-            site = web.SockSite(runner, sock, ssl_context=context, shutdown_timeout=2)
-            await site.start()
+        await LimitedSite(runner, limits, sockets, ssl_context=context).start()
     except BaseException:
         await runner.cleanup()
         raise
@@ -242,7 +221,7 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> None:
         context = server_context(
             spec.cert_pem, spec.key_pem, client_cas=server.issuer.tls_ca_certs()
         )
-        runner = await serve_on(app, listening_sockets(spec.host, spec.port), context)
+        runner = await serve_on(app, listening_sockets(spec.host, spec.port), context, spec.limits)
         closers.append(runner.cleanup)
         _send(conn, ("ready", os.getpid()))
         log.info("auth worker %d serving (pid %d)", spec.index, os.getpid())

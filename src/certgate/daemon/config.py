@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from certgate.api.codec import describe_validation_error
 from certgate.api.duration import Duration
@@ -72,6 +72,26 @@ class KubernetesService(_Section):
     labels: dict[str, str] = Field(default_factory=dict)
 
 
+class HTTPLimits(_Section):
+    """What one client may hold on each HTTPS listener (auth 3025, proxy web 3080)."""
+
+    # Connections open at once per listener, counting those still in the TLS handshake;
+    # past it new ones are closed at once.
+    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    # A connection with no complete request for this long is closed (idle keep-alive,
+    # or headers sent a byte at a time).
+    idle_timeout: Duration = timedelta(seconds=30)
+    # The TLS handshake must finish within this.
+    handshake_timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("idle_timeout", "handshake_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
+
+
 class Config(_Section):
     version: Literal["v1"] = "v1"
     cluster_name: str = ""
@@ -85,6 +105,7 @@ class Config(_Section):
     # Roles with `locking_mode: strict`: how long a proxy or node may be cut off from
     # auth (and so from new locks) before it refuses their holders and ends their sessions.
     strict_lock_grace: Duration = timedelta(seconds=30)
+    http_limits: HTTPLimits = Field(default_factory=HTTPLimits)
     auth_service: AuthService = Field(default_factory=AuthService)
     proxy_service: ProxyService = Field(default_factory=ProxyService)
     ssh_service: SSHService = Field(default_factory=SSHService)
@@ -182,6 +203,10 @@ join_token: ""
 ca_pin: ""                # sha256:... printed by `cgctl tokens add`; pins the cluster CA
 debug: false              # JSON logs at debug level
 strict_lock_grace: 30s    # locking_mode strict: refuse after this long cut off from auth
+http_limits:              # per HTTPS listener (auth, proxy web); see docs/operations.md
+  max_connections: 1000   # open at once, TLS handshakes included; more are closed at once
+  idle_timeout: 30s       # no complete request for this long (idle or half-sent): closed
+  handshake_timeout: 10s  # the TLS handshake must finish within this
 
 auth_service:
   enabled: true

@@ -40,6 +40,7 @@ from certgate.daemon.auth_workers import (
 )
 from certgate.daemon.config import Config, dial_addr, split_addr
 from certgate.daemon.diag import Diagnostics, Metrics
+from certgate.daemon.listeners import LimitedSite, bound_sockets, limited_runner
 from certgate.daemon.logs import secure_data_dir
 from certgate.errors import BadParameter, CertgateError, NotFound
 from certgate.node.agent import NodeAgent
@@ -176,7 +177,8 @@ class Daemon:
         async def listen() -> None:
             check_port_free(host, port)  # SO_REUSEPORT would share a port in use
             sockets.extend(listening_sockets(host, port))
-            self._closers.append((await serve_on(app, sockets, context)).cleanup)
+            runner = await serve_on(app, sockets, context, self.config.http_limits)
+            self._closers.append(runner.cleanup)
 
         await self._guard_listen(listen(), cfg.listen_addr, "auth")
         log.info("auth listening on %s", cfg.listen_addr)
@@ -193,6 +195,7 @@ class Daemon:
                 cert_pem=own.bundle.tls_cert,
                 key_pem=own.key_pem,
                 debug=self.config.debug,
+                limits=self.config.http_limits,
             )
             for index in range(1, workers)
         ]
@@ -414,13 +417,15 @@ class Daemon:
         self, app: web.Application, addr: str, default_port: int, context: Any, name: str
     ) -> None:
         host, port = split_addr(addr, default_port)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(
-            runner, host or None, port, ssl_context=context, reuse_address=True, shutdown_timeout=2
-        )
+        limits = self.config.http_limits
+        runner = await limited_runner(app, limits)
+
+        async def start() -> None:
+            sockets = bound_sockets(host or None, port)
+            await LimitedSite(runner, limits, sockets, ssl_context=context).start()
+
         try:
-            await self._guard_listen(site.start(), addr, name)
+            await self._guard_listen(start(), addr, name)
         except BadParameter:
             await runner.cleanup()
             raise

@@ -16,8 +16,10 @@ import asyncio
 import base64
 import html
 import logging
+import re
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qsl
 
 import qrcode
 import qrcode.image.svg
@@ -28,6 +30,7 @@ from certgate.access.cached_access import CachedAccess
 from certgate.api.certs import identity_from_x509
 from certgate.api.codec import to_dict
 from certgate.api.identity import Identity
+from certgate.api.json_input import BODY_TIMEOUT, MAX_BODY_BYTES, parse_json
 from certgate.errors import AccessDenied, BadParameter, CertgateError, ConnectionProblem, to_json
 from certgate.proxy.web_headers import install_security_headers
 from certgate.rpc.auth_client import AsyncAuthClient
@@ -42,6 +45,11 @@ _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 _IDENTITY_HEADERS = {FORWARDED_CERT.lower(), FORWARDED_ADDR.lower()}
 # A user who takes longer than this to take one chunk of an answer is gone.
 WRITE_TIMEOUT = 30.0
+# The invite form has three short fields; anything bigger is not from our page.
+MAX_FORM_BYTES = 16 * 1024
+# A forwarded path is printable ASCII: control characters (a decoded %0a) could split
+# the request line or a log line on the way to auth.
+_PRINTABLE_PATH = re.compile(r"[\x21-\x7e]*")
 
 
 class ProxyWeb:
@@ -62,7 +70,7 @@ class ProxyWeb:
         self.access: CachedAccess | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=1024 * 1024, middlewares=[_errors])
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
         r = app.router
         r.add_get("/v1/ping", self.ping)
         r.add_post("/v1/login", self.login)
@@ -129,14 +137,14 @@ class ProxyWeb:
 
     async def invite_form(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
-        form = await request.post()
-        password = str(form.get("password", ""))
-        otp = str(form.get("otp", ""))
+        form = await _form(request)
+        password = form.get("password", "")
+        otp = form.get("otp", "")
         try:
             invite = await self._auth.call("GET", f"/v1/invites/{_safe(token)}")
         except CertgateError as exc:
             return _page("", self.cluster_name, _message(exc.message, "error"), "", 404)
-        if password != str(form.get("password_confirm", password)):
+        if password != form.get("password_confirm", password):
             text = _message("the two passwords differ", "error")
             return _page(invite["user"], self.cluster_name, text, _invite_form(invite), 400)
         try:
@@ -207,8 +215,10 @@ class ProxyWeb:
         headers[FORWARDED_CERT] = base64.b64encode(der).decode()
         headers[FORWARDED_ADDR] = request.remote or ""
         path = "/v1/" + request.match_info["path"]
+        if not _PRINTABLE_PATH.fullmatch(path):
+            raise BadParameter("the path must be printable ASCII")
         # Request bodies are small (client_max_size bounds them); answers may not be.
-        body = await request.read() if request.can_read_body else None
+        body = await _read_body(request) if request.can_read_body else None
         response = web.StreamResponse()
         try:
             async with self._auth.raw_stream(
@@ -291,14 +301,41 @@ def _safe(token: str) -> str:
     return token
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+async def _read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The whole body, if it is small enough and arrives in time (else a 400)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BadParameter(f"request body is larger than {limit // 1024} KiB")
     try:
-        body = await request.json()
-    except ValueError as exc:
-        raise BadParameter("request body must be a JSON object") from exc
+        async with asyncio.timeout(BODY_TIMEOUT):
+            return await request.read()
+    except TimeoutError as exc:
+        raise BadParameter("request body did not arrive in time") from exc
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BadParameter(f"request body is larger than {limit // 1024} KiB") from exc
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    body = parse_json(await _read_body(request), request.charset)
     if not isinstance(body, dict):
         raise BadParameter("request body must be a JSON object")
     return body
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """The invite form's fields: url-encoded text only, small, valid UTF-8.
+
+    aiohttp's own parser raises ValueError/AssertionError on a malformed multipart
+    body and LookupError on an unknown charset; our page never sends either.
+    """
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise BadParameter("the form must be sent as application/x-www-form-urlencoded")
+    raw = await _read_body(request, MAX_FORM_BYTES)
+    try:
+        text = raw.decode("ascii")  # url-encoded forms are ASCII on the wire
+        pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=16)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadParameter("the form could not be read") from exc
+    return {key: value for key, value in pairs}
 
 
 @web.middleware

@@ -19,9 +19,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from certgate.api.codec import KINDS
+from certgate.api.names import shown
 from certgate.rpc.auth_client import AsyncAuthClient
 
 log = logging.getLogger("certgate.watch")
@@ -94,10 +95,10 @@ class ResourceView:
     async def _apply(self, message: dict[str, Any]) -> None:
         kind_of = message["type"]
         if kind_of == "snapshot":
-            fresh = {
-                kind: {doc["metadata"]["name"]: KINDS[kind].model_validate(doc) for doc in docs}
-                for kind, docs in message["items"].items()
-            }
+            fresh: dict[str, dict[str, BaseModel]] = {}
+            for kind, docs in message["items"].items():
+                valid = (_resource(kind, doc) for doc in docs)
+                fresh[kind] = {r.metadata.name: r for r in valid if r is not None}  # type: ignore[attr-defined]
             old = self._items
             self._items = {kind: fresh.get(kind, {}) for kind in self._kinds}
             self.connected = True
@@ -110,10 +111,12 @@ class ResourceView:
                     await self._notify(kind, name, None)
         elif kind_of == "put":
             kind = message["kind"]
-            resource = KINDS[kind].model_validate(message["resource"])
-            name = message["resource"]["metadata"]["name"]
-            self._items[kind][name] = resource
-            await self._notify(kind, name, resource)
+            put = _resource(kind, message["resource"])
+            if put is None:
+                return  # skipped (and logged): the stream and the rest of the view go on
+            name = put.metadata.name  # type: ignore[attr-defined]
+            self._items[kind][name] = put
+            await self._notify(kind, name, put)
         elif kind_of == "delete":
             kind, name = message["kind"], message["name"]
             self._items[kind].pop(name, None)
@@ -125,6 +128,20 @@ class ResourceView:
                 await self._on_change(kind, name, resource)
             except Exception:
                 log.exception("handling a change of %s/%s failed", kind, name)
+
+
+def _resource(kind: str, document: Any) -> BaseModel | None:
+    """The resource in `document`, or None (logged) if it does not validate.
+
+    One bad item — written by an older version, or straight into the store — must not
+    stop the view: a lock that follows it still has to arrive.
+    """
+    try:
+        return KINDS[kind].model_validate(document)
+    except (ValidationError, ValueError, KeyError) as exc:
+        name = document.get("metadata", {}).get("name") if isinstance(document, dict) else None
+        log.error("skipping a %s from auth that does not validate (%s): %s", kind, shown(name), exc)
+        return None
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

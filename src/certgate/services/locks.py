@@ -56,7 +56,7 @@ class LockCache:
 
     async def _reload(self) -> int:
         revision = await self._backend.current_revision()
-        self._locks = {lock.name: lock for lock in await self._store.list()}
+        self._locks = {lock.name: lock for lock in await self._store.list_readable()}
         return revision
 
     async def _follow(self, revision: int) -> None:
@@ -69,8 +69,8 @@ class LockCache:
                         gone = self._locks.pop(name, None)
                         if gone is not None and self._expired(gone) and self._on_expired:
                             await self._on_expired(gone)
-                    else:
-                        self._locks[name] = self._store.decode(event.item)
+                    elif (lock := self._store.decode_or_skip(event.item)) is not None:
+                        self._locks[name] = lock
                 return  # the backend closed
             except CompareFailed:
                 revision = await self._reload()  # fell too far behind: start over

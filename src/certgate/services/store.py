@@ -13,16 +13,22 @@ Resources are frozen models, so sharing one is safe.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import builtins
+import logging
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 
 from certgate.api.meta import Metadata
+from certgate.api.names import shown
 from certgate.backend.base import Backend, Item
 from certgate.errors import AlreadyExists, NotFound
 
 T = TypeVar("T", bound=BaseModel)
+log = logging.getLogger("certgate.store")
+# Told of each stored item a reader skipped because it does not decode.
+SkipCallback = Callable[[Item, Exception], None]
 
 
 # Decoded resources kept per store (the most recently decoded keys).
@@ -66,6 +72,11 @@ class ResourceStore(Generic[T]):
             self._decoded[item.key] = resource
         return resource
 
+    def encode(self, resource: T) -> Item:
+        """The item `resource` is stored as (for writes of several kinds in one
+        transaction, `Backend.write_many`)."""
+        return self._encode(resource)
+
     def _encode(self, resource: T) -> Item:
         meta = _metadata(resource)
         clean = resource.model_copy(update={"metadata": meta.model_copy(update={"revision": 0})})
@@ -93,6 +104,29 @@ class ResourceStore(Generic[T]):
 
     async def list(self) -> list[T]:
         return [self.decode(item) for item in await self._backend.range(self._prefix)]
+
+    async def list_readable(self, on_skip: SkipCallback | None = None) -> builtins.list[T]:
+        """Like `list`, but an item that no longer decodes is logged and left out.
+
+        For views that must keep going (watch snapshots, the lock cache): one item
+        written by an older version, or straight into the store, must not hide every
+        other lock from them.
+        """
+        items = await self._backend.range(self._prefix)
+        found = (self.decode_or_skip(item, on_skip) for item in items)
+        return [resource for resource in found if resource is not None]
+
+    def decode_or_skip(self, item: Item, on_skip: SkipCallback | None = None) -> T | None:
+        """`item` decoded, or None (logged, and passed to `on_skip`) if it does not."""
+        try:
+            return self.decode(item)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            if on_skip is not None:
+                on_skip(item, exc)
+            log.error(
+                "skipping stored %s %s: it does not decode: %s", self._noun, shown(item.key), exc
+            )
+            return None
 
     async def create(self, resource: T) -> T:
         try:

@@ -50,12 +50,19 @@ def create(ctx: click.Context, file: str | None, path: str | None, force: bool) 
     source = file or path
     if not source:
         raise click.UsageError("name a file: cgctl create -f FILE (or - for standard input)")
-    text = sys.stdin.read() if source == "-" else _read(source)
+    try:
+        text = sys.stdin.read() if source == "-" else _read(source)
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"cannot read {source}: it is not UTF-8 text") from exc
     resources = parse_documents(text)  # every document checked before anything is sent
-    cluster = api(ctx)
+    # One call: auth writes them all in one transaction, or none with the reason.
+    api(ctx).call(
+        "POST",
+        "/resources",
+        json={"resources": [to_dict(r) for r in resources], "upsert": force},
+    )
+    verb = "created" if not force else "created or updated"
     for resource in resources:
-        cluster.call("POST", "/resources", json={"resource": to_dict(resource), "upsert": force})
-        verb = "created" if not force else "created or updated"
         click.echo(f'{resource.kind} "{resource.metadata.name}" has been {verb}')
         if isinstance(resource, Role) and resource.spec.options.require_session_mfa:
             click.echo(

@@ -1,0 +1,229 @@
+"""Serving an aiohttp app so no client can hold a listener: every HTTPS listener
+(auth 3025 and its workers, proxy web 3080, diagnostics) is started here.
+
+    runner = await limited_runner(app, limits)
+    site = LimitedSite(runner, limits, sockets)          # sockets bound and listening
+    await site.start()
+
+    accept ──> over max_connections? ──yes──> closed at once (before any TLS work)
+                      │ no
+                      ▼
+               TLS handshake (handshake_timeout) ──fails──> closed, uncounted
+                      │
+                      ▼
+               aiohttp's handler; idle_timeout until each whole request has arrived
+
+The limits come from the config's `http_limits`:
+
+- idle_timeout is aiohttp's keep-alive timer, which aiohttp 3.14 arms when a connection
+  is made and clears only once a whole request has arrived — so it closes idle
+  connections and ones whose headers come a byte at a time alike. (A half-sent *body*
+  is bounded where bodies are read: api/json_input.BODY_TIMEOUT.)
+- handshake_timeout bounds the TLS handshake (aiohttp's sites do not pass one on).
+- max_connections counts every connection from accept to close. asyncio's own server
+  creates the TLS state for a connection before anything can refuse it, and never
+  tells the protocol when a handshake fails; so this module runs the accept loop
+  itself and hands each admitted socket to `loop.connect_accepted_socket`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from certgate.daemon.config import HTTPLimits
+
+log = logging.getLogger("certgate.listeners")
+
+# Seconds aiohttp gives requests in flight when a listener stops.
+SHUTDOWN_TIMEOUT = 2.0
+
+
+async def limited_runner(app: web.Application, limits: HTTPLimits) -> web.AppRunner:
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        keepalive_timeout=limits.idle_timeout.total_seconds(),
+    )
+    await runner.setup()
+    return runner
+
+
+def bound_sockets(host: str | None, port: int, reuse_port: bool = False) -> list[socket.socket]:
+    """Listening sockets for HOST:PORT, one per address the host names (all interfaces,
+    IPv4 and IPv6, for an empty host), all on one port; `reuse_port` lets several
+    processes share them (SO_REUSEPORT)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class ConnectionGate:
+    """How many connections a listener holds, from accept to close."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.max = max_connections
+        self.open = 0
+        self.refused = 0
+
+    def admit(self) -> bool:
+        if self.open < self.max:
+            self.open += 1
+            return True
+        self.refused += 1
+        if self.refused == 1 or self.refused % 1000 == 0:
+            log.warning("refusing connections past max_connections=%d", self.max)
+        return False
+
+    def release(self) -> None:
+        self.open -= 1
+
+
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection; tells the gate when it closes."""
+
+    def __init__(self, handler: RequestHandler, gate: ConnectionGate) -> None:
+        self._handler = handler
+        self._gate = gate
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        self._handler.eof_received()
+        return None  # close the transport, as aiohttp's handler does
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gate.release()
+        self._handler.connection_lost(exc)
+
+
+class _AcceptLoop:
+    """What aiohttp's site keeps as its "server": close() stops accepting."""
+
+    def __init__(
+        self, sockets: list[socket.socket], site: LimitedSite, ssl_context: Any, handshake: float
+    ) -> None:
+        self.sockets = sockets
+        self._site = site
+        self._ssl = ssl_context
+        self._handshake = handshake
+        self._loops = [asyncio.create_task(self._accept(sock)) for sock in sockets]
+        for task in self._loops:
+            task.add_done_callback(_log_crash)
+        self._handshakes: set[asyncio.Task[None]] = set()
+
+    async def _accept(self, listening: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listening)
+            except OSError as exc:  # out of file descriptors, say: let some close
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            if not self._site.gate.admit():
+                conn.close()
+                continue
+            task = asyncio.create_task(self._start(conn))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _start(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                self._site.protocol,
+                conn,
+                ssl=self._ssl,
+                ssl_handshake_timeout=self._handshake if self._ssl else None,
+            )
+        except asyncio.CancelledError:
+            conn.close()
+            self._site.gate.release()
+            raise
+        except Exception as exc:  # a failed or slow handshake: the client's problem
+            log.debug("connection dropped before its first request: %s", exc)
+            conn.close()
+            self._site.gate.release()
+
+    def close(self) -> None:
+        for task in [*self._loops, *self._handshakes]:
+            task.cancel()
+        for sock in self.sockets:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._loops, *self._handshakes, return_exceptions=True)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a listener stopped accepting connections: %r", task.exception())
+
+
+class LimitedSite(web.BaseSite):
+    """A listener on already-bound sockets, with the connection cap and timeouts."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        limits: HTTPLimits,
+        sockets: list[socket.socket],
+        ssl_context: Any = None,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
+        self._sockets = sockets
+        self._limits = limits
+        self.gate = ConnectionGate(limits.max_connections)
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        host, port = self._sockets[0].getsockname()[:2]
+        return f"{scheme}://{host}:{port}"
+
+    def protocol(self) -> asyncio.Protocol:
+        server = self._runner.server
+        assert server is not None
+        return _Counted(server(), self.gate)
+
+    async def start(self) -> None:
+        await super().start()
+        handshake = self._limits.handshake_timeout.total_seconds()
+        accept = _AcceptLoop(self._sockets, self, self._ssl_context, handshake)
+        self._server = accept  # type: ignore[assignment]

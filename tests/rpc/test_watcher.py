@@ -1,0 +1,70 @@
+"""ResourceView: an item from auth that does not validate is skipped, never the stream.
+
+Auth leaves bad stored items out itself (tests/integration/
+test_bad_stored_item_does_not_stop_locks.py); this is the view's own guard, for an auth
+of another version. The auth side here replays a recorded stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from certgate.rpc.watcher import ResourceView
+
+
+def lock(name: str, user: str = "bob", expires: str | None = None) -> dict[str, Any]:
+    return {
+        "kind": "lock",
+        "version": "v1",
+        "metadata": {"name": name, "expires": expires},
+        "spec": {"target": {"user": user}},
+    }
+
+
+FAR = "9999-12-31T23:59:59-23:59"
+
+
+class _Auth:
+    def __init__(self, messages: list[dict[str, Any]]) -> None:
+        self.lines = [json.dumps(m) for m in messages]
+        self.done = asyncio.Event()
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, path: str, params: Any = None
+    ) -> AsyncIterator[AsyncIterator[str]]:
+        async def lines() -> AsyncIterator[str]:
+            for line in self.lines:
+                yield line
+            self.done.set()
+            await asyncio.Event().wait()  # the stream stays open, as auth's does
+
+        yield lines()
+
+
+async def test_bad_items_are_skipped_and_later_ones_still_arrive() -> None:
+    auth = _Auth(
+        [
+            {
+                "type": "snapshot",
+                "revision": 1,
+                "items": {"lock": [lock("far", expires=FAR), lock("ok-1"), {"junk": True}]},
+            },
+            {"type": "put", "kind": "lock", "resource": lock("far-2", expires=FAR)},
+            {"type": "put", "kind": "lock", "resource": lock("bad-user", user="bob\n")},
+            {"type": "put", "kind": "lock", "resource": lock("ok-2", user="carol")},
+        ]
+    )
+    view = ResourceView(auth, ["lock"])  # type: ignore[arg-type]
+    view.start()
+    try:
+        await view.wait_ready(timeout=5)
+        await asyncio.wait_for(auth.done.wait(), 5)
+        assert sorted(x.metadata.name for x in view.all("lock")) == ["ok-1", "ok-2"]  # type: ignore[attr-defined]
+        assert view.connected
+    finally:
+        await view.close()
