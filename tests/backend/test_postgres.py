@@ -15,7 +15,7 @@ from certgate.backend.postgres import PostgresBackend, postgres_conninfo
 from certgate.backend.registry import open_backend
 from certgate.clock import FakeClock
 from certgate.errors import BadParameter, CompareFailed, ConnectionProblem
-from tests.support.postgres import TLS_USER, PostgresServer
+from tests.support.postgres import DATABASE, TLS_USER, PostgresServer
 
 from .conftest import BackendTarget
 from .suite import BackendSuite, assert_quiet, next_events, watching
@@ -24,44 +24,44 @@ from .suite import BackendSuite, assert_quiet, next_events, watching
 class TestPostgresBackend(BackendSuite):
     @pytest.fixture
     def backend_target(
-        self, postgres_server: PostgresServer, postgres_database: str, tmp_path: Path
+        self, postgres_server: PostgresServer, postgres_schema: str, tmp_path: Path
     ) -> BackendTarget:
-        return BackendTarget(postgres_server.storage(postgres_database), tmp_path)
+        return BackendTarget(postgres_server.storage(postgres_schema), tmp_path)
 
 
 @pytest.fixture
 async def pg(
-    postgres_server: PostgresServer, postgres_database: str, clock: FakeClock
+    postgres_server: PostgresServer, postgres_schema: str, clock: FakeClock
 ) -> AsyncIterator[PostgresBackend]:
     backend = await PostgresBackend.open(
-        postgres_server.conninfo(postgres_database), clock, poll_interval=0.05
+        postgres_server.conninfo(postgres_schema), clock, poll_interval=0.05
     )
     yield backend
     await backend.close()
 
 
-def terminate_other_connections(server: PostgresServer, dbname: str) -> int:
+def terminate_other_connections(server: PostgresServer, schema: str) -> int:
     """What a restarted server or a broken network does to every connection but ours."""
     rows = server.sql(
-        dbname,
+        schema,
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
         " WHERE datname = %s AND pid <> pg_backend_pid()",
-        dbname,
+        DATABASE,
     )
     return int(rows[0][0])
 
 
 async def test_watch_survives_dropped_connections_without_missing_events(
-    pg: PostgresBackend, postgres_server: PostgresServer, postgres_database: str
+    pg: PostgresBackend, postgres_server: PostgresServer, postgres_schema: str
 ) -> None:
     # Every connection is cut (the LISTEN one too) while a writer keeps writing: the
     # watch re-reads from its last revision, so nothing is lost and nothing repeats.
-    other = await PostgresBackend.open(postgres_server.conninfo(postgres_database))
+    other = await PostgresBackend.open(postgres_server.conninfo(postgres_schema))
     try:
         async with watching(pg, ["/w/"]) as events:
             written = [await other.put(Item(f"/w/{n:02d}", b"v")) for n in range(5)]
             assert [e.item for e in await next_events(events, 5)] == written
-            assert terminate_other_connections(postgres_server, postgres_database) >= 2
+            assert terminate_other_connections(postgres_server, postgres_schema) >= 2
             for n in range(5, 20):
                 try:
                     written.append(await other.put(Item(f"/w/{n:02d}", b"v")))
@@ -75,7 +75,7 @@ async def test_watch_survives_dropped_connections_without_missing_events(
 
 
 async def test_a_write_without_notify_is_still_delivered(
-    pg: PostgresBackend, postgres_server: PostgresServer, postgres_database: str
+    pg: PostgresBackend, postgres_server: PostgresServer, postgres_schema: str
 ) -> None:
     # NOTIFY is only the wake-up: an event whose notification never comes (here the
     # revision is written by hand, as a lost notification would leave it) still arrives.
@@ -84,7 +84,7 @@ async def test_a_write_without_notify_is_still_delivered(
         assert [e.item for e in await next_events(events, 1)] == [seen]
         revision = seen.revision + 1
         postgres_server.sql(
-            postgres_database,
+            postgres_schema,
             "WITH e AS (INSERT INTO certgate_events (revision, key, type, value, created)"
             " VALUES (%s, '/n/quiet', 'put', 'x', now()))"
             " UPDATE certgate_meta SET value = %s WHERE name = 'revision'",
@@ -96,10 +96,10 @@ async def test_a_write_without_notify_is_still_delivered(
 
 
 async def test_a_watcher_behind_the_buffer_reads_the_log(
-    postgres_server: PostgresServer, postgres_database: str
+    postgres_server: PostgresServer, postgres_schema: str
 ) -> None:
     backend = await PostgresBackend.open(
-        postgres_server.conninfo(postgres_database), poll_interval=0.05, buffer_events=5
+        postgres_server.conninfo(postgres_schema), poll_interval=0.05, buffer_events=5
     )
     try:
         written = [await backend.put(Item(f"/b/{n:02d}", b"v")) for n in range(40)]
@@ -113,9 +113,9 @@ async def test_a_watcher_behind_the_buffer_reads_the_log(
 
 
 async def test_compacted_history_tells_the_watcher_to_reload(
-    postgres_server: PostgresServer, postgres_database: str
+    postgres_server: PostgresServer, postgres_schema: str
 ) -> None:
-    conninfo = postgres_server.conninfo(postgres_database)
+    conninfo = postgres_server.conninfo(postgres_schema)
     writer = await PostgresBackend.open(conninfo, poll_interval=0.05, max_events=5)
     try:
         written = [await writer.put(Item(f"/k/{n}", b"v")) for n in range(12)]
@@ -137,11 +137,11 @@ async def test_compacted_history_tells_the_watcher_to_reload(
 
 
 async def test_expiry_is_reaped_once_by_several_instances(
-    pg: PostgresBackend, postgres_server: PostgresServer, postgres_database: str, clock: FakeClock
+    pg: PostgresBackend, postgres_server: PostgresServer, postgres_schema: str, clock: FakeClock
 ) -> None:
     others = [
         await PostgresBackend.open(
-            postgres_server.conninfo(postgres_database), clock, poll_interval=0.02
+            postgres_server.conninfo(postgres_schema), clock, poll_interval=0.02
         )
         for _ in range(3)
     ]
@@ -159,29 +159,29 @@ async def test_expiry_is_reaped_once_by_several_instances(
 
 
 async def test_schema_is_migrated_once_and_a_newer_one_is_refused(
-    postgres_server: PostgresServer, postgres_database: str
+    postgres_server: PostgresServer, postgres_schema: str
 ) -> None:
-    conninfo = postgres_server.conninfo(postgres_database)
+    conninfo = postgres_server.conninfo(postgres_schema)
     opened = await asyncio.gather(*(PostgresBackend.open(conninfo) for _ in range(4)))
     for backend in opened:
         await backend.close()
     assert postgres_server.sql(
-        postgres_database, "SELECT version FROM certgate_schema WHERE component = 'kv'"
+        postgres_schema, "SELECT version FROM certgate_schema WHERE component = 'kv'"
     ) == [(1,)]
     postgres_server.sql(
-        postgres_database, "UPDATE certgate_schema SET version = 99 WHERE component = 'kv'"
+        postgres_schema, "UPDATE certgate_schema SET version = 99 WHERE component = 'kv'"
     )
     with pytest.raises(BadParameter, match="newer than this certgate"):
         await PostgresBackend.open(conninfo)
 
 
 async def test_tls_with_a_client_certificate(
-    postgres_server: PostgresServer, postgres_database: str, tmp_path: Path
+    postgres_server: PostgresServer, postgres_schema: str, tmp_path: Path
 ) -> None:
     tls = postgres_server.tls
     storage = {
         "type": "postgres",
-        "conn_string": postgres_server.conninfo(postgres_database, user=TLS_USER),
+        "conn_string": postgres_server.conninfo(postgres_schema, user=TLS_USER),
         "tls": {
             "ca_file": str(tls.ca),
             "cert_file": str(tls.client_cert),
@@ -192,7 +192,7 @@ async def test_tls_with_a_client_certificate(
     try:
         await backend.put(Item("/tls", b"v"))
         rows = postgres_server.sql(
-            postgres_database,
+            postgres_schema,
             "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)"
             " WHERE ssl AND usename = %s",
             TLS_USER,

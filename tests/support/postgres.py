@@ -9,8 +9,8 @@ It serves TLS too, from a throwaway CA, so the TLS options of `storage` can be t
     host   all all          127.0.0.1/32 trust   every test database, TLS or not
     hostssl all certgate_tls 127.0.0.1/32 cert    user certgate_tls: TLS + client cert only
 
-Each test gets a fresh database from `create_database()`; `storage(db)` is the `storage`
-config section that reaches it.
+Each test gets a fresh store, a schema of its own (`create_schema()`); `storage(schema)`
+is the `storage` config section that reaches it.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ from tests.support.net import free_port
 TEST_USER = "certgate-test"
 SUPERUSER = "certgate"
 TLS_USER = "certgate_tls"
+# The one database of the session; each test store is a schema in it.
+DATABASE = "certgate_tests"
 
 
 def bin_dir() -> Path:
@@ -79,25 +81,28 @@ class PostgresServer:
     def admin_conninfo(self) -> str:
         return f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname=postgres"
 
-    def conninfo(self, dbname: str, user: str = SUPERUSER) -> str:
-        return f"host=127.0.0.1 port={self.port} user={user} dbname={dbname}"
+    def conninfo(self, schema: str, user: str = SUPERUSER) -> str:
+        """Where a store in `schema` lives (tables go to the first schema on the path)."""
+        return (
+            f"host=127.0.0.1 port={self.port} user={user} dbname={DATABASE}"
+            f" options=-csearch_path={schema}"
+        )
 
-    def storage(self, dbname: str) -> dict[str, Any]:
-        return {"type": "postgres", "conn_string": self.conninfo(dbname), "poll_interval": 0.05}
+    def storage(self, schema: str) -> dict[str, Any]:
+        return {"type": "postgres", "conn_string": self.conninfo(schema), "poll_interval": 0.05}
 
-    def create_database(self) -> str:
+    def create_schema(self) -> str:
+        """A fresh, empty store: a schema of its own (far quicker to make than a database)."""
         name = f"t_{uuid.uuid4().hex[:16]}"
-        with psycopg.connect(self.admin_conninfo, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+        self.sql(name, f'CREATE SCHEMA "{name}"')
         return name
 
-    def drop_database(self, name: str) -> None:
-        with psycopg.connect(self.admin_conninfo, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    def drop_schema(self, name: str) -> None:
+        self.sql(name, f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
-    def sql(self, dbname: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    def sql(self, schema: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
         """Run one statement as the superuser; its rows (empty when it returns none)."""
-        with psycopg.connect(self.conninfo(dbname), autocommit=True) as conn:
+        with psycopg.connect(self.conninfo(schema), autocommit=True) as conn:
             cursor = conn.execute(query.encode(), params or None)
             return cursor.fetchall() if cursor.description else []
 
@@ -160,6 +165,7 @@ def start_postgres() -> PostgresServer:
     server = PostgresServer(root, port, tls, run_as)
     with psycopg.connect(server.admin_conninfo, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {TLS_USER} LOGIN SUPERUSER")
+        conn.execute(f"CREATE DATABASE {DATABASE}")
     return server
 
 
@@ -278,8 +284,8 @@ def postgres_server() -> Iterator[PostgresServer]:
 
 
 @pytest.fixture
-def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
-    """A fresh, empty database on the session's server, dropped after the test."""
-    name = postgres_server.create_database()
+def postgres_schema(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty store on the session's server, dropped after the test."""
+    name = postgres_server.create_schema()
     yield name
-    postgres_server.drop_database(name)
+    postgres_server.drop_schema(name)
