@@ -28,9 +28,12 @@ REGION = "us-east-1"
 class S3Server:
     endpoint: str
     process: subprocess.Popen[bytes]
+    _client: Any = None
 
     def client(self) -> Any:
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION)
+        if self._client is None:
+            self._client = boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION)
+        return self._client
 
     def create_bucket(self) -> str:
         name = f"certgate-{uuid.uuid4().hex[:12]}"

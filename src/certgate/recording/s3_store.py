@@ -23,6 +23,7 @@ Listing reads every info object (in parallel): fine for thousands of recordings.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import uuid
@@ -64,13 +65,13 @@ class S3Store:
         config = Config(
             connect_timeout=10,
             read_timeout=60,
-            retries={"max_attempts": 5, "mode": "standard"},
+            retries={"max_attempts": 3, "mode": "standard"},
             max_pool_connections=_THREADS,
             # Most S3-compatible servers (and any endpoint given as an address) want
             # the bucket in the path rather than in the host name.
             s3={"addressing_style": "path" if endpoint else "auto"},
         )
-        self._client: Any = boto3.session.Session().client(
+        self._client: Any = _session().client(
             "s3", endpoint_url=endpoint, region_name=region, config=config
         )
         self._transfer = TransferConfig(
@@ -190,6 +191,13 @@ class S3Store:
     async def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
         self._client.close()
+
+
+@functools.cache
+def _session() -> Any:
+    """One boto3 session per process: it loads the S3 API model once for all clients.
+    Clients are made on the event loop's thread only (sessions are not thread-safe)."""
+    return boto3.session.Session()
 
 
 class _CountingReader(io.RawIOBase):
