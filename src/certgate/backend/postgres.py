@@ -250,8 +250,12 @@ async def _lock_revision(conn: AsyncConnection[Any]) -> int:
 
 
 async def _set_revision(conn: AsyncConnection[Any], revision: int) -> None:
-    await conn.execute("UPDATE certgate_meta SET value = %s WHERE name = 'revision'", (revision,))
-    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(revision)))
+    # NOTIFY is delivered at commit, with the new revision visible to its listeners.
+    await conn.execute(
+        "WITH counter AS (UPDATE certgate_meta SET value = %s WHERE name = 'revision')"
+        " SELECT pg_notify(%s, %s)",
+        (revision, CHANNEL, str(revision)),
+    )
 
 
 async def _live_revision(conn: AsyncConnection[Any], key: str, now: datetime) -> int | None:
