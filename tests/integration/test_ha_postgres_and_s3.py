@@ -1,0 +1,118 @@
+"""An operator runs certgate on PostgreSQL and an S3-compatible bucket (issue 13).
+
+Real processes: `certgate start` (auth, proxy, node) configured with
+`storage: {type: postgres}` and `recordings: {uri: s3://...}`, the session's real
+PostgreSQL and moto's S3 server. A user logs in, runs a recorded command over SSH and
+plays it back; the state, the audit log and the recording are where the config says
+(and nothing went to the SQLite files a default start would make).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.cluster import Cluster, User
+from tests.support.postgres import PostgresServer
+from tests.support.s3 import S3Server
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sessions as root need root")
+
+RECORDED = """\
+kind: role
+metadata: {name: recorded}
+spec:
+  allow:
+    logins: [root]
+    node_labels: {"*": "*"}
+  options: {record_session: {ssh: strict}}
+"""
+
+
+@pytest.fixture(scope="module")
+def stores(postgres_server: PostgresServer, s3_server: S3Server) -> Iterator[tuple[str, str]]:
+    schema = postgres_server.create_schema()
+    yield schema, s3_server.create_bucket()
+    postgres_server.drop_schema(schema)
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: PostgresServer,
+    s3_server: S3Server,
+    stores: tuple[str, str],
+) -> Iterator[Cluster]:
+    schema, bucket = stores
+    workdir = tmp_path_factory.mktemp("ha")
+    config = workdir / "certgate.yaml"
+    config.write_text(
+        "version: v1\n"
+        "auth_service:\n"
+        "  storage:\n"
+        "    type: postgres\n"
+        f"    conn_string: {json.dumps(postgres_server.conninfo(schema))}\n"
+        "  recordings:\n"
+        f"    uri: {json.dumps(s3_server.uri(bucket, 'cluster-a'))}\n"
+    )
+    c = Cluster(workdir, roles="auth,proxy,node", extra_args=["--config", str(config)])
+    c.start()
+    c.cgctl("create", "-f", "-", input=RECORDED)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def bob(cluster: Cluster) -> User:
+    user = cluster.add_user("bob", roles="recorded,auditor")
+    cluster.login(user)
+    return user
+
+
+def test_login_session_and_replay_on_postgres_and_s3(
+    cluster: Cluster,
+    bob: User,
+    postgres_server: PostgresServer,
+    s3_server: S3Server,
+    stores: tuple[str, str],
+) -> None:
+    schema, bucket = stores
+    result = cluster.cgsh(bob, "ssh", "root@node-1", "echo ha-$((6*7))")
+    assert "ha-42" in result.stdout
+
+    def bobs_recording() -> dict[str, Any] | None:
+        listed = json.loads(cluster.cgsh(bob, "recordings", "ls", "--format=json").stdout)
+        return next((r for r in listed if r["user"] == "bob"), None)
+
+    recording = eventually(bobs_recording)
+    played = json.loads(cluster.cgsh(bob, "play", recording["id"], "--format=json").stdout)
+    assert "ha-42" in "".join(e["data"] for e in played["events"] if e["type"] == "o")
+
+    # The recording is in the bucket, under the configured prefix.
+    listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="cluster-a/")
+    keys = [entry["Key"] for entry in listed.get("Contents", [])]
+    assert f"cluster-a/{recording['id']}.json" in keys
+
+    # Users, roles and the CAs are in PostgreSQL; so is the audit log of the session.
+    assert postgres_server.sql(schema, "SELECT 1 FROM certgate_kv WHERE key LIKE '/users/bob%'")
+
+    def audited() -> list[tuple[Any, ...]]:
+        return postgres_server.sql(
+            schema,
+            "SELECT event FROM certgate_audit_events WHERE data::jsonb ->> 'session_id' = %s",
+            recording["id"],
+        )
+
+    assert {"session.start", "session.end"} <= {row[0] for row in eventually(audited)}
+    audit = json.loads(cluster.cgctl("audit", "ls", "--user=bob", "--format=json").stdout)
+    assert any(e.get("session_id") == recording["id"] for e in audit)
+
+    # Nothing was kept in the SQLite files a default start makes.
+    assert not (cluster.data_dir / "backend.db").exists()
+    assert not (cluster.data_dir / "events.db").exists()
+    assert not (cluster.data_dir / "recordings").exists()
