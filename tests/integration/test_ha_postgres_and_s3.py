@@ -4,19 +4,28 @@ Real processes: `certgate start` (auth, proxy, node) configured with
 `storage: {type: postgres}` and `recordings: {uri: s3://...}`, the session's real
 PostgreSQL and moto's S3 server. A user logs in, runs a recorded command over SSH and
 plays it back; the state, the audit log and the recording are where the config says
-(and nothing went to the SQLite files a default start would make).
+(and nothing went to the SQLite files a default start would make). A second auth
+process on the same store serves the same users, and a lock made through it ends a
+session held through the first one's proxy and node.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pexpect  # type: ignore[import-untyped]
 import pytest
 
-from tests.support.cluster import Cluster, User
+from tests.support.cluster import BIN, Cluster, User, run
+from tests.support.net import free_port
 from tests.support.postgres import PostgresServer
 from tests.support.s3 import S3Server
 from tests.support.wait import eventually
@@ -116,3 +125,78 @@ def test_login_session_and_replay_on_postgres_and_s3(
     assert not (cluster.data_dir / "backend.db").exists()
     assert not (cluster.data_dir / "events.db").exists()
     assert not (cluster.data_dir / "recordings").exists()
+
+
+@pytest.fixture(scope="module")
+def second_auth(cluster: Cluster) -> Iterator[Path]:
+    """Another auth process on the same store (another host, in production): its data
+    dir holds only its own identities; users, roles, CAs and locks are the shared ones."""
+    config = next(arg for arg in cluster.extra_args if arg.endswith(".yaml"))
+    data_dir = cluster.workdir / "auth-b"
+    diag_port = free_port()
+    log = cluster.workdir / "auth-b.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [str(BIN / "certgate"), "start", "--config", config, "--roles", "auth",
+             "--data-dir", str(data_dir), "--cluster-name", cluster.cluster_name,
+             "--nodename", "auth-b", "--auth-listen", f"127.0.0.1:{free_port()}",
+             "--diag-addr", f"127.0.0.1:{diag_port}"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def ready() -> bool:
+        assert process.poll() is None, log.read_text()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{diag_port}/readyz", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    try:
+        eventually(ready, timeout=30)
+        yield data_dir
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_a_lock_made_through_one_auth_ends_a_session_held_through_the_other(
+    cluster: Cluster, bob: User, second_auth: Path
+) -> None:
+    # The second auth serves what was made through the first.
+    users = cluster_b_cgctl(second_auth, "users", "ls").stdout
+    assert "bob" in users
+
+    # bob's shell runs through the proxy and node attached to the first auth.
+    child = pexpect.spawn(
+        str(BIN / "cgsh"),
+        ["ssh", "-t", "root@node-1"],
+        env={**os.environ, "CERTGATE_HOME": str(bob.home), "TERM": "xterm"},
+        timeout=20,
+        encoding="utf-8",
+    )
+    try:
+        child.sendline("echo READY-$((40+2))")
+        child.expect("READY-42")
+        out = cluster_b_cgctl(
+            second_auth, "lock", "--user=bob", "--message=from the other auth"
+        ).stdout
+        locked_at = time.monotonic()
+        # The first auth learns of the lock from the store's watch and its proxy and node
+        # end the session (the same path as a lock made through it, plus the feed).
+        child.expect("locked: from the other auth")
+        child.expect(pexpect.EOF)
+        assert time.monotonic() - locked_at < 10
+    finally:
+        child.close()
+    refused = cluster.cgsh(bob, "ssh", "root@node-1", "true", check=False)
+    assert refused.returncode == 3 and "locked: from the other auth" in refused.stderr
+    cluster.cgctl("rm", f"lock/{out.split(chr(39))[1]}")
+
+
+def cluster_b_cgctl(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run([str(BIN / "cgctl"), "--data-dir", str(data_dir), *args])
