@@ -56,6 +56,7 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
+from certgate.api.events import EVENT_CODES  # noqa: E402
 from certgate.backend.events_sqlite import SQLiteEventStore  # noqa: E402
 from certgate.recording.asciicast import Header  # noqa: E402
 from certgate.recording.recorder import (  # noqa: E402
@@ -65,7 +66,6 @@ from certgate.recording.recorder import (  # noqa: E402
 )
 from certgate.recording.uploader import cast_chunks  # noqa: E402
 from certgate.rpc.identity_files import IdentityFiles  # noqa: E402
-from certgate.services.audit import EVENT_CODES  # noqa: E402
 from tests.support.cluster import Cluster, User  # noqa: E402
 from tests.support.sshd import run_sshd  # noqa: E402
 

@@ -60,7 +60,8 @@ class RecordingNode:
         raise AssertionError(f"no recording of {user}")
 
 
-def mode_for(identity: Identity) -> str:
+def mode_for(identity: Identity, kind: str) -> str:
+    assert kind == "ssh"
     for mode in ("strict", "off"):
         if mode in identity.roles:
             return mode

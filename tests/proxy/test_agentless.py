@@ -1,7 +1,9 @@
 """The proxy's agentless SSH server, in process: a real jump host (ProxySSH), the
 AgentlessForwarder, a stock sshd, and asyncssh as the user's client. Covers what the
 integration tests cannot see from outside: observers (recording), the live session
-list, terminate_sessions, end_session, exit signals, -L and -R relays, refusals."""
+list, terminate_sessions, end_session, exit signals, -L and -R relays, refusals, and
+the session monitor (locks, strict staleness, idle time, expired certificates) — the
+same monitor as a node's (tests/node/test_session_monitor.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import pytest
 from certgate.access.cached_access import CachedAccess
 from certgate.api.certs import identity_from_ssh_cert, load_ssh_public_key_text
 from certgate.api.identity import Identity
+from certgate.api.lock import Lock, LockSpec, LockTarget
 from certgate.api.meta import Metadata
 from certgate.api.node import Node, NodeSpec
 from certgate.api.role import Role, RoleConditions, RoleOptions, RoleSpec
@@ -28,9 +31,12 @@ from certgate.auth.ca import CASigner, generate_authority
 from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.agentless_certs import Signed
 from certgate.proxy.sshd import ProxySSH
+from certgate.srv.monitor import SessionMonitor
 from certgate.srv.session import SessionInfo, SessionRefused
+from tests.support.net import free_port
 from tests.support.sshd import Sshd, make_host_key, run_sshd
 from tests.support.unix import ensure_user
+from tests.support.views import StubView
 
 LOGIN = "cgag"
 NODE = "sshd-1"
@@ -67,25 +73,10 @@ def sshd(authorities: Authorities, tmp_path_factory: pytest.TempPathFactory) -> 
         authorities.user.public_key_text,
         host_key=key,
         host_cert=cert,
-        extra_config="Subsystem sftp /usr/lib/openssh/sftp-server",
+        # A permissive sshd: -R binds where asked, so only the proxy keeps it on loopback.
+        extra_config="Subsystem sftp /usr/lib/openssh/sftp-server\nGatewayPorts clientspecified",
     ) as server:
         yield server
-
-
-class StubView:
-    """What CachedAccess reads of a ResourceView."""
-
-    def __init__(self, items: dict[str, dict[str, Any]]) -> None:
-        self.items = items
-
-    def get(self, kind: str, name: str) -> Any:
-        return self.items.get(kind, {}).get(name)
-
-    def all(self, kind: str) -> list[Any]:
-        return list(self.items.get(kind, {}).values())
-
-    def seconds_since_contact(self) -> float:
-        return 0.0
 
 
 class LocalCerts:
@@ -143,12 +134,22 @@ class Proxy:
     events: list[tuple[str, dict[str, Any]]]
     observed: list[Observed]
     authorities: Authorities
+    view: StubView
+    monitor: SessionMonitor
 
-    def creds(self, roles: tuple[str, ...] = ("ops",)) -> Any:
+    def creds(
+        self,
+        roles: tuple[str, ...] = ("ops",),
+        user: str = "alice",
+        expires: datetime | None = None,
+    ) -> Any:
         key = asyncssh.generate_private_key("ssh-ed25519")
         now = datetime.now(UTC)
         identity = Identity(
-            username="alice", roles=roles, logins=(LOGIN, "root"), expires=now + timedelta(hours=1)
+            username=user,
+            roles=roles,
+            logins=(LOGIN, "root"),
+            expires=expires or now + timedelta(hours=1),
         )
         cert = self.authorities.user.sign_user_ssh(
             load_ssh_public_key_text(key.export_public_key().decode()),
@@ -162,9 +163,13 @@ class Proxy:
 
     @contextlib.asynccontextmanager
     async def connect(
-        self, login: str = LOGIN, roles: tuple[str, ...] = ("ops",)
+        self,
+        login: str = LOGIN,
+        roles: tuple[str, ...] = ("ops",),
+        user: str = "alice",
+        expires: datetime | None = None,
     ) -> AsyncIterator[asyncssh.SSHClientConnection]:
-        keys = self.creds(roles)
+        keys = self.creds(roles, user, expires)
         known = asyncssh.import_known_hosts(
             f"@cert-authority * {self.authorities.host.public_key_text}\n"
         )
@@ -188,15 +193,26 @@ class Proxy:
         raise AssertionError(f"no {event} event; saw {self.events!r}")
 
 
-def _role(name: str, port_forwarding: bool) -> Role:
+def _role(name: str, port_forwarding: bool, **options: Any) -> Role:
     return Role(
         metadata=Metadata(name=name),
         spec=RoleSpec(
             allow=RoleConditions(logins=[LOGIN], node_labels={"env": "lab"}),
             deny=RoleConditions(logins=["root"]),
-            options=RoleOptions(port_forwarding=port_forwarding),
+            options=RoleOptions(port_forwarding=port_forwarding, **options),
         ),
     )
+
+
+ROLES = {
+    "ops": _role("ops", True),
+    "viewer": _role("viewer", False),
+    "idle": _role("idle", True, client_idle_timeout=timedelta(seconds=1)),
+    "expiring": _role("expiring", True, disconnect_expired_cert=True),
+    "strict": _role("strict", True, locking_mode="strict"),
+    "mfa": _role("mfa", True, require_session_mfa=True),
+    "bind-any": _role("bind-any", True, ssh_remote_bind_any=True),
+}
 
 
 @pytest.fixture
@@ -207,7 +223,7 @@ async def proxy(authorities: Authorities, sshd: Sshd) -> AsyncIterator[Proxy]:
     )
     view = StubView(
         {
-            "role": {"ops": _role("ops", True), "viewer": _role("viewer", False)},
+            "role": dict(ROLES),
             "node": {NODE: node},
             "lock": {},
         }
@@ -251,9 +267,13 @@ async def proxy(authorities: Authorities, sshd: Sshd) -> AsyncIterator[Proxy]:
         agentless=forwarder,
     )
     port = await jump.start("127.0.0.1", 0)
+    # As the proxy process wires it (daemon/process.py): one monitor over the registry.
+    monitor = SessionMonitor(forwarder.registry, access, server="proxy", tick=0.05)
+    monitor.start()
     try:
-        yield Proxy(port, forwarder, events, observed, authorities)
+        yield Proxy(port, forwarder, events, observed, authorities, view, monitor)
     finally:
+        await monitor.close()
         await jump.close()
         await forwarder.close()
 
@@ -409,3 +429,123 @@ async def test_closing_the_forwarder_closes_sockets_not_yet_taken(proxy: Proxy, 
     await proxy.forwarder.close()
     assert dialled.sock.fileno() == -1
     del session
+
+
+# ---- the session monitor, as on a node ---------------------------------------------
+
+
+async def _live(conn: asyncssh.SSHClientConnection) -> Any:
+    """`echo READY; exec cat` on the sshd: what is typed comes back."""
+    process = await conn.create_process("echo READY; exec cat", encoding=None)
+    assert await asyncio.wait_for(process.stdout.readline(), 10) == b"READY\n"
+    return process
+
+
+async def _cut(process: Any) -> str:
+    """The stderr of a session that the proxy ends (its input still open)."""
+    data: bytes = await asyncio.wait_for(process.stderr.read(), 10)
+    return data.decode()
+
+
+async def _echoes(process: Any, text: bytes) -> bool:
+    process.stdin.write(text + b"\n")
+    line: bytes = await asyncio.wait_for(process.stdout.readline(), 5)
+    return line == text + b"\n"
+
+
+async def test_a_lock_put_ends_the_targeted_agentless_session(proxy: Proxy) -> None:
+    async with (
+        proxy.connect(user="lockee") as victim_conn,
+        proxy.connect(user="bystander") as other_conn,
+    ):
+        victim, bystander = await _live(victim_conn), await _live(other_conn)
+        lock = Lock(
+            metadata=Metadata(name="lk-a"),
+            spec=LockSpec(target=LockTarget(user="lockee"), message="incident 42"),
+        )
+        proxy.view.items["lock"]["lk-a"] = lock
+        await proxy.monitor.on_change("lock", "lk-a", lock)
+        assert "access denied: locked: incident 42" in await _cut(victim)
+        assert await _echoes(bystander, b"still-here")
+    ends = [f for e, f in proxy.events if e == "session.end" and f["user"] == "lockee"]
+    assert ends and ends[0]["reason"] == "locked" and ends[0]["lock"] == "lk-a"
+
+
+async def test_a_stale_view_ends_strict_agentless_sessions_only(proxy: Proxy) -> None:
+    async with (
+        proxy.connect(user="stricty", roles=("strict",)) as strict_conn,
+        proxy.connect(user="relaxy") as relaxed_conn,
+    ):
+        strict, relaxed = await _live(strict_conn), await _live(relaxed_conn)
+        proxy.view.silence = 1000
+        try:
+            assert "this proxy cannot confirm locks with auth" in await _cut(strict)
+            assert await _echoes(relaxed, b"unaffected")
+        finally:
+            proxy.view.silence = 0
+
+
+async def test_an_idle_agentless_session_ends_and_typing_keeps_it(proxy: Proxy) -> None:
+    async with proxy.connect(user="idler", roles=("idle",)) as conn:
+        process = await _live(conn)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3  # three times the timeout, typing all along
+        while loop.time() < deadline:
+            assert await _echoes(process, b"typing")
+            await asyncio.sleep(0.3)
+        message = await _cut(process)
+        assert "certgate: session ended: no input for 1s (client_idle_timeout of your roles)" in (
+            message
+        )
+    end = await proxy.wait_for("session.end")
+    assert end["reason"] == "idle timeout" and end["node"] == NODE
+
+
+async def test_an_agentless_session_ends_when_its_certificate_expires(proxy: Proxy) -> None:
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    async with (
+        proxy.connect(user="shortlived", roles=("expiring",), expires=expires) as short_conn,
+        proxy.connect(user="outliver", expires=expires) as lasting_conn,
+    ):
+        short, lasting = await _live(short_conn), await _live(lasting_conn)
+        message = await _cut(short)
+        assert "your certificate expired at" in message
+        assert datetime.now(UTC) >= expires
+        # Without disconnect_expired_cert a session outlives its certificate.
+        assert await _echoes(lasting, b"after-expiry")
+
+
+async def test_require_session_mfa_refuses_agentless_sessions(proxy: Proxy) -> None:
+    with pytest.raises(asyncssh.PermissionDenied):
+        async with proxy.connect(roles=("ops", "mfa")):
+            pass
+    rejected = await proxy.wait_for("session.rejected")
+    assert rejected["reason"] == (
+        'access denied: role "mfa" requires per-session MFA, '
+        "which this cluster does not support yet"
+    )
+    assert rejected["node"] == NODE
+
+
+async def _connects(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
+@pytest.mark.parametrize(("roles", "elsewhere"), [(("ops",), False), (("bind-any",), True)])
+async def test_agentless_remote_forwards_listen_on_loopback_unless_allowed(
+    proxy: Proxy, roles: tuple[str, ...], elsewhere: bool
+) -> None:
+    port = free_port()
+    async with proxy.connect(roles=roles) as conn:
+        listener = await conn.forward_remote_port("0.0.0.0", port, "127.0.0.1", 9)
+        try:
+            assert await _connects("127.0.0.1", port)
+            # 127.0.0.2: another local address, as another interface would be.
+            assert await _connects("127.0.0.2", port) is elsewhere
+        finally:
+            listener.close()

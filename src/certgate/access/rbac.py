@@ -338,9 +338,14 @@ class RoleSet:
         - forward_agent: allowed if any role allows it.
         - port_forwarding: allowed if any role allows it (Teleport's rule for this
           option). The default is true, so to forbid it every role must set false.
-        - record_session: the strictest mode (strict > best_effort > off).
+        - record_session: per kind (ssh, k8s), the strictest mode (strict > best_effort > off).
         - locking_mode: strict if any role is strict.
         - require_session_mfa: required if any role requires it.
+        - disconnect_expired_cert: on if any role says so (the stricter choice).
+        - ssh_remote_bind_any: off if any role sets it false, else on if any role sets
+          it true, else off. Unlike port_forwarding, a role that says false is a
+          restriction the user's other roles cannot lift: it widens who can reach the
+          user's listener.
 
         With no roles the result is RoleOptions' defaults, except that nothing is
         forwarded (no role allows it).
@@ -357,16 +362,29 @@ class RoleSet:
         locking: Literal["best_effort", "strict"] = (
             "strict" if any(o.locking_mode == "strict" for o in opts) else "best_effort"
         )
-        recording = max((o.record_session.ssh for o in opts), key=_RECORDING_STRICTNESS.__getitem__)
+        strictest = _RECORDING_STRICTNESS.__getitem__
+        recording = RecordSession(
+            ssh=max((o.record_session.ssh for o in opts), key=strictest),
+            k8s=max((o.record_session.k8s for o in opts), key=strictest),
+        )
         return RoleOptions(
             max_session_ttl=min(o.max_session_ttl for o in opts),
             forward_agent=any(o.forward_agent for o in opts),
             port_forwarding=any(o.port_forwarding for o in opts),
-            record_session=RecordSession(ssh=recording),
+            record_session=recording,
             locking_mode=locking,
             require_session_mfa=any(o.require_session_mfa for o in opts),
             client_idle_timeout=min(idle) if idle else None,
+            disconnect_expired_cert=any(o.disconnect_expired_cert for o in opts),
+            ssh_remote_bind_any=_explicit_false_wins([o.ssh_remote_bind_any for o in opts]),
         )
+
+    def session_mfa_role(self) -> str | None:
+        """The name of a role that requires per-session MFA, if any does."""
+        for evaluated in self._roles:
+            if evaluated.role.spec.options.require_session_mfa:
+                return evaluated.role.name
+        return None
 
     def adjust_ttl(self, requested: timedelta) -> timedelta:
         """The certificate lifetime to grant: the request, capped by max_session_ttl."""
@@ -435,6 +453,11 @@ class RoleSet:
         names = {name for group in allowed for name in group}
         deny = [_name_pattern(name) for group in denied for name in group]
         return sorted(name for name in names if not any(p.fullmatch(name) for p in deny))
+
+
+def _explicit_false_wins(values: Iterable[bool | None]) -> bool:
+    said = [v for v in values if v is not None]
+    return bool(said) and all(said)
 
 
 class RoleSetCache:

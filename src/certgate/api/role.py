@@ -85,8 +85,20 @@ class RoleConditions(Model):
 RecordingMode = Literal["off", "best_effort", "strict"]
 
 
+# The kinds of session role options distinguish: SSH (node sessions, agentless relays
+# and the web terminal, which is an SSH session) and Kubernetes exec/attach.
+SessionKind = Literal["ssh", "k8s"]
+
+
 class RecordSession(Model):
+    """Recording mode per kind of session: `{ssh: strict, k8s: best_effort}`."""
+
     ssh: RecordingMode = "best_effort"
+    k8s: RecordingMode = "best_effort"
+
+    def mode(self, kind: str) -> RecordingMode:
+        """The mode for a session kind; the web terminal's sessions are SSH sessions."""
+        return self.k8s if kind == "k8s" else self.ssh
 
 
 class RoleOptions(Model):
@@ -97,13 +109,27 @@ class RoleOptions(Model):
     locking_mode: Literal["best_effort", "strict"] = "best_effort"
     require_session_mfa: bool = False
     client_idle_timeout: Duration | None = None
+    # End a live session when the certificate it began with expires.
+    disconnect_expired_cert: bool = False
+    # `ssh -R`: listen on the address the client asks for (like sshd's GatewayPorts
+    # clientspecified). Unset or false: remote forwards listen on loopback only
+    # (GatewayPorts no). None means "this role does not say" (see RoleSet.options).
+    ssh_remote_bind_any: bool | None = None
 
     @field_validator("record_session", mode="before")
     @classmethod
     def _record_bool(cls, value: Any) -> Any:
         # `record_session: true|false` is shorthand for every kind of session.
         if isinstance(value, bool):
-            return {"ssh": "best_effort" if value else "off"}
+            mode = "best_effort" if value else "off"
+            return {"ssh": mode, "k8s": mode}
+        return value
+
+    @field_validator("client_idle_timeout")
+    @classmethod
+    def _positive_idle(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
         return value
 
     @field_validator("max_session_ttl")

@@ -32,6 +32,7 @@ from certgate.api.identity import SYSTEM_PROXY, Identity
 from certgate.api.lock import Lock
 from certgate.api.node import Node
 from certgate.auth import permissions as perm
+from certgate.auth.audit_intake import checked_event
 from certgate.auth.http_agentless import add_agentless_routes
 from certgate.auth.http_body import json_body, required_str, str_list
 from certgate.auth.http_recordings import add_recording_routes
@@ -41,7 +42,6 @@ from certgate.auth.server import AuthServer
 from certgate.backend.base import EventType
 from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
 from certgate.recording.store import RecordingStore
-from certgate.services.audit import EVENT_CODES
 
 log = logging.getLogger("certgate.auth")
 
@@ -301,10 +301,12 @@ class AuthAPI:
         return {"events": events, "cursor": cursor}
 
     async def record_event(self, request: web.Request, caller: Identity | None) -> Any:
-        """Events from a proxy or node; auth stamps time, code, id and the sender.
+        """Events from a proxy, node or kube service (auth/audit_intake.py checks them).
 
         One event ({"event", "fields"}) or several in order ({"events": [...]}, at most
         MAX_EVENTS_PER_CALL): all are checked before any is stored, and stored in order.
+        An event resent with an id already stored (the sender never heard it was) is
+        not stored twice.
         """
         assert caller is not None
         body = await json_body(request)
@@ -312,32 +314,11 @@ class AuthAPI:
         if not isinstance(items, list) or len(items) > MAX_EVENTS_PER_CALL:
             raise BadParameter(f'"events" must be a list of at most {MAX_EVENTS_PER_CALL}')
         checked = [self._checked_event(caller, item) for item in items]
-        await asyncio.gather(
-            *(self.server.audit.emit(event, **fields) for event, fields in checked)
-        )
+        await asyncio.gather(*(self.server.audit.record(event) for event in checked))
         return None
 
-    def _checked_event(self, caller: Identity, item: Any) -> tuple[str, dict[str, Any]]:
-        if not isinstance(item, dict):
-            raise BadParameter("each audit event must be a mapping with event and fields")
-        event = required_str(item, "event")
-        if event not in EVENT_CODES:
-            raise BadParameter(f'unknown audit event "{event}"')
-        fields = item.get("fields", {})
-        if not isinstance(fields, dict) or any(
-            key in ("event", "code", "time", "uid", "server_name") for key in fields
-        ):
-            raise BadParameter("audit fields must be a mapping without reserved keys")
-        fields = dict(fields)
-        server = caller.username
-        claimed = fields.pop("server", None)
-        if claimed is not None:
-            # A service may name its own role as the server that decided ("proxy": the
-            # proxy terminated SSH for an agentless node); its name goes in server_name.
-            if claimed not in {role.lower() for role in caller.roles}:
-                raise BadParameter(f'audit field "server" must be your role, not "{claimed}"')
-            server, fields["server_name"] = claimed, caller.username
-        return event, {**fields, "server": server}
+    def _checked_event(self, caller: Identity, item: Any) -> dict[str, Any]:
+        return checked_event(caller, item, self.server.clock.now())
 
     async def list_resources(self, request: web.Request, caller: Identity | None) -> Any:
         kind = _kind(request)

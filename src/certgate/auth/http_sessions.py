@@ -27,7 +27,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from certgate.api.codec import describe_validation_error
-from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_PROXY, Identity
+from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY, Identity
 from certgate.api.recording import is_recording_id
 from certgate.api.session_tracker import JOIN_MODES, SessionTracker
 from certgate.auth import permissions as perm
@@ -68,14 +68,41 @@ class SessionRoutes:
     # ---- writers (nodes and proxies) ------------------------------------------------
 
     async def _check_writer(self, caller: Identity, node: str) -> None:
-        """A node speaks for its own sessions; a proxy for those of agentless nodes."""
-        if SYSTEM_ADMIN in caller.roles or node == caller.username:
-            return
-        if SYSTEM_PROXY in caller.roles and await self._api.server.is_agentless(node):
-            return
+        """A node (or kube service) speaks for its own sessions; a proxy for those of
+        agentless nodes. Being named like the node is not enough: a proxy shares the
+        name of the host it runs on, which may also run a node."""
+        if caller.kind == "service":
+            if SYSTEM_ADMIN in caller.roles:
+                return
+            runs_sessions = SYSTEM_NODE in caller.roles or SYSTEM_KUBE in caller.roles
+            if runs_sessions and node == caller.username:
+                return
+            if SYSTEM_PROXY in caller.roles and await self._api.server.is_agentless(node):
+                return
         raise AccessDenied(
             f'access denied: {caller.username} may not track sessions of node "{node}"'
         )
+
+    async def _check_roles(self, tracker: SessionTracker, held: dict[str, set[str] | None]) -> None:
+        """A tracker names roles its user holds: they decide who may join the session,
+        so a writer must not hand a session roles that would widen that."""
+        name = tracker.spec.user
+        if name not in held:
+            try:
+                held[name] = set((await self._api.server.users.get(name)).spec.roles)
+            except NotFound:
+                held[name] = None
+        roles = held[name]
+        if roles is None:
+            raise AccessDenied(
+                f'access denied: session {tracker.name} names user "{name}", who does not exist'
+            )
+        extra = sorted(set(tracker.spec.roles) - roles)
+        if extra:
+            raise AccessDenied(
+                f"access denied: session {tracker.name} names roles {', '.join(extra)} "
+                f'that user "{name}" does not hold'
+            )
 
     async def write(self, request: web.Request, caller: Identity | None) -> Any:
         """Register or refresh the trackers in "put", remove those named in "delete".
@@ -98,10 +125,12 @@ class SessionRoutes:
             for name in [*(t.name for t in trackers), *deletes]
             if (found := await self._existing(name)) is not None
         }
+        held: dict[str, set[str] | None] = {}  # user -> roles, read once per call
         for tracker in trackers:
             # A refresh, never another node's session.
             if tracker.name in existing and existing[tracker.name].spec.node != tracker.spec.node:
                 raise AccessDenied(f"access denied: session {tracker.name} is on another node")
+            await self._check_roles(tracker, held)
         for name in deletes:
             if name in existing:
                 await self._check_writer(caller, existing[name].spec.node)

@@ -112,20 +112,27 @@ class SQLiteEventStore:
         """Store one event; an event whose uid is already stored is ignored."""
         await self.append_many([event])
 
-    async def append_many(self, events: Iterable[Mapping[str, Any]]) -> None:
-        """Store many events in one transaction (bulk loads, imports, benchmarks)."""
+    async def append_many(self, events: Iterable[Mapping[str, Any]]) -> list[bool]:
+        """Store many events in one transaction (bulk loads, imports, benchmarks).
+
+        Returns, for each event, whether it was stored now: False for one whose uid was
+        stored before (a service resending what auth stored but could not acknowledge),
+        which is left as it was.
+        """
         rows = [_row(event) for event in events]
 
-        def insert(conn: sqlite3.Connection) -> None:
+        def insert(conn: sqlite3.Connection) -> list[bool]:
             with write_transaction(conn):
-                conn.executemany(_INSERT, rows)
+                # One statement per row, not executemany: only rowcount tells a new
+                # event from an ignored duplicate.
+                return [conn.execute(_INSERT, row).rowcount == 1 for row in rows]
 
         if not rows:
-            return
+            return []
         writer = None if self._checkpoint_due else self._loop_writer()
         if writer is not None:
             try:
-                insert(writer)
+                inserted = insert(writer)
             except sqlite3.Error as exc:
                 code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
                 if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
@@ -136,10 +143,9 @@ class SQLiteEventStore:
                     self._inline_appends >= _CHECKPOINT_EVERY
                     or self._wal_size() >= self._wal_mark + _CHECKPOINT_WAL_BYTES
                 )
-                return
+                return inserted
         if not self._checkpoint_due:
-            await self._db.run(insert)
-            return
+            return await self._db.run(insert)
 
         # Every so many inline appends, one goes to the worker, which checkpoints right
         # after it (as SQLite's auto-checkpoint would, syncing to disk off the loop).
@@ -148,21 +154,22 @@ class SQLiteEventStore:
         # A checkpoint that copies the whole log back lets the next write start it over
         # (truncated to _WAL_SIZE_LIMIT); one that cannot (a reader in another process
         # still needs the log) is tried again once the log has grown by as much again.
-        def insert_and_checkpoint(conn: sqlite3.Connection) -> int:
-            insert(conn)
+        def insert_and_checkpoint(conn: sqlite3.Connection) -> tuple[list[bool], int]:
+            inserted = insert(conn)
             try:
                 row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             except sqlite3.Error as exc:
                 log.warning("audit event store checkpoint failed: %s", exc)
-                return self._wal_size()
+                return inserted, self._wal_size()
             _, logged, copied = row
-            return 0 if logged == copied else self._wal_size()
+            return inserted, 0 if logged == copied else self._wal_size()
 
         try:
-            self._wal_mark = await self._db.run(insert_and_checkpoint)
+            inserted, self._wal_mark = await self._db.run(insert_and_checkpoint)
         finally:
             self._inline_appends = 0
             self._checkpoint_due = False
+        return inserted
 
     def _loop_writer(self) -> sqlite3.Connection | None:
         """The connection of the thread that opened it (the event loop's); it never waits."""

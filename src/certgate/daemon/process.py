@@ -49,13 +49,16 @@ from certgate.proxy.sshd import ProxySSH
 from certgate.proxy.web import ProxyWeb
 from certgate.recording.node_recordings import NodeRecordings
 from certgate.recording.uploader import auth_sender
-from certgate.rpc.audit import RemoteAudit
+from certgate.rpc.audit import SpoolSink, post_events
+from certgate.rpc.audit_spool import AuditSpool
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import join_cluster
 from certgate.rpc.session_trackers import SessionTrackerPublisher
 from certgate.rpc.watcher import ResourceView
+from certgate.srv.monitor import SessionMonitor
 from certgate.srv.recording_hook import RecordingHook
+from certgate.srv.registry import SessionRegistry
 from certgate.srv.tracking import TrackedSessions
 from certgate.transport import server_context
 
@@ -268,9 +271,12 @@ class Daemon:
         await self._listen(app, cfg.web_listen_addr, 3080, context, "proxy web")
 
         agentless: AgentlessForwarder | None = None
+        monitor: SessionMonitor | None = None
 
         async def proxy_view_changed(kind: str, name: str, resource: BaseModel | None) -> None:
-            if agentless is not None:  # locks end agentless sessions; node edits renew
+            if monitor is not None:  # locks end the sessions the proxy serves
+                await monitor.on_change(kind, name, resource)
+            if agentless is not None:  # node edits renew its fronts
                 await agentless.on_change(kind, name, resource)
 
         view = ResourceView(auth, ["role", "lock", "node", "cert_authority"], proxy_view_changed)
@@ -281,6 +287,12 @@ class Daemon:
             view, web_proxy.cluster_name, strict_grace=self.config.strict_lock_grace.total_seconds()
         )
         web_proxy.access = access
+        # The sessions this proxy serves itself (agentless nodes; later Kubernetes exec
+        # and the web terminal): one registry, one monitor, whatever the protocol.
+        registry = SessionRegistry()
+        monitor = SessionMonitor(registry, access, server="proxy")
+        monitor.start()
+        self._closers.append(monitor.close)
         # Sessions of agentless nodes are recorded here, as a node records its own.
         recordings = NodeRecordings(self.data_dir / "proxy" / "recordings", auth_sender(auth))
         await recordings.start()
@@ -292,22 +304,28 @@ class Daemon:
         # Live sessions of agentless nodes are tracked here, as a node tracks its own.
         trackers = SessionTrackerPublisher(auth)
         trackers.start()
-        remote_audit = RemoteAudit(auth)
         self._closers.append(trackers.close)
+        # The proxy's audit events (jump host, agentless sessions) wait on disk until
+        # auth stored them; closed after both servers (closers run in reverse).
+        audit = AuditSpool(self.data_dir / "proxy" / "audit", post_events(auth), "proxy audit")
+        await audit.start()
+        self._closers.append(audit.close)
         agentless = AgentlessForwarder(
             user_ca_keys=lambda: _ca_keys(view, "user_ssh"),
             host_ca_keys=lambda: _ca_keys(view, "host_ssh"),
             access=access,
             certs=AuthAgentlessCerts(auth),
-            audit=remote_audit,
-            audit_batch=remote_audit.many,
+            audit=audit,
             session_observer=RecordingHook(
                 recordings,
                 "",
-                lambda identity: access.role_set(identity).options().record_session.ssh,
+                lambda identity, kind: (
+                    access.role_set(identity).options().record_session.mode(kind)
+                ),
                 end_session,
             ),
             tracking=TrackedSessions(trackers),
+            registry=registry,
         )
         self._closers.append(agentless.close)
         ssh = ProxySSH(
@@ -315,7 +333,7 @@ class Daemon:
             host_cert=identity.bundle.ssh_cert,
             user_ca_keys=lambda: _ca_keys(view, "user_ssh"),
             access=access,
-            audit=RemoteAudit(auth),
+            audit=SpoolSink(audit),
             agentless=agentless,
             live_sessions=lambda node: auth.call("GET", "/v1/sessions", params={"node": node}),
         )

@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -49,27 +48,27 @@ from certgate.node.session import (
     spawn,
 )
 from certgate.srv import certcapture
-from certgate.srv.audit_queue import AuditQueue, AuditSink, BatchSink
+from certgate.srv.audit_queue import AuditSink, AuditWriter, BatchSink, audit_writer
+from certgate.srv.authorize import AUTHORIZE_TIMEOUT, LoginRefused, check_login
 from certgate.srv.corked import CorkedListener
-from certgate.srv.hangup import close_connection, end_all, wait_for_last_words
-from certgate.srv.join import JoinChannel, SessionParty, join_refusal, membership_fields
+from certgate.srv.forwarding import loopback_bind
+from certgate.srv.join import JoinChannel, SessionParty, join_refusal
+from certgate.srv.live import LiveClient, LiveSession
+from certgate.srv.registry import SessionRegistry
 from certgate.srv.server_options import DEFAULT_CIPHERS, certificate_server_options
 from certgate.srv.session import (
     Authorizer,
     JoinAuthorizer,
     ObserverFactory,
     SessionInfo,
-    SessionObserver,
     SessionPolicy,
     SessionPredicate,
     SessionRefused,
     SessionTracking,
-    observer_for,
 )
 
 log = logging.getLogger(__name__)
 
-AUTHORIZE_TIMEOUT = 10.0
 # A channel queues at most this much output before the child's output is paused; a few
 # SSH packets' worth keeps the pipe full without holding megabytes per session.
 WRITE_HIGH_WATER = 256 * 1024
@@ -101,6 +100,8 @@ class NodeSSHServer:
     `trusted_user_ca_keys()` is called for every new connection, so rotating the user
     CA needs no restart. `authorizer` decides each login; `audit` receives events;
     `session_observer` (optional) is asked for an observer for every pty session.
+    Live sessions and clients are kept in `registry` (srv/registry.py), which the
+    node's session monitor (srv/monitor.py) cuts.
     """
 
     def __init__(
@@ -109,13 +110,14 @@ class NodeSSHServer:
         host_cert: bytes | str,
         trusted_user_ca_keys: Callable[[], list[str]],
         authorizer: Authorizer,
-        audit: AuditSink | None,
+        audit: AuditWriter | AuditSink | None,
         node_name: str,
         *,
         session_observer: ObserverFactory | None = None,
         audit_batch: BatchSink | None = None,
         join_authorizer: JoinAuthorizer | None = None,
         tracking: SessionTracking | None = None,
+        registry: SessionRegistry | None = None,
         ciphers: Sequence[str] = DEFAULT_CIPHERS,
         authorize_timeout: float = AUTHORIZE_TIMEOUT,
     ) -> None:
@@ -128,16 +130,16 @@ class NodeSSHServer:
             raise BadParameter(f"node host key or certificate is malformed: {exc}") from exc
         self._trusted_user_ca_keys = trusted_user_ca_keys
         self._authorizer = authorizer
-        self._audit_queue = AuditQueue(audit, "node-audit", audit_batch)
+        self._audit_queue = audit_writer(audit, "node-audit", audit_batch)
         self.node_name = node_name
         self._observer_factory = session_observer
         self._join_authorizer = join_authorizer
         self.tracking = tracking
+        self.registry = registry or SessionRegistry()
         self._ciphers = list(ciphers)
         self._authorize_timeout = authorize_timeout
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._connections: set[_Connection] = set()
-        self._sessions: dict[str, _Session] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -174,7 +176,7 @@ class NodeSSHServer:
 
     def sessions(self) -> list[SessionInfo]:
         """The sessions running now."""
-        return [s.info for s in self._sessions.values() if s.info is not None]
+        return self.registry.sessions()
 
     async def terminate_sessions(
         self,
@@ -190,17 +192,18 @@ class NodeSSHServer:
         `reason` (and `audit_fields`) go into each session.end event.
         Returns how many sessions were ended.
         """
-        victims = [
-            c
-            for c in list(self._connections)
-            if c.identity is not None and predicate(c.identity, c.login)
-        ]
-        ended = sum(
-            connection.terminate(message, reason, audit_fields or {}) for connection in victims
-        )
-        if victims:
-            await asyncio.gather(*(connection.hang_up() for connection in victims))
-        return ended
+        return await self.registry.terminate_sessions(predicate, message, reason, audit_fields)
+
+    def party(self, session_id: str) -> SessionParty | None:
+        """The joiners' side of a live terminal session, if it is running here."""
+        return self.registry.party(session_id)
+
+    def end_session(self, session_id: str, message: str, reason: str = "terminated") -> bool:
+        """End one live session, showing `message` first; False if it is not running.
+
+        For observers that cannot go on (a recording that must be written and cannot).
+        """
+        return self.registry.end_session(session_id, message, reason)
 
     # ------------------------------------------------------------------ internals
 
@@ -224,25 +227,6 @@ class NodeSSHServer:
         # No "node" field: the sink knows which node it serves and adds it.
         self._audit_queue.put(event, fields)
 
-    def _observer_for(self, info: SessionInfo) -> SessionObserver | None:
-        return observer_for(self._observer_factory, info)
-
-    def party(self, session_id: str) -> SessionParty | None:
-        """The joiners' side of a live terminal session, if it is running here."""
-        session = self._sessions.get(session_id)
-        return session.party if session is not None else None
-
-    def end_session(self, session_id: str, message: str, reason: str = "terminated") -> bool:
-        """End one live session, showing `message` first; False if it is not running.
-
-        For observers that cannot go on (a recording that must be written and cannot).
-        """
-        session = self._sessions.get(session_id)
-        if session is None:
-            return False
-        session.terminate(message, reason)
-        return True
-
 
 class _Connection(asyncssh.SSHServer):
     """One client connection: its authentication and what it was allowed."""
@@ -252,14 +236,18 @@ class _Connection(asyncssh.SSHServer):
         self._conn: Any = None
         self._trusted: frozenset[bytes] = frozenset()
         self.client_addr = ""
-        self.identity: Identity | None = None
-        self.login = ""
+        self.client: LiveClient | None = None
         self.account: UnixAccount | None = None
-        self.policy = SessionPolicy()
-        self.sessions: set[_Session] = set()
         # Set for a join login: (mode, session id); such a connection only joins.
         self.join: tuple[str, str] | None = None
-        self.joins: set[JoinChannel] = set()
+
+    @property
+    def policy(self) -> SessionPolicy:
+        return self.client.policy if self.client is not None else SessionPolicy()
+
+    @property
+    def login(self) -> str:
+        return self.client.login if self.client is not None else ""
 
     # ---- asyncssh callbacks --------------------------------------------------
 
@@ -274,7 +262,9 @@ class _Connection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._node._connections.discard(self)
-        self.joins.clear()
+        if self.client is not None:
+            self._node.registry.remove_client(self.client)
+            self.client.joins.clear()
 
     def begin_auth(self, username: str) -> bool:
         # principals="*" makes asyncssh leave the login check to us: it would refuse a
@@ -299,16 +289,18 @@ class _Connection(asyncssh.SSHServer):
         return bytes(key.public_data) in self._trusted
 
     def session_requested(self) -> Any:
-        if self.identity is not None and self.join is not None:
+        client = self.client
+        if client is not None and self.join is not None:
             mode, session_id = self.join
+            registry = self._node.registry
             channel = JoinChannel(
-                self.identity.username, mode, session_id, lambda: self._node.party(session_id)
+                client.identity.username, mode, session_id, lambda: registry.party(session_id)
             )
-            self.joins.add(channel)
+            client.joins.add(channel)
             return channel
-        if self.identity is None or self.account is None:
+        if client is None or self.account is None:
             return False
-        return _Session(self)
+        return _Session(self, client, self.account)
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -320,16 +312,26 @@ class _Connection(asyncssh.SSHServer):
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 "port forwarding is not allowed by your roles",
             )
+        if self.client is not None:
+            self.client.touch()
         return True
 
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        allowed = self.policy.port_forwarding
+    def server_requested(self, listen_host: str, listen_port: int) -> Any:
+        policy = self.policy
+        allowed = policy.port_forwarding
         # The listener is opened by this (root) process: only root may ask for a
         # privileged port, as with sshd.
         if 0 < listen_port < 1024 and (self.account is None or self.account.uid != 0):
             allowed = False
-        self._audit_forward("remote", f"{listen_host}:{listen_port}", allowed)
-        return allowed
+        bind = listen_host if policy.remote_bind_any else loopback_bind(listen_host)
+        self._audit_forward("remote", f"{bind}:{listen_port}", allowed)
+        if not allowed:
+            return False
+        if bind == listen_host:
+            return True
+        # Listen on loopback, but report the address the client asked for: its
+        # forwarded-tcpip channels name it, and a cancel names it (sshd does the same).
+        return self._conn.forward_local_port(bind, listen_port, listen_host, listen_port)
 
     # ---- authentication ------------------------------------------------------
 
@@ -343,40 +345,43 @@ class _Connection(asyncssh.SSHServer):
         join = parse_join_login(login)
         if join is not None:
             return self._authorize_join(identity, login, *join)
-        if login not in identity.logins:
-            self._reject(identity, login, f'login "{login}" is not a principal of the certificate')
-            return False
         try:
+            policy = await check_login(
+                node._authorizer, identity, login, self.client_addr, node._authorize_timeout
+            )
             account = lookup_account(login)
+        except LoginRefused as exc:
+            self._reject(identity, login, exc.reason)
+            return False
         except NotFound as exc:
             self._reject(identity, login, exc.message)
             return False
-        try:
-            policy = await asyncio.wait_for(
-                node._authorizer(identity, login, self.client_addr), node._authorize_timeout
-            )
-        except AccessDenied as exc:
-            self._reject(identity, login, exc.message)
-            return False
-        except TimeoutError:
-            self._reject(identity, login, "authorization timed out")
-            return False
-        except Exception:
-            log.exception("authorizer failed for %s as %s", identity.username, login)
-            self._reject(identity, login, "internal error while authorizing")
-            return False
-        self.identity, self.login, self.account, self.policy = identity, login, account, policy
+        self.account = account
+        self._admit(identity, login, policy)
         return True
+
+    def _admit(self, identity: Identity, login: str, policy: SessionPolicy) -> None:
+        node = self._node
+        self.client = LiveClient(
+            identity=identity,
+            login=login,
+            target=node.node_name,
+            client_addr=self.client_addr,
+            policy=policy,
+            audit=node._audit,
+            conn=self._conn,
+        )
+        node.registry.add_client(self.client)
 
     def _authorize_join(self, identity: Identity, login: str, mode: str, session_id: str) -> bool:
         """A join login: the session must run here and the joiner's roles allow `mode`."""
         node = self._node
-        session = node._sessions.get(session_id)
+        session = node.registry.session(session_id)
 
         def authorize() -> None:
             if node._join_authorizer is None:
                 raise AccessDenied("joining sessions is not enabled on this node")
-            assert session is not None and session.info is not None
+            assert session is not None
             node._join_authorizer(identity, session.info, mode)
 
         party = session.party if session is not None else None
@@ -384,7 +389,8 @@ class _Connection(asyncssh.SSHServer):
         if refusal is not None:
             self._reject(identity, login, refusal)
             return False
-        self.identity, self.login, self.join = identity, login, (mode, session_id)
+        self.join = (mode, session_id)
+        self._admit(identity, login, SessionPolicy())
         return True
 
     def _reject(self, identity: Identity | None, login: str, reason: str) -> None:
@@ -401,7 +407,7 @@ class _Connection(asyncssh.SSHServer):
         self._node._audit(
             "port_forward",
             {
-                "user": self.identity.username if self.identity else "",
+                "user": self.client.identity.username if self.client else "",
                 "login": self.login,
                 "client_addr": self.client_addr,
                 "kind": kind,
@@ -415,7 +421,7 @@ class _Connection(asyncssh.SSHServer):
         self._node._audit(
             "agent_forward",
             {
-                "user": self.identity.username if self.identity else "",
+                "user": self.client.identity.username if self.client else "",
                 "login": self.login,
                 "client_addr": self.client_addr,
                 "allowed": allowed,
@@ -430,19 +436,14 @@ class _Connection(asyncssh.SSHServer):
         for item in (os.path.dirname(path), path):
             os.chown(item, self.account.uid, self.account.gid)
 
-    # ---- termination ---------------------------------------------------------
-
-    def terminate(self, message: str, reason: str, audit_fields: dict[str, Any]) -> int:
-        return end_all(self.sessions, self.joins, message, reason, audit_fields)
-
-    async def hang_up(self) -> None:
-        """Close the connection once the sessions' last words had a chance to leave."""
-        await wait_for_last_words([*self.sessions, *self.joins])
-        await close_connection(self._conn)
+    # ---- shutdown ------------------------------------------------------------
 
     def abort(self) -> None:
-        for session in list(self.sessions):
-            session.kill()
+        if self.client is not None:
+            for session in list(self.client.sessions):
+                io = session.io
+                if isinstance(io, _Session):
+                    io.kill()
         if self._conn is not None:
             self._conn.abort()
 
@@ -450,29 +451,23 @@ class _Connection(asyncssh.SSHServer):
 class _Session(asyncssh.SSHServerSession[bytes]):
     """One session channel: its request, its child process and the relay between them.
 
-    It is also the child's ProcessSink (session.ChildProcess calls output/exited).
+    The I/O of a LiveSession (srv/live.py), which owns the rest of its life; it is also
+    the child's ProcessSink (session.ChildProcess calls output/exited).
     """
 
-    def __init__(self, connection: _Connection) -> None:
-        self._connection = connection
+    def __init__(self, connection: _Connection, client: LiveClient, account: UnixAccount) -> None:
         self._node = connection._node
+        self._client = client
+        self._account = account
         self._chan: Any = None
         self.id = str(uuid.uuid4())
-        self.info: SessionInfo | None = None
+        self.core: LiveSession | None = None
         self._kind = ""
         self._command: str | None = None
         self._term: str | None = None
         self._term_size: tuple[int, int, int, int] | None = None
         self._child: ChildProcess | None = None
-        self._observer: SessionObserver | None = None
-        # Terminal sessions only: who else is watching or typing (join.py).
-        self.party: SessionParty | None = None
-        self._started_at = 0.0
-        self._ended = False
-        self._end_fields: dict[str, Any] = {}
-        self._end_reason = "exited"
         self._exit_code: int | None = None
-        self._closed = asyncio.get_running_loop().create_future()
 
     # ---- requests ------------------------------------------------------------
 
@@ -502,40 +497,54 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         return True
 
     def session_started(self) -> None:
-        try:
-            self._start()
-        except Exception as exc:
-            if isinstance(exc, SessionRefused):
-                self._refused(str(exc))
-            else:
-                log.exception("could not start %s session %s", self._kind, self.id)
-            if self._observer is not None:
-                self._notify(self._observer.on_end)
-                self._observer = None
-            self._ended = True  # never started: no session.end without a session.start
-            with contextlib.suppress(OSError):
-                self._chan.write_stderr(f"certgate: cannot start session: {exc}\r\n".encode())
-                self._chan.exit(127)
-
-    def _start(self) -> None:
-        connection = self._connection
-        assert connection.identity is not None and connection.account is not None
-        account = connection.account
         size = self._term_size
         if size is not None and (size[0] <= 0 or size[1] <= 0):
-            size = (80, 24, 0, 0)
-        self.info = SessionInfo(
+            size = self._term_size = (80, 24, 0, 0)
+        client = self._client
+        info = SessionInfo(
             id=self.id,
-            identity=connection.identity,
-            login=connection.login,
+            identity=client.identity,
+            login=client.login,
             kind=self._kind,
             started=datetime.now(UTC),
-            client_addr=connection.client_addr,
+            client_addr=client.client_addr,
             command=self._command,
             tty=size is not None,
             term_size=(size[0], size[1]) if size is not None else None,
             term=self._term,
+            protocol="ssh",
+            shell=self._account.shell,
         )
+        node = self._node
+        core = self.core = LiveSession(
+            client,
+            info,
+            self,
+            node.registry,
+            observe=node._observer_factory,
+            tracking=node.tracking,
+            peer_input=self._peer_input,
+        )
+        try:
+            # Asked before the child exists: a session refused by its observer
+            # (SessionRefused) never runs anything.
+            core.open_observer()
+            self._child = self._spawn(size)
+        except Exception as exc:
+            if isinstance(exc, SessionRefused):
+                core.refused(str(exc))
+            else:
+                log.exception("could not start %s session %s", self._kind, self.id)
+                core.ended("failed")  # never started: no session.end without a start
+            with contextlib.suppress(OSError):
+                self._chan.write_stderr(f"certgate: cannot start session: {exc}\r\n".encode())
+                self._chan.exit(127)
+            return
+        core.begin()
+        core.announce({"pid": self._child.pid})
+
+    def _spawn(self, size: tuple[int, int, int, int] | None) -> ChildProcess:
+        account = self._account
         env = login_environment(
             account,
             client_env=self._chan.get_environment(),
@@ -546,49 +555,10 @@ class _Session(asyncssh.SSHServerSession[bytes]):
             executable, argv = SFTP_SERVER, [SFTP_SERVER]
         else:
             executable, argv = shell_argv(account, self._command)
-        self._started_at = time.monotonic()
-        # Asked before the child exists: a session refused by its observer (SessionRefused)
-        # never runs anything.
-        if size is not None or self._kind == "exec":
-            self._observer = self._node._observer_for(self.info)
-        self._child = spawn(account, executable, argv, env, self, pty_size=size)
-        self._connection.sessions.add(self)
-        self._node._sessions[self.id] = self
-        if size is not None:
-            self.party = SessionParty(self._show, self._peer_input, self._membership)
-            if self._node.tracking is not None:
-                self._node.tracking.started(self.info)
-        self._node._audit(
-            "session.start",
-            {
-                **self._fields(),
-                "client_addr": connection.client_addr,
-                "command": self._command,
-                "tty": size is not None,
-                "pid": self._child.pid,
-            },
-        )
-
-    def _refused(self, reason: str) -> None:
-        connection = self._connection
-        user = connection.identity.username if connection.identity else ""
-        log.info("refused %s session %s of %s: %s", self._kind, self.id, user, reason)
-        self._node._audit(
-            "session.rejected",
-            {
-                "user": user,
-                "login": connection.login,
-                "reason": reason,
-                "client_addr": connection.client_addr,
-                "session_id": self.id,
-                "kind": self._kind,
-            },
-        )
+        return spawn(account, executable, argv, env, self, pty_size=size)
 
     def _session_env(self) -> dict[str, str]:
-        connection = self._connection
-        assert connection.identity is not None
-        env = {"CERTGATE_USER": connection.identity.username, "CERTGATE_SESSION_ID": self.id}
+        env = {"CERTGATE_USER": self._client.identity.username, "CERTGATE_SESSION_ID": self.id}
         peer = self._chan.get_extra_info("peername")
         local = self._chan.get_extra_info("sockname")
         if peer and local:
@@ -604,6 +574,8 @@ class _Session(asyncssh.SSHServerSession[bytes]):
     # ---- channel → child -----------------------------------------------------
 
     def data_received(self, data: bytes, datatype: Any) -> None:
+        if self.core is not None:
+            self.core.input()
         if self._child is not None and not self._child.write_stdin(data):
             # The child is not keeping up: stop reading the channel, which stops
             # window adjusts, which makes the client wait (end-to-end back pressure).
@@ -620,8 +592,9 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         self._term_size = (width, height, pixwidth, pixheight)
         if self._child is not None:
             self._child.resize(width, height, pixwidth, pixheight)
-        if self._observer is not None:
-            self._notify(self._observer.on_resize, width, height)
+        if self.core is not None:
+            self.core.input()
+            self.core.resized(width, height)
 
     def signal_received(self, signal: str) -> None:
         signum = signal_by_name(signal)
@@ -640,13 +613,15 @@ class _Session(asyncssh.SSHServerSession[bytes]):
             self._child.resume_output()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        core = self.core
+        reason = core.end_reason if core is not None else "exited"
         if self._child is not None and self._exit_code is None:
             self._child.terminate()
-            if self._end_reason == "exited":
-                self._end_reason = "disconnected"
-        self._end(self._end_reason)
-        if not self._closed.done():
-            self._closed.set_result(None)
+            if reason == "exited":
+                reason = "disconnected"
+        if core is not None:
+            core.ended(reason, self._exit_fields())
+            core.closed()
 
     # ---- child → channel (ProcessSink) ----------------------------------------
 
@@ -661,109 +636,49 @@ class _Session(asyncssh.SSHServerSession[bytes]):
             if self._child is not None:
                 self._child.terminate()
             return
-        if self._observer is not None:
-            self._notify(self._observer.on_output, data)
-        if self.party is not None:
-            self.party.output(data)
-
-    # ---- joiners (join.py) ---------------------------------------------------
-
-    def _show(self, data: bytes) -> None:
-        # certgate's own lines go where output goes: the owner, the recording, joiners.
-        self.output(data, False)
+        if self.core is not None:
+            self.core.output(data)
 
     def _peer_input(self, data: bytes) -> None:
         if self._child is not None and self._exit_code is None:
             self._child.write_stdin(data)
-
-    def _membership(self, event: str, member: JoinChannel) -> None:
-        assert self.info is not None
-        self._node._audit(
-            event, membership_fields(self.id, self.info.identity.username, self.info.login, member)
-        )
-        if self.party is not None and self._node.tracking is not None and not self._ended:
-            self._node.tracking.participants_changed(self.info, self.party.participants())
 
     def stdin_drained(self) -> None:
         self._chan.resume_reading()
 
     def exited(self, returncode: int) -> None:
         self._exit_code = returncode
-        if self._kind == "exec":
-            self._node._audit(
-                "exec", {**self._fields(), "command": self._command, "exit_code": returncode}
-            )
+        if self.core is not None:
+            self.core.exec_finished(returncode)
         with contextlib.suppress(OSError):
             if returncode >= 0:
                 self._chan.exit(returncode)
             else:
                 self._chan.exit_with_signal(signal_name(-returncode))
-        self._end("exited")
+        if self.core is not None:
+            self.core.ended("exited", self._exit_fields())
 
-    # ---- ending --------------------------------------------------------------
+    def _exit_fields(self) -> dict[str, Any]:
+        return {"exit_code": self._exit_code} if self._exit_code is not None else {}
 
-    def terminate(
-        self, message: str, reason: str = "terminated", audit_fields: dict[str, Any] | None = None
-    ) -> None:
-        """Show `message`, end the child and close the channel."""
-        text = f"\r\n{message}\r\n" if self.info is not None and self.info.tty else f"{message}\n"
+    # ---- SessionIO (what the core asks of us) ------------------------------------
+
+    def write(self, data: bytes, stderr: bool) -> None:
         with contextlib.suppress(OSError):
-            if self.info is not None and self.info.tty:
-                self._chan.write(text.encode())
+            if stderr:
+                self._chan.write_stderr(data)
             else:
-                self._chan.write_stderr(text.encode())
-        self._end_reason = reason
-        self._end_fields = audit_fields or {}
+                self._chan.write(data)
+
+    def stop(self) -> None:
+        """End the child and close the channel (close() flushes what the window allows)."""
         if self._child is not None and self._exit_code is None:
             self._child.terminate()
-        # close() flushes what the window allows before the channel close goes out.
         self._chan.close()
 
     def kill(self) -> None:
         """Server shutdown: no goodbyes."""
-        self._end_reason = "node shutting down"
         if self._child is not None:
             self._child.close()
-        self._end(self._end_reason)
-
-    async def wait_closed(self) -> None:
-        await asyncio.shield(self._closed)
-
-    def _end(self, reason: str) -> None:
-        if self._ended or self.info is None:
-            return
-        self._ended = True
-        self._connection.sessions.discard(self)
-        self._node._sessions.pop(self.id, None)
-        if self.party is not None:
-            self.party.end()
-            if self._node.tracking is not None:
-                self._node.tracking.ended(self.info)
-        if self._observer is not None:
-            self._notify(self._observer.on_end)
-            self._observer = None
-        fields: dict[str, Any] = {
-            **self._fields(),
-            **self._end_fields,
-            "duration": round(time.monotonic() - self._started_at, 3),
-            "reason": reason,
-        }
-        if self._exit_code is not None:
-            fields["exit_code"] = self._exit_code
-        self._node._audit("session.end", fields)
-
-    def _fields(self) -> dict[str, Any]:
-        assert self.info is not None
-        return {
-            "session_id": self.id,
-            "user": self.info.identity.username,
-            "login": self.info.login,
-            "kind": self.info.kind,
-        }
-
-    def _notify(self, method: Callable[..., None], *args: Any) -> None:
-        try:
-            method(*args)
-        except Exception:
-            log.exception("session observer failed; detaching it from session %s", self.id)
-            self._observer = None
+        if self.core is not None:
+            self.core.ended("node shutting down", self._exit_fields())

@@ -7,16 +7,18 @@
       2 serve      an asyncssh server runs *on that channel*: the user's SSH session ends
                    here. Its host certificate is the proxy's key signed by auth for
                    "web-1" and "web-1.<cluster>" (one _Front per node, renewed at half-life)
-      3 user auth  a certificate of the user CA (captured as on a node) ─▶
-                   CachedAccess.check_login(identity, node, labels, login): roles, deny,
-                   locks ─▶ SessionPolicy. A refusal fails authentication and is audited
+      3 user auth  a certificate of the user CA (captured as on a node) ─▶ the node's
+                   Authorizer (srv/authorize.py, as on a node: roles, deny, locks,
+                   per-session MFA, then the principal) ─▶ SessionPolicy. A refusal
+                   fails authentication and is audited
       4 onward     auth signs a certificate for the proxy's own key, for this login only,
                    for a minute, from the certificate the user showed ─▶ asyncssh client
                    over the socket of step 1; the sshd's host certificate must come from
                    the host CA and name "web-1"
       5 channels   sessions (pty, shell, exec, sftp) and -L/-R (if the roles allow) are
-                   relayed by agentless_session.py, observed (recording) like a node's,
-                   audited with server="proxy"
+                   relayed by agentless_session.py; the session core (srv/live.py) records,
+                   tracks and audits them (server="proxy") as on a node, and the proxy's
+                   session monitor (srv/monitor.py) cuts them as a node's monitor does
 
 asyncssh serves a connection over an existing channel through its documented `tunnel`
 argument: `listen(tunnel=obj)` calls `obj.create_server(factory, ...)`, and every call
@@ -24,7 +26,7 @@ of that factory makes one server connection, which the jump host then hands the
 direct-tcpip channel to as its session (through corked.ChannelTransport). No private
 asyncssh API is used here beyond certcapture's (the same shims as the node's).
 
-    agentless.py          AgentlessForwarder: dial, fronts, live sessions, locks, audit
+    agentless.py          AgentlessForwarder: dial, fronts, the registry of live sessions, audit
     agentless_user.py     UserConnection: steps 3 and 4, and which channel goes where
     agentless_session.py  the session and port-forward relays of step 5
     agentless_certs.py    certificates from auth, cached
@@ -46,26 +48,25 @@ import asyncssh
 from pydantic import BaseModel
 
 from certgate.access.cached_access import CachedAccess
-from certgate.api.lock import Lock, lock_matches, lock_message
 from certgate.api.node import Node
 from certgate.errors import BadParameter, CertgateError
 from certgate.proxy.agentless_certs import AgentlessCertSource
-from certgate.proxy.agentless_session import RelaySession
 from certgate.proxy.agentless_user import Dialled, UserConnection
 from certgate.rpc.audit import AuditSink
 from certgate.srv import certcapture
-from certgate.srv.audit_queue import AuditQueue, BatchSink
 from certgate.srv.audit_queue import AuditSink as EventSink
+from certgate.srv.audit_queue import AuditWriter, BatchSink, audit_writer
+from certgate.srv.authorize import access_authorizer
 from certgate.srv.corked import ChannelTransport
 from certgate.srv.join import SessionParty
+from certgate.srv.registry import SessionRegistry
 from certgate.srv.server_options import DEFAULT_CIPHERS, LOGIN_TIMEOUT, certificate_server_options
 from certgate.srv.session import (
+    Authorizer,
     ObserverFactory,
     SessionInfo,
-    SessionObserver,
     SessionPredicate,
     SessionTracking,
-    observer_for,
 )
 
 log = logging.getLogger("certgate.proxy.agentless")
@@ -83,7 +84,10 @@ class AgentlessForwarder:
     needs no restart); `certs` gets certificates from auth; `audit` receives events;
     `session_observer` (optional) is asked for an observer for every pty or exec
     session, as on a node (`SessionInfo.node` names the node); `tracking` (optional)
-    hears of terminal sessions and their joiners, as on a node.
+    hears of terminal sessions and their joiners, as on a node. Live sessions and
+    clients are kept in `registry`, which the proxy's session monitor cuts.
+    `authorizer_for(node)` is the login Authorizer for a node (by default the same as a
+    node's own, from `access`).
     """
 
     def __init__(
@@ -93,10 +97,12 @@ class AgentlessForwarder:
         host_ca_keys: Callable[[], list[str]],
         access: CachedAccess,
         certs: AgentlessCertSource,
-        audit: AuditSink | None,
+        audit: AuditWriter | AuditSink | None,
         session_observer: ObserverFactory | None = None,
         tracking: SessionTracking | None = None,
         audit_batch: BatchSink | None = None,
+        registry: SessionRegistry | None = None,
+        authorizer_for: Callable[[Node], Authorizer] | None = None,
         ciphers: Sequence[str] = DEFAULT_CIPHERS,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
@@ -105,14 +111,17 @@ class AgentlessForwarder:
         self._host_ca_keys = host_ca_keys
         self.access = access
         self._certs = certs
-        # Every event names the proxy as the server that decided.
-        self._audit_queue = AuditQueue(
-            None if audit is None else _as_proxy(audit),
+        # Every event names the proxy as the server that decided (a writer's events
+        # reach auth from the proxy's identity, and auth stamps it).
+        self._audit_queue = audit_writer(
+            audit if audit is None or isinstance(audit, AuditWriter) else _as_proxy(audit),
             "agentless audit",
             None if audit_batch is None else _batch_as_proxy(audit_batch),
         )
-        self._observer_factory = session_observer
+        self.observer_factory = session_observer
         self.tracking = tracking
+        self.registry = registry or SessionRegistry()
+        self._authorizer_for = authorizer_for
         self._ciphers = list(ciphers)
         self.connect_timeout = connect_timeout
         # One key presented to users (certified per node), one shown to the sshds.
@@ -126,7 +135,6 @@ class AgentlessForwarder:
         # timer that closes them if it never comes.
         self._handover: dict[Any, tuple[Dialled, asyncio.TimerHandle]] = {}
         self._connections: set[UserConnection] = set()
-        self._sessions: dict[str, RelaySession] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -251,8 +259,8 @@ class AgentlessForwarder:
     # ------------------------------------------------------------------ sessions
 
     def sessions(self) -> list[SessionInfo]:
-        """The sessions running now."""
-        return [s.info for s in self._sessions.values() if s.info is not None]
+        """The sessions running now (of agentless nodes)."""
+        return [info for info in self.registry.sessions() if info.node]
 
     async def terminate_sessions(
         self,
@@ -265,64 +273,28 @@ class AgentlessForwarder:
         """End the live sessions whose (identity, login) match — on `node` only, if
         given — showing `message` first; their connections are closed too (nothing,
         not a port forward, survives a lock). Returns how many sessions ended."""
-        victims = [
-            c
-            for c in list(self._connections)
-            if c.identity is not None
-            and (node is None or c.node_name == node)
-            and predicate(c.identity, c.login)
-        ]
-        ended = sum(c.terminate(message, reason, audit_fields or {}) for c in victims)
-        if victims:
-            await asyncio.gather(*(c.hang_up() for c in victims))
-        return ended
-
-    def session(self, session_id: str) -> RelaySession | None:
-        return self._sessions.get(session_id)
+        return await self.registry.terminate_sessions(
+            predicate, message, reason, audit_fields, target=node
+        )
 
     def party(self, session_id: str) -> SessionParty | None:
-        """The joiners' side of a live terminal session served here (node/join.py)."""
-        session = self._sessions.get(session_id)
-        return session.party if session is not None else None
+        """The joiners' side of a live terminal session served here (srv/join.py)."""
+        return self.registry.party(session_id)
 
     def end_session(self, session_id: str, message: str, reason: str = "terminated") -> bool:
         """End one live session, showing `message` first; False if it is not running."""
-        session = self._sessions.get(session_id)
-        if session is None:
-            return False
-        session.terminate(message, reason)
-        return True
+        return self.registry.end_session(session_id, message, reason)
 
-    async def apply_lock(self, lock: Lock) -> int:
-        """End the sessions a new lock targets (user, role, login, node...)."""
-        now = datetime.now(UTC)
-        victims = [
-            c
-            for c in list(self._connections)
-            if c.identity is not None
-            and lock_matches(
-                lock,
-                user=c.identity.username,
-                roles=c.identity.roles,
-                request_ids=c.identity.request_ids,
-                login=c.login,
-                node=c.node_name,
-                now=now,
-            )
-        ]
-        message = lock_message(lock)
-        ended = sum(c.terminate(message, "locked", {"lock": lock.name}) for c in victims)
-        if victims:
-            await asyncio.gather(*(c.hang_up() for c in victims))
-        return ended
+    def authorizer_for(self, node: Node) -> Authorizer:
+        """The login Authorizer for `node`: the node's own rules, decided here."""
+        if self._authorizer_for is not None:
+            return self._authorizer_for(node)
+        return access_authorizer(self.access, node.name, node.metadata.labels)
 
     async def on_change(self, kind: str, name: str, resource: BaseModel | None) -> None:
-        """A ResourceView callback: locks end sessions, node changes renew fronts."""
-        if kind == "lock" and isinstance(resource, Lock):
-            ended = await self.apply_lock(resource)
-            if ended:
-                log.info("lock %s ended %d agentless session(s)", name, ended)
-        elif kind == "node":
+        """A ResourceView callback: node changes renew fronts (locks are the session
+        monitor's, srv/monitor.py)."""
+        if kind == "node":
             self.forget_node(name)
 
     # ------------------------------------------------------------------ for UserConnection
@@ -332,12 +304,6 @@ class AgentlessForwarder:
 
     def remove_connection(self, connection: UserConnection) -> None:
         self._connections.discard(connection)
-
-    def add_session(self, session: RelaySession) -> None:
-        self._sessions[session.id] = session
-
-    def remove_session(self, session: RelaySession) -> None:
-        self._sessions.pop(session.id, None)
 
     def take_handover(self, conn: Any) -> Dialled | None:
         entry = self._handover.pop(conn, None)
@@ -349,9 +315,6 @@ class AgentlessForwarder:
 
     def audit(self, event: str, fields: dict[str, Any]) -> None:
         self._audit_queue.put(event, fields)
-
-    def observer_for(self, info: SessionInfo) -> SessionObserver | None:
-        return observer_for(self._observer_factory, info)
 
     def trusted_user_cas(self) -> tuple[frozenset[bytes], str]:
         """(key blobs, authorized_keys text) of the user CA, read now."""

@@ -15,7 +15,8 @@ into streams; when one side's send buffer fills it pauses reading on the other, 
 control runs end to end (a slow client slows the sshd's output, not the proxy's memory).
 
 What a session may do (port forwarding, which Unix user) was decided when the user
-authenticated (agentless.py); this module relays and reports.
+authenticated (agentless_user.py); this module relays. Recording, joiners, trackers,
+audit and termination are the session core's (srv/live.py), as on a node.
 """
 
 from __future__ import annotations
@@ -23,17 +24,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncssh
 
-from certgate.api.identity import Identity
-from certgate.srv.join import JoinChannel, SessionParty, membership_fields
-from certgate.srv.session import SessionInfo, SessionObserver, SessionRefused
+from certgate.srv.live import LiveClient, LiveSession
+from certgate.srv.registry import SessionRegistry
+from certgate.srv.session import ObserverFactory, SessionInfo, SessionRefused, SessionTracking
 
 log = logging.getLogger("certgate.proxy.agentless")
 
@@ -41,44 +40,36 @@ log = logging.getLogger("certgate.proxy.agentless")
 WRITE_HIGH_WATER = 256 * 1024
 
 
-class RelayContext(Protocol):
-    """What a relayed session needs from its user's connection (agentless._UserConnection)."""
+class RelayHost(Protocol):
+    """What a relayed session needs of the forwarder that serves it (agentless.py)."""
 
     @property
-    def identity(self) -> Identity | None: ...
+    def registry(self) -> SessionRegistry: ...
 
     @property
-    def login(self) -> str: ...
+    def observer_factory(self) -> ObserverFactory | None: ...
 
     @property
-    def node_name(self) -> str: ...
-
-    @property
-    def client_addr(self) -> str: ...
-
-    def audit(self, event: str, fields: dict[str, Any]) -> None: ...
-
-    def observer_for(self, info: SessionInfo) -> SessionObserver | None:
-        """May raise SessionRefused."""
-
-    def session_started(self, session: RelaySession) -> None: ...
-
-    def session_ended(self, session: RelaySession) -> None: ...
-
-    def participants_changed(
-        self, session: RelaySession, participants: list[dict[str, Any]]
-    ) -> None:
-        """Someone joined or left the live session (node/join.py)."""
+    def tracking(self) -> SessionTracking | None: ...
 
 
 class RelaySession(asyncssh.SSHServerSession[bytes]):
-    """One session channel of the user, relayed to one session channel on the sshd."""
+    """One session channel of the user, relayed to one session channel on the sshd.
 
-    def __init__(self, context: RelayContext, onward: asyncssh.SSHClientConnection) -> None:
-        self._context = context
+    The I/O of a LiveSession (srv/live.py), which owns the rest of its life.
+    """
+
+    def __init__(
+        self,
+        client: LiveClient,
+        host: RelayHost,
+        onward: asyncssh.SSHClientConnection,
+    ) -> None:
+        self._client = client
+        self._host = host
         self._onward_conn = onward
         self.id = str(uuid.uuid4())
-        self.info: SessionInfo | None = None
+        self.core: LiveSession | None = None
         self._chan: Any = None
         self._onward: Any = None  # the sshd's session channel, once open
         self._kind = ""
@@ -89,18 +80,13 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         self._term_modes: dict[int, int] = {}
         self._early: list[bytes] = []
         self._early_eof = False
-        self._observer: SessionObserver | None = None
-        # Terminal sessions only: who else is watching or typing (node/join.py).
-        self.party: SessionParty | None = None
         self._task: asyncio.Task[None] | None = None
-        self._started_at = 0.0
-        self._announced = False
-        self._ended = False
-        self._end_reason = "exited"
-        self._end_fields: dict[str, Any] = {}
         self._exit_status: int | None = None
         self._exit_signal: tuple[str, bool, str, str] | None = None
-        self._closed = asyncio.get_running_loop().create_future()
+
+    @property
+    def info(self) -> SessionInfo | None:
+        return self.core.info if self.core is not None else None
 
     # ---- the user's requests -------------------------------------------------
 
@@ -132,32 +118,39 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         return True
 
     def session_started(self) -> None:
-        context = self._context
-        assert context.identity is not None
+        client = self._client
         size = self._term_size
-        self.info = SessionInfo(
+        info = SessionInfo(
             id=self.id,
-            identity=context.identity,
-            login=context.login,
+            identity=client.identity,
+            login=client.login,
             kind=self._kind,
             started=datetime.now(UTC),
-            client_addr=context.client_addr,
+            client_addr=client.client_addr,
             command=self._command,
             tty=size is not None,
             term_size=(size[0], size[1]) if size is not None else None,
             term=self._term,
-            node=context.node_name,
+            node=client.target,
+            protocol="ssh",
+            # No shell: the proxy cannot know the agentless node's accounts.
         )
-        self._started_at = time.monotonic()
+        host = self._host
+        core = self.core = LiveSession(
+            client,
+            info,
+            self,
+            host.registry,
+            observe=host.observer_factory,
+            tracking=host.tracking,
+            peer_input=self._peer_input,
+        )
         try:
-            if size is not None or self._kind == "exec":
-                self._observer = context.observer_for(self.info)
+            core.open_observer()
         except SessionRefused as exc:
             self._refuse(str(exc))
             return
-        if size is not None:
-            self.party = SessionParty(self._show, self._peer_input, self._membership)
-        context.session_started(self)
+        core.begin()
         self._task = asyncio.create_task(self._open_onward(), name=f"agentless session {self.id}")
         self._task.add_done_callback(_log_crash)
 
@@ -177,9 +170,10 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
             )
         except (asyncssh.Error, OSError) as exc:
             reason = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
-            self._refuse(f"sshd of node {self._context.node_name} refused the session: {reason}")
+            self._refuse(f"sshd of node {self._client.target} refused the session: {reason}")
             return
-        if self._ended:  # the user went away or the session was ended meanwhile
+        assert self.core is not None
+        if self.core.is_ended:  # the user went away or the session was ended meanwhile
             chan.close()
             return
         self._onward = chan
@@ -190,29 +184,11 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         if self._early_eof:
             chan.write_eof()
         self._chan.resume_reading()
-        self._announced = True
-        self._context.audit(
-            "session.start",
-            {
-                **self._fields(),
-                "client_addr": self._context.client_addr,
-                "command": self._command,
-                "tty": self._term_size is not None,
-            },
-        )
+        self.core.announce({})
 
     def _refuse(self, reason: str) -> None:
-        context = self._context
-        log.info("refused %s session %s on %s: %s", self._kind, self.id, context.node_name, reason)
-        context.audit(
-            "session.rejected",
-            {
-                **self._fields(),
-                "client_addr": context.client_addr,
-                "reason": reason,
-            },
-        )
-        self._end("refused", audit=False)
+        assert self.core is not None
+        self.core.refused(reason)
         with contextlib.suppress(OSError):
             self._chan.write_stderr(f"certgate: cannot start session: {reason}\r\n".encode())
             self._chan.exit(255)
@@ -220,6 +196,8 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
     # ---- user → sshd -----------------------------------------------------------
 
     def data_received(self, data: bytes, datatype: Any) -> None:
+        if self.core is not None:
+            self.core.input()
         if self._onward is not None:
             self._onward.write(data)
         else:
@@ -241,8 +219,9 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         if self._onward is not None:
             with contextlib.suppress(OSError):
                 self._onward.change_terminal_size(width, height, pixwidth, pixheight)
-        if self._observer is not None:
-            self._notify(self._observer.on_resize, width, height)
+        if self.core is not None:
+            self.core.input()
+            self.core.resized(width, height)
 
     def signal_received(self, signal: str) -> None:
         if self._onward is not None:
@@ -269,11 +248,14 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
             self._task.cancel()
         if self._onward is not None:
             self._onward.close()
-        if self._end_reason == "exited" and self._exit_status is None and not self._exit_signal:
-            self._end_reason = "disconnected"
-        self._end(self._end_reason)
-        if not self._closed.done():
-            self._closed.set_result(None)
+        core = self.core
+        if core is None:
+            return
+        reason = core.end_reason
+        if reason == "exited" and self._exit_status is None and not self._exit_signal:
+            reason = "disconnected"
+        core.ended(reason, self._exit_fields())
+        core.closed()
 
     # ---- sshd → user (from _OnwardSide) ------------------------------------------
 
@@ -285,28 +267,12 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
             if self._onward is not None:
                 self._onward.close()
             return
-        if self._observer is not None:
-            self._notify(self._observer.on_output, data)
-        if self.party is not None and datatype is None:
-            self.party.output(data)
-
-    # ---- joiners (node/join.py) ----------------------------------------------------
-
-    def _show(self, data: bytes) -> None:
-        # certgate's own lines go where output goes: the owner, the recording, joiners.
-        self.output(data, None)
+        if self.core is not None:
+            self.core.output(data, to_joiners=datatype is None)
 
     def _peer_input(self, data: bytes) -> None:
         if self._onward is not None:
             self._onward.write(data)
-
-    def _membership(self, event: str, member: JoinChannel) -> None:
-        assert self.info is not None
-        self._context.audit(
-            event, membership_fields(self.id, self.info.identity.username, self.info.login, member)
-        )
-        if self.party is not None and not self._ended:
-            self._context.participants_changed(self, self.party.participants())
 
     def output_eof(self) -> None:
         with contextlib.suppress(OSError):
@@ -321,13 +287,12 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
     def onward_closed(self) -> None:
         """The sshd closed its channel: pass the exit on, then close ours."""
         self._onward = None
-        if self._kind == "exec" and not self._ended:
+        core = self.core
+        if core is not None:
             code = self._exit_status
             if code is None and self._exit_signal is not None:
                 code = -1
-            self._context.audit(
-                "exec", {**self._fields(), "command": self._command, "exit_code": code}
-            )
+            core.exec_finished(code)
         with contextlib.suppress(OSError):
             if self._exit_status is not None:
                 self._chan.exit(self._exit_status)
@@ -335,68 +300,30 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
                 self._chan.exit_with_signal(*self._exit_signal)
             else:
                 self._chan.close()
-        self._end(self._end_reason)
+        if core is not None:
+            core.ended(None, self._exit_fields())
 
-    # ---- ending ------------------------------------------------------------------
+    def _exit_fields(self) -> dict[str, Any]:
+        if self._exit_status is not None:
+            return {"exit_code": self._exit_status}
+        if self._exit_signal is not None:
+            return {"exit_signal": self._exit_signal[0]}
+        return {}
 
-    def terminate(
-        self, message: str, reason: str = "terminated", audit_fields: dict[str, Any] | None = None
-    ) -> None:
-        """Show `message`, end the sshd's session and close the user's channel."""
-        tty = self._term_size is not None
+    # ---- SessionIO (what the core asks of us) ------------------------------------
+
+    def write(self, data: bytes, stderr: bool) -> None:
         with contextlib.suppress(OSError):
-            if tty:
-                self._chan.write(f"\r\n{message}\r\n".encode())
+            if stderr:
+                self._chan.write_stderr(data)
             else:
-                self._chan.write_stderr(f"{message}\n".encode())
-        self._end_reason = reason
-        self._end_fields = audit_fields or {}
+                self._chan.write(data)
+
+    def stop(self) -> None:
+        """End the sshd's session and close the user's channel."""
         if self._onward is not None:
             self._onward.close()
         self._chan.close()
-
-    async def wait_closed(self) -> None:
-        await asyncio.shield(self._closed)
-
-    def _end(self, reason: str, audit: bool = True) -> None:
-        if self._ended or self.info is None:
-            return
-        self._ended = True
-        if self.party is not None:
-            self.party.end()
-        self._context.session_ended(self)
-        if self._observer is not None:
-            self._notify(self._observer.on_end)
-            self._observer = None
-        if not audit or not self._announced:
-            return  # no session.end without a session.start
-        fields: dict[str, Any] = {
-            **self._fields(),
-            **self._end_fields,
-            "duration": round(time.monotonic() - self._started_at, 3),
-            "reason": reason,
-        }
-        if self._exit_status is not None:
-            fields["exit_code"] = self._exit_status
-        elif self._exit_signal is not None:
-            fields["exit_signal"] = self._exit_signal[0]
-        self._context.audit("session.end", fields)
-
-    def _fields(self) -> dict[str, Any]:
-        identity = self._context.identity
-        return {
-            "session_id": self.id,
-            "user": identity.username if identity is not None else "",
-            "login": self._context.login,
-            "kind": self._kind,
-        }
-
-    def _notify(self, method: Callable[..., None], *args: Any) -> None:
-        try:
-            method(*args)
-        except Exception:
-            log.exception("session observer failed; detaching it from session %s", self.id)
-            self._observer = None
 
 
 class _OnwardSide(asyncssh.SSHClientSession[bytes]):

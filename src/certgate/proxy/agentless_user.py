@@ -1,7 +1,9 @@
 """One user's SSH connection to an agentless node, served by the proxy (agentless.py).
 
-authenticate  the user's certificate (user CA, captured) ─▶ roles, deny, locks on
-              the node's labels ─▶ SessionPolicy; refusals fail auth and are audited
+authenticate  the user's certificate (user CA, captured) ─▶ the forwarder's Authorizer
+              for the node (srv/authorize.py: roles, deny, locks, per-session MFA on the
+              node's labels, then the principal) ─▶ SessionPolicy, in the same order and
+              with the same refusals as a node; refusals fail auth and are audited
 onward        a one-minute certificate for the login from auth ─▶ asyncssh client on
               the socket open_channel dialled; the sshd's host certificate must be
               the host CA's for the node's name. Started the moment the user is in,
@@ -9,9 +11,10 @@ onward        a one-minute certificate for the login from auth ─▶ asyncssh c
 channels      session ─▶ RelaySession; -L ─▶ direct-tcpip on the sshd; -R ─▶
               tcpip-forward on the sshd, each connection back as forwarded-tcpip
               (agentless_session.py), forwarding only if the policy allows
-join          login "join:<mode>:<session id>" ─▶ that live session's party (node/join.py)
+join          login "join:<mode>:<session id>" ─▶ that live session's party (srv/join.py)
               if the joiner's roles and locks allow; no onward connection, nothing else
-terminate     a lock or an admin ends the sessions with a message, then hangs up
+terminate     the user is a LiveClient in the forwarder's registry: the session monitor
+              (srv/monitor.py) or an admin ends its sessions with a message, then hangs up
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -30,13 +33,16 @@ from certgate.api.certs import identity_from_ssh_cert
 from certgate.api.identity import Identity
 from certgate.api.node import Node
 from certgate.api.session_tracker import parse_join_login
-from certgate.errors import AccessDenied, BadParameter, CertgateError
+from certgate.errors import BadParameter, CertgateError
 from certgate.proxy.agentless_session import ChannelPipe, RelaySession
 from certgate.srv import certcapture
+from certgate.srv.authorize import LoginRefused, check_login
 from certgate.srv.corked import CorkedTunnel
-from certgate.srv.hangup import close_connection, end_all, wait_for_last_words
+from certgate.srv.forwarding import loopback_bind
+from certgate.srv.hangup import close_connection
 from certgate.srv.join import JoinChannel, join_refusal
-from certgate.srv.session import SessionInfo, SessionObserver, SessionPolicy
+from certgate.srv.live import LiveClient
+from certgate.srv.session import SessionPolicy
 
 if TYPE_CHECKING:
     from certgate.proxy.agentless import AgentlessForwarder
@@ -78,18 +84,26 @@ class UserConnection(asyncssh.SSHServer):
         self._authorized_keys = ""
         self.client_addr = ""
         self.node_name = ""
-        self.identity: Identity | None = None
-        self.login = ""
+        self.client: LiveClient | None = None
         self._presented = ""
-        self.policy = SessionPolicy()
-        self.sessions: set[RelaySession] = set()
         # Set for a join login: (mode, session id); such a connection only joins.
         self.join: tuple[str, str] | None = None
-        self.joins: set[JoinChannel] = set()
         self._onward_task: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self._onward: asyncssh.SSHClientConnection | None = None
         self._onward_refusal_audited = False
         self._lost = False
+
+    @property
+    def identity(self) -> Identity | None:
+        return self.client.identity if self.client is not None else None
+
+    @property
+    def login(self) -> str:
+        return self.client.login if self.client is not None else ""
+
+    @property
+    def policy(self) -> SessionPolicy:
+        return self.client.policy if self.client is not None else SessionPolicy()
 
     # ---- asyncssh callbacks ----------------------------------------------------
 
@@ -108,8 +122,10 @@ class UserConnection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self.joins.clear()
         self._forwarder.remove_connection(self)
+        if self.client is not None:
+            self._forwarder.registry.remove_client(self.client)
+            self.client.joins.clear()
         if self._onward_task is not None and not self._onward_task.done():
             # A task cancelled before its first step never runs its own cleanup.
             self._onward_task.cancel()
@@ -135,17 +151,18 @@ class UserConnection(asyncssh.SSHServer):
         return bytes(key.public_data) in self._trusted
 
     def session_requested(self) -> Any:
-        if self.identity is None:
+        client = self.client
+        if client is None:
             return False
         if self.join is not None:
             mode, session_id = self.join
             forwarder = self._forwarder
             channel = JoinChannel(
-                self.identity.username, mode, session_id, lambda: forwarder.party(session_id)
+                client.identity.username, mode, session_id, lambda: forwarder.party(session_id)
             )
-            self.joins.add(channel)
+            client.joins.add(channel)
             return channel
-        return self._open_session()
+        return self._open_session(client)
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -157,14 +174,20 @@ class UserConnection(asyncssh.SSHServer):
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 "port forwarding is not allowed by your roles",
             )
+        if self.client is not None:
+            self.client.touch()
         return self._open_direct(dest_host, dest_port, orig_host, orig_port)
 
     def server_requested(self, listen_host: str, listen_port: int) -> Any:
-        allowed = self.policy.port_forwarding
-        self._audit_forward("remote", f"{listen_host}:{listen_port}", allowed)
+        policy = self.policy
+        allowed = policy.port_forwarding
+        # The sshd's own GatewayPorts would decide otherwise; ask it for what the roles
+        # allow, so a permissive sshd config does not widen them.
+        bind = listen_host if policy.remote_bind_any else loopback_bind(listen_host)
+        self._audit_forward("remote", f"{bind}:{listen_port}", allowed)
         if not allowed:
             return False
-        return self._open_remote(listen_host, listen_port)
+        return self._open_remote(listen_host, bind, listen_port)
 
     # ---- authentication --------------------------------------------------------
 
@@ -180,26 +203,17 @@ class UserConnection(asyncssh.SSHServer):
         join = parse_join_login(login)
         if join is not None:
             return self._authorize_join(identity, login, *join)
-        # The roles first: their refusal names the rule ("denied by role dev"), which
-        # says more than the certificate lacking the login (it lacks it for that reason).
+        forwarder = self._forwarder
         try:
-            role_set = self._forwarder.access.check_login(
-                identity, node.name, dict(node.metadata.labels), login
+            policy = await check_login(
+                forwarder.authorizer_for(node), identity, login, self.client_addr
             )
-        except AccessDenied as exc:
-            self._reject(identity, login, exc.message)
+        except LoginRefused as exc:
+            self._reject(identity, login, exc.reason)
             return False
-        except Exception:
-            log.exception("authorizing %s as %s on %s failed", identity.username, login, node.name)
-            self._reject(identity, login, "internal error while authorizing")
-            return False
-        if login not in identity.logins:
-            self._reject(identity, login, f'login "{login}" is not a principal of the certificate')
-            return False
-        options = role_set.options()
-        self.identity, self.login, self._presented = identity, login, presented
+        self._presented = presented
         # Agents are not relayed to agentless nodes (the sshd would need the socket).
-        self.policy = SessionPolicy(port_forwarding=options.port_forwarding, forward_agent=False)
+        self._admit(identity, login, replace(policy, forward_agent=False))
         # Connect on now: the sshd's handshake overlaps the client's session request.
         self._onward_task = asyncio.create_task(
             self._connect_onward(), name=f"agentless onward {node.name}"
@@ -207,14 +221,26 @@ class UserConnection(asyncssh.SSHServer):
         self._onward_task.add_done_callback(_retrieve)
         return True
 
+    def _admit(self, identity: Identity, login: str, policy: SessionPolicy) -> None:
+        self.client = LiveClient(
+            identity=identity,
+            login=login,
+            target=self.node_name,
+            client_addr=self.client_addr,
+            policy=policy,
+            audit=self.audit,
+            close=self._hang_up,
+        )
+        self._forwarder.registry.add_client(self.client)
+
     def _authorize_join(self, identity: Identity, login: str, mode: str, session_id: str) -> bool:
         """A join login: the session must run on this node, and the roles allow `mode`."""
-        session = self._forwarder.session(session_id)
-        if session is not None and session.info is not None and session.info.node != self.node_name:
+        session = self._forwarder.registry.session(session_id)
+        if session is not None and session.info.node != self.node_name:
             session = None  # joined through the node it runs on, nowhere else
 
         def authorize() -> None:
-            assert session is not None and session.info is not None
+            assert session is not None
             owner = session.info.identity
             self._forwarder.access.check_join(
                 identity, owner.username, owner.roles, mode, self.node_name
@@ -225,7 +251,8 @@ class UserConnection(asyncssh.SSHServer):
         if refusal is not None:
             self._reject(identity, login, refusal)
             return False
-        self.identity, self.login, self.join = identity, login, (mode, session_id)
+        self.join = (mode, session_id)
+        self._admit(identity, login, SessionPolicy())
         return True
 
     def _reject(self, identity: Identity | None, login: str, reason: str) -> None:
@@ -335,8 +362,8 @@ class UserConnection(asyncssh.SSHServer):
         if self._conn is not None:
             self._conn.close()
 
-    async def _open_session(self) -> RelaySession:
-        return RelaySession(self, await self.onward())
+    async def _open_session(self, client: LiveClient) -> RelaySession:
+        return RelaySession(client, self._forwarder, await self.onward())
 
     async def _open_direct(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -353,7 +380,9 @@ class UserConnection(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
         return user_end
 
-    async def _open_remote(self, listen_host: str, listen_port: int) -> Any:
+    async def _open_remote(self, listen_host: str, bind: str, listen_port: int) -> Any:
+        """-R: the sshd listens on `bind`; its connections come back to the user named
+        by `listen_host`, the address the user asked for."""
         onward = await self.onward()
 
         async def incoming(orig_host: str, orig_port: int) -> ChannelPipe:
@@ -367,40 +396,16 @@ class UserConnection(asyncssh.SSHServer):
             return sshd_end
 
         try:
-            listener = await onward.create_server(incoming, listen_host, listen_port, encoding=None)
+            listener = await onward.create_server(incoming, bind, listen_port, encoding=None)
         except (asyncssh.Error, OSError):
             return False
         bound = listener.get_port() or listen_port
         return listener
 
-    # ---- helpers for RelayContext ------------------------------------------------
+    # ---- helpers -------------------------------------------------------------------
 
     def audit(self, event: str, fields: dict[str, Any]) -> None:
         self._forwarder.audit(event, {**fields, "node": self.node_name})
-
-    def observer_for(self, info: SessionInfo) -> SessionObserver | None:
-        return self._forwarder.observer_for(info)
-
-    def session_started(self, session: RelaySession) -> None:
-        self.sessions.add(session)
-        self._forwarder.add_session(session)
-        tracking = self._forwarder.tracking
-        if tracking is not None and session.party is not None and session.info is not None:
-            tracking.started(session.info)
-
-    def session_ended(self, session: RelaySession) -> None:
-        self.sessions.discard(session)
-        self._forwarder.remove_session(session)
-        tracking = self._forwarder.tracking
-        if tracking is not None and session.party is not None and session.info is not None:
-            tracking.ended(session.info)
-
-    def participants_changed(
-        self, session: RelaySession, participants: list[dict[str, Any]]
-    ) -> None:
-        tracking = self._forwarder.tracking
-        if tracking is not None and session.info is not None:
-            tracking.participants_changed(session.info, participants)
 
     def _audit_forward(self, kind: str, addr: str, allowed: bool) -> None:
         self.audit(
@@ -417,12 +422,8 @@ class UserConnection(asyncssh.SSHServer):
 
     # ---- termination -------------------------------------------------------------
 
-    def terminate(self, message: str, reason: str, audit_fields: dict[str, Any]) -> int:
-        return end_all(self.sessions, self.joins, message, reason, audit_fields)
-
-    async def hang_up(self) -> None:
-        """Close the connection once the sessions' last words had a chance to leave."""
-        await wait_for_last_words([*self.sessions, *self.joins])
+    async def _hang_up(self) -> None:
+        """LiveClient's close: the sshd's connection, then the user's."""
         if self._onward is not None:
             self._onward.close()
         await close_connection(self._conn)

@@ -31,6 +31,7 @@ from certgate.api.identity import Identity
 from certgate.errors import AccessDenied, BadParameter, CertgateError, ConnectionProblem, to_json
 from certgate.proxy.web_headers import install_security_headers
 from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.srv.authorize import access_authorizer
 
 log = logging.getLogger("certgate.proxy")
 
@@ -170,8 +171,11 @@ class ProxyWeb:
         if not target or not login:
             raise BadParameter("name the node and the login: ?node=web-1&login=ubuntu")
         node = self.access.resolve_node(identity, target)
+        # The same Authorizer a node (and the agentless forwarder) runs at login, so
+        # cgsh shows the reason it would refuse with (srv/authorize.py).
+        authorize = access_authorizer(self.access, node.name, node.metadata.labels)
         try:
-            self.access.check_login(identity, node.name, node.metadata.labels, login)
+            await authorize(identity, login, request.remote or "")
         except AccessDenied as exc:
             reason = exc.message.removeprefix("access denied: ")
             if not reason.startswith("access denied to"):

@@ -1,38 +1,37 @@
-"""Sending audit events from proxies and nodes to auth, which stores them."""
+"""Sending audit events from proxies, nodes and kube services to auth, which stores them.
+
+`post_events` is the delivery the durable spool (rpc/audit_spool.py) uses: one call per
+batch, raising if auth did not store it (the spool keeps the batch and retries).
+`SpoolSink` lets code that awaits a sink callable (the proxy's jump host) put its events
+in the spool instead.
+"""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
 from typing import Any, Protocol
 
-from certgate.errors import CertgateError
+from certgate.rpc.audit_spool import AuditSpool, BatchSender
 from certgate.rpc.auth_client import AsyncAuthClient
-
-log = logging.getLogger("certgate.audit")
 
 
 class AuditSink(Protocol):
     async def __call__(self, event: str, **fields: Any) -> None: ...
 
 
-class RemoteAudit:
-    """An AuditSink that posts to auth; a failure is logged, never raised to a session."""
+def post_events(client: AsyncAuthClient) -> BatchSender:
+    """A BatchSender that posts to auth's POST /v1/events (stored in order, or raises)."""
 
-    def __init__(self, client: AsyncAuthClient) -> None:
-        self._client = client
+    async def send(records: list[dict[str, Any]]) -> None:
+        await client.call("POST", "/v1/events", json={"events": records})
+
+    return send
+
+
+class SpoolSink:
+    """An AuditSink that puts each event in a spool and returns at once."""
+
+    def __init__(self, writer: AuditSpool) -> None:
+        self._writer = writer
 
     async def __call__(self, event: str, **fields: Any) -> None:
-        try:
-            await self._client.call("POST", "/v1/events", json={"event": event, "fields": fields})
-        except CertgateError as exc:
-            log.warning("audit event %s not delivered: %s %s", event, exc, fields)
-
-    async def many(self, events: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        """Several events in one call, stored in this order."""
-        body = {"events": [{"event": event, "fields": fields} for event, fields in events]}
-        try:
-            await self._client.call("POST", "/v1/events", json=body)
-        except CertgateError as exc:
-            kinds = ", ".join(sorted({event for event, _ in events}))
-            log.warning("%d audit events (%s) not delivered: %s", len(events), kinds, exc)
+        self._writer.put(event, fields)

@@ -2,7 +2,9 @@
 
 Events are JSON objects with `event` (e.g. `user.login`), `code`, `time`, `uid` and the
 event's own fields. They go to the event store (searchable) and to
-`<data_dir>/log/events.log` for log shippers. See docs/audit.md for every type.
+`<data_dir>/log/events.log` for log shippers. Every type is declared in the catalogue
+(api/events.py, listed in docs/audit.md); every event is cut to the size caps
+(api/event_caps.py) before it is stored, auth's own as well as the services'.
 
 Writes are group commits: `emit` returns only once its event is stored and in the
 file, but events emitted while a write is under way wait for the next one and go
@@ -28,6 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from certgate.api.event_caps import capped
+from certgate.api.events import code_of
 from certgate.clock import Clock, SystemClock
 
 log = logging.getLogger("certgate.audit")
@@ -35,46 +39,13 @@ log = logging.getLogger("certgate.audit")
 # The most events one store transaction and one file append carry.
 MAX_BATCH = 512
 
-# Event type -> code. Codes are stable identifiers for SIEM rules; types may gain fields.
-EVENT_CODES: dict[str, str] = {
-    "user.create": "T1002I",
-    "user.update": "T1003I",
-    "user.delete": "T1004I",
-    "user.invite.complete": "T1005I",
-    "user.reset": "T1006I",
-    "user.login": "T1000I",
-    "user.login.failure": "T1000W",
-    "user.login.locked": "T1001W",
-    "cert.create": "TC000I",
-    "cert.create.failure": "TC000W",
-    "role.created": "T9000I",
-    "role.deleted": "T9001I",
-    "token.create": "TJT00I",
-    "token.delete": "TJT01I",
-    "join": "TJ001I",
-    "join.failure": "TJ001E",
-    "resource.created": "TR000I",
-    "resource.deleted": "TR001I",
-    "lock.created": "TLK00I",
-    "lock.deleted": "TLK01I",
-    "lock.expired": "TLK02I",
-    "session.start": "T2000I",
-    "session.join": "T2001I",
-    "session.leave": "T2003I",
-    "session.end": "T2004I",
-    "session.upload": "T2005I",
-    "session.rejected": "T1006W",
-    "exec": "T3002I",
-    "port_forward": "T3003I",
-    "sftp": "TS001I",
-}
-
 
 class EventStore(Protocol):
     async def append(self, event: dict[str, Any]) -> None: ...
 
-    async def append_many(self, events: Sequence[dict[str, Any]]) -> None:
-        """All of `events` in one transaction: all stored, or none."""
+    async def append_many(self, events: Sequence[dict[str, Any]]) -> list[bool]:
+        """All of `events` in one transaction: all stored, or none. For each, whether
+        it is new (False: an event with its uid was stored before, and is kept as it was)."""
         ...
 
     async def search(
@@ -102,7 +73,7 @@ class AuditLog:
     async def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         record: dict[str, Any] = {
             "event": event,
-            "code": EVENT_CODES.get(event, "T0000I"),
+            "code": code_of(event),
             "time": self._clock.now().isoformat(),
             "uid": str(uuid.uuid4()),
         }
@@ -111,13 +82,14 @@ class AuditLog:
         return record
 
     async def record(self, record: dict[str, Any]) -> None:
-        """Store an event built elsewhere (a node's, a proxy's) as it is.
+        """Store an event built elsewhere (a node's, a proxy's), cut to the size caps
+        (api/event_caps.py). An event whose uid is already stored is not stored again.
 
         Returns once the event is stored and appended to the file; raises what storing
         it raised. A caller that is cancelled meanwhile does not unwrite it.
         """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((record, done))
+        self._pending.append((capped(record), done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending(), name="certgate-audit")
             self._writer.add_done_callback(_log_writer_failure)
@@ -136,7 +108,8 @@ class AuditLog:
         while self._pending:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             outcomes = await self._store_batch([record for record, _ in batch])
-            stored = [r for (r, _), error in zip(batch, outcomes, strict=True) if error is None]
+            # New ones only: a retried event is in the file already.
+            stored = [r for (r, _), outcome in zip(batch, outcomes, strict=True) if outcome is True]
             if stored:
                 text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in stored)
                 try:
@@ -145,30 +118,29 @@ class AuditLog:
                     _append_text(self._log_file, text)
                 except OSError as exc:
                     # Stored but not in the file: the caller hears of it, as before.
-                    outcomes = [error or exc for error in outcomes]
-            for (_, done), error in zip(batch, outcomes, strict=True):
+                    outcomes = [o if isinstance(o, Exception) else exc for o in outcomes]
+            for (_, done), outcome in zip(batch, outcomes, strict=True):
                 if done.done():
                     continue  # the caller was cancelled; its event is written anyway
-                if error is None:
-                    done.set_result(None)
+                if isinstance(outcome, Exception):
+                    done.set_exception(outcome)
                 else:
-                    done.set_exception(error)
+                    done.set_result(None)
 
-    async def _store_batch(self, records: list[dict[str, Any]]) -> list[Exception | None]:
-        """Store `records` in one transaction; the error of each that failed, if any."""
+    async def _store_batch(self, records: list[dict[str, Any]]) -> list[Exception | bool]:
+        """Store `records` in one transaction; for each, whether it was new, or the
+        error that kept it out."""
         try:
-            await self._store.append_many(records)
-            return [None] * len(records)
+            return list(await self._store.append_many(records))
         except Exception as exc:
             if len(records) == 1:
                 return [exc]
         # One bad event must not fail the others: store them one by one, so each
         # caller hears about its own.
-        outcomes: list[Exception | None] = []
+        outcomes: list[Exception | bool] = []
         for record in records:
             try:
-                await self._store.append(record)
-                outcomes.append(None)
+                outcomes.extend(await self._store.append_many([record]))
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes

@@ -1,9 +1,15 @@
-"""Audit events of an SSH server, delivered in order by one worker.
+"""Where the session layer puts its audit events: an `AuditWriter`.
 
-Sessions put events on the queue and go on at once; the worker hands them to the
-sink (auth's API, through rpc/audit.py) one at a time, each with a timeout, so a slow
-or unreachable auth server never stalls a session, and events arrive in the order
-they happened. Used by the node's SSH server and by the proxy for agentless nodes.
+Sessions call `put(event, fields)` and go on at once; a writer delivers the events in
+the order they were put, and never makes a session wait. Two writers:
+
+- `rpc/audit_spool.py` `AuditSpool`, what nodes and proxies run: durable, on disk
+  until auth has stored each event (survives an auth restart and a `kill -9`);
+- `MemoryAuditQueue` here: events in memory, handed to a sink callable by one worker,
+  each call with a timeout; whatever is queued is lost with the process. For servers
+  embedded in tests, and the benchmark's baseline (bench/audit_durability.py).
+
+`audit_writer()` lets a server take either a writer or a plain sink callable.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +32,27 @@ BatchSink = Callable[[list[tuple[str, dict[str, Any]]]], Awaitable[None]]
 MAX_BATCH = 500
 
 
-class AuditQueue:
+@runtime_checkable
+class AuditWriter(Protocol):
+    def put(self, event: str, fields: dict[str, Any]) -> None:
+        """Take one event; never blocks, never raises for delivery problems."""
+        ...
+
+    async def close(self) -> None:
+        """Deliver what can be delivered shortly, then stop."""
+        ...
+
+
+def audit_writer(
+    audit: AuditWriter | AuditSink | None, name: str, batch: BatchSink | None = None
+) -> AuditWriter:
+    """`audit` itself if it is a writer, else a memory queue in front of the sink."""
+    if isinstance(audit, AuditWriter):
+        return audit
+    return MemoryAuditQueue(audit, name, batch)
+
+
+class MemoryAuditQueue:
     """With a `batch` sink, the worker sends everything queued so far in one call (a
     burst of sessions is a few calls, not one per event); else one event at a time."""
 

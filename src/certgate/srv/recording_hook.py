@@ -1,6 +1,7 @@
 """Which sessions a node records, and what a failed recording does to its session.
 
-The roles' `record_session.ssh` (strictest of the caller's roles) decides:
+The roles' `record_session.<kind>` for the session's kind (`ssh`, `k8s`; strictest of
+the caller's roles) decides:
 
     off          nothing is recorded
     best_effort  pty sessions are recorded; if the file cannot be created or written,
@@ -17,16 +18,15 @@ import logging
 from collections.abc import Callable
 
 from certgate.api.identity import Identity
-from certgate.errors import CertgateError, NotFound
-from certgate.node.session import lookup_account
+from certgate.errors import CertgateError
 from certgate.recording.asciicast import Header
 from certgate.recording.node_recordings import NodeRecordings
 from certgate.srv.session import SessionInfo, SessionObserver, SessionRefused
 
 log = logging.getLogger("certgate.node")
 
-# (identity) -> "off" | "best_effort" | "strict"
-ModeFor = Callable[[Identity], str]
+# (identity, session kind) -> "off" | "best_effort" | "strict"
+ModeFor = Callable[[Identity, str], str]
 # (session id, message, reason) -> whether a live session was ended
 EndSession = Callable[[str, str, str], bool]
 
@@ -50,7 +50,7 @@ class RecordingHook:
 
     def __call__(self, info: SessionInfo) -> SessionObserver | None:
         try:
-            mode = self._mode_for(info.identity)
+            mode = self._mode_for(info.identity, info.protocol)
         except CertgateError as exc:
             # The login was just authorized with the same roles; if they cannot be read
             # now, fail closed rather than run a session that may need recording.
@@ -74,11 +74,9 @@ class RecordingHook:
             return None
 
     def header(self, info: SessionInfo) -> Header:
+        # Everything comes from the session's own description: the machine that records
+        # (the proxy, for agentless nodes) has no business looking up the login here.
         width, height = info.term_size or DEFAULT_SIZE
-        try:
-            shell = lookup_account(info.login).shell
-        except NotFound:
-            shell = ""
         return Header(
             width=width,
             height=height,
@@ -91,7 +89,7 @@ class RecordingHook:
             kind=info.kind,
             command=info.command,
             term=info.term or "",
-            shell=shell,
+            shell=info.shell,
         )
 
     def _failed(self, session_id: str, reason: str) -> None:

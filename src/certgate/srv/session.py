@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from certgate.api.identity import Identity
 
@@ -28,11 +28,25 @@ class SessionPolicy:
 
     port_forwarding: bool = False
     forward_agent: bool = False
+    # `ssh -R` listens where the client asks; False: on loopback only.
+    remote_bind_any: bool = False
+    # The session monitor (monitor.py) ends the client's sessions after this long
+    # without input from it (client_idle_timeout), in seconds.
+    idle_timeout: float | None = None
+    # ... and when this moment passes (disconnect_expired_cert: the certificate's expiry).
+    expires: datetime | None = None
+
+
+# What kind of session, in the terms of role options (record_session.<kind>,
+# join_sessions kinds). The web terminal's sessions are SSH sessions at the node; "web"
+# names them where the proxy itself serves one.
+SessionProtocol = Literal["ssh", "k8s", "web"]
 
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """A live session, as `NodeSSHServer.sessions()` lists it."""
+    """A live session, as `NodeSSHServer.sessions()` lists it: plain data, supplied by
+    the protocol that runs it (the session layer looks nothing up on this machine)."""
 
     id: str
     identity: Identity
@@ -45,6 +59,10 @@ class SessionInfo:
     term_size: tuple[int, int] | None = None  # (columns, rows) when the session began
     term: str | None = None  # the client's TERM, for pty sessions
     node: str = ""  # set by the proxy for agentless nodes; a node's own sessions leave it ""
+    protocol: SessionProtocol = "ssh"
+    # The login's shell where the protocol knows it (a node's own account lookup); the
+    # proxy cannot know an agentless node's accounts and leaves it "".
+    shell: str = ""
 
 
 class SessionObserver(Protocol):

@@ -10,6 +10,7 @@ import click
 import yaml
 
 from certgate.api.codec import parse_documents, to_dict
+from certgate.api.role import Role
 from certgate.cli.cgctl._connect import api
 from certgate.cli.common import table
 
@@ -54,6 +55,12 @@ def create(ctx: click.Context, file: str | None, path: str | None, force: bool) 
         cluster.call("POST", "/resources", json={"resource": to_dict(resource), "upsert": force})
         verb = "created" if not force else "created or updated"
         click.echo(f'{resource.kind} "{resource.metadata.name}" has been {verb}')
+        if isinstance(resource, Role) and resource.spec.options.require_session_mfa:
+            click.echo(
+                f'warning: role "{resource.metadata.name}": require_session_mfa is not yet '
+                "available: its holders are refused every new session until it is",
+                err=True,
+            )
 
 
 def _read(path: str) -> str:

@@ -1,0 +1,225 @@
+"""AuditSpool: events on disk until auth acknowledged them, in order, each stored once.
+
+Auth here is a small stand-in that stores what it is sent by id, as the real event
+store does (uid unique); the real path is exercised end to end by
+tests/integration/test_audit_trail_survives_outages.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from certgate.errors import AccessDenied, ConnectionProblem
+from certgate.rpc.audit_spool import AuditSpool
+
+
+class _Auth:
+    """Stores events by id, in the order first received; can be down, slow or picky."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, dict[str, Any]] = {}
+        self.sent_ids: list[str] = []
+        self.down = False
+        self.lose_answer = 0  # store the next N batches, then fail as if the answer was lost
+        self.refuse: set[str] = set()  # event types refused (the whole call, like auth)
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def __call__(self, records: list[dict[str, Any]]) -> None:
+        await self.gate.wait()
+        self.sent_ids += [r["id"] for r in records]
+        if self.down:
+            raise ConnectionProblem("cannot reach auth")
+        refused = [r["event"] for r in records if r["event"] in self.refuse]
+        if refused:
+            raise AccessDenied(f"access denied: may not write {refused[0]}")
+        for record in records:
+            self.stored.setdefault(record["id"], record)
+        if self.lose_answer:
+            self.lose_answer -= 1
+            raise ConnectionProblem("answer lost")
+
+    def numbers(self) -> list[int]:
+        return [r["fields"]["n"] for r in self.stored.values()]
+
+
+async def until(check: Any, timeout: float = 10) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.jsonl"))
+
+
+async def test_events_arrive_once_in_order_and_acknowledged_segments_are_deleted(
+    tmp_path: Path,
+) -> None:
+    auth = _Auth()
+    spool = AuditSpool(tmp_path, auth, segment_bytes=2000)  # a new segment every ~15 events
+    await spool.start()
+    for n in range(300):
+        spool.put("exec", {"n": n, "user": "alice"})
+        if n % 50 == 0:
+            await asyncio.sleep(0)
+    await until(lambda: len(auth.stored) == 300)
+    assert auth.numbers() == list(range(300))
+    await until(lambda: spool.backlog == 0)
+    # Sealed segments were deleted once sent; only the active one is left.
+    await until(lambda: len(segments(tmp_path)) == 1)
+    await spool.close()
+
+
+async def test_while_auth_is_away_events_wait_on_disk_then_arrive_in_order(
+    tmp_path: Path,
+) -> None:
+    auth = _Auth()
+    auth.down = True
+    spool = AuditSpool(tmp_path, auth)
+    await spool.start()
+    for n in range(100):
+        spool.put("session.start", {"n": n})
+    await until(lambda: len(set(auth.sent_ids)) >= 100)  # each tried, none stored: kept
+    lines = [line for path in segments(tmp_path) for line in path.read_bytes().splitlines()]
+    on_disk = [json.loads(line) for line in lines]
+    assert [r["fields"]["n"] for r in on_disk] == list(range(100))
+    assert not auth.stored
+    auth.down = False
+    # The next retry comes within the backoff's cap (10 s, with jitter).
+    await until(lambda: len(auth.stored) == 100, timeout=30)
+    assert auth.numbers() == list(range(100))
+    await spool.close()
+
+
+async def test_a_restart_sends_what_the_last_run_left_with_the_same_ids(tmp_path: Path) -> None:
+    auth = _Auth()
+    auth.down = True
+    first = AuditSpool(tmp_path, auth)
+    await first.start()
+    for n in range(50):
+        first.put("session.end", {"n": n})
+    await until(lambda: len(set(auth.sent_ids)) >= 50)
+    await asyncio.wait_for(first.close(), 5)  # auth is away: close does not wait for it
+    tried = list(dict.fromkeys(auth.sent_ids))
+
+    auth.down = False
+    second = AuditSpool(tmp_path, auth)
+    await second.start()
+    await until(lambda: len(auth.stored) == 50)
+    assert auth.numbers() == list(range(50))
+    assert list(auth.stored) == tried  # the same events, not copies with new ids
+    await second.close()
+
+
+async def test_after_a_crash_whole_lines_are_sent_and_a_torn_one_is_dropped(
+    tmp_path: Path,
+) -> None:
+    auth = _Auth()
+    auth.down = True
+    crashed = AuditSpool(tmp_path, auth)
+    await crashed.start()
+    for n in range(20):
+        crashed.put("exec", {"n": n})
+    await until(lambda: crashed.backlog > 0 and not crashed._buffer and not crashed._writing)
+    # kill -9: no close; the process dies with a write half done.
+    for task in crashed._tasks:
+        task.cancel()
+    with segments(tmp_path)[-1].open("ab") as file:
+        file.write(b'{"id":"torn","event":"exec","fie')
+
+    auth.down = False
+    restarted = AuditSpool(tmp_path, auth)
+    await restarted.start()
+    await until(lambda: len(auth.stored) == 20)
+    assert auth.numbers() == list(range(20))
+    assert "torn" not in auth.stored
+    restarted.put("exec", {"n": 20})  # new events go on after the recovered ones
+    await until(lambda: len(auth.stored) == 21)
+    assert auth.numbers() == list(range(21))
+    await restarted.close()
+
+
+async def test_a_batch_whose_answer_was_lost_is_resent_and_stored_once(tmp_path: Path) -> None:
+    auth = _Auth()
+    auth.lose_answer = 1
+    spool = AuditSpool(tmp_path, auth)
+    await spool.start()
+    for n in range(10):
+        spool.put("exec", {"n": n})
+    # backlog is 0 also before the writer took the events: wait for them at auth too.
+    await until(lambda: len(auth.numbers()) == 10 and spool.backlog == 0)
+    # The same ids went twice (the first answer was lost), and were stored once.
+    assert len(auth.sent_ids) > len(set(auth.sent_ids))
+    assert auth.numbers() == list(range(10))
+    await spool.close()
+
+
+async def test_an_event_auth_refuses_is_set_aside_and_the_others_delivered(
+    tmp_path: Path,
+) -> None:
+    auth = _Auth()
+    auth.refuse = {"user.delete"}
+    spool = AuditSpool(tmp_path, auth)
+    await spool.start()
+    spool.put("exec", {"n": 0})
+    spool.put("user.delete", {"n": 1})
+    spool.put("exec", {"n": 2})
+    await until(lambda: spool.backlog == 0)
+    assert auth.numbers() == [0, 2]
+    refused = [json.loads(line) for line in (tmp_path / "refused.jsonl").read_text().splitlines()]
+    assert [r["record"]["event"] for r in refused] == ["user.delete"]
+    assert "may not write" in refused[0]["refused"]
+    await spool.close()
+
+
+async def test_put_never_waits_for_auth(tmp_path: Path) -> None:
+    auth = _Auth()
+    auth.gate.clear()  # auth takes the call and never answers
+    spool = AuditSpool(tmp_path, auth)
+    await spool.start()
+    spool.put("exec", {"n": 0})
+    await until(lambda: spool.backlog > 0 and not spool._buffer and not spool._writing)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for n in range(1, 2001):
+        spool.put("exec", {"n": n})
+    assert loop.time() - started < 1.0  # no I/O in put: 2,000 events well under a second
+    auth.gate.set()
+    await until(lambda: len(auth.stored) == 2001)
+    assert auth.numbers() == list(range(2001))
+    await spool.close()
+
+
+async def test_an_oversized_event_is_cut_before_it_is_spooled(tmp_path: Path) -> None:
+    size = 100_000
+    auth = _Auth()
+    spool = AuditSpool(tmp_path, auth)
+    await spool.start()
+    spool.put("exec", {"n": 0, "command": "x" * size})
+    await until(lambda: len(auth.stored) == 1)
+    (record,) = auth.stored.values()
+    assert len(record["fields"]["command"]) < size
+    assert "command" in record["fields"]["truncated"]
+    await spool.close()
+
+
+async def test_an_event_that_cannot_be_sent_is_set_aside(tmp_path: Path) -> None:
+    auth = _Auth()
+    spool = AuditSpool(tmp_path, auth)
+    await spool.start()
+
+    async def strict_json(records: list[dict[str, Any]]) -> None:
+        json.dumps(records, allow_nan=False)  # as the HTTP client encodes a body
+        await auth(records)
+
+    spool._send = strict_json
+    spool.put("exec", {"n": 0})
+    spool.put("exec", {"n": 1, "duration": float("nan")})
+    spool.put("exec", {"n": 2})
+    await until(lambda: spool.backlog == 0)
+    assert auth.numbers() == [0, 2]
+    await spool.close()
