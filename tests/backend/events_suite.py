@@ -199,3 +199,17 @@ class EventStoreSuite:
         for reader in (store, other_store):
             page, _ = await reader.search(order="asc")
             assert numbers(page) == [0, 1]
+
+    async def test_append_many_says_which_events_are_new(self, store: EventStore) -> None:
+        # A service resending a batch it never heard was stored: the copies are not stored.
+        assert await store.append_many(ALL[:3]) == [True, True, True]
+        changed = {**ALL[1], "n": 999}
+        assert await store.append_many([ALL[2], ALL[3], changed, ALL[4], ALL[4]]) == [
+            False,
+            True,
+            False,
+            True,
+            False,
+        ]
+        events, _ = await store.search(order="asc")
+        assert numbers(events) == [0, 1, 2, 3, 4]

@@ -131,12 +131,3 @@ async def test_the_log_stays_bounded_during_a_bulk_load(
     # 16 MiB between checkpoints, plus the transaction that crossed the line.
     assert largest < 24 * 1024 * 1024, f"the log grew to {largest} bytes"
     assert (tmp_path / "events.db").stat().st_size > 16 * 1024 * 1024  # it was a load
-
-
-async def test_append_many_says_which_events_are_new(store: SQLiteEventStore) -> None:
-    # A service resending a batch it never heard was stored: the copies are not stored.
-    assert await store.append_many(ALL[:3]) == [True, True, True]
-    changed = {**ALL[1], "n": 999}
-    assert await store.append_many([ALL[2], ALL[3], changed]) == [False, True, False]
-    events, _ = await store.search(order="asc")
-    assert numbers(events) == [0, 1, 2, 3]

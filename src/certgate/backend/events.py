@@ -20,8 +20,9 @@ class EventStore(Protocol):
     with a timezone) and `uid`; optional string `user` and `node`; any other fields.
 
     - append / append_many: store events (all of a batch or none); an event whose uid
-      is stored already is skipped, so an emitter may retry. BadParameter for a
-      malformed event.
+      is stored already is skipped (kept as it was), so an emitter may retry.
+      append_many says for each event whether it was stored now (False: skipped).
+      BadParameter for a malformed event.
     - search: one page of events with since <= time < until matching every filter
       given, newest first ("desc") or oldest first ("asc"), ties in append order, and
       the cursor of the next page (None on the last). Pages never skip or repeat an
@@ -30,7 +31,7 @@ class EventStore(Protocol):
 
     async def append(self, event: Mapping[str, Any]) -> None: ...
 
-    async def append_many(self, events: Iterable[Mapping[str, Any]]) -> None: ...
+    async def append_many(self, events: Iterable[Mapping[str, Any]]) -> list[bool]: ...
 
     async def search(
         self,

@@ -58,7 +58,7 @@ _INSERT = (
     ' SELECT time, event, code, uid, "user", node, data FROM unnest('
     "%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]"
     ') WITH ORDINALITY AS batch(time, event, code, uid, "user", node, data, n)'
-    " ORDER BY n ON CONFLICT (uid) DO NOTHING"
+    " ORDER BY n ON CONFLICT (uid) DO NOTHING RETURNING uid"
 )
 
 
@@ -104,14 +104,22 @@ class PostgresEventStore:
         """Store one event; an event whose uid is already stored is ignored."""
         await self.append_many([event])
 
-    async def append_many(self, events: Iterable[Mapping[str, Any]]) -> None:
-        """Store many events in one statement: all of them, or none."""
+    async def append_many(self, events: Iterable[Mapping[str, Any]]) -> list[bool]:
+        """Store many events in one statement: all of them, or none. For each, whether
+        it was stored now (False: its uid was stored before, or earlier in the batch)."""
         rows = [_row(event) for event in events]
         if not rows:
-            return
+            return []
         columns = [list(column) for column in zip(*rows, strict=True)]
         async with self._connection() as conn:
-            await conn.execute(_INSERT, columns)
+            result = await conn.execute(_INSERT, columns)
+            inserted = {uid for (uid,) in await result.fetchall()}
+        new: list[bool] = []
+        for row in rows:
+            uid = row[3]
+            new.append(uid in inserted)
+            inserted.discard(uid)  # a second copy in the same batch was not stored
+        return new
 
     async def search(
         self,
