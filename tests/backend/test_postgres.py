@@ -14,7 +14,7 @@ from certgate.backend.base import Item
 from certgate.backend.postgres import PostgresBackend, postgres_conninfo
 from certgate.backend.registry import open_backend
 from certgate.clock import FakeClock
-from certgate.errors import BadParameter, CompareFailed, ConnectionProblem
+from certgate.errors import BadParameter, CompareFailed, ConnectionProblem, NotFound
 from tests.support.postgres import DATABASE, TLS_USER, PostgresServer
 
 from .conftest import BackendTarget
@@ -227,3 +227,41 @@ def test_conninfo_takes_the_tls_files() -> None:
         postgres_conninfo("")
     with pytest.raises(BadParameter, match="not valid"):
         postgres_conninfo("host=a bogus_option=1")
+
+
+async def test_a_watch_never_skips_a_revision_under_mixed_writers(
+    pg: PostgresBackend, postgres_server: PostgresServer, postgres_schema: str
+) -> None:
+    # Puts (one statement) and creates, swaps and deletes (transactions) from three
+    # instances at once: every revision is taken under the counter's lock, so the watch
+    # sees each revision exactly once, consecutively, with no gap where a slower
+    # transaction would commit after a newer one had been read.
+    conninfo = postgres_server.conninfo(postgres_schema)
+    writers = [pg, *[await PostgresBackend.open(conninfo) for _ in range(2)]]
+    try:
+        start = await pg.current_revision()
+
+        async def work(writer: PostgresBackend, n: int) -> int:
+            key = f"/m/{n % 7}"
+            try:
+                if n % 4 == 0:
+                    await writer.create(Item(f"/m/new-{n}", b"c"))
+                elif n % 4 == 1:
+                    current = await writer.get(key)
+                    await writer.compare_and_swap(Item(key, b"s"), current.revision)
+                elif n % 4 == 2:
+                    await writer.delete(key)
+                else:
+                    await writer.put(Item(key, b"p"))
+            except (CompareFailed, NotFound):
+                return 0
+            return 1
+
+        async with watching(pg, ["/m/"], start) as events:
+            done = await asyncio.gather(*(work(writers[n % 3], n) for n in range(300)))
+            got = await next_events(events, sum(done))
+            assert [e.item.revision for e in got] == list(range(start + 1, start + 1 + sum(done)))
+            await assert_quiet(events)
+    finally:
+        for writer in writers[1:]:
+            await writer.close()

@@ -463,14 +463,33 @@ class PostgresBackend:
         return self._item(item, value, await self._write(create))
 
     async def put(self, item: Item) -> Item:
+        """One statement, one round trip: the most frequent write (heartbeats, upserts)
+        holds the writers' lock only while the server runs it, not across round trips.
+        `stored` and `logged` read from `bumped`, so the counter row is locked first,
+        as in every other write (no lock-order deadlock)."""
         value = _check_item(item)
-        now = self._clock.now()
-
-        async def put(conn: AsyncConnection[Any], head: int) -> int:
-            await _store(conn, head + 1, item, value, now)
-            return head + 1
-
-        return self._item(item, value, await self._write(put))
+        async with self._connection() as conn:
+            result = await conn.execute(
+                "WITH bumped AS ("
+                "  UPDATE certgate_meta SET value = value + 1 WHERE name = 'revision'"
+                "  RETURNING value AS revision),"
+                " logged AS ("
+                "  INSERT INTO certgate_events (revision, key, type, value, expires, created)"
+                "  SELECT revision, %(key)s, 'put', %(value)s, %(expires)s, %(now)s FROM bumped),"
+                " stored AS ("
+                "  INSERT INTO certgate_kv (key, value, revision, expires)"
+                "  SELECT %(key)s, %(value)s, revision, %(expires)s FROM bumped"
+                "  ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                "  revision = excluded.revision, expires = excluded.expires)"
+                " SELECT revision, pg_notify(%(channel)s, revision::text) FROM bumped",
+                {"key": item.key, "value": value, "expires": item.expires,
+                 "now": self._clock.now(), "channel": CHANNEL},
+            )  # fmt: skip
+            row = await result.fetchone()
+        assert row is not None
+        revision = int(row[0])
+        self._wrote(revision)
+        return self._item(item, value, revision)
 
     async def compare_and_swap(self, item: Item, expected_revision: int) -> Item:
         value = _check_item(item)
