@@ -111,6 +111,7 @@ class PostgresServer:
             [str(bin_dir() / "pg_ctl"), "stop", "-D", str(self.root / "data"), "-m", "immediate"],
             check=False,
             capture_output=True,
+            cwd="/",
             **self._run_as,
         )
         shutil.rmtree(self.root, ignore_errors=True)
@@ -179,7 +180,8 @@ def running_postgres() -> Iterator[PostgresServer]:
 
 
 def _run(argv: list[str], run_as: dict[str, Any]) -> None:
-    result = subprocess.run(argv, capture_output=True, text=True, **run_as)
+    # cwd: the unprivileged user may not be allowed into the directory pytest runs in.
+    result = subprocess.run(argv, capture_output=True, text=True, cwd="/", **run_as)
     if result.returncode != 0:
         raise RuntimeError(f"{argv[0]} failed: {result.stdout}{result.stderr}")
 

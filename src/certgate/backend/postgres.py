@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection, sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from certgate.backend.base import Event, EventType, Item
@@ -115,9 +115,26 @@ def postgres_conninfo(
     if mode or ca_file:
         extra["sslmode"] = mode or "verify-full"
     try:
+        given = conninfo_to_dict(conn_string)
+        # Every network wait has a bound: a dead server or a silent network partition
+        # fails a query (and wakes the LISTEN connection to reconnect) instead of
+        # hanging. Settings in conn_string win.
+        for name, value in _NETWORK_DEFAULTS.items():
+            if name not in given:
+                extra[name] = value
         return make_conninfo(conn_string, **extra)
     except psycopg.ProgrammingError as exc:
         raise BadParameter(f"storage conn_string is not valid: {_one_line(exc)}") from exc
+
+
+_NETWORK_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",  # ms: unacknowledged data this long means a dead peer
+}
 
 
 def translate_pg_error(exc: psycopg.Error) -> CertgateError:
@@ -133,7 +150,7 @@ def translate_pg_error(exc: psycopg.Error) -> CertgateError:
 async def connect(conninfo: str) -> AsyncConnection[Any]:
     """One autocommit connection in UTC; a one-line ConnectionProblem if it fails."""
     try:
-        conn = await AsyncConnection.connect(conninfo, autocommit=True, connect_timeout=10)
+        conn = await AsyncConnection.connect(conninfo, autocommit=True)
     except psycopg.Error as exc:
         raise ConnectionProblem(f"cannot reach the postgres store: {_one_line(exc)}") from exc
     try:
@@ -813,7 +830,10 @@ def _backoff(failures: int, base: float = 0.5) -> float:
 
 
 async def _configure(conn: AsyncConnection[Any]) -> None:
+    # Times come back in UTC; no statement (a write queued behind the writers' lock
+    # included) waits longer than 30 s.
     await conn.execute("SET TIME ZONE 'UTC'")
+    await conn.execute("SET statement_timeout = '30s'")
 
 
 def _log_task_failure(task: asyncio.Task[None]) -> None:
