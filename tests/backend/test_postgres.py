@@ -15,7 +15,7 @@ from certgate.backend.postgres import PostgresBackend, postgres_conninfo
 from certgate.backend.registry import open_backend
 from certgate.clock import FakeClock
 from certgate.errors import BadParameter, CompareFailed, ConnectionProblem, NotFound
-from tests.support.postgres import DATABASE, TLS_USER, PostgresServer
+from tests.support.postgres import DATABASE, TLS_USER, PostgresServer, running_postgres
 
 from .conftest import BackendTarget
 from .suite import BackendSuite, assert_quiet, next_events, watching
@@ -265,3 +265,31 @@ async def test_a_watch_never_skips_a_revision_under_mixed_writers(
     finally:
         for writer in writers[1:]:
             await writer.close()
+
+
+async def test_watch_resumes_after_the_server_restarts() -> None:
+    # A real restart, on a server of its own (the session's keeps running): every
+    # connection drops at once; the watch reconnects and goes on from its last revision.
+    with running_postgres() as server:
+        backend = await PostgresBackend.open(server.conninfo("public"), poll_interval=0.05)
+        try:
+            async with watching(backend, ["/r/"]) as events:
+                before = await backend.put(Item("/r/before", b"v"))
+                assert [e.item for e in await next_events(events, 1)] == [before]
+                await asyncio.to_thread(server.restart)
+                after = [await retrying(backend, Item(f"/r/after-{n}", b"v")) for n in range(5)]
+                assert [e.item for e in await next_events(events, 5)] == after
+                await assert_quiet(events)
+        finally:
+            await backend.close()
+
+
+async def retrying(backend: PostgresBackend, item: Item) -> Item:
+    """put, again while the pool reconnects (a write on a dropped connection fails)."""
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        try:
+            return await backend.put(item)
+        except ConnectionProblem:
+            assert asyncio.get_running_loop().time() < deadline, "the pool never reconnected"
+            await asyncio.sleep(0.1)

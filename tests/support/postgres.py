@@ -77,6 +77,15 @@ class PostgresServer:
     tls: TLSFiles
     _run_as: dict[str, Any]
 
+    def restart(self) -> None:
+        """Stop the server (every connection drops) and start it again. "fast", not
+        "immediate": with synchronous_commit off, a crash would lose the last commits."""
+        _run(
+            [str(bin_dir() / "pg_ctl"), "restart", "-w", "-t", "60", "-m", "fast",
+             "-D", str(self.root / "data"), "-l", str(self.root / "postgres.log")],
+            self._run_as,
+        )  # fmt: skip
+
     @property
     def admin_conninfo(self) -> str:
         return f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname=postgres"
