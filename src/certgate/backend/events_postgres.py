@@ -28,8 +28,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from certgate.backend.events import MAX_LIMIT
-from certgate.backend.events_sqlite import _decode_cursor, _encode_cursor, _micros, _row
+from certgate.backend.events import MAX_LIMIT, decode_cursor, encode_cursor, event_row, to_micros
 from certgate.backend.postgres import connect, migrate, translate_pg_error
 from certgate.errors import BadParameter, ConnectionProblem
 
@@ -107,7 +106,7 @@ class PostgresEventStore:
     async def append_many(self, events: Iterable[Mapping[str, Any]]) -> list[bool]:
         """Store many events in one statement: all of them, or none. For each, whether
         it was stored now (False: its uid was stored before, or earlier in the batch)."""
-        rows = [_row(event) for event in events]
+        rows = [event_row(event) for event in events]
         if not rows:
             return []
         columns = [list(column) for column in zip(*rows, strict=True)]
@@ -144,10 +143,10 @@ class PostgresEventStore:
         params: list[Any] = []
         if since is not None:
             conditions.append(sql.SQL("time >= %s"))
-            params.append(_micros(since, "since"))
+            params.append(to_micros(since, "since"))
         if until is not None:
             conditions.append(sql.SQL("time < %s"))
-            params.append(_micros(until, "until"))
+            params.append(to_micros(until, "until"))
         if user is not None:
             conditions.append(sql.SQL('"user" = %s'))
             params.append(user)
@@ -155,7 +154,7 @@ class PostgresEventStore:
             conditions.append(sql.SQL("node = %s"))
             params.append(node)
         if cursor is not None:
-            after_time, after_id = _decode_cursor(cursor, order)
+            after_time, after_id = decode_cursor(cursor, order)
             # A row comparison on (time, id): the trailing columns of every index.
             sign = "<" if order == "desc" else ">"
             conditions.append(sql.SQL(f"(time, id) {sign} (%s, %s)"))
@@ -198,7 +197,7 @@ class PostgresEventStore:
         next_cursor = None
         if len(rows) > limit:
             last_id, last_time, _ = page[-1]
-            next_cursor = _encode_cursor(last_time, last_id, order)
+            next_cursor = encode_cursor(last_time, last_id, order)
         return events, next_cursor
 
     async def close(self) -> None:
