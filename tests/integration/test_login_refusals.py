@@ -3,8 +3,12 @@ locks the name out."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
+import httpx
+
+from certgate.api.certs import generate_private_key, public_key_openssh
 from tests.support.cluster import Cluster, User
 
 REFUSAL = "error: access denied: invalid user name, password or one-time code"
@@ -74,3 +78,35 @@ def audit(cluster: Cluster, event: str, user: str) -> list[dict[str, object]]:
     out = cluster.cgctl("audit", "ls", f"--event={event}", f"--user={user}", "--format=json")
     events: list[dict[str, object]] = json.loads(out.stdout)
     return events
+
+
+def test_concurrent_guesses_cannot_outrun_the_lockout(cluster: Cluster) -> None:
+    frank = cluster.add_user("lockout-frank", logins="frank")
+    key = public_key_openssh(generate_private_key())
+
+    async def guess(client: httpx.AsyncClient, n: int) -> tuple[int, str]:
+        body = {"user": frank.name, "password": f"wrong-guess-{n:04d}", "otp": "123456"}
+        answer = await client.post("/v1/login", json={**body, "public_key": key})
+        return answer.status_code, answer.json()["message"]
+
+    async def attack() -> list[tuple[int, str]]:
+        limits = httpx.Limits(max_connections=60)
+        async with httpx.AsyncClient(
+            base_url=f"https://{cluster.proxy_addr}", verify=False, timeout=60, limits=limits
+        ) as client:
+            return await asyncio.gather(*(guess(client, n) for n in range(60)))
+
+    outcomes = asyncio.run(attack())
+    verified = audit(cluster, "user.login.failure", frank.name)
+    refused = [message for _, message in outcomes if "too many failed logins" in message]
+    # Every guess was answered, at most five were checked, the rest met the lockout.
+    assert len(outcomes) == 60
+    assert len(verified) <= 5, f"{len(verified)} guesses were checked"
+    assert len(refused) >= 55
+    assert len(audit(cluster, "user.login.locked", frank.name)) == len(refused)
+    # The right password is refused too until an admin unlocks the name.
+    assert "too many failed logins" in cluster.login(frank, check=False).stderr
+    cluster.cgctl("users", "unlock", frank.name)
+    assert cluster.login(frank).returncode == 0
+    out = cluster.cgctl("audit", "ls", "--event=user.unlock", "--format=json").stdout
+    assert any(event["name"] == frank.name for event in json.loads(out))

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from certgate.api.recording import RecordingInfo
-from certgate.errors import BadParameter, NotFound
+from certgate.errors import AlreadyExists, BadParameter, NotFound
 from certgate.recording.store import RecordingQuery, RecordingStore
 
 T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -82,13 +82,15 @@ class RecordingStoreSuite:
         assert await store.get(item.id) == data
         assert await collect(store, item.id, 1 << 16) == data
 
-    async def test_put_again_replaces(self, store: RecordingStore) -> None:
-        item = info(incomplete=True)
-        await store.put(item, cast("first"))
-        again = item.model_copy(update={"incomplete": False})
-        await store.put(again, cast("second"))
-        assert (await store.info(item.id)).incomplete is False
-        assert await store.get(item.id) == cast("second")
+    async def test_a_recording_is_write_once(self, store: RecordingStore) -> None:
+        item = info()
+        first = await store.put(item, cast("first"))
+        # The same file again (a retry after a lost answer) is accepted, as stored.
+        assert await store.put(item, cast("first")) == first
+        with pytest.raises(AlreadyExists, match="write-once"):
+            await store.put(item.model_copy(update={"incomplete": True}), cast("second"))
+        assert await store.get(item.id) == cast("first")
+        assert await store.info(item.id) == first
         assert len(await store.search(RecordingQuery())) == 1
 
     async def test_unknown_recording_is_not_found(self, store: RecordingStore) -> None:
@@ -173,9 +175,13 @@ class RecordingStoreSuite:
         )
         found = await store.search(RecordingQuery())
         assert [i.id for i in found] == [i.id for i in reversed(items)]
-        # The same id from two writers at once: one whole file wins, never a mix.
+        # The same id from two writers at once: one whole file wins, never a mix, and
+        # the other is refused.
         same = info()
-        await asyncio.gather(
-            store.put(same, cast("a" * 10_000)), other_store.put(same, cast("b" * 10_000))
+        outcomes = await asyncio.gather(
+            store.put(same, cast("a" * 10_000)),
+            other_store.put(same, cast("b" * 10_000)),
+            return_exceptions=True,
         )
+        assert sum(isinstance(o, AlreadyExists) for o in outcomes) == 1
         assert await store.get(same.id) in (cast("a" * 10_000), cast("b" * 10_000))

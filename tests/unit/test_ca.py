@@ -17,7 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from certgate.api.certs import (
     generate_private_key,
     identity_from_ssh_cert,
     identity_from_x509,
+    issued_by,
     private_key_to_openssh,
     public_key_openssh,
     ssh_public_key_text,
@@ -51,6 +52,7 @@ from certgate.auth.ca import (
     CLOCK_SKEW,
     CASigner,
     ca_pin,
+    check_cluster_name,
     generate_authority,
     host_ca_known_hosts_line,
     user_ca_trust_line,
@@ -58,6 +60,13 @@ from certgate.auth.ca import (
 from certgate.errors import BadParameter
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def issued_now(identity: Identity) -> Identity:
+    """`identity` as read back from a certificate signed at NOW (which says when)."""
+    return replace(identity, issued=NOW - CLOCK_SKEW)
+
+
 LATER = NOW + timedelta(hours=8)
 SSHD = "/usr/sbin/sshd"
 PERMIT = {"permit_port_forwarding": True, "permit_agent_forwarding": False}
@@ -139,7 +148,7 @@ def test_tls_authority_is_a_self_signed_ca(cas: dict[str, CertAuthority]) -> Non
     assert isinstance(private.curve, ec.SECP256R1)
     assert cert.public_key() == private.public_key()
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == (
-        "example host_tls CA"
+        "host_tls CA example"
     )
     assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "example"
     assert cert.issuer == cert.subject
@@ -199,7 +208,7 @@ def test_user_cert_carries_the_identity(
     assert cert.extensions[SSH_EXT_MFA.encode()] == b""
     assert cert.public_key() == user_key.public_key()
     cert.verify_cert_signature()
-    assert identity_from_ssh_cert(line) == ALICE
+    assert identity_from_ssh_cert(line) == issued_now(ALICE)
 
 
 def test_permit_flags_follow_the_arguments(
@@ -237,7 +246,7 @@ def test_optional_extensions_are_left_out_when_empty(
     assert isinstance(cert, ssh.SSHCertificate)
     assert SSH_EXT_REQUESTS.encode() not in cert.extensions
     assert SSH_EXT_MFA.encode() not in cert.extensions
-    assert identity_from_ssh_cert(cert) == plain
+    assert identity_from_ssh_cert(cert) == issued_now(plain)
 
 
 @pytest.mark.parametrize(
@@ -268,7 +277,7 @@ def test_user_cert_for_every_key_kind_parses_verifies_and_reads_in_ssh_keygen(
     assert cert.serial == 9
     assert ssh_public_key_text(cert.signature_key()) == signers["user_ssh"].public_key_text
     assert list(cert.extensions) == sorted(cert.extensions)
-    assert identity_from_ssh_cert(cert) == ALICE
+    assert identity_from_ssh_cert(cert) == issued_now(ALICE)
     path = tmp_path / "id-cert.pub"
     path.write_text(line + "\n")
     result = _run("ssh-keygen", "-L", "-f", path)
@@ -453,7 +462,7 @@ def test_tls_cert_carries_the_identity(
     cert.verify_directly_issued_by(ca_cert)
     assert cert.not_valid_before_utc == NOW - CLOCK_SKEW
     assert cert.not_valid_after_utc == LATER
-    assert identity_from_x509(cert) == ALICE
+    assert identity_from_x509(cert) == issued_now(ALICE)
 
 
 def test_server_tls_cert_has_names_and_server_auth(
@@ -478,7 +487,7 @@ def test_server_tls_cert_has_names_and_server_auth(
         ipaddress.ip_address("10.0.0.5"),
         ipaddress.ip_address("::1"),
     ]
-    assert identity_from_x509(cert) == node
+    assert identity_from_x509(cert) == issued_now(node)
     with pytest.raises(BadParameter, match="invalid ip address"):
         signers["host_tls"].sign_tls(
             user_key.public_key(), node, NOW, LATER, ip_addresses=["db-1"], server=True
@@ -519,7 +528,7 @@ def test_openssl_reads_and_verifies_the_tls_cert(
     text = _run("openssl", "x509", "-in", leaf, "-noout", "-text")
     assert text.returncode == 0, text.stderr
     assert "Subject: O = dev, O = auditor, CN = alice" in text.stdout
-    assert "Issuer: O = example, CN = example user_tls CA" in text.stdout
+    assert "Issuer: O = example, CN = user_tls CA example" in text.stdout
     assert "TLS Web Client Authentication" in text.stdout
     assert IDENTITY_EXTENSION_OID.dotted_string in text.stdout
     at = str(int((NOW + timedelta(hours=1)).timestamp()))
@@ -728,3 +737,38 @@ def test_stock_sshd_refuses_another_clusters_cert(sshd: RunningSshd, tmp_path: P
     result = _ssh_true(sshd, tmp_path, key, _user_cert(other, key, (current_user(),)))
     assert result.returncode == 255
     assert "Permission denied" in result.stderr
+
+
+LONG_CLUSTER = "a-cluster-whose-name-is-longer-than-any-common-name.example.internal"
+
+
+def test_ca_subjects_differ_whatever_the_cluster_name_length() -> None:
+    # Cut at 64 bytes, "<cluster> host_tls CA" and "<cluster> user_tls CA" were one name.
+    subjects = {
+        x509.load_pem_x509_certificate(
+            generate_authority(kind, LONG_CLUSTER, NOW).spec.active_keys[0].public.encode()
+        ).subject
+        for kind in ("host_tls", "user_tls")
+    }
+    assert len(subjects) == 2
+
+
+@pytest.mark.parametrize(
+    "name", ["", "bad name", "ünïcode.example", "a..b", "-dash.example", "x" * 64, "a/b"]
+)
+def test_cluster_names_no_certificate_can_carry_are_refused(name: str) -> None:
+    with pytest.raises(BadParameter, match="invalid cluster name"):
+        check_cluster_name(name)
+    with pytest.raises(BadParameter, match="invalid cluster name"):
+        generate_authority("host_tls", name, NOW)
+
+
+def test_a_certificate_is_placed_by_its_issuer_key_not_its_issuer_name() -> None:
+    # Two CAs with one subject (what a long cluster name gave the host and user CAs
+    # before): only the key that signed counts.
+    first, second = (CASigner(generate_authority("host_tls", "same", NOW)) for _ in range(2))
+    assert first.certificate.subject == second.certificate.subject
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    leaf = _tls_cert(second.sign_tls(key, ALICE, NOW, LATER))
+    assert not issued_by(leaf, [first.certificate])
+    assert issued_by(leaf, [first.certificate, second.certificate])

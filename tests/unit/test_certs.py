@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import struct
 import subprocess
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from certgate.api.certs import (
     verify_x509_client_cert,
 )
 from certgate.api.identity import SSH_EXT_ROLES, Identity
-from certgate.auth.ca import CASigner, generate_authority, user_ca_trust_line
+from certgate.auth.ca import CLOCK_SKEW, CASigner, generate_authority, user_ca_trust_line
 from certgate.errors import AccessDenied, BadParameter
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -49,6 +50,8 @@ ALICE = Identity(
     expires=LATER,
     mfa_verified=True,
 )
+# ALICE as read back from her certificates, which say when they were issued.
+READ_ALICE = replace(ALICE, issued=NOW - CLOCK_SKEW)
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +136,11 @@ def _tamper(line: str, old: bytes, new: bytes) -> str:
 
 
 def test_ssh_identity_round_trip(alice_ssh: str) -> None:
-    assert identity_from_ssh_cert(alice_ssh) == ALICE
-    assert identity_from_ssh_cert(alice_ssh.encode()) == ALICE
+    assert identity_from_ssh_cert(alice_ssh) == READ_ALICE
+    assert identity_from_ssh_cert(alice_ssh.encode()) == READ_ALICE
     parsed = ssh.load_ssh_public_identity(alice_ssh.encode())
     assert isinstance(parsed, ssh.SSHCertificate)
-    assert identity_from_ssh_cert(parsed) == ALICE
+    assert identity_from_ssh_cert(parsed) == READ_ALICE
 
 
 names = st.from_regex(r"[a-z][a-z0-9_-]{0,15}", fullmatch=True)
@@ -174,9 +177,10 @@ def test_any_identity_survives_both_certificates(
     line = signers["user_ssh"].sign_user_ssh(
         public_key_openssh(key), identity, NOW, LATER, **PERMIT
     )
-    assert identity_from_ssh_cert(line) == identity
+    assert identity_from_ssh_cert(line) == replace(identity, issued=NOW - CLOCK_SKEW)
     pem = signers["user_tls"].sign_tls(key.public_key(), identity, NOW, LATER)
-    assert identity_from_x509(x509.load_pem_x509_certificate(pem.encode())) == identity
+    read = identity_from_x509(x509.load_pem_x509_certificate(pem.encode()))
+    assert read == replace(identity, issued=NOW - CLOCK_SKEW)
 
 
 def test_plain_public_key_is_not_a_certificate(key: ec.EllipticCurvePrivateKey) -> None:
@@ -216,14 +220,14 @@ def test_ssh_times() -> None:
 
 
 def test_valid_user_cert_is_accepted(alice_ssh: str, trusted: list[str]) -> None:
-    assert verify_ssh_user_cert(alice_ssh, trusted, NOW, "ubuntu") == ALICE
-    assert verify_ssh_user_cert(alice_ssh, trusted, NOW, None) == ALICE
+    assert verify_ssh_user_cert(alice_ssh, trusted, NOW, "ubuntu") == READ_ALICE
+    assert verify_ssh_user_cert(alice_ssh, trusted, NOW, None) == READ_ALICE
     # A bare key line and a known_hosts-style line name the CA as well as a trust line.
     bare = " ".join(trusted[0].split()[:2])
-    assert verify_ssh_user_cert(alice_ssh, [f"@cert-authority * {bare}"], NOW, None) == ALICE
+    assert verify_ssh_user_cert(alice_ssh, [f"@cert-authority * {bare}"], NOW, None) == READ_ALICE
     # During a rotation the trust text holds several keys, one a line.
     rotating = f"{user_ca_trust_line(generate_authority('user_ssh', 'example', NOW))}\n{bare}"
-    assert verify_ssh_user_cert(alice_ssh, [rotating], NOW, "alice") == ALICE
+    assert verify_ssh_user_cert(alice_ssh, [rotating], NOW, "alice") == READ_ALICE
 
 
 def test_expired_user_cert_is_refused(alice_ssh: str, trusted: list[str]) -> None:
@@ -311,11 +315,11 @@ def test_garbage_is_refused_not_crashed_on(trusted: list[str]) -> None:
 
 
 def test_x509_identity_round_trip(alice_tls: x509.Certificate, tls_cas: list[str]) -> None:
-    assert identity_from_x509(alice_tls) == ALICE
-    assert verify_x509_client_cert(alice_tls, tls_cas, NOW) == ALICE
+    assert identity_from_x509(alice_tls) == READ_ALICE
+    assert verify_x509_client_cert(alice_tls, tls_cas, NOW) == READ_ALICE
     pem = alice_tls.public_bytes(serialization.Encoding.PEM)
-    assert verify_x509_client_cert(pem, tls_cas, NOW) == ALICE
-    assert verify_x509_client_cert(pem.decode(), tls_cas, NOW) == ALICE
+    assert verify_x509_client_cert(pem, tls_cas, NOW) == READ_ALICE
+    assert verify_x509_client_cert(pem.decode(), tls_cas, NOW) == READ_ALICE
 
 
 def test_x509_expiry_comes_from_the_certificate(

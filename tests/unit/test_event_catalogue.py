@@ -74,7 +74,7 @@ def test_the_collector_sees_the_emitters_it_must() -> None:
     assert "src/certgate/node/sshd.py" in found["agent_forward"]
     assert "src/certgate/srv/live.py" in found["session.start"]
     assert "src/certgate/srv/join.py" in found["session.join"]
-    assert "src/certgate/auth/server.py" in found["user.delete"]
+    assert "src/certgate/auth/users_admin.py" in found["user.delete"]
     assert {"role.created", "resource.created", "lock.deleted"} <= set(found)
 
 

@@ -60,6 +60,7 @@ class CachedAccess:
                 login=login,
                 node=node,
                 now=now,
+                issued=identity.issued,
             ):
                 return lock
         return None

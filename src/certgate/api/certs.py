@@ -126,6 +126,7 @@ def identity_from_ssh_cert(cert: SSHCertInput) -> Identity:
         expires=from_ssh_time(parsed.valid_before),
         mfa_verified=SSH_EXT_MFA.encode() in parsed.extensions,
         kind="user",
+        issued=from_ssh_time(parsed.valid_after),
     )
 
 
@@ -298,7 +299,8 @@ def load_x509_certificate(cert: X509Input) -> x509.Certificate:
 def identity_from_x509(cert: x509.Certificate) -> Identity:
     """The identity an X.509 certificate speaks for (its signature is not checked).
 
-    The expiry is the certificate's own notAfter, whatever the embedded JSON says.
+    The expiry and issue time are the certificate's own notAfter and notBefore,
+    whatever the embedded JSON says.
     """
     try:
         extension = cert.extensions.get_extension_for_oid(IDENTITY_EXTENSION_OID)
@@ -313,7 +315,24 @@ def identity_from_x509(cert: x509.Certificate) -> Identity:
             raise TypeError("traits must be an object")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BadParameter(f"certgate identity extension is malformed: {exc}") from exc
-    return replace(identity, expires=cert.not_valid_after_utc)
+    return replace(identity, expires=cert.not_valid_after_utc, issued=cert.not_valid_before_utc)
+
+
+def issued_by(cert: x509.Certificate, ca_certs: Sequence[x509.Certificate]) -> bool:
+    """Whether one of `ca_certs` signed `cert`: decided by the CA's key, not its name.
+
+    Two CAs may carry the same subject (an old cluster's CA names were cut to 64 bytes),
+    so every CA of that name is tried and only a signature that verifies counts.
+    """
+    for ca in ca_certs:
+        if ca.subject != cert.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (InvalidSignature, ValueError, TypeError):
+            continue
+        return True
+    return False
 
 
 def verify_x509_client_cert(
@@ -332,13 +351,10 @@ def verify_x509_client_cert(
         cas = [load_x509_certificate(ca) for ca in trusted_ca_certs]
     except BadParameter as exc:
         raise AccessDenied(exc.message) from exc
-    issuer = next((ca for ca in cas if ca.subject == parsed.issuer), None)
-    if issuer is None:
+    if not any(ca.subject == parsed.issuer for ca in cas):
         raise AccessDenied("certificate is not issued by this cluster's CA")
-    try:
-        parsed.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError) as exc:
-        raise AccessDenied("certificate signature is invalid") from exc
+    if not issued_by(parsed, cas):
+        raise AccessDenied("certificate signature is invalid")
     if now < parsed.not_valid_before_utc:
         raise AccessDenied(
             f"certificate is not valid before {parsed.not_valid_before_utc.isoformat()}"

@@ -67,6 +67,7 @@ CATALOGUE: dict[str, EventType] = {
         _auth("user.delete", "T1004I", "a user was removed", "user", "name"),
         _auth("user.invite.complete", "T1005I", "a user set up their login", "user", "addr"),
         _auth("user.reset", "T1006I", "a user's login was reset", "user", "name"),
+        _auth("user.unlock", "T1007I", "a user's login lockout was cleared", "user", "name"),
         _auth("user.login", "T1000I", "a user logged in", "user", "success", "addr"),
         _auth(
             "user.login.failure",
@@ -134,6 +135,15 @@ CATALOGUE: dict[str, EventType] = {
             "duration",
             "size",
             "incomplete",
+        ),
+        _auth(
+            "session.upload.failure",
+            "T2005W",
+            "a recording upload was refused (a stored recording is write-once)",
+            "server",
+            "session_id",
+            "node",
+            "error",
         ),
         _session(
             "session.start",

@@ -50,6 +50,10 @@ class Identity:
     expires: datetime = datetime(1970, 1, 1, tzinfo=UTC)
     mfa_verified: bool = False
     kind: str = "user"
+    # When the certificate was issued, as it says (SSH valid_after, X.509 notBefore:
+    # whole seconds, a minute before the actual signing for clock skew). Locks that cut
+    # a user's older certificates compare against it; None when not known.
+    issued: datetime | None = None
 
     def is_service(self, system_role: str | None = None) -> bool:
         if self.kind != "service":
@@ -70,6 +74,7 @@ class Identity:
             "expires": self.expires.isoformat(),
             "mfa_verified": self.mfa_verified,
             "kind": self.kind,
+            "issued": self.issued.isoformat() if self.issued else None,
         }
 
     @classmethod
@@ -83,6 +88,7 @@ class Identity:
             expires=datetime.fromisoformat(data["expires"]),
             mfa_verified=bool(data.get("mfa_verified", False)),
             kind=str(data.get("kind", "user")),
+            issued=datetime.fromisoformat(data["issued"]) if data.get("issued") else None,
         )
 
     @classmethod

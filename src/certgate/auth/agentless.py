@@ -30,6 +30,7 @@ from certgate.api.certs import (
     ssh_public_key_text,
     verify_ssh_user_cert,
 )
+from certgate.api.host_names import check_host_name
 from certgate.api.node import Node
 from certgate.auth.ca import user_ca_trust_line
 from certgate.auth.server import AuthServer
@@ -67,9 +68,9 @@ class AgentlessCerts:
         self, host: str, principals: list[str], ttl: timedelta | None, by: str
     ) -> HostKeyAndCert:
         """A fresh host key for a stock sshd and its certificate from the host CA."""
-        _check_name(host, "host")
+        check_host_name(host, "host")
         for principal in principals:
-            _check_name(principal, "principal")
+            check_host_name(principal, "principal")
         wanted = ttl or DEFAULT_HOST_TTL
         if not timedelta(0) < wanted <= MAX_HOST_TTL:
             raise BadParameter(f"ttl must be between 0s and {int(MAX_HOST_TTL.days * 24)}h")
@@ -132,7 +133,9 @@ class AgentlessCerts:
         roles = await server.load_roles(list(identity.roles))
         role_set = server.role_sets.get(roles, identity.traits)
         role_set.check_login(node.name, node.metadata.labels, login)
-        await server.check_not_locked(identity.username, identity.roles, identity.request_ids)
+        await server.check_not_locked(
+            identity.username, identity.roles, identity.request_ids, identity.issued
+        )
         expires = min(now + ONWARD_USER_TTL, identity.expires)
         onward = replace(identity, logins=(login,), expires=expires)
         certificate = server.issuer.signer("user_ssh").sign_user_ssh(
@@ -151,8 +154,3 @@ class AgentlessCerts:
         if node.spec.sub_kind != "openssh":
             raise AccessDenied(f'access denied: node "{name}" is not an agentless openssh node')
         return node
-
-
-def _check_name(value: str, what: str) -> None:
-    if not value or any(c.isspace() or c in ",*?!" for c in value) or len(value) > 253:
-        raise BadParameter(f'invalid {what} "{value}": a host name or address, no wildcards')

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from certgate.api.authority import CA_TYPES, CAType, CertAuthority
 from certgate.api.role import Role
-from certgate.auth.ca import generate_authority
+from certgate.auth.ca import check_cluster_name, generate_authority
 from certgate.auth.presets import preset_roles
 from certgate.backend.base import Backend, Item
 from certgate.clock import Clock
@@ -20,10 +20,16 @@ CLUSTER_NAME_KEY = "/cluster/name"
 
 async def ensure_cluster_name(backend: Backend, wanted: str) -> str:
     try:
-        await backend.create(Item(key=CLUSTER_NAME_KEY, value=wanted.encode()))
-        return wanted
-    except AlreadyExists:
         stored = (await backend.get(CLUSTER_NAME_KEY)).value.decode()
+    except NotFound:
+        # A new cluster: a name no certificate can carry is refused here, at start, with
+        # one line, not later in the middle of a join. (A stored name stays as it is.)
+        check_cluster_name(wanted)
+        try:
+            await backend.create(Item(key=CLUSTER_NAME_KEY, value=wanted.encode()))
+            return wanted
+        except AlreadyExists:
+            stored = (await backend.get(CLUSTER_NAME_KEY)).value.decode()
     if wanted and stored != wanted:
         raise BadParameter(
             f'this data dir belongs to cluster "{stored}", not "{wanted}": '

@@ -26,6 +26,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import secrets
 import struct
 from collections.abc import Iterable, Sequence
@@ -76,8 +77,7 @@ def generate_authority(ca_type: str, cluster_name: str, now: datetime) -> CertAu
     """A new CA of `ca_type` with a fresh key (and, for TLS, a self-signed certificate)."""
     if ca_type not in CA_TYPES:
         raise BadParameter(f"unknown ca type {ca_type!r}, expected one of {', '.join(CA_TYPES)}")
-    if not cluster_name:
-        raise BadParameter("a certificate authority needs a cluster name")
+    check_cluster_name(cluster_name)
     kind: CAType = next(t for t in CA_TYPES if t == ca_type)
     private: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
     if kind in _SSH_TYPES:
@@ -106,8 +106,10 @@ def _self_signed_ca_cert(
 ) -> str:
     name = x509.Name(
         [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_name),
-            x509.NameAttribute(NameOID.COMMON_NAME, _common_name(f"{cluster_name} {ca_type} CA")),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _common_name(cluster_name)),
+            # The CA type first: however long the cluster name (and however it is cut),
+            # the four CAs' subjects differ.
+            x509.NameAttribute(NameOID.COMMON_NAME, _common_name(f"{ca_type} CA {cluster_name}")),
         ]
     )
     public = key.public_key()
@@ -138,6 +140,21 @@ def _self_signed_ca_cert(
         .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+# A cluster name is a DNS name (nodes are reached as `<node>.<cluster>`, which goes in
+# their certificates' subjectAltName): ASCII letters, digits, "-" and "_", in dot-separated
+# labels of up to 63 characters, 253 in all.
+_CLUSTER_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def check_cluster_name(name: str) -> None:
+    """BadParameter unless `name` can be written into every certificate certgate issues."""
+    if not name or len(name) > 253 or not all(_CLUSTER_LABEL.match(p) for p in name.split(".")):
+        raise BadParameter(
+            f"invalid cluster name {name!r}: use a DNS name (ASCII letters, digits, - and _ "
+            "in dot-separated labels of up to 63 characters, 253 in all)"
+        )
 
 
 def _common_name(text: str) -> str:

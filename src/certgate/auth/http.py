@@ -25,7 +25,12 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
-from certgate.api.certs import identity_from_x509, verify_x509_client_cert
+from certgate.api.certs import (
+    identity_from_x509,
+    issued_by,
+    load_x509_certificate,
+    verify_x509_client_cert,
+)
 from certgate.api.codec import dump, from_dict, to_dict
 from certgate.api.duration import parse_duration
 from certgate.api.identity import SYSTEM_PROXY, Identity
@@ -62,21 +67,24 @@ class AuthAPI:
         self.server = server
         self.recordings = recordings  # session recordings (http_recordings.py)
         self.authorizer = Authorizer(
-            server.load_roles, server.role_sets, check_not_locked=server.check_not_locked
+            server.load_roles,
+            server.role_sets,
+            check_not_locked=server.check_not_locked,
+            load_user=server.user_with_roles,
         )
         self.metrics = metrics
-        self._host_ca_subject: x509.Name | None = None
+        self._host_ca_certs: list[x509.Certificate] | None = None
         # Verified client certificate (DER) -> who it speaks for. The TLS handshake
         # verified it; what it says never changes, so it is parsed once, not per request.
         self._peers: dict[bytes, Identity] = {}
 
     # caller identity ----------------------------------------------------------------
 
-    def _host_subject(self) -> x509.Name:
-        if self._host_ca_subject is None:
-            pem = self.server.issuer.authorities["host_tls"].spec.active_keys[0].public
-            self._host_ca_subject = x509.load_pem_x509_certificate(pem.encode()).subject
-        return self._host_ca_subject
+    def _host_cas(self) -> list[x509.Certificate]:
+        if self._host_ca_certs is None:
+            keys = self.server.issuer.authorities["host_tls"].spec.active_keys
+            self._host_ca_certs = [load_x509_certificate(k.public) for k in keys]
+        return self._host_ca_certs
 
     def _peer(self, request: web.Request) -> Identity | None:
         """The identity of the client certificate the TLS handshake verified, if any."""
@@ -87,8 +95,9 @@ class AuthAPI:
         identity = self._peers.get(der)
         if identity is None:
             cert = x509.load_der_x509_certificate(der)
-            # The kind comes from which CA signed the certificate, never from its content.
-            is_service = cert.issuer == self._host_subject()
+            # The kind comes from which CA key signed the certificate, never from its
+            # content or its issuer's name (two CAs may share a name).
+            is_service = issued_by(cert, self._host_cas())
             identity = _with_kind(identity_from_x509(cert), "service" if is_service else "user")
             if len(self._peers) >= PEER_CACHE_SIZE:
                 del self._peers[next(iter(self._peers))]  # the oldest
@@ -170,6 +179,8 @@ class AuthAPI:
         r.add_post("/v1/join", add(None, "", self.join))
         r.add_post("/v1/users", add("user", "create", self.add_user))
         r.add_post("/v1/users/{name}/reset", add("user", "update", self.reset_user))
+        r.add_post("/v1/users/{name}/unlock", add("user", "update", self.unlock_user))
+        r.add_patch("/v1/users/{name}", add("user", "update", self.update_user))
         r.add_post("/v1/tokens", add("token", "create", self.add_token))
         r.add_get("/v1/authorities/{type}/export", add(None, "", self.export_authority))
         r.add_get("/v1/events", add("event", "list", self.search_events))
@@ -269,15 +280,47 @@ class AuthAPI:
         url = await self.server.reset_user(request.match_info["name"], caller.username)
         return {"invite_url": url}
 
+    async def update_user(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        body = await json_body(request)
+        roles = str_list(body, "roles") if "roles" in body else None
+        traits = body.get("traits")
+        if traits is not None and (
+            not isinstance(traits, dict)
+            or not all(
+                isinstance(v, list) and all(isinstance(i, str) for i in v) for v in traits.values()
+            )
+        ):
+            raise BadParameter("traits must be a mapping of lists of strings")
+        user = await self.server.update_user(
+            request.match_info["name"], roles, traits, caller.username
+        )
+        return to_dict(user)
+
+    async def unlock_user(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        await self.server.unlock_user(request.match_info["name"], caller.username)
+        return None
+
     async def add_token(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
         body = await json_body(request)
         ttl = parse_duration(str(body.get("ttl", "30m")))
-        token = await self.server.add_token(str_list(body, "roles"), ttl, caller.username)
+        uses = body.get("uses")
+        if uses is not None and (not isinstance(uses, int) or isinstance(uses, bool)):
+            raise BadParameter("uses must be a whole number of joins")
+        name = body.get("name") or ""
+        if not isinstance(name, str):
+            raise BadParameter("name must be a host name")
+        token = await self.server.add_token(
+            str_list(body, "roles"), ttl, caller.username, uses=uses, name=name
+        )
         return {
             "token": token.metadata.name,
             "expires": token.metadata.expires.isoformat() if token.metadata.expires else None,
             "roles": list(token.spec.roles),
+            "uses": token.spec.uses,
+            "name": token.spec.name,
             "ca_pin": self.server.ca_pin(),
             "auth_addr": self.server.auth_addr,
         }

@@ -8,7 +8,9 @@
 Who may do what, checked before any work:
 
 - upload: nodes (the RECORDING_WRITE grant), and only recordings of their own sessions
-  (the header's node must be the caller);
+  (the header's node must be the caller); a stored recording is write-once (the same
+  file again is a retry and accepted, anything else refused and audited as
+  `session.upload.failure`);
 - list and read: a user always sees their own sessions' recordings; others' need a role
   rule on `session` (`list` to list, `read` to play), as the `auditor` preset has. The
   auth host's admin identity sees everything. The route itself only needs a signed-in
@@ -28,7 +30,14 @@ from aiohttp import web
 from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_PROXY, Identity
 from certgate.api.recording import RecordingInfo, check_recording_id, is_recording_id
 from certgate.auth import permissions as perm
-from certgate.errors import AccessDenied, BadParameter, ConnectionProblem, LimitExceeded, NotFound
+from certgate.errors import (
+    AccessDenied,
+    AlreadyExists,
+    BadParameter,
+    ConnectionProblem,
+    LimitExceeded,
+    NotFound,
+)
 from certgate.recording.asciicast import last_event_time, read_header
 from certgate.recording.store import MAX_LIST, RecordingQuery, RecordingStore, not_found
 
@@ -180,7 +189,19 @@ class RecordingRoutes:
                 incomplete=incomplete,
                 uploaded=self._api.server.clock.now(),
             )
-            stored = await self._store.put(info, spool)
+            try:
+                stored = await self._store.put(info, spool)
+            except AlreadyExists as exc:
+                # Write-once: a stored recording is evidence; what would replace it is
+                # refused and recorded.
+                await self._api.server.audit.emit(
+                    "session.upload.failure",
+                    server=caller.username,
+                    session_id=recording_id,
+                    node=header.node,
+                    error=exc.message,
+                )
+                raise
         await self._api.server.audit.emit(
             "session.upload",
             server=caller.username,

@@ -9,6 +9,7 @@ leave this process.
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from certgate.access.rbac import RoleSet
@@ -18,7 +19,7 @@ from certgate.api.certs import load_ssh_public_key_text
 from certgate.api.identity import Identity
 from certgate.api.role import Role
 from certgate.api.user import User
-from certgate.auth.ca import CASigner, host_ca_known_hosts_line
+from certgate.auth.ca import CLOCK_SKEW, CASigner, host_ca_known_hosts_line
 from certgate.clock import Clock
 
 DEFAULT_USER_TTL = timedelta(hours=8)
@@ -69,8 +70,23 @@ class CertIssuer:
             kind="user",
         )
 
-    def issue_user(self, identity: Identity, role_set: RoleSet, public_key: str) -> CertBundle:
-        now = self._clock.now()
+    def signing_time(self, not_before: datetime | None = None) -> datetime:
+        """The moment certificates issued now start from: now in whole seconds (what
+        both certificate formats can say), or `not_before` if that is later."""
+        now = self._clock.now().replace(microsecond=0)
+        return max(now, not_before) if not_before is not None else now
+
+    def issue_user(
+        self,
+        identity: Identity,
+        role_set: RoleSet,
+        public_key: str,
+        not_before: datetime | None = None,
+    ) -> CertBundle:
+        """Both certificates for `identity`; they start at `signing_time(not_before)`
+        (less the clock-skew allowance), which `identity.issued` then says."""
+        now = self.signing_time(not_before)
+        identity = replace(identity, issued=now - CLOCK_SKEW)
         options = role_set.options()
         key = load_ssh_public_key_text(public_key)  # parsed once, used by both signers
         ssh_cert = self._signers["user_ssh"].sign_user_ssh(
@@ -99,13 +115,14 @@ class CertIssuer:
     ) -> CertBundle:
         """A host identity: host SSH cert (for nodes' SSH servers) and a host TLS cert
         that is both client (mTLS to auth) and server (its own listeners)."""
-        now = self._clock.now()
+        now = self.signing_time()
         identity = Identity(
             username=name,
             roles=(system_role,),
             logins=tuple(principals),
             expires=now + ttl,
             kind="service",
+            issued=now - CLOCK_SKEW,
         )
         key = load_ssh_public_key_text(public_key)
         ssh_cert = self._signers["host_ssh"].sign_host_ssh(

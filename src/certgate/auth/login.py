@@ -4,7 +4,9 @@ Every refusal reads the same (`access denied: invalid user name, password or one
 code`) whether the user is unknown, the password is wrong or the code is wrong or
 reused, so a caller learns nothing about which users exist. Failures are counted per
 user name, known or not, under `/login_attempts/<name>`; the fifth in a row locks that
-name for 20 minutes. Every attempt is an audit event.
+name for 20 minutes. Each attempt takes its slot in that count atomically before its
+password is checked, so concurrent guesses cannot outrun the lockout. Every attempt is
+an audit event; `cgctl users unlock NAME` lifts a lockout.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from certgate.services.users import UserService
 MAX_FAILURES = 5
 LOCKOUT = timedelta(minutes=20)
 REFUSAL = "access denied: invalid user name, password or one-time code"
+# Reading and swapping the counter is retried this often when other attempts keep
+# winning the race (each retry means one of them took a slot).
+RESERVE_TRIES = 200
 LOCKED = "access denied: too many failed logins; try again in 20 minutes or ask an admin"
 
 
@@ -44,8 +49,7 @@ class LoginChecker:
     async def check(self, name: str, password: str, otp: str, client_addr: str) -> User:
         """The user if password and code are right; AccessDenied otherwise."""
         now = self._clock.now()
-        attempts, revision = await self._attempts(name)
-        if attempts.locked_until and attempts.locked_until > now:
+        if not await self._reserve(name, now):
             await self._audit.emit(
                 "user.login.locked",
                 user=name,
@@ -56,14 +60,52 @@ class LoginChecker:
             raise LimitExceeded(LOCKED)
         reason = await self._verify(name, password, otp, now)
         if reason:
-            await self._record_failure(name, attempts, revision, now)
+            # The reservation already counted this failure.
             await self._audit.emit(
                 "user.login.failure", user=name, success=False, addr=client_addr, error=reason
             )
             raise AccessDenied(REFUSAL)
-        if revision:
-            await self._clear(name)
+        await self.unlock(name)
         return await self._users.get(name)
+
+    async def unlock(self, name: str) -> None:
+        """Forget the failures counted for `name` (a good login, `cgctl users unlock`)."""
+        try:
+            await self._backend.delete(_key(name))
+        except NotFound:
+            pass
+
+    async def _reserve(self, name: str, now: datetime) -> bool:
+        """Count this attempt as a failure *before* checking it; False when locked out.
+
+        The counter is taken with compare-and-swap in the store, so however many attempts
+        arrive at once (and at however many auth processes), at most MAX_FAILURES per
+        window get as far as a password check; a good login clears the counter after.
+        The attempt that takes the last slot sets the lockout at once: if it turns out
+        good, clearing lifts it.
+        """
+        for _ in range(RESERVE_TRIES):
+            attempts, revision = await self._attempts(name)
+            if attempts.locked_until is not None:
+                if attempts.locked_until > now:
+                    return False
+                attempts = _Attempts()  # the lockout is over: a new window
+            failures = attempts.failures + 1
+            locked_until = now + LOCKOUT if failures >= MAX_FAILURES else None
+            updated = _Attempts(failures=failures, locked_until=locked_until)
+            item = Item(
+                key=_key(name), value=updated.model_dump_json().encode(), expires=now + LOCKOUT
+            )
+            try:
+                if revision:
+                    await self._backend.compare_and_swap(item, revision)
+                else:
+                    await self._backend.create(item)
+                return True
+            except (CompareFailed, NotFound, AlreadyExists):
+                continue  # another attempt took a slot meanwhile: read again
+        # Contention this heavy on one name is an attack: refuse rather than verify.
+        return False
 
     async def _verify(self, name: str, password: str, otp: str, now: datetime) -> str:
         """An empty string when the login is good, else the reason (for the audit log)."""
@@ -94,34 +136,11 @@ class LoginChecker:
 
     async def _attempts(self, name: str) -> tuple[_Attempts, int]:
         try:
-            item = await self._backend.get(f"/login_attempts/{name}")
+            item = await self._backend.get(_key(name))
         except NotFound:
             return _Attempts(), 0
         return _Attempts.model_validate_json(item.value), item.revision
 
-    async def _record_failure(
-        self, name: str, attempts: _Attempts, revision: int, now: datetime
-    ) -> None:
-        failures = attempts.failures + 1
-        locked_until = now + LOCKOUT if failures >= MAX_FAILURES else None
-        updated = _Attempts(failures=0 if locked_until else failures, locked_until=locked_until)
-        item = Item(
-            key=f"/login_attempts/{name}",
-            value=updated.model_dump_json().encode(),
-            expires=now + LOCKOUT,
-        )
-        try:
-            if revision:
-                await self._backend.compare_and_swap(item, revision)
-            else:
-                await self._backend.create(item)
-        except (CompareFailed, NotFound, AlreadyExists):
-            # A concurrent failure changed the counter; count this one on top of it.
-            fresh, fresh_revision = await self._attempts(name)
-            await self._record_failure(name, fresh, fresh_revision, now)
 
-    async def _clear(self, name: str) -> None:
-        try:
-            await self._backend.delete(f"/login_attempts/{name}")
-        except NotFound:
-            pass
+def _key(name: str) -> str:
+    return f"/login_attempts/{name}"

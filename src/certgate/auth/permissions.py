@@ -6,14 +6,18 @@ answers for the caller behind the request:
 - service identities (host certs from joining) get a fixed set per system role;
 - the auth host's admin identity may do everything;
 - users get what their roles' `rules` allow (deny wins), read from the store so a
-  role change applies at once, without new certificates.
+  role change applies at once, without new certificates. The user record is read too:
+  a deleted user is refused, and only the certificate's roles the user still holds
+  count (a demoted admin's old certificate no longer carries the admin role).
 
 Code below this layer trusts its inputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
 
 from certgate.access.rbac import RoleSet, RoleSetCache
 from certgate.api.identity import (
@@ -24,6 +28,7 @@ from certgate.api.identity import (
     Identity,
 )
 from certgate.api.role import Role
+from certgate.api.user import User
 from certgate.errors import AccessDenied, NotFound
 
 # Pseudo-resources for actions that are not resource CRUD.
@@ -80,7 +85,10 @@ _SERVICE_ONLY = (LOGIN, INVITE, HEARTBEAT, AUDIT_WRITE, RECORDING_WRITE, AGENTLE
 RoleLoader = Callable[[list[str]], Awaitable[list[Role]]]
 
 
-LockCheck = Callable[[str, tuple[str, ...], tuple[str, ...]], Awaitable[None]]
+LockCheck = Callable[[str, tuple[str, ...], tuple[str, ...], datetime | None], Awaitable[None]]
+# (user name, the roles its certificate names) -> the user and its roles as stored now;
+# NotFound when the user is gone.
+UserLoader = Callable[[str, Sequence[str]], Awaitable[tuple[User, list[Role]]]]
 
 
 class Authorizer:
@@ -89,10 +97,12 @@ class Authorizer:
         load_roles: RoleLoader,
         role_sets: RoleSetCache | None = None,
         check_not_locked: LockCheck | None = None,
+        load_user: UserLoader | None = None,
     ) -> None:
         self._load_roles = load_roles
         self._role_sets = role_sets or RoleSetCache()
         self._check_not_locked = check_not_locked
+        self._load_user = load_user
 
     async def check(self, caller: Identity | None, resource: str, verb: str) -> Identity:
         """The caller, if it may `verb` on `resource`; AccessDenied otherwise."""
@@ -107,14 +117,22 @@ class Authorizer:
             raise AccessDenied(
                 f"access denied: service {caller.username} may not {verb} {resource}"
             )
+        held: list[Role] | None = None
+        if self._load_user is not None:
+            caller, held = await self._current(caller, self._load_user)
         if self._check_not_locked is not None:
             # A locked user can do nothing with a still-valid certificate.
-            await self._check_not_locked(caller.username, caller.roles, caller.request_ids)
+            await self._check_not_locked(
+                caller.username, caller.roles, caller.request_ids, caller.issued
+            )
         if resource == SELF:
             return caller
         if resource in _SERVICE_ONLY:
             raise AccessDenied(f"access denied: only cluster services may use {resource}")
-        role_set = await self.role_set(caller)
+        if held is not None:
+            role_set = self._role_sets.get(held, caller.traits)
+        else:
+            role_set = await self.role_set(caller)
         if not role_set.allows_rule(resource, verb):
             raise AccessDenied(f'access denied: your roles do not allow "{verb}" on "{resource}"')
         return caller
@@ -125,3 +143,14 @@ class Authorizer:
         except NotFound as exc:
             raise AccessDenied(f"access denied: {exc}") from None
         return self._role_sets.get(roles, caller.traits)
+
+    @staticmethod
+    async def _current(caller: Identity, load_user: UserLoader) -> tuple[Identity, list[Role]]:
+        """The caller with only the roles its user still holds, and those roles."""
+        try:
+            _user, roles = await load_user(caller.username, caller.roles)
+        except NotFound as exc:  # the user is gone (or one of its roles is)
+            raise AccessDenied(f"access denied: {exc.message}") from None
+        # Roles granted by access requests are to be added here once requests land.
+        held = [role for role in roles if role.name in caller.roles]
+        return replace(caller, roles=tuple(role.name for role in held)), held

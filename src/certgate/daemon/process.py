@@ -212,6 +212,7 @@ class Daemon:
             bundle = self.auth.issue_service_identity(
                 f"{self.nodename}", system_role, public_key, principals
             )
+            await self.auth.hold_local_name(role, bundle)  # no join may take it over
             identity = IdentityFiles(key_pem, bundle)
             identity.save(directory)
             return identity

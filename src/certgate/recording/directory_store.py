@@ -4,9 +4,12 @@
     <root>/<id>.json    its RecordingInfo
     <root>/.tmp/        files being written; renamed into place when whole
 
-Each file is written to `.tmp`, fsynced and renamed, the cast before the info, then the
-directory is fsynced: a listed recording always has its whole file, and a recording is
-on disk before `put` returns (the node deletes its copy on that answer). Several auth
+Each file is written to `.tmp` and fsynced, then the cast is linked into place (which
+fails if a cast of that id exists: recordings are write-once; the same bytes again are
+a retry and accepted, other bytes are refused with AlreadyExists) and the info renamed
+after it; then the directory is fsynced: a listed recording always has its whole file,
+and a recording is on disk before `put` returns (the node deletes its copy on that
+answer). Several auth
 processes may share the directory (renames are atomic). Listing reads every info file:
 fine for thousands of recordings; an index is the next step beyond that.
 """
@@ -25,7 +28,7 @@ from typing import IO
 from pydantic import ValidationError
 
 from certgate.api.recording import RecordingInfo, check_recording_id
-from certgate.errors import BadParameter
+from certgate.errors import AlreadyExists, BadParameter, NotFound
 from certgate.recording.store import CHUNK_SIZE, MAX_LIST, RecordingQuery, not_found
 
 
@@ -51,11 +54,24 @@ class DirectoryStore:
     def _put(self, info: RecordingInfo, source: bytes | IO[bytes]) -> RecordingInfo:
         cast_tmp = self._tmp / f"{info.id}.{uuid.uuid4().hex}.cast"
         info_tmp = cast_tmp.with_suffix(".json")
+        cast = self._cast(info.id)
         try:
             size = _write_synced(cast_tmp, source)
+            try:
+                # Write-once: link() fails if the name exists, even when several
+                # processes race for it, where rename() would replace.
+                os.link(cast_tmp, cast)
+            except FileExistsError:
+                if not _same_content(cast_tmp, cast):
+                    raise AlreadyExists(
+                        f"recording {info.id} is already stored with other content: "
+                        "recordings are write-once"
+                    ) from None
+                with contextlib.suppress(NotFound):
+                    return _read_info(self._info(info.id), info.id)  # a retry: as stored
+                # The first put stopped between its cast and its info: finish it.
             stored = info.model_copy(update={"size": size})
             _write_synced(info_tmp, json.dumps(stored.to_dict(), indent=1).encode())
-            os.replace(cast_tmp, self._cast(info.id))
             os.replace(info_tmp, self._info(info.id))
             _sync_dir(self.root)
         finally:
@@ -150,6 +166,18 @@ def _write_synced(path: Path, source: bytes | IO[bytes]) -> int:
     finally:
         os.close(fd)
     return size
+
+
+def _same_content(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with a.open("rb") as fa, b.open("rb") as fb:
+        while True:
+            chunk = fa.read(1 << 20)
+            if chunk != fb.read(1 << 20):
+                return False
+            if not chunk:
+                return True
 
 
 def _sync_dir(path: Path) -> None:

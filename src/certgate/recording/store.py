@@ -4,9 +4,10 @@ Auth code depends on `RecordingStore` only; `open_recording_store` (registry.py)
 the implementation from `auth_service.recordings.uri`. Every implementation passes the
 compliance suite in tests/recording/suite.py.
 
-A recording is its cast file plus its `RecordingInfo`. `put` replaces a recording with
-the same id (a node that retries after a lost answer sends the same file again) and
-returns only once both are stored durably: the node deletes its copy on that answer.
+A recording is its cast file plus its `RecordingInfo`. Recordings are write-once: `put`
+of an id already stored accepts the same file again (a node that retries after a lost
+answer) and refuses other content with AlreadyExists; it returns only once both are
+stored durably: the node deletes its copy on that answer.
 Ids are checked (`check_recording_id`) before anything else, so no id names a path.
 """
 
@@ -50,7 +51,7 @@ class RecordingStore(Protocol):
         """Store the cast file (bytes, or a binary file read to its end) and its info.
 
         Returns the info as stored (`size` set to the bytes stored). BadParameter for
-        an invalid id.
+        an invalid id; AlreadyExists if the id is stored with other content.
         """
         ...
 

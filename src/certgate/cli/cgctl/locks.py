@@ -68,7 +68,9 @@ def lock(
             raise BadParameter(f'--expires "{expires}" needs a time zone (e.g. Z or +02:00)')
     resource = Lock(
         metadata=Metadata(name=str(uuid.uuid4()), expires=until),
-        spec=LockSpec(target=LockTarget(**chosen), message=message, created=datetime.now(UTC)),
+        spec=LockSpec(
+            target=LockTarget.model_validate(chosen), message=message, created=datetime.now(UTC)
+        ),
     )
     api(ctx).call("POST", "/resources", json={"resource": to_dict(resource)})
     target = ", ".join(f"{k}={v}" for k, v in chosen.items())

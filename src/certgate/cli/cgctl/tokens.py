@@ -22,21 +22,36 @@ def tokens() -> None:
     help="What the token lets a host join as.",
 )
 @click.option("--ttl", default="30m", show_default=True, help="How long the token is valid.")
+@click.option(
+    "--uses",
+    type=click.IntRange(min=1),
+    help="How many joins the token allows (default: any number until it expires).",
+)
+@click.option("--name", "host", help="The only host name the token may join as.")
 @FORMAT
 @click.pass_context
-def add(ctx: click.Context, kind: str, ttl: str, fmt: str) -> None:
+def add(
+    ctx: click.Context, kind: str, ttl: str, uses: int | None, host: str | None, fmt: str
+) -> None:
     """Create a join token and print the command that uses it."""
-    result = api(ctx).call("POST", "/tokens", json={"roles": [kind], "ttl": ttl})
+    body: dict[str, object] = {"roles": [kind], "ttl": ttl}
+    if uses is not None:
+        body["uses"] = uses
+    if host:
+        body["name"] = host
+    result = api(ctx).call("POST", "/tokens", json=body)
     if fmt == "json":
         print_json(result)
         return
     click.echo(f"The invite token: {result['token']}")
-    click.echo(f"This token will expire in {ttl}.\n")
+    limits = f", for {uses} join{'s' if uses != 1 else ''}" if uses else ""
+    click.echo(f"This token will expire in {ttl}{limits}.\n")
     if kind != "bot":
         click.echo(f"Run this on the new {kind} host to join the cluster:\n")
+        nodename = f" --nodename {host}" if host else ""
         click.echo(
             f"certgate start --roles {kind} --token {result['token']} "
-            f"--auth-server {result['auth_addr']} --ca-pin {result['ca_pin']}"
+            f"--auth-server {result['auth_addr']} --ca-pin {result['ca_pin']}{nodename}"
         )
 
 
@@ -49,8 +64,17 @@ def ls(ctx: click.Context, fmt: str) -> None:
     if fmt == "json":
         print_json(items)
         return
-    rows = [(t["metadata"]["name"], t["spec"]["roles"], t["metadata"]["expires"]) for t in items]
-    click.echo(table(["Token", "Type", "Expires"], rows))
+    rows = [
+        (
+            t["metadata"]["name"],
+            t["spec"]["roles"],
+            t["metadata"]["expires"],
+            "any" if t["spec"].get("uses") is None else t["spec"]["uses"],
+            t["spec"].get("name") or "any",
+        )
+        for t in items
+    ]
+    click.echo(table(["Token", "Type", "Expires", "Uses left", "Name"], rows))
 
 
 @tokens.command("rm")

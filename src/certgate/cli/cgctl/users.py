@@ -1,4 +1,4 @@
-"""`cgctl users add|ls|rm|reset`."""
+"""`cgctl users add|ls|rm|reset|unlock|update`."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def ls(ctx: click.Context, fmt: str) -> None:
 @click.argument("name")
 @click.pass_context
 def rm(ctx: click.Context, name: str) -> None:
-    """Delete a user."""
+    """Delete a user and cut the certificates they hold, everywhere."""
     api(ctx).call("DELETE", f"/resources/user/{name}")
     click.echo(f'User "{name}" has been deleted.')
 
@@ -88,6 +88,54 @@ def reset(ctx: click.Context, name: str) -> None:
     result = api(ctx).call("POST", f"/users/{name}/reset")
     click.echo(f'User "{name}" has been reset. Share this link (valid for 1 hour):\n')
     click.echo(result["invite_url"])
+
+
+@users.command("update")
+@click.argument("name")
+@click.option("--set-roles", help="The user's roles from now on, comma-separated.")
+@click.option("--set-logins", help="The user's Unix logins from now on, comma-separated.")
+@click.option("--set-kubernetes-groups", help="The user's Kubernetes groups, comma-separated.")
+@click.option("--set-kubernetes-users", help="The user's Kubernetes users, comma-separated.")
+@click.pass_context
+def update(
+    ctx: click.Context,
+    name: str,
+    set_roles: str | None,
+    set_logins: str | None,
+    set_kubernetes_groups: str | None,
+    set_kubernetes_users: str | None,
+) -> None:
+    """Change a user's roles or traits. Taking anything away cuts the certificates the
+    user holds now, everywhere (live sessions too); a new `cgsh login` works at once."""
+    body: dict[str, object] = {}
+    if set_roles is not None:
+        body["roles"] = _split(set_roles)
+    traits = {
+        key: _split(value)
+        for key, value in (
+            ("logins", set_logins),
+            ("kubernetes_groups", set_kubernetes_groups),
+            ("kubernetes_users", set_kubernetes_users),
+        )
+        if value is not None
+    }
+    if traits:
+        body["traits"] = traits
+    if not body:
+        raise click.UsageError("give at least one of --set-roles, --set-logins, --set-kubernetes-*")
+    user = api(ctx).call("PATCH", f"/users/{name}", json=body)
+    click.echo(
+        f'User "{name}" has been updated: roles {", ".join(user["spec"]["roles"]) or "(none)"}.'
+    )
+
+
+@users.command("unlock")
+@click.argument("name")
+@click.pass_context
+def unlock(ctx: click.Context, name: str) -> None:
+    """Lift the lockout that repeated failed logins put on a user name."""
+    api(ctx).call("POST", f"/users/{name}/unlock")
+    click.echo(f'User "{name}" may log in again.')
 
 
 def register(cli: click.Group) -> None:
