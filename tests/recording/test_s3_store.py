@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from certgate.errors import BadParameter, ConnectionProblem
+from certgate.errors import AlreadyExists, BadParameter, ConnectionProblem
 from certgate.recording.registry import open_recording_store
 from certgate.recording.s3_store import MULTIPART_THRESHOLD, S3Store
 from tests.support.net import free_port
@@ -62,13 +62,16 @@ async def test_a_large_recording_is_uploaded_in_parts_and_streamed(
     assert b"".join(chunks) == data
 
 
-async def test_replacing_a_recording_leaves_no_old_file(
+async def test_a_retry_or_a_refusal_leaves_one_file(
     s3_store: S3Store, s3_server: S3Server, s3_bucket: str
 ) -> None:
     item = info()
     await s3_store.put(item, cast("one"))
-    await s3_store.put(item, cast("two"))
+    await s3_store.put(item, cast("one"))  # the node's retry: accepted, not kept twice
+    with pytest.raises(AlreadyExists):
+        await s3_store.put(item, cast("two"))
     assert len(data_keys(s3_server, s3_bucket)) == 1
+    assert await s3_store.get(item.id) == cast("one")
     await s3_store.delete(item.id)
     assert data_keys(s3_server, s3_bucket) == []
 

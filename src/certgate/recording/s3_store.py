@@ -3,16 +3,20 @@ every auth process reads and writes the same recordings.
 
     s3://bucket/prefix?endpoint=https://s3.example.com&region=eu-west-1
 
-    <prefix>/<id>.json               {"info": RecordingInfo, "object": "<data key>"}
+    <prefix>/<id>.json               {"info": RecordingInfo, "object": "<data key>",
+                                      "sha256": "<of the file>"}
     <prefix>/data/<id>/<random>.cast the recording, as the node sent it
 
 Each `put` uploads the cast file under a key of its own (multipart above
-MULTIPART_THRESHOLD, so a large recording never sits whole in memory), then writes the
-info object that points to it, then deletes the file the previous info pointed to.
-The info object is what makes a recording listed, and it always names a whole file:
-two auth processes storing the same recording at once leave one of the two whole,
-never a mix. S3 answers a PUT only once the object is durable, which is what the
-node waits for before deleting its copy.
+MULTIPART_THRESHOLD, so a large recording never sits whole in memory, hashed as it
+goes), then creates the info object that points to it, only if absent (S3's
+conditional write, If-None-Match: *). Recordings are write-once: the info object is
+what makes a recording listed and it always names a whole file; of two auth processes
+storing one id at once exactly one wins, and the other's file is removed. A put that
+finds the id taken is a node's retry if the SHA-256 matches (answered as stored), else
+refused with AlreadyExists. S3 answers a PUT only once the object is durable, which
+is what the node waits for before deleting its copy. (A put cut short between its
+file and its info leaves that file unlisted in data/; nothing reads it.)
 
 boto3 is synchronous: every call runs on this store's thread pool, never on the event
 loop. Credentials come from boto3's usual places (AWS_ACCESS_KEY_ID and
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import io
 import json
 import uuid
@@ -39,7 +44,14 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from pydantic import ValidationError
 
 from certgate.api.recording import RecordingInfo, check_recording_id
-from certgate.errors import BadParameter, CertgateError, ConnectionProblem, NotFound
+from certgate.errors import (
+    AlreadyExists,
+    BadParameter,
+    CertgateError,
+    CompareFailed,
+    ConnectionProblem,
+    NotFound,
+)
 from certgate.recording.store import CHUNK_SIZE, MAX_LIST, RecordingQuery, not_found
 
 T = TypeVar("T")
@@ -96,7 +108,6 @@ class S3Store:
     async def put(self, info: RecordingInfo, source: bytes | IO[bytes]) -> RecordingInfo:
         info_key = self._info_key(info.id)
         data_key = f"{self._base}data/{info.id}/{uuid.uuid4().hex}.cast"
-        previous = await self._pointer(info.id)
         reader = _CountingReader(io.BytesIO(source) if isinstance(source, bytes) else source)
         await self._run(
             lambda: self._client.upload_fileobj(
@@ -104,18 +115,41 @@ class S3Store:
             )
         )
         stored = info.model_copy(update={"size": reader.count})
-        body = json.dumps({"info": stored.to_dict(), "object": data_key}).encode()
-        await self._run(
-            lambda: self._client.put_object(
-                Bucket=self.bucket, Key=info_key, Body=body, ContentType="application/json"
+        body = json.dumps(
+            {"info": stored.to_dict(), "object": data_key, "sha256": reader.sha256.hexdigest()}
+        ).encode()
+        for _ in range(3):
+            try:
+                # Write-once: created only if absent, atomically in S3 (If-None-Match),
+                # so of two auth processes racing for one id exactly one wins.
+                await self._run(
+                    lambda: self._client.put_object(
+                        Bucket=self.bucket,
+                        Key=info_key,
+                        Body=body,
+                        ContentType="application/json",
+                        IfNoneMatch="*",
+                    )
+                )
+                return stored
+            except CompareFailed:
+                pass
+            # Taken: a retry of the same file is answered as stored; else refused.
+            await self._run(lambda: self._client.delete_object(Bucket=self.bucket, Key=data_key))
+            try:
+                existing, _, digest = await self._read_pointer(info.id)
+            except NotFound:
+                continue  # deleted meanwhile: try again
+            if digest == reader.sha256.hexdigest():
+                return existing
+            raise AlreadyExists(
+                f"recording {info.id} is already stored with other content:"
+                " recordings are write-once"
             )
-        )
-        if previous is not None and previous[1] != data_key:
-            await self._run(lambda: self._client.delete_object(Bucket=self.bucket, Key=previous[1]))
-        return stored
+        raise ConnectionProblem(f"recording {info.id}: the bucket kept changing, try again")
 
     async def delete(self, recording_id: str) -> None:
-        _, data_key = await self._read_pointer(recording_id)
+        _, data_key, _ = await self._read_pointer(recording_id)
         info_key = self._info_key(recording_id)
         # The info first: it is what makes a recording listed.
         await self._run(lambda: self._client.delete_object(Bucket=self.bucket, Key=info_key))
@@ -130,7 +164,7 @@ class S3Store:
         return b"".join([chunk async for chunk in self.stream(recording_id, 1 << 20)])
 
     async def stream(self, recording_id: str, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
-        _, data_key = await self._read_pointer(recording_id)
+        _, data_key, _ = await self._read_pointer(recording_id)
         try:
             answer = await self._run(
                 lambda: self._client.get_object(Bucket=self.bucket, Key=data_key)
@@ -149,7 +183,7 @@ class S3Store:
             raise BadParameter(f"limit must be between 1 and {MAX_LIST}, got {query.limit}")
         ids = await self._run(self._list_ids)
         pointers = await asyncio.gather(*(self._pointer(i) for i in ids))
-        found = [p[0] for p in pointers if p is not None and query.matches(p[0])]
+        found = [p for p in pointers if p is not None and query.matches(p)]
         found.sort(key=lambda i: (i.start, i.id), reverse=True)
         return found[: query.limit]
 
@@ -168,14 +202,15 @@ class S3Store:
                         continue  # not ours
         return ids
 
-    async def _pointer(self, recording_id: str) -> tuple[RecordingInfo, str] | None:
-        """The info and the data key of a recording; None if there is none."""
+    async def _pointer(self, recording_id: str) -> RecordingInfo | None:
+        """The info of a recording; None if there is none."""
         try:
-            return await self._read_pointer(recording_id)
+            return (await self._read_pointer(recording_id))[0]
         except NotFound:
             return None
 
-    async def _read_pointer(self, recording_id: str) -> tuple[RecordingInfo, str]:
+    async def _read_pointer(self, recording_id: str) -> tuple[RecordingInfo, str, str]:
+        """The info, the data key and the SHA-256 of the file of a recording."""
         key = self._info_key(recording_id)
         try:
             answer = await self._run(lambda: self._client.get_object(Bucket=self.bucket, Key=key))
@@ -184,7 +219,11 @@ class S3Store:
             raise not_found(recording_id) from None
         try:
             document = json.loads(raw)
-            return RecordingInfo.from_dict(document["info"]), str(document["object"])
+            return (
+                RecordingInfo.from_dict(document["info"]),
+                str(document["object"]),
+                str(document["sha256"]),
+            )
         except (ValueError, KeyError, TypeError, ValidationError) as exc:
             raise BadParameter(f"recording {recording_id} has unreadable metadata: {exc}") from exc
 
@@ -201,12 +240,14 @@ def _session() -> Any:
 
 
 class _CountingReader(io.RawIOBase):
-    """Reads through to `source`, counting the bytes: the size of what was uploaded."""
+    """Reads through to `source`, counting and hashing the bytes: the size and digest
+    of what was uploaded, without holding it."""
 
     def __init__(self, source: IO[bytes]) -> None:
         super().__init__()
         self._source = source
         self.count = 0
+        self.sha256 = hashlib.sha256()
 
     def readable(self) -> bool:
         return True
@@ -214,6 +255,7 @@ class _CountingReader(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         data = self._source.read(size)
         self.count += len(data)
+        self.sha256.update(data)
         return data
 
     def readinto(self, buffer: Any) -> int:
@@ -233,6 +275,8 @@ def _translate(exc: ClientError | BotoCoreError, bucket: str) -> CertgateError:
         code = str(error.get("Code", ""))
         if code in ("NoSuchKey", "404", "NotFound"):
             return NotFound(f"not found in bucket {bucket}")
+        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            return CompareFailed(f"changed meanwhile in bucket {bucket}")
         if code == "NoSuchBucket":
             return BadParameter(f'recordings bucket "{bucket}" does not exist')
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
