@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs the system packages the tests drive for real (OpenSSH client and server),
-# only when they are missing. Runs as root on CI and developer machines.
+# Installs the system packages the tests drive for real (OpenSSH client and server,
+# PostgreSQL), only when they are missing. Runs as root on CI and developer machines.
+# The tests start their own throwaway PostgreSQL cluster (tests/support/postgres.py, as
+# the unprivileged user certgate-test) and moto's S3 server (a pip dev dependency).
 set -euo pipefail
 
 need=()
@@ -10,6 +12,7 @@ command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -18,26 +18,28 @@ so paging never skips or repeats an event, even while new ones are appended.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from certgate.backend.events import (
+    MAX_LIMIT,
+    decode_cursor,
+    encode_cursor,
+    event_row,
+    to_micros,
+)
 from certgate.backend.sqlite import SQLiteWorker, translate_sqlite_error, write_transaction
 from certgate.errors import BadParameter
 
 log = logging.getLogger(__name__)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-MAX_LIMIT = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_events (
@@ -119,7 +121,7 @@ class SQLiteEventStore:
         stored before (a service resending what auth stored but could not acknowledge),
         which is left as it was.
         """
-        rows = [_row(event) for event in events]
+        rows = [event_row(event) for event in events]
 
         def insert(conn: sqlite3.Connection) -> list[bool]:
             with write_transaction(conn):
@@ -224,10 +226,10 @@ class SQLiteEventStore:
         params: list[Any] = []
         if since is not None:
             conditions.append("time >= ?")
-            params.append(_micros(since, "since"))
+            params.append(to_micros(since, "since"))
         if until is not None:
             conditions.append("time < ?")
-            params.append(_micros(until, "until"))
+            params.append(to_micros(until, "until"))
         if user is not None:
             conditions.append("user = ?")
             params.append(user)
@@ -235,7 +237,7 @@ class SQLiteEventStore:
             conditions.append("node = ?")
             params.append(node)
         if cursor is not None:
-            after_time, after_id = _decode_cursor(cursor, order)
+            after_time, after_id = decode_cursor(cursor, order)
             # Spelled as a range on time plus a tie-break, so the index serves it.
             if order == "desc":
                 conditions.append("time <= ? AND (time < ? OR id < ?)")
@@ -273,7 +275,7 @@ class SQLiteEventStore:
         next_cursor = None
         if len(rows) > limit:
             last_id, last_time, _ = page[-1]
-            next_cursor = _encode_cursor(last_time, last_id, order)
+            next_cursor = encode_cursor(last_time, last_id, order)
         return events, next_cursor
 
     async def close(self) -> None:
@@ -292,51 +294,3 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 conn.execute(statement)
-
-
-def _row(event: Mapping[str, Any]) -> tuple[Any, ...]:
-    for field in ("event", "code", "time", "uid"):
-        if not isinstance(event.get(field), str) or not event[field]:
-            raise BadParameter(f'audit event needs a non-empty string "{field}"')
-    for field in ("user", "node"):
-        if event.get(field) is not None and not isinstance(event[field], str):
-            raise BadParameter(f'audit event "{field}" must be a string')
-    try:
-        moment = datetime.fromisoformat(event["time"])
-    except ValueError as exc:
-        raise BadParameter(f"audit event time {event['time']!r} is not RFC 3339") from exc
-    try:
-        data = json.dumps(event, separators=(",", ":"))
-    except (TypeError, ValueError) as exc:
-        raise BadParameter(f"audit event {event['uid']} is not JSON: {exc}") from exc
-    return (
-        _micros(moment, "audit event time"),
-        event["event"],
-        event["code"],
-        event["uid"],
-        event.get("user"),
-        event.get("node"),
-        data,
-    )
-
-
-def _micros(moment: datetime, what: str) -> int:
-    if moment.tzinfo is None:
-        raise BadParameter(f"{what} must carry a timezone, got {moment.isoformat()}")
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-def _encode_cursor(time: int, row_id: int, order: str) -> str:
-    raw = json.dumps([order, time, row_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, order: str) -> tuple[int, int]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        cursor_order, time, row_id = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise BadParameter("search cursor is malformed: start again without one") from exc
-    if cursor_order != order or not isinstance(time, int) or not isinstance(row_id, int):
-        raise BadParameter(f"search cursor was not made by an {order!r}-order search")
-    return time, row_id

@@ -21,9 +21,20 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class StorageTLS(_Section):
+    """TLS to the postgres store (libpq's sslrootcert, sslcert, sslkey, sslmode)."""
+
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    # Empty: verify-full when ca_file is set, else what conn_string says.
+    mode: Literal["", "disable", "prefer", "require", "verify-ca", "verify-full"] = ""
+
+
 class Storage(_Section):
     type: Literal["sqlite", "postgres"] = "sqlite"
     conn_string: str = ""
+    tls: StorageTLS = Field(default_factory=StorageTLS)
 
 
 class Recordings(_Section):
@@ -213,10 +224,16 @@ auth_service:
   listen_addr: 0.0.0.0:3025
   advertise_addr: ""      # what other services dial; default: listen_addr on this host
   storage:
-    type: sqlite          # or postgres
-    conn_string: ""       # postgres only: "postgresql://user@host/certgate"
+    type: sqlite          # or postgres: several auth servers share one store (HA)
+    conn_string: ""       # postgres only: "postgresql://certgate@db.example.com/certgate"
+    tls:                  # postgres only; a ca_file alone means sslmode verify-full
+      ca_file: ""
+      cert_file: ""       # client certificate and key, for `cert` authentication
+      key_file: ""
+      mode: ""            # disable, prefer, require, verify-ca, verify-full
   recordings:
-    uri: "file://"        # default <data_dir>/recordings
+    uri: "file://"        # default <data_dir>/recordings; or an S3-compatible bucket:
+                          # "s3://bucket/prefix?endpoint=https://s3.example.com&region=r1"
   workers: 1              # processes serving the auth API on one port (0: one per core);
                           # more than 1 signs more certificates per second on more cores
 

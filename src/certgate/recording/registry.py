@@ -5,7 +5,9 @@ The only place that names a `RecordingStore` implementation:
     recordings:
       uri: "file://"               # default: <data_dir>/recordings
       uri: "file:///srv/recordings" # another directory
-      uri: "s3://bucket/prefix"     # planned (the HA issue)
+      uri: "s3://bucket/prefix?endpoint=https://s3.example.com&region=eu-west-1"
+                                    # an S3-compatible bucket (s3_store.py); endpoint
+                                    # and region are optional (AWS's defaults)
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from urllib.parse import urlsplit
 
 from certgate.errors import BadParameter
 from certgate.recording.directory_store import DirectoryStore
+from certgate.recording.s3_store import parse_s3_uri
 from certgate.recording.store import RecordingStore
 
 
@@ -29,5 +32,5 @@ def open_recording_store(uri: str, data_dir: Path) -> RecordingStore:
         except OSError as exc:
             raise BadParameter(f"cannot use {root} for recordings: {exc.strerror}") from exc
     if parts.scheme == "s3":
-        raise BadParameter('recordings uri "s3://..." is not available yet: use file://')
-    raise BadParameter(f'unknown recordings uri "{uri}": use file:// or file:///path')
+        return parse_s3_uri(uri)
+    raise BadParameter(f'unknown recordings uri "{uri}": use file://, file:///path or s3://bucket')

@@ -1,0 +1,102 @@
+"""The S3 store: the compliance suite on moto's S3 server, plus multipart uploads,
+streamed reads and the URI the registry takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from certgate.errors import AlreadyExists, BadParameter, ConnectionProblem
+from certgate.recording.registry import open_recording_store
+from certgate.recording.s3_store import MULTIPART_THRESHOLD, S3Store
+from tests.support.net import free_port
+from tests.support.s3 import S3Server
+
+from .conftest import StoreTarget
+from .suite import RecordingStoreSuite, cast, info
+
+
+class TestS3Store(RecordingStoreSuite):
+    @pytest.fixture
+    def store_target(self, s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> StoreTarget:
+        return StoreTarget(s3_server.uri(s3_bucket), tmp_path)
+
+
+@pytest.fixture
+async def s3_store(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> S3Store:
+    store = open_recording_store(s3_server.uri(s3_bucket, "rec/x"), tmp_path)
+    assert isinstance(store, S3Store)
+    yield store  # type: ignore[misc]
+    await store.close()
+
+
+def parts_of(server: S3Server, bucket: str, key: str) -> int:
+    """How many parts the object was uploaded in (a multipart ETag ends in -N)."""
+    etag = server.client().head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+    return int(etag.rsplit("-", 1)[1]) if "-" in etag else 1
+
+
+def data_keys(server: S3Server, bucket: str) -> list[str]:
+    listed = server.client().list_objects_v2(Bucket=bucket, Prefix="rec/x/data/")
+    return [entry["Key"] for entry in listed.get("Contents", [])]
+
+
+async def test_a_large_recording_is_uploaded_in_parts_and_streamed(
+    s3_store: S3Store, s3_server: S3Server, s3_bucket: str
+) -> None:
+    item = info()
+    data = cast("y" * (MULTIPART_THRESHOLD + 3 * 1024 * 1024))  # over 8 MiB: two parts
+    await s3_store.put(item, data)
+    [key] = data_keys(s3_server, s3_bucket)
+    assert parts_of(s3_server, s3_bucket, key) == 2
+    # A small one goes in one request (the suite's own recordings are small).
+    small = info()
+    await s3_store.put(small, cast())
+    small_key = next(k for k in data_keys(s3_server, s3_bucket) if small.id in k)
+    assert parts_of(s3_server, s3_bucket, small_key) == 1
+    # Played back in chunks as they arrive, never read whole first.
+    chunks = [chunk async for chunk in s3_store.stream(item.id, 64 * 1024)]
+    assert len(chunks) == -(-len(data) // (64 * 1024))
+    assert max(len(chunk) for chunk in chunks) == 64 * 1024
+    assert b"".join(chunks) == data
+
+
+async def test_a_retry_or_a_refusal_leaves_one_file(
+    s3_store: S3Store, s3_server: S3Server, s3_bucket: str
+) -> None:
+    item = info()
+    await s3_store.put(item, cast("one"))
+    await s3_store.put(item, cast("one"))  # the node's retry: accepted, not kept twice
+    with pytest.raises(AlreadyExists):
+        await s3_store.put(item, cast("two"))
+    assert len(data_keys(s3_server, s3_bucket)) == 1
+    assert await s3_store.get(item.id) == cast("one")
+    await s3_store.delete(item.id)
+    assert data_keys(s3_server, s3_bucket) == []
+
+
+async def test_a_missing_bucket_or_server_is_one_line(s3_server: S3Server, tmp_path: Path) -> None:
+    store = open_recording_store(s3_server.uri("no-such-bucket"), tmp_path)
+    try:
+        with pytest.raises(BadParameter, match='bucket "no-such-bucket" does not exist'):
+            await store.put(info(), cast())
+    finally:
+        await store.close()
+    gone = f"s3://b/p?endpoint=http://127.0.0.1:{free_port()}&region=us-east-1"
+    store = open_recording_store(gone, tmp_path)
+    try:
+        with pytest.raises(ConnectionProblem) as refused:
+            await store.info(info().id)
+        assert "\n" not in str(refused.value)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["s3:///prefix", "s3://b/p?endpoint=ftp://x", "s3://b/p?secret=x", "s3://b?endpoint=localhost"],
+)
+def test_registry_refuses_bad_s3_uris(tmp_path: Path, uri: str) -> None:
+    with pytest.raises(BadParameter):
+        open_recording_store(uri, tmp_path)
