@@ -39,7 +39,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -256,6 +256,18 @@ def _check_item(item: Item) -> bytes:
     return bytes(item.value)
 
 
+# PostgreSQL's timestamptz ends in year 9999 (psycopg refuses later ones); an expiry
+# past it (9999-12-31T23:59:59-23:59 is in year 10000 in UTC) is stored as its last day,
+# which is "never" in practice, instead of refusing the write.
+LAST_STORABLE = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def _stored_expiry(expires: datetime | None) -> datetime | None:
+    if expires is None:
+        return None
+    return min(expires, LAST_STORABLE)
+
+
 async def _lock_revision(conn: AsyncConnection[Any]) -> int:
     """Take the writers' lock (the counter row) and return the current revision."""
     cursor = await conn.execute(
@@ -300,8 +312,8 @@ async def _store(
         " VALUES (%(key)s, %(value)s, %(revision)s, %(expires)s)"
         " ON CONFLICT (key) DO UPDATE SET"
         " value = excluded.value, revision = excluded.revision, expires = excluded.expires",
-        {"revision": revision, "key": item.key, "value": value, "expires": item.expires,
-         "now": now},
+        {"revision": revision, "key": item.key, "value": value,
+         "expires": _stored_expiry(item.expires), "now": now},
     )  # fmt: skip
 
 
@@ -499,7 +511,7 @@ class PostgresBackend:
                 "  ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
                 "  revision = excluded.revision, expires = excluded.expires)"
                 " SELECT revision, pg_notify(%(channel)s, revision::text) FROM bumped",
-                {"key": item.key, "value": value, "expires": item.expires,
+                {"key": item.key, "value": value, "expires": _stored_expiry(item.expires),
                  "now": self._clock.now(), "channel": CHANNEL},
             )  # fmt: skip
             row = await result.fetchone()
@@ -507,6 +519,31 @@ class PostgresBackend:
         revision = int(row[0])
         self._wrote(revision)
         return self._item(item, value, revision)
+
+    async def write_many(self, items: Sequence[Item], create_only: bool) -> list[Item]:
+        """All in one transaction under the writers' lock: every item or none; with
+        `create_only`, one live key among them refuses the whole batch."""
+        values = [_check_item(item) for item in items]
+        now = self._clock.now()
+        first: list[int] = []
+
+        async def write(conn: AsyncConnection[Any], head: int) -> int:
+            if create_only:
+                for item in items:
+                    if await _live_revision(conn, item.key, now) is not None:
+                        raise AlreadyExists(f"key {item.key} already exists")
+            for offset, (item, value) in enumerate(zip(items, values, strict=True)):
+                await _store(conn, head + 1 + offset, item, value, now)
+            first.append(head + 1)
+            return head + len(items)
+
+        if not items:
+            return []
+        await self._write(write)
+        return [
+            self._item(item, value, first[0] + offset)
+            for offset, (item, value) in enumerate(zip(items, values, strict=True))
+        ]
 
     async def compare_and_swap(self, item: Item, expected_revision: int) -> Item:
         value = _check_item(item)
