@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from certgate.api.authority import CertAuthority
+from certgate.api.kube_cluster import KubeCluster
 from certgate.api.lock import Lock
 from certgate.api.node import Node
 from certgate.api.role import Role
@@ -21,7 +22,7 @@ from certgate.api.token import Token
 from certgate.api.user import User
 from certgate.errors import BadParameter
 
-Resource = Role | User | Token | Lock | Node | CertAuthority
+Resource = Role | User | Token | Lock | Node | CertAuthority | KubeCluster
 
 KINDS: dict[str, type[BaseModel]] = {
     "role": Role,
@@ -30,6 +31,7 @@ KINDS: dict[str, type[BaseModel]] = {
     "lock": Lock,
     "node": Node,
     "cert_authority": CertAuthority,
+    "kube_cluster": KubeCluster,
 }
 
 # pydantic's messages rephrased the way our refusals read.

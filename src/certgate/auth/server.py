@@ -21,6 +21,7 @@ from certgate.api.codec import Resource
 from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY, Identity
 from certgate.api.lock import Lock, lock_matches, lock_message
 from certgate.api.meta import Metadata
+from certgate.api.kube_cluster import KubeCluster
 from certgate.api.node import Node
 from certgate.api.role import Role
 from certgate.api.session_tracker import SessionTracker
@@ -80,6 +81,9 @@ class AuthServer:
         self.locks: ResourceStore[Lock] = ResourceStore(backend, "/locks/", Lock, "lock")
         self.lock_cache = LockCache(backend, self.locks, self._lock_expired, clock)
         self.nodes: ResourceStore[Node] = ResourceStore(backend, "/nodes/", Node, "node")
+        self.kube_clusters: ResourceStore[KubeCluster] = ResourceStore(
+            backend, "/kube_clusters/", KubeCluster, "kubernetes cluster"
+        )
         self.session_trackers: ResourceStore[SessionTracker] = ResourceStore(
             backend, "/sessions/", SessionTracker, "session"
         )
@@ -369,6 +373,19 @@ class AuthServer:
         meta = node.metadata.model_copy(update={"expires": self.clock.now() + ttl})
         await self.nodes.upsert(node.model_copy(update={"metadata": meta}))
 
+    async def kube_heartbeat(self, caller: Identity, cluster: KubeCluster, ttl: timedelta) -> None:
+        """A kube service announces a cluster it forwards to (it names itself as service)."""
+        spec = cluster.spec.model_copy(update={"service": caller.username})
+        meta = cluster.metadata.model_copy(update={"expires": self.clock.now() + ttl})
+        await self.kube_clusters.upsert(cluster.model_copy(update={"metadata": meta, "spec": spec}))
+
+    async def kube_clusters_for(self, caller: Identity) -> list[KubeCluster]:
+        """The clusters the caller's roles give access to (what `cgsh kube ls` shows)."""
+        roles = await self.load_roles(list(caller.roles))
+        role_set = RoleSet(roles, caller.traits)
+        clusters = await self.kube_clusters.list()
+        return [c for c in clusters if role_set.can_access_kube(c.metadata.labels)]
+
     async def nodes_for(self, caller: Identity) -> list[Node]:
         """The nodes the caller's roles give access to (what `cgsh ls` shows)."""
         roles = await self.load_roles(list(caller.roles))
@@ -393,6 +410,7 @@ class AuthServer:
             "token": self.tokens,
             "lock": self.locks,
             "node": self.nodes,
+            "kube_cluster": self.kube_clusters,
             "cert_authority": self.authorities,
         }
         if kind not in stores:

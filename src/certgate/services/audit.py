@@ -67,6 +67,7 @@ EVENT_CODES: dict[str, str] = {
     "exec": "T3002I",
     "port_forward": "T3003I",
     "sftp": "TS001I",
+    "kube.request": "T3009I",
 }
 
 
