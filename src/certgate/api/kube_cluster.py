@@ -8,6 +8,9 @@ from pydantic import Field
 
 from certgate.api.meta import Metadata, Model
 
+# kubectl reaches cluster NAME at https://PROXY:3026/k8s/NAME (cgsh kube login writes it).
+PROXY_PATH_PREFIX = "/k8s/"
+
 
 class KubeClusterSpec(Model):
     # Where the proxy dials the kube service that forwards to this cluster (HOST:PORT).

@@ -19,9 +19,9 @@ from certgate.api.authority import CAType, CertAuthority
 from certgate.api.bundle import CertBundle
 from certgate.api.codec import Resource
 from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY, Identity
+from certgate.api.kube_cluster import KubeCluster
 from certgate.api.lock import Lock, lock_matches, lock_message
 from certgate.api.meta import Metadata
-from certgate.api.kube_cluster import KubeCluster
 from certgate.api.node import Node
 from certgate.api.role import Role
 from certgate.api.session_tracker import SessionTracker

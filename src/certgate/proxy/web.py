@@ -44,10 +44,13 @@ WRITE_TIMEOUT = 30.0
 
 
 class ProxyWeb:
-    def __init__(self, auth: AsyncAuthClient, cluster_name: str, ssh_addr: str) -> None:
+    def __init__(
+        self, auth: AsyncAuthClient, cluster_name: str, ssh_addr: str, kube_addr: str = ""
+    ) -> None:
         self._auth = auth
         self.cluster_name = cluster_name
         self.ssh_addr = ssh_addr
+        self.kube_addr = kube_addr  # kubectl's way in (cgsh kube login writes it)
         # Set once the proxy's live view of roles, locks and nodes is ready.
         self.access: CachedAccess | None = None
 
@@ -67,7 +70,12 @@ class ProxyWeb:
 
     async def ping(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"cluster_name": self.cluster_name, "ssh_addr": self.ssh_addr, "version": "0.1.0"}
+            {
+                "cluster_name": self.cluster_name,
+                "ssh_addr": self.ssh_addr,
+                "kube_addr": self.kube_addr,
+                "version": "0.1.0",
+            }
         )
 
     async def index(self, request: web.Request) -> web.Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from certgate.cli.cgsh import recordings, session, sessions, ssh
+from certgate.cli.cgsh import kube, recordings, session, sessions, ssh
 from certgate.cli.common import run
 
 
@@ -18,5 +18,6 @@ session.register(cli)
 ssh.register(cli)
 recordings.register(cli)
 sessions.register(cli)
+kube.register(cli)
 
 main = run(cli)

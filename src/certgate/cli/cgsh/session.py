@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import click
 
 from certgate.cli.common import FORMAT, print_json
+from certgate.client.kube import logout as kube_logout
 from certgate.client.login import login as do_login
 from certgate.client.profile import load_profile, remove_profile
 
@@ -81,7 +82,9 @@ def status(fmt: str) -> None:
 
 @click.command()
 def logout() -> None:
-    """Remove your keys and certificates from this machine."""
+    """Remove your keys and certificates from this machine (and the kubeconfig
+    contexts cgsh kube login wrote)."""
+    kube_logout()
     if remove_profile():
         click.echo("Logged out.")
     else:
