@@ -43,6 +43,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 ADMIN_TOKEN = "standin-admin-token"
+WHO = web.RequestKey("who", set)
+USER = web.RequestKey("user", str)
 
 
 @dataclass(frozen=True)
@@ -130,11 +132,18 @@ class KubeStandin:
 
     def start(self) -> None:
         ready = threading.Event()
+        failed: list[BaseException] = []
 
         def main() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
-            loop.run_until_complete(self._serve())
+            try:
+                loop.run_until_complete(self._serve())
+            except BaseException as exc:
+                failed.append(exc)
+                loop.close()
+                ready.set()
+                return
             ready.set()
             loop.run_forever()
             loop.run_until_complete(self._shutdown())
@@ -143,6 +152,8 @@ class KubeStandin:
         self._thread = threading.Thread(target=main, name="kube-standin", daemon=True)
         self._thread.start()
         assert ready.wait(10), "the kube stand-in did not start"
+        if failed:
+            raise RuntimeError("the kube stand-in did not start") from failed[0]
 
     def stop(self) -> None:
         if self._loop is not None and self._thread is not None:
@@ -153,11 +164,11 @@ class KubeStandin:
         self._log_changed = asyncio.Condition()
         app = web.Application(middlewares=[self._authenticate])
         app.router.add_route("*", "/{tail:.*}", self._route)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)
         await self._runner.setup()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(self._cert), str(self._key))
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context, shutdown_timeout=1)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
         await site.start()
         server = site._server
         assert server is not None
@@ -214,14 +225,14 @@ class KubeStandin:
             return _status(401, "Unauthorized", "Unauthorized")
         user = request.headers.get("Impersonate-User", "standin-admin")
         groups = request.headers.getall("Impersonate-Group", [])
-        request["who"] = {f"user:{user}", *(f"group:{g}" for g in groups)}
-        request["user"] = user
+        request[WHO] = {f"user:{user}", *(f"group:{g}" for g in groups)}
+        request[USER] = user
         response: web.StreamResponse = await handler(request)
         seen.status = response.status
         return response
 
     def _allowed(self, request: web.Request, verb: str, resource: str, namespace: str) -> bool:
-        who: set[str] = request["who"]
+        who: set[str] = request[WHO]
         return any(g.allows(who, verb, resource, namespace) for g in self.grants)
 
     # ---- routes ------------------------------------------------------------------
@@ -254,14 +265,16 @@ class KubeStandin:
             return await self._subresource(request, namespace, name, sub[0])
         verb = "get" if name else ("watch" if _is_watch(request) else "list")
         if not self._allowed(request, verb, resource, namespace):
-            return _forbidden(request["user"], verb, resource, namespace)
+            return _forbidden(request[USER], verb, resource, namespace)
         if resource == "pods":
             if name:
                 pod = self.pods.get((namespace, name))
                 if pod is None:
                     return _status(404, "NotFound", f'pods "{name}" not found')
                 return web.json_response(pod.to_dict())
-            pods = [p.to_dict() for p in self.pods.values() if not namespace or p.namespace == namespace]
+            pods = [
+                p.to_dict() for p in self.pods.values() if not namespace or p.namespace == namespace
+            ]
             if verb == "watch":
                 return await self._watch(request, pods)
             return _list(request, "PodList", pods)
@@ -295,7 +308,7 @@ class KubeStandin:
         resource = f"pods/{sub}"
         verb = "create" if sub in ("exec", "attach", "portforward") else "get"
         if not self._allowed(request, verb, resource, namespace):
-            return _forbidden(request["user"], verb, resource, namespace)
+            return _forbidden(request[USER], verb, resource, namespace)
         pod = self.pods.get((namespace, name))
         if pod is None:
             return _status(404, "NotFound", f'pods "{name}" not found')

@@ -149,15 +149,22 @@ def impersonation(
     labels: Mapping[str, str],
     as_user: str = "",
     as_groups: Sequence[str] = (),
+    *,
+    discovery: bool = False,
 ) -> Impersonation:
     """Who to act as in the cluster, or AccessDenied naming the rule.
 
     `as_user`/`as_groups` are what the client asked for with `--as`/`--as-group`: they
-    may only narrow to values the roles allow.
+    may only narrow to values the roles allow. A `discovery` call (no resource: /api,
+    /apis, /version) by a user without groups or users goes through as the bare
+    authenticated user: kubectl cannot show a refusal of discovery (it prints "unknown"),
+    and discovery grants nothing; the user's first real call gets the refusal.
     """
     check_cluster(role_set, cluster, labels)
     groups = role_set.kubernetes_groups(labels)
     users = role_set.kubernetes_users(labels)
+    if not groups and not users and discovery:
+        return Impersonation(username, (AUTHENTICATED_GROUP,))
     if not groups and not users:
         raise AccessDenied(
             f'access denied to kubernetes cluster "{cluster}": user "{username}" has no '

@@ -89,7 +89,7 @@ def from_dict(document: Any) -> Resource:
         resource = KINDS[kind].model_validate(document)
     except ValidationError as exc:
         raise BadParameter(describe_validation_error(kind, str(name), exc)) from exc
-    assert isinstance(resource, Role | User | Token | Lock | Node | CertAuthority)
+    assert isinstance(resource, Role | User | Token | Lock | Node | CertAuthority | KubeCluster)
     return resource
 
 

@@ -379,6 +379,14 @@ class AuthServer:
         meta = cluster.metadata.model_copy(update={"expires": self.clock.now() + ttl})
         await self.kube_clusters.upsert(cluster.model_copy(update={"metadata": meta, "spec": spec}))
 
+    async def serves_kube_cluster(self, service: str, cluster: str) -> bool:
+        """Whether kube service `service` announced `cluster` (it records its sessions)."""
+        try:
+            found = await self.kube_clusters.get(cluster)
+        except NotFound:
+            return False
+        return found.spec.service == service
+
     async def kube_clusters_for(self, caller: Identity) -> list[KubeCluster]:
         """The clusters the caller's roles give access to (what `cgsh kube ls` shows)."""
         roles = await self.load_roles(list(caller.roles))

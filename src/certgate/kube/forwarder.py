@@ -229,17 +229,16 @@ class KubeForwarder:
         """Serve one request; whether the connection may carry another."""
         framing = body_framing(head, response=False)
         request = parse_request(head.method, head.target)
+        cluster = head.get(CLUSTER_HEADER) or ""
+        identity: Identity | None = None
         try:
-            call = self._decide(head, request)
-        except AccessDenied as exc:
             identity = _header_identity(head)
-            await read_body(reader, framing, MAX_FILTERED_BODY)
-            await _answer(writer, 403, "Forbidden", exc.message)
-            self._audit_call(identity, head.get(CLUSTER_HEADER) or "", request, 403, exc.message)
-            return not head.wants_close()
+            call = self._decide(head, request, identity, cluster)
         except CertgateError as exc:
             await read_body(reader, framing, MAX_FILTERED_BODY)
-            await _answer(writer, exc.http_status, "BadRequest", exc.message)
+            reason = "Forbidden" if isinstance(exc, AccessDenied) else "BadRequest"
+            await _answer(writer, exc.http_status, reason, exc.message)
+            self._audit_call(identity, cluster, request, exc.http_status, exc.message)
             return not head.wants_close()
         _rewrite(head, call)
         if head.is_upgrade():
@@ -278,9 +277,7 @@ class KubeForwarder:
             return False
         return not head.wants_close()
 
-    def _decide(self, head: Head, request: KubeRequest) -> _Call:
-        identity = _header_identity(head)
-        cluster = head.get(CLUSTER_HEADER) or ""
+    def _decide(self, head: Head, request: KubeRequest, identity: Identity, cluster: str) -> _Call:
         client_addr = head.get(CLIENT_ADDR_HEADER) or ""
         head.remove_prefix("X-Certgate-")
         # Whatever the client asked to impersonate, only roles decide; --as/--as-group
@@ -293,7 +290,15 @@ class KubeForwarder:
             raise AccessDenied(f'kubernetes cluster "{cluster}" is not served here')
         self._access.check_identity(identity, node=cluster)
         role_set = self._access.role_set(identity)
-        imp = impersonation(role_set, identity.username, cluster, self.labels, as_user, as_groups)
+        imp = impersonation(
+            role_set,
+            identity.username,
+            cluster,
+            self.labels,
+            as_user,
+            as_groups,
+            discovery=request.kind == "",
+        )
         rules = resource_rules(role_set, self.labels)
         rules.check(request)
         return _Call(identity, cluster, client_addr, request, role_set, imp, rules, upstream)

@@ -1,0 +1,300 @@
+"""Users reach Kubernetes with plain kubectl through certgate, under their roles and locks.
+
+Real certgate processes (auth + proxy, and a kube service that joined with a token),
+real kubectl 1.37, and the API-server stand-in (tests/support/kube_standin.py), which
+enforces its own RBAC on the impersonated user and groups and records the headers it got.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import ssl
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pexpect  # type: ignore[import-untyped]
+import pytest
+
+from tests.support.cluster import BIN, Cluster, User
+from tests.support.kube_cluster import KUBECTL, KubeSetup
+from tests.support.kube_standin import Grant, KubeStandin
+from tests.support.net import free_port
+from tests.support.wait import eventually
+
+ROLES = """
+kind: role
+version: v1
+metadata: {name: kube-contractor}
+spec:
+  allow:
+    kubernetes_labels: {"*": "*"}
+---
+kind: role
+version: v1
+metadata: {name: kube-viewer}
+spec:
+  allow:
+    kubernetes_labels: {env: dev}
+    kubernetes_groups: [viewers, editors]
+---
+kind: role
+version: v1
+metadata: {name: kube-admin}
+spec:
+  allow:
+    kubernetes_labels: {"*": "*"}
+    kubernetes_groups: ["system:masters"]
+    rules: [{resources: [session], verbs: [list, read]}]
+---
+kind: role
+version: v1
+metadata: {name: kube-dev-pods}
+spec:
+  allow:
+    kubernetes_labels: {"*": "*"}
+    kubernetes_groups: ["system:masters"]
+    kubernetes_resources: [{kind: pod, namespace: dev, name: "*", verbs: ["*"]}]
+"""
+
+
+@pytest.fixture(scope="module")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeSetup]:
+    workdir = tmp_path_factory.mktemp("kube")
+    standin = KubeStandin(workdir)
+    standin.grants += [
+        Grant(("group:viewers",), verbs=("get", "list", "watch")),
+        Grant(("group:system:masters",)),
+    ]
+    standin.start()
+    port = free_port()
+    cluster = Cluster(workdir, extra_args=["--kube-proxy-listen", f"127.0.0.1:{port}"])
+    cluster.start()
+    setup = KubeSetup(cluster, standin, port)
+    try:
+        setup.start_kube_service()
+        roles = workdir / "roles.yaml"
+        roles.write_text(ROLES)
+        cluster.cgctl("create", str(roles))
+        yield setup
+    finally:
+        cluster.stop()
+        standin.stop()
+
+
+def _user(kube: KubeSetup, name: str, roles: str) -> User:
+    user = kube.cluster.add_user(name, roles=roles)
+    kube.cluster.login(user)
+    eventually(lambda: "dev-cluster" in kube.cluster.cgsh(user, "kube", "ls").stdout)
+    result = kube.kube_login(user)
+    assert result.returncode == 0, result.stderr
+    return user
+
+
+@pytest.fixture(scope="module")
+def contractor(kube: KubeSetup) -> User:
+    return _user(kube, "contractor", "kube-contractor")
+
+
+@pytest.fixture(scope="module")
+def viewer(kube: KubeSetup) -> User:
+    return _user(kube, "viewer", "kube-viewer")
+
+
+@pytest.fixture(scope="module")
+def admin(kube: KubeSetup) -> User:
+    return _user(kube, "kadmin", "kube-admin")
+
+
+def test_kube_ls_lists_the_cluster_with_its_labels(kube: KubeSetup, viewer: User) -> None:
+    out = kube.cluster.cgsh(viewer, "kube", "ls", "--format=json").stdout
+    assert {"name": "dev-cluster", "labels": {"env": "dev"}} in json.loads(out)
+    config = kube.kubeconfig(viewer)
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert "cgsh" in config.read_text() and "credentials" in config.read_text()
+
+
+def test_get_nodes_is_refused_without_groups(kube: KubeSetup, contractor: User) -> None:
+    result = kube.kubectl(contractor, "get", "nodes")
+    assert result.returncode != 0
+    assert 'user "contractor" has no assigned groups or users' in result.stderr
+    assert not kube.standin.seen("/nodes") or all(
+        "contractor" not in s.headers.get("impersonate-user", []) for s in kube.standin.seen("")
+    )
+
+
+def test_get_nodes_works_for_a_role_with_groups(kube: KubeSetup, viewer: User) -> None:
+    result = kube.kubectl(viewer, "get", "nodes")
+    assert result.returncode == 0, result.stderr
+    assert "kube-node-1" in result.stdout
+    seen = [s for s in kube.standin.seen("/api/v1/nodes") if s.headers.get("impersonate-user")]
+    assert seen[-1].headers["impersonate-user"] == ["viewer"]
+    assert set(seen[-1].headers["impersonate-group"]) == {
+        "viewers",
+        "editors",
+        "system:authenticated",
+    }
+    # The API server sees certgate's own credentials, never the user's.
+    assert seen[-1].headers["authorization"] == ["Bearer standin-admin-token"]
+
+
+def test_as_group_may_narrow_but_not_widen(kube: KubeSetup, viewer: User) -> None:
+    narrowed = kube.kubectl(viewer, "get", "nodes", "--as=viewer", "--as-group=viewers")
+    assert narrowed.returncode == 0, narrowed.stderr
+    seen = [s for s in kube.standin.seen("/api/v1/nodes") if s.headers.get("impersonate-user")]
+    assert seen[-1].headers["impersonate-group"] == ["viewers", "system:authenticated"]
+
+    widened = kube.kubectl(viewer, "get", "nodes", "--as=viewer", "--as-group=system:masters")
+    assert widened.returncode != 0
+    assert '--as-group "system:masters" is not allowed by your roles' in widened.stderr
+    other_user = kube.kubectl(viewer, "get", "nodes", "--as=admin")
+    assert other_user.returncode != 0
+    assert '--as "admin" is not allowed' in other_user.stderr
+
+
+def test_injected_impersonation_headers_never_reach_the_api_server(
+    kube: KubeSetup, viewer: User
+) -> None:
+    """A client that writes its own Impersonate-* headers, not through kubectl's flags."""
+    creds = json.loads(
+        subprocess.run(
+            [str(BIN / "cgsh"), "kube", "credentials"], capture_output=True, text=True,
+            env=kube.env(viewer), check=True,
+        ).stdout
+    )["status"]  # fmt: skip
+    cert = viewer.home / "attacker.crt"
+    key = viewer.home / "attacker.key"
+    cert.write_text(creds["clientCertificateData"])
+    key.write_text(creds["clientKeyData"])
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(str(cert), str(key))
+    import http.client
+
+    def call(path: str, headers: dict[str, str]) -> int:
+        conn = http.client.HTTPSConnection("127.0.0.1", kube.kube_proxy_port, context=context)
+        conn.request("GET", path, headers=headers)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    marker = "/k8s/dev-cluster/api/v1/namespaces?injected=1"
+    headers = {
+        "Impersonate-Uid": "0",
+        "Impersonate-Extra-Scopes": "everything",
+        "X-Certgate-Identity": json.dumps({"username": "kadmin", "roles": ["kube-admin"]}),
+    }
+    assert call(marker, headers) == 200
+    seen = kube.standin.seen("injected=1")
+    assert seen, "the stand-in would have seen the request"
+    got = seen[-1].headers
+    assert got["impersonate-user"] == ["viewer"]
+    assert not [k for k in got if k.startswith(("impersonate-extra", "impersonate-uid"))]
+    assert not [k for k in got if k.startswith("x-certgate")]
+    # Asking for a group outright, as a header, is checked like --as-group.
+    assert call(marker, {"Impersonate-Group": "system:masters"}) == 403
+
+
+def _exec_terminal(kube: KubeSetup, user: User, *args: str) -> pexpect.spawn:
+    child = pexpect.spawn(
+        str(KUBECTL),
+        list(args),
+        env={**kube.env(user), "TERM": "xterm"},
+        dimensions=(30, 100),
+        timeout=20,
+    )
+    child.logfile_read = io.BytesIO()
+    return child
+
+
+def _recordings(kube: KubeSetup, user: User) -> list[dict[str, Any]]:
+    out = kube.cluster.cgsh(user, "recordings", "ls", "--format=json").stdout
+    return list(json.loads(out))
+
+
+def test_exec_it_works_is_recorded_and_replays(kube: KubeSetup, admin: User) -> None:
+    child = _exec_terminal(kube, admin, "-n", "default", "exec", "-it", "shell", "--", "/bin/sh")
+    child.expect(r"\$ ")
+    child.sendline("echo recorded-$((6*7))")
+    child.expect("recorded-42")
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+    found = eventually(
+        lambda: next((r for r in _recordings(kube, admin) if r["user"] == "kadmin"), None)
+    )
+    played = kube.cluster.cgsh(admin, "play", found["id"], "--speed=100").stdout
+    assert "recorded-42" in played
+    events = kube.cluster.cgctl("audit", "ls", "--event=session.start", "--format=json").stdout
+    start = [e for e in json.loads(events) if e.get("user") == "kadmin"][-1]
+    assert start["kubernetes_cluster"] == "dev-cluster"
+    assert start["kubernetes_namespace"] == "default"
+    assert start["kubernetes_pod"] == "shell"
+
+
+def test_a_lock_ends_a_running_exec_and_refuses_the_next_call(
+    kube: KubeSetup, tmp_path: Any
+) -> None:
+    locked = _user(kube, "locked-admin", "kube-admin")
+    child = _exec_terminal(kube, locked, "-n", "default", "exec", "-it", "shell", "--", "/bin/sh")
+    child.expect(r"\$ ")
+    child.sendline("echo alive")
+    child.expect("alive")  # the session runs: the lock below is what ends it
+    kube.cluster.cgctl("lock", "--user=locked-admin", "--message=incident 42")
+    child.expect("incident 42")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus != 0
+    refused = kube.kubectl(locked, "get", "pods", "-A")
+    assert refused.returncode != 0
+    assert "incident 42" in refused.stderr
+
+
+def test_kubernetes_resources_limit_exec_to_one_namespace_and_filter_lists(
+    kube: KubeSetup,
+) -> None:
+    user = _user(kube, "devpods", "kube-dev-pods")
+    everything = kube.kubectl(user, "get", "pods", "-A")
+    assert everything.returncode == 0, everything.stderr
+    assert "web" in everything.stdout and "db" in everything.stdout
+    assert "api" not in everything.stdout and "shell" not in everything.stdout
+
+    inside = kube.kubectl(user, "-n", "dev", "exec", "web", "--", "echo", "inside")
+    assert inside.returncode == 0, inside.stderr
+    assert "inside" in inside.stdout
+    outside = kube.kubectl(user, "-n", "prod", "exec", "api", "--", "echo", "outside")
+    assert outside.returncode != 0
+    assert "kubernetes_resources" in outside.stderr
+    assert "outside" not in outside.stdout
+
+
+def test_logs_follow_streams_lines_as_they_come(kube: KubeSetup, viewer: User) -> None:
+    process = kube.kubectl_process(viewer, "-n", "dev", "logs", "-f", "web")
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "web line 0"
+        kube.standin.append_log("dev", "web", "a fresh line")
+        lines = [process.stdout.readline().strip() for _ in range(3)]
+        assert lines[-1] == "a fresh line"
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
+def test_logout_removes_what_cgsh_wrote_and_nothing_else(kube: KubeSetup) -> None:
+    user = _user(kube, "leaver", "kube-viewer")
+    config = kube.kubeconfig(user)
+    text = config.read_text()
+    config.write_text(
+        text.replace("clusters:", "clusters:\n- name: mine\n  cluster: {server: 'https://x'}", 1)
+    )
+    assert kube.cluster.cgsh(user, "logout").returncode == 0
+    left = config.read_text()
+    assert "mine" in left
+    assert "certgate" not in left
+    assert os.stat(config).st_mode & 0o777 == 0o600
