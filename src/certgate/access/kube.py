@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from certgate.access.rbac import RoleSet
+from certgate.api.identity import Identity
 from certgate.api.role import KubeResource
 from certgate.errors import AccessDenied
 
@@ -126,6 +127,18 @@ def _singular(resource: str) -> str:
 class Impersonation:
     user: str
     groups: tuple[str, ...]
+
+
+def check_resource_grant(identity: Identity, cluster: str) -> None:
+    """A certificate from a resource access request reaches only the resources it names
+    (`kube_cluster/NAME`); any other certificate is not limited this way."""
+    # `resources` arrives with access requests (identity field set by resource grants).
+    granted: tuple[str, ...] = tuple(getattr(identity, "resources", ()) or ())
+    if granted and f"kube_cluster/{cluster}" not in granted:
+        raise AccessDenied(
+            f'access denied to kubernetes cluster "{cluster}": your access request grants '
+            f"only {', '.join(granted)}"
+        )
 
 
 def check_cluster(role_set: RoleSet, cluster: str, labels: Mapping[str, str]) -> None:

@@ -36,6 +36,7 @@ from certgate.access.kube import (
     Impersonation,
     KubeRequest,
     ResourceRules,
+    check_resource_grant,
     impersonation,
     parse_request,
     resource_rules,
@@ -289,6 +290,7 @@ class KubeForwarder:
         if upstream is None:
             raise AccessDenied(f'kubernetes cluster "{cluster}" is not served here')
         self._access.check_identity(identity, node=cluster)
+        check_resource_grant(identity, cluster)
         role_set = self._access.role_set(identity)
         imp = impersonation(
             role_set,

@@ -25,7 +25,12 @@ from typing import Any
 from cryptography import x509
 
 from certgate.access.cached_access import CachedAccess
-from certgate.access.kube import check_cluster, parse_request, status_body
+from certgate.access.kube import (
+    check_cluster,
+    check_resource_grant,
+    parse_request,
+    status_body,
+)
 from certgate.api.certs import identity_from_x509
 from certgate.api.identity import Identity
 from certgate.api.kube_cluster import PROXY_PATH_PREFIX, KubeCluster
@@ -177,6 +182,7 @@ class KubeListener:
                 f"{PROXY_PATH_PREFIX}CLUSTER (cgsh kube login CLUSTER writes it)"
             )
         self._access.check_identity(identity, node=name)
+        check_resource_grant(identity, name)
         cluster = self._view.get("kube_cluster", name)
         role_set = self._access.role_set(identity)
         if not isinstance(cluster, KubeCluster) or not role_set.can_access_kube(
