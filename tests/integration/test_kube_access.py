@@ -113,7 +113,7 @@ def test_kube_ls_lists_the_cluster_with_its_labels(kube: KubeSetup, viewer: User
     assert {"name": "dev-cluster", "labels": {"env": "dev"}} in json.loads(out)
     config = kube.kubeconfig(viewer)
     assert config.stat().st_mode & 0o777 == 0o600
-    assert "cgsh" in config.read_text() and "credentials" in config.read_text()
+    assert "certgate.client.kube_credentials" in config.read_text()
 
 
 def test_get_nodes_is_refused_without_groups(kube: KubeSetup, contractor: User) -> None:

@@ -37,15 +37,19 @@ def test_frames_come_out_whole_however_the_bytes_are_split(
     stream += b"".join(wsframes.channel_frame(ch, data) for ch, data in messages)
     reader = wsframes.FrameReader()
     frames = []
+    relayed = b""
     for i in range(0, len(stream), step):
-        frames += reader.feed(stream[i : i + step])
+        found, whole = reader.feed(stream[i : i + step])
+        frames += found
+        relayed += whole
     assert [(f.channel, f.data) for f in frames] == messages + messages
     assert b"".join(f.raw for f in frames) == stream
+    assert relayed == stream and reader.pending == 0
 
 
 def test_continuations_keep_the_first_frames_channel() -> None:
     stream = client_frame(b"\x01abc", fin=False) + client_frame(b"def", wsframes.OP_CONT)
-    frames = wsframes.FrameReader().feed(stream)
+    frames, _ = wsframes.FrameReader().feed(stream)
     assert [(f.channel, f.data) for f in frames] == [(1, b"abc"), (1, b"def")]
 
 

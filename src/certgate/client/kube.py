@@ -18,24 +18,21 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography import x509
 
 from certgate.api.codec import from_dict
 from certgate.api.kube_cluster import PROXY_PATH_PREFIX, KubeCluster
 from certgate.client.cluster import connect_profile
+from certgate.client.kube_credentials import EXEC_API_VERSION, exec_credential
 from certgate.client.profile import Profile, home, load_profile
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.rpc.auth_client import AuthClient
 from certgate.transport import client_context
-
-EXEC_API_VERSION = "client.authentication.k8s.io/v1"
 
 
 def list_clusters() -> list[KubeCluster]:
@@ -77,8 +74,9 @@ def login(name: str) -> Written:
     user = {
         "exec": {
             "apiVersion": EXEC_API_VERSION,
-            "command": _cgsh(),
-            "args": ["kube", "credentials", f"--cluster={name}"],
+            # `cgsh kube credentials`, without loading cgsh (kube_credentials.py).
+            "command": sys.executable,
+            "args": ["-m", "certgate.client.kube_credentials", f"--cluster={name}"],
             "env": [{"name": "CERTGATE_HOME", "value": str(home())}],
             "interactiveMode": "Never",
             "provideClusterInfo": False,
@@ -98,19 +96,11 @@ def login(name: str) -> Written:
 def credentials() -> dict[str, Any]:
     """The ExecCredential kubectl reads from the plugin's stdout."""
     try:
-        profile = load_profile()
-        identity = profile.identity()
-    except AccessDenied as exc:
-        raise AccessDenied(f"{exc.message} (kubectl needs a certgate login)") from None
-    return {
-        "apiVersion": EXEC_API_VERSION,
-        "kind": "ExecCredential",
-        "status": {
-            "clientCertificateData": identity.bundle.tls_cert,
-            "clientKeyData": identity.key_pem,
-            "expirationTimestamp": _expiry(identity.bundle.tls_cert),
-        },
-    }
+        return exec_credential()
+    except (OSError, ValueError, KeyError):
+        raise AccessDenied(
+            "not logged in: run cgsh login (kubectl needs a certgate login)"
+        ) from None
 
 
 def logout() -> int:
@@ -153,13 +143,6 @@ def _kube_addr(profile: Profile) -> str:
     if not addr:
         raise BadParameter("this proxy does not serve Kubernetes (no kube_listen_addr)")
     return addr
-
-
-def _cgsh() -> str:
-    found = shutil.which("cgsh")
-    if found:
-        return found
-    return str(Path(sys.argv[0]).resolve())
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -212,8 +195,3 @@ def _remember(path: Path, entry: str, context: str) -> None:
     written[str(path)] = entries
     home().mkdir(parents=True, exist_ok=True)
     note.write_text(json.dumps(written, indent=2) + "\n")
-
-
-def _expiry(cert_pem: str) -> str:
-    cert = x509.load_pem_x509_certificate(cert_pem.encode())
-    return cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -361,7 +361,9 @@ class Daemon:
         """kubectl's way in (3026): TLS with the user's certificate, on to kube services."""
         cfg = self.config.proxy_service
         remote = RemoteAudit(auth)
-        audit = AuditQueue(lambda event, fields: remote(event, **fields), "kube audit", remote.many)
+        audit = AuditQueue(
+            lambda event, fields: remote(event, **fields), "kube audit", remote.many, linger=0.5
+        )
         self._closers.append(audit.close)
         listener = KubeListener(
             view,

@@ -537,32 +537,33 @@ async def _relay_frames(
 
     async def from_user() -> None:
         frames = wsframes.FrameReader()
-        while not io.stopped and (data := await reader.read(65536)):
-            out = []
-            for frame in frames.feed(data):
-                if frame.channel == wsframes.STDIN and frame.data:
+        while not io.stopped and (data := await reader.read(262144)):
+            found, whole = frames.feed(data)
+            for frame in found:
+                if frame.channel == wsframes.STDIN:
                     session.input()
-                elif frame.channel == wsframes.RESIZE and frame.data:
+                elif frame.channel == wsframes.RESIZE:
                     size = wsframes.resize(frame.data)
                     if size is not None:
                         session.resized(*size)
-                out.append(frame.raw)
-            if out and not io.stopped:
-                up_writer.write(b"".join(out))
+            if whole and not io.stopped:
+                up_writer.write(whole)
                 await up_writer.drain()
 
     async def to_user() -> None:
         frames = wsframes.FrameReader()
         while not io.stopped and (data := await up_reader.read(262144)):
-            out = []
-            for frame in frames.feed(data):
-                if frame.channel in (wsframes.STDOUT, wsframes.STDERR) and frame.data:
-                    session.output(frame.data)
+            found, whole = frames.feed(data)
+            # Payloads are cut out only for a recorder or joiners to see.
+            watched = session.observer is not None or session.party is not None
+            for frame in found:
+                if frame.channel in (wsframes.STDOUT, wsframes.STDERR):
+                    if watched:
+                        session.output(frame.data)
                 elif frame.channel == wsframes.STATUS and frame.fin:
                     exit_code[0] = wsframes.exit_code(frame.data)
-                out.append(frame.raw)
-            if out and not io.stopped:
-                writer.write(b"".join(out))
+            if whole and not io.stopped:
+                writer.write(whole)
                 await writer.drain()
 
     await _both(from_user(), to_user())

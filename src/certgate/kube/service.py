@@ -68,7 +68,7 @@ class KubeService:
         self.monitor = SessionMonitor(self.registry, self.access, server="kube service")
         remote = RemoteAudit(auth)
         self._audit = AuditQueue(
-            lambda event, fields: remote(event, **fields), "kube audit", remote.many
+            lambda event, fields: remote(event, **fields), "kube audit", remote.many, linger=0.5
         )
         self.recordings = NodeRecordings(data_dir / "recordings", auth_sender(auth))
         self._record = RecordingHook(self.recordings, name, self._recording_mode, self._end)

@@ -29,74 +29,96 @@ class Frame:
     opcode: int
     fin: bool
     channel: int  # of the message this frame belongs to (-1 for control frames)
-    data: bytes  # unmasked payload without the channel byte
+    # Where the payload starts in `raw` (past the channel byte when there is one), and
+    # the client's mask; the payload is unmasked only when someone reads `data`.
+    start: int = 0
+    mask: bytes = b""
+    mask_offset: int = 0
+
+    @property
+    def data(self) -> bytes:
+        """The payload without the channel byte, unmasked."""
+        payload = self.raw[self.start :]
+        if not self.mask:
+            return payload
+        return _unmask(payload, self.mask, self.mask_offset)
 
 
 class FrameReader:
+    """Complete frames out of a byte stream, copying as little as it can: `feed` also
+    returns the bytes of every complete frame in one piece, to relay with one write."""
+
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._pending = b""
         self._channel = -1  # of the message being continued
 
-    def feed(self, data: bytes) -> list[Frame]:
-        self._buffer += data
-        frames = []
-        while (frame := self._next()) is not None:
+    def feed(self, data: bytes) -> tuple[list[Frame], bytes]:
+        buf = self._pending + data if self._pending else data
+        frames: list[Frame] = []
+        at = 0
+        while (found := self._next(buf, at)) is not None:
+            frame, at = found
             frames.append(frame)
-        return frames
+        self._pending = buf[at:]
+        return frames, buf[:at] if at < len(buf) else buf
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        return len(self._pending)
 
-    def _next(self) -> Frame | None:
-        buf = self._buffer
-        if len(buf) < 2:
+    def _next(self, buf: bytes, at: int) -> tuple[Frame, int] | None:
+        if len(buf) - at < 2:
             return None
-        fin = bool(buf[0] & 0x80)
-        opcode = buf[0] & 0x0F
-        masked = bool(buf[1] & 0x80)
-        length = buf[1] & 0x7F
-        offset = 2
+        fin = bool(buf[at] & 0x80)
+        opcode = buf[at] & 0x0F
+        masked = bool(buf[at + 1] & 0x80)
+        length = buf[at + 1] & 0x7F
+        offset = at + 2
         if length == 126:
-            if len(buf) < 4:
+            if len(buf) < offset + 2:
                 return None
-            length = struct.unpack_from("!H", buf, 2)[0]
-            offset = 4
+            length = struct.unpack_from("!H", buf, offset)[0]
+            offset += 2
         elif length == 127:
-            if len(buf) < 10:
+            if len(buf) < offset + 8:
                 return None
-            length = struct.unpack_from("!Q", buf, 2)[0]
-            offset = 10
+            length = struct.unpack_from("!Q", buf, offset)[0]
+            offset += 8
         if length > MAX_FRAME:
             raise BadParameter(f"websocket frame of {length} bytes refused")
         mask = b""
         if masked:
             if len(buf) < offset + 4:
                 return None
-            mask = bytes(buf[offset : offset + 4])
+            mask = buf[offset : offset + 4]
             offset += 4
         end = offset + length
         if len(buf) < end:
             return None
-        raw = bytes(buf[:end])
-        payload = raw[offset:end]
-        del buf[:end]
-        if masked:
-            payload = _unmask(payload, mask)
+        # Control frames: small, kept whole. Data frames: only the first and the channel.
+        raw = buf[at:end] if (at or end != len(buf)) else buf
+        start = offset - at
         if opcode >= 8:
-            return Frame(raw, opcode, fin, -1, payload)
+            return Frame(raw, opcode, fin, -1, start, mask), end
+        skip = 0
         if opcode in (OP_TEXT, OP_BINARY):
-            self._channel = payload[0] if payload else -1
-            payload = payload[1:]
+            if length:
+                first = buf[offset] ^ mask[0] if mask else buf[offset]
+                self._channel = first
+                skip = 1
+            else:
+                self._channel = -1
         channel = self._channel
         if fin:
             self._channel = -1
-        return Frame(raw, opcode, fin, channel, payload)
+        return Frame(raw, opcode, fin, channel, start + skip, mask, skip), end
 
 
-def _unmask(payload: bytes, mask: bytes) -> bytes:
+def _unmask(payload: bytes, mask: bytes, offset: int = 0) -> bytes:
+    """Unmask `payload`, which starts `offset` bytes into the masked payload."""
     if not payload:
         return payload
+    mask = mask[offset % 4 :] + mask[: offset % 4]
     key = int.from_bytes((mask * (len(payload) // 4 + 1))[: len(payload)], "big")
     return (int.from_bytes(payload, "big") ^ key).to_bytes(len(payload), "big")
 
