@@ -52,8 +52,10 @@ from certgate.srv.authorize import policy_for
 from certgate.srv.http1 import (
     HOP_BY_HOP,
     MAX_HEAD,
+    Connection,
     Framing,
     Head,
+    IdlePool,
     ProtocolError,
     body_framing,
     close_writer,
@@ -99,18 +101,24 @@ class _Call:
 
 
 class _Upstreams:
-    """The API-server connections of one proxy connection, one per cluster, reused."""
+    """The API-server connections of one proxy connection, one per cluster: kept while
+    the proxy's connection lives, then handed to the forwarder's idle pool."""
 
-    def __init__(self) -> None:
-        self._open: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+    def __init__(self, pool: IdlePool) -> None:
+        self._pool = pool
+        self._open: dict[str, Connection] = {}
 
-    async def get(self, upstream: Upstream) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def get(self, upstream: Upstream) -> tuple[Connection, bool]:
+        """A connection to `upstream`, and whether it was used before (may be stale)."""
         found = self._open.get(upstream.name)
         if found is not None and not found[1].is_closing():
-            return found
-        found = await dial(upstream)
+            return found, True
+        found = self._pool.take(upstream.name)
+        reused = found is not None
+        if found is None:
+            found = await dial(upstream)
         self._open[upstream.name] = found
-        return found
+        return found, reused
 
     def drop(self, name: str) -> None:
         found = self._open.pop(name, None)
@@ -118,8 +126,8 @@ class _Upstreams:
             found[1].close()
 
     def close(self) -> None:
-        for _, writer in self._open.values():
-            writer.close()
+        for name, conn in self._open.items():
+            self._pool.give(name, conn)
         self._open.clear()
 
 
@@ -164,6 +172,7 @@ class KubeForwarder:
         self._name = name
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        self._pool = IdlePool()
 
     async def start(self, host: str, port: int, context: ssl.SSLContext) -> int:
         self._server = await asyncio.start_server(
@@ -177,6 +186,7 @@ class KubeForwarder:
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
+        self._pool.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
@@ -187,7 +197,7 @@ class KubeForwarder:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
-        upstreams = _Upstreams()
+        upstreams = _Upstreams(self._pool)
         try:
             if not self._from_proxy(writer):
                 return
@@ -246,18 +256,28 @@ class KubeForwarder:
             await self._upgrade(head, reader, writer, call)
             return False
         try:
-            up_reader, up_writer = await upstreams.get(call.upstream)
-            up_writer.write(head.encode())
-            await relay_body(reader, up_writer, framing)
-            response = await read_head(up_reader)
-            if response is None:
-                raise ProtocolError("the API server closed the connection")
+            for attempt in (1, 2):
+                (up_reader, up_writer), reused = await upstreams.get(call.upstream)
+                try:
+                    up_writer.write(head.encode())
+                    await relay_body(reader, up_writer, framing)
+                    response = await read_head(up_reader)
+                    if response is None:
+                        raise ProtocolError("the API server closed the connection")
+                    break
+                except (OSError, ProtocolError, asyncio.IncompleteReadError):
+                    upstreams.drop(call.upstream.name)
+                    # A kept-alive connection the server closed meanwhile: once more on
+                    # a fresh one, if nothing of a body was sent.
+                    if attempt == 2 or not reused or framing.kind != "none":
+                        raise
         except (CertgateError, OSError, asyncio.IncompleteReadError) as exc:
             upstreams.drop(call.upstream.name)
             message = exc.message if isinstance(exc, CertgateError) else str(exc)
             await _answer(writer, 502, "ServiceUnavailable", message)
             self._audit_call(call.identity, call.cluster, request, 502, message)
             return False
+        assert response is not None
         r_framing = body_framing(response, response=True, request_method=head.method)
         filtered = (
             call.rules.filters

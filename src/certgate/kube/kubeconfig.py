@@ -11,6 +11,7 @@ authenticates with (the kube service needs `impersonate`; see docs/kubernetes.md
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import ssl
 from dataclasses import dataclass
@@ -39,13 +40,18 @@ class Upstream:
     token: str = ""
     token_file: str = ""  # re-read on use: service account tokens are rotated
 
-    def tls_context(self) -> ssl.SSLContext:
+    @functools.cached_property
+    def _context(self) -> ssl.SSLContext:
         return client_context(
             [self.ca_pem] if self.ca_pem else [],
             self.cert_pem or None,
             self.key_pem or None,
             insecure=self.insecure,
         )
+
+    def tls_context(self) -> ssl.SSLContext:
+        """Built once: loading certificates costs more than a connection."""
+        return self._context
 
     def bearer(self) -> str:
         if self.token_file:

@@ -39,6 +39,7 @@ from certgate.rpc.watcher import ResourceView
 from certgate.srv.http1 import (
     MAX_HEAD,
     Head,
+    IdlePool,
     ProtocolError,
     body_framing,
     close_writer,
@@ -71,6 +72,8 @@ class KubeListener:
         self._audit = audit
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
+        self._pool = IdlePool()
+        self._tls: ssl.SSLContext | None = None
 
     async def start(self, host: str, port: int, context: ssl.SSLContext) -> int:
         self._server = await asyncio.start_server(
@@ -84,6 +87,7 @@ class KubeListener:
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
+        self._pool.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -104,8 +108,8 @@ class KubeListener:
         except Exception:
             log.exception("kube client connection failed")
         finally:
-            for _, up_writer in upstreams.values():
-                up_writer.close()
+            for key, connection in upstreams.items():
+                self._pool.give(key, connection)
             self._connections.discard(task)
             await close_writer(writer)
 
@@ -141,19 +145,34 @@ class KubeListener:
         head.add("X-Certgate-Client-Addr", client_addr)
         upgrade = head.is_upgrade()
         key = cluster.spec.addr
+        response: Head | None = None
         try:
-            if upgrade or key not in upstreams or upstreams[key][1].is_closing():
-                connection = await self._dial(cluster)
-                if not upgrade:
+            for attempt in (1, 2):
+                reused = False
+                if upgrade:
+                    connection = await self._dial(cluster)
+                elif key in upstreams and not upstreams[key][1].is_closing():
+                    connection, reused = upstreams[key], True
+                else:
+                    pooled = self._pool.take(key)
+                    reused = pooled is not None
+                    connection = pooled or await self._dial(cluster)
                     upstreams[key] = connection
-            else:
-                connection = upstreams[key]
-            up_reader, up_writer = connection
-            up_writer.write(head.encode())
-            await relay_body(reader, up_writer, framing)
-            response = await read_head(up_reader)
-            if response is None:
-                raise ProtocolError("the kube service closed the connection")
+                up_reader, up_writer = connection
+                try:
+                    up_writer.write(head.encode())
+                    await relay_body(reader, up_writer, framing)
+                    response = await read_head(up_reader)
+                    if response is None:
+                        raise ProtocolError("the kube service closed the connection")
+                    break
+                except (OSError, ProtocolError, asyncio.IncompleteReadError):
+                    # A kept-alive connection closed meanwhile: once more, bodiless only.
+                    stale = upstreams.pop(key, None)
+                    if stale is not None:
+                        stale[1].close()
+                    if attempt == 2 or not reused or framing.kind != "none":
+                        raise
         except (CertgateError, OSError, asyncio.IncompleteReadError) as exc:
             stale = upstreams.pop(key, None)
             if stale is not None:
@@ -161,6 +180,7 @@ class KubeListener:
             message = exc.message if isinstance(exc, CertgateError) else str(exc)
             await _answer(writer, 502, f'kubernetes cluster "{cluster.name}": {message}')
             return False
+        assert response is not None
         writer.write(response.encode())
         if upgrade and response.status == 101:
             await _both(pipe(reader, up_writer), pipe(up_reader, writer))
@@ -198,12 +218,14 @@ class KubeListener:
         self, cluster: KubeCluster
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         host, _, port = cluster.spec.addr.rpartition(":")
+        if self._tls is None:
+            self._tls = self._service_tls()  # built once: it loads certificates
         try:
             return await asyncio.wait_for(
                 asyncio.open_connection(
                     host.strip("[]"),
                     int(port),
-                    ssl=self._service_tls(),
+                    ssl=self._tls,
                     server_hostname=host.strip("[]"),
                     limit=MAX_HEAD,
                 ),

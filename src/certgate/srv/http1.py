@@ -266,3 +266,42 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
 
 def response_head(status: int, reason: str, headers: list[tuple[str, str]]) -> Head:
     return Head(f"HTTP/1.1 {status} {reason}", headers)
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class IdlePool:
+    """Kept-alive upstream connections between client connections, by destination.
+
+    kubectl opens a new connection for every command; without a pool each one would
+    cost a TLS handshake on every hop behind it. A connection handed back is reused by
+    the next client; one the far side closed meanwhile fails on first use, so callers
+    retry a bodiless request once on a fresh connection (`reused` tells them when).
+    """
+
+    def __init__(self, per_key: int = 8) -> None:
+        self._per_key = per_key
+        self._idle: dict[str, list[Connection]] = {}
+
+    def take(self, key: str) -> Connection | None:
+        idle = self._idle.get(key, [])
+        while idle:
+            conn = idle.pop()
+            if not conn[1].is_closing() and not conn[0].at_eof():
+                return conn
+            conn[1].close()
+        return None
+
+    def give(self, key: str, conn: Connection) -> None:
+        idle = self._idle.setdefault(key, [])
+        if conn[1].is_closing() or conn[0].at_eof() or len(idle) >= self._per_key:
+            conn[1].close()
+            return
+        idle.append(conn)
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for _, writer in idle:
+                writer.close()
+        self._idle.clear()
