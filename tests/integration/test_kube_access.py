@@ -120,9 +120,19 @@ def test_get_nodes_is_refused_without_groups(kube: KubeSetup, contractor: User) 
     result = kube.kubectl(contractor, "get", "nodes")
     assert result.returncode != 0
     assert 'user "contractor" has no assigned groups or users' in result.stderr
-    assert not kube.standin.seen("/nodes") or all(
-        "contractor" not in s.headers.get("impersonate-user", []) for s in kube.standin.seen("")
-    )
+    reached = [s for s in kube.standin.seen("/api/v1/nodes")]
+    assert all(s.headers.get("impersonate-user") != ["contractor"] for s in reached)
+
+    def refusals() -> list[dict[str, Any]]:
+        out = kube.cluster.cgctl("audit", "ls", "--event=kube.request", "--format=json").stdout
+        return [
+            e
+            for e in json.loads(out)
+            if e.get("user") == "contractor" and e.get("path") == "/api/v1/nodes"
+        ]
+
+    refused = eventually(refusals)[-1]
+    assert refused["status"] == 403 and "no assigned groups" in refused["reason"]
 
 
 def test_get_nodes_works_for_a_role_with_groups(kube: KubeSetup, viewer: User) -> None:
@@ -298,3 +308,23 @@ def test_logout_removes_what_cgsh_wrote_and_nothing_else(kube: KubeSetup) -> Non
     assert "mine" in left
     assert "certgate" not in left
     assert os.stat(config).st_mode & 0o777 == 0o600
+
+
+def test_watch_streams_and_is_filtered_by_resources(kube: KubeSetup) -> None:
+    user = _user(kube, "watcher", "kube-dev-pods")
+    process = kube.kubectl_process(user, "get", "pods", "-A", "-w", "--output-watch-events")
+    try:
+        assert process.stdout is not None
+        seen: list[str] = []
+        while not {"web", "db"} <= {word for line in seen for word in line.split()}:
+            line = process.stdout.readline()
+            assert line, f"the watch ended early: {seen}"
+            seen.append(line)
+        # The watch is still open: the stand-in holds it, certgate streams it.
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=10)
+    shown = "".join(seen) + out
+    assert "api" not in shown.split() and "shell" not in shown.split()
+    assert kube.standin.seen("watch=true"), "the watch reached the API server"
