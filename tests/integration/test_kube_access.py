@@ -51,6 +51,15 @@ spec:
 ---
 kind: role
 version: v1
+metadata: {name: kube-idle}
+spec:
+  allow:
+    kubernetes_labels: {"*": "*"}
+    kubernetes_groups: ["system:masters"]
+  options: {client_idle_timeout: 2s}
+---
+kind: role
+version: v1
 metadata: {name: kube-dev-pods}
 spec:
   allow:
@@ -245,6 +254,21 @@ def test_exec_it_works_is_recorded_and_replays(kube: KubeSetup, admin: User) -> 
     assert start["kubernetes_cluster"] == "dev-cluster"
     assert start["kubernetes_namespace"] == "default"
     assert start["kubernetes_pod"] == "shell"
+    events = kube.cluster.cgctl("audit", "ls", "--event=session.end", "--format=json").stdout
+    end = [e for e in json.loads(events) if e.get("session_id") == start["session_id"]][-1]
+    assert (end["kubernetes_cluster"], end["kubernetes_pod"]) == ("dev-cluster", "shell")
+
+
+def test_an_idle_exec_session_ends_after_the_roles_timeout(kube: KubeSetup) -> None:
+    user = _user(kube, "idler", "kube-idle")
+    child = _exec_terminal(kube, user, "-n", "default", "exec", "-it", "shell", "--", "/bin/sh")
+    child.expect(r"\$ ")
+    child.sendline("echo typing")
+    child.expect("typing")  # the session runs; nothing more is typed from here
+    child.expect(r"no input for 2s \(client_idle_timeout of your roles\)")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus != 0
 
 
 def test_a_lock_ends_a_running_exec_and_refuses_the_next_call(

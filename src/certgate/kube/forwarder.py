@@ -399,6 +399,7 @@ class KubeForwarder:
         request = call.request
         websocket = (head.get("Upgrade") or "").lower() == "websocket"
         session: LiveSession | None = None
+        where: dict[str, Any] = {}
         io = _ExecIO(writer)
         client = LiveClient(
             identity=call.identity,
@@ -460,18 +461,17 @@ class KubeForwarder:
                 return
             io.upstream = up_writer
             self._registry.add_client(client)
+            where = {
+                "kubernetes_cluster": call.cluster,
+                "kubernetes_namespace": request.namespace,
+                "kubernetes_pod": request.name,
+                "kubernetes_container": request.first("container"),
+                "kubernetes_user": call.imp.user,
+                "kubernetes_groups": list(call.imp.groups),
+            }
             if session is not None:
                 session.begin()
-                session.announce(
-                    {
-                        "kubernetes_cluster": call.cluster,
-                        "kubernetes_namespace": request.namespace,
-                        "kubernetes_pod": request.name,
-                        "kubernetes_container": request.first("container"),
-                        "kubernetes_user": call.imp.user,
-                        "kubernetes_groups": list(call.imp.groups),
-                    }
-                )
+                session.announce(where)
             if session is not None and websocket:
                 exit_code = await _relay_frames(reader, writer, up_reader, up_writer, session, io)
                 session.exec_finished(exit_code)
@@ -481,7 +481,8 @@ class KubeForwarder:
             up_writer.close()
             self._registry.remove_client(client)
             if session is not None:
-                session.ended()
+                # session.end names the pod as session.start did.
+                session.ended(None, where)
                 session.closed()
             io.closed.set()
 
