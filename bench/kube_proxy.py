@@ -41,7 +41,6 @@ if str(ROOT) not in sys.path:
 from tests.support.cluster import BIN, Cluster, User  # noqa: E402
 from tests.support.kube_cluster import KUBECTL, KubeSetup  # noqa: E402
 from tests.support.kube_standin import ADMIN_TOKEN, Grant, KubeStandin  # noqa: E402
-from tests.support.net import free_port  # noqa: E402
 
 ROLE = """
 kind: role
@@ -121,13 +120,10 @@ def main() -> None:
         standin.grants.append(Grant(("group:system:masters",)))
         standin.pods[("dev", "web")].log_file = big
         standin.start()
-        port = free_port()
-        cluster = Cluster(
-            workdir / "certgate", extra_args=["--kube-proxy-listen", f"127.0.0.1:{port}"]
-        )
+        cluster = Cluster(workdir / "certgate")
         cluster.start()
         try:
-            setup = KubeSetup(cluster, standin, port)
+            setup = KubeSetup(cluster, standin, cluster.kube_proxy_port)
             setup.start_kube_service()
             (workdir / "role.yaml").write_text(ROLE)
             cluster.cgctl("create", str(workdir / "role.yaml"))
@@ -166,9 +162,8 @@ def measure(
             latency[name].append(run_kubectl(env, ["get", "pods", "-n", "dev"])[0])
     print("\n`kubectl get pods -n dev` (whole command), ms:")
     for name, values in latency.items():
-        print(
-            f"  {name:9} p50 {percentile(values, 0.5) * 1000:7.1f}   p99 {percentile(values, 0.99) * 1000:7.1f}"
-        )
+        p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
+        print(f"  {name:9} p50 {p50:7.1f}   p99 {p99:7.1f}")
     ratio = percentile(latency["certgate"], 0.5) / percentile(latency["direct"], 0.5)
     print(f"  certgate/direct p50: {ratio:.2f}x (target <= 1.3x)")
 
@@ -199,9 +194,8 @@ def measure(
     )  # fmt: skip
     print("\nGET /api/v1/namespaces/dev/pods on a kept-alive connection, ms:")
     for name, values in (("certgate", via), ("direct", straight)):
-        print(
-            f"  {name:9} p50 {percentile(values, 0.5) * 1000:7.2f}   p99 {percentile(values, 0.99) * 1000:7.2f}"
-        )
+        p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
+        print(f"  {name:9} p50 {p50:7.2f}   p99 {p99:7.2f}")
 
     for title, kubectl_args in (
         ("kubectl logs", ["-n", "dev", "logs", "web"]),
@@ -215,9 +209,8 @@ def measure(
                 rates[name].append(received / seconds / 1e6)
         print(f"\n{title} of {size >> 20} MiB, MB/s (median of {args.rounds}):")
         for name, values in rates.items():
-            print(
-                f"  {name:9} {statistics.median(values):8.1f}   runs {', '.join(f'{v:.0f}' for v in values)}"
-            )
+            runs = ", ".join(f"{v:.0f}" for v in values)
+            print(f"  {name:9} {statistics.median(values):8.1f}   runs {runs}")
         share = statistics.median(rates["certgate"]) / statistics.median(rates["direct"])
         print(f"  certgate/direct: {share:.2f}x (target >= 0.8x)")
 

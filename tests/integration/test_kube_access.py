@@ -21,7 +21,6 @@ import pytest
 from tests.support.cluster import BIN, Cluster, User
 from tests.support.kube_cluster import KUBECTL, KubeSetup
 from tests.support.kube_standin import Grant, KubeStandin
-from tests.support.net import free_port
 from tests.support.wait import eventually
 
 ROLES = """
@@ -78,10 +77,9 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeSetup]:
         Grant(("group:system:masters",)),
     ]
     standin.start()
-    port = free_port()
-    cluster = Cluster(workdir, extra_args=["--kube-proxy-listen", f"127.0.0.1:{port}"])
+    cluster = Cluster(workdir)
     cluster.start()
-    setup = KubeSetup(cluster, standin, port)
+    setup = KubeSetup(cluster, standin, cluster.kube_proxy_port)
     try:
         setup.start_kube_service()
         roles = workdir / "roles.yaml"
