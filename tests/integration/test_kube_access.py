@@ -350,3 +350,54 @@ def test_watch_streams_and_is_filtered_by_resources(kube: KubeSetup) -> None:
     shown = "".join(seen) + out
     assert "api" not in shown.split() and "shell" not in shown.split()
     assert kube.standin.seen("watch=true"), "the watch reached the API server"
+
+
+def test_a_cluster_outside_the_roles_labels_is_neither_listed_nor_reachable(
+    kube: KubeSetup, viewer: User
+) -> None:
+    (kube.cluster.workdir / "prod-only.yaml").write_text(
+        "kind: role\nversion: v1\nmetadata: {name: kube-prod-only}\n"
+        "spec: {allow: {kubernetes_labels: {env: prod}, kubernetes_groups: [viewers]}}\n"
+    )
+    kube.cluster.cgctl("create", str(kube.cluster.workdir / "prod-only.yaml"))
+    outsider = kube.cluster.add_user("outsider", roles="kube-prod-only")
+    kube.cluster.login(outsider)
+    assert json.loads(kube.cluster.cgsh(outsider, "kube", "ls", "--format=json").stdout) == []
+    refused = kube.kube_login(outsider)
+    assert refused.returncode != 0
+    assert 'kubernetes cluster "dev-cluster" not found' in refused.stderr
+    # With the viewer's kubeconfig entry copied over, kubectl gets the same answer.
+    config = kube.kubeconfig(outsider)
+    config.write_text(
+        kube.kubeconfig(viewer).read_text().replace(str(viewer.home), str(outsider.home))
+    )
+    before = len(kube.standin.requests)
+    result = kube.kubectl(outsider, "get", "pods", "-n", "dev")
+    assert result.returncode != 0
+    assert "(NotFound)" in result.stderr  # kubectl shows no message for a 404 in discovery
+    assert not [s for s in kube.standin.requests[before:] if "outsider" in str(s.headers)]
+
+
+def test_the_kube_service_only_takes_calls_from_proxies(kube: KubeSetup, viewer: User) -> None:
+    clusters = json.loads(kube.cluster.cgctl("get", "kube_cluster", "--format=json").stdout)
+    addr = next(c["spec"]["addr"] for c in clusters if c["metadata"]["name"] == "dev-cluster")
+    host, port = addr.rsplit(":", 1)
+    keys = viewer.home / "keys"
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(str(keys / "tls.crt"), str(keys / "key.pem"))
+    import http.client
+
+    conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=10)
+    headers = {
+        "X-Certgate-Identity": json.dumps(
+            {"username": "viewer", "roles": ["kube-admin"], "expires": "2099-01-01T00:00:00+00:00"}
+        ),
+        "X-Certgate-Cluster": "dev-cluster",
+    }
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
+        conn.request("GET", "/api/v1/namespaces?direct=1", headers=headers)
+        conn.getresponse().read()
+    conn.close()
+    assert not kube.standin.seen("direct=1")

@@ -65,3 +65,14 @@ async def test_framing_follows_rfc9112() -> None:
     assert http1.body_framing(head(start="GET / HTTP/1.1"), response=False).kind == "none"
     with pytest.raises(http1.ProtocolError):
         http1.body_framing(head(("Content-Length", "x")), response=True)
+
+
+def test_framing_leaves_no_room_for_smuggling() -> None:
+    both = http1.Head(
+        "POST / HTTP/1.1", [("Content-Length", "4"), ("Transfer-Encoding", "chunked")]
+    )
+    assert http1.body_framing(both, response=False).kind == "chunked"
+    assert both.get("Content-Length") is None  # what is forwarded says one thing only
+    two = http1.Head("POST / HTTP/1.1", [("Content-Length", "4"), ("Content-Length", "9")])
+    with pytest.raises(http1.ProtocolError):
+        http1.body_framing(two, response=False)

@@ -139,7 +139,11 @@ class Framing:
 
 
 def body_framing(head: Head, *, response: bool, request_method: str = "") -> Framing:
-    """How the body after `head` ends (RFC 9112 §6.3)."""
+    """How the body after `head` ends (RFC 9112 §6.3).
+
+    A message with Transfer-Encoding loses its Content-Length here, and one with
+    several different Content-Lengths is refused: the two ends of a relay must never
+    disagree on where a request ends (request smuggling)."""
     if response:
         status = head.status
         if request_method == "HEAD" or status in (204, 304) or 100 <= status < 200:
@@ -148,8 +152,12 @@ def body_framing(head: Head, *, response: bool, request_method: str = "") -> Fra
     if encoding:
         if encoding.split(",")[-1].strip() != "chunked":
             raise ProtocolError(f"unsupported transfer encoding {encoding!r}")
+        head.remove("Content-Length")
         return Framing("chunked")
-    length = head.get("Content-Length")
+    lengths = {v.strip() for value in head.get_all("Content-Length") for v in value.split(",")}
+    if len(lengths) > 1:
+        raise ProtocolError("conflicting Content-Length headers")
+    length = lengths.pop() if lengths else None
     if length is not None:
         if not length.isdigit():
             raise ProtocolError(f"malformed Content-Length {length!r}")
