@@ -59,6 +59,15 @@ spec:
 ---
 kind: role
 version: v1
+metadata: {name: kube-strict}
+spec:
+  allow:
+    kubernetes_labels: {"*": "*"}
+    kubernetes_groups: ["system:masters"]
+  options: {record_session: {k8s: strict}}
+---
+kind: role
+version: v1
 metadata: {name: kube-dev-pods}
 spec:
   allow:
@@ -401,3 +410,70 @@ def test_the_kube_service_only_takes_calls_from_proxies(kube: KubeSetup, viewer:
         conn.getresponse().read()
     conn.close()
     assert not kube.standin.seen("direct=1")
+
+
+def _user_tls(user: User) -> ssl.SSLContext:
+    keys = user.home / "keys"
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(str(keys / "tls.crt"), str(keys / "key.pem"))
+    return context
+
+
+def test_an_unrecordable_spdy_exec_is_refused_when_recording_is_strict(kube: KubeSetup) -> None:
+    """An old kubectl's SPDY exec cannot be recorded: strict roles refuse it."""
+    import http.client
+
+    user = _user(kube, "strict", "kube-strict")
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", kube.kube_proxy_port, context=_user_tls(user), timeout=10
+    )
+    conn.request(
+        "POST",
+        "/k8s/dev-cluster/api/v1/namespaces/default/pods/shell/exec?command=id&stdout=true",
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "SPDY/3.1",
+            "X-Stream-Protocol-Version": "v4.channel.k8s.io",
+        },
+    )
+    response = conn.getresponse()
+    body = json.loads(response.read())
+    conn.close()
+    assert response.status == 403
+    assert "record_session.k8s: strict" in body["message"]
+
+
+def test_a_lock_ends_a_running_port_forward_stream(kube: KubeSetup) -> None:
+    """The port-forward upgrade held open through certgate (the stand-in echoes instead
+    of speaking SPDY), then cut by a lock."""
+    import asyncio
+
+    import aiohttp
+
+    user = _user(kube, "forwarder", "kube-admin")
+    url = (
+        f"https://127.0.0.1:{kube.kube_proxy_port}/k8s/dev-cluster"
+        "/api/v1/namespaces/dev/pods/web/portforward?ports=80"
+    )
+
+    async def scenario() -> str:
+        async with aiohttp.ClientSession() as http:
+            async with http.ws_connect(
+                url, ssl=_user_tls(user), protocols=("SPDY/3.1+portforward.k8s.io",)
+            ) as ws:
+                await ws.send_bytes(b"ping")
+                echoed = await asyncio.wait_for(ws.receive(), 10)
+                assert echoed.data == b"ping"  # the stream is up: the lock is what ends it
+                await asyncio.to_thread(
+                    kube.cluster.cgctl, "lock", "--user=forwarder", "--message=forward cut"
+                )
+                while True:
+                    msg = await asyncio.wait_for(ws.receive(), 15)
+                    if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                        return "closed"
+                    if msg.type == aiohttp.WSMsgType.ERROR:
+                        return "closed"
+
+    assert asyncio.run(scenario()) == "closed"

@@ -316,7 +316,22 @@ class KubeStandin:
             return await self._logs(request, pod)
         if sub in ("exec", "attach"):
             return await self._exec(request, pod, sub)
+        if sub == "portforward":
+            return await self._portforward_echo(request)
         return _status(404, "NotFound", f"no subresource {sub}")
+
+    async def _portforward_echo(self, request: web.Request) -> web.StreamResponse:
+        """NOT kubectl's port-forward protocol (SPDY inside the WebSocket, which this
+        stand-in does not speak): a WebSocket that echoes, so tests can hold a
+        port-forward upgrade open through certgate and see it cut."""
+        ws = web.WebSocketResponse(protocols=("SPDY/3.1+portforward.k8s.io",), compress=False)
+        if not ws.can_prepare(request).ok:
+            return _status(400, "BadRequest", "port-forward needs a WebSocket upgrade here")
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+        return ws
 
     async def _logs(self, request: web.Request, pod: Pod) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})
