@@ -20,6 +20,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
@@ -204,6 +205,8 @@ class KubeListener:
         self._access.check_identity(identity, node=name)
         check_resource_grant(identity, name)
         cluster = self._view.get("kube_cluster", name)
+        if isinstance(cluster, KubeCluster) and _expired(cluster):
+            cluster = None  # its kube service stopped announcing it
         role_set = self._access.role_set(identity)
         if not isinstance(cluster, KubeCluster) or not role_set.can_access_kube(
             cluster.metadata.labels
@@ -253,6 +256,11 @@ class KubeListener:
                 "server": "proxy",
             },
         )
+
+
+def _expired(cluster: KubeCluster) -> bool:
+    expires = cluster.metadata.expires
+    return expires is not None and expires < datetime.now(UTC)
 
 
 def _split_target(target: str) -> tuple[str, str]:
