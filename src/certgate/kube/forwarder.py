@@ -66,6 +66,7 @@ from certgate.srv.http1 import (
     read_head,
     relay_body,
     response_head,
+    streaming,
 )
 from certgate.srv.live import LiveClient, LiveSession
 from certgate.srv.registry import SessionRegistry
@@ -133,7 +134,7 @@ class _Upstreams:
 
 async def dial(upstream: Upstream) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
-        return await asyncio.wait_for(
+        reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
                 upstream.host,
                 upstream.port,
@@ -147,6 +148,8 @@ async def dial(upstream: Upstream) -> tuple[asyncio.StreamReader, asyncio.Stream
         raise BadParameter(
             f'cannot reach the API server of kubernetes cluster "{upstream.name}": {exc}'
         ) from exc
+    streaming(writer)
+    return reader, writer
 
 
 class KubeForwarder:
@@ -197,6 +200,7 @@ class KubeForwarder:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        streaming(writer)
         upstreams = _Upstreams(self._pool)
         try:
             if not self._from_proxy(writer):

@@ -49,6 +49,7 @@ from certgate.srv.http1 import (
     read_head,
     relay_body,
     response_head,
+    streaming,
 )
 
 log = logging.getLogger("certgate.proxy.kube")
@@ -94,6 +95,7 @@ class KubeListener:
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        streaming(writer)
         upstreams: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
         try:
             identity = _peer_identity(writer)
@@ -224,7 +226,7 @@ class KubeListener:
         if self._tls is None:
             self._tls = self._service_tls()  # built once: it loads certificates
         try:
-            return await asyncio.wait_for(
+            reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
                     host.strip("[]"),
                     int(port),
@@ -238,6 +240,8 @@ class KubeListener:
             raise BadParameter(
                 f"cannot reach its kube service at {cluster.spec.addr}: {exc}"
             ) from exc
+        streaming(writer)
+        return reader, writer
 
     def _audit_refusal(
         self, identity: Identity | None, cluster: str, method: str, path: str, exc: CertgateError

@@ -21,8 +21,13 @@ from dataclasses import dataclass, field
 
 from certgate.errors import BadParameter
 
-MAX_HEAD = 64 * 1024
+# The most a message head may take (Go's http server allows as much). Streams are opened
+# with it as their StreamReader limit, which is also how much a reader buffers before
+# it stops reading: larger than asyncio's 64 KiB default, so streams move in big pieces.
+MAX_HEAD = 1024 * 1024
 COPY_CHUNK = 256 * 1024
+# How much a writer holds before drain() waits (asyncio's default is 64 KiB).
+WRITE_BUFFER = 1024 * 1024
 # Hop-by-hop headers never forwarded as they came (RFC 9110 §7.6.1); Connection and
 # Upgrade are kept for protocol switches.
 HOP_BY_HOP = ("keep-alive", "proxy-connection", "te", "trailer", "proxy-authorization")
@@ -250,6 +255,11 @@ def _chunk_size(line: bytes) -> int:
         return int(text, 16)
     except ValueError:
         raise ProtocolError(f"malformed chunk size {line[:40]!r}") from None
+
+
+def streaming(writer: asyncio.StreamWriter) -> None:
+    """Let `writer` hold more before drain() waits: fewer pauses on long streams."""
+    writer.transport.set_write_buffer_limits(high=WRITE_BUFFER)
 
 
 async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
