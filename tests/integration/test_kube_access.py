@@ -347,10 +347,17 @@ def test_watch_streams_and_is_filtered_by_resources(kube: KubeSetup) -> None:
     try:
         assert process.stdout is not None
         seen: list[str] = []
-        while not {"web", "db"} <= {word for line in seen for word in line.split()}:
+
+        def shown_pods() -> list[str]:
+            return [w for line in seen for w in line.split() if w in ("web", "db", "api", "shell")]
+
+        # The list, then the watch's own events (the stand-in sends every pod as ADDED):
+        # web and db twice each, in whatever order, and nothing else.
+        while len(shown_pods()) < 4:
             line = process.stdout.readline()
             assert line, f"the watch ended early: {seen}"
             seen.append(line)
+        assert kube.standin.seen("watch=true"), "the watch reached the API server"
         # The watch is still open: the stand-in holds it, certgate streams it.
         assert process.poll() is None
     finally:
@@ -358,7 +365,6 @@ def test_watch_streams_and_is_filtered_by_resources(kube: KubeSetup) -> None:
         out, _ = process.communicate(timeout=10)
     shown = "".join(seen) + out
     assert "api" not in shown.split() and "shell" not in shown.split()
-    assert kube.standin.seen("watch=true"), "the watch reached the API server"
 
 
 def test_a_cluster_outside_the_roles_labels_is_neither_listed_nor_reachable(
