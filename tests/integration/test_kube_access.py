@@ -256,6 +256,11 @@ def test_exec_it_works_is_recorded_and_replays(kube: KubeSetup, admin: User) -> 
     )
     played = kube.cluster.cgsh(admin, "play", found["id"], "--speed=100").stdout
     assert "recorded-42" in played
+    document = json.loads(kube.cluster.cgsh(admin, "play", found["id"], "--format=json").stdout)
+    # kubectl sent the terminal's size (100x30) on the resize channel: it is in the cast.
+    assert {"type": "r", "data": "100x30"} in [
+        {"type": e["type"], "data": e["data"]} for e in document["events"]
+    ]
     events = kube.cluster.cgctl("audit", "ls", "--event=session.start", "--format=json").stdout
     start = [e for e in json.loads(events) if e.get("user") == "kadmin"][-1]
     assert start["kubernetes_cluster"] == "dev-cluster"
