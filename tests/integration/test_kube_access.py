@@ -488,3 +488,22 @@ def test_a_lock_ends_a_running_port_forward_stream(kube: KubeSetup) -> None:
                         return "closed"
 
     assert asyncio.run(scenario()) == "closed"
+
+
+def test_a_new_login_counts_on_the_next_kubectl_call_without_a_new_kubeconfig(
+    kube: KubeSetup,
+) -> None:
+    user = _user(kube, "promoted", "kube-contractor")
+    refused = kube.kubectl(user, "get", "nodes")
+    assert "has no assigned groups or users" in refused.stderr
+    config_before = kube.kubeconfig(user).read_text()
+
+    document = kube.cluster.cgctl("get", "user/promoted", "--format=yaml").stdout
+    changed = kube.cluster.workdir / "promoted.yaml"
+    changed.write_text(document.replace("kube-contractor", "kube-viewer"))
+    kube.cluster.cgctl("create", "--force", "-f", str(changed))
+    kube.cluster.login(user)  # new certificates with the new roles, as after a request
+    allowed = kube.kubectl(user, "get", "nodes")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "kube-node-1" in allowed.stdout
+    assert kube.kubeconfig(user).read_text() == config_before
