@@ -466,7 +466,7 @@ def test_a_lock_ends_a_running_port_forward_stream(kube: KubeSetup) -> None:
     user = _user(kube, "forwarder", "kube-admin")
     url = (
         f"https://127.0.0.1:{kube.kube_proxy_port}/k8s/dev-cluster"
-        "/api/v1/namespaces/dev/pods/web/portforward?ports=80"
+        "/api/v1/namespaces/dev/pods/web/portforward?ports=0"
     )
 
     async def scenario() -> str:
@@ -507,3 +507,34 @@ def test_a_new_login_counts_on_the_next_kubectl_call_without_a_new_kubeconfig(
     assert allowed.returncode == 0, allowed.stderr
     assert "kube-node-1" in allowed.stdout
     assert kube.kubeconfig(user).read_text() == config_before
+
+
+def _forwarded_echo(port: int) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"through the tunnel")
+        return sock.recv(1024)
+
+
+def test_port_forward_works_and_a_lock_ends_it(kube: KubeSetup) -> None:
+    import re
+
+    user = _user(kube, "tunneler", "kube-admin")
+    process = kube.kubectl_process(user, "-n", "dev", "port-forward", "pod/web", ":80")
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        match = re.search(r"127\.0\.0\.1:(\d+) -> 80", line)
+        assert match, line
+        local = int(match.group(1))
+        assert _forwarded_echo(local) == b"through the tunnel"
+        assert _forwarded_echo(local) == b"through the tunnel"  # a second connection
+        assert process.poll() is None  # still forwarding: the lock is what ends it
+        kube.cluster.cgctl("lock", "--user=tunneler", "--message=tunnel closed")
+        eventually(lambda: process.poll() is not None, timeout=20)
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+    again = kube.kubectl(user, "-n", "dev", "get", "pods")
+    assert "tunnel closed" in again.stderr

@@ -31,6 +31,7 @@ import struct
 import tempfile
 import termios
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,7 @@ class KubeStandin:
             self.pods[(ns, name)] = Pod(name, ns, log=[f"{name} line {i}" for i in range(3)])
         self.requests: list[Seen] = []
         self.exec_processes = 0
+        self.port_forwards = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -317,20 +319,28 @@ class KubeStandin:
         if sub in ("exec", "attach"):
             return await self._exec(request, pod, sub)
         if sub == "portforward":
-            return await self._portforward_echo(request)
+            return await self._portforward(request)
         return _status(404, "NotFound", f"no subresource {sub}")
 
-    async def _portforward_echo(self, request: web.Request) -> web.StreamResponse:
-        """NOT kubectl's port-forward protocol (SPDY inside the WebSocket, which this
-        stand-in does not speak): a WebSocket that echoes, so tests can hold a
-        port-forward upgrade open through certgate and see it cut."""
+    async def _portforward(self, request: web.Request) -> web.StreamResponse:
+        """kubectl port-forward over WebSocket (`SPDY/3.1+portforward.k8s.io`: SPDY frames
+        tunnelled in binary messages). Every forwarded port of every pod is an echo
+        server here. With `?ports=0` the WebSocket itself echoes instead (tests that hold
+        the upgrade open without speaking SPDY)."""
         ws = web.WebSocketResponse(protocols=("SPDY/3.1+portforward.k8s.io",), compress=False)
         if not ws.can_prepare(request).ok:
             return _status(400, "BadRequest", "port-forward needs a WebSocket upgrade here")
         await ws.prepare(request)
+        self.port_forwards += 1
+        if request.query.get("ports") == "0":
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    await ws.send_bytes(msg.data)
+            return ws
+        session = _SpdyEcho(ws)
         async for msg in ws:
             if msg.type == WSMsgType.BINARY:
-                await ws.send_bytes(msg.data)
+                await session.feed(msg.data)
         return ws
 
     async def _logs(self, request: web.Request, pod: Pod) -> web.StreamResponse:
@@ -474,6 +484,82 @@ async def _fd_reader(fd: int, channel: int) -> Any:
 async def _stream_reader(stream: asyncio.StreamReader, channel: int) -> Any:
     while data := await stream.read(65536):
         yield channel, data
+
+
+class _SpdyEcho:
+    """The server side of SPDY/3.1 as kubectl's port-forward uses it, echoing data.
+
+    kubectl opens two streams per forwarded connection, an error stream then a data
+    stream (their headers say which; this stand-in goes by the order, so it never has
+    to inflate header blocks), and waits for a SYN_REPLY on each. DATA on a data stream
+    comes back on it; a FIN is answered with a FIN. PINGs are answered; SETTINGS and
+    WINDOW_UPDATE are ignored (kubectl's SPDY library does not enforce windows).
+    """
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+        self._buffer = b""
+        self._seen = 0  # streams opened so far: even count -> next is an error stream
+        self._error_stream = 0  # the last error stream opened
+        self._data_streams: dict[int, int] = {}  # data stream -> its error stream
+        # One zlib stream for every header block this side sends (SPDY/3 §2.6.10.1).
+        self._deflate = zlib.compressobj()
+
+    async def feed(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= 8:
+            length = int.from_bytes(self._buffer[5:8], "big")
+            if len(self._buffer) < 8 + length:
+                return
+            frame, self._buffer = self._buffer[: 8 + length], self._buffer[8 + length :]
+            await self._frame(frame)
+
+    async def _frame(self, frame: bytes) -> None:
+        flags, payload = frame[4], frame[8:]
+        if not frame[0] & 0x80:  # a DATA frame
+            stream = int.from_bytes(frame[0:4], "big") & 0x7FFFFFFF
+            if stream in self._data_streams:
+                fin = bool(flags & 0x01)
+                await self._send(_spdy_data(stream, payload, fin=fin))
+                if fin:  # kubectl waits for its error stream to end too
+                    await self._send(_spdy_data(self._data_streams.pop(stream), b"", fin=True))
+            return
+        kind = int.from_bytes(frame[2:4], "big")
+        if kind == 1:  # SYN_STREAM
+            stream = int.from_bytes(payload[0:4], "big") & 0x7FFFFFFF
+            if self._seen % 2 == 1:
+                self._data_streams[stream] = self._error_stream
+            else:
+                self._error_stream = stream
+            self._seen += 1
+            block = self._deflate.compress(b"\x00\x00\x00\x00")  # no headers
+            block += self._deflate.flush(zlib.Z_SYNC_FLUSH)
+            await self._send(_spdy_control(2, 0, stream.to_bytes(4, "big") + block))
+        elif kind == 6:  # PING: answered with its id
+            await self._send(_spdy_control(6, 0, payload))
+
+    async def _send(self, frame: bytes) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self._ws.send_bytes(frame)
+
+
+def _spdy_control(kind: int, flags: int, payload: bytes) -> bytes:
+    return (
+        (0x8003).to_bytes(2, "big")
+        + kind.to_bytes(2, "big")
+        + bytes([flags])
+        + len(payload).to_bytes(3, "big")
+        + payload
+    )
+
+
+def _spdy_data(stream: int, payload: bytes, fin: bool) -> bytes:
+    return (
+        stream.to_bytes(4, "big")
+        + bytes([1 if fin else 0])
+        + len(payload).to_bytes(3, "big")
+        + payload
+    )
 
 
 # ---- API objects -----------------------------------------------------------------
