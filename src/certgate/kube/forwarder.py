@@ -404,7 +404,8 @@ class KubeForwarder:
         websocket = (head.get("Upgrade") or "").lower() == "websocket"
         session: LiveSession | None = None
         where: dict[str, Any] = {}
-        io = _ExecIO(writer)
+        # Only exec/attach over WebSocket carry the channel frames certgate reads.
+        io = _ExecIO(writer, framed=websocket and request.is_session)
         client = LiveClient(
             identity=call.identity,
             login=call.imp.user,
@@ -517,16 +518,19 @@ class KubeForwarder:
 
 
 class _ExecIO:
-    """A kube session's SessionIO: certgate's words go to the user as stderr frames."""
+    """A kube session's SessionIO: certgate's words go to the user as stderr frames of
+    the channel protocol (WebSocket); on a raw stream (SPDY, port-forward) certgate
+    cannot speak, and only closes it."""
 
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, writer: asyncio.StreamWriter, framed: bool = True) -> None:
         self._writer = writer
+        self.framed = framed
         self.upstream: asyncio.StreamWriter | None = None
         self.stopped = False
         self.closed = asyncio.Event()
 
     def write(self, data: bytes, stderr: bool) -> None:
-        if self.stopped or self._writer.is_closing():
+        if self.stopped or not self.framed or self._writer.is_closing():
             return
         channel = wsframes.STDERR if stderr else wsframes.STDOUT
         self._writer.write(wsframes.channel_frame(channel, data))
@@ -536,8 +540,9 @@ class _ExecIO:
             return
         self.stopped = True
         if not self._writer.is_closing():
-            self._writer.write(wsframes.failure_status("session ended by certgate"))
-            self._writer.write(wsframes.close_frame())
+            if self.framed:
+                self._writer.write(wsframes.failure_status("session ended by certgate"))
+                self._writer.write(wsframes.close_frame())
             self._writer.close()
         if self.upstream is not None:
             self.upstream.close()
