@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import ssl
 import uuid
@@ -40,32 +39,27 @@ from certgate.access.kube import (
     impersonation,
     parse_request,
     resource_rules,
-    status_body,
 )
 from certgate.access.rbac import RoleSet
 from certgate.api.certs import identity_from_x509
 from certgate.api.identity import SYSTEM_PROXY, Identity
 from certgate.errors import AccessDenied, BadParameter, CertgateError
-from certgate.kube import wsframes
+from certgate.kube.filtering import MAX_FILTERED_BODY, answer, relay_filtered, relay_watch
 from certgate.kube.kubeconfig import Upstream
+from certgate.kube.streams import ExecIO, relay_frames, relay_raw
 from certgate.srv.authorize import policy_for
 from certgate.srv.http1 import (
     HOP_BY_HOP,
     MAX_HEAD,
     Connection,
-    Framing,
     Head,
     IdlePool,
     ProtocolError,
     body_framing,
     close_writer,
-    encode_chunk,
-    pipe,
     read_body,
-    read_chunks,
     read_head,
     relay_body,
-    response_head,
     streaming,
 )
 from certgate.srv.live import LiveClient, LiveSession
@@ -78,8 +72,6 @@ IDENTITY_HEADER = "X-Certgate-Identity"
 CLUSTER_HEADER = "X-Certgate-Cluster"
 CLIENT_ADDR_HEADER = "X-Certgate-Client-Addr"
 CONNECT_TIMEOUT = 10.0
-# Lists are read whole only when kubernetes_resources filter them.
-MAX_FILTERED_BODY = 64 * 1024 * 1024
 
 # (event, fields) -> None: queued for auth
 Audit = Callable[[str, dict[str, Any]], None]
@@ -252,7 +244,7 @@ class KubeForwarder:
         except CertgateError as exc:
             await read_body(reader, framing, MAX_FILTERED_BODY)
             reason = "Forbidden" if isinstance(exc, AccessDenied) else "BadRequest"
-            await _answer(writer, exc.http_status, reason, exc.message)
+            await answer(writer, exc.http_status, reason, exc.message)
             self._audit_call(identity, cluster, request, exc.http_status, exc.message)
             return not head.wants_close()
         _rewrite(head, call)
@@ -278,7 +270,7 @@ class KubeForwarder:
         except (CertgateError, OSError, asyncio.IncompleteReadError) as exc:
             upstreams.drop(call.upstream.name)
             message = exc.message if isinstance(exc, CertgateError) else str(exc)
-            await _answer(writer, 502, "ServiceUnavailable", message)
+            await answer(writer, 502, "ServiceUnavailable", message)
             self._audit_call(call.identity, call.cluster, request, 502, message)
             return False
         assert response is not None
@@ -290,9 +282,9 @@ class KubeForwarder:
             and response.status == 200
         )
         if filtered and request.verb == "watch":
-            await self._relay_watch(response, up_reader, writer, r_framing, call)
+            await relay_watch(response, up_reader, writer, r_framing, request, call.rules)
         elif filtered:
-            await self._relay_filtered(response, up_reader, writer, r_framing, call)
+            await relay_filtered(response, up_reader, writer, r_framing, request, call.rules)
         else:
             writer.write(response.encode())
             await relay_body(up_reader, writer, r_framing)
@@ -331,68 +323,6 @@ class KubeForwarder:
 
     # ---- filtered answers -----------------------------------------------------------------
 
-    async def _relay_filtered(
-        self,
-        response: Head,
-        up_reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        framing: Framing,
-        call: _Call,
-    ) -> None:
-        body = await read_body(up_reader, framing, MAX_FILTERED_BODY)
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            obj = None
-        if obj is not None:
-            kept = call.rules.filter_object(call.request, obj)
-            if kept is None:
-                await _answer(
-                    writer,
-                    403,
-                    "Forbidden",
-                    f"access denied: {call.request.target()} is not allowed by your roles "
-                    "(kubernetes_resources)",
-                )
-                return
-            body = json.dumps(kept).encode()
-        response.remove("Transfer-Encoding")
-        response.set("Content-Length", str(len(body)))
-        writer.write(response.encode() + body)
-        await writer.drain()
-
-    async def _relay_watch(
-        self,
-        response: Head,
-        up_reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        framing: Framing,
-        call: _Call,
-    ) -> None:
-        if framing.kind not in ("chunked", "close"):
-            writer.write(response.encode())
-            await relay_body(up_reader, writer, framing)
-            return
-        response.remove("Content-Length")
-        response.set("Transfer-Encoding", "chunked")
-        writer.write(response.encode())
-        pending = b""
-        while piece := await read_chunks(up_reader, framing):
-            pending += piece
-            *lines, pending = pending.split(b"\n")
-            out = b"".join(
-                kept
-                for line in lines
-                if line.strip() and (kept := call.rules.filter_event(call.request, line))
-            )
-            if out:
-                writer.write(encode_chunk(out))
-                await writer.drain()
-        writer.write(encode_chunk(b""))
-        await writer.drain()
-
-    # ---- upgrades: exec/attach sessions, port-forward ------------------------------------
-
     async def _upgrade(
         self,
         head: Head,
@@ -405,7 +335,7 @@ class KubeForwarder:
         session: LiveSession | None = None
         where: dict[str, Any] = {}
         # Only exec/attach over WebSocket carry the channel frames certgate reads.
-        io = _ExecIO(writer, framed=websocket and request.is_session)
+        io = ExecIO(writer, framed=websocket and request.is_session)
         client = LiveClient(
             identity=call.identity,
             login=call.imp.user,
@@ -422,7 +352,7 @@ class KubeForwarder:
                     "(record_session.k8s: strict) and this client's protocol (SPDY) cannot "
                     "be: use a newer kubectl"
                 )
-                await _answer(writer, 403, "Forbidden", message)
+                await answer(writer, 403, "Forbidden", message)
                 self._audit_call(call.identity, call.cluster, request, 403, message)
                 return
             info = SessionInfo(
@@ -442,13 +372,13 @@ class KubeForwarder:
                 if websocket:
                     session.open_observer()
             except SessionRefused as exc:
-                await _answer(writer, 403, "Forbidden", f"access denied: {exc}")
+                await answer(writer, 403, "Forbidden", f"access denied: {exc}")
                 self._audit_call(call.identity, call.cluster, request, 403, str(exc))
                 return
         try:
             up_reader, up_writer = await dial(call.upstream)
         except CertgateError as exc:
-            await _answer(writer, 502, "ServiceUnavailable", exc.message)
+            await answer(writer, 502, "ServiceUnavailable", exc.message)
             if session is not None:
                 session.ended("refused")
             return
@@ -478,10 +408,10 @@ class KubeForwarder:
                 session.begin()
                 session.announce(where)
             if session is not None and websocket:
-                exit_code = await _relay_frames(reader, writer, up_reader, up_writer, session, io)
+                exit_code = await relay_frames(reader, writer, up_reader, up_writer, session, io)
                 session.exec_finished(exit_code)
             else:
-                await _relay_raw(reader, writer, up_reader, up_writer, client)
+                await relay_raw(reader, writer, up_reader, up_writer, client)
         finally:
             up_writer.close()
             self._registry.remove_client(client)
@@ -517,115 +447,6 @@ class KubeForwarder:
         self._audit("kube.request", fields)
 
 
-class _ExecIO:
-    """A kube session's SessionIO: certgate's words go to the user as stderr frames of
-    the channel protocol (WebSocket); on a raw stream (SPDY, port-forward) certgate
-    cannot speak, and only closes it."""
-
-    def __init__(self, writer: asyncio.StreamWriter, framed: bool = True) -> None:
-        self._writer = writer
-        self.framed = framed
-        self.upstream: asyncio.StreamWriter | None = None
-        self.stopped = False
-        self.closed = asyncio.Event()
-
-    def write(self, data: bytes, stderr: bool) -> None:
-        if self.stopped or not self.framed or self._writer.is_closing():
-            return
-        channel = wsframes.STDERR if stderr else wsframes.STDOUT
-        self._writer.write(wsframes.channel_frame(channel, data))
-
-    def stop(self) -> None:
-        if self.stopped:
-            return
-        self.stopped = True
-        if not self._writer.is_closing():
-            if self.framed:
-                self._writer.write(wsframes.failure_status("session ended by certgate"))
-                self._writer.write(wsframes.close_frame())
-            self._writer.close()
-        if self.upstream is not None:
-            self.upstream.close()
-
-    async def hang_up(self) -> None:
-        self.stop()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.closed.wait(), 2)
-
-
-async def _relay_frames(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    up_reader: asyncio.StreamReader,
-    up_writer: asyncio.StreamWriter,
-    session: LiveSession,
-    io: _ExecIO,
-) -> int | None:
-    """Relay both ways frame by frame, showing the session what it needs to see; the
-    exit code from the status channel, if one came."""
-    exit_code: list[int | None] = [None]
-
-    async def from_user() -> None:
-        frames = wsframes.FrameReader()
-        while not io.stopped and (data := await reader.read(262144)):
-            found, whole = frames.feed(data)
-            for frame in found:
-                if frame.channel == wsframes.STDIN:
-                    session.input()
-                elif frame.channel == wsframes.RESIZE:
-                    size = wsframes.resize(frame.data)
-                    if size is not None:
-                        session.resized(*size)
-            if whole and not io.stopped:
-                up_writer.write(whole)
-                await up_writer.drain()
-
-    async def to_user() -> None:
-        frames = wsframes.FrameReader()
-        while not io.stopped and (data := await up_reader.read(262144)):
-            found, whole = frames.feed(data)
-            # Payloads are cut out only for a recorder or joiners to see.
-            watched = session.observer is not None or session.party is not None
-            for frame in found:
-                if frame.channel in (wsframes.STDOUT, wsframes.STDERR):
-                    if watched:
-                        session.output(frame.data)
-                elif frame.channel == wsframes.STATUS and frame.fin:
-                    exit_code[0] = wsframes.exit_code(frame.data)
-            if whole and not io.stopped:
-                writer.write(whole)
-                await writer.drain()
-
-    await _both(from_user(), to_user())
-    return exit_code[0]
-
-
-async def _relay_raw(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    up_reader: asyncio.StreamReader,
-    up_writer: asyncio.StreamWriter,
-    client: LiveClient,
-) -> None:
-    await _both(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
-async def _both(*jobs: Any) -> None:
-    """Run both directions until one ends (the other side then has nothing to say)."""
-    tasks = [asyncio.ensure_future(job) for job in jobs]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, Exception) and not isinstance(
-                result, ConnectionError | OSError | BadParameter
-            ):
-                log.warning("kube stream relay failed: %r", result)
-
-
 def _header_identity(head: Head) -> Identity:
     text = head.get(IDENTITY_HEADER)
     if not text:
@@ -652,15 +473,3 @@ def _rewrite(head: Head, call: _Call) -> None:
         head.add("Impersonate-Group", group)
     if call.rules.filters:
         head.remove("Accept-Encoding")  # filtered answers are read, so plain
-
-
-async def _answer(writer: asyncio.StreamWriter, status: int, reason: str, message: str) -> None:
-    body = status_body(status, reason, message)
-    head = response_head(
-        status,
-        reason,
-        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
-    )
-    writer.write(head.encode() + body)
-    with contextlib.suppress(ConnectionError):
-        await writer.drain()
