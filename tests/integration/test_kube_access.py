@@ -538,3 +538,27 @@ def test_port_forward_works_and_a_lock_ends_it(kube: KubeSetup) -> None:
         process.communicate(timeout=10)
     again = kube.kubectl(user, "-n", "dev", "get", "pods")
     assert "tunnel closed" in again.stderr
+
+
+def test_a_watch_left_midway_never_hands_its_connection_to_another_user(
+    kube: KubeSetup, viewer: User, admin: User
+) -> None:
+    """Upstream connections are pooled between kubectl runs: one left in the middle of
+    an answer (a watch the user interrupted) is closed at once, up to the API server,
+    and never serves the next user."""
+    for _ in range(2):
+        process = kube.kubectl_process(viewer, "get", "pods", "-n", "dev", "-w")
+        assert process.stdout is not None
+        assert process.stdout.readline()  # the watch is streaming
+        # The watch is held at the API server (and kubectl still runs).
+        eventually(lambda: kube.standin.open_watches >= 1)
+        assert process.poll() is None
+        process.kill()
+        process.communicate(timeout=10)
+        # certgate lets go of it upstream too, not when the API server next sends.
+        eventually(lambda: kube.standin.open_watches == 0)
+        result = kube.kubectl(admin, "get", "pods", "-n", "prod", "--request-timeout=15s")
+        assert result.returncode == 0, result.stderr
+        assert "api" in result.stdout
+        last = [s for s in kube.standin.seen("/namespaces/prod/pods") if s.status == 200][-1]
+        assert last.headers["impersonate-user"] == ["kadmin"]

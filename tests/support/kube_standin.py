@@ -115,6 +115,7 @@ class KubeStandin:
         self.requests: list[Seen] = []
         self.exec_processes = 0
         self.port_forwards = 0
+        self.open_watches = 0  # watches and followed logs still being served
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -293,6 +294,19 @@ class KubeStandin:
         response.enable_chunked_encoding()
         await response.prepare(request)
         table = _wants_table(request)
+        self.open_watches += 1
+        try:
+            return await self._hold_watch(request, response, items, table)
+        finally:
+            self.open_watches -= 1
+
+    async def _hold_watch(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        items: list[dict[str, Any]],
+        table: bool,
+    ) -> web.StreamResponse:
         for item in items:
             obj = _table([item]) if table else item
             await response.write(json.dumps({"type": "ADDED", "object": obj}).encode() + b"\n")

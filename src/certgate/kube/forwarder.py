@@ -61,6 +61,7 @@ from certgate.srv.http1 import (
     read_head,
     relay_body,
     streaming,
+    while_connected,
 )
 from certgate.srv.live import LiveClient, LiveSession
 from certgate.srv.registry import SessionRegistry
@@ -261,8 +262,10 @@ class KubeForwarder:
                     if response is None:
                         raise ProtocolError("the API server closed the connection")
                     break
-                except (OSError, ProtocolError, asyncio.IncompleteReadError):
+                except BaseException as exc:
                     upstreams.drop(call.upstream.name)
+                    if not isinstance(exc, OSError | ProtocolError | asyncio.IncompleteReadError):
+                        raise
                     # A kept-alive connection the server closed meanwhile: once more on
                     # a fresh one, if nothing of a body was sent.
                     if attempt == 2 or not reused or framing.kind != "none":
@@ -281,13 +284,25 @@ class KubeForwarder:
             and request.verb in ("get", "list", "watch")
             and response.status == 200
         )
-        if filtered and request.verb == "watch":
-            await relay_watch(response, up_reader, writer, r_framing, request, call.rules)
-        elif filtered:
-            await relay_filtered(response, up_reader, writer, r_framing, request, call.rules)
-        else:
-            writer.write(response.encode())
-            await relay_body(up_reader, writer, r_framing)
+        try:
+            if filtered and request.verb == "watch":
+                await while_connected(
+                    relay_watch(response, up_reader, writer, r_framing, request, call.rules),
+                    writer,
+                )
+            elif filtered:
+                await relay_filtered(response, up_reader, writer, r_framing, request, call.rules)
+            else:
+                writer.write(response.encode())
+                if r_framing.kind == "length":
+                    await relay_body(up_reader, writer, r_framing)
+                else:  # streams (watches, logs -f) end when the user leaves
+                    await while_connected(relay_body(up_reader, writer, r_framing), writer)
+        except BaseException:
+            # Cut off in the middle of an answer (the user left a watch, say): the rest
+            # of it is still coming, so the connection must never serve anyone again.
+            upstreams.drop(call.upstream.name)
+            raise
         self._audit_call(call.identity, call.cluster, request, response.status)
         if r_framing.kind == "close" or response.wants_close():
             upstreams.drop(call.upstream.name)

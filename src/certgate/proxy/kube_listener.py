@@ -50,6 +50,7 @@ from certgate.srv.http1 import (
     relay_body,
     response_head,
     streaming,
+    while_connected,
 )
 
 log = logging.getLogger("certgate.proxy.kube")
@@ -169,11 +170,15 @@ class KubeListener:
                     if response is None:
                         raise ProtocolError("the kube service closed the connection")
                     break
-                except (OSError, ProtocolError, asyncio.IncompleteReadError):
-                    # A kept-alive connection closed meanwhile: once more, bodiless only.
+                except BaseException as exc:
+                    # Never reused after a failure; a kept-alive connection closed
+                    # meanwhile: once more on a fresh one, bodiless requests only.
                     stale = upstreams.pop(key, None)
                     if stale is not None:
                         stale[1].close()
+                    up_writer.close()
+                    if not isinstance(exc, OSError | ProtocolError | asyncio.IncompleteReadError):
+                        raise
                     if attempt == 2 or not reused or framing.kind != "none":
                         raise
         except (CertgateError, OSError, asyncio.IncompleteReadError) as exc:
@@ -190,7 +195,16 @@ class KubeListener:
             up_writer.close()
             return False
         r_framing = body_framing(response, response=True, request_method=head.method)
-        await relay_body(up_reader, writer, r_framing)
+        try:
+            if r_framing.kind == "length":
+                await relay_body(up_reader, writer, r_framing)
+            else:  # streams (watches, logs -f) end when the user leaves
+                await while_connected(relay_body(up_reader, writer, r_framing), writer)
+        except BaseException:
+            # Cut off in the middle of an answer: never hand this connection on.
+            upstreams.pop(key, None)
+            up_writer.close()
+            raise
         if upgrade or r_framing.kind == "close" or response.wants_close():
             upstreams.pop(key, None)
             up_writer.close()

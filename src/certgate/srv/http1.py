@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from certgate.errors import BadParameter
@@ -255,6 +256,27 @@ def _chunk_size(line: bytes) -> int:
         return int(text, 16)
     except ValueError:
         raise ProtocolError(f"malformed chunk size {line[:40]!r}") from None
+
+
+async def while_connected(job: Awaitable[None], client: asyncio.StreamWriter) -> None:
+    """Run `job` (relaying an answer to `client`) until it ends or the client's
+    connection is lost; then ConnectionError. A watch whose user left produces nothing
+    to write that would fail, so without this it would hold its upstream open."""
+    relay = asyncio.ensure_future(job)
+    gone = asyncio.ensure_future(client.wait_closed())
+    try:
+        await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not relay.done():
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await relay
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await gone
+    if relay.cancelled():
+        raise ConnectionError("the client left in the middle of an answer")
+    relay.result()
 
 
 def streaming(writer: asyncio.StreamWriter) -> None:
