@@ -320,6 +320,11 @@ def test_kubernetes_resources_limit_exec_to_one_namespace_and_filter_lists(
 
 
 def test_logs_follow_streams_lines_as_they_come(kube: KubeSetup, viewer: User) -> None:
+    # Streamed answers one after another, on connections certgate keeps between runs.
+    for _ in range(3):
+        plain = kube.kubectl(viewer, "-n", "dev", "logs", "web")
+        assert plain.returncode == 0, plain.stderr
+        assert plain.stdout.startswith("web line 0\n")
     process = kube.kubectl_process(viewer, "-n", "dev", "logs", "-f", "web")
     try:
         assert process.stdout is not None

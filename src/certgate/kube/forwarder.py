@@ -57,6 +57,7 @@ from certgate.srv.http1 import (
     ProtocolError,
     body_framing,
     close_writer,
+    closed_waiter,
     read_body,
     read_head,
     relay_body,
@@ -98,9 +99,10 @@ class _Upstreams:
     """The API-server connections of one proxy connection, one per cluster: kept while
     the proxy's connection lives, then handed to the forwarder's idle pool."""
 
-    def __init__(self, pool: IdlePool) -> None:
+    def __init__(self, pool: IdlePool, gone: asyncio.Future[None]) -> None:
         self._pool = pool
         self._open: dict[str, Connection] = {}
+        self.gone = gone  # the proxy's connection is lost (closed_waiter)
 
     async def get(self, upstream: Upstream) -> tuple[Connection, bool]:
         """A connection to `upstream`, and whether it was used before (may be stale)."""
@@ -194,7 +196,7 @@ class KubeForwarder:
         assert task is not None
         self._connections.add(task)
         streaming(writer)
-        upstreams = _Upstreams(self._pool)
+        upstreams = _Upstreams(self._pool, closed_waiter(writer))
         try:
             if not self._from_proxy(writer):
                 return
@@ -211,6 +213,7 @@ class KubeForwarder:
             upstreams.close()
             self._connections.discard(task)
             await close_writer(writer)
+            upstreams.gone.cancel()  # done by now, unless the close timed out
 
     def _from_proxy(self, writer: asyncio.StreamWriter) -> bool:
         """Only proxies may call: they vouch for the user in X-Certgate-Identity."""
@@ -288,7 +291,7 @@ class KubeForwarder:
             if filtered and request.verb == "watch":
                 await while_connected(
                     relay_watch(response, up_reader, writer, r_framing, request, call.rules),
-                    writer,
+                    upstreams.gone,
                 )
             elif filtered:
                 await relay_filtered(response, up_reader, writer, r_framing, request, call.rules)
@@ -297,7 +300,7 @@ class KubeForwarder:
                 if r_framing.kind == "length":
                     await relay_body(up_reader, writer, r_framing)
                 else:  # streams (watches, logs -f) end when the user leaves
-                    await while_connected(relay_body(up_reader, writer, r_framing), writer)
+                    await while_connected(relay_body(up_reader, writer, r_framing), upstreams.gone)
         except BaseException:
             # Cut off in the middle of an answer (the user left a watch, say): the rest
             # of it is still coming, so the connection must never serve anyone again.

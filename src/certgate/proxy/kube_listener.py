@@ -44,6 +44,7 @@ from certgate.srv.http1 import (
     ProtocolError,
     body_framing,
     close_writer,
+    closed_waiter,
     pipe,
     read_body,
     read_head,
@@ -98,12 +99,15 @@ class KubeListener:
         self._connections.add(task)
         streaming(writer)
         upstreams: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+        gone = closed_waiter(writer)
         try:
             identity = _peer_identity(writer)
             peer = writer.get_extra_info("peername")
             client_addr = f"{peer[0]}:{peer[1]}" if peer else ""
             while (head := await read_head(reader)) is not None:
-                if not await self._call(head, reader, writer, identity, client_addr, upstreams):
+                if not await self._call(
+                    head, reader, writer, identity, client_addr, upstreams, gone
+                ):
                     break
         except (ConnectionError, ProtocolError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             log.debug("kube client connection ended: %s", exc)
@@ -116,6 +120,7 @@ class KubeListener:
                 self._pool.give(key, connection)
             self._connections.discard(task)
             await close_writer(writer)
+            gone.cancel()  # done by now, unless the close timed out
 
     async def _call(
         self,
@@ -125,6 +130,7 @@ class KubeListener:
         identity: Identity | None,
         client_addr: str,
         upstreams: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]],
+        gone: asyncio.Future[None],
     ) -> bool:
         framing = body_framing(head, response=False)
         name, path = _split_target(head.target)
@@ -199,7 +205,7 @@ class KubeListener:
             if r_framing.kind == "length":
                 await relay_body(up_reader, writer, r_framing)
             else:  # streams (watches, logs -f) end when the user leaves
-                await while_connected(relay_body(up_reader, writer, r_framing), writer)
+                await while_connected(relay_body(up_reader, writer, r_framing), gone)
         except BaseException:
             # Cut off in the middle of an answer: never hand this connection on.
             upstreams.pop(key, None)

@@ -258,12 +258,17 @@ def _chunk_size(line: bytes) -> int:
         raise ProtocolError(f"malformed chunk size {line[:40]!r}") from None
 
 
-async def while_connected(job: Awaitable[None], client: asyncio.StreamWriter) -> None:
-    """Run `job` (relaying an answer to `client`) until it ends or the client's
-    connection is lost; then ConnectionError. A watch whose user left produces nothing
-    to write that would fail, so without this it would hold its upstream open."""
+def closed_waiter(writer: asyncio.StreamWriter) -> asyncio.Future[None]:
+    """A future done when `writer`'s connection is lost: one per connection, never
+    cancelled (cancelling a wait_closed() cancels the stream's own close future)."""
+    return asyncio.ensure_future(writer.wait_closed())
+
+
+async def while_connected(job: Awaitable[None], gone: asyncio.Future[None]) -> None:
+    """Run `job` (relaying an answer to a client) until it ends or `gone` (the client's
+    closed_waiter) is done; then ConnectionError. A watch whose user left produces
+    nothing to write that would fail, so without this it would hold its upstream open."""
     relay = asyncio.ensure_future(job)
-    gone = asyncio.ensure_future(client.wait_closed())
     try:
         await asyncio.wait({relay, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -271,9 +276,6 @@ async def while_connected(job: Awaitable[None], client: asyncio.StreamWriter) ->
             relay.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await relay
-        gone.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await gone
     if relay.cancelled():
         raise ConnectionError("the client left in the middle of an answer")
     relay.result()
