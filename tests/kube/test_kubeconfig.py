@@ -56,3 +56,23 @@ def test_in_cluster_needs_a_pod(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(BadParameter, match="not running in a Kubernetes pod"):
         in_cluster("")
+
+
+def test_in_cluster_reads_the_pods_service_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from certgate.kube import kubeconfig
+
+    (tmp_path / "token").write_text("sa-token-1\n")
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\nca\n")
+    monkeypatch.setattr(kubeconfig, "SERVICE_ACCOUNT_DIR", tmp_path)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    upstream = in_cluster("prod")
+    assert (upstream.name, upstream.host, upstream.port) == ("prod", "10.0.0.1", 443)
+    assert upstream.host_header == "10.0.0.1"
+    assert upstream.bearer() == "sa-token-1"
+    # The kubelet rotates the token file: it is read again at each use.
+    (tmp_path / "token").write_text("sa-token-2\n")
+    assert upstream.bearer() == "sa-token-2"
+    assert in_cluster("").name == "in-cluster"
