@@ -52,6 +52,7 @@ class Cluster:
         self.auth_port = free_port()
         self.web_port = free_port()
         self.ssh_proxy_port = free_port()
+        self.kube_proxy_port = free_port()
         self.ssh_port = free_port()
         self.diag_port = free_port()
         self.log = self.workdir / "certgate.log"
@@ -76,6 +77,7 @@ class Cluster:
             "--web-listen", self.proxy_addr,
             "--public-addr", self.proxy_addr,
             "--ssh-proxy-listen", f"127.0.0.1:{self.ssh_proxy_port}",
+            "--kube-proxy-listen", f"127.0.0.1:{self.kube_proxy_port}",
             "--ssh-listen", f"127.0.0.1:{self.ssh_port}",
             "--diag-addr", f"127.0.0.1:{self.diag_port}",
             "--labels", self.labels,

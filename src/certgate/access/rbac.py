@@ -305,6 +305,17 @@ class RoleSet:
             return False
         return any(r.allow.kube.matches(cluster_labels) for r in self._roles)
 
+    def kube_denier(self, cluster_labels: Mapping[str, str]) -> str | None:
+        """The name of a role whose deny kubernetes_labels match the cluster, if any."""
+        for r in self._roles:
+            if r.deny.kube.matches(cluster_labels):
+                return r.name
+        return None
+
+    def kube_roles(self, cluster_labels: Mapping[str, str]) -> list[Role]:
+        """The roles whose allow kubernetes_labels match the cluster."""
+        return [r.role for r in self._roles if r.allow.kube.matches(cluster_labels)]
+
     # API rules
 
     def allows_rule(self, resource: str, verb: str) -> bool:

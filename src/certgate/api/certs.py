@@ -32,6 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certgate.api.identity import (
     IDENTITY_OID,
+    LEGACY_IDENTITY_OID,
     SSH_EXT_MFA,
     SSH_EXT_REQUESTS,
     SSH_EXT_RESOURCES,
@@ -46,6 +47,7 @@ from certgate.errors import AccessDenied, BadParameter
 NO_LOGIN_PRINCIPAL_PREFIX = "-certgate-nologin-"
 
 IDENTITY_EXTENSION_OID = x509.ObjectIdentifier(IDENTITY_OID)
+_LEGACY_EXTENSION_OID = x509.ObjectIdentifier(LEGACY_IDENTITY_OID)
 
 # The largest instant a datetime holds; OpenSSH writes 2**64-1 for "forever".
 _MAX_TIMESTAMP = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
@@ -308,8 +310,11 @@ def identity_from_x509(cert: x509.Certificate) -> Identity:
     """
     try:
         extension = cert.extensions.get_extension_for_oid(IDENTITY_EXTENSION_OID)
-    except x509.ExtensionNotFound as exc:
-        raise BadParameter("certificate carries no certgate identity extension") from exc
+    except x509.ExtensionNotFound:
+        try:
+            extension = cert.extensions.get_extension_for_oid(_LEGACY_EXTENSION_OID)
+        except x509.ExtensionNotFound as exc:
+            raise BadParameter("certificate carries no certgate identity extension") from exc
     value = extension.value
     if not isinstance(value, x509.UnrecognizedExtension):
         raise BadParameter("certgate identity extension is malformed")

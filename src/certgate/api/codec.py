@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from certgate.api.access_request import AccessRequest
 from certgate.api.authority import CertAuthority
+from certgate.api.kube_cluster import KubeCluster
 from certgate.api.lock import Lock
 from certgate.api.names import shown
 from certgate.api.node import Node
@@ -23,7 +24,7 @@ from certgate.api.token import Token
 from certgate.api.user import User
 from certgate.errors import BadParameter
 
-Resource = Role | User | Token | Lock | Node | CertAuthority | AccessRequest
+Resource = Role | User | Token | Lock | Node | CertAuthority | AccessRequest | KubeCluster
 
 # The most text `parse_documents` reads: as much as one API request body may carry.
 MAX_INPUT_CHARS = 1024 * 1024
@@ -36,6 +37,7 @@ KINDS: dict[str, type[BaseModel]] = {
     "node": Node,
     "cert_authority": CertAuthority,
     "access_request": AccessRequest,
+    "kube_cluster": KubeCluster,
 }
 
 # pydantic's messages rephrased the way our refusals read.
@@ -93,7 +95,9 @@ def from_dict(document: Any) -> Resource:
         resource = KINDS[kind].model_validate(document)
     except ValidationError as exc:
         raise BadParameter(describe_validation_error(kind, str(name), exc)) from exc
-    assert isinstance(resource, Role | User | Token | Lock | Node | CertAuthority | AccessRequest)
+    assert isinstance(
+        resource, Role | User | Token | Lock | Node | CertAuthority | AccessRequest | KubeCluster
+    )
     return resource
 
 

@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-# 2.25.<uuid as integer> is an OID anyone may mint without registration (ITU-T X.667).
-IDENTITY_OID = "2.25.173504339218574283719734591186622512370"
+# An unregistered private arc. Not 2.25.<uuid> (what certificates carried first): Go's
+# x509 parser, and so kubectl, refuses a certificate with any OID arc above 2^31-1
+# ("x509: malformed extension OID field"), and kubectl must load the user's certificate.
+IDENTITY_OID = "1.3.9999.7919.1"
+# Still read, so certificates issued before the change keep working until they expire.
+LEGACY_IDENTITY_OID = "2.25.173504339218574283719734591186622512370"
 
 SSH_EXT_ROLES = "roles@certgate"
 SSH_EXT_TRAITS = "traits@certgate"

@@ -86,12 +86,25 @@ class JoinPolicy(Model):
     modes: list[Literal["observer", "peer", "moderator"]] = ["observer"]  # noqa: RUF012
 
 
+class KubeResource(Model):
+    """What a role lets a user touch in a cluster: `kind` (pod, namespace, deployment,
+    ... or "*"), `namespace` and `name` (globs, "*" any) and `verbs` (get, list, watch,
+    create, update, patch, delete, exec, portforward, ... or "*")."""
+
+    kind: str = "*"
+    namespace: str = "*"
+    name: str = "*"
+    verbs: list[str] = Field(default_factory=lambda: ["*"])
+
+
 class RoleConditions(Model):
     logins: list[str] = Field(default_factory=list)
     node_labels: dict[str, LabelValues] = Field(default_factory=dict)
     kubernetes_groups: list[str] = Field(default_factory=list)
     kubernetes_users: list[str] = Field(default_factory=list)
     kubernetes_labels: dict[str, LabelValues] = Field(default_factory=dict)
+    # Empty in allow: every resource (the cluster's own RBAC still applies).
+    kubernetes_resources: list[KubeResource] = Field(default_factory=list)
     request: RequestConditions | None = None
     review_requests: ReviewConditions | None = None
     rules: list[Rule] = Field(default_factory=list)

@@ -17,6 +17,7 @@ from certgate.api.access_request import AccessRequest
 from certgate.api.authority import CAType, CertAuthority
 from certgate.api.bundle import CertBundle
 from certgate.api.identity import Identity
+from certgate.api.kube_cluster import KubeCluster
 from certgate.api.lock import Lock, lock_matches, lock_message
 from certgate.api.node import Node
 from certgate.api.role import Role
@@ -65,6 +66,9 @@ class AuthCore:
         self.locks: ResourceStore[Lock] = ResourceStore(backend, "/locks/", Lock, "lock")
         self.lock_cache = LockCache(backend, self.locks, self._lock_expired, clock)
         self.nodes: ResourceStore[Node] = ResourceStore(backend, "/nodes/", Node, "node")
+        self.kube_clusters: ResourceStore[KubeCluster] = ResourceStore(
+            backend, "/kube_clusters/", KubeCluster, "kubernetes cluster"
+        )
         self.session_trackers: ResourceStore[SessionTracker] = ResourceStore(
             backend, "/sessions/", SessionTracker, "session"
         )

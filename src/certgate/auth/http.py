@@ -35,7 +35,8 @@ from certgate.api.certs import (
 )
 from certgate.api.codec import describe_validation_error, dump, from_dict, to_dict
 from certgate.api.duration import parse_duration
-from certgate.api.identity import SYSTEM_PROXY, Identity
+from certgate.api.identity import SYSTEM_KUBE, SYSTEM_PROXY, Identity
+from certgate.api.kube_cluster import KubeCluster
 from certgate.api.lock import Lock
 from certgate.api.names import check_name, shown, utc_time
 from certgate.api.node import Node
@@ -210,7 +211,16 @@ class AuthAPI:
         r.add_get("/v1/authorities/{type}/export", add(None, "", self.export_authority))
         r.add_get("/v1/events", add("event", "list", self.search_events))
         r.add_post("/v1/events", add(perm.AUDIT_WRITE, "create", self.record_event))
-        for kind in ("role", "user", "token", "lock", "node", "cert_authority", "access_request"):
+        for kind in (
+            "role",
+            "user",
+            "token",
+            "lock",
+            "node",
+            "cert_authority",
+            "access_request",
+            "kube_cluster",
+        ):
             r.add_get(f"/v1/resources/{kind}", add(kind, "list", self.list_resources))
             r.add_get(f"/v1/resources/{kind}/{{name}}", add(kind, "read", self.get_resource))
             r.add_delete(f"/v1/resources/{kind}/{{name}}", add(kind, "delete", self.rm_resource))
@@ -218,6 +228,7 @@ class AuthAPI:
         r.add_get("/v1/watch", add(None, "", self.watch))
         r.add_post("/v1/nodes/heartbeat", add(perm.HEARTBEAT, "update", self.heartbeat))
         r.add_get("/v1/my/nodes", add(perm.SELF, "read", self.my_nodes))
+        r.add_get("/v1/my/kube_clusters", add(perm.SELF, "read", self.my_kube_clusters))
         add_recording_routes(self, r)
         add_session_routes(self, r)
         add_agentless_routes(self, r)
@@ -482,14 +493,24 @@ class AuthAPI:
     async def heartbeat(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
         body = await json_body(request)
-        node = from_dict(body.get("node"))
-        if not isinstance(node, Node):
-            raise BadParameter("a heartbeat carries a node resource")
         seconds = body.get("ttl_seconds", 30)
         if not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
             raise BadParameter("ttl_seconds must be a number of seconds up to 3600")
+        if "kube_cluster" in body:
+            cluster = from_dict(body.get("kube_cluster"))
+            if not isinstance(cluster, KubeCluster) or not caller.is_service(SYSTEM_KUBE):
+                raise BadParameter("a kube_cluster heartbeat comes from a kube service")
+            await self.server.kube_heartbeat(caller, cluster, timedelta(seconds=seconds))
+            return None
+        node = from_dict(body.get("node"))
+        if not isinstance(node, Node):
+            raise BadParameter("a heartbeat carries a node resource")
         await self.server.heartbeat(caller, node, timedelta(seconds=seconds))
         return None
+
+    async def my_kube_clusters(self, request: web.Request, caller: Identity | None) -> Any:
+        assert caller is not None
+        return [to_dict(c) for c in await self.server.kube_clusters_for(caller)]
 
     async def my_nodes(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_PROXY, Identity
+from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_KUBE, SYSTEM_PROXY, Identity
 from certgate.api.recording import RecordingInfo, check_recording_id, is_recording_id
 from certgate.auth import permissions as perm
 from certgate.errors import (
@@ -163,9 +163,18 @@ class RecordingRoutes:
                     f"recording {recording_id} holds session {header.session_id or '(none)'}"
                 )
             is_admin = SYSTEM_ADMIN in caller.roles
-            own = header.node == caller.username or (
-                # Proxies record (and upload) the sessions of agentless OpenSSH nodes.
-                SYSTEM_PROXY in caller.roles and await self._api.server.is_agentless(header.node)
+            own = (
+                header.node == caller.username
+                or (
+                    # Proxies record (and upload) the sessions of agentless OpenSSH nodes.
+                    SYSTEM_PROXY in caller.roles
+                    and await self._api.server.is_agentless(header.node)
+                )
+                or (
+                    # Kube services record exec sessions in the clusters they serve.
+                    SYSTEM_KUBE in caller.roles
+                    and await self._api.server.serves_kube_cluster(caller.username, header.node)
+                )
             )
             if not own and not is_admin:
                 raise AccessDenied(

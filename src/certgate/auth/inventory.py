@@ -7,6 +7,7 @@ from datetime import timedelta
 from certgate.access.rbac import RoleSet
 from certgate.access.requests import resource_allowed
 from certgate.api.identity import SYSTEM_NODE, Identity
+from certgate.api.kube_cluster import KubeCluster
 from certgate.api.node import Node
 from certgate.auth.core import AuthCore
 from certgate.errors import AccessDenied, NotFound
@@ -34,6 +35,32 @@ class Inventory(AuthCore):
             )
         meta = node.metadata.model_copy(update={"expires": self.clock.now() + ttl})
         await self.nodes.upsert(node.model_copy(update={"metadata": meta}))
+
+    async def kube_heartbeat(self, caller: Identity, cluster: KubeCluster, ttl: timedelta) -> None:
+        """A kube service announces a cluster it forwards to (it names itself as service)."""
+        spec = cluster.spec.model_copy(update={"service": caller.username})
+        meta = cluster.metadata.model_copy(update={"expires": self.clock.now() + ttl})
+        await self.kube_clusters.upsert(cluster.model_copy(update={"metadata": meta, "spec": spec}))
+
+    async def serves_kube_cluster(self, service: str, cluster: str) -> bool:
+        """Whether kube service `service` announced `cluster` (it records its sessions)."""
+        try:
+            found = await self.kube_clusters.get(cluster)
+        except NotFound:
+            return False
+        return found.spec.service == service
+
+    async def kube_clusters_for(self, caller: Identity) -> list[KubeCluster]:
+        """The clusters the caller's roles (and resource grants) reach: `cgsh kube ls`."""
+        roles = await self.load_roles(list(caller.roles))
+        role_set = RoleSet(roles, caller.traits)
+        clusters = await self.kube_clusters.list()
+        return [
+            c
+            for c in clusters
+            if role_set.can_access_kube(c.metadata.labels)
+            and resource_allowed(caller.resources, "kube_cluster", c.name)
+        ]
 
     async def nodes_for(self, caller: Identity) -> list[Node]:
         """The nodes the caller's roles give access to (what `cgsh ls` shows)."""

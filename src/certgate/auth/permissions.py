@@ -55,6 +55,8 @@ _SERVICE_GRANTS: dict[str, set[tuple[str, str]]] = {
         (AUDIT_WRITE, "create"),
         ("node", "list"),
         ("node", "read"),
+        ("kube_cluster", "list"),
+        ("kube_cluster", "read"),
         ("role", "list"),
         ("role", "read"),
         ("lock", "list"),

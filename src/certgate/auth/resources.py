@@ -31,6 +31,7 @@ class ResourceAdmin(UserAdmin):
             "token": self.tokens,
             "lock": self.locks,
             "node": self.nodes,
+            "kube_cluster": self.kube_clusters,
             "cert_authority": self.authorities,
             "access_request": self.access_requests,
         }

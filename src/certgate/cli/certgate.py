@@ -46,6 +46,10 @@ def cli() -> None:
 @click.option("--web-listen", help="Proxy web listen address (default 0.0.0.0:3080).")
 @click.option("--ssh-proxy-listen", help="Proxy SSH listen address (default 0.0.0.0:3023).")
 @click.option("--ssh-listen", help="Node SSH listen address (default 0.0.0.0:3022).")
+@click.option("--kubeconfig", help="Kube service: the kubeconfig whose contexts it serves.")
+@click.option("--kube-cluster-name", help="Kube service: the name of its one cluster.")
+@click.option("--kube-listen", help="Kube service listen address (default 0.0.0.0:3027).")
+@click.option("--kube-proxy-listen", help="Proxy Kubernetes listen address (default 0.0.0.0:3026).")
 @click.option("--public-addr", help="The proxy's public HOST:PORT (invite links, logins).")
 @click.option("--diag-addr", help="Address of /healthz, /readyz, /metrics ('' turns it off).")
 @click.option("--first-admin", default="", help="On an empty cluster, invite this admin user.")
@@ -66,6 +70,10 @@ def start(
     web_listen: str | None,
     ssh_proxy_listen: str | None,
     ssh_listen: str | None,
+    kubeconfig: str | None,
+    kube_cluster_name: str | None,
+    kube_listen: str | None,
+    kube_proxy_listen: str | None,
     public_addr: str | None,
     diag_addr: str | None,
     first_admin: str,
@@ -93,7 +101,14 @@ def start(
     config = _override_listeners(
         config, auth_listen, web_listen, ssh_proxy_listen, ssh_listen, public_addr, labels
     )
+    config = _override_kube(
+        config, kubeconfig, kube_cluster_name, kube_listen, kube_proxy_listen, labels
+    )
     if heartbeat_interval:
+        kube_cfg = config.kubernetes_service.model_copy(
+            update={"heartbeat_interval": parse_duration(heartbeat_interval)}
+        )
+        config = config.model_copy(update={"kubernetes_service": kube_cfg})
         ssh_cfg = config.ssh_service.model_copy(
             update={"heartbeat_interval": parse_duration(heartbeat_interval)}
         )
@@ -136,6 +151,32 @@ def _override_listeners(
         ssh = ssh.model_copy(update={"labels": parse_labels(labels)})
     return config.model_copy(
         update={"auth_service": auth, "proxy_service": proxy, "ssh_service": ssh}
+    )
+
+
+def _override_kube(
+    config: Config,
+    kubeconfig: str | None,
+    cluster_name: str | None,
+    listen: str | None,
+    proxy_listen: str | None,
+    labels: str | None,
+) -> Config:
+    kube = config.kubernetes_service
+    updates: dict[str, object] = {}
+    if kubeconfig:
+        updates["kubeconfig_file"] = kubeconfig
+    if cluster_name:
+        updates["kube_cluster_name"] = cluster_name
+    if listen:
+        updates["listen_addr"] = listen
+    if labels:
+        updates["labels"] = parse_labels(labels)
+    proxy = config.proxy_service
+    if proxy_listen is not None:
+        proxy = proxy.model_copy(update={"kube_listen_addr": proxy_listen})
+    return config.model_copy(
+        update={"kubernetes_service": kube.model_copy(update=updates), "proxy_service": proxy}
     )
 
 

@@ -79,8 +79,14 @@ class SSHService(_Section):
 class KubernetesService(_Section):
     enabled: bool = False
     listen_addr: str = "0.0.0.0:3027"
+    advertise_addr: str = ""
+    # Every context becomes a cluster named after it; empty: in-cluster (the pod's
+    # service account).
     kubeconfig_file: str = ""
+    # The cluster's name when the kubeconfig has one context (or in-cluster).
+    kube_cluster_name: str = ""
     labels: dict[str, str] = Field(default_factory=dict)
+    heartbeat_interval: Duration = timedelta(seconds=10)
 
 
 class HTTPLimits(_Section):
@@ -257,6 +263,9 @@ ssh_service:
 kubernetes_service:
   enabled: false
   listen_addr: 0.0.0.0:3027
-  kubeconfig_file: ""
-  labels: {}
+  advertise_addr: ""      # what the proxy dials; default: listen_addr on this host
+  kubeconfig_file: ""     # every context becomes a cluster; empty: in-cluster (pod's account)
+  kube_cluster_name: ""   # the name of the one cluster (one context, or in-cluster)
+  labels: {}              # matched by roles' kubernetes_labels
+  heartbeat_interval: 10s
 """

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from certgate.access.cached_access import CachedAccess
 from certgate.api.authority import CertAuthority
-from certgate.api.identity import SYSTEM_NODE, SYSTEM_PROXY
+from certgate.api.identity import SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY
 from certgate.auth.server import AuthServer
 from certgate.backend.base import Backend
 from certgate.daemon.auth_service import auth_app, open_auth_server
@@ -43,9 +43,12 @@ from certgate.daemon.diag import Diagnostics, Metrics
 from certgate.daemon.listeners import LimitedSite, bound_sockets, limited_runner
 from certgate.daemon.logs import secure_data_dir
 from certgate.errors import BadParameter, CertgateError, NotFound
+from certgate.kube.kubeconfig import in_cluster, load_kubeconfig
+from certgate.kube.service import KubeService
 from certgate.node.agent import NodeAgent
 from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.agentless_certs import AuthAgentlessCerts
+from certgate.proxy.kube_listener import KubeListener
 from certgate.proxy.sshd import ProxySSH
 from certgate.proxy.web import ProxyWeb
 from certgate.recording.node_recordings import NodeRecordings
@@ -61,7 +64,7 @@ from certgate.srv.monitor import SessionMonitor
 from certgate.srv.recording_hook import RecordingHook
 from certgate.srv.registry import SessionRegistry
 from certgate.srv.tracking import TrackedSessions
-from certgate.transport import server_context
+from certgate.transport import client_context, server_context
 
 log = logging.getLogger("certgate")
 
@@ -107,6 +110,8 @@ class Daemon:
             await self._start_proxy()
         if self.config.ssh_service.enabled:
             await self._start_node()
+        if self.config.kubernetes_service.enabled:
+            await self._start_kube()
         if self.first_admin and self.auth:
             await self._invite_first_admin(self.auth)
         diagnostics.started = True
@@ -254,10 +259,14 @@ class Daemon:
         ping = await auth.call("GET", "/v1/ping")
         _, ssh_port = split_addr(cfg.ssh_listen_addr, 3023)
         real_certificate = bool(cfg.tls.cert_file and cfg.tls.key_file)
+        kube_addr = ""
+        if cfg.kube_listen_addr:
+            kube_addr = f"{public_host}:{split_addr(cfg.kube_listen_addr, 3026)[1]}"
         web_proxy = ProxyWeb(
             auth,
             str(ping["cluster_name"]),
             f"{public_host}:{ssh_port}",
+            kube_addr,
             real_certificate=real_certificate,
         )
         app = web_proxy.app()
@@ -283,7 +292,9 @@ class Daemon:
             if agentless is not None:  # node edits renew its fronts
                 await agentless.on_change(kind, name, resource)
 
-        view = ResourceView(auth, ["role", "lock", "node", "cert_authority"], proxy_view_changed)
+        view = ResourceView(
+            auth, ["role", "lock", "node", "cert_authority", "kube_cluster"], proxy_view_changed
+        )
         view.start()
         self._closers.append(view.close)
         await view.wait_ready()
@@ -345,6 +356,39 @@ class Daemon:
         await self._guard_listen(ssh.start(host, port), cfg.ssh_listen_addr, "proxy ssh")
         self._closers.append(ssh.close)
         log.info("proxy ssh listening on %s", cfg.ssh_listen_addr)
+        if cfg.kube_listen_addr:
+            await self._start_kube_listener(
+                view, access, identity, cert_pem, key_pem, user_ca, audit
+            )
+
+    async def _start_kube_listener(
+        self,
+        view: ResourceView,
+        access: CachedAccess,
+        identity: IdentityFiles,
+        cert_pem: str,
+        key_pem: str,
+        user_ca: list[str],
+        audit: AuditSpool,
+    ) -> None:
+        """kubectl's way in (3026): TLS with the user's certificate, on to kube services.
+        Its kube.request events go through the proxy's audit spool."""
+        cfg = self.config.proxy_service
+        listener = KubeListener(
+            view,
+            access,
+            lambda: client_context(
+                identity.bundle.tls_cas, identity.bundle.tls_cert, identity.key_pem
+            ),
+            audit.put,
+        )
+        context = server_context(cert_pem, key_pem, client_cas=user_ca)
+        host, port = split_addr(cfg.kube_listen_addr, 3026)
+        await self._guard_listen(
+            listener.start(host, port, context), cfg.kube_listen_addr, "proxy kube"
+        )
+        self._closers.append(listener.close)
+        log.info("proxy kube listening on %s", cfg.kube_listen_addr)
 
     # node ------------------------------------------------------------------------
 
@@ -377,6 +421,46 @@ class Daemon:
         self._closers.append(agent.close)
         log.info(
             "node %s ssh listening on %s (labels %s)", self.nodename, cfg.listen_addr, cfg.labels
+        )
+
+    # kube ------------------------------------------------------------------------
+
+    async def _start_kube(self) -> None:
+        cfg = self.config.kubernetes_service
+        if cfg.kubeconfig_file:
+            upstreams = load_kubeconfig(Path(cfg.kubeconfig_file), cfg.kube_cluster_name)
+        else:
+            upstreams = [in_cluster(cfg.kube_cluster_name)]
+        host, port = split_addr(cfg.listen_addr, 3027)
+        advertise = cfg.advertise_addr or ""
+        advertise_host = (
+            split_addr(advertise, port)[0]
+            if advertise
+            else _reachable_host(host, self._auth_dial())
+        )
+        identity = await self._service_identity(
+            "kube", SYSTEM_KUBE, _local_names(self.nodename, advertise_host)
+        )
+        auth = AsyncAuthClient(f"https://{self._auth_dial()}", identity.tls_context())
+        self._closers.append(auth.close)
+        service = KubeService(
+            self.nodename,
+            identity,
+            auth,
+            upstreams,
+            cfg.labels,
+            cfg.heartbeat_interval,
+            strict_grace=self.config.strict_lock_grace.total_seconds(),
+            data_dir=self.data_dir / "kube",
+        )
+        await self._guard_listen(
+            service.start(host, port, advertise_host), cfg.listen_addr, "kube service"
+        )
+        self._closers.append(service.close)
+        log.info(
+            "kube service listening on %s for %s",
+            cfg.listen_addr,
+            ", ".join(u.name for u in upstreams),
         )
 
     # first admin -----------------------------------------------------------------

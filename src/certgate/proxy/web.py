@@ -58,6 +58,7 @@ class ProxyWeb:
         auth: AsyncAuthClient,
         cluster_name: str,
         ssh_addr: str,
+        kube_addr: str = "",
         *,
         real_certificate: bool = False,
     ) -> None:
@@ -66,6 +67,7 @@ class ProxyWeb:
         self.ssh_addr = ssh_addr
         # A configured certificate (not the cluster's own): HSTS, and no --insecure.
         self.real_certificate = real_certificate
+        self.kube_addr = kube_addr  # kubectl's way in (cgsh kube login writes it)
         # Set once the proxy's live view of roles, locks and nodes is ready.
         self.access: CachedAccess | None = None
 
@@ -87,7 +89,12 @@ class ProxyWeb:
 
     async def ping(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"cluster_name": self.cluster_name, "ssh_addr": self.ssh_addr, "version": "0.1.0"}
+            {
+                "cluster_name": self.cluster_name,
+                "ssh_addr": self.ssh_addr,
+                "kube_addr": self.kube_addr,
+                "version": "0.1.0",
+            }
         )
 
     async def index(self, request: web.Request) -> web.Response:

@@ -56,9 +56,18 @@ class MemoryAuditQueue:
     """With a `batch` sink, the worker sends everything queued so far in one call (a
     burst of sessions is a few calls, not one per event); else one event at a time."""
 
-    def __init__(self, sink: AuditSink | None, name: str, batch: BatchSink | None = None) -> None:
+    def __init__(
+        self,
+        sink: AuditSink | None,
+        name: str,
+        batch: BatchSink | None = None,
+        linger: float = 0.0,
+    ) -> None:
         self._sink = sink
         self._batch = batch
+        # With a batch sink: how long the worker waits after the first event for more,
+        # so a stream of events (an API call each) costs auth one write per batch.
+        self._linger = linger
         self._name = name
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -89,6 +98,8 @@ class MemoryAuditQueue:
         assert self._sink is not None
         while True:
             batch = [await self._queue.get()]
+            if self._linger and self._batch is not None:
+                await asyncio.sleep(self._linger)
             while self._batch is not None and len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:

@@ -14,7 +14,16 @@ from certgate.api.role import Role
 from certgate.cli.cgctl._connect import api
 from certgate.cli.common import table
 
-KINDS = ("user", "role", "token", "lock", "node", "cert_authority", "access_request")
+KINDS = (
+    "user",
+    "role",
+    "token",
+    "lock",
+    "node",
+    "cert_authority",
+    "access_request",
+    "kube_cluster",
+)
 # Plurals and short names people type.
 ALIASES = {
     "users": "user",
@@ -27,6 +36,7 @@ ALIASES = {
     "ca": "cert_authority",
     "access_requests": "access_request",
     "requests": "access_request",
+    "kube_clusters": "kube_cluster",
 }
 
 
@@ -93,7 +103,7 @@ def _read(path: str) -> str:
 @click.pass_context
 def get(ctx: click.Context, ref: str, fmt: str) -> None:
     """Show resources: KIND or KIND/NAME (role, user, token, lock, node, cert_authority,
-    access_request)."""
+    access_request, kube_cluster)."""
     kind, name = parse_ref(ref)
     path = f"/resources/{kind}" + (f"/{name}" if name else "")
     items: list[dict[str, Any]] = api(ctx).call("GET", path)
@@ -129,6 +139,17 @@ def _text(kind: str, items: list[dict[str, Any]]) -> str:
             for n in items
         ]
         return table(["Node", "Hostname", "Address", "Labels"], rows)
+    if kind == "kube_cluster":
+        rows = [
+            (
+                k["metadata"]["name"],
+                k["spec"]["service"],
+                k["spec"]["addr"],
+                k["metadata"]["labels"],
+            )
+            for k in items
+        ]
+        return table(["Cluster", "Kube service", "Address", "Labels"], rows)
     if kind == "cert_authority":
         rows = [(c["metadata"]["name"], c["spec"]["cluster_name"]) for c in items]
         return table(["Type", "Cluster"], rows)

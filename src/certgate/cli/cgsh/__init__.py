@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from certgate.cli.cgsh import recordings, request, session, sessions, ssh
+from certgate.cli.cgsh import kube, recordings, request, session, sessions, ssh
 from certgate.cli.common import run
 
 
@@ -19,5 +19,6 @@ ssh.register(cli)
 recordings.register(cli)
 sessions.register(cli)
 request.register(cli)
+kube.register(cli)
 
 main = run(cli)

@@ -10,6 +10,7 @@ import click
 
 from certgate.cli.cgsh.request import assume_after_login, describe_grant, request_at_login
 from certgate.cli.common import FORMAT, print_json
+from certgate.client.kube import logout as kube_logout
 from certgate.client.login import last_login, proxy_address, reach
 from certgate.client.login import login as do_login
 from certgate.client.profile import load_profile, remove_profile
@@ -129,7 +130,9 @@ def status(fmt: str) -> None:
 
 @click.command()
 def logout() -> None:
-    """Remove your keys and certificates from this machine."""
+    """Remove your keys and certificates from this machine (and the kubeconfig
+    contexts cgsh kube login wrote)."""
+    kube_logout()
     if remove_profile():
         click.echo("Logged out.")
     else:

@@ -1,0 +1,219 @@
+"""kubectl through certgate against kubectl straight to the API server, in one run.
+
+    .venv/bin/python bench/kube_proxy.py [--size 256M] [--rounds 3] [--calls 30]
+
+The API server is the test stand-in (tests/support/kube_standin.py: aiohttp in a thread
+of this process); certgate runs auth + proxy and a kube service as real processes. Both
+paths use the same kubectl 1.37:
+
+  (a) certgate: kubectl -> proxy (3026, user cert from `cgsh kube credentials`) -> kube
+      service (impersonation) -> API server
+  (b) direct:   kubectl -> API server (bearer token)
+
+Measured, the paths taking turns:
+  - `kubectl get pods -n dev`: wall time of the whole command, p50 and p99 of `--calls`.
+    Through certgate each kubectl run also starts the exec credential plugin (a Python
+    process); the per-request latency on a kept-alive connection is printed apart
+    (`GET /api/v1/namespaces/dev/pods`, same client, p50/p99).
+  - `kubectl logs` of a `--size` log, and `kubectl exec -- cat` of a `--size` file:
+    MB/s from kubectl's stdout, median of `--rounds`.
+Targets (printed, never asserted): latency <= 1.3x direct, throughput >= 0.8x direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.support.cluster import BIN, Cluster, User  # noqa: E402
+from tests.support.kube_cluster import KUBECTL, KubeSetup  # noqa: E402
+from tests.support.kube_standin import ADMIN_TOKEN, Grant, KubeStandin  # noqa: E402
+
+ROLE = """
+kind: role
+version: v1
+metadata: {name: bench-kube}
+spec:
+  allow:
+    kubernetes_labels: {"*": "*"}
+    kubernetes_groups: ["system:masters"]
+"""
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text[-1:].upper() in units:
+        return int(float(text[:-1]) * units[text[-1].upper()])
+    return int(text)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run_kubectl(env: dict[str, str], args: list[str]) -> tuple[float, int]:
+    """(seconds, bytes of stdout) of one kubectl run; output read and dropped."""
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [str(KUBECTL), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    assert process.stdout is not None
+    total = 0
+    while chunk := process.stdout.read(1 << 20):
+        total += len(chunk)
+    _, err = process.communicate()
+    elapsed = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {err.decode()[-400:]}")
+    return elapsed, total
+
+
+def request_latency(
+    host: str, port: int, path: str, context: ssl.SSLContext, headers: dict[str, str], n: int
+) -> list[float]:
+    conn = http.client.HTTPSConnection(host, port, context=context)
+    times = []
+    for _ in range(n + 3):
+        start = time.perf_counter()
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200, response.status
+        times.append(time.perf_counter() - start)
+    conn.close()
+    return times[3:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="256M")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=30)
+    args = parser.parse_args()
+    size = parse_size(args.size)
+
+    with tempfile.TemporaryDirectory(prefix="bench-kube-") as tmp:
+        workdir = Path(tmp)
+        big = workdir / "big.bin"
+        with big.open("wb") as out:
+            line = (b"x" * 99) + b"\n"
+            block = line * 10000
+            written = 0
+            while written < size:
+                out.write(block)
+                written += len(block)
+        standin = KubeStandin(workdir)
+        standin.grants.append(Grant(("group:system:masters",)))
+        standin.pods[("dev", "web")].log_file = big
+        standin.start()
+        cluster = Cluster(workdir / "certgate")
+        cluster.start()
+        try:
+            setup = KubeSetup(cluster, standin, cluster.kube_proxy_port)
+            setup.start_kube_service()
+            (workdir / "role.yaml").write_text(ROLE)
+            cluster.cgctl("create", str(workdir / "role.yaml"))
+            user = cluster.add_user("bench", roles="bench-kube")
+            cluster.login(user)
+            for _ in range(100):
+                if "dev-cluster" in cluster.cgsh(user, "kube", "ls").stdout:
+                    break
+                time.sleep(0.1)
+            assert setup.kube_login(user).returncode == 0
+            measure(setup, user, standin, workdir, big, size, args)
+        finally:
+            cluster.stop()
+            standin.stop()
+
+
+def measure(
+    setup: KubeSetup,
+    user: User,
+    standin: KubeStandin,
+    workdir: Path,
+    big: Path,
+    size: int,
+    args: argparse.Namespace,
+) -> None:
+    direct_config = standin.kubeconfig(workdir / "direct.kubeconfig")
+    envs = {
+        "certgate": setup.env(user),
+        "direct": {**os.environ, "KUBECONFIG": str(direct_config)},
+    }
+    print(f"kubectl through certgate vs straight to the API server stand-in; size {size >> 20} MiB")
+
+    latency: dict[str, list[float]] = {name: [] for name in envs}
+    for _ in range(args.calls):
+        for name, env in envs.items():
+            latency[name].append(run_kubectl(env, ["get", "pods", "-n", "dev"])[0])
+    print("\n`kubectl get pods -n dev` (whole command), ms:")
+    for name, values in latency.items():
+        p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
+        print(f"  {name:9} p50 {p50:7.1f}   p99 {p99:7.1f}")
+    ratio = percentile(latency["certgate"], 0.5) / percentile(latency["direct"], 0.5)
+    print(f"  certgate/direct p50: {ratio:.2f}x (target <= 1.3x)")
+
+    # One kept-alive client, per request: what certgate's hops add, without process starts.
+    creds = json.loads(
+        subprocess.run(
+            [str(BIN / "cgsh"), "kube", "credentials"], capture_output=True, text=True,
+            env=setup.env(user), check=True,
+        ).stdout
+    )["status"]  # fmt: skip
+    (workdir / "u.crt").write_text(creds["clientCertificateData"])
+    (workdir / "u.key").write_text(creds["clientKeyData"])
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    user_context = ssl.create_default_context()
+    user_context.check_hostname = False
+    user_context.verify_mode = ssl.CERT_NONE
+    user_context.load_cert_chain(str(workdir / "u.crt"), str(workdir / "u.key"))
+    path = "/api/v1/namespaces/dev/pods"
+    via = request_latency(
+        "127.0.0.1", setup.kube_proxy_port, "/k8s/dev-cluster" + path, user_context, {},
+        args.calls * 3,
+    )  # fmt: skip
+    straight = request_latency(
+        "127.0.0.1", standin.port, path, insecure, {"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        args.calls * 3,
+    )  # fmt: skip
+    print("\nGET /api/v1/namespaces/dev/pods on a kept-alive connection, ms:")
+    for name, values in (("certgate", via), ("direct", straight)):
+        p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
+        print(f"  {name:9} p50 {p50:7.2f}   p99 {p99:7.2f}")
+
+    for title, kubectl_args in (
+        ("kubectl logs", ["-n", "dev", "logs", "web"]),
+        ("kubectl exec -- cat", ["-n", "dev", "exec", "web", "--", "cat", str(big)]),
+    ):
+        rates: dict[str, list[float]] = {name: [] for name in envs}
+        for _ in range(args.rounds):
+            for name, env in envs.items():
+                seconds, received = run_kubectl(env, kubectl_args)
+                assert received >= size, (name, received)
+                rates[name].append(received / seconds / 1e6)
+        print(f"\n{title} of {size >> 20} MiB, MB/s (median of {args.rounds}):")
+        for name, values in rates.items():
+            runs = ", ".join(f"{v:.0f}" for v in values)
+            print(f"  {name:9} {statistics.median(values):8.1f}   runs {runs}")
+        share = statistics.median(rates["certgate"]) / statistics.median(rates["direct"])
+        print(f"  certgate/direct: {share:.2f}x (target >= 0.8x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""`cgsh kube ls | login CLUSTER | credentials`: Kubernetes clusters through the proxy."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from certgate.cli.common import FORMAT, print_json, table
+from certgate.client import kube as client
+
+
+@click.group()
+def kube() -> None:
+    """Kubernetes clusters: list them, log kubectl in."""
+
+
+@kube.command("ls")
+@FORMAT
+def ls(fmt: str) -> None:
+    """The clusters your roles let you reach, with their labels."""
+    clusters = client.list_clusters()
+    if fmt == "json":
+        print_json([{"name": c.name, "labels": c.metadata.labels} for c in clusters])
+        return
+    rows = [
+        [c.name, ",".join(f"{k}={v}" for k, v in sorted(c.metadata.labels.items()))]
+        for c in clusters
+    ]
+    click.echo(table(["Cluster", "Labels"], rows))
+
+
+@kube.command("login")
+@click.argument("cluster")
+def login(cluster: str) -> None:
+    """Write a kubeconfig context for CLUSTER (and make it current)."""
+    written = client.login(cluster)
+    click.echo(
+        f'Logged into kubernetes cluster "{cluster}": context {written.context} in {written.path}.'
+    )
+    click.echo("Try: kubectl version")
+
+
+@kube.command("credentials")
+@click.option("--cluster", default="", help="The cluster kubectl is calling (informational).")
+def credentials(cluster: str) -> None:
+    """The exec credential plugin kubectl runs (written by cgsh kube login)."""
+    sys.stdout.write(json.dumps(client.credentials()) + "\n")
+
+
+def register(cli: click.Group) -> None:
+    cli.add_command(kube)

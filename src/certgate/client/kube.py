@@ -1,0 +1,192 @@
+"""What `cgsh kube` does: list clusters, write kubeconfig contexts, hand kubectl its
+certificate through the exec credential plugin.
+
+    cgsh kube login NAME ──▶ $KUBECONFIG (first file) or ~/.kube/config, mode 0600:
+        cluster  certgate-<cluster>-NAME   server https://PROXY:3026/k8s/NAME
+        user     certgate-<cluster>-NAME   exec: cgsh kube credentials --cluster NAME
+        context  <cluster>-NAME            (made current)
+      and a note of what it wrote in $CERTGATE_HOME/kube.json, so `cgsh logout` removes
+      exactly that and nothing else.
+
+    kubectl ──runs──▶ cgsh kube credentials ──▶ ExecCredential (client.authentication.k8s.io/v1)
+        with the certificate and key of the current login, read at every call: a renewed
+        login or an approved request counts on the next kubectl call.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from certgate.api.codec import from_dict
+from certgate.api.kube_cluster import PROXY_PATH_PREFIX, KubeCluster
+from certgate.client.cluster import connect_profile
+from certgate.client.kube_credentials import EXEC_API_VERSION, exec_credential
+from certgate.client.profile import Profile, home, load_profile
+from certgate.client.proxy_client import ProxyClient
+from certgate.errors import AccessDenied, BadParameter, NotFound
+
+
+def list_clusters() -> list[KubeCluster]:
+    """The clusters the user's roles reach (auth decides, from the current roles)."""
+    api = connect_profile()
+    try:
+        items = api.call("GET", "/my/kube_clusters")
+    finally:
+        api.close()
+    clusters = [c for c in (from_dict(item) for item in items) if isinstance(c, KubeCluster)]
+    return sorted(clusters, key=lambda c: c.name)
+
+
+def kubeconfig_path() -> Path:
+    value = os.environ.get("KUBECONFIG", "")
+    first = next((p for p in value.split(os.pathsep) if p), "")
+    return Path(first) if first else Path.home() / ".kube" / "config"
+
+
+@dataclass(frozen=True)
+class Written:
+    path: Path
+    context: str
+
+
+def login(name: str) -> Written:
+    profile = load_profile()
+    if name not in {c.name for c in list_clusters()}:
+        raise NotFound(f'kubernetes cluster "{name}" not found: see cgsh kube ls')
+    kube_addr = _kube_addr(profile)
+    entry = f"certgate-{profile.cluster}-{name}"
+    context = f"{profile.cluster}-{name}"
+    cluster: dict[str, Any] = {"server": f"https://{kube_addr}{PROXY_PATH_PREFIX}{name}"}
+    # The kube listener presents the proxy's host certificate from the cluster's CA,
+    # whatever certificate the web port has: kubectl verifies it against that CA.
+    host_ca = profile.identity().bundle.tls_cas[:1]
+    cluster["certificate-authority-data"] = base64.b64encode("".join(host_ca).encode()).decode()
+    user = {
+        "exec": {
+            "apiVersion": EXEC_API_VERSION,
+            # `cgsh kube credentials`, without loading cgsh (kube_credentials.py).
+            "command": sys.executable,
+            "args": ["-m", "certgate.client.kube_credentials", f"--cluster={name}"],
+            "env": [{"name": "CERTGATE_HOME", "value": str(home())}],
+            "interactiveMode": "Never",
+            "provideClusterInfo": False,
+        }
+    }
+    path = kubeconfig_path()
+    config = _load(path)
+    _put(config, "clusters", entry, "cluster", cluster)
+    _put(config, "users", entry, "user", user)
+    _put(config, "contexts", context, "context", {"cluster": entry, "user": entry})
+    config["current-context"] = context
+    _save(path, config)
+    _remember(path, entry, context)
+    return Written(path, context)
+
+
+def credentials() -> dict[str, Any]:
+    """The ExecCredential kubectl reads from the plugin's stdout."""
+    try:
+        return exec_credential()
+    except (OSError, ValueError, KeyError):
+        raise AccessDenied(
+            "not logged in: run cgsh login (kubectl needs a certgate login)"
+        ) from None
+
+
+def logout() -> int:
+    """Remove the entries `login` wrote (and only those); how many contexts were removed."""
+    note = home() / "kube.json"
+    try:
+        written = json.loads(note.read_text())
+    except (OSError, ValueError):
+        return 0
+    removed = 0
+    for path_text, entries in written.items():
+        path = Path(path_text)
+        if not path.exists():
+            continue
+        config = _load(path)
+        for entry in entries:
+            removed += _drop(config, "contexts", entry["context"])
+            _drop(config, "clusters", entry["entry"])
+            _drop(config, "users", entry["entry"])
+            if config.get("current-context") == entry["context"]:
+                config["current-context"] = ""
+        _save(path, config)
+    note.unlink(missing_ok=True)
+    return removed
+
+
+# ---- helpers ---------------------------------------------------------------------------
+
+
+def _kube_addr(profile: Profile) -> str:
+    client = ProxyClient(profile.proxy, profile.pin)  # checked against the login's pin
+    try:
+        ping = client.call("GET", "/v1/ping")
+    finally:
+        client.close()
+    addr = str(ping.get("kube_addr", ""))
+    if not addr:
+        raise BadParameter("this proxy does not serve Kubernetes (no kube_listen_addr)")
+    return addr
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        data = None
+    except (OSError, yaml.YAMLError) as exc:
+        raise BadParameter(f"cannot read kubeconfig {path}: {exc}") from exc
+    if data is None:
+        data = {"apiVersion": "v1", "kind": "Config", "preferences": {}}
+    if not isinstance(data, dict):
+        raise BadParameter(f"kubeconfig {path} is not a mapping")
+    return data
+
+
+def _save(path: Path, config: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".certgate-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        yaml.safe_dump(config, out, default_flow_style=False, sort_keys=False)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _put(config: dict[str, Any], key: str, name: str, inner: str, value: Any) -> None:
+    items = [
+        i for i in (config.get(key) or []) if not (isinstance(i, dict) and i.get("name") == name)
+    ]
+    items.append({"name": name, inner: value})
+    config[key] = items
+
+
+def _drop(config: dict[str, Any], key: str, name: str) -> int:
+    items = config.get(key) or []
+    kept = [i for i in items if not (isinstance(i, dict) and i.get("name") == name)]
+    config[key] = kept
+    return len(items) - len(kept)
+
+
+def _remember(path: Path, entry: str, context: str) -> None:
+    note = home() / "kube.json"
+    try:
+        written = json.loads(note.read_text())
+    except (OSError, ValueError):
+        written = {}
+    entries = [e for e in written.get(str(path), []) if e.get("context") != context]
+    entries.append({"entry": entry, "context": context})
+    written[str(path)] = entries
+    home().mkdir(parents=True, exist_ok=True)
+    note.write_text(json.dumps(written, indent=2) + "\n")

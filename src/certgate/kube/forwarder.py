@@ -1,0 +1,493 @@
+"""The kube service's forwarder: every Kubernetes API call from the proxy, decided and
+passed on to the API server as the user, streams included.
+
+    proxy ──mTLS (proxy host cert)──▶ KubeForwarder ──TLS (certgate's own credentials)──▶ API server
+      X-Certgate-Identity: the user          │ strip X-Certgate-*, Impersonate-*, Authorization
+      X-Certgate-Cluster:  which one         │ locks, kubernetes_labels, groups/users, --as,
+                                             │ kubernetes_resources   (access/kube.py)
+                                             │ Impersonate-User / Impersonate-Group
+                                             ▼
+           plain calls, watches, logs -f:  relayed as they arrive (lists filtered when
+                                           kubernetes_resources limit them)
+           exec / attach (WebSocket):      a LiveSession (srv/live.py): recorded, listed,
+                                           cut by the monitor (locks, idle, expiry)
+           other upgrades (port-forward, SPDY): raw pipe, still cut by locks
+
+Every call is a `kube.request` audit event, refused ones too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+
+from certgate.access.cached_access import CachedAccess
+from certgate.access.kube import (
+    Impersonation,
+    KubeRequest,
+    ResourceRules,
+    check_resource_grant,
+    impersonation,
+    parse_request,
+    resource_rules,
+)
+from certgate.access.rbac import RoleSet
+from certgate.api.certs import identity_from_x509
+from certgate.api.identity import SYSTEM_PROXY, Identity
+from certgate.errors import AccessDenied, BadParameter, CertgateError
+from certgate.kube.filtering import MAX_FILTERED_BODY, answer, relay_filtered, relay_watch
+from certgate.kube.kubeconfig import Upstream
+from certgate.kube.streams import ExecIO, relay_frames, relay_raw
+from certgate.srv.authorize import policy_for
+from certgate.srv.http1 import (
+    HOP_BY_HOP,
+    MAX_HEAD,
+    Connection,
+    Head,
+    IdlePool,
+    ProtocolError,
+    body_framing,
+    close_writer,
+    closed_waiter,
+    read_body,
+    read_head,
+    relay_body,
+    streaming,
+    while_connected,
+)
+from certgate.srv.live import LiveClient, LiveSession
+from certgate.srv.registry import SessionRegistry
+from certgate.srv.session import ObserverFactory, SessionInfo, SessionRefused
+
+log = logging.getLogger("certgate.kube")
+
+IDENTITY_HEADER = "X-Certgate-Identity"
+CLUSTER_HEADER = "X-Certgate-Cluster"
+CLIENT_ADDR_HEADER = "X-Certgate-Client-Addr"
+CONNECT_TIMEOUT = 10.0
+
+# (event, fields) -> None: queued for auth
+Audit = Callable[[str, dict[str, Any]], None]
+# (identity, kind) -> recording mode
+ModeFor = Callable[[Identity, str], str]
+
+
+@dataclass
+class _Call:
+    """One API call on its way: who, where, as whom, and what it touches."""
+
+    identity: Identity
+    cluster: str
+    client_addr: str
+    request: KubeRequest
+    role_set: RoleSet
+    imp: Impersonation
+    rules: ResourceRules
+    upstream: Upstream
+
+
+class _Upstreams:
+    """The API-server connections of one proxy connection, one per cluster: kept while
+    the proxy's connection lives, then handed to the forwarder's idle pool."""
+
+    def __init__(self, pool: IdlePool, gone: asyncio.Future[None]) -> None:
+        self._pool = pool
+        self._open: dict[str, Connection] = {}
+        self.gone = gone  # the proxy's connection is lost (closed_waiter)
+
+    async def get(self, upstream: Upstream) -> tuple[Connection, bool]:
+        """A connection to `upstream`, and whether it was used before (may be stale)."""
+        found = self._open.get(upstream.name)
+        if found is not None and not found[1].is_closing():
+            return found, True
+        found = self._pool.take(upstream.name)
+        reused = found is not None
+        if found is None:
+            found = await dial(upstream)
+        self._open[upstream.name] = found
+        return found, reused
+
+    def drop(self, name: str) -> None:
+        found = self._open.pop(name, None)
+        if found is not None:
+            found[1].close()
+
+    def close(self) -> None:
+        for name, conn in self._open.items():
+            self._pool.give(name, conn)
+        self._open.clear()
+
+
+async def dial(upstream: Upstream) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                upstream.host,
+                upstream.port,
+                ssl=upstream.tls_context(),
+                server_hostname=upstream.host,
+                limit=MAX_HEAD,
+            ),
+            CONNECT_TIMEOUT,
+        )
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        raise BadParameter(
+            f'cannot reach the API server of kubernetes cluster "{upstream.name}": {exc}'
+        ) from exc
+    streaming(writer)
+    return reader, writer
+
+
+class KubeForwarder:
+    def __init__(
+        self,
+        *,
+        upstreams: dict[str, Upstream],
+        labels: dict[str, str],
+        access: CachedAccess,
+        registry: SessionRegistry,
+        observe: ObserverFactory | None,
+        recording_mode: ModeFor,
+        audit: Audit,
+        name: str,
+    ) -> None:
+        self.upstreams = upstreams
+        self.labels = labels
+        self._access = access
+        self._registry = registry
+        self._observe = observe
+        self._recording_mode = recording_mode
+        self._audit = audit
+        self._name = name
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._pool = IdlePool()
+
+    async def start(self, host: str, port: int, context: ssl.SSLContext) -> int:
+        self._server = await asyncio.start_server(
+            self._serve, host or None, port, ssl=context, limit=MAX_HEAD, reuse_address=True
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        self._pool.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    # ---- one proxy connection ---------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        streaming(writer)
+        upstreams = _Upstreams(self._pool, closed_waiter(writer))
+        try:
+            if not self._from_proxy(writer):
+                return
+            while (head := await read_head(reader)) is not None:
+                if not await self._call(head, reader, writer, upstreams):
+                    break
+        except (ConnectionError, ProtocolError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            log.debug("kube connection ended: %s", exc)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("kube connection failed")
+        finally:
+            upstreams.close()
+            self._connections.discard(task)
+            await close_writer(writer)
+            upstreams.gone.cancel()  # done by now, unless the close timed out
+
+    def _from_proxy(self, writer: asyncio.StreamWriter) -> bool:
+        """Only proxies may call: they vouch for the user in X-Certgate-Identity."""
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der is None:
+            return False
+        try:
+            caller = identity_from_x509(x509.load_der_x509_certificate(der))
+        except (BadParameter, ValueError):
+            return False
+        if not caller.is_service(SYSTEM_PROXY):
+            log.warning("refused a kube connection from %s: not a proxy", caller.username)
+            return False
+        return True
+
+    async def _call(
+        self,
+        head: Head,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        upstreams: _Upstreams,
+    ) -> bool:
+        """Serve one request; whether the connection may carry another."""
+        framing = body_framing(head, response=False)
+        request = parse_request(head.method, head.target)
+        cluster = head.get(CLUSTER_HEADER) or ""
+        identity: Identity | None = None
+        try:
+            identity = _header_identity(head)
+            call = self._decide(head, request, identity, cluster)
+        except CertgateError as exc:
+            await read_body(reader, framing, MAX_FILTERED_BODY)
+            reason = "Forbidden" if isinstance(exc, AccessDenied) else "BadRequest"
+            await answer(writer, exc.http_status, reason, exc.message)
+            self._audit_call(identity, cluster, request, exc.http_status, exc.message)
+            return not head.wants_close()
+        _rewrite(head, call)
+        if head.is_upgrade():
+            await self._upgrade(head, reader, writer, call)
+            return False
+        try:
+            for attempt in (1, 2):
+                (up_reader, up_writer), reused = await upstreams.get(call.upstream)
+                try:
+                    up_writer.write(head.encode())
+                    await relay_body(reader, up_writer, framing)
+                    response = await read_head(up_reader)
+                    if response is None:
+                        raise ProtocolError("the API server closed the connection")
+                    break
+                except BaseException as exc:
+                    upstreams.drop(call.upstream.name)
+                    if not isinstance(exc, OSError | ProtocolError | asyncio.IncompleteReadError):
+                        raise
+                    # A kept-alive connection the server closed meanwhile: once more on
+                    # a fresh one, if nothing of a body was sent.
+                    if attempt == 2 or not reused or framing.kind != "none":
+                        raise
+        except (CertgateError, OSError, asyncio.IncompleteReadError) as exc:
+            upstreams.drop(call.upstream.name)
+            message = exc.message if isinstance(exc, CertgateError) else str(exc)
+            await answer(writer, 502, "ServiceUnavailable", message)
+            self._audit_call(call.identity, call.cluster, request, 502, message)
+            return False
+        assert response is not None
+        r_framing = body_framing(response, response=True, request_method=head.method)
+        filtered = (
+            call.rules.filters
+            and request.kind != ""
+            and request.verb in ("get", "list", "watch")
+            and response.status == 200
+        )
+        try:
+            if filtered and request.verb == "watch":
+                await while_connected(
+                    relay_watch(response, up_reader, writer, r_framing, request, call.rules),
+                    upstreams.gone,
+                )
+            elif filtered:
+                await relay_filtered(response, up_reader, writer, r_framing, request, call.rules)
+            else:
+                writer.write(response.encode())
+                if r_framing.kind == "length":
+                    await relay_body(up_reader, writer, r_framing)
+                else:  # streams (watches, logs -f) end when the user leaves
+                    await while_connected(relay_body(up_reader, writer, r_framing), upstreams.gone)
+        except BaseException:
+            # Cut off in the middle of an answer (the user left a watch, say): the rest
+            # of it is still coming, so the connection must never serve anyone again.
+            upstreams.drop(call.upstream.name)
+            raise
+        self._audit_call(call.identity, call.cluster, request, response.status)
+        if r_framing.kind == "close" or response.wants_close():
+            upstreams.drop(call.upstream.name)
+            return False
+        return not head.wants_close()
+
+    def _decide(self, head: Head, request: KubeRequest, identity: Identity, cluster: str) -> _Call:
+        client_addr = head.get(CLIENT_ADDR_HEADER) or ""
+        head.remove_prefix("X-Certgate-")
+        # Whatever the client asked to impersonate, only roles decide; --as/--as-group
+        # may narrow within them.
+        asked = head.remove_prefix("Impersonate-")
+        as_user = next((v for k, v in asked if k.lower() == "impersonate-user"), "")
+        as_groups = [v for k, v in asked if k.lower() == "impersonate-group"]
+        upstream = self.upstreams.get(cluster)
+        if upstream is None:
+            raise AccessDenied(f'kubernetes cluster "{cluster}" is not served here')
+        self._access.check_identity(identity, node=cluster)
+        check_resource_grant(identity, cluster)
+        role_set = self._access.role_set(identity)
+        imp = impersonation(
+            role_set,
+            identity.username,
+            cluster,
+            self.labels,
+            as_user,
+            as_groups,
+            discovery=request.kind == "",
+        )
+        rules = resource_rules(role_set, self.labels)
+        rules.check(request)
+        return _Call(identity, cluster, client_addr, request, role_set, imp, rules, upstream)
+
+    # ---- filtered answers -----------------------------------------------------------------
+
+    async def _upgrade(
+        self,
+        head: Head,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        call: _Call,
+    ) -> None:
+        request = call.request
+        websocket = (head.get("Upgrade") or "").lower() == "websocket"
+        session: LiveSession | None = None
+        where: dict[str, Any] = {}
+        # Only exec/attach over WebSocket carry the channel frames certgate reads.
+        io = ExecIO(writer, framed=websocket and request.is_session)
+        client = LiveClient(
+            identity=call.identity,
+            login=call.imp.user,
+            target=call.cluster,
+            client_addr=call.client_addr,
+            policy=policy_for(call.role_set, call.identity),
+            audit=self._audit,
+            close=io.hang_up,
+        )
+        if request.is_session:
+            if not websocket and self._recording_mode(call.identity, "k8s") == "strict":
+                message = (
+                    "access denied: your roles require kubernetes sessions to be recorded "
+                    "(record_session.k8s: strict) and this client's protocol (SPDY) cannot "
+                    "be: use a newer kubectl"
+                )
+                await answer(writer, 403, "Forbidden", message)
+                self._audit_call(call.identity, call.cluster, request, 403, message)
+                return
+            info = SessionInfo(
+                id=str(uuid.uuid4()),
+                identity=call.identity,
+                login=call.imp.user,
+                kind="exec",
+                started=datetime.now(UTC),
+                client_addr=call.client_addr,
+                command=" ".join(request.query.get("command", []) if request.query else []) or None,
+                tty=request.first("tty") == "true",
+                node=call.cluster,
+                protocol="k8s",
+            )
+            session = LiveSession(client, info, io, self._registry, observe=self._observe)
+            try:
+                if websocket:
+                    session.open_observer()
+            except SessionRefused as exc:
+                await answer(writer, 403, "Forbidden", f"access denied: {exc}")
+                self._audit_call(call.identity, call.cluster, request, 403, str(exc))
+                return
+        try:
+            up_reader, up_writer = await dial(call.upstream)
+        except CertgateError as exc:
+            await answer(writer, 502, "ServiceUnavailable", exc.message)
+            if session is not None:
+                session.ended("refused")
+            return
+        try:
+            up_writer.write(head.encode())
+            response = await read_head(up_reader)
+            if response is None:
+                raise ProtocolError("the API server closed the connection")
+            self._audit_call(call.identity, call.cluster, request, response.status)
+            writer.write(response.encode())
+            if response.status != 101:
+                await relay_body(up_reader, writer, body_framing(response, response=True))
+                if session is not None:
+                    session.ended("refused")
+                return
+            io.upstream = up_writer
+            self._registry.add_client(client)
+            where = {
+                "kubernetes_cluster": call.cluster,
+                "kubernetes_namespace": request.namespace,
+                "kubernetes_pod": request.name,
+                "kubernetes_container": request.first("container"),
+                "kubernetes_user": call.imp.user,
+                "kubernetes_groups": list(call.imp.groups),
+            }
+            if session is not None:
+                session.begin()
+                session.announce(where)
+            if session is not None and websocket:
+                exit_code = await relay_frames(reader, writer, up_reader, up_writer, session, io)
+                session.exec_finished(exit_code)
+            else:
+                await relay_raw(reader, writer, up_reader, up_writer, client)
+        finally:
+            up_writer.close()
+            self._registry.remove_client(client)
+            if session is not None:
+                # session.end names the pod as session.start did.
+                session.ended(None, where)
+                session.closed()
+            io.closed.set()
+
+    def _audit_call(
+        self,
+        identity: Identity | None,
+        cluster: str,
+        request: KubeRequest,
+        status: int,
+        reason: str = "",
+    ) -> None:
+        fields: dict[str, Any] = {
+            "user": identity.username if identity else "",
+            "kubernetes_cluster": cluster,
+            "method": request.method,
+            "path": request.path,
+            "verb": request.verb,
+            "status": status,
+            "kube_service": self._name,
+        }
+        if request.kind:
+            fields.update(resource_kind=request.kind, namespace=request.namespace)
+            if request.name:
+                fields["resource_name"] = request.name
+        if reason:
+            fields["reason"] = reason
+        self._audit("kube.request", fields)
+
+
+def _header_identity(head: Head) -> Identity:
+    text = head.get(IDENTITY_HEADER)
+    if not text:
+        raise AccessDenied("access denied: the proxy named no user")
+    try:
+        return Identity.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AccessDenied("access denied: the proxy sent a malformed identity") from exc
+
+
+def _rewrite(head: Head, call: _Call) -> None:
+    """The request as the API server gets it: certgate's credentials, the user's name."""
+    upstream = call.upstream
+    for name in HOP_BY_HOP:
+        head.remove(name)
+    head.remove("Authorization")
+    head.target = upstream.base_path + head.target
+    head.set("Host", upstream.host_header)
+    bearer = upstream.bearer()
+    if bearer:
+        head.add("Authorization", f"Bearer {bearer}")
+    head.add("Impersonate-User", call.imp.user)
+    for group in call.imp.groups:
+        head.add("Impersonate-Group", group)
+    if call.rules.filters:
+        head.remove("Accept-Encoding")  # filtered answers are read, so plain

@@ -1,0 +1,133 @@
+"""The streams of an upgraded Kubernetes call, relayed both ways.
+
+    exec / attach over WebSocket   relay_frames: frame by frame (wsframes.py), showing the
+                                   LiveSession what the user sees (stdout/stderr), when
+                                   they type (stdin), resizes, and the exit status
+    anything else (SPDY, port-forward)  relay_raw: bytes as they come
+
+ExecIO is the session's SessionIO: certgate's own words reach the user as stderr frames
+(WebSocket exec/attach only), and stop() closes both sides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from certgate.errors import BadParameter
+from certgate.kube import wsframes
+from certgate.srv.http1 import pipe
+from certgate.srv.live import LiveClient, LiveSession
+
+log = logging.getLogger("certgate.kube")
+
+
+class ExecIO:
+    """A kube session's SessionIO: certgate's words go to the user as stderr frames of
+    the channel protocol (WebSocket); on a raw stream (SPDY, port-forward) certgate
+    cannot speak, and only closes it."""
+
+    def __init__(self, writer: asyncio.StreamWriter, framed: bool = True) -> None:
+        self._writer = writer
+        self.framed = framed
+        self.upstream: asyncio.StreamWriter | None = None
+        self.stopped = False
+        self.closed = asyncio.Event()
+
+    def write(self, data: bytes, stderr: bool) -> None:
+        if self.stopped or not self.framed or self._writer.is_closing():
+            return
+        channel = wsframes.STDERR if stderr else wsframes.STDOUT
+        self._writer.write(wsframes.channel_frame(channel, data))
+
+    def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        if not self._writer.is_closing():
+            if self.framed:
+                self._writer.write(wsframes.failure_status("session ended by certgate"))
+                self._writer.write(wsframes.close_frame())
+            self._writer.close()
+        if self.upstream is not None:
+            self.upstream.close()
+
+    async def hang_up(self) -> None:
+        self.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closed.wait(), 2)
+
+
+async def relay_frames(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+    session: LiveSession,
+    io: ExecIO,
+) -> int | None:
+    """Relay both ways frame by frame, showing the session what it needs to see; the
+    exit code from the status channel, if one came."""
+    exit_code: list[int | None] = [None]
+
+    async def from_user() -> None:
+        frames = wsframes.FrameReader()
+        while not io.stopped and (data := await reader.read(262144)):
+            found, whole = frames.feed(data)
+            for frame in found:
+                if frame.channel == wsframes.STDIN:
+                    session.input()
+                elif frame.channel == wsframes.RESIZE:
+                    size = wsframes.resize(frame.data)
+                    if size is not None:
+                        session.resized(*size)
+            if whole and not io.stopped:
+                up_writer.write(whole)
+                await up_writer.drain()
+
+    async def to_user() -> None:
+        frames = wsframes.FrameReader()
+        while not io.stopped and (data := await up_reader.read(262144)):
+            found, whole = frames.feed(data)
+            # Payloads are cut out only for a recorder or joiners to see.
+            watched = session.observer is not None or session.party is not None
+            for frame in found:
+                if frame.channel in (wsframes.STDOUT, wsframes.STDERR):
+                    if watched:
+                        session.output(frame.data)
+                elif frame.channel == wsframes.STATUS and frame.fin:
+                    exit_code[0] = wsframes.exit_code(frame.data)
+            if whole and not io.stopped:
+                writer.write(whole)
+                await writer.drain()
+
+    await both(from_user(), to_user())
+    return exit_code[0]
+
+
+async def relay_raw(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+    client: LiveClient,
+) -> None:
+    await both(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def both(*jobs: Any) -> None:
+    """Run both directions until one ends (the other side then has nothing to say)."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(
+                result, ConnectionError | OSError | BadParameter
+            ):
+                log.warning("kube stream relay failed: %r", result)
