@@ -76,6 +76,6 @@ def test_users_send_no_events() -> None:
 
 
 def test_an_unknown_type_is_kept_as_unknown() -> None:
-    stored = checked_event(NODE, {"event": "kube.request", "fields": {"verb": "get"}}, NOW)
+    stored = checked_event(NODE, {"event": "kube.frobnicate", "fields": {"verb": "get"}}, NOW)
     assert (stored["event"], stored["code"]) == ("unknown", "TCC00E")
-    assert stored["unknown_event"] == "kube.request" and stored["verb"] == "get"
+    assert stored["unknown_event"] == "kube.frobnicate" and stored["verb"] == "get"
