@@ -28,7 +28,9 @@ class FixedClock:
         return NOW
 
 
-def role(name: str, allow: dict[str, Any] | None = None, deny: dict[str, Any] | None = None) -> Role:
+def role(
+    name: str, allow: dict[str, Any] | None = None, deny: dict[str, Any] | None = None
+) -> Role:
     return Role.model_validate(
         {"metadata": {"name": name}, "spec": {"allow": allow or {}, "deny": deny or {}}}
     )
@@ -51,7 +53,11 @@ def lock(name: str, **target: str) -> Lock:
 
 
 def approved(
-    rid: str, who: str, roles: list[str], nodes: list[str] = [], hours: int = 2  # noqa: B006
+    rid: str,
+    who: str,
+    roles: list[str],
+    nodes: tuple[str, ...] = (),
+    hours: int = 2,
 ) -> AccessRequest:
     return AccessRequest.model_validate(
         {
@@ -107,11 +113,9 @@ def test_a_denied_login_is_a_refusal_row_naming_the_deny_role() -> None:
 
 
 def test_a_resource_request_grants_only_its_nodes_until_it_ends() -> None:
-    request = approved("req-1", "bob", ["prod"], nodes=["db-1"])
+    request = approved("req-1", "bob", ["prod"], nodes=("db-1",))
     rows = rows_by_key(
-        access_matrix(
-            MatrixInput([user("bob", [], [])], ROLES, NODES, requests=[request], now=NOW)
-        )
+        access_matrix(MatrixInput([user("bob", [], [])], ROLES, NODES, requests=[request], now=NOW))
     )
     row = rows[("bob", "db-1", "postgres")]
     assert row.allowed and row.how == "request" and row.request_id == "req-1"
@@ -205,7 +209,7 @@ def test_matrix_allows_exactly_what_the_node_allows(
     the_user = user("u", standing, ["alice"])
     nodes = [node(f"n{i}", **labels) for i, labels in enumerate(node_labels)]
     locks = [lock(f"l{i}", **{kind: name}) for i, (kind, name) in enumerate(targets)]
-    requests = [approved("q", "u", ["r0"], nodes=request_nodes)] if with_request else []
+    requests = [approved("q", "u", ["r0"], nodes=tuple(request_nodes))] if with_request else []
     rows = rows_by_key(
         access_matrix(MatrixInput([the_user], roles, nodes, locks, requests, now=NOW))
     )

@@ -1,4 +1,4 @@
-"""Who has access to what, right now: the access matrix of users × nodes × logins.
+"""Who has access to what, right now: the access matrix of users, nodes and logins.
 
 Pure (no I/O): auth reads users, roles, nodes, locks and access requests from its
 store and hands them here; the answer is a list of rows, one per (user, node, login)
@@ -134,7 +134,9 @@ def access_matrix(data: MatrixInput) -> list[AccessRow]:
     ]
     live_nodes.sort(key=lambda n: n.name)
     live_locks = [
-        lock for lock in data.locks if lock.metadata.expires is None or lock.metadata.expires > data.now
+        lock
+        for lock in data.locks
+        if lock.metadata.expires is None or lock.metadata.expires > data.now
     ]
     rows: list[AccessRow] = []
     for user in sorted(data.users, key=lambda u: u.name):
@@ -235,7 +237,11 @@ def _decide(
     locks: Sequence[Lock],
     now: datetime,
 ) -> AccessRow | None:
-    base = {"user": user.name, "node": node.name, "hostname": node.spec.hostname, "login": login}
+    def row(**fields: Any) -> AccessRow:
+        return AccessRow(
+            user=user.name, node=node.name, hostname=node.spec.hostname, login=login, **fields
+        )
+
     locked: tuple[_Path, Lock] | None = None
     refusal = ""
     for path in paths:
@@ -251,8 +257,7 @@ def _decide(
             locked = locked or (path, lock)
             continue
         request = path.request
-        return AccessRow(
-            **base,
+        return row(
             allowed=True,
             how="request" if request else "standing",
             request_id=request.name if request else "",
@@ -261,8 +266,7 @@ def _decide(
         )
     if locked is not None:
         path, lock = locked
-        return AccessRow(
-            **base,
+        return row(
             allowed=False,
             how="locked",
             request_id=path.request.name if path.request else "",
@@ -279,8 +283,7 @@ def _decide(
         grants = explainer.allowed_by(node, login, path.roles)
         deniers = explainer.denied_by(node, login, path.roles)
         if grants and deniers:
-            return AccessRow(
-                **base,
+            return row(
                 allowed=False,
                 how="denied",
                 allowed_by=grants,
