@@ -19,7 +19,7 @@ not disagree with the node. The paths a user may take are tried in order:
 The first path that passes makes the row `allowed` (how: "standing" or "request").
 Otherwise the row says why not: "locked" (a path passes the roles but a lock applies;
 `lock` names it) or "denied" (a deny rule refuses the login; `denied_by` names the
-roles). Logins no role allows on the node have no row at all.
+roles, and `lock` a lock that applies as well). Logins no role allows on the node have no row at all.
 
 Explanations (`allowed_by`, `denied_by`) come from evaluating each role on its own with
 the same RoleSet code: the roles whose allow section grants the login on the node
@@ -283,9 +283,12 @@ def _decide(
         grants = explainer.allowed_by(node, login, path.roles)
         deniers = explainer.denied_by(node, login, path.roles)
         if grants and deniers:
+            # A lock may apply as well (the proxy then says so first): name it too.
+            lock = _lock_for(user, path, login, node, locks, now)
             return row(
                 allowed=False,
                 how="denied",
+                lock=lock.name if lock else "",
                 allowed_by=grants,
                 denied_by=deniers,
                 reason=refusal,
