@@ -19,7 +19,8 @@ not disagree with the node. The paths a user may take are tried in order:
 The first path that passes makes the row `allowed` (how: "standing" or "request").
 Otherwise the row says why not: "locked" (a path passes the roles but a lock applies;
 `lock` names it) or "denied" (a deny rule refuses the login; `denied_by` names the
-roles, and `lock` a lock that applies as well). Logins no role allows on the node have no row at all.
+roles, and `lock` a lock that applies as well). Logins no role allows on the node
+have no row at all.
 
 Explanations (`allowed_by`, `denied_by`) come from evaluating each role on its own with
 the same RoleSet code: the roles whose allow section grants the login on the node
