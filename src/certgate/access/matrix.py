@@ -74,17 +74,6 @@ class AccessRow:
     # The node's one-line refusal, for rows that are not allowed.
     reason: str = ""
 
-    def describe_how(self) -> str:
-        """`standing`, `request ID until T`, `locked by L`, `denied by R` (CLI text)."""
-        if self.how == "request":
-            until = f" until {self.until:%Y-%m-%dT%H:%M:%SZ}" if self.until else ""
-            return f"request {self.request_id}{until}"
-        if self.how == "locked":
-            return f"locked by {self.lock}"
-        if self.how == "denied":
-            return f"denied by {', '.join(self.denied_by)}"
-        return "standing"
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "user": self.user,
@@ -144,7 +133,7 @@ def access_matrix(data: MatrixInput) -> list[AccessRow]:
         paths = user_paths(user, data.roles, data.requests, data.now)
         explainer = _Explainer(user, paths)
         for node in live_nodes:
-            for login in explainer.candidate_logins:
+            for login in explainer.candidate_logins(node):
                 row = _decide(user, node, login, paths, explainer, live_locks, data.now)
                 if row is not None:
                     rows.append(row)
@@ -174,10 +163,17 @@ def user_paths(
 
 
 class _Explainer:
-    """Per-role answers for one user: which roles grant, which refuse, a login."""
+    """Answers for one user's paths, by node labels: whether a path's roles allow a
+    login, which roles grant it and which refuse it.
+
+    What roles decide depends on a node's labels, never on its name, so each answer is
+    worked out once per distinct set of labels (a fleet has far fewer of those than
+    nodes); resources and locks, which do name nodes, are checked per node.
+    """
 
     def __init__(self, user: User, paths: Sequence[_Path]) -> None:
         self._traits = user.spec.traits
+        self._paths = paths
         every = {role.name: role for path in paths for role in path.roles}
         self._roles = [every[name] for name in sorted(every)]
         # Allow sections alone (deny emptied) and deny sections alone: evaluated by the
@@ -185,48 +181,94 @@ class _Explainer:
         self._allow_only = {
             r.name: RoleSet([_with_deny(r, RoleConditions())], self._traits) for r in self._roles
         }
-        logins: set[str] = set()
-        for r in self._roles:
-            logins.update(
+        self._logins = {
+            r.name: frozenset(
                 login
                 for login in expand_all(r.spec.allow.logins, self._traits)
                 if is_valid_login(login)
             )
-        self.candidate_logins = sorted(logins)
+            for r in self._roles
+        }
         self._deny_only: dict[tuple[str, str], RoleSet] = {}
+        self._candidates: dict[_LabelsKey, list[str]] = {}
+        self._passes: dict[tuple[int, _LabelsKey, str], bool] = {}
+        self._grants: dict[tuple[int, _LabelsKey, str], tuple[Grant, ...]] = {}
+        self._deniers: dict[tuple[int, _LabelsKey, str], tuple[str, ...]] = {}
 
-    def allowed_by(self, node: Node, login: str, among: Sequence[Role]) -> tuple[Grant, ...]:
-        names = {r.name for r in among}
-        grants = []
-        for r in self._roles:
-            if r.name not in names:
-                continue
-            try:
-                self._allow_only[r.name].check_login(node.name, node.metadata.labels, login)
-            except AccessDenied:
-                continue
-            grants.append(Grant(r.name, r.spec.allow.node_labels))
-        return tuple(grants)
+    def candidate_logins(self, node: Node) -> list[str]:
+        """The logins of the roles whose allow labels match the node: every row needs
+        one of them to grant its login there (deny sections only take away)."""
+        key = _labels_key(node)
+        found = self._candidates.get(key)
+        if found is None:
+            logins: set[str] = set()
+            for name, role_set in self._allow_only.items():
+                if role_set.can_access_node(node.metadata.labels):
+                    logins |= self._logins[name]
+            found = self._candidates[key] = sorted(logins)
+        return found
 
-    def denied_by(self, node: Node, login: str, among: Sequence[Role]) -> tuple[str, ...]:
-        names = {r.name for r in among}
-        deniers = []
-        for r in self._roles:
-            if r.name not in names:
-                continue
-            key = (r.name, login)
-            role_set = self._deny_only.get(key)
-            if role_set is None:
-                # This role's deny section next to an allow that grants the login
-                # everywhere: a refusal can come from the deny section only.
-                everywhere = RoleConditions(logins=[login], node_labels={"*": "*"})
-                role_set = RoleSet([_with_allow(r, everywhere)], self._traits)
-                self._deny_only[key] = role_set
-            try:
-                role_set.check_login(node.name, node.metadata.labels, login)
-            except AccessDenied:
-                deniers.append(r.name)
-        return tuple(deniers)
+    def passes(self, index: int, node: Node, login: str) -> bool:
+        """Whether path `index`'s roles allow `login` on the node (RoleSet.check_login)."""
+        key = (index, _labels_key(node), login)
+        answer = self._passes.get(key)
+        if answer is None:
+            answer = self._passes[key] = self.refusal(index, node, login) is None
+        return answer
+
+    def refusal(self, index: int, node: Node, login: str) -> str | None:
+        """The node's one-line refusal on path `index`'s roles, or None if allowed."""
+        try:
+            self._paths[index].role_set.check_login(node.name, node.metadata.labels, login)
+        except AccessDenied as exc:
+            return exc.message
+        return None
+
+    def allowed_by(self, index: int, node: Node, login: str) -> tuple[Grant, ...]:
+        key = (index, _labels_key(node), login)
+        grants = self._grants.get(key)
+        if grants is None:
+            found = []
+            for r in self._paths[index].roles:
+                try:
+                    self._allow_only[r.name].check_login(node.name, node.metadata.labels, login)
+                except AccessDenied:
+                    continue
+                found.append(Grant(r.name, r.spec.allow.node_labels))
+            grants = self._grants[key] = tuple(sorted(found, key=lambda g: g.role))
+        return grants
+
+    def denied_by(self, index: int, node: Node, login: str) -> tuple[str, ...]:
+        key = (index, _labels_key(node), login)
+        deniers = self._deniers.get(key)
+        if deniers is None:
+            found = []
+            for r in self._paths[index].roles:
+                try:
+                    self._deny_only_set(r, login).check_login(
+                        node.name, node.metadata.labels, login
+                    )
+                except AccessDenied:
+                    found.append(r.name)
+            deniers = self._deniers[key] = tuple(sorted(found))
+        return deniers
+
+    def _deny_only_set(self, role: Role, login: str) -> RoleSet:
+        key = (role.name, login)
+        role_set = self._deny_only.get(key)
+        if role_set is None:
+            # This role's deny section next to an allow that grants the login
+            # everywhere: a refusal can come from the deny section only.
+            everywhere = RoleConditions(logins=[login], node_labels={"*": "*"})
+            role_set = self._deny_only[key] = RoleSet([_with_allow(role, everywhere)], self._traits)
+        return role_set
+
+
+_LabelsKey = tuple[tuple[str, str], ...]
+
+
+def _labels_key(node: Node) -> _LabelsKey:
+    return tuple(sorted(node.metadata.labels.items()))
 
 
 def _decide(
@@ -243,19 +285,15 @@ def _decide(
             user=user.name, node=node.name, hostname=node.spec.hostname, login=login, **fields
         )
 
-    locked: tuple[_Path, Lock] | None = None
-    refusal = ""
-    for path in paths:
-        try:
-            path.role_set.check_login(node.name, node.metadata.labels, login)
-        except AccessDenied as exc:
-            refusal = refusal or exc.message
+    locked: tuple[int, Lock] | None = None
+    for index, path in enumerate(paths):
+        if not explainer.passes(index, node, login):
             continue
         if not resource_allowed(path.resources, "node", node.name):
             continue
         lock = _lock_for(user, path, login, node, locks, now)
         if lock is not None:
-            locked = locked or (path, lock)
+            locked = locked or (index, lock)
             continue
         request = path.request
         return row(
@@ -263,26 +301,27 @@ def _decide(
             how="request" if request else "standing",
             request_id=request.name if request else "",
             until=request.spec.access_expires if request else None,
-            allowed_by=explainer.allowed_by(node, login, path.roles),
+            allowed_by=explainer.allowed_by(index, node, login),
         )
     if locked is not None:
-        path, lock = locked
+        index, lock = locked
+        request = paths[index].request
         return row(
             allowed=False,
             how="locked",
-            request_id=path.request.name if path.request else "",
-            until=path.request.spec.access_expires if path.request else None,
+            request_id=request.name if request else "",
+            until=request.spec.access_expires if request else None,
             lock=lock.name,
-            allowed_by=explainer.allowed_by(node, login, path.roles),
+            allowed_by=explainer.allowed_by(index, node, login),
             reason=lock_message(lock),
         )
     # Refused by roles on every path: a row only when some role grants the login here
     # (and a deny rule takes it away); a login nothing grants is simply absent.
-    for path in paths:
+    for index, path in enumerate(paths):
         if not resource_allowed(path.resources, "node", node.name):
             continue
-        grants = explainer.allowed_by(node, login, path.roles)
-        deniers = explainer.denied_by(node, login, path.roles)
+        grants = explainer.allowed_by(index, node, login)
+        deniers = explainer.denied_by(index, node, login) if grants else ()
         if grants and deniers:
             # A lock may apply as well (the proxy then says so first): name it too.
             lock = _lock_for(user, path, login, node, locks, now)
@@ -292,7 +331,7 @@ def _decide(
                 lock=lock.name if lock else "",
                 allowed_by=grants,
                 denied_by=deniers,
-                reason=refusal,
+                reason=explainer.refusal(index, node, login) or "",
             )
     return None
 
