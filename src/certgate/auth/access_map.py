@@ -9,7 +9,6 @@ Callers are already authorized (resource `access`, verb `list`); this layer read
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
