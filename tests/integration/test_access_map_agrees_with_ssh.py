@@ -134,6 +134,11 @@ def test_filters_text_and_csv(c: Cluster, people: dict[str, User]) -> None:
     locked = c.cgctl("access", "ls", "--user=lou").stdout
     assert "locked by " in locked
 
+    bad = c.cgctl("access", "ls", "--label=env", check=False)
+    assert bad.returncode != 0 and "must be KEY=VALUE" in bad.stderr, bad.stderr
+    too_far = c.cgctl("activity", "--days=1000", check=False)
+    assert too_far.returncode != 0 and "days must be" in too_far.stderr, too_far.stderr
+
     out = c.cgctl("access", "ls", "--format=csv").stdout
     parsed = list(csv.DictReader(io.StringIO(out)))
     mine = {(r["user"], r["node"], r["login"]): r for r in parsed if r["user"] in USERS}
