@@ -126,7 +126,7 @@ def test_a_resource_request_grants_only_its_nodes_until_it_ends() -> None:
     row = rows[("bob", "db-1", "postgres")]
     assert row.allowed and row.how == "request" and row.request_id == "req-1"
     assert row.until == NOW + timedelta(hours=2)
-    assert described(row) == "request req-1 until 2026-11-30T14:00:00+00:00"
+    assert described(row) == "request req-1 until 2026-11-30T14:00:00Z"
     assert ("bob", "db-2", "postgres") not in rows
 
 
@@ -245,3 +245,9 @@ def test_matrix_allows_exactly_what_the_node_allows(
                     pass
             row = rows.get(("u", n.name, login))
             assert (row is not None and row.allowed) == node_allows, (n, login, row)
+    for row in rows.values():
+        # Every row has a role that grants it; a denied row names a deny that refuses it.
+        assert row.allowed_by
+        if row.how == "denied":
+            assert row.denied_by and "is denied by role" in row.reason
+            assert any(f"role {name}" in row.reason for name in row.denied_by)

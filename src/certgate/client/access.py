@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from certgate.client.cluster import ClusterAPI
@@ -49,7 +50,9 @@ class AccessEntry:
     def describe_how(self) -> str:
         """standing / request ID until T / locked by L / denied by R."""
         if self.how == "request":
-            return f"request {self.request_id}" + (f" until {self.until}" if self.until else "")
+            return f"request {self.request_id}" + (
+                f" until {_utc(self.until)}" if self.until else ""
+            )
         if self.how == "locked":
             return f"locked by {self.lock}"
         if self.how == "denied":
@@ -84,3 +87,14 @@ class AccessClient:
     def activity(self, days: int = 7) -> Activity:
         result = self._api.call("GET", "/activity", params={"days": str(days)})
         return Activity(days=list(result["days"]), series=dict(result["series"]))
+
+
+def _utc(text: str) -> str:
+    """An RFC 3339 time from the API as `2026-11-30T14:00:00Z` (whole seconds, UTC)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if moment.tzinfo is None:
+        return text
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

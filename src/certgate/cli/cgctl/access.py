@@ -58,7 +58,7 @@ def ls(
         click.echo(to_csv(entries), nl=False)
     else:
         rows = [
-            (e.user, e.hostname or e.node, e.login, e.describe_how(), ",".join(e.allowed_by))
+            (e.user, e.node, e.login, e.describe_how(), ",".join(e.allowed_by))
             for e in entries
         ]
         click.echo(table(["User", "Node", "Login", "How", "Allowed by"], rows))
