@@ -58,8 +58,7 @@ def ls(
         click.echo(to_csv(entries), nl=False)
     else:
         rows = [
-            (e.user, e.node, e.login, e.describe_how(), ",".join(e.allowed_by))
-            for e in entries
+            (e.user, e.node, e.login, e.describe_how(), ",".join(e.allowed_by)) for e in entries
         ]
         click.echo(table(["User", "Node", "Login", "How", "Allowed by"], rows))
 
