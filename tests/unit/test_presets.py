@@ -60,7 +60,7 @@ def test_editor_may_do_everything_through_the_api_but_log_in_nowhere() -> None:
     assert editor.kubernetes_groups() == []
 
 
-def test_auditor_reads_sessions_and_events_only() -> None:
+def test_auditor_reads_sessions_events_and_the_access_map_only() -> None:
     auditor = preset("auditor")
     allowed = {(r, v) for r in RESOURCES for v in VERBS if auditor.allows_rule(r, v)}
     assert allowed == {
@@ -68,6 +68,7 @@ def test_auditor_reads_sessions_and_events_only() -> None:
         ("session", "read"),
         ("event", "list"),
         ("event", "read"),
+        ("access", "list"),
     }
     assert auditor.logins() == []
     assert auditor.options().max_session_ttl == timedelta(hours=8)

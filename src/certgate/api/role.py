@@ -22,6 +22,7 @@ RESOURCES = (
     "event",
     "access_request",
     "kube_cluster",
+    "access",  # who has access to what (cgctl access ls, GET /v1/access)
 )
 VERBS = ("list", "read", "create", "update", "delete")
 

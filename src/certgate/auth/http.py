@@ -42,6 +42,7 @@ from certgate.api.names import check_name, shown, utc_time
 from certgate.api.node import Node
 from certgate.auth import permissions as perm
 from certgate.auth.audit_intake import checked_event
+from certgate.auth.http_access import add_access_routes
 from certgate.auth.http_agentless import add_agentless_routes
 from certgate.auth.http_body import (
     MAX_BODY_BYTES,
@@ -234,6 +235,7 @@ class AuthAPI:
         add_agentless_routes(self, r)
         add_request_routes(self, r)
         add_user_cert_routes(self, r)
+        add_access_routes(self, r)
         return app
 
     # routes -------------------------------------------------------------------------

@@ -59,7 +59,10 @@ def auditor_role() -> Role:
         ),
         spec=RoleSpec(
             allow=RoleConditions(
-                rules=[Rule(resources=["session", "event"], verbs=["list", "read"])],
+                rules=[
+                    Rule(resources=["session", "event"], verbs=["list", "read"]),
+                    Rule(resources=["access"], verbs=["list"]),  # cgctl access ls
+                ],
                 # Observers only: an auditor sees, never types.
                 join_sessions=[JoinPolicy(roles=["*"], kinds=["*"], modes=["observer"])],
             )

@@ -8,6 +8,7 @@ import click
 import yaml
 
 from certgate.cli.cgctl import (
+    access,
     audit,
     authority,
     locks,
@@ -52,7 +53,7 @@ def _data_dir_from_config(path: Path) -> Path | None:
     return Path(value) if value else None
 
 
-for module in (users, tokens, resources, authority, audit, locks, nodes, requests):
+for module in (users, tokens, resources, authority, audit, locks, nodes, requests, access):
     module.register(cli)
 
 main = run(cli)
