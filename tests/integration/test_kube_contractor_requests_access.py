@@ -14,8 +14,10 @@ import subprocess
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
+from certgate.rpc.identity_files import IdentityFiles
 from tests.support.cluster import BIN, Cluster, User
 from tests.support.kube_cluster import KubeSetup
 from tests.support.kube_standin import Grant, KubeStandin
@@ -162,3 +164,33 @@ def test_a_kube_cluster_resource_request_grants_that_cluster_only(kube: KubeSetu
     assert "your access request grants only kube_cluster/dev-cluster" in raw.stderr
     listed = kube.cluster.cgsh(rita, "kube", "ls").stdout
     assert "dev-cluster" in listed and STAGING not in listed
+
+
+def test_a_kube_service_tracks_sessions_of_its_own_clusters_only(kube: KubeSetup) -> None:
+    """The kube service of dev-cluster posing as the one of staging-cluster."""
+    kube.cluster.add_user("kube-tracked", roles="kube-contractor")
+    identity = IdentityFiles.load(kube.cluster.workdir / "kube-1" / "identity" / "kube")
+
+    def tracker(session_id: str, cluster: str) -> dict[str, Any]:
+        return {
+            "kind": "session_tracker", "version": "v1",
+            "metadata": {"name": session_id},
+            "spec": {
+                "kind": "k8s", "session_kind": "exec", "user": "kube-tracked",
+                "login": "kube-tracked", "node": cluster, "roles": ["kube-contractor"],
+                "started": "2026-01-01T00:00:00+00:00",
+            },
+        }  # fmt: skip
+
+    with httpx.Client(
+        base_url=f"https://{kube.cluster.auth_addr}", verify=identity.tls_context(), timeout=10
+    ) as auth:
+        own = tracker("55555555-5555-4555-8555-555555555555", "dev-cluster")
+        assert auth.post("/v1/sessions", json={"put": [own]}).status_code == 204
+        other = tracker("66666666-6666-4666-8666-666666666666", STAGING)
+        answer = auth.post("/v1/sessions", json={"put": [other]})
+        assert answer.status_code == 403
+        assert f'may not track sessions of node "{STAGING}"' in answer.json()["message"]
+        assert (
+            auth.post("/v1/sessions", json={"delete": [own["metadata"]["name"]]}).status_code == 204
+        )
