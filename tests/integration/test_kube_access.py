@@ -461,6 +461,25 @@ def _user_tls(user: User) -> ssl.SSLContext:
     return context
 
 
+def test_an_old_kubectls_spdy_exec_is_relayed(kube: KubeSetup, admin: User) -> None:
+    """An API server that refuses exec's WebSocket upgrade: kubectl falls back to
+    SPDY/3.1, which certgate relays as is (best_effort recording: not recorded)."""
+    before = kube.standin.spdy_execs
+    kube.standin.exec_over_spdy = True
+    try:
+        script = "echo spdy-$((6*7)); echo to-stderr >&2; read line; echo got-$line; exit 3"
+        result = kube.kubectl(
+            admin, "-n", "default", "exec", "-i", "shell", "--", "sh", "-c", script,
+            input="piped\n",
+        )  # fmt: skip
+    finally:
+        kube.standin.exec_over_spdy = False
+    assert kube.standin.spdy_execs == before + 1, result.stderr
+    assert "spdy-42" in result.stdout and "got-piped" in result.stdout
+    assert "to-stderr" in result.stderr
+    assert result.returncode == 3
+
+
 def test_an_unrecordable_spdy_exec_is_refused_when_recording_is_strict(kube: KubeSetup) -> None:
     """An old kubectl's SPDY exec cannot be recorded: strict roles refuse it."""
     import http.client
