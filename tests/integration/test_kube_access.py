@@ -271,6 +271,30 @@ def test_exec_it_works_is_recorded_and_replays(kube: KubeSetup, admin: User) -> 
     assert (end["kubernetes_cluster"], end["kubernetes_pod"]) == ("dev-cluster", "shell")
 
 
+def test_a_live_exec_session_is_listed_and_join_says_it_is_not_available(
+    kube: KubeSetup, admin: User
+) -> None:
+    def mine() -> list[dict[str, Any]]:
+        out = kube.cluster.cgsh(admin, "sessions", "ls", "--format=json").stdout
+        return [s for s in json.loads(out) if s["user"] == "kadmin"]
+
+    assert mine() == []
+    child = _exec_terminal(kube, admin, "-n", "default", "exec", "-it", "shell", "--", "/bin/sh")
+    child.expect(r"\$ ")
+    [live] = eventually(mine)
+    assert (live["kind"], live["node"], live["session_kind"]) == ("k8s", "dev-cluster", "exec")
+    assert live["command"] == "/bin/sh"
+    table = kube.cluster.cgsh(admin, "sessions", "ls").stdout
+    assert live["id"] in table and "dev-cluster" in table
+    joined = kube.cluster.cgsh(admin, "join", live["id"], check=False)
+    assert joined.returncode != 0
+    assert "joining kubernetes sessions is not available yet" in joined.stderr
+    child.sendline("exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    eventually(lambda: mine() == [])
+
+
 def test_an_idle_exec_session_ends_after_the_roles_timeout(kube: KubeSetup) -> None:
     user = _user(kube, "idler", "kube-idle")
     child = _exec_terminal(kube, user, "-n", "default", "exec", "-it", "shell", "--", "/bin/sh")
@@ -435,6 +459,25 @@ def _user_tls(user: User) -> ssl.SSLContext:
     context.verify_mode = ssl.CERT_NONE
     context.load_cert_chain(str(keys / "tls.crt"), str(keys / "key.pem"))
     return context
+
+
+def test_an_old_kubectls_spdy_exec_is_relayed(kube: KubeSetup, admin: User) -> None:
+    """An API server that refuses exec's WebSocket upgrade: kubectl falls back to
+    SPDY/3.1, which certgate relays as is (best_effort recording: not recorded)."""
+    before = kube.standin.spdy_execs
+    kube.standin.exec_over_spdy = True
+    try:
+        script = "echo spdy-$((6*7)); echo to-stderr >&2; read line; echo got-$line; exit 3"
+        result = kube.kubectl(
+            admin, "-n", "default", "exec", "-i", "shell", "--", "sh", "-c", script,
+            input="piped\n",
+        )  # fmt: skip
+    finally:
+        kube.standin.exec_over_spdy = False
+    assert kube.standin.spdy_execs == before + 1, result.stderr
+    assert "spdy-42" in result.stdout and "got-piped" in result.stdout
+    assert "to-stderr" in result.stderr
+    assert result.returncode == 3
 
 
 def test_an_unrecordable_spdy_exec_is_refused_when_recording_is_strict(kube: KubeSetup) -> None:

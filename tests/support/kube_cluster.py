@@ -23,7 +23,9 @@ class KubeSetup:
     kube_proxy_port: int
     service: subprocess.Popen[bytes] | None = None
 
-    def start_kube_service(self, name: str = "kube-1", labels: str = "env=dev") -> None:
+    def start_kube_service(
+        self, name: str = "kube-1", labels: str = "env=dev", cluster_name: str = "dev-cluster"
+    ) -> None:
         out = self.cluster.cgctl("tokens", "add", "--type=kube", "--ttl=5m").stdout
         join = next(line for line in out.splitlines() if line.startswith("certgate start"))
         kubeconfig = self.standin.kubeconfig(self.cluster.workdir / "standin.kubeconfig")
@@ -31,7 +33,7 @@ class KubeSetup:
         with log.open("ab") as log_file:
             process = subprocess.Popen(
                 [str(BIN / "certgate"), *join.split()[1:], "--nodename", name,
-                 "--kubeconfig", str(kubeconfig), "--kube-cluster-name", "dev-cluster",
+                 "--kubeconfig", str(kubeconfig), "--kube-cluster-name", cluster_name,
                  "--labels", labels, "--data-dir", str(self.cluster.workdir / name),
                  "--kube-listen", f"127.0.0.1:{free_port()}", "--diag-addr", "",
                  "--heartbeat-interval", "1s"],

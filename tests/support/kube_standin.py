@@ -8,7 +8,8 @@ It serves the small part of the API that kubectl needs for the tests, over TLS:
     /api/v1/namespaces/NS/pods/NAME             get
     .../pods/NAME/log[?follow=true]             logs, followed as lines are appended
     .../pods/NAME/exec|attach                   WebSocket v5/v4 channels; the command runs
-                                                here as a local process (with a pty for -t)
+                                                here as a local process (with a pty for -t);
+                                                or SPDY/3.1 (v4, no terminal) if asked
 
 Callers authenticate with a bearer token. The token's owner may impersonate
 (`Impersonate-User`, `Impersonate-Group`); the effective user and groups are then checked
@@ -115,6 +116,10 @@ class KubeStandin:
         self.requests: list[Seen] = []
         self.exec_processes = 0
         self.port_forwards = 0
+        # Refuse exec's WebSocket upgrade, as an API server before 1.30 does: kubectl
+        # then falls back to SPDY/3.1 (spdy_execs counts those served).
+        self.exec_over_spdy = False
+        self.spdy_execs = 0
         self.open_watches = 0  # watches and followed logs still being served
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -383,6 +388,10 @@ class KubeStandin:
         return response
 
     async def _exec(self, request: web.Request, pod: Pod, sub: str) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "spdy/3.1" and request.method == "POST":
+            return await self._exec_spdy(request, sub)
+        if self.exec_over_spdy:
+            return _status(400, "BadRequest", "this stand-in speaks SPDY for exec now")
         ws = web.WebSocketResponse(
             protocols=("v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"),
             max_msg_size=0,
@@ -397,6 +406,34 @@ class KubeStandin:
         self.exec_processes += 1
         await _run_exec(ws, command, tty, want_stdin, self.workdir)
         return ws
+
+    async def _exec_spdy(self, request: web.Request, sub: str) -> web.StreamResponse:
+        """exec over SPDY/3.1, remote command protocol v4, no terminal. aiohttp does not
+        treat a SPDY upgrade as one, so the connection is taken over by hand: 101
+        written on the transport, every later byte fed to _SpdyExec."""
+        transport = request.transport
+        assert transport is not None
+        command = request.query.getall("command", []) if sub == "exec" else ["/bin/sh"]
+        if request.query.get("tty") == "true":
+            return _status(400, "BadRequest", "SPDY exec here has no terminal")
+        order = ["error"]
+        order += [n for n in ("stdin", "stdout", "stderr") if request.query.get(n) == "true"]
+        session = _SpdyExec(transport, order)
+        request.protocol.keep_alive(False)
+        request.protocol.set_parser(session)  # type: ignore[arg-type]
+        transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+            b"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
+        )
+        self.spdy_execs += 1
+        try:
+            await asyncio.wait_for(session.ready.wait(), 10)
+            await session.run(command, self.workdir)
+            with contextlib.suppress(TimeoutError):  # kubectl hangs up once it has all
+                await asyncio.wait_for(session.gone.wait(), 5)
+        finally:
+            transport.close()
+        return web.Response()  # written nowhere: the transport is closed
 
 
 async def _run_exec(
@@ -555,6 +592,109 @@ class _SpdyEcho:
     async def _send(self, frame: bytes) -> None:
         with contextlib.suppress(ConnectionError):
             await self._ws.send_bytes(frame)
+
+
+class _SpdyExec:
+    """The server side of a SPDY/3.1 exec (what a kubelet serves an old kubectl).
+
+    kubectl opens one stream per channel in a fixed order (error, then stdin, stdout,
+    stderr as asked), so, as _SpdyEcho, this goes by the order and never inflates header
+    blocks. Each stream gets a SYN_REPLY; DATA on stdin goes to the process; output goes
+    out as DATA on its stream, then FIN; the v4 status JSON ends the error stream.
+    """
+
+    def __init__(self, transport: asyncio.BaseTransport, order: list[str]) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        self._transport = transport
+        self._order = order
+        self.streams: dict[str, int] = {}
+        self._buffer = b""
+        self._deflate = zlib.compressobj()
+        self.ready = asyncio.Event()
+        self.gone = asyncio.Event()
+        self.stdin: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    # aiohttp's payload parser interface (web_protocol.set_parser)
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self._buffer += data
+        while len(self._buffer) >= 8:
+            length = int.from_bytes(self._buffer[5:8], "big")
+            if len(self._buffer) < 8 + length:
+                break
+            frame, self._buffer = self._buffer[: 8 + length], self._buffer[8 + length :]
+            self._frame(frame)
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self.stdin.put_nowait(None)
+        self.gone.set()
+
+    def _frame(self, frame: bytes) -> None:
+        flags, payload = frame[4], frame[8:]
+        if not frame[0] & 0x80:  # DATA: only stdin carries any from kubectl
+            stream = int.from_bytes(frame[0:4], "big") & 0x7FFFFFFF
+            if stream == self.streams.get("stdin"):
+                if payload:
+                    self.stdin.put_nowait(payload)
+                if flags & 0x01:
+                    self.stdin.put_nowait(None)
+            return
+        kind = int.from_bytes(frame[2:4], "big")
+        if kind == 1 and len(self.streams) < len(self._order):  # SYN_STREAM
+            stream = int.from_bytes(payload[0:4], "big") & 0x7FFFFFFF
+            self.streams[self._order[len(self.streams)]] = stream
+            block = self._deflate.compress(b"\x00\x00\x00\x00")  # no headers
+            block += self._deflate.flush(zlib.Z_SYNC_FLUSH)
+            self._send(_spdy_control(2, 0, stream.to_bytes(4, "big") + block))
+            if len(self.streams) == len(self._order):
+                self.ready.set()
+        elif kind == 6:  # PING
+            self._send(_spdy_control(6, 0, payload))
+
+    def _send(self, frame: bytes) -> None:
+        if not self._transport.is_closing():
+            self._transport.write(frame)
+
+    async def run(self, command: list[str], cwd: Path) -> None:
+        pipe = asyncio.subprocess.PIPE
+        process = await asyncio.create_subprocess_exec(
+            *command, cwd=cwd, stdout=pipe, stderr=pipe,
+            stdin=pipe if "stdin" in self.streams else asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        assert process.stdout is not None and process.stderr is not None
+
+        async def pump(reader: asyncio.StreamReader, name: str) -> None:
+            async for _, chunk in _stream_reader(reader, 0):
+                if name in self.streams:
+                    self._send(_spdy_data(self.streams[name], chunk, fin=False))
+
+        async def feed_stdin() -> None:
+            assert process.stdin is not None
+            while (chunk := await self.stdin.get()) is not None:
+                process.stdin.write(chunk)
+                await process.stdin.drain()
+            process.stdin.close()
+
+        feeder = asyncio.create_task(feed_stdin()) if process.stdin is not None else None
+        try:
+            await asyncio.gather(pump(process.stdout, "stdout"), pump(process.stderr, "stderr"))
+            code = await process.wait()
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+        for name in ("stdout", "stderr"):
+            if name in self.streams:
+                self._send(_spdy_data(self.streams[name], b"", fin=True))
+        status: dict[str, Any] = {"metadata": {}, "status": "Success"}
+        if code != 0:
+            status = {
+                "metadata": {}, "status": "Failure", "reason": "NonZeroExitCode",
+                "message": f"command terminated with non-zero exit code: {code}",
+                "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+            }  # fmt: skip
+        self._send(_spdy_data(self.streams["error"], json.dumps(status).encode(), fin=True))
 
 
 def _spdy_control(kind: int, flags: int, payload: bytes) -> bytes:

@@ -30,7 +30,7 @@ RESOURCE_KINDS = ("node",)
 
 
 class ResourceRef(Model):
-    kind: Literal["node"]
+    kind: Literal["node", "kube_cluster"]
     name: str = Field(min_length=1, max_length=253)
 
     def describe(self) -> str:

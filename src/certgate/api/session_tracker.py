@@ -31,7 +31,7 @@ class Participant(Model):
 
 
 class SessionTrackerSpec(Model):
-    kind: Literal["ssh"] = "ssh"
+    kind: Literal["ssh", "k8s"] = "ssh"  # k8s: a kubectl exec/attach (node = the cluster)
     session_kind: str  # "shell" or "exec" (with a terminal)
     user: str
     login: str

@@ -39,6 +39,7 @@ from certgate.api.access_request import (
 )
 from certgate.api.bundle import CertBundle
 from certgate.api.identity import SYSTEM_ADMIN, Identity
+from certgate.api.kube_cluster import KubeCluster
 from certgate.api.meta import Metadata
 from certgate.api.node import Node
 from certgate.api.role import Role
@@ -56,6 +57,8 @@ REAPER_INTERVAL = 1.0
 # How long one wait call may hold (under the proxy's 15 s read timeout).
 MAX_WAIT = timedelta(seconds=10)
 CAS_ATTEMPTS = 20
+# What a resource request may name (`cgsh request create --resource=KIND/NAME`).
+RESOURCE_KINDS = ("node", "kube_cluster")
 
 
 def _retention(request: AccessRequest) -> AccessRequest:
@@ -64,6 +67,14 @@ def _retention(request: AccessRequest) -> AccessRequest:
     last = max(t for t in (spec.pending_expires, spec.access_expires) if t is not None)
     meta = request.metadata.model_copy(update={"expires": last + RETENTION})
     return request.model_copy(update={"metadata": meta})
+
+
+def _not_requestable(kind: str, name: str) -> str:
+    what = "kubernetes cluster" if kind == "kube_cluster" else "node"
+    return (
+        f'{what} "{name}" not found among the {what}s you may request '
+        f"(cgsh request search --kind={kind})"
+    )
 
 
 def _owned_by(user: str) -> Callable[[AccessRequest], Awaitable[bool]]:
@@ -157,14 +168,18 @@ class AccessRequestAdmin(AuthCore):
 
     async def _resource_ref(self, text: str) -> ResourceRef:
         kind, _, name = text.partition("/")
-        if kind != "node" or not name:
-            raise BadParameter(f'"{text}": name a resource as node/NAME')
+        if kind not in RESOURCE_KINDS or not name:
+            raise BadParameter(f'"{text}": name a resource as node/NAME or kube_cluster/NAME')
+        if kind == "kube_cluster":
+            try:
+                cluster = await self.kube_clusters.get(name)
+            except NotFound:
+                raise NotFound(_not_requestable("kube_cluster", name)) from None
+            return ResourceRef(kind="kube_cluster", name=cluster.name)
         try:
             node = await self._find_node(name)
         except NotFound:
-            raise NotFound(
-                f'node "{name}" not found among the nodes you may request (cgsh request search)'
-            ) from None
+            raise NotFound(_not_requestable("node", name)) from None
         return ResourceRef(kind="node", name=node.name)
 
     async def _find_node(self, name: str) -> Node:
@@ -194,22 +209,27 @@ class AccessRequestAdmin(AuthCore):
         policy.check_request(names, refs, "-")  # the reason is checked with the request
         role_set = RoleSet(await self.roles.get_many(names), user.spec.traits)
         for ref in refs:
-            node = await self.nodes.get(ref.name)
-            if not role_set.can_access_node(node.metadata.labels):
-                # The same answer as for a node that does not exist: a user learns of
-                # nodes only through the roles they may search as.
-                raise NotFound(
-                    f'node "{ref.name}" not found among the nodes you may request '
-                    "(cgsh request search)"
-                )
+            if not await self._reachable(role_set, ref):
+                # The same answer as for a resource that does not exist: a user learns
+                # of resources only through the roles they may search as.
+                raise NotFound(_not_requestable(ref.kind, ref.name))
         return names
+
+    async def _reachable(self, role_set: RoleSet, ref: ResourceRef) -> bool:
+        if ref.kind == "kube_cluster":
+            cluster = await self.kube_clusters.get(ref.name)
+            return role_set.can_access_kube(cluster.metadata.labels)
+        node = await self.nodes.get(ref.name)
+        return role_set.can_access_node(node.metadata.labels)
 
     async def search_resources(
         self, caller: Identity, kind: str, labels: dict[str, str]
-    ) -> list[Node]:
+    ) -> Sequence[Node | KubeCluster]:
         """What the caller could reach with their search_as_roles (`cgsh request search`)."""
-        if kind != "node":
-            raise BadParameter(f'cannot search for "{kind}": use --kind=node')
+        if kind not in RESOURCE_KINDS:
+            raise BadParameter(
+                f'cannot search for "{kind}": use --kind=node or --kind=kube_cluster'
+            )
         user, standing = await self._standing(caller)
         names = RequestPolicy(standing, user.spec.traits).search_as_roles()
         if not names:
@@ -218,12 +238,22 @@ class AccessRequestAdmin(AuthCore):
             )
         role_set = RoleSet(await self.roles.get_many(names), user.spec.traits)
         now = self.clock.now()
+        found: list[Node | KubeCluster] = []
+        if kind == "kube_cluster":
+            found.extend(
+                c
+                for c in await self.kube_clusters.list()
+                if role_set.can_access_kube(c.metadata.labels)
+            )
+        else:
+            found.extend(
+                n for n in await self.nodes.list() if role_set.can_access_node(n.metadata.labels)
+            )
         return [
-            n
-            for n in await self.nodes.list()
-            if (n.metadata.expires is None or n.metadata.expires > now)
-            and role_set.can_access_node(n.metadata.labels)
-            and all(n.metadata.labels.get(k) == v for k, v in labels.items())
+            r
+            for r in found
+            if (r.metadata.expires is None or r.metadata.expires > now)
+            and all(r.metadata.labels.get(k) == v for k, v in labels.items())
         ]
 
     async def suggest(self, caller: Identity, node_ref: str, login: str) -> dict[str, object]:

@@ -77,6 +77,11 @@ class SessionRoutes:
             runs_sessions = SYSTEM_NODE in caller.roles or SYSTEM_KUBE in caller.roles
             if runs_sessions and node == caller.username:
                 return
+            # A kube service's sessions are named after the cluster it announced.
+            if SYSTEM_KUBE in caller.roles and await self._api.server.serves_kube_cluster(
+                caller.username, node
+            ):
+                return
             if SYSTEM_PROXY in caller.roles and await self._api.server.is_agentless(node):
                 return
         raise AccessDenied(

@@ -32,6 +32,12 @@ def join_target(api: ClusterAPI, session_id: str, mode: str) -> tuple[str, str]:
         # Checked here too, so nothing but an id ever becomes part of a URL path.
         raise NotFound(f'session "{session_id}" not found: session ids are UUIDs')
     session: dict[str, Any] = api.call("GET", f"/sessions/{session_id}")
+    if session.get("kind") == "k8s":
+        raise BadParameter(
+            f"session {session_id} is a kubectl session on kubernetes cluster "
+            f'"{session["node"]}": joining kubernetes sessions is not available yet '
+            "(cgsh play replays its recording once it ends)"
+        )
     allowed = session.get("join_modes", [])
     if mode not in allowed:
         also = f" (you may join as {', '.join(allowed)})" if allowed else ""

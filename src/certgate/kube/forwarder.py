@@ -66,7 +66,7 @@ from certgate.srv.http1 import (
 )
 from certgate.srv.live import LiveClient, LiveSession
 from certgate.srv.registry import SessionRegistry
-from certgate.srv.session import ObserverFactory, SessionInfo, SessionRefused
+from certgate.srv.session import ObserverFactory, SessionInfo, SessionRefused, SessionTracking
 
 log = logging.getLogger("certgate.kube")
 
@@ -159,6 +159,7 @@ class KubeForwarder:
         recording_mode: ModeFor,
         audit: Audit,
         name: str,
+        tracking: SessionTracking | None = None,
     ) -> None:
         self.upstreams = upstreams
         self.labels = labels
@@ -168,6 +169,7 @@ class KubeForwarder:
         self._recording_mode = recording_mode
         self._audit = audit
         self._name = name
+        self._tracking = tracking
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self._pool = IdlePool()
@@ -385,7 +387,9 @@ class KubeForwarder:
                 node=call.cluster,
                 protocol="k8s",
             )
-            session = LiveSession(client, info, io, self._registry, observe=self._observe)
+            session = LiveSession(
+                client, info, io, self._registry, observe=self._observe, tracking=self._tracking
+            )
             try:
                 if websocket:
                     session.open_observer()

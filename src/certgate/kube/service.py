@@ -34,10 +34,12 @@ from certgate.rpc.audit import post_events
 from certgate.rpc.audit_spool import AuditSpool
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles
+from certgate.rpc.session_trackers import SessionTrackerPublisher
 from certgate.rpc.watcher import ResourceView
 from certgate.srv.monitor import SessionMonitor
 from certgate.srv.recording_hook import RecordingHook
 from certgate.srv.registry import SessionRegistry
+from certgate.srv.tracking import TrackedSessions
 from certgate.transport import server_context
 
 log = logging.getLogger("certgate.kube")
@@ -70,6 +72,10 @@ class KubeService:
         self._audit = AuditSpool(data_dir / "audit", post_events(auth), "kube audit")
         self.recordings = NodeRecordings(data_dir / "recordings", auth_sender(auth))
         self._record = RecordingHook(self.recordings, name, self._recording_mode, self._end)
+        # Live terminal sessions (`cgsh sessions ls`), refreshed with the heartbeat and
+        # outliving a dead service by at most three intervals, as a node's do.
+        seconds = heartbeat_interval.total_seconds()
+        self._trackers = SessionTrackerPublisher(auth, ttl=3 * seconds, refresh=seconds)
         self.forwarder = KubeForwarder(
             upstreams=self.upstreams,
             labels=labels,
@@ -79,6 +85,7 @@ class KubeService:
             recording_mode=self._recording_mode,
             audit=self._audit.put,
             name=name,
+            tracking=TrackedSessions(self._trackers, name),
         )
         self.addr = ""
         self._heartbeats: asyncio.Task[None] | None = None
@@ -88,6 +95,7 @@ class KubeService:
         await self.view.wait_ready()
         await self.recordings.start()
         await self._audit.start()  # sends what an earlier run left, too
+        self._trackers.start()
         host_ca = self._identity.bundle.tls_cas[:1]  # proxies hold host certificates
         context = server_context(
             self._identity.bundle.tls_cert,
@@ -109,6 +117,7 @@ class KubeService:
         await self.monitor.close()
         await self.forwarder.close()
         await self._audit.close()
+        await self._trackers.close()
         await self.recordings.close()
         await self.view.close()
 

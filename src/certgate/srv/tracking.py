@@ -1,7 +1,8 @@
 """Session trackers for the terminal sessions a server runs (sshd.SessionTracking).
 
 The node uses one for its own sessions; the proxy one for the agentless nodes it
-serves (each SessionInfo then names its node).
+serves, and the kube service one for kubectl exec/attach (each SessionInfo then names
+its node, or its cluster).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class TrackedSessions:
         return SessionTracker(
             metadata=Metadata(name=info.id),
             spec=SessionTrackerSpec(
+                kind="k8s" if info.protocol == "k8s" else "ssh",
                 session_kind=info.kind,
                 user=info.identity.username,
                 login=info.login,

@@ -141,7 +141,10 @@ def request() -> None:
 @request.command()
 @click.option("--roles", default="", help="Roles to request, comma-separated.")
 @click.option(
-    "--resource", "resources", multiple=True, help="A resource to request: node/NAME (repeatable)."
+    "--resource",
+    "resources",
+    multiple=True,
+    help="A resource to request: node/NAME or kube_cluster/NAME (repeatable).",
 )
 @click.option("--reason", default="", help="Why you need it (reviewers see it).")
 @click.option("--reviewers", default="", help="Who should review it, comma-separated.")
@@ -197,7 +200,13 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 @request.command()
-@click.option("--kind", default="node", show_default=True, help="Kind of resource.")
+@click.option(
+    "--kind",
+    type=click.Choice(["node", "kube_cluster"]),
+    default="node",
+    show_default=True,
+    help="Kind of resource.",
+)
 @click.argument("labels", nargs=-1)
 @FORMAT
 @click.pass_context
@@ -207,11 +216,17 @@ def search(ctx: click.Context, kind: str, labels: tuple[str, ...], fmt: str) -> 
     if fmt == "json":
         print_json(found)
         return
-    rows = [(n["metadata"]["name"], n["spec"]["hostname"], n["metadata"]["labels"]) for n in found]
-    click.echo(table(["Node", "Hostname", "Labels"], rows))
+    if kind == "kube_cluster":
+        clusters = [(c["metadata"]["name"], c["metadata"]["labels"]) for c in found]
+        click.echo(table(["Kube Cluster", "Labels"], clusters))
+    else:
+        rows = [
+            (n["metadata"]["name"], n["spec"]["hostname"], n["metadata"]["labels"]) for n in found
+        ]
+        click.echo(table(["Node", "Hostname", "Labels"], rows))
     if found:
         name = found[0]["metadata"]["name"]
-        click.echo(f"\nRequest one: cgsh request create --resource=node/{name} --reason=...")
+        click.echo(f"\nRequest one: cgsh request create --resource={kind}/{name} --reason=...")
 
 
 @request.command("ls")
