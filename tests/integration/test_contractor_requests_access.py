@@ -267,6 +267,14 @@ def test_a_lock_on_the_request_cuts_the_live_session_started_under_it(
     live.sendline("echo READY-$((40+2))")
     live.expect("READY-42")  # the session is up: a cut would be seen
 
+    # Its tracker names the granted role, which lena holds only through the request:
+    # auth accepts it, so the session is listed (it was refused, with the node's batch).
+    def listed() -> list[dict[str, Any]]:
+        found = json.loads(c.cgsh(lena, "sessions", "ls", "--format=json").stdout)
+        return [s for s in found if s["user"] == "lena"]
+
+    assert eventually(listed)
+
     out = c.cgctl("lock", f"--access-request={request_id}", "--message=grant revoked").stdout
     assert "lock" in out.lower()
     live.expect("access denied: locked: grant revoked")

@@ -97,6 +97,9 @@ class SessionRoutes:
                 held[name] = set((await self._api.server.users.get(name)).spec.roles)
             except NotFound:
                 held[name] = None
+            else:
+                # A session may run under roles an approved access request grants now.
+                held[name] |= await self._granted_now(name)
         roles = held[name]
         if roles is None:
             raise AccessDenied(
@@ -108,6 +111,17 @@ class SessionRoutes:
                 f"access denied: session {tracker.name} names roles {', '.join(extra)} "
                 f'that user "{name}" does not hold'
             )
+
+    async def _granted_now(self, user: str) -> set[str]:
+        """The roles `user`'s approved access requests grant at this moment."""
+        now = self._api.server.clock.now()
+        requests = await self._api.server.access_requests.list()
+        return {
+            role
+            for found in requests
+            if found.spec.user == user and found.active_at(now)
+            for role in found.spec.roles
+        }
 
     async def write(self, request: web.Request, caller: Identity | None) -> Any:
         """Register or refresh the trackers in "put", remove those named in "delete".
