@@ -228,7 +228,7 @@ def test_a_node_cannot_forge_event_types_users_or_nodes(cluster: Cluster) -> Non
         stamped = {"event": "exec", "fields": {"user": marker, "server_kind": "admin"}}
         assert auth.post("/v1/events", json=stamped).status_code == 400
         # A type auth does not know is kept, as `unknown`, not refused with its batch.
-        future = {"event": "kube.request", "fields": {"user": marker, "verb": "get"}}
+        future = {"event": "kube.frobnicate", "fields": {"user": marker, "verb": "get"}}
         assert auth.post("/v1/events", json=future).status_code == 204
 
     exec_events = eventually(lambda: [e for e in audit(cluster, "exec") if marker in e["user"]])
@@ -239,7 +239,7 @@ def test_a_node_cannot_forge_event_types_users_or_nodes(cluster: Cluster) -> Non
     assert not [e for e in audit(cluster, "session.start") if e.get("user") == marker]
     unknown = [e for e in audit(cluster, "unknown") if e.get("user") == marker]
     assert [(e["unknown_event"], e["verb"], e["server_name"]) for e in unknown] == [
-        ("kube.request", "get", "node-f")
+        ("kube.frobnicate", "get", "node-f")
     ]
 
 

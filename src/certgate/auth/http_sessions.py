@@ -94,12 +94,12 @@ class SessionRoutes:
         name = tracker.spec.user
         if name not in held:
             try:
-                held[name] = set((await self._api.server.users.get(name)).spec.roles)
+                standing = set((await self._api.server.users.get(name)).spec.roles)
             except NotFound:
                 held[name] = None
             else:
                 # A session may run under roles an approved access request grants now.
-                held[name] |= await self._granted_now(name)
+                held[name] = standing | await self._granted_now(name)
         roles = held[name]
         if roles is None:
             raise AccessDenied(
