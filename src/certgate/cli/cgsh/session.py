@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from certgate.cli.cgsh.request import assume_after_login, describe_grant, request_at_login
-from certgate.cli.common import FORMAT, print_json
+from certgate.cli.common import DURATION, FORMAT, print_json
 from certgate.client.login import last_login, proxy_address, reach
 from certgate.client.login import login as do_login
 from certgate.client.profile import load_profile, remove_profile
@@ -23,7 +23,11 @@ from certgate.client.requests import grant_status
 )
 @click.option("--user", help="Your certgate user name (default: the last login's).")
 @click.option("--otp", help="The one-time code (prompted when not given).")
-@click.option("--ttl", help="How long the certificates should last (e.g. 8h); roles may cap it.")
+@click.option(
+    "--ttl",
+    type=DURATION,
+    help="How long the certificates should last (e.g. 8h); roles may cap it.",
+)
 @click.option(
     "--insecure",
     is_flag=True,
