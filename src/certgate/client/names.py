@@ -7,9 +7,17 @@ session, recording and access request ids the same way.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 from certgate.errors import BadParameter, NotFound
+
+_ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
+
+
+def is_id_prefix(text: str) -> bool:
+    """Whether `text` could begin a session, recording or request id (a UUID)."""
+    return bool(_ID_PREFIX.fullmatch(text))
 
 
 def resolve_prefix(candidates: Iterable[str], prefix: str, what: str) -> str:

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from certgate.client.cluster import connect_profile
+from certgate.client.names import did_you_mean
 from certgate.client.profile import Profile, home
 from certgate.client.proxy_client import connect_proxy
-from certgate.errors import BadParameter
+from certgate.errors import BadParameter, CertgateError, NotFound
 
 
 def list_nodes(profile: Profile, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -42,10 +43,27 @@ def check_access(profile: Profile, node: str, login: str) -> dict[str, Any]:
         answer: dict[str, Any] = client.call(
             "GET", "/v1/ssh/check", params={"node": node, "login": login}
         )
+    except NotFound as exc:
+        if exc.message != f'node "{node}" not found':
+            raise
+        raise NotFound(exc.message + _nearest_node(profile, node)) from None
     finally:
         client.close()
     found: dict[str, Any] = answer["node"]
     return found
+
+
+def _nearest_node(profile: Profile, typed: str) -> str:
+    """`; did you mean "x"?` among the nodes this user can reach (only those: a hint
+    must not name a node the user's roles hide)."""
+    try:
+        nodes = list_nodes(profile)
+    except CertgateError:
+        return ""
+    names = {n["metadata"]["name"] for n in nodes} | {
+        n["spec"]["hostname"] for n in nodes if n["spec"].get("hostname")
+    }
+    return did_you_mean(names, typed)
 
 
 def split_target(target: str, login: str | None) -> tuple[str, str]:
