@@ -19,6 +19,7 @@ from certgate.cli.cgctl import (
     users,
 )
 from certgate.cli.common import run
+from certgate.cli.completion import completion_command
 
 # Options of cgctl itself that people also type after the subcommand
 # (`cgctl users ls --data-dir ./data`); no subcommand has options of these names.
@@ -87,5 +88,7 @@ def _data_dir_from_config(path: Path) -> Path | None:
 
 for module in (status, users, tokens, resources, authority, audit, locks, nodes, requests):
     module.register(cli)
+
+cli.add_command(completion_command("cgctl"))
 
 main = run(cli)

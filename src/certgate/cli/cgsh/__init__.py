@@ -6,6 +6,7 @@ import click
 
 from certgate.cli.cgsh import recordings, request, session, sessions, ssh
 from certgate.cli.common import run
+from certgate.cli.completion import completion_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,5 +20,7 @@ ssh.register(cli)
 recordings.register(cli)
 sessions.register(cli)
 request.register(cli)
+
+cli.add_command(completion_command("cgsh"))
 
 main = run(cli)
