@@ -5,8 +5,8 @@ OpenSSH's C code end to end and every ssh option works. Before it does, it asks 
 proxy whether the login is allowed and the node answers, so a refusal reads as a reason
 rather than "Permission denied (publickey)".
 
-    Host *.<cluster> <node names>          -> ProxyJump through the proxy's SSH port
-    Host <proxy host>                      -> the jump host itself (port 3023)
+    Host certgate-proxy.<cluster>          -> the jump host itself (HostName, port 3023)
+    Host *.<cluster> <node names>          -> ProxyJump through that alias
     both: IdentityFile, CertificateFile, UserKnownHostsFile with the host CA
 """
 
@@ -81,11 +81,19 @@ def _proxy_host_port(profile: Profile) -> tuple[str, str]:
     return host, port
 
 
+def jump_alias(profile: Profile) -> str:
+    """The name the config gives the proxy's SSH port: never the proxy's own host name,
+    so `ssh localhost` (or `ssh proxy-host`) is not captured when the proxy is there."""
+    return f"certgate-proxy.{profile.cluster}"
+
+
 def openssh_config(profile: Profile, node_names: list[str]) -> str:
     keys = profile.keys_dir
     host, port = _proxy_host_port(profile)
     jump_user = "certgate"  # the jump host takes any name; the node checks the login
-    patterns = " ".join([f"*.{profile.cluster}", *node_names])
+    alias = jump_alias(profile)
+    # Negated: the alias ends in .<cluster> too, and must not jump through itself.
+    patterns = " ".join([f"*.{profile.cluster}", f"!{alias}", *node_names])
     common = (
         f"    UserKnownHostsFile {keys / 'known_hosts'}\n"
         f"    IdentityFile {keys / 'key'}\n"
@@ -98,11 +106,12 @@ def openssh_config(profile: Profile, node_names: list[str]) -> str:
     return (
         f"# certgate cluster {profile.cluster} through {profile.proxy}, for {profile.user}.\n"
         "# Made by `cgsh config`; certificates renew with `cgsh login`.\n"
-        f"Host {patterns}\n"
-        f"    ProxyJump {jump_user}@{host}:{port}\n"
-        f"{common}"
-        f"Host {host}\n"
+        f"Host {alias}\n"
+        f"    HostName {host}\n"
         f"    Port {port}\n"
+        f"{common}"
+        f"Host {patterns}\n"
+        f"    ProxyJump {jump_user}@{alias}\n"
         f"{common}"
     )
 
