@@ -15,7 +15,8 @@ def names(cluster: ClusterAPI, kind: str) -> list[str]:
 
 
 def require(cluster: ClusterAPI, kind: str, name: str) -> None:
-    """NotFound (with the nearest name as a hint) unless `kind/name` exists."""
+    """NotFound (with the nearest name as a hint) unless `kind/name` exists. `name`
+    must have passed the name rules (api/names.py): it becomes part of a URL path."""
     try:
         cluster.call("GET", f"/resources/{kind}/{name}")
         return
