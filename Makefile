@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Starts auth, proxy and node on localhost with SQLite under ./data and prints the
-# first admin's invite link. Ctrl-C stops it.
+# first admin's invite link. Ctrl-C stops it. `make run CONFIG=certgate.yaml` starts
+# from that file instead (ports, cluster name and data_dir as it says).
+CONFIG ?=
 run: install
-	$(BIN)/certgate start --data-dir ./data --first-admin admin
+	$(BIN)/certgate start $(if $(CONFIG),--config $(CONFIG),--data-dir ./data) --first-admin admin
 
 # lint first: CI checks ruff, ruff format and mypy --strict through this target.
 test: lint

@@ -262,6 +262,35 @@ def test_locking_a_joiner_ends_its_view(cluster: Cluster, people: dict[str, User
     shell.expect(pexpect.EOF)
 
 
+def test_an_observer_of_a_locked_session_sees_the_lock_message(
+    cluster: Cluster, people: dict[str, User]
+) -> None:
+    alice, walt = people["alice"], people["walt"]
+    shell = owner_shell(cluster, alice)
+    session_id = eventually(lambda: [s["id"] for s in sessions(cluster, alice)])[0]
+    observer = join(cluster, walt, session_id)
+    shell.expect_exact("walt joined (observer)")
+
+    out = cluster.cgctl("lock", "--user=alice", "--message=owner under review").stdout
+    name = out.split("'")[1]
+    shell.expect("access denied: locked: owner under review")
+    # The observer reads why, not only that the session ended.
+    observer.expect("access denied: locked: owner under review")
+    observer.expect("the session has ended")
+    observer.expect(pexpect.EOF)
+    cluster.cgctl("rm", f"lock/{name}")
+    # The recording keeps the reason too.
+    cluster.login(alice)
+    cast = eventually(
+        lambda: (
+            (r := cluster.cgsh(alice, "play", session_id, "--format=json", check=False)).returncode
+            == 0
+            and r.stdout
+        )
+    )
+    assert "owner under review" in cast
+
+
 def test_trackers_cannot_be_forged_or_removed_by_others(
     cluster: Cluster, people: dict[str, User], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -139,12 +139,24 @@ def test_the_jump_host_only_reaches_inventory_nodes(
     ssh_cluster: Cluster, dev: User, ssh_config: Path
 ) -> None:
     # An arbitrary address through the jump host is refused, not dialled.
+    # (The config names the jump host by an alias, so it never captures `ssh 127.0.0.1`.)
     result = stock_ssh(
         ssh_config, "-W", f"127.0.0.9:{ssh_cluster.auth_port}",
-        "certgate@127.0.0.1", "-p", str(ssh_cluster.ssh_proxy_port),
+        f"certgate@certgate-proxy.{ssh_cluster.cluster_name}",
     )  # fmt: skip
     assert result.returncode != 0
     assert 'node "127.0.0.9" not found' in result.stderr
+
+
+def test_the_config_does_not_capture_ssh_to_the_proxy_host(ssh_config: Path) -> None:
+    text = ssh_config.read_text()
+    hosts = [line.split()[1:] for line in text.splitlines() if line.startswith("Host ")]
+    assert hosts and all("127.0.0.1" not in patterns for patterns in hosts), text
+    # What OpenSSH itself makes of `ssh 127.0.0.1` with this config: untouched.
+    seen = subprocess.run(
+        ["ssh", "-G", "-F", str(ssh_config), "127.0.0.1"], capture_output=True, text=True
+    ).stdout
+    assert "proxyjump" not in seen and "port 22\n" in seen
 
 
 def test_scp_sftp_rsync_keep_contents_and_ownership(

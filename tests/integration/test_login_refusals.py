@@ -32,14 +32,43 @@ def test_unknown_user_bad_password_and_bad_code_read_the_same(cluster: Cluster) 
     assert cluster.login(alice).returncode == 0
 
 
+REUSED = "error: access denied: this one-time code was already used; wait for the next one"
+
+
 def test_a_one_time_code_cannot_be_used_twice(cluster: Cluster) -> None:
     bob = cluster.add_user("replay-bob", logins="bob")
     assert cluster.login(bob).returncode == 0
     replay = cluster.login(bob, check=False, otp=bob.otp.used_code())
     assert replay.returncode == 3
-    assert replay.stderr.strip() == REFUSAL
+    # The password was right: the person is told why, not handed the generic refusal.
+    assert replay.stderr.strip() == REUSED
     events = audit(cluster, "user.login.failure", "replay-bob")
     assert events[0]["error"] == "one-time code already used"
+
+
+def test_a_reused_code_with_a_wrong_password_reads_like_any_guess(cluster: Cluster) -> None:
+    gil = cluster.add_user("replay-gil", logins="gil")
+    assert cluster.login(gil).returncode == 0
+    wrong = User(gil.name, "wrong-password-for-gil", gil.otp, gil.home)
+    replay = cluster.login(wrong, check=False, otp=gil.otp.used_code())
+    assert replay.stderr.strip() == REFUSAL
+
+
+def test_reused_codes_do_not_count_towards_the_lockout(cluster: Cluster) -> None:
+    hal = cluster.add_user("replay-hal", logins="hal")
+    assert cluster.login(hal).returncode == 0
+    for _ in range(6):
+        replay = cluster.login(hal, check=False, otp=hal.otp.used_code())
+        assert replay.stderr.strip() == REUSED
+    # Six were refused as reused, none locked the account: the next code logs in.
+    assert cluster.login(hal).returncode == 0
+    assert len(audit(cluster, "user.login.failure", "replay-hal")) == 6
+    assert not audit(cluster, "user.login.locked", "replay-hal")
+    # Whereas wrong guesses still count (the same lockout check sees them).
+    wrong = User(hal.name, "wrong-password-for-hal", hal.otp, hal.home)
+    for _ in range(5):
+        cluster.login(wrong, check=False, otp="123456")
+    assert "too many failed logins" in cluster.login(hal, check=False).stderr
 
 
 def test_five_failures_lock_the_account_even_for_the_right_password(cluster: Cluster) -> None:

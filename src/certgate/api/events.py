@@ -251,15 +251,13 @@ CATALOGUE: dict[str, EventType] = {
             "exit_signal",
             "lock",
         ),
-        _session(
+        # Auth writes it too: a locked user's API call (kind "api") is refused there.
+        EventType(
             "session.rejected",
             "T1006W",
             "a session or login was refused",
-            *_PEER,
-            "reason",
-            "addr",
-            "session_id",
-            "kind",
+            (*_PEER, "reason", "addr", "session_id", "kind"),
+            _SESSION_SERVERS | _AUTH_ONLY,
         ),
         _session(
             "exec", "T3002I", "a command ran", *_SESSION, "command", "exit_code", "client_addr"

@@ -88,7 +88,7 @@ class AuthAPI:
         self.authorizer = Authorizer(
             server.load_roles,
             server.role_sets,
-            check_not_locked=server.check_not_locked,
+            check_not_locked=self._check_not_locked,
             load_user=server.user_with_roles,
             load_grants=server.granted_roles,
         )
@@ -126,6 +126,23 @@ class AuthAPI:
                 del self._peers[next(iter(self._peers))]  # the oldest
             self._peers[der] = identity
         return identity
+
+    async def _check_not_locked(
+        self,
+        user: str,
+        roles: tuple[str, ...] | list[str],
+        request_ids: tuple[str, ...] = (),
+        issued: datetime | None = None,
+    ) -> None:
+        """The lock check of every user call, audited when it refuses: a locked user's
+        `cgsh ls` is an attempt an admin must be able to find."""
+        try:
+            await self.server.check_not_locked(user, roles, request_ids, issued)
+        except AccessDenied as exc:
+            await self.server.audit.emit(
+                "session.rejected", user=user, kind="api", reason=exc.message, server="auth"
+            )
+            raise
 
     def caller(self, request: web.Request) -> Identity | None:
         """Who is calling, from the verified client certificate (or forwarded one)."""

@@ -1,8 +1,11 @@
 """Checking a login: password and one-time code, lockout after repeated failures.
 
 Every refusal reads the same (`access denied: invalid user name, password or one-time
-code`) whether the user is unknown, the password is wrong or the code is wrong or
-reused, so a caller learns nothing about which users exist. Failures are counted per
+code`) whether the user is unknown, the password is wrong or the code is wrong, so a
+caller learns nothing about which users exist. One exception: the right password with
+the code that was just used is no guess (a person typed the same code twice, or two
+logins raced); it says so and gives its lockout slot back. It reveals nothing, since
+only someone who knows the password can get that answer. Failures are counted per
 user name, known or not, under `/login_attempts/<name>`; the fifth in a row locks that
 name for 20 minutes. Each attempt takes its slot in that count atomically before its
 password is checked, so concurrent guesses cannot outrun the lockout. Every attempt is
@@ -26,6 +29,8 @@ from certgate.services.users import UserService
 MAX_FAILURES = 5
 LOCKOUT = timedelta(minutes=20)
 REFUSAL = "access denied: invalid user name, password or one-time code"
+REUSED = "access denied: this one-time code was already used; wait for the next one"
+REUSED_REASON = "one-time code already used"
 # Reading and swapping the counter is retried this often when other attempts keep
 # winning the race (each retry means one of them took a slot).
 RESERVE_TRIES = 200
@@ -60,10 +65,13 @@ class LoginChecker:
             raise LimitExceeded(LOCKED)
         reason = await self._verify(name, password, otp, now)
         if reason:
-            # The reservation already counted this failure.
             await self._audit.emit(
                 "user.login.failure", user=name, success=False, addr=client_addr, error=reason
             )
+            if reason == REUSED_REASON:
+                await self._release(name)
+                raise AccessDenied(REUSED)
+            # The reservation already counted this failure.
             raise AccessDenied(REFUSAL)
         await self.unlock(name)
         return await self._users.get(name)
@@ -107,6 +115,30 @@ class LoginChecker:
         # Contention this heavy on one name is an attack: refuse rather than verify.
         return False
 
+    async def _release(self, name: str) -> None:
+        """Give back the slot `_reserve` took for an attempt that was no guess.
+
+        Compare-and-swap again, so concurrent attempts never lose a count; when this
+        attempt's slot was the one that set the lockout, the lockout goes with it.
+        """
+        for _ in range(RESERVE_TRIES):
+            attempts, revision = await self._attempts(name)
+            if not revision or attempts.failures == 0:
+                return
+            failures = attempts.failures - 1
+            locked_until = attempts.locked_until if failures >= MAX_FAILURES else None
+            updated = _Attempts(failures=failures, locked_until=locked_until)
+            item = Item(
+                key=_key(name),
+                value=updated.model_dump_json().encode(),
+                expires=self._clock.now() + LOCKOUT,
+            )
+            try:
+                await self._backend.compare_and_swap(item, revision)
+                return
+            except (CompareFailed, NotFound):
+                continue
+
     async def _verify(self, name: str, password: str, otp: str, now: datetime) -> str:
         """An empty string when the login is good, else the reason (for the audit log)."""
         try:
@@ -123,15 +155,17 @@ class LoginChecker:
         step = match_totp(secrets.totp_secret, otp, now)
         if step is None:
             return "bad one-time code"
-        if step <= secrets.last_otp_step:
-            return "one-time code already used"
+        if step == secrets.last_otp_step:
+            return REUSED_REASON
+        if step < secrets.last_otp_step:
+            return "one-time code superseded"
         try:
             await self._users.update_secrets(
                 name, secrets.model_copy(update={"last_otp_step": step})
             )
         except CompareFailed:
             # Another login with this user won the race, maybe with this very code.
-            return "one-time code already used"
+            return REUSED_REASON
         return ""
 
     async def _attempts(self, name: str) -> tuple[_Attempts, int]:

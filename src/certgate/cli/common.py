@@ -11,6 +11,7 @@ import click
 from pydantic import ValidationError
 
 from certgate.api.codec import describe_validation_error
+from certgate.api.duration import parse_duration
 from certgate.errors import BadParameter, CertgateError
 
 
@@ -71,3 +72,28 @@ FORMAT = click.option(
     show_default=True,
     help="Output format.",
 )
+
+
+class DurationText(click.ParamType[str]):
+    """A duration flag (`--ttl=10m`): checked here, passed on as the text typed.
+
+    A unit is required: `--ttl=10` could mean seconds or minutes, and a lock or a token
+    that lasts 10 seconds instead of 10 minutes is a surprise found too late.
+    """
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        flag = param.opts[0] if param is not None and param.opts else "duration"
+        if text.isdigit():
+            # Our one-line error, not click's usage block: run() prints it.
+            raise BadParameter(f'invalid {flag} "{text}": give a unit: {text}s, {text}m or {text}h')
+        try:
+            parse_duration(text)
+        except BadParameter as exc:
+            raise BadParameter(f"{flag}: {exc.message}") from None
+        return text
+
+
+DURATION = DurationText()

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 from cryptography import x509
 
 from certgate.api.bundle import CertBundle
-from certgate.client.profile import NotLoggedIn, Profile, load_profile
+from certgate.client.profile import NotLoggedIn, Profile, load_profile, pin_for
 from certgate.client.proxy_client import ProxyClient
 from certgate.client.proxy_trust import ProxyPin, first_pin, spki_pin
-from certgate.errors import AccessDenied, BadParameter
+from certgate.errors import BadParameter
 from certgate.rpc.identity_files import IdentityFiles, new_key
 
 DEFAULT_PROXY_PORT = 3080
@@ -92,11 +92,7 @@ def reach(proxy: str, insecure: bool) -> Contact:
 
 
 def _saved_pin(proxy: str) -> ProxyPin | None:
-    try:
-        profile = load_profile()
-    except AccessDenied:
-        return None
-    return profile.pin if profile.proxy == proxy else None
+    return pin_for(proxy)
 
 
 def login(

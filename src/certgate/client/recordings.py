@@ -18,10 +18,13 @@ from typing import Any, BinaryIO
 
 from certgate.api.recording import RecordingInfo, is_recording_id
 from certgate.client.cluster import ClusterAPI
+from certgate.client.names import is_id_prefix, resolve_prefix
 from certgate.client.times import parse_since
 from certgate.errors import BadParameter, NotFound
 from certgate.recording.asciicast import OUTPUT, CastReader, Event
 
+# A prefix is looked up among this many of the newest recordings.
+MAX_PREFIX_SCAN = 1000
 # With skip_idle, no pause in playback is longer than this (seconds).
 IDLE_CAP = 0.5
 
@@ -63,15 +66,20 @@ class Recording:
         self.file.close()
 
 
-def _checked(recording_id: str) -> str:
-    # A malformed id can name no recording; checking here also keeps it out of the URL.
-    if not is_recording_id(recording_id):
+def _checked(api: ClusterAPI, recording_id: str) -> str:
+    """The full id: as given, or the one recording whose id starts with it (as git
+    takes commits). Checked here, so nothing but an id ever becomes part of the URL."""
+    if is_recording_id(recording_id):
+        return recording_id
+    if not is_id_prefix(recording_id):
         raise NotFound(f'recording "{recording_id}" not found')
-    return recording_id
+    ids = [info.id for info in list_recordings(api, limit=MAX_PREFIX_SCAN)]
+    return resolve_prefix(ids, recording_id, "recording")
 
 
 def fetch_info(api: ClusterAPI, recording_id: str) -> RecordingInfo:
-    return RecordingInfo.from_dict(api.call("GET", f"/recordings/{_checked(recording_id)}"))
+    full_id = _checked(api, recording_id)
+    return RecordingInfo.from_dict(api.call("GET", f"/recordings/{full_id}"))
 
 
 def fetch_recording(api: ClusterAPI, recording_id: str) -> Recording:

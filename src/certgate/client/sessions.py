@@ -15,6 +15,7 @@ from typing import Any
 from certgate.api.recording import is_recording_id
 from certgate.api.session_tracker import JOIN_MODES, join_login
 from certgate.client.cluster import ClusterAPI
+from certgate.client.names import is_id_prefix, resolve_prefix
 from certgate.errors import AccessDenied, BadParameter, NotFound
 
 
@@ -30,7 +31,10 @@ def join_target(api: ClusterAPI, session_id: str, mode: str) -> tuple[str, str]:
         raise BadParameter(f'unknown join mode "{mode}": use {" or ".join(JOIN_MODES)}')
     if not is_recording_id(session_id):
         # Checked here too, so nothing but an id ever becomes part of a URL path.
-        raise NotFound(f'session "{session_id}" not found: session ids are UUIDs')
+        if not is_id_prefix(session_id):
+            raise NotFound(f'session "{session_id}" not found: session ids are UUIDs')
+        live = [str(s["id"]) for s in list_sessions(api)]
+        session_id = resolve_prefix(live, session_id, "session")
     session: dict[str, Any] = api.call("GET", f"/sessions/{session_id}")
     if session.get("kind") == "k8s":
         raise BadParameter(

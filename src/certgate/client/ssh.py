@@ -5,8 +5,8 @@ OpenSSH's C code end to end and every ssh option works. Before it does, it asks 
 proxy whether the login is allowed and the node answers, so a refusal reads as a reason
 rather than "Permission denied (publickey)".
 
-    Host *.<cluster> <node names>          -> ProxyJump through the proxy's SSH port
-    Host <proxy host>                      -> the jump host itself (port 3023)
+    Host certgate-proxy.<cluster>          -> the jump host itself (HostName, port 3023)
+    Host *.<cluster> <node names>          -> ProxyJump through that alias
     both: IdentityFile, CertificateFile, UserKnownHostsFile with the host CA
 """
 
@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from certgate.client.cluster import connect_profile
+from certgate.client.names import did_you_mean
 from certgate.client.profile import Profile, home
 from certgate.client.proxy_client import connect_proxy
-from certgate.errors import BadParameter
+from certgate.errors import BadParameter, CertgateError, NotFound
 
 
 def list_nodes(profile: Profile, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -42,10 +43,27 @@ def check_access(profile: Profile, node: str, login: str) -> dict[str, Any]:
         answer: dict[str, Any] = client.call(
             "GET", "/v1/ssh/check", params={"node": node, "login": login}
         )
+    except NotFound as exc:
+        if exc.message != f'node "{node}" not found':
+            raise
+        raise NotFound(exc.message + _nearest_node(profile, node)) from None
     finally:
         client.close()
     found: dict[str, Any] = answer["node"]
     return found
+
+
+def _nearest_node(profile: Profile, typed: str) -> str:
+    """`; did you mean "x"?` among the nodes this user can reach (only those: a hint
+    must not name a node the user's roles hide)."""
+    try:
+        nodes = list_nodes(profile)
+    except CertgateError:
+        return ""
+    names = {n["metadata"]["name"] for n in nodes} | {
+        n["spec"]["hostname"] for n in nodes if n["spec"].get("hostname")
+    }
+    return did_you_mean(names, typed)
 
 
 def split_target(target: str, login: str | None) -> tuple[str, str]:
@@ -63,11 +81,19 @@ def _proxy_host_port(profile: Profile) -> tuple[str, str]:
     return host, port
 
 
+def jump_alias(profile: Profile) -> str:
+    """The name the config gives the proxy's SSH port: never the proxy's own host name,
+    so `ssh localhost` (or `ssh proxy-host`) is not captured when the proxy is there."""
+    return f"certgate-proxy.{profile.cluster}"
+
+
 def openssh_config(profile: Profile, node_names: list[str]) -> str:
     keys = profile.keys_dir
     host, port = _proxy_host_port(profile)
     jump_user = "certgate"  # the jump host takes any name; the node checks the login
-    patterns = " ".join([f"*.{profile.cluster}", *node_names])
+    alias = jump_alias(profile)
+    # Negated: the alias ends in .<cluster> too, and must not jump through itself.
+    patterns = " ".join([f"*.{profile.cluster}", f"!{alias}", *node_names])
     common = (
         f"    UserKnownHostsFile {keys / 'known_hosts'}\n"
         f"    IdentityFile {keys / 'key'}\n"
@@ -80,11 +106,12 @@ def openssh_config(profile: Profile, node_names: list[str]) -> str:
     return (
         f"# certgate cluster {profile.cluster} through {profile.proxy}, for {profile.user}.\n"
         "# Made by `cgsh config`; certificates renew with `cgsh login`.\n"
-        f"Host {patterns}\n"
-        f"    ProxyJump {jump_user}@{host}:{port}\n"
-        f"{common}"
-        f"Host {host}\n"
+        f"Host {alias}\n"
+        f"    HostName {host}\n"
         f"    Port {port}\n"
+        f"{common}"
+        f"Host {patterns}\n"
+        f"    ProxyJump {jump_user}@{alias}\n"
         f"{common}"
     )
 

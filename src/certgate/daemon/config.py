@@ -114,7 +114,9 @@ class Config(_Section):
     cluster_name: str = ""
     nodename: str = ""
     data_dir: str = ""
-    diag_addr: str = "127.0.0.1:3434"
+    # Off unless asked for (as in Teleport): a fixed port would stop a second cluster
+    # on the same host (`make run` twice, tests) with "address in use".
+    diag_addr: str = ""
     auth_servers: list[str] = Field(default_factory=list)
     join_token: str = ""
     ca_pin: str = ""
@@ -212,8 +214,8 @@ cluster_name: ""
 nodename: ""
 # Where state lives. Default: /var/lib/certgate as root, ~/.local/share/certgate otherwise.
 data_dir: ""
-# /healthz, /readyz and /metrics (Prometheus). Empty: off.
-diag_addr: 127.0.0.1:3434
+# /healthz, /readyz and /metrics (Prometheus). Empty (the default): off.
+diag_addr: ""             # e.g. 127.0.0.1:3434
 # For services other than auth: where auth is, and the join token (`cgctl tokens add`).
 auth_servers: []          # e.g. ["auth.example.com:3025"]
 join_token: ""

@@ -9,6 +9,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from certgate.errors import CertgateError
+
 ReadinessCheck = Callable[[], Awaitable[str | None]]  # None when ready, else the reason
 
 
@@ -53,6 +55,11 @@ class Metrics:
                 return response
             except web.HTTPException as exc:
                 status = exc.status
+                raise
+            except CertgateError as exc:
+                # An outer middleware turns it into its answer (a refused login: 403);
+                # count that status, not a server error.
+                status = exc.http_status
                 raise
             finally:
                 self.requests.labels(service=service, status=str(status)).inc()

@@ -37,6 +37,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from certgate.daemon.config import HTTPLimits
+from certgate.daemon.plain_http import is_plain_http, redirect_to_https
 
 log = logging.getLogger("certgate.listeners")
 
@@ -166,6 +167,11 @@ class _AcceptLoop:
     async def _start(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         try:
+            if self._ssl and await is_plain_http(conn, self._handshake):
+                await redirect_to_https(conn, self._handshake)
+                conn.close()
+                self._site.gate.release()
+                return
             await loop.connect_accepted_socket(
                 self._site.protocol,
                 conn,

@@ -325,6 +325,7 @@ class Daemon:
         audit = AuditSpool(self.data_dir / "proxy" / "audit", post_events(auth), "proxy audit")
         await audit.start()
         self._closers.append(audit.close)
+        web_proxy.audit = SpoolSink(audit)
         agentless = AgentlessForwarder(
             user_ca_keys=lambda: _ca_keys(view, "user_ssh"),
             host_ca_keys=lambda: _ca_keys(view, "host_ssh"),

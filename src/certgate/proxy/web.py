@@ -33,6 +33,7 @@ from certgate.api.identity import Identity
 from certgate.api.json_input import BODY_TIMEOUT, MAX_BODY_BYTES, parse_json
 from certgate.errors import AccessDenied, BadParameter, CertgateError, ConnectionProblem, to_json
 from certgate.proxy.web_headers import install_security_headers
+from certgate.rpc.audit import AuditSink
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.srv.authorize import access_authorizer
 
@@ -70,6 +71,8 @@ class ProxyWeb:
         self.kube_addr = kube_addr  # kubectl's way in (cgsh kube login writes it)
         # Set once the proxy's live view of roles, locks and nodes is ready.
         self.access: CachedAccess | None = None
+        # The proxy's audit spool, set once it is open: refusals decided here are events.
+        self.audit: AuditSink | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
@@ -185,7 +188,11 @@ class ProxyWeb:
         login = request.query.get("login", "")
         if not target or not login:
             raise BadParameter("name the node and the login: ?node=web-1&login=ubuntu")
-        node = self.access.resolve_node(identity, target)
+        try:
+            node = self.access.resolve_node(identity, target)
+        except AccessDenied as exc:  # a lock on the user, a strict role cut off
+            await self._rejected(request, identity, login, target, exc.message)
+            raise
         # The same Authorizer a node (and the agentless forwarder) runs at login, so
         # cgsh shows the reason it would refuse with (srv/authorize.py).
         authorize = access_authorizer(self.access, node.name, node.metadata.labels)
@@ -195,6 +202,7 @@ class ProxyWeb:
             reason = exc.message.removeprefix("access denied: ")
             if not reason.startswith("access denied to"):
                 reason = f"access denied to {login}@{node.name}: {reason}"
+            await self._rejected(request, identity, login, node.name, reason)
             raise AccessDenied(reason) from None
         host, _, port = node.spec.addr.rpartition(":")
         try:
@@ -205,6 +213,25 @@ class ProxyWeb:
                 f'node "{node.name}" at {node.spec.addr} is unreachable'
             ) from exc
         return web.json_response({"node": to_dict(node)})
+
+    async def _rejected(
+        self, request: web.Request, identity: Identity, login: str, node: str, reason: str
+    ) -> None:
+        """Audits a refusal decided here: cgsh stops at this answer, so the node never
+        sees the attempt and would not record it."""
+        if self.audit is None:
+            log.warning("unaudited refusal of %s@%s for %s", login, node, identity.username)
+            return
+        await self.audit(
+            "session.rejected",
+            user=identity.username,
+            login=login,
+            node=node,
+            addr=request.remote or "",
+            reason=reason,
+            kind="ssh",
+            server="proxy",
+        )
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """The auth API for users, with their certificate passed on for auth to check."""

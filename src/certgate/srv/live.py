@@ -227,11 +227,17 @@ class LiveSession:
     def terminate(
         self, message: str, reason: str = "terminated", audit_fields: dict[str, Any] | None = None
     ) -> None:
-        """Show `message`, then end the session (the I/O reports when it is closed)."""
+        """Show `message`, then end the session (the I/O reports when it is closed).
+
+        The recording and everyone who joined see it too: an observer of a locked
+        session learns why it ended, and the recording keeps the reason."""
         if self.info.tty:
-            self._io.write(f"\r\n{message}\r\n".encode(), False)
+            text = f"\r\n{message}\r\n".encode()
+            self._io.write(text, False)
         else:
-            self._io.write(f"{message}\n".encode(), True)
+            text = f"{message}\n".encode()
+            self._io.write(text, True)
+        self.output(text)
         self.end_reason = reason
         self._end_fields = audit_fields or {}
         self._io.stop()

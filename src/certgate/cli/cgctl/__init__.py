@@ -15,13 +15,47 @@ from certgate.cli.cgctl import (
     nodes,
     requests,
     resources,
+    status,
     tokens,
     users,
 )
 from certgate.cli.common import run
+from certgate.cli.completion import completion_command
+
+# Options of cgctl itself that people also type after the subcommand
+# (`cgctl users ls --data-dir ./data`); no subcommand has options of these names.
+GLOBAL_OPTIONS = ("--data-dir", "--config")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class AdminGroup(click.Group):
+    """Takes the global options wherever they appear, before any `--`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args))
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if arg in GLOBAL_OPTIONS and i + 1 < len(args):
+            front.extend(args[i : i + 2])
+            i += 2
+            continue
+        if arg.startswith(tuple(f"{name}=" for name in GLOBAL_OPTIONS)):
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+@click.group(cls=AdminGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
@@ -53,7 +87,9 @@ def _data_dir_from_config(path: Path) -> Path | None:
     return Path(value) if value else None
 
 
-for module in (users, tokens, resources, authority, audit, locks, nodes, requests, access):
+for module in (status, users, tokens, resources, authority, audit, locks, nodes, requests, access):
     module.register(cli)
+
+cli.add_command(completion_command("cgctl"))
 
 main = run(cli)

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from certgate.cli.cgctl._connect import api
+from certgate.cli.common import DURATION
 from certgate.client.identities import sign_user_identity
 from certgate.errors import BadParameter
 
@@ -48,6 +49,7 @@ def export(ctx: click.Context, kind: str) -> None:
 )
 @click.option(
     "--ttl",
+    type=DURATION,
     default=None,
     help="How long it is valid (default 720h; --user: capped by the user's roles).",
 )

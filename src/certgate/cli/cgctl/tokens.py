@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from certgate.cli.cgctl._connect import api
-from certgate.cli.common import FORMAT, print_json, table
+from certgate.cli.common import DURATION, FORMAT, print_json, table
 
 
 @click.group()
@@ -21,7 +21,9 @@ def tokens() -> None:
     required=True,
     help="What the token lets a host join as.",
 )
-@click.option("--ttl", default="30m", show_default=True, help="How long the token is valid.")
+@click.option(
+    "--ttl", type=DURATION, default="30m", show_default=True, help="How long the token is valid."
+)
 @click.option(
     "--uses",
     type=click.IntRange(min=1),

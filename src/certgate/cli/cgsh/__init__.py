@@ -6,6 +6,7 @@ import click
 
 from certgate.cli.cgsh import kube, recordings, request, session, sessions, ssh
 from certgate.cli.common import run
+from certgate.cli.completion import completion_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,5 +21,7 @@ recordings.register(cli)
 sessions.register(cli)
 request.register(cli)
 kube.register(cli)
+
+cli.add_command(completion_command("cgsh"))
 
 main = run(cli)

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from certgate.api.bundle import CertBundle
-from certgate.cli.common import FORMAT, print_json, table
+from certgate.cli.common import DURATION, FORMAT, print_json, table
 from certgate.client.cluster import connect_profile
 from certgate.client.profile import Profile, load_profile
 from certgate.client.requests import AccessRequestView, RequestsAPI, assume, drop
@@ -148,8 +148,12 @@ def request() -> None:
 )
 @click.option("--reason", default="", help="Why you need it (reviewers see it).")
 @click.option("--reviewers", default="", help="Who should review it, comma-separated.")
-@click.option("--max-duration", help="How long the access should last at most (e.g. 2h).")
-@click.option("--request-ttl", help="How long the request waits for a review (default 1h).")
+@click.option(
+    "--max-duration", type=DURATION, help="How long the access should last at most (e.g. 2h)."
+)
+@click.option(
+    "--request-ttl", type=DURATION, help="How long the request waits for a review (default 1h)."
+)
 @click.option("--nowait", is_flag=True, help="Print the request id and return.")
 @click.pass_context
 def create(

@@ -9,12 +9,21 @@ from typing import Any
 import click
 
 from certgate.cli.cgsh.request import assume_after_login, describe_grant, request_at_login
-from certgate.cli.common import FORMAT, print_json
+from certgate.cli.common import DURATION, FORMAT, print_json
 from certgate.client.kube import logout as kube_logout
 from certgate.client.login import last_login, proxy_address, reach
 from certgate.client.login import login as do_login
-from certgate.client.profile import load_profile, remove_profile
+from certgate.client.profile import (
+    Profile,
+    find_profile,
+    load_profile,
+    parked_identity,
+    parked_profiles,
+    remove_profile,
+    switch_to,
+)
 from certgate.client.requests import grant_status
+from certgate.errors import NotFound
 
 
 @click.command()
@@ -24,7 +33,11 @@ from certgate.client.requests import grant_status
 )
 @click.option("--user", help="Your certgate user name (default: the last login's).")
 @click.option("--otp", help="The one-time code (prompted when not given).")
-@click.option("--ttl", help="How long the certificates should last (e.g. 8h); roles may cap it.")
+@click.option(
+    "--ttl",
+    type=DURATION,
+    help="How long the certificates should last (e.g. 8h); roles may cap it.",
+)
 @click.option(
     "--insecure",
     is_flag=True,
@@ -35,7 +48,9 @@ from certgate.client.requests import grant_status
     "--request-id", help="Assume this approved access request (waits while it is pending)."
 )
 @click.option("--request-reason", default="", help="Why, when your roles make login request.")
+@click.argument("cluster", required=False)
 def login(
+    cluster: str | None,
     proxy: str | None,
     user: str | None,
     otp: str | None,
@@ -46,8 +61,24 @@ def login(
 ) -> None:
     """Log in with password and one-time code; keys and certificates go to ~/.certgate.
 
-    With no flags, logs in again to the last proxy as the last user.
+    With no flags, logs in again to the last proxy as the last user. With --proxy of
+    another cluster, adds it (`cgsh status` lists every cluster); `cgsh login CLUSTER`
+    switches back to one, asking for the password only when its certificates expired.
     """
+    if cluster:
+        if proxy:
+            raise click.UsageError("give a CLUSTER to switch to, or --proxy, not both")
+        known = find_profile(cluster)
+        if known is None:
+            raise NotFound(
+                f'no login to cluster "{cluster}" on this machine: '
+                "cgsh login --proxy=HOST:PORT --user=NAME"
+            )
+        if not (user or ttl or request_id) and _still_valid(known):
+            switch_to(known.proxy)
+            _show(profile_status(), "text")
+            return
+        proxy, user = known.proxy, user or known.user
     if not proxy or not user:
         last = last_login()
         proxy = proxy or last.proxy
@@ -74,6 +105,30 @@ def login(
     _show(profile_status(), "text")
 
 
+def _still_valid(profile: Profile) -> bool:
+    current = profile.proxy == load_profile().proxy
+    identity = profile.identity() if current else parked_identity(profile)
+    return identity is not None and identity.bundle.identity.expires > datetime.now(UTC)
+
+
+def other_clusters() -> list[dict[str, object]]:
+    """The clusters logged in to besides the current one, for `cgsh status`."""
+    found: list[dict[str, object]] = []
+    for profile in parked_profiles():
+        identity = parked_identity(profile)
+        expires = identity.bundle.identity.expires if identity else None
+        found.append(
+            {
+                "cluster": profile.cluster,
+                "proxy": profile.proxy,
+                "user": profile.user,
+                "valid_until": expires.isoformat() if expires else None,
+                "expired": expires is None or expires <= datetime.now(UTC),
+            }
+        )
+    return found
+
+
 def profile_status() -> dict[str, object]:
     profile = load_profile()
     identity = profile.identity().bundle.identity
@@ -88,6 +143,7 @@ def profile_status() -> dict[str, object]:
         "expired": identity.expires <= datetime.now(UTC),
         "access_requests": grant_status(profile, identity.request_ids),
         "resources": list(identity.resources),
+        "other_clusters": other_clusters(),
     }
 
 
@@ -119,6 +175,14 @@ def _show(status: dict[str, object], fmt: str) -> None:
         click.echo(f"  Access request:     {describe_grant(grant)}")
     if status.get("resources"):
         click.echo(f"  Limited to:         {joined('resources')}")
+    others = status.get("other_clusters")
+    for other in others if isinstance(others, list) else []:
+        state = "EXPIRED" if other["expired"] else f"valid until {other['valid_until']}"
+        click.echo(
+            f"\n  Profile URL:        https://{other['proxy']}\n"
+            f"  Cluster:            {other['cluster']} (cgsh login {other['cluster']})\n"
+            f"  Logged in as:       {other['user']} [{state}]"
+        )
 
 
 @click.command()

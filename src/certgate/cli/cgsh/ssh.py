@@ -32,14 +32,32 @@ def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
     return labels
 
 
+def _shown(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
 @click.command("ls")
 @click.argument("labels", nargs=-1)
+@click.option("-v", "--verbose", is_flag=True, help="Show each node's id and hostname too.")
 @FORMAT
-def ls(labels: tuple[str, ...], fmt: str) -> None:
+def ls(labels: tuple[str, ...], verbose: bool, fmt: str) -> None:
     """List the nodes you can reach, optionally only those with labels k=v."""
     nodes = list_nodes(load_profile(), _labels(labels))
     if fmt == "json":
         print_json(nodes)
+        return
+    if verbose:
+        # The id tells apart nodes that share an address or a hostname: `cgsh ssh ID`.
+        wide = [
+            (
+                n["metadata"]["name"],
+                n["spec"].get("hostname", ""),
+                n["spec"]["addr"],
+                n["metadata"]["labels"],
+            )
+            for n in nodes
+        ]
+        click.echo(table(["Node ID", "Hostname", "Address", "Labels"], wide))
         return
     rows = [(n["metadata"]["name"], n["spec"]["addr"], n["metadata"]["labels"]) for n in nodes]
     click.echo(table(["Node", "Address", "Labels"], rows))
@@ -108,7 +126,7 @@ def _run_on_matching(
         raise click.UsageError("give a command to run on every matching node")
     nodes = [n["metadata"]["name"] for n in list_nodes(profile, labels)]
     if not nodes:
-        raise BadParameter(f"no node you can reach has labels {labels}")
+        raise BadParameter(f"no node you can reach has labels {_shown(labels)}")
     config = write_config(profile, nodes)
     worst = 0
     for name in nodes:
