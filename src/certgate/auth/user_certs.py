@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from certgate.api.bundle import CertBundle
 from certgate.auth.server import AuthServer
-from certgate.errors import AccessDenied, BadParameter
+from certgate.errors import AccessDenied, BadParameter, NotFound
 
 DEFAULT_SIGNED_TTL = timedelta(hours=8)
 MAX_SIGNED_TTL = timedelta(days=366)
@@ -28,7 +28,10 @@ class UserCerts:
         ttl = ttl or DEFAULT_SIGNED_TTL
         if ttl <= timedelta(0) or ttl > MAX_SIGNED_TTL:
             raise BadParameter(f"ttl must be longer than 0s and at most {MAX_SIGNED_TTL.days}d")
-        user, roles = await server.user_with_roles(name, [])
+        try:
+            user, roles = await server.user_with_roles(name, [])
+        except NotFound:
+            raise NotFound(f'user "{name}" not found') from None
         try:
             await server.check_not_locked(user.name, user.spec.roles)
         except AccessDenied as exc:
