@@ -1,0 +1,58 @@
+"""The web UI at /web: server-rendered pages over web sessions held by the proxy.
+
+One module per page group (login_pages, invite_pages, nodes_page); guard.py holds the
+security rules every page follows (cookie, CSRF, origin); sessions.py the session store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from certgate.access.cached_access import CachedAccess
+from certgate.api.lock import lock_message
+from certgate.proxy.webui import guard, login_pages
+from certgate.proxy.webui.invite_pages import InvitePages
+from certgate.proxy.webui.nodes_page import nodes_page
+from certgate.proxy.webui.render import CLUSTER_KEY, redirect
+from certgate.proxy.webui.sessions import WebSession, WebSessions
+from certgate.rpc.auth_client import AsyncAuthClient
+
+
+def register(
+    app: web.Application,
+    auth: AsyncAuthClient,
+    sessions: WebSessions,
+    cluster_name: str,
+    access: Callable[[], CachedAccess | None],
+    *,
+    real_certificate: bool,
+) -> None:
+    app[guard.SESSIONS_KEY] = sessions
+    app[guard.AUTH_KEY] = auth
+    app[CLUSTER_KEY] = cluster_name
+    invites = InvitePages(real_certificate)
+    r = app.router
+    r.add_get("/web", _home)
+    r.add_get("/web/", _home)
+    r.add_get("/web/login", login_pages.login_page)
+    r.add_post("/web/login", login_pages.login_form)
+    r.add_post("/web/logout", login_pages.logout)
+    r.add_get("/web/nodes", nodes_page(access))
+    r.add_get("/web/invite/{token}", invites.show)
+    r.add_post("/web/invite/{token}", invites.submit)
+
+
+async def _home(request: web.Request) -> web.StreamResponse:
+    return redirect(login_pages.HOME)
+
+
+def end_locked(sessions: WebSessions, access: CachedAccess) -> int:
+    """End the web sessions a lock now matches (and their terminals, via on_end)."""
+
+    def reason(session: WebSession) -> str | None:
+        lock = access.lock_for(session.identity)
+        return None if lock is None else lock_message(lock)
+
+    return sessions.end_where(reason)

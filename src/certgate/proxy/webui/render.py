@@ -1,0 +1,45 @@
+"""Server-rendered pages: Jinja2 templates from certgate/web/templates, autoescaped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jinja2
+from aiohttp import web
+
+from certgate.proxy.webui.sessions import WebSession
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("certgate.web", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def page(
+    request: web.Request,
+    template: str,
+    *,
+    session: WebSession | None = None,
+    status: int = 200,
+    **context: Any,
+) -> web.Response:
+    cluster = request.app.get(CLUSTER_KEY, "")
+    text = _ENV.get_template(template).render(
+        cluster=cluster,
+        session=session,
+        user=session.user if session else "",
+        csrf=session.csrf if session else "",
+        **context,
+    )
+    return web.Response(text=text, content_type="text/html", status=status)
+
+
+CLUSTER_KEY = web.AppKey("cluster_name", str)
+
+
+def redirect(location: str) -> web.Response:
+    """303: after a form, the browser GETs the next page (no resubmission on reload)."""
+    return web.Response(status=303, headers={"Location": location})
