@@ -4,8 +4,8 @@
   Path=/ and no Domain, so a sibling host cannot plant or overwrite it. HttpOnly keeps
   it from scripts, SameSite=Strict from every cross-site request.
 - Every state-changing request (POST) carries a CSRF token in its form, compared in
-  constant time with the session's own; and its Origin, when the browser sends one
-  (browsers do on every POST), must be this proxy. Two checks, so a browser bug in one
+  constant time with the session's own; and the browser must say it comes from this
+  proxy (Sec-Fetch-Site, else Origin). Two checks, so a browser bug in one
   (SameSite was one for years) is not enough.
 - Before login there is no session: the login form is tied to a `__Host-` CSRF cookie
   set with the page (double submit), so another site cannot log a victim into its own
@@ -59,7 +59,14 @@ def check_login_csrf(request: web.Request, form_token: str) -> None:
 
 
 def same_origin(request: web.Request) -> bool:
-    """False when the browser says the request comes from another site."""
+    """False when the browser says the request comes from another site.
+
+    Fetch metadata first: our Referrer-Policy (no-referrer, for invite tokens) makes
+    Chromium send `Origin: null` even on our own forms, while `Sec-Fetch-Site` is always
+    exact. Browsers without it fall back to Origin; a null origin is never ours."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in ("same-origin", "none")
     origin = request.headers.get("Origin")
     if origin is None:
         return True  # not a browser form (curl, tests of the API); tokens still apply

@@ -47,6 +47,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
+    guard.check_origin(request)  # even without a session: no cross-site cookie clearing
     session = guard.current(request)
     form = await read_form(request)
     if session is not None:
