@@ -5,59 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser
 
 from tests.support.cluster import PASSWORD, Cluster
-from tests.support.otp import OtpDevice
 from tests.support.wait import eventually
-
-
-def _shot(page: Page, tmp_path: Path, name: str) -> None:
-    page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
-
-
-def _sign_up(cluster: Cluster, browser: Browser, tmp_path: Path, name: str) -> OtpDevice:
-    out = cluster.cgctl("users", "add", name, "--roles=access", f"--logins={name}").stdout
-    url = next(word for word in out.split() if "/web/invite/" in word)
-    context = browser.new_context(ignore_https_errors=True)
-    page = context.new_page()
-    page.goto(url)
-    secret = page.locator("#totp-secret").inner_text()
-    _shot(page, tmp_path, "invite")
-    otp = OtpDevice(secret)
-    page.fill("#password", PASSWORD)
-    page.fill("#password_confirm", PASSWORD)
-    page.fill("#otp", otp.next_code())
-    page.click("button[type=submit]")
-    assert "your account is ready" in page.content(), page.content()
-    _shot(page, tmp_path, "invite-done")
-    context.close()
-    return otp
-
-
-def _log_in(browser: Browser, cluster: Cluster, name: str, otp: OtpDevice) -> Page:
-    context = browser.new_context(ignore_https_errors=True)
-    page = context.new_page()
-    page.goto(f"https://{cluster.proxy_addr}/web")
-    assert page.url.endswith("/web/login")
-    page.fill("#user", name)
-    page.fill("#password", PASSWORD)
-    page.fill("#otp", otp.next_code())
-    page.click("button[type=submit]")
-    return page
+from tests.web.helpers import log_in, shot, sign_up
 
 
 def test_sign_up_log_in_see_nodes_log_out(
     cluster: Cluster, browser: Browser, tmp_path: Path
 ) -> None:
-    otp = _sign_up(cluster, browser, tmp_path, "alice")
-    page = _log_in(browser, cluster, "alice", otp)
+    otp = sign_up(cluster, browser, tmp_path, "alice")
+    page = log_in(browser, cluster, "alice", otp)
     assert page.url.endswith("/web/nodes"), page.content()
     assert page.locator("tr[data-node]").count() == 1
     assert "env=dev" in page.locator("#nodes").inner_text()
     page.click("details.connect summary")
     assert page.locator("details.connect a").all_inner_texts() == ["alice"]
-    _shot(page, tmp_path, "nodes")
+    shot(page, tmp_path, "nodes")
     # Search that matches nothing, then the label filter that matches the node.
     page.fill("#q", "no-such-node")
     page.click(".filters button")
@@ -86,7 +51,7 @@ def test_sign_up_log_in_see_nodes_log_out(
 def test_wrong_code_is_refused_with_a_reason(
     cluster: Cluster, browser: Browser, tmp_path: Path
 ) -> None:
-    otp = _sign_up(cluster, browser, tmp_path, "bob")
+    otp = sign_up(cluster, browser, tmp_path, "bob")
     context = browser.new_context(ignore_https_errors=True)
     page = context.new_page()
     page.goto(f"https://{cluster.proxy_addr}/web/login")
@@ -96,13 +61,13 @@ def test_wrong_code_is_refused_with_a_reason(
     page.click("button[type=submit]")
     assert page.url.endswith("/web/login")
     assert page.locator("p.error").inner_text().startswith("access denied")
-    _shot(page, tmp_path, "login-refused")
+    shot(page, tmp_path, "login-refused")
     context.close()
 
 
 def test_a_lock_ends_the_web_session(cluster: Cluster, browser: Browser, tmp_path: Path) -> None:
-    otp = _sign_up(cluster, browser, tmp_path, "carol")
-    page = _log_in(browser, cluster, "carol", otp)
+    otp = sign_up(cluster, browser, tmp_path, "carol")
+    page = log_in(browser, cluster, "carol", otp)
     assert page.url.endswith("/web/nodes")
     page.reload()
     assert page.url.endswith("/web/nodes")  # would have stayed logged in
@@ -119,8 +84,8 @@ def test_a_lock_ends_the_web_session(cluster: Cluster, browser: Browser, tmp_pat
 def test_forged_cross_site_post_is_refused(
     cluster: Cluster, browser: Browser, tmp_path: Path
 ) -> None:
-    otp = _sign_up(cluster, browser, tmp_path, "dave")
-    page = _log_in(browser, cluster, "dave", otp)
+    otp = sign_up(cluster, browser, tmp_path, "dave")
+    page = log_in(browser, cluster, "dave", otp)
     assert page.url.endswith("/web/nodes")
     proxy = f"https://{cluster.proxy_addr}"
     # The same form as our logout button, from a page of another origin. Playwright

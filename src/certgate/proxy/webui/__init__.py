@@ -17,6 +17,8 @@ from certgate.proxy.webui.invite_pages import InvitePages
 from certgate.proxy.webui.nodes_page import nodes_page
 from certgate.proxy.webui.render import CLUSTER_KEY, redirect
 from certgate.proxy.webui.sessions import WebSession, WebSessions
+from certgate.proxy.webui.terminal import terminal_page, terminal_socket
+from certgate.proxy.webui.vendor import vendor_file
 from certgate.rpc.auth_client import AsyncAuthClient
 
 
@@ -40,6 +42,9 @@ def register(
     r.add_post("/web/login", login_pages.login_form)
     r.add_post("/web/logout", login_pages.logout)
     r.add_get("/web/nodes", nodes_page(access))
+    r.add_get("/web/terminal", terminal_page)
+    r.add_get("/web/terminal/ws", terminal_socket(access))
+    r.add_get("/web/static/vendor/{name}", vendor_file)
     r.add_get("/web/invite/{token}", invites.show)
     r.add_post("/web/invite/{token}", invites.submit)
 
