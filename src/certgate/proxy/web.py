@@ -78,6 +78,8 @@ class ProxyWeb:
         r.add_get("/v1/ssh/check", self.ssh_check)
         r.add_get("/web/static/{name}", static_file)
         r.add_get("/", self.index)
+        install_security_headers(app, hsts=self.real_certificate)
+        # After the headers: the player page adds one thing to the CSP (webui/csp.py).
         webui.register(
             app,
             self._auth,
@@ -86,7 +88,6 @@ class ProxyWeb:
             lambda: self.access,
             real_certificate=self.real_certificate,
         )
-        install_security_headers(app, hsts=self.real_certificate)
         return app
 
     async def ping(self, request: web.Request) -> web.Response:

@@ -12,7 +12,8 @@ from aiohttp import web
 
 from certgate.access.cached_access import CachedAccess
 from certgate.api.lock import lock_message
-from certgate.proxy.webui import guard, login_pages
+from certgate.proxy.webui import guard, login_pages, recordings_pages
+from certgate.proxy.webui.csp import install_player_policy
 from certgate.proxy.webui.invite_pages import InvitePages
 from certgate.proxy.webui.nodes_page import nodes_page
 from certgate.proxy.webui.render import CLUSTER_KEY, redirect
@@ -34,6 +35,7 @@ def register(
     app[guard.SESSIONS_KEY] = sessions
     app[guard.AUTH_KEY] = auth
     app[CLUSTER_KEY] = cluster_name
+    install_player_policy(app)
     invites = InvitePages(real_certificate)
     r = app.router
     r.add_get("/web", _home)
@@ -44,6 +46,9 @@ def register(
     r.add_get("/web/nodes", nodes_page(access))
     r.add_get("/web/terminal", terminal_page)
     r.add_get("/web/terminal/ws", terminal_socket(access))
+    r.add_get("/web/recordings", recordings_pages.list_page)
+    r.add_get("/web/recordings/{id}", recordings_pages.player_page)
+    r.add_get("/web/recordings/{id}/cast", recordings_pages.cast_file)
     r.add_get("/web/static/vendor/{name}", vendor_file)
     r.add_get("/web/invite/{token}", invites.show)
     r.add_post("/web/invite/{token}", invites.submit)

@@ -87,3 +87,11 @@ def check_csrf(request: web.Request, session: WebSession, form_token: str) -> No
     check_origin(request)
     if not session.csrf_ok(form_token):
         raise AccessDenied("access denied: the form is stale or from another site; reload it")
+
+
+async def signed_in(request: web.Request) -> WebSession | None:
+    """The live session of this request with certificates fresh enough to use, or None."""
+    session = current(request)
+    if session is None:
+        return None
+    return await request.app[SESSIONS_KEY].fresh(session)
