@@ -13,10 +13,11 @@ from aiohttp import web
 from certgate.access.cached_access import CachedAccess
 from certgate.api.lock import lock_message
 from certgate.proxy.webui import guard, login_pages, recordings_pages
+from certgate.proxy.webui.audit_page import audit_page
 from certgate.proxy.webui.csp import install_player_policy
 from certgate.proxy.webui.invite_pages import InvitePages
 from certgate.proxy.webui.nodes_page import nodes_page
-from certgate.proxy.webui.render import CLUSTER_KEY, redirect
+from certgate.proxy.webui.render import ACCESS_KEY, CLUSTER_KEY, redirect
 from certgate.proxy.webui.sessions import WebSession, WebSessions
 from certgate.proxy.webui.terminal import terminal_page, terminal_socket
 from certgate.proxy.webui.vendor import vendor_file
@@ -35,6 +36,7 @@ def register(
     app[guard.SESSIONS_KEY] = sessions
     app[guard.AUTH_KEY] = auth
     app[CLUSTER_KEY] = cluster_name
+    app[ACCESS_KEY] = access
     install_player_policy(app)
     invites = InvitePages(real_certificate)
     r = app.router
@@ -49,6 +51,7 @@ def register(
     r.add_get("/web/recordings", recordings_pages.list_page)
     r.add_get("/web/recordings/{id}", recordings_pages.player_page)
     r.add_get("/web/recordings/{id}/cast", recordings_pages.cast_file)
+    r.add_get("/web/audit", audit_page)
     r.add_get("/web/static/vendor/{name}", vendor_file)
     r.add_get("/web/invite/{token}", invites.show)
     r.add_post("/web/invite/{token}", invites.submit)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jinja2
 from aiohttp import web
 
+from certgate.access.cached_access import CachedAccess
+from certgate.errors import AccessDenied
 from certgate.proxy.webui.sessions import WebSession
 
 _ENV = jinja2.Environment(
@@ -30,6 +33,7 @@ def page(
     text = _ENV.get_template(template).render(
         cluster=cluster,
         session=session,
+        can=_permissions(request, session),
         user=session.user if session else "",
         csrf=session.csrf if session else "",
         **context,
@@ -38,6 +42,24 @@ def page(
 
 
 CLUSTER_KEY = web.AppKey("cluster_name", str)
+AccessGetter = Callable[[], CachedAccess | None]
+ACCESS_KEY: web.AppKey[AccessGetter] = web.AppKey("web_access")
+
+
+def _permissions(request: web.Request, session: WebSession | None) -> Callable[[str, str], bool]:
+    """`can(resource, verb)` for templates: which admin pages to show. Only what the
+    menu shows; every page and auth check again on their own."""
+    checker = request.app[ACCESS_KEY]() if ACCESS_KEY in request.app else None
+
+    def can(resource: str, verb: str) -> bool:
+        if session is None or checker is None:
+            return False
+        try:
+            return bool(checker.role_set(session.identity).allows_rule(resource, verb))
+        except AccessDenied:
+            return False
+
+    return can
 
 
 def redirect(location: str) -> web.Response:
