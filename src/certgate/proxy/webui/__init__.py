@@ -12,7 +12,7 @@ from aiohttp import web
 
 from certgate.access.cached_access import CachedAccess
 from certgate.api.lock import lock_message
-from certgate.proxy.webui import guard, login_pages, recordings_pages
+from certgate.proxy.webui import guard, login_pages, recordings_pages, requests_pages
 from certgate.proxy.webui.audit_page import audit_page
 from certgate.proxy.webui.csp import install_player_policy
 from certgate.proxy.webui.invite_pages import InvitePages
@@ -52,6 +52,10 @@ def register(
     r.add_get("/web/recordings/{id}", recordings_pages.player_page)
     r.add_get("/web/recordings/{id}/cast", recordings_pages.cast_file)
     r.add_get("/web/audit", audit_page)
+    r.add_get("/web/requests", requests_pages.list_page)
+    r.add_post("/web/requests", requests_pages.create)
+    r.add_get("/web/requests/{id}", requests_pages.review_page)
+    r.add_post("/web/requests/{id}/review", requests_pages.review)
     r.add_get("/web/static/vendor/{name}", vendor_file)
     r.add_get("/web/invite/{token}", invites.show)
     r.add_post("/web/invite/{token}", invites.submit)
