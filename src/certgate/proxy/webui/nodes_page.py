@@ -28,17 +28,21 @@ def nodes_page(access: Callable[[], CachedAccess | None]) -> Any:
         answer = await request.app[guard.AUTH_KEY].call(
             "GET", "/v1/my/nodes", headers=session.forwarded_headers()
         )
-        nodes = [Node.model_validate(item) for item in answer]
+        # Filtered and sorted as plain dicts; only the page shown becomes models
+        # (validating all of 1,000 nodes was most of this page's time).
+        nodes: list[dict[str, Any]] = answer
         query = request.query.get("q", "").strip()
         label = request.query.get("label", "").strip()
         shown = [n for n in nodes if _matches(n, query, label)]
-        shown.sort(key=lambda n: (n.spec.hostname or n.name, n.name))
+        shown.sort(key=lambda n: (n["spec"].get("hostname") or _name(n), _name(n)))
         pages = max(1, -(-len(shown) // PAGE_SIZE))
         try:
             number = min(max(1, int(request.query.get("page", "1"))), pages)
         except ValueError:
             number = 1
-        visible = shown[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]
+        visible = [
+            Node.model_validate(n) for n in shown[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]
+        ]
         checker = access()
         rows = [
             {
@@ -50,7 +54,7 @@ def nodes_page(access: Callable[[], CachedAccess | None]) -> Any:
             }
             for n in visible
         ]
-        all_labels = sorted({f"{k}={v}" for n in nodes for k, v in n.metadata.labels.items()})
+        all_labels = sorted({f"{k}={v}" for n in nodes for k, v in _labels(n).items()})
         return page(
             request,
             "nodes.html",
@@ -67,15 +71,26 @@ def nodes_page(access: Callable[[], CachedAccess | None]) -> Any:
     return handler
 
 
-def _matches(node: Node, query: str, label: str) -> bool:
+def _name(node: dict[str, Any]) -> str:
+    return str(node["metadata"]["name"])
+
+
+def _labels(node: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = node["metadata"].get("labels") or {}
+    return labels
+
+
+def _matches(node: dict[str, Any], query: str, label: str) -> bool:
+    labels = _labels(node)
     if label:
         key, _, value = label.partition("=")
-        if node.metadata.labels.get(key) != value:
+        if labels.get(key) != value:
             return False
     if not query:
         return True
-    words = [node.name, node.spec.hostname, node.spec.addr]
-    words += [f"{k}={v}" for k, v in node.metadata.labels.items()]
+    spec = node["spec"]
+    words = [_name(node), str(spec.get("hostname", "")), str(spec.get("addr", ""))]
+    words += [f"{k}={v}" for k, v in labels.items()]
     needle = query.lower()
     return any(needle in word.lower() for word in words)
 
