@@ -37,11 +37,14 @@ def sign_up(
     return otp
 
 
-def log_in(browser: Browser, cluster: Cluster, name: str, otp: OtpDevice) -> Page:
+def log_in(
+    browser: Browser, cluster: Cluster, name: str, otp: OtpDevice, start: str = "/web"
+) -> Page:
+    """A new browser context, logged in from `start` (which sends it to the login page)."""
     context = browser.new_context(ignore_https_errors=True)
     page = context.new_page()
-    page.goto(f"https://{cluster.proxy_addr}/web")
-    assert page.url.endswith("/web/login")
+    page.goto(f"https://{cluster.proxy_addr}{start}")
+    assert "/web/login" in page.url
     page.fill("#user", name)
     page.fill("#password", PASSWORD)
     page.fill("#otp", otp.next_code())

@@ -43,7 +43,7 @@ def test_sign_up_log_in_see_nodes_log_out(
     other.add_cookies([session])  # type: ignore[list-item]
     stale = other.new_page()
     stale.goto(f"https://{cluster.proxy_addr}/web/nodes")
-    assert stale.url.endswith("/web/login")
+    assert "/web/login" in stale.url
     other.close()
     page.context.close()
 
@@ -59,7 +59,7 @@ def test_wrong_code_is_refused_with_a_reason(
     page.fill("#password", PASSWORD)
     page.fill("#otp", "000000" if otp.next_code() != "000000" else "111111")
     page.click("button[type=submit]")
-    assert page.url.endswith("/web/login")
+    assert "/web/login" in page.url
     assert page.locator("p.error").inner_text().startswith("access denied")
     shot(page, tmp_path, "login-refused")
     context.close()
@@ -75,7 +75,7 @@ def test_a_lock_ends_the_web_session(cluster: Cluster, browser: Browser, tmp_pat
 
     def logged_out() -> bool:
         page.goto(f"https://{cluster.proxy_addr}/web/nodes")
-        return page.url.endswith("/web/login")
+        return "/web/login" in page.url
 
     eventually(logged_out, timeout=10)
     page.context.close()

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from certgate.errors import CertgateError
 from certgate.proxy.webui import guard
-from certgate.proxy.webui.render import page, redirect
+from certgate.proxy.webui.render import page, to_login
 
 PAGE_SIZE = 50
 _SINCE = {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7), "": None}
@@ -22,7 +22,7 @@ _COMMON = {"event", "code", "time", "user", "uid", "id"}
 async def audit_page(request: web.Request) -> web.StreamResponse:
     session = await guard.signed_in(request)
     if session is None:
-        return redirect("/web/login")
+        return to_login(request)
     q = request.query
     filters = {k: q.get(k, "").strip() for k in ("event", "user", "node")}
     since = q.get("since", "24h")

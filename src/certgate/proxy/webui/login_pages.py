@@ -7,17 +7,23 @@ from aiohttp import web
 from certgate.errors import CertgateError
 from certgate.proxy.webui import guard
 from certgate.proxy.webui.forms import read_form
-from certgate.proxy.webui.render import page, redirect
+from certgate.proxy.webui.render import page, redirect, safe_next
 
 HOME = "/web/nodes"
 
 
 def _login_page(
-    request: web.Request, error: str = "", user: str = "", status: int = 200
+    request: web.Request, error: str = "", user: str = "", status: int = 200, after: str = ""
 ) -> web.Response:
     token = guard.login_token(request)
     response = page(
-        request, "login.html", form_csrf=token, error=error, username=user, status=status
+        request,
+        "login.html",
+        form_csrf=token,
+        error=error,
+        username=user,
+        next=safe_next(after or request.query.get("next", "")),
+        status=status,
     )
     guard.set_login_cookie(response, token)
     return response
@@ -25,7 +31,7 @@ def _login_page(
 
 async def login_page(request: web.Request) -> web.StreamResponse:
     if guard.current(request) is not None:
-        return redirect(HOME)
+        return redirect(safe_next(request.query.get("next", "")))
     return _login_page(request)
 
 
@@ -39,8 +45,8 @@ async def login_form(request: web.Request) -> web.StreamResponse:
             user, form.get("password", ""), form.get("otp", ""), request.remote or ""
         )
     except CertgateError as exc:
-        return _login_page(request, exc.message, user, exc.http_status)
-    response = redirect(HOME)
+        return _login_page(request, exc.message, user, exc.http_status, form.get("next", ""))
+    response = redirect(safe_next(form.get("next", "")))
     guard.set_session_cookie(response, cookie)
     response.del_cookie(guard.LOGIN_CSRF_COOKIE, path="/", secure=True, httponly=True)
     return response

@@ -12,7 +12,7 @@ from certgate.access.cached_access import CachedAccess
 from certgate.api.node import Node
 from certgate.errors import AccessDenied
 from certgate.proxy.webui import guard
-from certgate.proxy.webui.render import page, redirect
+from certgate.proxy.webui.render import page, to_login
 
 PAGE_SIZE = 50
 
@@ -21,7 +21,7 @@ def nodes_page(access: Callable[[], CachedAccess | None]) -> Any:
     async def handler(request: web.Request) -> web.StreamResponse:
         session = guard.current(request)
         if session is None:
-            return redirect("/web/login")
+            return to_login(request)
         sessions = request.app[guard.SESSIONS_KEY]
         session = await sessions.fresh(session)
         # Auth decides what the user sees (the same answer as `cgsh ls`).

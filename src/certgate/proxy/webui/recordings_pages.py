@@ -17,7 +17,7 @@ from aiohttp import web
 
 from certgate.errors import CertgateError
 from certgate.proxy.webui import guard
-from certgate.proxy.webui.render import page, redirect
+from certgate.proxy.webui.render import page, to_login
 
 PAGE_LIMIT = 200
 WRITE_TIMEOUT = 30.0
@@ -28,7 +28,7 @@ _ID = re.compile(r"[0-9a-f-]{36}")
 async def list_page(request: web.Request) -> web.StreamResponse:
     session = await guard.signed_in(request)
     if session is None:
-        return redirect("/web/login")
+        return to_login(request)
     user = request.query.get("user", "").strip()
     node = request.query.get("node", "").strip()
     since = request.query.get("since", "24h")
@@ -66,7 +66,7 @@ async def list_page(request: web.Request) -> web.StreamResponse:
 async def player_page(request: web.Request) -> web.StreamResponse:
     session = await guard.signed_in(request)
     if session is None:
-        return redirect("/web/login")
+        return to_login(request)
     recording_id = _checked(request)
     info = await request.app[guard.AUTH_KEY].call(
         "GET", f"/v1/recordings/{recording_id}", headers=session.forwarded_headers()

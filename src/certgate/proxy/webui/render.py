@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import jinja2
 from aiohttp import web
@@ -65,3 +66,17 @@ def _permissions(request: web.Request, session: WebSession | None) -> Callable[[
 def redirect(location: str) -> web.Response:
     """303: after a form, the browser GETs the next page (no resubmission on reload)."""
     return web.Response(status=303, headers={"Location": location})
+
+
+def to_login(request: web.Request) -> web.Response:
+    """To the login page, coming back here after it (the review link in a chat message)."""
+    if request.method != "GET":
+        return redirect("/web/login")  # a form's target is no page to come back to
+    return redirect(f"/web/login?{urlencode({'next': request.path_qs})}")
+
+
+def safe_next(value: str) -> str:
+    """Only our own pages: never another host (`//evil`, `/\\evil`) or a scheme."""
+    if value.startswith("/web/") and not value.startswith("/web//") and "\\" not in value:
+        return value
+    return "/web/nodes"

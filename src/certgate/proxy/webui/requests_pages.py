@@ -17,14 +17,14 @@ from aiohttp import web
 from certgate.errors import CertgateError
 from certgate.proxy.webui import guard
 from certgate.proxy.webui.forms import read_form
-from certgate.proxy.webui.render import page, redirect
+from certgate.proxy.webui.render import page, redirect, to_login
 from certgate.rpc.identity_files import new_key
 
 
 async def list_page(request: web.Request) -> web.StreamResponse:
     session = await guard.signed_in(request)
     if session is None:
-        return redirect("/web/login")
+        return to_login(request)
     return await _list(request, session, "", 200)
 
 
@@ -48,7 +48,7 @@ async def _list(request: web.Request, session: Any, error: str, status: int) -> 
 async def create(request: web.Request) -> web.StreamResponse:
     session = await guard.signed_in(request)
     if session is None:
-        return redirect("/web/login")
+        return to_login(request)
     form = await read_form(request)
     guard.check_csrf(request, session, form.get("csrf", ""))
     roles = [r.strip() for r in form.get("roles", "").split(",") if r.strip()]
@@ -67,7 +67,7 @@ async def create(request: web.Request) -> web.StreamResponse:
 async def review_page(request: web.Request) -> web.StreamResponse:
     session = await guard.signed_in(request)
     if session is None:
-        return redirect("/web/login")
+        return to_login(request)
     return await _review_page(request, session, "", "", 200)
 
 
@@ -93,7 +93,7 @@ async def _review_page(
 async def review(request: web.Request) -> web.StreamResponse:
     session = await guard.signed_in(request)
     if session is None:
-        return redirect("/web/login")
+        return to_login(request)
     form = await read_form(request)
     guard.check_csrf(request, session, form.get("csrf", ""))
     verdict = form.get("verdict", "")

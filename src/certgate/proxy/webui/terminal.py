@@ -20,7 +20,7 @@ from aiohttp import WSMsgType, web
 from certgate.access.cached_access import CachedAccess
 from certgate.errors import AccessDenied, CertgateError
 from certgate.proxy.webui import guard
-from certgate.proxy.webui.render import page, redirect
+from certgate.proxy.webui.render import page, to_login
 from certgate.proxy.webui.ssh_bridge import NodeShell
 
 # A browser that stays silent this long (it pings every 20 s) is gone.
@@ -31,7 +31,7 @@ MAX_MESSAGE = 64 * 1024
 async def terminal_page(request: web.Request) -> web.StreamResponse:
     session = guard.current(request)
     if session is None:
-        return redirect("/web/login")
+        return to_login(request)
     node = request.query.get("node", "")
     login = request.query.get("login", "")
     return page(request, "terminal.html", session=session, node=node, login=login)
