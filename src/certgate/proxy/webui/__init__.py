@@ -12,7 +12,13 @@ from aiohttp import web
 
 from certgate.access.cached_access import CachedAccess
 from certgate.api.lock import lock_message
-from certgate.proxy.webui import guard, login_pages, recordings_pages, requests_pages
+from certgate.proxy.webui import (
+    guard,
+    locks_page,
+    login_pages,
+    recordings_pages,
+    requests_pages,
+)
 from certgate.proxy.webui.audit_page import audit_page
 from certgate.proxy.webui.csp import install_player_policy
 from certgate.proxy.webui.invite_pages import InvitePages
@@ -52,6 +58,9 @@ def register(
     r.add_get("/web/recordings/{id}", recordings_pages.player_page)
     r.add_get("/web/recordings/{id}/cast", recordings_pages.cast_file)
     r.add_get("/web/audit", audit_page)
+    r.add_get("/web/locks", locks_page.locks_page)
+    r.add_post("/web/locks", locks_page.create)
+    r.add_post("/web/locks/{name}/remove", locks_page.remove)
     r.add_get("/web/requests", requests_pages.list_page)
     r.add_post("/web/requests", requests_pages.create)
     r.add_get("/web/requests/{id}", requests_pages.review_page)

@@ -118,6 +118,9 @@ class WebSessions:
             },
             headers={FORWARDED_ADDR: client_addr},
         )
+        # Idle sessions end when next looked up; those never looked up again go here,
+        # so the store holds no more than the sessions in use (no timer needed).
+        self.sweep()
         cookie = secrets.token_urlsafe(32)
         session = WebSession(
             id=session_id(cookie),
