@@ -18,6 +18,7 @@ from certgate.proxy.webui import (
     login_pages,
     recordings_pages,
     requests_pages,
+    users_page,
 )
 from certgate.proxy.webui.audit_page import audit_page
 from certgate.proxy.webui.csp import install_player_policy
@@ -58,6 +59,10 @@ def register(
     r.add_get("/web/recordings/{id}", recordings_pages.player_page)
     r.add_get("/web/recordings/{id}/cast", recordings_pages.cast_file)
     r.add_get("/web/audit", audit_page)
+    r.add_get("/web/users", users_page.users_page)
+    r.add_post("/web/users", users_page.invite)
+    r.add_post("/web/users/{name}/reset", users_page.reset)
+    r.add_post("/web/users/{name}/remove", users_page.remove)
     r.add_get("/web/locks", locks_page.locks_page)
     r.add_post("/web/locks", locks_page.create)
     r.add_post("/web/locks/{name}/remove", locks_page.remove)
