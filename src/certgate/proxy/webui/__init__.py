@@ -18,6 +18,7 @@ from certgate.proxy.webui import (
     login_pages,
     recordings_pages,
     requests_pages,
+    roles_page,
     users_page,
 )
 from certgate.proxy.webui.audit_page import audit_page
@@ -63,6 +64,9 @@ def register(
     r.add_post("/web/users", users_page.invite)
     r.add_post("/web/users/{name}/reset", users_page.reset)
     r.add_post("/web/users/{name}/remove", users_page.remove)
+    r.add_get("/web/roles", roles_page.roles_page)
+    r.add_get("/web/roles/{name}", roles_page.role_page)
+    r.add_post("/web/roles/{name}", roles_page.save_role)
     r.add_get("/web/locks", locks_page.locks_page)
     r.add_post("/web/locks", locks_page.create)
     r.add_post("/web/locks/{name}/remove", locks_page.remove)
