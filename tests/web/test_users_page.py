@@ -1,4 +1,5 @@
-"""An admin invites a user from the users page (the link works), resets and removes one."""
+"""An admin invites a user from the users page (the link works), resets and removes one;
+removing a user ends their web session at once."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 from playwright.sync_api import Browser
 
 from tests.support.cluster import Cluster
+from tests.support.wait import eventually
 from tests.web.helpers import log_in, shot, sign_up
 
 
@@ -36,4 +38,21 @@ def test_admin_invites_resets_and_removes_a_user(
     page.locator("tr[data-user='newbie'] button.remove").click()
     assert page.locator("tr[data-user='newbie']").count() == 0
     assert "newbie" not in cluster.cgctl("users", "ls").stdout
+    page.context.close()
+
+
+def test_removing_a_user_ends_their_web_session(
+    cluster: Cluster, browser: Browser, tmp_path: Path
+) -> None:
+    otp = sign_up(cluster, browser, tmp_path, "leaver")
+    page = log_in(browser, cluster, "leaver", otp)
+    page.reload()
+    assert page.url.endswith("/web/nodes")  # logged in, and stays so on reload
+    cluster.cgctl("users", "rm", "leaver")
+
+    def logged_out() -> bool:
+        page.goto(f"https://{cluster.proxy_addr}/web/nodes")
+        return "/web/login" in page.url
+
+    eventually(logged_out, timeout=10)
     page.context.close()
