@@ -3,15 +3,29 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+WEB := src/certgate/web
+VENDOR := $(WEB)/static/vendor
 
-.PHONY: install run test lint bench clean
+.PHONY: install web-assets run test lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(WEB)/package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(MAKE) web-assets
 	@touch $(STAMP)
+
+# The web UI's JavaScript libraries, from the npm registry at the versions the lock file
+# pins, copied into the static dir the proxy serves (node_modules is not committed).
+web-assets:
+	cd $(WEB) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	mkdir -p $(VENDOR)
+	cp $(WEB)/node_modules/@xterm/xterm/lib/xterm.js $(VENDOR)/xterm.js
+	cp $(WEB)/node_modules/@xterm/xterm/css/xterm.css $(VENDOR)/xterm.css
+	cp $(WEB)/node_modules/@xterm/addon-fit/lib/addon-fit.js $(VENDOR)/addon-fit.js
+	cp $(WEB)/node_modules/asciinema-player/dist/bundle/asciinema-player.min.js $(VENDOR)/asciinema-player.js
+	cp $(WEB)/node_modules/asciinema-player/dist/bundle/asciinema-player.css $(VENDOR)/asciinema-player.css
 
 # Starts auth, proxy and node on localhost with SQLite under ./data and prints the
 # first admin's invite link. Ctrl-C stops it. `make run CONFIG=certgate.yaml` starts
@@ -35,4 +49,4 @@ bench: install
 	$(BIN)/python bench/cert_issuance.py
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(WEB)/node_modules $(VENDOR) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests drive for real (OpenSSH client and server,
-# PostgreSQL), only when they are missing. Runs as root on CI and developer machines.
+# PostgreSQL, Chromium), only when they are missing. Runs as root on CI and developer machines.
 # The tests start their own throwaway PostgreSQL cluster (tests/support/postgres.py, as
 # the unprivileged user certgate-test) and moto's S3 server (a pip dev dependency).
 set -euo pipefail
@@ -13,6 +13,8 @@ command -v rsync >/dev/null 2>&1 || need+=(rsync)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+# The web UI's tests drive Debian's Chromium through Playwright (never `playwright install`).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -49,7 +49,7 @@ def test_every_kind_of_answer_carries_the_headers(cluster: Cluster) -> None:
         _get(f"{base}/v1/api/users"),  # the forwarded API, without a certificate
         _get(f"{base}/"),
         _get(f"{base}/no/such/page"),  # aiohttp's own 404
-        _get(f"{base}/web/static/invite.css"),
+        _get(f"{base}/web/static/app.css"),
     ]
     statuses = [status for status, _, _ in answers]
     assert statuses[0] == 200 and statuses[1] == 200 and statuses[5] == 404, statuses
@@ -67,7 +67,7 @@ def test_the_invite_page_needs_no_inline_script_or_style(cluster: Cluster) -> No
     # What the policy would block: inline <script>, <style>, style= or on*= attributes.
     assert not re.search(r"<script(?![^>]*\bsrc=)|<style|\sstyle=|\son[a-z]+=", page)
     stylesheets = re.findall(r'<link rel="stylesheet" href="([^"]+)">', page)
-    assert stylesheets == ["/web/static/invite.css"]
+    assert stylesheets == ["/web/static/app.css"]
     status, headers, css = _get(base + stylesheets[0])
     assert status == 200 and headers["Content-Type"].startswith("text/css")
     assert ".qr svg" in css

@@ -51,6 +51,7 @@ from certgate.proxy.agentless_certs import AuthAgentlessCerts
 from certgate.proxy.kube_listener import KubeListener
 from certgate.proxy.sshd import ProxySSH
 from certgate.proxy.web import ProxyWeb
+from certgate.proxy.webui import end_locked
 from certgate.recording.node_recordings import NodeRecordings
 from certgate.recording.uploader import auth_sender
 from certgate.rpc.audit import SpoolSink, post_events
@@ -291,6 +292,8 @@ class Daemon:
                 await monitor.on_change(kind, name, resource)
             if agentless is not None:  # node edits renew its fronts
                 await agentless.on_change(kind, name, resource)
+            if kind == "lock" and resource is not None and web_proxy.access is not None:
+                end_locked(web_proxy.web_sessions, web_proxy.access)  # and their terminals
 
         view = ResourceView(
             auth, ["role", "lock", "node", "cert_authority", "kube_cluster"], proxy_view_changed

@@ -1,7 +1,7 @@
 """The proxy's HTTPS listener (port 3080): login, invites, and the auth API for users.
 
     cgsh login  --POST /v1/login-->            proxy --(proxy identity)-->  auth /v1/login
-    browser     --/web/invite/<token>-->        proxy --------------------> auth /v1/invites
+    browser     --/web/...  (webui/: pages over web sessions held here)--> auth, as the user
     remote cgctl/cgsh --/v1/api/<path>-->       proxy --(proxy identity + the user's own
                         (user's client cert)           certificate, forwarded)--> auth /v1/<path>
 
@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import html
 import logging
 import re
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl
 
-import qrcode
-import qrcode.image.svg
 from aiohttp import web
 from cryptography import x509
 
@@ -32,7 +28,9 @@ from certgate.api.codec import to_dict
 from certgate.api.identity import Identity
 from certgate.api.json_input import BODY_TIMEOUT, MAX_BODY_BYTES, parse_json
 from certgate.errors import AccessDenied, BadParameter, CertgateError, ConnectionProblem, to_json
+from certgate.proxy import webui
 from certgate.proxy.web_headers import install_security_headers
+from certgate.proxy.webui.sessions import WebSessions
 from certgate.rpc.audit import AuditSink
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.srv.authorize import access_authorizer
@@ -46,8 +44,6 @@ _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
 _IDENTITY_HEADERS = {FORWARDED_CERT.lower(), FORWARDED_ADDR.lower()}
 # A user who takes longer than this to take one chunk of an answer is gone.
 WRITE_TIMEOUT = 30.0
-# The invite form has three short fields; anything bigger is not from our page.
-MAX_FORM_BYTES = 16 * 1024
 # A forwarded path is printable ASCII: control characters (a decoded %0a) could split
 # the request line or a log line on the way to auth.
 _PRINTABLE_PATH = re.compile(r"[\x21-\x7e]*")
@@ -73,6 +69,8 @@ class ProxyWeb:
         self.access: CachedAccess | None = None
         # The proxy's audit spool, set once it is open: refusals decided here are events.
         self.audit: AuditSink | None = None
+        # Browser logins (/web): held here, the browser has only a cookie.
+        self.web_sessions = WebSessions(auth)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
@@ -81,13 +79,20 @@ class ProxyWeb:
         r.add_post("/v1/login", self.login)
         r.add_get("/v1/invites/{token}", self.get_invite)
         r.add_post("/v1/invites/{token}", self.complete_invite)
-        r.add_get("/web/invite/{token}", self.invite_page)
-        r.add_post("/web/invite/{token}", self.invite_form)
         r.add_route("*", "/v1/api/{path:.*}", self.forward)
         r.add_get("/v1/ssh/check", self.ssh_check)
         r.add_get("/web/static/{name}", static_file)
         r.add_get("/", self.index)
         install_security_headers(app, hsts=self.real_certificate)
+        # After the headers: the player page adds one thing to the CSP (webui/csp.py).
+        webui.register(
+            app,
+            self._auth,
+            self.web_sessions,
+            self.cluster_name,
+            lambda: self.access,
+            real_certificate=self.real_certificate,
+        )
         return app
 
     async def ping(self, request: web.Request) -> web.Response:
@@ -136,44 +141,6 @@ class ProxyWeb:
             "POST", f"/v1/invites/{_safe(token)}", json=body, headers=self._user_headers(request)
         )
         return web.Response(status=204)
-
-    async def invite_page(self, request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        try:
-            invite = await self._auth.call("GET", f"/v1/invites/{_safe(token)}")
-        except CertgateError as exc:
-            return _page("", self.cluster_name, _message(exc.message, "error"), "", 404)
-        return _page(invite["user"], self.cluster_name, "", _invite_form(invite), 200)
-
-    async def invite_form(self, request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        form = await _form(request)
-        password = form.get("password", "")
-        otp = form.get("otp", "")
-        try:
-            invite = await self._auth.call("GET", f"/v1/invites/{_safe(token)}")
-        except CertgateError as exc:
-            return _page("", self.cluster_name, _message(exc.message, "error"), "", 404)
-        if password != form.get("password_confirm", password):
-            text = _message("the two passwords differ", "error")
-            return _page(invite["user"], self.cluster_name, text, _invite_form(invite), 400)
-        try:
-            await self._auth.call(
-                "POST",
-                f"/v1/invites/{_safe(token)}",
-                json={"password": password, "otp": otp},
-                headers=self._user_headers(request),
-            )
-        except CertgateError as exc:
-            text = _message(exc.message, "error")
-            return _page(
-                invite["user"], self.cluster_name, text, _invite_form(invite), exc.http_status
-            )
-        done = _message(
-            f"your account is ready. Log in with: {self._login_command(request, invite['user'])}",
-            "ok",
-        )
-        return _page(invite["user"], self.cluster_name, done, "", 200)
 
     async def ssh_check(self, request: web.Request) -> web.Response:
         """May the caller log in as `login` on `node`, and does the node answer?
@@ -355,23 +322,6 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def _form(request: web.Request) -> dict[str, str]:
-    """The invite form's fields: url-encoded text only, small, valid UTF-8.
-
-    aiohttp's own parser raises ValueError/AssertionError on a malformed multipart
-    body and LookupError on an unknown charset; our page never sends either.
-    """
-    if request.content_type != "application/x-www-form-urlencoded":
-        raise BadParameter("the form must be sent as application/x-www-form-urlencoded")
-    raw = await _read_body(request, MAX_FORM_BYTES)
-    try:
-        text = raw.decode("ascii")  # url-encoded forms are ASCII on the wire
-        pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=16)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadParameter("the form could not be read") from exc
-    return {key: value for key, value in pairs}
-
-
 @web.middleware
 async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
@@ -390,48 +340,3 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return web.json_response(
             {"error": "internal", "message": "internal error: see the proxy's log"}, status=500
         )
-
-
-def _template() -> str:
-    return (resources.files("certgate.web") / "templates" / "invite.html").read_text()
-
-
-def _qr_svg(data: str) -> str:
-    image = qrcode.make(data, image_factory=qrcode.image.svg.SvgPathImage)
-    return str(image.to_string(encoding="unicode"))
-
-
-def _invite_form(invite: dict[str, Any]) -> str:
-    secret = html.escape(invite["totp_secret"])
-    return f"""
-<p>Scan this code with an authenticator app (or type the secret), then choose a
-password of at least 12 characters and enter the app's current code.</p>
-<div class="qr">{_qr_svg(invite["totp_uri"])}</div>
-<p>Secret: <code id="totp-secret">{secret}</code></p>
-<form method="post">
-  <label for="password">Password</label>
-  <input id="password" name="password" type="password" minlength="12" required
-         autocomplete="new-password">
-  <label for="password_confirm">Password again</label>
-  <input id="password_confirm" name="password_confirm" type="password" minlength="12" required
-         autocomplete="new-password">
-  <label for="otp">One-time code</label>
-  <input id="otp" name="otp" inputmode="numeric" pattern="[0-9]{{6}}" required
-         autocomplete="one-time-code">
-  <button type="submit">Create account</button>
-</form>"""
-
-
-def _message(text: str, kind: str) -> str:
-    return f'<p class="{kind}" role="status">{html.escape(text)}</p>'
-
-
-def _page(user: str, cluster: str, message: str, form: str, status: int) -> web.Response:
-    body = (
-        _template()
-        .replace("{{user}}", html.escape(user or "there"))
-        .replace("{{cluster}}", html.escape(cluster))
-        .replace("{{message}}", message)
-        .replace("{{form}}", form)
-    )
-    return web.Response(text=body, content_type="text/html", status=status)

@@ -1,0 +1,82 @@
+"""Server-rendered pages: Jinja2 templates from certgate/web/templates, autoescaped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+from aiohttp import web
+
+from certgate.access.cached_access import CachedAccess
+from certgate.errors import AccessDenied
+from certgate.proxy.webui.sessions import WebSession
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("certgate.web", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def page(
+    request: web.Request,
+    template: str,
+    *,
+    session: WebSession | None = None,
+    status: int = 200,
+    **context: Any,
+) -> web.Response:
+    cluster = request.app.get(CLUSTER_KEY, "")
+    text = _ENV.get_template(template).render(
+        cluster=cluster,
+        session=session,
+        can=_permissions(request, session),
+        user=session.user if session else "",
+        csrf=session.csrf if session else "",
+        **context,
+    )
+    return web.Response(text=text, content_type="text/html", status=status)
+
+
+CLUSTER_KEY = web.AppKey("cluster_name", str)
+AccessGetter = Callable[[], CachedAccess | None]
+ACCESS_KEY: web.AppKey[AccessGetter] = web.AppKey("web_access")
+
+
+def _permissions(request: web.Request, session: WebSession | None) -> Callable[[str, str], bool]:
+    """`can(resource, verb)` for templates: which admin pages to show. Only what the
+    menu shows; every page and auth check again on their own."""
+    checker = request.app[ACCESS_KEY]() if ACCESS_KEY in request.app else None
+
+    def can(resource: str, verb: str) -> bool:
+        if session is None or checker is None:
+            return False
+        try:
+            return bool(checker.role_set(session.identity).allows_rule(resource, verb))
+        except AccessDenied:
+            return False
+
+    return can
+
+
+def redirect(location: str) -> web.Response:
+    """303: after a form, the browser GETs the next page (no resubmission on reload)."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+def to_login(request: web.Request) -> web.Response:
+    """To the login page, coming back here after it (the review link in a chat message)."""
+    if request.method != "GET":
+        return redirect("/web/login")  # a form's target is no page to come back to
+    return redirect(f"/web/login?{urlencode({'next': request.path_qs})}")
+
+
+def safe_next(value: str) -> str:
+    """Only our own pages: never another host (`//evil`, `/\\evil`) or a scheme."""
+    if value.startswith("/web/") and not value.startswith("/web//") and "\\" not in value:
+        return value
+    return "/web/nodes"

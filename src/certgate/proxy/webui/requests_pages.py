@@ -1,0 +1,132 @@
+"""/web/requests: access requests — create one with a reason, list them, and the review
+page chat messages link to (`/web/requests/<id>`): who asked for what, why, for how
+long, the thresholds and the reviews so far.
+
+Approving or denying is a step-up: the reviewer enters their password and a fresh
+one-time code, which auth checks as a login (same lockout and audit), so a stolen
+browser session alone cannot grant access. (A code-only check would need an auth
+endpoint that verifies a code for the caller; auth has none yet.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from certgate.errors import CertgateError
+from certgate.proxy.webui import guard
+from certgate.proxy.webui.forms import read_form
+from certgate.proxy.webui.render import page, redirect, to_login
+from certgate.rpc.identity_files import new_key
+
+
+async def list_page(request: web.Request) -> web.StreamResponse:
+    session = await guard.signed_in(request)
+    if session is None:
+        return to_login(request)
+    return await _list(request, session, "", 200)
+
+
+async def _list(request: web.Request, session: Any, error: str, status: int) -> web.Response:
+    auth = request.app[guard.AUTH_KEY]
+    headers = session.forwarded_headers()
+    requests = await auth.call("GET", "/v1/access_requests", headers=headers)
+    requestable = await auth.call("GET", "/v1/my/requestable", headers=headers)
+    requests.sort(key=lambda r: r["spec"]["created"], reverse=True)
+    return page(
+        request,
+        "requests.html",
+        session=session,
+        requests=requests,
+        requestable=requestable.get("roles", []),
+        error=error,
+        status=status,
+    )
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    session = await guard.signed_in(request)
+    if session is None:
+        return to_login(request)
+    form = await read_form(request)
+    guard.check_csrf(request, session, form.get("csrf", ""))
+    roles = [r.strip() for r in form.get("roles", "").split(",") if r.strip()]
+    try:
+        created = await request.app[guard.AUTH_KEY].call(
+            "POST",
+            "/v1/access_requests",
+            json={"roles": roles, "reason": form.get("reason", "")},
+            headers=session.forwarded_headers(),
+        )
+    except CertgateError as exc:
+        return await _list(request, session, exc.message, exc.http_status)
+    return redirect(f"/web/requests/{created['metadata']['name']}")
+
+
+async def review_page(request: web.Request) -> web.StreamResponse:
+    session = await guard.signed_in(request)
+    if session is None:
+        return to_login(request)
+    return await _review_page(request, session, "", "", 200)
+
+
+async def _review_page(
+    request: web.Request, session: Any, error: str, done: str, status: int
+) -> web.Response:
+    request_id = request.match_info["id"]
+    try:
+        found = await request.app[guard.AUTH_KEY].call(
+            "GET", f"/v1/access_requests/{_safe(request_id)}", headers=session.forwarded_headers()
+        )
+    except CertgateError as exc:
+        return page(
+            request, "request.html", session=session, req=None, error=exc.message, done="",
+            status=exc.http_status,
+        )  # fmt: skip
+    return page(
+        request, "request.html", session=session, req=found, error=error, done=done,
+        status=status,
+    )  # fmt: skip
+
+
+async def review(request: web.Request) -> web.StreamResponse:
+    session = await guard.signed_in(request)
+    if session is None:
+        return to_login(request)
+    form = await read_form(request)
+    guard.check_csrf(request, session, form.get("csrf", ""))
+    verdict = form.get("verdict", "")
+    auth = request.app[guard.AUTH_KEY]
+    try:
+        # The step-up: a fresh login of this very user (password + new code). Its
+        # certificate is thrown away; only the proof that the person is here counts.
+        _, public_key = new_key()
+        await auth.call(
+            "POST",
+            "/v1/login",
+            json={
+                "user": session.user,
+                "password": form.get("password", ""),
+                "otp": form.get("otp", ""),
+                "public_key": public_key,
+                "ttl": "1m",
+            },
+            headers={"Certgate-Client-Addr": request.remote or ""},
+        )
+        await auth.call(
+            "POST",
+            f"/v1/access_requests/{_safe(request.match_info['id'])}/reviews",
+            json={"verdict": verdict, "reason": form.get("reason", "")},
+            headers=session.forwarded_headers(),
+        )
+    except CertgateError as exc:
+        return await _review_page(request, session, exc.message, "", exc.http_status)
+    done = "approved" if verdict == "approve" else "denied"
+    return await _review_page(request, session, "", f"you {done} this request", 200)
+
+
+def _safe(request_id: str) -> str:
+    if not request_id or len(request_id) > 64 or not request_id.replace("-", "").isalnum():
+        raise web.HTTPNotFound(text="no such request")
+    return request_id

@@ -1,0 +1,114 @@
+"""The web terminal's SSH side: a client connection from the proxy to the node, with
+the web session's own key and certificate, so the node authenticates, enforces and
+records it exactly as it does `cgsh ssh` (the proxy decides nothing the node would not).
+
+    browser <-WebSocket-> terminal.py <-> NodeShell: asyncssh client -> node:3022 (PTY shell)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncssh
+
+from certgate.api.node import Node
+from certgate.errors import AccessDenied, ConnectionProblem
+from certgate.proxy.webui.sessions import WebSession
+
+DIAL_TIMEOUT = 10.0
+KEEPALIVE_INTERVAL = 30
+
+
+class NodeShell:
+    """One interactive shell on a node; output goes to `on_output`, the end to `on_exit`."""
+
+    def __init__(
+        self,
+        on_output: Callable[[bytes], Awaitable[None]],
+        on_exit: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._on_output = on_output
+        self._on_exit = on_exit
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._process: Any = None
+        self._pump: asyncio.Task[None] | None = None
+
+    async def open(self, session: WebSession, node: Node, login: str, cols: int, rows: int) -> None:
+        host, _, port = node.spec.addr.rpartition(":")
+        key = asyncssh.import_private_key(session.key_pem)
+        cert = asyncssh.import_certificate(session.bundle.ssh_cert)
+        try:
+            self._conn = await asyncio.wait_for(
+                asyncssh.connect(
+                    host,
+                    int(port),
+                    config=None,
+                    username=login,
+                    client_keys=[(key, cert)],
+                    agent_path=None,
+                    known_hosts=asyncssh.import_known_hosts(session.bundle.known_hosts + "\n"),
+                    host_key_alias=node.name,
+                    preferred_auth="publickey",
+                    gss_auth=False,
+                    gss_kex=False,
+                    keepalive_interval=KEEPALIVE_INTERVAL,
+                    client_version="certgate-web",
+                ),
+                DIAL_TIMEOUT,
+            )
+            self._process = await self._conn.create_process(
+                term_type="xterm-256color", term_size=(cols, rows), encoding=None
+            )
+        except asyncssh.PermissionDenied as exc:
+            await self.close()
+            raise AccessDenied(f"access denied to {login}@{node.name}: {exc.reason}") from None
+        except (OSError, TimeoutError, asyncssh.Error) as exc:
+            await self.close()
+            reason = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
+            raise ConnectionProblem(f'node "{node.name}" refused the session: {reason}') from None
+        self._pump = asyncio.create_task(self._read(), name=f"web-terminal {node.name}")
+
+    async def _read(self) -> None:
+        reason = "the session ended"
+        try:
+            while True:
+                data = await self._process.stdout.read(65536)
+                if not data:
+                    break
+                try:
+                    await self._on_output(data)
+                except ConnectionError:
+                    break  # the browser went away
+            await self._process.wait_closed()
+            status = self._process.exit_status
+            message = self._process.exit_signal
+            if message:
+                reason = f"the session ended: {message[2] or message[0]}"
+            elif status is not None:
+                reason = f"the session ended (exit status {status})"
+        except (asyncssh.Error, OSError) as exc:
+            reason = f"the session ended: {getattr(exc, 'reason', '') or exc}"
+        await self._on_exit(reason)
+
+    def write(self, data: bytes) -> None:
+        if self._process is not None:
+            self._process.stdin.write(data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        if self._process is not None:
+            self._process.change_terminal_size(cols, rows)
+
+    def hang_up(self) -> None:
+        """End the session now (the pump then reports the end through on_exit)."""
+        if self._conn is not None:
+            self._conn.close()
+
+    async def close(self) -> None:
+        if self._pump is not None and self._pump is not asyncio.current_task():
+            self._pump.cancel()
+        if self._conn is not None:
+            self._conn.close()
+            await self._conn.wait_closed()
+            self._conn = None

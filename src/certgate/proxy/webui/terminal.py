@@ -1,0 +1,120 @@
+"""/web/terminal: xterm.js in the page, a WebSocket to the proxy, an SSH session onward.
+
+The WebSocket is authenticated by the session cookie and its Origin must be this proxy
+(a page of another site could otherwise open one with the user's cookie where SameSite
+does not apply). Messages, browser -> proxy: text JSON
+`{"type": "input", "data": "..."}`, `{"type": "resize", "cols": C, "rows": R}`,
+`{"type": "ping"}`; proxy -> browser: binary frames of terminal output, and text JSON
+`{"type": "closed", "message": "..."}` before the proxy closes the socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from certgate.access.cached_access import CachedAccess
+from certgate.errors import AccessDenied, CertgateError
+from certgate.proxy.webui import guard
+from certgate.proxy.webui.render import page, to_login
+from certgate.proxy.webui.ssh_bridge import NodeShell
+
+# A browser that stays silent this long (it pings every 20 s) is gone.
+WS_HEARTBEAT = 30.0
+MAX_MESSAGE = 64 * 1024
+
+
+async def terminal_page(request: web.Request) -> web.StreamResponse:
+    session = guard.current(request)
+    if session is None:
+        return to_login(request)
+    node = request.query.get("node", "")
+    login = request.query.get("login", "")
+    return page(request, "terminal.html", session=session, node=node, login=login)
+
+
+def terminal_socket(access: Callable[[], CachedAccess | None]) -> Any:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Origin") != f"https://{request.host}":
+            raise AccessDenied("access denied: cross-site WebSocket refused")
+        session = guard.current(request)
+        if session is None:
+            raise AccessDenied("access denied: log in first")
+        checker = access()
+        if checker is None:
+            raise AccessDenied("access denied: the proxy is starting; try again")
+        ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT, max_msg_size=MAX_MESSAGE)
+        await ws.prepare(request)
+
+        async def send_output(data: bytes) -> None:
+            if not ws.closed:
+                await ws.send_bytes(data)
+
+        # Why the web session ended (logout, lock), when it did: shown instead of the
+        # shell's own "the session ended".
+        ended: list[str] = []
+
+        async def finish(message: str) -> None:
+            if not ws.closed:
+                text = ended[0] if ended else message
+                with contextlib.suppress(ConnectionError):
+                    await ws.send_str(json.dumps({"type": "closed", "message": text}))
+                await ws.close()
+
+        def on_session_end(reason: str) -> None:
+            # The web session ended: so does its terminal. Hanging up the SSH connection
+            # ends the shell's pump, which closes the socket with `reason`.
+            ended.append(reason)
+            shell.hang_up()
+
+        shell = NodeShell(send_output, finish)
+        session.on_end.append(on_session_end)
+        try:
+            session = await request.app[guard.SESSIONS_KEY].fresh(session)
+            node = checker.resolve_node(session.identity, request.query.get("node", ""))
+            cols, rows = _size(request.query.get("cols"), request.query.get("rows"))
+            await shell.open(session, node, request.query.get("login", ""), cols, rows)
+        except CertgateError as exc:
+            await finish(exc.message)
+            return ws
+        try:
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    continue
+                _handle(shell, message.data)
+        finally:
+            if on_session_end in session.on_end:
+                session.on_end.remove(on_session_end)
+            await shell.close()
+        return ws
+
+    return handler
+
+
+def _handle(shell: NodeShell, text: str) -> None:
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return
+    if not isinstance(message, dict):
+        return
+    kind = message.get("type")
+    if kind == "input" and isinstance(message.get("data"), str):
+        shell.write(message["data"].encode())
+    elif kind == "resize":
+        cols, rows = _size(message.get("cols"), message.get("rows"))
+        shell.resize(cols, rows)
+
+
+def _size(cols: Any, rows: Any) -> tuple[int, int]:
+    def clamp(value: Any, default: int) -> int:
+        try:
+            return min(max(int(value), 10), 500)
+        except (TypeError, ValueError):
+            return default
+
+    return clamp(cols, 80), clamp(rows, 24)

@@ -1,0 +1,77 @@
+"""A contractor asks for a role in one browser; an approver reviews it in another. The
+review needs the approver's password and a fresh one-time code: a replayed code (what a
+thief holding only the browser session might have seen) is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from playwright.sync_api import Browser
+
+from tests.support.cluster import PASSWORD, Cluster
+from tests.web.helpers import log_in, shot, sign_up
+
+ROLES = """\
+kind: role
+metadata: {name: web-contractor}
+spec:
+  allow:
+    request: {roles: [web-node-access]}
+---
+kind: role
+metadata: {name: web-node-access}
+spec:
+  allow: {logins: [webreq], node_labels: {"*": "*"}}
+---
+kind: role
+metadata: {name: web-approver}
+spec:
+  allow: {review_requests: {roles: [web-node-access]}}
+"""
+
+
+def test_contractor_requests_and_approver_steps_up(
+    cluster: Cluster, browser: Browser, tmp_path: Path
+) -> None:
+    cluster.cgctl("create", "-f", "-", input=ROLES)
+    carl_otp = sign_up(cluster, browser, tmp_path, "carl", roles="web-contractor")
+    ann_otp = sign_up(cluster, browser, tmp_path, "ann", roles="web-approver")
+
+    carl = log_in(browser, cluster, "carl", carl_otp)
+    carl.click("header nav a:text-is('Requests')")
+    carl.select_option("#roles", "web-node-access")
+    carl.fill("#reason", "fix the db")
+    carl.click("#new-request button")
+    assert "/web/requests/" in carl.url
+    request_url = carl.url
+    assert carl.locator("#state").inner_text() == "PENDING"
+    assert carl.locator("#review").count() == 0  # nobody reviews their own request
+
+    # The link a chat message carries: through the login page, then straight to it.
+    path = request_url.split(cluster.proxy_addr, 1)[1]
+    ann = log_in(browser, cluster, "ann", ann_otp, start=path)
+    assert ann.url == request_url
+    assert "carl asks for web-node-access" in ann.locator("h1").inner_text()
+    assert "fix the db" in ann.locator("dl.facts").inner_text()
+    shot(ann, tmp_path, "request-review")
+    # The code of her login, seen again: refused, and the request stays pending.
+    ann.fill("#reason", "ok")
+    ann.fill("#password", PASSWORD)
+    ann.fill("#otp", ann_otp.used_code())
+    ann.click("#approve")
+    assert ann.locator("p.error").inner_text().startswith("access denied")
+    assert ann.locator("#state").inner_text() == "PENDING"
+    # A fresh code: approved.
+    ann.fill("#reason", "ok")
+    ann.fill("#password", PASSWORD)
+    ann.fill("#otp", ann_otp.next_code())
+    ann.click("#approve")
+    assert ann.locator("p.ok").inner_text() == "you approved this request"
+    assert ann.locator("#state").inner_text() == "APPROVED"
+    assert "ann: approve — ok" in ann.locator("#reviews").inner_text()
+    shot(ann, tmp_path, "request-approved")
+
+    carl.reload()
+    assert carl.locator("#state").inner_text() == "APPROVED"
+    carl.context.close()
+    ann.context.close()
