@@ -27,7 +27,7 @@ from certgate.errors import AlreadyExists, BadParameter, CompareFailed, NotFound
 from .conftest import BackendTarget
 
 # Generous upper bounds for waits that normally finish in milliseconds.
-WAIT = 5.0
+WAIT = 30.0
 # How long to listen before concluding that no (more) event is coming.
 QUIET = 0.2
 
@@ -335,14 +335,21 @@ class BackendSuite:
             await assert_quiet(events)
 
     async def test_watch_ends_when_backend_closes(self, backend: Backend) -> None:
-        async def drain() -> list[Event]:
-            return [event async for event in backend.watch(["/"])]
+        seen: list[Event] = []
+
+        async def drain() -> None:
+            async for event in backend.watch(["/"]):
+                seen.append(event)
 
         task = asyncio.create_task(drain())
-        await asyncio.sleep(QUIET)  # let the watch start waiting
+        async with asyncio.timeout(WAIT):  # the watch is running: it delivers a marker
+            while not seen:
+                await backend.put(Item("/watch-ready", b"x"))
+                await asyncio.sleep(0.05)
         await backend.close()
         async with asyncio.timeout(WAIT):
-            assert await task == []
+            await task
+        assert {event.item.key for event in seen} == {"/watch-ready"}
 
     async def test_watch_refuses_a_bare_string(self, backend: Backend) -> None:
         with pytest.raises(BadParameter):

@@ -9,6 +9,7 @@ a joiner without the policy is refused, also when it skips cgsh and asks the nod
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -115,6 +116,8 @@ def test_observers_watch_peers_type_and_everyone_sees_who_joined(
 ) -> None:
     alice, walt, pat, eve = (people[n] for n in ("alice", "walt", "pat", "eve"))
     shell = owner_shell(cluster, alice)
+    shown = io.StringIO()  # everything the owner's terminal shows from here on
+    shell.logfile_read = shown
 
     # The live session is listed for its owner and for those who may join it.
     listed = eventually(lambda: [s for s in sessions(cluster, walt) if s["user"] == "alice"])
@@ -139,13 +142,12 @@ def test_observers_watch_peers_type_and_everyone_sees_who_joined(
     shell.sendline("echo LIVE-$((1+2))")
     observer.expect("LIVE-3")
 
-    # ...and cannot type: nothing it sends reaches the shell.
+    # ...and cannot type: nothing it sends reaches the shell (checked below, once a peer's
+    # keystrokes, sent later, have been seen to arrive).
     observer.send("echo OBSERVER-$((2+2))\r")
-    time.sleep(0.5)
     shell.sendline("echo AFTER-$((3+3))")
     shell.expect("AFTER-6")
     observer.expect("AFTER-6")
-    assert "OBSERVER-4" not in shell.before
 
     # A peer types into the session; owner and observer see the result.
     peer = join(cluster, pat, session_id, "--mode=peer")
@@ -155,6 +157,8 @@ def test_observers_watch_peers_type_and_everyone_sees_who_joined(
     shell.expect("PEER-10")
     observer.expect("PEER-10")
     peer.expect("PEER-10")
+    assert "PEER-10" in shown.getvalue()  # the observation that would show OBSERVER-4
+    assert "OBSERVER-4" not in shown.getvalue()
 
     # The tracker lists who is in the session.
     def both_listed() -> bool:
@@ -365,10 +369,11 @@ def test_sessions_of_a_dead_node_leave_the_list(cluster: Cluster, people: dict[s
     process.kill()  # no goodbyes: nothing tells auth the session ended
     process.wait()
     shell.expect(pexpect.EOF)
-    started = time.monotonic()
-    eventually(lambda: not [s for s in sessions(cluster, alice) if s["node"] == "node-3"])
-    # Trackers live three heartbeat intervals (1 s here) past their last refresh.
-    assert time.monotonic() - started <= 10
+    # Trackers live three heartbeat intervals (1 s here) past their last refresh; the bound
+    # is generous for a loaded machine and still far below any default lifetime.
+    eventually(
+        lambda: not [s for s in sessions(cluster, alice) if s["node"] == "node-3"], timeout=30
+    )
 
 
 def test_services_send_audit_events_in_batches_and_cannot_forge_them(cluster: Cluster) -> None:

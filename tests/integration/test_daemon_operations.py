@@ -35,7 +35,7 @@ def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
     c.start()
     started = time.monotonic()
     assert c.stop() == 0
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20  # generous for a loaded machine
     assert "shutting down" in c.log.read_text()
     assert "Traceback" not in c.log.read_text()
 

@@ -190,7 +190,7 @@ def test_a_lock_made_through_one_auth_ends_a_session_held_through_the_other(
         # end the session (the same path as a lock made through it, plus the feed).
         child.expect("locked: from the other auth")
         child.expect(pexpect.EOF)
-        assert time.monotonic() - locked_at < 10
+        assert time.monotonic() - locked_at < 30  # generous: well before the cert expires
     finally:
         child.close()
     refused = cluster.cgsh(bob, "ssh", "root@node-1", "true", check=False)

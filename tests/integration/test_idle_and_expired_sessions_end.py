@@ -115,7 +115,7 @@ def test_an_idle_shell_is_closed_with_the_reason(cluster: Cluster, node: str) ->
     quiet = time.monotonic()
     live.expect(r"certgate: session ended: no input for 3s \(client_idle_timeout of your roles\)")
     live.expect(pexpect.EOF)
-    assert 3 <= time.monotonic() - quiet < 8
+    assert 3 <= time.monotonic() - quiet < 30  # not early; the upper bound is generous
     ended = eventually(
         lambda: [e for e in events(cluster, "--event=session.end", f"--user={name}")]
     )

@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.cluster import Cluster, User
 from tests.support.unix import ensure_user
+from tests.support.wait import eventually
 
 LOGIN = "cgnr"
 ROLES = f"""\
@@ -50,10 +51,12 @@ def logged_in(cluster: Cluster, name: str, roles: str = "contractor") -> tuple[U
     user = cluster.add_user(name, roles=roles)
     cluster.login(user)
     config = user.home / "openssh_config"
-    deadline = time.monotonic() + 10
-    while "node-1" not in (text := cluster.cgsh(user, "config").stdout):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+
+    def config_with_node() -> str:
+        text = cluster.cgsh(user, "config").stdout
+        return text if "node-1" in text else ""
+
+    text = eventually(config_with_node, timeout=30)
     config.write_text(text)
     return user, config
 
@@ -88,7 +91,9 @@ def test_locking_a_user_ends_the_live_shell_and_refuses_everything(lock_cluster:
     name = lock(c, "--user=contractor", "--message=suspicious activity")
     live.expect("access denied: locked: suspicious activity")
     live.expect(pexpect.EOF)
-    assert time.monotonic() - locked_at < 2
+    # Generous for a loaded machine: the cut follows the lock's watch, not the certificate's
+    # expiry (an hour away), which is what this bounds.
+    assert time.monotonic() - locked_at < 20
 
     refused = c.cgsh(contractor, "ssh", f"{LOGIN}@node-1", "id", check=False)
     assert refused.returncode == 3
@@ -109,21 +114,21 @@ def test_locking_a_user_ends_the_live_shell_and_refuses_everything(lock_cluster:
     c.cgctl("rm", f"lock/{name}")
 
     # A lock with a TTL lifts itself, with nobody acting.
-    brief = lock(c, "--user=contractor", "--ttl=3s", "--message=brief")
+    # Long enough to be seen in force on a loaded machine, short enough to wait out.
+    brief = lock(c, "--user=contractor", "--ttl=10s", "--message=brief")
     assert "locked: brief" in c.cgsh(contractor, "ls", check=False).stderr
-    deadline = time.monotonic() + 10
-    while stock_ssh(config, f"{LOGIN}@node-1", "true").returncode != 0:
-        assert time.monotonic() < deadline, "the lock did not expire"
-        time.sleep(0.3)
+    eventually(lambda: stock_ssh(config, f"{LOGIN}@node-1", "true").returncode == 0, timeout=60)
     assert c.login(contractor).returncode == 0
     assert c.cgsh(contractor, "ssh", f"{LOGIN}@node-1", "echo back").stdout.strip() == "back"
-    deadline = time.monotonic() + 5
-    while not any(
-        e["event"] == "lock.expired" and e["name"] == brief
-        for e in json.loads(c.cgctl("audit", "ls", "--event=lock.expired", "--format=json").stdout)
-    ):
-        assert time.monotonic() < deadline, "no lock.expired event"
-        time.sleep(0.2)
+    eventually(
+        lambda: any(
+            e["event"] == "lock.expired" and e["name"] == brief
+            for e in json.loads(
+                c.cgctl("audit", "ls", "--event=lock.expired", "--format=json").stdout
+            )
+        ),
+        timeout=30,
+    )
 
 
 @pytest.mark.parametrize(
@@ -148,10 +153,7 @@ def test_role_login_and_node_locks(
     if spared_config is not None:
         assert stock_ssh(spared_config, f"{LOGIN}@node-1", "true").returncode == 0
     c.cgctl("rm", f"lock/{name}")
-    deadline = time.monotonic() + 5
-    while stock_ssh(hit_config, f"{LOGIN}@node-1", "true").returncode != 0:
-        assert time.monotonic() < deadline, "removing the lock did not restore access"
-        time.sleep(0.2)
+    eventually(lambda: stock_ssh(hit_config, f"{LOGIN}@node-1", "true").returncode == 0, timeout=30)
 
 
 def test_strict_locking_refuses_when_auth_is_unreachable(lock_cluster: Cluster) -> None:
@@ -181,7 +183,7 @@ def test_strict_locking_refuses_when_auth_is_unreachable(lock_cluster: Cluster) 
     assert c.process is not None
     os.kill(c.process.pid, signal.SIGSTOP)  # auth (with its proxy) stops answering
     try:
-        strict_live.expect("cannot confirm locks with auth", timeout=10)
+        strict_live.expect("cannot confirm locks with auth", timeout=30)
         strict_live.expect(pexpect.EOF)
         new_strict = subprocess.run(
             ["ssh", *direct(strict), "true"], capture_output=True, timeout=30
@@ -195,9 +197,14 @@ def test_strict_locking_refuses_when_auth_is_unreachable(lock_cluster: Cluster) 
         relaxed_live.expect("ALIVE-2")
     finally:
         os.kill(c.process.pid, signal.SIGCONT)
-    deadline = time.monotonic() + 15
-    while subprocess.run(["ssh", *direct(strict), "true"], capture_output=True).returncode != 0:
-        assert time.monotonic() < deadline, "strict access did not come back with auth"
-        time.sleep(0.5)
+    eventually(
+        lambda: (
+            subprocess.run(
+                ["ssh", *direct(strict), "true"], capture_output=True, timeout=30
+            ).returncode
+            == 0
+        ),
+        timeout=30,
+    )
     relaxed_live.sendline("exit")
     relaxed_live.expect(pexpect.EOF)

@@ -7,12 +7,14 @@ import base64
 import os
 import ssl
 import subprocess
-import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+from cryptography import x509
 
 from tests.support.cluster import BIN, Cluster, User, run
+from tests.support.wait import eventually
 
 
 def remote_cgctl(user: User, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -108,7 +110,10 @@ def test_the_api_through_the_proxy_needs_a_certificate(cluster: Cluster) -> None
 def test_an_expired_login_is_refused_by_the_api(cluster: Cluster) -> None:
     short = cluster.add_user("short-lived", roles="access,editor")
     cluster.login(short, "--ttl=2s")
-    time.sleep(3)
+    tls = x509.load_pem_x509_certificate((short.home / "keys" / "tls.crt").read_bytes())
+    expires = tls.not_valid_after_utc
+    assert expires - datetime.now(UTC) < timedelta(minutes=1), "not the short certificate"
+    eventually(lambda: datetime.now(UTC) > expires + timedelta(seconds=1), timeout=30)
     result = remote_cgctl(short, "users", "ls", check=False)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr

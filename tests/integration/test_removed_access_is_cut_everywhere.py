@@ -117,7 +117,7 @@ def test_removing_a_role_closes_live_sessions_and_a_new_login_works(cluster: Clu
     cluster.cgctl("users", "update", dave.name, "--set-roles=cut-shell")
     live.expect("certificate issued before user cut-dave was changed")
     live.expect(pexpect.EOF)
-    assert time.monotonic() - cut_at < 3
+    assert time.monotonic() - cut_at < 20  # generous: the change cuts it, not the cert's expiry
     events = json.loads(cluster.cgctl("audit", "ls", "--event=user.update", "--format=json").stdout)
     assert any(e["name"] == dave.name and e["removed"] == ["role cut-extra"] for e in events)
     # The old certificate gets nothing more, at the node either.

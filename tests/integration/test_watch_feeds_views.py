@@ -22,7 +22,7 @@ async def _admin_client(cluster: Cluster) -> AsyncAuthClient:
     return AsyncAuthClient(f"https://{cluster.auth_addr}", identity.tls_context())
 
 
-async def _until(predicate: object, timeout: float = 5) -> float:
+async def _until(predicate: object, timeout: float = 30) -> float:
     start = time.monotonic()
     while not predicate():  # type: ignore[operator]
         assert time.monotonic() - start < timeout, "view did not catch up"
@@ -52,7 +52,7 @@ async def test_a_view_follows_creates_updates_and_deletes(cluster: Cluster) -> N
         await asyncio.to_thread(cluster.cgctl, "rm", "role/watched")
         await _until(lambda: view.get("role", "watched") is None)
         assert ("role", "watched", False) in changes
-        assert view.seconds_since_contact() < 2.0  # pinged every second
+        assert view.seconds_since_contact() < 5.0  # pinged every second; loaded CI is slow
     finally:
         await view.close()
         await client.close()

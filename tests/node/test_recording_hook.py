@@ -46,7 +46,7 @@ class RecordingNode:
     def ssh(self, creds: Any, *args: str) -> list[str]:
         return ["ssh", "-p", str(self.port), *creds.ssh_options(), *args]
 
-    def wait(self, check: Callable[[], bool], timeout: float = 10) -> None:
+    def wait(self, check: Callable[[], bool], timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while not check():
             assert time.monotonic() < deadline, "timed out"
@@ -165,9 +165,8 @@ def test_best_effort_records_shells_but_not_plain_exec(
         rnode.ssh(creds, f"{ALICE}@127.0.0.1", "echo not-recorded"), capture_output=True, timeout=30
     )
     assert result.returncode == 0
-    time.sleep(0.3)
-    assert not any(b"exec-plain" in data for data, _ in rnode.uploads.values())
-    # With a pty the same command is a terminal session: recorded.
+    # With a pty the same command is a terminal session: recorded. Its upload, which comes
+    # after the plain exec ended, is also the sign that a recording of that exec would be here.
     result = subprocess.run(
         rnode.ssh(creds, "-tt", f"{ALICE}@127.0.0.1", "echo pty-recorded"),
         capture_output=True,
@@ -175,6 +174,8 @@ def test_best_effort_records_shells_but_not_plain_exec(
     )
     assert result.returncode == 0
     rnode.wait(lambda: any(b"pty-recorded" in data for data, _ in rnode.uploads.values()))
+    mine = [data for data, _ in list(rnode.uploads.values()) if b"exec-plain" in data]
+    assert len(mine) == 1 and b"not-recorded" not in mine[0]
 
 
 def test_role_with_recording_off_is_not_recorded(
@@ -185,8 +186,16 @@ def test_role_with_recording_off_is_not_recorded(
         rnode.ssh(creds, "-tt", f"{ALICE}@127.0.0.1", "echo quiet"), capture_output=True, timeout=30
     )
     assert result.returncode == 0
-    time.sleep(0.3)
-    assert not any(b"rec-off" in data for data, _ in rnode.uploads.values())
+    # Control: a recorded session that starts after the quiet one ended does get uploaded.
+    control = make_creds("loud-control", (ALICE,))
+    result = subprocess.run(
+        rnode.ssh(control, "-tt", f"{ALICE}@127.0.0.1", "echo loud"),
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0
+    rnode.wait(lambda: any(b"loud-control" in data for data, _ in rnode.uploads.values()))
+    assert not any(b"rec-off" in data for data, _ in list(rnode.uploads.values()))
 
 
 def test_strict_session_is_refused_when_its_recording_cannot_be_created(

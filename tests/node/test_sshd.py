@@ -14,13 +14,14 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pexpect  # type: ignore[import-untyped]
+
+from tests.support.wait import eventually
 
 from .conftest import (
     ALICE,
@@ -92,19 +93,19 @@ def echo_server() -> Iterator[int]:
 
 def talk(port: int, message: bytes) -> bytes:
     """Send `message` to 127.0.0.1:port once it listens; the answer, b"" if cut off."""
-    for _ in range(100):
+
+    def connect() -> socket.socket | None:
         try:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            return socket.create_connection(("127.0.0.1", port), timeout=5)
         except ConnectionRefusedError:
-            time.sleep(0.05)  # the client has not opened its listener yet
-            continue
-        with sock:
-            try:
-                sock.sendall(message)
-                return sock.recv(1024)
-            except ConnectionResetError:
-                return b""
-    raise AssertionError(f"nothing listens on port {port}")
+            return None  # the client has not opened its listener yet
+
+    with eventually(connect, timeout=30) as sock:
+        try:
+            sock.sendall(message)
+            return sock.recv(1024)
+        except ConnectionResetError:
+            return b""
 
 
 # ---------------------------------------------------------------------------- login
@@ -250,10 +251,15 @@ def test_interactive_shell_has_a_pty_that_follows_the_window(
         child.expect(r"30 100\r\n")
         child.expect_exact(PROMPT)
         child.setwinsize(40, 120)
-        time.sleep(0.3)  # SIGWINCH → ssh → window-change → TIOCSWINSZ
-        child.sendline("stty size")
-        child.expect(r"40 120\r\n")
-        child.expect_exact(PROMPT)
+
+        def pty_size() -> bytes:  # SIGWINCH → ssh → window-change → TIOCSWINSZ, read back
+            child.sendline("stty size")
+            child.expect(rb"(\d+ \d+)\r\n")
+            size: bytes = child.match.group(1)
+            child.expect_exact(PROMPT)
+            return size
+
+        eventually(lambda: pty_size() == b"40 120")
         child.sendline("exit 3")
         child.expect(pexpect.EOF)
     finally:
@@ -290,12 +296,9 @@ def test_terminate_sessions_shows_the_message_and_closes(
     )
     try:
         wait_for_shell(child)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            users = {s.identity.username for s in node.server.sessions()}
-            if {"victim", "bystander"} <= users:
-                break
-            time.sleep(0.05)
+        eventually(
+            lambda: {"victim", "bystander"} <= {s.identity.username for s in node.server.sessions()}
+        )
         listed = {s.identity.username: s for s in node.server.sessions()}
         assert listed["victim"].kind == "shell" and listed["victim"].login == ALICE
         assert listed["bystander"].command == "sleep 30"
@@ -334,17 +337,11 @@ def test_client_disconnect_kills_the_process_group(node: Node, make_creds: Creds
         return len(found.stdout.split())
 
     try:
-        deadline = time.monotonic() + 5
-        while remote_sleeps() < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert remote_sleeps() >= 2  # the shell and its two sleeps
+        eventually(lambda: remote_sleeps() >= 2)  # the shell and its two sleeps
     finally:
         client.kill()
         client.wait()
-    deadline = time.monotonic() + 5
-    while remote_sleeps() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert remote_sleeps() == 0
+    eventually(lambda: remote_sleeps() == 0, timeout=30)
     end = node.event_for_user("session.end", "vanisher")
     assert end["reason"] == "disconnected"
 
@@ -484,10 +481,7 @@ def test_agent_forwarding_follows_the_policy(
     agent_sock = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(agent_sock)], stdout=subprocess.DEVNULL)
     try:
-        for _ in range(50):
-            if agent_sock.exists():
-                break
-            time.sleep(0.05)
+        eventually(agent_sock.exists)
         env = {**os.environ, "SSH_AUTH_SOCK": str(agent_sock)}
         listed = {}
         for roles in ((), (ROLE_AGENT,)):

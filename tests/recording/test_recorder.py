@@ -78,7 +78,9 @@ async def test_output_reaches_the_file_within_the_flush_interval(harness: Harnes
     recorder.on_output(b"chunk")  # within 10 ms: the same event
     recorder.on_resize(120, 40)
     assert events(live) == []  # nothing written in the data path itself
-    await asyncio.sleep(FLUSH_INTERVAL * 3)
+    async with asyncio.timeout(15):  # the flush timer writes them, with no further output
+        while len(events(live)) < 2:
+            await asyncio.sleep(FLUSH_INTERVAL / 2)
     await harness.settle()
     written = events(live)
     assert [e[1:] for e in written] == [["o", "first chunk"], ["r", "120x40"]]

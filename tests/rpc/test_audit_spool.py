@@ -52,6 +52,12 @@ async def until(check: Any, timeout: float = 10) -> None:
             await asyncio.sleep(0.01)
 
 
+def delivered(spool: AuditSpool) -> bool:
+    """Everything put has reached auth (or was set aside). `backlog` alone reads 0 while the
+    writer holds a batch on its way to disk, so that is checked too."""
+    return spool.backlog == 0 and not spool._writing
+
+
 def segments(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.jsonl"))
 
@@ -68,7 +74,7 @@ async def test_events_arrive_once_in_order_and_acknowledged_segments_are_deleted
             await asyncio.sleep(0)
     await until(lambda: len(auth.stored) == 300)
     assert auth.numbers() == list(range(300))
-    await until(lambda: spool.backlog == 0)
+    await until(lambda: delivered(spool))
     # Sealed segments were deleted once sent; only the active one is left.
     await until(lambda: len(segments(tmp_path)) == 1)
     await spool.close()
@@ -151,7 +157,7 @@ async def test_a_batch_whose_answer_was_lost_is_resent_and_stored_once(tmp_path:
     for n in range(10):
         spool.put("exec", {"n": n})
     # backlog is 0 also before the writer took the events: wait for them at auth too.
-    await until(lambda: len(auth.numbers()) == 10 and spool.backlog == 0)
+    await until(lambda: len(auth.numbers()) == 10 and delivered(spool))
     # The same ids went twice (the first answer was lost), and were stored once.
     assert len(auth.sent_ids) > len(set(auth.sent_ids))
     assert auth.numbers() == list(range(10))
@@ -168,7 +174,7 @@ async def test_an_event_auth_refuses_is_set_aside_and_the_others_delivered(
     spool.put("exec", {"n": 0})
     spool.put("user.delete", {"n": 1})
     spool.put("exec", {"n": 2})
-    await until(lambda: spool.backlog == 0)
+    await until(lambda: delivered(spool))
     assert auth.numbers() == [0, 2]
     refused = [json.loads(line) for line in (tmp_path / "refused.jsonl").read_text().splitlines()]
     assert [r["record"]["event"] for r in refused] == ["user.delete"]
@@ -187,7 +193,9 @@ async def test_put_never_waits_for_auth(tmp_path: Path) -> None:
     started = loop.time()
     for n in range(1, 2001):
         spool.put("exec", {"n": n})
-    assert loop.time() - started < 1.0  # no I/O in put: 2,000 events well under a second
+    # No I/O in put: with auth not answering, a put that waited on it would never return.
+    # The bound is generous for a loaded machine (speed itself is measured in bench/).
+    assert loop.time() - started < 5.0
     auth.gate.set()
     await until(lambda: len(auth.stored) == 2001)
     assert auth.numbers() == list(range(2001))
@@ -220,6 +228,6 @@ async def test_an_event_that_cannot_be_sent_is_set_aside(tmp_path: Path) -> None
     spool.put("exec", {"n": 0})
     spool.put("exec", {"n": 1, "duration": float("nan")})
     spool.put("exec", {"n": 2})
-    await until(lambda: spool.backlog == 0)
+    await until(lambda: delivered(spool))
     assert auth.numbers() == [0, 2]
     await spool.close()

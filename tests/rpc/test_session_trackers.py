@@ -14,6 +14,7 @@ from certgate.api.meta import Metadata
 from certgate.api.session_tracker import SessionTracker, SessionTrackerSpec
 from certgate.errors import ConnectionProblem
 from certgate.rpc.session_trackers import SessionTrackerPublisher
+from tests.support.wait import eventually_async
 
 
 class _Auth:
@@ -22,9 +23,11 @@ class _Auth:
         self.gate = asyncio.Event()
         self.gate.set()
         self.fail = False
+        self.arrived = 0  # calls that reached auth, held at the gate or not
 
     async def call(self, method: str, path: str, json: Any = None) -> None:
         assert (method, path) == ("POST", "/v1/sessions")
+        self.arrived += 1
         await self.gate.wait()
         self.calls.append(json)
         if self.fail:
@@ -71,7 +74,7 @@ async def test_changes_made_during_a_call_go_in_the_next_one() -> None:
     publisher.start()
     auth.gate.clear()
     publisher.put(tracker(1))
-    await asyncio.sleep(0.01)  # the first call is under way, held at the gate
+    await eventually_async(lambda: auth.arrived == 1)  # the first call is held at the gate
     publisher.put(tracker(2))
     publisher.put(tracker(1))  # again: still one entry
     auth.gate.set()
@@ -86,10 +89,10 @@ async def test_live_trackers_are_refreshed_and_failures_retried_by_refresh() -> 
     auth.fail = True
     publisher.start()
     publisher.put(tracker(1))
-    await asyncio.sleep(0.2)
+    await eventually_async(lambda: len(auth.calls) >= 2)  # failed, then failed again
     auth.fail = False
-    await asyncio.sleep(0.2)
-    assert len(auth.calls) >= 3
+    failed = len(auth.calls)
+    await eventually_async(lambda: len(auth.calls) > failed)  # a refresh, now accepted
     assert all(names(c) == ["001"] for c in auth.calls)
     publisher.remove(tracker(1).name)
     await publisher.flushed()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,3 +17,14 @@ def eventually(check: Callable[[], Any], timeout: float = 15.0) -> Any:
             return value
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.1)
+
+
+async def eventually_async(check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """eventually() for a check that runs on the event loop: it yields while it polls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +30,7 @@ from certgate.backend.registry import open_backend, open_event_store
 from certgate.clock import SystemClock
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.services.audit import AuditLog
+from tests.support.wait import eventually_async
 
 NODE = "web-1"
 
@@ -188,10 +188,7 @@ async def test_no_onward_certificate_for_a_locked_user(server: AuthServer) -> No
         spec=LockSpec(target=LockTarget(user="alice"), message="incident 42"),
     )
     await server.put_resource(lock, "admin", upsert=False)
-    for _ in range(100):  # the lock cache follows the store's watch
-        if server.lock_cache.all():
-            break
-        await asyncio.sleep(0.02)
+    await eventually_async(server.lock_cache.all)  # the lock cache follows the store's watch
     with pytest.raises(AccessDenied, match="incident 42"):
         await AgentlessCerts(server).sign_onward_user(
             _user_cert(server), "ubuntu", NODE, public_key_openssh(generate_private_key())
