@@ -101,6 +101,7 @@ class AuditSpool:
         self._segments: list[_Segment] = []
         self._offset = 0  # acknowledged bytes of self._segments[0]
         self._writing = False
+        self._in_write = 0  # records the writer took from the buffer, not yet on disk
         self._failing = False
         self._closed = False
         self._wake_writer = asyncio.Event()
@@ -134,7 +135,7 @@ class AuditSpool:
         """Bytes on disk auth has not acknowledged, plus events not on disk yet: 0 when
         everything put has been delivered."""
         on_disk = sum(s.end for s in self._segments) - self._offset
-        return on_disk + len(self._buffer)
+        return on_disk + len(self._buffer) + self._in_write
 
     async def start(self) -> None:
         await asyncio.to_thread(self._recover)
@@ -182,6 +183,7 @@ class AuditSpool:
             while self._buffer:
                 records, self._buffer = self._buffer, []
                 self._writing = True
+                self._in_write = len(records)
                 try:
                     segment = await self._active_segment()
                     assert segment.fd is not None
@@ -194,6 +196,7 @@ class AuditSpool:
                     continue
                 finally:
                     self._writing = False
+                    self._in_write = 0
                 segment.end += written
                 self._wake_sender.set()
                 self._changed.set()
