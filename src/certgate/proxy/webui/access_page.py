@@ -52,11 +52,11 @@ async def access_page(request: web.Request) -> web.StreamResponse:
 def _matrix(
     rows: list[dict[str, Any]],
 ) -> tuple[list[str], list[str], dict[tuple[str, str], list[dict[str, Any]]]]:
-    """Users down, nodes (by hostname) across; each cell the rows of that pair."""
+    """Users down, nodes (by name, as `cgctl access ls`) across; each cell the rows of
+    that pair."""
     cells: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        node = row.get("hostname") or row["node"]
-        cells[(row["user"], node)].append({**row, "until": _short(row.get("until"))})
+        cells[(row["user"], row["node"])].append({**row, "until": _short(row.get("until"))})
     users = sorted({user for user, _ in cells})
     nodes = sorted({node for _, node in cells})
     return users, nodes, dict(cells)
