@@ -1,5 +1,6 @@
 """/web/sessions lists the live sessions a user may see, as `cgsh sessions ls`: a web
-terminal open in one tab shows up in another, and leaves the list when it ends."""
+terminal open in one tab shows up in another, can be watched from there read-only, and
+leaves the list when it ends."""
 
 from __future__ import annotations
 
@@ -35,6 +36,20 @@ def test_the_sessions_page_lists_a_live_web_terminal(
     row = _rows(listing, cluster)[0]
     assert "wsess" in row and "node-1" in row, row
     shot(listing, tmp_path, "sessions")
+
+    # Watch: the same session in a second web terminal, read-only.
+    listing.click("#sessions tr[data-session] a.watch")
+    eventually(lambda: listing.locator("#term-status").inner_text() == "connected")
+    terminal.locator("#terminal").click()
+    terminal.keyboard.type("echo seen-by-$((6*7))\n")
+    eventually(lambda: "seen-by-42" in terminal.locator(".xterm-rows").inner_text())
+    eventually(lambda: "seen-by-42" in listing.locator(".xterm-rows").inner_text())
+    shot(listing, tmp_path, "watching")
+    listing.locator("#terminal").click()
+    listing.keyboard.type("echo typed-by-$((6*8))\n")  # an observer's keys go nowhere
+    terminal.keyboard.type("echo done-$((6*9))\n")
+    eventually(lambda: "done-54" in listing.locator(".xterm-rows").inner_text())
+    assert "typed-by-48" not in terminal.locator(".xterm-rows").inner_text()
 
     terminal.locator("#terminal").click()
     terminal.keyboard.type("exit\n")
