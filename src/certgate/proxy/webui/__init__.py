@@ -13,12 +13,14 @@ from aiohttp import web
 from certgate.access.cached_access import CachedAccess
 from certgate.api.lock import lock_message
 from certgate.proxy.webui import (
+    access_page,
     guard,
     locks_page,
     login_pages,
     recordings_pages,
     requests_pages,
     roles_page,
+    sessions_page,
     users_page,
 )
 from certgate.proxy.webui.audit_page import audit_page
@@ -74,6 +76,8 @@ def register(
     r.add_post("/web/requests", requests_pages.create)
     r.add_get("/web/requests/{id}", requests_pages.review_page)
     r.add_post("/web/requests/{id}/review", requests_pages.review)
+    r.add_get("/web/access", access_page.access_page)
+    r.add_get("/web/sessions", sessions_page.sessions_page)
     r.add_get("/web/static/vendor/{name}", vendor_file)
     r.add_get("/web/invite/{token}", invites.show)
     r.add_post("/web/invite/{token}", invites.submit)
