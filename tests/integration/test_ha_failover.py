@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,9 +109,7 @@ def _join_args(cluster: Cluster, kind: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ha(
-    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
-) -> Iterator[HA]:
+def ha(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer) -> Iterator[HA]:
     schema = postgres_server.create_schema()
     workdir = tmp_path_factory.mktemp("failover")
     config = workdir / "certgate.yaml"
@@ -160,7 +159,8 @@ def ha(
         yield HA(auth_a, auth_b, proxies[0], proxies[1], node, workdir)
     finally:
         _stop(services)
-        auth_a.stop() if auth_a.process and auth_a.process.poll() is None else None
+        if auth_a.process is not None and auth_a.process.poll() is None:
+            auth_a.stop()
         postgres_server.drop_schema(schema)
 
 
@@ -246,6 +246,4 @@ def test_kill_9_of_one_auth_leaves_logins_heartbeats_audit_sessions_and_locks_wo
 
 
 def _epoch(stamp: str) -> float:
-    from datetime import datetime
-
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
