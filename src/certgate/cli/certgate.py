@@ -11,7 +11,13 @@ import click
 
 from certgate.api.duration import parse_duration
 from certgate.cli.common import run
-from certgate.daemon.config import SAMPLE, Config, default_data_dir, load_config
+from certgate.daemon.config import (
+    SAMPLE,
+    Config,
+    default_data_dir,
+    load_config,
+    split_addresses,
+)
 from certgate.daemon.logs import setup_logging
 from certgate.daemon.process import Daemon
 from certgate.plugins.process import run_plugin
@@ -31,7 +37,10 @@ def cli() -> None:
 @click.option("--roles", help="Services to run, comma-separated: auth,proxy,node,kube.")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where state lives.")
 @click.option("--token", help="Join token (services other than auth).")
-@click.option("--auth-server", help="HOST:PORT of the auth service to join.")
+@click.option(
+    "--auth-server",
+    help="HOST:PORT of the auth service to join; several as A,B (tried in turn on failure).",
+)
 @click.option("--ca-pin", help="sha256:... pin of the cluster CA (printed by cgctl tokens add).")
 @click.option("--nodename", help="This host's name in the inventory.")
 @click.option("--labels", help="Node labels, k=v,k=v.")
@@ -94,7 +103,7 @@ def start(
         if value is not None:
             updates[key] = value
     if auth_server:
-        updates["auth_servers"] = [auth_server]
+        updates["auth_servers"] = split_addresses(auth_server)  # A,B: fail over in order
     if debug:
         updates["debug"] = True
     config = config.model_copy(update=updates)

@@ -197,6 +197,11 @@ def split_addr(addr: str, default_port: int) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def split_addresses(text: str) -> list[str]:
+    """`--auth-server A,B` as addresses, in order, without repeats."""
+    return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
 def dial_addr(listen_addr: str, default_port: int) -> str:
     """The address to dial a service listening on `listen_addr` from this host."""
     host, port = split_addr(listen_addr, default_port)
@@ -217,7 +222,8 @@ data_dir: ""
 # /healthz, /readyz and /metrics (Prometheus). Empty (the default): off.
 diag_addr: ""             # e.g. 127.0.0.1:3434
 # For services other than auth: where auth is, and the join token (`cgctl tokens add`).
-auth_servers: []          # e.g. ["auth.example.com:3025"]
+auth_servers: []          # e.g. ["auth-1.example.com:3025", "auth-2.example.com:3025"]:
+                          # tried in turn (sticky to one that works), or one balancer
 join_token: ""
 ca_pin: ""                # sha256:... printed by `cgctl tokens add`; pins the cluster CA
 debug: false              # JSON logs at debug level

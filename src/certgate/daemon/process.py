@@ -234,7 +234,7 @@ class Daemon:
                 f"the {role} service needs --auth-server and --token to join the cluster"
             )
         identity = await join_cluster(
-            self.config.auth_servers[0],
+            self.config.auth_servers,
             self.config.join_token,
             self.config.ca_pin,
             role,
@@ -244,10 +244,16 @@ class Daemon:
         identity.save(directory)
         return identity
 
-    def _auth_dial(self) -> str:
+    def _auth_dial(self) -> list[str]:
+        """Where this process's services reach auth: its own, or every configured one
+        (the client fails over between them)."""
         if self.auth is not None:
-            return self.auth_addr
-        return self.config.auth_servers[0]
+            return [self.auth_addr]
+        return self.config.auth_servers
+
+    def _auth_client(self, identity: IdentityFiles) -> AsyncAuthClient:
+        urls = [f"https://{addr}" for addr in self._auth_dial()]
+        return AsyncAuthClient(urls, identity.tls_context())
 
     async def _start_proxy(self) -> None:
         cfg = self.config.proxy_service
@@ -255,7 +261,7 @@ class Daemon:
         identity = await self._service_identity(
             "proxy", SYSTEM_PROXY, _local_names(self.nodename, public_host)
         )
-        auth = AsyncAuthClient(f"https://{self._auth_dial()}", identity.tls_context())
+        auth = self._auth_client(identity)
         self._closers.append(auth.close)
         ping = await auth.call("GET", "/v1/ping")
         _, ssh_port = split_addr(cfg.ssh_listen_addr, 3023)
@@ -403,12 +409,12 @@ class Daemon:
         advertise_host = (
             split_addr(advertise, port)[0]
             if advertise
-            else _reachable_host(host, self._auth_dial())
+            else _reachable_host(host, self._auth_dial()[0])
         )
         identity = await self._service_identity(
             "node", SYSTEM_NODE, _local_names(self.nodename, advertise_host)
         )
-        auth = AsyncAuthClient(f"https://{self._auth_dial()}", identity.tls_context())
+        auth = self._auth_client(identity)
         self._closers.append(auth.close)
         agent = NodeAgent(
             self.nodename,

@@ -34,6 +34,7 @@ from certgate.recording.uploader import auth_sender
 from certgate.rpc.audit import post_events
 from certgate.rpc.audit_spool import AuditSpool
 from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.rpc.failover import Backoff
 from certgate.rpc.identity_files import IdentityFiles
 from certgate.rpc.session_trackers import SessionTrackerPublisher
 from certgate.rpc.watcher import ResourceView
@@ -161,9 +162,18 @@ class NodeAgent:
 
     async def _heartbeat_loop(self) -> None:
         seconds = self._interval.total_seconds()
+        # After a failed beat (auth down, or failing over to another), retry sooner than
+        # the interval, with full jitter so a fleet that lost its auth together does not
+        # return together; never later than the interval, so the node stays listed.
+        retry = Backoff(base=min(1.0, seconds), cap=seconds)
+        delay = seconds * (0.9 + 0.2 * random.random())
         while True:
-            await asyncio.sleep(seconds * (0.9 + 0.2 * random.random()))
+            await asyncio.sleep(delay)
             try:
                 await self._heartbeat()
             except CertgateError as exc:
                 log.warning("heartbeat failed: %s", exc)
+                delay = retry.next()
+            else:
+                retry.reset()
+                delay = seconds * (0.9 + 0.2 * random.random())

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any, BinaryIO
 
 import httpx
 
 from certgate.errors import CertgateError, ConnectionProblem, from_json
+from certgate.rpc.failover import AuthAddresses
 
 DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
 DOWNLOAD_CHUNK = 256 * 1024
+# Failures before a request left: another auth address may be tried with the same call.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def _raise_for(response: httpx.Response) -> None:
@@ -88,19 +91,72 @@ class AuthClient:
 
 
 class AsyncAuthClient:
-    """Non-blocking client (proxy, node)."""
+    """Non-blocking client (proxy, node), over one auth address or several.
+
+    With several (`--auth-server A,B`), a call goes to the one that worked last; if it
+    cannot be connected to, the same call is sent to the next at once (nothing reached
+    the dead one, so nothing is sent twice), and later calls start there. A failure once
+    a request is under way marks its address too, but is raised: the caller's loop
+    (heartbeat, watch, audit spool) retries with its own backoff.
+    """
 
     def __init__(
-        self, base_url: str, context: ssl.SSLContext, headers: dict[str, str] | None = None
+        self,
+        base_url: str | Sequence[str],
+        context: ssl.SSLContext,
+        headers: dict[str, str] | None = None,
     ):
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            verify=context,
-            timeout=DEFAULT_TIMEOUT,
-            headers=headers,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
-        )
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        self._addresses = AuthAddresses([url.rstrip("/") for url in urls])
+        self._clients = {
+            url: httpx.AsyncClient(
+                base_url=url,
+                verify=context,
+                timeout=DEFAULT_TIMEOUT,
+                headers=headers,
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            )
+            for url in self._addresses.all
+        }
+
+    @property
+    def base_url(self) -> str:
+        """The address calls go to now (the last one that answered)."""
+        return self._addresses.current()
+
+    @property
+    def base_urls(self) -> list[str]:
+        return self._addresses.all
+
+    async def _send(
+        self, build: Callable[[httpx.AsyncClient], httpx.Request], replayable: bool = True
+    ) -> tuple[str, httpx.Response]:
+        """Send to the current address, or the next ones while they cannot be reached.
+
+        The answer's body is left unread. A streamed request body is read once, so such a
+        request is not `replayable`: it goes to the current address only.
+        """
+        last: httpx.HTTPError | None = None
+        addresses = self._addresses.in_order()
+        for url in addresses if replayable else addresses[:1]:
+            client = self._clients[url]
+            try:
+                response = await client.send(build(client), stream=True)
+            except _NOT_SENT as exc:
+                self._addresses.failed(url)
+                last = exc
+                continue
+            except httpx.HTTPError as exc:
+                self._addresses.failed(url)
+                raise _unreachable(url, exc) from exc
+            self._addresses.worked(url)
+            return url, response
+        assert last is not None
+        raise _unreachable(self._describe(), last) from last
+
+    def _describe(self) -> str:
+        urls = self._addresses.all
+        return urls[0] if len(urls) == 1 else "auth (" + ", ".join(urls) + ")"
 
     async def call(
         self,
@@ -122,12 +178,21 @@ class AsyncAuthClient:
         headers: dict[str, str] | None = None,
         content: bytes | AsyncIterable[bytes] | None = None,  # an iterable streams
     ) -> httpx.Response:
-        try:
-            return await self._http.request(
+        def build(client: httpx.AsyncClient) -> httpx.Request:
+            return client.build_request(
                 method, path, json=json, params=params, headers=headers, content=content
             )
+
+        replayable = not isinstance(content, AsyncIterable)
+        url, response = await self._send(build, replayable)
+        try:
+            await response.aread()
         except httpx.HTTPError as exc:
-            raise _unreachable(self.base_url, exc) from exc
+            self._addresses.failed(url)
+            raise _unreachable(url, exc) from exc
+        finally:
+            await response.aclose()
+        return response
 
     @contextlib.asynccontextmanager
     async def raw_stream(
@@ -144,17 +209,17 @@ class AsyncAuthClient:
         passes a recording through this way). A failure while reading the body becomes
         ConnectionProblem, as one before the answer does.
         """
-        request = self._http.build_request(
-            method, path, params=params, headers=headers, content=content
-        )
-        try:
-            response = await self._http.send(request, stream=True)
-        except httpx.HTTPError as exc:
-            raise _unreachable(self.base_url, exc) from exc
+
+        def build(client: httpx.AsyncClient) -> httpx.Request:
+            return client.build_request(
+                method, path, params=params, headers=headers, content=content
+            )
+
+        url, response = await self._send(build, not isinstance(content, AsyncIterable))
         try:
             yield response
         except httpx.HTTPError as exc:
-            raise _unreachable(self.base_url, exc) from exc
+            raise _unreachable(url, exc) from exc
         finally:
             await response.aclose()
 
@@ -162,17 +227,25 @@ class AsyncAuthClient:
     async def stream(
         self, method: str, path: str, params: Any = None
     ) -> AsyncIterator[AsyncIterator[str]]:
-        """A long answer, line by line (the watch stream)."""
+        """A long answer, line by line (the watch stream), from any auth that answers."""
+        # A watch stream pings every second: five silent seconds mean it is dead.
+        timeout = httpx.Timeout(5.0, connect=5.0)
+
+        def build(client: httpx.AsyncClient) -> httpx.Request:
+            return client.build_request(method, path, params=params, timeout=timeout)
+
+        url, response = await self._send(build)
         try:
-            # A watch stream pings every second: five silent seconds mean it is dead.
-            timeout = httpx.Timeout(5.0, connect=5.0)
-            async with self._http.stream(method, path, params=params, timeout=timeout) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    _raise_for(response)
-                yield response.aiter_lines()
+            if response.status_code >= 400:
+                await response.aread()
+                _raise_for(response)
+            yield response.aiter_lines()
         except httpx.HTTPError as exc:
-            raise _unreachable(self.base_url, exc) from exc
+            self._addresses.failed(url)
+            raise _unreachable(url, exc) from exc
+        finally:
+            await response.aclose()
 
     async def close(self) -> None:
-        await self._http.aclose()
+        for client in self._clients.values():
+            await client.aclose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 
 import httpx
 from cryptography import x509
@@ -59,9 +60,30 @@ async def fetch_host_ca(auth_addr: str, ca_pin: str) -> str:
 
 
 async def join_cluster(
-    auth_addr: str, token: str, ca_pin: str, role: str, name: str, principals: list[str]
+    auth_addrs: str | Sequence[str],
+    token: str,
+    ca_pin: str,
+    role: str,
+    name: str,
+    principals: list[str],
 ) -> IdentityFiles:
-    ca_pem = await fetch_host_ca(auth_addr, ca_pin)
+    """Join through the first of `auth_addrs` that answers (any auth of the cluster can
+    take the token: they share one store)."""
+    failure: ConnectionProblem | None = None
+    for auth_addr in [auth_addrs] if isinstance(auth_addrs, str) else auth_addrs:
+        try:
+            ca_pem = await fetch_host_ca(auth_addr, ca_pin)
+        except ConnectionProblem as exc:
+            log.warning("joining through %s failed: %s", auth_addr, exc)
+            failure = exc
+            continue
+        return await _join_through(auth_addr, ca_pem, token, role, name, principals)
+    raise failure or ConnectionProblem("no auth address to join through")
+
+
+async def _join_through(
+    auth_addr: str, ca_pem: str, token: str, role: str, name: str, principals: list[str]
+) -> IdentityFiles:
     key_pem, public_key = new_key()
     client = AsyncAuthClient(f"https://{auth_addr}", client_context([ca_pem]))
     try:

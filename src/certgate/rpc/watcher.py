@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,8 +23,12 @@ from pydantic import BaseModel, ValidationError
 from certgate.api.codec import KINDS
 from certgate.api.names import shown
 from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.rpc.failover import Backoff
 
 log = logging.getLogger("certgate.watch")
+
+RECONNECT_BASE = 0.5  # seconds: the first retry comes within this
+RECONNECT_CAP = 10.0
 
 ChangeCallback = Callable[[str, str, BaseModel | None], Awaitable[None]]
 
@@ -71,17 +74,19 @@ class ResourceView:
         return time.monotonic() - self._last_contact if self._last_contact else float("inf")
 
     async def _run(self) -> None:
-        backoff = 0.2
+        # Full jitter: when an auth restarts, every watcher of it drops at once; spread
+        # over the whole window, they do not all come back in the same second. The cap
+        # stays well under the strict-locking grace (30 s by default).
+        backoff = Backoff(base=RECONNECT_BASE, cap=RECONNECT_CAP)
         while True:
             try:
                 await self._follow()
-                backoff = 0.2
             except Exception as exc:  # refusals, transport errors, a broken stream alike
                 log.warning("watch of %s lost: %s", ",".join(self._kinds), exc)
+            if self.connected:  # it got as far as a snapshot: start the window over
+                backoff.reset()
             self.connected = False
-            # Backoff with jitter, so many services do not reconnect in step.
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 5.0)
+            await asyncio.sleep(backoff.next())
 
     async def _follow(self) -> None:
         async with self._client.stream(

@@ -1,0 +1,386 @@
+"""N nodes heartbeating to one real auth, on SQLite and on PostgreSQL; an auth restart.
+
+    .venv/bin/python bench/scale.py [--nodes 10000] [--interval 30] [--seconds 60]
+                                    [--workers 4] [--backends sqlite,postgres]
+
+For each backend: a real `certgate start --roles auth,proxy` (one process) on loopback.
+`--workers` load-generator processes (spawned, so their CPU is not the server's) each
+join their share of the N nodes with a multi-use node token each (`POST /v1/join`, so every
+node has its own key and certificates, and auth holds every name), then heartbeat as
+`certgate start --roles node` does (`POST /v1/nodes/heartbeat` over mTLS, every
+`--interval` seconds ±10 %, retries after a failure with the node's full-jitter backoff).
+The simulated nodes do not hold a watch stream or serve SSH: heartbeats only.
+
+Measured and printed next to the targets (nothing is asserted):
+- heartbeats/s answered in the steady window, failures, heartbeat latency p50/p99;
+- the auth process's CPU (core-seconds per second of the window) and peak RSS (VmHWM);
+- `cgsh ls --format=json` p50/p99 over 10 runs (the real command, start-up included);
+- an auth restart (SIGTERM, start again on the same store): seconds from auth ready
+  again until every node had a heartbeat answered, and how the returns spread per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import random
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from certgate.api.bundle import CertBundle
+from certgate.api.codec import to_dict
+from certgate.api.meta import Metadata
+from certgate.api.node import Node, NodeSpec
+from certgate.errors import CertgateError
+from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.rpc.failover import Backoff
+from certgate.rpc.identity_files import IdentityFiles, new_key
+from certgate.rpc.join import fetch_host_ca
+from certgate.transport import client_context
+from tests.support.cluster import Cluster
+from tests.support.postgres import running_postgres
+
+TARGET_RSS_MIB = 1024
+TARGET_LS_P50 = 1.0
+TARGET_REREGISTER = 120.0
+
+
+# load generator (one process per --workers) ---------------------------------------------
+
+
+async def _join(auth: str, ca_pem: str, token: str, name: str) -> IdentityFiles:
+    key_pem, public_key = new_key()
+    client = AsyncAuthClient(f"https://{auth}", client_context([ca_pem]))
+    try:
+        data = await client.call(
+            "POST",
+            "/v1/join",
+            json={
+                "token": token,
+                "role": "node",
+                "public_key": public_key,
+                "name": name,
+                "principals": [name, "127.0.0.1"],
+            },
+        )
+    finally:
+        await client.close()
+    return IdentityFiles(key_pem=key_pem, bundle=CertBundle.from_dict(data))
+
+
+class SimNode:
+    def __init__(self, name: str, identity: IdentityFiles, auth: str, interval: float) -> None:
+        self.name = name
+        self.client = AsyncAuthClient(f"https://{auth}", identity.tls_context())
+        self.interval = interval
+        self.retry = Backoff(base=min(1.0, interval), cap=interval)
+        self.body = {
+            "node": to_dict(
+                Node(
+                    metadata=Metadata(name=name, labels={"env": "bench"}),
+                    spec=NodeSpec(addr="127.0.0.1:3022", hostname=name),
+                )
+            ),
+            "ttl_seconds": interval * 1.5,
+        }
+
+    async def beat(self) -> float:
+        started = time.monotonic()
+        await self.client.call("POST", "/v1/nodes/heartbeat", json=self.body)
+        return time.monotonic() - started
+
+    async def run(self, stats: dict[str, Any]) -> None:
+        # As the node agent: the first beat somewhere in the first interval, then every
+        # interval ±10 %; after a failure, a full-jitter retry sooner than that.
+        delay = random.uniform(0, self.interval)
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                latency = await self.beat()
+            except CertgateError as exc:
+                stats["failed"] += 1
+                stats["error"] = str(exc)
+                stats["down"].add(self.name)
+                delay = self.retry.next()
+                continue
+            self.retry.reset()
+            stats["ok"] += 1
+            stats["latency"].append(latency)
+            now = time.time()
+            if self.name in stats["down"]:
+                stats["down"].discard(self.name)
+                stats["returned"].append(now)
+            if stats["mark"] and self.name not in stats["seen"]:
+                stats["seen"][self.name] = now
+            delay = self.interval * (0.9 + 0.2 * random.random())
+
+
+def _worker(
+    index: int, names: list[str], auth: str, token: str, interval: float, pipe: Any
+) -> None:
+    async def main() -> None:
+        ca_pem = await fetch_host_ca(auth, "")
+        semaphore = asyncio.Semaphore(8)
+
+        async def join(name: str) -> IdentityFiles:
+            async with semaphore:
+                for attempt in range(5):
+                    try:
+                        return await _join(auth, ca_pem, token, name)
+                    except CertgateError:
+                        await asyncio.sleep(0.5 * (attempt + 1))
+                return await _join(auth, ca_pem, token, name)
+
+        identities = await asyncio.gather(*(join(name) for name in names))
+        nodes = [SimNode(n, i, auth, interval) for n, i in zip(names, identities, strict=True)]
+        stats: dict[str, Any] = {
+            "ok": 0, "failed": 0, "latency": [], "down": set(), "returned": [],
+            "mark": False, "seen": {}, "error": "",
+        }  # fmt: skip
+        pipe.send("joined")
+        tasks = [asyncio.create_task(node.run(stats)) for node in nodes]
+        loop = asyncio.get_running_loop()
+        while True:
+            command = await loop.run_in_executor(None, pipe.recv)
+            if command == "stop":
+                break
+            if command == "mark":  # from now on, note each node's first answered beat
+                stats.update(mark=True, seen={})
+                continue
+            # "report": what happened since the last report
+            pipe.send(
+                {
+                    "ok": stats["ok"],
+                    "failed": stats["failed"],
+                    "latency": stats["latency"],
+                    "down": len(stats["down"]),
+                    "returned": stats["returned"],
+                    "seen": list(stats["seen"].values()),
+                    "error": stats["error"],
+                }
+            )
+            stats.update(ok=0, failed=0, latency=[], returned=[])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+# the auth side ---------------------------------------------------------------------------
+
+
+def _proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _reports(pipes: list[Any]) -> dict[str, Any]:
+    for pipe in pipes:
+        pipe.send("report")
+    merged: dict[str, Any] = {
+        "ok": 0, "failed": 0, "latency": [], "down": 0, "returned": [], "seen": [], "error": "",
+    }  # fmt: skip
+    for pipe in pipes:
+        part = pipe.recv()
+        merged["ok"] += part["ok"]
+        merged["failed"] += part["failed"]
+        merged["down"] += part["down"]
+        merged["latency"] += part["latency"]
+        merged["returned"] += part["returned"]
+        merged["seen"] += part["seen"]
+        merged["error"] = merged["error"] or part["error"]
+    return merged
+
+
+def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo: str) -> None:
+    # Every node keeps its keep-alive connection to auth (idle_timeout 30 s >= the
+    # interval): the default max_connections (1,000 per listener) would refuse the rest.
+    text = f"version: v1\nhttp_limits: {{max_connections: {args.nodes * 2 + 1000}}}\n"
+    if conninfo:
+        text += (
+            "auth_service:\n  storage:\n    type: postgres\n"
+            f"    conn_string: {json.dumps(conninfo)}\n"
+        )
+    config = workdir / f"{backend}.yaml"
+    config.write_text(text)
+    extra = ["--config", str(config)]
+    cluster = Cluster(workdir / backend, roles="auth,proxy", extra_args=extra)
+    cluster.start(timeout=60)
+    workers: list[multiprocessing.process.BaseProcess] = []
+    pipes: list[Any] = []
+    try:
+        assert cluster.process is not None
+        user = cluster.add_user("bench", roles="access")
+        cluster.login(user)
+        # One token per worker: a token's use count is one item, updated on every join.
+        tokens = []
+        for index in range(args.workers):
+            uses = len(range(index, args.nodes, args.workers))
+            out = cluster.cgctl(
+                "tokens", "add", "--type=node", "--ttl=2h", f"--uses={uses}", "--format=json"
+            ).stdout
+            tokens.append(json.loads(out)["token"])
+        names = [f"n{i:05d}-{socket.gethostname()[:8]}" for i in range(args.nodes)]
+        context = multiprocessing.get_context("spawn")
+        started = time.monotonic()
+        for index in range(args.workers):
+            parent, child = context.Pipe()
+            share = names[index :: args.workers]
+            process = context.Process(
+                target=_worker,
+                args=(index, share, cluster.auth_addr, tokens[index], args.interval, child),
+            )
+            process.start()
+            workers.append(process)
+            pipes.append(parent)
+        for pipe in pipes:
+            assert pipe.recv() == "joined"
+        print(f"[{backend}] {args.nodes} nodes joined in {time.monotonic() - started:.0f} s")
+
+        # Steady state: let every node beat once, then measure a window.
+        time.sleep(args.interval * 1.2)
+        _reports(pipes)
+        pid = cluster.process.pid
+        cpu0, t0 = _proc_cpu(pid), time.monotonic()
+        time.sleep(args.seconds)
+        window = _reports(pipes)
+        elapsed = time.monotonic() - t0
+        cpu = (_proc_cpu(pid) - cpu0) / elapsed
+        rss = _peak_rss_mib(pid)
+        print(
+            f"[{backend}] heartbeats/s {window['ok'] / elapsed:.0f} "
+            f"(offered ~{args.nodes / args.interval:.0f}/s; failed {window['failed']}"
+            + (f": {window['error']}" if window["failed"] else "")
+            + "), "
+            f"latency p50 {_pct(window['latency'], 0.5) * 1000:.0f} ms "
+            f"p99 {_pct(window['latency'], 0.99) * 1000:.0f} ms"
+        )
+        print(
+            f"[{backend}] auth+proxy process: CPU {cpu:.2f} cores, peak RSS {rss:.0f} MiB "
+            f"(target <= {TARGET_RSS_MIB} MiB)"
+        )
+        listed, shown, errors = [], 0, []
+        for _ in range(10):
+            t = time.monotonic()
+            result = cluster.cgsh(user, "ls", "--format=json", check=False)
+            if result.returncode == 0:
+                listed.append(time.monotonic() - t)
+                shown = len(json.loads(result.stdout))
+            else:
+                errors.append(result.stderr.strip())
+        print(
+            f"[{backend}] cgsh ls ({shown} nodes listed): p50 {_pct(listed, 0.5):.2f} s "
+            f"p99 {_pct(listed, 0.99):.2f} s (target p50 <= {TARGET_LS_P50:.0f} s)"
+            + (f"; {len(errors)} of 10 failed: {errors[0]}" if errors else "")
+        )
+
+        # Restart: stop auth, start it again on the same store, time the returns.
+        try:
+            cluster.stop()
+        except subprocess.TimeoutExpired:  # SIGTERM took over 15 s; it was killed
+            print(f"[{backend}] auth took over 15 s to stop on SIGTERM; killed")
+        down_since = time.monotonic()
+        time.sleep(min(5.0, args.interval))  # heartbeats fail meanwhile (nodes retry)
+        cluster.start(timeout=60)
+        ready_at = time.time()
+        print(f"[{backend}] auth restarted ({time.monotonic() - down_since:.1f} s down)")
+        for pipe in pipes:
+            pipe.send("mark")
+        returned: list[float] = []
+        seen: list[float] = []
+        deadline = time.monotonic() + TARGET_REREGISTER + args.interval * 2
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            report = _reports(pipes)
+            returned = report["returned"] + returned
+            seen = report["seen"]  # cumulative since the mark
+            if len(seen) >= args.nodes:
+                break
+        # Auth answers heartbeats a little before /readyz (the proxy starts after it):
+        # the curve starts at the first answer after the restart.
+        start = min([*returned, *seen, ready_at])
+        after = sorted(t - start for t in returned)
+        every = sorted(t - start for t in seen)
+        last = every[-1] if len(every) >= args.nodes else float("inf")
+        print(
+            f"[{backend}] after the restart: {len(every)}/{args.nodes} nodes beat again, "
+            f"all of them {last:.1f} s after auth first answered (target <= "
+            f"{TARGET_REREGISTER:.0f} s; a node that saw no failure beats on its own "
+            f"schedule, within --interval); {len(after)} had failed while auth was down, "
+            f"all back by {(after[-1] if after else 0):.1f} s"
+        )
+        if after:
+            buckets: dict[int, int] = {}
+            for t in after:
+                buckets[int(t)] = buckets.get(int(t), 0) + 1
+            curve = " ".join(f"{s}s:{buckets.get(s, 0)}" for s in range(int(after[-1]) + 1))
+            print(
+                f"[{backend}] failed nodes back, per second after the first answer "
+                f"(peak {max(buckets.values())}/s): {curve}"
+            )
+    finally:
+        for pipe in pipes:
+            try:
+                pipe.send("stop")
+            except OSError:
+                pass
+        for process in workers:
+            process.join(timeout=20)
+            if process.is_alive():
+                process.kill()
+        try:
+            cluster.stop()
+        except subprocess.TimeoutExpired:
+            print(f"[{backend}] auth took over 15 s to stop on SIGTERM; killed")
+
+
+def main() -> None:
+    # One socket per node on each side: lift the open-files limit (children inherit it).
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--nodes", type=int, default=10_000)
+    parser.add_argument("--interval", type=float, default=30.0, help="heartbeat seconds")
+    parser.add_argument("--seconds", type=float, default=60.0, help="steady window")
+    parser.add_argument("--workers", type=int, default=4, help="load-generator processes")
+    parser.add_argument("--backends", default="sqlite,postgres")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="certgate-scale-") as tmp:
+        workdir = Path(tmp)
+        for backend in args.backends.split(","):
+            if backend == "postgres":
+                with running_postgres() as server:
+                    schema = server.create_schema()
+                    run_backend(backend, args, workdir, server.conninfo(schema))
+            else:
+                run_backend(backend, args, workdir, "")
+
+
+if __name__ == "__main__":
+    main()
