@@ -446,12 +446,12 @@ class Daemon:
         advertise_host = (
             split_addr(advertise, port)[0]
             if advertise
-            else _reachable_host(host, self._auth_dial())
+            else _reachable_host(host, self._auth_dial()[0])
         )
         identity = await self._service_identity(
             "kube", SYSTEM_KUBE, _local_names(self.nodename, advertise_host)
         )
-        auth = AsyncAuthClient(f"https://{self._auth_dial()}", identity.tls_context())
+        auth = self._auth_client(identity)
         self._closers.append(auth.close)
         service = KubeService(
             self.nodename,
