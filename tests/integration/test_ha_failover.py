@@ -141,7 +141,8 @@ def ha(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
             web = f"127.0.0.1:{free_port()}"
             proxy = _spawn(workdir, name, [
                 *join, "--web-listen", web, "--public-addr", web,
-                "--ssh-proxy-listen", f"127.0.0.1:{free_port()}", "--diag-addr", ""])  # fmt: skip
+                "--ssh-proxy-listen", f"127.0.0.1:{free_port()}",
+                "--kube-proxy-listen", f"127.0.0.1:{free_port()}", "--diag-addr", ""])  # fmt: skip
             proxy.addr = web
             services.append(proxy)
             proxies.append(proxy)
