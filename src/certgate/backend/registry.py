@@ -23,9 +23,7 @@ from typing import Any
 
 from certgate.backend.base import Backend
 from certgate.backend.events import EventStore
-from certgate.backend.events_postgres import PostgresEventStore
 from certgate.backend.events_sqlite import SQLiteEventStore
-from certgate.backend.postgres import PostgresBackend, postgres_conninfo
 from certgate.backend.sqlite import SQLiteBackend
 from certgate.clock import Clock
 from certgate.errors import BadParameter
@@ -37,6 +35,9 @@ async def open_backend(
     """Open the key-value backend that `storage` names."""
     kind = _check_type(storage)
     if kind == "postgres":
+        # Imported only when named: an SQLite cluster never loads psycopg.
+        from certgate.backend.postgres import PostgresBackend
+
         poll_interval = _number(storage, "poll_interval", 1.0)
         return await PostgresBackend.open(_conninfo(storage), clock, poll_interval)
     path = _path(storage.get("path", "backend.db"), data_dir)
@@ -47,6 +48,8 @@ async def open_backend(
 async def open_event_store(storage: dict[str, Any], data_dir: Path) -> EventStore:
     """Open the audit event store that `storage` names (data_dir/events.db for sqlite)."""
     if _check_type(storage) == "postgres":
+        from certgate.backend.events_postgres import PostgresEventStore
+
         return await PostgresEventStore.open(_conninfo(storage))
     return await SQLiteEventStore.open(data_dir / "events.db")
 
@@ -59,6 +62,8 @@ def _check_type(storage: dict[str, Any]) -> str:
 
 
 def _conninfo(storage: dict[str, Any]) -> str:
+    from certgate.backend.postgres import postgres_conninfo
+
     tls = storage.get("tls") or {}
     if not isinstance(tls, dict):
         raise BadParameter("storage tls must be a mapping of ca_file, cert_file, key_file, mode")

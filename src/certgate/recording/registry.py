@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 
 from certgate.errors import BadParameter
 from certgate.recording.directory_store import DirectoryStore
-from certgate.recording.s3_store import parse_s3_uri
 from certgate.recording.store import RecordingStore
 
 
@@ -32,5 +31,8 @@ def open_recording_store(uri: str, data_dir: Path) -> RecordingStore:
         except OSError as exc:
             raise BadParameter(f"cannot use {root} for recordings: {exc.strerror}") from exc
     if parts.scheme == "s3":
+        # Imported only when named: a directory store never loads boto3.
+        from certgate.recording.s3_store import parse_s3_uri
+
         return parse_s3_uri(uri)
     raise BadParameter(f'unknown recordings uri "{uri}": use file://, file:///path or s3://bucket')
