@@ -1,6 +1,6 @@
 """A contractor asks for a role in one browser; an approver reviews it in another. The
-review needs the approver's password and a fresh one-time code: a replayed code (what a
-thief holding only the browser session might have seen) is refused."""
+review needs a fresh one-time code of the approver: a replayed code (what a thief holding
+only the browser session might have seen) is refused (test_step_up.py has the attacks)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from playwright.sync_api import Browser
 
-from tests.support.cluster import PASSWORD, Cluster
+from tests.support.cluster import Cluster
 from tests.web.helpers import log_in, shot, sign_up
 
 ROLES = """\
@@ -56,14 +56,12 @@ def test_contractor_requests_and_approver_steps_up(
     shot(ann, tmp_path, "request-review")
     # The code of her login, seen again: refused, and the request stays pending.
     ann.fill("#reason", "ok")
-    ann.fill("#password", PASSWORD)
     ann.fill("#otp", ann_otp.used_code())
     ann.click("#approve")
     assert ann.locator("p.error").inner_text().startswith("access denied")
     assert ann.locator("#state").inner_text() == "PENDING"
     # A fresh code: approved.
     ann.fill("#reason", "ok")
-    ann.fill("#password", PASSWORD)
     ann.fill("#otp", ann_otp.next_code())
     ann.click("#approve")
     assert ann.locator("p.ok").inner_text() == "you approved this request"

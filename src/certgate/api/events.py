@@ -88,6 +88,15 @@ CATALOGUE: dict[str, EventType] = {
             "error",
         ),
         _auth(
+            "user.mfa.verify",
+            "T1010I",
+            "a signed-in user's one-time code was checked (step-up)",
+            "user",
+            "success",
+            "addr",
+            "error",
+        ),
+        _auth(
             "cert.create",
             "TC000I",
             "certificates were issued",

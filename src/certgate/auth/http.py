@@ -51,6 +51,7 @@ from certgate.auth.http_body import (
     required_str,
     str_list,
 )
+from certgate.auth.http_mfa import add_mfa_routes
 from certgate.auth.http_recordings import add_recording_routes
 from certgate.auth.http_requests import add_request_routes
 from certgate.auth.http_sessions import add_session_routes
@@ -253,6 +254,7 @@ class AuthAPI:
         add_request_routes(self, r)
         add_user_cert_routes(self, r)
         add_access_routes(self, r)
+        add_mfa_routes(self, r)
         return app
 
     # routes -------------------------------------------------------------------------

@@ -10,6 +10,10 @@ user name, known or not, under `/login_attempts/<name>`; the fifth in a row lock
 name for 20 minutes. Each attempt takes its slot in that count atomically before its
 password is checked, so concurrent guesses cannot outrun the lockout. Every attempt is
 an audit event; `cgctl users unlock NAME` lifts a lockout.
+
+A step-up (`check_code`: a signed-in user proves with a fresh code that they are at the
+keyboard, as the web UI asks before approving a request) shares all of this: the same
+single-use codes, the same failure count and lockout, audited as `user.mfa.verify`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from certgate.backend.base import Backend, Item
 from certgate.clock import Clock
 from certgate.errors import AccessDenied, AlreadyExists, CompareFailed, LimitExceeded, NotFound
 from certgate.services.audit import AuditLog
-from certgate.services.users import UserService
+from certgate.services.users import UserSecrets, UserService
 
 MAX_FAILURES = 5
 LOCKOUT = timedelta(minutes=20)
@@ -35,6 +39,8 @@ REUSED_REASON = "one-time code already used"
 # winning the race (each retry means one of them took a slot).
 RESERVE_TRIES = 200
 LOCKED = "access denied: too many failed logins; try again in 20 minutes or ask an admin"
+LOCKED_REASON = "account locked after repeated failures"
+CODE_REFUSAL = "access denied: invalid one-time code"
 
 
 class _Attempts(BaseModel):
@@ -60,7 +66,7 @@ class LoginChecker:
                 user=name,
                 success=False,
                 addr=client_addr,
-                error="account locked after repeated failures",
+                error=LOCKED_REASON,
             )
             raise LimitExceeded(LOCKED)
         reason = await self._verify(name, password, otp, now)
@@ -75,6 +81,32 @@ class LoginChecker:
             raise AccessDenied(REFUSAL)
         await self.unlock(name)
         return await self._users.get(name)
+
+    async def check_code(self, name: str, otp: str, client_addr: str) -> None:
+        """Returns if `otp` is a fresh one-time code of `name`; AccessDenied otherwise.
+
+        Only for a caller already known to be `name` (its certificate says so): no
+        password, but every code is single-use and a wrong one counts towards the same
+        lockout as a wrong login, so a stolen session cannot guess its way through.
+        """
+        now = self._clock.now()
+        if not await self._reserve(name, now):
+            await self._audit.emit(
+                "user.mfa.verify", user=name, success=False, addr=client_addr, error=LOCKED_REASON
+            )
+            raise LimitExceeded(LOCKED)
+        reason = await self._verify_code_only(name, otp, now)
+        await self._audit.emit(
+            "user.mfa.verify", user=name, success=not reason, addr=client_addr,
+            **({"error": reason} if reason else {}),
+        )  # fmt: skip
+        if reason == REUSED_REASON:
+            # Not a guess: the person typed a code they already used. As for logins.
+            await self._release(name)
+            raise AccessDenied(REUSED)
+        if reason:
+            raise AccessDenied(CODE_REFUSAL)
+        await self.unlock(name)
 
     async def unlock(self, name: str) -> None:
         """Forget the failures counted for `name` (a good login, `cgctl users unlock`)."""
@@ -152,6 +184,20 @@ class LoginChecker:
         assert user is not None and secrets is not None
         if not user.status.active:
             return "invite not completed"
+        return await self._use_code(name, secrets, otp, now)
+
+    async def _verify_code_only(self, name: str, otp: str, now: datetime) -> str:
+        """As `_verify` for a caller whose certificate already says it is `name`."""
+        try:
+            user = await self._users.get(name)
+        except NotFound:
+            return "unknown user"
+        if not user.status.active:
+            return "invite not completed"
+        return await self._use_code(name, await self._users.get_secrets(name), otp, now)
+
+    async def _use_code(self, name: str, secrets: UserSecrets, otp: str, now: datetime) -> str:
+        """Spend `otp` if it is `name`'s next code: empty, else why not (for the audit)."""
         step = match_totp(secrets.totp_secret, otp, now)
         if step is None:
             return "bad one-time code"

@@ -2,10 +2,10 @@
 page chat messages link to (`/web/requests/<id>`): who asked for what, why, for how
 long, the thresholds and the reviews so far.
 
-Approving or denying is a step-up: the reviewer enters their password and a fresh
-one-time code, which auth checks as a login (same lockout and audit), so a stolen
-browser session alone cannot grant access. (A code-only check would need an auth
-endpoint that verifies a code for the caller; auth has none yet.)
+Approving or denying is a step-up: the reviewer enters a fresh one-time code, which
+auth checks for the session's own user (`POST /v1/mfa/verify`: single-use, the login
+lockout, audited as `user.mfa.verify`), so a stolen browser session alone cannot grant
+access.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from certgate.errors import CertgateError
 from certgate.proxy.webui import guard
 from certgate.proxy.webui.forms import read_form
 from certgate.proxy.webui.render import page, redirect, to_login
-from certgate.rpc.identity_files import new_key
 
 
 async def list_page(request: web.Request) -> web.StreamResponse:
@@ -99,20 +98,13 @@ async def review(request: web.Request) -> web.StreamResponse:
     verdict = form.get("verdict", "")
     auth = request.app[guard.AUTH_KEY]
     try:
-        # The step-up: a fresh login of this very user (password + new code). Its
-        # certificate is thrown away; only the proof that the person is here counts.
-        _, public_key = new_key()
+        # The step-up: a fresh code of this very user (auth takes the name from the
+        # session's certificate), before the review is sent.
         await auth.call(
             "POST",
-            "/v1/login",
-            json={
-                "user": session.user,
-                "password": form.get("password", ""),
-                "otp": form.get("otp", ""),
-                "public_key": public_key,
-                "ttl": "1m",
-            },
-            headers={"Certgate-Client-Addr": request.remote or ""},
+            "/v1/mfa/verify",
+            json={"otp": form.get("otp", "")},
+            headers=session.forwarded_headers(),
         )
         await auth.call(
             "POST",
