@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.cluster import Cluster
 from tests.support.net import free_port, wait_for_port
 
 SSHD = "/usr/sbin/sshd"
@@ -79,3 +80,25 @@ LogLevel VERBOSE
             process.terminate()
             process.wait(timeout=10)
     raise RuntimeError(f"sshd did not start: {log.read_text()}")
+
+
+@contextmanager
+def agentless_sshd(cluster: Cluster, name: str, labels: str) -> Iterator[Sshd]:
+    """A stock sshd set up as docs/agentless.md says (`cgctl auth sign`, `cgctl auth
+    export`) and registered as agentless node `name` with `labels` (a YAML mapping)."""
+    etc = cluster.workdir / f"openssh-{name}"
+    key = etc / "certgate_host"
+    etc.mkdir(parents=True, exist_ok=True)
+    cluster.cgctl(
+        "auth", "sign", f"--host={name}", "--principals=127.0.0.1", "--ttl=1h",
+        "--format=openssh", f"--out={key}",
+    )  # fmt: skip
+    user_ca = cluster.cgctl("auth", "export", "--type=user").stdout
+    host_cert = (etc / "certgate_host-cert.pub").read_text()
+    with run_sshd(etc, user_ca, host_key=key, host_cert=host_cert) as server:
+        node = (
+            f"kind: node\nmetadata: {{name: {name}, labels: {labels}}}\n"
+            f'spec: {{sub_kind: openssh, addr: "127.0.0.1:{server.port}"}}\n'
+        )
+        cluster.cgctl("create", "-f", "-", input=node)
+        yield server

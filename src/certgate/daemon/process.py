@@ -364,6 +364,11 @@ class Daemon:
         )
         host, port = split_addr(cfg.ssh_listen_addr, 3023)
         await self._guard_listen(ssh.start(host, port), cfg.ssh_listen_addr, "proxy ssh")
+        # A wildcard listener answers on loopback too.
+        web_proxy.local_ssh_addr = (
+            host if host not in ("", "0.0.0.0", "::") else "127.0.0.1",
+            port,
+        )
         self._closers.append(ssh.close)
         log.info("proxy ssh listening on %s", cfg.ssh_listen_addr)
         if cfg.kube_listen_addr:

@@ -71,6 +71,9 @@ class ProxyWeb:
         self.audit: AuditSink | None = None
         # Browser logins (/web): held here, the browser has only a cookie.
         self.web_sessions = WebSessions(auth)
+        # This proxy's SSH listener as dialled from here, once it listens: the web
+        # terminal reaches agentless nodes through it, as `cgsh ssh` does.
+        self.local_ssh_addr: tuple[str, int] | None = None
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors])
@@ -92,6 +95,7 @@ class ProxyWeb:
             self.cluster_name,
             lambda: self.access,
             real_certificate=self.real_certificate,
+            jump=lambda: self.local_ssh_addr,
         )
         return app
 

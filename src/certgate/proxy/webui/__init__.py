@@ -42,7 +42,10 @@ def register(
     access: Callable[[], CachedAccess | None],
     *,
     real_certificate: bool,
+    jump: Callable[[], tuple[str, int] | None] = lambda: None,
 ) -> None:
+    """`jump()`: where this proxy's SSH listener answers locally, once it does (the web
+    terminal reaches agentless nodes through it)."""
     app[guard.SESSIONS_KEY] = sessions
     app[guard.AUTH_KEY] = auth
     app[CLUSTER_KEY] = cluster_name
@@ -57,7 +60,7 @@ def register(
     r.add_post("/web/logout", login_pages.logout)
     r.add_get("/web/nodes", nodes_page(access))
     r.add_get("/web/terminal", terminal_page)
-    r.add_get("/web/terminal/ws", terminal_socket(access))
+    r.add_get("/web/terminal/ws", terminal_socket(access, jump))
     r.add_get("/web/recordings", recordings_pages.list_page)
     r.add_get("/web/recordings/{id}", recordings_pages.player_page)
     r.add_get("/web/recordings/{id}/cast", recordings_pages.cast_file)

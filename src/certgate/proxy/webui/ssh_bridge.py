@@ -3,6 +3,13 @@ the web session's own key and certificate, so the node authenticates, enforces a
 records it exactly as it does `cgsh ssh` (the proxy decides nothing the node would not).
 
     browser <-WebSocket-> terminal.py <-> NodeShell: asyncssh client -> node:3022 (PTY shell)
+
+An agentless (OpenSSH) node trusts the user CA itself, so dialling its sshd with the
+session's certificate would skip the proxy's checks and recording. Such a node is reached
+the way `cgsh ssh` reaches it instead: through this proxy's own jump host (sshd.py, on
+loopback), whose agentless forwarder decides, records and audits, then connects on:
+
+    NodeShell -> jump host 127.0.0.1:3023 -- direct-tcpip "web-1" --> agentless.py -> sshd
 """
 
 from __future__ import annotations
@@ -32,32 +39,23 @@ class NodeShell:
         self._on_output = on_output
         self._on_exit = on_exit
         self._conn: asyncssh.SSHClientConnection | None = None
+        self._jump: asyncssh.SSHClientConnection | None = None  # agentless nodes only
         self._process: Any = None
         self._pump: asyncio.Task[None] | None = None
 
-    async def open(self, session: WebSession, node: Node, login: str, cols: int, rows: int) -> None:
-        host, _, port = node.spec.addr.rpartition(":")
-        key = asyncssh.import_private_key(session.key_pem)
-        cert = asyncssh.import_certificate(session.bundle.ssh_cert)
+    async def open(
+        self,
+        session: WebSession,
+        node: Node,
+        login: str,
+        cols: int,
+        rows: int,
+        jump: tuple[str, int] | None = None,
+    ) -> None:
+        """Open the shell; `jump` is this proxy's SSH listener, for agentless nodes."""
         try:
-            self._conn = await asyncio.wait_for(
-                asyncssh.connect(
-                    host,
-                    int(port),
-                    config=None,
-                    username=login,
-                    client_keys=[(key, cert)],
-                    agent_path=None,
-                    known_hosts=asyncssh.import_known_hosts(session.bundle.known_hosts + "\n"),
-                    host_key_alias=node.name,
-                    preferred_auth="publickey",
-                    gss_auth=False,
-                    gss_kex=False,
-                    keepalive_interval=KEEPALIVE_INTERVAL,
-                    client_version="certgate-web",
-                ),
-                DIAL_TIMEOUT,
-            )
+            async with asyncio.timeout(DIAL_TIMEOUT):
+                self._conn = await self._connect(session, node, login, jump)
             self._process = await self._conn.create_process(
                 term_type="xterm-256color", term_size=(cols, rows), encoding=None
             )
@@ -69,6 +67,37 @@ class NodeShell:
             reason = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
             raise ConnectionProblem(f'node "{node.name}" refused the session: {reason}') from None
         self._pump = asyncio.create_task(self._read(), name=f"web-terminal {node.name}")
+
+    async def _connect(
+        self, session: WebSession, node: Node, login: str, jump: tuple[str, int] | None
+    ) -> asyncssh.SSHClientConnection:
+        key = asyncssh.import_private_key(session.key_pem)
+        cert = asyncssh.import_certificate(session.bundle.ssh_cert)
+        options: dict[str, Any] = {
+            "config": None,
+            "client_keys": [(key, cert)],
+            "agent_path": None,
+            # The host CA: a node's own certificate, the proxy's, and the certificate the
+            # proxy presents for an agentless node all come from it.
+            "known_hosts": asyncssh.import_known_hosts(session.bundle.known_hosts + "\n"),
+            "preferred_auth": "publickey",
+            "gss_auth": False,
+            "gss_kex": False,
+            "keepalive_interval": KEEPALIVE_INTERVAL,
+            "client_version": "certgate-web",
+        }
+        if node.spec.sub_kind != "openssh":
+            host, _, port = node.spec.addr.rpartition(":")
+            return await asyncssh.connect(
+                host, int(port), username=login, host_key_alias=node.name, **options
+            )
+        if jump is None:
+            raise ConnectionProblem(f'node "{node.name}" is an agentless node: no jump host here')
+        # The jump host takes any user name (the login is checked on the far side).
+        self._jump = await asyncssh.connect(jump[0], jump[1], username="certgate", **options)
+        return await asyncssh.connect(
+            node.name, 22, tunnel=self._jump, username=login, host_key_alias=node.name, **options
+        )
 
     async def _read(self) -> None:
         reason = "the session ended"
@@ -108,7 +137,8 @@ class NodeShell:
     async def close(self) -> None:
         if self._pump is not None and self._pump is not asyncio.current_task():
             self._pump.cancel()
-        if self._conn is not None:
-            self._conn.close()
-            await self._conn.wait_closed()
-            self._conn = None
+        for conn in (self._conn, self._jump):
+            if conn is not None:
+                conn.close()
+                await conn.wait_closed()
+        self._conn = self._jump = None

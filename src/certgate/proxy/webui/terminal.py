@@ -37,7 +37,12 @@ async def terminal_page(request: web.Request) -> web.StreamResponse:
     return page(request, "terminal.html", session=session, node=node, login=login)
 
 
-def terminal_socket(access: Callable[[], CachedAccess | None]) -> Any:
+def terminal_socket(
+    access: Callable[[], CachedAccess | None], jump: Callable[[], tuple[str, int] | None]
+) -> Any:
+    """The WebSocket handler; `jump()` is this proxy's SSH listener (agentless nodes are
+    reached through it, as `cgsh ssh` reaches them: ssh_bridge.py)."""
+
     async def handler(request: web.Request) -> web.StreamResponse:
         if request.headers.get("Origin") != f"https://{request.host}":
             raise AccessDenied("access denied: cross-site WebSocket refused")
@@ -77,7 +82,8 @@ def terminal_socket(access: Callable[[], CachedAccess | None]) -> Any:
             session = await request.app[guard.SESSIONS_KEY].fresh(session)
             node = checker.resolve_node(session.identity, request.query.get("node", ""))
             cols, rows = _size(request.query.get("cols"), request.query.get("rows"))
-            await shell.open(session, node, request.query.get("login", ""), cols, rows)
+            login = request.query.get("login", "")
+            await shell.open(session, node, login, cols, rows, jump())
         except CertgateError as exc:
             await finish(exc.message)
             return ws
