@@ -39,17 +39,20 @@ async def sessions_page(request: web.Request) -> web.StreamResponse:
             "started": str(s["started"])[:19].replace("T", " "),
             "joined": ", ".join(f"{p['user']} ({p['mode']})" for p in s.get("participants", [])),
             "join_modes": ", ".join(s.get("join_modes", [])),
-            "watch": _watch_link(s),
+            "watch": _join_link(s, "observer"),
+            "join": _join_link(s, "peer"),
         }
         for s in found
     ]
     return page(request, "sessions.html", session=session, rows=rows, error=error, status=status)
 
 
-def _watch_link(tracker: dict[str, Any]) -> str:
-    """The web terminal joins as `cgsh join` does, by the login it dials (the node reads
-    it and decides again); read-only, so only where auth says observer is allowed."""
-    if "observer" not in tracker.get("join_modes", []) or tracker.get("kind") == "k8s":
+def _join_link(tracker: dict[str, Any], mode: str) -> str:
+    """The web terminal joins as `cgsh join --mode=MODE` does, by the login it dials (the
+    node, or the proxy for an agentless node, reads it and decides again); offered only
+    where auth says the caller's roles allow that mode: Watch for observer (read-only),
+    Join for peer (typing into the shared terminal)."""
+    if mode not in tracker.get("join_modes", []) or tracker.get("kind") == "k8s":
         return ""
-    login = join_login("observer", str(tracker["id"]))
+    login = join_login(mode, str(tracker["id"]))
     return f"/web/terminal?{urlencode({'node': tracker['node'], 'login': login})}"

@@ -18,9 +18,12 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from certgate.access.cached_access import CachedAccess
+from certgate.api.node import Node
+from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, CertgateError
 from certgate.proxy.webui import guard
 from certgate.proxy.webui.render import page, to_login
+from certgate.proxy.webui.sessions import WebSession
 from certgate.proxy.webui.ssh_bridge import NodeShell
 
 # A browser that stays silent this long (it pings every 20 s) is gone.
@@ -34,7 +37,22 @@ async def terminal_page(request: web.Request) -> web.StreamResponse:
         return to_login(request)
     node = request.query.get("node", "")
     login = request.query.get("login", "")
-    return page(request, "terminal.html", session=session, node=node, login=login)
+    return page(
+        request, "terminal.html", session=session, node=node, login=login,
+        heading=_heading(node, login),
+    )  # fmt: skip
+
+
+def _heading(node: str, login: str) -> str:
+    """What the terminal's bar says: `alice@node-1`, or the session joined and how."""
+    joined = parse_join_login(login)
+    if joined is None:
+        return f"{login}@{node}"
+    mode, session_id = joined
+    how = "watching" if mode == "observer" else "joined"
+    return f"{how} session {session_id[:8]} on {node}" + (
+        " (you can type)" if mode == "peer" else ""
+    )
 
 
 def terminal_socket(
@@ -80,9 +98,9 @@ def terminal_socket(
         session.on_end.append(on_session_end)
         try:
             session = await request.app[guard.SESSIONS_KEY].fresh(session)
-            node = checker.resolve_node(session.identity, request.query.get("node", ""))
-            cols, rows = _size(request.query.get("cols"), request.query.get("rows"))
             login = request.query.get("login", "")
+            node = await _target(request, checker, session, login)
+            cols, rows = _size(request.query.get("cols"), request.query.get("rows"))
             await shell.open(session, node, login, cols, rows, jump())
         except CertgateError as exc:
             await finish(exc.message)
@@ -99,6 +117,29 @@ def terminal_socket(
         return ws
 
     return handler
+
+
+async def _target(
+    request: web.Request, checker: CachedAccess, session: WebSession, login: str
+) -> Node:
+    """The node to dial: one the roles may reach, or for a join (`join:<mode>:<id>`) the
+    node of a live session auth says this user may join in that mode, as the jump host
+    lets `cgsh join` through (joining needs no access to the node's labels). The node,
+    or the proxy for an agentless node, checks the join again when it is dialled."""
+    name = request.query.get("node", "")
+    joined = parse_join_login(login)
+    if joined is None:
+        return checker.resolve_node(session.identity, name)
+    mode, session_id = joined
+    live = await request.app[guard.AUTH_KEY].call(
+        "GET", "/v1/sessions", headers=session.forwarded_headers()
+    )
+    for tracker in live or []:
+        if str(tracker.get("id")) == session_id and mode in tracker.get("join_modes", []):
+            node = checker.find_node(str(tracker["node"]))
+            checker.check_identity(session.identity, node=node.name)
+            return node
+    raise AccessDenied(f"access denied: you may not join session {session_id[:8]} as {mode}")
 
 
 def _handle(shell: NodeShell, text: str) -> None:
