@@ -3,7 +3,9 @@
 asciinema-player runs its terminal emulator as WebAssembly, which `script-src 'self'`
 forbids compiling. `'wasm-unsafe-eval'` allows WebAssembly compilation and nothing
 else (no JavaScript eval, no inline script), and only the player page gets it: this
-hook runs after web_headers.py set the policy on every answer.
+hook runs after web_headers.py set the policy on every answer. Every build asciinema-player
+3.18.0 ships (monolithic, UI + worker) compiles WebAssembly, so there is no build to
+pick instead; tests/web/test_player_csp.py shows it and fails once that changes.
 """
 
 from __future__ import annotations
