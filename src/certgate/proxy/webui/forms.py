@@ -1,14 +1,21 @@
-"""Reading the pages' forms: url-encoded text only, small, valid, arriving in time."""
+"""Reading the pages' forms: url-encoded text only, small, valid, arriving in time; and
+`form_post`, the one way a signed-in page takes a POST (session, form, CSRF, origin)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 from aiohttp import web
 
 from certgate.api.json_input import BODY_TIMEOUT
 from certgate.errors import BadParameter
+from certgate.proxy.webui import guard
+from certgate.proxy.webui.render import to_login
+from certgate.proxy.webui.sessions import WebSession
+
+FormHandler = Callable[[web.Request, WebSession, dict[str, str]], Awaitable[web.StreamResponse]]
 
 # Our forms have a few short fields; anything bigger is not from our pages.
 MAX_FORM_BYTES = 16 * 1024
@@ -34,3 +41,18 @@ async def read_form(request: web.Request) -> dict[str, str]:
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadParameter("the form could not be read") from exc
     return {key: value for key, value in pairs}
+
+
+def form_post(handler: FormHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A POST route of a signed-in page: without a live session, the login page; else
+    the form is read and its CSRF token and origin checked before `handler` sees it."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        session = await guard.signed_in(request)
+        if session is None:
+            return to_login(request)
+        form = await read_form(request)
+        guard.check_csrf(request, session, form.get("csrf", ""))
+        return await handler(request, session, form)
+
+    return handle

@@ -16,7 +16,7 @@ from certgate.api.lock import Lock, LockSpec, LockTarget
 from certgate.api.meta import Metadata
 from certgate.errors import CertgateError
 from certgate.proxy.webui import guard
-from certgate.proxy.webui.forms import read_form
+from certgate.proxy.webui.forms import form_post
 from certgate.proxy.webui.render import page, redirect, to_login
 from certgate.proxy.webui.sessions import WebSession
 
@@ -55,12 +55,10 @@ async def _page(request: web.Request, session: WebSession, error: str, status: i
     )  # fmt: skip
 
 
-async def create(request: web.Request) -> web.StreamResponse:
-    session = await guard.signed_in(request)
-    if session is None:
-        return to_login(request)
-    form = await read_form(request)
-    guard.check_csrf(request, session, form.get("csrf", ""))
+@form_post
+async def create(
+    request: web.Request, session: WebSession, form: dict[str, str]
+) -> web.StreamResponse:
     kind = form.get("target", "")
     try:
         if kind not in TARGETS:
@@ -88,12 +86,10 @@ async def create(request: web.Request) -> web.StreamResponse:
     return redirect("/web/locks")
 
 
-async def remove(request: web.Request) -> web.StreamResponse:
-    session = await guard.signed_in(request)
-    if session is None:
-        return to_login(request)
-    form = await read_form(request)
-    guard.check_csrf(request, session, form.get("csrf", ""))
+@form_post
+async def remove(
+    request: web.Request, session: WebSession, form: dict[str, str]
+) -> web.StreamResponse:
     name = request.match_info["name"]
     if not name.replace("-", "").isalnum() or len(name) > 64:
         raise web.HTTPNotFound(text="no such lock")

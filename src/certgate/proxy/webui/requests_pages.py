@@ -10,14 +10,13 @@ access.
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from certgate.errors import CertgateError
 from certgate.proxy.webui import guard
-from certgate.proxy.webui.forms import read_form
+from certgate.proxy.webui.forms import form_post
 from certgate.proxy.webui.render import page, redirect, to_login
+from certgate.proxy.webui.sessions import WebSession
 
 
 async def list_page(request: web.Request) -> web.StreamResponse:
@@ -27,7 +26,7 @@ async def list_page(request: web.Request) -> web.StreamResponse:
     return await _list(request, session, "", 200)
 
 
-async def _list(request: web.Request, session: Any, error: str, status: int) -> web.Response:
+async def _list(request: web.Request, session: WebSession, error: str, status: int) -> web.Response:
     auth = request.app[guard.AUTH_KEY]
     headers = session.forwarded_headers()
     requests = await auth.call("GET", "/v1/access_requests", headers=headers)
@@ -44,12 +43,10 @@ async def _list(request: web.Request, session: Any, error: str, status: int) -> 
     )
 
 
-async def create(request: web.Request) -> web.StreamResponse:
-    session = await guard.signed_in(request)
-    if session is None:
-        return to_login(request)
-    form = await read_form(request)
-    guard.check_csrf(request, session, form.get("csrf", ""))
+@form_post
+async def create(
+    request: web.Request, session: WebSession, form: dict[str, str]
+) -> web.StreamResponse:
     roles = [r.strip() for r in form.get("roles", "").split(",") if r.strip()]
     try:
         created = await request.app[guard.AUTH_KEY].call(
@@ -71,7 +68,7 @@ async def review_page(request: web.Request) -> web.StreamResponse:
 
 
 async def _review_page(
-    request: web.Request, session: Any, error: str, done: str, status: int
+    request: web.Request, session: WebSession, error: str, done: str, status: int
 ) -> web.Response:
     request_id = request.match_info["id"]
     try:
@@ -89,12 +86,10 @@ async def _review_page(
     )  # fmt: skip
 
 
-async def review(request: web.Request) -> web.StreamResponse:
-    session = await guard.signed_in(request)
-    if session is None:
-        return to_login(request)
-    form = await read_form(request)
-    guard.check_csrf(request, session, form.get("csrf", ""))
+@form_post
+async def review(
+    request: web.Request, session: WebSession, form: dict[str, str]
+) -> web.StreamResponse:
     verdict = form.get("verdict", "")
     auth = request.app[guard.AUTH_KEY]
     try:

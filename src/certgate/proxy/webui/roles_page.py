@@ -12,8 +12,9 @@ from certgate.api.codec import dump, parse_documents, to_dict
 from certgate.api.role import Role
 from certgate.errors import CertgateError
 from certgate.proxy.webui import guard
-from certgate.proxy.webui.forms import read_form
+from certgate.proxy.webui.forms import form_post
 from certgate.proxy.webui.render import page, redirect, to_login
+from certgate.proxy.webui.sessions import WebSession
 
 
 async def roles_page(request: web.Request) -> web.StreamResponse:
@@ -53,12 +54,10 @@ async def role_page(request: web.Request) -> web.StreamResponse:
     return page(request, "role.html", session=session, name=name, text=text, error="", saved=saved)
 
 
-async def save_role(request: web.Request) -> web.StreamResponse:
-    session = await guard.signed_in(request)
-    if session is None:
-        return to_login(request)
-    form = await read_form(request)
-    guard.check_csrf(request, session, form.get("csrf", ""))
+@form_post
+async def save_role(
+    request: web.Request, session: WebSession, form: dict[str, str]
+) -> web.StreamResponse:
     name = _name(request)
     text = form.get("yaml", "")
     try:

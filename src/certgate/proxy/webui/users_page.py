@@ -11,7 +11,7 @@ from aiohttp import web
 
 from certgate.errors import CertgateError
 from certgate.proxy.webui import guard
-from certgate.proxy.webui.forms import read_form
+from certgate.proxy.webui.forms import form_post
 from certgate.proxy.webui.render import page, redirect, to_login
 from certgate.proxy.webui.sessions import WebSession
 
@@ -47,12 +47,10 @@ async def _page(
     )  # fmt: skip
 
 
-async def invite(request: web.Request) -> web.StreamResponse:
-    session = await guard.signed_in(request)
-    if session is None:
-        return to_login(request)
-    form = await read_form(request)
-    guard.check_csrf(request, session, form.get("csrf", ""))
+@form_post
+async def invite(
+    request: web.Request, session: WebSession, form: dict[str, str]
+) -> web.StreamResponse:
     body = {
         "name": form.get("name", "").strip(),
         "roles": _words(form.get("roles", "")),
@@ -61,21 +59,17 @@ async def invite(request: web.Request) -> web.StreamResponse:
     return await _call(request, session, "POST", "/v1/users", body)
 
 
-async def reset(request: web.Request) -> web.StreamResponse:
-    session = await guard.signed_in(request)
-    if session is None:
-        return to_login(request)
-    form = await read_form(request)
-    guard.check_csrf(request, session, form.get("csrf", ""))
+@form_post
+async def reset(
+    request: web.Request, session: WebSession, form: dict[str, str]
+) -> web.StreamResponse:
     return await _call(request, session, "POST", f"/v1/users/{_name(request)}/reset", {})
 
 
-async def remove(request: web.Request) -> web.StreamResponse:
-    session = await guard.signed_in(request)
-    if session is None:
-        return to_login(request)
-    form = await read_form(request)
-    guard.check_csrf(request, session, form.get("csrf", ""))
+@form_post
+async def remove(
+    request: web.Request, session: WebSession, form: dict[str, str]
+) -> web.StreamResponse:
     try:
         await request.app[guard.AUTH_KEY].call(
             "DELETE", f"/v1/resources/user/{_name(request)}", headers=session.forwarded_headers()
