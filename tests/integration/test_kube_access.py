@@ -273,6 +273,7 @@ def test_exec_it_works_is_recorded_and_replays(kube: KubeSetup, admin: User) -> 
 
 def test_a_live_exec_session_is_listed(kube: KubeSetup, admin: User) -> None:
     """Joining it is test_kube_join.py's."""
+
     def mine() -> list[dict[str, Any]]:
         out = kube.cluster.cgsh(admin, "sessions", "ls", "--format=json").stdout
         return [s for s in json.loads(out) if s["user"] == "kadmin"]
