@@ -11,17 +11,19 @@ from __future__ import annotations
 import io
 import json
 import os
+import ssl
 import subprocess
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pexpect  # type: ignore[import-untyped]
 import pytest
 
 from certgate.api.session_tracker import join_login
 from tests.support.cluster import BIN, Cluster, User
-from tests.support.kube_cluster import KUBECTL, KubeSetup
-from tests.support.kube_standin import Grant, KubeStandin
+from tests.support.kube_cluster import KUBECTL, KubeSetup, started_kube
+from tests.support.kube_standin import Grant
 from tests.support.wait import eventually
 
 ROLES = """
@@ -52,22 +54,9 @@ spec:
 
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeSetup]:
-    workdir = tmp_path_factory.mktemp("kjoin")
-    standin = KubeStandin(workdir)
-    standin.grants += [Grant(("group:system:masters",))]
-    standin.start()
-    cluster = Cluster(workdir)
-    cluster.start()
-    setup = KubeSetup(cluster, standin, cluster.kube_proxy_port)
-    try:
-        setup.start_kube_service()
-        roles = workdir / "roles.yaml"
-        roles.write_text(ROLES)
-        cluster.cgctl("create", str(roles))
+    grants = [Grant(("group:system:masters",))]
+    with started_kube(tmp_path_factory.mktemp("kjoin"), grants, ROLES) as setup:
         yield setup
-    finally:
-        cluster.stop()
-        standin.stop()
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +108,15 @@ def join(user: User, session_id: str, *extra: str) -> pexpect.spawn:
     )
 
 
+def watched(kube: KubeSetup, owner: User, watcher: User) -> tuple[pexpect.spawn, pexpect.spawn]:
+    """`owner`'s kubectl exec, and `watcher` observing it (both terminals)."""
+    shell, session_id = exec_shell(kube, owner)
+    observer = join(watcher, session_id)
+    observer.expect(f"joined session {session_id} as observer")
+    shell.expect_exact(f"{watcher.name} joined (observer)")
+    return shell, observer
+
+
 def audit(cluster: Cluster, event: str) -> list[dict[str, Any]]:
     out = cluster.cgctl("audit", "ls", f"--event={event}", "--format=json", "--limit=500").stdout
     found: list[dict[str, Any]] = json.loads(out)
@@ -137,13 +135,6 @@ def test_an_admin_observes_a_contractors_exec(kube: KubeSetup, people: dict[str,
         session_id,
         "dev-cluster",
         ["observer", "peer"],
-    )
-
-    # Typing into someone's kubectl exec is not built: cgsh says so, in one line.
-    peer = kube.cluster.cgsh(kadmin, "join", session_id, "--mode=peer", check=False)
-    assert peer.returncode == 2
-    assert peer.stderr.strip() == (
-        "error: peer join of a Kubernetes session is not supported; join as observer"
     )
 
     # The admin joins by a prefix of the id: the recent output first, then live output.
@@ -175,20 +166,20 @@ def test_an_admin_observes_a_contractors_exec(kube: KubeSetup, people: dict[str,
     shell.expect(pexpect.EOF)
     observer.expect("the session has ended")
     observer.expect(pexpect.EOF)
-    eventually(lambda: not sessions(kube.cluster, kadmin))
 
-    joins = eventually(
-        lambda: [e for e in audit(kube.cluster, "session.join") if e["session_id"] == session_id]
-    )
-    assert [(e["user"], e["mode"], e["session_user"]) for e in joins] == [
-        ("kadmin", "observer", "contractor")
+    def membership() -> list[dict[str, Any]]:
+        events = audit(kube.cluster, "session.join,session.leave")
+        return [e for e in reversed(events) if e.get("session_id") == session_id]
+
+    events = eventually(lambda: (found := membership()) and len(found) == 2 and found)
+    assert [(e["event"], e["user"], e["mode"], e["session_user"]) for e in events] == [
+        ("session.join", "kadmin", "observer", "contractor"),
+        ("session.leave", "kadmin", "observer", "contractor"),
     ]
-    assert joins[0]["kubernetes_cluster"] == "dev-cluster"
-    assert (joins[0]["kubernetes_namespace"], joins[0]["kubernetes_pod"]) == ("default", "shell")
-    leaves = eventually(
-        lambda: [e for e in audit(kube.cluster, "session.leave") if e["session_id"] == session_id]
-    )
-    assert [e["user"] for e in leaves] == ["kadmin"]
+    where = {
+        (e["kubernetes_cluster"], e["kubernetes_namespace"], e["kubernetes_pod"]) for e in events
+    }
+    assert where == {("dev-cluster", "default", "shell")}
 
 
 def test_joining_without_join_sessions_for_k8s_is_refused(
@@ -204,6 +195,13 @@ def test_joining_without_join_sessions_for_k8s_is_refused(
     assert refused.stderr.strip() == (
         "error: access denied: your roles do not allow joining contractor's session as "
         "observer (role option join_sessions)"
+    )
+
+    # Typing into someone's kubectl exec is not built: cgsh says so, in one line.
+    peer = kube.cluster.cgsh(kadmin, "join", session_id, "--mode=peer", check=False)
+    assert peer.returncode == 2
+    assert peer.stderr.strip() == (
+        "error: peer join of a Kubernetes session is not supported; join as observer"
     )
 
     # Skipping cgsh: stock OpenSSH with the join login, straight to the proxy.
@@ -235,16 +233,28 @@ def test_joining_without_join_sessions_for_k8s_is_refused(
     ) in reasons
     assert "peer join of a Kubernetes session is not supported; join as observer" in reasons
     assert 'session "../../v1/roles" not found: session ids are UUIDs' in reasons
+
+    # The kube service's observer route is a header that the kube listener drops from
+    # what kubectl sends: a Kubernetes call carrying it stays a Kubernetes call.
+    keys = contractor.home / "keys"
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(str(keys / "tls.crt"), str(keys / "key.pem"))
+    with httpx.Client(verify=context, timeout=20) as client:
+        answer = client.get(
+            f"https://127.0.0.1:{kube.kube_proxy_port}/k8s/dev-cluster/api/v1/namespaces/"
+            "default/pods",
+            headers={"X-Certgate-Observe-Session": session_id},
+        )
+    assert answer.status_code == 200
+    assert answer.json()["kind"] == "PodList"
     shell.sendline("exit")
     shell.expect(pexpect.EOF)
 
 
 def test_a_lock_on_the_observer_ends_its_view(kube: KubeSetup, people: dict[str, User]) -> None:
-    contractor, lead = people["contractor"], people["lead"]
-    shell, session_id = exec_shell(kube, contractor)
-    observer = join(lead, session_id)
-    observer.expect(f"joined session {session_id} as observer")
-    shell.expect_exact("lead joined (observer)")
+    shell, observer = watched(kube, people["contractor"], people["lead"])
 
     out = kube.cluster.cgctl("lock", "--user=lead", "--message=no more watching").stdout
     name = out.split("'")[1]
@@ -264,11 +274,7 @@ def test_a_lock_on_the_observer_ends_its_view(kube: KubeSetup, people: dict[str,
 def test_an_observer_of_a_locked_session_sees_the_lock_message(
     kube: KubeSetup, people: dict[str, User]
 ) -> None:
-    contractor, kadmin = people["contractor"], people["kadmin"]
-    shell, session_id = exec_shell(kube, contractor)
-    observer = join(kadmin, session_id)
-    observer.expect(f"joined session {session_id} as observer")
-    shell.expect_exact("kadmin joined (observer)")
+    shell, observer = watched(kube, people["contractor"], people["kadmin"])
 
     out = kube.cluster.cgctl("lock", "--user=contractor", "--message=under review").stdout
     name = out.split("'")[1]

@@ -68,6 +68,7 @@ from certgate.srv.http1 import (
 )
 from certgate.srv.live import LiveClient, LiveSession
 from certgate.srv.registry import SessionRegistry
+from certgate.srv.remote_join import identity_from_header as _header_identity
 from certgate.srv.remote_join import is_observe_request
 from certgate.srv.session import ObserverFactory, SessionInfo, SessionRefused, SessionTracking
 
@@ -476,16 +477,6 @@ class KubeForwarder:
         if reason:
             fields["reason"] = reason
         self._audit("kube.request", fields)
-
-
-def _header_identity(head: Head) -> Identity:
-    text = head.get(IDENTITY_HEADER)
-    if not text:
-        raise AccessDenied("access denied: the proxy named no user")
-    try:
-        return Identity.from_json(text)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise AccessDenied("access denied: the proxy sent a malformed identity") from exc
 
 
 def _rewrite(head: Head, call: _Call) -> None:

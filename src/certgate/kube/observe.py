@@ -29,7 +29,11 @@ from certgate.srv.http1 import Head, response_head
 from certgate.srv.join import MAX_BEHIND_BYTES, SessionParty, join_refusal, joined_banner
 from certgate.srv.live import Audit, LiveClient
 from certgate.srv.registry import SessionRegistry
-from certgate.srv.remote_join import CLIENT_ADDR_HEADER, IDENTITY_HEADER, OBSERVE_SESSION_HEADER
+from certgate.srv.remote_join import (
+    CLIENT_ADDR_HEADER,
+    OBSERVE_SESSION_HEADER,
+    identity_from_header,
+)
 from certgate.srv.session import SessionPolicy
 
 log = logging.getLogger("certgate.kube")
@@ -91,7 +95,7 @@ class KubeObservers:
         identity: Identity | None = None
         session = self._registry.session(session_id)
         try:
-            identity = _identity(head)
+            identity = identity_from_header(head)
             if session is None or session.party is None or session.party.ended:
                 raise NotFound(f'session "{session_id}" is not running here')
             owner = session.info
@@ -152,16 +156,6 @@ class KubeObservers:
             "client_addr": client_addr,
         }
         self._audit("session.rejected", fields)
-
-
-def _identity(head: Head) -> Identity:
-    text = head.get(IDENTITY_HEADER)
-    if not text:
-        raise AccessDenied("access denied: the proxy named no user")
-    try:
-        return Identity.from_json(text)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise AccessDenied("access denied: the proxy sent a malformed identity") from exc
 
 
 async def _until_eof(reader: asyncio.StreamReader) -> None:

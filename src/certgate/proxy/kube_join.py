@@ -21,8 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import asyncssh
-
 from certgate.access.cached_access import CachedAccess
 from certgate.api.identity import Identity
 from certgate.api.kube_cluster import KubeCluster
@@ -30,13 +28,11 @@ from certgate.api.recording import is_recording_id
 from certgate.api.session_tracker import KUBE_PEER_REFUSAL
 from certgate.errors import BadParameter, CertgateError, NotFound
 from certgate.rpc.watcher import ResourceView
-from certgate.srv.join import MAX_BEHIND_BYTES
+from certgate.srv.join import MAX_BEHIND_BYTES, ViewChannel, wants_to_leave
 from certgate.srv.remote_join import open_observer
 
 log = logging.getLogger("certgate.proxy.ssh")
 
-# Keys that make an observer leave (as srv/join.py's JoinChannel).
-_LEAVE_KEYS = (b"\x03", b"\x04")
 READ_CHUNK = 64 * 1024
 
 # session id -> auth's answer for that live session (GET /v1/sessions/{id})
@@ -100,7 +96,7 @@ class KubeJoins:
         return KubeObserverChannel(connect)
 
 
-class KubeObserverChannel(asyncssh.SSHServerSession[bytes]):
+class KubeObserverChannel(ViewChannel):
     """A joiner's SSH channel showing a kube service's observer stream.
 
     Read-only: keystrokes go nowhere, Ctrl-C or Ctrl-D leaves. The stream is read only
@@ -125,29 +121,13 @@ class KubeObserverChannel(asyncssh.SSHServerSession[bytes]):
         # builds up there, where a joiner that falls behind is dropped.
         chan.set_write_buffer_limits(high=MAX_BEHIND_BYTES // 16)
 
-    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
-        return True
-
-    def shell_requested(self) -> bool:
-        return True
-
-    def exec_requested(self, command: str) -> bool:
-        return False
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return False
-
     def session_started(self) -> None:
         self._relay = asyncio.ensure_future(self._run())
         self._relay.add_done_callback(_log_failure)
 
     def data_received(self, data: bytes, datatype: Any) -> None:
-        if any(key in data for key in _LEAVE_KEYS):
+        if wants_to_leave(data):
             self._finish("\r\ncertgate: you left the session\r\n", 0)
-
-    def eof_received(self) -> bool:
-        # Input ending (`cgsh join < /dev/null`) ends nothing: the joiner keeps watching.
-        return True
 
     def pause_writing(self) -> None:
         self._writable.clear()

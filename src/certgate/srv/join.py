@@ -163,7 +163,39 @@ class SessionParty:
         ]
 
 
-class JoinChannel(asyncssh.SSHServerSession[bytes]):
+class ViewChannel(asyncssh.SSHServerSession[bytes]):
+    """An SSH session channel that only shows someone else's terminal: a pty and a shell
+    request are accepted, nothing is run; input ending ends nothing."""
+
+    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        return False
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return False
+
+    def eof_received(self) -> bool:
+        # A joiner's input ending (`cgsh join < /dev/null`) ends nothing: it keeps watching.
+        return True
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        pass  # the owner's terminal sets the size
+
+    def break_received(self, msec: int) -> bool:
+        return False
+
+
+def wants_to_leave(data: bytes) -> bool:
+    """An observer's keystrokes go nowhere, except these, which make it leave."""
+    return any(key in data for key in _OBSERVER_LEAVE_KEYS)
+
+
+class JoinChannel(ViewChannel):
     """A joiner's session channel: a view of someone else's terminal.
 
     `find_party()` is asked when the joiner's shell request arrives; None means the
@@ -191,18 +223,6 @@ class JoinChannel(asyncssh.SSHServerSession[bytes]):
     def connection_made(self, chan: Any) -> None:
         self._chan = chan
 
-    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
-        return True
-
-    def shell_requested(self) -> bool:
-        return True
-
-    def exec_requested(self, command: str) -> bool:
-        return False
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return False
-
     def session_started(self) -> None:
         party = self._find_party()
         if party is None:
@@ -217,18 +237,8 @@ class JoinChannel(asyncssh.SSHServerSession[bytes]):
             return
         if self.mode == "peer":
             self._party.input(self, data)
-        elif any(key in data for key in _OBSERVER_LEAVE_KEYS):
+        elif wants_to_leave(data):
             self.finish("certgate: you left the session")
-
-    def eof_received(self) -> bool:
-        # A joiner's input ending (`cgsh join < /dev/null`) ends nothing: it keeps watching.
-        return True
-
-    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
-        pass  # the owner's terminal sets the size
-
-    def break_received(self, msec: int) -> bool:
-        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._done = True

@@ -46,6 +46,17 @@ def is_observe_request(head: Head) -> bool:
     return head.get(OBSERVE_SESSION_HEADER) is not None
 
 
+def identity_from_header(head: Head) -> Identity:
+    """The user a proxy vouches for (the kube service takes calls from proxies only)."""
+    text = head.get(IDENTITY_HEADER)
+    if not text:
+        raise AccessDenied("access denied: the proxy named no user")
+    try:
+        return Identity.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise AccessDenied("access denied: the proxy sent a malformed identity") from exc
+
+
 def observe_request(identity: Identity, session_id: str, client_addr: str) -> Head:
     return Head(
         f"GET {OBSERVE_PATH} HTTP/1.1",
