@@ -14,6 +14,7 @@ import os
 import ssl
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -115,6 +116,17 @@ def watched(kube: KubeSetup, owner: User, watcher: User) -> tuple[pexpect.spawn,
     observer.expect(f"joined session {session_id} as observer")
     shell.expect_exact(f"{watcher.name} joined (observer)")
     return shell, observer
+
+
+@contextmanager
+def locked(cluster: Cluster, user: str, message: str) -> Iterator[None]:
+    """A lock on `user` while the block runs."""
+    out = cluster.cgctl("lock", f"--user={user}", f"--message={message}").stdout
+    name = out.split("'")[1]  # "lock 'NAME' created ..."
+    try:
+        yield
+    finally:
+        cluster.cgctl("rm", f"lock/{name}")
 
 
 def audit(cluster: Cluster, event: str) -> list[dict[str, Any]]:
@@ -256,17 +268,13 @@ def test_joining_without_join_sessions_for_k8s_is_refused(
 def test_a_lock_on_the_observer_ends_its_view(kube: KubeSetup, people: dict[str, User]) -> None:
     shell, observer = watched(kube, people["contractor"], people["lead"])
 
-    out = kube.cluster.cgctl("lock", "--user=lead", "--message=no more watching").stdout
-    name = out.split("'")[1]
-    try:
+    with locked(kube.cluster, "lead", "no more watching"):
         observer.expect("access denied: locked: no more watching")
         observer.expect(pexpect.EOF)
         shell.expect_exact("lead left")
         # The contractor's session goes on.
         shell.sendline("echo still-$((4+4))")
         shell.expect("still-8")
-    finally:
-        kube.cluster.cgctl("rm", f"lock/{name}")
     shell.sendline("exit")
     shell.expect(pexpect.EOF)
 
@@ -276,14 +284,10 @@ def test_an_observer_of_a_locked_session_sees_the_lock_message(
 ) -> None:
     shell, observer = watched(kube, people["contractor"], people["kadmin"])
 
-    out = kube.cluster.cgctl("lock", "--user=contractor", "--message=under review").stdout
-    name = out.split("'")[1]
-    try:
+    with locked(kube.cluster, "contractor", "under review"):
         shell.expect("under review")
         shell.expect(pexpect.EOF)
         # The observer reads why, not only that the session ended.
         observer.expect("access denied: locked: under review")
         observer.expect("the session has ended")
         observer.expect(pexpect.EOF)
-    finally:
-        kube.cluster.cgctl("rm", f"lock/{name}")
