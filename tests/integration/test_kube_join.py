@@ -146,7 +146,7 @@ def test_an_admin_observes_a_contractors_exec(kube: KubeSetup, people: dict[str,
     assert (listed["id"], listed["node"], listed["join_modes"]) == (
         session_id,
         "dev-cluster",
-        ["observer", "peer"],
+        ["observer"],  # the role says peer too: not for kubernetes sessions
     )
 
     # The admin joins by a prefix of the id: the recent output first, then live output.
