@@ -65,7 +65,7 @@ async def test_an_observer_gets_the_recent_output_then_live_and_the_end() -> Non
 
 async def test_an_observer_too_far_behind_is_dropped_not_waited_for() -> None:
     party = SessionParty(lambda data: None, lambda data: None, lambda *args: None)
-    joiner, writer = _observer(party)
+    _, writer = _observer(party)
     party.output(b"kept up")
     assert writer.sent == bytearray(b"kept up")  # the observation that would show more
 
