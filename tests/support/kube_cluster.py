@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.cluster import BIN, Cluster, User
-from tests.support.kube_standin import KubeStandin
+from tests.support.kube_standin import Grant, KubeStandin
 from tests.support.net import free_port
 
 KUBECTL = BIN / "kubectl"
@@ -80,3 +82,22 @@ class KubeSetup:
             [str(KUBECTL), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True, env=self.env(user),
         )  # fmt: skip
+
+
+@contextmanager
+def started_kube(workdir: Path, grants: list[Grant], roles: str) -> Iterator[KubeSetup]:
+    """The stand-in (with `grants` on top of its own), a cluster (auth + proxy) with
+    `roles` created, and one kube service for "dev-cluster"; all stopped afterwards."""
+    standin = KubeStandin(workdir)
+    standin.grants += grants
+    standin.start()
+    cluster = Cluster(workdir)
+    cluster.start()
+    setup = KubeSetup(cluster, standin, cluster.kube_proxy_port)
+    try:
+        setup.start_kube_service()
+        cluster.cgctl("create", "-f", "-", input=roles)
+        yield setup
+    finally:
+        cluster.stop()
+        standin.stop()

@@ -105,16 +105,19 @@ class CachedAccess:
         owner_roles: tuple[str, ...] | list[str],
         mode: str,
         node: str,
+        kind: str = "ssh",
     ) -> None:
-        """Refuses (AccessDenied) unless `identity` may join that user's session in `mode`.
+        """Refuses (AccessDenied) unless `identity` may join that user's `kind` session
+        ("ssh" or "k8s") in `mode`.
 
         Owners may always join their own sessions (from a second terminal)."""
         self.check_identity(identity, node=node)
         if identity.username == owner_user:
             return
-        if mode not in self.role_set(identity).join_modes(owner_roles, "ssh"):
+        if mode not in self.role_set(identity).join_modes(owner_roles, kind):
+            what = "kubernetes sessions" if kind == "k8s" else "sessions"
             raise AccessDenied(
-                f"access denied: your roles do not allow joining {owner_user}'s sessions "
+                f"access denied: your roles do not allow joining {owner_user}'s {what} "
                 f"as {mode} (role option join_sessions)"
             )
 

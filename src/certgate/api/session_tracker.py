@@ -23,6 +23,9 @@ JOIN_MODES: tuple[JoinMode, ...] = ("observer", "peer")
 # Unix user name, so this never names a real account, and OpenSSH passes it as it is.
 JOIN_LOGIN_PREFIX = "join:"
 
+# Typing into someone's kubectl exec is not built: a kube session's joiners only watch.
+KUBE_PEER_REFUSAL = "peer join of a Kubernetes session is not supported; join as observer"
+
 
 class Participant(Model):
     user: str

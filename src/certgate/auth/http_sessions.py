@@ -191,6 +191,9 @@ class SessionRoutes:
                     for mode in role_set.join_modes(tracker.spec.roles, tracker.spec.kind)
                     if mode in JOIN_MODES
                 ]
+            if tracker.spec.kind == "k8s":
+                # Nobody types into someone's kubectl exec: its joiners only observe.
+                modes = [mode for mode in modes if mode != "peer"]
             if modes or sees_all:
                 answers.append(_answer(tracker, modes))
         return answers

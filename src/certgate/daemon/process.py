@@ -48,6 +48,7 @@ from certgate.kube.service import KubeService
 from certgate.node.agent import NodeAgent
 from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.agentless_certs import AuthAgentlessCerts
+from certgate.proxy.kube_join import KubeJoins
 from certgate.proxy.kube_listener import KubeListener
 from certgate.proxy.sshd import ProxySSH
 from certgate.proxy.web import ProxyWeb
@@ -361,6 +362,15 @@ class Daemon:
             audit=SpoolSink(audit),
             agentless=agentless,
             live_sessions=lambda node: auth.call("GET", "/v1/sessions", params={"node": node}),
+            # `cgsh join` of kubectl exec sessions: a view relayed from their kube service.
+            kube_joins=KubeJoins(
+                access,
+                view,
+                lambda session_id: auth.call("GET", f"/v1/sessions/{session_id}"),
+                lambda: client_context(
+                    identity.bundle.tls_cas, identity.bundle.tls_cert, identity.key_pem
+                ),
+            ),
         )
         host, port = split_addr(cfg.ssh_listen_addr, 3023)
         await self._guard_listen(ssh.start(host, port), cfg.ssh_listen_addr, "proxy ssh")

@@ -12,6 +12,7 @@ passed on to the API server as the user, streams included.
            exec / attach (WebSocket):      a LiveSession (srv/live.py): recorded, listed,
                                            cut by the monitor (locks, idle, expiry)
            other upgrades (port-forward, SPDY): raw pipe, still cut by locks
+           X-Certgate-Observe-Session:     an observer of an exec session (observe.py)
 
 Every call is a `kube.request` audit event, refused ones too.
 """
@@ -46,6 +47,7 @@ from certgate.api.identity import SYSTEM_PROXY, Identity
 from certgate.errors import AccessDenied, BadParameter, CertgateError
 from certgate.kube.filtering import MAX_FILTERED_BODY, answer, relay_filtered, relay_watch
 from certgate.kube.kubeconfig import Upstream
+from certgate.kube.observe import KubeObservers
 from certgate.kube.streams import ExecIO, relay_frames, relay_raw
 from certgate.srv.authorize import policy_for
 from certgate.srv.http1 import (
@@ -66,6 +68,8 @@ from certgate.srv.http1 import (
 )
 from certgate.srv.live import LiveClient, LiveSession
 from certgate.srv.registry import SessionRegistry
+from certgate.srv.remote_join import identity_from_header as _header_identity
+from certgate.srv.remote_join import is_observe_request
 from certgate.srv.session import ObserverFactory, SessionInfo, SessionRefused, SessionTracking
 
 log = logging.getLogger("certgate.kube")
@@ -160,8 +164,10 @@ class KubeForwarder:
         audit: Audit,
         name: str,
         tracking: SessionTracking | None = None,
+        observers: KubeObservers | None = None,
     ) -> None:
         self.upstreams = upstreams
+        self._observers = observers  # `cgsh join` of exec sessions, through a proxy
         self.labels = labels
         self._access = access
         self._registry = registry
@@ -240,6 +246,9 @@ class KubeForwarder:
         upstreams: _Upstreams,
     ) -> bool:
         """Serve one request; whether the connection may carry another."""
+        if self._observers is not None and is_observe_request(head):
+            await self._observers.serve(head, reader, writer)
+            return False
         framing = body_framing(head, response=False)
         request = parse_request(head.method, head.target)
         cluster = head.get(CLUSTER_HEADER) or ""
@@ -427,6 +436,7 @@ class KubeForwarder:
                 "kubernetes_groups": list(call.imp.groups),
             }
             if session is not None:
+                session.place = where  # session.join/leave name the pod too
                 session.begin()
                 session.announce(where)
             if session is not None and websocket:
@@ -467,16 +477,6 @@ class KubeForwarder:
         if reason:
             fields["reason"] = reason
         self._audit("kube.request", fields)
-
-
-def _header_identity(head: Head) -> Identity:
-    text = head.get(IDENTITY_HEADER)
-    if not text:
-        raise AccessDenied("access denied: the proxy named no user")
-    try:
-        return Identity.from_json(text)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise AccessDenied("access denied: the proxy sent a malformed identity") from exc
 
 
 def _rewrite(head: Head, call: _Call) -> None:

@@ -3,6 +3,7 @@
 KubeService.start()
   ├─ ResourceView(role, lock, cert_authority)   decisions without a round trip
   ├─ KubeForwarder (mTLS, proxies only)         forwarder.py
+  │    └─ KubeObservers                         `cgsh join` of exec sessions (observe.py)
   ├─ heartbeats                                 one kube_cluster per upstream, with a TTL
   ├─ recordings + session trackers              exec/attach sessions, like a node's
   └─ SessionMonitor (srv/monitor.py)            ends live sessions: locks, strict locking,
@@ -28,6 +29,7 @@ from certgate.api.meta import Metadata
 from certgate.errors import CertgateError
 from certgate.kube.forwarder import KubeForwarder
 from certgate.kube.kubeconfig import Upstream
+from certgate.kube.observe import KubeObservers
 from certgate.recording.node_recordings import NodeRecordings
 from certgate.recording.uploader import auth_sender
 from certgate.rpc.audit import post_events
@@ -86,6 +88,7 @@ class KubeService:
             audit=self._audit.put,
             name=name,
             tracking=TrackedSessions(self._trackers, name),
+            observers=KubeObservers(self.registry, self.access, self._audit.put),
         )
         self.addr = ""
         self._heartbeats: asyncio.Task[None] | None = None

@@ -9,7 +9,9 @@ locks, and opens direct-tcpip channels only to nodes of the inventory the user's
 can see — never to an arbitrary address. The end-to-end SSH session runs between the
 client and the node, which makes its own decision on the login. A node the roles cannot
 reach is still dialled for a user who may join a live session on it (`cgsh join`); the
-node then lets that connection do nothing but join.
+node then lets that connection do nothing but join. A Kubernetes exec session has no
+node: `cgsh join` logs in to the proxy itself as `join:observer:<id>`, and the proxy
+relays the kube service's view of it (kube_join.py); that is the only session it serves.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from certgate.access.cached_access import CachedAccess
 from certgate.api.certs import identity_from_ssh_cert
 from certgate.api.identity import Identity
 from certgate.api.node import Node
+from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, CertgateError, NotFound
 from certgate.proxy.agentless import AgentlessForwarder
+from certgate.proxy.kube_join import KubeJoins, KubeJoinTarget
 from certgate.proxy.tunnel import open_tunnel
 from certgate.rpc.audit import AuditSink
 from certgate.srv.certcapture import certificate_text, install_certificate_capture
@@ -45,6 +49,7 @@ class _Connection(asyncssh.SSHServer):
         self._conn: Any = None
         self.identity: Identity | None = None
         self.client_addr = ""
+        self.kube_join: KubeJoinTarget | None = None
 
     def connection_made(self, conn: Any) -> None:
         self._conn = conn
@@ -82,12 +87,32 @@ class _Connection(asyncssh.SSHServer):
                 server="proxy",
             )
             return False
+        join = parse_join_login(login)
+        if join is not None and not await self._join_kube(identity, login, *join):
+            return False
         self.identity = identity
         return True
 
-    def session_requested(self) -> bool:
-        # Nobody gets a shell on the proxy itself.
-        return False
+    async def _join_kube(self, identity: Identity, login: str, mode: str, session_id: str) -> bool:
+        try:
+            if self._proxy.kube_joins is None:
+                raise AccessDenied("access denied: this proxy serves no kubernetes sessions")
+            self.kube_join = await self._proxy.kube_joins.target(identity, mode, session_id)
+        except CertgateError as exc:
+            await self._proxy.audit(
+                "session.rejected", user=identity.username, login=login,
+                addr=self.client_addr, reason=exc.message, server="proxy",
+            )  # fmt: skip
+            return False
+        return True
+
+    def session_requested(self) -> Any:
+        # Nobody gets a shell on the proxy itself: a joiner of a kube session gets a view.
+        joins = self._proxy.kube_joins
+        if self.kube_join is None or self.identity is None or joins is None:
+            return False
+        session = joins.channel(self.kube_join, self.identity, self.client_addr)
+        return self._conn.create_server_channel(encoding=None), session
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
@@ -152,6 +177,7 @@ class ProxySSH:
         audit: AuditSink,
         agentless: AgentlessForwarder | None = None,
         live_sessions: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None,
+        kube_joins: KubeJoins | None = None,
     ) -> None:
         self._host_key = asyncssh.import_private_key(host_key)
         self._host_cert = asyncssh.import_certificate(host_cert)
@@ -161,6 +187,7 @@ class ProxySSH:
         self.agentless = agentless
         # node name -> the live sessions there (auth's trackers), for join-only dials.
         self.live_sessions = live_sessions
+        self.kube_joins = kube_joins
         self._server: Any = None
 
     async def node_to_join(self, identity: Identity, target: str) -> Node:
@@ -192,6 +219,8 @@ class ProxySSH:
             agent_forwarding=False,
             x11_forwarding=False,
             login_timeout=30,
+            # No line editor: the only sessions are kube joiners' views (raw bytes).
+            line_editor=False,
             keepalive_interval=30,
         )
         return int(self._server.get_port()) or port

@@ -7,10 +7,12 @@
 A joiner connects like any SSH user but with the login `join:<mode>:<session id>`
 (api/session_tracker.py); the server that runs the session (a node, or the proxy for an
 agentless node) checks the joiner's roles and locks, then hands the session channel a
-JoinChannel instead of starting a shell. A joiner first gets the last few KiB the session
-showed, so the screen is not blank until the next output. Observers cannot type:
-Ctrl-C or Ctrl-D leaves. A joiner that falls too far behind is dropped, never the
-session slowed down for it.
+JoinChannel instead of starting a shell. A Kubernetes session runs in a kube service,
+which has no SSH server: the proxy's SSH listener takes the join login and relays a
+stream from the kube service (srv/remote_join.py), whose party member is a Joiner too.
+A joiner first gets the last few KiB the session showed, so the screen is not blank
+until the next output. Observers cannot type: Ctrl-C or Ctrl-D leaves. A joiner that
+falls too far behind is dropped, never the session slowed down for it.
 
 The party knows nothing of the child process or recording; its owner passes in how to
 show text to everyone (`announce`) and how to send a peer's input to the child.
@@ -22,9 +24,9 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 
@@ -41,7 +43,30 @@ MAX_BEHIND_BYTES = 4 * 1024 * 1024
 _OBSERVER_LEAVE_KEYS = (b"\x03", b"\x04")
 
 # (event, joiner) -> None: "session.join" or "session.leave".
-MembershipListener = Callable[[str, "JoinChannel"], None]
+MembershipListener = Callable[[str, "Joiner"], None]
+
+
+class Joiner(Protocol):
+    """One joiner's view of a session, whatever carries it: an SSH channel here
+    (JoinChannel), or a stream to the proxy for a Kubernetes session (kube/observe.py)."""
+
+    user: str
+    mode: str
+    joined: datetime
+
+    def send(self, data: bytes) -> None:
+        """Show the session's output (never blocks; a joiner too far behind is dropped)."""
+
+    def finish(self, message: str, status: int = 0) -> None:
+        """Show `message`, end the view and leave the party."""
+
+    def wait_closed(self) -> Awaitable[None]: ...
+
+
+def joined_banner(session_id: str, mode: str) -> str:
+    """The first line a joiner reads."""
+    hint = "you can type into it" if mode == "peer" else "read-only; Ctrl-C leaves"
+    return f"certgate: joined session {session_id} as {mode} ({hint})\r\n"
 
 
 def join_refusal(
@@ -63,9 +88,7 @@ def join_refusal(
     return None
 
 
-def membership_fields(
-    session_id: str, owner: str, login: str, member: JoinChannel
-) -> dict[str, Any]:
+def membership_fields(session_id: str, owner: str, login: str, member: Joiner) -> dict[str, Any]:
     """The fields of a session.join or session.leave audit event."""
     return {
         "session_id": session_id,
@@ -90,7 +113,7 @@ class SessionParty:
         self._on_membership = on_membership
         self._backlog: deque[bytes] = deque()
         self._backlog_size = 0
-        self.members: list[JoinChannel] = []
+        self.members: list[Joiner] = []
         self.ended = False
 
     def output(self, data: bytes) -> None:
@@ -107,7 +130,7 @@ class SessionParty:
         """A line from certgate to everyone in the session, the owner included."""
         self._announce(f"\r\ncertgate: {text}\r\n".encode())
 
-    def join(self, member: JoinChannel) -> None:
+    def join(self, member: Joiner) -> None:
         if self.ended:
             member.finish("certgate: the session has ended")
             return
@@ -116,7 +139,7 @@ class SessionParty:
         self.say(f"{member.user} joined ({member.mode})")
         self._on_membership("session.join", member)
 
-    def leave(self, member: JoinChannel) -> None:
+    def leave(self, member: Joiner) -> None:
         if member not in self.members:
             return
         self.members.remove(member)
@@ -124,7 +147,7 @@ class SessionParty:
             self.say(f"{member.user} left")
         self._on_membership("session.leave", member)
 
-    def input(self, member: JoinChannel, data: bytes) -> None:
+    def input(self, member: Joiner, data: bytes) -> None:
         if member.mode == "peer" and not self.ended:
             self._write_input(data)
 
@@ -140,7 +163,39 @@ class SessionParty:
         ]
 
 
-class JoinChannel(asyncssh.SSHServerSession[bytes]):
+class ViewChannel(asyncssh.SSHServerSession[bytes]):
+    """An SSH session channel that only shows someone else's terminal: a pty and a shell
+    request are accepted, nothing is run; input ending ends nothing."""
+
+    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
+        return True
+
+    def shell_requested(self) -> bool:
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        return False
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return False
+
+    def eof_received(self) -> bool:
+        # A joiner's input ending (`cgsh join < /dev/null`) ends nothing: it keeps watching.
+        return True
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        pass  # the owner's terminal sets the size
+
+    def break_received(self, msec: int) -> bool:
+        return False
+
+
+def wants_to_leave(data: bytes) -> bool:
+    """An observer's keystrokes go nowhere, except these, which make it leave."""
+    return any(key in data for key in _OBSERVER_LEAVE_KEYS)
+
+
+class JoinChannel(ViewChannel):
     """A joiner's session channel: a view of someone else's terminal.
 
     `find_party()` is asked when the joiner's shell request arrives; None means the
@@ -168,26 +223,13 @@ class JoinChannel(asyncssh.SSHServerSession[bytes]):
     def connection_made(self, chan: Any) -> None:
         self._chan = chan
 
-    def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
-        return True
-
-    def shell_requested(self) -> bool:
-        return True
-
-    def exec_requested(self, command: str) -> bool:
-        return False
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return False
-
     def session_started(self) -> None:
         party = self._find_party()
         if party is None:
             self.finish("certgate: the session has ended", status=1)
             return
         self._party = party
-        hint = "you can type into it" if self.mode == "peer" else "read-only; Ctrl-C leaves"
-        self._write(f"certgate: joined session {self.session_id} as {self.mode} ({hint})\r\n")
+        self._write(joined_banner(self.session_id, self.mode))
         party.join(self)
 
     def data_received(self, data: bytes, datatype: Any) -> None:
@@ -195,18 +237,8 @@ class JoinChannel(asyncssh.SSHServerSession[bytes]):
             return
         if self.mode == "peer":
             self._party.input(self, data)
-        elif any(key in data for key in _OBSERVER_LEAVE_KEYS):
+        elif wants_to_leave(data):
             self.finish("certgate: you left the session")
-
-    def eof_received(self) -> bool:
-        # A joiner's input ending (`cgsh join < /dev/null`) ends nothing: it keeps watching.
-        return True
-
-    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
-        pass  # the owner's terminal sets the size
-
-    def break_received(self, msec: int) -> bool:
-        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._done = True

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from certgate.api.identity import Identity
 from certgate.srv.hangup import close_connection, end_all, wait_for_last_words
-from certgate.srv.join import JoinChannel, SessionParty, membership_fields
+from certgate.srv.join import Joiner, SessionParty, membership_fields
 from certgate.srv.session import (
     ObserverFactory,
     SessionInfo,
@@ -86,7 +86,7 @@ class LiveClient:
         self.policy = policy
         self.audit = audit
         self.sessions: set[LiveSession] = set()
-        self.joins: set[JoinChannel] = set()
+        self.joins: set[Joiner] = set()
         self._conn = conn
         self._close = close
         self._monotonic = monotonic
@@ -141,6 +141,9 @@ class LiveSession:
         self.observer: SessionObserver | None = None
         # Terminal sessions only: who else is watching or typing (join.py).
         self.party: SessionParty | None = None
+        # Where the session runs in its protocol's terms, for session.join/leave events
+        # (a Kubernetes session's cluster, namespace and pod; a node adds its own name).
+        self.place: dict[str, Any] = {}
         self._begun = False
         self._announced = False
         self._ended = False
@@ -303,10 +306,9 @@ class LiveSession:
         if self._peer_input is not None and not self._ended:
             self._peer_input(data)
 
-    def _membership(self, event: str, member: JoinChannel) -> None:
-        self.client.audit(
-            event, membership_fields(self.id, self.info.identity.username, self.info.login, member)
-        )
+    def _membership(self, event: str, member: Joiner) -> None:
+        fields = membership_fields(self.id, self.info.identity.username, self.info.login, member)
+        self.client.audit(event, {**self.place, **fields})
         if self.party is not None and self._tracking is not None and not self._ended:
             self._tracking.participants_changed(self.info, self.party.participants())
 

@@ -12,7 +12,7 @@ from certgate.cli.common import FORMAT, print_json, table
 from certgate.client.cluster import connect_profile
 from certgate.client.profile import load_profile
 from certgate.client.sessions import describe_participants, join_target, list_sessions
-from certgate.client.ssh import write_config
+from certgate.client.ssh import jump_alias, write_config
 
 
 @click.group()
@@ -65,11 +65,13 @@ def join(session_id: str, mode: str) -> None:
     profile = load_profile()
     api = connect_profile(profile)
     try:
-        node, login = join_target(api, session_id, mode)
+        target = join_target(api, session_id, mode)
     finally:
         api.close()
-    config = write_config(profile, [node])
-    argv = [openssh_binary("ssh"), "-F", str(config), "-t", "-l", login, node]
+    # A Kubernetes session has no node: the proxy's SSH port relays it.
+    host = jump_alias(profile) if target.at_proxy else target.node
+    config = write_config(profile, [] if target.at_proxy else [host])
+    argv = [openssh_binary("ssh"), "-F", str(config), "-t", "-l", target.login, host]
     os.execv(argv[0], argv)
 
 
