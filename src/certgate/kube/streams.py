@@ -16,9 +16,9 @@ import contextlib
 import logging
 
 from certgate.kube import wsframes
-from certgate.srv.http1 import pipe
 from certgate.srv.http1_server import both
 from certgate.srv.live import LiveClient, LiveSession
+from certgate.srv.splice import splice
 
 log = logging.getLogger("certgate.kube")
 
@@ -113,4 +113,4 @@ async def relay_raw(
     up_writer: asyncio.StreamWriter,
     client: LiveClient,
 ) -> None:
-    await both(pipe(reader, up_writer), pipe(up_reader, writer), log=log)
+    await splice(reader, writer, up_reader, up_writer)

@@ -42,12 +42,12 @@ from certgate.srv.http1 import (
     MAX_HEAD,
     Head,
     body_framing,
-    pipe,
     read_body,
     response_head,
     streaming,
 )
-from certgate.srv.http1_server import ClientConnection, Connection, Http1Server, both
+from certgate.srv.http1_server import ClientConnection, Connection, Http1Server
+from certgate.srv.splice import splice
 
 log = logging.getLogger("certgate.proxy.kube")
 
@@ -123,7 +123,7 @@ class KubeListener:
         try:  # a protocol switch has a connection of its own, never kept
             if response.status == 101:
                 writer.write(response.encode())
-                await both(pipe(reader, up_writer), pipe(up_reader, writer), log=log)
+                await splice(reader, writer, up_reader, up_writer)
             else:
                 await client.relay_response(response, up_reader, r_framing)
         finally:

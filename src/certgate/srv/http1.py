@@ -10,7 +10,6 @@ reads and writes the messages itself:
     body_framing(head, ...)      -> Framing: length n, chunked, until close, or none
     relay_body(reader, writer)   copies a body as it arrives (chunk framing kept as is)
     read_body(reader, framing)   a whole body, for the few answers that are rewritten
-    pipe(reader, writer)         raw bytes after a 101, until either side closes
 """
 
 from __future__ import annotations
@@ -284,20 +283,6 @@ async def while_connected(job: Awaitable[None], gone: asyncio.Future[None]) -> N
 def streaming(writer: asyncio.StreamWriter) -> None:
     """Let `writer` hold more before drain() waits: fewer pauses on long streams."""
     writer.transport.set_write_buffer_limits(high=WRITE_BUFFER)
-
-
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Raw bytes from `reader` to `writer` until EOF, then half-close `writer`."""
-    try:
-        while data := await reader.read(COPY_CHUNK):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            if writer.can_write_eof():
-                writer.write_eof()
 
 
 async def close_writer(writer: asyncio.StreamWriter) -> None:
