@@ -18,6 +18,8 @@ Measured, the paths taking turns:
   - `kubectl logs` of a `--size` log, and `kubectl exec -- cat` of a `--size` file:
     MB/s from kubectl's stdout, median of `--rounds`.
 Targets (printed, never asserted): latency <= 1.3x direct, throughput >= 0.8x direct.
+With each throughput figure, the CPU seconds each process spent per run (`/proc`): the
+proxy, the kube service, this process (the stand-in) and kubectl; `--only` picks parts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import http.client
 import json
 import os
+import resource
 import ssl
 import statistics
 import subprocess
@@ -63,6 +66,19 @@ def parse_size(text: str) -> int:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_now(pids: dict[str, int]) -> dict[str, float]:
+    usage = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    usage["kubectl"] = children.ru_utime + children.ru_stime
+    return usage
 
 
 def run_kubectl(env: dict[str, str], args: list[str]) -> tuple[float, int]:
@@ -103,6 +119,9 @@ def main() -> None:
     parser.add_argument("--size", default="256M")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=30)
+    parser.add_argument(
+        "--only", default="latency,logs,exec", help="comma-separated: latency, logs, exec"
+    )
     args = parser.parse_args()
     size = parse_size(args.size)
 
@@ -155,7 +174,52 @@ def measure(
         "direct": {**os.environ, "KUBECONFIG": str(direct_config)},
     }
     print(f"kubectl through certgate vs straight to the API server stand-in; size {size >> 20} MiB")
+    print("(the figures depend on the machine's load: run it on a quiet one to compare)")
+    parts = set(args.only.split(","))
+    if "latency" in parts:
+        measure_latency(setup, user, standin, workdir, envs, args)
+    assert setup.service is not None and setup.cluster.process is not None
+    pids = {
+        "proxy": setup.cluster.process.pid,
+        "kube": setup.service.pid,
+        "stand-in": os.getpid(),
+    }
+    for part, title, kubectl_args in (
+        ("logs", "kubectl logs", ["-n", "dev", "logs", "web"]),
+        ("exec", "kubectl exec -- cat", ["-n", "dev", "exec", "web", "--", "cat", str(big)]),
+    ):
+        if part not in parts:
+            continue
+        rates: dict[str, list[float]] = {name: [] for name in envs}
+        cpu: dict[str, dict[str, float]] = {name: {} for name in envs}
+        for _ in range(args.rounds):
+            for name, env in envs.items():
+                before = cpu_now(pids)
+                seconds, received = run_kubectl(env, kubectl_args)
+                after = cpu_now(pids)
+                assert received >= size, (name, received)
+                rates[name].append(received / seconds / 1e6)
+                for proc, value in after.items():
+                    spent = (value - before[proc]) / args.rounds
+                    cpu[name][proc] = cpu[name].get(proc, 0.0) + spent
+        print(f"\n{title} of {size >> 20} MiB, MB/s (median of {args.rounds}):")
+        for name, values in rates.items():
+            runs = ", ".join(f"{v:.0f}" for v in values)
+            spent = "  ".join(f"{proc} {value:.2f}" for proc, value in cpu[name].items())
+            print(f"  {name:9} {statistics.median(values):8.1f}   runs {runs}")
+            print(f"  {'':9} CPU s per run: {spent}")
+        share = statistics.median(rates["certgate"]) / statistics.median(rates["direct"])
+        print(f"  certgate/direct: {share:.2f}x (target >= 0.8x)")
 
+
+def measure_latency(
+    setup: KubeSetup,
+    user: User,
+    standin: KubeStandin,
+    workdir: Path,
+    envs: dict[str, dict[str, str]],
+    args: argparse.Namespace,
+) -> None:
     latency: dict[str, list[float]] = {name: [] for name in envs}
     for _ in range(args.calls):
         for name, env in envs.items():
@@ -196,23 +260,6 @@ def measure(
     for name, values in (("certgate", via), ("direct", straight)):
         p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
         print(f"  {name:9} p50 {p50:7.2f}   p99 {p99:7.2f}")
-
-    for title, kubectl_args in (
-        ("kubectl logs", ["-n", "dev", "logs", "web"]),
-        ("kubectl exec -- cat", ["-n", "dev", "exec", "web", "--", "cat", str(big)]),
-    ):
-        rates: dict[str, list[float]] = {name: [] for name in envs}
-        for _ in range(args.rounds):
-            for name, env in envs.items():
-                seconds, received = run_kubectl(env, kubectl_args)
-                assert received >= size, (name, received)
-                rates[name].append(received / seconds / 1e6)
-        print(f"\n{title} of {size >> 20} MiB, MB/s (median of {args.rounds}):")
-        for name, values in rates.items():
-            runs = ", ".join(f"{v:.0f}" for v in values)
-            print(f"  {name:9} {statistics.median(values):8.1f}   runs {runs}")
-        share = statistics.median(rates["certgate"]) / statistics.median(rates["direct"])
-        print(f"  certgate/direct: {share:.2f}x (target >= 0.8x)")
 
 
 if __name__ == "__main__":

@@ -3,14 +3,15 @@ certificate through the exec credential plugin.
 
     cgsh kube login NAME ──▶ $KUBECONFIG (first file) or ~/.kube/config, mode 0600:
         cluster  certgate-<cluster>-NAME   server https://PROXY:3026/k8s/NAME
-        user     certgate-<cluster>-NAME   exec: cgsh kube credentials --cluster NAME
+        user     certgate-<cluster>-NAME   exec: the credential plugin (kube_credentials.py)
         context  <cluster>-NAME            (made current)
       and a note of what it wrote in $CERTGATE_HOME/kube.json, so `cgsh logout` removes
       exactly that and nothing else.
 
-    kubectl ──runs──▶ cgsh kube credentials ──▶ ExecCredential (client.authentication.k8s.io/v1)
+    kubectl ──runs──▶ the plugin ──▶ ExecCredential (client.authentication.k8s.io/v1)
         with the certificate and key of the current login, read at every call: a renewed
-        login or an approved request counts on the next kubectl call.
+        login or an approved request counts on the next kubectl call. `cgsh kube
+        credentials` prints the same.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ import yaml
 from certgate.api.codec import from_dict
 from certgate.api.kube_cluster import PROXY_PATH_PREFIX, KubeCluster
 from certgate.client.cluster import connect_profile
-from certgate.client.kube_credentials import EXEC_API_VERSION, exec_credential
+from certgate.client.kube_credentials import exec_credential, plugin_exec
 from certgate.client.profile import Profile, home, load_profile
 from certgate.client.proxy_client import ProxyClient
 from certgate.errors import AccessDenied, BadParameter, NotFound
@@ -69,17 +69,7 @@ def login(name: str) -> Written:
     # whatever certificate the web port has: kubectl verifies it against that CA.
     host_ca = profile.identity().bundle.tls_cas[:1]
     cluster["certificate-authority-data"] = base64.b64encode("".join(host_ca).encode()).decode()
-    user = {
-        "exec": {
-            "apiVersion": EXEC_API_VERSION,
-            # `cgsh kube credentials`, without loading cgsh (kube_credentials.py).
-            "command": sys.executable,
-            "args": ["-m", "certgate.client.kube_credentials", f"--cluster={name}"],
-            "env": [{"name": "CERTGATE_HOME", "value": str(home())}],
-            "interactiveMode": "Never",
-            "provideClusterInfo": False,
-        }
-    }
+    user = {"exec": plugin_exec(name, home())}
     path = kubeconfig_path()
     config = _load(path)
     _put(config, "clusters", entry, "cluster", cluster)

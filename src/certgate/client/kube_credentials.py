@@ -1,11 +1,17 @@
 """The exec credential plugin kubectl runs before its calls, kept lean on purpose.
 
-kubectl starts it for every command (`cgsh kube login` writes
-`python -m certgate.client.kube_credentials` into the kubeconfig, the same thing as
-`cgsh kube credentials`), so it imports only the standard library: loading cgsh's
-whole command line costs more than the call it serves. It prints an ExecCredential
-(`client.authentication.k8s.io/v1`) with the certificate and key of the current login,
-read at every call, so a renewed login or an approved access request counts at once.
+kubectl starts it for every command, so its cost is part of every command's latency.
+Two paths, both written into the kubeconfig by `cgsh kube login` (`plugin_exec`):
+
+    /bin/sh -c 'cat $CERTGATE_HOME/keys/kube-credential.json || exec python -m ...'
+      fast: the ExecCredential was written next to the keys when they were saved
+            (`write_credential`, called by every writer of the profile's keys), so a
+            renewed login or an approved access request counts on the next call
+      slow: no such file (a login older than this file, or none): this module, which
+            imports only the standard library and says "not logged in" when it must
+
+Starting Python costs tens of milliseconds, `sh` + `cat` a few: that difference is most of
+what certgate added to a `kubectl get` (bench/kube_proxy.py).
 """
 
 from __future__ import annotations
@@ -17,15 +23,22 @@ from pathlib import Path
 from typing import Any
 
 EXEC_API_VERSION = "client.authentication.k8s.io/v1"
+CREDENTIAL_FILE = "kube-credential.json"
+# $0 is the Python to fall back on; the rest of the arguments go to the slow path.
+_FAST_PATH = (
+    f'cat "$CERTGATE_HOME/keys/{CREDENTIAL_FILE}" 2>/dev/null'
+    ' || exec "$0" -m certgate.client.kube_credentials "$@"'
+)
 
 
 def _home() -> Path:
     return Path(os.environ.get("CERTGATE_HOME") or Path.home() / ".certgate")
 
 
-def exec_credential() -> dict[str, Any]:
-    """The ExecCredential, or OSError/ValueError/KeyError when there is no usable login."""
-    keys = _home() / "keys"
+def exec_credential(keys: Path | None = None) -> dict[str, Any]:
+    """The ExecCredential from the keys in `keys` (the profile's by default), or
+    OSError/ValueError/KeyError when there is no usable login."""
+    keys = keys or _home() / "keys"
     bundle = json.loads((keys / "bundle.json").read_text())
     status: dict[str, Any] = {
         "clientCertificateData": bundle["tls_cert"],
@@ -36,6 +49,29 @@ def exec_credential() -> dict[str, Any]:
         # RFC 3339 in UTC, as kubectl parses it; it asks again once this passes.
         status["expirationTimestamp"] = expires.replace("+00:00", "Z")
     return {"apiVersion": EXEC_API_VERSION, "kind": "ExecCredential", "status": status}
+
+
+def write_credential(keys: Path) -> None:
+    """Write the ExecCredential of the keys just saved in `keys` for the fast path
+    (private: it holds the key). Atomic, so kubectl never reads half a file."""
+    text = json.dumps(exec_credential(keys)) + "\n"
+    tmp = keys / (CREDENTIAL_FILE + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(tmp, keys / CREDENTIAL_FILE)
+
+
+def plugin_exec(cluster: str, home: Path) -> dict[str, Any]:
+    """The kubeconfig `user.exec` stanza that runs this plugin."""
+    return {
+        "apiVersion": EXEC_API_VERSION,
+        "command": "/bin/sh",
+        "args": ["-c", _FAST_PATH, sys.executable, f"--cluster={cluster}"],
+        "env": [{"name": "CERTGATE_HOME", "value": str(home)}],
+        "interactiveMode": "Never",
+        "provideClusterInfo": False,
+    }
 
 
 def main() -> int:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from certgate.client.kube_credentials import write_credential
 from certgate.client.proxy_trust import ProxyPin, spki_pin_of_pem
 from certgate.errors import AccessDenied, CertgateError, NotFound
 from certgate.rpc.identity_files import IdentityFiles
@@ -70,13 +71,19 @@ class Profile:
             raise CertificateExpired(expired_message(expires))
         return identity
 
+    def save_keys(self, identity: IdentityFiles) -> None:
+        """Replace the keys and certificates in use (a login, a grant assumed or
+        dropped), with everything derived from them: the exec credential kubectl reads."""
+        identity.save(self.keys_dir)
+        write_credential(self.keys_dir)
+
     def save(self, identity: IdentityFiles) -> None:
         directory = home()
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
         _make_current(self.proxy)
         shutil.rmtree(self.keys_dir, ignore_errors=True)  # no stale files of a past login
-        identity.save(self.keys_dir)
+        self.save_keys(identity)
         document = {
             "proxy": self.proxy,
             "user": self.user,

@@ -214,7 +214,7 @@ def assume(profile: Profile, request_ids: Sequence[str], keep_current: bool = Tr
     issued = _renew(profile, standing, wanted)
     if standing is current:
         standing.save(_standing_dir(profile))
-    issued.save(profile.keys_dir)
+    profile.save_keys(issued)
     return issued.bundle
 
 
@@ -228,7 +228,7 @@ def drop(profile: Profile) -> CertBundle:
         raise AccessDenied("the certificates from your login are gone: run cgsh login")
     if standing.bundle.identity.expires <= datetime.now(UTC):
         raise AccessDenied("the certificates from your login have expired: run cgsh login")
-    standing.save(profile.keys_dir)
+    profile.save_keys(standing)
     return standing.bundle
 
 

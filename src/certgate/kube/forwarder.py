@@ -20,11 +20,10 @@ Every call is a `kube.request` audit event, refused ones too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -53,30 +52,23 @@ from certgate.srv.authorize import policy_for
 from certgate.srv.http1 import (
     HOP_BY_HOP,
     MAX_HEAD,
-    Connection,
     Head,
-    IdlePool,
-    ProtocolError,
     body_framing,
-    close_writer,
-    closed_waiter,
     read_body,
-    read_head,
     relay_body,
     streaming,
     while_connected,
 )
+from certgate.srv.http1_server import ClientConnection, Http1Server
 from certgate.srv.live import LiveClient, LiveSession
 from certgate.srv.registry import SessionRegistry
+from certgate.srv.remote_join import CLIENT_ADDR_HEADER, is_observe_request
 from certgate.srv.remote_join import identity_from_header as _header_identity
-from certgate.srv.remote_join import is_observe_request
 from certgate.srv.session import ObserverFactory, SessionInfo, SessionRefused, SessionTracking
 
 log = logging.getLogger("certgate.kube")
 
-IDENTITY_HEADER = "X-Certgate-Identity"
 CLUSTER_HEADER = "X-Certgate-Cluster"
-CLIENT_ADDR_HEADER = "X-Certgate-Client-Addr"
 CONNECT_TIMEOUT = 10.0
 
 # (event, fields) -> None: queued for auth
@@ -97,38 +89,6 @@ class _Call:
     imp: Impersonation
     rules: ResourceRules
     upstream: Upstream
-
-
-class _Upstreams:
-    """The API-server connections of one proxy connection, one per cluster: kept while
-    the proxy's connection lives, then handed to the forwarder's idle pool."""
-
-    def __init__(self, pool: IdlePool, gone: asyncio.Future[None]) -> None:
-        self._pool = pool
-        self._open: dict[str, Connection] = {}
-        self.gone = gone  # the proxy's connection is lost (closed_waiter)
-
-    async def get(self, upstream: Upstream) -> tuple[Connection, bool]:
-        """A connection to `upstream`, and whether it was used before (may be stale)."""
-        found = self._open.get(upstream.name)
-        if found is not None and not found[1].is_closing():
-            return found, True
-        found = self._pool.take(upstream.name)
-        reused = found is not None
-        if found is None:
-            found = await dial(upstream)
-        self._open[upstream.name] = found
-        return found, reused
-
-    def drop(self, name: str) -> None:
-        found = self._open.pop(name, None)
-        if found is not None:
-            found[1].close()
-
-    def close(self) -> None:
-        for name, conn in self._open.items():
-            self._pool.give(name, conn)
-        self._open.clear()
 
 
 async def dial(upstream: Upstream) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -176,76 +136,33 @@ class KubeForwarder:
         self._audit = audit
         self._name = name
         self._tracking = tracking
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
-        self._pool = IdlePool()
+        self._server: Http1Server[bool] = Http1Server(self._from_proxy, self._call, log)
 
     async def start(self, host: str, port: int, context: ssl.SSLContext) -> int:
-        self._server = await asyncio.start_server(
-            self._serve, host or None, port, ssl=context, limit=MAX_HEAD, reuse_address=True
-        )
-        return int(self._server.sockets[0].getsockname()[1])
+        return await self._server.start(host, port, context)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        self._pool.close()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+        await self._server.close()
 
     # ---- one proxy connection ---------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        streaming(writer)
-        upstreams = _Upstreams(self._pool, closed_waiter(writer))
-        try:
-            if not self._from_proxy(writer):
-                return
-            while (head := await read_head(reader)) is not None:
-                if not await self._call(head, reader, writer, upstreams):
-                    break
-        except (ConnectionError, ProtocolError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
-            log.debug("kube connection ended: %s", exc)
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("kube connection failed")
-        finally:
-            upstreams.close()
-            self._connections.discard(task)
-            await close_writer(writer)
-            upstreams.gone.cancel()  # done by now, unless the close timed out
-
-    def _from_proxy(self, writer: asyncio.StreamWriter) -> bool:
+    def _from_proxy(self, client: ClientConnection) -> bool | None:
         """Only proxies may call: they vouch for the user in X-Certgate-Identity."""
-        ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        der = client.peer_certificate()
         if der is None:
-            return False
+            return None
         try:
             caller = identity_from_x509(x509.load_der_x509_certificate(der))
         except (BadParameter, ValueError):
-            return False
+            return None
         if not caller.is_service(SYSTEM_PROXY):
             log.warning("refused a kube connection from %s: not a proxy", caller.username)
-            return False
+            return None
         return True
 
-    async def _call(
-        self,
-        head: Head,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        upstreams: _Upstreams,
-    ) -> bool:
+    async def _call(self, head: Head, client: ClientConnection, _from_proxy: bool) -> bool:
         """Serve one request; whether the connection may carry another."""
+        reader, writer = client.reader, client.writer
         if self._observers is not None and is_observe_request(head):
             await self._observers.serve(head, reader, writer)
             return False
@@ -264,64 +181,44 @@ class KubeForwarder:
             return not head.wants_close()
         _rewrite(head, call)
         if head.is_upgrade():
-            await self._upgrade(head, reader, writer, call)
+            await self._upgrade(head, client, call)
             return False
+        key = call.upstream.name
         try:
-            for attempt in (1, 2):
-                (up_reader, up_writer), reused = await upstreams.get(call.upstream)
-                try:
-                    up_writer.write(head.encode())
-                    await relay_body(reader, up_writer, framing)
-                    response = await read_head(up_reader)
-                    if response is None:
-                        raise ProtocolError("the API server closed the connection")
-                    break
-                except BaseException as exc:
-                    upstreams.drop(call.upstream.name)
-                    if not isinstance(exc, OSError | ProtocolError | asyncio.IncompleteReadError):
-                        raise
-                    # A kept-alive connection the server closed meanwhile: once more on
-                    # a fresh one, if nothing of a body was sent.
-                    if attempt == 2 or not reused or framing.kind != "none":
-                        raise
+            (up_reader, _), response = await client.exchange(
+                key, lambda: dial(call.upstream), head, framing, peer="API server"
+            )
         except (CertgateError, OSError, asyncio.IncompleteReadError) as exc:
-            upstreams.drop(call.upstream.name)
+            client.upstreams.drop(key)
             message = exc.message if isinstance(exc, CertgateError) else str(exc)
             await answer(writer, 502, "ServiceUnavailable", message)
             self._audit_call(call.identity, call.cluster, request, 502, message)
             return False
-        assert response is not None
         r_framing = body_framing(response, response=True, request_method=head.method)
-        filtered = (
+        relay: Callable[[], Awaitable[None]] | None = None
+        if (
             call.rules.filters
             and request.kind != ""
             and request.verb in ("get", "list", "watch")
             and response.status == 200
-        )
-        try:
-            if filtered and request.verb == "watch":
-                await while_connected(
-                    relay_watch(response, up_reader, writer, r_framing, request, call.rules),
-                    upstreams.gone,
-                )
-            elif filtered:
-                await relay_filtered(response, up_reader, writer, r_framing, request, call.rules)
+        ):
+            if request.verb == "watch":
+
+                async def relay() -> None:
+                    await while_connected(
+                        relay_watch(response, up_reader, writer, r_framing, request, call.rules),
+                        client.gone,
+                    )
             else:
-                writer.write(response.encode())
-                if r_framing.kind == "length":
-                    await relay_body(up_reader, writer, r_framing)
-                else:  # streams (watches, logs -f) end when the user leaves
-                    await while_connected(relay_body(up_reader, writer, r_framing), upstreams.gone)
-        except BaseException:
-            # Cut off in the middle of an answer (the user left a watch, say): the rest
-            # of it is still coming, so the connection must never serve anyone again.
-            upstreams.drop(call.upstream.name)
-            raise
+
+                async def relay() -> None:
+                    await relay_filtered(
+                        response, up_reader, writer, r_framing, request, call.rules
+                    )
+
+        keep = await client.relay_answer(key, head, response, up_reader, r_framing, relay)
         self._audit_call(call.identity, call.cluster, request, response.status)
-        if r_framing.kind == "close" or response.wants_close():
-            upstreams.drop(call.upstream.name)
-            return False
-        return not head.wants_close()
+        return keep
 
     def _decide(self, head: Head, request: KubeRequest, identity: Identity, cluster: str) -> _Call:
         client_addr = head.get(CLIENT_ADDR_HEADER) or ""
@@ -352,13 +249,8 @@ class KubeForwarder:
 
     # ---- filtered answers -----------------------------------------------------------------
 
-    async def _upgrade(
-        self,
-        head: Head,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        call: _Call,
-    ) -> None:
+    async def _upgrade(self, head: Head, conn: ClientConnection, call: _Call) -> None:
+        reader, writer = conn.reader, conn.writer
         request = call.request
         websocket = (head.get("Upgrade") or "").lower() == "websocket"
         session: LiveSession | None = None
@@ -407,17 +299,21 @@ class KubeForwarder:
                 self._audit_call(call.identity, call.cluster, request, 403, str(exc))
                 return
         try:
-            up_reader, up_writer = await dial(call.upstream)
-        except CertgateError as exc:
-            await answer(writer, 502, "ServiceUnavailable", exc.message)
+            (up_reader, up_writer), response = await conn.exchange(
+                call.upstream.name,
+                lambda: dial(call.upstream),
+                head,
+                body_framing(head, response=False),
+                peer="API server",
+                fresh=True,
+            )
+        except (CertgateError, OSError, asyncio.IncompleteReadError) as exc:
+            message = exc.message if isinstance(exc, CertgateError) else str(exc)
+            await answer(writer, 502, "ServiceUnavailable", message)
             if session is not None:
                 session.ended("refused")
             return
         try:
-            up_writer.write(head.encode())
-            response = await read_head(up_reader)
-            if response is None:
-                raise ProtocolError("the API server closed the connection")
             self._audit_call(call.identity, call.cluster, request, response.status)
             writer.write(response.encode())
             if response.status != 101:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
-from certgate.errors import BadParameter
 from certgate.kube import wsframes
-from certgate.srv.http1 import pipe
+from certgate.srv.http1_server import both
 from certgate.srv.live import LiveClient, LiveSession
+from certgate.srv.splice import splice
 
 log = logging.getLogger("certgate.kube")
 
@@ -103,7 +102,7 @@ async def relay_frames(
                 writer.write(whole)
                 await writer.drain()
 
-    await both(from_user(), to_user())
+    await both(from_user(), to_user(), log=log)
     return exit_code[0]
 
 
@@ -114,20 +113,4 @@ async def relay_raw(
     up_writer: asyncio.StreamWriter,
     client: LiveClient,
 ) -> None:
-    await both(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
-async def both(*jobs: Any) -> None:
-    """Run both directions until one ends (the other side then has nothing to say)."""
-    tasks = [asyncio.ensure_future(job) for job in jobs]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for result in results:
-            if isinstance(result, Exception) and not isinstance(
-                result, ConnectionError | OSError | BadParameter
-            ):
-                log.warning("kube stream relay failed: %r", result)
+    await splice(reader, writer, up_reader, up_writer)

@@ -25,12 +25,13 @@ MAX_FRAME = 16 * 1024 * 1024
 
 @dataclass(frozen=True)
 class Frame:
-    raw: bytes  # the frame as it came, to relay
+    raw: memoryview  # the frame as it came, to relay: a view, never a copy
     opcode: int
     fin: bool
     channel: int  # of the message this frame belongs to (-1 for control frames)
     # Where the payload starts in `raw` (past the channel byte when there is one), and
-    # the client's mask; the payload is unmasked only when someone reads `data`.
+    # the client's mask; the payload is copied (and unmasked) only when someone reads
+    # `data`: a relay that nobody records reads no payload at all.
     start: int = 0
     mask: bytes = b""
     mask_offset: int = 0
@@ -40,33 +41,36 @@ class Frame:
         """The payload without the channel byte, unmasked."""
         payload = self.raw[self.start :]
         if not self.mask:
-            return payload
+            return bytes(payload)
         return _unmask(payload, self.mask, self.mask_offset)
 
 
 class FrameReader:
-    """Complete frames out of a byte stream, copying as little as it can: `feed` also
-    returns the bytes of every complete frame in one piece, to relay with one write."""
+    """Complete frames out of a byte stream, copying as little as it can: frames are
+    views of the bytes read, and `feed` also returns the bytes of every complete frame
+    in one piece (a view too), to relay with one write. What a read cut off is kept
+    (copied) until the rest comes."""
 
     def __init__(self) -> None:
         self._pending = b""
         self._channel = -1  # of the message being continued
 
-    def feed(self, data: bytes) -> tuple[list[Frame], bytes]:
+    def feed(self, data: bytes) -> tuple[list[Frame], memoryview]:
         buf = self._pending + data if self._pending else data
+        view = memoryview(buf)
         frames: list[Frame] = []
         at = 0
-        while (found := self._next(buf, at)) is not None:
+        while (found := self._next(buf, view, at)) is not None:
             frame, at = found
             frames.append(frame)
-        self._pending = buf[at:]
-        return frames, buf[:at] if at < len(buf) else buf
+        self._pending = buf[at:] if at < len(buf) else b""
+        return frames, view[:at]
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
-    def _next(self, buf: bytes, at: int) -> tuple[Frame, int] | None:
+    def _next(self, buf: bytes, view: memoryview, at: int) -> tuple[Frame, int] | None:
         if len(buf) - at < 2:
             return None
         fin = bool(buf[at] & 0x80)
@@ -95,8 +99,7 @@ class FrameReader:
         end = offset + length
         if len(buf) < end:
             return None
-        # Control frames: small, kept whole. Data frames: only the first and the channel.
-        raw = buf[at:end] if (at or end != len(buf)) else buf
+        raw = view[at:end]
         start = offset - at
         if opcode >= 8:
             return Frame(raw, opcode, fin, -1, start, mask), end
@@ -114,10 +117,10 @@ class FrameReader:
         return Frame(raw, opcode, fin, channel, start + skip, mask, skip), end
 
 
-def _unmask(payload: bytes, mask: bytes, offset: int = 0) -> bytes:
+def _unmask(payload: bytes | memoryview, mask: bytes, offset: int = 0) -> bytes:
     """Unmask `payload`, which starts `offset` bytes into the masked payload."""
     if not payload:
-        return payload
+        return b""
     mask = mask[offset % 4 :] + mask[: offset % 4]
     key = int.from_bytes((mask * (len(payload) // 4 + 1))[: len(payload)], "big")
     return (int.from_bytes(payload, "big") ^ key).to_bytes(len(payload), "big")

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,19 +41,13 @@ from certgate.rpc.watcher import ResourceView
 from certgate.srv.http1 import (
     MAX_HEAD,
     Head,
-    IdlePool,
-    ProtocolError,
     body_framing,
-    close_writer,
-    closed_waiter,
-    pipe,
     read_body,
-    read_head,
-    relay_body,
     response_head,
     streaming,
-    while_connected,
 )
+from certgate.srv.http1_server import ClientConnection, Connection, Http1Server
+from certgate.srv.splice import splice
 
 log = logging.getLogger("certgate.proxy.kube")
 
@@ -74,66 +69,20 @@ class KubeListener:
         self._access = access
         self._service_tls = service_tls
         self._audit = audit
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
-        self._pool = IdlePool()
         self._tls: ssl.SSLContext | None = None
+        self._server: Http1Server[_Peer] = Http1Server(_peer, self._call, log)
 
     async def start(self, host: str, port: int, context: ssl.SSLContext) -> int:
-        self._server = await asyncio.start_server(
-            self._serve, host or None, port, ssl=context, limit=MAX_HEAD, reuse_address=True
-        )
-        return int(self._server.sockets[0].getsockname()[1])
+        return await self._server.start(host, port, context)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        self._pool.close()
+        await self._server.close()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        streaming(writer)
-        upstreams: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
-        gone = closed_waiter(writer)
-        try:
-            identity = _peer_identity(writer)
-            peer = writer.get_extra_info("peername")
-            client_addr = f"{peer[0]}:{peer[1]}" if peer else ""
-            while (head := await read_head(reader)) is not None:
-                if not await self._call(
-                    head, reader, writer, identity, client_addr, upstreams, gone
-                ):
-                    break
-        except (ConnectionError, ProtocolError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
-            log.debug("kube client connection ended: %s", exc)
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("kube client connection failed")
-        finally:
-            for key, connection in upstreams.items():
-                self._pool.give(key, connection)
-            self._connections.discard(task)
-            await close_writer(writer)
-            gone.cancel()  # done by now, unless the close timed out
-
-    async def _call(
-        self,
-        head: Head,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        identity: Identity | None,
-        client_addr: str,
-        upstreams: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]],
-        gone: asyncio.Future[None],
-    ) -> bool:
+    async def _call(self, head: Head, client: ClientConnection, peer: _Peer) -> bool:
+        reader, writer = client.reader, client.writer
         framing = body_framing(head, response=False)
         name, path = _split_target(head.target)
+        identity = peer.identity
         try:
             if identity is None:
                 raise AccessDenied(
@@ -146,76 +95,40 @@ class KubeListener:
             await _answer(writer, exc.http_status, exc.message)
             self._audit_refusal(identity, name, head.method, path, exc)
             return not head.wants_close()
-        assert identity is not None
         head.target = path
         # Only this proxy speaks for the user: anything that looks like it is dropped.
         head.remove_prefix("X-Certgate-")
         head.add("X-Certgate-Identity", identity.to_json())
         head.add("X-Certgate-Cluster", cluster.name)
-        head.add("X-Certgate-Client-Addr", client_addr)
+        head.add("X-Certgate-Client-Addr", peer.addr)
         upgrade = head.is_upgrade()
         key = cluster.spec.addr
-        response: Head | None = None
         try:
-            for attempt in (1, 2):
-                reused = False
-                if upgrade:
-                    connection = await self._dial(cluster)
-                elif key in upstreams and not upstreams[key][1].is_closing():
-                    connection, reused = upstreams[key], True
-                else:
-                    pooled = self._pool.take(key)
-                    reused = pooled is not None
-                    connection = pooled or await self._dial(cluster)
-                    upstreams[key] = connection
-                up_reader, up_writer = connection
-                try:
-                    up_writer.write(head.encode())
-                    await relay_body(reader, up_writer, framing)
-                    response = await read_head(up_reader)
-                    if response is None:
-                        raise ProtocolError("the kube service closed the connection")
-                    break
-                except BaseException as exc:
-                    # Never reused after a failure; a kept-alive connection closed
-                    # meanwhile: once more on a fresh one, bodiless requests only.
-                    stale = upstreams.pop(key, None)
-                    if stale is not None:
-                        stale[1].close()
-                    up_writer.close()
-                    if not isinstance(exc, OSError | ProtocolError | asyncio.IncompleteReadError):
-                        raise
-                    if attempt == 2 or not reused or framing.kind != "none":
-                        raise
+            (up_reader, up_writer), response = await client.exchange(
+                key,
+                lambda: self._dial(cluster),
+                head,
+                framing,
+                peer="kube service",
+                fresh=upgrade,
+            )
         except (CertgateError, OSError, asyncio.IncompleteReadError) as exc:
-            stale = upstreams.pop(key, None)
-            if stale is not None:
-                stale[1].close()
+            client.upstreams.drop(key)
             message = exc.message if isinstance(exc, CertgateError) else str(exc)
             await _answer(writer, 502, f'kubernetes cluster "{cluster.name}": {message}')
             return False
-        assert response is not None
-        writer.write(response.encode())
-        if upgrade and response.status == 101:
-            await _both(pipe(reader, up_writer), pipe(up_reader, writer))
-            up_writer.close()
-            return False
         r_framing = body_framing(response, response=True, request_method=head.method)
-        try:
-            if r_framing.kind == "length":
-                await relay_body(up_reader, writer, r_framing)
-            else:  # streams (watches, logs -f) end when the user leaves
-                await while_connected(relay_body(up_reader, writer, r_framing), gone)
-        except BaseException:
-            # Cut off in the middle of an answer: never hand this connection on.
-            upstreams.pop(key, None)
+        if not upgrade:
+            return await client.relay_answer(key, head, response, up_reader, r_framing)
+        try:  # a protocol switch has a connection of its own, never kept
+            if response.status == 101:
+                writer.write(response.encode())
+                await splice(reader, writer, up_reader, up_writer)
+            else:
+                await client.relay_response(response, up_reader, r_framing)
+        finally:
             up_writer.close()
-            raise
-        if upgrade or r_framing.kind == "close" or response.wants_close():
-            upstreams.pop(key, None)
-            up_writer.close()
-            return False
-        return not head.wants_close()
+        return False
 
     def _route(self, identity: Identity, name: str) -> KubeCluster:
         """The cluster a request names, if the user may reach it now."""
@@ -239,9 +152,7 @@ class KubeListener:
             raise NotFound(f'kubernetes cluster "{name}" not found')
         return cluster
 
-    async def _dial(
-        self, cluster: KubeCluster
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _dial(self, cluster: KubeCluster) -> Connection:
         host, _, port = cluster.spec.addr.rpartition(":")
         if self._tls is None:
             self._tls = self._service_tls()  # built once: it loads certificates
@@ -299,17 +210,25 @@ def _split_target(target: str) -> tuple[str, str]:
     return name, slash + path if slash else "/"
 
 
-def _peer_identity(writer: asyncio.StreamWriter) -> Identity | None:
-    """The user of the client certificate (TLS already checked it against the user CA)."""
-    ssl_object = writer.get_extra_info("ssl_object")
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+@dataclass(frozen=True)
+class _Peer:
+    identity: Identity | None  # None: no certgate user certificate
+    addr: str
+
+
+def _peer(client: ClientConnection) -> _Peer:
+    """Who is calling: the user of the client certificate (TLS already checked it
+    against the user CA), and from where."""
+    peer = client.writer.get_extra_info("peername")
+    addr = f"{peer[0]}:{peer[1]}" if peer else ""
+    der = client.peer_certificate()
     if der is None:
-        return None
+        return _Peer(None, addr)
     try:
         identity = identity_from_x509(x509.load_der_x509_certificate(der))
     except (BadParameter, ValueError):
-        return None
-    return identity if identity.kind == "user" else None
+        return _Peer(None, addr)
+    return _Peer(identity if identity.kind == "user" else None, addr)
 
 
 async def _answer(writer: asyncio.StreamWriter, status: int, message: str) -> None:
@@ -322,13 +241,3 @@ async def _answer(writer: asyncio.StreamWriter, status: int, message: str) -> No
     writer.write(head.encode() + body)
     with contextlib.suppress(ConnectionError):
         await writer.drain()
-
-
-async def _both(*jobs: Any) -> None:
-    tasks = [asyncio.ensure_future(job) for job in jobs]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

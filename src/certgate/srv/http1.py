@@ -10,7 +10,6 @@ reads and writes the messages itself:
     body_framing(head, ...)      -> Framing: length n, chunked, until close, or none
     relay_body(reader, writer)   copies a body as it arrives (chunk framing kept as is)
     read_body(reader, framing)   a whole body, for the few answers that are rewritten
-    pipe(reader, writer)         raw bytes after a 101, until either side closes
 """
 
 from __future__ import annotations
@@ -286,20 +285,6 @@ def streaming(writer: asyncio.StreamWriter) -> None:
     writer.transport.set_write_buffer_limits(high=WRITE_BUFFER)
 
 
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Raw bytes from `reader` to `writer` until EOF, then half-close `writer`."""
-    try:
-        while data := await reader.read(COPY_CHUNK):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        with contextlib.suppress(OSError, RuntimeError):
-            if writer.can_write_eof():
-                writer.write_eof()
-
-
 async def close_writer(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(Exception):
@@ -308,42 +293,3 @@ async def close_writer(writer: asyncio.StreamWriter) -> None:
 
 def response_head(status: int, reason: str, headers: list[tuple[str, str]]) -> Head:
     return Head(f"HTTP/1.1 {status} {reason}", headers)
-
-
-Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-class IdlePool:
-    """Kept-alive upstream connections between client connections, by destination.
-
-    kubectl opens a new connection for every command; without a pool each one would
-    cost a TLS handshake on every hop behind it. A connection handed back is reused by
-    the next client; one the far side closed meanwhile fails on first use, so callers
-    retry a bodiless request once on a fresh connection (`reused` tells them when).
-    """
-
-    def __init__(self, per_key: int = 8) -> None:
-        self._per_key = per_key
-        self._idle: dict[str, list[Connection]] = {}
-
-    def take(self, key: str) -> Connection | None:
-        idle = self._idle.get(key, [])
-        while idle:
-            conn = idle.pop()
-            if not conn[1].is_closing() and not conn[0].at_eof():
-                return conn
-            conn[1].close()
-        return None
-
-    def give(self, key: str, conn: Connection) -> None:
-        idle = self._idle.setdefault(key, [])
-        if conn[1].is_closing() or conn[0].at_eof() or len(idle) >= self._per_key:
-            conn[1].close()
-            return
-        idle.append(conn)
-
-    def close(self) -> None:
-        for idle in self._idle.values():
-            for _, writer in idle:
-                writer.close()
-        self._idle.clear()
