@@ -24,8 +24,8 @@ from certgate.api.identity import Identity
 from certgate.api.session_tracker import join_login
 from certgate.errors import AccessDenied, CertgateError, NotFound
 from certgate.kube.filtering import answer
-from certgate.kube.streams import both
 from certgate.srv.http1 import Head, response_head
+from certgate.srv.http1_server import both
 from certgate.srv.join import MAX_BEHIND_BYTES, SessionParty, join_refusal, joined_banner
 from certgate.srv.live import Audit, LiveClient
 from certgate.srv.registry import SessionRegistry
@@ -133,7 +133,7 @@ class KubeObservers:
         writer.write(joined_banner(session_id, MODE).encode())
         try:
             session.party.join(member)  # the recent output first, then live
-            await both(_until_eof(reader), member.done.wait())
+            await both(_until_eof(reader), _until_set(member.done), log=log)
         finally:
             member.finish("certgate: you left the session")  # the proxy closed: a no-op write
             self._registry.remove_client(client)
@@ -163,3 +163,7 @@ async def _until_eof(reader: asyncio.StreamReader) -> None:
     with contextlib.suppress(ConnectionError, OSError):
         while await reader.read(4096):
             pass
+
+
+async def _until_set(event: asyncio.Event) -> None:
+    await event.wait()

@@ -25,13 +25,13 @@ from certgate.api.identity import Identity
 from certgate.errors import AccessDenied, BadParameter, CertgateError, NotFound
 from certgate.srv.http1 import (
     MAX_HEAD,
-    Connection,
     Head,
     ProtocolError,
     body_framing,
     read_body,
     read_head,
 )
+from certgate.srv.http1_server import Connection
 
 OBSERVE_SESSION_HEADER = "X-Certgate-Observe-Session"
 OBSERVE_PATH = "/certgate/observe"
