@@ -16,10 +16,10 @@ from certgate.client.kube_credentials import (
 )
 
 
-def _keys(home: Path, cert: str) -> Path:
+def _keys(home: Path, cert: str, expires: str = "2030-01-01T00:00:00+00:00") -> Path:
     keys = home / "keys"
     keys.mkdir(parents=True, exist_ok=True)
-    bundle = {"tls_cert": cert, "identity": {"expires": "2030-01-01T00:00:00+00:00"}}
+    bundle = {"tls_cert": cert, "identity": {"expires": expires}}
     (keys / "bundle.json").write_text(json.dumps(bundle))
     (keys / "key.pem").write_text("KEY\n")
     return keys
@@ -65,3 +65,21 @@ def test_logged_out_says_so_in_one_line(tmp_path: Path) -> None:
     assert result.stderr == (
         "error: not logged in: run cgsh login (kubectl needs a certgate login)\n"
     )
+
+
+def test_an_expired_certificate_is_never_handed_to_kubectl(tmp_path: Path) -> None:
+    # Written while valid, then left to expire: kubectl must not present it (the proxy
+    # would refuse it in the handshake with a bare TLS error); the plugin says what to do.
+    keys = _keys(tmp_path, "CERT-OLD", expires="2001-02-03T04:05:06+00:00")
+    write_credential(keys)
+    assert (keys / CREDENTIAL_FILE).exists()
+    result = _run_plugin(tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "error: your certificate expired at 2001-02-03 04:05:06 UTC: run cgsh login\n"
+    )
+    # Control: the same files with a future expiry are printed.
+    _keys(tmp_path, "CERT-NEW")
+    write_credential(keys)
+    assert json.loads(_run_plugin(tmp_path).stdout)["status"]["clientCertificateData"] == "CERT-NEW"

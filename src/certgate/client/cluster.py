@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from certgate.client.expiry import expired_message
 from certgate.client.profile import (
     CertificateExpired,
     NotLoggedIn,
     Profile,
-    expired_message,
     load_profile,
 )
 from certgate.client.proxy_client import ProxyClient, connect_proxy

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from certgate.client.expiry import expired_message
 from certgate.client.kube_credentials import write_credential
 from certgate.client.proxy_trust import ProxyPin, spki_pin_of_pem
 from certgate.errors import AccessDenied, CertgateError, NotFound
@@ -92,10 +93,6 @@ class Profile:
             "pin": self.pin.to_dict() if self.pin else None,
         }
         _write_private(directory / "profile.json", json.dumps(document, indent=2) + "\n")
-
-
-def expired_message(expires: datetime) -> str:
-    return f"your certificate expired at {expires:%Y-%m-%d %H:%M:%S %Z}: run cgsh login"
 
 
 def load_profile() -> Profile:

@@ -14,7 +14,8 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from certgate.client.profile import CertificateExpired, Profile, expired_message
+from certgate.client.expiry import expired_message
+from certgate.client.profile import CertificateExpired, Profile
 from certgate.client.proxy_trust import PinCheck, ProxyPin, proxy_context
 from certgate.errors import AccessDenied, CertgateError, ConnectionProblem
 from certgate.rpc.auth_client import AuthClient
