@@ -239,6 +239,36 @@ def test_audit_finds_the_session_by_user_node_and_time(
     assert a["uid"] != b["uid"] and b["time"] <= a["time"]
 
 
+def test_the_listed_duration_is_the_sessions_even_when_it_ends_idle(cluster: Cluster) -> None:
+    carol = cluster.add_user("carol", roles="access", logins="root")
+    cluster.login(carol)
+    idle = 3.0
+    child = terminal(cluster, carol, "-t", "root@node-1", f"echo idle-from-here; sleep {idle}")
+    try:
+        child.expect_exact(b"idle-from-here")
+        child.expect(pexpect.EOF)  # nothing more is shown: the session sits idle, then exits
+    finally:
+        child.close()
+    info = recording_of(cluster, carol, "carol")
+
+    def session_end() -> dict[str, Any] | None:
+        out = cluster.cgctl(
+            "audit", "ls", "--event=session.end", "--user=carol", "--format=json"
+        ).stdout
+        return next((e for e in json.loads(out) if e.get("session_id") == info["id"]), None)
+
+    end = eventually(session_end)
+    assert end["duration"] >= idle
+    # The list agrees with session.end, idle tail included (it used to stop at the
+    # last output, about `idle` seconds short)...
+    assert abs(info["duration"] - end["duration"]) < 1.0, (info, end)
+    assert str(round(info["duration"])) in cluster.cgsh(carol, "recordings", "ls").stdout
+    # ...because the recording itself ends when the session did.
+    events = play_json(cluster, carol, info["id"])["events"]
+    assert events[-1]["type"] == "m" and events[-1]["time"] == pytest.approx(info["duration"], abs=0.001)
+    assert events[-2]["time"] < info["duration"] - idle / 2
+
+
 def test_kill_9_mid_session_loses_nothing_written(cluster: Cluster, alice: User) -> None:
     # Last in this module: it kills the module's cluster (and starts it again).
     child = terminal(cluster, alice, "-t", "root@node-1")
