@@ -19,7 +19,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -80,6 +80,14 @@ class _JoinedService:
     advertise_host: str  # dialled by the proxy
     identity: IdentityFiles
     auth: AsyncAuthClient
+
+
+class _JoinedServer(Protocol):
+    """The node agent and the kube service, as the daemon starts and stops them."""
+
+    async def start(self, host: str, port: int, advertise_host: str) -> int: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -288,6 +296,15 @@ class Daemon:
         self._closers.append(auth.close)
         return _JoinedService(host, port, advertise_host, identity, auth)
 
+    async def _serve(
+        self, service: _JoinedServer, joined: _JoinedService, listen_addr: str, what: str
+    ) -> None:
+        """Start a node or kube service where `joined` says, closed with the daemon."""
+        await self._guard_listen(
+            service.start(joined.host, joined.port, joined.advertise_host), listen_addr, what
+        )
+        self._closers.append(service.close)
+
     async def _start_proxy(self) -> None:
         cfg = self.config.proxy_service
         public_host, _ = split_addr(cfg.public_addr, 3080)
@@ -449,12 +466,7 @@ class Daemon:
             strict_grace=self.config.strict_lock_grace.total_seconds(),
             data_dir=self.data_dir / "node",
         )
-        await self._guard_listen(
-            agent.start(joined.host, joined.port, joined.advertise_host),
-            cfg.listen_addr,
-            "node ssh",
-        )
-        self._closers.append(agent.close)
+        await self._serve(agent, joined, cfg.listen_addr, "node ssh")
         log.info(
             "node %s ssh listening on %s (labels %s)", self.nodename, cfg.listen_addr, cfg.labels
         )
@@ -480,12 +492,7 @@ class Daemon:
             strict_grace=self.config.strict_lock_grace.total_seconds(),
             data_dir=self.data_dir / "kube",
         )
-        await self._guard_listen(
-            service.start(joined.host, joined.port, joined.advertise_host),
-            cfg.listen_addr,
-            "kube service",
-        )
-        self._closers.append(service.close)
+        await self._serve(service, joined, cfg.listen_addr, "kube service")
         log.info(
             "kube service listening on %s for %s",
             cfg.listen_addr,
