@@ -96,6 +96,7 @@ class Cluster:
             if self.diag("/readyz")[0] == 200:
                 return
             time.sleep(0.05)
+        _kill(self.process)  # a failed start leaves nothing running behind the test
         raise RuntimeError(f"certgate not ready in {timeout}s:\n{self.log.read_text()}")
 
     def start_node(
@@ -122,6 +123,7 @@ class Cluster:
             if "ssh listening" in log.read_text():
                 return process, port
             time.sleep(0.05)
+        _kill(process)
         raise RuntimeError(f"node {name} did not start:\n{log.read_text()}")
 
     def stop(self) -> int:
@@ -230,3 +232,8 @@ def run(
             f"stderr: {result.stderr}"
         )
     return result
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait(timeout=15)
