@@ -265,7 +265,8 @@ def test_the_listed_duration_is_the_sessions_even_when_it_ends_idle(cluster: Clu
     assert str(round(info["duration"])) in cluster.cgsh(carol, "recordings", "ls").stdout
     # ...because the recording itself ends when the session did.
     events = play_json(cluster, carol, info["id"])["events"]
-    assert events[-1]["type"] == "m" and events[-1]["time"] == pytest.approx(info["duration"], abs=0.001)
+    assert events[-1]["type"] == "m"
+    assert events[-1]["time"] == pytest.approx(info["duration"], abs=0.001)
     assert events[-2]["time"] < info["duration"] - idle / 2
 
 

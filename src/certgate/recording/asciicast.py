@@ -16,9 +16,11 @@ asciinema's player ignores the `certgate` object. The last line of a session tha
 (not one cut off by a crash) is a marker, asciicast v2's `m` event, at the time the
 session ended: a session often sits idle after its last output, and without the marker
 the recording's length would be that of its output, shorter than the session that
-`session.end` reports. Recordings made before the marker end at their last output. Output bytes are decoded as UTF-8 by
-an incremental decoder, so a character split across two reads is written whole; bytes
-that are not UTF-8 become U+FFFD, as a terminal would show them.
+`session.end` reports. Recordings made before the marker end at their last output.
+
+Output bytes are decoded as UTF-8 by an incremental decoder, so a character split
+across two reads is written whole; bytes that are not UTF-8 become U+FFFD, as a
+terminal would show them.
 
 A node does not write this format while a session runs: it writes a raw session log
 (rawlog.py), which `CastEncoder` (pure, no I/O) turns into lines after the session, as

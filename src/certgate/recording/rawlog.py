@@ -23,7 +23,8 @@ A raw log is
 Appends are whole frames, one write() per batch, so a crash or `kill -9` leaves a log
 that ends at a frame boundary, or (on a torn write) with one cut-off frame that the
 reader drops. A log without the end frame (cut off, or written before there was one)
-becomes a recording that ends at its last output. Files without MAGIC are older nodes' asciicast files, sent as they are.
+becomes a recording that ends at its last output. Files without MAGIC are older
+nodes' asciicast files, sent as they are.
 
 Everything here but `RawLogFile` is pure: no I/O, no clock.
 """
@@ -111,7 +112,8 @@ class FrameReader:
 
     What is left at the end without a whole frame is `pending` bytes: a write cut off
     by a crash. A frame that cannot be one (unknown type, a resize that is not two
-    sizes, an end with a payload) stops the reader; `damage` says where, and nothing after it is trusted.
+    sizes, an end with a payload) stops the reader; `damage` says where, and nothing
+    after it is trusted.
     """
 
     def __init__(self) -> None:
