@@ -105,7 +105,7 @@ def test_configure_prints_a_config_that_starts(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while (
             time.monotonic() < deadline and not (tmp_path / "data" / "admin" / "auth_addr").exists()
         ):

@@ -85,7 +85,8 @@ class Cluster:
             *self.extra_args,
         ]  # fmt: skip
 
-    def start(self, timeout: float = 30) -> None:
+    # Deadlines, not waits: generous, for a machine busy with two test workers and more.
+    def start(self, timeout: float = 60) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
@@ -116,7 +117,7 @@ class Cluster:
                 stdout=log_file, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.nodes.append(process)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"node {name} exited:\n{log.read_text()}")
