@@ -19,6 +19,7 @@ from typing import Any
 import pexpect  # type: ignore[import-untyped]
 import pytest
 
+from certgate.client.recordings import format_seconds
 from tests.support.cluster import BIN, Cluster, User
 from tests.support.wait import eventually
 
@@ -262,7 +263,8 @@ def test_the_listed_duration_is_the_sessions_even_when_it_ends_idle(cluster: Clu
     # The list agrees with session.end, idle tail included (it used to stop at the
     # last output, about `idle` seconds short)...
     assert abs(info["duration"] - end["duration"]) < 1.0, (info, end)
-    assert str(round(info["duration"])) in cluster.cgsh(carol, "recordings", "ls").stdout
+    listed = cluster.cgsh(carol, "recordings", "ls").stdout
+    assert format_seconds(info["duration"]) in listed
     # ...because the recording itself ends when the session did.
     events = play_json(cluster, carol, info["id"])["events"]
     assert events[-1]["type"] == "m"
