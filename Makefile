@@ -35,9 +35,16 @@ run: install
 	$(BIN)/certgate start $(if $(CONFIG),--config $(CONFIG),--data-dir ./data) --first-admin admin
 
 # lint first: CI checks ruff, ruff format and mypy --strict through this target.
+# The integration and backend files (real processes, most of the time) run in two
+# pytest-xdist workers, a file at a time each: every file starts its own clusters on
+# free ports in its own directories. The rest runs in one process first. Both run,
+# whatever the first gives; the target fails if either did.
+PARALLEL_TESTS := tests/integration tests/backend
 test: lint
 	bash scripts/test-deps.sh
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider $(PARALLEL_TESTS:%=--ignore=%); first=$$?; \
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PARALLEL_TESTS); \
+	second=$$?; test $$first -eq 0 && test $$second -eq 0
 
 lint: install
 	$(BIN)/ruff check src tests bench

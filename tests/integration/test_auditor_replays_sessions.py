@@ -19,6 +19,7 @@ from typing import Any
 import pexpect  # type: ignore[import-untyped]
 import pytest
 
+from certgate.client.recordings import format_seconds
 from tests.support.cluster import BIN, Cluster, User
 from tests.support.wait import eventually
 
@@ -237,6 +238,38 @@ def test_audit_finds_the_session_by_user_node_and_time(
     (a,) = json.loads(first.stdout)
     (b,) = json.loads(second.stdout)
     assert a["uid"] != b["uid"] and b["time"] <= a["time"]
+
+
+def test_the_listed_duration_is_the_sessions_even_when_it_ends_idle(cluster: Cluster) -> None:
+    carol = cluster.add_user("carol", roles="access", logins="root")
+    cluster.login(carol)
+    idle = 3.0
+    child = terminal(cluster, carol, "-t", "root@node-1", f"echo idle-from-here; sleep {idle}")
+    try:
+        child.expect_exact(b"idle-from-here")
+        child.expect(pexpect.EOF)  # nothing more is shown: the session sits idle, then exits
+    finally:
+        child.close()
+    info = recording_of(cluster, carol, "carol")
+
+    def session_end() -> dict[str, Any] | None:
+        out = cluster.cgctl(
+            "audit", "ls", "--event=session.end", "--user=carol", "--format=json"
+        ).stdout
+        return next((e for e in json.loads(out) if e.get("session_id") == info["id"]), None)
+
+    end = eventually(session_end)
+    assert end["duration"] >= idle
+    # The list agrees with session.end, idle tail included (it used to stop at the
+    # last output, about `idle` seconds short)...
+    assert abs(info["duration"] - end["duration"]) < 1.0, (info, end)
+    listed = cluster.cgsh(carol, "recordings", "ls").stdout
+    assert format_seconds(info["duration"]) in listed
+    # ...because the recording itself ends when the session did.
+    events = play_json(cluster, carol, info["id"])["events"]
+    assert events[-1]["type"] == "m"
+    assert events[-1]["time"] == pytest.approx(info["duration"], abs=0.001)
+    assert events[-2]["time"] < info["duration"] - idle / 2
 
 
 def test_kill_9_mid_session_loses_nothing_written(cluster: Cluster, alice: User) -> None:

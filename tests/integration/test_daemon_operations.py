@@ -93,7 +93,10 @@ def test_configure_prints_a_config_that_starts(tmp_path: Path) -> None:
     data["data_dir"] = str(tmp_path / "data")
     data["diag_addr"] = f"127.0.0.1:{free_port()}"
     data["auth_service"]["listen_addr"] = f"127.0.0.1:{free_port()}"
-    data["proxy_service"]["web_listen_addr"] = f"127.0.0.1:{free_port()}"
+    # Every port a free one: the defaults may be taken (another cluster on this host, or
+    # a test running beside this one).
+    for key in ("web_listen_addr", "ssh_listen_addr", "kube_listen_addr"):
+        data["proxy_service"][key] = f"127.0.0.1:{free_port()}"
     data["ssh_service"]["enabled"] = False
     config = tmp_path / "certgate.yaml"
     config.write_text(yaml.safe_dump(data))
@@ -102,7 +105,7 @@ def test_configure_prints_a_config_that_starts(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while (
             time.monotonic() < deadline and not (tmp_path / "data" / "admin" / "auth_addr").exists()
         ):

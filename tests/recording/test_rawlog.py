@@ -14,15 +14,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from certgate.errors import BadParameter
-from certgate.recording.asciicast import CastEncoder, CastReader, Event, Header
+from certgate.recording.asciicast import END_LABEL, CastEncoder, CastReader, Event, Header
 from certgate.recording.rawlog import (
     COALESCE_SECONDS,
+    END_TYPE,
     FRAME,
     IOV_MAX,
     MAX_EVENT_BYTES,
     OUTPUT_TYPE,
     CastConverter,
     RawLogFile,
+    end_frame,
     preamble,
     resize_frame,
     to_asciicast,
@@ -122,6 +124,26 @@ def test_a_bad_frame_stops_the_conversion_there() -> None:
     cast, converter = to_asciicast(data)
     assert [e.data for e in events(cast)] == ["good"]
     assert converter.frames.damage == "bad frame at byte 17 of the session frames"
+
+
+def test_the_end_frame_becomes_a_last_marker_at_the_sessions_end() -> None:
+    split = "é".encode()[:1]  # a character the session never finished, before the end
+    data = preamble(HEADER) + output(0.1, b"bye " + split) + end_frame(42.5)
+    cast, converter = to_asciicast(data)
+    assert converter.frames.damage is None
+    assert [(e.time, e.type, e.data) for e in events(cast)] == [
+        (0.1, "o", "bye "),
+        (42.5, "o", "\ufffd"),
+        (42.5, "m", END_LABEL),
+    ]
+    # A log without one (cut off by a crash, or from before the end frame) ends at its
+    # last output, as recordings always did.
+    cast, _ = to_asciicast(preamble(HEADER) + output(0.1, b"bye"))
+    assert events(cast)[-1] == Event(0.1, "o", "bye")
+    # An end frame with a payload is no end frame.
+    bad = FRAME.pack(END_TYPE, 2.0, 3) + b"abc"
+    cast, converter = to_asciicast(preamble(HEADER) + output(0.1, b"bye") + bad)
+    assert converter.frames.damage is not None and events(cast)[-1].type == "o"
 
 
 def test_a_character_split_across_reads_and_batches_is_written_whole() -> None:

@@ -4,6 +4,7 @@ the file moved aside when the session ends, and failures reported."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import uuid
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from certgate.recording.asciicast import CastReader, Header
+from certgate.recording.asciicast import END_LABEL, CastReader, Header, last_event_time
 from certgate.recording.rawlog import IOV_MAX, RawLogFile, to_asciicast
 from certgate.recording.recorder import (
     FLUSH_BYTES,
@@ -117,7 +118,31 @@ async def test_end_moves_the_whole_file_aside_and_reports_it(harness: Harness) -
     assert harness.ended == [(recorder.session_id, True)]
     assert not harness.directory.live(recorder.session_id).exists()
     done = harness.directory.finished(recorder.session_id)
-    assert "".join(str(e[2]) for e in events(done)) == "tail \ufffd"
+    assert "".join(str(e[2]) for e in events(done) if e[1] == "o") == "tail \ufffd"
+
+
+async def test_the_recording_lasts_until_the_session_ended_not_its_last_output(
+    harness: Harness,
+) -> None:
+    now = [100.0]
+    head = header()
+    recorder = SessionRecorder(
+        RawLogFile.create(harness.directory.live(head.session_id), head),
+        head,
+        harness.directory,
+        harness.writer,
+        on_ended=lambda sid, ok: harness.ended.append((sid, ok)),
+        clock=lambda: now[0],
+    )
+    now[0] += 0.5
+    recorder.on_output(b"last words")
+    now[0] += 30.0  # idle, then the session ends without a word
+    recorder.on_end()
+    await harness.settle()
+    done = harness.directory.finished(head.session_id)
+    assert events(done) == [[0.5, "o", "last words"], [30.5, "m", END_LABEL]]
+    cast, _ = to_asciicast(done.read_bytes())
+    assert last_event_time(io.BytesIO(cast)) == 30.5  # the duration auth stores
 
 
 async def test_a_failed_write_is_reported_and_recording_stops(harness: Harness) -> None:

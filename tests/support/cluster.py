@@ -85,7 +85,8 @@ class Cluster:
             *self.extra_args,
         ]  # fmt: skip
 
-    def start(self, timeout: float = 30) -> None:
+    # Deadlines, not waits: generous, for a machine busy with two test workers and more.
+    def start(self, timeout: float = 60) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
@@ -96,6 +97,7 @@ class Cluster:
             if self.diag("/readyz")[0] == 200:
                 return
             time.sleep(0.05)
+        _kill(self.process)  # a failed start leaves nothing running behind the test
         raise RuntimeError(f"certgate not ready in {timeout}s:\n{self.log.read_text()}")
 
     def start_node(
@@ -115,13 +117,14 @@ class Cluster:
                 stdout=log_file, stderr=subprocess.STDOUT,
             )  # fmt: skip
         self.nodes.append(process)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"node {name} exited:\n{log.read_text()}")
             if "ssh listening" in log.read_text():
                 return process, port
             time.sleep(0.05)
+        _kill(process)
         raise RuntimeError(f"node {name} did not start:\n{log.read_text()}")
 
     def stop(self) -> int:
@@ -230,3 +233,8 @@ def run(
             f"stderr: {result.stderr}"
         )
     return result
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait(timeout=15)

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support.net import free_port
+from tests.support.unix import ensure_account
 
 TEST_USER = "certgate-test"
 SUPERUSER = "certgate"
@@ -196,15 +197,9 @@ def _run(argv: list[str], run_as: dict[str, Any]) -> None:
 
 
 def _ensure_test_user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(TEST_USER)
-    except KeyError:
-        pass
-    subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER],
-        check=True,
+    return ensure_account(
+        TEST_USER, ["--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]
     )
-    return pwd.getpwnam(TEST_USER)
 
 
 def _write_tls(root: Path, run_as: dict[str, Any]) -> TLSFiles:

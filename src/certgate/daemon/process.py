@@ -19,7 +19,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -72,6 +72,23 @@ log = logging.getLogger("certgate")
 
 FIRST_ADMIN_ROLES = ["access", "editor", "auditor"]
 SHUTDOWN_STEP_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class _JoinedService:
+    host: str  # listened on
+    port: int
+    advertise_host: str  # dialled by the proxy
+    identity: IdentityFiles
+    auth: AsyncAuthClient
+
+
+class _JoinedServer(Protocol):
+    """The node agent and the kube service, as the daemon starts and stops them."""
+
+    async def start(self, host: str, port: int, advertise_host: str) -> int: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass
@@ -256,6 +273,39 @@ class Daemon:
         urls = [f"https://{addr}" for addr in self._auth_dial()]
         return AsyncAuthClient(urls, identity.tls_context())
 
+    async def _join_service(
+        self,
+        role: str,
+        system_role: str,
+        listen_addr: str,
+        default_port: int,
+        advertise_addr: str,
+    ) -> _JoinedService:
+        """What the node and the kube service start from: where they listen, the host
+        the proxy dials them at (also a name in their certificate), their identity and
+        a client to auth on it (closed with the daemon)."""
+        host, port = split_addr(listen_addr, default_port)
+        advertise_host = (
+            split_addr(advertise_addr, port)[0]
+            if advertise_addr
+            else _reachable_host(host, self._auth_dial()[0])
+        )
+        identity = await self._service_identity(
+            role, system_role, _local_names(self.nodename, advertise_host)
+        )
+        auth = self._auth_client(identity)
+        self._closers.append(auth.close)
+        return _JoinedService(host, port, advertise_host, identity, auth)
+
+    async def _serve(
+        self, service: _JoinedServer, joined: _JoinedService, listen_addr: str, what: str
+    ) -> None:
+        """Start a node or kube service where `joined` says, closed with the daemon."""
+        await self._guard_listen(
+            service.start(joined.host, joined.port, joined.advertise_host), listen_addr, what
+        )
+        self._closers.append(service.close)
+
     async def _start_proxy(self) -> None:
         cfg = self.config.proxy_service
         public_host, _ = split_addr(cfg.public_addr, 3080)
@@ -419,31 +469,19 @@ class Daemon:
 
     async def _start_node(self) -> None:
         cfg = self.config.ssh_service
-        host, port = split_addr(cfg.listen_addr, 3022)
-        advertise = cfg.advertise_addr or ""
-        advertise_host = (
-            split_addr(advertise, port)[0]
-            if advertise
-            else _reachable_host(host, self._auth_dial()[0])
+        joined = await self._join_service(
+            "node", SYSTEM_NODE, cfg.listen_addr, 3022, cfg.advertise_addr
         )
-        identity = await self._service_identity(
-            "node", SYSTEM_NODE, _local_names(self.nodename, advertise_host)
-        )
-        auth = self._auth_client(identity)
-        self._closers.append(auth.close)
         agent = NodeAgent(
             self.nodename,
-            identity,
-            auth,
+            joined.identity,
+            joined.auth,
             cfg.labels,
             cfg.heartbeat_interval,
             strict_grace=self.config.strict_lock_grace.total_seconds(),
             data_dir=self.data_dir / "node",
         )
-        await self._guard_listen(
-            agent.start(host, port, advertise_host), cfg.listen_addr, "node ssh"
-        )
-        self._closers.append(agent.close)
+        await self._serve(agent, joined, cfg.listen_addr, "node ssh")
         log.info(
             "node %s ssh listening on %s (labels %s)", self.nodename, cfg.listen_addr, cfg.labels
         )
@@ -456,32 +494,20 @@ class Daemon:
             upstreams = load_kubeconfig(Path(cfg.kubeconfig_file), cfg.kube_cluster_name)
         else:
             upstreams = [in_cluster(cfg.kube_cluster_name)]
-        host, port = split_addr(cfg.listen_addr, 3027)
-        advertise = cfg.advertise_addr or ""
-        advertise_host = (
-            split_addr(advertise, port)[0]
-            if advertise
-            else _reachable_host(host, self._auth_dial()[0])
+        joined = await self._join_service(
+            "kube", SYSTEM_KUBE, cfg.listen_addr, 3027, cfg.advertise_addr
         )
-        identity = await self._service_identity(
-            "kube", SYSTEM_KUBE, _local_names(self.nodename, advertise_host)
-        )
-        auth = self._auth_client(identity)
-        self._closers.append(auth.close)
         service = KubeService(
             self.nodename,
-            identity,
-            auth,
+            joined.identity,
+            joined.auth,
             upstreams,
             cfg.labels,
             cfg.heartbeat_interval,
             strict_grace=self.config.strict_lock_grace.total_seconds(),
             data_dir=self.data_dir / "kube",
         )
-        await self._guard_listen(
-            service.start(host, port, advertise_host), cfg.listen_addr, "kube service"
-        )
-        self._closers.append(service.close)
+        await self._serve(service, joined, cfg.listen_addr, "kube service")
         log.info(
             "kube service listening on %s for %s",
             cfg.listen_addr,

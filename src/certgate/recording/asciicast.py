@@ -10,10 +10,17 @@ the session began:
                   "roles": ["access"], "kind": "shell", "command": null}}
     [0.012345, "o", "root@db-1:~# "]
     [1.500000, "r", "120x40"]
+    [9.250000, "m", "session ended"]
 
-asciinema's player ignores the `certgate` object. Output bytes are decoded as UTF-8 by
-an incremental decoder, so a character split across two reads is written whole; bytes
-that are not UTF-8 become U+FFFD, as a terminal would show them.
+asciinema's player ignores the `certgate` object. The last line of a session that ended
+(not one cut off by a crash) is a marker, asciicast v2's `m` event, at the time the
+session ended: a session often sits idle after its last output, and without the marker
+the recording's length would be that of its output, shorter than the session that
+`session.end` reports. Recordings made before the marker end at their last output.
+
+Output bytes are decoded as UTF-8 by an incremental decoder, so a character split
+across two reads is written whole; bytes that are not UTF-8 become U+FFFD, as a
+terminal would show them.
 
 A node does not write this format while a session runs: it writes a raw session log
 (rawlog.py), which `CastEncoder` (pure, no I/O) turns into lines after the session, as
@@ -35,9 +42,13 @@ from certgate.errors import BadParameter
 VERSION = 2
 OUTPUT = "o"
 RESIZE = "r"
+MARKER = "m"
+# The label of the marker that ends a recording whose session ended.
+END_LABEL = "session ended"
 
 # A raw event as the recorder collects it: (seconds since start, type, payload). Output
-# payloads are bytes (decoded when encoded), resize payloads are (width, height).
+# payloads are bytes (decoded when encoded), resize payloads are (width, height), marker
+# payloads their label.
 RawEvent = tuple[float, str, Any]
 
 
@@ -126,7 +137,8 @@ def _positive_int(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Event:
-    """One event of a recording: `type` is "o" (output) or "r" (resize, "WxH")."""
+    """One event of a recording: `type` is "o" (output), "r" (resize, "WxH") or "m"
+    (a marker: the end of the session, END_LABEL)."""
 
     time: float
     type: str
@@ -197,6 +209,8 @@ class CastEncoder:
             elif kind == RESIZE:
                 width, height = payload
                 lines.append(event_line(time, RESIZE, f"{width}x{height}"))
+            elif kind == MARKER:
+                lines.append(event_line(time, MARKER, str(payload)))
             else:
                 raise ValueError(f"unknown event type {kind!r}")
             self._last_time = time
@@ -296,7 +310,8 @@ _TAIL_BYTES = 256 * 1024
 
 
 def last_event_time(file: IO[bytes]) -> float:
-    """The time of the last readable event in `file` (0 if none), read from its end.
+    """The time of the last readable event in `file` (0 if none), read from its end:
+    the recording's duration (the session's, when it ends with the end marker).
 
     A broken last line (a torn write) is skipped, so the duration of a damaged
     recording is that of what can be played. Reads a growing tail, so the usual cost

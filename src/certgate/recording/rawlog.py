@@ -16,12 +16,15 @@ A raw log is
     frames, each FRAME (little endian, 13 bytes) then `length` bytes of payload:
         type    1 byte   b"o" output (payload: the bytes as read from the pty)
                          b"r" resize (payload: width, height as two uint32)
+                         b"e" the session ended (no payload), the log's last frame
         time    float64  seconds since the session began (monotonic clock)
         length  uint32   payload bytes
 
 Appends are whole frames, one write() per batch, so a crash or `kill -9` leaves a log
 that ends at a frame boundary, or (on a torn write) with one cut-off frame that the
-reader drops. Files without MAGIC are older nodes' asciicast files, sent as they are.
+reader drops. A log without the end frame (cut off, or written before there was one)
+becomes a recording that ends at its last output. Files without MAGIC are older
+nodes' asciicast files, sent as they are.
 
 Everything here but `RawLogFile` is pure: no I/O, no clock.
 """
@@ -36,13 +39,22 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from certgate.errors import BadParameter
-from certgate.recording.asciicast import OUTPUT, RESIZE, CastEncoder, CastReader, Header
+from certgate.recording.asciicast import (
+    END_LABEL,
+    MARKER,
+    OUTPUT,
+    RESIZE,
+    CastEncoder,
+    CastReader,
+    Header,
+)
 
 MAGIC = b"certgate raw session log 1\n"
 FRAME = struct.Struct("<cdI")
 SIZE = struct.Struct("<II")
 OUTPUT_TYPE = b"o"
 RESIZE_TYPE = b"r"
+END_TYPE = b"e"
 
 # Output frames closer together than this become one asciicast event...
 COALESCE_SECONDS = 0.01
@@ -64,12 +76,16 @@ def resize_frame(time: float, width: int, height: int) -> bytes:
     return FRAME.pack(RESIZE_TYPE, time, SIZE.size) + SIZE.pack(width, height)
 
 
+def end_frame(time: float) -> bytes:
+    return FRAME.pack(END_TYPE, time, 0)
+
+
 # The recorder packs output frames inline (`FRAME.pack(OUTPUT_TYPE, time, len(data))`
 # then the data): it is the one call per pty read.
 
 
 class Frame(NamedTuple):
-    type: bytes  # OUTPUT_TYPE or RESIZE_TYPE
+    type: bytes  # OUTPUT_TYPE, RESIZE_TYPE or END_TYPE
     time: float
     payload: bytes
 
@@ -96,7 +112,8 @@ class FrameReader:
 
     What is left at the end without a whole frame is `pending` bytes: a write cut off
     by a crash. A frame that cannot be one (unknown type, a resize that is not two
-    sizes) stops the reader; `damage` says where, and nothing after it is trusted.
+    sizes, an end with a payload) stops the reader; `damage` says where, and nothing
+    after it is trusted.
     """
 
     def __init__(self) -> None:
@@ -117,8 +134,9 @@ class FrameReader:
         while end - at >= FRAME.size:
             kind, time, length = FRAME.unpack_from(buffer, at)
             if (
-                kind not in (OUTPUT_TYPE, RESIZE_TYPE)
+                kind not in (OUTPUT_TYPE, RESIZE_TYPE, END_TYPE)
                 or (kind == RESIZE_TYPE and length != SIZE.size)
+                or (kind == END_TYPE and length != 0)
                 or not time >= 0  # also NaN
             ):
                 self.damage = f"bad frame at byte {self._offset + at} of the session frames"
@@ -165,7 +183,11 @@ class CastConverter:
             else:
                 if self._chunks:
                     lines.append(self._event())
-                lines.append(self._encoder.encode([(time, RESIZE, SIZE.unpack(payload))]))
+                if kind == RESIZE_TYPE:
+                    lines.append(self._encoder.encode([(time, RESIZE, SIZE.unpack(payload))]))
+                else:  # END_TYPE: a split character left at the end goes before it
+                    lines.append(self._encoder.finish(time))
+                    lines.append(self._encoder.encode([(time, MARKER, END_LABEL)]))
         return b"".join(lines)
 
     def finish(self) -> bytes:

@@ -6,7 +6,7 @@
     on_resize(w, h)  ─ frame ─────────┤ every 50 ms or 256 KiB:
                      (to a list)      └─ submit(frames) ───────▶ RawLogFile.append
                                                                  (one writev)
-    on_end()  ─ submit(finish) ────────────────────────────────▶ close; move to ended/
+    on_end()  ─ end frame, submit(finish) ─────────────────────▶ close; move to ended/
                                  ◀─ call_soon_threadsafe(on_ended(id, ok))
 
 The observer's calls only append a 13-byte frame header and the bytes object itself to
@@ -39,7 +39,14 @@ from typing import Any
 
 from certgate.api.recording import check_recording_id
 from certgate.recording.asciicast import Header
-from certgate.recording.rawlog import FRAME, IOV_MAX, OUTPUT_TYPE, RawLogFile, resize_frame
+from certgate.recording.rawlog import (
+    FRAME,
+    IOV_MAX,
+    OUTPUT_TYPE,
+    RawLogFile,
+    end_frame,
+    resize_frame,
+)
 
 log = logging.getLogger("certgate.recording")
 
@@ -180,6 +187,10 @@ class SessionRecorder:
     def on_end(self) -> None:
         if self._ended:
             return
+        if not self._stopped:
+            # When the session ended, which its last output may be long before: the
+            # recording's duration is then the session's (asciicast.py).
+            self._pending.append(end_frame(self._clock() - self._start))
         self._flush()
         self._ended = True
         self._stopped = True

@@ -10,8 +10,8 @@ from __future__ import annotations
 import click
 
 from certgate.cli.cgctl._connect import api
-from certgate.cli.cgsh.request import show_request
-from certgate.cli.common import FORMAT, print_json, table
+from certgate.cli.common import FORMAT
+from certgate.cli.request_printing import done, print_request, print_requests, print_review
 from certgate.client.requests import RequestsAPI
 
 
@@ -29,16 +29,7 @@ def requests() -> None:
 @click.pass_context
 def ls(ctx: click.Context, fmt: str) -> None:
     """Every access request (newest first)."""
-    found = _requests(ctx).all()
-    if fmt == "json":
-        print_json([r.raw for r in found])
-        return
-    rows = [
-        (r.id, r.user, r.what, r.state, r.created[:19], r.access_expires or "", r.reason)
-        for r in found
-    ]
-    headers = ["ID", "User", "Requested", "State", "Created", "Access until", "Reason"]
-    click.echo(table(headers, rows))
+    print_requests(_requests(ctx).all(), fmt)
 
 
 @requests.command()
@@ -47,21 +38,13 @@ def ls(ctx: click.Context, fmt: str) -> None:
 @click.pass_context
 def show(ctx: click.Context, request_id: str, fmt: str) -> None:
     """One request with its reviews."""
-    found = _requests(ctx).get(request_id)
-    if fmt == "json":
-        print_json(found.raw)
-    else:
-        show_request(found)
+    print_request(_requests(ctx).get(request_id), fmt)
 
 
 def _review(ctx: click.Context, request_id: str, verdict: str, reason: str) -> None:
     saved = _requests(ctx).review(request_id, verdict, reason)
-    done = "approved" if verdict == "approve" else "denied"
-    click.echo(f"Request {saved.id} of {saved.user} ({saved.what}): you {done} it.")
-    if saved.state == "PENDING":
-        click.echo("It is still pending: more reviews are needed.")
-    else:
-        click.echo(f"It is now {saved.state}: {saved.resolve_reason}")
+    click.echo(f"Request {saved.id} of {saved.user} ({saved.what}): you {done(verdict)} it.")
+    print_review(saved)
 
 
 @requests.command()

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import click
 
 from certgate.api.bundle import CertBundle
 from certgate.cli.common import DURATION, FORMAT, print_json, table
+from certgate.cli.request_printing import (
+    done,
+    print_request,
+    print_requests,
+    print_review,
+    when,
+)
 from certgate.client.cluster import connect_profile
 from certgate.client.profile import Profile, load_profile
 from certgate.client.requests import AccessRequestView, RequestsAPI, assume, drop
@@ -19,41 +25,6 @@ def _api(ctx: click.Context) -> RequestsAPI:
     cluster = connect_profile(load_profile())
     ctx.call_on_close(cluster.close)
     return RequestsAPI(cluster)
-
-
-def when(text: str | None) -> str:
-    """`2026-11-30 21:04:05 UTC (in 59m)`."""
-    if not text:
-        return "-"
-    moment = datetime.fromisoformat(text)
-    left = int((moment - datetime.now(UTC)).total_seconds())
-    hours, rest = divmod(abs(left), 3600)
-    span = f"{hours}h{rest // 60}m" if hours else f"{rest // 60}m{rest % 60}s"
-    relative = f"in {span}" if left > 0 else f"{span} ago"
-    return f"{moment:%Y-%m-%d %H:%M:%S} UTC ({relative})"
-
-
-def show_request(request: AccessRequestView) -> None:
-    """One request, the way every command shows it."""
-    click.echo(f"Request ID:    {request.id}")
-    click.echo(f"User:          {request.user}")
-    click.echo(f"Roles:         {', '.join(request.roles)}")
-    if request.resources:
-        click.echo(f"Resources:     {', '.join(request.resources)}")
-    click.echo(f"Reason:        {request.reason or '-'}")
-    if request.reviewers:
-        click.echo(f"Reviewers:     {', '.join(request.reviewers)} (suggested)")
-    click.echo(f"State:         {request.state}")
-    if request.state == "PENDING":
-        click.echo(f"Expires:       {when(request.pending_expires)} unless resolved")
-    if request.state == "APPROVED":
-        click.echo(f"Access until:  {when(request.access_expires)}")
-    for review in request.reviews:
-        verdict = "approved" if review.verdict == "approve" else "denied"
-        said = f': "{review.reason}"' if review.reason else ""
-        click.echo(f"Review:        {review.author} {verdict}{said}")
-    if request.resolve_reason:
-        click.echo(f"Resolution:    {request.resolve_reason}")
 
 
 def _outcome(request: AccessRequestView) -> None:
@@ -238,17 +209,7 @@ def search(ctx: click.Context, kind: str, labels: tuple[str, ...], fmt: str) -> 
 @click.pass_context
 def ls(ctx: click.Context, fmt: str) -> None:
     """Your requests and those you may review."""
-    found = _api(ctx).all()
-    if fmt == "json":
-        print_json([r.raw for r in found])
-        return
-    rows = [
-        (r.id, r.user, r.what, r.state, r.created[:19], r.access_expires or "", r.reason)
-        for r in found
-    ]
-    click.echo(
-        table(["ID", "User", "Requested", "State", "Created", "Access until", "Reason"], rows)
-    )
+    print_requests(_api(ctx).all(), fmt)
 
 
 @request.command()
@@ -257,11 +218,7 @@ def ls(ctx: click.Context, fmt: str) -> None:
 @click.pass_context
 def show(ctx: click.Context, request_id: str, fmt: str) -> None:
     """One request: what, why, its reviews and outcome."""
-    found = _api(ctx).get(request_id)
-    if fmt == "json":
-        print_json(found.raw)
-    else:
-        show_request(found)
+    print_request(_api(ctx).get(request_id), fmt)
 
 
 @request.command()
@@ -275,12 +232,8 @@ def review(ctx: click.Context, verdict: str | None, reason: str, request_id: str
     if verdict is None:
         raise click.UsageError("say --approve or --deny")
     saved = _api(ctx).review(request_id, verdict, reason)
-    done = "approved" if verdict == "approve" else "denied"
-    click.echo(f"You {done} request {saved.id} of {saved.user} ({saved.what}).")
-    if saved.state == "PENDING":
-        click.echo("It is still pending: more reviews are needed.")
-    else:
-        click.echo(f"It is now {saved.state}: {saved.resolve_reason}")
+    click.echo(f"You {done(verdict)} request {saved.id} of {saved.user} ({saved.what}).")
+    print_review(saved)
 
 
 @request.command("drop")
