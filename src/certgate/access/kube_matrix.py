@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from certgate.access.kube import check_cluster, impersonation
-from certgate.access.matrix_paths import How, Path, RowKey, with_allow, with_deny
+from certgate.access.matrix_paths import Path, RowKey, RowStatus, with_allow, with_deny
 from certgate.access.rbac import RoleSet
 from certgate.access.requests import resource_allowed
 from certgate.api.kube_cluster import KubeCluster
@@ -43,22 +43,13 @@ class KubeGrant:
     kubernetes_labels: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class KubeAccessRow:
-    user: str
+@dataclass(frozen=True, kw_only=True)
+class KubeAccessRow(RowStatus):
     kube_cluster: str
-    allowed: bool
-    how: How
     # What kubectl acts as there (empty when refused): groups, and users for --as.
     kubernetes_groups: tuple[str, ...] = ()
     kubernetes_users: tuple[str, ...] = ()
-    request_id: str = ""
-    until: datetime | None = None
-    lock: str = ""
     allowed_by: tuple[KubeGrant, ...] = ()
-    denied_by: tuple[str, ...] = ()
-    # The kube service's one-line refusal, for rows that are not allowed.
-    reason: str = ""
 
     kind = KUBE
 
@@ -73,17 +64,11 @@ class KubeAccessRow:
             "kube_cluster": self.kube_cluster,
             "kubernetes_groups": list(self.kubernetes_groups),
             "kubernetes_users": list(self.kubernetes_users),
-            "allowed": self.allowed,
-            "how": self.how,
-            "request_id": self.request_id,
-            "until": self.until.isoformat() if self.until else None,
-            "lock": self.lock,
+            **self.status_dict(),
             "allowed_by": [
                 {"role": g.role, "kubernetes_labels": dict(g.kubernetes_labels)}
                 for g in self.allowed_by
             ],
-            "denied_by": list(self.denied_by),
-            "reason": self.reason,
         }
 
 
@@ -113,21 +98,18 @@ def decide_kube(
         if lock is not None:
             locked = locked or (path, lock, groups, users)
             continue
-        request = path.request
         return KubeAccessRow(
             user=user.name,
             kube_cluster=cluster.name,
             allowed=True,
-            how="request" if request else "standing",
+            how="request" if path.request else "standing",
             kubernetes_groups=groups,
             kubernetes_users=users,
-            request_id=request.name if request else "",
-            until=request.spec.access_expires if request else None,
+            **path.held_by_request(),
             allowed_by=_grants(path, labels),
         )
     if locked is not None:
         path, lock, groups, users = locked
-        request = path.request
         return KubeAccessRow(
             user=user.name,
             kube_cluster=cluster.name,
@@ -135,8 +117,7 @@ def decide_kube(
             how="locked",
             kubernetes_groups=groups,
             kubernetes_users=users,
-            request_id=request.name if request else "",
-            until=request.spec.access_expires if request else None,
+            **path.held_by_request(),
             lock=lock.name,
             allowed_by=_grants(path, labels),
             reason=lock_message(lock),

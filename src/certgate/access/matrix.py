@@ -46,7 +46,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from certgate.access.kube_matrix import KubeAccessRow, decide_kube
-from certgate.access.matrix_paths import How, Path, RowKey, user_paths, with_allow, with_deny
+from certgate.access.matrix_paths import (
+    Path,
+    RowKey,
+    RowStatus,
+    user_paths,
+    with_allow,
+    with_deny,
+)
 from certgate.access.rbac import RoleSet
 from certgate.access.requests import resource_allowed
 from certgate.access.templates import expand_all, is_valid_login
@@ -67,21 +74,12 @@ class Grant:
     node_labels: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class AccessRow:
-    user: str
+@dataclass(frozen=True, kw_only=True)
+class AccessRow(RowStatus):
     node: str
     hostname: str
     login: str
-    allowed: bool
-    how: How
-    request_id: str = ""
-    until: datetime | None = None
-    lock: str = ""
     allowed_by: tuple[Grant, ...] = ()
-    denied_by: tuple[str, ...] = ()
-    # The node's one-line refusal, for rows that are not allowed.
-    reason: str = ""
 
     kind = "node"
 
@@ -96,16 +94,10 @@ class AccessRow:
             "node": self.node,
             "hostname": self.hostname,
             "login": self.login,
-            "allowed": self.allowed,
-            "how": self.how,
-            "request_id": self.request_id,
-            "until": self.until.isoformat() if self.until else None,
-            "lock": self.lock,
+            **self.status_dict(),
             "allowed_by": [
                 {"role": g.role, "node_labels": dict(g.node_labels)} for g in self.allowed_by
             ],
-            "denied_by": list(self.denied_by),
-            "reason": self.reason,
         }
 
 
@@ -320,22 +312,18 @@ def _decide(
         if lock is not None:
             locked = locked or (index, lock)
             continue
-        request = path.request
         return row(
             allowed=True,
-            how="request" if request else "standing",
-            request_id=request.name if request else "",
-            until=request.spec.access_expires if request else None,
+            how="request" if path.request else "standing",
+            **path.held_by_request(),
             allowed_by=explainer.allowed_by(index, node, login),
         )
     if locked is not None:
         index, lock = locked
-        request = paths[index].request
         return row(
             allowed=False,
             how="locked",
-            request_id=request.name if request else "",
-            until=request.spec.access_expires if request else None,
+            **paths[index].held_by_request(),
             lock=lock.name,
             allowed_by=explainer.allowed_by(index, node, login),
             reason=lock_message(lock),

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from certgate.access.rbac import RoleSet
 from certgate.api.access_request import AccessRequest
@@ -26,6 +26,33 @@ How = Literal["standing", "request", "locked", "denied"]
 # A row's place in the matrix's order (and the paging key): user, kind (nodes first),
 # resource name, login ("" for clusters).
 RowKey = tuple[str, int, str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RowStatus:
+    """What every row of the matrix says, node or cluster: who, and how access is held
+    now or why it is refused."""
+
+    user: str
+    allowed: bool
+    how: How
+    request_id: str = ""
+    until: datetime | None = None
+    lock: str = ""
+    denied_by: tuple[str, ...] = ()
+    # The node's (kube service's) one-line refusal, for rows that are not allowed.
+    reason: str = ""
+
+    def status_dict(self) -> dict[str, Any]:
+        return {
+            "allowed": self.allowed,
+            "how": self.how,
+            "request_id": self.request_id,
+            "until": self.until.isoformat() if self.until else None,
+            "lock": self.lock,
+            "denied_by": list(self.denied_by),
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
@@ -41,6 +68,12 @@ class Path:
     @property
     def request_ids(self) -> tuple[str, ...]:
         return (self.request.name,) if self.request else ()
+
+    def held_by_request(self) -> dict[str, Any]:
+        """A row's `request_id` and `until` when reached through this path."""
+        if self.request is None:
+            return {}
+        return {"request_id": self.request.name, "until": self.request.spec.access_expires}
 
     def lock_for(
         self, user: str, locks: Sequence[Lock], now: datetime, *, node: str, login: str = ""

@@ -69,15 +69,42 @@ def _matrix(
     rows: list[dict[str, Any]],
 ) -> tuple[list[str], list[Column], dict[tuple[str, str, str], list[dict[str, Any]]]]:
     """Users down, nodes (by name, as `cgctl access ls`) then clusters across; each cell
-    the rows of that user and resource."""
+    the rows of that user and resource, as the template shows them."""
     cells: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         kind = row.get("kind", "node")
         name = row["kube_cluster"] if kind == "kube_cluster" else row["node"]
-        cells[(row["user"], kind, name)].append({**row, "until": _short(row.get("until"))})
+        cells[(row["user"], kind, name)].append(_cell(kind, row))
     users = sorted({user for user, _, _ in cells})
     columns = sorted({(kind, name) for _, kind, name in cells}, key=lambda c: (c[0] != "node", c))
     return users, columns, dict(cells)
+
+
+def _cell(kind: str, row: dict[str, Any]) -> dict[str, Any]:
+    """A row with what its cell shows: the login or the groups and users (`as_key` for
+    tests and scripts, `as_text` to read), the facts before `how`, the granting roles
+    with their labels."""
+    if kind == "kube_cluster":
+        groups, users = row["kubernetes_groups"], row["kubernetes_users"]
+        as_key = ",".join([*groups, *users])
+        as_text = ", ".join([*groups, *users]) or "no groups"
+        facts = [("cluster", row["kube_cluster"])]
+        facts += [("groups", ", ".join(groups))] if groups else []
+        facts += [("users", f"{', '.join(users)} (kubectl --as)")] if users else []
+        labels_field = "kubernetes_labels"
+    else:
+        as_key = as_text = row["login"]
+        facts = [("node", f"{row['node']} ({row['hostname']})")]
+        labels_field = "node_labels"
+    grants = [(g["role"], sorted(g[labels_field].items())) for g in row["allowed_by"]]
+    return {
+        **row,
+        "until": _short(row.get("until")),
+        "as_key": as_key,
+        "as_text": as_text,
+        "facts": facts,
+        "grants": grants,
+    }
 
 
 def _page_size(text: str) -> int:
