@@ -1,9 +1,13 @@
-"""`cgctl access ls` says who may reach which node as whom, and `cgsh ssh` agrees.
+"""`cgctl access ls` says who may reach which node as whom, and `cgsh ssh` agrees; it
+says who may reach which Kubernetes cluster as which groups, and real kubectl agrees.
 
 Three users: dana (a deny rule on one login), rex (no standing access, an approved
 resource request for one node), lou (locked). Every row of the matrix, and every absent
 combination of user, node and login, is tried with a real `cgsh ssh LOGIN@NODE true`.
-A user whose roles do not allow listing the access map is refused it."""
+For the cluster (a kube service in front of the API-server stand-in): kira (groups,
+standing), ned (a deny rule on the cluster's labels), pia (a role for other labels: no
+row), lev (locked), each tried with `kubectl get pods`. A user whose roles do not allow
+listing the access map is refused it."""
 
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import BIN, Cluster, User, run
+from tests.support.kube_cluster import KubeSetup
+from tests.support.kube_standin import Grant, KubeStandin
 from tests.support.unix import ensure_user
 from tests.support.wait import eventually
 
@@ -85,7 +91,7 @@ def ssh(c: Cluster, user: User, login: str, node: str) -> subprocess.CompletedPr
 def access_rows(c: Cluster, *args: str) -> list[dict[str, Any]]:
     rows = json.loads(c.cgctl("access", "ls", "--format=json", *args).stdout)
     assert isinstance(rows, list)
-    return [r for r in rows if r["user"] in USERS]
+    return [r for r in rows if r["user"] in USERS and r["kind"] == "node"]
 
 
 def test_every_row_and_every_absent_combination_agrees_with_cgsh_ssh(
@@ -197,3 +203,110 @@ def test_only_roles_that_allow_it_may_list_the_access_map(
         check=False,
     )
     assert activity.returncode == 3
+
+
+# Kubernetes clusters -------------------------------------------------------------------
+
+KUBE_ROLES = """\
+kind: role
+metadata: {name: ak-view}
+spec:
+  allow: {kubernetes_labels: {env: dev}, kubernetes_groups: [ak-viewers]}
+---
+kind: role
+metadata: {name: ak-deny}
+spec:
+  allow: {kubernetes_labels: {"*": "*"}, kubernetes_groups: [ak-viewers]}
+  deny: {kubernetes_labels: {env: dev}}
+---
+kind: role
+metadata: {name: ak-prod}
+spec:
+  allow: {kubernetes_labels: {env: prod}, kubernetes_groups: [ak-viewers]}
+"""
+KUBE_USERS = {"kira": "ak-view", "ned": "ak-deny", "pia": "ak-prod", "lev": "ak-view"}
+CLUSTER = "ak-cluster"
+
+
+@pytest.fixture(scope="module")
+def kube(c: Cluster) -> Iterator[KubeSetup]:
+    standin = KubeStandin(c.workdir)
+    standin.grants.append(Grant(("group:ak-viewers",), verbs=("get", "list", "watch")))
+    standin.start()
+    setup = KubeSetup(c, standin, c.kube_proxy_port)
+    try:
+        setup.start_kube_service("ak-kube", labels="env=dev", cluster_name=CLUSTER)
+        c.cgctl("create", "-f", "-", input=KUBE_ROLES)
+        yield setup
+    finally:
+        standin.stop()
+
+
+@pytest.fixture(scope="module")
+def kube_people(kube: KubeSetup) -> dict[str, User]:
+    c = kube.cluster
+    people = {name: c.add_user(name, roles=role) for name, role in KUBE_USERS.items()}
+    for user in people.values():
+        c.login(user)
+    eventually(lambda: CLUSTER in c.cgsh(people["kira"], "kube", "ls").stdout)
+    for name in ("kira", "lev"):
+        assert kube.kube_login(people[name], CLUSTER).returncode == 0
+    # ned and pia cannot `cgsh kube login` (the cluster is not theirs to list): they get
+    # kira's kubeconfig entry, pointed at their own certgate login.
+    kira = people["kira"]
+    for name in ("ned", "pia"):
+        text = kube.kubeconfig(kira).read_text().replace(str(kira.home), str(people[name].home))
+        kube.kubeconfig(people[name]).write_text(text)
+    # Before the lock, lev gets in: the lock below is what refuses lev afterwards.
+    assert kubectl_get(kube, people["lev"]).returncode == 0
+    c.cgctl("lock", "--user=lev", "--message=kube audit")
+    eventually(lambda: kubectl_get(kube, people["lev"]).returncode != 0)
+    return people
+
+
+def kubectl_get(kube: KubeSetup, user: User) -> subprocess.CompletedProcess[str]:
+    return kube.kubectl(user, "get", "pods", "-n", "default")
+
+
+def test_kube_rows_agree_with_what_kubectl_is_allowed(
+    kube: KubeSetup, kube_people: dict[str, User]
+) -> None:
+    c = kube.cluster
+    every = json.loads(c.cgctl("access", "ls", "--format=json").stdout)
+    rows = {r["user"]: r for r in every if r["kind"] == "kube_cluster" and r["user"] in KUBE_USERS}
+    assert {user: row["how"] for user, row in rows.items()} == {
+        "kira": "standing",
+        "ned": "denied",
+        "lev": "locked",
+    }
+    assert rows["kira"]["kubernetes_groups"] == ["ak-viewers"]
+    assert rows["kira"]["allowed_by"] == [{"role": "ak-view", "kubernetes_labels": {"env": "dev"}}]
+    assert rows["ned"]["denied_by"] == ["ak-deny"] and rows["ned"]["kubernetes_groups"] == []
+    assert rows["lev"]["lock"] and rows["lev"]["kubernetes_groups"] == ["ak-viewers"]
+
+    for name, user in kube_people.items():
+        row = rows.get(name)
+        result = kubectl_get(kube, user)
+        expected = row is not None and row["allowed"]
+        assert (result.returncode == 0) == expected, (name, row, result.stderr)
+        if row is not None and not row["allowed"]:
+            why = "kube audit" if row["lock"] else row["reason"].split(": ")[-1]
+            assert why in result.stderr, (row, result.stderr)
+
+    # The filters: one cluster, or nodes only, or clusters only.
+    only = json.loads(c.cgctl("access", "ls", f"--kube-cluster={CLUSTER}", "--format=json").stdout)
+    assert only and {(r["kind"], r["kube_cluster"]) for r in only} == {("kube_cluster", CLUSTER)}
+    clusters = json.loads(c.cgctl("access", "ls", "--kind=kube_cluster", "--format=json").stdout)
+    assert clusters and {r["kind"] for r in clusters} == {"kube_cluster"}
+    nodes = json.loads(c.cgctl("access", "ls", "--kind=node", "--format=json").stdout)
+    assert all(r["kind"] == "node" for r in nodes)
+    text = c.cgctl("access", "ls", "--user=kira").stdout
+    assert "kube_cluster" in text and "groups ak-viewers" in text
+    parsed = list(csv.DictReader(io.StringIO(c.cgctl("access", "ls", "--format=csv").stdout)))
+    ned = next(r for r in parsed if r["user"] == "ned")
+    assert (ned["kind"], ned["kube_cluster"], ned["how"], ned["node"]) == (
+        "kube_cluster",
+        CLUSTER,
+        "denied",
+        "",
+    )

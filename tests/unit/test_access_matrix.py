@@ -3,22 +3,34 @@ the node's own check (CachedAccess.check_login) for every login, node and path."
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certgate.access.cached_access import CachedAccess
-from certgate.access.matrix import AccessRow, MatrixInput, access_matrix
+from certgate.access.kube import AUTHENTICATED_GROUP, check_resource_grant, impersonation
+from certgate.access.kube_matrix import KubeAccessRow
+from certgate.access.matrix import (
+    AccessRow,
+    MatrixInput,
+    access_matrix,
+    decode_key,
+    encode_key,
+    iter_access,
+)
 from certgate.api.access_request import AccessRequest
 from certgate.api.identity import Identity
+from certgate.api.kube_cluster import KubeCluster
 from certgate.api.lock import Lock
 from certgate.api.node import Node
 from certgate.api.role import Role
 from certgate.api.user import User
 from certgate.client.access import AccessEntry
-from certgate.errors import AccessDenied
+from certgate.errors import AccessDenied, BadParameter
 from tests.support.views import StubView
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
@@ -91,8 +103,8 @@ def described(row: AccessRow) -> str:
     return AccessEntry.from_dict(row.to_dict()).describe_how()
 
 
-def rows_by_key(rows: list[AccessRow]) -> dict[tuple[str, str, str], AccessRow]:
-    return {(r.user, r.node, r.login): r for r in rows}
+def rows_by_key(rows: list[Any]) -> dict[tuple[str, str, str], AccessRow]:
+    return {(r.user, r.node, r.login): r for r in rows if isinstance(r, AccessRow)}
 
 
 def test_standing_rows_name_the_granting_role_and_its_labels() -> None:
@@ -251,3 +263,158 @@ def test_matrix_allows_exactly_what_the_node_allows(
         if row.how == "denied":
             assert row.denied_by and "is denied by role" in row.reason
             assert any(f"role {name}" in row.reason for name in row.denied_by)
+
+
+# Kubernetes clusters -----------------------------------------------------------------
+
+
+def cluster(name: str, **labels: str) -> KubeCluster:
+    return KubeCluster.model_validate(
+        {"metadata": {"name": name, "labels": labels}, "spec": {"addr": "127.0.0.1:3027"}}
+    )
+
+
+KVIEW = role("kview", allow={"kubernetes_labels": {"env": "dev"}, "kubernetes_groups": ["viewers"]})
+KDENY = role("kdeny", deny={"kubernetes_labels": {"tier": "secret"}})
+KBARE = role("kbare", allow={"kubernetes_labels": {"*": "*"}})
+KROLES = {r.name: r for r in (KVIEW, KDENY, KBARE, PROD)}
+CLUSTERS = [
+    cluster("dev-a", env="dev"),
+    cluster("dev-s", env="dev", tier="secret"),
+    cluster("prod"),
+]
+
+
+def kube_rows(data: MatrixInput) -> dict[tuple[str, str], KubeAccessRow]:
+    return {
+        (r.user, r.kube_cluster): r for r in access_matrix(data) if isinstance(r, KubeAccessRow)
+    }
+
+
+def test_kube_rows_give_groups_name_deny_rules_and_leave_out_unmatched_clusters() -> None:
+    users = [user("kim", ["kview", "kdeny"]), user("bo", ["kbare"])]
+    rows = kube_rows(MatrixInput(users, KROLES, [], now=NOW, kube_clusters=CLUSTERS))
+    kim = rows[("kim", "dev-a")]
+    assert kim.allowed and kim.how == "standing" and kim.kubernetes_groups == ("viewers",)
+    assert [(g.role, dict(g.kubernetes_labels)) for g in kim.allowed_by] == [
+        ("kview", {"env": "dev"})
+    ]
+    secret = rows[("kim", "dev-s")]
+    assert not secret.allowed and secret.how == "denied" and secret.denied_by == ("kdeny",)
+    assert "denied by role kdeny" in secret.reason
+    assert ("kim", "prod") not in rows  # no role's kubernetes_labels match: no row
+    bare = rows[("bo", "prod")]
+    assert bare.how == "denied" and bare.denied_by == () and "no assigned groups" in bare.reason
+    assert kim.to_dict()["kind"] == "kube_cluster"
+    entry = AccessEntry.from_dict(kim.to_dict())
+    assert (entry.kind, entry.name, entry.describe_as()) == (
+        "kube_cluster",
+        "dev-a",
+        "groups viewers",
+    )
+
+
+def test_kube_rows_locked_and_granted_by_a_request_for_the_cluster() -> None:
+    request = AccessRequest.model_validate(
+        {
+            **approved("req-k", "bo", ["kview"]).model_dump(),
+            "spec": {
+                **approved("req-k", "bo", ["kview"]).spec.model_dump(),
+                "resources": [{"kind": "kube_cluster", "name": "dev-a"}],
+            },
+        }
+    )
+    users = [user("bo", ["kbare"]), user("kim", ["kview"])]
+    locks = [lock("l-kim", user="kim")]
+    rows = kube_rows(
+        MatrixInput(users, KROLES, [], locks, [request], now=NOW, kube_clusters=CLUSTERS)
+    )
+    bo = rows[("bo", "dev-a")]
+    assert bo.allowed and bo.how == "request" and bo.request_id == "req-k"
+    assert bo.kubernetes_groups == ("viewers",)
+    assert rows[("bo", "dev-s")].how == "denied"  # the request names dev-a only
+    kim = rows[("kim", "dev-a")]
+    assert kim.how == "locked" and kim.lock == "l-kim" and "locked" in kim.reason
+
+
+kube_sections = st.fixed_dictionaries(
+    {
+        "kubernetes_labels": selectors,
+        "kubernetes_groups": st.lists(
+            st.sampled_from(["g1", "g2", "{{internal.logins}}"]), max_size=2
+        ),
+        "kubernetes_users": st.lists(st.sampled_from(["u1", "u2"]), max_size=2),
+    }
+)
+kube_denies = st.one_of(
+    st.just({}),
+    st.fixed_dictionaries(
+        {
+            "kubernetes_labels": st.one_of(st.just({}), selectors),
+            "kubernetes_groups": st.lists(st.sampled_from(["g1", "alice"]), max_size=1),
+        }
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.builds(lambda a, d: (a, d), kube_sections, kube_denies), min_size=1, max_size=3),
+    nodes_strategy,
+    lock_targets,
+)
+def test_kube_rows_allow_exactly_what_the_kube_service_allows(
+    specs: list[tuple[dict[str, Any], dict[str, Any]]],
+    cluster_labels: list[dict[str, str]],
+    targets: list[tuple[str, str]],
+) -> None:
+    roles = {f"r{i}": role(f"r{i}", a, d) for i, (a, d) in enumerate(specs)}
+    the_user = user("u", list(roles), ["alice"])
+    clusters = [cluster(f"n{i}", **labels) for i, labels in enumerate(cluster_labels)]
+    locks = [lock(f"l{i}", **{kind: name}) for i, (kind, name) in enumerate(targets)]
+    rows = kube_rows(MatrixInput([the_user], roles, [], locks, now=NOW, kube_clusters=clusters))
+    view = StubView({"role": roles, "lock": {lk.name: lk for lk in locks}})
+    access = CachedAccess(view, clock=FixedClock())  # type: ignore[arg-type]
+    identity = Identity(username="u", roles=tuple(roles), traits=the_user.spec.traits)
+    for c in clusters:
+        # What kube/forwarder.py runs before a resource call.
+        try:
+            access.check_identity(identity, node=c.name)
+            check_resource_grant(identity, c.name)
+            role_set = access.role_set(identity)
+            if len(role_set.kubernetes_users(c.metadata.labels)) > 1:
+                as_user = role_set.kubernetes_users(c.metadata.labels)[0]
+            else:
+                as_user = ""
+            imp = impersonation(role_set, "u", c.name, c.metadata.labels, as_user)
+            service_allows = True
+        except AccessDenied:
+            service_allows, imp = False, None
+        row = rows.get(("u", c.name))
+        assert (row is not None and row.allowed) == service_allows, (c, row)
+        if row is not None and imp is not None and not as_user:
+            assert (*row.kubernetes_groups, AUTHENTICATED_GROUP) == imp.groups
+        if row is not None and row.how == "denied":
+            assert row.reason.startswith('access denied to kubernetes cluster "')
+
+
+# Paging ---------------------------------------------------------------------------------
+
+
+def test_pages_that_start_after_a_key_add_up_to_the_whole_matrix() -> None:
+    users = [user(f"u{i}", ["dev", "kview"], [f"u{i}"]) for i in range(4)]
+    nodes = [node(f"n{i:02}", env="dev") for i in range(6)]
+    data = MatrixInput(users, KROLES | ROLES, nodes, now=NOW, kube_clusters=CLUSTERS)
+    whole = [r.key for r in access_matrix(data)]
+    assert len(whole) > 20 and whole == sorted(whole)
+    paged: list[Any] = []
+    after = None
+    while True:
+        page = list(itertools.islice(iter_access(data, after), 7))
+        paged += [r.key for r in page]
+        if len(page) < 7:
+            break
+        after = decode_key(encode_key(page[-1].key))
+    assert paged == whole
+    with pytest.raises(BadParameter):
+        decode_key("not-a-key")

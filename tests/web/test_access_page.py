@@ -92,3 +92,35 @@ def test_a_user_without_the_access_rule_sees_no_link_and_is_refused(
     assert page.locator("p.error").inner_text().startswith("access denied")
     assert page.locator("#access-matrix").count() == 0 and page.locator("svg").count() == 0
     page.context.close()
+
+
+def test_the_matrix_comes_a_page_at_a_time_and_page_two_has_the_next_rows(
+    cluster: Cluster, browser: Browser, tmp_path: Path
+) -> None:
+    for name in ("wp-a", "wp-b", "wp-c"):
+        cluster.add_user(name, roles="access", logins=name)
+    every = json.loads(cluster.cgctl("access", "ls", "--format=json").stdout)
+    order = [(r["user"], r["node"], r["login"], r["how"]) for r in every]
+    assert len(order) >= 5
+
+    otp = sign_up(cluster, browser, tmp_path, "wp-viewer", roles="access,auditor")
+    page = log_in(browser, cluster, "wp-viewer", otp, start="/web/access?limit=2")
+
+    def shown() -> list[tuple[str, ...]]:
+        cells = page.locator("#access-matrix details[data-row]")
+        rows = [
+            tuple(cells.nth(i).get_attribute("data-row").split("|")) for i in range(cells.count())
+        ]
+        return sorted(rows)
+
+    # Rows are ordered by user, then node and login: pages follow `cgctl access ls`.
+    assert shown() == sorted(order[0:2])
+    assert page.locator("#page-number").inner_text() == "page 1"
+    assert page.locator("#first-page").count() == 0
+    page.click("#next-page")
+    assert page.locator("#page-number").inner_text() == "page 2"
+    assert shown() == sorted(order[2:4])
+    shot(page, tmp_path, "access-page-2")
+    page.click("#first-page")
+    assert shown() == sorted(order[0:2])
+    page.context.close()

@@ -28,26 +28,42 @@ the same RoleSet code: the roles whose allow section grants the login on the nod
 
 Locks are matched as for a certificate issued now: a user lock limited to certificates
 issued before some moment (after a reset or demotion) does not lock new logins.
+
+Kubernetes clusters get one row per (user, cluster), decided in access/kube_matrix.py.
+Rows come in one order (user, then nodes by name and login, then clusters by name), as
+an iterator that can start after any row's key: a page of the matrix costs the rows it
+shows, not the whole matrix (`iter_access(data, after=key)`, `encode_key`/`decode_key`
+for the opaque `start_key` of the API).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import base64
+import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
+from certgate.access.kube_matrix import KubeAccessRow, decide_kube
+from certgate.access.matrix_paths import (
+    Path,
+    RowKey,
+    RowStatus,
+    user_paths,
+    with_allow,
+    with_deny,
+)
 from certgate.access.rbac import RoleSet
 from certgate.access.requests import resource_allowed
 from certgate.access.templates import expand_all, is_valid_login
 from certgate.api.access_request import AccessRequest
-from certgate.api.lock import Lock, lock_matches, lock_message
+from certgate.api.kube_cluster import KubeCluster
+from certgate.api.lock import Lock, lock_message
 from certgate.api.node import Node
 from certgate.api.role import Role, RoleConditions
 from certgate.api.user import User
-from certgate.errors import AccessDenied
-
-How = Literal["standing", "request", "locked", "denied"]
+from certgate.errors import AccessDenied, BadParameter
 
 
 @dataclass(frozen=True)
@@ -58,53 +74,31 @@ class Grant:
     node_labels: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class AccessRow:
-    user: str
+@dataclass(frozen=True, kw_only=True)
+class AccessRow(RowStatus):
     node: str
     hostname: str
     login: str
-    allowed: bool
-    how: How
-    request_id: str = ""
-    until: datetime | None = None
-    lock: str = ""
     allowed_by: tuple[Grant, ...] = ()
-    denied_by: tuple[str, ...] = ()
-    # The node's one-line refusal, for rows that are not allowed.
-    reason: str = ""
+
+    kind = "node"
+
+    @property
+    def key(self) -> RowKey:
+        return (self.user, 0, self.node, self.login)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "kind": "node",
             "user": self.user,
             "node": self.node,
             "hostname": self.hostname,
             "login": self.login,
-            "allowed": self.allowed,
-            "how": self.how,
-            "request_id": self.request_id,
-            "until": self.until.isoformat() if self.until else None,
-            "lock": self.lock,
+            **self.status_dict(),
             "allowed_by": [
                 {"role": g.role, "node_labels": dict(g.node_labels)} for g in self.allowed_by
             ],
-            "denied_by": list(self.denied_by),
-            "reason": self.reason,
         }
-
-
-@dataclass(frozen=True)
-class _Path:
-    """One way a user may hold access: standing roles, or those plus one request's."""
-
-    roles: tuple[Role, ...]
-    role_set: RoleSet
-    resources: tuple[str, ...] = ()
-    request: AccessRequest | None = None
-
-    @property
-    def request_ids(self) -> tuple[str, ...]:
-        return (self.request.name,) if self.request else ()
 
 
 @dataclass
@@ -115,51 +109,74 @@ class MatrixInput:
     locks: Sequence[Lock] = ()
     requests: Sequence[AccessRequest] = ()
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    kube_clusters: Sequence[KubeCluster] = ()
 
 
-def access_matrix(data: MatrixInput) -> list[AccessRow]:
-    """Every (user, node, login) some role allows by labels, decided as the node would."""
-    live_nodes = [
-        n for n in data.nodes if n.metadata.expires is None or n.metadata.expires > data.now
-    ]
-    live_nodes.sort(key=lambda n: n.name)
-    live_locks = [
-        lock
-        for lock in data.locks
-        if lock.metadata.expires is None or lock.metadata.expires > data.now
-    ]
-    rows: list[AccessRow] = []
+Row = AccessRow | KubeAccessRow
+
+
+def access_matrix(data: MatrixInput) -> list[Row]:
+    """Every row of the matrix, in order."""
+    return list(iter_access(data))
+
+
+def iter_access(data: MatrixInput, after: RowKey | None = None) -> Iterator[Row]:
+    """The rows in order (user; nodes by name, login; clusters by name), each decided as
+    the node or kube service would; with `after`, only the rows whose key follows it."""
+    live_nodes = sorted((n for n in data.nodes if _live(n.metadata.expires, data.now)),
+                        key=lambda n: n.name)  # fmt: skip
+    # What roles decide depends on labels only: keyed once per node, not per user.
+    keyed = [(node, _labels_key(node)) for node in live_nodes]
+    clusters = sorted((c for c in data.kube_clusters if _live(c.metadata.expires, data.now)),
+                      key=lambda c: c.name)  # fmt: skip
+    live_locks = [lock for lock in data.locks if _live(lock.metadata.expires, data.now)]
     for user in sorted(data.users, key=lambda u: u.name):
+        if after is not None and user.name < after[0]:
+            continue  # before the page: not even evaluated
         paths = user_paths(user, data.roles, data.requests, data.now)
         explainer = _Explainer(user, paths)
-        for node in live_nodes:
-            for login in explainer.candidate_logins(node):
+        for node, labels in keyed:
+            if after is not None and (user.name, 0, node.name) < after[:3]:
+                continue
+            for login in explainer.candidate_logins(node, labels):
+                if after is not None and (user.name, 0, node.name, login) <= after:
+                    continue
                 row = _decide(user, node, login, paths, explainer, live_locks, data.now)
                 if row is not None:
-                    rows.append(row)
-    return rows
+                    yield row
+        for cluster in clusters:
+            if after is not None and (user.name, 1, cluster.name, "") <= after:
+                continue
+            kube_row = decide_kube(user, cluster, paths, live_locks, data.now)
+            if kube_row is not None:
+                yield kube_row
 
 
-def user_paths(
-    user: User, roles: Mapping[str, Role], requests: Sequence[AccessRequest], now: datetime
-) -> list[_Path]:
-    """Standing first, then each active approved request of the user (oldest first)."""
-    # A role the user names that no longer exists grants nothing (login leaves it out).
-    standing = tuple(roles[name] for name in user.spec.roles if name in roles)
-    traits = user.spec.traits
-    paths = [_Path(standing, RoleSet(standing, traits))]
-    mine = [r for r in requests if r.spec.user == user.name and r.active_at(now)]
-    mine.sort(key=lambda r: (r.spec.created, r.name))
-    for request in mine:
-        extra = tuple(
-            roles[name]
-            for name in dict.fromkeys(request.spec.roles)
-            if name in roles and name not in user.spec.roles
-        )
-        held = (*standing, *extra)
-        resources = tuple(dict.fromkeys(ref.describe() for ref in request.spec.resources))
-        paths.append(_Path(held, RoleSet(held, traits), resources, request))
-    return paths
+def encode_key(key: RowKey) -> str:
+    """A row's key as the API's opaque `start_key` (the page after it starts there)."""
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
+
+
+def decode_key(text: str) -> RowKey:
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        user, kind, name, login = raw
+        if not (
+            isinstance(user, str)
+            and kind in (0, 1)
+            and isinstance(name, str)
+            and isinstance(login, str)
+        ):
+            raise ValueError(text)
+    except (ValueError, TypeError):
+        raise BadParameter(
+            "start_key is not one this server gave: start from the first page"
+        ) from None
+    return (user, int(kind), name, login)
+
+
+def _live(expires: datetime | None, now: datetime) -> bool:
+    return expires is None or expires > now
 
 
 class _Explainer:
@@ -171,7 +188,7 @@ class _Explainer:
     nodes); resources and locks, which do name nodes, are checked per node.
     """
 
-    def __init__(self, user: User, paths: Sequence[_Path]) -> None:
+    def __init__(self, user: User, paths: Sequence[Path]) -> None:
         self._traits = user.spec.traits
         self._paths = paths
         every = {role.name: role for path in paths for role in path.roles}
@@ -179,7 +196,7 @@ class _Explainer:
         # Allow sections alone (deny emptied) and deny sections alone: evaluated by the
         # same RoleSet code the node runs, one role at a time.
         self._allow_only = {
-            r.name: RoleSet([_with_deny(r, RoleConditions())], self._traits) for r in self._roles
+            r.name: RoleSet([with_deny(r, RoleConditions())], self._traits) for r in self._roles
         }
         self._logins = {
             r.name: frozenset(
@@ -195,10 +212,10 @@ class _Explainer:
         self._grants: dict[tuple[int, _LabelsKey, str], tuple[Grant, ...]] = {}
         self._deniers: dict[tuple[int, _LabelsKey, str], tuple[str, ...]] = {}
 
-    def candidate_logins(self, node: Node) -> list[str]:
-        """The logins of the roles whose allow labels match the node: every row needs
-        one of them to grant its login there (deny sections only take away)."""
-        key = _labels_key(node)
+    def candidate_logins(self, node: Node, key: _LabelsKey) -> list[str]:
+        """The logins of the roles whose allow labels match the node (`key`: its labels,
+        as `_labels_key` gives them): every row needs one of them to grant its login
+        there (deny sections only take away)."""
         found = self._candidates.get(key)
         if found is None:
             logins: set[str] = set()
@@ -260,7 +277,7 @@ class _Explainer:
             # This role's deny section next to an allow that grants the login
             # everywhere: a refusal can come from the deny section only.
             everywhere = RoleConditions(logins=[login], node_labels={"*": "*"})
-            role_set = self._deny_only[key] = RoleSet([_with_allow(role, everywhere)], self._traits)
+            role_set = self._deny_only[key] = RoleSet([with_allow(role, everywhere)], self._traits)
         return role_set
 
 
@@ -275,7 +292,7 @@ def _decide(
     user: User,
     node: Node,
     login: str,
-    paths: Sequence[_Path],
+    paths: Sequence[Path],
     explainer: _Explainer,
     locks: Sequence[Lock],
     now: datetime,
@@ -291,26 +308,22 @@ def _decide(
             continue
         if not resource_allowed(path.resources, "node", node.name):
             continue
-        lock = _lock_for(user, path, login, node, locks, now)
+        lock = path.lock_for(user.name, locks, now, node=node.name, login=login)
         if lock is not None:
             locked = locked or (index, lock)
             continue
-        request = path.request
         return row(
             allowed=True,
-            how="request" if request else "standing",
-            request_id=request.name if request else "",
-            until=request.spec.access_expires if request else None,
+            how="request" if path.request else "standing",
+            **path.held_by_request(),
             allowed_by=explainer.allowed_by(index, node, login),
         )
     if locked is not None:
         index, lock = locked
-        request = paths[index].request
         return row(
             allowed=False,
             how="locked",
-            request_id=request.name if request else "",
-            until=request.spec.access_expires if request else None,
+            **paths[index].held_by_request(),
             lock=lock.name,
             allowed_by=explainer.allowed_by(index, node, login),
             reason=lock_message(lock),
@@ -324,7 +337,7 @@ def _decide(
         deniers = explainer.denied_by(index, node, login) if grants else ()
         if grants and deniers:
             # A lock may apply as well (the proxy then says so first): name it too.
-            lock = _lock_for(user, path, login, node, locks, now)
+            lock = path.lock_for(user.name, locks, now, node=node.name, login=login)
             return row(
                 allowed=False,
                 how="denied",
@@ -334,29 +347,3 @@ def _decide(
                 reason=explainer.refusal(index, node, login) or "",
             )
     return None
-
-
-def _lock_for(
-    user: User, path: _Path, login: str, node: Node, locks: Sequence[Lock], now: datetime
-) -> Lock | None:
-    for lock in sorted(locks, key=lambda lock: lock.name):
-        if lock_matches(
-            lock,
-            user=user.name,
-            roles=[r.name for r in path.roles],
-            request_ids=path.request_ids,
-            login=login,
-            node=node.name,
-            now=now,
-            issued=now,  # a certificate issued now
-        ):
-            return lock
-    return None
-
-
-def _with_deny(role: Role, deny: RoleConditions) -> Role:
-    return role.model_copy(update={"spec": role.spec.model_copy(update={"deny": deny})})
-
-
-def _with_allow(role: Role, allow: RoleConditions) -> Role:
-    return role.model_copy(update={"spec": role.spec.model_copy(update={"allow": allow})})

@@ -82,6 +82,12 @@ def _bare(text: str) -> str:
     return _quote(text)[1:-1]
 
 
+def _login_refused(login: str, node_name: str, why: str) -> AccessDenied:
+    # Built only on refusal: check_login runs for every SSH session and every cell of
+    # the access matrix, and most calls succeed (quoting the target was half the cost).
+    return AccessDenied(f"access denied to {_bare(login)}@{_bare(node_name)}: {why}")
+
+
 class LabelSelector:
     """One role section's label condition (node_labels or kubernetes_labels), compiled."""
 
@@ -256,24 +262,22 @@ class RoleSet:
 
     def check_login(self, node_name: str, node_labels: Mapping[str, str], login: str) -> None:
         """Raise AccessDenied unless `login` is allowed on this node."""
-        target = f"{_bare(login)}@{_bare(node_name)}"
         for r in self._roles:
             if r.deny.denies_login(login, node_labels):
                 what = f"login {_quote(login)}" if r.deny.logins_configured else "this node"
-                raise AccessDenied(f"access denied to {target}: {what} is denied by role {r.name}")
+                raise _login_refused(login, node_name, f"{what} is denied by role {r.name}")
         granting = [r for r in self._roles if login in r.allow.logins]
         if not granting:
-            raise AccessDenied(
-                f"access denied to {target}: login {_quote(login)} is not allowed by your roles"
+            raise _login_refused(
+                login, node_name, f"login {_quote(login)} is not allowed by your roles"
             )
         if any(r.allow.nodes.matches(node_labels) for r in granting):
             return
         if any(r.allow.nodes.matches(node_labels) for r in self._roles):
-            raise AccessDenied(
-                f"access denied to {target}: login {_quote(login)} is not allowed on this node "
-                "by your roles"
+            raise _login_refused(
+                login, node_name, f"login {_quote(login)} is not allowed on this node by your roles"
             )
-        raise AccessDenied(f"access denied to {target}: node labels do not match any of your roles")
+        raise _login_refused(login, node_name, "node labels do not match any of your roles")
 
     def can_access_node(self, node_labels: Mapping[str, str]) -> bool:
         """Whether the node is visible (`cgsh ls`): some role's labels match, no deny does."""

@@ -1,7 +1,10 @@
 """Auth API routes for who has access to what, and recent activity.
 
-    GET /v1/access    ?user=U&node=N&role=R&label=k=v (label repeatable): the access
-                      matrix rows (access/matrix.py), {"rows": [...]}
+    GET /v1/access    ?user=U&node=N&kube_cluster=K&kind=node|kube_cluster&role=R
+                      &label=k=v (label repeatable) &limit=N&start_key=KEY: the access
+                      matrix rows (access/matrix.py), {"rows": [...], "next_key": KEY|""};
+                      without `limit`, every row; with it, a page, and `next_key` (opaque)
+                      is the `start_key` of the next page ("" after the last)
     GET /v1/activity  ?days=7: counts per day of sessions started, logins, login
                       refusals and session refusals, {"days": [...], "series": {...}}
 
@@ -15,14 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from certgate.access.matrix import decode_key, encode_key
 from certgate.api.identity import Identity
-from certgate.auth.access_map import AccessFilter, AccessMap
+from certgate.auth.access_map import AccessFilter, AccessMap, RowKind
 from certgate.auth.http_body import query_int
+from certgate.errors import BadParameter
 
 if TYPE_CHECKING:
     from certgate.auth.http import AuthAPI
 
 ACCESS = "access"  # the role rule resource
+MAX_PAGE = 10_000
+_KINDS: dict[str, RowKind] = {"": "", "node": "node", "kube_cluster": "kube_cluster"}
 
 
 def add_access_routes(api: AuthAPI, router: web.UrlDispatcher) -> None:
@@ -38,14 +45,25 @@ class AccessRoutes:
 
     async def list(self, request: web.Request, caller: Identity | None) -> Any:
         q = request.query
+        kind = _KINDS.get(q.get("kind", ""))
+        if kind is None:
+            raise BadParameter("kind must be node or kube_cluster")
         wanted = AccessFilter(
             user=q.get("user", ""),
             node=q.get("node", ""),
+            kube_cluster=q.get("kube_cluster", ""),
+            kind=kind,
             role=q.get("role", ""),
             labels=AccessFilter.parse_labels(q.getall("label", [])),
         )
-        rows = await self._map.rows(wanted)
-        return {"rows": [row.to_dict() for row in rows]}
+        limit = query_int(request, "limit", 0, MAX_PAGE) or None
+        start = q.get("start_key", "")
+        after = decode_key(start) if start else None
+        rows, last = await self._map.rows(wanted, limit, after)
+        return {
+            "rows": [row.to_dict() for row in rows],
+            "next_key": encode_key(last) if last is not None else "",
+        }
 
     async def activity(self, request: web.Request, caller: Identity | None) -> Any:
         return await self._map.activity(query_int(request, "days", 7, 90))

@@ -12,10 +12,14 @@ from certgate.cli.common import print_json, table
 from certgate.client.access import AccessClient, AccessEntry
 
 CSV_COLUMNS = (
+    "kind",
     "user",
     "node",
     "hostname",
     "login",
+    "kube_cluster",
+    "kubernetes_groups",
+    "kubernetes_users",
     "allowed",
     "how",
     "request_id",
@@ -35,8 +39,17 @@ def access() -> None:
 @access.command("ls")
 @click.option("--user", default="", help="Only this user.")
 @click.option("--node", default="", help="Only this node (id or hostname).")
+@click.option("--kube-cluster", default="", help="Only this Kubernetes cluster.")
+@click.option(
+    "--kind",
+    type=click.Choice(["node", "kube_cluster"]),
+    default=None,
+    help="Only nodes or only Kubernetes clusters.",
+)
 @click.option("--role", default="", help="Only users holding this role (standing or granted).")
-@click.option("--label", "labels", multiple=True, help="Only nodes with this label (k=v).")
+@click.option(
+    "--label", "labels", multiple=True, help="Only nodes and clusters with this label (k=v)."
+)
 @click.option(
     "--format",
     "fmt",
@@ -47,20 +60,31 @@ def access() -> None:
 )
 @click.pass_context
 def ls(
-    ctx: click.Context, user: str, node: str, role: str, labels: tuple[str, ...], fmt: str
+    ctx: click.Context,
+    user: str,
+    node: str,
+    kube_cluster: str,
+    kind: str | None,
+    role: str,
+    labels: tuple[str, ...],
+    fmt: str,
 ) -> None:
-    """One row per user, node and login some role allows there: how it is held
-    (standing, request ID until T) or why it is refused now (locked by L, denied by R)."""
-    entries = AccessClient(api(ctx)).list(user=user, node=node, role=role, labels=labels)
+    """One row per user, node and login some role allows there, and per user and
+    Kubernetes cluster some role's kubernetes_labels match: how it is held (standing,
+    request ID until T) or why it is refused now (locked by L, denied by R)."""
+    entries = AccessClient(api(ctx)).list(
+        user=user, node=node, role=role, labels=labels, kube_cluster=kube_cluster, kind=kind or ""
+    )
     if fmt == "json":
         print_json([e.raw for e in entries])
     elif fmt == "csv":
         click.echo(to_csv(entries), nl=False)
     else:
         rows = [
-            (e.user, e.node, e.login, e.describe_how(), ",".join(e.allowed_by)) for e in entries
+            (e.user, e.kind, e.name, e.describe_as(), e.describe_how(), ",".join(e.allowed_by))
+            for e in entries
         ]
-        click.echo(table(["User", "Node", "Login", "How", "Allowed by"], rows))
+        click.echo(table(["User", "Kind", "Name", "Login / groups", "How", "Allowed by"], rows))
 
 
 def to_csv(entries: list[AccessEntry]) -> str:
@@ -68,12 +92,17 @@ def to_csv(entries: list[AccessEntry]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for e in entries:
+        kube = e.kind == "kube_cluster"
         writer.writerow(
             (
+                e.kind,
                 e.user,
                 e.node,
                 e.hostname,
                 e.login,
+                e.name if kube else "",
+                ";".join(e.kubernetes_groups),
+                ";".join(e.kubernetes_users),
                 "true" if e.allowed else "false",
                 e.how,
                 e.request_id,
