@@ -86,7 +86,7 @@ spec:
 MARKER_COMMAND = "echo $((40+2))ok\n"
 MARKER = "42ok"
 BUSY_COMMAND = "while :; do echo busy $(date +%s.%N); sleep 0.01; done\n"
-PAGE = os.sysconf("SC_PAGE_SIZE")
+RETRIES = 10  # per session open, 2 s apart
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -242,13 +242,18 @@ async def open_many(
 
     async def one(i: int) -> None:
         async with semaphore:
-            try:
-                sessions.append(await open_session(route, i, options, busy=i < busy))
-            except (OSError, asyncssh.Error, TimeoutError) as exc:
-                # Once more, said aloud: on a machine this loaded a handshake times out now
-                # and then; a second failure fails the run.
-                print(f"{route.label}: session {i} failed ({exc!r}); retrying", flush=True)
-                sessions.append(await open_session(route, i, options, busy=i < busy))
+            for attempt in range(RETRIES):
+                try:
+                    sessions.append(await open_session(route, i, options, busy=i < busy))
+                    break
+                except (OSError, asyncssh.Error, TimeoutError) as exc:
+                    # Said aloud and retried: on a machine this loaded auth (one process,
+                    # one fair share of the CPU) answered heartbeats late enough for
+                    # nodes to drop out of the inventory for a while.
+                    if attempt == RETRIES - 1:
+                        raise
+                    print(f"{route.label}: session {i} failed ({exc!r}); retrying", flush=True)
+                    await asyncio.sleep(2)
             if len(sessions) % 100 == 0:
                 print(f"  {route.label}: {len(sessions)} sessions open", flush=True)
 
