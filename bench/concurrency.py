@@ -63,6 +63,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# The same Unix login, role (that login, every node) and host certificates as ssh_paths.py.
+from bench.ssh_paths import LOGIN, ROLE, sign_host  # noqa: E402
 from certgate.api.codec import to_dict  # noqa: E402
 from certgate.api.lock import Lock, LockSpec, LockTarget  # noqa: E402
 from certgate.api.meta import Metadata  # noqa: E402
@@ -72,17 +74,8 @@ from tests.support.cluster import Cluster  # noqa: E402
 from tests.support.sshd import run_sshd  # noqa: E402
 from tests.support.unix import ensure_user  # noqa: E402
 
-LOGIN = "cgbench"
 USER = "bencher"
 SHELL = "bash"
-ROLE = f"""\
-kind: role
-metadata: {{name: bench}}
-spec:
-  allow:
-    logins: [{LOGIN}]
-    node_labels: {{"*": "*"}}
-"""
 MARKER_COMMAND = "echo $((40+2))ok\n"
 MARKER = "42ok"
 BUSY_COMMAND = "while :; do echo busy $(date +%s.%N); sleep 0.01; done\n"
@@ -405,15 +398,6 @@ async def lock_round(cluster: Cluster, sessions: list[Session]) -> list[float]:
 
 
 # ---------------------------------------------------------------------- set-up
-
-
-def sign_host(cluster: Cluster, name: str, out: Path) -> tuple[Path, str]:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cluster.cgctl(
-        "auth", "sign", f"--host={name}", "--principals=127.0.0.1", "--format=openssh",
-        f"--out={out}",
-    )  # fmt: skip
-    return out, Path(f"{out}-cert.pub").read_text()
 
 
 def sshd_pid(workdir: Path) -> int:
