@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,7 @@ from certgate.api.codec import describe_validation_error, dump, from_dict, to_di
 from certgate.api.duration import parse_duration
 from certgate.api.identity import SYSTEM_KUBE, SYSTEM_PROXY, Identity
 from certgate.api.kube_cluster import KubeCluster
-from certgate.api.lock import Lock
+from certgate.api.lock import Lock, lock_matches, lock_message
 from certgate.api.names import check_name, shown, utc_time
 from certgate.api.node import Node
 from certgate.auth import permissions as perm
@@ -144,6 +145,33 @@ class AuthAPI:
                 "session.rejected", user=user, kind="api", reason=exc.message, server="auth"
             )
             raise
+
+    async def _watch_refusal(self, caller: Identity | None, lock: Lock | None) -> str | None:
+        """Why a user's open watch must end now, or None: `lock` (just written) or a
+        lock in auth's cache covers them. Audited like the refusal of any call."""
+        if caller is None:
+            return None
+        if lock is not None and lock_matches(
+            lock,
+            user=caller.username,
+            roles=caller.roles,
+            request_ids=caller.request_ids,
+            now=self.server.clock.now(),
+            issued=caller.issued,
+        ):
+            reason = lock_message(lock)
+            await self.server.audit.emit(
+                "session.rejected", user=caller.username, kind="api", reason=reason,
+                server="auth",
+            )  # fmt: skip
+            return reason
+        try:
+            await self._check_not_locked(
+                caller.username, caller.roles, caller.request_ids, caller.issued
+            )
+        except AccessDenied as exc:
+            return exc.message
+        return None
 
     def caller(self, request: web.Request) -> Identity | None:
         """Who is calling, from the verified client certificate (or forwarded one)."""
@@ -551,13 +579,22 @@ class AuthAPI:
             caller = await self.authorizer.check(caller, kind, "list")
         stores = {kind: self.server.store_for(kind) for kind in kinds}
         by_prefix = {store.prefix: kind for kind, store in stores.items()}
+        # A user's stream follows the locks too, whatever it asked for: a lock that
+        # comes to cover the user ends it (the lock applies to open streams, not only
+        # at the next reconnect). Services are not users: their streams are not cut.
+        guarded = caller is not None and caller.kind != "service"
+        lock_store = self.server.store_for("lock")
+        lock_prefix = lock_store.prefix
+        watched = list(by_prefix)
+        if guarded and lock_prefix not in by_prefix:
+            watched.append(lock_prefix)
         revision = await self.server.backend.current_revision()
         # _readable strips CA private keys (they never leave auth) and skips bad items.
         snapshot = {kind: [to_dict(r) for r in await self._readable(kind)] for kind in kinds}
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         await _send(response, {"type": "snapshot", "revision": revision, "items": snapshot})
-        events = self.server.backend.watch(list(by_prefix), revision)
+        events = self.server.backend.watch(watched, revision)
         next_event = asyncio.ensure_future(anext(events))
         # From here on the status line is sent: a failure can only end the stream (the
         # watcher reconnects and takes a fresh snapshot), never turn into a 500 written
@@ -566,6 +603,11 @@ class AuthAPI:
             while True:
                 done, _ = await asyncio.wait({next_event}, timeout=WATCH_PING_SECONDS)
                 if not done:
+                    # Each ping also re-checks auth's lock cache: a lock written by
+                    # another auth process arrives there, if not (yet) in this stream.
+                    if guarded and (reason := await self._watch_refusal(caller, None)):
+                        await _cut(request, response, reason)
+                        break
                     await _send(response, {"type": "ping"})
                     continue
                 try:
@@ -573,6 +615,17 @@ class AuthAPI:
                 except StopAsyncIteration:
                     break
                 next_event = asyncio.ensure_future(anext(events))
+                if guarded and event.item.key.startswith(lock_prefix):
+                    written = None
+                    if event.type is not EventType.DELETE:
+                        written = lock_store.decode_or_skip(event.item, self._note_skipped)
+                    if isinstance(written, Lock) and (
+                        reason := await self._watch_refusal(caller, written)
+                    ):
+                        await _cut(request, response, reason)
+                        break
+                    if lock_prefix not in by_prefix:
+                        continue  # followed for the cut only: not what the caller asked
                 prefix = next(p for p in by_prefix if event.item.key.startswith(p))
                 kind = by_prefix[prefix]
                 name = event.item.key[len(prefix) :]
@@ -597,6 +650,14 @@ class AuthAPI:
             await asyncio.gather(next_event, return_exceptions=True)
             await events.aclose()  # type: ignore[attr-defined]
         return response
+
+
+async def _cut(request: web.Request, response: web.StreamResponse, reason: str) -> None:
+    """End a watch stream whose caller may no longer have it, saying why; the
+    watcher's reconnect is then refused like any call of theirs."""
+    with contextlib.suppress(ConnectionResetError):
+        await _send(response, {"type": "closed", "reason": reason})
+    _end_abruptly(request)
 
 
 # Watchers measure how fresh their view is by these (strict locking), so keep it short.

@@ -1,0 +1,694 @@
+"""1,000 live sessions through one proxy, session starts per second, a lock that ends them all.
+
+    .venv/bin/python bench/concurrency.py [--sessions 1000] [--busy 10] [--nodes 10]
+                                          [--clients 50] [--client-procs 2] [--seconds 15]
+                                          [--rounds 2] [--lock-rounds 1] [--profile DIR]
+
+Two paths, set up in the same run on this machine, driven by the same client (asyncssh,
+in this script: 1,000 `ssh -J` processes, each with its own jump `ssh`, would weigh more
+than what is measured):
+
+  certgate: the client connects to the certgate proxy's SSH port (3023) with the user's
+            certificate, opens a direct-tcpip channel to a node by name, and logs in to
+            that certgate node (`certgate start --roles node`, its own process) through
+            it — what `ssh -J` does with `cgsh config`. Auth and proxy run in one process.
+  OpenSSH:  the bastion a user would otherwise build: an sshd jump host, then one of as
+            many sshds as certgate has nodes; the same user certificate (TrustedUserCAKeys),
+            host certificates from `cgctl auth sign`. Stock sshd settings but MaxStartups
+            (the default 10:30:100 drops connections beyond 10 handshakes in flight).
+
+Every session is a PTY shell (bash, the login's shell) that has answered `echo $((40+2))ok`;
+`--busy` of them print a line every 10 ms for as long as they live, the rest are idle.
+
+Figures (printed next to their targets, nothing asserted):
+- memory per live session: the sum of the RSS deltas of every process of the path's
+  servers (the process trees under the certgate processes, under the sshds: per-connection
+  sshd children and the shells included) from before the sessions opened to when they are
+  all open, divided by the sessions. Also printed without the shells (the same bash on both
+  paths), and as PSS (RSS counts a page shared by forked sshds once per process).
+- session starts per second: `--clients` workers spread over `--client-procs` processes,
+  each in a loop: connect to the jump host, tunnel, log in to the target, PTY shell, wait
+  for its answer, close. The paths take turns, `--seconds` each, `--rounds` times. Server
+  CPU per start from /proc (the process trees above, reaped children included).
+- lock: with the 1,000 certgate sessions open (spread over the nodes), a lock on their
+  user is created through the auth API (what `cgctl lock` sends) and each session's close,
+  as its client sees it, is timed from the moment the request was sent: p50/p99/max.
+
+`--profile DIR` samples the proxy and one node with py-spy (`pip install py-spy` into .venv)
+during the first certgate starts window, and writes DIR/{proxy,node}.txt (top functions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# The same Unix login, role (that login, every node) and host certificates as ssh_paths.py.
+from bench.ssh_paths import LOGIN, ROLE, sign_host  # noqa: E402
+from certgate.api.codec import to_dict  # noqa: E402
+from certgate.api.lock import Lock, LockSpec, LockTarget  # noqa: E402
+from certgate.api.meta import Metadata  # noqa: E402
+from certgate.rpc.auth_client import AsyncAuthClient  # noqa: E402
+from certgate.rpc.identity_files import IdentityFiles  # noqa: E402
+from tests.support.cluster import Cluster  # noqa: E402
+from tests.support.sshd import run_sshd  # noqa: E402
+from tests.support.unix import ensure_user  # noqa: E402
+
+USER = "bencher"
+SHELL = "bash"
+MARKER_COMMAND = "echo $((40+2))ok\n"
+MARKER = "42ok"
+BUSY_COMMAND = "while :; do echo busy $(date +%s.%N); sleep 0.01; done\n"
+RETRIES = 10  # per session open, 2 s apart
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------- processes
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def tree(roots: Iterable[int]) -> list[int]:
+    """The roots and all their descendants now."""
+    children = _children()
+    found: list[int] = []
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+@dataclass
+class Memory:
+    rss: int = 0  # bytes, every process
+    rss_no_shell: int = 0
+    pss: int = 0
+    processes: int = 0
+
+
+def memory(roots: Iterable[int]) -> Memory:
+    total = Memory()
+    for pid in tree(roots):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        fields = {
+            line.split(":")[0]: int(line.split()[1]) * 1024
+            for line in rollup.splitlines()[1:]
+            if line.endswith("kB")
+        }
+        total.rss += fields.get("Rss", 0)
+        total.pss += fields.get("Pss", 0)
+        total.processes += 1
+        if comm != SHELL:
+            total.rss_no_shell += fields.get("Rss", 0)
+    return total
+
+
+def cpu_seconds(roots: Iterable[int]) -> float:
+    """CPU of the trees, children that were waited for included (cutime, cstime)."""
+    ticks = 0
+    for pid in tree(roots):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks / TICK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) core-seconds of the whole machine since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / TICK, idle / TICK
+
+
+# ---------------------------------------------------------------------- the paths
+
+
+@dataclass
+class Route:
+    label: str
+    jump_port: int
+    jump_user: str
+    targets: list[tuple[str, int]]  # (name given to the jump host, port)
+    roots: list[int]  # the server processes whose trees are measured
+
+
+@dataclass
+class ClientKeys:
+    key_file: str
+    cert_file: str
+    known_hosts: str  # text: "@cert-authority * <host CA key>"
+
+    def options(self) -> dict[str, Any]:
+        key = asyncssh.read_private_key(self.key_file)
+        cert = asyncssh.read_certificate(self.cert_file)
+        return {
+            "client_keys": [(key, cert)],
+            "known_hosts": asyncssh.import_known_hosts(self.known_hosts),
+        }
+
+
+@dataclass
+class Session:
+    jump: asyncssh.SSHClientConnection
+    conn: asyncssh.SSHClientConnection
+    process: asyncssh.SSHClientProcess[str]
+    reader: asyncio.Task[None] | None = None
+    closed_at: float = 0.0
+
+    def close(self) -> None:
+        self.conn.close()
+        self.jump.close()
+        if self.reader is not None:
+            self.reader.cancel()
+
+
+async def open_session(
+    route: Route, index: int, options: dict[str, Any], busy: bool = False
+) -> Session:
+    jump = await asyncssh.connect("127.0.0.1", route.jump_port, username=route.jump_user, **options)
+    try:
+        host, port = route.targets[index % len(route.targets)]
+        conn = await asyncssh.connect(host, port, tunnel=jump, username=LOGIN, **options)
+        process = await conn.create_process(term_type="xterm", term_size=(80, 24))
+        process.stdin.write(MARKER_COMMAND)
+        await asyncio.wait_for(process.stdout.readuntil(MARKER), 30)
+    except BaseException:
+        jump.close()
+        raise
+    session = Session(jump, conn, process)
+    if busy:
+        process.stdin.write(BUSY_COMMAND)
+        session.reader = asyncio.create_task(_drain(process))
+    return session
+
+
+async def _drain(process: asyncssh.SSHClientProcess[str]) -> None:
+    while await process.stdout.read(65536):
+        pass
+
+
+async def open_many(
+    route: Route, options: dict[str, Any], count: int, busy: int, parallel: int
+) -> list[Session]:
+    semaphore = asyncio.Semaphore(parallel)
+    sessions: list[Session] = []
+
+    async def one(i: int) -> None:
+        async with semaphore:
+            for attempt in range(RETRIES):
+                try:
+                    sessions.append(await open_session(route, i, options, busy=i < busy))
+                    break
+                except (OSError, asyncssh.Error, TimeoutError) as exc:
+                    # Said aloud and retried: on a machine this loaded auth (one process,
+                    # one fair share of the CPU) answered heartbeats late enough for
+                    # nodes to drop out of the inventory for a while.
+                    if attempt == RETRIES - 1:
+                        raise
+                    print(f"{route.label}: session {i} failed ({exc!r}); retrying", flush=True)
+                    await asyncio.sleep(2)
+            if len(sessions) % 100 == 0:
+                print(f"  {route.label}: {len(sessions)} sessions open", flush=True)
+
+    results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        for session in sessions:
+            session.close()
+        raise RuntimeError(
+            f"{route.label}: {len(errors)} of {count} sessions failed: {errors[0]!r}"
+        )
+    return sessions
+
+
+async def close_all(sessions: list[Session]) -> None:
+    for session in sessions:
+        session.close()
+    await asyncio.gather(*(s.jump.wait_closed() for s in sessions), return_exceptions=True)
+
+
+# ---------------------------------------------------------------------- starts/s
+
+
+def _start_worker(
+    route: Route, keys: ClientKeys, workers: int, offset: int, seconds: float, out: Any
+) -> None:
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    done, failed, latencies, errors = asyncio.run(
+        _start_loop(route, keys, workers, offset, seconds)
+    )
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    out.send((done, failed, latencies, errors, cpu))
+
+
+async def _start_loop(
+    route: Route, keys: ClientKeys, workers: int, offset: int, seconds: float
+) -> tuple[int, int, list[float], list[str]]:
+    options = keys.options()
+    deadline = time.monotonic() + seconds
+    done = 0
+    failed = 0
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def worker(w: int) -> None:
+        nonlocal done, failed
+        i = offset + w
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            try:
+                session = await open_session(route, i, options)
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                failed += 1
+                errors.append(repr(exc))
+                continue
+            session.close()
+            await session.jump.wait_closed()
+            if time.monotonic() < deadline:
+                done += 1
+                latencies.append(time.perf_counter() - started)
+            i += workers
+
+    await asyncio.gather(*(worker(w) for w in range(workers)))
+    return done, failed, latencies, errors[:3]
+
+
+@dataclass
+class Starts:
+    count: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+    idle_cpu: float = 0.0  # the servers' CPU over as long a window without clients
+    first_cpu: float = 0.0  # of the first root: certgate's auth+proxy, OpenSSH's jump host
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+
+def measure_starts(
+    route: Route, keys: ClientKeys, clients: int, procs: int, seconds: float, into: Starts
+) -> None:
+    # What the servers burn with no client at all (heartbeats, watches, monitors: ten
+    # nodes' worth), over a window as long, is taken off the figure per start.
+    idle_before = cpu_seconds(route.roots)
+    time.sleep(min(seconds, 5))
+    into.idle_cpu += (cpu_seconds(route.roots) - idle_before) * seconds / min(seconds, 5)
+    context = multiprocessing.get_context("spawn")
+    pipes = []
+    children = []
+    share = [clients // procs + (1 if p < clients % procs else 0) for p in range(procs)]
+    offset = 0
+    cpu_before = cpu_seconds(route.roots)
+    first_before = cpu_seconds(route.roots[:1])
+    for workers in share:
+        mine, theirs = context.Pipe(duplex=False)
+        child = context.Process(
+            target=_start_worker, args=(route, keys, workers, offset, seconds, theirs)
+        )
+        child.start()
+        pipes.append(mine)
+        children.append(child)
+        offset += workers
+    for pipe, child in zip(pipes, children, strict=True):
+        done, failed, latencies, errors, cpu = pipe.recv()
+        into.client_cpu += cpu
+        into.errors.extend(errors)
+        child.join()
+        into.count += done
+        into.failed += failed
+        into.latencies.extend(latencies)
+    # The window each worker counted in; spawning the processes is not part of it.
+    into.seconds += seconds
+    into.server_cpu += cpu_seconds(route.roots) - cpu_before
+    into.first_cpu += cpu_seconds(route.roots[:1]) - first_before
+
+
+# ---------------------------------------------------------------------- lock
+
+
+async def lock_round(cluster: Cluster, sessions: list[Session]) -> list[float]:
+    """Lock the sessions' user; how long after the request each session closed."""
+    admin = IdentityFiles.load(cluster.data_dir / "admin")
+    client = AsyncAuthClient(f"https://{cluster.auth_addr}", admin.tls_context())
+    lock = Lock(
+        metadata=Metadata(name=str(uuid.uuid4())),
+        spec=LockSpec(target=LockTarget(user=USER), message="bench"),
+    )
+
+    async def closed(session: Session) -> None:
+        await session.process.wait_closed()
+        session.closed_at = time.perf_counter()
+
+    waits = asyncio.gather(*(closed(s) for s in sessions))
+    sent = time.perf_counter()
+    await client.call("POST", "/v1/resources", json={"resource": to_dict(lock)})
+    try:
+        await asyncio.wait_for(waits, 60)
+    finally:
+        await client.call("DELETE", f"/v1/resources/lock/{lock.name}")
+        await client.close()
+        await close_all(sessions)
+    return [s.closed_at - sent for s in sessions]
+
+
+# ---------------------------------------------------------------------- set-up
+
+
+def sshd_pid(workdir: Path) -> int:
+    return int((workdir / "sshd.pid").read_text().split()[0])
+
+
+def host_ca_line(known_hosts: Path) -> str:
+    """`@cert-authority * KEY` from the user's known_hosts (which names the cluster's hosts)."""
+    for line in known_hosts.read_text().splitlines():
+        fields = line.split()
+        if fields and fields[0] == "@cert-authority":
+            return f"@cert-authority * {fields[2]} {fields[3]}\n"
+    raise RuntimeError(f"no @cert-authority line in {known_hosts}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def mib(value: float) -> str:
+    return f"{value / 1024**2:8.1f} MiB"
+
+
+def kib(value: float) -> str:
+    return f"{value / 1024:8.0f} KiB"
+
+
+def settle_memory(roots: list[int]) -> Memory:
+    time.sleep(2)  # let the last sessions' start-up garbage go
+    return memory(roots)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--busy", type=int, default=10, help="sessions that print output")
+    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=50, help="parallel clients for starts/s")
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=15, help="each starts/s window")
+    parser.add_argument("--rounds", type=int, default=2, help="starts/s windows per path")
+    parser.add_argument("--lock-rounds", type=int, default=1)
+    parser.add_argument("--openssh-sessions", type=int, default=0, help="0: as --sessions")
+    parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument("--starts-only", action="store_true", help="skip memory and lock")
+    args = parser.parse_args()
+    openssh_sessions = args.openssh_sessions or args.sessions
+    ensure_user(LOGIN)
+
+    with tempfile.TemporaryDirectory(prefix="certgate-bench-conc-") as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        cluster = Cluster(workdir / "cluster", roles="auth,proxy")
+        cluster.start()
+        stack.callback(cluster.stop)
+        nodes: list[tuple[str, int]] = []
+        for n in range(args.nodes):
+            name = f"bench-node-{n + 1}"
+            # Nodes heartbeat every 10 s here: at the test helper's 1 s (a 1.5 s TTL) a busy
+            # machine lets nodes expire from the inventory mid-run.
+            process, port = cluster.start_node(name, "env=bench", "--heartbeat-interval", "10s")
+            nodes.append((name, port))
+        cluster.cgctl("create", "-f", "-", input=ROLE)
+        user = cluster.add_user(USER, roles="bench")
+        cluster.login(user)
+        keys_dir = user.home / "keys"
+        keys = ClientKeys(
+            str(keys_dir / "key"),
+            str(keys_dir / "key-cert.pub"),
+            host_ca_line(keys_dir / "known_hosts"),
+        )
+        user_ca = cluster.cgctl("auth", "export", "--type=user").stdout
+        sshd_config = f"LogLevel ERROR\nMaxStartups {max(100, args.clients * 2)}\n"
+        sshds = []
+        for name in ["bench-jump", *(f"bench-sshd-{n + 1}" for n in range(args.nodes))]:
+            key, cert = sign_host(cluster, name, workdir / name / "host_key")
+            sshds.append(
+                stack.enter_context(
+                    run_sshd(
+                        workdir / name, user_ca, host_key=key, host_cert=cert,
+                        extra_config=sshd_config,
+                    )
+                )
+            )  # fmt: skip
+        assert cluster.process is not None
+        certgate = Route(
+            "certgate",
+            cluster.ssh_proxy_port,
+            "certgate",
+            nodes,
+            [cluster.process.pid, *(p.pid for p in cluster.nodes)],
+        )
+        openssh = Route(
+            "OpenSSH",
+            sshds[0].port,
+            LOGIN,
+            [("127.0.0.1", s.port) for s in sshds[1:]],
+            [sshd_pid(s.workdir) for s in sshds],
+        )
+        options = keys.options()
+
+        async def warm_up() -> None:
+            for route in (certgate, openssh):
+                await close_all(await open_many(route, options, 20, 0, 10))
+
+        asyncio.run(warm_up())
+        time.sleep(1)
+
+        memories: dict[str, tuple[Memory, Memory]] = {}
+        lock_times: list[float] = []
+        if not args.starts_only:
+            memories, lock_times = sessions_phase(args, cluster, certgate, openssh, options)
+
+        # ---- starts/s, the paths taking turns
+        starts = {certgate.label: Starts(), openssh.label: Starts()}
+        busy_before, idle_before = machine_cpu()
+        for number in range(args.rounds):
+            for route in (certgate, openssh):
+                print(f"starts/s round {number + 1}: {route.label}...", flush=True)
+                spy: list[subprocess.Popen[bytes]] = []
+                if args.profile is not None and number == 0 and route is certgate:
+                    spy = start_profile(args.profile, cluster, args.seconds)
+                measure_starts(
+                    route, keys, args.clients, args.client_procs, args.seconds, starts[route.label]
+                )
+                for process in spy:
+                    process.wait()
+        busy_after, idle_after = machine_cpu()
+
+    machine = (busy_after - busy_before, idle_after - idle_before)
+    report(args, openssh_sessions, memories, starts, lock_times, machine)
+    return 0
+
+
+def sessions_phase(
+    args: argparse.Namespace,
+    cluster: Cluster,
+    certgate: Route,
+    openssh: Route,
+    options: dict[str, Any],
+) -> tuple[dict[str, tuple[Memory, Memory]], list[float]]:
+    """Memory of N live sessions on each path (OpenSSH first: its processes go away after
+    the sessions do), then the lock on the certgate sessions' user."""
+    openssh_sessions = args.openssh_sessions or args.sessions
+    print(f"opening {openssh_sessions} sessions through OpenSSH...", flush=True)
+    base_openssh = memory(openssh.roots)
+
+    async def openssh_memory() -> Memory:
+        sessions = await open_many(openssh, options, openssh_sessions, args.busy, 50)
+        loaded = await asyncio.to_thread(settle_memory, openssh.roots)
+        await close_all(sessions)
+        return loaded
+
+    loaded_openssh = asyncio.run(openssh_memory())
+    print(f"opening {args.sessions} sessions through certgate...", flush=True)
+    base_certgate = memory(certgate.roots)
+    lock_times: list[float] = []
+    loaded_certgate: Memory | None = None
+
+    async def certgate_memory_and_lock(number: int) -> None:
+        nonlocal loaded_certgate
+        sessions = await open_many(certgate, options, args.sessions, args.busy, 50)
+        if number == 0:
+            loaded_certgate = await asyncio.to_thread(settle_memory, certgate.roots)
+        print(f"lock round {number + 1}: {args.sessions} certgate sessions", flush=True)
+        lock_times.extend(await lock_round(cluster, sessions))
+
+    for number in range(max(1, args.lock_rounds)):
+        asyncio.run(certgate_memory_and_lock(number))
+        time.sleep(1)  # every node sees the lock go
+    assert loaded_certgate is not None
+
+    memories = {
+        certgate.label: (base_certgate, loaded_certgate),
+        openssh.label: (base_openssh, loaded_openssh),
+    }
+    return memories, lock_times
+
+
+def start_profile(
+    directory: Path, cluster: Cluster, seconds: float
+) -> list[subprocess.Popen[bytes]]:
+    directory.mkdir(parents=True, exist_ok=True)
+    py_spy = Path(sys.executable).parent / "py-spy"
+    assert cluster.process is not None
+    targets = {"proxy": cluster.process.pid, "node": cluster.nodes[0].pid}
+    return [
+        subprocess.Popen(
+            [
+                str(py_spy),
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--output",
+                str(directory / f"{name}.txt"),
+                "--nonblocking",
+                "--gil",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in targets.items()
+    ]
+
+
+def report(
+    args: argparse.Namespace,
+    openssh_sessions: int,
+    memories: dict[str, tuple[Memory, Memory]],
+    starts: dict[str, Starts],
+    lock_times: list[float],
+    machine: tuple[float, float],
+) -> None:
+    version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    print(
+        f"\n{os.cpu_count()} cores, shared with other jobs (machine CPU during the starts"
+        f" windows: {machine[0]:.0f} core-s busy, {machine[1]:.0f} core-s idle); client:"
+        f" asyncssh {asyncssh.__version__}; baseline: {version} sshd jump host -> sshd"
+    )
+    if memories:
+        report_memory(args, openssh_sessions, memories)
+    report_starts(args, starts)
+    if lock_times:
+        print(
+            f"\nlock on the user -> each of {args.sessions} sessions on {args.nodes} nodes closed"
+            f" ({args.lock_rounds} round(s)): p50 {statistics.median(lock_times) * 1000:.0f} ms,"
+            f" p99 {percentile(lock_times, 0.99) * 1000:.0f} ms,"
+            f" max {max(lock_times) * 1000:.0f} ms   (target p99 <= 200 ms)"
+        )
+
+
+def report_memory(
+    args: argparse.Namespace, openssh_sessions: int, memories: dict[str, tuple[Memory, Memory]]
+) -> None:
+    counts = {"certgate": args.sessions, "OpenSSH": openssh_sessions}
+    print(
+        f"\nmemory per live session ({args.busy} busy, the rest idle PTY shells;"
+        f" certgate: 1 proxy + {args.nodes} nodes, OpenSSH: jump + {args.nodes} sshds)"
+    )
+    print(f"{'path':10} {'sessions':>8} {'processes':>10} {'RSS/session':>13}"
+          f" {'w/o shells':>12} {'PSS/session':>12}")  # fmt: skip
+    per: dict[str, tuple[float, float, float]] = {}
+    for label, (base, loaded) in memories.items():
+        n = counts[label]
+        per[label] = (
+            (loaded.rss - base.rss) / n,
+            (loaded.rss_no_shell - base.rss_no_shell) / n,
+            (loaded.pss - base.pss) / n,
+        )
+        print(
+            f"{label:10} {n:8d} {base.processes:4d}->{loaded.processes:<5d}"
+            f" {kib(per[label][0])} {kib(per[label][1])} {kib(per[label][2])}"
+        )
+    c, o = per["certgate"], per["OpenSSH"]
+    print(
+        f"{'ratio':10} {'':8} {'':10} {c[0] / o[0]:12.3f}x {c[1] / o[1]:11.3f}x"
+        f" {c[2] / o[2]:11.3f}x   (target: keep ~0.02x or below, issue 13)"
+    )
+
+
+def report_starts(args: argparse.Namespace, starts: dict[str, Starts]) -> None:
+    print(f"\nsession starts/s, {args.clients} parallel clients in {args.client_procs} processes,"
+          f" {args.rounds} x {args.seconds:.0f} s per path")  # fmt: skip
+    print(
+        f"{'path':10} {'starts/s':>9} {'failed':>7} {'p50':>8} {'p99':>8} {'server CPU/start':>17}"
+    )
+    for label, s in starts.items():
+        print(
+            f"{label:10} {s.rate:9.1f} {s.failed:7d} {statistics.median(s.latencies) * 1000:6.0f}ms"
+            f" {percentile(s.latencies, 0.99) * 1000:6.0f}ms"
+            f" {s.server_cpu / max(1, s.count) * 1000:14.1f} ms"
+        )
+    for label, s in starts.items():
+        per = 1000 / max(1, s.count)
+        first = "auth+proxy process" if label == "certgate" else "jump sshd"
+        print(
+            f"  {label} server CPU per start: {first} {s.first_cpu * per:.1f} ms, the targets"
+            f" {(s.server_cpu - s.first_cpu) * per:.1f} ms; the client {s.client_cpu * per:.1f} ms;"
+            f" without the servers' idle CPU {(s.server_cpu - s.idle_cpu) * per:.1f} ms"
+        )
+        for error in s.errors[:3]:
+            print(f"  {label} failure: {error}")
+    ratio = starts["certgate"].rate / starts["OpenSSH"].rate
+    print(f"{'ratio':10} {ratio:8.2f}x   (target >= 5x)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
