@@ -51,8 +51,9 @@ def _join_link(tracker: dict[str, Any], mode: str) -> str:
     """The web terminal joins as `cgsh join --mode=MODE` does, by the login it dials (the
     node, or the proxy for an agentless node, reads it and decides again); offered only
     where auth says the caller's roles allow that mode: Watch for observer (read-only),
-    Join for peer (typing into the shared terminal)."""
-    if mode not in tracker.get("join_modes", []) or tracker.get("kind") == "k8s":
+    Join for peer (typing into the shared terminal). A Kubernetes exec session is watched
+    through the proxy itself (auth never offers peer for one)."""
+    if mode not in tracker.get("join_modes", []):
         return ""
     login = join_login(mode, str(tracker["id"]))
     return f"/web/terminal?{urlencode({'node': tracker['node'], 'login': login})}"

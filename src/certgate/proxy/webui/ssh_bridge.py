@@ -46,13 +46,15 @@ class NodeShell:
     async def open(
         self,
         session: WebSession,
-        node: Node,
+        node: Node | None,
         login: str,
         cols: int,
         rows: int,
         jump: tuple[str, int] | None = None,
     ) -> None:
-        """Open the shell; `jump` is this proxy's SSH listener, for agentless nodes."""
+        """Open the shell; `jump` is this proxy's SSH listener, for agentless nodes and
+        for `node` None: a Kubernetes session's view, which the proxy itself serves."""
+        where = node.name if node is not None else "this proxy"
         try:
             async with asyncio.timeout(DIAL_TIMEOUT):
                 self._conn = await self._connect(session, node, login, jump)
@@ -61,15 +63,15 @@ class NodeShell:
             )
         except asyncssh.PermissionDenied as exc:
             await self.close()
-            raise AccessDenied(f"access denied to {login}@{node.name}: {exc.reason}") from None
+            raise AccessDenied(f"access denied to {login}@{where}: {exc.reason}") from None
         except (OSError, TimeoutError, asyncssh.Error) as exc:
             await self.close()
             reason = getattr(exc, "reason", "") or str(exc) or type(exc).__name__
-            raise ConnectionProblem(f'node "{node.name}" refused the session: {reason}') from None
-        self._pump = asyncio.create_task(self._read(), name=f"web-terminal {node.name}")
+            raise ConnectionProblem(f'"{where}" refused the session: {reason}') from None
+        self._pump = asyncio.create_task(self._read(), name=f"web-terminal {where}")
 
     async def _connect(
-        self, session: WebSession, node: Node, login: str, jump: tuple[str, int] | None
+        self, session: WebSession, node: Node | None, login: str, jump: tuple[str, int] | None
     ) -> asyncssh.SSHClientConnection:
         key = asyncssh.import_private_key(session.key_pem)
         cert = asyncssh.import_certificate(session.bundle.ssh_cert)
@@ -86,6 +88,11 @@ class NodeShell:
             "keepalive_interval": KEEPALIVE_INTERVAL,
             "client_version": "certgate-web",
         }
+        if node is None:
+            if jump is None:
+                raise ConnectionProblem("this proxy serves no SSH listener to watch from")
+            # The proxy reads the join login and serves the kube service's view.
+            return await asyncssh.connect(jump[0], jump[1], username=login, **options)
         if node.spec.sub_kind != "openssh":
             host, _, port = node.spec.addr.rpartition(":")
             return await asyncssh.connect(

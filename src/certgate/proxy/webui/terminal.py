@@ -121,11 +121,13 @@ def terminal_socket(
 
 async def _target(
     request: web.Request, checker: CachedAccess, session: WebSession, login: str
-) -> Node:
+) -> Node | None:
     """The node to dial: one the roles may reach, or for a join (`join:<mode>:<id>`) the
     node of a live session auth says this user may join in that mode, as the jump host
     lets `cgsh join` through (joining needs no access to the node's labels). The node,
-    or the proxy for an agentless node, checks the join again when it is dialled."""
+    or the proxy for an agentless node, checks the join again when it is dialled.
+    None for a Kubernetes exec session: it has no node, so the proxy's own SSH listener
+    serves the view, as it does for `cgsh join` (proxy/kube_join.py)."""
     name = request.query.get("node", "")
     joined = parse_join_login(login)
     if joined is None:
@@ -136,6 +138,8 @@ async def _target(
     )
     for tracker in live or []:
         if str(tracker.get("id")) == session_id and mode in tracker.get("join_modes", []):
+            if tracker.get("kind") == "k8s":
+                return None
             node = checker.find_node(str(tracker["node"]))
             checker.check_identity(session.identity, node=node.name)
             return node
