@@ -17,7 +17,7 @@ import asyncio
 import base64
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,7 +57,8 @@ from certgate.auth.http_sessions import add_session_routes
 from certgate.auth.http_user_certs import add_user_cert_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
-from certgate.backend.base import EventType, Item
+from certgate.auth.watch_hub import WatchHub
+from certgate.backend.base import Event, EventType, Item
 from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
 from certgate.recording.store import RecordingStore
 
@@ -93,6 +94,8 @@ class AuthAPI:
             load_grants=server.granted_roles,
         )
         self.metrics = metrics
+        # Every watch stream of a set of kinds shares one store watch (watch_hub.py).
+        self._watches = WatchHub(server.backend)
         self._host_ca_certs: list[x509.Certificate] | None = None
         # Verified client certificate (DER) -> who it speaks for. The TLS handshake
         # verified it; what it says never changes, so it is parsed once, not per request.
@@ -549,13 +552,25 @@ class AuthAPI:
             caller = await self.authorizer.check(caller, kind, "list")
         stores = {kind: self.server.store_for(kind) for kind in kinds}
         by_prefix = {store.prefix: kind for kind, store in stores.items()}
-        revision = await self.server.backend.current_revision()
-        # _readable strips CA private keys (they never leave auth) and skips bad items.
-        snapshot = {kind: [to_dict(r) for r in await self._readable(kind)] for kind in kinds}
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        await _send(response, {"type": "snapshot", "revision": revision, "items": snapshot})
-        events = self.server.backend.watch(list(by_prefix), revision)
+        async with self._watches.subscribe(list(by_prefix)) as events:  # before the read
+            revision = await self.server.backend.current_revision()
+            # _readable strips CA private keys (they never leave auth), skips bad items.
+            snapshot = {kind: [to_dict(r) for r in await self._readable(kind)] for kind in kinds}
+            response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await response.prepare(request)
+            await _send(response, {"type": "snapshot", "revision": revision, "items": snapshot})
+            await self._follow(response, events, kinds, stores, by_prefix, request)
+        return response
+
+    async def _follow(
+        self,
+        response: web.StreamResponse,
+        events: AsyncIterator[Event],
+        kinds: list[str],
+        stores: dict[str, Any],
+        by_prefix: dict[str, str],
+        request: web.Request,
+    ) -> None:
         next_event = asyncio.ensure_future(anext(events))
         # From here on the status line is sent: a failure can only end the stream (the
         # watcher reconnects and takes a fresh snapshot), never turn into a 500 written
@@ -587,14 +602,15 @@ class AuthAPI:
                     )
         except ConnectionResetError:
             pass  # the watcher went away
+        except CertgateError as exc:  # compacted past it, fell behind, store gone
+            log.warning("watch of %s ended: %s", ",".join(kinds), exc)
+            _end_abruptly(request)
         except Exception:
             log.exception("watch of %s ended by an error", ",".join(kinds))
             _end_abruptly(request)
         finally:
             next_event.cancel()
             await asyncio.gather(next_event, return_exceptions=True)
-            await events.aclose()  # type: ignore[attr-defined]
-        return response
 
 
 # Watchers measure how fresh their view is by these (strict locking), so keep it short.

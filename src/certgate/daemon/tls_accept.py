@@ -73,4 +73,4 @@ async def accept_tls(
     except BaseException:
         raw.close()
         raise
-    return tls_protocol._app_transport, app  # type: ignore[attr-defined]
+    return tls_protocol._app_transport, app
