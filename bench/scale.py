@@ -146,20 +146,22 @@ def _worker(
         ca_pem = await fetch_host_ca(auth, "")
         semaphore = asyncio.Semaphore(8)
 
-        async def join(name: str) -> IdentityFiles:
+        async def join(name: str) -> tuple[str, IdentityFiles]:
+            # A join that timed out on a busy auth may still have taken the name: a
+            # retry joins under a new one.
             async with semaphore:
                 for attempt in range(5):
+                    tried = name if attempt == 0 else f"{name}-{attempt}"
                     try:
-                        return await _join(auth, ca_pem, token, name)
+                        return tried, await _join(auth, ca_pem, token, tried)
                     except CertgateError:
                         await asyncio.sleep(0.5 * (attempt + 1))
-                return await _join(auth, ca_pem, token, name)
+                return f"{name}-last", await _join(auth, ca_pem, token, f"{name}-last")
 
-        identities = await asyncio.gather(*(join(name) for name in names))
+        joined = await asyncio.gather(*(join(name) for name in names))
         watchers = round(len(names) * watch)
         nodes = [
-            SimNode(n, i, auth, interval, watch=k < watchers)
-            for k, (n, i) in enumerate(zip(names, identities, strict=True))
+            SimNode(n, i, auth, interval, watch=k < watchers) for k, (n, i) in enumerate(joined)
         ]
         stats: dict[str, Any] = {
             "ok": 0, "failed": 0, "latency": [], "down": set(), "returned": [],
@@ -273,7 +275,8 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
         # One token per worker: a token's use count is one item, updated on every join.
         tokens = []
         for index in range(args.workers):
-            uses = len(range(index, args.nodes, args.workers))
+            share = len(range(index, args.nodes, args.workers))
+            uses = share + share // 10 + 10  # a timed-out join may have used one
             out = cluster.cgctl(
                 "tokens", "add", "--type=node", "--ttl=2h", f"--uses={uses}", "--format=json"
             ).stdout
