@@ -150,12 +150,12 @@ def _worker(
             # A join that timed out on a busy auth may still have taken the name: a
             # retry joins under a new one.
             async with semaphore:
-                for attempt in range(5):
+                for attempt in range(30):
                     tried = name if attempt == 0 else f"{name}-{attempt}"
                     try:
                         return tried, await _join(auth, ca_pem, token, tried)
                     except CertgateError:
-                        await asyncio.sleep(0.5 * (attempt + 1))
+                        await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
                 return f"{name}-last", await _join(auth, ca_pem, token, f"{name}-last")
 
         joined = await asyncio.gather(*(join(name) for name in names))
@@ -276,7 +276,7 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
         tokens = []
         for index in range(args.workers):
             share = len(range(index, args.nodes, args.workers))
-            uses = share + share // 10 + 10  # a timed-out join may have used one
+            uses = share + share // 5 + 10  # a timed-out join may have used one
             out = cluster.cgctl(
                 "tokens", "add", "--type=node", "--ttl=2h", f"--uses={uses}", "--format=json"
             ).stdout
