@@ -88,6 +88,9 @@ def bound_sockets(host: str | None, port: int, reuse_port: bool = False) -> list
     return sockets
 
 
+_warned: set[int] = set()
+
+
 def open_files_for(connections: int) -> None:
     """Let the process open as many files as the hard limit allows (each connection is
     one): the soft limit is often 1,024, far under `max_connections`. Warns once the
@@ -95,7 +98,8 @@ def open_files_for(connections: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if hard != resource.RLIM_INFINITY and hard < connections:
+    if hard != resource.RLIM_INFINITY and hard < connections and connections not in _warned:
+        _warned.add(connections)  # once per process and cap, not once per listener
         log.warning(
             "max_connections=%d is above the open-files limit (%d): raise LimitNOFILE",
             connections,
