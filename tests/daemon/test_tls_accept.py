@@ -105,7 +105,11 @@ def test_asyncio_still_reads_tls_through_the_attributes_we_share() -> None:
 
         one = SharedBufferTLS(loop, asyncio.Protocol(), insecure(), None)
         two = SharedBufferTLS(loop, asyncio.Protocol(), insecure(), None)
-        assert one.get_buffer(-1).obj is two.get_buffer(-1).obj
-        assert len(one.get_buffer(-1)) == sslproto.SSLProtocol.max_size
+        try:
+            assert one.get_buffer(-1).obj is two.get_buffer(-1).obj
+            assert len(one.get_buffer(-1)) == sslproto.SSLProtocol.max_size
+        finally:
+            for protocol in (one, two):  # never connected: nothing to shut down
+                protocol._app_transport.abort()
     finally:
         loop.close()
