@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scale.py [--nodes 10000] [--interval 30] [--seconds 60]
                                     [--workers 4] [--backends sqlite,postgres]
+                                    [--watch 0.5]
 
 For each backend: a real `certgate start --roles auth,proxy` (one process) on loopback.
 `--workers` load-generator processes (spawned, so their CPU is not the server's) each
@@ -9,7 +10,10 @@ join their share of the N nodes with a multi-use node token each (`POST /v1/join
 node has its own key and certificates, and auth holds every name), then heartbeat as
 `certgate start --roles node` does (`POST /v1/nodes/heartbeat` over mTLS, every
 `--interval` seconds ±10 %, retries after a failure with the node's full-jitter backoff).
-The simulated nodes do not hold a watch stream or serve SSH: heartbeats only.
+A `--watch` share of the nodes (0.5: every other one) also holds the watch stream a
+real node holds (`ResourceView` of role, lock, cert_authority: a second connection,
+open for good), which is what auth carries in production; none serve SSH. Auth runs
+with its default `http_limits` (what an operator gets without tuning).
 
 Measured and printed next to the targets (nothing is asserted):
 - heartbeats/s answered in the steady window, failures, heartbeat latency p50/p99;
@@ -47,6 +51,7 @@ from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.failover import Backoff
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import fetch_host_ca
+from certgate.rpc.watcher import ResourceView
 from certgate.transport import client_context
 from tests.support.cluster import Cluster
 from tests.support.postgres import running_postgres
@@ -80,9 +85,13 @@ async def _join(auth: str, ca_pem: str, token: str, name: str) -> IdentityFiles:
 
 
 class SimNode:
-    def __init__(self, name: str, identity: IdentityFiles, auth: str, interval: float) -> None:
+    def __init__(
+        self, name: str, identity: IdentityFiles, auth: str, interval: float, watch: bool
+    ) -> None:
         self.name = name
         self.client = AsyncAuthClient(f"https://{auth}", identity.tls_context())
+        # What a real node watches (node/agent.py), on the same client as its beats.
+        self.view = ResourceView(self.client, ["role", "lock", "cert_authority"]) if watch else None
         self.interval = interval
         self.retry = Backoff(base=min(1.0, interval), cap=interval)
         self.body = {
@@ -104,6 +113,10 @@ class SimNode:
         # As the node agent: the first beat somewhere in the first interval, then every
         # interval ±10 %; after a failure, a full-jitter retry sooner than that.
         delay = random.uniform(0, self.interval)
+        if self.view is not None:
+            await asyncio.sleep(delay)  # the watches open spread out too
+            self.view.start()
+            delay = 0
         while True:
             await asyncio.sleep(delay)
             try:
@@ -127,23 +140,29 @@ class SimNode:
 
 
 def _worker(
-    index: int, names: list[str], auth: str, token: str, interval: float, pipe: Any
+    index: int, names: list[str], auth: str, token: str, interval: float, watch: float, pipe: Any
 ) -> None:
     async def main() -> None:
         ca_pem = await fetch_host_ca(auth, "")
         semaphore = asyncio.Semaphore(8)
 
-        async def join(name: str) -> IdentityFiles:
+        async def join(name: str) -> tuple[str, IdentityFiles]:
+            # A join that timed out on a busy auth may still have taken the name: a
+            # retry joins under a new one.
             async with semaphore:
-                for attempt in range(5):
+                for attempt in range(30):
+                    tried = name if attempt == 0 else f"{name}-{attempt}"
                     try:
-                        return await _join(auth, ca_pem, token, name)
+                        return tried, await _join(auth, ca_pem, token, tried)
                     except CertgateError:
-                        await asyncio.sleep(0.5 * (attempt + 1))
-                return await _join(auth, ca_pem, token, name)
+                        await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
+                return f"{name}-last", await _join(auth, ca_pem, token, f"{name}-last")
 
-        identities = await asyncio.gather(*(join(name) for name in names))
-        nodes = [SimNode(n, i, auth, interval) for n, i in zip(names, identities, strict=True)]
+        joined = await asyncio.gather(*(join(name) for name in names))
+        watchers = round(len(names) * watch)
+        nodes = [
+            SimNode(n, i, auth, interval, watch=k < watchers) for k, (n, i) in enumerate(joined)
+        ]
         stats: dict[str, Any] = {
             "ok": 0, "failed": 0, "latency": [], "down": set(), "returned": [],
             "mark": False, "seen": {}, "error": "",
@@ -168,12 +187,14 @@ def _worker(
                     "returned": stats["returned"],
                     "seen": list(stats["seen"].values()),
                     "error": stats["error"],
+                    "watching": sum(1 for n in nodes if n.view is not None and n.view.connected),
                 }
             )
             stats.update(ok=0, failed=0, latency=[], returned=[])
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(n.view.close() for n in nodes if n.view is not None))
 
     asyncio.run(main())
 
@@ -193,6 +214,17 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def _open_connections(pid: int) -> int:
+    return sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir() if "socket" in _readlink(fd))
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -205,12 +237,14 @@ def _reports(pipes: list[Any]) -> dict[str, Any]:
         pipe.send("report")
     merged: dict[str, Any] = {
         "ok": 0, "failed": 0, "latency": [], "down": 0, "returned": [], "seen": [], "error": "",
+        "watching": 0,
     }  # fmt: skip
     for pipe in pipes:
         part = pipe.recv()
         merged["ok"] += part["ok"]
         merged["failed"] += part["failed"]
         merged["down"] += part["down"]
+        merged["watching"] += part["watching"]
         merged["latency"] += part["latency"]
         merged["returned"] += part["returned"]
         merged["seen"] += part["seen"]
@@ -219,9 +253,9 @@ def _reports(pipes: list[Any]) -> dict[str, Any]:
 
 
 def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo: str) -> None:
-    # Every node keeps its keep-alive connection to auth (idle_timeout 30 s >= the
-    # interval): the default max_connections (1,000 per listener) would refuse the rest.
-    text = f"version: v1\nhttp_limits: {{max_connections: {args.nodes * 2 + 1000}}}\n"
+    # Auth's default http_limits: they must fit 10,000 nodes (a keep-alive connection
+    # each, plus a watch for the --watch share).
+    text = "version: v1\n"
     if conninfo:
         text += (
             "auth_service:\n  storage:\n    type: postgres\n"
@@ -241,7 +275,8 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
         # One token per worker: a token's use count is one item, updated on every join.
         tokens = []
         for index in range(args.workers):
-            uses = len(range(index, args.nodes, args.workers))
+            share = len(range(index, args.nodes, args.workers))
+            uses = share + share // 5 + 10  # a timed-out join may have used one
             out = cluster.cgctl(
                 "tokens", "add", "--type=node", "--ttl=2h", f"--uses={uses}", "--format=json"
             ).stdout
@@ -254,14 +289,25 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
             share = names[index :: args.workers]
             process = context.Process(
                 target=_worker,
-                args=(index, share, cluster.auth_addr, tokens[index], args.interval, child),
+                args=(
+                    index,
+                    share,
+                    cluster.auth_addr,
+                    tokens[index],
+                    args.interval,
+                    args.watch,
+                    child,
+                ),
             )
             process.start()
             workers.append(process)
             pipes.append(parent)
         for pipe in pipes:
             assert pipe.recv() == "joined"
-        print(f"[{backend}] {args.nodes} nodes joined in {time.monotonic() - started:.0f} s")
+        print(
+            f"[{backend}] {args.nodes} nodes joined in {time.monotonic() - started:.0f} s; "
+            f"{round(args.watch * 100)} % of them hold a watch stream"
+        )
 
         # Steady state: let every node beat once, then measure a window.
         time.sleep(args.interval * 1.2)
@@ -283,7 +329,8 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
         )
         print(
             f"[{backend}] auth+proxy process: CPU {cpu:.2f} cores, peak RSS {rss:.0f} MiB "
-            f"(target <= {TARGET_RSS_MIB} MiB)"
+            f"(target <= {TARGET_RSS_MIB} MiB); {window['watching']} watch streams open, "
+            f"{_open_connections(pid)} sockets open in auth"
         )
         listed, shown, errors = [], 0, []
         for _ in range(10):
@@ -301,11 +348,13 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
         )
 
         # Restart: stop auth, start it again on the same store, time the returns.
+        stopping = time.monotonic()
         try:
             cluster.stop()
         except subprocess.TimeoutExpired:  # SIGTERM took over 15 s; it was killed
             print(f"[{backend}] auth took over 15 s to stop on SIGTERM; killed")
         down_since = time.monotonic()
+        print(f"[{backend}] auth stopped {down_since - stopping:.1f} s after SIGTERM")
         time.sleep(min(5.0, args.interval))  # heartbeats fail meanwhile (nodes retry)
         cluster.start(timeout=60)
         ready_at = time.time()
@@ -322,6 +371,7 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
             seen = report["seen"]  # cumulative since the mark
             if len(seen) >= args.nodes:
                 break
+        watching = report["watching"] if seen else 0
         # Auth answers heartbeats a little before /readyz (the proxy starts after it):
         # the curve starts at the first answer after the restart.
         start = min([*returned, *seen, ready_at])
@@ -333,7 +383,8 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
             f"all of them {last:.1f} s after auth first answered (target <= "
             f"{TARGET_REREGISTER:.0f} s; a node that saw no failure beats on its own "
             f"schedule, within --interval); {len(after)} had failed while auth was down, "
-            f"all back by {(after[-1] if after else 0):.1f} s"
+            f"all back by {(after[-1] if after else 0):.1f} s; "
+            f"{watching} watch streams open again"
         )
         if after:
             buckets: dict[int, int] = {}
@@ -370,6 +421,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="steady window")
     parser.add_argument("--workers", type=int, default=4, help="load-generator processes")
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument(
+        "--watch", type=float, default=0.5, help="share of nodes that hold a watch stream"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="certgate-scale-") as tmp:
         workdir = Path(tmp)

@@ -13,7 +13,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+
+from certgate.errors import ConnectionProblem
 from certgate.rpc.watcher import ResourceView
+from tests.support.wait import eventually_async
 
 
 def lock(name: str, user: str = "bob", expires: str | None = None) -> dict[str, Any]:
@@ -66,5 +70,54 @@ async def test_bad_items_are_skipped_and_later_ones_still_arrive() -> None:
         await asyncio.wait_for(auth.done.wait(), 5)
         assert sorted(x.metadata.name for x in view.all("lock")) == ["ok-1", "ok-2"]  # type: ignore[attr-defined]
         assert view.connected
+    finally:
+        await view.close()
+
+
+class _SlowAuth(_Auth):
+    """Answers the watch with its snapshot only once `release` is set (a busy auth)."""
+
+    def __init__(self, messages: list[dict[str, Any]]) -> None:
+        super().__init__(messages)
+        self.release = asyncio.Event()
+
+    @asynccontextmanager
+    async def stream(
+        self, method: str, path: str, params: Any = None
+    ) -> AsyncIterator[AsyncIterator[str]]:
+        await self.release.wait()
+        async with super().stream(method, path, params) as lines:
+            yield lines
+
+
+async def test_a_slow_first_snapshot_is_waited_for_with_a_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Auth with thousands of nodes coming back took over 10 s to send a proxy its first
+    # snapshot; the proxy died with a raw TimeoutError. It now says so and keeps waiting.
+    auth = _SlowAuth([{"type": "snapshot", "revision": 1, "items": {"lock": [lock("ok")]}}])
+    view = ResourceView(auth, ["lock"])  # type: ignore[arg-type]
+    view.start()
+    waiting = asyncio.create_task(view.wait_ready(timeout=60, report_every=0.2))
+    try:
+        await eventually_async(
+            lambda: "still waiting for auth's first snapshot of lock" in caplog.text
+        )
+        assert not waiting.done()
+        auth.release.set()
+        await asyncio.wait_for(waiting, 5)
+        assert [x.metadata.name for x in view.all("lock")] == ["ok"]  # type: ignore[attr-defined]
+    finally:
+        waiting.cancel()
+        await view.close()
+
+
+async def test_no_snapshot_at_all_is_a_one_line_error_not_a_timeout() -> None:
+    auth = _SlowAuth([])  # never answers
+    view = ResourceView(auth, ["role", "lock"])  # type: ignore[arg-type]
+    view.start()
+    try:
+        with pytest.raises(ConnectionProblem, match=r"^no snapshot of role,lock from auth within"):
+            await view.wait_ready(timeout=0.5, report_every=0.2)
     finally:
         await view.close()

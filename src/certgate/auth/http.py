@@ -18,7 +18,7 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -59,7 +59,8 @@ from certgate.auth.http_sessions import add_session_routes
 from certgate.auth.http_user_certs import add_user_cert_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
-from certgate.backend.base import EventType, Item
+from certgate.auth.watch_hub import WatchHub
+from certgate.backend.base import Event, EventType, Item
 from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
 from certgate.recording.store import RecordingStore
 
@@ -95,6 +96,8 @@ class AuthAPI:
             load_grants=server.granted_roles,
         )
         self.metrics = metrics
+        # Every watch stream of a set of kinds shares one store watch (watch_hub.py).
+        self._watches = WatchHub(server.backend)
         self._host_ca_certs: list[x509.Certificate] | None = None
         # Verified client certificate (DER) -> who it speaks for. The TLS handshake
         # verified it; what it says never changes, so it is parsed once, not per request.
@@ -583,18 +586,35 @@ class AuthAPI:
         # comes to cover the user ends it (the lock applies to open streams, not only
         # at the next reconnect). Services are not users: their streams are not cut.
         guarded = caller is not None and caller.kind != "service"
-        lock_store = self.server.store_for("lock")
-        lock_prefix = lock_store.prefix
+        lock_prefix = self.server.store_for("lock").prefix
         watched = list(by_prefix)
         if guarded and lock_prefix not in by_prefix:
             watched.append(lock_prefix)
-        revision = await self.server.backend.current_revision()
-        # _readable strips CA private keys (they never leave auth) and skips bad items.
-        snapshot = {kind: [to_dict(r) for r in await self._readable(kind)] for kind in kinds}
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        await _send(response, {"type": "snapshot", "revision": revision, "items": snapshot})
-        events = self.server.backend.watch(watched, revision)
+        async with self._watches.subscribe(watched) as events:  # before the read
+            revision = await self.server.backend.current_revision()
+            # _readable strips CA private keys (they never leave auth), skips bad items.
+            snapshot = {kind: [to_dict(r) for r in await self._readable(kind)] for kind in kinds}
+            response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await response.prepare(request)
+            await _send(response, {"type": "snapshot", "revision": revision, "items": snapshot})
+            await self._follow(
+                response, events, kinds, stores, by_prefix, request, caller if guarded else None
+            )
+        return response
+
+    async def _follow(
+        self,
+        response: web.StreamResponse,
+        events: AsyncIterator[Event],
+        kinds: list[str],
+        stores: dict[str, Any],
+        by_prefix: dict[str, str],
+        request: web.Request,
+        guarded: Identity | None,
+    ) -> None:
+        """Relay `events` to the stream; `guarded` is the user whose stream a lock ends."""
+        lock_store = self.server.store_for("lock")
+        lock_prefix = lock_store.prefix
         next_event = asyncio.ensure_future(anext(events))
         # From here on the status line is sent: a failure can only end the stream (the
         # watcher reconnects and takes a fresh snapshot), never turn into a 500 written
@@ -605,7 +625,7 @@ class AuthAPI:
                 if not done:
                     # Each ping also re-checks auth's lock cache: a lock written by
                     # another auth process arrives there, if not (yet) in this stream.
-                    if guarded and (reason := await self._watch_refusal(caller, None)):
+                    if guarded and (reason := await self._watch_refusal(guarded, None)):
                         await _cut(request, response, reason)
                         break
                     await _send(response, {"type": "ping"})
@@ -620,7 +640,7 @@ class AuthAPI:
                     if event.type is not EventType.DELETE:
                         written = lock_store.decode_or_skip(event.item, self._note_skipped)
                     if isinstance(written, Lock) and (
-                        reason := await self._watch_refusal(caller, written)
+                        reason := await self._watch_refusal(guarded, written)
                     ):
                         await _cut(request, response, reason)
                         break
@@ -642,14 +662,15 @@ class AuthAPI:
                     )
         except ConnectionResetError:
             pass  # the watcher went away
+        except CertgateError as exc:  # compacted past it, fell behind, store gone
+            log.warning("watch of %s ended: %s", ",".join(kinds), exc)
+            _end_abruptly(request)
         except Exception:
             log.exception("watch of %s ended by an error", ",".join(kinds))
             _end_abruptly(request)
         finally:
             next_event.cancel()
             await asyncio.gather(next_event, return_exceptions=True)
-            await events.aclose()  # type: ignore[attr-defined]
-        return response
 
 
 async def _cut(request: web.Request, response: web.StreamResponse, reason: str) -> None:

@@ -93,11 +93,15 @@ class HTTPLimits(_Section):
     """What one client may hold on each HTTPS listener (auth 3025, proxy web 3080)."""
 
     # Connections open at once per listener, counting those still in the TLS handshake;
-    # past it new ones are closed at once.
-    max_connections: int = Field(default=1000, ge=1, le=1_000_000)
+    # past it new ones are closed at once. Every node holds two on auth (its watch
+    # stream and a keep-alive one for heartbeats): 25,000 fits 10,000 nodes and their
+    # proxies. An idle TLS connection costs auth about 20 KiB (docs/deployment.md).
+    max_connections: int = Field(default=25_000, ge=1, le=1_000_000)
     # A connection with no complete request for this long is closed (idle keep-alive,
-    # or headers sent a byte at a time).
-    idle_timeout: Duration = timedelta(seconds=30)
+    # or headers sent a byte at a time). Above the heartbeat interval, so a node's
+    # keep-alive connection lasts from one heartbeat to the next: a new mTLS handshake
+    # per heartbeat costs auth more than the open connection does.
+    idle_timeout: Duration = timedelta(seconds=60)
     # The TLS handshake must finish within this.
     handshake_timeout: Duration = timedelta(seconds=10)
 
@@ -229,8 +233,9 @@ ca_pin: ""                # sha256:... printed by `cgctl tokens add`; pins the c
 debug: false              # JSON logs at debug level
 strict_lock_grace: 30s    # locking_mode strict: refuse after this long cut off from auth
 http_limits:              # per HTTPS listener (auth, proxy web); see docs/operations.md
-  max_connections: 1000   # open at once, TLS handshakes included; more are closed at once
-  idle_timeout: 30s       # no complete request for this long (idle or half-sent): closed
+  max_connections: 25000  # open at once, TLS handshakes included; more are closed at once
+  idle_timeout: 60s       # no complete request for this long (idle or half-sent): closed;
+                          # keep it above the nodes' heartbeat_interval
   handshake_timeout: 10s  # the TLS handshake must finish within this
 
 auth_service:

@@ -24,12 +24,15 @@ The limits come from the config's `http_limits`:
   creates the TLS state for a connection before anything can refuse it, and never
   tells the protocol when a handshake fails; so this module runs the accept loop
   itself and hands each admitted socket to `loop.connect_accepted_socket`.
+- TLS connections share one read buffer per event loop (daemon/tls_accept.py): asyncio
+  would give each its own 256 KiB, which at 10,000 idle nodes is gigabytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 from typing import Any
 
@@ -38,6 +41,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from certgate.daemon.config import HTTPLimits
 from certgate.daemon.plain_http import is_plain_http, redirect_to_https
+from certgate.daemon.tls_accept import accept_tls
 
 log = logging.getLogger("certgate.listeners")
 
@@ -82,6 +86,25 @@ def bound_sockets(host: str | None, port: int, reuse_port: bool = False) -> list
             sock.close()
         raise
     return sockets
+
+
+_warned: set[int] = set()
+
+
+def open_files_for(connections: int) -> None:
+    """Let the process open as many files as the hard limit allows (each connection is
+    one): the soft limit is often 1,024, far under `max_connections`. Warns once the
+    hard limit is below `connections` — past it accepts fail (and are retried)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard != resource.RLIM_INFINITY and hard < connections and connections not in _warned:
+        _warned.add(connections)  # once per process and cap, not once per listener
+        log.warning(
+            "max_connections=%d is above the open-files limit (%d): raise LimitNOFILE",
+            connections,
+            hard,
+        )
 
 
 class ConnectionGate:
@@ -172,12 +195,10 @@ class _AcceptLoop:
                 conn.close()
                 self._site.gate.release()
                 return
-            await loop.connect_accepted_socket(
-                self._site.protocol,
-                conn,
-                ssl=self._ssl,
-                ssl_handshake_timeout=self._handshake if self._ssl else None,
-            )
+            if self._ssl:
+                await accept_tls(loop, self._site.protocol, conn, self._ssl, self._handshake)
+            else:
+                await loop.connect_accepted_socket(self._site.protocol, conn)
         except asyncio.CancelledError:
             conn.close()
             self._site.gate.release()
@@ -230,6 +251,7 @@ class LimitedSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
+        open_files_for(self._limits.max_connections)
         handshake = self._limits.handshake_timeout.total_seconds()
         accept = _AcceptLoop(self._sockets, self, self._ssl_context, handshake)
         self._server = accept  # type: ignore[assignment]

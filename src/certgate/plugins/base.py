@@ -70,7 +70,7 @@ class PluginRunner:
                 try:
                     await view.wait_ready(timeout=30)
                     break
-                except TimeoutError:
+                except ConnectionProblem:  # no snapshot within 30 s
                     log.warning("no access requests from %s yet: still trying", self._auth.base_url)
             self._first_snapshot(view)
             log.info(

@@ -17,6 +17,12 @@ from certgate.errors import CertgateError, ConnectionProblem, from_json
 from certgate.rpc.failover import AuthAddresses
 
 DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
+# How long an idle connection to auth is kept for the next call: above a node's
+# heartbeat interval (10 s by default; 30 s on large fleets), so heartbeats reuse one
+# connection rather than pay a new mTLS handshake each (auth's dearest work per beat);
+# below auth's default idle_timeout (60 s), so auth is not the one closing it as the
+# node sends. httpx's own default, 5 s, made every heartbeat a new handshake.
+KEEPALIVE_EXPIRY = 50.0
 DOWNLOAD_CHUNK = 256 * 1024
 # Failures before a request left: another auth address may be tried with the same call.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -114,7 +120,11 @@ class AsyncAuthClient:
                 verify=context,
                 timeout=DEFAULT_TIMEOUT,
                 headers=headers,
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+                limits=httpx.Limits(
+                    max_connections=64,
+                    max_keepalive_connections=32,
+                    keepalive_expiry=KEEPALIVE_EXPIRY,
+                ),
             )
             for url in self._addresses.all
         }

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from certgate.api.codec import KINDS
 from certgate.api.names import shown
+from certgate.errors import ConnectionProblem
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.failover import Backoff
 
@@ -29,6 +30,8 @@ log = logging.getLogger("certgate.watch")
 
 RECONNECT_BASE = 0.5  # seconds: the first retry comes within this
 RECONNECT_CAP = 10.0
+# How long a service waits for its first snapshot before it gives up starting.
+READY_TIMEOUT = 300.0
 
 ChangeCallback = Callable[[str, str, BaseModel | None], Awaitable[None]]
 
@@ -49,14 +52,39 @@ class ResourceView:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_contact = 0.0
+        self._last_error = ""
+        self._what = ",".join(kinds)
         self.connected = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"watch {','.join(self._kinds)}")
         self._task.add_done_callback(_log_crash)
 
-    async def wait_ready(self, timeout: float = 10) -> None:
-        await asyncio.wait_for(self._ready.wait(), timeout)
+    async def wait_ready(self, timeout: float = READY_TIMEOUT, report_every: float = 10) -> None:
+        """Wait for the first snapshot, saying so every `report_every` seconds.
+
+        An auth that is busy (thousands of nodes coming back after its restart) or still
+        starting can take a while to answer: a service keeps waiting, one log line at a
+        time, and gives up after `timeout` with a one-line error, never a traceback.
+        """
+        started = time.monotonic()
+        while True:
+            left = timeout - (time.monotonic() - started)
+            if left <= 0:
+                raise ConnectionProblem(
+                    f"no snapshot of {self._what} from auth within {timeout:g}s"
+                    + (f" (last error: {self._last_error})" if self._last_error else "")
+                )
+            try:
+                await asyncio.wait_for(self._ready.wait(), min(report_every, left))
+                return
+            except TimeoutError:
+                log.warning(
+                    "still waiting for auth's first snapshot of %s (%.0fs so far%s)",
+                    self._what,
+                    time.monotonic() - started,
+                    f"; last error: {self._last_error}" if self._last_error else "",
+                )
 
     async def close(self) -> None:
         if self._task:
@@ -82,7 +110,8 @@ class ResourceView:
             try:
                 await self._follow()
             except Exception as exc:  # refusals, transport errors, a broken stream alike
-                log.warning("watch of %s lost: %s", ",".join(self._kinds), exc)
+                self._last_error = str(exc)
+                log.warning("watch of %s lost: %s", self._what, exc)
             if self.connected:  # it got as far as a snapshot: start the window over
                 backoff.reset()
             self.connected = False

@@ -1,0 +1,148 @@
+"""One store watch per set of prefixes, shared by every watcher of that set.
+
+Every node holds a watch stream on auth (roles, locks, CAs), every proxy one more. Each
+used to be its own `backend.watch`: on every write — a heartbeat, many per second at
+10,000 nodes — each of them woke up and queried the store for its prefixes, thousands of
+queries per write on one SQLite thread, and heartbeats stalled behind them. Now auth
+reads the store once per set of prefixes and hands each event to every subscriber:
+
+    backend.watch(role, lock, cert_authority) ──► Feed ──► subscriber (node 1 stream)
+                                                      ├──► subscriber (node 2 stream)
+                                                      └──► ...
+    backend.watch(role, lock, node, ...)      ──► Feed ──► subscriber (proxy stream)
+
+    async with hub.subscribe(prefixes) as events:   # before the snapshot is read
+        snapshot = ...                              # events may repeat it, never skip past it
+        async for event in events: ...
+
+A feed starts with its first subscriber and stops with its last. A subscriber that falls
+`QUEUE_LIMIT` events behind, or a feed whose store watch fails (compacted, store
+unreachable), ends its streams: watchers reconnect and take a fresh snapshot, as after
+any broken stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+
+from certgate.backend.base import Backend, Event
+from certgate.errors import CertgateError, LimitExceeded
+
+log = logging.getLogger("certgate.auth.watch")
+
+# Events one subscriber may have waiting; past it its stream ends (it reconnects).
+QUEUE_LIMIT = 50_000
+
+
+class _Subscriber:
+    def __init__(self) -> None:
+        self.events: deque[Event] = deque()
+        self.failure: BaseException | None = None
+        self.ended = False
+        self.ready = asyncio.Event()
+
+    def offer(self, event: Event) -> None:
+        if self.failure is not None:
+            return
+        if len(self.events) >= QUEUE_LIMIT:
+            self.fail(LimitExceeded(f"watcher fell {QUEUE_LIMIT} events behind"))
+            return
+        self.events.append(event)
+        self.ready.set()
+
+    def fail(self, failure: BaseException | None) -> None:
+        """End the stream: with `failure`, or cleanly (None) when the store closes."""
+        if failure is None:
+            self.ended = True
+        else:
+            self.failure = failure
+        self.ready.set()
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            while self.events:
+                yield self.events.popleft()
+            if self.failure is not None:
+                raise self.failure
+            if self.ended:
+                return
+            self.ready.clear()
+            await self.ready.wait()
+
+
+class _Feed:
+    """One store watch, fanned out to its subscribers."""
+
+    def __init__(self, backend: Backend, prefixes: tuple[str, ...]) -> None:
+        self._backend = backend
+        self._prefixes = prefixes
+        self.subscribers: set[_Subscriber] = set()
+        self.task: asyncio.Task[None] | None = None
+        self._started = asyncio.Event()
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name="watch feed")
+
+    async def started(self) -> None:
+        """Once the feed follows the store (or raises why it could not start)."""
+        assert self.task is not None
+        waiting = asyncio.ensure_future(self._started.wait())
+        try:
+            await asyncio.wait({waiting, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+        if not self._started.is_set():
+            self.task.result()  # raises what ended it
+            raise CertgateError("the watch feed ended before it started")
+
+    async def _run(self) -> None:
+        # From the newest revision now: a subscriber reads its snapshot after this.
+        revision = await self._backend.current_revision()
+        self._started.set()
+        failure: BaseException | None = None
+        events = self._backend.watch(list(self._prefixes), revision)
+        try:
+            async for event in events:
+                for subscriber in self.subscribers:
+                    subscriber.offer(event)
+        except CertgateError as exc:
+            failure = exc
+        except Exception as exc:  # a bug: keep the trace, and still end the streams
+            log.exception("watch feed of %s failed", ",".join(self._prefixes))
+            failure = exc
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+        for subscriber in self.subscribers:
+            subscriber.fail(failure)
+
+
+class WatchHub:
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._feeds: dict[tuple[str, ...], _Feed] = {}
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, prefixes: Sequence[str]) -> AsyncIterator[AsyncIterator[Event]]:
+        """Every event under `prefixes` from now on, in revision order."""
+        key = tuple(sorted(set(prefixes)))
+        feed = self._feeds.get(key)
+        if feed is None or feed.task is None or feed.task.done():
+            feed = _Feed(self._backend, key)
+            self._feeds[key] = feed
+            feed.start()
+        subscriber = _Subscriber()
+        feed.subscribers.add(subscriber)
+        try:
+            await feed.started()
+            yield aiter(subscriber)
+        finally:
+            feed.subscribers.discard(subscriber)
+            if not feed.subscribers and self._feeds.get(key) is feed:
+                del self._feeds[key]
+                if feed.task is not None:
+                    feed.task.cancel()
+                    await asyncio.gather(feed.task, return_exceptions=True)

@@ -1,0 +1,114 @@
+"""Auth's watch hub: every watch stream of one set of kinds shares one store watch.
+
+At 10,000 nodes each holding a watch stream, a store watch per stream meant a store
+query per stream on every heartbeat; auth stalled. Here many subscribers cost one store
+watch, each still gets every event in order, and one that falls behind ends alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certgate.auth import watch_hub
+from certgate.auth.watch_hub import WatchHub
+from certgate.backend.base import Event, Item
+from certgate.backend.sqlite import SQLiteBackend
+from certgate.errors import LimitExceeded
+from tests.support.wait import eventually_async
+
+
+class CountingBackend:
+    """The real SQLite backend, counting the store watches opened on it."""
+
+    def __init__(self, backend: SQLiteBackend) -> None:
+        self._backend = backend
+        self.watches = 0
+
+    def watch(self, prefixes: Sequence[str], start_revision: int = 0) -> AsyncIterator[Event]:
+        self.watches += 1
+        return self._backend.watch(prefixes, start_revision)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[CountingBackend]:
+    real = await SQLiteBackend.open(tmp_path / "store.db", poll_interval=0.01)
+    yield CountingBackend(real)
+    await real.close()
+
+
+async def _take(events: AsyncIterator[Event], n: int) -> list[str]:
+    return [(await anext(events)).item.key for _ in range(n)]
+
+
+async def test_many_watchers_share_one_store_watch(backend: CountingBackend) -> None:
+    hub = WatchHub(backend)  # type: ignore[arg-type]
+    async with AsyncExitStack() as stack:
+        streams = [
+            await stack.enter_async_context(hub.subscribe(["/locks/", "/roles/"]))
+            for _ in range(200)
+        ]
+        for i in range(3):
+            await backend.put(Item(key=f"/locks/l{i}", value=b"{}"))
+        await backend.put(Item(key="/nodes/n1", value=b"{}"))  # not watched
+        await backend.put(Item(key="/roles/r1", value=b"{}"))
+        got = await asyncio.gather(*(_take(s, 4) for s in streams))
+        assert all(keys == ["/locks/l0", "/locks/l1", "/locks/l2", "/roles/r1"] for keys in got)
+        assert backend.watches == 1
+        # Another set of kinds is its own store watch.
+        async with hub.subscribe(["/nodes/"]) as nodes:
+            await backend.put(Item(key="/nodes/n2", value=b"{}"))
+            assert await _take(nodes, 1) == ["/nodes/n2"]
+        assert backend.watches == 2
+
+
+async def test_the_last_watcher_leaving_stops_the_store_watch(backend: CountingBackend) -> None:
+    hub = WatchHub(backend)  # type: ignore[arg-type]
+    async with hub.subscribe(["/locks/"]) as first:
+        await backend.put(Item(key="/locks/a", value=b"{}"))
+        assert await _take(first, 1) == ["/locks/a"]
+    assert not hub._feeds
+    async with hub.subscribe(["/locks/"]) as again:  # a fresh one, from now on
+        await backend.put(Item(key="/locks/b", value=b"{}"))
+        assert await _take(again, 1) == ["/locks/b"]
+    assert backend.watches == 2
+
+
+async def test_a_watcher_that_falls_behind_ends_alone(
+    backend: CountingBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch_hub, "QUEUE_LIMIT", 3)
+    hub = WatchHub(backend)  # type: ignore[arg-type]
+    async with hub.subscribe(["/locks/"]) as slow, hub.subscribe(["/locks/"]) as keeping_up:
+        for i in range(5):
+            await backend.put(Item(key=f"/locks/l{i}", value=b"{}"))
+            assert await _take(keeping_up, 1) == [f"/locks/l{i}"]
+        # The slow one gets what fit, then the end of its stream.
+        assert await _take(slow, 3) == ["/locks/l0", "/locks/l1", "/locks/l2"]
+        with pytest.raises(LimitExceeded):
+            await anext(slow)
+        await backend.put(Item(key="/locks/after", value=b"{}"))
+        assert await _take(keeping_up, 1) == ["/locks/after"]
+
+
+async def test_a_watcher_joining_a_running_feed_misses_nothing_after_it_joined(
+    backend: CountingBackend,
+) -> None:
+    hub = WatchHub(backend)  # type: ignore[arg-type]
+    async with hub.subscribe(["/locks/"]) as early:
+        await backend.put(Item(key="/locks/before", value=b"{}"))
+        assert await _take(early, 1) == ["/locks/before"]
+        async with hub.subscribe(["/locks/"]) as late:
+            writes = [backend.put(Item(key=f"/locks/x{i}", value=b"{}")) for i in range(20)]
+            await asyncio.gather(*writes)
+            keys = await _take(late, 20)
+            assert sorted(keys) == sorted(f"/locks/x{i}" for i in range(20))
+            await eventually_async(lambda: backend.watches == 1)
