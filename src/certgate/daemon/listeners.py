@@ -88,23 +88,33 @@ def bound_sockets(host: str | None, port: int, reuse_port: bool = False) -> list
     return sockets
 
 
-_warned: set[int] = set()
+_told: set[int] = set()
+# Files a process needs besides its connections: the store, logs, recordings, sockets
+# it dials. A connection past the open-files limit would fail in accept, after the work.
+FILES_RESERVE = 256
 
 
-def open_files_for(connections: int) -> None:
+def open_files_for(connections: int) -> int:
     """Let the process open as many files as the hard limit allows (each connection is
-    one): the soft limit is often 1,024, far under `max_connections`. Warns once the
-    hard limit is below `connections` — past it accepts fail (and are retried)."""
+    one; the soft limit is often 1,024, far under `max_connections`), and return the
+    cap that limit leaves: `connections`, or less when the hard limit is lower, said
+    once in the log, so a connection past it is refused at once rather than in accept."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if hard != resource.RLIM_INFINITY and hard < connections and connections not in _warned:
-        _warned.add(connections)  # once per process and cap, not once per listener
-        log.warning(
-            "max_connections=%d is above the open-files limit (%d): raise LimitNOFILE",
+    if hard == resource.RLIM_INFINITY or hard - FILES_RESERVE >= connections:
+        return connections
+    cap = max(hard - FILES_RESERVE, 1)
+    if connections not in _told:
+        _told.add(connections)  # once per process and cap, not once per listener
+        log.info(
+            "max_connections %d lowered to %d by the open-files limit (%d); "
+            "raise LimitNOFILE for more",
             connections,
+            cap,
             hard,
         )
+    return cap
 
 
 class ConnectionGate:
@@ -251,7 +261,7 @@ class LimitedSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
-        open_files_for(self._limits.max_connections)
+        self.gate.max = open_files_for(self._limits.max_connections)
         handshake = self._limits.handshake_timeout.total_seconds()
         accept = _AcceptLoop(self._sockets, self, self._ssl_context, handshake)
         self._server = accept  # type: ignore[assignment]
