@@ -32,6 +32,7 @@ import struct
 import tempfile
 import termios
 import threading
+import weakref
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -124,6 +125,8 @@ class KubeStandin:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        # Every connection that carried a request, to abort what is left at stop.
+        self._transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self._log_changed: asyncio.Condition | None = None
         self.port = 0
         self.ca_pem, cert_pem, key_pem = _tls_material()
@@ -185,6 +188,12 @@ class KubeStandin:
     async def _shutdown(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        # A TLS connection whose peer never answers close_notify (a client's idle pooled
+        # connection that nobody reads) would wait out asyncio's 30 s SSL shutdown after
+        # this loop is gone, and leak its socket: abort what is left.
+        for transport in list(self._transports):
+            transport.abort()  # type: ignore[attr-defined]
+        await asyncio.sleep(0)
 
     def kubeconfig(self, path: Path, token: str = ADMIN_TOKEN, context: str = "standin") -> Path:
         """A kubeconfig for this stand-in (what an admin gives the kube service)."""
@@ -227,6 +236,8 @@ class KubeStandin:
             headers.setdefault(key.lower(), []).append(value)
         seen = Seen(request.method, request.path_qs, headers)
         self.requests.append(seen)
+        if request.transport is not None:
+            self._transports.add(request.transport)
         auth = request.headers.get("Authorization", "")
         if auth != f"Bearer {ADMIN_TOKEN}":
             seen.status = 401
