@@ -48,5 +48,8 @@ def log_in(
     page.fill("#user", name)
     page.fill("#password", PASSWORD)
     page.fill("#otp", otp.next_code())
-    page.click("button[type=submit]")
+    # Wait for the answer's page to load: a call on the page while it is still being
+    # replaced fails in Chromium ("Not attached to an active page").
+    with page.expect_navigation():
+        page.click("button[type=submit]")
     return page
