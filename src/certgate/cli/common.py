@@ -1,4 +1,8 @@
-"""What every command-line tool shares: one-line errors, tables, JSON output."""
+"""What every command-line tool shares: one-line errors, tables, JSON output.
+
+Imported by every cgsh/cgctl run, so it imports only click: pydantic and the resource
+codec are loaded where a refusal needs them (cli/lazy.py says why start-up matters).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
-from pydantic import ValidationError
 
-from certgate.api.codec import describe_validation_error
-from certgate.api.duration import parse_duration
 from certgate.errors import BadParameter, CertgateError
 
 
@@ -32,14 +33,29 @@ def run(main: Callable[..., Any]) -> Callable[[], None]:
         except CertgateError as exc:
             click.echo(f"error: {exc.message}", err=True)
             sys.exit(exc.exit_code)
-        except ValidationError as exc:  # a flag's value a resource model refuses
-            bad = BadParameter(describe_validation_error(exc.title.lower(), "", exc))
-            click.echo(f"error: {bad.message}", err=True)
-            sys.exit(bad.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
+        except Exception as exc:
+            bad = _refused_value(exc)
+            if bad is None:
+                raise
+            click.echo(f"error: {bad.message}", err=True)
+            sys.exit(bad.exit_code)
 
     return entry
+
+
+def _refused_value(exc: Exception) -> BadParameter | None:
+    """A flag's value a resource model refused, as our one-line error; else None."""
+    if "pydantic" not in sys.modules:
+        return None  # no model was built, so this is no ValidationError
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return None
+    from certgate.api.codec import describe_validation_error
+
+    return BadParameter(describe_validation_error(exc.title.lower(), "", exc))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -89,6 +105,8 @@ class DurationText(click.ParamType[str]):
         if text.isdigit():
             # Our one-line error, not click's usage block: run() prints it.
             raise BadParameter(f'invalid {flag} "{text}": give a unit: {text}s, {text}m or {text}h')
+        from certgate.api.duration import parse_duration  # pulls in pydantic: only here
+
         try:
             parse_duration(text)
         except BadParameter as exc:

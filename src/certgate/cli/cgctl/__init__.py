@@ -1,33 +1,42 @@
-"""`cgctl`: the admin tool. One module per noun; this one wires them together."""
+"""`cgctl`: the admin tool. One module per noun; this one names them.
+
+Subcommands are imported on first use (cli/lazy.py): `cgctl users ls` does not pay for
+the resource models `cgctl create` needs.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
-import yaml
 
-from certgate.cli.cgctl import (
-    access,
-    audit,
-    authority,
-    locks,
-    nodes,
-    requests,
-    resources,
-    status,
-    tokens,
-    users,
-)
 from certgate.cli.common import run
 from certgate.cli.completion import completion_command
+from certgate.cli.lazy import LazyGroup
+
+_PACKAGE = "certgate.cli.cgctl"
+COMMANDS = {
+    "status": f"{_PACKAGE}.status:status",
+    "users": f"{_PACKAGE}.users:users",
+    "tokens": f"{_PACKAGE}.tokens:tokens",
+    "create": f"{_PACKAGE}.resources:create",
+    "get": f"{_PACKAGE}.resources:get",
+    "rm": f"{_PACKAGE}.resources:rm",
+    "auth": f"{_PACKAGE}.authority:auth",
+    "audit": f"{_PACKAGE}.audit:audit",
+    "lock": f"{_PACKAGE}.locks:lock",
+    "nodes": f"{_PACKAGE}.nodes:nodes",
+    "requests": f"{_PACKAGE}.requests:requests",
+    "access": f"{_PACKAGE}.access:access",
+    "activity": f"{_PACKAGE}.access:activity",
+}
 
 # Options of cgctl itself that people also type after the subcommand
 # (`cgctl users ls --data-dir ./data`); no subcommand has options of these names.
 GLOBAL_OPTIONS = ("--data-dir", "--config")
 
 
-class AdminGroup(click.Group):
+class AdminGroup(LazyGroup):
     """Takes the global options wherever they appear, before any `--`."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -55,7 +64,9 @@ def hoist_global_options(args: list[str]) -> list[str]:
     return front + rest
 
 
-@click.group(cls=AdminGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=AdminGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
@@ -79,6 +90,8 @@ def cli(ctx: click.Context, data_dir: Path | None, config_path: Path | None) -> 
 
 
 def _data_dir_from_config(path: Path) -> Path | None:
+    import yaml  # only with --config: most commands never read YAML
+
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
@@ -86,9 +99,6 @@ def _data_dir_from_config(path: Path) -> Path | None:
     value = data.get("data_dir") if isinstance(data, dict) else None
     return Path(value) if value else None
 
-
-for module in (status, users, tokens, resources, authority, audit, locks, nodes, requests, access):
-    module.register(cli)
 
 cli.add_command(completion_command("cgctl"))
 

@@ -131,8 +131,3 @@ def activity(ctx: click.Context, days: int, fmt: str) -> None:
     kinds = list(result.series)
     rows = [(day, *(result.series[k][i] for k in kinds)) for i, day in enumerate(result.days)]
     click.echo(table(["Day", *(k.replace("_", " ").title() for k in kinds)], rows))
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(access)
-    cli.add_command(activity)

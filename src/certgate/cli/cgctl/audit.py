@@ -81,7 +81,3 @@ def _print_table(events: list[dict[str, Any]]) -> None:
         for e in events
     ]
     click.echo(table(["Time", "Event", "User", "Details"], rows))
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(audit)

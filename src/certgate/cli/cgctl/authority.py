@@ -167,7 +167,3 @@ def _write(path: Path, text: str, mode: int) -> None:
         os.chmod(path, mode)  # an existing file keeps its mode through O_CREAT
     except OSError as exc:
         raise BadParameter(f"cannot write {path}: {exc.strerror or exc}") from exc
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(auth)

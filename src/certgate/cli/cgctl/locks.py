@@ -108,7 +108,3 @@ def _checked_targets(cluster: ClusterAPI, chosen: dict[str, str]) -> dict[str, s
         except NotFound as exc:
             raise NotFound(f"{exc.message} (--force locks it anyway)") from None
     return chosen
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(lock)

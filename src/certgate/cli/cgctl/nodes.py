@@ -35,7 +35,3 @@ def ls(ctx: click.Context, fmt: str) -> None:
         for n in items
     ]
     click.echo(table(["Node", "Kind", "Address", "Labels"], rows))
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(nodes)

@@ -63,7 +63,3 @@ def approve(ctx: click.Context, request_id: str, reason: str) -> None:
 def deny(ctx: click.Context, request_id: str, reason: str) -> None:
     """Deny a request."""
     _review(ctx, request_id, "deny", reason)
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(requests)

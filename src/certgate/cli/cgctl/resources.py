@@ -190,9 +190,3 @@ def rm(ctx: click.Context, ref: str) -> None:
         raise click.BadParameter("name the resource: KIND/NAME", param_hint="REF")
     api(ctx).call("DELETE", f"/resources/{kind}/{name}")
     click.echo(f'{kind} "{name}" has been deleted')
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(create)
-    cli.add_command(get)
-    cli.add_command(rm)

@@ -27,7 +27,3 @@ def status(ctx: click.Context, fmt: str) -> None:
         click.echo(f"  {key.type:<9} {key.fingerprint}")
     counts = ", ".join(f"{n} {what}" for what, n in found.counts.items())
     click.echo(f"Counts:   {counts}")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(status)

@@ -86,7 +86,3 @@ def rm(ctx: click.Context, token: str) -> None:
     """Delete a join token."""
     api(ctx).call("DELETE", f"/resources/token/{token}")
     click.echo(f"Token {token} has been deleted.")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(tokens)

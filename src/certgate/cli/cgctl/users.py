@@ -136,7 +136,3 @@ def unlock(ctx: click.Context, name: str) -> None:
     """Lift the lockout that repeated failed logins put on a user name."""
     api(ctx).call("POST", f"/users/{name}/unlock")
     click.echo(f'User "{name}" may log in again.')
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(users)

@@ -47,7 +47,3 @@ def login(cluster: str) -> None:
 def credentials(cluster: str) -> None:
     """The exec credential plugin kubectl runs (written by cgsh kube login)."""
     sys.stdout.write(json.dumps(client.credentials()) + "\n")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(kube)

@@ -97,8 +97,3 @@ def _show(recording: Recording, fmt: str, speed: float, skip_idle: bool) -> str 
 
     play(reader.events(), write, speed=speed, skip_idle=skip_idle)
     return reader.damage
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(recordings)
-    cli.add_command(play_command)

@@ -248,7 +248,3 @@ def drop_command() -> None:
         f"Dropped {', '.join(before)}: back to roles {', '.join(bundle.identity.roles)} "
         f"until {when(bundle.identity.expires.isoformat())}."
     )
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(request)

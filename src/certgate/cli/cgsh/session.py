@@ -201,9 +201,3 @@ def logout() -> None:
         click.echo("Logged out.")
     else:
         click.echo("Not logged in.")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(login)
-    cli.add_command(status)
-    cli.add_command(logout)

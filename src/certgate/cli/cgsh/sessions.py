@@ -73,8 +73,3 @@ def join(session_id: str, mode: str) -> None:
     config = write_config(profile, [] if target.at_proxy else [host])
     argv = [openssh_binary("ssh"), "-F", str(config), "-t", "-l", target.login, host]
     os.execv(argv[0], argv)
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(sessions)
-    cli.add_command(join)

@@ -173,8 +173,3 @@ def config() -> None:
     profile = load_profile()
     names = [n["metadata"]["name"] for n in list_nodes(profile)]
     click.echo(openssh_config(profile, names), nl=False)
-
-
-def register(cli: click.Group) -> None:
-    for command in (ls, ssh, scp, config):
-        cli.add_command(command)
