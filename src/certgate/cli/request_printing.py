@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 
 from certgate.cli.common import print_json, table
-from certgate.client.requests import AccessRequestView
+
+if TYPE_CHECKING:  # only the type: the module brings httpx, which printing does not need
+    from certgate.client.requests import AccessRequestView
 
 _HEADERS = ["ID", "User", "Requested", "State", "Created", "Access until", "Reason"]
 

@@ -28,10 +28,10 @@ import yaml
 from certgate.api.codec import from_dict
 from certgate.api.kube_cluster import PROXY_PATH_PREFIX, KubeCluster
 from certgate.client.cluster import connect_profile
-from certgate.client.kube_credentials import exec_credential, plugin_exec
+from certgate.client.kube_credentials import plugin_exec
 from certgate.client.profile import Profile, home, load_profile
 from certgate.client.proxy_client import ProxyClient
-from certgate.errors import AccessDenied, BadParameter, NotFound
+from certgate.errors import BadParameter, NotFound
 
 
 def list_clusters() -> list[KubeCluster]:
@@ -79,16 +79,6 @@ def login(name: str) -> Written:
     _save(path, config)
     _remember(path, entry, context)
     return Written(path, context)
-
-
-def credentials() -> dict[str, Any]:
-    """The ExecCredential kubectl reads from the plugin's stdout."""
-    try:
-        return exec_credential()
-    except (OSError, ValueError, KeyError):
-        raise AccessDenied(
-            "not logged in: run cgsh login (kubectl needs a certgate login)"
-        ) from None
 
 
 def logout() -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from certgate.client.expiry import expired_message
+from certgate.errors import AccessDenied
 
 EXEC_API_VERSION = "client.authentication.k8s.io/v1"
 CREDENTIAL_FILE = "kube-credential.json"
@@ -58,6 +59,16 @@ def exec_credential(keys: Path | None = None) -> dict[str, Any]:
         # RFC 3339 in UTC, as kubectl parses it; it asks again once this passes.
         status["expirationTimestamp"] = expires.isoformat().replace("+00:00", "Z")
     return {"apiVersion": EXEC_API_VERSION, "kind": "ExecCredential", "status": status}
+
+
+def credentials() -> dict[str, Any]:
+    """The ExecCredential kubectl reads from `cgsh kube credentials`."""
+    try:
+        return exec_credential()
+    except (OSError, ValueError, KeyError):
+        raise AccessDenied(
+            "not logged in: run cgsh login (kubectl needs a certgate login)"
+        ) from None
 
 
 def _expiry(bundle: dict[str, Any]) -> datetime | None:

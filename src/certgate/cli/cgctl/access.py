@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import TYPE_CHECKING
 
 import click
 
 from certgate.cli.cgctl._connect import api
 from certgate.cli.common import print_json, table
-from certgate.client.access import AccessClient, AccessEntry
+
+if TYPE_CHECKING:
+    from certgate.client.access import AccessEntry
 
 CSV_COLUMNS = (
     "kind",
@@ -72,6 +75,8 @@ def ls(
     """One row per user, node and login some role allows there, and per user and
     Kubernetes cluster some role's kubernetes_labels match: how it is held (standing,
     request ID until T) or why it is refused now (locked by L, denied by R)."""
+    from certgate.client.access import AccessClient
+
     entries = AccessClient(api(ctx)).list(
         user=user, node=node, role=role, labels=labels, kube_cluster=kube_cluster, kind=kind or ""
     )
@@ -124,6 +129,8 @@ def to_csv(entries: list[AccessEntry]) -> str:
 @click.pass_context
 def activity(ctx: click.Context, days: int, fmt: str) -> None:
     """Sessions, logins and refusals per day (from the audit log)."""
+    from certgate.client.access import AccessClient
+
     result = AccessClient(api(ctx)).activity(days)
     if fmt == "json":
         print_json({"days": result.days, "series": result.series})

@@ -8,7 +8,6 @@ import click
 
 from certgate.cli.cgctl._connect import api
 from certgate.cli.common import FORMAT, print_json, table
-from certgate.client.times import parse_since
 
 
 @click.group()
@@ -42,6 +41,8 @@ def ls(
     When more events match than --limit, the command for the next page is printed on
     stderr (same filters, plus --cursor).
     """
+    from certgate.client.times import parse_since  # the duration parser brings pydantic
+
     params = {
         k: v
         for k, v in {

@@ -11,7 +11,6 @@ import click
 
 from certgate.cli.cgctl._connect import api
 from certgate.cli.common import DURATION
-from certgate.client.identities import sign_user_identity
 from certgate.errors import BadParameter
 
 
@@ -96,6 +95,8 @@ def _sign_user(ctx: click.Context, user: str, ttl: str, out: Path, overwrite: bo
         raise BadParameter(f"{out} is a file: --user writes an identity directory")
     if (out / "bundle.json").exists() and not overwrite:
         raise BadParameter(f"{out} holds an identity: pass --overwrite to replace it")
+    from certgate.client.identities import sign_user_identity  # cryptography: only here
+
     bundle = sign_user_identity(api(ctx), user, ttl, out)
     identity = bundle.identity
     click.echo(

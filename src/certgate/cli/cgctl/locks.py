@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 
-from certgate.api.codec import to_dict
-from certgate.api.duration import parse_duration
-from certgate.api.lock import Lock, LockSpec, LockTarget
-from certgate.api.meta import Metadata
 from certgate.cli.cgctl._connect import api
 from certgate.cli.common import DURATION
-from certgate.client.cluster import ClusterAPI
-from certgate.client.resources import require, resolve
 from certgate.errors import BadParameter, NotFound
+
+if TYPE_CHECKING:
+    from certgate.client.cluster import ClusterAPI
 
 TARGETS = ("user", "role", "login", "node", "access_request", "mfa_device")
 # Targets whose existence the cluster can confirm; a login or an MFA device is not a
@@ -56,6 +54,12 @@ def lock(
 ) -> None:
     """Lock out a user, role, login, node or access request: new access is refused and
     live sessions that match end at once."""
+    # The resource models (pydantic) only when a lock is made, not for `cgctl --help`.
+    from certgate.api.codec import to_dict
+    from certgate.api.duration import parse_duration
+    from certgate.api.lock import Lock, LockSpec, LockTarget
+    from certgate.api.meta import Metadata
+
     chosen = {
         name: value
         for name, value in zip(
@@ -99,6 +103,8 @@ def lock(
 def _checked_targets(cluster: ClusterAPI, chosen: dict[str, str]) -> dict[str, str]:
     """The target as the cluster names it, or NotFound: a typo would otherwise lock
     nobody and look like it worked. An access request id may be any unique prefix."""
+    from certgate.client.resources import require, resolve
+
     ((kind, name),) = chosen.items()
     if kind == "access_request":
         return {kind: resolve(cluster, kind, name)}

@@ -7,15 +7,21 @@ are reviews of that user, under that user's review_requests.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from certgate.cli.cgctl._connect import api
 from certgate.cli.common import FORMAT
 from certgate.cli.request_printing import done, print_request, print_requests, print_review
-from certgate.client.requests import RequestsAPI
+
+if TYPE_CHECKING:
+    from certgate.client.requests import RequestsAPI
 
 
 def _requests(ctx: click.Context) -> RequestsAPI:
+    from certgate.client.requests import RequestsAPI  # httpx: not for `cgctl --help`
+
     return RequestsAPI(api(ctx))
 
 

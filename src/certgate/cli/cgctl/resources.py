@@ -7,10 +7,7 @@ import sys
 from typing import Any
 
 import click
-import yaml
 
-from certgate.api.codec import parse_documents, to_dict
-from certgate.api.role import Role
 from certgate.cli.cgctl._connect import api
 from certgate.cli.common import table
 
@@ -57,6 +54,10 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
 @click.pass_context
 def create(ctx: click.Context, file: str | None, path: str | None, force: bool) -> None:
     """Create resources from a YAML or JSON file (all or nothing)."""
+    # The resource models (pydantic) are imported only by the command that builds them.
+    from certgate.api.codec import parse_documents, to_dict
+    from certgate.api.role import Role
+
     source = file or path
     if not source:
         raise click.UsageError("name a file: cgctl create -f FILE (or - for standard input)")
@@ -110,6 +111,8 @@ def get(ctx: click.Context, ref: str, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(items if not name else items[0], indent=2))
     elif fmt == "yaml":
+        import yaml  # only for this format: `cgctl get users` prints a table
+
         click.echo(yaml.safe_dump_all(items, sort_keys=False), nl=False)
     else:
         click.echo(_text(kind, items))

@@ -6,7 +6,6 @@ import click
 
 from certgate.cli.cgctl._connect import api
 from certgate.cli.common import FORMAT, print_json
-from certgate.client.status import cluster_status
 
 
 @click.command()
@@ -15,6 +14,8 @@ from certgate.client.status import cluster_status
 def status(ctx: click.Context, fmt: str) -> None:
     """Cluster name, version, CA fingerprints and pins, counts of nodes, users, live
     sessions and locks."""
+    from certgate.client.status import cluster_status
+
     found = cluster_status(api(ctx))
     if fmt == "json":
         print_json(found.as_json())

@@ -8,7 +8,9 @@ import sys
 import click
 
 from certgate.cli.common import FORMAT, print_json, table
-from certgate.client import kube as client
+
+# certgate.client.kube (YAML, the resource models, httpx) is imported by the commands
+# that use it: `cgsh kube credentials`, which kubectl runs, needs none of it.
 
 
 @click.group()
@@ -20,7 +22,9 @@ def kube() -> None:
 @FORMAT
 def ls(fmt: str) -> None:
     """The clusters your roles let you reach, with their labels."""
-    clusters = client.list_clusters()
+    from certgate.client.kube import list_clusters
+
+    clusters = list_clusters()
     if fmt == "json":
         print_json([{"name": c.name, "labels": c.metadata.labels} for c in clusters])
         return
@@ -35,7 +39,9 @@ def ls(fmt: str) -> None:
 @click.argument("cluster")
 def login(cluster: str) -> None:
     """Write a kubeconfig context for CLUSTER (and make it current)."""
-    written = client.login(cluster)
+    from certgate.client.kube import login as kube_login
+
+    written = kube_login(cluster)
     click.echo(
         f'Logged into kubernetes cluster "{cluster}": context {written.context} in {written.path}.'
     )
@@ -46,4 +52,6 @@ def login(cluster: str) -> None:
 @click.option("--cluster", default="", help="The cluster kubectl is calling (informational).")
 def credentials(cluster: str) -> None:
     """The exec credential plugin kubectl runs (written by cgsh kube login)."""
-    sys.stdout.write(json.dumps(client.credentials()) + "\n")
+    from certgate.client.kube_credentials import credentials as current
+
+    sys.stdout.write(json.dumps(current()) + "\n")

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from certgate.cli.common import FORMAT, print_json, table
-from certgate.client.cluster import connect_profile
-from certgate.client.recordings import (
-    Recording,
-    as_json,
-    fetch_recording,
-    format_seconds,
-    list_recordings,
-    play,
-)
+
+# The client modules (httpx, cryptography, pydantic) are imported in the commands.
+if TYPE_CHECKING:
+    from certgate.client.recordings import Recording
 
 
 @click.group()
@@ -31,6 +27,9 @@ def recordings() -> None:
 @FORMAT
 def ls(since: str | None, user: str | None, node: str | None, limit: int, fmt: str) -> None:
     """List recorded sessions, newest first: yours, or everyone's if your roles allow."""
+    from certgate.client.cluster import connect_profile
+    from certgate.client.recordings import format_seconds, list_recordings
+
     api = connect_profile()
     try:
         found = list_recordings(api, since=since, user=user, node=node, limit=limit)
@@ -67,6 +66,9 @@ def play_command(recording_id: str, speed: float, skip_idle: bool, fmt: str) -> 
     """
     if speed <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--speed")
+    from certgate.client.cluster import connect_profile
+    from certgate.client.recordings import fetch_recording
+
     api = connect_profile()
     try:
         recording = fetch_recording(api, recording_id)
@@ -83,6 +85,8 @@ def play_command(recording_id: str, speed: float, skip_idle: bool, fmt: str) -> 
 
 def _show(recording: Recording, fmt: str, speed: float, skip_idle: bool) -> str | None:
     """Print or play `recording`; returns where it is damaged, if it is."""
+    from certgate.client.recordings import as_json, play
+
     if fmt == "json":
         document = as_json(recording)
         print_json(document)

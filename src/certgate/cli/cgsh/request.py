@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from certgate.api.bundle import CertBundle
 from certgate.cli.common import DURATION, FORMAT, print_json, table
 from certgate.cli.request_printing import (
     done,
@@ -15,13 +14,21 @@ from certgate.cli.request_printing import (
     print_review,
     when,
 )
-from certgate.client.cluster import connect_profile
-from certgate.client.profile import Profile, load_profile
-from certgate.client.requests import AccessRequestView, RequestsAPI, assume, drop
 from certgate.errors import AccessDenied, BadParameter, NotFound
+
+# The client modules are imported where they are used: they bring httpx and
+# cryptography, which `cgsh --help` and `cgsh status` (describe_grant) do not need.
+if TYPE_CHECKING:
+    from certgate.api.bundle import CertBundle
+    from certgate.client.profile import Profile
+    from certgate.client.requests import AccessRequestView, RequestsAPI
 
 
 def _api(ctx: click.Context) -> RequestsAPI:
+    from certgate.client.cluster import connect_profile
+    from certgate.client.profile import load_profile
+    from certgate.client.requests import RequestsAPI
+
     cluster = connect_profile(load_profile())
     ctx.call_on_close(cluster.close)
     return RequestsAPI(cluster)
@@ -50,6 +57,8 @@ def show_grant(request: AccessRequestView, bundle: CertBundle) -> None:
 
 def wait_and_assume(api: RequestsAPI, request: AccessRequestView) -> None:
     """Wait until `request` is resolved, print how, and assume it if approved."""
+    from certgate.client.profile import load_profile
+    from certgate.client.requests import assume
 
     def progress(changed: AccessRequestView) -> None:
         if changed.reviews:
@@ -65,6 +74,9 @@ def wait_and_assume(api: RequestsAPI, request: AccessRequestView) -> None:
 
 def assume_after_login(profile: Profile, request_id: str) -> None:
     """`cgsh login --request-id`: wait while the request is pending, then assume it."""
+    from certgate.client.cluster import connect_profile
+    from certgate.client.requests import RequestsAPI, assume
+
     cluster = connect_profile(profile)
     try:
         api = RequestsAPI(cluster)
@@ -84,6 +96,9 @@ def assume_after_login(profile: Profile, request_id: str) -> None:
 def request_at_login(profile: Profile, roles: list[str], reason: str) -> None:
     """With `request_access: always` in the user's roles, a login requests every role
     they may request and waits for it: they work only under a grant."""
+    from certgate.client.cluster import connect_profile
+    from certgate.client.requests import RequestsAPI
+
     cluster = connect_profile(profile)
     try:
         api = RequestsAPI(cluster)
@@ -239,6 +254,9 @@ def review(ctx: click.Context, verdict: str | None, reason: str, request_id: str
 @request.command("drop")
 def drop_command() -> None:
     """Stop using your grants: back to the certificates of your login."""
+    from certgate.client.profile import load_profile
+    from certgate.client.requests import drop
+
     profile = load_profile()
     before = profile.identity().bundle.identity.request_ids
     if not before:

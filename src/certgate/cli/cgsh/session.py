@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from certgate.cli.cgsh.request import assume_after_login, describe_grant, request_at_login
 from certgate.cli.common import DURATION, FORMAT, print_json
-from certgate.client.kube import logout as kube_logout
-from certgate.client.login import last_login, proxy_address, reach
-from certgate.client.login import login as do_login
-from certgate.client.profile import (
-    Profile,
-    find_profile,
-    load_profile,
-    parked_identity,
-    parked_profiles,
-    remove_profile,
-    switch_to,
-)
-from certgate.client.requests import grant_status
 from certgate.errors import NotFound
+
+# The client modules are imported in the commands: they bring httpx and cryptography,
+# which `cgsh --help` and the other subcommands do not need.
+if TYPE_CHECKING:
+    from certgate.client.profile import Profile
 
 
 @click.command()
@@ -65,6 +56,11 @@ def login(
     another cluster, adds it (`cgsh status` lists every cluster); `cgsh login CLUSTER`
     switches back to one, asking for the password only when its certificates expired.
     """
+    from certgate.cli.cgsh.request import assume_after_login, request_at_login
+    from certgate.client.login import last_login, proxy_address, reach
+    from certgate.client.login import login as do_login
+    from certgate.client.profile import find_profile, switch_to
+
     if cluster:
         if proxy:
             raise click.UsageError("give a CLUSTER to switch to, or --proxy, not both")
@@ -106,6 +102,8 @@ def login(
 
 
 def _still_valid(profile: Profile) -> bool:
+    from certgate.client.profile import load_profile, parked_identity
+
     current = profile.proxy == load_profile().proxy
     identity = profile.identity() if current else parked_identity(profile)
     return identity is not None and identity.bundle.identity.expires > datetime.now(UTC)
@@ -113,6 +111,8 @@ def _still_valid(profile: Profile) -> bool:
 
 def other_clusters() -> list[dict[str, object]]:
     """The clusters logged in to besides the current one, for `cgsh status`."""
+    from certgate.client.profile import parked_identity, parked_profiles
+
     found: list[dict[str, object]] = []
     for profile in parked_profiles():
         identity = parked_identity(profile)
@@ -130,6 +130,9 @@ def other_clusters() -> list[dict[str, object]]:
 
 
 def profile_status() -> dict[str, object]:
+    from certgate.client.profile import load_profile
+    from certgate.client.requests import grant_status
+
     profile = load_profile()
     identity = profile.identity().bundle.identity
     return {
@@ -148,6 +151,8 @@ def profile_status() -> dict[str, object]:
 
 
 def _show(status: dict[str, object], fmt: str) -> None:
+    from certgate.cli.cgsh.request import describe_grant
+
     if fmt == "json":
         print_json(status)
         return
@@ -196,6 +201,9 @@ def status(fmt: str) -> None:
 def logout() -> None:
     """Remove your keys and certificates from this machine (and the kubeconfig
     contexts cgsh kube login wrote)."""
+    from certgate.client.kube import logout as kube_logout
+    from certgate.client.profile import remove_profile
+
     kube_logout()
     if remove_profile():
         click.echo("Logged out.")

@@ -9,10 +9,8 @@ import click
 
 from certgate.cli.cgsh.ssh import openssh_binary
 from certgate.cli.common import FORMAT, print_json, table
-from certgate.client.cluster import connect_profile
-from certgate.client.profile import load_profile
-from certgate.client.sessions import describe_participants, join_target, list_sessions
-from certgate.client.ssh import jump_alias, write_config
+
+# The client modules (httpx, cryptography) are imported in the commands that use them.
 
 
 @click.group()
@@ -25,6 +23,9 @@ def sessions() -> None:
 @FORMAT
 def ls(node: str | None, fmt: str) -> None:
     """List live terminal sessions: yours, those you may join, or all if your roles allow."""
+    from certgate.client.cluster import connect_profile
+    from certgate.client.sessions import describe_participants, list_sessions
+
     api = connect_profile()
     try:
         found = list_sessions(api, node)
@@ -62,6 +63,11 @@ def join(session_id: str, mode: str) -> None:
 
     Everyone in the session sees who joined and how; joins are audited.
     """
+    from certgate.client.cluster import connect_profile
+    from certgate.client.profile import load_profile
+    from certgate.client.sessions import join_target
+    from certgate.client.ssh import jump_alias, write_config
+
     profile = load_profile()
     api = connect_profile(profile)
     try:

@@ -6,20 +6,17 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from certgate.cli.common import FORMAT, print_json, table
-from certgate.client.profile import Profile, load_profile
-from certgate.client.requests import with_request_hint
-from certgate.client.ssh import (
-    check_access,
-    list_nodes,
-    openssh_config,
-    split_target,
-    write_config,
-)
 from certgate.errors import AccessDenied, BadParameter, NotFound
+
+# The client modules are imported in the commands: they bring httpx and cryptography,
+# which `cgsh --help` does not need, and `cgsh ls` needs no access-request code.
+if TYPE_CHECKING:
+    from certgate.client.profile import Profile
 
 
 def _labels(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -42,6 +39,9 @@ def _shown(labels: dict[str, str]) -> str:
 @FORMAT
 def ls(labels: tuple[str, ...], verbose: bool, fmt: str) -> None:
     """List the nodes you can reach, optionally only those with labels k=v."""
+    from certgate.client.profile import load_profile
+    from certgate.client.ssh import list_nodes
+
     nodes = list_nodes(load_profile(), _labels(labels))
     if fmt == "json":
         print_json(nodes)
@@ -93,6 +93,9 @@ def ssh(
 ) -> None:
     """Open a shell or run COMMAND on a node: [LOGIN@]NODE, or LOGIN@k=v for every
     node with that label."""
+    from certgate.client.profile import load_profile
+    from certgate.client.ssh import check_access, split_target, write_config
+
     profile = load_profile()
     user, node = split_target(target, login)
     options: list[str] = []
@@ -108,6 +111,8 @@ def ssh(
     try:
         found = check_access(profile, node, user)
     except (AccessDenied, NotFound) as exc:
+        from certgate.client.requests import with_request_hint
+
         raise with_request_hint(profile, node, user, exc) from None
     name = found["metadata"]["name"]
     config = write_config(profile, [name])
@@ -122,6 +127,8 @@ def _run_on_matching(
     options: list[str],
     command: tuple[str, ...],
 ) -> int:
+    from certgate.client.ssh import check_access, list_nodes, write_config
+
     if not command:
         raise click.UsageError("give a command to run on every matching node")
     nodes = [n["metadata"]["name"] for n in list_nodes(profile, labels)]
@@ -150,6 +157,9 @@ def scp(recursive: bool, paths: tuple[str, ...]) -> None:
     """Copy files to or from nodes: cgsh scp [-r] SRC... DST (remote: LOGIN@NODE:PATH)."""
     if len(paths) < 2:
         raise click.UsageError("give at least one source and a destination")
+    from certgate.client.profile import load_profile
+    from certgate.client.ssh import check_access, split_target, write_config
+
     profile = load_profile()
     nodes: list[str] = []
     for path in paths:
@@ -170,6 +180,9 @@ def scp(recursive: bool, paths: tuple[str, ...]) -> None:
 @click.command()
 def config() -> None:
     """Print an OpenSSH client config: then plain ssh, scp, sftp and rsync work."""
+    from certgate.client.profile import load_profile
+    from certgate.client.ssh import list_nodes, openssh_config
+
     profile = load_profile()
     names = [n["metadata"]["name"] for n in list_nodes(profile)]
     click.echo(openssh_config(profile, names), nl=False)
