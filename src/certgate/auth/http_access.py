@@ -2,9 +2,10 @@
 
     GET /v1/access    ?user=U&node=N&kube_cluster=K&kind=node|kube_cluster&role=R
                       &label=k=v (label repeatable) &limit=N&start_key=KEY: the access
-                      matrix rows (access/matrix.py), {"rows": [...], "next_key": KEY|""};
-                      without `limit`, every row; with it, a page, and `next_key` (opaque)
-                      is the `start_key` of the next page ("" after the last)
+                      matrix rows (access/matrix.py), {"rows": [...], "next_key": KEY|""}:
+                      a page of `limit` rows (DEFAULT_PAGE when not given, at most
+                      MAX_PAGE), and `next_key` (opaque) is the `start_key` of the next
+                      page ("" after the last)
     GET /v1/activity  ?days=7: counts per day of sessions started, logins, login
                       refusals and session refusals, {"days": [...], "series": {...}}
 
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from certgate.auth.http import AuthAPI
 
 ACCESS = "access"  # the role rule resource
+# Every answer is a page: the whole matrix of 100 users by 1,000 nodes took auth tens of
+# seconds to build and send, and anyone with `list` on `access` could ask for it.
+DEFAULT_PAGE = 1_000
 MAX_PAGE = 10_000
 _KINDS: dict[str, RowKind] = {"": "", "node": "node", "kube_cluster": "kube_cluster"}
 
@@ -56,7 +60,7 @@ class AccessRoutes:
             role=q.get("role", ""),
             labels=AccessFilter.parse_labels(q.getall("label", [])),
         )
-        limit = query_int(request, "limit", 0, MAX_PAGE) or None
+        limit = query_int(request, "limit", DEFAULT_PAGE, MAX_PAGE)
         start = q.get("start_key", "")
         after = decode_key(start) if start else None
         rows, last = await self._map.rows(wanted, limit, after)
