@@ -1,21 +1,29 @@
 """A caller cannot make auth build an unbounded list answer.
 
+The access map:
+
 An auditor (whose role may list the access map) asks auth, through the proxy with their
 own login, for the whole matrix of one user with 60 logins by 20 nodes (1,200 rows): with
 no `limit`, auth used to build and send every row (100 users by 1,000 nodes took it tens
 of seconds). Now the answer is one page of DEFAULT_PAGE rows with the key of the next,
 and a `limit` above MAX_PAGE is refused in one line. Paging on gives every row, as
 `cgctl access ls` does, so the page hides nothing.
+
+Access requests: any user may create them, and a reviewer's list holds everyone's; the
+list is capped, newest first (`limit`, at most MAX_LIST), and a huge `limit` is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from certgate.auth.http_access import DEFAULT_PAGE, MAX_PAGE
+from certgate.auth.http_requests import MAX_LIST
 from certgate.client.cluster import ClusterAPI, connect_profile
 from certgate.errors import BadParameter
 from tests.support.cluster import BIN, Cluster, User, run
@@ -44,12 +52,28 @@ def auditor(c: Cluster) -> User:
     return user
 
 
+@contextlib.contextmanager
+def logged_in_as(user: User) -> Iterator[ClusterAPI]:
+    """The API through the proxy with `user`'s own cgsh login."""
+    before = os.environ.get("CERTGATE_HOME")
+    os.environ["CERTGATE_HOME"] = str(user.home)
+    try:
+        cluster = connect_profile()
+    finally:
+        if before is None:
+            del os.environ["CERTGATE_HOME"]
+        else:
+            os.environ["CERTGATE_HOME"] = before
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
 @pytest.fixture
-def api(auditor: User, monkeypatch: pytest.MonkeyPatch) -> Iterator[ClusterAPI]:
-    monkeypatch.setenv("CERTGATE_HOME", str(auditor.home))
-    cluster = connect_profile()
-    yield cluster
-    cluster.close()
+def api(auditor: User) -> Iterator[ClusterAPI]:
+    with logged_in_as(auditor) as cluster:
+        yield cluster
 
 
 def test_no_limit_is_one_page_with_the_key_of_the_next(api: ClusterAPI) -> None:
@@ -78,3 +102,36 @@ def test_cgctl_access_ls_pages_through_every_row(c: Cluster, auditor: User) -> N
     env = {"CERTGATE_HOME": str(auditor.home)}
     out = run([str(BIN / "cgctl"), "access", "ls", "--user=wide", "--format=json"], env=env)
     assert len(json.loads(out.stdout)) == ROWS
+
+
+REQUESTER_ROLE = """\
+kind: role
+metadata: {name: lb-requester}
+spec:
+  allow:
+    request: {roles: [auditor]}
+"""
+
+
+def test_the_request_list_is_capped_newest_first(c: Cluster) -> None:
+    c.cgctl("create", "-f", "-", input=REQUESTER_ROLE)
+    asker = c.add_user("asker", roles="lb-requester")
+    c.login(asker)
+    with logged_in_as(asker) as api:
+        made = [
+            api.call("POST", "/access_requests", {"roles": ["auditor"], "reason": f"r{i}"})
+            for i in range(3)
+        ]
+        every = api.call("GET", "/access_requests")
+        assert len(every) == 3  # the control: without a small limit, all three
+        newest = api.call("GET", "/access_requests", params={"limit": "2"})
+        assert [r["metadata"]["name"] for r in newest] == [
+            m["metadata"]["name"] for m in reversed(made[1:])
+        ]
+        for huge in (str(MAX_LIST + 1), "99999999999999999999"):
+            with pytest.raises(BadParameter) as refused:
+                api.call("GET", "/access_requests", params={"limit": huge})
+            assert refused.value.message == f"limit must be a whole number from 1 to {MAX_LIST}"
+    shown = c.cgsh(asker, "request", "ls", "--limit=2", "--format=json")
+    assert len(json.loads(shown.stdout)) == 2
+    assert "showing the newest 2 requests: --limit=N shows more" in shown.stderr

@@ -2,7 +2,9 @@
 
     POST /v1/access_requests                 create {roles|resources, reason, reviewers,
                                              max_duration, request_ttl}
-    GET  /v1/access_requests                 own requests and those the caller may review
+    GET  /v1/access_requests                 ?limit=N: own requests and those the caller
+                                             may review, the newest N (DEFAULT_LIST when
+                                             not given, at most MAX_LIST)
     GET  /v1/access_requests/{id}            one (id or unique prefix)
     GET  /v1/access_requests/{id}/wait       ?after=REVISION: the request once it changed
                                              (or as it is after a few seconds)
@@ -28,13 +30,17 @@ from certgate.api.codec import to_dict
 from certgate.api.duration import parse_duration
 from certgate.api.identity import SYSTEM_ADMIN, Identity
 from certgate.auth import permissions as perm
-from certgate.auth.http_body import json_body, str_list
+from certgate.auth.http_body import json_body, query_int, str_list
 from certgate.errors import AccessDenied, BadParameter
 
 if TYPE_CHECKING:
     from certgate.auth.http import AuthAPI
 
 KIND = "access_request"
+# Any user may create requests (each lives up to a week), and a reviewer's list holds
+# everyone's: the answer is capped, newest first, so it never grows with them.
+DEFAULT_LIST = 1_000
+MAX_LIST = 10_000
 
 
 def add_request_routes(api: AuthAPI, router: web.UrlDispatcher) -> None:
@@ -98,8 +104,9 @@ class RequestRoutes:
 
     async def list(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
+        limit = query_int(request, "limit", DEFAULT_LIST, MAX_LIST)
         found = await self._api.server.list_requests(caller, await self._read_all(caller))
-        return [to_dict(r) for r in found]
+        return [to_dict(r) for r in found[:limit]]
 
     async def get(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None

@@ -1,6 +1,6 @@
 """How `cgsh request` and `cgctl requests` print access requests: one printer for both.
 
-print_requests(found, fmt)   the list (`ls`), as a table or JSON
+print_requests(found, fmt, limit)   the list (`ls`), as a table or JSON
 print_request(found, fmt)    one request with its reviews (`show`)
 print_review(saved)          what a review did to the request
 """
@@ -20,6 +20,16 @@ if TYPE_CHECKING:  # only the type: the module brings httpx, which printing does
 
 _HEADERS = ["ID", "User", "Requested", "State", "Created", "Access until", "Reason"]
 
+# `ls --limit`: auth answers at most this many requests, newest first.
+MAX_LIST = 10_000
+LIMIT = click.option(
+    "--limit",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1, MAX_LIST),
+    help=f"At most this many, newest first (up to {MAX_LIST}).",
+)
+
 
 def when(text: str | None) -> str:
     """`2026-11-30 21:04:05 UTC (in 59m)`."""
@@ -38,15 +48,18 @@ def done(verdict: str) -> str:
     return "approved" if verdict == "approve" else "denied"
 
 
-def print_requests(found: Sequence[AccessRequestView], fmt: str) -> None:
+def print_requests(found: Sequence[AccessRequestView], fmt: str, limit: int) -> None:
     if fmt == "json":
         print_json([r.raw for r in found])
-        return
-    rows = [
-        (r.id, r.user, r.what, r.state, r.created[:19], r.access_expires or "", r.reason)
-        for r in found
-    ]
-    click.echo(table(_HEADERS, rows))
+    else:
+        rows = [
+            (r.id, r.user, r.what, r.state, r.created[:19], r.access_expires or "", r.reason)
+            for r in found
+        ]
+        click.echo(table(_HEADERS, rows))
+    if len(found) >= limit:
+        # On stderr: the JSON on stdout stays a list a script can read as it is.
+        click.echo(f"showing the newest {limit} requests: --limit=N shows more", err=True)
 
 
 def print_request(request: AccessRequestView, fmt: str) -> None:

@@ -25,6 +25,8 @@ from certgate.rpc.identity_files import IdentityFiles, new_key
 
 # Seconds one wait call may hold (auth caps it; under the proxy's read timeout).
 WAIT_CALL_SECONDS = 10
+# How many requests a list asks for unless told (auth's own default; it allows 10,000).
+DEFAULT_LIST = 1000
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,10 @@ class RequestsAPI:
             body["request_ttl"] = request_ttl
         return AccessRequestView.from_dict(self._cluster.call("POST", "/access_requests", body))
 
-    def all(self) -> list[AccessRequestView]:
-        return [
-            AccessRequestView.from_dict(d) for d in self._cluster.call("GET", "/access_requests")
-        ]
+    def all(self, limit: int = DEFAULT_LIST) -> list[AccessRequestView]:
+        """The newest `limit` requests the caller may see (auth caps the answer)."""
+        found = self._cluster.call("GET", "/access_requests", params={"limit": str(limit)})
+        return [AccessRequestView.from_dict(d) for d in found]
 
     def get(self, ref: str) -> AccessRequestView:
         return AccessRequestView.from_dict(self._cluster.call("GET", f"/access_requests/{ref}"))

@@ -13,7 +13,13 @@ import click
 
 from certgate.cli.cgctl._connect import api
 from certgate.cli.common import FORMAT
-from certgate.cli.request_printing import done, print_request, print_requests, print_review
+from certgate.cli.request_printing import (
+    LIMIT,
+    done,
+    print_request,
+    print_requests,
+    print_review,
+)
 
 if TYPE_CHECKING:
     from certgate.client.requests import RequestsAPI
@@ -31,11 +37,12 @@ def requests() -> None:
 
 
 @requests.command("ls")
+@LIMIT
 @FORMAT
 @click.pass_context
-def ls(ctx: click.Context, fmt: str) -> None:
+def ls(ctx: click.Context, limit: int, fmt: str) -> None:
     """Every access request (newest first)."""
-    print_requests(_requests(ctx).all(), fmt)
+    print_requests(_requests(ctx).all(limit), fmt, limit)
 
 
 @requests.command()

@@ -8,6 +8,7 @@ import click
 
 from certgate.cli.common import DURATION, FORMAT, print_json, table
 from certgate.cli.request_printing import (
+    LIMIT,
     done,
     print_request,
     print_requests,
@@ -220,11 +221,12 @@ def search(ctx: click.Context, kind: str, labels: tuple[str, ...], fmt: str) -> 
 
 
 @request.command("ls")
+@LIMIT
 @FORMAT
 @click.pass_context
-def ls(ctx: click.Context, fmt: str) -> None:
+def ls(ctx: click.Context, limit: int, fmt: str) -> None:
     """Your requests and those you may review."""
-    print_requests(_api(ctx).all(), fmt)
+    print_requests(_api(ctx).all(limit), fmt, limit)
 
 
 @request.command()
