@@ -21,15 +21,16 @@ import hashlib
 import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from certgate.api.certs import identity_from_x509
 from certgate.api.identity import SYSTEM_PROXY
 from certgate.errors import AccessDenied, CertgateError
 from certgate.transport import client_context
+
+# cryptography is imported where a certificate is read: the profile (which holds a
+# ProxyPin) is loaded by commands that never connect, such as `cgsh status`.
+if TYPE_CHECKING:
+    from cryptography import x509
 
 PinKind = Literal["public", "ca", "spki"]
 
@@ -68,6 +69,8 @@ class ProxyCertificateChanged(AccessDenied):
 def spki_pin(cert: x509.Certificate) -> str:
     """ "sha256:<hex>" of the certificate's SubjectPublicKeyInfo: for the host CA, the
     same value as the `--ca-pin` that `cgctl tokens add` prints."""
+    from cryptography.hazmat.primitives import serialization
+
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -75,6 +78,8 @@ def spki_pin(cert: x509.Certificate) -> str:
 
 
 def spki_pin_of_pem(cert_pem: str) -> str:
+    from cryptography import x509
+
     return spki_pin(x509.load_pem_x509_certificate(cert_pem.encode()))
 
 
@@ -88,6 +93,8 @@ class PinCheck:
     failure: CertgateError | None = field(default=None)
 
     def check(self, der: bytes | None) -> None:
+        from cryptography import x509
+
         if der is None:
             self._fail("the proxy presented no certificate")
         leaf = x509.load_der_x509_certificate(der)
@@ -114,6 +121,10 @@ class PinCheck:
 
 def _is_proxy_cert_under(leaf: x509.Certificate, ca_pem: str) -> bool:
     """Issued by the pinned CA, valid now, and a proxy's own (not another host's)."""
+    from cryptography import x509
+
+    from certgate.api.certs import identity_from_x509
+
     try:
         ca = x509.load_pem_x509_certificate(ca_pem.encode())
         leaf.verify_directly_issued_by(ca)

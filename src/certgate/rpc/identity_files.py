@@ -18,19 +18,16 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING
 
 from certgate.api.bundle import CertBundle
-from certgate.api.certs import (
-    generate_private_key,
-    private_key_to_openssh,
-    private_key_to_pem,
-    public_key_openssh,
-)
 from certgate.errors import BadParameter, NotFound
 from certgate.transport import client_context
+
+# cryptography is imported by the functions that use a key: loading an identity only
+# reads files, and `cgsh status` (which only loads one) should not pay for it.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 
 @dataclass(frozen=True)
@@ -39,9 +36,9 @@ class IdentityFiles:
     bundle: CertBundle
 
     def public_key(self) -> str:
-        key = serialization.load_pem_private_key(self.key_pem.encode(), password=None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
-        return public_key_openssh(key)
+        from certgate.api.certs import public_key_openssh
+
+        return public_key_openssh(_private_key(self.key_pem))
 
     def tls_context(self, insecure: bool = False) -> ssl.SSLContext:
         """mTLS client context: presents this identity, trusts the cluster's CAs."""
@@ -52,8 +49,9 @@ class IdentityFiles:
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         directory.chmod(0o700)
-        key = serialization.load_pem_private_key(self.key_pem.encode(), password=None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        from certgate.api.certs import private_key_to_openssh, public_key_openssh
+
+        key = _private_key(self.key_pem)
         _write(directory / "key.pem", self.key_pem.encode(), 0o600)
         _write(directory / "key", private_key_to_openssh(key), 0o600)
         _write(directory / "key.pub", (public_key_openssh(key) + "\n").encode(), 0o644)
@@ -77,8 +75,19 @@ class IdentityFiles:
         return cls(key_pem=key_pem, bundle=CertBundle.from_dict(data))
 
 
+def _private_key(key_pem: str) -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key
+
+
 def new_key() -> tuple[str, str]:
     """A fresh private key (PEM) and its OpenSSH public key."""
+    from certgate.api.certs import generate_private_key, private_key_to_pem, public_key_openssh
+
     key = generate_private_key()
     return private_key_to_pem(key).decode(), public_key_openssh(key)
 

@@ -131,10 +131,14 @@ def other_clusters() -> list[dict[str, object]]:
 
 def profile_status() -> dict[str, object]:
     from certgate.client.profile import load_profile
-    from certgate.client.requests import grant_status
 
     profile = load_profile()
     identity = profile.identity().bundle.identity
+    grants: list[dict[str, Any]] = []
+    if identity.request_ids:  # only then is auth asked (and its client imported)
+        from certgate.client.requests import grant_status
+
+        grants = grant_status(profile, identity.request_ids)
     return {
         "proxy": profile.proxy,
         "cluster": profile.cluster,
@@ -144,7 +148,7 @@ def profile_status() -> dict[str, object]:
         "kubernetes_groups": identity.traits.get("kubernetes_groups", []),
         "valid_until": identity.expires.isoformat(),
         "expired": identity.expires <= datetime.now(UTC),
-        "access_requests": grant_status(profile, identity.request_ids),
+        "access_requests": grants,
         "resources": list(identity.resources),
         "other_clusters": other_clusters(),
     }
