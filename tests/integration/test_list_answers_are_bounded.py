@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -55,15 +54,9 @@ def auditor(c: Cluster) -> User:
 @contextlib.contextmanager
 def logged_in_as(user: User) -> Iterator[ClusterAPI]:
     """The API through the proxy with `user`'s own cgsh login."""
-    before = os.environ.get("CERTGATE_HOME")
-    os.environ["CERTGATE_HOME"] = str(user.home)
-    try:
-        cluster = connect_profile()
-    finally:
-        if before is None:
-            del os.environ["CERTGATE_HOME"]
-        else:
-            os.environ["CERTGATE_HOME"] = before
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CERTGATE_HOME", str(user.home))
+        cluster = connect_profile()  # the profile is read now, the client keeps it
     try:
         yield cluster
     finally:
