@@ -111,11 +111,10 @@ def main() -> None:
                             env["PYTHONPATH"] = path
                         times[name].append(_time_once(argv, env))
                 base, now = times["baseline"], times["current"]
-                ratio = statistics.median(base) / statistics.median(now)
+                base_ms, now_ms = statistics.median(base) * 1000, statistics.median(now) * 1000
                 print(
-                    f"{label:<28} {statistics.median(base) * 1000:>9.0f} / {_p90(base) * 1000:<8.0f}"
-                    f" {statistics.median(now) * 1000:>9.0f} / {_p90(now) * 1000:<8.0f} "
-                    f"{ratio:5.2f}x"
+                    f"{label:<28} {base_ms:>9.0f} / {_p90(base) * 1000:<8.0f}"
+                    f" {now_ms:>9.0f} / {_p90(now) * 1000:<8.0f} {base_ms / now_ms:5.2f}x"
                 )
             print(f"load average now: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
         finally:
