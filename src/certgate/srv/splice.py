@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger("certgate.srv.splice")
 
@@ -106,10 +106,11 @@ async def splice(
     reads goes through `a_tap` on its way to b, what b reads through `b_tap`."""
     await a_writer.drain()  # nobody is paused: the new protocols start from a clean state
     await b_writer.drain()
-    a, b = a_writer.transport, b_writer.transport
+    # Read-write transports; uvloop's are not subclasses of asyncio's: no isinstance.
+    a = cast(asyncio.Transport, a_writer.transport)
+    b = cast(asyncio.Transport, b_writer.transport)
     if a.is_closing() or b.is_closing():
         return
-    assert isinstance(a, asyncio.Transport) and isinstance(b, asyncio.Transport)
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     a_half, b_half = _Half(a, done, a_tap), _Half(b, done, b_tap)
     a_half.peer, b_half.peer = b, a
