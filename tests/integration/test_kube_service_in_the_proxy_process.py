@@ -12,15 +12,15 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.cluster import Cluster, User
-from tests.support.kube_cluster import KUBECTL, KubeSetup
-from tests.support.kube_standin import Grant, KubeStandin
-from tests.support.net import free_port
+from tests.support.cluster import User
+from tests.support.kube_cluster import KUBECTL, KubeSetup, started_kube
+from tests.support.kube_standin import Grant
 from tests.support.wait import eventually
 
 ROLES = """
@@ -48,36 +48,17 @@ NEAR, FAR = "near-cluster", "far-cluster"
 @pytest.fixture(scope="module")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeSetup]:
     workdir = tmp_path_factory.mktemp("kube-in-proxy")
-    standin = KubeStandin(workdir)
-    standin.grants.append(Grant(("group:system:masters",)))
-    standin.start()
-    near_port = free_port()
-    kubeconfig = standin.kubeconfig(workdir / "near.kubeconfig")
-    cluster = Cluster(
-        workdir,
-        roles="auth,proxy,kube",
-        extra_args=["--kubeconfig", str(kubeconfig), "--kube-cluster-name", NEAR,
-                    "--kube-listen", f"127.0.0.1:{near_port}"],
-    )  # fmt: skip
-    cluster.start()
-    setup = KubeSetup(cluster, standin, cluster.kube_proxy_port)
-    setup.near_port = near_port  # type: ignore[attr-defined]
-    try:
-        setup.start_kube_service(name="kube-far", cluster_name=FAR)
-        roles = workdir / "roles.yaml"
-        roles.write_text(ROLES)
-        cluster.cgctl("create", str(roles))
+    grants = [Grant(("group:system:masters",))]
+    with started_kube(workdir, grants, ROLES, cluster_name=FAR, in_proxy=NEAR) as setup:
         yield setup
-    finally:
-        cluster.stop()
-        standin.stop()
 
 
 def _user(kube: KubeSetup, name: str, roles: str) -> User:
     user = kube.cluster.add_user(name, roles=roles)
     kube.cluster.login(user)
+    listed = partial(kube.cluster.cgsh, user, "kube", "ls")
+    eventually(lambda: FAR in listed().stdout and NEAR in listed().stdout)
     for cluster in (FAR, NEAR):  # both contexts written; NEAR is current
-        eventually(lambda c=cluster: c in kube.cluster.cgsh(user, "kube", "ls").stdout)  # type: ignore[misc]
         result = kube.kube_login(user, cluster)
         assert result.returncode == 0, result.stderr
     return user
@@ -90,14 +71,6 @@ def _recordings(kube: KubeSetup, user: User) -> list[dict[str, Any]]:
 
 def _context(kube: KubeSetup, cluster: str) -> str:
     return f"{kube.cluster.cluster_name}-{cluster}"
-
-
-def _kube_port(kube: KubeSetup, cluster: str) -> int:
-    if cluster == NEAR:
-        return int(kube.near_port)  # type: ignore[attr-defined]
-    assert kube.service is not None
-    listen = kube.service.args[kube.service.args.index("--kube-listen") + 1]  # type: ignore[union-attr]
-    return int(str(listen).rpartition(":")[2])
 
 
 def _established_to(port: int) -> int:
@@ -113,7 +86,7 @@ def _established_to(port: int) -> int:
 
 def test_exec_reaches_an_in_process_kube_service_without_dialing_it(kube: KubeSetup) -> None:
     user = _user(kube, "admin1", "kube-admin")
-    far_port, near_port = _kube_port(kube, FAR), _kube_port(kube, NEAR)
+    far_port, near_port = kube.service_port, kube.in_proxy_port
     seen: dict[str, int] = {}
     for cluster in (FAR, NEAR):
         echo = subprocess.Popen(
