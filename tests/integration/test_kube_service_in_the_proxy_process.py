@@ -73,6 +73,16 @@ def _context(kube: KubeSetup, cluster: str) -> str:
     return f"{kube.cluster.cluster_name}-{cluster}"
 
 
+def _echo(kube: KubeSetup, user: User, cluster: str) -> subprocess.Popen[bytes]:
+    """`kubectl exec -i web -- cat`: a running exec session that echoes what it is sent."""
+    return subprocess.Popen(
+        [str(KUBECTL), "--context", _context(kube, cluster), "-n", "dev", "exec", "-i", "web",
+         "--", "cat"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=kube.env(user),
+    )  # fmt: skip
+
+
 def _established_to(port: int) -> int:
     """TCP connections accepted on loopback `port` that are open now (/proc/net/tcp)."""
     count = 0
@@ -89,12 +99,7 @@ def test_exec_reaches_an_in_process_kube_service_without_dialing_it(kube: KubeSe
     far_port, near_port = kube.service_port, kube.in_proxy_port
     seen: dict[str, int] = {}
     for cluster in (FAR, NEAR):
-        echo = subprocess.Popen(
-            [str(KUBECTL), "--context", _context(kube, cluster), "-n", "dev", "exec", "-i",
-             "web", "--", "cat"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=kube.env(user),
-        )  # fmt: skip
+        echo = _echo(kube, user, cluster)
         assert echo.stdin is not None and echo.stdout is not None
         try:
             echo.stdin.write(b"through-" + cluster.encode() + b"\n")
@@ -154,12 +159,7 @@ def test_large_exec_output_arrives_whole_and_is_recorded(
 
 def test_a_lock_ends_an_exec_on_the_in_process_kube_service(kube: KubeSetup) -> None:
     user = _user(kube, "locked1", "kube-admin")
-    echo = subprocess.Popen(
-        [str(KUBECTL), "--context", _context(kube, NEAR), "-n", "dev", "exec", "-i", "web",
-         "--", "cat"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=kube.env(user),
-    )  # fmt: skip
+    echo = _echo(kube, user, NEAR)
     assert echo.stdin is not None and echo.stdout is not None
     try:
         echo.stdin.write(b"alive\n")
