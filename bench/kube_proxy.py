@@ -1,6 +1,7 @@
 """kubectl through certgate against kubectl straight to the API server, in one run.
 
     .venv/bin/python bench/kube_proxy.py [--size 256M] [--rounds 3] [--calls 30]
+                                         [--kube-in-proxy] [--record]
 
 The API server is the test stand-in (tests/support/kube_standin.py: aiohttp in a thread
 of this process); certgate runs auth + proxy and a kube service as real processes. Both
@@ -9,6 +10,11 @@ paths use the same kubectl 1.37:
   (a) certgate: kubectl -> proxy (3026, user cert from `cgsh kube credentials`) -> kube
       service (impersonation) -> API server
   (b) direct:   kubectl -> API server (bearer token)
+
+`--kube-in-proxy` runs the kube service in the proxy's process (`certgate start --roles
+auth,proxy,kube`): the proxy then hands it kubectl's calls in-process, without the two
+TLS legs between them. `--record` gives the user `record_session.k8s: strict`, so the
+exec is recorded as it runs.
 
 Measured, the paths taking turns:
   - `kubectl get pods -n dev`: wall time of the whole command, p50 and p99 of `--calls`.
@@ -44,6 +50,7 @@ if str(ROOT) not in sys.path:
 from tests.support.cluster import BIN, Cluster, User  # noqa: E402
 from tests.support.kube_cluster import KUBECTL, KubeSetup  # noqa: E402
 from tests.support.kube_standin import ADMIN_TOKEN, Grant, KubeStandin  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
 
 ROLE = """
 kind: role
@@ -53,6 +60,8 @@ spec:
   allow:
     kubernetes_labels: {"*": "*"}
     kubernetes_groups: ["system:masters"]
+    rules: [{resources: [session], verbs: [list, read]}]
+  options: {record_session: {k8s: RECORD}}
 """
 
 
@@ -122,6 +131,10 @@ def main() -> None:
     parser.add_argument(
         "--only", default="latency,logs,exec", help="comma-separated: latency, logs, exec"
     )
+    parser.add_argument(
+        "--kube-in-proxy", action="store_true", help="the kube service in the proxy's process"
+    )
+    parser.add_argument("--record", action="store_true", help="record_session.k8s: strict")
     args = parser.parse_args()
     size = parse_size(args.size)
 
@@ -140,11 +153,24 @@ def main() -> None:
         standin.pods[("dev", "web")].log_file = big
         standin.start()
         cluster = Cluster(workdir / "certgate")
+        if args.kube_in_proxy:
+            cluster.roles = "auth,proxy,kube"
+            kubeconfig = standin.kubeconfig(workdir / "standin.kubeconfig")
+            listen = f"127.0.0.1:{free_port()}"
+            cluster.extra_args = [
+                "--kubeconfig", str(kubeconfig), "--kube-cluster-name", "dev-cluster",
+                "--kube-listen", listen,
+                # The tests' 1 s heartbeat (a 1.5 s TTL) lapses when a loaded machine
+                # starves the process that also relays the streams.
+                "--heartbeat-interval", "5s",
+            ]  # fmt: skip
         cluster.start()
         try:
             setup = KubeSetup(cluster, standin, cluster.kube_proxy_port)
-            setup.start_kube_service()
-            (workdir / "role.yaml").write_text(ROLE)
+            if not args.kube_in_proxy:
+                setup.start_kube_service()
+            mode = "strict" if args.record else "best_effort"
+            (workdir / "role.yaml").write_text(ROLE.replace("RECORD", mode))
             cluster.cgctl("create", str(workdir / "role.yaml"))
             user = cluster.add_user("bench", roles="bench-kube")
             cluster.login(user)
@@ -174,16 +200,19 @@ def measure(
         "direct": {**os.environ, "KUBECONFIG": str(direct_config)},
     }
     print(f"kubectl through certgate vs straight to the API server stand-in; size {size >> 20} MiB")
+    where = "in the proxy's process" if args.kube_in_proxy else "in a process of its own"
+    recorded = "recorded (strict)" if args.record else "not recorded"
+    print(f"kube service {where}; exec {recorded}")
     print("(the figures depend on the machine's load: run it on a quiet one to compare)")
     parts = set(args.only.split(","))
+    uploaded = 0
     if "latency" in parts:
         measure_latency(setup, user, standin, workdir, envs, args)
-    assert setup.service is not None and setup.cluster.process is not None
-    pids = {
-        "proxy": setup.cluster.process.pid,
-        "kube": setup.service.pid,
-        "stand-in": os.getpid(),
-    }
+    assert setup.cluster.process is not None
+    pids = {"proxy": setup.cluster.process.pid}
+    if setup.service is not None:  # else it runs in the proxy's process
+        pids["kube"] = setup.service.pid
+    pids["stand-in"] = os.getpid()
     for part, title, kubectl_args in (
         ("logs", "kubectl logs", ["-n", "dev", "logs", "web"]),
         ("exec", "kubectl exec -- cat", ["-n", "dev", "exec", "web", "--", "cat", str(big)]),
@@ -191,12 +220,23 @@ def measure(
         if part not in parts:
             continue
         rates: dict[str, list[float]] = {name: [] for name in envs}
+        upload: dict[str, float] = {}
         cpu: dict[str, dict[str, float]] = {name: {} for name in envs}
         for _ in range(args.rounds):
             for name, env in envs.items():
                 before = cpu_now(pids)
                 seconds, received = run_kubectl(env, kubectl_args)
                 after = cpu_now(pids)
+                if args.record and name == "certgate" and part == "exec":
+                    # The recording's upload runs after the session: not into the next
+                    # run; its CPU is printed apart (cgsh's, to ask, is left out).
+                    uploaded += 1
+                    wait_for_recordings(setup, user, uploaded)
+                    done = cpu_now(pids)
+                    for proc in pids:
+                        upload[proc] = (
+                            upload.get(proc, 0.0) + (done[proc] - after[proc]) / args.rounds
+                        )
                 assert received >= size, (name, received)
                 rates[name].append(received / seconds / 1e6)
                 for proc, value in after.items():
@@ -208,8 +248,20 @@ def measure(
             spent = "  ".join(f"{proc} {value:.2f}" for proc, value in cpu[name].items())
             print(f"  {name:9} {statistics.median(values):8.1f}   runs {runs}")
             print(f"  {'':9} CPU s per run: {spent}")
+            if name == "certgate" and upload:
+                spent = "  ".join(f"{proc} {value:.2f}" for proc, value in upload.items())
+                print(f"  {'':9} then the recording's upload, CPU s: {spent}")
         share = statistics.median(rates["certgate"]) / statistics.median(rates["direct"])
         print(f"  certgate/direct: {share:.2f}x (target >= 0.8x)")
+
+
+def wait_for_recordings(setup: KubeSetup, user: User, count: int) -> None:
+    for _ in range(600):
+        out = setup.cluster.cgsh(user, "recordings", "ls", "--format=json").stdout
+        if len(json.loads(out)) >= count:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"fewer than {count} recordings after 60 s")
 
 
 def measure_latency(

@@ -41,7 +41,7 @@ def test_frames_come_out_whole_however_the_bytes_are_split(
     for i in range(0, len(stream), step):
         found, whole = reader.feed(stream[i : i + step])
         frames += found
-        relayed += whole
+        relayed += b"".join(whole)
     assert [(f.channel, f.data) for f in frames] == messages + messages
     assert b"".join(f.raw for f in frames) == stream
     assert relayed == stream and reader.pending == 0

@@ -24,6 +24,8 @@ class KubeSetup:
     standin: KubeStandin
     kube_proxy_port: int
     service: subprocess.Popen[bytes] | None = None
+    service_port: int = 0  # where the kube service of its own process listens
+    in_proxy_port: int = 0  # where a kube service in the proxy's process listens
 
     def start_kube_service(
         self, name: str = "kube-1", labels: str = "env=dev", cluster_name: str = "dev-cluster"
@@ -32,12 +34,13 @@ class KubeSetup:
         join = next(line for line in out.splitlines() if line.startswith("certgate start"))
         kubeconfig = self.standin.kubeconfig(self.cluster.workdir / "standin.kubeconfig")
         log = self.cluster.workdir / f"{name}.log"
+        self.service_port = free_port()
         with log.open("ab") as log_file:
             process = subprocess.Popen(
                 [str(BIN / "certgate"), *join.split()[1:], "--nodename", name,
                  "--kubeconfig", str(kubeconfig), "--kube-cluster-name", cluster_name,
                  "--labels", labels, "--data-dir", str(self.cluster.workdir / name),
-                 "--kube-listen", f"127.0.0.1:{free_port()}", "--diag-addr", "",
+                 "--kube-listen", f"127.0.0.1:{self.service_port}", "--diag-addr", "",
                  "--heartbeat-interval", "1s"],
                 stdout=log_file, stderr=subprocess.STDOUT,
             )  # fmt: skip
@@ -85,17 +88,34 @@ class KubeSetup:
 
 
 @contextmanager
-def started_kube(workdir: Path, grants: list[Grant], roles: str) -> Iterator[KubeSetup]:
+def started_kube(
+    workdir: Path,
+    grants: list[Grant],
+    roles: str,
+    cluster_name: str = "dev-cluster",
+    in_proxy: str = "",
+) -> Iterator[KubeSetup]:
     """The stand-in (with `grants` on top of its own), a cluster (auth + proxy) with
-    `roles` created, and one kube service for "dev-cluster"; all stopped afterwards."""
+    `roles` created, and one kube service for `cluster_name`; all stopped afterwards.
+    `in_proxy`: the name of a second cluster, served by a kube service in the proxy's
+    own process (`--roles auth,proxy,kube`)."""
     standin = KubeStandin(workdir)
     standin.grants += grants
     standin.start()
     cluster = Cluster(workdir)
+    in_proxy_port = 0
+    if in_proxy:
+        in_proxy_port = free_port()
+        kubeconfig = standin.kubeconfig(workdir / "in-proxy.kubeconfig")
+        cluster.roles = "auth,proxy,kube"
+        cluster.extra_args = [
+            "--kubeconfig", str(kubeconfig), "--kube-cluster-name", in_proxy,
+            "--kube-listen", f"127.0.0.1:{in_proxy_port}",
+        ]  # fmt: skip
     cluster.start()
-    setup = KubeSetup(cluster, standin, cluster.kube_proxy_port)
+    setup = KubeSetup(cluster, standin, cluster.kube_proxy_port, in_proxy_port=in_proxy_port)
     try:
-        setup.start_kube_service()
+        setup.start_kube_service(cluster_name=cluster_name)
         cluster.cgctl("create", "-f", "-", input=roles)
         yield setup
     finally:

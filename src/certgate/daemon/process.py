@@ -62,6 +62,7 @@ from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import join_cluster
 from certgate.rpc.session_trackers import SessionTrackerPublisher
 from certgate.rpc.watcher import ResourceView
+from certgate.srv.http1_server import LocalServers
 from certgate.srv.monitor import SessionMonitor
 from certgate.srv.recording_hook import RecordingHook
 from certgate.srv.registry import SessionRegistry
@@ -101,6 +102,9 @@ class Daemon:
     _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     auth: AuthServer | None = None
     auth_addr: str = ""
+    # A kube service started here takes its requests from the proxy started here
+    # in-process, without TLS to itself.
+    _local_servers: LocalServers = field(default_factory=LocalServers)
 
     @property
     def nodename(self) -> str:
@@ -456,6 +460,7 @@ class Daemon:
                 identity.bundle.tls_cas, identity.bundle.tls_cert, identity.key_pem
             ),
             audit.put,
+            local=self._local_servers,
         )
         context = server_context(cert_pem, key_pem, client_cas=user_ca)
         host, port = split_addr(cfg.kube_listen_addr, 3026)
@@ -506,6 +511,7 @@ class Daemon:
             cfg.heartbeat_interval,
             strict_grace=self.config.strict_lock_grace.total_seconds(),
             data_dir=self.data_dir / "kube",
+            local=self._local_servers,
         )
         await self._serve(service, joined, cfg.listen_addr, "kube service")
         log.info(

@@ -144,6 +144,11 @@ class KubeForwarder:
     async def close(self) -> None:
         await self._server.close()
 
+    async def call_local(self, head: Head, client: ClientConnection) -> bool:
+        """A request from the proxy of this process, on the user's own connection
+        (LocalServers): decided and served as one from a remote proxy."""
+        return await self._call(head, client, True)
+
     # ---- one proxy connection ---------------------------------------------------------
 
     def _from_proxy(self, client: ClientConnection) -> bool | None:

@@ -4,7 +4,9 @@ KubeService.start()
   ├─ SessionHost (srv/host.py)                  view, access, live exec sessions and their
   │                                             monitor, audit, recordings, trackers,
   │                                             the heartbeat loop, as a node's
-  ├─ KubeForwarder (mTLS, proxies only)         forwarder.py
+  ├─ KubeForwarder (mTLS, proxies only)         forwarder.py; a proxy in the same
+  │                                             process hands it requests directly
+  │                                             (LocalServers, srv/http1_server.py)
   │    └─ KubeObservers                         `cgsh join` of exec sessions (observe.py)
   └─ heartbeat                                  one kube_cluster per upstream, with a TTL
 """
@@ -24,6 +26,7 @@ from certgate.kube.observe import KubeObservers
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles
 from certgate.srv.host import SessionHost
+from certgate.srv.http1_server import LocalServers
 from certgate.srv.tracking import TrackedSessions
 from certgate.transport import server_context
 
@@ -40,6 +43,7 @@ class KubeService:
         strict_grace: float = 30.0,
         *,
         data_dir: Path,
+        local: LocalServers | None = None,
     ) -> None:
         self.name = name
         self._identity = identity
@@ -64,6 +68,7 @@ class KubeService:
             observers=KubeObservers(host.registry, host.access, host.audit.put),
         )
         self.addr = ""
+        self._local = local  # a proxy in this process hands requests over there
 
     async def start(self, host: str, port: int, advertise_host: str) -> int:
         await self.host.start()
@@ -76,10 +81,14 @@ class KubeService:
         )
         bound = await self.forwarder.start(host, port, context)
         self.addr = f"{advertise_host}:{bound}"
+        if self._local is not None:
+            self._local.add(self.addr, self.forwarder.call_local)
         await self.host.serving(self._heartbeat)
         return bound
 
     async def close(self) -> None:
+        if self._local is not None:
+            self._local.remove(self.addr)
         await self.host.close(self.forwarder.close)
 
     def _end(self, session_id: str, message: str, reason: str) -> bool:

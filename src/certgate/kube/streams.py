@@ -13,14 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 
 from certgate.kube import wsframes
-from certgate.srv.http1_server import both
 from certgate.srv.live import LiveClient, LiveSession
 from certgate.srv.splice import splice
-
-log = logging.getLogger("certgate.kube")
 
 
 class ExecIO:
@@ -68,41 +64,42 @@ async def relay_frames(
     io: ExecIO,
 ) -> int | None:
     """Relay both ways frame by frame, showing the session what it needs to see; the
-    exit code from the status channel, if one came."""
+    exit code from the status channel, if one came.
+
+    The frames are read in passing at the transports (splice taps): no stream buffers,
+    no task woken per read. Each side passes on whole frames only, so certgate's own
+    frames (ExecIO.write, stop) never land inside one of the user's."""
     exit_code: list[int | None] = [None]
+    from_user_frames, to_user_frames = wsframes.FrameReader(), wsframes.FrameReader()
 
-    async def from_user() -> None:
-        frames = wsframes.FrameReader()
-        while not io.stopped and (data := await reader.read(262144)):
-            found, whole = frames.feed(data)
-            for frame in found:
-                if frame.channel == wsframes.STDIN:
-                    session.input()
-                elif frame.channel == wsframes.RESIZE:
-                    size = wsframes.resize(frame.data)
-                    if size is not None:
-                        session.resized(*size)
-            if whole and not io.stopped:
-                up_writer.write(whole)
-                await up_writer.drain()
+    def from_user(data: bytes) -> list[memoryview]:
+        if io.stopped:
+            return []
+        found, whole = from_user_frames.feed(data)
+        for frame in found:
+            if frame.channel == wsframes.STDIN:
+                session.input()
+            elif frame.channel == wsframes.RESIZE:
+                size = wsframes.resize(frame.data)
+                if size is not None:
+                    session.resized(*size)
+        return whole
 
-    async def to_user() -> None:
-        frames = wsframes.FrameReader()
-        while not io.stopped and (data := await up_reader.read(262144)):
-            found, whole = frames.feed(data)
-            # Payloads are cut out only for a recorder or joiners to see.
-            watched = session.observer is not None or session.party is not None
-            for frame in found:
-                if frame.channel in (wsframes.STDOUT, wsframes.STDERR):
-                    if watched:
-                        session.output(frame.data)
-                elif frame.channel == wsframes.STATUS and frame.fin:
-                    exit_code[0] = wsframes.exit_code(frame.data)
-            if whole and not io.stopped:
-                writer.write(whole)
-                await writer.drain()
+    def to_user(data: bytes) -> list[memoryview]:
+        if io.stopped:
+            return []
+        found, whole = to_user_frames.feed(data)
+        # Payloads are cut out only for a recorder or joiners to see.
+        watched = session.observer is not None or session.party is not None
+        for frame in found:
+            if frame.channel in (wsframes.STDOUT, wsframes.STDERR):
+                if watched:
+                    session.output(frame.data)
+            elif frame.channel == wsframes.STATUS and frame.fin:
+                exit_code[0] = wsframes.exit_code(frame.data)
+        return whole
 
-    await both(from_user(), to_user(), log=log)
+    await splice(reader, writer, up_reader, up_writer, a_tap=from_user, b_tap=to_user)
     return exit_code[0]
 
 

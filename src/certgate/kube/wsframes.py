@@ -46,56 +46,64 @@ class Frame:
 
 
 class FrameReader:
-    """Complete frames out of a byte stream, copying as little as it can: frames are
-    views of the bytes read, and `feed` also returns the bytes of every complete frame
-    in one piece (a view too), to relay with one write. What a read cut off is kept
-    (copied) until the rest comes."""
+    """Complete frames out of a byte stream, copying as little as it can.
+
+    `feed(data)` returns the frames completed and the bytes to relay now: every complete
+    frame, in order, as views of what was read. Only a frame that a read cut in two is
+    copied (into one piece, when its end comes); the bytes after the last complete frame
+    are held until the rest comes, so a relay always stops at a frame boundary (certgate
+    can then put frames of its own into the stream)."""
 
     def __init__(self) -> None:
-        self._pending = b""
+        self._pending = bytearray()
         self._channel = -1  # of the message being continued
 
-    def feed(self, data: bytes) -> tuple[list[Frame], memoryview]:
-        buf = self._pending + data if self._pending else data
-        view = memoryview(buf)
+    def feed(self, data: bytes) -> tuple[list[Frame], list[memoryview]]:
         frames: list[Frame] = []
+        relay: list[memoryview] = []
         at = 0
-        while (found := self._next(buf, view, at)) is not None:
+        if self._pending:
+            at = self._complete_pending(data, frames, relay)
+            if at < 0:
+                return frames, relay
+        view = memoryview(data)
+        start = at
+        while (found := self._next(data, view, at)) is not None:
             frame, at = found
             frames.append(frame)
-        self._pending = buf[at:] if at < len(buf) else b""
-        return frames, view[:at]
+        if at > start:
+            relay.append(view[start:at])
+        if at < len(data):
+            self._pending += view[at:]
+        return frames, relay
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
+    def _complete_pending(self, data: bytes, frames: list[Frame], relay: list[memoryview]) -> int:
+        """Finish the frame held from earlier reads with the start of `data`: where the
+        rest of `data` starts, or -1 when all of it went to the held frame."""
+        pending = self._pending
+        head = bytes(pending[:MAX_HEADER]) + data[: max(0, MAX_HEADER - len(pending))]
+        size = _frame_size(head)
+        if size is None or size - len(pending) > len(data):
+            pending += data
+            return -1
+        take = size - len(pending)
+        whole = bytes(pending) + data[:take]
+        self._pending = bytearray()
+        found = self._next(whole, memoryview(whole), 0)
+        assert found is not None  # `size` bytes make one frame
+        frames.append(found[0])
+        relay.append(found[0].raw)
+        return take
+
     def _next(self, buf: bytes, view: memoryview, at: int) -> tuple[Frame, int] | None:
-        if len(buf) - at < 2:
+        header = _header(buf, at)
+        if header is None:
             return None
-        fin = bool(buf[at] & 0x80)
-        opcode = buf[at] & 0x0F
-        masked = bool(buf[at + 1] & 0x80)
-        length = buf[at + 1] & 0x7F
-        offset = at + 2
-        if length == 126:
-            if len(buf) < offset + 2:
-                return None
-            length = struct.unpack_from("!H", buf, offset)[0]
-            offset += 2
-        elif length == 127:
-            if len(buf) < offset + 8:
-                return None
-            length = struct.unpack_from("!Q", buf, offset)[0]
-            offset += 8
-        if length > MAX_FRAME:
-            raise BadParameter(f"websocket frame of {length} bytes refused")
-        mask = b""
-        if masked:
-            if len(buf) < offset + 4:
-                return None
-            mask = buf[offset : offset + 4]
-            offset += 4
+        fin, opcode, mask, offset, length = header
         end = offset + length
         if len(buf) < end:
             return None
@@ -115,6 +123,47 @@ class FrameReader:
         if fin:
             self._channel = -1
         return Frame(raw, opcode, fin, channel, start + skip, mask, skip), end
+
+
+# The longest frame header: 2 bytes, an 8-byte length, a 4-byte mask.
+MAX_HEADER = 14
+
+
+def _header(buf: bytes, at: int) -> tuple[bool, int, bytes, int, int] | None:
+    """(fin, opcode, mask, where the payload starts, its length) of the frame at `at`,
+    None until its header is all there."""
+    if len(buf) - at < 2:
+        return None
+    fin = bool(buf[at] & 0x80)
+    opcode = buf[at] & 0x0F
+    masked = bool(buf[at + 1] & 0x80)
+    length = buf[at + 1] & 0x7F
+    offset = at + 2
+    if length == 126:
+        if len(buf) < offset + 2:
+            return None
+        length = struct.unpack_from("!H", buf, offset)[0]
+        offset += 2
+    elif length == 127:
+        if len(buf) < offset + 8:
+            return None
+        length = struct.unpack_from("!Q", buf, offset)[0]
+        offset += 8
+    if length > MAX_FRAME:
+        raise BadParameter(f"websocket frame of {length} bytes refused")
+    mask = b""
+    if masked:
+        if len(buf) < offset + 4:
+            return None
+        mask = bytes(buf[offset : offset + 4])
+        offset += 4
+    return fin, opcode, mask, offset, length
+
+
+def _frame_size(head: bytes) -> int | None:
+    """The whole size of the frame `head` begins, None until its header is all there."""
+    header = _header(head, 0)
+    return None if header is None else header[3] + header[4]
 
 
 def _unmask(payload: bytes | memoryview, mask: bytes, offset: int = 0) -> bytes:

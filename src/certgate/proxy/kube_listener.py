@@ -8,6 +8,8 @@
                                                          ▼
         kube service (spec.addr) ◀──mTLS (proxy host cert)── /api/v1/... with
                                    X-Certgate-Identity / -Cluster / -Client-Addr
+        (a kube service in this process gets the same request handed over in-process,
+        with kubectl's connection to answer on: LocalServers)
 
 The kube service makes every other decision (groups, --as, kubernetes_resources) and
 runs exec sessions; the proxy relays bytes as they come, upgrades included.
@@ -46,7 +48,7 @@ from certgate.srv.http1 import (
     response_head,
     streaming,
 )
-from certgate.srv.http1_server import ClientConnection, Connection, Http1Server
+from certgate.srv.http1_server import ClientConnection, Connection, Http1Server, LocalServers
 from certgate.srv.splice import splice
 
 log = logging.getLogger("certgate.proxy.kube")
@@ -64,11 +66,13 @@ class KubeListener:
         access: CachedAccess,
         service_tls: Callable[[], ssl.SSLContext],
         audit: Callable[[str, dict[str, Any]], None],
+        local: LocalServers | None = None,
     ) -> None:
         self._view = view
         self._access = access
         self._service_tls = service_tls
         self._audit = audit
+        self._local = local  # kube services of this process, handed requests directly
         self._tls: ssl.SSLContext | None = None
         self._server: Http1Server[_Peer] = Http1Server(_peer, self._call, log)
 
@@ -101,8 +105,13 @@ class KubeListener:
         head.add("X-Certgate-Identity", identity.to_json())
         head.add("X-Certgate-Cluster", cluster.name)
         head.add("X-Certgate-Client-Addr", peer.addr)
-        upgrade = head.is_upgrade()
         key = cluster.spec.addr
+        local = self._local.get(key) if self._local is not None else None
+        if local is not None:
+            # Its kube service runs in this process: the request goes to it as it would
+            # over mTLS, and it answers on this connection (no TLS leg to ourselves).
+            return await local(head, client)
+        upgrade = head.is_upgrade()
         try:
             (up_reader, up_writer), response = await client.exchange(
                 key,

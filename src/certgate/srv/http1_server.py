@@ -16,6 +16,10 @@ proxy's kube listener and the kube service share.
 Upstream connections are kept while their client connection lives (kubectl sends several
 calls on one), then handed to an IdlePool for the next client: without it every kubectl
 command costs a TLS handshake on every hop behind the first.
+
+    LocalServers                   the servers of this process by the address they
+                                   announce: a relay whose upstream is one of them hands
+                                   it the request and the client connection, in-process
 """
 
 from __future__ import annotations
@@ -202,6 +206,35 @@ class ClientConnection:
         self.upstreams.release()
         await close_writer(self.writer)
         self.gone.cancel()  # done by now, unless the close timed out
+
+
+# Serves one request on a client connection handed over in this process; whether the
+# connection may carry another (as Http1Server's `call`).
+LocalCall = Callable[[Head, "ClientConnection"], Awaitable[bool]]
+
+
+class LocalServers:
+    """Http1 servers of this process, by the address they announce to the cluster.
+
+    When the proxy's upstream is a service of its own process (`certgate start` with
+    both roles), dialing it would only encrypt every byte to itself and decrypt it
+    again: two TLS legs on the same CPUs. The service registers here instead, and the
+    proxy hands it the request as it would have sent it (its identity headers
+    included), with the client connection to answer on. The service decides exactly as
+    for a request from a remote proxy; only the mutual TLS check of the caller has
+    nothing to check, the caller being this process."""
+
+    def __init__(self) -> None:
+        self._by_addr: dict[str, LocalCall] = {}
+
+    def add(self, addr: str, call: LocalCall) -> None:
+        self._by_addr[addr] = call
+
+    def remove(self, addr: str) -> None:
+        self._by_addr.pop(addr, None)
+
+    def get(self, addr: str) -> LocalCall | None:
+        return self._by_addr.get(addr)
 
 
 class Http1Server(Generic[Context]):
