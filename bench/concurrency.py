@@ -271,8 +271,16 @@ async def close_all(sessions: list[Session]) -> None:
 
 
 def _start_worker(
-    route: Route, keys: ClientKeys, workers: int, offset: int, seconds: float, out: Any
+    route: Route,
+    keys: ClientKeys,
+    workers: int,
+    offset: int,
+    seconds: float,
+    cpus: set[int] | None,
+    out: Any,
 ) -> None:
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
     before = resource.getrusage(resource.RUSAGE_SELF)
     done, failed, latencies, errors = asyncio.run(
         _start_loop(route, keys, workers, offset, seconds)
@@ -332,7 +340,13 @@ class Starts:
 
 
 def measure_starts(
-    route: Route, keys: ClientKeys, clients: int, procs: int, seconds: float, into: Starts
+    route: Route,
+    keys: ClientKeys,
+    clients: int,
+    procs: int,
+    seconds: float,
+    into: Starts,
+    client_cpus: set[int] | None = None,
 ) -> None:
     # What the servers burn with no client at all (heartbeats, watches, monitors: ten
     # nodes' worth), over a window as long, is taken off the figure per start.
@@ -349,7 +363,8 @@ def measure_starts(
     for workers in share:
         mine, theirs = context.Pipe(duplex=False)
         child = context.Process(
-            target=_start_worker, args=(route, keys, workers, offset, seconds, theirs)
+            target=_start_worker,
+            args=(route, keys, workers, offset, seconds, client_cpus, theirs),
         )
         child.start()
         pipes.append(mine)
@@ -367,6 +382,37 @@ def measure_starts(
     into.seconds += seconds
     into.server_cpu += cpu_seconds(route.roots) - cpu_before
     into.first_cpu += cpu_seconds(route.roots[:1]) - first_before
+
+
+# ---------------------------------------------------------------------- cores
+
+UNPINNED = "unpinned"
+PINNED = "pinned"
+ALL = set(range(os.cpu_count() or 1))
+
+
+def core_split() -> tuple[set[int], set[int]]:
+    """(server cores, client cores): the servers of both paths share the first core, the
+    clients get the rest, so a client's CPU never stands in for a server's."""
+    cores = sorted(ALL)
+    if len(cores) < 2:
+        raise SystemExit("--split pinned needs at least 2 cores")
+    return {cores[0]}, set(cores[1:])
+
+
+def pin(roots: Iterable[int], cpus: set[int]) -> None:
+    """Every thread of every process of the trees onto `cpus` (affinity is per thread on
+    Linux; threads and children started later inherit it from their creator)."""
+    for pid in tree(roots):
+        try:
+            threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue  # gone meanwhile
+        for tid in threads:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                pass  # gone meanwhile
 
 
 # ---------------------------------------------------------------------- lock
@@ -444,7 +490,15 @@ def main() -> int:
     parser.add_argument("--openssh-sessions", type=int, default=0, help="0: as --sessions")
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--starts-only", action="store_true", help="skip memory and lock")
+    parser.add_argument(
+        "--split",
+        choices=["both", UNPINNED, PINNED],
+        default="both",
+        help="starts/s windows with every process on any core, servers and clients on"
+        " separate cores, or both (default)",
+    )
     args = parser.parse_args()
+    args.split = [UNPINNED, PINNED] if args.split == "both" else [args.split]
     openssh_sessions = args.openssh_sessions or args.sessions
     ensure_user(LOGIN)
 
@@ -511,20 +565,39 @@ def main() -> int:
         if not args.starts_only:
             memories, lock_times = sessions_phase(args, cluster, certgate, openssh, options)
 
-        # ---- starts/s, the paths taking turns
-        starts = {certgate.label: Starts(), openssh.label: Starts()}
+        # ---- starts/s, the paths taking turns, unpinned and/or on split cores
+        starts: dict[str, dict[str, Starts]] = {
+            split: {certgate.label: Starts(), openssh.label: Starts()} for split in args.split
+        }
+        servers = [*certgate.roots, *openssh.roots]
         busy_before, idle_before = machine_cpu()
         for number in range(args.rounds):
-            for route in (certgate, openssh):
-                print(f"starts/s round {number + 1}: {route.label}...", flush=True)
-                spy: list[subprocess.Popen[bytes]] = []
-                if args.profile is not None and number == 0 and route is certgate:
-                    spy = start_profile(args.profile, cluster, args.seconds)
-                measure_starts(
-                    route, keys, args.clients, args.client_procs, args.seconds, starts[route.label]
-                )
-                for process in spy:
-                    process.wait()
+            for split in args.split:
+                server_cpus, client_cpus = core_split() if split == PINNED else (ALL, None)
+                for route in (certgate, openssh):
+                    print(f"starts/s round {number + 1} ({split}): {route.label}...", flush=True)
+                    # Both paths' servers on the same cores, re-applied before each window
+                    # (children inherit it; a process started since would not have it).
+                    pin(servers, server_cpus)
+                    spy: list[subprocess.Popen[bytes]] = []
+                    if (
+                        args.profile is not None
+                        and number == 0
+                        and split == args.split[-1]
+                        and route is certgate
+                    ):
+                        spy = start_profile(args.profile, cluster, args.seconds)
+                    into = starts[split][route.label]
+                    count_before = into.count
+                    measure_starts(
+                        route, keys, args.clients, args.client_procs, args.seconds, into,
+                        client_cpus,
+                    )  # fmt: skip
+                    for process in spy:
+                        process.wait()
+                    if spy and args.profile is not None:
+                        summarize_profile(args.profile, into.count - count_before, args.nodes)
+        pin(servers, ALL)
         busy_after, idle_after = machine_cpu()
 
     machine = (busy_after - busy_before, idle_after - idle_before)
@@ -577,9 +650,16 @@ def sessions_phase(
     return memories, lock_times
 
 
+PROFILE_RATE = 250  # samples per second
+
+
 def start_profile(
     directory: Path, cluster: Cluster, seconds: float
 ) -> list[subprocess.Popen[bytes]]:
+    """py-spy on the auth+proxy process (its auth workers included) and on one node.
+
+    Not `--gil`: the GIL is released in the crypto, fork/exec and system calls that are a
+    start's cost. Idle threads are left out (py-spy's default), so samples are CPU-ish."""
     directory.mkdir(parents=True, exist_ok=True)
     py_spy = Path(sys.executable).parent / "py-spy"
     assert cluster.process is not None
@@ -594,13 +674,13 @@ def start_profile(
                 "--duration",
                 str(int(seconds)),
                 "--rate",
-                "200",
+                str(PROFILE_RATE),
                 "--format",
                 "raw",
+                "--nonblocking",
+                "--subprocesses",
                 "--output",
                 str(directory / f"{name}.txt"),
-                "--nonblocking",
-                "--gil",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -609,11 +689,45 @@ def start_profile(
     ]
 
 
+def summarize_profile(directory: Path, starts: int, nodes: int, top: int = 25) -> None:
+    """DIR/{proxy,node}-top.txt: the functions that take the most samples, as ms per start
+    (inclusive: the function and what it calls; self: the function alone). The node
+    figure is per start *on that node*, one of --nodes."""
+    for name in ("proxy", "node"):
+        raw = directory / f"{name}.txt"
+        if not raw.exists():
+            continue
+        inclusive: dict[str, int] = {}
+        own: dict[str, int] = {}
+        total = 0
+        for line in raw.read_text().splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not count_text.isdigit():
+                continue
+            count = int(count_text)
+            total += count
+            frames = [f.rsplit(":", 1)[0] for f in stack.split(";")]
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + count
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+        share = starts if name == "proxy" else max(1, starts // max(1, nodes))
+        per = 1000 / PROFILE_RATE / max(1, share)
+        lines = [f"{name}: {total} samples, {total * per:.1f} ms per start ({share} starts)"]
+        lines.append(f"{'incl ms':>8} {'self ms':>8}  function")
+        for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:top]:
+            lines.append(f"{count * per:8.2f} {own.get(frame, 0) * per:8.2f}  {frame}")
+        lines.append("top self:")
+        for frame, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
+            lines.append(f"{count * per:8.2f}  {frame}")
+        (directory / f"{name}-top.txt").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines[:12]), flush=True)
+
+
 def report(
     args: argparse.Namespace,
     openssh_sessions: int,
     memories: dict[str, tuple[Memory, Memory]],
-    starts: dict[str, Starts],
+    starts: dict[str, dict[str, Starts]],
     lock_times: list[float],
     machine: tuple[float, float],
 ) -> None:
@@ -664,17 +778,47 @@ def report_memory(
     )
 
 
-def report_starts(args: argparse.Namespace, starts: dict[str, Starts]) -> None:
+def report_starts(args: argparse.Namespace, starts: dict[str, dict[str, Starts]]) -> None:
     print(f"\nsession starts/s, {args.clients} parallel clients in {args.client_procs} processes,"
-          f" {args.rounds} x {args.seconds:.0f} s per path")  # fmt: skip
+          f" {args.rounds} x {args.seconds:.0f} s per path and split")  # fmt: skip
+    for split, paths in starts.items():
+        if split == PINNED:
+            server_cpus, client_cpus = core_split()
+            where = (
+                f"pinned: the servers of both paths on core(s) {sorted(server_cpus)}, the"
+                f" clients on {sorted(client_cpus)} (other jobs on the machine are not pinned)"
+            )
+        else:
+            where = "unpinned: servers and clients on any core"
+        print(f"\n{where}")
+        report_split(paths)
+    if PINNED in starts:
+        c, o = starts[PINNED]["certgate"], starts[PINNED]["OpenSSH"]
+        c_ms, o_ms = cpu_per_start(c), cpu_per_start(o)
+        print(
+            f"\npinned, what one server core does: certgate {c_ms:.1f} ms CPU per start ="
+            f" {1000 / c_ms:.1f} starts/s per core, OpenSSH {o_ms:.1f} ms = {1000 / o_ms:.1f}"
+            f" starts/s per core: {o_ms / c_ms:.2f}x; measured starts/s {c.rate / o.rate:.2f}x"
+            "   (target >= 5x)"
+        )
+
+
+def cpu_per_start(s: Starts) -> float:
+    """Server CPU (ms) per start, the servers' idle CPU over the window taken off."""
+    return max(0.001, (s.server_cpu - s.idle_cpu) * 1000 / max(1, s.count))
+
+
+def report_split(starts: dict[str, Starts]) -> None:
     print(
         f"{'path':10} {'starts/s':>9} {'failed':>7} {'p50':>8} {'p99':>8} {'server CPU/start':>17}"
+        f" {'starts/s/core':>14}"
     )
     for label, s in starts.items():
         print(
             f"{label:10} {s.rate:9.1f} {s.failed:7d} {statistics.median(s.latencies) * 1000:6.0f}ms"
             f" {percentile(s.latencies, 0.99) * 1000:6.0f}ms"
             f" {s.server_cpu / max(1, s.count) * 1000:14.1f} ms"
+            f" {1000 / cpu_per_start(s):14.1f}"
         )
     for label, s in starts.items():
         per = 1000 / max(1, s.count)
@@ -682,7 +826,7 @@ def report_starts(args: argparse.Namespace, starts: dict[str, Starts]) -> None:
         print(
             f"  {label} server CPU per start: {first} {s.first_cpu * per:.1f} ms, the targets"
             f" {(s.server_cpu - s.first_cpu) * per:.1f} ms; the client {s.client_cpu * per:.1f} ms;"
-            f" without the servers' idle CPU {(s.server_cpu - s.idle_cpu) * per:.1f} ms"
+            f" without the servers' idle CPU {cpu_per_start(s):.1f} ms"
         )
         for error in s.errors[:3]:
             print(f"  {label} failure: {error}")
