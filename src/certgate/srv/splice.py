@@ -17,7 +17,7 @@ wait_closed() and closed_waiter() still work.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 
 class _Half(asyncio.Protocol):
@@ -73,10 +73,11 @@ async def splice(
     """Relay both ways until either connection ends (the caller closes both)."""
     await a_writer.drain()  # nobody is paused: the new protocols start from a clean state
     await b_writer.drain()
-    a, b = a_writer.transport, b_writer.transport
+    # Cast, not isinstance(): uvloop's transports have the interface without the base class.
+    a = cast(asyncio.Transport, a_writer.transport)
+    b = cast(asyncio.Transport, b_writer.transport)
     if a.is_closing() or b.is_closing():
         return
-    assert isinstance(a, asyncio.Transport) and isinstance(b, asyncio.Transport)
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     a_half, b_half = _Half(a, done), _Half(b, done)
     a_half.peer, b_half.peer = b, a
