@@ -3,6 +3,8 @@
     .venv/bin/python bench/concurrency.py [--sessions 1000] [--busy 10] [--nodes 10]
                                           [--clients 50] [--client-procs 2] [--seconds 15]
                                           [--rounds 2] [--lock-rounds 1] [--profile DIR]
+                                          [--split both|pinned|unpinned]
+                                          [--event-loop uvloop|asyncio] [--compare-loop]
 
 Two paths, set up in the same run on this machine, driven by the same client (asyncssh,
 in this script: 1,000 `ssh -J` processes, each with its own jump `ssh`, would weigh more
@@ -30,12 +32,25 @@ Figures (printed next to their targets, nothing asserted):
   each in a loop: connect to the jump host, tunnel, log in to the target, PTY shell, wait
   for its answer, close. The paths take turns, `--seconds` each, `--rounds` times. Server
   CPU per start from /proc (the process trees above, reaped children included).
+  Each round runs the windows twice (`--split both`): unpinned (every process on any
+  core: the old figure), then pinned — the servers of BOTH paths on the first core, the
+  client processes on the others (sched_setaffinity, every thread; children inherit it) —
+  so the clients' CPU (asyncssh, 10-15 ms per start) never stands in for a server's and
+  both paths' servers get the same one core, as an operator's server would. Pinned, the
+  figure that says what a server does is the server CPU per start without the servers'
+  idle CPU, and 1000 / that = starts/s per server core; both are printed as ratios.
+  Other jobs on the machine are not pinned: they still take their share of either core.
+- event loop: the certgate processes run `--event-loop` (CERTGATE_EVENT_LOOP; uvloop by
+  default); `--compare-loop` starts a second certgate (its own auth+proxy and nodes) on
+  the other loop and adds it as a third path in the same starts windows.
 - lock: with the 1,000 certgate sessions open (spread over the nodes), a lock on their
   user is created through the auth API (what `cgctl lock` sends) and each session's close,
   as its client sees it, is timed from the moment the request was sent: p50/p99/max.
 
-`--profile DIR` samples the proxy and one node with py-spy (`pip install py-spy` into .venv)
-during the first certgate starts window, and writes DIR/{proxy,node}.txt (top functions).
+`--profile DIR` samples the auth+proxy process (its auth workers included) and one node with
+py-spy (`pip install py-spy` into .venv) during the first certgate window of the last split,
+writes the raw stacks to DIR/{proxy,node}.txt and, in ms per start, the top functions
+(inclusive and self) to DIR/{proxy,node}-top.txt.
 """
 
 from __future__ import annotations
@@ -156,6 +171,18 @@ def cpu_seconds(roots: Iterable[int]) -> float:
         except OSError:
             continue
         ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks / TICK
+
+
+def own_cpu_seconds(pids: Iterable[int]) -> float:
+    """CPU of these processes alone: not their children, reaped or alive."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime stime
     return ticks / TICK
 
 
@@ -337,6 +364,7 @@ class Starts:
     client_cpu: float = 0.0
     idle_cpu: float = 0.0  # the servers' CPU over as long a window without clients
     first_cpu: float = 0.0  # of the first root: certgate's auth+proxy, OpenSSH's jump host
+    roots_cpu: float = 0.0  # of the root processes alone: certgate's daemons, the sshd listeners
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -365,6 +393,7 @@ def measure_starts(
     share = [clients // procs + (1 if p < clients % procs else 0) for p in range(procs)]
     offset = 0
     cpu_before = cpu_seconds(route.roots)
+    roots_before = own_cpu_seconds(route.roots)
     first_before = cpu_seconds(route.roots[:1])
     for workers in share:
         mine, theirs = context.Pipe(duplex=False)
@@ -388,6 +417,7 @@ def measure_starts(
     into.seconds += seconds
     into.server_cpu += cpu_seconds(route.roots) - cpu_before
     into.first_cpu += cpu_seconds(route.roots[:1]) - first_before
+    into.roots_cpu += own_cpu_seconds(route.roots) - roots_before
 
 
 # ---------------------------------------------------------------------- cores
@@ -875,10 +905,14 @@ def report_split(starts: dict[str, Starts]) -> None:
     for label, s in starts.items():
         per = 1000 / max(1, s.count)
         first = "auth+proxy process" if label != "OpenSSH" else "jump sshd"
+        roots = "daemon processes" if label != "OpenSSH" else "sshd listeners"
+        children = "spawn helpers, shells" if label != "OpenSSH" else "sshds per connection, shells"
         print(
             f"  {label} server CPU per start: {first} {s.first_cpu * per:.1f} ms, the targets"
             f" {(s.server_cpu - s.first_cpu) * per:.1f} ms; the client {s.client_cpu * per:.1f} ms;"
-            f" without the servers' idle CPU {cpu_per_start(s):.1f} ms"
+            f" without the servers' idle CPU {cpu_per_start(s):.1f} ms; of which the"
+            f" {roots} themselves {s.roots_cpu * per:.1f} ms, their children ({children})"
+            f" {(s.server_cpu - s.roots_cpu) * per:.1f} ms"
         )
         for error in s.errors[:3]:
             print(f"  {label} failure: {error}")
