@@ -137,3 +137,10 @@ async def test_a_session_runs_as_its_login_with_or_without_the_helper(helper: st
     assert sorted(int(g) for g in groups) == sorted(set(account.groups))
     assert tty.startswith("/dev/pts/")
     assert (parent == helper_pid) == (helper == "running")
+
+
+def test_the_child_starts_with_no_signal_ignored(spawner: Spawner) -> None:
+    # Python ignores SIGPIPE (and SIGXFSZ) and exec keeps that: a shell started so would
+    # pass it on, and `yes | head -1` would never end.
+    _, output, _ = _run(spawner, "grep SigIgn /proc/$$/status")
+    assert output.split() == ["SigIgn:", "0000000000000000"]

@@ -62,9 +62,10 @@ def send_message(sock: socket.socket, message: dict[str, Any], fds: Sequence[int
 def _exec_child(request: dict[str, Any], stdio: list[int], errpipe: int) -> None:
     """In the forked child: become the session's process and exec; never returns."""
     try:
-        # Python ignores these at start-up and exec keeps ignored signals ignored: a
-        # shell must start with the defaults (a pipeline's writer dies of SIGPIPE).
-        for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        # Python ignores SIGPIPE and SIGXFSZ at start-up, and exec keeps ignored signals
+        # ignored: a shell must start with the defaults (a pipeline's writer dies of
+        # SIGPIPE; an interactive shell's commands die of ^C).
+        for signum in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
             signal.signal(signum, signal.SIG_DFL)
         os.setsid()
         for target, fd in enumerate(stdio):
@@ -161,8 +162,9 @@ def serve(sock: socket.socket) -> None:
 
 
 def main() -> None:
+    # Its own session (the node starts it so): a ^C at the node's terminal never reaches
+    # it; it ends when the node closes its end of the socket.
     sock = socket.socket(fileno=int(sys.argv[1]))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the node decides when this ends
     try:
         serve(sock)
     except KeyboardInterrupt:
