@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from certgate.node.session import lookup_account, spawn
-from certgate.node.spawner import UNKNOWN_RETURNCODE, Spawner, SpawnerGone
+from certgate.node.spawner import UNKNOWN_RETURNCODE, ChildSpec, Spawner, SpawnerGone
 from tests.support.unix import ensure_user
 
 LOGIN = "cgspawn"
@@ -31,10 +31,11 @@ def _run(spawner: Spawner, script: str) -> tuple[int, str, int]:
     out_r, out_w = os.pipe()
     null = os.open(os.devnull, os.O_RDWR)
     try:
+        env = {"PATH": "/usr/bin:/bin"}
+        stdio = (null, out_w, null)
         child = spawner.spawn(
-            "/bin/sh", ["sh", "-c", script], {"PATH": "/usr/bin:/bin"}, "/", None,
-            (null, out_w, null), ctty=False,
-        )  # fmt: skip
+            ChildSpec("/bin/sh", ["sh", "-c", script], env, "/", None, stdio, False)
+        )
     finally:
         os.close(out_w)
         os.close(null)
@@ -64,7 +65,7 @@ def test_a_child_that_cannot_run_is_an_oserror_as_from_subprocess(spawner: Spawn
     null = os.open(os.devnull, os.O_RDWR)
     try:
         with pytest.raises(FileNotFoundError):
-            spawner.spawn("/nonexistent/shell", ["x"], {}, "/", None, (null, null, null), False)
+            spawner.spawn(ChildSpec("/nonexistent/shell", ["x"], {}, "/", None, (null,) * 3, False))
     finally:
         os.close(null)
     assert _run(spawner, "exit 0")[2] == 0  # and the helper goes on
@@ -79,7 +80,7 @@ def test_a_dead_helper_is_said_aloud_and_its_children_end_unknown(spawner: Spawn
     null = os.open(os.devnull, os.O_RDWR)
     try:
         child = spawner.spawn(
-            "/bin/sh", ["sh", "-c", "sleep 30"], {}, "/", None, (null, null, null), False
+            ChildSpec("/bin/sh", ["sh", "-c", "sleep 30"], {}, "/", None, (null,) * 3, False)
         )
     finally:
         os.close(null)
@@ -91,7 +92,7 @@ def test_a_dead_helper_is_said_aloud_and_its_children_end_unknown(spawner: Spawn
     if child.pidfd is not None:
         os.close(child.pidfd)
     with pytest.raises(SpawnerGone):
-        spawner.spawn("/bin/true", ["true"], {}, "/", None, (0, 1, 2), False)
+        spawner.spawn(ChildSpec("/bin/true", ["true"], {}, "/", None, (0, 1, 2), False))
 
 
 class _Collect:

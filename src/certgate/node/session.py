@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from certgate.errors import NotFound
-from certgate.node.spawner import Spawner, SpawnerGone
+from certgate.node.spawner import ChildSpec, Spawner, SpawnerGone
 
 log = logging.getLogger(__name__)
 
@@ -549,9 +549,8 @@ def spawn(
             stdin_child, stdout_child, stderr_child = in_r, out_w, err_w
         ids = (account.uid, account.gid, list(account.groups)) if switch else None
         stdio = (stdin_child, stdout_child, stderr_child)
-        popen, pidfd = _start_child(
-            spawner, executable, argv, dict(env), cwd, ids, stdio, pty_size is not None
-        )
+        spec = ChildSpec(executable, argv, dict(env), cwd, ids, stdio, pty_size is not None)
+        popen, pidfd = _start_child(spawner, spec)
     except BaseException:
         for fd in parent_fds:
             os.close(fd)
@@ -589,38 +588,30 @@ def spawn(
     )
 
 
-def _start_child(
-    spawner: Spawner | None,
-    executable: str,
-    argv: Sequence[str],
-    env: dict[str, str],
-    cwd: str,
-    ids: tuple[int, int, list[int]] | None,
-    stdio: tuple[int, int, int],
-    ctty: bool,
-) -> tuple[ProcessHandle, int | None]:
+def _start_child(spawner: Spawner | None, spec: ChildSpec) -> tuple[ProcessHandle, int | None]:
     """The child, started by the spawn helper if there is one (with its pidfd), else
     forked from this process (OSError if it cannot run, either way)."""
     if spawner is not None:
         try:
-            child = spawner.spawn(executable, argv, env, cwd, ids, stdio, ctty)
+            child = spawner.spawn(spec)
         except SpawnerGone:
             pass  # fork ourselves below: slower, and the same child
         else:
             return child, child.pidfd
+    ids = spec.ids
     popen = subprocess.Popen(
-        list(argv),
-        executable=executable,
-        stdin=stdio[0],
-        stdout=stdio[1],
-        stderr=stdio[2],
-        env=env,
-        cwd=cwd,
+        list(spec.argv),
+        executable=spec.executable,
+        stdin=spec.stdio[0],
+        stdout=spec.stdio[1],
+        stderr=spec.stdio[2],
+        env=spec.env,
+        cwd=spec.cwd,
         user=ids[0] if ids is not None else None,
         group=ids[1] if ids is not None else None,
         extra_groups=ids[2] if ids is not None else None,
         start_new_session=True,
-        preexec_fn=_take_controlling_tty if ctty else None,
+        preexec_fn=_take_controlling_tty if spec.ctty else None,
         close_fds=True,
     )
     return popen, None

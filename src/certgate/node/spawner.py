@@ -1,7 +1,7 @@
 """The node's side of the spawn helper (node/spawn_server.py has the why and the protocol).
 
     spawner = Spawner(); spawner.start()
-    child = spawner.spawn(executable, argv, env, cwd, ids, (stdin, stdout, stderr), ctty)
+    child = spawner.spawn(ChildSpec(executable, argv, env, cwd, ids, stdio, ctty))
     child.pid, child.pidfd        # readable once the child ended
     child.wait() / child.poll()   # its returncode, as subprocess.Popen reports it
 
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from certgate.node.spawn_server import STDIO, recv_message, send_message
@@ -31,6 +32,19 @@ log = logging.getLogger(__name__)
 
 REPLY_TIMEOUT = 10.0
 UNKNOWN_RETURNCODE = 255  # the helper died before it could say
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """What to start, as whom, on which descriptors."""
+
+    executable: str
+    argv: Sequence[str]
+    env: dict[str, str]
+    cwd: str
+    ids: tuple[int, int, list[int]] | None  # (uid, gid, groups) to switch to
+    stdio: tuple[int, int, int]  # stdin, stdout, stderr
+    ctty: bool  # stdin is a pty the child takes as its controlling terminal
 
 
 class SpawnerGone(Exception):
@@ -96,34 +110,24 @@ class Spawner:
                 process.kill()
                 process.wait()
 
-    def spawn(
-        self,
-        executable: str,
-        argv: Sequence[str],
-        env: dict[str, str],
-        cwd: str,
-        ids: tuple[int, int, list[int]] | None,
-        stdio: tuple[int, int, int],
-        ctty: bool,
-    ) -> SpawnedChild:
-        """Start `argv` (OSError if it cannot run, as from subprocess; SpawnerGone if the
-        helper is not there). `ids` = (uid, gid, groups) to switch to; `stdio` is sent,
-        the caller still closes its copies."""
+    def spawn(self, spec: ChildSpec) -> SpawnedChild:
+        """Start the child (OSError if it cannot run, as from subprocess; SpawnerGone if
+        the helper is not there). `spec.stdio` is sent: the caller still closes its copies."""
         if self._sock is None:
             raise SpawnerGone("the spawn helper is not running")
         self._next_id += 1
         request = {
             "id": self._next_id,
-            "executable": executable,
-            "argv": list(argv),
-            "env": env,
-            "cwd": cwd,
-            "ids": list(ids) if ids is not None else None,
-            "ctty": ctty,
+            "executable": spec.executable,
+            "argv": list(spec.argv),
+            "env": spec.env,
+            "cwd": spec.cwd,
+            "ids": list(spec.ids) if spec.ids is not None else None,
+            "ctty": spec.ctty,
         }
-        assert len(stdio) == STDIO
+        assert len(spec.stdio) == STDIO
         try:
-            send_message(self._sock, request, list(stdio))
+            send_message(self._sock, request, list(spec.stdio))
             reply, fds = self._receive_until(lambda m: m.get("id") == request["id"], REPLY_TIMEOUT)
         except OSError as exc:
             self._gone(exc)
