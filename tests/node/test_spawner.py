@@ -145,3 +145,13 @@ def test_the_child_starts_with_no_signal_ignored(spawner: Spawner) -> None:
     # pass it on, and `yes | head -1` would never end.
     _, output, _ = _run(spawner, "grep SigIgn /proc/$$/status")
     assert output.split() == ["SigIgn:", "0000000000000000"]
+
+
+def test_the_helper_ends_when_the_node_goes(spawner: Spawner) -> None:
+    # A node killed with SIGKILL closes nothing itself: the kernel closes its end of the
+    # socket, which is all the helper waits for. No helper outlives its node.
+    process, sock = spawner._process, spawner._sock
+    assert process is not None and sock is not None
+    assert process.poll() is None
+    sock.close()
+    assert process.wait(timeout=10) == 0
