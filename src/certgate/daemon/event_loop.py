@@ -2,7 +2,7 @@
 
 uvloop (libuv, in C) by default: the proxy relays every packet of every session and the
 node pumps every PTY, and on asyncio's pure-Python selector loop and transports a session
-start cost 6-16% more CPU (bench/README.md has the figures). `CERTGATE_EVENT_LOOP=asyncio` runs asyncio's own loop instead — an operator's
+start cost 6-19% more CPU (bench/README.md has the figures). `CERTGATE_EVENT_LOOP=asyncio` runs asyncio's own loop instead — an operator's
 way out should uvloop misbehave on a host, and how bench/concurrency.py compares the two
 in one run.
 """
