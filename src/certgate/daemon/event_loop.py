@@ -1,10 +1,11 @@
 """The event loop every process of `certgate start` runs (the daemon and its auth workers).
 
 uvloop (libuv, in C) by default: the proxy relays every packet of every session and the
-node pumps every PTY: in four benchmark runs of five a session start cost 5-16% less CPU
-than on asyncio's pure-Python selector loop (one went the other way; bench/README.md). `CERTGATE_EVENT_LOOP=asyncio` runs asyncio's own loop instead — an operator's
-way out should uvloop misbehave on a host, and how bench/concurrency.py compares the two
-in one run.
+node pumps every PTY; in four benchmark runs of five a session start cost 5-16% less CPU
+than on asyncio's pure-Python selector loop (one went the other way; bench/README.md).
+`CERTGATE_EVENT_LOOP=asyncio` runs asyncio's own loop instead: an operator's way out
+should uvloop misbehave on a host, and how bench/concurrency.py compares the two in one
+run.
 """
 
 from __future__ import annotations
