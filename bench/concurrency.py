@@ -3,6 +3,8 @@
     .venv/bin/python bench/concurrency.py [--sessions 1000] [--busy 10] [--nodes 10]
                                           [--clients 50] [--client-procs 2] [--seconds 15]
                                           [--rounds 2] [--lock-rounds 1] [--profile DIR]
+                                          [--split both|pinned|unpinned]
+                                          [--event-loop uvloop|asyncio] [--compare-loop]
 
 Two paths, set up in the same run on this machine, driven by the same client (asyncssh,
 in this script: 1,000 `ssh -J` processes, each with its own jump `ssh`, would weigh more
@@ -30,12 +32,25 @@ Figures (printed next to their targets, nothing asserted):
   each in a loop: connect to the jump host, tunnel, log in to the target, PTY shell, wait
   for its answer, close. The paths take turns, `--seconds` each, `--rounds` times. Server
   CPU per start from /proc (the process trees above, reaped children included).
+  Each round runs the windows twice (`--split both`): unpinned (every process on any
+  core: the old figure), then pinned — the servers of BOTH paths on the first core, the
+  client processes on the others (sched_setaffinity, every thread; children inherit it) —
+  so the clients' CPU (asyncssh, 10-15 ms per start) never stands in for a server's and
+  both paths' servers get the same one core, as an operator's server would. Pinned, the
+  figure that says what a server does is the server CPU per start without the servers'
+  idle CPU, and 1000 / that = starts/s per server core; both are printed as ratios.
+  Other jobs on the machine are not pinned: they still take their share of either core.
+- event loop: the certgate processes run `--event-loop` (CERTGATE_EVENT_LOOP; uvloop by
+  default); `--compare-loop` starts a second certgate (its own auth+proxy and nodes) on
+  the other loop and adds it as a third path in the same starts windows.
 - lock: with the 1,000 certgate sessions open (spread over the nodes), a lock on their
   user is created through the auth API (what `cgctl lock` sends) and each session's close,
   as its client sees it, is timed from the moment the request was sent: p50/p99/max.
 
-`--profile DIR` samples the proxy and one node with py-spy (`pip install py-spy` into .venv)
-during the first certgate starts window, and writes DIR/{proxy,node}.txt (top functions).
+`--profile DIR` samples the auth+proxy process (its auth workers included) and one node with
+py-spy (`pip install py-spy` into .venv) during the first certgate window of the last split,
+writes the raw stacks to DIR/{proxy,node}.txt and, in ms per start, the top functions
+(inclusive and self) to DIR/{proxy,node}-top.txt.
 """
 
 from __future__ import annotations
@@ -68,6 +83,12 @@ from bench.ssh_paths import LOGIN, ROLE, sign_host  # noqa: E402
 from certgate.api.codec import to_dict  # noqa: E402
 from certgate.api.lock import Lock, LockSpec, LockTarget  # noqa: E402
 from certgate.api.meta import Metadata  # noqa: E402
+from certgate.daemon.event_loop import (  # noqa: E402
+    ASYNCIO,
+    DEFAULT_EVENT_LOOP,
+    EVENT_LOOP_ENV,
+    UVLOOP,
+)
 from certgate.rpc.auth_client import AsyncAuthClient  # noqa: E402
 from certgate.rpc.identity_files import IdentityFiles  # noqa: E402
 from tests.support.cluster import Cluster  # noqa: E402
@@ -150,6 +171,18 @@ def cpu_seconds(roots: Iterable[int]) -> float:
         except OSError:
             continue
         ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks / TICK
+
+
+def own_cpu_seconds(pids: Iterable[int]) -> float:
+    """CPU of these processes alone: not their children, reaped or alive."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime stime
     return ticks / TICK
 
 
@@ -271,8 +304,16 @@ async def close_all(sessions: list[Session]) -> None:
 
 
 def _start_worker(
-    route: Route, keys: ClientKeys, workers: int, offset: int, seconds: float, out: Any
+    route: Route,
+    keys: ClientKeys,
+    workers: int,
+    offset: int,
+    seconds: float,
+    cpus: set[int] | None,
+    out: Any,
 ) -> None:
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
     before = resource.getrusage(resource.RUSAGE_SELF)
     done, failed, latencies, errors = asyncio.run(
         _start_loop(route, keys, workers, offset, seconds)
@@ -323,6 +364,7 @@ class Starts:
     client_cpu: float = 0.0
     idle_cpu: float = 0.0  # the servers' CPU over as long a window without clients
     first_cpu: float = 0.0  # of the first root: certgate's auth+proxy, OpenSSH's jump host
+    roots_cpu: float = 0.0  # of the root processes alone: certgate's daemons, the sshd listeners
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -332,7 +374,13 @@ class Starts:
 
 
 def measure_starts(
-    route: Route, keys: ClientKeys, clients: int, procs: int, seconds: float, into: Starts
+    route: Route,
+    keys: ClientKeys,
+    clients: int,
+    procs: int,
+    seconds: float,
+    into: Starts,
+    client_cpus: set[int] | None = None,
 ) -> None:
     # What the servers burn with no client at all (heartbeats, watches, monitors: ten
     # nodes' worth), over a window as long, is taken off the figure per start.
@@ -345,11 +393,13 @@ def measure_starts(
     share = [clients // procs + (1 if p < clients % procs else 0) for p in range(procs)]
     offset = 0
     cpu_before = cpu_seconds(route.roots)
+    roots_before = own_cpu_seconds(route.roots)
     first_before = cpu_seconds(route.roots[:1])
     for workers in share:
         mine, theirs = context.Pipe(duplex=False)
         child = context.Process(
-            target=_start_worker, args=(route, keys, workers, offset, seconds, theirs)
+            target=_start_worker,
+            args=(route, keys, workers, offset, seconds, client_cpus, theirs),
         )
         child.start()
         pipes.append(mine)
@@ -367,6 +417,38 @@ def measure_starts(
     into.seconds += seconds
     into.server_cpu += cpu_seconds(route.roots) - cpu_before
     into.first_cpu += cpu_seconds(route.roots[:1]) - first_before
+    into.roots_cpu += own_cpu_seconds(route.roots) - roots_before
+
+
+# ---------------------------------------------------------------------- cores
+
+UNPINNED = "unpinned"
+PINNED = "pinned"
+ALL = set(range(os.cpu_count() or 1))
+
+
+def core_split() -> tuple[set[int], set[int]]:
+    """(server cores, client cores): the servers of both paths share the first core, the
+    clients get the rest, so a client's CPU never stands in for a server's."""
+    cores = sorted(ALL)
+    if len(cores) < 2:
+        raise SystemExit("--split pinned needs at least 2 cores")
+    return {cores[0]}, set(cores[1:])
+
+
+def pin(roots: Iterable[int], cpus: set[int]) -> None:
+    """Every thread of every process of the trees onto `cpus` (affinity is per thread on
+    Linux; threads and children started later inherit it from their creator)."""
+    for pid in tree(roots):
+        try:
+            threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue  # gone meanwhile
+        for tid in threads:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                pass  # gone meanwhile
 
 
 # ---------------------------------------------------------------------- lock
@@ -444,31 +526,43 @@ def main() -> int:
     parser.add_argument("--openssh-sessions", type=int, default=0, help="0: as --sessions")
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--starts-only", action="store_true", help="skip memory and lock")
+    parser.add_argument(
+        "--split",
+        choices=["both", UNPINNED, PINNED],
+        default="both",
+        help="starts/s windows with every process on any core, servers and clients on"
+        " separate cores, or both (default)",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=[ASYNCIO, UVLOOP],
+        default=DEFAULT_EVENT_LOOP,
+        help="the certgate processes' event loop (CERTGATE_EVENT_LOOP)",
+    )
+    parser.add_argument(
+        "--compare-loop",
+        action="store_true",
+        help="also start a second certgate running the other event loop, for starts/s",
+    )
     args = parser.parse_args()
+    args.split = [UNPINNED, PINNED] if args.split == "both" else [args.split]
     openssh_sessions = args.openssh_sessions or args.sessions
     ensure_user(LOGIN)
 
     with tempfile.TemporaryDirectory(prefix="certgate-bench-conc-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        cluster = Cluster(workdir / "cluster", roles="auth,proxy")
-        cluster.start()
+        cluster, certgate, keys = start_certgate(workdir / "cluster", args, args.event_loop)
         stack.callback(cluster.stop)
-        nodes: list[tuple[str, int]] = []
-        for n in range(args.nodes):
-            name = f"bench-node-{n + 1}"
-            # Nodes heartbeat every 10 s here: at the test helper's 1 s (a 1.5 s TTL) a busy
-            # machine lets nodes expire from the inventory mid-run.
-            process, port = cluster.start_node(name, "env=bench", "--heartbeat-interval", "10s")
-            nodes.append((name, port))
-        cluster.cgctl("create", "-f", "-", input=ROLE)
-        user = cluster.add_user(USER, roles="bench")
-        cluster.login(user)
-        keys_dir = user.home / "keys"
-        keys = ClientKeys(
-            str(keys_dir / "key"),
-            str(keys_dir / "key-cert.pub"),
-            host_ca_line(keys_dir / "known_hosts"),
-        )
+        paths = [certgate]
+        keys_for = {certgate.label: keys}
+        if args.compare_loop:
+            other = ASYNCIO if args.event_loop == UVLOOP else UVLOOP
+            other_cluster, other_route, other_keys = start_certgate(
+                workdir / "cluster-other-loop", args, other, label=f"certgate/{other}"
+            )
+            stack.callback(other_cluster.stop)
+            paths.append(other_route)
+            keys_for[other_route.label] = other_keys
         user_ca = cluster.cgctl("auth", "export", "--type=user").stdout
         sshd_config = f"LogLevel ERROR\nMaxStartups {max(100, args.clients * 2)}\n"
         sshds = []
@@ -482,14 +576,6 @@ def main() -> int:
                     )
                 )
             )  # fmt: skip
-        assert cluster.process is not None
-        certgate = Route(
-            "certgate",
-            cluster.ssh_proxy_port,
-            "certgate",
-            nodes,
-            [cluster.process.pid, *(p.pid for p in cluster.nodes)],
-        )
         openssh = Route(
             "OpenSSH",
             sshds[0].port,
@@ -497,11 +583,13 @@ def main() -> int:
             [("127.0.0.1", s.port) for s in sshds[1:]],
             [sshd_pid(s.workdir) for s in sshds],
         )
+        keys_for[openssh.label] = keys
         options = keys.options()
 
         async def warm_up() -> None:
-            for route in (certgate, openssh):
-                await close_all(await open_many(route, options, 20, 0, 10))
+            for route in (*paths, openssh):
+                opts = keys_for[route.label].options()
+                await close_all(await open_many(route, opts, 20, 0, 10))
 
         asyncio.run(warm_up())
         time.sleep(1)
@@ -511,25 +599,87 @@ def main() -> int:
         if not args.starts_only:
             memories, lock_times = sessions_phase(args, cluster, certgate, openssh, options)
 
-        # ---- starts/s, the paths taking turns
-        starts = {certgate.label: Starts(), openssh.label: Starts()}
+        # ---- starts/s, the paths taking turns, unpinned and/or on split cores
+        starts: dict[str, dict[str, Starts]] = {
+            split: {route.label: Starts() for route in (*paths, openssh)} for split in args.split
+        }
+        servers = [root for route in (*paths, openssh) for root in route.roots]
         busy_before, idle_before = machine_cpu()
         for number in range(args.rounds):
-            for route in (certgate, openssh):
-                print(f"starts/s round {number + 1}: {route.label}...", flush=True)
-                spy: list[subprocess.Popen[bytes]] = []
-                if args.profile is not None and number == 0 and route is certgate:
-                    spy = start_profile(args.profile, cluster, args.seconds)
-                measure_starts(
-                    route, keys, args.clients, args.client_procs, args.seconds, starts[route.label]
-                )
-                for process in spy:
-                    process.wait()
+            for split in args.split:
+                server_cpus, client_cpus = core_split() if split == PINNED else (ALL, None)
+                for route in (*paths, openssh):
+                    print(f"starts/s round {number + 1} ({split}): {route.label}...", flush=True)
+                    # Both paths' servers on the same cores, re-applied before each window
+                    # (children inherit it; a process started since would not have it).
+                    pin(servers, server_cpus)
+                    spy: list[subprocess.Popen[bytes]] = []
+                    if (
+                        args.profile is not None
+                        and number == 0
+                        and split == args.split[-1]
+                        and route is certgate
+                    ):
+                        spy = start_profile(args.profile, cluster, args.seconds)
+                    into = starts[split][route.label]
+                    count_before = into.count
+                    route_keys = keys_for[route.label]
+                    clients, procs = args.clients, args.client_procs
+                    measure_starts(
+                        route, route_keys, clients, procs, args.seconds, into, client_cpus
+                    )
+                    for process in spy:
+                        process.wait()
+                    if spy and args.profile is not None:
+                        summarize_profile(args.profile, into.count - count_before, args.nodes)
+        pin(servers, ALL)
         busy_after, idle_after = machine_cpu()
 
     machine = (busy_after - busy_before, idle_after - idle_before)
     report(args, openssh_sessions, memories, starts, lock_times, machine)
     return 0
+
+
+def start_certgate(
+    directory: Path, args: argparse.Namespace, loop: str, label: str = "certgate"
+) -> tuple[Cluster, Route, ClientKeys]:
+    """Auth+proxy and --nodes nodes running `loop` (CERTGATE_EVENT_LOOP), the bench role and
+    a logged-in user; the route through them and the user's keys."""
+    previous = os.environ.get(EVENT_LOOP_ENV)
+    os.environ[EVENT_LOOP_ENV] = loop  # the processes inherit it
+    try:
+        cluster = Cluster(directory, roles="auth,proxy")
+        cluster.start()
+        nodes: list[tuple[str, int]] = []
+        for n in range(args.nodes):
+            name = f"bench-node-{n + 1}"
+            # Nodes heartbeat every 10 s here: at the test helper's 1 s (a 1.5 s TTL) a busy
+            # machine lets nodes expire from the inventory mid-run.
+            _, port = cluster.start_node(name, "env=bench", "--heartbeat-interval", "10s")
+            nodes.append((name, port))
+    finally:
+        if previous is None:
+            os.environ.pop(EVENT_LOOP_ENV, None)
+        else:
+            os.environ[EVENT_LOOP_ENV] = previous
+    cluster.cgctl("create", "-f", "-", input=ROLE)
+    user = cluster.add_user(USER, roles="bench")
+    cluster.login(user)
+    keys_dir = user.home / "keys"
+    keys = ClientKeys(
+        str(keys_dir / "key"),
+        str(keys_dir / "key-cert.pub"),
+        host_ca_line(keys_dir / "known_hosts"),
+    )
+    assert cluster.process is not None
+    route = Route(
+        f"{label}",
+        cluster.ssh_proxy_port,
+        "certgate",
+        nodes,
+        [cluster.process.pid, *(p.pid for p in cluster.nodes)],
+    )
+    return cluster, route, keys
 
 
 def sessions_phase(
@@ -577,9 +727,16 @@ def sessions_phase(
     return memories, lock_times
 
 
+PROFILE_RATE = 250  # samples per second
+
+
 def start_profile(
     directory: Path, cluster: Cluster, seconds: float
 ) -> list[subprocess.Popen[bytes]]:
+    """py-spy on the auth+proxy process (its auth workers included) and on one node.
+
+    Not `--gil`: the GIL is released in the crypto, fork/exec and system calls that are a
+    start's cost. Idle threads are left out (py-spy's default), so samples are CPU-ish."""
     directory.mkdir(parents=True, exist_ok=True)
     py_spy = Path(sys.executable).parent / "py-spy"
     assert cluster.process is not None
@@ -594,13 +751,13 @@ def start_profile(
                 "--duration",
                 str(int(seconds)),
                 "--rate",
-                "200",
+                str(PROFILE_RATE),
                 "--format",
                 "raw",
+                "--nonblocking",
+                "--subprocesses",
                 "--output",
                 str(directory / f"{name}.txt"),
-                "--nonblocking",
-                "--gil",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -609,11 +766,45 @@ def start_profile(
     ]
 
 
+def summarize_profile(directory: Path, starts: int, nodes: int, top: int = 25) -> None:
+    """DIR/{proxy,node}-top.txt: the functions that take the most samples, as ms per start
+    (inclusive: the function and what it calls; self: the function alone). The node
+    figure is per start *on that node*, one of --nodes."""
+    for name in ("proxy", "node"):
+        raw = directory / f"{name}.txt"
+        if not raw.exists():
+            continue
+        inclusive: dict[str, int] = {}
+        own: dict[str, int] = {}
+        total = 0
+        for line in raw.read_text().splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not count_text.isdigit():
+                continue
+            count = int(count_text)
+            total += count
+            frames = [f.rsplit(":", 1)[0] for f in stack.split(";")]
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + count
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+        share = starts if name == "proxy" else max(1, starts // max(1, nodes))
+        per = 1000 / PROFILE_RATE / max(1, share)
+        lines = [f"{name}: {total} samples, {total * per:.1f} ms per start ({share} starts)"]
+        lines.append(f"{'incl ms':>8} {'self ms':>8}  function")
+        for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:top]:
+            lines.append(f"{count * per:8.2f} {own.get(frame, 0) * per:8.2f}  {frame}")
+        lines.append("top self:")
+        for frame, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
+            lines.append(f"{count * per:8.2f}  {frame}")
+        (directory / f"{name}-top.txt").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines[:12]), flush=True)
+
+
 def report(
     args: argparse.Namespace,
     openssh_sessions: int,
     memories: dict[str, tuple[Memory, Memory]],
-    starts: dict[str, Starts],
+    starts: dict[str, dict[str, Starts]],
     lock_times: list[float],
     machine: tuple[float, float],
 ) -> None:
@@ -664,30 +855,71 @@ def report_memory(
     )
 
 
-def report_starts(args: argparse.Namespace, starts: dict[str, Starts]) -> None:
+def report_starts(args: argparse.Namespace, starts: dict[str, dict[str, Starts]]) -> None:
     print(f"\nsession starts/s, {args.clients} parallel clients in {args.client_procs} processes,"
-          f" {args.rounds} x {args.seconds:.0f} s per path")  # fmt: skip
+          f" {args.rounds} x {args.seconds:.0f} s per path and split")  # fmt: skip
+    for split, paths in starts.items():
+        if split == PINNED:
+            server_cpus, client_cpus = core_split()
+            where = (
+                f"pinned: the servers of both paths on core(s) {sorted(server_cpus)}, the"
+                f" clients on {sorted(client_cpus)} (other jobs on the machine are not pinned)"
+            )
+        else:
+            where = "unpinned: servers and clients on any core"
+        print(f"\n{where}")
+        report_split(paths)
+    if PINNED in starts:
+        o = starts[PINNED]["OpenSSH"]
+        o_ms = cpu_per_start(o)
+        print(f"\npinned, what one server core does (OpenSSH: {o_ms:.1f} ms CPU per start ="
+              f" {1000 / o_ms:.1f} starts/s per core):")  # fmt: skip
+        for label, c in starts[PINNED].items():
+            if label == "OpenSSH":
+                continue
+            c_ms = cpu_per_start(c)
+            print(
+                f"  {label}: {c_ms:.1f} ms CPU per start = {1000 / c_ms:.1f} starts/s per core:"
+                f" {o_ms / c_ms:.2f}x OpenSSH's; measured starts/s {c.rate / o.rate:.2f}x"
+                "   (target >= 5x)"
+            )
+
+
+def cpu_per_start(s: Starts) -> float:
+    """Server CPU (ms) per start, the servers' idle CPU over the window taken off."""
+    return max(0.001, (s.server_cpu - s.idle_cpu) * 1000 / max(1, s.count))
+
+
+def report_split(starts: dict[str, Starts]) -> None:
     print(
-        f"{'path':10} {'starts/s':>9} {'failed':>7} {'p50':>8} {'p99':>8} {'server CPU/start':>17}"
+        f"{'path':18} {'starts/s':>9} {'failed':>7} {'p50':>8} {'p99':>8} {'server CPU/start':>17}"
+        f" {'starts/s/core':>14}"
     )
     for label, s in starts.items():
         print(
-            f"{label:10} {s.rate:9.1f} {s.failed:7d} {statistics.median(s.latencies) * 1000:6.0f}ms"
+            f"{label:18} {s.rate:9.1f} {s.failed:7d} {statistics.median(s.latencies) * 1000:6.0f}ms"
             f" {percentile(s.latencies, 0.99) * 1000:6.0f}ms"
             f" {s.server_cpu / max(1, s.count) * 1000:14.1f} ms"
+            f" {1000 / cpu_per_start(s):14.1f}"
         )
     for label, s in starts.items():
         per = 1000 / max(1, s.count)
-        first = "auth+proxy process" if label == "certgate" else "jump sshd"
+        first = "auth+proxy process" if label != "OpenSSH" else "jump sshd"
+        roots = "daemon processes" if label != "OpenSSH" else "sshd listeners"
+        children = "spawn helpers, shells" if label != "OpenSSH" else "sshds per connection, shells"
         print(
             f"  {label} server CPU per start: {first} {s.first_cpu * per:.1f} ms, the targets"
             f" {(s.server_cpu - s.first_cpu) * per:.1f} ms; the client {s.client_cpu * per:.1f} ms;"
-            f" without the servers' idle CPU {(s.server_cpu - s.idle_cpu) * per:.1f} ms"
+            f" without the servers' idle CPU {cpu_per_start(s):.1f} ms; of which the"
+            f" {roots} themselves {s.roots_cpu * per:.1f} ms, their children ({children})"
+            f" {(s.server_cpu - s.roots_cpu) * per:.1f} ms"
         )
         for error in s.errors[:3]:
             print(f"  {label} failure: {error}")
-    ratio = starts["certgate"].rate / starts["OpenSSH"].rate
-    print(f"{'ratio':10} {ratio:8.2f}x   (target >= 5x)")
+    for label, s in starts.items():
+        if label != "OpenSSH":
+            ratio = s.rate / starts["OpenSSH"].rate
+            print(f"ratio {label:18} {ratio:6.2f}x starts/s   (target >= 5x)")
 
 
 if __name__ == "__main__":

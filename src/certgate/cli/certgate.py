@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import click
 
 from certgate.api.duration import parse_duration
 from certgate.cli.common import run
+from certgate.daemon import event_loop
 from certgate.daemon.config import (
     SAMPLE,
     Config,
@@ -128,7 +128,7 @@ def start(
     setup_logging(config.debug)
     daemon = Daemon(config, directory.resolve(), first_admin=first_admin)
     try:
-        asyncio.run(daemon.run())
+        event_loop.run(daemon.run())
     except KeyboardInterrupt:
         pass
     logging.shutdown()

@@ -40,6 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
+from certgate.daemon import event_loop
 from certgate.daemon.auth_service import Closer, auth_app, open_auth_server
 from certgate.daemon.config import AuthService, HTTPLimits
 from certgate.daemon.diag import Metrics
@@ -183,7 +184,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
     """Entry point of a spawned worker process."""
     setup_logging(spec.debug)
     try:
-        asyncio.run(_run_worker(spec, conn))
+        event_loop.run(_run_worker(spec, conn))
     except KeyboardInterrupt:
         pass
     except Exception:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from certgate.errors import NotFound
+from certgate.node.spawner import ChildSpec, Spawner, SpawnerGone
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,18 @@ def _take_controlling_tty() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+class ProcessHandle(Protocol):
+    """What ChildProcess needs of its child: subprocess.Popen, or a SpawnedChild of the
+    spawn helper (spawner.py)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 class ProcessSink(Protocol):
     """Where a ChildProcess delivers what its child produces."""
 
@@ -239,13 +252,14 @@ class ChildProcess:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        popen: subprocess.Popen[bytes],
+        popen: ProcessHandle,
         *,
         stdin_fd: int,
         stdout_fd: int,
         stderr_fd: int | None,
         pty_fd: int | None,
         sink: ProcessSink,
+        pidfd: int | None = None,
     ) -> None:
         self._loop = loop
         self._popen = popen
@@ -268,13 +282,14 @@ class ChildProcess:
         self._poll_timer: asyncio.TimerHandle | None = None
         for fd in self._outputs:
             loop.add_reader(fd, self._read, fd)
-        self._watch_exit()
+        self._watch_exit(pidfd)
 
     # ---- exit --------------------------------------------------------------
 
-    def _watch_exit(self) -> None:
+    def _watch_exit(self, pidfd: int | None) -> None:
         try:
-            self._pidfd = os.pidfd_open(self.pid)
+            # The spawn helper hands over a pidfd it opened before anyone could reap.
+            self._pidfd = pidfd if pidfd is not None else os.pidfd_open(self.pid)
         except (AttributeError, OSError):
             # Kernels before 5.3: poll. Only a fallback; every supported host has pidfd.
             self._poll_timer = self._loop.call_later(0.1, self._poll_exit)
@@ -498,12 +513,15 @@ def spawn(
     *,
     pty_size: tuple[int, int, int, int] | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
+    spawner: Spawner | None = None,
 ) -> ChildProcess:
     """Start `argv` as `account` and pump its fds to `sink`.
 
     With `pty_size` (width, height, pixwidth, pixheight) the child gets a new pty as
     stdin/stdout/stderr and controlling terminal; otherwise three pipes, so stdout and
-    stderr stay apart and stdin can see EOF.
+    stderr stay apart and stdin can see EOF. With a `spawner` its helper process starts
+    the child (spawn_server.py says why); without one, or when it is gone, this process
+    forks.
     """
     loop = loop or asyncio.get_running_loop()
     # Switch identity only when we can and must: a node running unprivileged can still
@@ -529,21 +547,10 @@ def spawn(
             for fd in (in_w, out_r):
                 _grow_pipe(fd)
             stdin_child, stdout_child, stderr_child = in_r, out_w, err_w
-        popen = subprocess.Popen(
-            list(argv),
-            executable=executable,
-            stdin=stdin_child,
-            stdout=stdout_child,
-            stderr=stderr_child,
-            env=dict(env),
-            cwd=cwd,
-            user=account.uid if switch else None,
-            group=account.gid if switch else None,
-            extra_groups=list(account.groups) if switch else None,
-            start_new_session=True,
-            preexec_fn=_take_controlling_tty if pty_size is not None else None,
-            close_fds=True,
-        )
+        ids = (account.uid, account.gid, list(account.groups)) if switch else None
+        stdio = (stdin_child, stdout_child, stderr_child)
+        spec = ChildSpec(executable, argv, dict(env), cwd, ids, stdio, pty_size is not None)
+        popen, pidfd = _start_child(spawner, spec)
     except BaseException:
         for fd in parent_fds:
             os.close(fd)
@@ -566,11 +573,48 @@ def spawn(
             stderr_fd=None,
             pty_fd=master,
             sink=sink,
+            pidfd=pidfd,
         )
     in_w, out_r, err_r = parent_fds
     return ChildProcess(
-        loop, popen, stdin_fd=in_w, stdout_fd=out_r, stderr_fd=err_r, pty_fd=None, sink=sink
+        loop,
+        popen,
+        stdin_fd=in_w,
+        stdout_fd=out_r,
+        stderr_fd=err_r,
+        pty_fd=None,
+        sink=sink,
+        pidfd=pidfd,
     )
+
+
+def _start_child(spawner: Spawner | None, spec: ChildSpec) -> tuple[ProcessHandle, int | None]:
+    """The child, started by the spawn helper if there is one (with its pidfd), else
+    forked from this process (OSError if it cannot run, either way)."""
+    if spawner is not None:
+        try:
+            child = spawner.spawn(spec)
+        except SpawnerGone:
+            pass  # fork ourselves below: slower, and the same child
+        else:
+            return child, child.pidfd
+    ids = spec.ids
+    popen = subprocess.Popen(
+        list(spec.argv),
+        executable=spec.executable,
+        stdin=spec.stdio[0],
+        stdout=spec.stdio[1],
+        stderr=spec.stdio[2],
+        env=spec.env,
+        cwd=spec.cwd,
+        user=ids[0] if ids is not None else None,
+        group=ids[1] if ids is not None else None,
+        extra_groups=ids[2] if ids is not None else None,
+        start_new_session=True,
+        preexec_fn=_take_controlling_tty if spec.ctty else None,
+        close_fds=True,
+    )
+    return popen, None
 
 
 def signal_by_name(name: str) -> int | None:

@@ -47,6 +47,7 @@ from certgate.node.session import (
     signal_name,
     spawn,
 )
+from certgate.node.spawner import Spawner
 from certgate.srv import certcapture
 from certgate.srv.audit_queue import AuditSink, AuditWriter, BatchSink, audit_writer
 from certgate.srv.authorize import AUTHORIZE_TIMEOUT, LoginRefused, check_login
@@ -140,11 +141,19 @@ class NodeSSHServer:
         self._authorize_timeout = authorize_timeout
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._connections: set[_Connection] = set()
+        self.spawner: Spawner | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, host: str = "0.0.0.0", port: int = 3022) -> int:
         """Listen on host:port (0 picks a free port); returns the bound port."""
+        spawner = Spawner()
+        try:
+            spawner.start()
+        except OSError as exc:
+            log.warning("no spawn helper (%s): every session forks the node", exc)
+        else:
+            self.spawner = spawner
         # Corked: the packets one pass of the loop makes leave in one send (corked.py).
         self._acceptor = await asyncssh.listen(
             host,
@@ -171,6 +180,9 @@ class NodeSSHServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(acceptor.wait_closed(), 2)
         await self._audit_queue.close()
+        spawner, self.spawner = self.spawner, None
+        if spawner is not None:
+            await asyncio.to_thread(spawner.close)
 
     # ------------------------------------------------------------------ sessions
 
@@ -555,7 +567,9 @@ class _Session(asyncssh.SSHServerSession[bytes]):
             executable, argv = SFTP_SERVER, [SFTP_SERVER]
         else:
             executable, argv = shell_argv(account, self._command)
-        return spawn(account, executable, argv, env, self, pty_size=size)
+        return spawn(
+            account, executable, argv, env, self, pty_size=size, spawner=self._node.spawner
+        )
 
     def _session_env(self) -> dict[str, str]:
         env = {"CERTGATE_USER": self._client.identity.username, "CERTGATE_SESSION_ID": self.id}
