@@ -32,6 +32,7 @@ from certgate.backend.base import Backend
 from certgate.clock import Clock
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.services.audit import AuditLog
+from certgate.services.batched_writer import BatchedWriter
 from certgate.services.host_names import HostNames
 from certgate.services.locks import LockCache
 from certgate.services.store import ResourceStore
@@ -60,12 +61,13 @@ class AuthCore:
         self.proxy_public_addr = proxy_public_addr
         self.auth_addr = auth_addr
         self.users = UserService(backend)
-        self.host_names = HostNames(backend)
+        self.host_names = HostNames(backend, clock)
         self.roles: ResourceStore[Role] = ResourceStore(backend, "/roles/", Role, "role")
         self.tokens: ResourceStore[Token] = ResourceStore(backend, "/tokens/", Token, "token")
         self.locks: ResourceStore[Lock] = ResourceStore(backend, "/locks/", Lock, "lock")
         self.lock_cache = LockCache(backend, self.locks, self._lock_expired, clock)
         self.nodes: ResourceStore[Node] = ResourceStore(backend, "/nodes/", Node, "node")
+        self.node_writer = BatchedWriter(backend, "node heartbeats")
         self.kube_clusters: ResourceStore[KubeCluster] = ResourceStore(
             backend, "/kube_clusters/", KubeCluster, "kubernetes cluster"
         )
@@ -88,8 +90,11 @@ class AuthCore:
         await ensure_preset_roles(self.roles)
         self._issuer = CertIssuer(cas, self.clock)
         await self.lock_cache.start()
+        await self.host_names.start()
 
     async def close(self) -> None:
+        await self.node_writer.close()
+        await self.host_names.close()
         await self.lock_cache.close()
 
     async def _lock_expired(self, lock: Lock) -> None:

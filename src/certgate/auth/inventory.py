@@ -26,7 +26,7 @@ class Inventory(AuthCore):
             )
         if node.spec.sub_kind:
             raise AccessDenied("access denied: a node cannot announce itself as agentless")
-        holder = await self.host_names.get("node", node.name)
+        holder = await self.host_names.holder("node", node.name)
         if holder is None or caller.issued is None or holder.issued != caller.issued:
             # Removed (`cgctl rm node/NAME`), and maybe joined again by another host.
             raise AccessDenied(
@@ -34,7 +34,8 @@ class Inventory(AuthCore):
                 "join the cluster again with a new token"
             )
         meta = node.metadata.model_copy(update={"expires": self.clock.now() + ttl})
-        await self.nodes.upsert(node.model_copy(update={"metadata": meta}))
+        # Coalesced with the other nodes' beats into one transaction (batched_writer.py).
+        await self.node_writer.put(self.nodes.encode(node.model_copy(update={"metadata": meta})))
 
     async def kube_heartbeat(self, caller: Identity, cluster: KubeCluster, ttl: timedelta) -> None:
         """A kube service announces a cluster it forwards to (it names itself as service)."""
