@@ -355,7 +355,8 @@ class PostgresBackend:
         clock: Clock | None = None,
         poll_interval: float = 1.0,
         *,
-        pool_size: int = 10,
+        pool_size: int = 20,
+        pool_timeout: float = 10.0,
         max_events: int = 100_000,
         max_event_age: timedelta = timedelta(hours=1),
         compact_interval: float = 60.0,
@@ -380,7 +381,7 @@ class PostgresBackend:
             kwargs={"autocommit": True},
             configure=_configure,
             check=AsyncConnectionPool.check_connection,
-            timeout=10.0,
+            timeout=pool_timeout,
             name="certgate-postgres",
         )
         # The feed: every event with floor < revision <= head, in order, is in _buffer.
@@ -442,10 +443,14 @@ class PostgresBackend:
         try:
             async with self._pool.connection() as conn:
                 yield conn
+        except PoolTimeout as exc:  # before psycopg.Error: it is an OperationalError
+            # Every connection busy (or the server gone): one line, the pool's size in it.
+            raise ConnectionProblem(
+                f"postgres store busy or unreachable: no free connection of"
+                f" {self._pool.max_size} (storage.pool_size) within {self._pool.timeout:g}s"
+            ) from exc
         except psycopg.Error as exc:
             raise translate_pg_error(exc) from exc
-        except PoolTimeout as exc:
-            raise ConnectionProblem(f"postgres store unreachable: {exc}") from exc
 
     async def _write(self, work: Callable[[AsyncConnection[Any], int], Awaitable[int]]) -> int:
         """Run `work(conn, revision)` under the writers' lock; it returns the new revision."""
