@@ -119,3 +119,33 @@ async def refused_soon(auth: AuthServer, identity: Identity, timeout: float = 10
         assert time.monotonic() < deadline, "the removed identity kept heartbeating"
         await asyncio.sleep(0.01)
     return await refused(auth, identity)
+
+
+async def listed(auth: AuthServer) -> list[str]:
+    admin = Identity(
+        username="alice", roles=("access",), kind="user", expires=auth.clock.now() + TTL
+    )
+    return [n.name for n in await auth.nodes_for(admin)]
+
+
+async def listed_soon(auth: AuthServer, names: list[str], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (found := await listed(auth)) != names:
+        assert time.monotonic() < deadline, f"listed {found}, not {names}"
+        await asyncio.sleep(0.01)
+
+
+async def test_cgsh_ls_follows_beats_removals_and_expiry_through_any_auth(
+    auths: list[AuthServer], clock: FakeClock
+) -> None:
+    # `cgsh ls` is answered from auth's mirror of the nodes (services/prefix_mirror.py).
+    here, there = auths
+    assert here.node_mirror.current
+    first, second = await join(there, "db-1"), await join(there, "db-2")
+    await there.heartbeat(first, beat("db-1"), TTL)
+    await there.heartbeat(second, beat("db-2"), timedelta(seconds=90))
+    await listed_soon(here, ["db-1", "db-2"])  # beats through the other auth show here
+    await there.delete_resource("node", "db-2", "admin")
+    await listed_soon(here, ["db-1"])
+    clock.advance(TTL + timedelta(seconds=1))  # db-1 stopped beating: gone at its expiry
+    assert await listed(here) == []

@@ -35,6 +35,7 @@ from certgate.services.audit import AuditLog
 from certgate.services.batched_writer import BatchedWriter
 from certgate.services.host_names import HostNames
 from certgate.services.locks import LockCache
+from certgate.services.prefix_mirror import PrefixMirror
 from certgate.services.store import ResourceStore
 from certgate.services.users import UserService
 
@@ -68,6 +69,8 @@ class AuthCore:
         self.lock_cache = LockCache(backend, self.locks, self._lock_expired, clock)
         self.nodes: ResourceStore[Node] = ResourceStore(backend, "/nodes/", Node, "node")
         self.node_writer = BatchedWriter(backend, "node heartbeats")
+        # What `cgsh ls` lists from, instead of reading every node per call.
+        self.node_mirror = PrefixMirror(backend, self.nodes.prefix, clock)
         self.kube_clusters: ResourceStore[KubeCluster] = ResourceStore(
             backend, "/kube_clusters/", KubeCluster, "kubernetes cluster"
         )
@@ -91,9 +94,11 @@ class AuthCore:
         self._issuer = CertIssuer(cas, self.clock)
         await self.lock_cache.start()
         await self.host_names.start()
+        await self.node_mirror.start()
 
     async def close(self) -> None:
         await self.node_writer.close()
+        await self.node_mirror.close()
         await self.host_names.close()
         await self.lock_cache.close()
 

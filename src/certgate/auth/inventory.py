@@ -67,7 +67,10 @@ class Inventory(AuthCore):
         """The nodes the caller's roles give access to (what `cgsh ls` shows)."""
         roles = await self.load_roles(list(caller.roles))
         role_set = RoleSet(roles, caller.traits)
-        nodes = await self.nodes.list()
+        if self.node_mirror.current:  # 10,000 nodes: no store read per call
+            nodes = [self.nodes.decode(item) for item in self.node_mirror.items()]
+        else:
+            nodes = await self.nodes.list()
         return [
             n
             for n in nodes
