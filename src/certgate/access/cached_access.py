@@ -23,7 +23,6 @@ from certgate.clock import Clock, SystemClock
 from certgate.errors import AccessDenied, NotFound
 from certgate.rpc.watcher import ResourceView
 
-
 # How far past its expiry a node stays routable while the view follows auth's watch.
 EXPIRY_LAG_ALLOWANCE = timedelta(minutes=5)
 

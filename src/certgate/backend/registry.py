@@ -28,7 +28,6 @@ from certgate.backend.sqlite import SQLiteBackend
 from certgate.clock import Clock
 from certgate.errors import BadParameter
 
-
 # Connections per auth process to a postgres store (`storage.pool_size`).
 DEFAULT_POOL_SIZE = 20
 
