@@ -51,7 +51,7 @@ from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.failover import Backoff
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import fetch_host_ca
-from certgate.rpc.watcher import ResourceView
+from certgate.rpc.watcher import ResourceView, ping_seconds
 from certgate.transport import client_context
 from tests.support.cluster import Cluster
 from tests.support.postgres import running_postgres
@@ -59,6 +59,7 @@ from tests.support.postgres import running_postgres
 TARGET_RSS_MIB = 1024
 TARGET_LS_P50 = 1.0
 TARGET_REREGISTER = 120.0
+DEFAULT_STRICT_GRACE = 30.0  # strict_lock_grace's default (daemon/config.py)
 
 
 # load generator (one process per --workers) ---------------------------------------------
@@ -91,7 +92,10 @@ class SimNode:
         self.name = name
         self.client = AsyncAuthClient(f"https://{auth}", identity.tls_context())
         # What a real node watches (node/agent.py), on the same client as its beats.
-        self.view = ResourceView(self.client, ["role", "lock", "cert_authority"]) if watch else None
+        kinds = ["role", "lock", "cert_authority"]
+        # Pinged as a node with the default strict-lock grace asks (srv/host.py).
+        ping = ping_seconds(DEFAULT_STRICT_GRACE)
+        self.view = ResourceView(self.client, kinds, ping_every=ping) if watch else None
         self.interval = interval
         self.retry = Backoff(base=min(1.0, interval), cap=interval)
         self.body = {
@@ -142,6 +146,10 @@ class SimNode:
 def _worker(
     index: int, names: list[str], auth: str, token: str, interval: float, watch: float, pipe: Any
 ) -> None:
+    # The nodes are other machines: on this one their simulation must not take the
+    # cores from the auth under test (it did, at load average 15: auth got 0.04 cores).
+    os.nice(10)
+
     async def main() -> None:
         ca_pem = await fetch_host_ca(auth, "")
         semaphore = asyncio.Semaphore(8)
