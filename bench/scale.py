@@ -446,6 +446,9 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
         cluster.start(timeout=60)
         ready_at = time.time()
         print(f"[{backend}] auth restarted ({time.monotonic() - down_since:.1f} s down)")
+        assert cluster.process is not None
+        pid = cluster.process.pid
+        cpu0, wait0, t0 = _proc_cpu(pid), _runqueue_wait(pid), time.monotonic()
         for pipe in pipes:
             pipe.send("mark")
         returned: list[float] = []
@@ -459,6 +462,13 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
             if len(seen) >= args.nodes:
                 break
         watching = report["watching"] if seen else 0
+        elapsed = time.monotonic() - t0
+        print(
+            f"[{backend}] auth while they came back: CPU "
+            f"{(_proc_cpu(pid) - cpu0) / elapsed:.2f} cores, "
+            f"{(_runqueue_wait(pid) - wait0) / elapsed:.2f} s/s waiting for a core, "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
         # Auth answers heartbeats a little before /readyz (the proxy starts after it):
         # the curve starts at the first answer after the restart.
         start = min([*returned, *seen, ready_at])
