@@ -355,7 +355,7 @@ class PostgresBackend:
         clock: Clock | None = None,
         poll_interval: float = 1.0,
         *,
-        pool_size: int = 20,
+        pool_size: int = 10,
         pool_timeout: float = 10.0,
         max_events: int = 100_000,
         max_event_age: timedelta = timedelta(hours=1),

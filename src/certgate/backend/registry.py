@@ -29,7 +29,7 @@ from certgate.clock import Clock
 from certgate.errors import BadParameter
 
 # Connections per auth process to a postgres store (`storage.pool_size`).
-DEFAULT_POOL_SIZE = 20
+DEFAULT_POOL_SIZE = 10
 
 
 async def open_backend(
