@@ -220,9 +220,6 @@ def _worker(
 
         joined = await asyncio.gather(*(join(name) for name in names))
         await joiner.close()
-        # The nodes are other machines: once joined, their simulation must not take the
-        # cores from the auth under test (at load average 15 auth got 0.04 cores).
-        os.nice(10)
         watchers = round(len(names) * watch)
         nodes = [
             SimNode(n, i, auth, interval, watch=k < watchers) for k, (n, i) in enumerate(joined)
