@@ -33,6 +33,7 @@ import os
 import random
 import resource
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -46,12 +47,12 @@ from certgate.api.bundle import CertBundle
 from certgate.api.codec import to_dict
 from certgate.api.meta import Metadata
 from certgate.api.node import Node, NodeSpec
-from certgate.errors import CertgateError
+from certgate.errors import CertgateError, ConnectionProblem
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.failover import Backoff
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import fetch_host_ca
-from certgate.rpc.watcher import ResourceView
+from certgate.rpc.watcher import ResourceView, ping_seconds
 from certgate.transport import client_context
 from tests.support.cluster import Cluster
 from tests.support.postgres import running_postgres
@@ -59,29 +60,80 @@ from tests.support.postgres import running_postgres
 TARGET_RSS_MIB = 1024
 TARGET_LS_P50 = 1.0
 TARGET_REREGISTER = 120.0
+DEFAULT_STRICT_GRACE = 30.0  # strict_lock_grace's default (daemon/config.py)
 
 
 # load generator (one process per --workers) ---------------------------------------------
 
 
-async def _join(auth: str, ca_pem: str, token: str, name: str) -> IdentityFiles:
+async def _join(client: AsyncAuthClient, token: str, name: str) -> IdentityFiles:
     key_pem, public_key = new_key()
-    client = AsyncAuthClient(f"https://{auth}", client_context([ca_pem]))
-    try:
-        data = await client.call(
-            "POST",
-            "/v1/join",
-            json={
-                "token": token,
-                "role": "node",
-                "public_key": public_key,
-                "name": name,
-                "principals": [name, "127.0.0.1"],
-            },
-        )
-    finally:
-        await client.close()
+    data = await client.call(
+        "POST",
+        "/v1/join",
+        json={
+            "token": token,
+            "role": "node",
+            "public_key": public_key,
+            "name": name,
+            "principals": [name, "127.0.0.1"],
+        },
+    )
     return IdentityFiles(key_pem=key_pem, bundle=CertBundle.from_dict(data))
+
+
+class BeatConnection:
+    """One node's keep-alive mTLS connection to auth, speaking just enough HTTP/1.1 for
+    `POST /v1/nodes/heartbeat`.
+
+    The real node uses httpx; 10,000 of them in four Python processes on a loaded 2-core
+    machine spent their CPU in httpx, and the heartbeat latency measured their own
+    event-loop lag rather than auth (auth idled at 0.05 cores while beats timed out).
+    The calls auth sees are the same: one mTLS connection per node, kept between beats,
+    the same request line, headers and JSON body.
+    """
+
+    def __init__(self, auth: str, context: ssl.SSLContext, body: bytes) -> None:
+        self._host, port = auth.rsplit(":", 1)
+        self._port = int(port)
+        self._context = context
+        self._request = (
+            f"POST /v1/nodes/heartbeat HTTP/1.1\r\nHost: {auth}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def beat(self, timeout: float = 15.0) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._beat()
+        except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            self.close()
+            raise ConnectionProblem(f"heartbeat failed: {type(exc).__name__} {exc}") from None
+
+    async def _beat(self) -> None:
+        if self._streams is None:
+            self._streams = await asyncio.open_connection(
+                self._host, self._port, ssl=self._context, server_hostname=self._host
+            )
+        reader, writer = self._streams
+        writer.write(self._request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        answer = await reader.readexactly(length)
+        if b"connection: close" in head.lower():
+            self.close()
+        if status >= 300:
+            raise ValueError(f"status {status}: {answer[:200]!r}")
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+            self._streams = None
 
 
 class SimNode:
@@ -89,9 +141,13 @@ class SimNode:
         self, name: str, identity: IdentityFiles, auth: str, interval: float, watch: bool
     ) -> None:
         self.name = name
-        self.client = AsyncAuthClient(f"https://{auth}", identity.tls_context())
+        context = identity.tls_context()
+        self.client = AsyncAuthClient(f"https://{auth}", context)
         # What a real node watches (node/agent.py), on the same client as its beats.
-        self.view = ResourceView(self.client, ["role", "lock", "cert_authority"]) if watch else None
+        kinds = ["role", "lock", "cert_authority"]
+        # Pinged as a node with the default strict-lock grace asks (srv/host.py).
+        ping = ping_seconds(DEFAULT_STRICT_GRACE)
+        self.view = ResourceView(self.client, kinds, ping_every=ping) if watch else None
         self.interval = interval
         self.retry = Backoff(base=min(1.0, interval), cap=interval)
         self.body = {
@@ -103,10 +159,11 @@ class SimNode:
             ),
             "ttl_seconds": interval * 1.5,
         }
+        self.beats = BeatConnection(auth, context, json.dumps(self.body).encode())
 
     async def beat(self) -> float:
         started = time.monotonic()
-        await self.client.call("POST", "/v1/nodes/heartbeat", json=self.body)
+        await self.beats.beat()
         return time.monotonic() - started
 
     async def run(self, stats: dict[str, Any]) -> None:
@@ -145,6 +202,9 @@ def _worker(
     async def main() -> None:
         ca_pem = await fetch_host_ca(auth, "")
         semaphore = asyncio.Semaphore(8)
+        # Joins share this worker's connections (a join is not authenticated by a client
+        # certificate): a TLS handshake per join cost both sides more than the join.
+        joiner = AsyncAuthClient(f"https://{auth}", client_context([ca_pem]))
 
         async def join(name: str) -> tuple[str, IdentityFiles]:
             # A join that timed out on a busy auth may still have taken the name: a
@@ -153,12 +213,13 @@ def _worker(
                 for attempt in range(30):
                     tried = name if attempt == 0 else f"{name}-{attempt}"
                     try:
-                        return tried, await _join(auth, ca_pem, token, tried)
+                        return tried, await _join(joiner, token, tried)
                     except CertgateError:
                         await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
-                return f"{name}-last", await _join(auth, ca_pem, token, f"{name}-last")
+                return f"{name}-last", await _join(joiner, token, f"{name}-last")
 
         joined = await asyncio.gather(*(join(name) for name in names))
+        await joiner.close()
         watchers = round(len(names) * watch)
         nodes = [
             SimNode(n, i, auth, interval, watch=k < watchers) for k, (n, i) in enumerate(joined)
@@ -195,6 +256,8 @@ def _worker(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.gather(*(n.view.close() for n in nodes if n.view is not None))
+        for node in nodes:
+            node.beats.close()
 
     asyncio.run(main())
 
@@ -205,6 +268,17 @@ def _worker(
 def _proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _runqueue_wait(pid: int) -> float:
+    """Seconds the process's threads spent runnable but not running (CPU starvation)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -272,14 +346,13 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
         assert cluster.process is not None
         user = cluster.add_user("bench", roles="access")
         cluster.login(user)
-        # One token per worker: a token's use count is one item, updated on every join.
+        # One token per worker, without --uses: a use count is one item that every join
+        # takes a turn at updating (compare-and-swap), and concurrent joins kept losing
+        # that race (on PostgreSQL 400 joins took a minute). An operator adding many
+        # nodes at once does the same: a short-lived token without a use limit.
         tokens = []
-        for index in range(args.workers):
-            share = len(range(index, args.nodes, args.workers))
-            uses = share + share // 5 + 10  # a timed-out join may have used one
-            out = cluster.cgctl(
-                "tokens", "add", "--type=node", "--ttl=2h", f"--uses={uses}", "--format=json"
-            ).stdout
+        for _ in range(args.workers):
+            out = cluster.cgctl("tokens", "add", "--type=node", "--ttl=2h", "--format=json").stdout
             tokens.append(json.loads(out)["token"])
         names = [f"n{i:05d}-{socket.gethostname()[:8]}" for i in range(args.nodes)]
         context = multiprocessing.get_context("spawn")
@@ -313,11 +386,14 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
         time.sleep(args.interval * 1.2)
         _reports(pipes)
         pid = cluster.process.pid
-        cpu0, t0 = _proc_cpu(pid), time.monotonic()
+        cpu0, wait0, t0 = _proc_cpu(pid), _runqueue_wait(pid), time.monotonic()
+        load0 = os.getloadavg()[0]
         time.sleep(args.seconds)
         window = _reports(pipes)
         elapsed = time.monotonic() - t0
         cpu = (_proc_cpu(pid) - cpu0) / elapsed
+        starved = (_runqueue_wait(pid) - wait0) / elapsed
+        load = (load0 + os.getloadavg()[0]) / 2
         rss = _peak_rss_mib(pid)
         print(
             f"[{backend}] heartbeats/s {window['ok'] / elapsed:.0f} "
@@ -328,12 +404,16 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
             f"p99 {_pct(window['latency'], 0.99) * 1000:.0f} ms"
         )
         print(
-            f"[{backend}] auth+proxy process: CPU {cpu:.2f} cores, peak RSS {rss:.0f} MiB "
+            f"[{backend}] auth+proxy process: CPU {cpu:.2f} cores (and {starved:.2f} s/s "
+            f"runnable but waiting for a core; load average {load:.1f}), peak RSS {rss:.0f} MiB "
             f"(target <= {TARGET_RSS_MIB} MiB); {window['watching']} watch streams open, "
             f"{_open_connections(pid)} sockets open in auth"
         )
-        listed, shown, errors = [], 0, []
+        listed, shown, errors, baseline = [], 0, [], []
         for _ in range(10):
+            t = time.monotonic()
+            cluster.cgsh(user, "status", check=False)  # start-up and profile, no listing
+            baseline.append(time.monotonic() - t)
             t = time.monotonic()
             result = cluster.cgsh(user, "ls", "--format=json", check=False)
             if result.returncode == 0:
@@ -343,7 +423,10 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
                 errors.append(result.stderr.strip())
         print(
             f"[{backend}] cgsh ls ({shown} nodes listed): p50 {_pct(listed, 0.5):.2f} s "
-            f"p99 {_pct(listed, 0.99):.2f} s (target p50 <= {TARGET_LS_P50:.0f} s)"
+            f"p99 {_pct(listed, 0.99):.2f} s (target p50 <= {TARGET_LS_P50:.0f} s); "
+            f"`cgsh status` in the same runs (start-up, no listing): p50 "
+            f"{_pct(baseline, 0.5):.2f} s, so listing took ~"
+            f"{_pct(listed, 0.5) - _pct(baseline, 0.5):.2f} s of the ls p50"
             + (f"; {len(errors)} of 10 failed: {errors[0]}" if errors else "")
         )
 
@@ -359,6 +442,9 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
         cluster.start(timeout=60)
         ready_at = time.time()
         print(f"[{backend}] auth restarted ({time.monotonic() - down_since:.1f} s down)")
+        assert cluster.process is not None
+        pid = cluster.process.pid
+        cpu0, wait0, t0 = _proc_cpu(pid), _runqueue_wait(pid), time.monotonic()
         for pipe in pipes:
             pipe.send("mark")
         returned: list[float] = []
@@ -372,6 +458,13 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
             if len(seen) >= args.nodes:
                 break
         watching = report["watching"] if seen else 0
+        elapsed = time.monotonic() - t0
+        print(
+            f"[{backend}] auth while they came back: CPU "
+            f"{(_proc_cpu(pid) - cpu0) / elapsed:.2f} cores, "
+            f"{(_runqueue_wait(pid) - wait0) / elapsed:.2f} s/s waiting for a core, "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
         # Auth answers heartbeats a little before /readyz (the proxy starts after it):
         # the curve starts at the first answer after the restart.
         start = min([*returned, *seen, ready_at])

@@ -11,6 +11,8 @@ class StubView:
         self.items = items
         # Seconds since auth was last heard from; raise it to make the view stale.
         self.silence = 0.0
+        # Whether the watch is up: nodes' expiry then comes from the store's deletes.
+        self.connected = False
 
     def get(self, kind: str, name: str) -> Any:
         return self.items.get(kind, {}).get(name)

@@ -11,6 +11,7 @@ check_join(identity, owner, ...) -> None or AccessDenied   (cgsh join)
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 from certgate.access.rbac import RoleSet
 from certgate.access.requests import check_resource, resource_allowed
@@ -21,6 +22,9 @@ from certgate.api.role import Role
 from certgate.clock import Clock, SystemClock
 from certgate.errors import AccessDenied, NotFound
 from certgate.rpc.watcher import ResourceView
+
+# How far past its expiry a node stays routable while the view follows auth's watch.
+EXPIRY_LAG_ALLOWANCE = timedelta(minutes=5)
 
 
 class CachedAccess:
@@ -128,8 +132,13 @@ class CachedAccess:
         if self._cluster_suffix and target.endswith(self._cluster_suffix):
             target = target[: -len(self._cluster_suffix)]
         nodes = [n for n in self._view.all("node") if isinstance(n, Node)]
-        now = self._clock.now()
-        live = [n for n in nodes if n.metadata.expires is None or n.metadata.expires > now]
+        # While the watch is up, the store says when a node expired (a delete event, in
+        # order with its heartbeats): a view that lags a few seconds at 10,000 nodes
+        # must not drop nodes whose newer heartbeat is still on its way. Only a view cut
+        # off from auth, or one far behind, judges expiry by its own clock.
+        allowance = EXPIRY_LAG_ALLOWANCE if self._view.connected else timedelta(0)
+        horizon = self._clock.now() - allowance
+        live = [n for n in nodes if n.metadata.expires is None or n.metadata.expires > horizon]
         keys: list[Callable[[Node], str]] = [
             lambda n: n.metadata.name,
             lambda n: n.spec.hostname,

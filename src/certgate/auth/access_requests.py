@@ -45,7 +45,7 @@ from certgate.api.node import Node
 from certgate.api.role import Role
 from certgate.api.user import User
 from certgate.auth.core import MAX_USER_TTL, AuthCore
-from certgate.errors import AccessDenied, BadParameter, CompareFailed, NotFound
+from certgate.errors import AccessDenied, BadParameter, CertgateError, CompareFailed, NotFound
 
 log = logging.getLogger("certgate.auth.requests")
 
@@ -473,7 +473,9 @@ class AccessRequestAdmin(AuthCore):
             await asyncio.sleep(REAPER_INTERVAL)
             try:
                 await self.expire_requests()
-            except Exception:
+            except CertgateError as exc:  # the store busy or unreachable: one line
+                log.warning("expiring access requests failed, trying again: %s", exc)
+            except Exception:  # a bug: keep the trace
                 log.exception("expiring access requests failed; trying again")
 
     # certificates with grants ------------------------------------------------------

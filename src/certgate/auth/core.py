@@ -32,8 +32,10 @@ from certgate.backend.base import Backend
 from certgate.clock import Clock
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.services.audit import AuditLog
+from certgate.services.batched_writer import BatchedWriter
 from certgate.services.host_names import HostNames
 from certgate.services.locks import LockCache
+from certgate.services.prefix_mirror import PrefixMirror
 from certgate.services.store import ResourceStore
 from certgate.services.users import UserService
 
@@ -60,12 +62,15 @@ class AuthCore:
         self.proxy_public_addr = proxy_public_addr
         self.auth_addr = auth_addr
         self.users = UserService(backend)
-        self.host_names = HostNames(backend)
+        self.host_names = HostNames(backend, clock)
         self.roles: ResourceStore[Role] = ResourceStore(backend, "/roles/", Role, "role")
         self.tokens: ResourceStore[Token] = ResourceStore(backend, "/tokens/", Token, "token")
         self.locks: ResourceStore[Lock] = ResourceStore(backend, "/locks/", Lock, "lock")
         self.lock_cache = LockCache(backend, self.locks, self._lock_expired, clock)
         self.nodes: ResourceStore[Node] = ResourceStore(backend, "/nodes/", Node, "node")
+        self.node_writer = BatchedWriter(backend, "node heartbeats")
+        # What `cgsh ls` lists from, instead of reading every node per call.
+        self.node_mirror = PrefixMirror(backend, self.nodes.prefix, clock)
         self.kube_clusters: ResourceStore[KubeCluster] = ResourceStore(
             backend, "/kube_clusters/", KubeCluster, "kubernetes cluster"
         )
@@ -88,8 +93,13 @@ class AuthCore:
         await ensure_preset_roles(self.roles)
         self._issuer = CertIssuer(cas, self.clock)
         await self.lock_cache.start()
+        await self.host_names.start()
+        await self.node_mirror.start()
 
     async def close(self) -> None:
+        await self.node_writer.close()
+        await self.node_mirror.close()
+        await self.host_names.close()
         await self.lock_cache.close()
 
     async def _lock_expired(self, lock: Lock) -> None:

@@ -578,6 +578,7 @@ class AuthAPI:
         kinds = [k for k in request.query.get("kinds", "").split(",") if k]
         if not kinds:
             raise BadParameter("name the kinds to watch: ?kinds=role,lock")
+        ping = _ping_seconds(request.query.get("ping", ""))
         for kind in kinds:
             caller = await self.authorizer.check(caller, kind, "list")
         stores = {kind: self.server.store_for(kind) for kind in kinds}
@@ -598,7 +599,14 @@ class AuthAPI:
             await response.prepare(request)
             await _send(response, {"type": "snapshot", "revision": revision, "items": snapshot})
             await self._follow(
-                response, events, kinds, stores, by_prefix, request, caller if guarded else None
+                response,
+                events,
+                kinds,
+                stores,
+                by_prefix,
+                request,
+                caller if guarded else None,
+                ping,
             )
         return response
 
@@ -611,8 +619,10 @@ class AuthAPI:
         by_prefix: dict[str, str],
         request: web.Request,
         guarded: Identity | None,
+        ping: float,
     ) -> None:
-        """Relay `events` to the stream; `guarded` is the user whose stream a lock ends."""
+        """Relay `events` to the stream; `guarded` is the user whose stream a lock ends;
+        a ping after `ping` seconds without a line."""
         lock_store = self.server.store_for("lock")
         lock_prefix = lock_store.prefix
         next_event = asyncio.ensure_future(anext(events))
@@ -621,7 +631,7 @@ class AuthAPI:
         # into the middle of it.
         try:
             while True:
-                done, _ = await asyncio.wait({next_event}, timeout=WATCH_PING_SECONDS)
+                done, _ = await asyncio.wait({next_event}, timeout=ping)
                 if not done:
                     # Each ping also re-checks auth's lock cache: a lock written by
                     # another auth process arrives there, if not (yet) in this stream.
@@ -681,8 +691,24 @@ async def _cut(request: web.Request, response: web.StreamResponse, reason: str) 
     _end_abruptly(request)
 
 
-# Watchers measure how fresh their view is by these (strict locking), so keep it short.
+# Watchers measure how fresh their view is by these (strict locking), so keep it short;
+# a watcher may ask for fewer (`?ping=5`: rpc/watcher.py ping_seconds), up to the cap.
 WATCH_PING_SECONDS = 1.0
+MAX_WATCH_PING_SECONDS = 10.0
+
+
+def _ping_seconds(asked: str) -> float:
+    if not asked:
+        return WATCH_PING_SECONDS
+    try:
+        seconds = float(asked)
+    except ValueError:
+        raise BadParameter(f"ping must be a number of seconds, got {asked[:20]!r}") from None
+    if not WATCH_PING_SECONDS <= seconds <= MAX_WATCH_PING_SECONDS:
+        raise BadParameter(
+            f"ping must be between {WATCH_PING_SECONDS:g} and {MAX_WATCH_PING_SECONDS:g} seconds"
+        )
+    return seconds
 
 
 async def _send(response: web.StreamResponse, message: dict[str, Any]) -> None:

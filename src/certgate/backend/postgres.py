@@ -356,6 +356,7 @@ class PostgresBackend:
         poll_interval: float = 1.0,
         *,
         pool_size: int = 10,
+        pool_timeout: float = 10.0,
         max_events: int = 100_000,
         max_event_age: timedelta = timedelta(hours=1),
         compact_interval: float = 60.0,
@@ -380,7 +381,7 @@ class PostgresBackend:
             kwargs={"autocommit": True},
             configure=_configure,
             check=AsyncConnectionPool.check_connection,
-            timeout=10.0,
+            timeout=pool_timeout,
             name="certgate-postgres",
         )
         # The feed: every event with floor < revision <= head, in order, is in _buffer.
@@ -442,10 +443,14 @@ class PostgresBackend:
         try:
             async with self._pool.connection() as conn:
                 yield conn
+        except PoolTimeout as exc:  # before psycopg.Error: it is an OperationalError
+            # Every connection busy (or the server gone): one line, the pool's size in it.
+            raise ConnectionProblem(
+                f"postgres store busy or unreachable: no free connection of"
+                f" {self._pool.max_size} (storage.pool_size) within {self._pool.timeout:g}s"
+            ) from exc
         except psycopg.Error as exc:
             raise translate_pg_error(exc) from exc
-        except PoolTimeout as exc:
-            raise ConnectionProblem(f"postgres store unreachable: {exc}") from exc
 
     async def _write(self, work: Callable[[AsyncConnection[Any], int], Awaitable[int]]) -> int:
         """Run `work(conn, revision)` under the writers' lock; it returns the new revision."""
@@ -539,10 +544,46 @@ class PostgresBackend:
 
         if not items:
             return []
+        if not create_only and len({item.key for item in items}) == len(items):
+            return await self._put_many(items, values)
         await self._write(write)
         return [
             self._item(item, value, first[0] + offset)
             for offset, (item, value) in enumerate(zip(items, values, strict=True))
+        ]
+
+    async def _put_many(self, items: Sequence[Item], values: list[bytes]) -> list[Item]:
+        """`put` of distinct keys, in one statement and one round trip (heartbeats in
+        batches, services/batched_writer.py): revisions head+1.. in the order given."""
+        async with self._connection() as conn:
+            result = await conn.execute(
+                "WITH bumped AS ("
+                "  UPDATE certgate_meta SET value = value + %(n)s WHERE name = 'revision'"
+                "  RETURNING value - %(n)s AS base),"
+                " rows AS ("
+                "  SELECT base + ord AS revision, key, value, expires FROM bumped,"
+                "  unnest(%(keys)s::text[], %(values)s::bytea[], %(expires)s::timestamptz[])"
+                "  WITH ORDINALITY AS given(key, value, expires, ord)),"
+                " logged AS ("
+                "  INSERT INTO certgate_events (revision, key, type, value, expires, created)"
+                "  SELECT revision, key, 'put', value, expires, %(now)s FROM rows),"
+                " stored AS ("
+                "  INSERT INTO certgate_kv (key, value, revision, expires)"
+                "  SELECT key, value, revision, expires FROM rows"
+                "  ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                "  revision = excluded.revision, expires = excluded.expires)"
+                " SELECT base, pg_notify(%(channel)s, (base + %(n)s)::text) FROM bumped",
+                {"n": len(items), "keys": [item.key for item in items], "values": values,
+                 "expires": [_stored_expiry(item.expires) for item in items],
+                 "now": self._clock.now(), "channel": CHANNEL},
+            )  # fmt: skip
+            row = await result.fetchone()
+        assert row is not None
+        base = int(row[0])
+        self._wrote(base + len(items))
+        return [
+            self._item(item, value, base + offset)
+            for offset, (item, value) in enumerate(zip(items, values, strict=True), start=1)
         ]
 
     async def compare_and_swap(self, item: Item, expected_revision: int) -> Item:

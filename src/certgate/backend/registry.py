@@ -28,6 +28,9 @@ from certgate.backend.sqlite import SQLiteBackend
 from certgate.clock import Clock
 from certgate.errors import BadParameter
 
+# Connections per auth process to a postgres store (`storage.pool_size`).
+DEFAULT_POOL_SIZE = 10
+
 
 async def open_backend(
     storage: dict[str, Any], data_dir: Path, clock: Clock | None = None
@@ -39,7 +42,10 @@ async def open_backend(
         from certgate.backend.postgres import PostgresBackend
 
         poll_interval = _number(storage, "poll_interval", 1.0)
-        return await PostgresBackend.open(_conninfo(storage), clock, poll_interval)
+        pool_size = int(_number(storage, "pool_size", DEFAULT_POOL_SIZE))
+        return await PostgresBackend.open(
+            _conninfo(storage), clock, poll_interval, pool_size=pool_size
+        )
     path = _path(storage.get("path", "backend.db"), data_dir)
     poll_interval = _number(storage, "poll_interval", 0.05)
     return await SQLiteBackend.open(path, clock=clock, poll_interval=poll_interval)

@@ -35,6 +35,11 @@ class Storage(_Section):
     type: Literal["sqlite", "postgres"] = "sqlite"
     conn_string: str = ""
     tls: StorageTLS = Field(default_factory=StorageTLS)
+    # postgres: connections each auth process keeps to the store. Heartbeats are written
+    # in batches (one connection per batch) and names and nodes are served from memory,
+    # so few are busy at once; writes take turns on one counter row anyway, and more
+    # connections only add waiting transactions (docs/deployment.md).
+    pool_size: int = Field(default=10, ge=1, le=1000)
 
 
 class Recordings(_Section):
@@ -250,6 +255,7 @@ auth_service:
       cert_file: ""       # client certificate and key, for `cert` authentication
       key_file: ""
       mode: ""            # disable, prefer, require, verify-ca, verify-full
+    pool_size: 10         # postgres only: store connections per auth process
   recordings:
     uri: "file://"        # default <data_dir>/recordings; or an S3-compatible bucket:
                           # "s3://bucket/prefix?endpoint=https://s3.example.com&region=r1"

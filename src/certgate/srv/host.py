@@ -36,7 +36,7 @@ from certgate.rpc.audit_spool import AuditSpool
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.failover import Backoff
 from certgate.rpc.session_trackers import SessionTrackerPublisher
-from certgate.rpc.watcher import ResourceView
+from certgate.rpc.watcher import ResourceView, ping_seconds
 from certgate.srv.monitor import SessionMonitor
 from certgate.srv.recording_hook import RecordingHook
 from certgate.srv.registry import SessionRegistry
@@ -61,7 +61,12 @@ class SessionHost:
         """`what` names the service in logs and refusals ("node", "kube service")."""
         self._what = what
         self._interval = heartbeat_interval
-        self.view = ResourceView(auth, ["role", "lock", "cert_authority"], self._on_change)
+        self.view = ResourceView(
+            auth,
+            ["role", "lock", "cert_authority"],
+            self._on_change,
+            ping_every=ping_seconds(strict_grace),
+        )
         self.access = CachedAccess(self.view, strict_grace=strict_grace)
         self.registry = SessionRegistry()
         self.monitor = SessionMonitor(self.registry, self.access, server=what)

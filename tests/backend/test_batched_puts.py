@@ -1,0 +1,66 @@
+"""Heartbeats are written in batches (services/batched_writer.py): on both backends,
+every put keeps its effect and its order, as if each had been its own `put`."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from certgate.backend.base import Backend, EventType, Item
+from certgate.clock import FakeClock
+from certgate.errors import BadParameter
+from certgate.services.batched_writer import BatchedWriter
+from tests.support.postgres import PostgresServer
+
+from .conftest import BackendTarget
+from .suite import next_events, watching
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend_target(request: pytest.FixtureRequest, tmp_path: Path) -> BackendTarget:
+    if request.param == "sqlite":
+        return BackendTarget({"type": "sqlite", "poll_interval": 0.01}, tmp_path)
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    schema: str = request.getfixturevalue("postgres_schema")
+    return BackendTarget(server.storage(schema), tmp_path)
+
+
+async def test_concurrent_puts_share_transactions_and_keep_every_event_in_order(
+    backend: Backend, clock: FakeClock
+) -> None:
+    writer = BatchedWriter(backend, "test puts")
+    soon = clock.now() + timedelta(hours=1)
+    # 300 puts at once, node 7 three times: each is its own event, in the order made.
+    items = [Item(f"/nodes/n{i:03d}", f"beat {i}".encode(), expires=soon) for i in range(297)]
+    items[10:10] = [Item("/nodes/n007", b"second"), Item("/nodes/n007", b"third")]
+    items.append(Item("/nodes/n007", b"fourth", expires=soon))
+    async with watching(backend, ["/nodes/"]) as events:
+        written = await asyncio.gather(*(writer.put(item) for item in items))
+        seen = await next_events(events, len(items))
+    assert writer.batches < len(items) / 10  # coalesced, not one transaction per put
+    assert [(e.type, e.item.key, e.item.value) for e in seen] == [
+        (EventType.PUT, item.key, item.value) for item in items
+    ]
+    revisions = [e.item.revision for e in seen]
+    assert revisions == sorted(revisions) and len(set(revisions)) == len(items)
+    assert [w.revision for w in written] == revisions
+    stored = {item.key: item for item in await backend.range("/nodes/")}
+    assert len(stored) == 297
+    assert stored["/nodes/n007"].value == b"fourth"  # the last of its four puts
+    assert stored["/nodes/n007"].expires == soon
+    assert stored["/nodes/n100"].value == b"beat 100"
+
+
+async def test_a_bad_put_fails_only_its_own_caller(backend: Backend) -> None:
+    writer = BatchedWriter(backend, "test puts")
+    bad = Item("/nodes/naive", b"x", expires=datetime(2030, 1, 1))  # no timezone: refused
+    good = [Item(f"/nodes/g{i}", b"ok") for i in range(5)]
+    outcomes = await asyncio.gather(
+        *(writer.put(item) for item in [*good[:2], bad, *good[2:]]), return_exceptions=True
+    )
+    assert isinstance(outcomes[2], BadParameter)
+    assert [o.value for o in outcomes if isinstance(o, Item)] == [b"ok"] * 5
+    assert len(await backend.range("/nodes/g")) == 5
