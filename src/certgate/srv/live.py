@@ -92,6 +92,9 @@ class LiveClient:
         self._monotonic = monotonic
         self.last_input = monotonic()
         self.cut_reason: str | None = None
+        # What the cut told the user (a `close` that can say it too, says it: the proxy
+        # puts it in its SSH disconnect message).
+        self.cut_message: str | None = None
         # Set once the monitor matched this client against the locks (monitor.py).
         self.lock_checked = False
 
@@ -105,6 +108,7 @@ class LiveClient:
     def cut(self, message: str, reason: str, audit_fields: dict[str, Any]) -> int:
         """Show `message` in every session and joined view and end them; how many sessions."""
         self.cut_reason = reason
+        self.cut_message = message
         return end_all(self.sessions, self.joins, message, reason, audit_fields)
 
     async def hang_up(self) -> None:

@@ -32,7 +32,7 @@ from certgate.api.identity import Identity
 from certgate.api.lock import Lock, lock_message
 from certgate.clock import Clock, SystemClock
 from certgate.srv.live import LiveClient
-from certgate.srv.registry import SessionRegistry
+from certgate.srv.registry import SessionRegistry, hang_up
 
 log = logging.getLogger(__name__)
 
@@ -165,19 +165,24 @@ class SessionMonitor:
                 continue
             if cut is not None:
                 cuts.setdefault((cut.message, cut.reason), (cut, []))[1].append(client)
-        ended = 0
+        # Every cut first, in one pass (what users see), then every hang-up together:
+        # one group's hang-ups (bounded waits for last words) never hold up another's cut.
+        victims: list[LiveClient] = []
+        counts: list[int] = []
         for cut, clients in cuts.values():
             chosen = set(clients)
-            count = await self._registry.cut(
+            cut_clients, count = self._registry.cut_now(
                 chosen.__contains__, cut.message, cut.reason, cut.audit_fields
             )
-            if clients:
-                log.info(
-                    "%s: ended %d session(s) of %s",
-                    cut.reason, count, ", ".join(sorted({c.identity.username for c in clients})),
-                )  # fmt: skip
-            ended += count
-        return ended
+            victims += cut_clients
+            counts.append(count)
+        await hang_up(victims)
+        for (cut, clients), count in zip(cuts.values(), counts, strict=True):
+            log.info(
+                "%s: ended %d session(s) of %s",
+                cut.reason, count, ", ".join(sorted({c.identity.username for c in clients})),
+            )  # fmt: skip
+        return sum(counts)
 
     async def on_change(self, kind: str, name: str, resource: BaseModel | None) -> None:
         """A ResourceView callback: a lock put is checked against every client at once,
