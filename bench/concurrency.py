@@ -687,7 +687,8 @@ def report(
     )
     if memories:
         report_memory(args, openssh_sessions, memories)
-    report_starts(args, starts)
+    if args.rounds:  # --rounds 0: memory and the lock only
+        report_starts(args, starts)
     if lock_times:
         print(
             f"\nlock on the user -> each of {args.sessions} sessions on {args.nodes} nodes closed"
