@@ -4,6 +4,7 @@ tests/node/test_session_monitor.py and tests/proxy/test_agentless.py."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from certgate.srv.monitor import SessionMonitor
 from certgate.srv.registry import SessionRegistry
 from certgate.srv.session import SessionPolicy
 from tests.support.views import StubView
+from tests.support.wait import eventually_async
 
 
 class Ticks:
@@ -206,3 +208,24 @@ async def test_a_new_client_is_matched_against_locks_at_its_first_tick(h: Harnes
     assert h.hung_up == ["late"]
     await h.monitor.check(locks=True)
     assert h.hung_up == ["late", "early"]
+
+
+async def test_every_cut_is_made_before_any_hang_up_is_waited_for(h: Harness) -> None:
+    """A lock and an idle timeout in one check: both clients are cut at once, though
+    neither hang-up (a wait for the client to take its last words) has finished."""
+    release = asyncio.Event()
+
+    async def slow_close() -> None:
+        await release.wait()
+
+    alice = h.client("alice")
+    bob = h.client("bob", policy=SessionPolicy(idle_timeout=60))
+    alice._close = bob._close = slow_close
+    h.ticks.now += 61
+    h.lock("l1", user="alice")
+    check = asyncio.create_task(h.monitor.check())
+    await eventually_async(lambda: alice.cut_reason is not None and bob.cut_reason is not None)
+    assert (alice.cut_reason, bob.cut_reason) == ("locked", "idle timeout")
+    assert not check.done()  # the hang-ups still wait
+    release.set()
+    assert await check == 0  # neither had a live session
