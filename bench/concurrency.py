@@ -383,17 +383,19 @@ def measure_starts(
 # ---------------------------------------------------------------------- lock
 
 
-def _lock_worker(route: Route, keys: ClientKeys, indices: list[int], busy: int, out: Any) -> None:
+def _lock_worker(
+    route: Route, keys: ClientKeys, indices: list[int], busy: int, parallel: int, out: Any
+) -> None:
     """One of the lock's client processes: open its share of the sessions, say so, and
     report when each one closed (time.monotonic(): one clock for every process here)."""
-    asyncio.run(_lock_sessions(route, keys, indices, busy, out))
+    asyncio.run(_lock_sessions(route, keys, indices, busy, parallel, out))
 
 
 async def _lock_sessions(
-    route: Route, keys: ClientKeys, indices: list[int], busy: int, out: Any
+    route: Route, keys: ClientKeys, indices: list[int], busy: int, parallel: int, out: Any
 ) -> None:
     try:
-        sessions = await open_many(route, keys.options(), len(indices), busy, 25, indices)
+        sessions = await open_many(route, keys.options(), len(indices), busy, parallel, indices)
     except Exception as exc:
         out.send(("failed", repr(exc)))
         return
@@ -415,13 +417,16 @@ def open_for_lock(
     route: Route, keys: ClientKeys, count: int, busy: int, procs: int
 ) -> list[tuple[Any, Any]]:
     """`count` sessions held by `procs` client processes (one process closing a thousand
-    connections would time itself, not the servers); returns once all are open."""
+    connections would time itself, not the servers); returns once all are open. As many
+    opens in flight in all as one process had (50): more only overloads auth."""
     context = multiprocessing.get_context("spawn")
     workers = []
     for p in range(procs):
         mine, theirs = context.Pipe(duplex=False)
         child = context.Process(
-            target=_lock_worker, args=(route, keys, list(range(p, count, procs)), busy, theirs)
+            target=_lock_worker,
+            args=(route, keys, list(range(p, count, procs)), busy, max(1, 50 // procs), theirs),
+            daemon=True,  # gone with this process, however it ends
         )
         child.start()
         workers.append((mine, child))
