@@ -126,18 +126,17 @@ class _Connection(asyncssh.SSHServer):
             client_addr=self.client_addr,
             policy=SessionPolicy(),
             audit=_no_sessions,
-            close=self._hang_up,
+            close=_nothing_left,
+            disconnect=self._disconnect,
         )
         self._proxy.registry.add_client(self.client)
 
-    async def _hang_up(self) -> None:
-        """Cut by the monitor: the client is disconnected with the reason, at once; the
-        nodes behind get a moment to end their sessions with the same lock."""
-        client = self.client
-        reason = client.cut_message if client is not None else None
+    def _disconnect(self, message: str) -> None:
+        """Cut by the monitor: the client is disconnected with the message, in the cut's
+        own pass; the nodes behind get a moment to end their sessions with the same lock."""
         for tunnel in list(self._tunnels):
             tunnel.linger(TERMINATE_FLUSH_SECONDS)
-        self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, reason or "disconnected by the proxy")
+        self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, message)
 
     async def _join_kube(self, identity: Identity, login: str, mode: str, session_id: str) -> bool:
         try:
@@ -201,6 +200,10 @@ class _Connection(asyncssh.SSHServer):
 
 def _no_sessions(event: str, fields: dict[str, Any]) -> None:
     """A jump connection's LiveClient runs no sessions here, so it audits nothing."""
+
+
+async def _nothing_left() -> None:
+    """A jump connection's hang-up: its cut already disconnected it."""
 
 
 def _allow_jumping(conn: Any) -> None:
