@@ -172,15 +172,30 @@ async def test_a_cut_client_is_cut_once(h: Harness) -> None:
     assert h.hung_up == ["alice"]
 
 
-async def test_on_change_checks_a_new_lock_off_the_watch_loop(h: Harness) -> None:
-    h.client("alice")
-    lock = h.lock("l1", user="alice")
+async def test_a_lock_put_cuts_in_the_callback_and_hangs_up_off_the_watch_loop(
+    h: Harness,
+) -> None:
+    alice, bob = h.client("alice"), h.client("bob")
+    release = asyncio.Event()
+
+    async def slow_close() -> None:  # a client slow to take its last words
+        await release.wait()
+        h.hung_up.append("alice")
+
+    alice._close = slow_close
+    first = h.lock("l1", user="alice")
     await h.monitor.on_change("role", "dev", None)  # not a lock: nothing
-    await h.monitor.on_change("lock", "l1", lock)
-    task = h.monitor._lock_check
-    assert task is not None
-    await task
-    assert h.hung_up == ["alice"]
+    assert alice.cut_reason is None
+    await h.monitor.on_change("lock", "l1", first)
+    assert alice.cut_reason == "locked"  # cut before the callback returned
+    assert h.hung_up == []  # its hang-up waits, but not in the watch loop
+    # A second lock is not held up behind the first one's hang-ups.
+    second = h.lock("l2", user="bob")
+    await h.monitor.on_change("lock", "l2", second)
+    assert bob.cut_reason == "locked"
+    await eventually_async(lambda: h.hung_up == ["bob"])
+    release.set()
+    await eventually_async(lambda: sorted(h.hung_up) == ["alice", "bob"])
     await h.monitor.close()
 
 
