@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/concurrency.py [--sessions 1000] [--busy 10] [--nodes 10]
                                           [--clients 50] [--client-procs 2] [--seconds 15]
-                                          [--rounds 2] [--lock-rounds 1] [--profile DIR]
-                                          [--split both|pinned|unpinned]
+                                          [--rounds 2] [--lock-rounds 1] [--lock-procs 4]
+                                          [--profile DIR] [--split both|pinned|unpinned]
                                           [--event-loop uvloop|asyncio] [--compare-loop]
 
 Two paths, set up in the same run on this machine, driven by the same client (asyncssh,
@@ -43,9 +43,12 @@ Figures (printed next to their targets, nothing asserted):
 - event loop: the certgate processes run `--event-loop` (CERTGATE_EVENT_LOOP; uvloop by
   default); `--compare-loop` starts a second certgate (its own auth+proxy and nodes) on
   the other loop and adds it as a third path in the same starts windows.
-- lock: with the 1,000 certgate sessions open (spread over the nodes), a lock on their
-  user is created through the auth API (what `cgctl lock` sends) and each session's close,
-  as its client sees it, is timed from the moment the request was sent: p50/p99/max.
+- lock: with the 1,000 certgate sessions open (spread over the nodes, held by
+  `--lock-procs` client processes: one process taking a thousand connections down would
+  time its own event loop), a lock on their user is created through the auth API (what
+  `cgctl lock` sends, from a process that holds no session, its TLS connection already
+  up) and each session's close, as its client sees it, is timed from the moment the
+  request was sent: p50/p99/max. `--rounds 0` skips the starts/s windows.
 
 `--profile DIR` samples the auth+proxy process (its auth workers included) and one node with
 py-spy (`pip install py-spy` into .venv) during the first certgate window of the last split,
@@ -66,7 +69,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,8 +264,14 @@ async def _drain(process: asyncssh.SSHClientProcess[str]) -> None:
 
 
 async def open_many(
-    route: Route, options: dict[str, Any], count: int, busy: int, parallel: int
+    route: Route,
+    options: dict[str, Any],
+    count: int,
+    busy: int,
+    parallel: int,
+    indices: Sequence[int] | None = None,
 ) -> list[Session]:
+    """`count` sessions (numbered 0..count-1, or `indices`: which node, which are busy)."""
     semaphore = asyncio.Semaphore(parallel)
     sessions: list[Session] = []
 
@@ -283,7 +292,8 @@ async def open_many(
             if len(sessions) % 100 == 0:
                 print(f"  {route.label}: {len(sessions)} sessions open", flush=True)
 
-    results = await asyncio.gather(*(one(i) for i in range(count)), return_exceptions=True)
+    numbers = range(count) if indices is None else indices
+    results = await asyncio.gather(*(one(i) for i in numbers), return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         for session in sessions:
@@ -454,29 +464,85 @@ def pin(roots: Iterable[int], cpus: set[int]) -> None:
 # ---------------------------------------------------------------------- lock
 
 
-async def lock_round(cluster: Cluster, sessions: list[Session]) -> list[float]:
-    """Lock the sessions' user; how long after the request each session closed."""
+def _lock_worker(
+    route: Route, keys: ClientKeys, indices: list[int], busy: int, parallel: int, out: Any
+) -> None:
+    """One of the lock's client processes: open its share of the sessions, say so, and
+    report when each one closed (time.monotonic(): one clock for every process here)."""
+    asyncio.run(_lock_sessions(route, keys, indices, busy, parallel, out))
+
+
+async def _lock_sessions(
+    route: Route, keys: ClientKeys, indices: list[int], busy: int, parallel: int, out: Any
+) -> None:
+    try:
+        sessions = await open_many(route, keys.options(), len(indices), busy, parallel, indices)
+    except Exception as exc:
+        out.send(("failed", repr(exc)))
+        return
+
+    async def closed(session: Session) -> None:
+        await session.process.wait_closed()
+        session.closed_at = time.monotonic()
+
+    waits = asyncio.gather(*(closed(s) for s in sessions))
+    out.send(("open", len(sessions)))
+    try:
+        await asyncio.wait_for(waits, 120)
+    finally:
+        await close_all(sessions)
+    out.send(("closed", [s.closed_at for s in sessions]))
+
+
+def open_for_lock(
+    route: Route, keys: ClientKeys, count: int, busy: int, procs: int
+) -> list[tuple[Any, Any]]:
+    """`count` sessions held by `procs` client processes (one process closing a thousand
+    connections would time itself, not the servers); returns once all are open. As many
+    opens in flight in all as one process had (50): more only overloads auth."""
+    context = multiprocessing.get_context("spawn")
+    workers = []
+    for p in range(procs):
+        mine, theirs = context.Pipe(duplex=False)
+        child = context.Process(
+            target=_lock_worker,
+            args=(route, keys, list(range(p, count, procs)), busy, max(1, 50 // procs), theirs),
+            daemon=True,  # gone with this process, however it ends
+        )
+        child.start()
+        workers.append((mine, child))
+    for pipe, _ in workers:
+        status, detail = pipe.recv()
+        if status != "open":
+            for _, child in workers:
+                child.kill()
+            raise RuntimeError(f"{route.label}: a client process failed: {detail}")
+    return workers
+
+
+async def lock_round(cluster: Cluster, workers: list[tuple[Any, Any]]) -> list[float]:
+    """Lock the sessions' user (from this process, which holds no session, as `cgctl lock`
+    would); how long after the request each session closed, as its client saw it."""
     admin = IdentityFiles.load(cluster.data_dir / "admin")
     client = AsyncAuthClient(f"https://{cluster.auth_addr}", admin.tls_context())
     lock = Lock(
         metadata=Metadata(name=str(uuid.uuid4())),
         spec=LockSpec(target=LockTarget(user=USER), message="bench"),
     )
-
-    async def closed(session: Session) -> None:
-        await session.process.wait_closed()
-        session.closed_at = time.perf_counter()
-
-    waits = asyncio.gather(*(closed(s) for s in sessions))
-    sent = time.perf_counter()
+    await client.call("GET", "/v1/ping")  # the TLS handshake is not part of the figure
+    sent = time.monotonic()
     await client.call("POST", "/v1/resources", json={"resource": to_dict(lock)})
+    closed: list[float] = []
     try:
-        await asyncio.wait_for(waits, 60)
+        for pipe, child in workers:
+            status, times = await asyncio.to_thread(pipe.recv)
+            assert status == "closed", times
+            closed += times
+            await asyncio.to_thread(child.join)
     finally:
         await client.call("DELETE", f"/v1/resources/lock/{lock.name}")
         await client.close()
-        await close_all(sessions)
-    return [s.closed_at - sent for s in sessions]
+    return [t - sent for t in closed]
 
 
 # ---------------------------------------------------------------------- set-up
@@ -523,6 +589,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15, help="each starts/s window")
     parser.add_argument("--rounds", type=int, default=2, help="starts/s windows per path")
     parser.add_argument("--lock-rounds", type=int, default=1)
+    parser.add_argument(
+        "--lock-procs", type=int, default=4, help="client processes holding the lock's sessions"
+    )
     parser.add_argument("--openssh-sessions", type=int, default=0, help="0: as --sessions")
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--starts-only", action="store_true", help="skip memory and lock")
@@ -597,7 +666,7 @@ def main() -> int:
         memories: dict[str, tuple[Memory, Memory]] = {}
         lock_times: list[float] = []
         if not args.starts_only:
-            memories, lock_times = sessions_phase(args, cluster, certgate, openssh, options)
+            memories, lock_times = sessions_phase(args, cluster, certgate, openssh, options, keys)
 
         # ---- starts/s, the paths taking turns, unpinned and/or on split cores
         starts: dict[str, dict[str, Starts]] = {
@@ -688,6 +757,7 @@ def sessions_phase(
     certgate: Route,
     openssh: Route,
     options: dict[str, Any],
+    keys: ClientKeys,
 ) -> tuple[dict[str, tuple[Memory, Memory]], list[float]]:
     """Memory of N live sessions on each path (OpenSSH first: its processes go away after
     the sessions do), then the lock on the certgate sessions' user."""
@@ -707,16 +777,12 @@ def sessions_phase(
     lock_times: list[float] = []
     loaded_certgate: Memory | None = None
 
-    async def certgate_memory_and_lock(number: int) -> None:
-        nonlocal loaded_certgate
-        sessions = await open_many(certgate, options, args.sessions, args.busy, 50)
-        if number == 0:
-            loaded_certgate = await asyncio.to_thread(settle_memory, certgate.roots)
-        print(f"lock round {number + 1}: {args.sessions} certgate sessions", flush=True)
-        lock_times.extend(await lock_round(cluster, sessions))
-
     for number in range(max(1, args.lock_rounds)):
-        asyncio.run(certgate_memory_and_lock(number))
+        workers = open_for_lock(certgate, keys, args.sessions, args.busy, args.lock_procs)
+        if number == 0:
+            loaded_certgate = settle_memory(certgate.roots)
+        print(f"lock round {number + 1}: {args.sessions} certgate sessions", flush=True)
+        lock_times.extend(asyncio.run(lock_round(cluster, workers)))
         time.sleep(1)  # every node sees the lock go
     assert loaded_certgate is not None
 
@@ -816,7 +882,8 @@ def report(
     )
     if memories:
         report_memory(args, openssh_sessions, memories)
-    report_starts(args, starts)
+    if args.rounds:  # --rounds 0: memory and the lock only
+        report_starts(args, starts)
     if lock_times:
         print(
             f"\nlock on the user -> each of {args.sessions} sessions on {args.nodes} nodes closed"

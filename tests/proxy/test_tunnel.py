@@ -6,6 +6,7 @@ import asyncio
 import gc
 
 from certgate.proxy.tunnel import open_tunnel
+from tests.support.wait import eventually_async
 
 
 async def test_a_channel_that_never_opens_closes_the_node_connection() -> None:
@@ -28,6 +29,81 @@ async def test_a_channel_that_never_opens_closes_the_node_connection() -> None:
         del session
         gc.collect()
         assert await asyncio.wait_for(closed, 5) == b""
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+class _Channel:
+    """What a NodeTunnel writes the node's bytes to (an asyncssh channel)."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def _node_server() -> tuple[asyncio.Server, asyncio.Queue[asyncio.StreamWriter], int]:
+    accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put(writer)
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    return server, accepted, server.sockets[0].getsockname()[1]
+
+
+async def test_a_cut_channel_leaves_the_node_side_open_until_the_node_hangs_up() -> None:
+    # The proxy cut the client (a lock): the node sees the same lock and must be able to
+    # end its session as locked, not find its connection dropped under it.
+    server, accepted, port = await _node_server()
+    try:
+        plain = await open_tunnel("127.0.0.1", port, 5)
+        lingering = await open_tunnel("127.0.0.1", port, 5)
+        channels = [_Channel(), _Channel()]
+        for tunnel, channel in zip((plain, lingering), channels, strict=True):
+            tunnel.connection_made(channel)
+        first, second = await accepted.get(), await accepted.get()
+        first.write(b"hello")
+        second.write(b"hello")
+        await eventually_async(lambda: all(c.data == b"hello" for c in channels))
+
+        lingering.linger(30)
+        plain.connection_lost(None)
+        lingering.connection_lost(None)
+        assert plain.node.transport is not None and plain.node.transport.is_closing()
+        assert lingering.node.transport is not None
+        assert not lingering.node.transport.is_closing()
+        # The node's last words go nowhere; its hang-up closes the proxy's side at once.
+        for writer in (first, second):
+            writer.write(b" last words")
+            writer.write_eof()
+        await eventually_async(lingering.node.transport.is_closing)
+        assert [c.data for c in channels] == [b"hello", b"hello"]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_cut_channel_closes_the_node_side_after_the_linger() -> None:
+    server, accepted, port = await _node_server()
+    try:
+        tunnel = await open_tunnel("127.0.0.1", port, 5)
+        tunnel.connection_made(_Channel())
+        await accepted.get()
+        tunnel.linger(0.05)
+        tunnel.connection_lost(None)
+        assert tunnel.node.transport is not None
+        await eventually_async(tunnel.node.transport.is_closing)
     finally:
         server.close()
         await server.wait_closed()

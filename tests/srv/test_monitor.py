@@ -4,6 +4,7 @@ tests/node/test_session_monitor.py and tests/proxy/test_agentless.py."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -20,6 +21,7 @@ from certgate.srv.monitor import SessionMonitor
 from certgate.srv.registry import SessionRegistry
 from certgate.srv.session import SessionPolicy
 from tests.support.views import StubView
+from tests.support.wait import eventually_async
 
 
 class Ticks:
@@ -170,15 +172,30 @@ async def test_a_cut_client_is_cut_once(h: Harness) -> None:
     assert h.hung_up == ["alice"]
 
 
-async def test_on_change_checks_a_new_lock_off_the_watch_loop(h: Harness) -> None:
-    h.client("alice")
-    lock = h.lock("l1", user="alice")
+async def test_a_lock_put_cuts_in_the_callback_and_hangs_up_off_the_watch_loop(
+    h: Harness,
+) -> None:
+    alice, bob = h.client("alice"), h.client("bob")
+    release = asyncio.Event()
+
+    async def slow_close() -> None:  # a client slow to take its last words
+        await release.wait()
+        h.hung_up.append("alice")
+
+    alice._close = slow_close
+    first = h.lock("l1", user="alice")
     await h.monitor.on_change("role", "dev", None)  # not a lock: nothing
-    await h.monitor.on_change("lock", "l1", lock)
-    task = h.monitor._lock_check
-    assert task is not None
-    await task
-    assert h.hung_up == ["alice"]
+    assert alice.cut_reason is None
+    await h.monitor.on_change("lock", "l1", first)
+    assert alice.cut_reason == "locked"  # cut before the callback returned
+    assert h.hung_up == []  # its hang-up waits, but not in the watch loop
+    # A second lock is not held up behind the first one's hang-ups.
+    second = h.lock("l2", user="bob")
+    await h.monitor.on_change("lock", "l2", second)
+    assert bob.cut_reason == "locked"
+    await eventually_async(lambda: h.hung_up == ["bob"])
+    release.set()
+    await eventually_async(lambda: sorted(h.hung_up) == ["alice", "bob"])
     await h.monitor.close()
 
 
@@ -206,3 +223,24 @@ async def test_a_new_client_is_matched_against_locks_at_its_first_tick(h: Harnes
     assert h.hung_up == ["late"]
     await h.monitor.check(locks=True)
     assert h.hung_up == ["late", "early"]
+
+
+async def test_every_cut_is_made_before_any_hang_up_is_waited_for(h: Harness) -> None:
+    """A lock and an idle timeout in one check: both clients are cut at once, though
+    neither hang-up (a wait for the client to take its last words) has finished."""
+    release = asyncio.Event()
+
+    async def slow_close() -> None:
+        await release.wait()
+
+    alice = h.client("alice")
+    bob = h.client("bob", policy=SessionPolicy(idle_timeout=60))
+    alice._close = bob._close = slow_close
+    h.ticks.now += 61
+    h.lock("l1", user="alice")
+    check = asyncio.create_task(h.monitor.check())
+    await eventually_async(lambda: alice.cut_reason is not None and bob.cut_reason is not None)
+    assert (alice.cut_reason, bob.cut_reason) == ("locked", "idle timeout")
+    assert not check.done()  # the hang-ups still wait
+    release.set()
+    assert await check == 0  # neither had a live session

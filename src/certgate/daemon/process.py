@@ -425,6 +425,8 @@ class Daemon:
                     identity.bundle.tls_cas, identity.bundle.tls_cert, identity.key_pem
                 ),
             ),
+            # Jump connections too are cut by the proxy's monitor when a lock comes.
+            registry=registry,
         )
         host, port = split_addr(cfg.ssh_listen_addr, 3023)
         await self._guard_listen(ssh.start(host, port), cfg.ssh_listen_addr, "proxy ssh")

@@ -685,10 +685,19 @@ class _Session(asyncssh.SSHServerSession[bytes]):
                 self._chan.write(data)
 
     def stop(self) -> None:
-        """End the child and close the channel (close() flushes what the window allows)."""
+        """Close the channel (close() flushes what the window allows), then hang up on
+        the child.
+
+        The child's hang-up waits for the next pass of the event loop: the channel's
+        last words and close, and those of every other session cut in the same pass
+        (a lock cuts them all at once), leave first, before a thousand shells wake up
+        to SIGHUP and compete with them for the CPU."""
+        self._chan.close()
+        asyncio.get_running_loop().call_soon(self._hang_up_child)
+
+    def _hang_up_child(self) -> None:
         if self._child is not None and self._exit_code is None:
             self._child.terminate()
-        self._chan.close()
 
     def kill(self) -> None:
         """Server shutdown: no goodbyes."""

@@ -12,11 +12,20 @@ reach is still dialled for a user who may join a live session on it (`cgsh join`
 node then lets that connection do nothing but join. A Kubernetes exec session has no
 node: `cgsh join` logs in to the proxy itself as `join:observer:<id>`, and the proxy
 relays the kube service's view of it (kube_join.py); that is the only session it serves.
+
+Every authenticated connection is a LiveClient in the proxy's session registry, so the
+proxy's session monitor cuts it when a lock (or strict locking) rules its user out: the
+proxy holds the client's connection and sees the lock as soon as the node does. The cut
+disconnects the client at once with the lock's message (OpenSSH prints it: "Received
+disconnect from ...: access denied: locked: ..."), and leaves each tunnel's node side
+open for a moment so the node ends its session as locked (tunnel.py `linger`). Whichever
+of the two sees the lock first ends what the user sees.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,10 +39,14 @@ from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, CertgateError, NotFound
 from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.kube_join import KubeJoins, KubeJoinTarget
-from certgate.proxy.tunnel import open_tunnel
+from certgate.proxy.tunnel import NodeTunnel, open_tunnel
 from certgate.rpc.audit import AuditSink
 from certgate.srv.certcapture import certificate_text, install_certificate_capture
 from certgate.srv.corked import CorkedListener
+from certgate.srv.hangup import TERMINATE_FLUSH_SECONDS
+from certgate.srv.live import LiveClient
+from certgate.srv.registry import SessionRegistry
+from certgate.srv.session import SessionPolicy
 
 log = logging.getLogger("certgate.proxy.ssh")
 
@@ -50,6 +63,10 @@ class _Connection(asyncssh.SSHServer):
         self.identity: Identity | None = None
         self.client_addr = ""
         self.kube_join: KubeJoinTarget | None = None
+        # Once authenticated: what the proxy's session monitor cuts.
+        self.client: LiveClient | None = None
+        # The node tunnels of this connection (weakly: a closed one just goes away).
+        self._tunnels: weakref.WeakSet[NodeTunnel] = weakref.WeakSet()
 
     def connection_made(self, conn: Any) -> None:
         self._conn = conn
@@ -57,6 +74,10 @@ class _Connection(asyncssh.SSHServer):
         self.client_addr = f"{peer[0]}:{peer[1]}" if peer else ""
         install_certificate_capture(conn, self._verified)
         _allow_jumping(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client is not None:
+            self._proxy.registry.remove_client(self.client)
 
     def begin_auth(self, username: str) -> bool:
         # Any principal will do here: the jump host does not log anyone in; the node
@@ -91,7 +112,31 @@ class _Connection(asyncssh.SSHServer):
         if join is not None and not await self._join_kube(identity, login, *join):
             return False
         self.identity = identity
+        self._admit(identity)
         return True
+
+    def _admit(self, identity: Identity) -> None:
+        # No login and no target: the proxy does not see the login (it is inside the
+        # client's SSH session with the node), and one connection may reach several
+        # nodes; login and node locks are the node's to apply.
+        self.client = LiveClient(
+            identity=identity,
+            login="",
+            target="",
+            client_addr=self.client_addr,
+            policy=SessionPolicy(),
+            audit=_no_sessions,
+            close=_nothing_left,
+            disconnect=self._disconnect,
+        )
+        self._proxy.registry.add_client(self.client)
+
+    def _disconnect(self, message: str) -> None:
+        """Cut by the monitor: the client is disconnected with the message, in the cut's
+        own pass; the nodes behind get a moment to end their sessions with the same lock."""
+        for tunnel in list(self._tunnels):
+            tunnel.linger(TERMINATE_FLUSH_SECONDS)
+        self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, message)
 
     async def _join_kube(self, identity: Identity, login: str, mode: str, session_id: str) -> bool:
         try:
@@ -141,14 +186,24 @@ class _Connection(asyncssh.SSHServer):
             return await self._proxy.agentless.open_channel(node, self.client_addr)
         host, _, port = node.spec.addr.rpartition(":")
         try:
-            return await open_tunnel(host, int(port), DIAL_TIMEOUT)
+            tunnel = await open_tunnel(host, int(port), DIAL_TIMEOUT)
         except (TimeoutError, OSError) as exc:
             reason = f'node "{node.name}" at {node.spec.addr} is unreachable'
             log.warning("%s: %s", reason, exc)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
+        self._tunnels.add(tunnel)
+        return tunnel
 
     def server_requested(self, listen_host: str, listen_port: int) -> bool:
         return False
+
+
+def _no_sessions(event: str, fields: dict[str, Any]) -> None:
+    """A jump connection's LiveClient runs no sessions here, so it audits nothing."""
+
+
+async def _nothing_left() -> None:
+    """A jump connection's hang-up: its cut already disconnected it."""
 
 
 def _allow_jumping(conn: Any) -> None:
@@ -178,6 +233,7 @@ class ProxySSH:
         agentless: AgentlessForwarder | None = None,
         live_sessions: Callable[[str], Awaitable[list[dict[str, Any]]]] | None = None,
         kube_joins: KubeJoins | None = None,
+        registry: SessionRegistry | None = None,
     ) -> None:
         self._host_key = asyncssh.import_private_key(host_key)
         self._host_cert = asyncssh.import_certificate(host_cert)
@@ -188,6 +244,9 @@ class ProxySSH:
         # node name -> the live sessions there (auth's trackers), for join-only dials.
         self.live_sessions = live_sessions
         self.kube_joins = kube_joins
+        # The proxy's registry (shared with the agentless forwarder): its session monitor
+        # cuts the jump connections of locked users.
+        self.registry = registry or SessionRegistry()
         self._server: Any = None
 
     async def node_to_join(self, identity: Identity, target: str) -> Node:

@@ -4,6 +4,10 @@ asyncssh's own forwarder drops what the far side sends before the channel is att
 and an SSH server speaks first (its version line): the client then sees a broken banner.
 Here the TCP side buffers until the channel side is connected, and each side pauses the
 other when its buffers fill, so a fast node cannot swamp a slow client.
+
+When the proxy itself cuts the client (a lock, proxy/sshd.py), the node's side is left
+open for a moment (`linger`): the node sees the same lock and ends its session as
+locked — message, recording, `session.end` — rather than as a dropped connection.
 """
 
 from __future__ import annotations
@@ -19,21 +23,28 @@ import asyncssh
 class _NodeSide(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.channel: _ChannelSide | None = None
+        self.channel: NodeTunnel | None = None
         self._early: list[bytes] = []
         self._early_eof = False
+        # Set by `linger`: the channel is gone on purpose; what the node still says is
+        # dropped, and its side closes when the node hangs up or after this many seconds.
+        self._linger: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not isinstance(): uvloop's transports have the interface without the base class.
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            return
         if self.channel is not None and self.channel.chan is not None:
             self.channel.chan.write(data)
         else:
             self._early.append(data)
 
     def eof_received(self) -> bool:
+        if self._linger is not None:
+            return False
         if self.channel is not None and self.channel.chan is not None:
             self.channel.chan.write_eof()
         else:
@@ -41,8 +52,21 @@ class _NodeSide(asyncio.Protocol):
         return True  # keep our side open for what the client still sends
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.channel is not None and self.channel.chan is not None:
+        if self._linger is None and self.channel is not None and self.channel.chan is not None:
             self.channel.chan.close()
+
+    def linger(self, seconds: float) -> None:
+        """From now on, the channel closing leaves the node's side open for `seconds`
+        (unless the node hangs up first)."""
+        self._linger = seconds
+
+    def channel_closed(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._linger is None:
+            self.transport.close()
+        else:
+            asyncio.get_running_loop().call_later(self._linger, self.transport.close)
 
     def pause_writing(self) -> None:
         if self.channel is not None and self.channel.chan is not None:
@@ -58,7 +82,7 @@ class _NodeSide(asyncio.Protocol):
             with contextlib.suppress(RuntimeError):  # the event loop is already closed
                 self.transport.close()
 
-    def attach(self, channel: _ChannelSide) -> None:
+    def attach(self, channel: NodeTunnel) -> None:
         self.channel = channel
         assert channel.chan is not None
         for chunk in self._early:
@@ -68,7 +92,9 @@ class _NodeSide(asyncio.Protocol):
             channel.chan.write_eof()
 
 
-class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
+class NodeTunnel(asyncssh.SSHTCPSession[bytes]):
+    """The channel's side of a tunnel to a node: what asyncssh serves the channel with."""
+
     def __init__(self, node: _NodeSide) -> None:
         self.node = node
         self.chan: Any = None
@@ -87,8 +113,11 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.node.transport is not None:
-            self.node.transport.close()
+        self.node.channel_closed()
+
+    def linger(self, seconds: float) -> None:
+        """When the channel closes, keep the node's side open up to `seconds` more."""
+        self.node.linger(seconds)
 
     def pause_writing(self) -> None:
         if self.node.transport is not None:
@@ -99,12 +128,12 @@ class _ChannelSide(asyncssh.SSHTCPSession[bytes]):
             self.node.transport.resume_reading()
 
 
-async def open_tunnel(host: str, port: int, timeout: float) -> asyncssh.SSHTCPSession[bytes]:
+async def open_tunnel(host: str, port: int, timeout: float) -> NodeTunnel:
     """Connect to host:port (TimeoutError/OSError on failure) and return the session
     that relays a channel to it."""
     loop = asyncio.get_running_loop()
     _, node = await asyncio.wait_for(loop.create_connection(_NodeSide, host, port), timeout)
-    session = _ChannelSide(node)
+    session = NodeTunnel(node)
     # If the channel never opens after all (the client hung up while we dialled),
     # asyncssh drops the session without telling it: close the node's side then.
     weakref.finalize(session, node.close_unattached)

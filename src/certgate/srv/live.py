@@ -63,7 +63,9 @@ class LiveClient:
     """One authenticated client of a server and what it was allowed.
 
     `close()` hangs the client's connection up (an asyncssh connection by default);
-    `audit` queues an event with the fields that name this server.
+    `audit` queues an event with the fields that name this server. A server that can end
+    the connection at once and say why in the same breath (the proxy: an SSH disconnect
+    with the message) passes `disconnect`, which the cut itself calls.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class LiveClient:
         audit: Audit,
         conn: Any = None,
         close: Callable[[], Awaitable[None]] | None = None,
+        disconnect: Callable[[str], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.identity = identity
@@ -89,6 +92,7 @@ class LiveClient:
         self.joins: set[Joiner] = set()
         self._conn = conn
         self._close = close
+        self._disconnect = disconnect
         self._monotonic = monotonic
         self.last_input = monotonic()
         self.cut_reason: str | None = None
@@ -105,7 +109,13 @@ class LiveClient:
     def cut(self, message: str, reason: str, audit_fields: dict[str, Any]) -> int:
         """Show `message` in every session and joined view and end them; how many sessions."""
         self.cut_reason = reason
-        return end_all(self.sessions, self.joins, message, reason, audit_fields)
+        ended = end_all(self.sessions, self.joins, message, reason, audit_fields)
+        if self._disconnect is not None:
+            try:
+                self._disconnect(message)
+            except Exception:  # one client's failure must not spare the others
+                log.exception("disconnecting %s failed", self.identity.username)
+        return ended
 
     async def hang_up(self) -> None:
         """Close the connection once the last words had a chance to leave (bounded)."""

@@ -32,14 +32,16 @@ from certgate.api.identity import Identity
 from certgate.api.lock import Lock, lock_message
 from certgate.clock import Clock, SystemClock
 from certgate.srv.live import LiveClient
-from certgate.srv.registry import SessionRegistry
+from certgate.srv.registry import SessionRegistry, hang_up
 
 log = logging.getLogger(__name__)
 
 # How often idle time, certificate expiry and the lock view's freshness are checked.
 TICK = 0.25
-# Clients decided between two yields to the event loop: a lock put checks every client
-# against every lock, which must not stall the sessions' data path meanwhile.
+# Clients decided between two yields to the event loop on a periodic check, which must
+# not stall the sessions' data path. A lock put decides every client in one go (about
+# 10 µs each): yielding there would let other work (the relays of the sessions the nodes
+# are cutting for the same lock) run ahead of this cut, and a lock is rare.
 CHUNK = 100
 
 
@@ -116,7 +118,8 @@ class SessionMonitor:
         self._clock = clock or SystemClock()
         self._tick = tick
         self._task: asyncio.Task[None] | None = None
-        self._lock_check: asyncio.Task[int] | None = None
+        # Hang-ups after a lock put's cut, still waiting for clients' last words.
+        self._hang_ups: set[asyncio.Task[int]] = set()
 
     # ---- decisions (no I/O) --------------------------------------------------------
 
@@ -150,11 +153,23 @@ class SessionMonitor:
         clients not yet checked by the monitor: each client is then checked against
         the locks of a moment after it was admitted, and against every later lock put,
         even if a lock arrived while its login was being decided."""
+        if locks:
+            cut = self._cut_now(self._registry.clients(), locks=True)
+        else:
+            clients = self._registry.clients()
+            cut = _Cutting()
+            for start in range(0, len(clients), CHUNK):
+                if start:
+                    await asyncio.sleep(0)
+                cut.add(self._cut_now(clients[start : start + CHUNK], locks=False))
+        return await cut.hang_up()
+
+    def _cut_now(self, clients: list[LiveClient], *, locks: bool) -> _Cutting:
+        """Decide on `clients` and cut those ruled out, all in this pass of the event loop
+        (what users see); the hang-ups are left to the caller."""
         stale = self._access.view_is_stale()
         cuts: dict[tuple[str, str], tuple[Cut, list[LiveClient]]] = {}
-        for count, client in enumerate(self._registry.clients(), 1):
-            if count % CHUNK == 0:
-                await asyncio.sleep(0)
+        for client in clients:
             if client.cut_reason is not None:
                 continue
             try:
@@ -165,38 +180,30 @@ class SessionMonitor:
                 continue
             if cut is not None:
                 cuts.setdefault((cut.message, cut.reason), (cut, []))[1].append(client)
-        ended = 0
-        for cut, clients in cuts.values():
-            chosen = set(clients)
-            count = await self._registry.cut(
-                chosen.__contains__, cut.message, cut.reason, cut.audit_fields
+        cutting = _Cutting()
+        for cut, chosen in cuts.values():
+            victims, count = self._registry.cut_now(
+                set(chosen).__contains__, cut.message, cut.reason, cut.audit_fields
             )
-            if clients:
-                log.info(
-                    "%s: ended %d session(s) of %s",
-                    cut.reason, count, ", ".join(sorted({c.identity.username for c in clients})),
-                )  # fmt: skip
-            ended += count
-        return ended
+            cutting.victims += victims
+            cutting.groups.append((cut.reason, count, chosen))
+        return cutting
 
     async def on_change(self, kind: str, name: str, resource: BaseModel | None) -> None:
         """A ResourceView callback: a lock put is checked against every client at once,
-        off the watch loop (the cut waits for clients to take the message)."""
+        and the clients it rules out are cut right here, in the watch event's own pass (a
+        millisecond or so for a thousand clients: no task hop, no wait behind a check
+        still hanging up others). Their hang-ups (which wait for clients to take the
+        message) go to a task, off the watch loop."""
         if kind != "lock" or not isinstance(resource, Lock):
             return
-        if self._lock_check is None or self._lock_check.done():
-            self._lock_check = asyncio.create_task(self.check(), name=f"lock {name}")
-            self._lock_check.add_done_callback(_log_failure)
-        else:
-            # A check is running; it may have read the locks before this one arrived.
-            previous = self._lock_check
-
-            async def after() -> int:
-                await asyncio.gather(previous, return_exceptions=True)
-                return await self.check()
-
-            self._lock_check = asyncio.create_task(after(), name=f"lock {name}")
-            self._lock_check.add_done_callback(_log_failure)
+        cutting = self._cut_now(self._registry.clients(), locks=True)
+        if not cutting.victims:
+            return
+        task = asyncio.create_task(cutting.hang_up(), name=f"lock {name}")
+        self._hang_ups.add(task)
+        task.add_done_callback(self._hang_ups.discard)
+        task.add_done_callback(_log_failure)
 
     def start(self) -> None:
         if self._task is None:
@@ -204,12 +211,13 @@ class SessionMonitor:
             self._task.add_done_callback(_log_failure)
 
     async def close(self) -> None:
-        for task in (self._task, self._lock_check):
+        for task in (self._task, *self._hang_ups):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.gather(task, return_exceptions=True)
-        self._task = self._lock_check = None
+        self._task = None
+        self._hang_ups.clear()
 
     async def _run(self) -> None:
         while True:
@@ -218,6 +226,28 @@ class SessionMonitor:
                 await self.check(locks=False)
             except Exception:
                 log.exception("session monitor check failed")
+
+
+@dataclass
+class _Cutting:
+    """Clients cut in one pass, and what to log once they are hung up."""
+
+    victims: list[LiveClient] = field(default_factory=list)
+    groups: list[tuple[str, int, list[LiveClient]]] = field(default_factory=list)
+
+    def add(self, other: _Cutting) -> None:
+        self.victims += other.victims
+        self.groups += other.groups
+
+    async def hang_up(self) -> int:
+        """Hang every cut client up together; how many sessions the cut ended."""
+        await hang_up(self.victims)
+        for reason, count, clients in self.groups:
+            log.info(
+                "%s: ended %d session(s) of %s",
+                reason, count, ", ".join(sorted({c.identity.username for c in clients})),
+            )  # fmt: skip
+        return sum(count for _, count, _ in self.groups)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -82,14 +82,25 @@ class SessionRegistry:
     ) -> int:
         """End every session and joined view of the matching clients, showing `message`
         first, then hang them up. Returns how many sessions were ended."""
+        victims, ended = self.cut_now(predicate, message, reason, audit_fields)
+        await hang_up(victims)
+        return ended
+
+    def cut_now(
+        self,
+        predicate: ClientPredicate,
+        message: str,
+        reason: str,
+        audit_fields: dict[str, Any] | None = None,
+    ) -> tuple[list[LiveClient], int]:
+        """The part of `cut` users see, for every matching client in one pass of the
+        event loop: the message written and every channel closed (their packets leave
+        together at the end of the pass). Returns the clients, for `hang_up`, and how
+        many sessions ended. Nothing here waits, so a thousand clients are cut at once
+        and the bookkeeping (hang-ups, recordings, audit) follows."""
         victims = [c for c in list(self._clients) if c.cut_reason is None and predicate(c)]
         ended = sum(c.cut(message, reason, audit_fields or {}) for c in victims)
-        if victims:
-            results = await asyncio.gather(*(c.hang_up() for c in victims), return_exceptions=True)
-            for result in results:
-                if isinstance(result, Exception):
-                    log.warning("hanging up a cut client failed: %s", result)
-        return ended
+        return victims, ended
 
     async def terminate_sessions(
         self,
@@ -110,3 +121,14 @@ class SessionRegistry:
     def abort(self) -> None:
         """Server shutdown: forget everything (connections are aborted by their server)."""
         self._clients.clear()
+
+
+async def hang_up(clients: list[LiveClient]) -> None:
+    """Close the connections of clients that `cut_now` cut, all at once (each waits,
+    bounded, for its last words to leave)."""
+    if not clients:
+        return
+    results = await asyncio.gather(*(c.hang_up() for c in clients), return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            log.warning("hanging up a cut client failed: %s", result)
