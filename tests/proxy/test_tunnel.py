@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 
 from certgate.proxy.tunnel import open_tunnel
@@ -50,29 +51,50 @@ class _Channel:
         pass
 
 
-async def _node_server() -> tuple[asyncio.Server, asyncio.Queue[asyncio.StreamWriter], int]:
-    accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+class _NodeServer:
+    """A node's listener: hands over each accepted connection, and closes them all at the
+    end (asyncio.Server.close leaves accepted ones open: a ResourceWarning later)."""
 
-    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await accepted.put(writer)
-        await reader.read()
-        writer.close()
+    def __init__(self) -> None:
+        self.accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
 
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    return server, accepted, server.sockets[0].getsockname()[1]
+    async def __aenter__(self) -> _NodeServer:
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.writers.append(writer)
+            await self.accepted.put(writer)
+            await reader.read()
+            writer.close()
+
+        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        await self.server.wait_closed()
 
 
 async def test_a_cut_channel_leaves_the_node_side_open_until_the_node_hangs_up() -> None:
     # The proxy cut the client (a lock): the node sees the same lock and must be able to
     # end its session as locked, not find its connection dropped under it.
-    server, accepted, port = await _node_server()
-    try:
-        plain = await open_tunnel("127.0.0.1", port, 5)
-        lingering = await open_tunnel("127.0.0.1", port, 5)
+    async with _NodeServer() as node:
+        plain = await open_tunnel("127.0.0.1", node.port, 5)
+        lingering = await open_tunnel("127.0.0.1", node.port, 5)
         channels = [_Channel(), _Channel()]
         for tunnel, channel in zip((plain, lingering), channels, strict=True):
             tunnel.connection_made(channel)
-        first, second = await accepted.get(), await accepted.get()
+        first, second = await node.accepted.get(), await node.accepted.get()
         first.write(b"hello")
         second.write(b"hello")
         await eventually_async(lambda: all(c.data == b"hello" for c in channels))
@@ -89,21 +111,14 @@ async def test_a_cut_channel_leaves_the_node_side_open_until_the_node_hangs_up()
             writer.write_eof()
         await eventually_async(lingering.node.transport.is_closing)
         assert [c.data for c in channels] == [b"hello", b"hello"]
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_a_cut_channel_closes_the_node_side_after_the_linger() -> None:
-    server, accepted, port = await _node_server()
-    try:
-        tunnel = await open_tunnel("127.0.0.1", port, 5)
+    async with _NodeServer() as node:
+        tunnel = await open_tunnel("127.0.0.1", node.port, 5)
         tunnel.connection_made(_Channel())
-        await accepted.get()
+        await node.accepted.get()
         tunnel.linger(0.05)
         tunnel.connection_lost(None)
         assert tunnel.node.transport is not None
         await eventually_async(tunnel.node.transport.is_closing)
-    finally:
-        server.close()
-        await server.wait_closed()
