@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from certgate.api.event_caps import capped
 from certgate.api.events import code_of
 from certgate.clock import Clock, SystemClock
+from certgate.services.settle import settle
 
 log = logging.getLogger("certgate.audit")
 
@@ -119,13 +120,8 @@ class AuditLog:
                 except OSError as exc:
                     # Stored but not in the file: the caller hears of it, as before.
                     outcomes = [o if isinstance(o, Exception) else exc for o in outcomes]
-            for (_, done), outcome in zip(batch, outcomes, strict=True):
-                if done.done():
-                    continue  # the caller was cancelled; its event is written anyway
-                if isinstance(outcome, Exception):
-                    done.set_exception(outcome)
-                else:
-                    done.set_result(None)
+            results = [o if isinstance(o, Exception) else None for o in outcomes]
+            settle((done for _, done in batch), results)
 
     async def _store_batch(self, records: list[dict[str, Any]]) -> list[Exception | bool]:
         """Store `records` in one transaction; for each, whether it was new, or the

@@ -22,6 +22,7 @@ import asyncio
 import logging
 
 from certgate.backend.base import Backend, Item
+from certgate.services.settle import settle
 
 log = logging.getLogger("certgate.store")
 
@@ -72,13 +73,7 @@ class BatchedWriter:
             batch = self._next_batch()
             outcomes = await self._write([item for item, _ in batch])
             self.batches += 1
-            for (_, done), outcome in zip(batch, outcomes, strict=True):
-                if done.done():
-                    continue  # the caller was cancelled; its item is written anyway
-                if isinstance(outcome, Exception):
-                    done.set_exception(outcome)
-                else:
-                    done.set_result(outcome)
+            settle((done for _, done in batch), outcomes)
 
     async def _write(self, items: list[Item]) -> list[Item | Exception]:
         try:
