@@ -48,7 +48,7 @@ from certgate.api.codec import to_dict
 from certgate.api.meta import Metadata
 from certgate.api.node import Node, NodeSpec
 from certgate.errors import CertgateError, ConnectionProblem
-from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.rpc.auth_client import SERVICE_TIMEOUT, AsyncAuthClient
 from certgate.rpc.failover import Backoff
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import fetch_host_ca
@@ -103,20 +103,22 @@ class BeatConnection:
         ).encode() + body
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
-    async def beat(self, timeout: float = 15.0) -> None:
+    async def beat(self) -> None:
+        # The real node's timeouts (rpc/auth_client.SERVICE_TIMEOUT): 30 s to connect,
+        # TLS handshake included, then 15 s for the answer.
         try:
-            async with asyncio.timeout(timeout):
-                await self._beat()
+            if self._streams is None:
+                async with asyncio.timeout(SERVICE_TIMEOUT.connect):
+                    self._streams = await asyncio.open_connection(
+                        self._host, self._port, ssl=self._context, server_hostname=self._host
+                    )
+            async with asyncio.timeout(SERVICE_TIMEOUT.read):
+                await self._beat(*self._streams)
         except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
             self.close()
             raise ConnectionProblem(f"heartbeat failed: {type(exc).__name__} {exc}") from None
 
-    async def _beat(self) -> None:
-        if self._streams is None:
-            self._streams = await asyncio.open_connection(
-                self._host, self._port, ssl=self._context, server_hostname=self._host
-            )
-        reader, writer = self._streams
+    async def _beat(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(self._request)
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
