@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale.py [--nodes 10000] [--interval 30] [--seconds 60]
                                     [--workers 4] [--backends sqlite,postgres]
-                                    [--watch 0.5]
+                                    [--watch 0.5] [--auth-workers 1]
 
 For each backend: a real `certgate start --roles auth,proxy` (one process) on loopback.
 `--workers` load-generator processes (spawned, so their CPU is not the server's) each
@@ -17,7 +17,8 @@ with its default `http_limits` (what an operator gets without tuning).
 
 Measured and printed next to the targets (nothing is asserted):
 - heartbeats/s answered in the steady window, failures, heartbeat latency p50/p99;
-- the auth process's CPU (core-seconds per second of the window) and peak RSS (VmHWM);
+- the auth process's CPU (core-seconds per second of the window) and peak RSS (VmHWM),
+  its `--auth-workers` processes' added in;
 - `cgsh ls --format=json` p50/p99 over 10 runs (the real command, start-up included);
 - an auth restart (SIGTERM, start again on the same store): seconds from auth ready
   again until every node had a heartbeat answered, and how the returns spread per second.
@@ -48,7 +49,7 @@ from certgate.api.codec import to_dict
 from certgate.api.meta import Metadata
 from certgate.api.node import Node, NodeSpec
 from certgate.errors import CertgateError, ConnectionProblem
-from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.rpc.auth_client import SERVICE_TIMEOUT, AsyncAuthClient
 from certgate.rpc.failover import Backoff
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import fetch_host_ca
@@ -103,20 +104,22 @@ class BeatConnection:
         ).encode() + body
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
-    async def beat(self, timeout: float = 15.0) -> None:
+    async def beat(self) -> None:
+        # The real node's timeouts (rpc/auth_client.SERVICE_TIMEOUT): 30 s to connect,
+        # TLS handshake included, then 15 s for the answer.
         try:
-            async with asyncio.timeout(timeout):
-                await self._beat()
+            if self._streams is None:
+                async with asyncio.timeout(SERVICE_TIMEOUT.connect):
+                    self._streams = await asyncio.open_connection(
+                        self._host, self._port, ssl=self._context, server_hostname=self._host
+                    )
+            async with asyncio.timeout(SERVICE_TIMEOUT.read):
+                await self._beat(*self._streams)
         except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
             self.close()
             raise ConnectionProblem(f"heartbeat failed: {type(exc).__name__} {exc}") from None
 
-    async def _beat(self) -> None:
-        if self._streams is None:
-            self._streams = await asyncio.open_connection(
-                self._host, self._port, ssl=self._context, server_hostname=self._host
-            )
-        reader, writer = self._streams
+    async def _beat(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(self._request)
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
@@ -265,31 +268,61 @@ def _worker(
 # the auth side ---------------------------------------------------------------------------
 
 
+def _family(pid: int) -> list[int]:
+    """Auth's process and its children (the `--auth-workers` processes)."""
+    children: list[int] = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return [pid, *children]
+
+
 def _proc_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of auth and its workers so far (a worker restarted loses its own)."""
+    total = 0
+    for one in _family(pid):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _runqueue_wait(pid: int) -> float:
-    """Seconds the process's threads spent runnable but not running (CPU starvation)."""
+    """Seconds auth's threads (workers' too) spent runnable but not running."""
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[1])
-        except (OSError, IndexError, ValueError):
-            pass
+    for one in _family(pid):
+        for task in Path(f"/proc/{one}/task").glob("*"):
+            try:
+                total += int((task / "schedstat").read_text().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
     return total / 1e9
 
 
 def _peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak RSS (VmHWM) of auth, plus its workers' (each its own process)."""
+    total = 0
+    for one in _family(pid):
+        try:
+            lines = Path(f"/proc/{one}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in lines if line.startswith("VmHWM:"))
+    return total / 1024
 
 
 def _open_connections(pid: int) -> int:
-    return sum(1 for fd in Path(f"/proc/{pid}/fd").iterdir() if "socket" in _readlink(fd))
+    return sum(
+        1
+        for one in _family(pid)
+        for fd in Path(f"/proc/{one}/fd").glob("*")
+        if "socket" in _readlink(fd)
+    )
 
 
 def _readlink(path: Path) -> str:
@@ -329,12 +362,9 @@ def _reports(pipes: list[Any]) -> dict[str, Any]:
 def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo: str) -> None:
     # Auth's default http_limits: they must fit 10,000 nodes (a keep-alive connection
     # each, plus a watch for the --watch share).
-    text = "version: v1\n"
+    text = f"version: v1\nauth_service:\n  workers: {args.auth_workers}\n"
     if conninfo:
-        text += (
-            "auth_service:\n  storage:\n    type: postgres\n"
-            f"    conn_string: {json.dumps(conninfo)}\n"
-        )
+        text += f"  storage:\n    type: postgres\n    conn_string: {json.dumps(conninfo)}\n"
     config = workdir / f"{backend}.yaml"
     config.write_text(text)
     extra = ["--config", str(config)]
@@ -404,7 +434,8 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
             f"p99 {_pct(window['latency'], 0.99) * 1000:.0f} ms"
         )
         print(
-            f"[{backend}] auth+proxy process: CPU {cpu:.2f} cores (and {starved:.2f} s/s "
+            f"[{backend}] auth+proxy ({len(_family(pid))} processes): CPU {cpu:.2f} cores "
+            f"(and {starved:.2f} s/s "
             f"runnable but waiting for a core; load average {load:.1f}), peak RSS {rss:.0f} MiB "
             f"(target <= {TARGET_RSS_MIB} MiB); {window['watching']} watch streams open, "
             f"{_open_connections(pid)} sockets open in auth"
@@ -514,6 +545,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="steady window")
     parser.add_argument("--workers", type=int, default=4, help="load-generator processes")
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument(
+        "--auth-workers",
+        type=int,
+        default=1,
+        help="auth_service.workers (processes serving the auth API; 0: one per core)",
+    )
     parser.add_argument(
         "--watch", type=float, default=0.5, help="share of nodes that hold a watch stream"
     )

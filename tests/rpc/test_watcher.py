@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from certgate.errors import ConnectionProblem
-from certgate.rpc.watcher import ResourceView
+from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.rpc.watcher import ResourceView, silence_seconds
 from tests.support.wait import eventually_async
 
 
@@ -39,7 +42,7 @@ class _Auth:
 
     @asynccontextmanager
     async def stream(
-        self, method: str, path: str, params: Any = None
+        self, method: str, path: str, params: Any = None, silence: float = 5.0
     ) -> AsyncIterator[AsyncIterator[str]]:
         async def lines() -> AsyncIterator[str]:
             for line in self.lines:
@@ -83,7 +86,7 @@ class _SlowAuth(_Auth):
 
     @asynccontextmanager
     async def stream(
-        self, method: str, path: str, params: Any = None
+        self, method: str, path: str, params: Any = None, silence: float = 5.0
     ) -> AsyncIterator[AsyncIterator[str]]:
         await self.release.wait()
         async with super().stream(method, path, params) as lines:
@@ -121,3 +124,48 @@ async def test_no_snapshot_at_all_is_a_one_line_error_not_a_timeout() -> None:
             await view.wait_ready(timeout=0.5, report_every=0.2)
     finally:
         await view.close()
+
+
+LATE_PING = 6.5  # seconds: past one 5 s ping interval, within three
+
+
+async def test_a_late_ping_from_a_busy_auth_does_not_drop_the_stream() -> None:
+    # With 5 s pings the stream counted as dead after 5 silent seconds: a busy auth one
+    # moment late cost every node a reconnect and a TLS handshake, making it busier.
+    assert silence_seconds(5.0) == 15.0
+    assert silence_seconds(1.0) == 5.0
+    streams = []
+    pinged = asyncio.Event()
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        streams.append(request)
+        answer = web.StreamResponse()
+        await answer.prepare(request)
+        snapshot = {"type": "snapshot", "revision": 1, "items": {"lock": [lock("ok")]}}
+        await answer.write(json.dumps(snapshot).encode() + b"\n")
+        await asyncio.sleep(LATE_PING)
+        await answer.write(b'{"type": "ping"}\n')
+        pinged.set()
+        await asyncio.Event().wait()
+        return answer
+
+    app = web.Application()
+    app.router.add_get("/v1/watch", watch)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client = AsyncAuthClient(f"http://127.0.0.1:{port}", ssl.create_default_context())
+    view = ResourceView(client, ["lock"], ping_every=5.0)
+    view.start()
+    try:
+        await view.wait_ready(timeout=5)
+        await asyncio.wait_for(pinged.wait(), LATE_PING + 5)
+        await eventually_async(lambda: view.seconds_since_contact() < 1)
+        assert view.connected
+        assert len(streams) == 1  # it would have been 2 had the late ping dropped it
+    finally:
+        await view.close()
+        await client.close()
+        await runner.cleanup()

@@ -8,7 +8,8 @@
     accept ──> over max_connections? ──yes──> closed at once (before any TLS work)
                       │ no
                       ▼
-               TLS handshake (handshake_timeout) ──fails──> closed, uncounted
+               first byte; a handshake slot (HANDSHAKES_AT_ONCE); the TLS handshake:
+               all within handshake_timeout of the accept ──late──> closed, uncounted
                       │
                       ▼
                aiohttp's handler; idle_timeout until each whole request has arrived
@@ -26,6 +27,16 @@ The limits come from the config's `http_limits`:
   itself and hands each admitted socket to `loop.connect_accepted_socket`.
 - TLS connections share one read buffer per event loop (daemon/tls_accept.py): asyncio
   would give each its own 256 KiB, which at 10,000 idle nodes is gigabytes.
+- Handshakes run at most HANDSHAKES_AT_ONCE at a time, first come first served. When
+  10,000 nodes connect at once (an auth restart), each handshake is ~2 ms of this
+  process's CPU: run all together, every one progressed slowly, none finished before
+  its client gave up, and the retries started the work over (auth answered nothing).
+  Taking a few at a time, those finish in milliseconds; the rest wait with their
+  ClientHello unread, costing no CPU. A connection still waiting when its
+  handshake_timeout (counted from the accept) runs out is closed without any TLS work
+  (its client, which waits longer, retries), so the work done is for clients that are
+  still there. A client that sends nothing holds no slot at all: the slot is taken once
+  its first byte has arrived.
 """
 
 from __future__ import annotations
@@ -47,6 +58,14 @@ log = logging.getLogger("certgate.listeners")
 
 # Seconds aiohttp gives requests in flight when a listener stops.
 SHUTDOWN_TIMEOUT = 2.0
+# TLS handshakes in progress at once per listener (see above). Enough to keep the CPU
+# busy while some wait for their client's second flight; few enough that each
+# finishes in well under a second on a loaded machine.
+HANDSHAKES_AT_ONCE = 64
+# Connections the kernel queues until they are accepted (capped by
+# net.core.somaxconn, 4096 on current Linux): a burst past it gets SYNs dropped and
+# retried by the client's kernel, slower than waiting in the queue.
+LISTEN_BACKLOG = 4096
 
 
 async def limited_runner(app: web.Application, limits: HTTPLimits) -> web.AppRunner:
@@ -79,7 +98,7 @@ def bound_sockets(host: str | None, port: int, reuse_port: bool = False) -> list
             if port == 0 and len(sockets) > 1:
                 address = (address[0], sockets[0].getsockname()[1], *address[2:])
             sock.bind(address)
-            sock.listen(socket.SOMAXCONN)
+            sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
     except BaseException:
         for sock in sockets:
@@ -180,6 +199,7 @@ class _AcceptLoop:
         for task in self._loops:
             task.add_done_callback(_log_crash)
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
 
     async def _accept(self, listening: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -199,6 +219,7 @@ class _AcceptLoop:
 
     async def _start(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._handshake
         try:
             if self._ssl and await is_plain_http(conn, self._handshake):
                 await redirect_to_https(conn, self._handshake)
@@ -206,7 +227,7 @@ class _AcceptLoop:
                 self._site.gate.release()
                 return
             if self._ssl:
-                await accept_tls(loop, self._site.protocol, conn, self._ssl, self._handshake)
+                await self._handshake_in_turn(loop, conn, deadline)
             else:
                 await loop.connect_accepted_socket(self._site.protocol, conn)
         except asyncio.CancelledError:
@@ -217,6 +238,22 @@ class _AcceptLoop:
             log.debug("connection dropped before its first request: %s", exc)
             conn.close()
             self._site.gate.release()
+
+    async def _handshake_in_turn(
+        self, loop: asyncio.AbstractEventLoop, conn: socket.socket, deadline: float
+    ) -> None:
+        """The TLS handshake, once a slot is free, all by `deadline`."""
+        async with asyncio.timeout_at(deadline):
+            await self._slots.acquire()
+        try:
+            # asyncio's own handshake timer ends it cleanly (cancelling it from outside
+            # could land just after the handshake, with the connection already counted).
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError("no handshake slot within handshake_timeout")
+            await accept_tls(loop, self._site.protocol, conn, self._ssl, left)
+        finally:
+            self._slots.release()
 
     def close(self) -> None:
         for task in [*self._loops, *self._handshakes]:

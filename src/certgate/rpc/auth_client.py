@@ -17,6 +17,15 @@ from certgate.errors import CertgateError, ConnectionProblem, from_json
 from certgate.rpc.failover import AuthAddresses
 
 DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
+# Services (nodes, proxies) wait longer for the connection itself: httpx's connect
+# timeout covers the TLS handshake too, and an auth that 10,000 nodes connect to at
+# once (its restart) takes handshakes a few at a time and lets the rest wait up to its
+# handshake_timeout (10 s by default; daemon/listeners.py). A node that gave up at 5 s
+# threw away its place in that queue and came back at the end of it, with the work
+# already done for it lost: at 10,000 nodes auth answered nothing. 30 s is above the
+# server's 10 s with room for the kernel's accept queue; the cost is that a
+# black-holed auth address (no RST) is tried for 30 s before the next one.
+SERVICE_TIMEOUT = httpx.Timeout(15.0, connect=30.0)
 # How long an idle connection to auth is kept for the next call: above a node's
 # heartbeat interval (10 s by default; 30 s on large fleets), so heartbeats reuse one
 # connection rather than pay a new mTLS handshake each (auth's dearest work per beat);
@@ -118,7 +127,7 @@ class AsyncAuthClient:
             url: httpx.AsyncClient(
                 base_url=url,
                 verify=context,
-                timeout=DEFAULT_TIMEOUT,
+                timeout=SERVICE_TIMEOUT,
                 headers=headers,
                 limits=httpx.Limits(
                     max_connections=64,
@@ -235,11 +244,11 @@ class AsyncAuthClient:
 
     @contextlib.asynccontextmanager
     async def stream(
-        self, method: str, path: str, params: Any = None
+        self, method: str, path: str, params: Any = None, silence: float = 5.0
     ) -> AsyncIterator[AsyncIterator[str]]:
-        """A long answer, line by line (the watch stream), from any auth that answers."""
-        # A watch stream pings every second: five silent seconds mean it is dead.
-        timeout = httpx.Timeout(5.0, connect=5.0)
+        """A long answer, line by line (the watch stream), from any auth that answers;
+        `silence` seconds without a byte mean the stream is dead (the watch pings)."""
+        timeout = httpx.Timeout(silence, connect=SERVICE_TIMEOUT.connect)
 
         def build(client: httpx.AsyncClient) -> httpx.Request:
             return client.build_request(method, path, params=params, timeout=timeout)

@@ -41,6 +41,14 @@ ChangeCallback = Callable[[str, str, BaseModel | None], Awaitable[None]]
 MAX_PING_SECONDS = 5.0
 
 
+def silence_seconds(ping_every: float) -> float:
+    """How long a stream may stay silent before it is taken for dead: three pings.
+    One ping's worth (5 s for 5 s pings) dropped streams whenever a busy auth was a
+    little late, and each reconnect cost auth another TLS handshake. Strict locking
+    does not lean on this: it counts from the last word (`seconds_since_contact`)."""
+    return max(5.0, 3 * ping_every)
+
+
 def ping_seconds(strict_grace: float) -> float:
     """Pings often enough that several fit in the strict-locking grace, at most every
     5 s and at least every second: 5 s for the default grace of 30 s."""
@@ -61,6 +69,7 @@ class ResourceView:
         self._params = {"kinds": ",".join(kinds)}
         if ping_every != 1.0:  # auth's default: older auths need not know the parameter
             self._params["ping"] = f"{ping_every:g}"
+        self._silence = silence_seconds(ping_every)
         self._kinds = kinds
         self._on_change = on_change
         self._items: dict[str, dict[str, BaseModel]] = {kind: {} for kind in kinds}
@@ -133,7 +142,8 @@ class ResourceView:
             await asyncio.sleep(backoff.next())
 
     async def _follow(self) -> None:
-        async with self._client.stream("GET", self._path, params=self._params) as lines:
+        stream = self._client.stream("GET", self._path, params=self._params, silence=self._silence)
+        async with stream as lines:
             async for line in lines:
                 self._last_contact = time.monotonic()
                 message = json.loads(line)
