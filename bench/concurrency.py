@@ -82,6 +82,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # The same Unix login, role (that login, every node) and host certificates as ssh_paths.py.
+from bench.procs import TICK, cpu_seconds, own_cpu_seconds, tree  # noqa: E402
 from bench.ssh_paths import LOGIN, ROLE, sign_host  # noqa: E402
 from certgate.api.codec import to_dict  # noqa: E402
 from certgate.api.lock import Lock, LockSpec, LockTarget  # noqa: E402
@@ -104,36 +105,9 @@ MARKER_COMMAND = "echo $((40+2))ok\n"
 MARKER = "42ok"
 BUSY_COMMAND = "while :; do echo busy $(date +%s.%N); sleep 0.01; done\n"
 RETRIES = 10  # per session open, 2 s apart
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------- processes
-
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
-def tree(roots: Iterable[int]) -> list[int]:
-    """The roots and all their descendants now."""
-    children = _children()
-    found: list[int] = []
-    todo = list(roots)
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(children.get(pid, []))
-    return found
 
 
 @dataclass
@@ -163,30 +137,6 @@ def memory(roots: Iterable[int]) -> Memory:
         if comm != SHELL:
             total.rss_no_shell += fields.get("Rss", 0)
     return total
-
-
-def cpu_seconds(roots: Iterable[int]) -> float:
-    """CPU of the trees, children that were waited for included (cutime, cstime)."""
-    ticks = 0
-    for pid in tree(roots):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-    return ticks / TICK
-
-
-def own_cpu_seconds(pids: Iterable[int]) -> float:
-    """CPU of these processes alone: not their children, reaped or alive."""
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime stime
-    return ticks / TICK
 
 
 def machine_cpu() -> tuple[float, float]:

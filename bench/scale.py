@@ -44,6 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import procs
 from certgate.api.bundle import CertBundle
 from certgate.api.codec import to_dict
 from certgate.api.meta import Metadata
@@ -270,26 +271,12 @@ def _worker(
 
 def _family(pid: int) -> list[int]:
     """Auth's process and its children (the `--auth-workers` processes)."""
-    children: list[int] = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(stat.parent.name))
-        except (OSError, ValueError, IndexError):
-            pass
-    return [pid, *children]
+    return [pid, *procs.children().get(pid, [])]
 
 
 def _proc_cpu(pid: int) -> float:
     """CPU seconds of auth and its workers so far (a worker restarted loses its own)."""
-    total = 0
-    for one in _family(pid):
-        try:
-            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+    return procs.own_cpu_seconds(_family(pid))
 
 
 def _runqueue_wait(pid: int) -> float:
