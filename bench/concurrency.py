@@ -63,6 +63,7 @@ import asyncio
 import multiprocessing
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -755,6 +756,8 @@ def start_profile(
     start's cost. Idle threads are left out (py-spy's default), so samples are CPU-ish."""
     directory.mkdir(parents=True, exist_ok=True)
     py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.exists():
+        py_spy = Path(os.environ.get("PY_SPY", shutil.which("py-spy") or "/tmp/spy/bin/py-spy"))
     assert cluster.process is not None
     targets = {"proxy": cluster.process.pid, "node": cluster.nodes[0].pid}
     return [

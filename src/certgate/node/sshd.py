@@ -32,7 +32,6 @@ from typing import Any
 
 import asyncssh
 
-from certgate.api.certs import identity_from_ssh_cert
 from certgate.api.identity import Identity
 from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, BadParameter, NotFound
@@ -67,6 +66,7 @@ from certgate.srv.session import (
     SessionRefused,
     SessionTracking,
 )
+from certgate.srv.user_cas import NO_KEYS, TrustedUserCAs, UserCAKeys
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +77,6 @@ WRITE_HIGH_WATER = 256 * 1024
 
 def _format_addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _ca_key_blob(line: str) -> bytes | None:
-    """The public key blob of a trusted-CA line ("type base64 [comment]")."""
-    fields = line.split()
-    if fields and fields[0].startswith("@"):
-        fields = fields[2:]  # "@cert-authority <hosts> type base64"
-    elif fields and fields[0] == "cert-authority":
-        fields = fields[1:]  # authorized_keys form
-    if len(fields) < 2:
-        return None
-    try:
-        key = asyncssh.import_public_key(f"{fields[0]} {fields[1]}")
-    except (asyncssh.KeyImportError, ValueError):
-        return None
-    return bytes(key.public_data)
 
 
 class NodeSSHServer:
@@ -129,7 +113,7 @@ class NodeSSHServer:
             self._host_cert = asyncssh.import_certificate(host_cert)
         except (asyncssh.KeyImportError, ValueError) as exc:
             raise BadParameter(f"node host key or certificate is malformed: {exc}") from exc
-        self._trusted_user_ca_keys = trusted_user_ca_keys
+        self._user_cas = TrustedUserCAs(trusted_user_ca_keys)
         self._authorizer = authorizer
         self._audit_queue = audit_writer(audit, "node-audit", audit_batch)
         self.node_name = node_name
@@ -219,22 +203,6 @@ class NodeSSHServer:
 
     # ------------------------------------------------------------------ internals
 
-    def _trusted_ca_blobs(self) -> frozenset[bytes]:
-        try:
-            lines = self._trusted_user_ca_keys()
-        except Exception:
-            # Fail closed: without a CA list nobody logs in, which is loud enough.
-            log.exception("could not read the trusted user CA keys")
-            return frozenset()
-        blobs = set()
-        for line in lines:
-            blob = _ca_key_blob(line)
-            if blob is None:
-                log.warning("ignoring malformed trusted user CA key line: %.40s", line)
-            else:
-                blobs.add(blob)
-        return frozenset(blobs)
-
     def _audit(self, event: str, fields: dict[str, Any]) -> None:
         # No "node" field: the sink knows which node it serves and adds it.
         self._audit_queue.put(event, fields)
@@ -246,7 +214,7 @@ class _Connection(asyncssh.SSHServer):
     def __init__(self, node: NodeSSHServer) -> None:
         self._node = node
         self._conn: Any = None
-        self._trusted: frozenset[bytes] = frozenset()
+        self._trusted: UserCAKeys = NO_KEYS
         self.client_addr = ""
         self.client: LiveClient | None = None
         self.account: UnixAccount | None = None
@@ -267,8 +235,8 @@ class _Connection(asyncssh.SSHServer):
         self._conn = conn
         peer = conn.get_extra_info("peername")
         self.client_addr = _format_addr(str(peer[0]), int(peer[1])) if peer else ""
-        self._trusted = self._node._trusted_ca_blobs()
         certcapture.install_certificate_capture(conn, self._certificate_verified)
+        certcapture.skip_config_reload(conn)
         certcapture.guard_agent_forwarding(conn, self._allow_agent, self._agent_socket_created)
         self._node._connections.add(self)
 
@@ -279,16 +247,11 @@ class _Connection(asyncssh.SSHServer):
             self.client.joins.clear()
 
     def begin_auth(self, username: str) -> bool:
-        # principals="*" makes asyncssh leave the login check to us: it would refuse a
-        # login that is not a principal silently, and every refusal must be audited
-        # with its reason. `_certificate_verified` checks the login first thing.
-        lines = [
-            f'cert-authority,principals="*" {" ".join(line.split()[:2])}'
-            for line in self._node._trusted_user_ca_keys()
-            if _ca_key_blob(line) is not None and not line.startswith("@")
-        ]
-        if lines:
-            self._conn.set_authorized_keys(asyncssh.import_authorized_keys("\n".join(lines)))
+        # Read now, so a rotated CA applies to the next login (user_cas.py); the login
+        # is checked against the principals by `_certificate_verified`, first thing.
+        self._trusted = trusted = self._node._user_cas.current()
+        if trusted.authorized_keys is not None:
+            self._conn.set_authorized_keys(trusted.authorized_keys)
         return True  # every login authenticates
 
     def public_key_auth_supported(self) -> bool:
@@ -298,7 +261,7 @@ class _Connection(asyncssh.SSHServer):
         return False  # plain keys never: only certificates from the user CA
 
     def validate_ca_key(self, username: str, key: Any) -> bool:
-        return bytes(key.public_data) in self._trusted
+        return bytes(key.public_data) in self._trusted.blobs
 
     def session_requested(self) -> Any:
         client = self.client
@@ -350,7 +313,7 @@ class _Connection(asyncssh.SSHServer):
     async def _certificate_verified(self, login: str, key_data: bytes) -> bool:
         node = self._node
         try:
-            identity = identity_from_ssh_cert(certcapture.certificate_text(key_data))
+            identity = certcapture.certificate_identity(key_data)
         except (BadParameter, ValueError) as exc:
             self._reject(None, login, f"malformed certificate: {exc}")
             return False

@@ -68,6 +68,7 @@ from certgate.srv.session import (
     SessionPredicate,
     SessionTracking,
 )
+from certgate.srv.user_cas import TrustedUserCAs, UserCAKeys
 
 log = logging.getLogger("certgate.proxy.agentless")
 
@@ -107,7 +108,7 @@ class AgentlessForwarder:
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         certcapture.check_compatible()
-        self._user_ca_keys = user_ca_keys
+        self._user_cas = TrustedUserCAs(user_ca_keys)
         self._host_ca_keys = host_ca_keys
         self.access = access
         self._certs = certs
@@ -316,26 +317,9 @@ class AgentlessForwarder:
     def audit(self, event: str, fields: dict[str, Any]) -> None:
         self._audit_queue.put(event, fields)
 
-    def trusted_user_cas(self) -> tuple[frozenset[bytes], str]:
-        """(key blobs, authorized_keys text) of the user CA, read now."""
-        blobs: set[bytes] = set()
-        lines: list[str] = []
-        try:
-            keys = self._user_ca_keys()
-        except Exception:
-            log.exception("could not read the trusted user CA keys")
-            keys = []
-        for line in keys:
-            fields = line.split()
-            if len(fields) < 2:
-                continue
-            try:
-                key = asyncssh.import_public_key(f"{fields[0]} {fields[1]}")
-            except (asyncssh.KeyImportError, ValueError):
-                continue
-            blobs.add(bytes(key.public_data))
-            lines.append(f'cert-authority,principals="*" {fields[0]} {fields[1]}')
-        return frozenset(blobs), "\n".join(lines)
+    def trusted_user_cas(self) -> UserCAKeys:
+        """The user CA's key blobs and authorized_keys, read now (parsed when changed)."""
+        return self._user_cas.current()
 
     def known_hosts(self) -> Any:
         lines = [

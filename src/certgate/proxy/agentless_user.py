@@ -43,6 +43,7 @@ from certgate.srv.hangup import close_connection
 from certgate.srv.join import JoinChannel, join_refusal
 from certgate.srv.live import LiveClient
 from certgate.srv.session import SessionPolicy
+from certgate.srv.user_cas import NO_KEYS, UserCAKeys
 
 if TYPE_CHECKING:
     from certgate.proxy.agentless import AgentlessForwarder
@@ -80,8 +81,7 @@ class UserConnection(asyncssh.SSHServer):
         self._forwarder = forwarder
         self._conn: Any = None
         self._dialled: Dialled | None = None
-        self._trusted: frozenset[bytes] = frozenset()
-        self._authorized_keys = ""
+        self._trusted: UserCAKeys = NO_KEYS
         self.client_addr = ""
         self.node_name = ""
         self.client: LiveClient | None = None
@@ -116,7 +116,7 @@ class UserConnection(asyncssh.SSHServer):
             conn.abort()
             return
         self.node_name = self._dialled.node.name
-        self._trusted, self._authorized_keys = self._forwarder.trusted_user_cas()
+        self._trusted = self._forwarder.trusted_user_cas()
         certcapture.install_certificate_capture(conn, self._certificate_verified)
         self._forwarder.add_connection(self)
 
@@ -137,8 +137,8 @@ class UserConnection(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         # principals="*": asyncssh would refuse a login that is not a principal
         # silently; `_certificate_verified` checks it and audits the refusal.
-        if self._authorized_keys:
-            self._conn.set_authorized_keys(asyncssh.import_authorized_keys(self._authorized_keys))
+        if self._trusted.authorized_keys is not None:
+            self._conn.set_authorized_keys(self._trusted.authorized_keys)
         return True
 
     def public_key_auth_supported(self) -> bool:
@@ -148,7 +148,7 @@ class UserConnection(asyncssh.SSHServer):
         return False  # only certificates from the user CA
 
     def validate_ca_key(self, username: str, key: Any) -> bool:
-        return bytes(key.public_data) in self._trusted
+        return bytes(key.public_data) in self._trusted.blobs
 
     def session_requested(self) -> Any:
         client = self.client

@@ -32,7 +32,6 @@ from typing import Any
 import asyncssh
 
 from certgate.access.cached_access import CachedAccess
-from certgate.api.certs import identity_from_ssh_cert
 from certgate.api.identity import Identity
 from certgate.api.node import Node
 from certgate.api.session_tracker import parse_join_login
@@ -41,12 +40,17 @@ from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.kube_join import KubeJoins, KubeJoinTarget
 from certgate.proxy.tunnel import NodeTunnel, open_tunnel
 from certgate.rpc.audit import AuditSink
-from certgate.srv.certcapture import certificate_text, install_certificate_capture
+from certgate.srv.certcapture import (
+    certificate_identity,
+    install_certificate_capture,
+    skip_config_reload,
+)
 from certgate.srv.corked import CorkedListener
 from certgate.srv.hangup import TERMINATE_FLUSH_SECONDS
 from certgate.srv.live import LiveClient
 from certgate.srv.registry import SessionRegistry
 from certgate.srv.session import SessionPolicy
+from certgate.srv.user_cas import TrustedUserCAs
 
 log = logging.getLogger("certgate.proxy.ssh")
 
@@ -73,6 +77,7 @@ class _Connection(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername")
         self.client_addr = f"{peer[0]}:{peer[1]}" if peer else ""
         install_certificate_capture(conn, self._verified)
+        skip_config_reload(conn)
         _allow_jumping(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -82,10 +87,9 @@ class _Connection(asyncssh.SSHServer):
     def begin_auth(self, username: str) -> bool:
         # Any principal will do here: the jump host does not log anyone in; the node
         # checks the login against the certificate's principals.
-        keys = "\n".join(
-            f'cert-authority,principals="*" {key}' for key in self._proxy.user_ca_keys()
-        )
-        self._conn.set_authorized_keys(asyncssh.import_authorized_keys(keys))
+        keys = self._proxy.user_cas.current().authorized_keys
+        if keys is not None:
+            self._conn.set_authorized_keys(keys)
         return True
 
     def public_key_auth_supported(self) -> bool:
@@ -95,7 +99,7 @@ class _Connection(asyncssh.SSHServer):
         return False
 
     async def _verified(self, login: str, key_data: bytes) -> bool:
-        identity = identity_from_ssh_cert(certificate_text(key_data))
+        identity = certificate_identity(key_data)
         try:
             self._proxy.access.check_identity(identity)
         except CertgateError as exc:
@@ -237,7 +241,9 @@ class ProxySSH:
     ) -> None:
         self._host_key = asyncssh.import_private_key(host_key)
         self._host_cert = asyncssh.import_certificate(host_cert)
-        self.user_ca_keys = user_ca_keys
+        # Read for every connection (a rotated CA applies to the next login), parsed
+        # only when it changed.
+        self.user_cas = TrustedUserCAs(user_ca_keys)
         self.access = access
         self.audit = audit
         self.agentless = agentless

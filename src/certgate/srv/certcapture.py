@@ -1,4 +1,5 @@
-"""Shims over two asyncssh internals the node cannot do without.
+"""Shims over asyncssh internals certgate's SSH servers cannot do without (two) or are
+better off without (the third).
 
 1. Certificate capture. asyncssh checks a client certificate (CA signature, validity,
    principal = login, source-address) but never hands it to the application
@@ -15,7 +16,15 @@
    decides per connection (the caller's roles) and must hand the socket to the target
    user, so we wrap `SSHServerConnection.create_agent_listener()`.
 
-Both are instance attributes set on one connection, never patches of the class, so
+3. No config reload. At the start of user authentication asyncssh re-reads its server
+   config for the connection (`SSHServerConnection.reload_config()`: sshd_config Match
+   blocks on the user and address), building a whole new options object in a thread.
+   certgate's servers pass no config file, so the reload builds the same options again:
+   ~0.4 ms of CPU and a round trip through the executor's thread per connection, on each
+   hop of a session start. `skip_config_reload` makes it a no-op on one connection, and
+   only when no config file was loaded and no reverse DNS lookup is asked for.
+
+All are instance attributes set on one connection, never patches of the class, so
 other asyncssh servers in the same process (the proxy) are unaffected. They depend on
 asyncssh internals: `ASYNCSSH_PINNED` names the version they were checked against,
 `check_compatible()` refuses to run when the hooks' shape changed, and
@@ -25,6 +34,7 @@ tests/node/test_certcapture.py fails loudly on any upgrade.
 from __future__ import annotations
 
 import base64
+import functools
 import inspect
 import logging
 import struct
@@ -32,6 +42,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncssh
+
+from certgate.api.certs import identity_from_ssh_cert
+from certgate.api.identity import Identity
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +55,13 @@ ASYNCSSH_PINNED = "2.24.1"
 # Called with (login, certificate wire bytes) once asyncssh validated the certificate
 # and its signature; returning False makes the authentication attempt fail.
 CertificateVerified = Callable[[str, bytes], Awaitable[bool]]
+
+# Certificates decoded lately. A user's certificate comes with every connection it opens
+# (two per session: the proxy and the node), and decoding it (cryptography's parser, the
+# JSON extensions) cost ~0.2 ms each time. Only the decoding is kept: asyncssh checked the
+# certificate's signature, validity and source address on this connection before the
+# capture sees it, and roles and locks are decided afresh from the live view every time.
+IDENTITY_CACHE = 1024
 
 _VALIDATE_PARAMS = ["self", "username", "key_data", "msg", "signature"]
 
@@ -64,6 +84,11 @@ def check_compatible() -> None:
         raise ShimError(_broken("SSHServerConnection.create_agent_listener is gone or not async"))
     if list(inspect.signature(agent).parameters) != ["self"]:
         raise ShimError(_broken("create_agent_listener now takes arguments"))
+    reload = getattr(conn_cls, "reload_config", None)
+    if reload is None or not inspect.iscoroutinefunction(reload):
+        raise ShimError(_broken("SSHServerConnection.reload_config is gone or not async"))
+    if list(inspect.signature(reload).parameters) != ["self"]:
+        raise ShimError(_broken("reload_config now takes arguments"))
     if asyncssh.__version__ != ASYNCSSH_PINNED:
         log.warning(
             "asyncssh %s is not the version the certificate capture was checked against (%s)",
@@ -114,6 +139,28 @@ def guard_agent_forwarding(
         return True
 
     conn.create_agent_listener = create_agent_listener
+
+
+def skip_config_reload(conn: Any) -> bool:
+    """Make `conn`'s per-connection config reload a no-op when it would change nothing:
+    no config file loaded, no reverse DNS. Returns whether it was skipped."""
+    options = getattr(conn, "_options", None)
+    config = getattr(options, "config", None)
+    if config is None or getattr(config, "loaded", True) or getattr(conn, "_rdns_lookup", True):
+        return False  # Match blocks or a host name to look up: asyncssh's reload matters
+
+    async def reload_config() -> None:
+        """Nothing to re-evaluate: the options this connection has are the reload's."""
+
+    conn.reload_config = reload_config
+    return True
+
+
+@functools.lru_cache(maxsize=IDENTITY_CACHE)
+def certificate_identity(key_data: bytes) -> Identity:
+    """The identity of a certificate in its wire form (BadParameter, ValueError if it is
+    malformed; those are not kept)."""
+    return identity_from_ssh_cert(certificate_text(key_data))
 
 
 def certificate_text(key_data: bytes) -> str:
