@@ -20,6 +20,7 @@ from certgate.api.identity import Identity
 from certgate.errors import AccessDenied
 from certgate.node.sshd import NodeSSHServer
 from certgate.srv import certcapture
+from certgate.srv.server_options import certificate_server_options
 from certgate.srv.session import SessionPolicy
 
 from .conftest import Authorities
@@ -227,3 +228,84 @@ async def test_asyncssh_client_login_hands_the_certificate_identity_to_the_autho
         assert [identity.username for identity, _, _ in seen] == ["carol", "dave"]
     finally:
         await server.close()
+
+
+# The attributes SSHServerConnection.reload_config() sets from the options it rebuilds.
+_RELOADED = (
+    "host_based_auth", "public_key_auth", "kbdint_auth", "password_auth",
+    "authorized_client_keys", "allow_pty", "x11_forwarding", "agent_forwarding",
+    "rekey_bytes", "rekey_seconds", "keepalive_count_max", "keepalive_interval",
+)  # fmt: skip
+
+
+def test_the_skipped_config_reload_would_rebuild_the_same_options() -> None:
+    """What skip_config_reload saves is a rebuild of what the connection already has:
+    certgate's servers load no config file, so there is no Match block to apply."""
+    reload = inspect.getsource(asyncssh.SSHServerConnection.reload_config)
+    for name in _RELOADED:
+        assert f"= options.{name}" in reload, f"reload_config no longer sets {name}"
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    options = asyncssh.SSHServerConnectionOptions(
+        server_host_keys=[host_key], **certificate_server_options(agent_forwarding=True)
+    )
+    rebuilt = asyncssh.SSHServerConnectionOptions(
+        options=options, reload=True, accept_addr="127.0.0.1", accept_port=3022,
+        username="alice", client_host="127.0.0.1", client_addr="127.0.0.1",
+    )  # fmt: skip
+    assert not options.config.loaded
+    for name in _RELOADED:
+        if name == "authorized_client_keys":
+            # () before, None (no AuthorizedKeysFile) after: asyncssh tests either for
+            # truth, and our begin_auth sets the CA list right after the reload anyway.
+            assert not rebuilt.authorized_client_keys and not options.authorized_client_keys
+            continue
+        assert getattr(rebuilt, name) == getattr(options, name), name
+
+
+class _Options:
+    def __init__(self, loaded: bool) -> None:
+        self.config = type("Config", (), {"loaded": loaded})()
+
+
+class _ReloadingConnection:
+    def __init__(self, loaded: bool, rdns: bool = False) -> None:
+        self._options = _Options(loaded)
+        self._rdns_lookup = rdns
+        self.reloads = 0
+
+    async def reload_config(self) -> None:
+        self.reloads += 1
+
+
+async def test_config_reload_is_skipped_only_without_a_config_file_or_reverse_dns() -> None:
+    plain = _ReloadingConnection(loaded=False)
+    assert certcapture.skip_config_reload(plain)
+    await plain.reload_config()
+    assert plain.reloads == 0
+    for kept in (_ReloadingConnection(loaded=True), _ReloadingConnection(False, rdns=True)):
+        assert not certcapture.skip_config_reload(kept)
+        await kept.reload_config()
+        assert kept.reloads == 1  # the same call does reach asyncssh's reload here
+
+
+def test_a_certificate_is_decoded_once_and_a_malformed_one_never_kept(
+    authorities: Authorities,
+) -> None:
+    user_key = ed25519.Ed25519PrivateKey.generate()
+    public = user_key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    now = datetime.now(UTC)
+    identity = Identity(username="carol", roles=("dev",), logins=("carol",), expires=now)
+    cert = authorities.user.sign_user_ssh(
+        public.decode(), identity, now - timedelta(minutes=1), now + timedelta(hours=1),
+        permit_port_forwarding=False, permit_agent_forwarding=False,
+    )  # fmt: skip
+    blob = base64.b64decode(cert.split()[1])
+    first = certcapture.certificate_identity(blob)
+    assert (first.username, first.roles, first.logins) == ("carol", ("dev",), ("carol",))
+    assert certcapture.certificate_identity(blob) is first
+    with pytest.raises(ValueError):
+        certcapture.certificate_identity(b"\x00")
+    with pytest.raises(ValueError):
+        certcapture.certificate_identity(b"\x00")  # raised again, not remembered

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pexpect  # type: ignore[import-untyped]
 
+from certgate.auth.ca import CASigner, generate_authority
+
 from tests.support.wait import eventually
 
 from .conftest import (
@@ -200,6 +202,25 @@ def test_certificate_from_another_ca_is_refused(
     creds = make_creds("stranger", (ALICE,), signer=authorities.other)
     result = run(node.ssh_argv(creds, ALICE, "true"))
     assert result.returncode == 255 and b"Permission denied" in result.stderr
+
+
+def test_a_certificate_from_a_ca_the_node_stopped_trusting_is_refused_at_the_next_login(
+    node: Node, make_creds: CredsFactory, authorities: Authorities
+) -> None:
+    # The node parses its CA list only when it changes (srv/user_cas.py): a rotation must
+    # still apply to the very next login.
+    creds = make_creds("rotated", (ALICE,))
+    assert run(node.ssh_argv(creds, ALICE, "true")).returncode == 0  # trusted until now
+    retired = list(authorities.user_ca_lines)
+    successor = generate_authority("user_ssh", "rotated.example", datetime.now(UTC))
+    authorities.user_ca_lines[:] = [successor.spec.active_keys[0].public]
+    try:
+        result = run(node.ssh_argv(creds, ALICE, "true"))
+        assert result.returncode == 255 and b"Permission denied" in result.stderr
+        fresh = make_creds("rotated", (ALICE,), signer=CASigner(successor))
+        assert run(node.ssh_argv(fresh, ALICE, "true")).returncode == 0
+    finally:
+        authorities.user_ca_lines[:] = retired
 
 
 def test_expired_certificate_is_refused(node: Node, make_creds: CredsFactory) -> None:
