@@ -35,12 +35,12 @@ import asyncssh
 from certgate.api.identity import Identity
 from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, BadParameter, NotFound
+from certgate.node.accounts import AccountCache
 from certgate.node.session import (
     SFTP_SERVER,
     ChildProcess,
     UnixAccount,
     login_environment,
-    lookup_account,
     shell_argv,
     signal_by_name,
     signal_name,
@@ -115,6 +115,7 @@ class NodeSSHServer:
             raise BadParameter(f"node host key or certificate is malformed: {exc}") from exc
         self._user_cas = TrustedUserCAs(trusted_user_ca_keys)
         self._authorizer = authorizer
+        self._accounts = AccountCache()
         self._audit_queue = audit_writer(audit, "node-audit", audit_batch)
         self.node_name = node_name
         self._observer_factory = session_observer
@@ -324,7 +325,7 @@ class _Connection(asyncssh.SSHServer):
             policy = await check_login(
                 node._authorizer, identity, login, self.client_addr, node._authorize_timeout
             )
-            account = lookup_account(login)
+            account = node._accounts.lookup(login)
         except LoginRefused as exc:
             self._reject(identity, login, exc.reason)
             return False
