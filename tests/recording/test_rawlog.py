@@ -29,6 +29,7 @@ from certgate.recording.rawlog import (
     resize_frame,
     to_asciicast,
 )
+from certgate.recording.uploader import cast_chunks
 
 HEADER = Header(
     width=100,
@@ -216,3 +217,19 @@ def test_the_header_line_is_sent_as_the_node_wrote_it() -> None:
     cast, _ = to_asciicast(preamble(HEADER))
     assert cast == HEADER.to_line()
     assert json.loads(cast)["certgate"]["session_id"] == HEADER.session_id
+
+
+@pytest.mark.parametrize("size", [1, 5, 64, 10_000, 1 << 20])
+async def test_the_uploader_reads_the_same_asciicast_at_any_chunk_size(
+    tmp_path: Path, size: int
+) -> None:
+    # cast_chunks stops at the first short read (the end of a finished file): any chunk
+    # size, one longer than the file, one that divides it, gives the whole recording.
+    path = tmp_path / f"{HEADER.session_id}.cast"
+    log = RawLogFile.create(path, HEADER)
+    frames = [output(0.01 * n, f"line {n}\r\n".encode()) for n in range(200)]
+    log.append([*frames, end_frame(3.0)])
+    log.close()
+    expected, _ = to_asciicast(path.read_bytes())
+    chunks = [chunk async for chunk in cast_chunks(path, size)]
+    assert b"".join(chunks) == expected

@@ -191,20 +191,29 @@ class SessionRecorder:
             # When the session ended, which its last output may be long before: the
             # recording's duration is then the session's (asciicast.py).
             self._pending.append(end_frame(self._clock() - self._start))
-        self._flush()
+        # The last frames and the close in one hand-off to the writer (one thread switch
+        # per ended session, not two).
+        batch = self._take()
         self._ended = True
         self._stopped = True
-        self._writer.submit(self._finish)
+        self._writer.submit(self._finish, batch)
 
     # ---- hand-off ------------------------------------------------------------------
 
     def _flush(self) -> None:
+        batch = self._take()
+        if batch:
+            self._writer.submit(self._write, batch)
+
+    def _take(self) -> list[bytes]:
+        """What is pending for the writer (nothing once stopped); the timer is off."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._pending and not self._stopped:
-            batch, self._pending, self._pending_bytes = self._pending, [], 0
-            self._writer.submit(self._write, batch)
+        if not self._pending or self._stopped:
+            return []
+        batch, self._pending, self._pending_bytes = self._pending, [], 0
+        return batch
 
     # ---- writer thread -------------------------------------------------------------
 
@@ -216,7 +225,9 @@ class SessionRecorder:
         except OSError as exc:
             self._fail(exc)
 
-    def _finish(self) -> None:
+    def _finish(self, frames: list[bytes]) -> None:
+        if frames:
+            self._write(frames)
         complete = not self._write_failed
         with contextlib.suppress(OSError):
             self._file.close()

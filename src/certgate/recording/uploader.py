@@ -26,6 +26,7 @@ import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import IO
 
 from certgate.api.recording import is_recording_id
 from certgate.errors import BadParameter, CertgateError, from_json
@@ -215,21 +216,32 @@ async def cast_chunks(path: Path, size: int = CHUNK) -> AsyncGenerator[bytes, No
     chunk if a raw log has no readable header.
     """
     with path.open("rb") as file:
-        header = await asyncio.to_thread(read_preamble, file)
+        # The header and the first chunk in one trip to a thread, and no trip for the
+        # empty read at the end: a file that gives less than asked is at its end (the
+        # session is over, nothing writes to it). A short session is then one trip.
+        header, data = await asyncio.to_thread(_read_start, file, size)
         if header is None:
-            while chunk := await asyncio.to_thread(file.read, size):
-                yield chunk
+            while data:
+                yield data
+                data = b"" if len(data) < size else await asyncio.to_thread(file.read, size)
             return
         yield header
         converter = CastConverter()
-        while data := await asyncio.to_thread(file.read, size):
+        while data:
             if events := converter.feed(data):
                 yield events
-            if converter.frames.damage is not None:
+            if converter.frames.damage is not None or len(data) < size:
                 break
+            data = await asyncio.to_thread(file.read, size)
         if tail := converter.finish():
             yield tail
         _log_losses(path, converter)
+
+
+def _read_start(file: IO[bytes], size: int) -> tuple[bytes | None, bytes]:
+    """(the raw log's header line or None, up to `size` bytes after it)."""
+    header = read_preamble(file)
+    return header, file.read(size)
 
 
 def _log_losses(path: Path, converter: CastConverter) -> None:
