@@ -66,6 +66,7 @@ def _serve(ca_line: str, with_auth: bool, ready: Any, stop: Any) -> None:
             def connection_made(self, conn: Any) -> None:
                 self._conn = conn
                 certcapture.skip_config_reload(conn)
+                certcapture.skip_ignore_packets(conn)
 
             def begin_auth(self, username: str) -> bool:
                 self._conn.set_authorized_keys(authorized)

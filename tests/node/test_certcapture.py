@@ -13,6 +13,8 @@ from typing import Any
 
 import asyncssh
 import pytest
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE
+from asyncssh.encryption import BasicEncryption, ChachaEncryption, GCMEncryption
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -309,3 +311,38 @@ def test_a_certificate_is_decoded_once_and_a_malformed_one_never_kept(
         certcapture.certificate_identity(b"\x00")
     with pytest.raises(ValueError):
         certcapture.certificate_identity(b"\x00")  # raised again, not remembered
+
+
+def test_asyncssh_still_sends_the_filler_the_shim_drops() -> None:
+    send = inspect.getsource(asyncssh.connection.SSHConnection.send_packet)
+    assert "self.send_packet(MSG_IGNORE, String(b''))" in send
+
+
+class _Sender:
+    def __init__(self, encryption: Any) -> None:
+        self._send_encryption = encryption
+        self.sent: list[tuple[int, tuple[bytes, ...]]] = []
+
+    def send_packet(self, pkttype: int, *args: bytes, handler: Any = None) -> None:
+        self.sent.append((pkttype, args))
+
+
+@pytest.mark.parametrize("aead", [GCMEncryption, ChachaEncryption])
+def test_the_filler_is_dropped_only_under_an_aead_cipher(aead: type) -> None:
+    empty = b"\x00\x00\x00\x00"
+    for encryption, dropped in (
+        (aead.__new__(aead), True),
+        (BasicEncryption.__new__(BasicEncryption), False),
+        (None, False),
+    ):
+        conn = _Sender(encryption)
+        certcapture.skip_ignore_packets(conn)
+        conn.send_packet(MSG_IGNORE, empty)
+        conn.send_packet(MSG_IGNORE, b"\x00\x00\x00\x01x")  # not filler
+        conn.send_packet(MSG_CHANNEL_DATA, b"payload")
+        expected = [] if dropped else [(MSG_IGNORE, (empty,))]
+        assert conn.sent == [
+            *expected,
+            (MSG_IGNORE, (b"\x00\x00\x00\x01x",)),
+            (MSG_CHANNEL_DATA, (b"payload",)),
+        ]

@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pexpect  # type: ignore[import-untyped]
+import pytest
 
 from certgate.auth.ca import CASigner, generate_authority
-
 from tests.support.wait import eventually
 
 from .conftest import (
@@ -221,6 +221,35 @@ def test_a_certificate_from_a_ca_the_node_stopped_trusting_is_refused_at_the_nex
         assert run(node.ssh_argv(fresh, ALICE, "true")).returncode == 0
     finally:
         authorities.user_ca_lines[:] = retired
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        (),  # OpenSSH's defaults: it settles on aes128-gcm, the first the node offers
+        ("-o", "Ciphers=aes256-gcm@openssh.com", "-o", "KexAlgorithms=curve25519-sha256",
+         "-o", "HostKeyAlgorithms=ssh-ed25519-cert-v01@openssh.com"),
+        ("-o", "Ciphers=aes128-gcm@openssh.com", "-o", "KexAlgorithms=ecdh-sha2-nistp256"),
+    ],
+)  # fmt: skip
+def test_openssh_negotiates_with_its_defaults_and_restricted_lists(
+    node: Node, make_creds: CredsFactory, options: tuple[str, ...]
+) -> None:
+    # The node sends no filler packets under AES-GCM (certcapture.skip_ignore_packets):
+    # a session whose output crosses many packets still arrives whole, its status too.
+    creds = make_creds("negotiator", (ALICE,))
+    command = "head -c 300000 /dev/zero | tr '\\0' x; exit 7"
+    result = run(node.ssh_argv(creds, ALICE, command, options=options))
+    assert result.returncode == 7, result.stderr
+    assert result.stdout == b"x" * 300000
+
+
+def test_a_cipher_the_node_does_not_offer_is_refused(node: Node, make_creds: CredsFactory) -> None:
+    creds = make_creds("negotiator", (ALICE,))
+    options = ("-o", "Ciphers=chacha20-poly1305@openssh.com")
+    assert run(node.ssh_argv(creds, ALICE, "true", options=options)).returncode == 255
+    # The same login with a cipher it offers works (the refusal was the cipher's).
+    assert run(node.ssh_argv(creds, ALICE, "true")).returncode == 0
 
 
 def test_expired_certificate_is_refused(node: Node, make_creds: CredsFactory) -> None:

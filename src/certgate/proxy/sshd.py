@@ -44,6 +44,7 @@ from certgate.srv.certcapture import (
     certificate_identity,
     install_certificate_capture,
     skip_config_reload,
+    skip_ignore_packets,
 )
 from certgate.srv.corked import CorkedListener
 from certgate.srv.hangup import TERMINATE_FLUSH_SECONDS
@@ -78,6 +79,7 @@ class _Connection(asyncssh.SSHServer):
         self.client_addr = f"{peer[0]}:{peer[1]}" if peer else ""
         install_certificate_capture(conn, self._verified)
         skip_config_reload(conn)
+        skip_ignore_packets(conn)
         _allow_jumping(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -1,5 +1,5 @@
-"""Shims over asyncssh internals certgate's SSH servers cannot do without (two) or are
-better off without (the third).
+"""Shims over asyncssh internals certgate's SSH servers cannot do without (the first two)
+or are better off without (the other two).
 
 1. Certificate capture. asyncssh checks a client certificate (CA signature, validity,
    principal = login, source-address) but never hands it to the application
@@ -24,6 +24,14 @@ better off without (the third).
    hop of a session start. `skip_config_reload` makes it a no-op on one connection, and
    only when no config file was loaded and no reverse DNS lookup is asked for.
 
+4. No filler packets. asyncssh puts an empty SSH_MSG_IGNORE before every packet it sends
+   once encryption is on: a countermeasure for CBC ciphers (the next packet's IV must not
+   be predictable), which certgate never negotiates. With an AEAD cipher (AES-GCM,
+   chacha20-poly1305: a fresh nonce per packet) the filler protects nothing and doubles
+   the packets sent (each built, padded from os.urandom, encrypted, written). OpenSSH
+   sends none. `skip_ignore_packets` drops exactly that filler on one connection while
+   an AEAD cipher is in use; any other cipher keeps it.
+
 All are instance attributes set on one connection, never patches of the class, so
 other asyncssh servers in the same process (the proxy) are unaffected. They depend on
 asyncssh internals: `ASYNCSSH_PINNED` names the version they were checked against,
@@ -42,6 +50,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncssh
+from asyncssh.constants import MSG_IGNORE
+from asyncssh.encryption import ChachaEncryption, GCMEncryption
 
 from certgate.api.certs import identity_from_ssh_cert
 from certgate.api.identity import Identity
@@ -64,6 +74,10 @@ CertificateVerified = Callable[[str, bytes], Awaitable[bool]]
 IDENTITY_CACHE = 1024
 
 _VALIDATE_PARAMS = ["self", "username", "key_data", "msg", "signature"]
+_SEND_PARAMS = ["self", "pkttype", "args", "handler"]
+# The filler asyncssh sends: SSH_MSG_IGNORE with an empty string.
+_FILLER = (b"\x00\x00\x00\x00",)
+_AEAD = (GCMEncryption, ChachaEncryption)
 
 
 class ShimError(RuntimeError):
@@ -89,6 +103,9 @@ def check_compatible() -> None:
         raise ShimError(_broken("SSHServerConnection.reload_config is gone or not async"))
     if list(inspect.signature(reload).parameters) != ["self"]:
         raise ShimError(_broken("reload_config now takes arguments"))
+    send = getattr(conn_cls, "send_packet", None)
+    if send is None or list(inspect.signature(send).parameters) != _SEND_PARAMS:
+        raise ShimError(_broken("SSHServerConnection.send_packet changed its parameters"))
     if asyncssh.__version__ != ASYNCSSH_PINNED:
         log.warning(
             "asyncssh %s is not the version the certificate capture was checked against (%s)",
@@ -161,6 +178,19 @@ def certificate_identity(key_data: bytes) -> Identity:
     """The identity of a certificate in its wire form (BadParameter, ValueError if it is
     malformed; those are not kept)."""
     return identity_from_ssh_cert(certificate_text(key_data))
+
+
+def skip_ignore_packets(conn: Any) -> None:
+    """Send no filler SSH_MSG_IGNORE before each packet while `conn` encrypts with an
+    AEAD cipher (see the module docstring)."""
+    original = conn.send_packet
+
+    def send_packet(pkttype: int, *args: bytes, handler: Any = None) -> None:
+        if pkttype == MSG_IGNORE and args == _FILLER and isinstance(conn._send_encryption, _AEAD):
+            return
+        original(pkttype, *args, handler=handler)
+
+    conn.send_packet = send_packet
 
 
 def certificate_text(key_data: bytes) -> str:
