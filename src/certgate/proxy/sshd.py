@@ -42,6 +42,7 @@ from certgate.proxy.tunnel import NodeTunnel, open_tunnel
 from certgate.rpc.audit import AuditSink
 from certgate.srv.certcapture import (
     certificate_identity,
+    check_compatible,
     install_certificate_capture,
     skip_config_reload,
     skip_ignore_packets,
@@ -241,6 +242,8 @@ class ProxySSH:
         kube_joins: KubeJoins | None = None,
         registry: SessionRegistry | None = None,
     ) -> None:
+        # Fail at construction, not at the first login, if asyncssh changed under us.
+        check_compatible()
         self._host_key = asyncssh.import_private_key(host_key)
         self._host_cert = asyncssh.import_certificate(host_cert)
         # Read for every connection (a rotated CA applies to the next login), parsed
