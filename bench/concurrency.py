@@ -5,6 +5,7 @@
                                           [--rounds 2] [--lock-rounds 1] [--lock-procs 4]
                                           [--profile DIR] [--split both|pinned|unpinned]
                                           [--event-loop uvloop|asyncio] [--compare-loop]
+                                          [--baseline-src DIR]
 
 Two paths, set up in the same run on this machine, driven by the same client (asyncssh,
 in this script: 1,000 `ssh -J` processes, each with its own jump `ssh`, would weigh more
@@ -43,6 +44,11 @@ Figures (printed next to their targets, nothing asserted):
 - event loop: the certgate processes run `--event-loop` (CERTGATE_EVENT_LOOP; uvloop by
   default); `--compare-loop` starts a second certgate (its own auth+proxy and nodes) on
   the other loop and adds it as a third path in the same starts windows.
+- before/after: `--baseline-src DIR` starts one more certgate (its own auth+proxy and
+  nodes) whose processes import certgate from DIR (e.g. `git archive main src | tar -x -C
+  DIR/..`; PYTHONPATH, ahead of the venv's own), as a path "certgate@baseline" in the same
+  starts windows: a change and what it changed, under the same load. The clients, cgctl
+  and the node's spawn helper (`python -I`) are this checkout's.
 - lock: with the 1,000 certgate sessions open (spread over the nodes, held by
   `--lock-procs` client processes: one process taking a thousand connections down would
   time its own event loop), a lock on their user is created through the auth API (what
@@ -560,6 +566,12 @@ def main() -> int:
         help="the certgate processes' event loop (CERTGATE_EVENT_LOOP)",
     )
     parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also start a certgate importing its code from this src directory (before/after)",
+    )
+    parser.add_argument(
         "--compare-loop",
         action="store_true",
         help="also start a second certgate running the other event loop, for starts/s",
@@ -575,6 +587,14 @@ def main() -> int:
         stack.callback(cluster.stop)
         paths = [certgate]
         keys_for = {certgate.label: keys}
+        if args.baseline_src is not None:
+            base_cluster, base_route, base_keys = start_certgate(
+                workdir / "cluster-baseline", args, args.event_loop, label="certgate@baseline",
+                pythonpath=args.baseline_src,
+            )  # fmt: skip
+            stack.callback(base_cluster.stop)
+            paths.append(base_route)
+            keys_for[base_route.label] = base_keys
         if args.compare_loop:
             other = ASYNCIO if args.event_loop == UVLOOP else UVLOOP
             other_cluster, other_route, other_keys = start_certgate(
@@ -661,12 +681,19 @@ def main() -> int:
 
 
 def start_certgate(
-    directory: Path, args: argparse.Namespace, loop: str, label: str = "certgate"
+    directory: Path,
+    args: argparse.Namespace,
+    loop: str,
+    label: str = "certgate",
+    pythonpath: Path | None = None,
 ) -> tuple[Cluster, Route, ClientKeys]:
-    """Auth+proxy and --nodes nodes running `loop` (CERTGATE_EVENT_LOOP), the bench role and
-    a logged-in user; the route through them and the user's keys."""
-    previous = os.environ.get(EVENT_LOOP_ENV)
+    """Auth+proxy and --nodes nodes running `loop` (CERTGATE_EVENT_LOOP), importing certgate
+    from `pythonpath` if given, the bench role and a logged-in user; the route through them
+    and the user's keys."""
+    saved = {name: os.environ.get(name) for name in (EVENT_LOOP_ENV, "PYTHONPATH")}
     os.environ[EVENT_LOOP_ENV] = loop  # the processes inherit it
+    if pythonpath is not None:
+        os.environ["PYTHONPATH"] = str(pythonpath.resolve())
     try:
         cluster = Cluster(directory, roles="auth,proxy")
         cluster.start()
@@ -678,10 +705,11 @@ def start_certgate(
             _, port = cluster.start_node(name, "env=bench", "--heartbeat-interval", "10s")
             nodes.append((name, port))
     finally:
-        if previous is None:
-            os.environ.pop(EVENT_LOOP_ENV, None)
-        else:
-            os.environ[EVENT_LOOP_ENV] = previous
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     cluster.cgctl("create", "-f", "-", input=ROLE)
     user = cluster.add_user(USER, roles="bench")
     cluster.login(user)
