@@ -43,7 +43,7 @@ from certgate.proxy.tunnel import NodeTunnel, open_tunnel
 from certgate.rpc.audit import AuditSink
 from certgate.srv.certcapture import certificate_text, install_certificate_capture
 from certgate.srv.corked import CorkedListener
-from certgate.srv.hangup import TERMINATE_FLUSH_SECONDS
+from certgate.srv.hangup import TERMINATE_FLUSH_SECONDS, connection_closed
 from certgate.srv.live import LiveClient
 from certgate.srv.registry import SessionRegistry
 from certgate.srv.session import SessionPolicy
@@ -126,7 +126,7 @@ class _Connection(asyncssh.SSHServer):
             client_addr=self.client_addr,
             policy=SessionPolicy(),
             audit=_no_sessions,
-            close=_nothing_left,
+            close=self._closed,
             disconnect=self._disconnect,
         )
         self._proxy.registry.add_client(self.client)
@@ -137,6 +137,11 @@ class _Connection(asyncssh.SSHServer):
         for tunnel in list(self._tunnels):
             tunnel.linger(TERMINATE_FLUSH_SECONDS)
         self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, message)
+
+    async def _closed(self) -> None:
+        """A cut jump connection's hang-up: its cut already disconnected it; this waits
+        until the connection is closed, so the cut's log says when the last one was."""
+        await connection_closed(self._conn)
 
     async def _join_kube(self, identity: Identity, login: str, mode: str, session_id: str) -> bool:
         try:
@@ -200,10 +205,6 @@ class _Connection(asyncssh.SSHServer):
 
 def _no_sessions(event: str, fields: dict[str, Any]) -> None:
     """A jump connection's LiveClient runs no sessions here, so it audits nothing."""
-
-
-async def _nothing_left() -> None:
-    """A jump connection's hang-up: its cut already disconnected it."""
 
 
 def _allow_jumping(conn: Any) -> None:
