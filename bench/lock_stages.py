@@ -5,7 +5,7 @@ per session, when its close reached the client host (close_observer.py) and when
 client process had dealt with it (asyncssh). The servers say the rest in their logs
 (srv/monitor.py, monotonic stamps: one clock for every process of the host):
 
-    lock NAME: N client(s) cut in X ms (monotonic ARRIVED -> CUT)
+    lock NAME: N client(s) cut in X ms, Y ms CPU (monotonic ARRIVED -> CUT)
     lock NAME: N client(s) hung up in X ms (monotonic DONE)
 
 — the proxy's for its jump connections (hung up: every one of them closed), each node's
@@ -25,7 +25,7 @@ from typing import Protocol
 TARGET_P99_MS = 200
 
 _CUT = re.compile(
-    r"lock (?P<name>\S+): (?P<count>\d+) client\(s\) cut in [\d.]+ ms"
+    r"lock (?P<name>\S+): (?P<count>\d+) client\(s\) cut in [\d.]+ ms, (?P<cpu>[\d.]+) ms CPU"
     r" \(monotonic (?P<arrived>[\d.]+) -> (?P<cut>[\d.]+)\)"
 )
 _HUNG_UP = re.compile(
@@ -48,6 +48,7 @@ class ServerStages:
     clients: int = 0
     arrived: float = 0.0
     cut: float = 0.0
+    cut_cpu: float = 0.0  # ms of CPU the cut's pass took
     hung_up: float = 0.0
 
 
@@ -80,6 +81,7 @@ def server_stages(log: Path, lock: str) -> ServerStages:
         if match["name"] == lock:
             stages.clients = int(match["count"])
             stages.arrived, stages.cut = float(match["arrived"]), float(match["cut"])
+            stages.cut_cpu = float(match["cpu"])
     for match in _HUNG_UP.finditer(text):
         if match["name"] == lock:
             stages.hung_up = float(match["done"])
@@ -126,7 +128,7 @@ def report_round(lock: LockRound, busy: int) -> None:
     proxy = lock.proxy or ServerStages()
     print(
         f"  proxy: lock event in {at(proxy.arrived)}, {proxy.clients} jump connections"
-        f" cut {at(proxy.cut)}, all closed {at(proxy.hung_up)}"
+        f" cut {at(proxy.cut)} ({proxy.cut_cpu:.0f} ms CPU), all closed {at(proxy.hung_up)}"
     )
     per_node = lock.nodes
     for label, times in (
@@ -136,7 +138,11 @@ def report_round(lock: LockRound, busy: int) -> None:
     ):
         first, last = (min(times), max(times)) if times else (0.0, 0.0)
         print(f"  nodes ({len(times)}/{len(per_node)}): {label} first {at(first)}, last {at(last)}")
-    print(f"  sessions cut by the nodes: {sum(s.clients for s in per_node)}")
+    cpu = [s.cut_cpu for s in per_node]
+    print(
+        f"  sessions cut by the nodes: {sum(s.clients for s in per_node)}, their cut's CPU"
+        f" {min(cpu, default=0):.0f}-{max(cpu, default=0):.0f} ms per node"
+    )
     arrived = after(lock.arrived, lock.sent)
     busy_arrived = after({k: v for k, v in lock.arrived.items() if int(k) < busy}, lock.sent)
     busy_max = max(busy_arrived, default=0) * 1000
