@@ -51,8 +51,12 @@ Figures (printed next to their targets, nothing asserted):
   (p50/p99/max of both):
     at the client host: when the server's FIN/RST of the session's jump connection (the
       one a user's `ssh -J` holds) reached this host, noted by an observer process that
-      holds a duplicate of every such socket in an epoll set (close_observer.py). This is
-      when a real user's ssh, one connection on its own machine, prints the disconnect.
+      holds a duplicate of every such socket in an epoll set (close_observer.py). When the
+      proxy cuts the connection, this is when a real user's ssh, one connection on its
+      own machine, prints the disconnect (the message arrives with the FIN). When the
+      nodes end the sessions first, their words travel inside the jump connection, which
+      the observer cannot read: the report says so, and the figure is then the bench
+      clients' own close of the jump connections.
     by the bench's asyncssh: when the client process had dealt with it (the session's
       `wait_closed()`), the figure printed before. 250 sessions per client process, on
       the same cores as the servers and the shells that exit, are torn down one after

@@ -7,6 +7,7 @@ client process had dealt with it (asyncssh). The servers say the rest in their l
 
     lock NAME: N client(s) cut in X ms, Y ms CPU (monotonic ARRIVED -> CUT)
     lock NAME: N client(s) hung up in X ms (monotonic DONE)
+    lock NAME: no client here to cut (monotonic ARRIVED)
 
 — the proxy's for its jump connections (hung up: every one of them closed), each node's
 for its sessions (hung up: every connection closed, after the clients took the message
@@ -28,6 +29,7 @@ _CUT = re.compile(
     r"lock (?P<name>\S+): (?P<count>\d+) client\(s\) cut in [\d.]+ ms, (?P<cpu>[\d.]+) ms CPU"
     r" \(monotonic (?P<arrived>[\d.]+) -> (?P<cut>[\d.]+)\)"
 )
+_NOBODY = re.compile(r"lock (?P<name>\S+): no client here to cut \(monotonic (?P<arrived>[\d.]+)\)")
 _HUNG_UP = re.compile(
     r"lock (?P<name>\S+): (?P<count>\d+) client\(s\) hung up in [\d.]+ ms"
     r" \(monotonic (?P<done>[\d.]+)\)"
@@ -82,6 +84,9 @@ def server_stages(log: Path, lock: str) -> ServerStages:
             stages.clients = int(match["count"])
             stages.arrived, stages.cut = float(match["arrived"]), float(match["cut"])
             stages.cut_cpu = float(match["cpu"])
+    for match in _NOBODY.finditer(text):
+        if match["name"] == lock:
+            stages.arrived = float(match["arrived"])
     for match in _HUNG_UP.finditer(text):
         if match["name"] == lock:
             stages.hung_up = float(match["done"])
@@ -152,6 +157,15 @@ def report_round(lock: LockRound, busy: int) -> None:
     )
     processed = after(lock.processed, lock.sent)
     print(f"  client processes, asyncssh done with each:       {spread(processed)}")
+    if not proxy.clients:
+        # The nodes ended every session (their words and close go through the jump
+        # connection, unseen by the observer), and the bench's clients then closed the
+        # jump connections themselves: the socket figure is their close, not the servers'.
+        print(
+            "  (the proxy cut no jump connection: the lock reached it after the sessions had"
+            " ended through the nodes; the client-host figure above is then the bench's own"
+            " close of each jump connection, the asyncssh figure the sessions' end)"
+        )
 
 
 def after(times: dict[str, float], start: float) -> list[float]:

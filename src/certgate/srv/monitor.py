@@ -201,6 +201,7 @@ class SessionMonitor:
         arrived, cpu = time.monotonic(), time.thread_time()
         cutting = self._cut_now(self._registry.clients(), locks=True)
         if not cutting.victims:
+            log.info("lock %s: no client here to cut (monotonic %.6f)", name, arrived)
             return
         cut, cpu = time.monotonic(), time.thread_time() - cpu
         # Monotonic stamps (one clock for every process of a host) let a benchmark or an
