@@ -432,35 +432,35 @@ def pin(roots: Iterable[int], cpus: set[int]) -> None:
 # ---------------------------------------------------------------------- lock
 
 
-def _lock_worker(
-    route: Route,
-    keys: ClientKeys,
-    indices: list[int],
-    busy: int,
-    parallel: int,
-    observer: str,
-    out: Any,
-) -> None:
+@dataclass
+class LockShare:
+    """One of the lock's client processes' part: its sessions, and where to hand their
+    sockets (the close observer's Unix socket)."""
+
+    route: Route
+    keys: ClientKeys
+    indices: list[int]
+    busy: int
+    parallel: int
+    observer: str
+
+
+def _lock_worker(share: LockShare, out: Any) -> None:
     """One of the lock's client processes: open its share of the sessions, hand their
     jump connections' sockets to the close observer, say so, and report when each one
     closed as asyncssh saw it (time.monotonic(): one clock for every process here)."""
-    asyncio.run(_lock_sessions(route, keys, indices, busy, parallel, observer, out))
+    asyncio.run(_lock_sessions(share, out))
 
 
-async def _lock_sessions(
-    route: Route,
-    keys: ClientKeys,
-    indices: list[int],
-    busy: int,
-    parallel: int,
-    observer: str,
-    out: Any,
-) -> None:
+async def _lock_sessions(share: LockShare, out: Any) -> None:
     try:
-        sessions = await open_many(route, keys.options(), len(indices), busy, parallel, indices)
-        # The jump connection is the one a user's `ssh -J` holds to the proxy: its close
-        # is what ends their session, whoever (proxy or node) acts first.
-        hand_over(observer, [(str(s.index), s.jump.get_extra_info("socket")) for s in sessions])
+        options = share.keys.options()
+        count, busy, parallel = len(share.indices), share.busy, share.parallel
+        sessions = await open_many(share.route, options, count, busy, parallel, share.indices)
+        # The jump connection is the one a user's `ssh -J` holds to the proxy: when the
+        # proxy cuts it, its end is what the user sees.
+        jumps = [(str(s.index), s.jump.get_extra_info("socket")) for s in sessions]
+        hand_over(share.observer, jumps)
     except Exception as exc:
         out.send(("failed", repr(exc)))
         return
@@ -489,9 +489,10 @@ def open_for_lock(
     parallel = max(1, 50 // procs)
     for p in range(procs):
         mine, theirs = context.Pipe(duplex=False)
+        share = LockShare(route, keys, list(range(p, count, procs)), busy, parallel, observer)
         child = context.Process(
             target=_lock_worker,
-            args=(route, keys, list(range(p, count, procs)), busy, parallel, observer, theirs),
+            args=(share, theirs),
             daemon=True,  # gone with this process, however it ends
         )
         child.start()

@@ -113,13 +113,18 @@ def node_named(cluster: Cluster, user: User, name: str) -> None:
     eventually(lambda: name in cluster.cgsh(user, "ls").stdout, timeout=30)
 
 
+def user_of_a_new_node(cluster: Cluster, node: str, name: str) -> tuple[User, dict[str, Any]]:
+    """A new node (label env=<node>), a user with shells there, and its client options."""
+    cluster.start_node(node, f"env={node}")
+    user = cluster.add_user(name, roles="shells")
+    cluster.login(user)
+    node_named(cluster, user, node)
+    return user, client_options(user)
+
+
 def test_a_lock_ends_every_shell_and_loses_no_event_or_recording(cluster: Cluster) -> None:
     c = cluster
-    c.start_node("many-1", "env=many")
-    user = c.add_user("busy-admin", roles="shells")
-    c.login(user)
-    node_named(c, user, "many-1")
-    options = client_options(user)
+    user, options = user_of_a_new_node(c, "many-1", "busy-admin")
 
     async def scenario() -> tuple[list[str], str]:
         shells = await asyncio.gather(*(open_shell(c, "many-1", options) for _ in range(SESSIONS)))
@@ -257,11 +262,7 @@ def test_a_locked_client_that_reads_nothing_is_cut_at_once(cluster: Cluster) -> 
     # way. The lock still ends its connection at once; the output it never took is
     # dropped, not drained first (which would take as long as the client reads nothing).
     c = cluster
-    c.start_node("stalled-1", "env=stalled")
-    user = c.add_user("stalled-user", roles="shells")
-    c.login(user)
-    node_named(c, user, "stalled-1")
-    options = client_options(user)
+    user, options = user_of_a_new_node(c, "stalled-1", "stalled-user")
 
     async def scenario() -> None:
         link = StallingLink(c.ssh_proxy_port)
