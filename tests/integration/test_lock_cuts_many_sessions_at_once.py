@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
+import select
 import signal
+import socket
+import termios
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +30,7 @@ import pytest
 
 from tests.support.cluster import Cluster, User
 from tests.support.unix import ensure_user
-from tests.support.wait import eventually
+from tests.support.wait import eventually, eventually_async
 
 LOGIN = "cgmany"
 ROLE = f"""\
@@ -109,13 +113,18 @@ def node_named(cluster: Cluster, user: User, name: str) -> None:
     eventually(lambda: name in cluster.cgsh(user, "ls").stdout, timeout=30)
 
 
+def user_of_a_new_node(cluster: Cluster, node: str, name: str) -> tuple[User, dict[str, Any]]:
+    """A new node (label env=<node>), a user with shells there, and its client options."""
+    cluster.start_node(node, f"env={node}")
+    user = cluster.add_user(name, roles="shells")
+    cluster.login(user)
+    node_named(cluster, user, node)
+    return user, client_options(user)
+
+
 def test_a_lock_ends_every_shell_and_loses_no_event_or_recording(cluster: Cluster) -> None:
     c = cluster
-    c.start_node("many-1", "env=many")
-    user = c.add_user("busy-admin", roles="shells")
-    c.login(user)
-    node_named(c, user, "many-1")
-    options = client_options(user)
+    user, options = user_of_a_new_node(c, "many-1", "busy-admin")
 
     async def scenario() -> tuple[list[str], str]:
         shells = await asyncio.gather(*(open_shell(c, "many-1", options) for _ in range(SESSIONS)))
@@ -183,3 +192,94 @@ def test_the_proxy_cuts_a_locked_user_whose_node_does_not(cluster: Cluster) -> N
         live.expect(pexpect.EOF)
     finally:
         os.kill(node.pid, signal.SIGCONT)
+
+
+class StallingLink:
+    """The client host's end of its connection to the proxy, relayed so the test can stop
+    taking what the proxy sends, as a client does whose terminal is stalled or whose
+    link is dead: the proxy's output then waits in the kernels' buffers."""
+
+    def __init__(self, proxy_port: int) -> None:
+        self._proxy_port = proxy_port
+        self.proxy_side: socket.socket | None = None
+        self._pumps: list[asyncio.Task[None]] = []
+        self._to_client: asyncio.Task[None] | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> int:
+        server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self._server = server
+        return int(server.sockets[0].getsockname()[1])
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        sock = socket.socket()
+        # A small receive buffer: once it is full the proxy's output has to wait.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self._proxy_port))
+        proxy_r, proxy_w = await asyncio.open_connection(sock=sock, limit=32 * 1024)
+        self.proxy_side = sock
+        self._writers = [client_w, proxy_w]
+        self._to_client = asyncio.create_task(_pump(proxy_r, client_w))
+        self._pumps = [self._to_client, asyncio.create_task(_pump(client_r, proxy_w))]
+
+    def stall(self) -> None:
+        """Take nothing more from the proxy."""
+        assert self._to_client is not None
+        self._to_client.cancel()
+
+    def waiting(self) -> int:
+        """Bytes the proxy sent that wait, unread, on this side."""
+        assert self.proxy_side is not None
+        return int.from_bytes(fcntl.ioctl(self.proxy_side, termios.FIONREAD, b"\0" * 4), "little")
+
+    def ended(self) -> bool:
+        """Whether the proxy's end of the connection (a FIN or a reset) reached this side."""
+        assert self.proxy_side is not None
+        poll = select.poll()
+        poll.register(self.proxy_side, select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+        return bool(poll.poll(0))
+
+    async def close(self) -> None:
+        for task in self._pumps:
+            task.cancel()
+        for writer in self._writers:
+            writer.close()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        self._server.close()
+        await self._server.wait_closed()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+
+def test_a_locked_client_that_reads_nothing_is_cut_at_once(cluster: Cluster) -> None:
+    # A busy session whose client stopped reading: its output fills every buffer on the
+    # way. The lock still ends its connection at once; the output it never took is
+    # dropped, not drained first (which would take as long as the client reads nothing).
+    c = cluster
+    user, options = user_of_a_new_node(c, "stalled-1", "stalled-user")
+
+    async def scenario() -> None:
+        link = StallingLink(c.ssh_proxy_port)
+        port = await link.start()
+        jump = await asyncssh.connect("127.0.0.1", port, username="jump", **options)
+        try:
+            conn = await asyncssh.connect("stalled-1", 3022, tunnel=jump, username=LOGIN, **options)
+            process = await conn.create_process("yes stalled-output")
+            await process.stdout.readuntil("stalled-output")
+            link.stall()
+            # Output piles up unread on the client's side; the connection is still up.
+            await eventually_async(lambda: link.waiting() >= 16 * 1024)
+            assert not link.ended()
+            await asyncio.to_thread(lock_user, c, user.name, "stall drill")
+            await eventually_async(link.ended, timeout=10)
+        finally:
+            jump.close()
+            await link.close()
+
+    asyncio.run(scenario())

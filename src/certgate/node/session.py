@@ -51,6 +51,11 @@ PIPE_SIZE = 1024 * 1024
 _PTY_DRAIN_READS = 16
 # How long a child gets between SIGHUP and SIGKILL when its channel goes away.
 KILL_GRACE_SECONDS = 3.0
+# The scheduling priority (nice) of a job from its hang-up on. A lock hangs up a
+# thousand shells at once, and each one's exit (traps, history, logout scripts) costs
+# CPU that the servers still cutting connections need more: at nice 19 the jobs take
+# only what the servers leave.
+HUNG_UP_NICE = 19
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -472,6 +477,7 @@ class ChildProcess:
         self._close_stdin_now()
         if self._reported:
             return
+        self._lower_priority()
         # What a terminal hang-up delivers: SIGHUP, and SIGCONT so stopped jobs see it.
         self._signal_group(signal.SIGHUP)
         self._signal_group(signal.SIGCONT)
@@ -481,6 +487,12 @@ class ChildProcess:
             )
         # Nobody reads the output any more; a child blocked writing would never exit.
         self.resume_output()
+
+    def _lower_priority(self) -> None:
+        # The whole job (the session's process group), as the signals. Only ever
+        # lowered: a job at a lower priority already (nice 19) is left there.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.setpriority(os.PRIO_PGRP, self.pid, HUNG_UP_NICE)
 
     def close(self) -> None:
         """Release everything now (server shutdown): SIGKILL, close fds, stop watching."""

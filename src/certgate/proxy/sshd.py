@@ -47,8 +47,8 @@ from certgate.srv.certcapture import (
     skip_config_reload,
     skip_ignore_packets,
 )
-from certgate.srv.corked import CorkedListener
-from certgate.srv.hangup import TERMINATE_FLUSH_SECONDS
+from certgate.srv.corked import CORKED, CorkedListener
+from certgate.srv.hangup import TERMINATE_FLUSH_SECONDS, connection_closed
 from certgate.srv.live import LiveClient
 from certgate.srv.registry import SessionRegistry
 from certgate.srv.session import SessionPolicy
@@ -133,17 +133,26 @@ class _Connection(asyncssh.SSHServer):
             client_addr=self.client_addr,
             policy=SessionPolicy(),
             audit=_no_sessions,
-            close=_nothing_left,
+            close=self._closed,
             disconnect=self._disconnect,
         )
         self._proxy.registry.add_client(self.client)
 
     def _disconnect(self, message: str) -> None:
         """Cut by the monitor: the client is disconnected with the message, in the cut's
-        own pass; the nodes behind get a moment to end their sessions with the same lock."""
+        own pass (the socket too: corked.py `cut`); the nodes behind get a moment to end
+        their sessions with the same lock."""
         for tunnel in list(self._tunnels):
             tunnel.linger(TERMINATE_FLUSH_SECONDS)
+        transport = self._conn.get_extra_info(CORKED)  # before: disconnect lets go of it
         self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, message)
+        if transport is not None:
+            transport.cut()
+
+    async def _closed(self) -> None:
+        """A cut jump connection's hang-up: its cut already disconnected it; this waits
+        until the connection is closed, so the cut's log says when the last one was."""
+        await connection_closed(self._conn)
 
     async def _join_kube(self, identity: Identity, login: str, mode: str, session_id: str) -> bool:
         try:
@@ -207,10 +216,6 @@ class _Connection(asyncssh.SSHServer):
 
 def _no_sessions(event: str, fields: dict[str, Any]) -> None:
     """A jump connection's LiveClient runs no sessions here, so it audits nothing."""
-
-
-async def _nothing_left() -> None:
-    """A jump connection's hang-up: its cut already disconnected it."""
 
 
 def _allow_jumping(conn: Any) -> None:

@@ -24,11 +24,29 @@ create_connection/create_server asyncssh calls with its connection factory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
 import asyncssh
+
+# `conn.get_extra_info(CORKED)`: the CorkedTransport under an asyncssh connection.
+CORKED = "certgate_corked_transport"
+
+
+def _end_now(fd: int) -> None:
+    """The FIN now, behind what was written; and a reset when the socket closes, which
+    drops whatever the peer has not taken by then (a peer that reads nothing would
+    otherwise hold the FIN back behind the output it does not read)."""
+    sock = socket.socket(fileno=fd)  # borrowed: detached below, never closed here
+    try:
+        with contextlib.suppress(OSError):  # the peer may be gone already
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.shutdown(socket.SHUT_WR)
+    finally:
+        sock.detach()
 
 
 class CorkedTransport(asyncio.Transport):
@@ -36,9 +54,11 @@ class CorkedTransport(asyncio.Transport):
     transport or an SSH channel: both have write, write_eof, close, abort,
     get_extra_info, pause_reading and resume_reading)."""
 
-    def __init__(self, sink: Any) -> None:
+    def __init__(self, sink: Any, *, on_socket: bool = False) -> None:
         super().__init__()
         self._sink = sink
+        # The sink is a socket's transport (not an SSH channel): `cut` may act on it.
+        self._on_socket = on_socket
         self._pending: list[bytes] = []
         self._scheduled = False
         self._closing = False
@@ -82,10 +102,25 @@ class CorkedTransport(asyncio.Transport):
         self._closing = True
         self._sink.abort()
 
+    def cut(self) -> None:
+        """End the connection now (a lock): what was written (the disconnect message)
+        leaves at once with the FIN right behind it, not a pass of the event loop later
+        when the socket is closed; and the close resets the connection, so output the
+        peer has not taken by then (a client that stopped reading) is dropped, not
+        drained first. The transport is aborted, as usual."""
+        self.flush()
+        self._closing = True
+        sock = self._sink.get_extra_info("socket") if self._on_socket else None
+        if sock is not None:
+            _end_now(sock.fileno())
+        self._sink.abort()
+
     def is_closing(self) -> bool:
         return self._closing
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == CORKED:
+            return self
         return self._sink.get_extra_info(name, default)
 
     def pause_reading(self) -> None:
@@ -105,7 +140,7 @@ class _SocketSide(asyncio.Protocol):
         self.conn = conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.conn.connection_made(CorkedTransport(transport))
+        self.conn.connection_made(CorkedTransport(transport, on_socket=True))
 
     def data_received(self, data: bytes) -> None:
         self.conn.data_received(data)

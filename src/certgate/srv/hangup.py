@@ -57,5 +57,10 @@ async def close_connection(conn: Any) -> None:
     if conn is None:
         return
     conn.close()
+    await connection_closed(conn)
+
+
+async def connection_closed(conn: Any) -> None:
+    """Wait (bounded) until an asyncssh connection closing already is closed."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(conn.wait_closed(), TERMINATE_FLUSH_SECONDS)
