@@ -21,7 +21,9 @@ than what is measured):
             (the default 10:30:100 drops connections beyond 10 handshakes in flight).
 
 Every session is a PTY shell (bash, the login's shell) that has answered `echo $((40+2))ok`;
-`--busy` of them print a line every 10 ms for as long as they live, the rest are idle.
+`--busy` of them print a line every 10 ms for as long as they live (bash builtins only;
+`--busy-forks`: with `date` and `sleep` forked per line, as the first version did), the
+rest are idle.
 
 Figures (printed next to their targets, nothing asserted):
 - memory per live session: the sum of the RSS deltas of every process of the path's
@@ -127,7 +129,14 @@ USER = "bencher"
 SHELL = "bash"
 MARKER_COMMAND = "echo $((40+2))ok\n"
 MARKER = "42ok"
-BUSY_COMMAND = "while :; do echo busy $(date +%s.%N); sleep 0.01; done\n"
+# A busy session prints a line every 10 ms with bash builtins only: `read -t` on the
+# PTY (nothing is typed) is the pause. The first version ran `$(date)` and `sleep` per
+# line: ~2,700 processes forked a second by 10 sessions, which kept both cores busy on
+# their own and timed the machine's fork rate more than certgate (`--busy-forks` keeps it,
+# to compare). Both print the same lines at the same rate through the same path.
+BUSY_COMMAND = "while :; do echo busy $EPOCHREALTIME; read -t 0.01; done\n"
+BUSY_FORKING = "while :; do echo busy $(date +%s.%N); sleep 0.01; done\n"
+BUSY_FORKS_ENV = "BENCH_BUSY_FORKS"  # set by --busy-forks; the spawned clients inherit it
 RETRIES = 10  # per session open, 2 s apart
 
 
@@ -228,7 +237,8 @@ async def open_session(
         raise
     session = Session(jump, conn, process, index=index)
     if busy:
-        process.stdin.write(BUSY_COMMAND)
+        forks = os.environ.get(BUSY_FORKS_ENV) == "1"
+        process.stdin.write(BUSY_FORKING if forks else BUSY_COMMAND)
         session.reader = asyncio.create_task(_drain(process))
     return session
 
@@ -576,6 +586,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--busy", type=int, default=10, help="sessions that print output")
+    parser.add_argument(
+        "--busy-forks",
+        action="store_true",
+        help="busy sessions fork date and sleep per line (the first version's workload)",
+    )
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--clients", type=int, default=50, help="parallel clients for starts/s")
     parser.add_argument("--client-procs", type=int, default=2)
@@ -614,6 +629,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     args.split = [UNPINNED, PINNED] if args.split == "both" else [args.split]
+    os.environ[BUSY_FORKS_ENV] = "1" if args.busy_forks else "0"
     openssh_sessions = args.openssh_sessions or args.sessions
     ensure_user(LOGIN)
 

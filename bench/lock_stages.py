@@ -111,7 +111,8 @@ def spread(values: list[float]) -> str:
 def report_lock(args: argparse.Namespace, rounds: list[LockRound]) -> None:
     for number, lock in enumerate(rounds, 1):
         print(
-            f"\nlock round {number}: {args.sessions} sessions ({args.busy} busy) on"
+            f"\nlock round {number}: {args.sessions} sessions ({args.busy} busy"
+            f"{', forking' if getattr(args, 'busy_forks', False) else ''}) on"
             f" {args.nodes} nodes, ms after the lock request was sent"
         )
         report_round(lock, args.busy)
