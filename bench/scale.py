@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale.py [--nodes 10000] [--interval 30] [--seconds 60]
                                     [--workers 4] [--backends sqlite,postgres]
-                                    [--watch 0.5] [--auth-workers 1]
+                                    [--watch 0.5] [--auth-workers 1] [--no-pin]
 
 For each backend: a real `certgate start --roles auth,proxy` (one process) on loopback.
 `--workers` load-generator processes (spawned, so their CPU is not the server's) each
@@ -11,9 +11,17 @@ node has its own key and certificates, and auth holds every name), then heartbea
 `certgate start --roles node` does (`POST /v1/nodes/heartbeat` over mTLS, every
 `--interval` seconds ±10 %, retries after a failure with the node's full-jitter backoff).
 A `--watch` share of the nodes (0.5: every other one) also holds the watch stream a
-real node holds (`ResourceView` of role, lock, cert_authority: a second connection,
-open for good), which is what auth carries in production; none serve SSH. Auth runs
-with its default `http_limits` (what an operator gets without tuning).
+real node holds (the request `ResourceView` sends for role, lock, cert_authority: a
+second connection, open for good, reconnected with its backoff), which is what auth
+carries in production; none serve SSH. Auth runs with its default `http_limits` (what
+an operator gets without tuning).
+
+Auth's figure is auth's own: auth (with the proxy in its process, and PostgreSQL's
+processes) is pinned to the first core, the load generators, this process and the
+`cgsh` it runs to the other(s) (`--no-pin`: all share every core, the figure of earlier
+rounds, where the generators' client halves of 20,000 TLS handshakes left auth a fifth
+of a core). Both sides' CPU is printed: generators near their cores' worth mean the
+figure may be theirs. Other jobs on the machine are not pinned.
 
 Measured and printed next to the targets (nothing is asserted):
 - heartbeats/s answered in the steady window, failures, heartbeat latency p50/p99;
@@ -41,6 +49,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -54,7 +65,7 @@ from certgate.rpc.auth_client import SERVICE_TIMEOUT, AsyncAuthClient
 from certgate.rpc.failover import Backoff
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import fetch_host_ca
-from certgate.rpc.watcher import ResourceView, ping_seconds
+from certgate.rpc.watcher import RECONNECT_BASE, RECONNECT_CAP, ping_seconds, silence_seconds
 from certgate.transport import client_context
 from tests.support.cluster import Cluster
 from tests.support.postgres import running_postgres
@@ -84,6 +95,32 @@ async def _join(client: AsyncAuthClient, token: str, name: str) -> IdentityFiles
     return IdentityFiles(key_pem=key_pem, bundle=CertBundle.from_dict(data))
 
 
+async def _connect(
+    host: str, port: int, context: ssl.SSLContext
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    # The real node's connect timeout (rpc/auth_client.SERVICE_TIMEOUT): 30 s, TLS
+    # handshake included.
+    async with asyncio.timeout(SERVICE_TIMEOUT.connect):
+        return await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+
+
+async def _head(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """An answer's status and its lower-cased header block."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head.lower()
+
+
+def _length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
+
+
+# What a failed connection raises in the lean clients below.
+_BROKEN = (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, ValueError)
+
+
 class BeatConnection:
     """One node's keep-alive mTLS connection to auth, speaking just enough HTTP/1.1 for
     `POST /v1/nodes/heartbeat`.
@@ -106,30 +143,21 @@ class BeatConnection:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def beat(self) -> None:
-        # The real node's timeouts (rpc/auth_client.SERVICE_TIMEOUT): 30 s to connect,
-        # TLS handshake included, then 15 s for the answer.
         try:
             if self._streams is None:
-                async with asyncio.timeout(SERVICE_TIMEOUT.connect):
-                    self._streams = await asyncio.open_connection(
-                        self._host, self._port, ssl=self._context, server_hostname=self._host
-                    )
+                self._streams = await _connect(self._host, self._port, self._context)
+            # Then the node's 15 s for the answer.
             async with asyncio.timeout(SERVICE_TIMEOUT.read):
                 await self._beat(*self._streams)
-        except (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+        except _BROKEN as exc:
             self.close()
             raise ConnectionProblem(f"heartbeat failed: {type(exc).__name__} {exc}") from None
 
     async def _beat(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(self._request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        answer = await reader.readexactly(length)
-        if b"connection: close" in head.lower():
+        status, head = await _head(reader)
+        answer = await reader.readexactly(_length(head))
+        if b"connection: close" in head:
             self.close()
         if status >= 300:
             raise ValueError(f"status {status}: {answer[:200]!r}")
@@ -140,18 +168,77 @@ class BeatConnection:
             self._streams = None
 
 
+class WatchConnection:
+    """A node's watch stream (roles, locks, CAs) on its own mTLS connection, as the real
+    node's `ResourceView` holds it: the same request (`GET /v1/watch?kinds=...&ping=5`
+    with httpx's headers), dead after three missed pings, reconnected with the same
+    full-jitter backoff. It reads the chunked answer and counts lines but decodes
+    nothing: with `ResourceView` (httpx, pydantic) on 5,000 streams the generators ran
+    out of CPU during a restart, and the figure was theirs, not auth's.
+    """
+
+    def __init__(self, auth: str, context: ssl.SSLContext) -> None:
+        self._host, port = auth.rsplit(":", 1)
+        self._port = int(port)
+        self._context = context
+        ping = ping_seconds(DEFAULT_STRICT_GRACE)  # as a node with the default grace asks
+        self._silence = silence_seconds(ping)
+        params = urlencode({"kinds": "role,lock,cert_authority", "ping": f"{ping:g}"})
+        self._request = (
+            f"GET /v1/watch?{params} HTTP/1.1\r\nHost: {auth}\r\nAccept: */*\r\n"
+            "Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n"
+            f"User-Agent: python-httpx/{httpx.__version__}\r\n\r\n"
+        ).encode()
+        self.connected = False  # a snapshot arrived on the current connection
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        backoff = Backoff(base=RECONNECT_BASE, cap=RECONNECT_CAP)
+        while True:
+            try:
+                await self._follow()
+            except _BROKEN:
+                pass
+            if self.connected:
+                backoff.reset()
+            self.connected = False
+            await asyncio.sleep(backoff.next())
+
+    async def _follow(self) -> None:
+        reader, writer = await _connect(self._host, self._port, self._context)
+        try:
+            writer.write(self._request)
+            async with asyncio.timeout(SERVICE_TIMEOUT.read):
+                status, head = await _head(reader)
+            if status != 200 or b"transfer-encoding: chunked" not in head:
+                raise ValueError(f"watch answered {status}")
+            while True:  # one chunk per JSON line; the first line is the snapshot
+                async with asyncio.timeout(self._silence):
+                    size = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+                    await reader.readexactly(size + 2)
+                if size == 0:
+                    raise EOFError("the watch stream ended")
+                self.connected = True
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
 class SimNode:
     def __init__(
         self, name: str, identity: IdentityFiles, auth: str, interval: float, watch: bool
     ) -> None:
         self.name = name
         context = identity.tls_context()
-        self.client = AsyncAuthClient(f"https://{auth}", context)
-        # What a real node watches (node/agent.py), on the same client as its beats.
-        kinds = ["role", "lock", "cert_authority"]
-        # Pinged as a node with the default strict-lock grace asks (srv/host.py).
-        ping = ping_seconds(DEFAULT_STRICT_GRACE)
-        self.view = ResourceView(self.client, kinds, ping_every=ping) if watch else None
+        # What a real node watches (node/agent.py), on a second connection.
+        self.view = WatchConnection(auth, context) if watch else None
         self.interval = interval
         self.retry = Backoff(base=min(1.0, interval), cap=interval)
         self.body = {
@@ -201,8 +288,18 @@ class SimNode:
 
 
 def _worker(
-    index: int, names: list[str], auth: str, token: str, interval: float, watch: float, pipe: Any
+    index: int,
+    names: list[str],
+    auth: str,
+    token: str,
+    interval: float,
+    watch: float,
+    cpus: set[int] | None,
+    pipe: Any,
 ) -> None:
+    if cpus is not None:  # before any thread starts: they inherit it
+        os.sched_setaffinity(0, cpus)
+
     async def main() -> None:
         ca_pem = await fetch_host_ca(auth, "")
         semaphore = asyncio.Semaphore(8)
@@ -346,7 +443,29 @@ def _reports(pipes: list[Any]) -> dict[str, Any]:
     return merged
 
 
-def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo: str) -> None:
+def _generators_cpu(workers: list[multiprocessing.process.BaseProcess]) -> float:
+    return procs.own_cpu_seconds(w.pid for w in workers if w.pid is not None)
+
+
+def _sides(
+    auth_cpu: float, generators_cpu: float, client_cpus: set[int] | None, pinned: str
+) -> str:
+    """Both sides' CPU, so a reader sees which one ran out."""
+    cores = len(client_cpus) if client_cpus is not None else len(procs.ALL)
+    saturated = " (saturated: the figure may be theirs)" if generators_cpu > 0.9 * cores else ""
+    return (
+        f"auth{pinned} {auth_cpu:.2f} cores; load generators {generators_cpu:.2f} of "
+        f"{cores} cores{saturated}"
+    )
+
+
+def run_backend(
+    backend: str, args: argparse.Namespace, workdir: Path, conninfo: str, database: list[int]
+) -> None:
+    """`database`: the store's server processes (PostgreSQL's postmaster), pinned with
+    auth."""
+    server_cpus, client_cpus = procs.core_split() if args.pin else (procs.ALL, None)
+    pinned = f" (with its database, on core {min(server_cpus)})" if args.pin else ""
     # Auth's default http_limits: they must fit 10,000 nodes (a keep-alive connection
     # each, plus a watch for the --watch share).
     text = f"version: v1\nauth_service:\n  workers: {args.auth_workers}\n"
@@ -357,6 +476,8 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
     extra = ["--config", str(config)]
     cluster = Cluster(workdir / backend, roles="auth,proxy", extra_args=extra)
     cluster.start(timeout=60)
+    assert cluster.process is not None
+    procs.pin([cluster.process.pid, *database], server_cpus)
     workers: list[multiprocessing.process.BaseProcess] = []
     pipes: list[Any] = []
     try:
@@ -386,6 +507,7 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
                     tokens[index],
                     args.interval,
                     args.watch,
+                    client_cpus,
                     child,
                 ),
             )
@@ -404,11 +526,13 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
         _reports(pipes)
         pid = cluster.process.pid
         cpu0, wait0, t0 = _proc_cpu(pid), _runqueue_wait(pid), time.monotonic()
+        generators0 = _generators_cpu(workers)
         load0 = os.getloadavg()[0]
         time.sleep(args.seconds)
         window = _reports(pipes)
         elapsed = time.monotonic() - t0
         cpu = (_proc_cpu(pid) - cpu0) / elapsed
+        generators = (_generators_cpu(workers) - generators0) / elapsed
         starved = (_runqueue_wait(pid) - wait0) / elapsed
         load = (load0 + os.getloadavg()[0]) / 2
         rss = _peak_rss_mib(pid)
@@ -421,9 +545,9 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
             f"p99 {_pct(window['latency'], 0.99) * 1000:.0f} ms"
         )
         print(
-            f"[{backend}] auth+proxy ({len(_family(pid))} processes): CPU {cpu:.2f} cores "
-            f"(and {starved:.2f} s/s "
-            f"runnable but waiting for a core; load average {load:.1f}), peak RSS {rss:.0f} MiB "
+            f"[{backend}] CPU: {_sides(cpu, generators, client_cpus, pinned)}; "
+            f"auth+proxy ({len(_family(pid))} processes) waited {starved:.2f} s/s "
+            f"runnable for a core (load average {load:.1f}); peak RSS {rss:.0f} MiB "
             f"(target <= {TARGET_RSS_MIB} MiB); {window['watching']} watch streams open, "
             f"{_open_connections(pid)} sockets open in auth"
         )
@@ -462,7 +586,9 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
         print(f"[{backend}] auth restarted ({time.monotonic() - down_since:.1f} s down)")
         assert cluster.process is not None
         pid = cluster.process.pid
+        procs.pin([pid], server_cpus)
         cpu0, wait0, t0 = _proc_cpu(pid), _runqueue_wait(pid), time.monotonic()
+        generators0 = _generators_cpu(workers)
         for pipe in pipes:
             pipe.send("mark")
         returned: list[float] = []
@@ -478,8 +604,14 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, conninfo:
         watching = report["watching"] if seen else 0
         elapsed = time.monotonic() - t0
         print(
-            f"[{backend}] auth while they came back: CPU "
-            f"{(_proc_cpu(pid) - cpu0) / elapsed:.2f} cores, "
+            f"[{backend}] while they came back: "
+            + _sides(
+                (_proc_cpu(pid) - cpu0) / elapsed,
+                (_generators_cpu(workers) - generators0) / elapsed,
+                client_cpus,
+                pinned,
+            )
+            + ", auth "
             f"{(_runqueue_wait(pid) - wait0) / elapsed:.2f} s/s waiting for a core, "
             f"load average {os.getloadavg()[0]:.1f}"
         )
@@ -541,16 +673,26 @@ def main() -> None:
     parser.add_argument(
         "--watch", type=float, default=0.5, help="share of nodes that hold a watch stream"
     )
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let auth and the load generators share every core (the old figure)",
+    )
     args = parser.parse_args()
+    if args.pin:  # this process and the cgsh it runs are clients too
+        os.sched_setaffinity(0, procs.core_split()[1])
     with tempfile.TemporaryDirectory(prefix="certgate-scale-") as tmp:
         workdir = Path(tmp)
         for backend in args.backends.split(","):
             if backend == "postgres":
                 with running_postgres() as server:
                     schema = server.create_schema()
-                    run_backend(backend, args, workdir, server.conninfo(schema))
+                    postmaster = (server.root / "data" / "postmaster.pid").read_text()
+                    database = [int(postmaster.split()[0])]
+                    run_backend(backend, args, workdir, server.conninfo(schema), database)
             else:
-                run_backend(backend, args, workdir, "")
+                run_backend(backend, args, workdir, "", [])
 
 
 if __name__ == "__main__":
