@@ -244,6 +244,8 @@ class AuthAPI:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_internal_errors])
+        # Called as the server stops, before it waits for requests in progress.
+        app.on_shutdown.append(self._end_watches)
         r = app.router
         add = self._handler
         r.add_get("/v1/ping", add(None, "", self.ping))
@@ -567,6 +569,9 @@ class AuthAPI:
     async def my_nodes(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
         return [to_dict(n) for n in await self.server.nodes_for(caller)]
+
+    async def _end_watches(self, app: web.Application) -> None:
+        self._watches.close()
 
     async def watch(self, request: web.Request, caller: Identity | None) -> Any:
         """A snapshot of the asked kinds, then every change, as JSON lines.
