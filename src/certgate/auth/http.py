@@ -70,8 +70,12 @@ FORWARDED_CERT = "Certgate-Forwarded-Cert"
 FORWARDED_ADDR = "Certgate-Client-Addr"
 # The most audit events one call from a service carries.
 MAX_EVENTS_PER_CALL = 1000
-# Client certificates whose parsed identity is kept (each is a few hundred bytes).
-PEER_CACHE_SIZE = 4096
+# Client certificates whose parsed identity is kept (each a few hundred bytes, and its
+# DER). Above the certificates one auth sees in a heartbeat interval (10,000 nodes, one
+# each, plus users and proxies): kept oldest-first, a cache smaller than the nodes that
+# beat in turn missed on every beat (a parse and a signature check each, 14 % of auth's
+# CPU at 10,000 nodes with 4,096).
+PEER_CACHE_SIZE = 32_768
 # The most resources one `cgctl create` may carry (they are written in one transaction).
 MAX_RESOURCES_PER_CALL = 100
 # Longest password and one-time code taken: argon2 of a megabyte is CPU for nothing.
