@@ -29,7 +29,7 @@ from certgate.api.authority import CertAuthority
 from certgate.api.identity import SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY
 from certgate.auth.server import AuthServer
 from certgate.backend.base import Backend
-from certgate.daemon.auth_service import auth_app, open_auth_server
+from certgate.daemon.auth_service import auth_app, auth_tls_context, open_auth_server
 from certgate.daemon.auth_workers import (
     AuthWorkerPool,
     WorkerSpec,
@@ -180,7 +180,7 @@ class Daemon:
 
         app = auth_app(server, self.metrics, cfg, self.data_dir)
         tls_cas = server.issuer.tls_ca_certs()
-        context = server_context(own.bundle.tls_cert, own.key_pem, client_cas=tls_cas)
+        context = auth_tls_context(own.bundle.tls_cert, own.key_pem, tls_cas)
         workers = worker_count(cfg.workers)
         if workers == 1:
             await self._listen(app, cfg.listen_addr, 3025, context, "auth")
