@@ -602,11 +602,11 @@ class AuthAPI:
             watched.append(lock_prefix)
         async with self._watches.subscribe(watched) as events:  # before the read
             revision = await self.server.backend.current_revision()
-            # _readable strips CA private keys (they never leave auth), skips bad items.
-            snapshot = {kind: [to_dict(r) for r in await self._readable(kind)] for kind in kinds}
+            items = await self._watches.memo(watched, tuple(kinds), lambda: self._snapshot(kinds))
             response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
             await response.prepare(request)
-            await _send(response, {"type": "snapshot", "revision": revision, "items": snapshot})
+            head = json.dumps({"type": "snapshot", "revision": revision})[:-1]
+            await response.write(f'{head}, "items": '.encode() + items + b"}\n")
             await self._follow(
                 response,
                 events,
@@ -618,6 +618,12 @@ class AuthAPI:
                 ping,
             )
         return response
+
+    async def _snapshot(self, kinds: list[str]) -> bytes:
+        """The items of a watch snapshot, as JSON; _readable strips CA private keys
+        (they never leave auth) and skips bad items."""
+        items = {kind: [to_dict(r) for r in await self._readable(kind)] for kind in kinds}
+        return json.dumps(items).encode()
 
     async def _follow(
         self,
