@@ -410,15 +410,15 @@ def _runqueue_wait(pid: int) -> float:
     return total / 1e9
 
 
-def _peak_rss_mib(pid: int) -> float:
-    """Peak RSS (VmHWM) of auth, plus its workers' (each its own process)."""
+def _rss_mib(pid: int, field: str = "VmHWM") -> float:
+    """Peak RSS (VmHWM; VmRSS: now) of auth, plus its workers' (each its own process)."""
     total = 0
     for one in _family(pid):
         try:
             lines = Path(f"/proc/{one}/status").read_text().splitlines()
         except OSError:
             continue
-        total += sum(int(line.split()[1]) for line in lines if line.startswith("VmHWM:"))
+        total += sum(int(line.split()[1]) for line in lines if line.startswith(f"{field}:"))
     return total / 1024
 
 
@@ -557,7 +557,7 @@ def run_backend(
         generators = (_generators_cpu(workers) - generators0) / elapsed
         starved = (_runqueue_wait(pid) - wait0) / elapsed
         load = (load0 + os.getloadavg()[0]) / 2
-        rss = _peak_rss_mib(pid)
+        rss, rss_now = _rss_mib(pid), _rss_mib(pid, "VmRSS")
         print(
             f"[{backend}] heartbeats/s {window['ok'] / elapsed:.0f} "
             f"(offered ~{args.nodes / args.interval:.0f}/s; failed {window['failed']}"
@@ -569,7 +569,8 @@ def run_backend(
         print(
             f"[{backend}] CPU: {_sides(cpu, generators, client_cpus, pinned)}; "
             f"auth+proxy ({len(_family(pid))} processes) waited {starved:.2f} s/s "
-            f"runnable for a core (load average {load:.1f}); peak RSS {rss:.0f} MiB "
+            f"runnable for a core (load average {load:.1f}); peak RSS {rss:.0f} MiB, "
+            f"{rss_now:.0f} MiB now "
             f"(target <= {TARGET_RSS_MIB} MiB); {window['watching']} watch streams open, "
             f"{_open_connections(pid)} sockets open in auth"
         )
