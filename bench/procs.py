@@ -82,3 +82,27 @@ def pin(roots: Iterable[int], cpus: set[int]) -> None:
                 os.sched_setaffinity(tid, cpus)
             except OSError:
                 pass  # gone meanwhile
+
+
+def own_autogroup(nice: int) -> str:
+    """Put this process in a scheduling group of its own, at `nice`; what happened, in
+    words.
+
+    Linux with autogroups (`/proc/sys/kernel/sched_autogroup_enabled`) shares a core
+    equally between sessions, whatever their processes' nice values: a benchmark pinned
+    to one core got a fifth of it while other sessions ran tests at nice 15 there. A new
+    session is a new group (its children join it); a negative nice needs root.
+    """
+    try:
+        enabled = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except OSError:
+        return "no autogroups here"
+    if enabled != "1":
+        return "autogroups off"
+    if os.getsid(0) != os.getpid():
+        os.setsid()
+    try:
+        Path("/proc/self/autogroup").write_text(str(nice))
+    except OSError as exc:
+        return f"own scheduling group, nice not set ({exc.strerror})"
+    return f"own scheduling group at nice {nice}"
