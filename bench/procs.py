@@ -100,7 +100,10 @@ def own_autogroup(nice: int) -> str:
     if enabled != "1":
         return "autogroups off"
     if os.getsid(0) != os.getpid():
-        os.setsid()
+        try:
+            os.setsid()
+        except OSError as exc:  # a process group leader cannot
+            return f"no scheduling group of its own ({exc.strerror})"
     try:
         Path("/proc/self/autogroup").write_text(str(nice))
     except OSError as exc:
