@@ -40,7 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
-from certgate.daemon import event_loop
+from certgate.daemon import event_loop, gc_tuning
 from certgate.daemon.auth_service import Closer, auth_app, auth_tls_context, open_auth_server
 from certgate.daemon.config import AuthService, HTTPLimits
 from certgate.daemon.diag import Metrics
@@ -222,6 +222,7 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> None:
         runner = await serve_on(app, listening_sockets(spec.host, spec.port), context, spec.limits)
         closers.append(runner.cleanup)
         _send(conn, ("ready", os.getpid()))
+        gc_tuning.settle_after_start()
         log.info("auth worker %d serving (pid %d)", spec.index, os.getpid())
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -230,6 +231,7 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> None:
             if report is not None and not _send(conn, ("metrics", report)):
                 break
     finally:
+        gc_tuning.stop_collecting()
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(conn.fileno())
         for close in reversed(closers):

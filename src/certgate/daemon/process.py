@@ -29,6 +29,7 @@ from certgate.api.authority import CertAuthority
 from certgate.api.identity import SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY
 from certgate.auth.server import AuthServer
 from certgate.backend.base import Backend
+from certgate.daemon import gc_tuning
 from certgate.daemon.auth_service import auth_app, auth_tls_context, open_auth_server
 from certgate.daemon.auth_workers import (
     AuthWorkerPool,
@@ -117,9 +118,11 @@ class Daemon:
             loop.add_signal_handler(signum, stop.set)
         try:
             await self.start()
+            gc_tuning.settle_after_start()
             await stop.wait()
             log.info("shutting down")
         finally:
+            gc_tuning.stop_collecting()
             await self.close()
 
     async def start(self) -> None:
