@@ -492,7 +492,9 @@ def run_backend(
     """`database`: the store's server processes (PostgreSQL's postmaster), pinned with
     auth."""
     server_cpus, client_cpus = procs.core_split() if args.pin else (procs.ALL, None)
-    pinned = f" (with its database, on core {min(server_cpus)})" if args.pin else ""
+    # Auth's own CPU is printed; PostgreSQL's processes share its core, not its figure.
+    shared = ", shared with PostgreSQL" if database else ""
+    pinned = f" (on core {min(server_cpus)}{shared})" if args.pin else ""
     # Auth's default http_limits: they must fit 10,000 nodes (a keep-alive connection
     # each, plus a watch for the --watch share).
     text = f"version: v1\nauth_service:\n  workers: {args.auth_workers}\n"
