@@ -108,7 +108,15 @@ if str(ROOT) not in sys.path:
 # The same Unix login, role (that login, every node) and host certificates as ssh_paths.py.
 from bench.close_observer import CloseObserver, hand_over  # noqa: E402
 from bench.lock_stages import LockRound, percentile, report_lock  # noqa: E402
-from bench.procs import TICK, cpu_seconds, own_cpu_seconds, tree  # noqa: E402
+from bench.procs import (  # noqa: E402
+    ALL,
+    TICK,
+    core_split,
+    cpu_seconds,
+    own_cpu_seconds,
+    pin,
+    tree,
+)
 from bench.ssh_paths import LOGIN, ROLE, sign_host  # noqa: E402
 from certgate.api.codec import to_dict  # noqa: E402
 from certgate.api.lock import Lock, LockSpec, LockTarget  # noqa: E402
@@ -419,33 +427,6 @@ def measure_starts(
 
 UNPINNED = "unpinned"
 PINNED = "pinned"
-ALL = set(range(os.cpu_count() or 1))
-
-
-def core_split() -> tuple[set[int], set[int]]:
-    """(server cores, client cores): the servers of both paths share the first core, the
-    clients get the rest, so a client's CPU never stands in for a server's."""
-    cores = sorted(ALL)
-    if len(cores) < 2:
-        raise SystemExit("--split pinned needs at least 2 cores")
-    return {cores[0]}, set(cores[1:])
-
-
-def pin(roots: Iterable[int], cpus: set[int]) -> None:
-    """Every thread of every process of the trees onto `cpus` (affinity is per thread on
-    Linux; threads and children started later inherit it from their creator)."""
-    for pid in tree(roots):
-        try:
-            threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-        except OSError:
-            continue  # gone meanwhile
-        for tid in threads:
-            try:
-                os.sched_setaffinity(tid, cpus)
-            except OSError:
-                pass  # gone meanwhile
-
-
 # ---------------------------------------------------------------------- lock
 
 

@@ -1,4 +1,5 @@
-"""What the benchmarks read of their processes in /proc: trees and CPU seconds."""
+"""What the benchmarks read of their processes in /proc (trees, CPU seconds), and where
+they put them (`core_split`, `pin`: servers on one core, their load generators on the rest)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,57 @@ def own_cpu_seconds(pids: Iterable[int]) -> float:
         if (fields := _stat_fields(pid)) is not None:
             ticks += int(fields[11]) + int(fields[12])  # utime stime
     return ticks / TICK
+
+
+ALL = set(range(os.cpu_count() or 1))
+
+
+def core_split() -> tuple[set[int], set[int]]:
+    """(server cores, client cores): the servers share the first core, the clients get
+    the rest, so a client's CPU never stands in for a server's."""
+    cores = sorted(ALL)
+    if len(cores) < 2:
+        raise SystemExit("pinning servers and clients apart needs at least 2 cores")
+    return {cores[0]}, set(cores[1:])
+
+
+def pin(roots: Iterable[int], cpus: set[int]) -> None:
+    """Every thread of every process of the trees onto `cpus` (affinity is per thread on
+    Linux; threads and children started later inherit it from their creator)."""
+    for pid in tree(roots):
+        try:
+            threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue  # gone meanwhile
+        for tid in threads:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:
+                pass  # gone meanwhile
+
+
+def own_autogroup(nice: int) -> str:
+    """Put this process in a scheduling group of its own, at `nice`; what happened, in
+    words.
+
+    Linux with autogroups (`/proc/sys/kernel/sched_autogroup_enabled`) shares a core
+    equally between sessions, whatever their processes' nice values: a benchmark pinned
+    to one core got a fifth of it while other sessions ran tests at nice 15 there. A new
+    session is a new group (its children join it); a negative nice needs root.
+    """
+    try:
+        enabled = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except OSError:
+        return "no autogroups here"
+    if enabled != "1":
+        return "autogroups off"
+    if os.getsid(0) != os.getpid():
+        try:
+            os.setsid()
+        except OSError as exc:  # a process group leader cannot
+            return f"no scheduling group of its own ({exc.strerror})"
+    try:
+        Path("/proc/self/autogroup").write_text(str(nice))
+    except OSError as exc:
+        return f"own scheduling group, nice not set ({exc.strerror})"
+    return f"own scheduling group at nice {nice}"

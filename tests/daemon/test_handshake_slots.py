@@ -45,18 +45,21 @@ class Listener:
 async def listener(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Listener]:
-    """A TLS listener with SLOTS handshake slots (or as many as the test's parameter)."""
+    """A TLS listener with SLOTS handshake slots (or as many as the test's parameter),
+    set as an operator sets them: `http_limits.handshakes_at_once`."""
 
     async def digest(request: web.Request) -> web.Response:
         return web.Response(text=hashlib.sha256(await request.read()).hexdigest())
 
-    monkeypatch.setattr(listeners, "HANDSHAKES_AT_ONCE", getattr(request, "param", SLOTS))
     app = web.Application()
     app.router.add_post("/digest", digest)
     cert, key = self_signed(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    limits = HTTPLimits(handshake_timeout=timedelta(seconds=HANDSHAKE_TIMEOUT))
+    limits = HTTPLimits(
+        handshake_timeout=timedelta(seconds=HANDSHAKE_TIMEOUT),
+        handshakes_at_once=getattr(request, "param", SLOTS),
+    )
     runner = await limited_runner(app, limits)
     sockets = bound_sockets("127.0.0.1", 0)
     state = Listener(sockets[0].getsockname()[1])

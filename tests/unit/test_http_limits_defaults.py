@@ -7,6 +7,9 @@ Every node holds a watch stream and a keep-alive connection on auth. The old def
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from certgate.daemon.config import SAMPLE, Config, HTTPLimits
 from certgate.rpc.auth_client import KEEPALIVE_EXPIRY
 
@@ -28,3 +31,12 @@ def test_a_node_keeps_its_connection_from_one_heartbeat_to_the_next() -> None:
 def test_the_printed_config_says_the_same_defaults() -> None:
     assert f"max_connections: {HTTPLimits().max_connections}" in SAMPLE
     assert f"idle_timeout: {int(HTTPLimits().idle_timeout.total_seconds())}s" in SAMPLE
+    assert f"handshakes_at_once: {HTTPLimits().handshakes_at_once}" in SAMPLE
+
+
+def test_handshakes_at_once_is_set_in_http_limits() -> None:
+    # The listener takes its handshake slots from here (tests/daemon/test_handshake_slots.py).
+    limits = Config.model_validate({"http_limits": {"handshakes_at_once": 8}}).http_limits
+    assert limits.handshakes_at_once == 8
+    with pytest.raises(ValidationError):
+        Config.model_validate({"http_limits": {"handshakes_at_once": 0}})

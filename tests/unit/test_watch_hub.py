@@ -112,3 +112,32 @@ async def test_a_watcher_joining_a_running_feed_misses_nothing_after_it_joined(
             keys = await _take(late, 20)
             assert sorted(keys) == sorted(f"/locks/x{i}" for i in range(20))
             await eventually_async(lambda: backend.watches == 1)
+
+
+async def test_a_snapshot_is_built_once_until_the_next_event(backend: CountingBackend) -> None:
+    hub = WatchHub(backend)  # type: ignore[arg-type]
+    builds = 0
+
+    async def build() -> bytes:
+        nonlocal builds
+        builds += 1
+        return str(await backend.current_revision()).encode()
+
+    async with hub.subscribe(["/roles/"]) as first, hub.subscribe(["/roles/"]):
+        one = await hub.memo(["/roles/"], "role", build)
+        assert await hub.memo(["/roles/"], "role", build) == one  # the second stream's
+        assert builds == 1
+        await backend.put(Item(key="/roles/r", value=b"{}"))
+        await _take(first, 1)  # the feed has passed the event on
+        assert await hub.memo(["/roles/"], "role", build) != one
+        assert builds == 2
+
+        # A build that an event overtakes is answered but not kept.
+        async def overtaken() -> bytes:
+            await backend.put(Item(key="/roles/s", value=b"{}"))
+            await _take(first, 1)
+            return await build()
+
+        await hub.memo(["/roles/"], "other", overtaken)
+        await hub.memo(["/roles/"], "other", build)
+        assert builds == 4

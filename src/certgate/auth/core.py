@@ -40,6 +40,8 @@ from certgate.services.store import ResourceStore
 from certgate.services.users import UserService
 
 MAX_USER_TTL = timedelta(hours=30)
+# Decoded nodes kept (above the 10,000 nodes one auth is sized for).
+NODES_DECODED = 32_768
 
 
 class AuthCore:
@@ -67,7 +69,11 @@ class AuthCore:
         self.tokens: ResourceStore[Token] = ResourceStore(backend, "/tokens/", Token, "token")
         self.locks: ResourceStore[Lock] = ResourceStore(backend, "/locks/", Lock, "lock")
         self.lock_cache = LockCache(backend, self.locks, self._lock_expired, clock)
-        self.nodes: ResourceStore[Node] = ResourceStore(backend, "/nodes/", Node, "node")
+        # Every node decoded is kept (a few KiB each): `cgsh ls` at 10,000 nodes then
+        # decodes only those that beat since the last call, not all 10,000 per call.
+        self.nodes: ResourceStore[Node] = ResourceStore(
+            backend, "/nodes/", Node, "node", cache_size=NODES_DECODED
+        )
         self.node_writer = BatchedWriter(backend, "node heartbeats")
         # What `cgsh ls` lists from, instead of reading every node per call.
         self.node_mirror = PrefixMirror(backend, self.nodes.prefix, clock)

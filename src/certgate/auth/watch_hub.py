@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 
 from certgate.backend.base import Backend, Event
 from certgate.errors import CertgateError, LimitExceeded
@@ -80,9 +80,15 @@ class _Feed:
     def __init__(self, backend: Backend, prefixes: tuple[str, ...]) -> None:
         self._backend = backend
         self._prefixes = prefixes
+        self.key = prefixes
         self.subscribers: set[_Subscriber] = set()
         self.task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
+        # What was built from the store under these prefixes (a watch snapshot), kept
+        # until the next event; `changes` counts events, so a build that an event
+        # overtook is not kept.
+        self.memo: dict[Hashable, bytes] = {}
+        self.changes = 0
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="watch feed")
@@ -107,6 +113,8 @@ class _Feed:
         events = self._backend.watch(list(self._prefixes), revision)
         try:
             async for event in events:
+                self.changes += 1
+                self.memo.clear()
                 for subscriber in self.subscribers:
                     subscriber.offer(event)
         except CertgateError as exc:
@@ -120,21 +128,58 @@ class _Feed:
             subscriber.fail(failure)
 
 
+def _key(prefixes: Sequence[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(prefixes)))
+
+
 class WatchHub:
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._feeds: dict[tuple[str, ...], _Feed] = {}
+        self._closed = False
+
+    def close(self) -> None:
+        """End every stream cleanly, now and from now on (auth is stopping): each ends
+        as its watcher expects one to, and reconnects (to another auth if there is
+        one). Left to the HTTP server, each stream was a request in progress to wait
+        out and then cut: with thousands, auth took over 15 s to stop."""
+        self._closed = True
+        for feed in self._feeds.values():
+            for subscriber in feed.subscribers:
+                subscriber.fail(None)
+
+    async def memo(
+        self, prefixes: Sequence[str], key: Hashable, build: Callable[[], Awaitable[bytes]]
+    ) -> bytes:
+        """`build()`'s answer, shared by subscribers of `prefixes` until the next event
+        under them (call it inside `subscribe`). When 10,000 nodes reconnect, each used
+        to read, decode and encode the same roles, locks and CAs for its snapshot.
+
+        A subscriber may get an answer built before an event it will still receive (the
+        feed had not delivered it yet): its snapshot is older, never newer, than its
+        stream, as when it reads the store itself.
+        """
+        feed = self._feeds[_key(prefixes)]
+        if (kept := feed.memo.get(key)) is not None:
+            return kept
+        changes = feed.changes
+        built = await build()
+        if feed.changes == changes and self._feeds.get(feed.key) is feed:
+            feed.memo[key] = built
+        return built
 
     @contextlib.asynccontextmanager
     async def subscribe(self, prefixes: Sequence[str]) -> AsyncIterator[AsyncIterator[Event]]:
         """Every event under `prefixes` from now on, in revision order."""
-        key = tuple(sorted(set(prefixes)))
+        key = _key(prefixes)
         feed = self._feeds.get(key)
         if feed is None or feed.task is None or feed.task.done():
             feed = _Feed(self._backend, key)
             self._feeds[key] = feed
             feed.start()
         subscriber = _Subscriber()
+        if self._closed:
+            subscriber.fail(None)
         feed.subscribers.add(subscriber)
         try:
             await feed.started()

@@ -56,6 +56,10 @@ class ProxyClient(AuthClient):
             return self.check.failure
         if self._identity is None or not isinstance(problem.__cause__, httpx.HTTPError):
             return problem  # no certificate of ours, or an answer (a node is down)
+        if isinstance(problem.__cause__, httpx.TimeoutException):
+            # Slow is not refused: a busy proxy (its handshakes queued behind thousands of
+            # others) answered a later ping and this was taken for a refusal.
+            return problem
         expires = self._identity.bundle.identity.expires
         if expires <= datetime.now(UTC):
             return CertificateExpired(expired_message(expires))

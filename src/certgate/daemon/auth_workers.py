@@ -40,14 +40,13 @@ from typing import Any
 
 from aiohttp import web
 
-from certgate.daemon import event_loop
-from certgate.daemon.auth_service import Closer, auth_app, open_auth_server
+from certgate.daemon import event_loop, gc_tuning
+from certgate.daemon.auth_service import Closer, auth_app, auth_tls_context, open_auth_server
 from certgate.daemon.config import AuthService, HTTPLimits
 from certgate.daemon.diag import Metrics
 from certgate.daemon.listeners import LimitedSite, bound_sockets, limited_runner
 from certgate.daemon.logs import setup_logging
 from certgate.errors import BadParameter
-from certgate.transport import server_context
 
 log = logging.getLogger("certgate.auth.workers")
 
@@ -219,12 +218,11 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> None:
         )  # the main process made the CAs; this reads them
         relay = MetricsRelay()
         app = auth_app(server, relay.metrics, spec.config, spec.data_dir)
-        context = server_context(
-            spec.cert_pem, spec.key_pem, client_cas=server.issuer.tls_ca_certs()
-        )
+        context = auth_tls_context(spec.cert_pem, spec.key_pem, server.issuer.tls_ca_certs())
         runner = await serve_on(app, listening_sockets(spec.host, spec.port), context, spec.limits)
         closers.append(runner.cleanup)
         _send(conn, ("ready", os.getpid()))
+        gc_tuning.settle_after_start()
         log.info("auth worker %d serving (pid %d)", spec.index, os.getpid())
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -233,6 +231,7 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> None:
             if report is not None and not _send(conn, ("metrics", report)):
                 break
     finally:
+        gc_tuning.stop_collecting()
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(conn.fileno())
         for close in reversed(closers):

@@ -107,8 +107,14 @@ class HTTPLimits(_Section):
     # keep-alive connection lasts from one heartbeat to the next: a new mTLS handshake
     # per heartbeat costs auth more than the open connection does.
     idle_timeout: Duration = timedelta(seconds=60)
-    # The TLS handshake must finish within this.
+    # A connection's first byte, its wait for a handshake slot and its TLS handshake must
+    # all come within this, counted from the accept.
     handshake_timeout: Duration = timedelta(seconds=10)
+    # TLS handshakes in progress at once per listener; the rest wait, ClientHello unread
+    # (no CPU), first come first served. Enough to keep a core busy while some wait for
+    # their client's next flight; few enough that each finishes well within
+    # handshake_timeout when thousands of nodes connect at once (an auth restart).
+    handshakes_at_once: int = Field(default=64, ge=1, le=100_000)
 
     @field_validator("idle_timeout", "handshake_timeout")
     @classmethod
@@ -241,7 +247,9 @@ http_limits:              # per HTTPS listener (auth, proxy web); see docs/opera
   max_connections: 25000  # open at once, TLS handshakes included; more are closed at once
   idle_timeout: 60s       # no complete request for this long (idle or half-sent): closed;
                           # keep it above the nodes' heartbeat_interval
-  handshake_timeout: 10s  # the TLS handshake must finish within this
+  handshake_timeout: 10s  # first byte, wait for a handshake slot and the TLS handshake:
+                          # all within this of the accept, or the connection is closed
+  handshakes_at_once: 64  # TLS handshakes in progress at once; the rest wait their turn
 
 auth_service:
   enabled: true

@@ -8,7 +8,7 @@
     accept ──> over max_connections? ──yes──> closed at once (before any TLS work)
                       │ no
                       ▼
-               first byte; a handshake slot (HANDSHAKES_AT_ONCE); the TLS handshake:
+               first byte; a handshake slot (handshakes_at_once); the TLS handshake:
                all within handshake_timeout of the accept ──late──> closed, uncounted
                       │
                       ▼
@@ -20,14 +20,15 @@ The limits come from the config's `http_limits`:
   is made and clears only once a whole request has arrived — so it closes idle
   connections and ones whose headers come a byte at a time alike. (A half-sent *body*
   is bounded where bodies are read: api/json_input.BODY_TIMEOUT.)
-- handshake_timeout bounds the TLS handshake (aiohttp's sites do not pass one on).
+- handshake_timeout bounds the wait for the first byte and a slot, and the TLS
+  handshake, all counted from the accept (aiohttp's sites do not pass one on).
 - max_connections counts every connection from accept to close. asyncio's own server
   creates the TLS state for a connection before anything can refuse it, and never
   tells the protocol when a handshake fails; so this module runs the accept loop
   itself and hands each admitted socket to `loop.connect_accepted_socket`.
 - TLS connections share one read buffer per event loop (daemon/tls_accept.py): asyncio
   would give each its own 256 KiB, which at 10,000 idle nodes is gigabytes.
-- Handshakes run at most HANDSHAKES_AT_ONCE at a time, first come first served. When
+- Handshakes run at most handshakes_at_once at a time, first come first served. When
   10,000 nodes connect at once (an auth restart), each handshake is ~2 ms of this
   process's CPU: run all together, every one progressed slowly, none finished before
   its client gave up, and the retries started the work over (auth answered nothing).
@@ -58,10 +59,6 @@ log = logging.getLogger("certgate.listeners")
 
 # Seconds aiohttp gives requests in flight when a listener stops.
 SHUTDOWN_TIMEOUT = 2.0
-# TLS handshakes in progress at once per listener (see above). Enough to keep the CPU
-# busy while some wait for their client's second flight; few enough that each
-# finishes in well under a second on a loaded machine.
-HANDSHAKES_AT_ONCE = 64
 # Connections the kernel queues until they are accepted (capped by
 # net.core.somaxconn, 4096 on current Linux): a burst past it gets SYNs dropped and
 # retried by the client's kernel, slower than waiting in the queue.
@@ -189,17 +186,21 @@ class _AcceptLoop:
     """What aiohttp's site keeps as its "server": close() stops accepting."""
 
     def __init__(
-        self, sockets: list[socket.socket], site: LimitedSite, ssl_context: Any, handshake: float
+        self,
+        sockets: list[socket.socket],
+        site: LimitedSite,
+        ssl_context: Any,
+        limits: HTTPLimits,
     ) -> None:
         self.sockets = sockets
         self._site = site
         self._ssl = ssl_context
-        self._handshake = handshake
+        self._handshake = limits.handshake_timeout.total_seconds()
         self._loops = [asyncio.create_task(self._accept(sock)) for sock in sockets]
         for task in self._loops:
             task.add_done_callback(_log_crash)
         self._handshakes: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(HANDSHAKES_AT_ONCE)
+        self._slots = asyncio.Semaphore(limits.handshakes_at_once)
 
     async def _accept(self, listening: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -299,6 +300,5 @@ class LimitedSite(web.BaseSite):
     async def start(self) -> None:
         await super().start()
         self.gate.max = open_files_for(self._limits.max_connections)
-        handshake = self._limits.handshake_timeout.total_seconds()
-        accept = _AcceptLoop(self._sockets, self, self._ssl_context, handshake)
+        accept = _AcceptLoop(self._sockets, self, self._ssl_context, self._limits)
         self._server = accept  # type: ignore[assignment]

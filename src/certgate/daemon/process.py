@@ -30,7 +30,8 @@ from certgate.api.authority import CertAuthority
 from certgate.api.identity import SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY
 from certgate.auth.server import AuthServer
 from certgate.backend.base import Backend
-from certgate.daemon.auth_service import auth_app, open_auth_server
+from certgate.daemon import gc_tuning
+from certgate.daemon.auth_service import auth_app, auth_tls_context, open_auth_server
 from certgate.daemon.auth_workers import (
     AuthWorkerPool,
     WorkerSpec,
@@ -118,9 +119,11 @@ class Daemon:
             loop.add_signal_handler(signum, stop.set)
         try:
             await self.start()
+            gc_tuning.settle_after_start()
             await stop.wait()
             log.info("shutting down")
         finally:
+            gc_tuning.stop_collecting()
             await self.close()
 
     async def start(self) -> None:
@@ -186,7 +189,7 @@ class Daemon:
 
         app = auth_app(server, self.metrics, cfg, self.data_dir)
         tls_cas = server.issuer.tls_ca_certs()
-        context = server_context(own.bundle.tls_cert, own.key_pem, client_cas=tls_cas)
+        context = auth_tls_context(own.bundle.tls_cert, own.key_pem, tls_cas)
         workers = worker_count(cfg.workers)
         if workers == 1:
             await self._listen(app, cfg.listen_addr, 3025, context, "auth")

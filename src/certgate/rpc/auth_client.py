@@ -62,8 +62,15 @@ def _unreachable(base_url: str, exc: Exception) -> CertgateError:
             f"cannot verify the TLS certificate of {base_url}: pass --insecure for a "
             "self-signed proxy, or check the address"
         )
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        # A busy server takes TLS handshakes a few at a time (daemon/listeners.py): a
+        # connection still queued for one when the client gives up is this, not a refusal.
+        return ConnectionProblem(
+            f"{base_url} did not answer in time: no connection within the timeout (TLS "
+            "handshake included); it is busy or unreachable, try again"
+        )
     if isinstance(exc, httpx.TimeoutException):
-        return ConnectionProblem(f"{base_url} did not answer in time")
+        return ConnectionProblem(f"{base_url} did not answer in time: it may be busy, try again")
     return ConnectionProblem(f"cannot reach {base_url}: {exc}")
 
 
