@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import logging
 import os
 import pwd
@@ -141,11 +140,6 @@ class Daemon:
             await self._start_kube()
         if self.first_admin and self.auth:
             await self._invite_first_admin(self.auth)
-        # What start-up built lives as long as the process: out of the cyclic GC's way, so
-        # its full collections walk only what sessions and requests made since (it was
-        # ~2.5% of a session start's CPU, walking the same start-up objects every time).
-        gc.collect()
-        gc.freeze()
         diagnostics.started = True
 
     async def close(self) -> None:
