@@ -48,9 +48,8 @@ async def test_the_clients_order_of_tls13_suites_wins(tmp_path: Path) -> None:
 
 
 async def test_a_tls12_client_gets_aead_suites_only(tmp_path: Path) -> None:
-    chosen, out = await _negotiate(
-        tmp_path, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"
-    )
+    offered = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"
+    chosen, out = await _negotiate(tmp_path, "-tls1_2", "-cipher", offered)
     assert chosen == "ECDHE-ECDSA-AES128-GCM-SHA256", out
     # CBC suites (in Python's default list) are refused: the client's choice is always
     # among strong ones.
