@@ -37,19 +37,23 @@ def test_frames_come_out_whole_however_the_bytes_are_split(
     stream += b"".join(wsframes.channel_frame(ch, data) for ch, data in messages)
     reader = wsframes.FrameReader()
     frames = []
-    relayed = b""
+    raw = b""
+    held = b""  # what the reader is not done with comes back with the next piece
     for i in range(0, len(stream), step):
-        found, whole = reader.feed(stream[i : i + step])
-        frames += found
-        relayed += b"".join(whole)
-    assert [(f.channel, f.data) for f in frames] == messages + messages
-    assert b"".join(f.raw for f in frames) == stream
-    assert relayed == stream and reader.pending == 0
+        data = held + stream[i : i + step]
+        found, used = reader.feed(data)
+        frames += [(f.channel, f.data) for f in found]
+        raw += b"".join(f.raw for f in found)
+        assert sum(len(f.raw) for f in found) == used  # whole frames, nothing between
+        held = data[used:]
+    assert frames == messages + messages
+    assert raw == stream and held == b""
 
 
 def test_continuations_keep_the_first_frames_channel() -> None:
     stream = client_frame(b"\x01abc", fin=False) + client_frame(b"def", wsframes.OP_CONT)
-    frames, _ = wsframes.FrameReader().feed(stream)
+    frames, used = wsframes.FrameReader().feed(stream)
+    assert used == len(stream)
     assert [(f.channel, f.data) for f in frames] == [(1, b"abc"), (1, b"def")]
 
 

@@ -4,8 +4,9 @@ kubectl's and the kube service's after a protocol switch."""
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
-from certgate.srv.splice import splice
+from certgate.srv.splice import READ_BUFFER, _Half, splice
 
 Pair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -58,3 +59,64 @@ async def test_bytes_flow_both_ways_with_what_was_buffered_first() -> None:
     for server in (server_a, server_b):
         server.close()
         await server.wait_closed()
+
+
+class _KeepingTransport:
+    """A peer transport that cannot send yet (a full socket): it keeps what it is
+    given, as views, the way a transport queues a write it cannot make at once."""
+
+    def __init__(self) -> None:
+        self.kept: list[memoryview] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: memoryview) -> None:
+        self.kept.append(memoryview(data))
+
+    def writelines(self, pieces: list[memoryview]) -> None:
+        for piece in pieces:
+            self.write(piece)
+
+    def get_protocol(self) -> None:
+        return None
+
+
+def _read(half: _Half, data: bytes) -> None:
+    """One read of `data` by the transport that `half` is the protocol of."""
+    buffer = half.get_buffer(-1)
+    buffer[: len(data)] = data
+    half.buffer_updated(len(data))
+
+
+async def test_a_write_still_queued_is_never_overwritten_by_the_next_read() -> None:
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    peer = _KeepingTransport()
+    half = _Half(cast(asyncio.Transport, _KeepingTransport()), done)
+    half.peer = cast(asyncio.Transport, peer)
+    pieces = [bytes([n]) * 1000 for n in range(1, 20)]
+    for piece in pieces:
+        _read(half, piece)
+    assert [bytes(view) for view in peer.kept] == pieces
+
+
+async def test_what_a_tap_holds_back_comes_again_with_the_next_read() -> None:
+    """A tap that passes on whole lines only: a line cut by reads reaches it whole,
+    however the reads cut it and however long it is."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    peer = _KeepingTransport()
+    seen: list[bytes] = []
+
+    def whole_lines(data: memoryview) -> tuple[list[memoryview], int]:
+        used = bytes(data).rfind(b"\n") + 1
+        seen.extend(bytes(data[:used]).splitlines(keepends=True))
+        return ([data[:used]] if used else []), used
+
+    half = _Half(cast(asyncio.Transport, _KeepingTransport()), done, whole_lines)
+    half.peer = cast(asyncio.Transport, peer)
+    lines = [b"a" * 10 + b"\n", b"b" * (3 * READ_BUFFER) + b"\n", b"c" * 70000 + b"\n"] * 3
+    stream = b"".join(lines)
+    for at in range(0, len(stream), 50000):
+        _read(half, stream[at : at + 50000])
+    assert seen == lines
+    assert b"".join(bytes(view) for view in peer.kept) == stream

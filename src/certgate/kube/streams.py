@@ -67,15 +67,16 @@ async def relay_frames(
     exit code from the status channel, if one came.
 
     The frames are read in passing at the transports (splice taps): no stream buffers,
-    no task woken per read. Each side passes on whole frames only, so certgate's own
+    no task woken per read, no copy. Each side passes on whole frames only (the rest of a
+    frame cut by a read waits in the splice's buffer for the next), so certgate's own
     frames (ExecIO.write, stop) never land inside one of the user's."""
     exit_code: list[int | None] = [None]
     from_user_frames, to_user_frames = wsframes.FrameReader(), wsframes.FrameReader()
 
-    def from_user(data: bytes) -> list[memoryview]:
+    def from_user(data: memoryview) -> tuple[list[memoryview], int]:
         if io.stopped:
-            return []
-        found, whole = from_user_frames.feed(data)
+            return [], len(data)
+        found, used = from_user_frames.feed(data)
         for frame in found:
             if frame.channel == wsframes.STDIN:
                 session.input()
@@ -83,12 +84,12 @@ async def relay_frames(
                 size = wsframes.resize(frame.data)
                 if size is not None:
                     session.resized(*size)
-        return whole
+        return ([data[:used]] if used else []), used
 
-    def to_user(data: bytes) -> list[memoryview]:
+    def to_user(data: memoryview) -> tuple[list[memoryview], int]:
         if io.stopped:
-            return []
-        found, whole = to_user_frames.feed(data)
+            return [], len(data)
+        found, used = to_user_frames.feed(data)
         # Payloads are cut out only for a recorder or joiners to see.
         watched = session.observer is not None or session.party is not None
         for frame in found:
@@ -97,7 +98,7 @@ async def relay_frames(
                     session.output(frame.data)
             elif frame.channel == wsframes.STATUS and frame.fin:
                 exit_code[0] = wsframes.exit_code(frame.data)
-        return whole
+        return ([data[:used]] if used else []), used
 
     await splice(reader, writer, up_reader, up_writer, a_tap=from_user, b_tap=to_user)
     return exit_code[0]

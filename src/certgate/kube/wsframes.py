@@ -7,6 +7,7 @@ Each binary message starts with its channel: 0 stdin, 1 stdout, 2 stderr, 3 stat
 A message may be fragmented into continuation frames; they keep the first one's channel.
 
 Sans-IO: `FrameReader.feed(bytes)` returns complete frames; nothing here touches a socket.
+A frame's `raw` is a view of what was fed: valid only as long as that is.
 """
 
 from __future__ import annotations
@@ -46,60 +47,28 @@ class Frame:
 
 
 class FrameReader:
-    """Complete frames out of a byte stream, copying as little as it can.
+    """Complete frames out of a byte stream, without copying it.
 
-    `feed(data)` returns the frames completed and the bytes to relay now: every complete
-    frame, in order, as views of what was read. Only a frame that a read cut in two is
-    copied (into one piece, when its end comes); the bytes after the last complete frame
-    are held until the rest comes, so a relay always stops at a frame boundary (certgate
-    can then put frames of its own into the stream)."""
+    `feed(data)` returns the frames complete in `data`, as views of it, and how many
+    bytes they take: the bytes after the last complete frame are not done with, and the
+    caller hands them in again at the start of its next feed (a splice tap says so), so
+    a relay always stops at a frame boundary (certgate can then put frames of its own
+    into the stream). The continued message's channel is all that is kept between
+    feeds."""
 
     def __init__(self) -> None:
-        self._pending = bytearray()
         self._channel = -1  # of the message being continued
 
-    def feed(self, data: bytes) -> tuple[list[Frame], list[memoryview]]:
+    def feed(self, data: bytes | memoryview) -> tuple[list[Frame], int]:
         frames: list[Frame] = []
-        relay: list[memoryview] = []
-        at = 0
-        if self._pending:
-            at = self._complete_pending(data, frames, relay)
-            if at < 0:
-                return frames, relay
         view = memoryview(data)
-        start = at
+        at = 0
         while (found := self._next(data, view, at)) is not None:
             frame, at = found
             frames.append(frame)
-        if at > start:
-            relay.append(view[start:at])
-        if at < len(data):
-            self._pending += view[at:]
-        return frames, relay
+        return frames, at
 
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    def _complete_pending(self, data: bytes, frames: list[Frame], relay: list[memoryview]) -> int:
-        """Finish the frame held from earlier reads with the start of `data`: where the
-        rest of `data` starts, or -1 when all of it went to the held frame."""
-        pending = self._pending
-        head = bytes(pending[:MAX_HEADER]) + data[: max(0, MAX_HEADER - len(pending))]
-        size = _frame_size(head)
-        if size is None or size - len(pending) > len(data):
-            pending += data
-            return -1
-        take = size - len(pending)
-        whole = bytes(pending) + data[:take]
-        self._pending = bytearray()
-        found = self._next(whole, memoryview(whole), 0)
-        assert found is not None  # `size` bytes make one frame
-        frames.append(found[0])
-        relay.append(found[0].raw)
-        return take
-
-    def _next(self, buf: bytes, view: memoryview, at: int) -> tuple[Frame, int] | None:
+    def _next(self, buf: bytes | memoryview, view: memoryview, at: int) -> tuple[Frame, int] | None:
         header = _header(buf, at)
         if header is None:
             return None
@@ -125,11 +94,7 @@ class FrameReader:
         return Frame(raw, opcode, fin, channel, start + skip, mask, skip), end
 
 
-# The longest frame header: 2 bytes, an 8-byte length, a 4-byte mask.
-MAX_HEADER = 14
-
-
-def _header(buf: bytes, at: int) -> tuple[bool, int, bytes, int, int] | None:
+def _header(buf: bytes | memoryview, at: int) -> tuple[bool, int, bytes, int, int] | None:
     """(fin, opcode, mask, where the payload starts, its length) of the frame at `at`,
     None until its header is all there."""
     if len(buf) - at < 2:
@@ -158,12 +123,6 @@ def _header(buf: bytes, at: int) -> tuple[bool, int, bytes, int, int] | None:
         mask = bytes(buf[offset : offset + 4])
         offset += 4
     return fin, opcode, mask, offset, length
-
-
-def _frame_size(head: bytes) -> int | None:
-    """The whole size of the frame `head` begins, None until its header is all there."""
-    header = _header(head, 0)
-    return None if header is None else header[3] + header[4]
 
 
 def _unmask(payload: bytes | memoryview, mask: bytes, offset: int = 0) -> bytes:
