@@ -72,9 +72,10 @@ Figures (printed next to their targets, nothing asserted):
       the other: this figure times the bench's clients as much as the servers.
   During the lock (`--lock-split pinned`, the default) certgate's processes, the shells
   included, run on the first core and the sessions' client processes and the observer on
-  the others: a user's ssh runs on the user's machine, and unpinned the bench's clients
-  tearing down 1,000 sessions took the cores the proxy needed for its cut (its cut pass:
-  ~130 ms of CPU, 0.7-1.4 s of wall time). `--lock-split unpinned` measures it the old way.
+  the others: a user's ssh runs on the user's machine, so the bench's clients tearing down
+  1,000 sessions must not take the servers' CPU. `--lock-split unpinned` measures it the
+  old way (in this round's runs both gave the same figures: the proxy's cut pass took
+  ~100-140 ms of CPU and 0.7-1.4 s of wall time either way).
   Then each stage, from the servers' logs (lock_stages.py): auth's answer, the proxy's
   lock event, its cut of the jump connections and their last close, each node's event,
   cut and hang-up. `--rounds 0` skips the starts/s windows.
@@ -818,8 +819,8 @@ def sessions_phase(
             if args.lock_split == PINNED:
                 # As a user's ssh runs on the user's machine: the sessions' clients (and
                 # the observer) on the client cores, certgate's processes (the shells
-                # included) on the server core. Unpinned, the clients' teardown of 1,000
-                # sessions takes the cores the proxy needs for its cut.
+                # included) on the server core, so the clients' teardown of 1,000
+                # sessions cannot take the servers' CPU.
                 server_cpus, client_cpus = core_split()
                 pin(certgate.roots, server_cpus)
                 clients = [observer.process.pid, *(child.pid for _, child in workers)]
