@@ -50,11 +50,18 @@ async def test_a_hung_up_job_runs_at_the_lowest_priority() -> None:
         # Running, they have the priority the node gave them, which this would show.
         assert nice(child.pid) == nice(sleeper) == os.getpriority(os.PRIO_PROCESS, 0)
         assert HUNG_UP_NICE != os.getpriority(os.PRIO_PROCESS, 0)
+        # The job is a session, and so (with autogroups) a scheduling group of its own.
+        autogroup = Path(f"/proc/{child.pid}/autogroup")
+        grouped = autogroup.exists()
+        if grouped:
+            assert autogroup.read_text().split()[-1] != str(HUNG_UP_NICE)
 
         child.terminate()
 
         assert nice(child.pid) == HUNG_UP_NICE
         assert nice(sleeper) == HUNG_UP_NICE  # the whole job, as the signals
+        if grouped:  # nice alone would not count against other sessions' groups
+            assert autogroup.read_text().split()[-1] == str(HUNG_UP_NICE)
         assert Path(f"/proc/{sleeper}").exists()  # it ignores SIGHUP; SIGKILL comes later
     finally:
         child.close()

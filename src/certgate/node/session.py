@@ -56,6 +56,13 @@ KILL_GRACE_SECONDS = 3.0
 # CPU that the servers still cutting connections need more: at nice 19 the jobs take
 # only what the servers leave.
 HUNG_UP_NICE = 19
+# How long a job cut by certgate (a lock, an idle timeout) stays stopped before its
+# hang-up, at most: HANG_UP_AFTER plus up to HANG_UP_SPREAD at random. A lock cuts a
+# thousand sessions at once; woken together, a thousand shells running their exit
+# (traps, history, logout scripts) held the CPU the proxy needed for its own cut for
+# a second, nice 19 or not (with autogroups each shell's session weighs as a group).
+HANG_UP_AFTER = 1.0
+HANG_UP_SPREAD = 1.0
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/games"
 ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -468,6 +475,13 @@ class ChildProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signum)
 
+    def freeze(self) -> None:
+        """Stop the whole job where it stands (SIGSTOP cannot be caught or ignored) until
+        its hang-up: nothing of it runs any more, and stopping costs the CPU a signal, not
+        the job's exit. `terminate` sends SIGCONT after SIGHUP, so the job then exits."""
+        if not self._reported:
+            self._signal_group(signal.SIGSTOP)
+
     def terminate(self) -> None:
         """The channel is gone: hang up on the child, SIGKILL it if it lingers.
 
@@ -493,6 +507,13 @@ class ChildProcess:
         # lowered: a job at a lower priority already (nice 19) is left there.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.setpriority(os.PRIO_PGRP, self.pid, HUNG_UP_NICE)
+        # With the kernel's autogroups (sched_autogroup_enabled) the CPU is shared out
+        # between sessions first, and nice counts only within one. The job is a session
+        # of its own (setsid): unless its session's group is lowered too, each of a
+        # thousand exiting shells weighs as much as the whole node and the proxy.
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{self.pid}/autogroup", "w") as autogroup:
+                autogroup.write(str(HUNG_UP_NICE))
 
     def close(self) -> None:
         """Release everything now (server shutdown): SIGKILL, close fds, stop watching."""

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -37,6 +38,8 @@ from certgate.api.session_tracker import parse_join_login
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.node.accounts import AccountCache
 from certgate.node.session import (
+    HANG_UP_AFTER,
+    HANG_UP_SPREAD,
     SFTP_SERVER,
     ChildProcess,
     UnixAccount,
@@ -650,15 +653,18 @@ class _Session(asyncssh.SSHServerSession[bytes]):
                 self._chan.write(data)
 
     def stop(self) -> None:
-        """Close the channel (close() flushes what the window allows), then hang up on
-        the child.
+        """Close the channel (close() flushes what the window allows), stop the child's
+        job at once, and hang up on it a little later.
 
-        The child's hang-up waits for the next pass of the event loop: the channel's
-        last words and close, and those of every other session cut in the same pass
-        (a lock cuts them all at once), leave first, before a thousand shells wake up
-        to SIGHUP and compete with them for the CPU."""
+        A lock cuts a thousand sessions in one pass: their jobs are frozen (SIGSTOP)
+        in that pass, and each is hung up (SIGHUP, SIGCONT) HANG_UP_AFTER to
+        HANG_UP_AFTER + HANG_UP_SPREAD seconds later, so the shells' exits neither
+        compete with the cut itself (here and at the proxy) nor all run at once."""
         self._chan.close()
-        asyncio.get_running_loop().call_soon(self._hang_up_child)
+        if self._child is not None and self._exit_code is None:
+            self._child.freeze()
+        delay = HANG_UP_AFTER + random.uniform(0, HANG_UP_SPREAD)
+        asyncio.get_running_loop().call_later(delay, self._hang_up_child)
 
     def _hang_up_child(self) -> None:
         if self._child is not None and self._exit_code is None:
