@@ -4,6 +4,7 @@ once leaves the CPU to the servers still cutting connections."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -65,3 +66,36 @@ async def test_a_hung_up_job_runs_at_the_lowest_priority() -> None:
         assert Path(f"/proc/{sleeper}").exists()  # it ignores SIGHUP; SIGKILL comes later
     finally:
         child.close()
+
+
+async def test_a_frozen_job_runs_nothing_until_its_hang_up_ends_it() -> None:
+    """A lock stops a session's job in the cut's own pass (node/sshd.py `stop`), and
+    hangs it up later: meanwhile nothing of it runs, and the hang-up still ends it."""
+    ensure_user(LOGIN)
+    sink = _Collect()
+    # Prints a line every 20 ms for as long as it runs.
+    ticker = "while :; do echo tick; sleep 0.02; done"
+    child = spawn(lookup_account(LOGIN), "/bin/sh", ["sh", "-c", ticker], {"PATH": "/bin"}, sink)
+    try:
+        await eventually_async(lambda: bytes(sink.received).count(b"tick") >= 3, timeout=10)
+        # Running, the ticks keep coming, which the frozen job's silence is set against.
+        seen = bytes(sink.received).count(b"tick")
+        await eventually_async(lambda: bytes(sink.received).count(b"tick") > seen, timeout=10)
+
+        child.freeze()
+
+        await eventually_async(lambda: state(child.pid) == "T", timeout=10)
+        await asyncio.sleep(0.1)  # a line written before the stop may still be in the pipe
+        frozen = bytes(sink.received).count(b"tick")
+        await asyncio.sleep(0.3)  # fifteen ticks' worth: none may come
+        assert bytes(sink.received).count(b"tick") == frozen
+
+        child.terminate()
+
+        await eventually_async(lambda: child.returncode is not None, timeout=10)
+    finally:
+        child.close()
+
+
+def state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
