@@ -70,6 +70,7 @@ from certgate.rpc.failover import Backoff
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import fetch_host_ca
 from certgate.rpc.watcher import RECONNECT_BASE, RECONNECT_CAP, ping_seconds, silence_seconds
+from certgate.srv.host import WATCHED_KINDS
 from certgate.transport import client_context
 from tests.support.cluster import Cluster
 from tests.support.postgres import running_postgres
@@ -191,7 +192,7 @@ class WatchConnection:
         self._context = context
         ping = ping_seconds(DEFAULT_STRICT_GRACE)  # as a node with the default grace asks
         self.silence = silence_seconds(ping)
-        params = urlencode({"kinds": "role,lock,cert_authority", "ping": f"{ping:g}"})
+        params = urlencode({"kinds": ",".join(WATCHED_KINDS), "ping": f"{ping:g}"})
         self._request = (
             f"GET /v1/watch?{params} HTTP/1.1\r\nHost: {auth}\r\nAccept: */*\r\n"
             "Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n"

@@ -41,6 +41,10 @@ from certgate.srv.monitor import SessionMonitor
 from certgate.srv.recording_hook import RecordingHook
 from certgate.srv.registry import SessionRegistry
 
+# What a host (a node, a kube service) watches on auth: who may log in, locks, and the
+# CAs that vouch for users.
+WATCHED_KINDS = ["role", "lock", "cert_authority"]
+
 log = logging.getLogger("certgate")
 
 # (session id, message, reason) -> whether a live session of that id was ended
@@ -63,7 +67,7 @@ class SessionHost:
         self._interval = heartbeat_interval
         self.view = ResourceView(
             auth,
-            ["role", "lock", "cert_authority"],
+            WATCHED_KINDS,
             self._on_change,
             ping_every=ping_seconds(strict_grace),
         )
