@@ -15,6 +15,18 @@ and a store watch on `/host_names/` drops entries that other processes (auth wor
 other auth instances) change, within the store's watch latency. An entry read while a
 change was on its way is not kept (a generation count), and while the watch is down
 nothing is cached.
+
+After an auth restart every node comes back within seconds, and each beat missed the
+empty cache: on PostgreSQL 10,000 reads, one pooled connection each, held the whole
+pool, and auth's own services could not get a connection to become ready. So the cache
+is filled with one range read of `/host_names/` whenever the watch (re)starts, read
+after the revision the watch starts from (events may repeat what the read saw, never
+skip past it), and misses that arrive together are read together: while one read is
+out, later misses wait and go in the next `get_many`.
+
+    holder(a) miss ─┐
+    holder(b) miss ─┼─► wanted ─► reader task: get_many([a, b, c]) ─► each caller
+    holder(c) miss ─┘
 """
 
 from __future__ import annotations
@@ -30,10 +42,14 @@ from pydantic import BaseModel, ConfigDict
 from certgate.backend.base import Backend, Item
 from certgate.clock import Clock, SystemClock
 from certgate.errors import CertgateError, NotFound
+from certgate.services.settle import settle
 
 log = logging.getLogger("certgate.host_names")
 
 PREFIX = "/host_names/"
+# Keys per batched read of missed names (one `get_many`, one statement).
+MAX_READ = 1000
+RETRY_DELAY = 1.0
 
 
 class HostName(BaseModel):
@@ -56,22 +72,45 @@ class HostNames:
         self._generation = 0  # bumped on every change seen: a read that spans one is not kept
         self._watching = False
         self._task: asyncio.Task[None] | None = None
+        # Missed keys waiting for the next batched read, each with its callers' futures.
+        self._wanted: dict[str, list[asyncio.Future[Item | None]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.reads = 0  # store reads made for misses (for tests and benchmarks)
 
     @staticmethod
     def _key(role: str, name: str) -> str:
         return f"{PREFIX}{role}/{name}"
 
     async def start(self) -> None:
-        """Follow the store's changes to names, so `holder` can answer from memory."""
-        revision = await self._backend.current_revision()
-        self._task = asyncio.create_task(self._follow(revision), name="host names")
+        """Read every name once and follow the store's changes, so `holder` can answer
+        from memory."""
+        loaded = await self._load()
+        self._task = asyncio.create_task(self._follow(*loaded), name="host names")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._reader):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         self._watching = False
         self._held.clear()
+
+    async def _load(self) -> tuple[int, dict[str, HostName], int]:
+        """The revision to watch from, then every name held at it or later (one range
+        read), and the generation before the read: kept only if nothing changed since."""
+        revision = await self._backend.current_revision()
+        generation = self._generation
+        items = await self._backend.range(PREFIX)
+        now = self._clock.now()
+        held: dict[str, HostName] = {}
+        for item in items:
+            try:
+                entry = HostName.model_validate_json(item.value)
+            except ValueError:
+                continue  # a bad entry is read (and refused) on its own, never cached
+            if entry.expires > now:
+                held[item.key] = entry
+        return revision, held, generation
 
     def _changed(self, key: str | None) -> None:
         self._generation += 1
@@ -89,9 +128,11 @@ class HostNames:
         finally:
             self._changed(key)
 
-    async def _follow(self, revision: int) -> None:
+    async def _follow(self, revision: int, held: dict[str, HostName], generation: int) -> None:
         while True:
             try:
+                if generation == self._generation:  # no change of ours since the read
+                    self._held = held
                 self._watching = True
                 async for event in self._backend.watch([PREFIX], revision):
                     revision = event.item.revision
@@ -109,13 +150,15 @@ class HostNames:
                     exc,
                     exc_info=not isinstance(exc, CertgateError),
                 )
-                await asyncio.sleep(1.0)
-                try:
-                    revision = await self._backend.current_revision()
-                except CertgateError:
-                    continue
             finally:
                 self._watching = False
+            while True:
+                await asyncio.sleep(RETRY_DELAY)
+                try:
+                    revision, held, generation = await self._load()
+                    break
+                except CertgateError as exc:
+                    log.warning("host names cannot reload yet: %s", exc)
 
     async def holder(self, role: str, name: str) -> HostName | None:
         """Who holds `name`, from memory when the store watch vouches for it (heartbeats)."""
@@ -126,10 +169,34 @@ class HostNames:
                 return held
             self._held.pop(key, None)
         generation = self._generation
-        found = await self.get(role, name)
+        item = await self._read(key)
+        found = None if item is None else HostName.model_validate_json(item.value)
         if found is not None and self._watching and generation == self._generation:
             self._held[key] = found
         return found
+
+    async def _read(self, key: str) -> Item | None:
+        """`key`'s item, read with the other misses waiting now (one `get_many`). The
+        read starts after this call: it is as fresh as a read of its own."""
+        done: asyncio.Future[Item | None] = asyncio.get_running_loop().create_future()
+        self._wanted.setdefault(key, []).append(done)
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read_wanted(), name="host names reads")
+        return await done
+
+    async def _read_wanted(self) -> None:
+        while self._wanted:
+            keys = list(self._wanted)[:MAX_READ]
+            waiting = [(key, self._wanted.pop(key)) for key in keys]
+            self.reads += 1
+            try:
+                found = {item.key: item for item in await self._backend.get_many(keys)}
+            except Exception as exc:  # each caller hears of it, as from a read of its own
+                outcomes: list[Item | Exception | None] = [exc] * len(keys)
+            else:
+                outcomes = [found.get(key) for key in keys]
+            for (_, futures), outcome in zip(waiting, outcomes, strict=True):
+                settle(futures, [outcome] * len(futures))
 
     def _item(self, entry: HostName) -> Item:
         return Item(
