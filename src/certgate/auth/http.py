@@ -619,8 +619,9 @@ class AuthAPI:
         if guarded and lock_prefix not in by_prefix:
             watched.append(lock_prefix)
         async with self._watches.subscribe(watched) as events:  # before the read
-            revision = await self.server.backend.current_revision()
-            items = await self._watches.memo(watched, tuple(kinds), lambda: self._snapshot(kinds))
+            revision, items = await self._watches.memo(
+                watched, tuple(kinds), lambda: self._snapshot(kinds)
+            )
             response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
             await response.prepare(request)
             head = json.dumps({"type": "snapshot", "revision": revision})[:-1]

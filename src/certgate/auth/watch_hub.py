@@ -84,11 +84,14 @@ class _Feed:
         self.subscribers: set[_Subscriber] = set()
         self.task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
-        # What was built from the store under these prefixes (a watch snapshot), kept
-        # until the next event; `changes` counts events, so a build that an event
-        # overtook is not kept.
-        self.memo: dict[Hashable, bytes] = {}
+        # What was built from the store under these prefixes (a watch snapshot) and the
+        # revision it is at least at, kept until the next event; `changes` counts
+        # events, so a build that an event overtook is not kept.
+        self.memo: dict[Hashable, tuple[int, bytes]] = {}
         self.changes = 0
+        # Every event up to this revision has reached the feed (the revision it
+        # started at, then each event's): a store read begun now sees them all.
+        self.revision = 0
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="watch feed")
@@ -107,13 +110,14 @@ class _Feed:
 
     async def _run(self) -> None:
         # From the newest revision now: a subscriber reads its snapshot after this.
-        revision = await self._backend.current_revision()
+        revision = self.revision = await self._backend.current_revision()
         self._started.set()
         failure: BaseException | None = None
         events = self._backend.watch(list(self._prefixes), revision)
         try:
             async for event in events:
                 self.changes += 1
+                self.revision = event.item.revision
                 self.memo.clear()
                 for subscriber in self.subscribers:
                     subscriber.offer(event)
@@ -150,20 +154,24 @@ class WatchHub:
 
     async def memo(
         self, prefixes: Sequence[str], key: Hashable, build: Callable[[], Awaitable[bytes]]
-    ) -> bytes:
-        """`build()`'s answer, shared by subscribers of `prefixes` until the next event
-        under them (call it inside `subscribe`). When 10,000 nodes reconnect, each used
-        to read, decode and encode the same roles, locks and CAs for its snapshot.
+    ) -> tuple[int, bytes]:
+        """`build()`'s answer and the revision it is at, shared by subscribers of
+        `prefixes` until the next event under them (call it inside `subscribe`). When
+        10,000 nodes reconnect, each used to read, decode and encode the same roles,
+        locks and CAs for its snapshot, and read the store's revision for its header.
 
-        A subscriber may get an answer built before an event it will still receive (the
+        The revision is the feed's when the build began: every event up to it is in
+        the answer (the build read the store after the feed had them), later ones may
+        be too. A stream resumed from it may see an event again, never miss one. A
+        subscriber may get an answer built before an event it will still receive (the
         feed had not delivered it yet): its snapshot is older, never newer, than its
         stream, as when it reads the store itself.
         """
         feed = self._feeds[_key(prefixes)]
         if (kept := feed.memo.get(key)) is not None:
             return kept
-        changes = feed.changes
-        built = await build()
+        changes, revision = feed.changes, feed.revision
+        built = (revision, await build())
         if feed.changes == changes and self._feeds.get(feed.key) is feed:
             feed.memo[key] = built
         return built
