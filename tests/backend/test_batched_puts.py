@@ -4,14 +4,16 @@ every put keeps its effect and its order, as if each had been its own `put`."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from certgate.backend.base import Backend, EventType, Item
 from certgate.clock import FakeClock
-from certgate.errors import BadParameter
+from certgate.errors import BadParameter, ConnectionProblem
 from certgate.services.batched_writer import BatchedWriter
 from tests.support.postgres import PostgresServer
 
@@ -64,3 +66,52 @@ async def test_a_bad_put_fails_only_its_own_caller(backend: Backend) -> None:
     assert isinstance(outcomes[2], BadParameter)
     assert [o.value for o in outcomes if isinstance(o, Item)] == [b"ok"] * 5
     assert len(await backend.range("/nodes/g")) == 5
+
+
+class CountingWrites:
+    """The real backend, counting the write calls the writer makes on it."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self.calls: list[str] = []
+
+    async def write_many(self, items: Sequence[Item], create_only: bool) -> list[Item]:
+        self.calls.append("write_many")
+        return await self._backend.write_many(items, create_only)
+
+    async def put(self, item: Item) -> Item:
+        self.calls.append("put")
+        return await self._backend.put(item)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+
+async def test_a_store_that_is_down_fails_the_whole_batch_in_one_attempt(
+    backend: Backend,
+) -> None:
+    # A store that cannot take the batch cannot take its items one by one either:
+    # every caller hears of it at once, and the store is not asked again per item
+    # (500 more transactions for a PostgreSQL already overloaded).
+    counting = CountingWrites(backend)
+    writer = BatchedWriter(counting, "test puts")  # type: ignore[arg-type]
+    await writer.put(Item("/nodes/first", b"ok"))  # the store answers: one write
+    assert counting.calls == ["write_many"]
+    await backend.close()  # the store is gone from under the writer
+    items = [Item(f"/nodes/n{i}", b"beat") for i in range(50)]
+    outcomes = await asyncio.gather(*(writer.put(item) for item in items), return_exceptions=True)
+    assert all(isinstance(o, ConnectionProblem) for o in outcomes)
+    assert "put" not in counting.calls  # one attempt per batch, no item on its own
+    assert counting.calls.count("write_many") == writer.batches
+
+
+async def test_a_bad_item_still_falls_back_to_one_by_one(backend: Backend) -> None:
+    # The fallback stays where one item can be at fault, and shows the count above
+    # would have seen per-item writes.
+    counting = CountingWrites(backend)
+    writer = BatchedWriter(counting, "test puts")  # type: ignore[arg-type]
+    bad = Item("/nodes/naive", b"x", expires=datetime(2030, 1, 1))
+    items = [Item("/nodes/a", b"ok"), bad, Item("/nodes/b", b"ok")]
+    outcomes = await asyncio.gather(*(writer.put(item) for item in items), return_exceptions=True)
+    assert isinstance(outcomes[1], BadParameter)
+    assert counting.calls.count("put") == 3
