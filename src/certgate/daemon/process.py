@@ -2,7 +2,8 @@
 
 start()
   ├─ data dir checks, diagnostics listener
-  ├─ auth   (store, CAs, admin identity in <data_dir>/admin, HTTPS+mTLS API)
+  ├─ auth   (store, CAs, admin identity in <data_dir>/admin, HTTPS+mTLS API; a private
+  │         loopback listener for the services below when any runs in this process)
   ├─ proxy  (identity from local auth, or by joining; web listener)
   └─ first admin invite (with --first-admin, on an empty cluster)
 """
@@ -103,6 +104,9 @@ class Daemon:
     _closers: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
     auth: AuthServer | None = None
     auth_addr: str = ""
+    # Where this process's own proxy, node and kube service reach its auth: a loopback
+    # listener of their own, not the public port (see _listen_privately).
+    private_auth_addr: str = ""
     # A kube service started here takes its requests from the proxy started here
     # in-process, without TLS to itself.
     _local_servers: LocalServers = field(default_factory=LocalServers)
@@ -186,10 +190,42 @@ class Daemon:
         context = auth_tls_context(own.bundle.tls_cert, own.key_pem, tls_cas)
         workers = worker_count(cfg.workers)
         if workers == 1:
-            await self._listen(app, cfg.listen_addr, 3025, context, "auth")
+            runner = await self._listen(app, cfg.listen_addr, 3025, context, "auth")
         else:
-            await self._start_auth_workers(server, own, app, context, workers)
+            runner = await self._start_auth_workers(server, own, app, context, workers)
+        if self._serves_in_process():
+            await self._listen_privately(runner, context)
         log.info("auth service ready for cluster %s", server.cluster_name)
+
+    def _serves_in_process(self) -> bool:
+        """Whether a service that talks to auth runs in this process with it."""
+        config = self.config
+        return (
+            config.proxy_service.enabled
+            or config.ssh_service.enabled
+            or config.kubernetes_service.enabled
+        )
+
+    async def _listen_privately(self, runner: web.AppRunner, context: Any) -> None:
+        """The auth API once more, on a loopback port of its own for the services in this
+        process, with its own connection cap and handshake slots.
+
+        After an auth restart 10,000 returning nodes queue their TLS handshakes on the
+        public port; this process's proxy, dialling it too, waited its turn for minutes,
+        and auth was not ready (`/readyz` waits for the proxy's first snapshot) until the
+        nodes were all back. Nothing else is told this port: it is not advertised, not
+        in the workers' shared listener, and asks for the same client certificates.
+        """
+        sockets = bound_sockets("127.0.0.1", 0)
+        site = LimitedSite(runner, self.config.http_limits, sockets, ssl_context=context)
+        try:
+            await site.start()
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        self.private_auth_addr = f"127.0.0.1:{sockets[0].getsockname()[1]}"
+        log.info("auth listening for this process's services on %s", self.private_auth_addr)
 
     async def _start_auth_workers(
         self,
@@ -198,18 +234,19 @@ class Daemon:
         app: web.Application,
         context: Any,
         workers: int,
-    ) -> None:
+    ) -> web.AppRunner:
         """This process and workers-1 spawned ones serve the auth API on one port."""
         cfg = self.config.auth_service
         host, port = split_addr(cfg.listen_addr, 3025)
 
         sockets: list[socket.socket] = []
+        runners: list[web.AppRunner] = []
 
         async def listen() -> None:
             check_port_free(host, port)  # SO_REUSEPORT would share a port in use
             sockets.extend(listening_sockets(host, port))
-            runner = await serve_on(app, sockets, context, self.config.http_limits)
-            self._closers.append(runner.cleanup)
+            runners.append(await serve_on(app, sockets, context, self.config.http_limits))
+            self._closers.append(runners[0].cleanup)
 
         await self._guard_listen(listen(), cfg.listen_addr, "auth")
         log.info("auth listening on %s", cfg.listen_addr)
@@ -233,6 +270,7 @@ class Daemon:
         pool = AuthWorkerPool(specs, self.metrics)
         await pool.start()
         self._closers.append(pool.stop)
+        return runners[0]
 
     # proxy -----------------------------------------------------------------------
 
@@ -270,10 +308,10 @@ class Daemon:
         return identity
 
     def _auth_dial(self) -> list[str]:
-        """Where this process's services reach auth: its own, or every configured one
-        (the client fails over between them)."""
+        """Where this process's services reach auth: its own (on its private listener),
+        or every configured one (the client fails over between them)."""
         if self.auth is not None:
-            return [self.auth_addr]
+            return [self.private_auth_addr or self.auth_addr]
         return self.config.auth_servers
 
     def _auth_client(self, identity: IdentityFiles) -> AsyncAuthClient:
@@ -295,7 +333,7 @@ class Daemon:
         advertise_host = (
             split_addr(advertise_addr, port)[0]
             if advertise_addr
-            else _reachable_host(host, self._auth_dial()[0])
+            else _reachable_host(host, self.auth_addr or self._auth_dial()[0])
         )
         identity = await self._service_identity(
             role, system_role, _local_names(self.nodename, advertise_host)
@@ -561,7 +599,7 @@ class Daemon:
 
     async def _listen(
         self, app: web.Application, addr: str, default_port: int, context: Any, name: str
-    ) -> None:
+    ) -> web.AppRunner:
         host, port = split_addr(addr, default_port)
         limits = self.config.http_limits
         runner = await limited_runner(app, limits)
@@ -577,6 +615,7 @@ class Daemon:
             raise
         self._closers.append(runner.cleanup)
         log.info("%s listening on %s", name, addr)
+        return runner
 
 
 async def _store_ready(backend: Backend) -> str | None:
