@@ -166,3 +166,27 @@ async def test_a_shared_snapshot_says_the_revision_it_was_read_at(
         resumed = backend.watch(["/roles/"], revision)
         assert (await anext(resumed)).item.key == "/roles/b"  # resumed, nothing missed
         await resumed.aclose()  # type: ignore[attr-defined]
+
+
+async def test_stopping_waits_for_the_streams_it_ended(backend: CountingBackend) -> None:
+    hub = WatchHub(backend)  # type: ignore[arg-type]
+    left: list[str] = []
+    release = asyncio.Event()
+
+    async def stream(name: str, lingers: bool) -> None:
+        async with hub.subscribe(["/locks/"]) as events:
+            async for _ in events:
+                pass  # ends cleanly when the hub closes
+            if lingers:
+                await release.wait()  # a handler still busy after its stream ended
+            left.append(name)
+
+    tasks = [asyncio.create_task(stream("a", False)), asyncio.create_task(stream("b", True))]
+    await eventually_async(lambda: hub._streams == 2)
+    hub.close()
+    assert not await hub.drained(0.2)  # b's handler has not finished: not drained
+    assert left == ["a"]
+    release.set()
+    assert await hub.drained(3.0)
+    assert sorted(left) == ["a", "b"]
+    await asyncio.gather(*tasks)

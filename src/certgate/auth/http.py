@@ -81,6 +81,8 @@ PEER_CACHE_SIZE = 32_768
 MAX_RESOURCES_PER_CALL = 100
 # Longest password and one-time code taken: argon2 of a megabyte is CPU for nothing.
 MAX_SECRET_CHARS = 1024
+# How long stopping waits for the watch streams it ended to finish.
+WATCHES_STOP_SECONDS = 3.0
 # Bad stored items (key, revision) already audited by this process, at most.
 AUDITED_SKIPS_SIZE = 4096
 
@@ -594,6 +596,8 @@ class AuthAPI:
 
     async def _end_watches(self, app: web.Application) -> None:
         self._watches.close()
+        if not await self._watches.drained(WATCHES_STOP_SECONDS):
+            log.warning("watch streams still open %gs after stopping", WATCHES_STOP_SECONDS)
 
     async def watch(self, request: web.Request, caller: Identity | None) -> Any:
         """A snapshot of the asked kinds, then every change, as JSON lines.

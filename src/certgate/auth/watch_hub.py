@@ -141,6 +141,8 @@ class WatchHub:
         self._backend = backend
         self._feeds: dict[tuple[str, ...], _Feed] = {}
         self._closed = False
+        self._streams = 0  # subscribers not yet gone (their handlers still running)
+        self._drained = asyncio.Event()
 
     def close(self) -> None:
         """End every stream cleanly, now and from now on (auth is stopping): each ends
@@ -151,6 +153,21 @@ class WatchHub:
         for feed in self._feeds.values():
             for subscriber in feed.subscribers:
                 subscriber.fail(None)
+        if self._streams == 0:
+            self._drained.set()
+
+    async def drained(self, timeout: float) -> bool:
+        """After `close`: wait up to `timeout` seconds for every stream's handler to
+        finish (False if some had not). A stream ended by `close` finishes as soon as
+        its handler runs again; waited for here, each is done before the HTTP server
+        shuts its connections down, rather than one of thousands it waits out and
+        then cancels (auth took 5-10 s to stop at 10,000 nodes)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._drained.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def memo(
         self, prefixes: Sequence[str], key: Hashable, build: Callable[[], Awaitable[bytes]]
@@ -189,13 +206,19 @@ class WatchHub:
         if self._closed:
             subscriber.fail(None)
         feed.subscribers.add(subscriber)
+        self._streams += 1
         try:
             await feed.started()
             yield aiter(subscriber)
         finally:
             feed.subscribers.discard(subscriber)
-            if not feed.subscribers and self._feeds.get(key) is feed:
-                del self._feeds[key]
-                if feed.task is not None:
-                    feed.task.cancel()
-                    await asyncio.gather(feed.task, return_exceptions=True)
+            try:
+                if not feed.subscribers and self._feeds.get(key) is feed:
+                    del self._feeds[key]
+                    if feed.task is not None:
+                        feed.task.cancel()
+                        await asyncio.gather(feed.task, return_exceptions=True)
+            finally:
+                self._streams -= 1
+                if self._closed and self._streams == 0:
+                    self._drained.set()
