@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict
 
 from certgate.backend.base import Backend, Item
 from certgate.clock import Clock, SystemClock
-from certgate.errors import CertgateError, NotFound
+from certgate.errors import CertgateError, ConnectionProblem, NotFound
 from certgate.services.settle import settle
 
 log = logging.getLogger("certgate.host_names")
@@ -182,6 +182,7 @@ class HostNames:
         self._wanted.setdefault(key, []).append(done)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read_wanted(), name="host names reads")
+            self._reader.add_done_callback(_log_failure)
         return await done
 
     async def _read_wanted(self) -> None:
@@ -191,6 +192,12 @@ class HostNames:
             self.reads += 1
             try:
                 found = {item.key: item for item in await self._backend.get_many(keys)}
+            except asyncio.CancelledError:  # closing: nobody is left waiting for ever
+                stopping = ConnectionProblem("auth is stopping")
+                for futures in [*(f for _, f in waiting), *self._wanted.values()]:
+                    settle(futures, [stopping] * len(futures))
+                self._wanted.clear()
+                raise
             except Exception as exc:  # each caller hears of it, as from a read of its own
                 outcomes: list[Item | Exception | None] = [exc] * len(keys)
             else:
@@ -229,3 +236,8 @@ class HostNames:
         except NotFound:
             return False
         return True
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("host names reader failed: %s", task.exception())
