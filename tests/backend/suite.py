@@ -122,6 +122,27 @@ class BackendSuite:
             assert [event.item for event in await next_events(events, 2)] == written
         assert (await backend.get("/k/1")).value == b"new"
 
+    async def test_write_many_deletes_live_keys_in_the_same_transaction(
+        self, backend: Backend
+    ) -> None:
+        await backend.put(Item("/k/gone", b"old"))
+        await backend.put(Item("/k/kept", b"kept"))
+        async with watching(backend, ["/k/"]) as events:
+            written = await backend.write_many(
+                [Item("/k/new", b"new")], create_only=False, deletes=["/k/gone", "/k/never"]
+            )
+            seen = await next_events(events, 2)
+        assert [(e.type, e.item.key) for e in seen] == [
+            (EventType.PUT, "/k/new"),
+            (EventType.DELETE, "/k/gone"),
+        ]
+        assert seen[1].item.revision > written[0].revision
+        assert [item.key for item in await backend.range("/k/")] == ["/k/kept", "/k/new"]
+        # Deletes alone, of keys already gone: nothing happens, nothing fails.
+        assert await backend.write_many([], create_only=False, deletes=["/k/gone"]) == []
+        await backend.write_many([], create_only=False, deletes=["/k/kept"])
+        assert [item.key for item in await backend.range("/k/")] == ["/k/new"]
+
     async def test_an_expiry_past_year_9999_in_utc_still_reads(self, backend: Backend) -> None:
         # 9999-12-31T23:59:59-23:59 is in year 10000 in UTC: storable as an epoch, but
         # it once failed every later read of its prefix.

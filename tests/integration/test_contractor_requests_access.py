@@ -146,8 +146,8 @@ def test_contractor_requests_access_an_admin_approves_and_it_ends(c: Cluster) ->
     assert (update["state"], update["user"], update["reason"]) == (
         "APPROVED", "admin", "approved by admin: go ahead"
     )  # fmt: skip
-    starts = [e for e in audit(c, "session.start") if e["user"] == "carl"]
-    assert starts and starts[-1]["access_requests"] == [request_id]
+    starts = eventually(lambda: [e for e in audit(c, "session.start") if e["user"] == "carl"])
+    assert starts[-1]["access_requests"] == [request_id]
 
     # The grant ends after its max_duration: the same command is refused.
     eventually(lambda: ssh(c, carl, "node-1", "true").returncode != 0, timeout=40)

@@ -132,11 +132,15 @@ def test_stock_openssh_works_as_cgnr_and_not_as_root(
     refused = stock_ssh(ssh_config, "root@node-1", "whoami")
     assert refused.returncode == 255
     assert "Permission denied" in refused.stderr
-    events = json.loads(
-        ssh_cluster.cgctl("audit", "ls", "--event=session.rejected", "--user=dev",
-                          "--format=json").stdout
+    eventually(
+        lambda: any(
+            e.get("login") == "root" and "root" in e.get("reason", "")
+            for e in json.loads(
+                ssh_cluster.cgctl("audit", "ls", "--event=session.rejected", "--user=dev",
+                                  "--format=json").stdout
+            )
+        )
     )  # fmt: skip
-    assert any(e.get("login") == "root" and "root" in e.get("reason", "") for e in events)
     to_prod = stock_ssh(ssh_config, f"{LOGIN}@node-prod", "whoami")
     assert to_prod.returncode == 255
 

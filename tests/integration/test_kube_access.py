@@ -261,13 +261,17 @@ def test_exec_it_works_is_recorded_and_replays(kube: KubeSetup, admin: User) -> 
     assert {"type": "r", "data": "100x30"} in [
         {"type": e["type"], "data": e["data"]} for e in document["events"]
     ]
-    events = kube.cluster.cgctl("audit", "ls", "--event=session.start", "--format=json").stdout
-    start = [e for e in json.loads(events) if e.get("user") == "kadmin"][-1]
+
+    def of_kadmin(event: str, field: str, value: str) -> list[dict[str, Any]]:
+        out = kube.cluster.cgctl("audit", "ls", f"--event={event}", "--format=json").stdout
+        return [e for e in json.loads(out) if e.get(field) == value]
+
+    # Audit events reach auth up to ~1 s after they happen (docs/audit.md).
+    start = eventually(lambda: of_kadmin("session.start", "user", "kadmin"))[-1]
     assert start["kubernetes_cluster"] == "dev-cluster"
     assert start["kubernetes_namespace"] == "default"
     assert start["kubernetes_pod"] == "shell"
-    events = kube.cluster.cgctl("audit", "ls", "--event=session.end", "--format=json").stdout
-    end = [e for e in json.loads(events) if e.get("session_id") == start["session_id"]][-1]
+    end = eventually(lambda: of_kadmin("session.end", "session_id", start["session_id"]))[-1]
     assert (end["kubernetes_cluster"], end["kubernetes_pod"]) == ("dev-cluster", "shell")
 
 

@@ -8,12 +8,14 @@ tests/integration/test_audit_trail_survives_outages.py.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from certgate.errors import AccessDenied, ConnectionProblem
-from certgate.rpc.audit_spool import AuditSpool
+from certgate.rpc.audit_spool import FRESH_EVENTS, AuditSpool
 
 
 class _Auth:
@@ -230,4 +232,108 @@ async def test_an_event_that_cannot_be_sent_is_set_aside(tmp_path: Path) -> None
     spool.put("exec", {"n": 2})
     await until(lambda: delivered(spool))
     assert auth.numbers() == [0, 2]
+    await spool.close()
+
+
+async def test_a_value_json_has_no_type_for_arrives_as_its_text(tmp_path: Path) -> None:
+    # What was just written is sent from memory: it must be what reading it back gives.
+    auth = _Auth()
+    spool = AuditSpool(tmp_path, auth)
+    await spool.start()
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+    async def as_http(records: list[dict[str, Any]]) -> None:
+        await auth(json.loads(json.dumps(records, allow_nan=False)))  # as the client sends
+
+    spool._send = as_http
+    spool.put("exec", {"n": 0, "when": when, "argv": ("ls", "-l")})
+    await until(lambda: len(auth.stored) == 1)
+    (record,) = auth.stored.values()
+    assert record["fields"] == {"n": 0, "when": str(when), "argv": ["ls", "-l"]}
+    await spool.close()
+
+
+async def test_a_backlog_larger_than_memory_keeps_arriving_in_order(tmp_path: Path) -> None:
+    auth = _Auth()
+    auth.down = True
+    spool = AuditSpool(tmp_path, auth, segment_bytes=20_000)
+    await spool.start()
+    total = FRESH_EVENTS * 2 + 123
+    for n in range(total):
+        spool.put("exec", {"n": n})
+        if n % 100 == 0:
+            await asyncio.sleep(0)
+    await until(lambda: not spool._buffer and not spool._writing)
+    assert len(spool._fresh) <= FRESH_EVENTS  # the rest waits on disk only
+    auth.down = False
+    for n in range(total, total + 50):  # more while it catches up
+        spool.put("exec", {"n": n})
+    await until(lambda: len(auth.stored) == total + 50, timeout=30)
+    assert auth.numbers() == list(range(total + 50))
+    await spool.close()
+
+
+async def test_after_close_a_restart_resends_nothing_already_stored(tmp_path: Path) -> None:
+    auth = _Auth()
+    first = AuditSpool(tmp_path, auth)
+    await first.start()
+    for n in range(5):
+        first.put("exec", {"n": n})
+        await until(lambda: delivered(first))  # one call each, cursor saved at most 1/s
+    await first.close()
+    sent = len(auth.sent_ids)
+
+    second = AuditSpool(tmp_path, auth)
+    await second.start()
+    second.put("exec", {"n": 5})
+    await until(lambda: len(auth.stored) == 6)
+    assert auth.sent_ids[sent:] == [list(auth.stored)[5]]  # only the new one went
+    await second.close()
+
+
+async def test_a_crash_resends_what_the_saved_cursor_does_not_cover_once(tmp_path: Path) -> None:
+    auth = _Auth()
+    crashed = AuditSpool(tmp_path, auth)
+    await crashed.start()
+    for n in range(30):
+        crashed.put("exec", {"n": n})
+        await until(lambda: delivered(crashed))
+    for task in crashed._tasks:  # kill -9: no close, the cursor maybe a second behind
+        task.cancel()
+    await asyncio.gather(*crashed._tasks, return_exceptions=True)
+
+    restarted = AuditSpool(tmp_path, auth)
+    await restarted.start()
+    restarted.put("exec", {"n": 30})
+    await until(lambda: len(auth.stored) == 31)
+    assert auth.numbers() == list(range(31))
+    await restarted.close()
+
+
+async def test_while_busy_calls_go_at_most_every_min_interval(tmp_path: Path) -> None:
+    auth = _Auth()
+    calls: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def counting(records: list[dict[str, Any]]) -> None:
+        calls.append(loop.time())
+        await auth(records)
+
+    interval = 0.3
+    spool = AuditSpool(tmp_path, counting, min_interval=interval)
+    await spool.start()
+    spool.put("exec", {"n": 0})
+    await until(lambda: len(auth.stored) == 1, timeout=interval)  # idle: sent at once
+    started = loop.time()
+    n = 1
+    while loop.time() - started < 1.2:  # an event every 10 ms
+        spool.put("exec", {"n": n})
+        n += 1
+        await asyncio.sleep(0.01)
+    await until(lambda: len(auth.stored) == n)
+    assert auth.numbers() == list(range(n))
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert min(gaps) >= interval * 0.9, gaps
+    # Without the interval each write (every ~10 ms) would be a call of its own.
+    assert len(calls) <= 1.2 / interval + 3, len(calls)
     await spool.close()

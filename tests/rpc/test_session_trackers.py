@@ -7,6 +7,7 @@ tests/integration/test_auditor_joins_live_session.py).
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -97,4 +98,35 @@ async def test_live_trackers_are_refreshed_and_failures_retried_by_refresh() -> 
     publisher.remove(tracker(1).name)
     await publisher.flushed()
     assert auth.calls[-1]["delete"] == [tracker(1).name]
+    await publisher.close()
+
+
+async def test_while_busy_calls_go_at_most_every_min_interval() -> None:
+    auth = _Auth()
+    interval = 0.3
+    publisher = SessionTrackerPublisher(auth, ttl=3, refresh=60, min_interval=interval)  # type: ignore[arg-type]
+    publisher.start()
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+    original = auth.call
+
+    async def timed(method: str, path: str, json: Any = None) -> None:
+        times.append(loop.time())
+        await original(method, path, json)
+
+    auth.call = timed  # type: ignore[method-assign]
+    publisher.put(tracker(0))
+    await eventually_async(lambda: auth.calls, timeout=interval)  # idle: at once
+    started = loop.time()
+    n = 1
+    while loop.time() - started < 1.2:  # a session starting every 10 ms
+        publisher.put(tracker(n))
+        n += 1
+        await asyncio.sleep(0.01)
+    await publisher.flushed()
+    sent = {name for call in auth.calls for name in names(call)}
+    assert len(sent) == n  # every tracker went
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) >= interval * 0.9, gaps
+    assert len(times) <= 1.2 / interval + 3, len(times)
     await publisher.close()

@@ -18,7 +18,6 @@ for a session that does not exist.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -88,47 +87,51 @@ class SessionRoutes:
             f'access denied: {caller.username} may not track sessions of node "{node}"'
         )
 
-    async def _check_roles(self, tracker: SessionTracker, held: dict[str, set[str] | None]) -> None:
+    def _check_roles(
+        self,
+        tracker: SessionTracker,
+        standing: dict[str, set[str] | None],
+        granted: dict[str, set[str]] | None,
+    ) -> set[str]:
         """A tracker names roles its user holds: they decide who may join the session,
-        so a writer must not hand a session roles that would widen that."""
+        so a writer must not hand a session roles that would widen that. `standing`: each
+        user's own roles (None: no such user); `granted`: what approved access requests
+        grant each user now, if read. The roles left to check against `granted` (when
+        it was not read), else refused."""
         name = tracker.spec.user
-        if name not in held:
-            try:
-                standing = set((await self._api.server.users.get(name)).spec.roles)
-            except NotFound:
-                held[name] = None
-            else:
-                # A session may run under roles an approved access request grants now.
-                held[name] = standing | await self._granted_now(name)
-        roles = held[name]
+        roles = standing.get(name)
         if roles is None:
             raise AccessDenied(
                 f'access denied: session {tracker.name} names user "{name}", who does not exist'
             )
-        extra = sorted(set(tracker.spec.roles) - roles)
-        if extra:
-            raise AccessDenied(
-                f"access denied: session {tracker.name} names roles {', '.join(extra)} "
-                f'that user "{name}" does not hold'
-            )
+        extra = set(tracker.spec.roles) - roles
+        if extra and granted is not None:
+            # A session may run under roles an approved access request grants now.
+            extra -= granted.get(name, set())
+            if extra:
+                raise AccessDenied(
+                    f"access denied: session {tracker.name} names roles "
+                    f'{", ".join(sorted(extra))} that user "{name}" does not hold'
+                )
+        return extra
 
-    async def _granted_now(self, user: str) -> set[str]:
-        """The roles `user`'s approved access requests grant at this moment."""
+    async def _granted_now(self) -> dict[str, set[str]]:
+        """The roles each user's approved access requests grant at this moment."""
         now = self._api.server.clock.now()
-        requests = await self._api.server.access_requests.list()
-        return {
-            role
-            for found in requests
-            if found.spec.user == user and found.active_at(now)
-            for role in found.spec.roles
-        }
+        granted: dict[str, set[str]] = {}
+        for found in await self._api.server.access_requests.list():
+            if found.active_at(now):
+                granted.setdefault(found.spec.user, set()).update(found.spec.roles)
+        return granted
 
     async def write(self, request: web.Request, caller: Identity | None) -> Any:
         """Register or refresh the trackers in "put", remove those named in "delete".
 
         One call carries every change a service has queued (a burst of sessions
         starting and ending is a few calls, not two per session). Everything is
-        checked before anything is written: one bad item refuses the whole call.
+        checked before anything is written: one bad item refuses the whole call. One
+        read (the trackers and their users; access requests only when a tracker names
+        a role its user does not hold on its own) and one transaction per call.
         """
         assert caller is not None
         body = await json_body(request)
@@ -139,35 +142,54 @@ class SessionRoutes:
         deletes = [_session_id(item) for item in _items(body, "delete")]
         for node in sorted({t.spec.node for t in trackers}):
             await self._check_writer(caller, node)
+        server = self._api.server
+        users = server.users.users
+        names = [*(t.name for t in trackers), *deletes]
+        user_names = sorted({t.spec.user for t in trackers})
+        keys = [*(self._store.key(n) for n in names), *(users.key(u) for u in user_names)]
+        items = {item.key: item for item in await server.backend.get_many(keys)}
         existing = {
-            name: found
-            for name in [*(t.name for t in trackers), *deletes]
-            if (found := await self._existing(name)) is not None
+            name: self._store.decode(items[key])
+            for name in names
+            if (key := self._store.key(name)) in items
         }
-        held: dict[str, set[str] | None] = {}  # user -> roles, read once per call
+        standing: dict[str, set[str] | None] = {
+            user: set(users.decode(items[key]).spec.roles) if key in items else None
+            for user in user_names
+            for key in [users.key(user)]
+        }
+        unsure = []
         for tracker in trackers:
             # A refresh, never another node's session.
             if tracker.name in existing and existing[tracker.name].spec.node != tracker.spec.node:
                 raise AccessDenied(f"access denied: session {tracker.name} is on another node")
-            await self._check_roles(tracker, held)
+            if self._check_roles(tracker, standing, None):
+                unsure.append(tracker)
+        if unsure:
+            granted = await self._granted_now()
+            for tracker in unsure:
+                self._check_roles(tracker, standing, granted)
         for name in deletes:
             if name in existing:
                 await self._check_writer(caller, existing[name].spec.node)
-        expires = self._api.server.clock.now() + timedelta(seconds=seconds)
-        for tracker in trackers:
-            meta = tracker.metadata.model_copy(update={"expires": expires, "revision": 0})
-            await self._store.upsert(tracker.model_copy(update={"metadata": meta}))
-        for name in deletes:
-            if name in existing:  # else already gone: expired, or a retried delete
-                with contextlib.suppress(NotFound):
-                    await self._store.delete(name)
+        expires = server.clock.now() + timedelta(seconds=seconds)
+        puts = [
+            self._store.encode(
+                tracker.model_copy(
+                    update={
+                        "metadata": tracker.metadata.model_copy(
+                            update={"expires": expires, "revision": 0}
+                        )
+                    }
+                )
+            )
+            for tracker in trackers
+        ]
+        # Else already gone: expired, or a retried delete.
+        gone = [self._store.key(name) for name in deletes if name in existing]
+        if puts or gone:
+            await server.backend.write_many(puts, create_only=False, deletes=gone)
         return None
-
-    async def _existing(self, name: str) -> SessionTracker | None:
-        try:
-            return await self._store.get(name)
-        except NotFound:
-            return None
 
     # ---- readers --------------------------------------------------------------------
 

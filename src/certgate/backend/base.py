@@ -46,7 +46,9 @@ class Backend(Protocol):
     - create: AlreadyExists if present (and not expired).
     - put: create or overwrite unconditionally.
     - write_many: put every item in one transaction, all or none; with `create_only`,
-      AlreadyExists (naming the key) if any is present, and nothing is written.
+      AlreadyExists (naming the key) if any is present, and nothing is written. Keys in
+      `deletes` are deleted in the same transaction, after the puts: those present and
+      not expired (the others are left alone, no error).
     - compare_and_swap: CompareFailed unless the stored revision equals `expected_revision`
       (NotFound if the key is absent).
     - delete: NotFound if absent.
@@ -66,7 +68,9 @@ class Backend(Protocol):
 
     async def compare_and_swap(self, item: Item, expected_revision: int) -> Item: ...
 
-    async def write_many(self, items: Sequence[Item], create_only: bool) -> list[Item]: ...
+    async def write_many(
+        self, items: Sequence[Item], create_only: bool, deletes: Sequence[str] = ()
+    ) -> list[Item]: ...
 
     async def delete(self, key: str) -> None: ...
 

@@ -525,9 +525,12 @@ class PostgresBackend:
         self._wrote(revision)
         return self._item(item, value, revision)
 
-    async def write_many(self, items: Sequence[Item], create_only: bool) -> list[Item]:
+    async def write_many(
+        self, items: Sequence[Item], create_only: bool, deletes: Sequence[str] = ()
+    ) -> list[Item]:
         """All in one transaction under the writers' lock: every item or none; with
-        `create_only`, one live key among them refuses the whole batch."""
+        `create_only`, one live key among them refuses the whole batch. Then `deletes`,
+        those live."""
         values = [_check_item(item) for item in items]
         now = self._clock.now()
         first: list[int] = []
@@ -540,11 +543,21 @@ class PostgresBackend:
             for offset, (item, value) in enumerate(zip(items, values, strict=True)):
                 await _store(conn, head + 1 + offset, item, value, now)
             first.append(head + 1)
-            return head + len(items)
+            head += len(items)
+            if deletes:
+                cursor = await conn.execute(
+                    "SELECT key FROM certgate_kv"
+                    " WHERE key = ANY(%s) AND (expires IS NULL OR expires > %s)",
+                    (list(dict.fromkeys(deletes)), now),
+                )
+                live = [key for (key,) in await cursor.fetchall()]
+                await _log_deletes(conn, head + 1, live, now)
+                head += len(live)
+            return head
 
-        if not items:
+        if not items and not deletes:
             return []
-        if not create_only and len({item.key for item in items}) == len(items):
+        if not deletes and not create_only and len({item.key for item in items}) == len(items):
             return await self._put_many(items, values)
         await self._write(write)
         return [

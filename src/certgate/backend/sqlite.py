@@ -531,22 +531,33 @@ class SQLiteBackend:
 
         return self._written(item, value, await self._db.run(put))
 
-    async def write_many(self, items: Sequence[Item], create_only: bool) -> list[Item]:
+    async def write_many(
+        self, items: Sequence[Item], create_only: bool, deletes: Sequence[str] = ()
+    ) -> list[Item]:
         checked = [_check_item(item) for item in items]
         now = self._now()
+        last = 0
 
         def write(conn: sqlite3.Connection) -> list[int]:
+            nonlocal last
             with write_transaction(conn):
                 if create_only:
                     for item in items:
                         if _live_revision(conn, item.key, now) is not None:
                             raise AlreadyExists(f"key {item.key} already exists")
-                return [
+                written = [
                     _store(conn, item.key, value, expires, now)
                     for item, (value, expires) in zip(items, checked, strict=True)
                 ]
+                for key in deletes:
+                    if _live_revision(conn, key, now) is not None:
+                        conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+                        last = _append_event(conn, key, EventType.DELETE, b"", None, now)
+                return written
 
         revisions = await self._db.run(write)
+        if last:
+            self._wrote(last)
         return [
             self._written(item, value, revision)
             for item, (value, _), revision in zip(items, checked, revisions, strict=True)

@@ -3,16 +3,29 @@
     session ─ put(event, fields) ─▶ record in memory ─▶ writer task: encode, write, fsync ─┐
               (no I/O, no encoding)                      (in a thread: every record put    │
                                                           since the last write, at once)   ▼
-    auth ◀── POST /v1/events, up to 500 events / 512 KiB ◀── sender task ◀── segment files
-         ──▶ 204: the cursor moves on; a segment wholly acknowledged is deleted
+    auth ◀── POST /v1/events, up to 500 events / 512 KiB ◀── sender task ◀── what was just
+         ──▶ 204: the cursor moves on; a segment wholly        (paced)      fsynced, from
+             acknowledged is deleted                                        memory; else the
+                                                                            segment files
 
 Only what is fsynced is sent, so an event auth acknowledged is one the spool could not
 have lost; between `put` and the next fsync (one group commit, usually well under a
 millisecond of disk time) a `kill -9` can still lose events, as the session recorder can
-(recording/rawlog.py). After a restart the sender starts again from the cursor, so
-whatever auth had not acknowledged is sent. Each line carries an id made when it was
-put; auth derives the stored uid from it and the sender's name, and stores an id once,
-so a batch resent after a lost answer (or a lost cursor) is never stored twice.
+(recording/rawlog.py). What the writer just fsynced also goes to the sender from memory
+(each record as it was encoded), so the usual path never reads back its own writes. The
+files stay the record: what the memory copy does not cover (an earlier run's events, a
+backlog beyond `FRESH_EVENTS` while auth was away) is read from them, and after a failed
+call the sender goes back to them. After a restart the sender starts again from the
+cursor, so whatever auth had not acknowledged is sent (the cursor is saved at most every
+`CURSOR_SECONDS`: up to that much is sent again). Each line carries an id made when it
+was put; auth derives the stored uid from it and the sender's name, and stores an id
+once, so a batch resent after a lost answer (or a lost cursor) is never stored twice.
+
+With `min_interval` (nodes and kube services: `DELIVERY_INTERVAL` in srv/host.py) the
+sender starts a call at most that often: while a service is busy, one call carries
+everything put since the previous one, not a call per event, and an event reaches auth
+up to that much later. The first event after a quiet spell goes at once; sessions never
+wait for any of it.
 
 One batch is in flight at a time, in file order: events reach auth in the order they
 were put. While auth is away the sender retries with exponential backoff and jitter; the
@@ -23,8 +36,9 @@ in `refused.jsonl` with the reason, so one bad event never blocks the others.
 Files in the spool directory:
 
     000000000001.jsonl …  segments, oldest first; a line: {"id", "event", "time", "fields"}
-    cursor                "<segment> <offset>": acknowledged up to there (written without
-                          fsync: after a crash a little is resent, and auth keeps it once)
+    cursor                "<segment> <offset>": acknowledged up to there (written at most
+                          every CURSOR_SECONDS and without fsync: after a crash a little is
+                          resent, and auth keeps it once)
     refused.jsonl         events auth refused one by one, each with its reason
 """
 
@@ -39,6 +53,7 @@ import os
 import random
 import re
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,11 +75,26 @@ SEND_TIMEOUT = 15.0
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 10.0
 CLOSE_TIMEOUT = 10.0
+# How often the acknowledged position is saved: a crash resends at most this much.
+CURSOR_SECONDS = 1.0
+# Written records the sender may take from memory; beyond that (auth away) it reads the
+# files, so a backlog grows on disk, not in memory.
+FRESH_EVENTS = 2 * BATCH_EVENTS
 
 _SEGMENT = re.compile(r"(\d{12})\.jsonl")
 # Answers that will not change on a retry: auth refused the call, or it could not even
 # be encoded (a NaN in a field).
 _REFUSED = (BadParameter, AccessDenied, ValueError, TypeError)
+
+
+@dataclass
+class _Fresh:
+    """A record the writer just made durable, as it was encoded, and where its line is."""
+
+    seq: int  # its segment
+    start: int  # its line's offset in the segment
+    end: int  # just past its line
+    record: dict[str, Any]
 
 
 @dataclass
@@ -91,7 +121,9 @@ class AuditSpool:
         clock: Clock | None = None,
         *,
         segment_bytes: int = SEGMENT_BYTES,
+        min_interval: float = 0.0,
     ) -> None:
+        """`min_interval`: the least time between the starts of two calls to auth."""
         self._dir = directory
         self._send = send
         self._name = name
@@ -100,6 +132,11 @@ class AuditSpool:
         self._buffer: list[dict[str, Any]] = []  # records put, not yet on disk
         self._segments: list[_Segment] = []
         self._offset = 0  # acknowledged bytes of self._segments[0]
+        self._fresh: deque[_Fresh] = deque()  # written, in file order, maybe not yet sent
+        self._min_interval = min_interval
+        self._last_call = -min_interval  # loop time the last call to auth started
+        self._cursor_saved = (0, 0)  # what the cursor file says
+        self._cursor_time = -CURSOR_SECONDS  # loop time it was last written
         self._writing = False
         self._in_write = 0  # records the writer took from the buffer, not yet on disk
         self._failing = False
@@ -170,6 +207,8 @@ class AuditSpool:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._tasks:
+                await self._save_cursor(force=True)
             if self._buffer:
                 records, self._buffer = self._buffer, []
                 self._write_now(records)
@@ -187,7 +226,7 @@ class AuditSpool:
                 try:
                     segment = await self._active_segment()
                     assert segment.fd is not None
-                    written = await asyncio.to_thread(_write, segment.fd, records)
+                    lines = await asyncio.to_thread(_write, segment.fd, records)
                 except OSError as exc:
                     # A partly written batch is written again whole: auth keeps each id once.
                     log.error("%s: cannot write audit events (retrying): %s", self._name, exc)
@@ -197,9 +236,18 @@ class AuditSpool:
                 finally:
                     self._writing = False
                     self._in_write = 0
-                segment.end += written
+                self._remember(segment, lines)
                 self._wake_sender.set()
                 self._changed.set()
+
+    def _remember(self, segment: _Segment, lines: list[tuple[int, dict[str, Any]]]) -> None:
+        """Move `segment`'s end past `lines` (just written), keeping them for the sender."""
+        position = segment.end
+        for length, record in lines:
+            if len(self._fresh) < FRESH_EVENTS:
+                self._fresh.append(_Fresh(segment.seq, position, position + length, record))
+            position += length
+        segment.end = position
 
     async def _active_segment(self) -> _Segment:
         active = self._segments[-1]
@@ -217,7 +265,7 @@ class AuditSpool:
         try:
             if fd is None:
                 raise OSError("the spool was never started")
-            written = _write(fd, records)
+            lines = _write(fd, records)
         except OSError as exc:
             kinds = ", ".join(sorted({str(r["event"]) for r in records}))
             count = len(records)
@@ -225,7 +273,7 @@ class AuditSpool:
                 "%s: %d audit events lost at shutdown (%s): %s", self._name, count, kinds, exc
             )
             return
-        self._segments[-1].end += written
+        self._segments[-1].end += sum(length for length, _ in lines)
 
     # ------------------------------------------------------------------ the sender side
 
@@ -236,16 +284,30 @@ class AuditSpool:
 
     async def _sender(self) -> None:
         delay = BACKOFF_FIRST
+        loop = asyncio.get_running_loop()
         while True:
+            wait = self._last_call + self._min_interval - loop.time()
+            if wait > 0:
+                # Busy: what is put meanwhile goes in the same call.
+                await asyncio.sleep(wait)
             batch = await self._next_batch()
             if not batch:
+                await self._save_cursor()
                 self._changed.set()
-                await self._wake_sender.wait()
+                if self._cursor_saved != self._cursor():
+                    # Saved within CURSOR_SECONDS, or with the next call.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake_sender.wait(), CURSOR_SECONDS)
+                else:
+                    await self._wake_sender.wait()
                 self._wake_sender.clear()
                 continue
+            self._last_call = loop.time()
             try:
                 await self._deliver(batch)
             except Exception as exc:
+                # The files are the record: what is sent next is read from them.
+                self._fresh.clear()
                 if not self._failing:
                     log.warning(
                         "%s: auth did not take %d audit events (kept on disk, retrying): %s",
@@ -283,11 +345,25 @@ class AuditSpool:
     async def _acknowledge(self, offset: int) -> None:
         self._offset = offset
         self._changed.set()
-        segment = self._segments[0]
+        await self._save_cursor()
+
+    def _cursor(self) -> tuple[int, int]:
+        return (self._segments[0].seq if self._segments else 0, self._offset)
+
+    async def _save_cursor(self, force: bool = False) -> None:
+        """Write the cursor if it moved, at most every CURSOR_SECONDS unless `force`: a
+        crash in between only resends what auth already keeps once."""
+        cursor = self._cursor()
+        now = asyncio.get_running_loop().time()
+        if cursor == self._cursor_saved or (not force and now - self._cursor_time < CURSOR_SECONDS):
+            return
+        self._cursor_time = now
         try:
-            await asyncio.to_thread(_write_cursor, self._dir, segment.seq, offset)
+            await asyncio.to_thread(_write_cursor, self._dir, *cursor)
         except OSError as exc:  # only costs a resend after a restart
             log.warning("%s: cannot save the audit cursor: %s", self._name, exc)
+        else:
+            self._cursor_saved = cursor
 
     async def _next_batch(self) -> list[tuple[int, dict[str, Any]]]:
         """The next events to send, each with the offset just past it; [] when none."""
@@ -304,9 +380,32 @@ class AuditSpool:
                 self._segments.pop(0)
                 self._offset = 0
                 continue
+            batch = self._fresh_batch(segment)
+            if batch:
+                return batch
             batch = await self._read_batch(segment)
             if batch:
                 return batch
+
+    def _fresh_batch(self, segment: _Segment) -> list[tuple[int, dict[str, Any]]]:
+        """The next batch from what the writer just wrote, if that is where the cursor is."""
+        fresh = self._fresh
+        # Left behind: sent from the files (or skipped) already.
+        while fresh and (
+            fresh[0].seq < segment.seq
+            or (fresh[0].seq == segment.seq and fresh[0].end <= self._offset)
+        ):
+            fresh.popleft()
+        if not fresh or fresh[0].seq != segment.seq or fresh[0].start != self._offset:
+            return []
+        batch: list[tuple[int, dict[str, Any]]] = []
+        size = 0
+        for item in fresh:
+            size += item.end - item.start
+            if item.seq != segment.seq or len(batch) >= BATCH_EVENTS or size > BATCH_BYTES:
+                break
+            batch.append((item.end, item.record))
+        return batch
 
     async def _read_batch(self, segment: _Segment) -> list[tuple[int, dict[str, Any]]]:
         start = self._offset
@@ -350,6 +449,7 @@ class AuditSpool:
             if (m := _SEGMENT.fullmatch(name))
         )
         cursor_seq, cursor_offset = _read_cursor(self._dir)
+        self._cursor_saved = (cursor_seq, cursor_offset)
         for seq, path in found:
             end = _whole_lines(path)
             if seq < cursor_seq or end == 0:
@@ -391,20 +491,36 @@ def _line(record: dict[str, Any]) -> bytes:
     return _ENCODER.encode(record).encode() + b"\n"
 
 
-def _write(fd: int, records: list[dict[str, Any]]) -> int:
-    """Append `records` as lines and fsync; the bytes written. Runs in a thread."""
+def _write(fd: int, records: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """Append `records` as lines and fsync. Runs in a thread. Each line's length and the
+    record as it was written (what reading the line back gives, once sent as JSON)."""
     lines = []
+    written = []
     for record in records:
-        line = _line(record)
+        line, record = _encoded(record)
         if len(line) > MAX_EVENT_BYTES:
             # Keep batches within what auth takes; auth cuts to the same caps anyway.
-            line = _line({**record, "fields": capped(record["fields"])})
+            line, record = _encoded({**record, "fields": capped(record["fields"])})
         lines.append(line)
+        written.append((len(line), record))
     view = memoryview(b"".join(lines))
     while view:
         view = view[os.write(fd, view) :]
     os.fsync(fd)
-    return sum(len(line) for line in lines)
+    return written
+
+
+_STRICT = json.JSONEncoder(separators=(",", ":"))
+
+
+def _encoded(record: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """`record`'s line, and the record to send for it: itself when it is plain JSON, else
+    (a value JSON has no type for, written as its str) the line read back."""
+    try:
+        return _STRICT.encode(record).encode() + b"\n", record
+    except TypeError:
+        line = _line(record)
+        return line, json.loads(line)
 
 
 def _read(path: Path, offset: int, size: int) -> bytes:

@@ -7,8 +7,10 @@
              (which expires after `ttl`) outlives the session only if this service dies
 
 Changes are coalesced: a session that starts and ends while the worker is busy costs
-nothing, and a burst of sessions is a few calls, not two per session. An id is deleted
-only if it was registered. A failed call is logged and left to the next refresh:
+nothing, and a burst of sessions is a few calls, not two per session. With
+`min_interval` a call starts at most that often (the first change after a quiet spell
+goes at once): a busy service sends one call per interval, a tracker up to that late.
+An id is deleted only if it was registered. A failed call is logged and left to the next refresh:
 trackers are a view for people, and a slow or absent auth server must never hold a
 session up.
 """
@@ -39,8 +41,10 @@ class SessionTrackerPublisher:
         auth: AsyncAuthClient,
         ttl: float = TRACKER_TTL_SECONDS,
         refresh: float = REFRESH_SECONDS,
+        min_interval: float = 0.0,
     ) -> None:
         self._auth = auth
+        self._min_interval = min_interval
         self._ttl = ttl
         self._refresh = refresh
         self._live: dict[str, SessionTracker] = {}
@@ -110,12 +114,18 @@ class SessionTrackerPublisher:
             self._registered.difference_update(deletes)
 
     async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_call = -self._min_interval
         while True:
             if not self._pending:
                 self._idle.set()
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            wait = last_call + self._min_interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # busy: what changes meanwhile goes along
+            last_call = loop.time()
             ids = list(self._pending)[:BATCH]
             for session_id in ids:
                 del self._pending[session_id]

@@ -47,6 +47,11 @@ WATCHED_KINDS = ["role", "lock", "cert_authority"]
 
 log = logging.getLogger("certgate")
 
+# While busy, audit events and session trackers go to auth in one call per this many
+# seconds, not one per event (docs/audit.md): they reach auth up to that much later.
+# Locks and the cuts they cause come through the watch and never wait for it.
+DELIVERY_INTERVAL = 0.5
+
 # (session id, message, reason) -> whether a live session of that id was ended
 EndSession = Callable[[str, str, str], bool]
 
@@ -75,14 +80,21 @@ class SessionHost:
         self.registry = SessionRegistry()
         self.monitor = SessionMonitor(self.registry, self.access, server=what)
         # Audit events wait on disk until auth stored them (auth stamps the service's name).
-        self.audit = AuditSpool(data_dir / "audit", post_events(auth), f"{what} audit")
+        self.audit = AuditSpool(
+            data_dir / "audit",
+            post_events(auth),
+            f"{what} audit",
+            min_interval=DELIVERY_INTERVAL,
+        )
         # Session recordings: written under data_dir, uploaded to auth (recording_hook.py).
         self.recordings = NodeRecordings(data_dir / "recordings", auth_sender(auth))
         self.record = RecordingHook(self.recordings, name, self.recording_mode, end_session)
         # Live sessions are refreshed with the heartbeat and outlive a dead service by at
         # most three intervals, as its place in the inventory does by two.
         seconds = heartbeat_interval.total_seconds()
-        self.trackers = SessionTrackerPublisher(auth, ttl=3 * seconds, refresh=seconds)
+        self.trackers = SessionTrackerPublisher(
+            auth, ttl=3 * seconds, refresh=seconds, min_interval=DELIVERY_INTERVAL
+        )
         self._heartbeats: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
