@@ -6,7 +6,7 @@
                                           [--profile DIR] [--split both|pinned|unpinned]
                                           [--event-loop uvloop|asyncio] [--compare-loop]
                                           [--baseline-src DIR] [--lock-split pinned|unpinned]
-                                          [--busy-forks]
+                                          [--busy-forks] [--lock-only]
 
 Two paths, set up in the same run on this machine, driven by the same client (asyncssh,
 in this script: 1,000 `ssh -J` processes, each with its own jump `ssh`, would weigh more
@@ -79,6 +79,10 @@ Figures (printed next to their targets, nothing asserted):
   Then each stage, from the servers' logs (lock_stages.py): auth's answer, the proxy's
   lock event, its cut of the jump connections and their last close, each node's event,
   cut and hang-up. `--rounds 0` skips the starts/s windows.
+  `--lock-only` runs the lock rounds and nothing else (no OpenSSH, no memory, no starts
+  windows), `--lock-rounds` of them on every certgate path (with `--baseline-src`, the
+  baseline too), the paths taking turns round by round and the first path changing from
+  round to round, so both meet the same moments of a shared machine; figures per path.
 
 `--profile DIR` samples the auth+proxy process (its auth workers included) and one node with
 py-spy (`pip install py-spy` into .venv) during the first certgate window of the last split,
@@ -599,6 +603,11 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--starts-only", action="store_true", help="skip memory and lock")
     parser.add_argument(
+        "--lock-only",
+        action="store_true",
+        help="only the lock rounds, on every certgate path (the baseline's too)",
+    )
+    parser.add_argument(
         "--split",
         choices=["both", UNPINNED, PINNED],
         default="both",
@@ -634,6 +643,7 @@ def main() -> int:
         stack.callback(cluster.stop)
         paths = [certgate]
         keys_for = {certgate.label: keys}
+        others: dict[str, Cluster] = {}  # the other certgate paths' clusters, by label
         if args.baseline_src is not None:
             base_cluster, base_route, base_keys = start_certgate(
                 workdir / "cluster-baseline", args, args.event_loop, label="certgate@baseline",
@@ -641,6 +651,7 @@ def main() -> int:
             )  # fmt: skip
             stack.callback(base_cluster.stop)
             paths.append(base_route)
+            others[base_route.label] = base_cluster
             keys_for[base_route.label] = base_keys
         if args.compare_loop:
             other = ASYNCIO if args.event_loop == UVLOOP else UVLOOP
@@ -649,7 +660,10 @@ def main() -> int:
             )
             stack.callback(other_cluster.stop)
             paths.append(other_route)
+            others[other_route.label] = other_cluster
             keys_for[other_route.label] = other_keys
+        if args.lock_only:
+            return lock_only(args, paths, keys_for, {certgate.label: cluster, **others}, workdir)
         user_ca = cluster.cgctl("auth", "export", "--type=user").stdout
         sshd_config = f"LogLevel ERROR\nMaxStartups {max(100, args.clients * 2)}\n"
         sshds = []
@@ -816,20 +830,7 @@ def sessions_phase(
             if number == 0:
                 loaded_certgate = settle_memory(certgate.roots)
             print(f"lock round {number + 1}: {args.sessions} certgate sessions", flush=True)
-            if args.lock_split == PINNED:
-                # As a user's ssh runs on the user's machine: the sessions' clients (and
-                # the observer) on the client cores, certgate's processes (the shells
-                # included) on the server core, so the clients' teardown of 1,000
-                # sessions cannot take the servers' CPU.
-                server_cpus, client_cpus = core_split()
-                pin(certgate.roots, server_cpus)
-                clients = [observer.process.pid, *(child.pid for _, child in workers)]
-                pin([pid for pid in clients if pid is not None], client_cpus)
-            lock = asyncio.run(lock_round(cluster, workers, observer, args.sessions))
-            pin(certgate.roots, ALL)
-            time.sleep(3)  # every node sees the lock go, and logs its last hang-up
-            lock.read_stages(cluster, args.nodes)
-            lock_rounds.append(lock)
+            lock_rounds.append(run_lock(args, cluster, certgate, workers, observer))
     finally:
         observer.stop()
     assert loaded_certgate is not None
@@ -839,6 +840,65 @@ def sessions_phase(
         openssh.label: (base_openssh, loaded_openssh),
     }
     return memories, lock_rounds
+
+
+def run_lock(
+    args: argparse.Namespace,
+    cluster: Cluster,
+    route: Route,
+    workers: list[tuple[Any, Any]],
+    observer: CloseObserver,
+) -> LockRound:
+    """One lock on the sessions `workers` hold open through `route`, and its stages."""
+    if args.lock_split == PINNED:
+        # As a user's ssh runs on the user's machine: the sessions' clients (and the
+        # observer) on the client cores, certgate's processes (the shells included) on
+        # the server core, so the clients' teardown of 1,000 sessions cannot take the
+        # servers' CPU.
+        server_cpus, client_cpus = core_split()
+        pin(route.roots, server_cpus)
+        clients = [observer.process.pid, *(child.pid for _, child in workers)]
+        pin([pid for pid in clients if pid is not None], client_cpus)
+    lock = asyncio.run(lock_round(cluster, workers, observer, args.sessions))
+    pin(route.roots, ALL)
+    time.sleep(3)  # every node sees the lock go, and logs its last hang-up
+    lock.read_stages(cluster, args.nodes)
+    return lock
+
+
+def lock_only(
+    args: argparse.Namespace,
+    paths: list[Route],
+    keys_for: dict[str, ClientKeys],
+    clusters: dict[str, Cluster],
+    workdir: Path,
+) -> int:
+    """`--lock-only`: `--lock-rounds` locks on every certgate path, the paths taking turns
+    (the first one changing from round to round), and each path's figures."""
+    rounds: dict[str, list[LockRound]] = {route.label: [] for route in paths}
+    observer = CloseObserver.start(workdir)
+    try:
+        for number in range(max(1, args.lock_rounds)):
+            shift = number % len(paths)
+            for route in paths[shift:] + paths[:shift]:
+                workers = open_for_lock(
+                    route, keys_for[route.label], args.sessions, args.busy, args.lock_procs,
+                    observer.path,
+                )  # fmt: skip
+                print(
+                    f"lock round {number + 1}: {args.sessions} sessions through {route.label}"
+                    f" (load average {Path('/proc/loadavg').read_text().split()[0]})",
+                    flush=True,
+                )
+                lock = run_lock(args, clusters[route.label], route, workers, observer)
+                rounds[route.label].append(lock)
+    finally:
+        observer.stop()
+    for label, locks in rounds.items():
+        print(f"\n==== {label}")
+        report_lock(args, locks)
+    print(f"\nload average at the end: {Path('/proc/loadavg').read_text().strip()}")
+    return 0
 
 
 PROFILE_RATE = 250  # samples per second
