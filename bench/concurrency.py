@@ -87,7 +87,9 @@ Figures (printed next to their targets, nothing asserted):
 `--profile DIR` samples the auth+proxy process (its auth workers included) and one node with
 py-spy (`pip install py-spy` into .venv) during the first certgate window of the last split,
 writes the raw stacks to DIR/{proxy,node}.txt and, in ms per start, the top functions
-(inclusive and self) to DIR/{proxy,node}-top.txt.
+(inclusive and self) to DIR/{proxy,node}-top.txt. With `--lock-only` it samples each lock
+round instead (3 s from just before the request, 1,000 samples/s) and appends the top
+functions in ms of CPU to DIR/{proxy,node}-lock-top.txt.
 """
 
 from __future__ import annotations
@@ -859,7 +861,15 @@ def run_lock(
         pin(route.roots, server_cpus)
         clients = [observer.process.pid, *(child.pid for _, child in workers)]
         pin([pid for pid in clients if pid is not None], client_cpus)
+    spy: list[subprocess.Popen[bytes]] = []
+    if args.profile is not None and args.lock_only:
+        spy = start_profile(args.profile, cluster, LOCK_PROFILE_SECONDS, LOCK_PROFILE_RATE)
+        time.sleep(0.5)  # py-spy attached
     lock = asyncio.run(lock_round(cluster, workers, observer, args.sessions))
+    for process in spy:
+        process.wait()
+    if spy and args.profile is not None:
+        summarize_lock_profile(args.profile, route.label)
     pin(route.roots, ALL)
     time.sleep(3)  # every node sees the lock go, and logs its last hang-up
     lock.read_stages(cluster, args.nodes)
@@ -902,10 +912,13 @@ def lock_only(
 
 
 PROFILE_RATE = 250  # samples per second
+# `--lock-only --profile DIR`: the lock round sampled this long, this often (it is short).
+LOCK_PROFILE_SECONDS = 3
+LOCK_PROFILE_RATE = 1000
 
 
 def start_profile(
-    directory: Path, cluster: Cluster, seconds: float
+    directory: Path, cluster: Cluster, seconds: float, rate: int = PROFILE_RATE
 ) -> list[subprocess.Popen[bytes]]:
     """py-spy on the auth+proxy process (its auth workers included) and on one node.
 
@@ -927,7 +940,7 @@ def start_profile(
                 "--duration",
                 str(int(seconds)),
                 "--rate",
-                str(PROFILE_RATE),
+                str(rate),
                 "--format",
                 "raw",
                 "--nonblocking",
@@ -940,6 +953,41 @@ def start_profile(
         )
         for name, pid in targets.items()
     ]
+
+
+def summarize_lock_profile(directory: Path, label: str, top: int = 30) -> None:
+    """DIR/{proxy,node}-lock-top.txt: during a lock round (`--lock-only --profile`), the
+    functions that took the most samples, in ms of CPU (inclusive and self); the raw
+    stacks are kept per path and round."""
+    for name in ("proxy", "node"):
+        raw = directory / f"{name}.txt"
+        if not raw.exists():
+            continue
+        kept = directory / f"{name}-lock-{label.replace('@', '-')}-{int(time.time())}.txt"
+        raw.rename(kept)
+        inclusive: dict[str, int] = {}
+        own: dict[str, int] = {}
+        total = 0
+        for line in kept.read_text().splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not count_text.isdigit():
+                continue
+            count = int(count_text)
+            total += count
+            frames = [f.rsplit(":", 1)[0] for f in stack.split(";")]
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + count
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+        per = 1000 / LOCK_PROFILE_RATE
+        lines = [f"{label} {name}: {total} samples, {total * per:.0f} ms ({kept.name})"]
+        lines.append(f"{'incl ms':>8} {'self ms':>8}  function")
+        for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:top]:
+            lines.append(f"{count * per:8.1f} {own.get(frame, 0) * per:8.1f}  {frame}")
+        lines.append("top self:")
+        for frame, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
+            lines.append(f"{count * per:8.1f}  {frame}")
+        with (directory / f"{name}-lock-top.txt").open("a") as out:
+            out.write("\n".join(lines) + "\n\n")
 
 
 def summarize_profile(directory: Path, starts: int, nodes: int, top: int = 25) -> None:
