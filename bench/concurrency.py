@@ -6,7 +6,7 @@
                                           [--profile DIR] [--split both|pinned|unpinned]
                                           [--event-loop uvloop|asyncio] [--compare-loop]
                                           [--baseline-src DIR] [--lock-split pinned|unpinned]
-                                          [--busy-forks]
+                                          [--busy-forks] [--lock-only]
 
 Two paths, set up in the same run on this machine, driven by the same client (asyncssh,
 in this script: 1,000 `ssh -J` processes, each with its own jump `ssh`, would weigh more
@@ -79,11 +79,17 @@ Figures (printed next to their targets, nothing asserted):
   Then each stage, from the servers' logs (lock_stages.py): auth's answer, the proxy's
   lock event, its cut of the jump connections and their last close, each node's event,
   cut and hang-up. `--rounds 0` skips the starts/s windows.
+  `--lock-only` runs the lock rounds and nothing else (no OpenSSH, no memory, no starts
+  windows), `--lock-rounds` of them on every certgate path (with `--baseline-src`, the
+  baseline too), the paths taking turns round by round and the first path changing from
+  round to round, so both meet the same moments of a shared machine; figures per path.
 
 `--profile DIR` samples the auth+proxy process (its auth workers included) and one node with
 py-spy (`pip install py-spy` into .venv) during the first certgate window of the last split,
 writes the raw stacks to DIR/{proxy,node}.txt and, in ms per start, the top functions
-(inclusive and self) to DIR/{proxy,node}-top.txt.
+(inclusive and self) to DIR/{proxy,node}-top.txt. With `--lock-only` it samples each lock
+round instead (3 s from just before the request, 1,000 samples/s) and appends the top
+functions in ms of CPU to DIR/{proxy,node}-lock-top.txt.
 """
 
 from __future__ import annotations
@@ -599,6 +605,11 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--starts-only", action="store_true", help="skip memory and lock")
     parser.add_argument(
+        "--lock-only",
+        action="store_true",
+        help="only the lock rounds, on every certgate path (the baseline's too)",
+    )
+    parser.add_argument(
         "--split",
         choices=["both", UNPINNED, PINNED],
         default="both",
@@ -634,6 +645,7 @@ def main() -> int:
         stack.callback(cluster.stop)
         paths = [certgate]
         keys_for = {certgate.label: keys}
+        others: dict[str, Cluster] = {}  # the other certgate paths' clusters, by label
         if args.baseline_src is not None:
             base_cluster, base_route, base_keys = start_certgate(
                 workdir / "cluster-baseline", args, args.event_loop, label="certgate@baseline",
@@ -641,6 +653,7 @@ def main() -> int:
             )  # fmt: skip
             stack.callback(base_cluster.stop)
             paths.append(base_route)
+            others[base_route.label] = base_cluster
             keys_for[base_route.label] = base_keys
         if args.compare_loop:
             other = ASYNCIO if args.event_loop == UVLOOP else UVLOOP
@@ -649,7 +662,10 @@ def main() -> int:
             )
             stack.callback(other_cluster.stop)
             paths.append(other_route)
+            others[other_route.label] = other_cluster
             keys_for[other_route.label] = other_keys
+        if args.lock_only:
+            return lock_only(args, paths, keys_for, {certgate.label: cluster, **others}, workdir)
         user_ca = cluster.cgctl("auth", "export", "--type=user").stdout
         sshd_config = f"LogLevel ERROR\nMaxStartups {max(100, args.clients * 2)}\n"
         sshds = []
@@ -816,20 +832,7 @@ def sessions_phase(
             if number == 0:
                 loaded_certgate = settle_memory(certgate.roots)
             print(f"lock round {number + 1}: {args.sessions} certgate sessions", flush=True)
-            if args.lock_split == PINNED:
-                # As a user's ssh runs on the user's machine: the sessions' clients (and
-                # the observer) on the client cores, certgate's processes (the shells
-                # included) on the server core, so the clients' teardown of 1,000
-                # sessions cannot take the servers' CPU.
-                server_cpus, client_cpus = core_split()
-                pin(certgate.roots, server_cpus)
-                clients = [observer.process.pid, *(child.pid for _, child in workers)]
-                pin([pid for pid in clients if pid is not None], client_cpus)
-            lock = asyncio.run(lock_round(cluster, workers, observer, args.sessions))
-            pin(certgate.roots, ALL)
-            time.sleep(3)  # every node sees the lock go, and logs its last hang-up
-            lock.read_stages(cluster, args.nodes)
-            lock_rounds.append(lock)
+            lock_rounds.append(run_lock(args, cluster, certgate, workers, observer))
     finally:
         observer.stop()
     assert loaded_certgate is not None
@@ -841,11 +844,81 @@ def sessions_phase(
     return memories, lock_rounds
 
 
+def run_lock(
+    args: argparse.Namespace,
+    cluster: Cluster,
+    route: Route,
+    workers: list[tuple[Any, Any]],
+    observer: CloseObserver,
+) -> LockRound:
+    """One lock on the sessions `workers` hold open through `route`, and its stages."""
+    if args.lock_split == PINNED:
+        # As a user's ssh runs on the user's machine: the sessions' clients (and the
+        # observer) on the client cores, certgate's processes (the shells included) on
+        # the server core, so the clients' teardown of 1,000 sessions cannot take the
+        # servers' CPU.
+        server_cpus, client_cpus = core_split()
+        pin(route.roots, server_cpus)
+        clients = [observer.process.pid, *(child.pid for _, child in workers)]
+        pin([pid for pid in clients if pid is not None], client_cpus)
+    spy: list[subprocess.Popen[bytes]] = []
+    if args.profile is not None and args.lock_only:
+        spy = start_profile(args.profile, cluster, LOCK_PROFILE_SECONDS, LOCK_PROFILE_RATE)
+        time.sleep(0.5)  # py-spy attached
+    lock = asyncio.run(lock_round(cluster, workers, observer, args.sessions))
+    for process in spy:
+        process.wait()
+    if spy and args.profile is not None:
+        summarize_lock_profile(args.profile, route.label)
+    pin(route.roots, ALL)
+    time.sleep(3)  # every node sees the lock go, and logs its last hang-up
+    lock.read_stages(cluster, args.nodes)
+    return lock
+
+
+def lock_only(
+    args: argparse.Namespace,
+    paths: list[Route],
+    keys_for: dict[str, ClientKeys],
+    clusters: dict[str, Cluster],
+    workdir: Path,
+) -> int:
+    """`--lock-only`: `--lock-rounds` locks on every certgate path, the paths taking turns
+    (the first one changing from round to round), and each path's figures."""
+    rounds: dict[str, list[LockRound]] = {route.label: [] for route in paths}
+    observer = CloseObserver.start(workdir)
+    try:
+        for number in range(max(1, args.lock_rounds)):
+            shift = number % len(paths)
+            for route in paths[shift:] + paths[:shift]:
+                workers = open_for_lock(
+                    route, keys_for[route.label], args.sessions, args.busy, args.lock_procs,
+                    observer.path,
+                )  # fmt: skip
+                print(
+                    f"lock round {number + 1}: {args.sessions} sessions through {route.label}"
+                    f" (load average {Path('/proc/loadavg').read_text().split()[0]})",
+                    flush=True,
+                )
+                lock = run_lock(args, clusters[route.label], route, workers, observer)
+                rounds[route.label].append(lock)
+    finally:
+        observer.stop()
+    for label, locks in rounds.items():
+        print(f"\n==== {label}")
+        report_lock(args, locks)
+    print(f"\nload average at the end: {Path('/proc/loadavg').read_text().strip()}")
+    return 0
+
+
 PROFILE_RATE = 250  # samples per second
+# `--lock-only --profile DIR`: the lock round sampled this long, this often (it is short).
+LOCK_PROFILE_SECONDS = 3
+LOCK_PROFILE_RATE = 1000
 
 
 def start_profile(
-    directory: Path, cluster: Cluster, seconds: float
+    directory: Path, cluster: Cluster, seconds: float, rate: int = PROFILE_RATE
 ) -> list[subprocess.Popen[bytes]]:
     """py-spy on the auth+proxy process (its auth workers included) and on one node.
 
@@ -867,7 +940,7 @@ def start_profile(
                 "--duration",
                 str(int(seconds)),
                 "--rate",
-                str(PROFILE_RATE),
+                str(rate),
                 "--format",
                 "raw",
                 "--nonblocking",
@@ -880,6 +953,41 @@ def start_profile(
         )
         for name, pid in targets.items()
     ]
+
+
+def summarize_lock_profile(directory: Path, label: str, top: int = 30) -> None:
+    """DIR/{proxy,node}-lock-top.txt: during a lock round (`--lock-only --profile`), the
+    functions that took the most samples, in ms of CPU (inclusive and self); the raw
+    stacks are kept per path and round."""
+    for name in ("proxy", "node"):
+        raw = directory / f"{name}.txt"
+        if not raw.exists():
+            continue
+        kept = directory / f"{name}-lock-{label.replace('@', '-')}-{int(time.time())}.txt"
+        raw.rename(kept)
+        inclusive: dict[str, int] = {}
+        own: dict[str, int] = {}
+        total = 0
+        for line in kept.read_text().splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not count_text.isdigit():
+                continue
+            count = int(count_text)
+            total += count
+            frames = [f.rsplit(":", 1)[0] for f in stack.split(";")]
+            for frame in set(frames):
+                inclusive[frame] = inclusive.get(frame, 0) + count
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+        per = 1000 / LOCK_PROFILE_RATE
+        lines = [f"{label} {name}: {total} samples, {total * per:.0f} ms ({kept.name})"]
+        lines.append(f"{'incl ms':>8} {'self ms':>8}  function")
+        for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:top]:
+            lines.append(f"{count * per:8.1f} {own.get(frame, 0) * per:8.1f}  {frame}")
+        lines.append("top self:")
+        for frame, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
+            lines.append(f"{count * per:8.1f}  {frame}")
+        with (directory / f"{name}-lock-top.txt").open("a") as out:
+            out.write("\n".join(lines) + "\n\n")
 
 
 def summarize_profile(directory: Path, starts: int, nodes: int, top: int = 25) -> None:

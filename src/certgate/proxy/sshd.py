@@ -47,7 +47,7 @@ from certgate.srv.certcapture import (
     skip_config_reload,
     skip_ignore_packets,
 )
-from certgate.srv.corked import CORKED, CorkedListener
+from certgate.srv.corked import CorkedListener, cut_connection
 from certgate.srv.hangup import TERMINATE_FLUSH_SECONDS, connection_closed
 from certgate.srv.live import LiveClient
 from certgate.srv.registry import SessionRegistry
@@ -140,14 +140,11 @@ class _Connection(asyncssh.SSHServer):
 
     def _disconnect(self, message: str) -> None:
         """Cut by the monitor: the client is disconnected with the message, in the cut's
-        own pass (the socket too: corked.py `cut`); the nodes behind get a moment to end
+        own pass (the socket too: corked.py `cut_connection`); the nodes behind get a moment to end
         their sessions with the same lock."""
         for tunnel in list(self._tunnels):
             tunnel.linger(TERMINATE_FLUSH_SECONDS)
-        transport = self._conn.get_extra_info(CORKED)  # before: disconnect lets go of it
-        self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, message)
-        if transport is not None:
-            transport.cut()
+        cut_connection(self._conn, message)
 
     async def _closed(self) -> None:
         """A cut jump connection's hang-up: its cut already disconnected it; this waits

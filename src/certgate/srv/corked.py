@@ -16,6 +16,7 @@ nothing waits longer than the current pass; flow control passes straight through
     CorkedListener()         asyncssh.listen(tunnel=...) on host:port (node and proxy)
     ChannelTransport(conn)   an asyncssh connection served on an SSH channel (the
                              session of a direct-tcpip channel)
+    cut_connection(conn, m)  end a connection at once with message m (a lock's cut)
 
 All three use asyncssh's documented `tunnel` argument: an object whose
 create_connection/create_server asyncssh calls with its connection factory.
@@ -31,6 +32,8 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncssh
+from asyncssh.constants import DEFAULT_LANG, MSG_DISCONNECT
+from asyncssh.packet import String, UInt32
 
 # `conn.get_extra_info(CORKED)`: the CorkedTransport under an asyncssh connection.
 CORKED = "certgate_corked_transport"
@@ -117,6 +120,11 @@ class CorkedTransport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return self._closing
+
+    @property
+    def on_socket(self) -> bool:
+        """Whether the sink is a socket's transport (else an SSH channel)."""
+        return self._on_socket
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == CORKED:
@@ -238,3 +246,26 @@ class ChannelTransport(asyncssh.SSHTCPSession[bytes]):
 
     def resume_writing(self) -> None:
         self.conn.resume_writing()
+
+
+def cut_connection(conn: Any, message: str, code: int = asyncssh.DISC_BY_APPLICATION) -> None:
+    """End asyncssh connection `conn` now with `message` (a lock's cut): the disconnect
+    packet is written and, on a corked socket, leaves at once with the FIN right behind
+    it (CorkedTransport.cut); then the connection is aborted.
+
+    asyncssh's `disconnect()` first closes every channel one by one, a close packet
+    each, built and encrypted, that a peer told to disconnect has no use for; then it
+    sends the disconnect and aborts. Here only the disconnect is sent. Everything else
+    happens as with `disconnect()`: every channel's session and the connection's owner
+    get connection_lost in the next pass (asyncssh's `abort`), so what a session does
+    when it ends (its audit, its recording, a tunnel's linger) still runs. A connection
+    on no corked socket (inside an SSH channel) is disconnected asyncssh's way."""
+    transport = conn.get_extra_info(CORKED)
+    if transport is None or not transport.on_socket:
+        conn.disconnect(code, message)
+        return
+    if transport.is_closing():
+        return
+    conn.send_packet(MSG_DISCONNECT, UInt32(code), String(message), String(DEFAULT_LANG))
+    transport.cut()
+    conn.abort()
