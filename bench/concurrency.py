@@ -955,6 +955,25 @@ def start_profile(
     ]
 
 
+def tally_stacks(path: Path) -> tuple[dict[str, int], dict[str, int], int]:
+    """py-spy's collapsed stacks in `path`: samples per function, inclusive (the function
+    and what it calls) and self, and the samples in all."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [f.rsplit(":", 1)[0] for f in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    return inclusive, own, total
+
+
 def summarize_lock_profile(directory: Path, label: str, top: int = 30) -> None:
     """DIR/{proxy,node}-lock-top.txt: during a lock round (`--lock-only --profile`), the
     functions that took the most samples, in ms of CPU (inclusive and self); the raw
@@ -965,19 +984,7 @@ def summarize_lock_profile(directory: Path, label: str, top: int = 30) -> None:
             continue
         kept = directory / f"{name}-lock-{label.replace('@', '-')}-{int(time.time())}.txt"
         raw.rename(kept)
-        inclusive: dict[str, int] = {}
-        own: dict[str, int] = {}
-        total = 0
-        for line in kept.read_text().splitlines():
-            stack, _, count_text = line.rpartition(" ")
-            if not count_text.isdigit():
-                continue
-            count = int(count_text)
-            total += count
-            frames = [f.rsplit(":", 1)[0] for f in stack.split(";")]
-            for frame in set(frames):
-                inclusive[frame] = inclusive.get(frame, 0) + count
-            own[frames[-1]] = own.get(frames[-1], 0) + count
+        inclusive, own, total = tally_stacks(kept)
         per = 1000 / LOCK_PROFILE_RATE
         lines = [f"{label} {name}: {total} samples, {total * per:.0f} ms ({kept.name})"]
         lines.append(f"{'incl ms':>8} {'self ms':>8}  function")
@@ -998,19 +1005,7 @@ def summarize_profile(directory: Path, starts: int, nodes: int, top: int = 25) -
         raw = directory / f"{name}.txt"
         if not raw.exists():
             continue
-        inclusive: dict[str, int] = {}
-        own: dict[str, int] = {}
-        total = 0
-        for line in raw.read_text().splitlines():
-            stack, _, count_text = line.rpartition(" ")
-            if not count_text.isdigit():
-                continue
-            count = int(count_text)
-            total += count
-            frames = [f.rsplit(":", 1)[0] for f in stack.split(";")]
-            for frame in set(frames):
-                inclusive[frame] = inclusive.get(frame, 0) + count
-            own[frames[-1]] = own.get(frames[-1], 0) + count
+        inclusive, own, total = tally_stacks(raw)
         share = starts if name == "proxy" else max(1, starts // max(1, nodes))
         per = 1000 / PROFILE_RATE / max(1, share)
         lines = [f"{name}: {total} samples, {total * per:.1f} ms per start ({share} starts)"]
