@@ -57,6 +57,7 @@ from certgate.errors import (
     ConnectionProblem,
     NotFound,
 )
+from certgate.tasks import log_failure
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +431,7 @@ class PostgresBackend:
             ("maintain", self._maintain),
         ):
             task = asyncio.create_task(loop(), name=f"certgate-postgres-{name}")
-            task.add_done_callback(_log_task_failure)
+            task.add_done_callback(log_failure(log, f"postgres backend task {name}"))
             self._tasks.append(task)
 
     # -- connections ----------------------------------------------------------------
@@ -929,8 +930,3 @@ async def _configure(conn: AsyncConnection[Any]) -> None:
     # included) waits longer than 30 s.
     await conn.execute("SET TIME ZONE 'UTC'")
     await conn.execute("SET statement_timeout = '30s'")
-
-
-def _log_task_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("postgres backend task %s stopped", task.get_name(), exc_info=task.exception())

@@ -56,6 +56,7 @@ from certgate.errors import (
     ConnectionProblem,
     NotFound,
 )
+from certgate.tasks import log_failure
 
 log = logging.getLogger(__name__)
 
@@ -438,7 +439,7 @@ class SQLiteBackend:
         self._maintenance = asyncio.create_task(
             self._maintain(), name=f"certgate-sqlite-maintenance:{self.path}"
         )
-        self._maintenance.add_done_callback(_log_task_failure)
+        self._maintenance.add_done_callback(log_failure(log, "sqlite maintenance"))
 
     # -- Backend -------------------------------------------------------------------
 
@@ -835,8 +836,3 @@ def _read_events(
             [cursor, head, *params],
         ).fetchall()
     return rows, head
-
-
-def _log_task_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("sqlite maintenance stopped", exc_info=task.exception())

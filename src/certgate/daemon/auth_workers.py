@@ -47,6 +47,7 @@ from certgate.daemon.diag import Metrics
 from certgate.daemon.listeners import LimitedSite, bound_sockets, limited_runner
 from certgate.daemon.logs import setup_logging
 from certgate.errors import BadParameter
+from certgate.tasks import log_failure
 
 log = logging.getLogger("certgate.auth.workers")
 
@@ -288,7 +289,7 @@ class AuthWorkerPool:
             raise BadParameter(f"auth worker(s) {failed} did not start: see the log above")
         for spec in self._specs:
             task = asyncio.create_task(self._supervise(spec), name=f"auth-worker-{spec.index}")
-            task.add_done_callback(_log_supervisor_failure)
+            task.add_done_callback(log_failure(log, "auth worker supervisor"))
             self._supervisors.append(task)
         log.info("%d auth worker process(es) serving", len(self._specs))
 
@@ -392,11 +393,6 @@ class AuthWorkerPool:
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(worker.process.sentinel)
         worker.conn.close()
-
-
-def _log_supervisor_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("auth worker supervisor failed", exc_info=task.exception())
 
 
 def worker_count(configured: int) -> int:

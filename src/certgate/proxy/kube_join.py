@@ -30,6 +30,7 @@ from certgate.errors import BadParameter, CertgateError, NotFound
 from certgate.rpc.watcher import ResourceView
 from certgate.srv.join import MAX_BEHIND_BYTES, ViewChannel, wants_to_leave
 from certgate.srv.remote_join import open_observer
+from certgate.tasks import log_failure
 
 log = logging.getLogger("certgate.proxy.ssh")
 
@@ -123,7 +124,9 @@ class KubeObserverChannel(ViewChannel):
 
     def session_started(self) -> None:
         self._relay = asyncio.ensure_future(self._run())
-        self._relay.add_done_callback(_log_failure)
+        self._relay.add_done_callback(
+            log_failure(log, "relaying a kubernetes session to its observer")
+        )
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         if wants_to_leave(data):
@@ -173,8 +176,3 @@ class KubeObserverChannel(ViewChannel):
     def _close_stream(self) -> None:
         if self._stream is not None:
             self._stream.close()
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("relaying a kubernetes session to its observer failed", exc_info=task.exception())

@@ -47,6 +47,7 @@ from certgate.recording.rawlog import (
     end_frame,
     resize_frame,
 )
+from certgate.tasks import log_failure
 
 log = logging.getLogger("certgate.recording")
 
@@ -69,7 +70,7 @@ class RecordingWriter:
 
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
         future = self._executor.submit(fn, *args)
-        future.add_done_callback(_log_failure)
+        future.add_done_callback(log_failure(log, "recording writer task"))
         self._last = future
 
     async def drain(self) -> None:
@@ -79,11 +80,6 @@ class RecordingWriter:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-
-
-def _log_failure(future: Future[None]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.error("recording writer task failed", exc_info=future.exception())
 
 
 class RecordingDirectory:

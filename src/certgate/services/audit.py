@@ -34,6 +34,7 @@ from certgate.api.event_caps import capped
 from certgate.api.events import code_of
 from certgate.clock import Clock, SystemClock
 from certgate.services.settle import settle
+from certgate.tasks import log_failure
 
 log = logging.getLogger("certgate.audit")
 
@@ -93,7 +94,7 @@ class AuditLog:
         self._pending.append((capped(record), done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending(), name="certgate-audit")
-            self._writer.add_done_callback(_log_writer_failure)
+            self._writer.add_done_callback(log_failure(log, "audit writer"))
         await done
 
     async def close(self) -> None:
@@ -140,11 +141,6 @@ class AuditLog:
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
-
-
-def _log_writer_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("audit writer failed", exc_info=task.exception())
 
 
 def _append_text(path: Path, text: str) -> None:

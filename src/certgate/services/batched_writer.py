@@ -31,6 +31,7 @@ import logging
 from certgate.backend.base import Backend, Item
 from certgate.errors import ConnectionProblem
 from certgate.services.settle import settle
+from certgate.tasks import log_failure
 
 log = logging.getLogger("certgate.store")
 
@@ -55,7 +56,7 @@ class BatchedWriter:
         self._pending.append((item, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_pending(), name=self._what)
-            self._writer.add_done_callback(self._log_failure)
+            self._writer.add_done_callback(log_failure(log, f"{self._what} writer"))
         return await done
 
     async def close(self) -> None:
@@ -100,7 +101,3 @@ class BatchedWriter:
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
-
-    def _log_failure(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s writer failed: %s", self._what, task.exception())

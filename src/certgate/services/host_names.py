@@ -43,6 +43,7 @@ from certgate.backend.base import Backend, Item
 from certgate.clock import Clock, SystemClock
 from certgate.errors import CertgateError, ConnectionProblem, NotFound
 from certgate.services.settle import settle
+from certgate.tasks import log_failure
 
 log = logging.getLogger("certgate.host_names")
 
@@ -182,7 +183,7 @@ class HostNames:
         self._wanted.setdefault(key, []).append(done)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read_wanted(), name="host names reads")
-            self._reader.add_done_callback(_log_failure)
+            self._reader.add_done_callback(log_failure(log, "host names reader"))
         return await done
 
     async def _read_wanted(self) -> None:
@@ -236,8 +237,3 @@ class HostNames:
         except NotFound:
             return False
         return True
-
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("host names reader failed: %s", task.exception())

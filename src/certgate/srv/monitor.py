@@ -34,6 +34,7 @@ from certgate.api.lock import Lock, lock_message
 from certgate.clock import Clock, SystemClock
 from certgate.srv.live import LiveClient
 from certgate.srv.registry import SessionRegistry, hang_up
+from certgate.tasks import log_failure
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +216,12 @@ class SessionMonitor:
         task = asyncio.create_task(cutting.hang_up(), name=f"lock {name}")
         self._hang_ups.add(task)
         task.add_done_callback(self._hang_ups.discard)
-        task.add_done_callback(_log_failure)
+        task.add_done_callback(log_failure(log, "session monitor task"))
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"{self._server} session monitor")
-            self._task.add_done_callback(_log_failure)
+            self._task.add_done_callback(log_failure(log, "session monitor task"))
 
     async def close(self) -> None:
         for task in (self._task, *self._hang_ups):
@@ -269,8 +270,3 @@ class _Cutting:
                 reason, count, ", ".join(sorted({c.identity.username for c in clients})),
             )  # fmt: skip
         return sum(count for _, count, _ in self.groups)
-
-
-def _log_failure(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("session monitor task failed", exc_info=task.exception())
