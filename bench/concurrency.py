@@ -974,6 +974,21 @@ def tally_stacks(path: Path) -> tuple[dict[str, int], dict[str, int], int]:
     return inclusive, own, total
 
 
+def top_lines(
+    inclusive: dict[str, int], own: dict[str, int], per: float, top: int, decimals: int
+) -> list[str]:
+    """The `top` functions by inclusive samples, then by self samples, in ms (`per` ms a
+    sample)."""
+    width = f"8.{decimals}f"
+    lines = [f"{'incl ms':>8} {'self ms':>8}  function"]
+    for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:top]:
+        lines.append(f"{count * per:{width}} {own.get(frame, 0) * per:{width}}  {frame}")
+    lines.append("top self:")
+    for frame, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
+        lines.append(f"{count * per:{width}}  {frame}")
+    return lines
+
+
 def summarize_lock_profile(directory: Path, label: str, top: int = 30) -> None:
     """DIR/{proxy,node}-lock-top.txt: during a lock round (`--lock-only --profile`), the
     functions that took the most samples, in ms of CPU (inclusive and self); the raw
@@ -987,12 +1002,7 @@ def summarize_lock_profile(directory: Path, label: str, top: int = 30) -> None:
         inclusive, own, total = tally_stacks(kept)
         per = 1000 / LOCK_PROFILE_RATE
         lines = [f"{label} {name}: {total} samples, {total * per:.0f} ms ({kept.name})"]
-        lines.append(f"{'incl ms':>8} {'self ms':>8}  function")
-        for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:top]:
-            lines.append(f"{count * per:8.1f} {own.get(frame, 0) * per:8.1f}  {frame}")
-        lines.append("top self:")
-        for frame, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
-            lines.append(f"{count * per:8.1f}  {frame}")
+        lines += top_lines(inclusive, own, per, top, decimals=1)
         with (directory / f"{name}-lock-top.txt").open("a") as out:
             out.write("\n".join(lines) + "\n\n")
 
@@ -1009,12 +1019,7 @@ def summarize_profile(directory: Path, starts: int, nodes: int, top: int = 25) -
         share = starts if name == "proxy" else max(1, starts // max(1, nodes))
         per = 1000 / PROFILE_RATE / max(1, share)
         lines = [f"{name}: {total} samples, {total * per:.1f} ms per start ({share} starts)"]
-        lines.append(f"{'incl ms':>8} {'self ms':>8}  function")
-        for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:top]:
-            lines.append(f"{count * per:8.2f} {own.get(frame, 0) * per:8.2f}  {frame}")
-        lines.append("top self:")
-        for frame, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
-            lines.append(f"{count * per:8.2f}  {frame}")
+        lines += top_lines(inclusive, own, per, top, decimals=2)
         (directory / f"{name}-top.txt").write_text("\n".join(lines) + "\n")
         print("\n".join(lines[:12]), flush=True)
 
