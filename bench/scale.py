@@ -3,6 +3,7 @@
     .venv/bin/python bench/scale.py [--nodes 10000] [--interval 30] [--seconds 60]
                                     [--workers 4] [--backends sqlite,postgres]
                                     [--watch 0.5] [--auth-workers 1] [--no-pin]
+                                    [--profile DIR] [--no-restart]
 
 For each backend: a real `certgate start --roles auth,proxy` (one process) on loopback.
 `--workers` load-generator processes (spawned, so their CPU is not the server's) each
@@ -489,6 +490,57 @@ def _sides(
     )
 
 
+PROFILE_RATE = 200  # samples per second
+PROFILE_SECONDS = 20  # at most, from the start of the steady window
+
+
+def _start_profile(directory: Path, pid: int, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy on auth (the proxy in its process, its workers) during the steady window.
+
+    py-spy runs where this process runs (the generators' cores when pinned): its CPU is
+    theirs, not auth's. Idle threads are left out, so samples are CPU-ish."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            str(procs.py_spy_path()),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(min(seconds, PROFILE_SECONDS))),  # whole seconds
+            "--rate",
+            str(PROFILE_RATE),
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--subprocesses",
+            "--output",
+            str(directory / "auth.txt"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _summarize_profile(directory: Path, backend: str, seconds: float, top: int = 40) -> None:
+    """DIR/auth-BACKEND-top.txt: auth's top functions in the steady window, as ms of CPU
+    per second of the profile (inclusive and self) and its raw stacks kept beside it."""
+    raw = directory / "auth.txt"
+    if not raw.exists():
+        print(f"[{backend}] profile: py-spy wrote nothing (is it installed in .venv?)")
+        return
+    kept = raw.rename(directory / f"auth-{backend}-{int(time.time())}.txt")
+    inclusive, own, total = procs.tally_stacks(kept)
+    per = 1000 / PROFILE_RATE / seconds  # ms per second of the profile, per sample
+    lines = [
+        f"auth ({backend}): {total} samples at {PROFILE_RATE}/s over {seconds:g} s "
+        f"({kept.name}); ms of CPU per second (1000: all of a core)"
+    ]
+    lines += procs.top_lines(inclusive, own, per, top, decimals=1)
+    (directory / f"auth-{backend}-top.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:16]), flush=True)
+
+
 def run_backend(
     backend: str, args: argparse.Namespace, workdir: Path, conninfo: str, database: list[int]
 ) -> None:
@@ -560,6 +612,7 @@ def run_backend(
         cpu0, wait0, t0 = _proc_cpu(pid), _runqueue_wait(pid), time.monotonic()
         generators0 = _generators_cpu(workers)
         load0 = os.getloadavg()[0]
+        spy = _start_profile(args.profile, pid, args.seconds) if args.profile else None
         time.sleep(args.seconds)
         window = _reports(pipes)
         elapsed = time.monotonic() - t0
@@ -584,6 +637,9 @@ def run_backend(
             f"(target <= {TARGET_RSS_MIB} MiB); {window['watching']} watch streams open, "
             f"{_open_connections(pid)} sockets open in auth"
         )
+        if spy is not None:
+            spy.wait()
+            _summarize_profile(args.profile, backend, int(min(args.seconds, PROFILE_SECONDS)))
         listed, shown, errors, baseline = [], 0, [], []
         for _ in range(10):
             t = time.monotonic()
@@ -605,6 +661,8 @@ def run_backend(
             + (f"; {len(errors)} of 10 failed: {errors[0]}" if errors else "")
         )
 
+        if not args.restart:
+            return
         # Restart: stop auth, start it again on the same store, time the returns.
         stopping = time.monotonic()
         try:
@@ -722,6 +780,18 @@ def main() -> None:
         dest="pin",
         action="store_false",
         help="let auth and the load generators share every core (the old figure)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy on auth for the steady window's first 20 s: DIR/auth-BACKEND-top.txt",
+    )
+    parser.add_argument(
+        "--no-restart",
+        dest="restart",
+        action="store_false",
+        help="stop after `cgsh ls` (quicker runs for profiles)",
     )
     args = parser.parse_args()
     if args.pin:  # this process and the cgsh it runs are clients too
