@@ -494,6 +494,19 @@ def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def _commits(conninfo: str) -> int:
+    """Transactions committed in the store's database so far (0 without PostgreSQL)."""
+    if not conninfo:
+        return 0
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _kinds(report: dict[str, Any]) -> str:
     """Failures by error and where (a new connection or the kept one), most first."""
     ordered = sorted(report["kinds"].items(), key=lambda item: -item[1])
@@ -661,6 +674,8 @@ def run_backend(
         pid = cluster.process.pid
         cpu0, wait0, t0 = _proc_cpu(pid), _runqueue_wait(pid), time.monotonic()
         generators0 = _generators_cpu(workers)
+        database0 = procs.own_cpu_seconds(procs.tree(database)) if database else 0.0
+        commits0 = _commits(conninfo)
         load0 = os.getloadavg()[0]
         spy = _start_profile(args.profile, pid, args.seconds) if args.profile else None
         # In slices, so a reader sees whether failures die down or go on.
@@ -676,6 +691,12 @@ def run_backend(
         starved = (_runqueue_wait(pid) - wait0) / elapsed
         load = (load0 + os.getloadavg()[0]) / 2
         rss, rss_now = _rss_mib(pid), _rss_mib(pid, "VmRSS")
+        if database:
+            print(
+                f"[{backend}] PostgreSQL (on auth's core): "
+                f"{(procs.own_cpu_seconds(procs.tree(database)) - database0) / elapsed:.2f} cores, "
+                f"{(_commits(conninfo) - commits0) / elapsed:.0f} transactions/s"
+            )
         print(
             f"[{backend}] heartbeats/s {window['ok'] / elapsed:.0f} "
             f"(offered ~{args.nodes / args.interval:.0f}/s; failed {window['failed']}"
