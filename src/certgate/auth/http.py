@@ -676,7 +676,7 @@ class AuthAPI:
                     if guarded and (reason := await self._watch_refusal(guarded, None)):
                         await _cut(request, response, reason)
                         break
-                    await _send(response, {"type": "ping"})
+                    await response.write(PING_LINE)
                     continue
                 try:
                     first = next_event.result()
@@ -758,6 +758,10 @@ def _ping_seconds(asked: str) -> float:
             f"ping must be between {WATCH_PING_SECONDS:g} and {MAX_WATCH_PING_SECONDS:g} seconds"
         )
     return seconds
+
+
+# A thousand a second at 10,000 nodes (a stream each, a ping every 5 s): made once.
+PING_LINE = json.dumps({"type": "ping"}).encode() + b"\n"
 
 
 def _line(message: dict[str, Any]) -> bytes:
