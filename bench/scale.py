@@ -531,6 +531,7 @@ def _sides(
 
 PROFILE_RATE = 200  # samples per second
 PROFILE_SECONDS = 20  # at most, from the start of the steady window
+LS_PROFILE_SECONDS = 10  # from the first `cgsh ls` on
 
 
 def _start_profile(directory: Path, pid: int, seconds: float) -> subprocess.Popen[bytes]:
@@ -561,23 +562,26 @@ def _start_profile(directory: Path, pid: int, seconds: float) -> subprocess.Pope
     )
 
 
-def _summarize_profile(directory: Path, backend: str, seconds: float, top: int = 40) -> None:
-    """DIR/auth-BACKEND-top.txt: auth's top functions in the steady window, as ms of CPU
-    per second of the profile (inclusive and self) and its raw stacks kept beside it."""
+def _summarize_profile(
+    directory: Path, label: str, seconds: float, top: int = 40, shown: int = 16
+) -> None:
+    """DIR/auth-LABEL-top.txt: auth's top functions (in the steady window: LABEL is the
+    backend; during `cgsh ls`: BACKEND-ls), as ms of CPU per second of the profile
+    (inclusive and self), and its raw stacks kept beside it."""
     raw = directory / "auth.txt"
     if not raw.exists():
-        print(f"[{backend}] profile: py-spy wrote nothing (is it installed in .venv?)")
+        print(f"[{label}] profile: py-spy wrote nothing (is it installed in .venv?)")
         return
-    kept = raw.rename(directory / f"auth-{backend}-{int(time.time())}.txt")
+    kept = raw.rename(directory / f"auth-{label}-{int(time.time())}.txt")
     inclusive, own, total = procs.tally_stacks(kept)
     per = 1000 / PROFILE_RATE / seconds  # ms per second of the profile, per sample
     lines = [
-        f"auth ({backend}): {total} samples at {PROFILE_RATE}/s over {seconds:g} s "
+        f"auth ({label}): {total} samples at {PROFILE_RATE}/s over {seconds:g} s "
         f"({kept.name}); ms of CPU per second (1000: all of a core)"
     ]
     lines += procs.top_lines(inclusive, own, per, top, decimals=1)
-    (directory / f"auth-{backend}-top.txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[:16]), flush=True)
+    (directory / f"auth-{label}-top.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:shown]), flush=True)
 
 
 def run_backend(
@@ -717,6 +721,8 @@ def run_backend(
         if spy is not None:
             spy.wait()
             _summarize_profile(args.profile, backend, int(min(args.seconds, PROFILE_SECONDS)))
+        # And auth during the listings (10 s: most of them).
+        spy = _start_profile(args.profile, pid, LS_PROFILE_SECONDS) if args.profile else None
         listed, shown, errors, baseline = [], 0, [], []
         for _ in range(10):
             t = time.monotonic()
@@ -737,6 +743,9 @@ def run_backend(
             f"{_pct(listed, 0.5) - _pct(baseline, 0.5):.2f} s of the ls p50"
             + (f"; {len(errors)} of 10 failed: {errors[0]}" if errors else "")
         )
+        if spy is not None:
+            spy.wait()
+            _summarize_profile(args.profile, f"{backend}-ls", LS_PROFILE_SECONDS, shown=0)
 
         if not args.restart:
             return
