@@ -532,6 +532,7 @@ def _sides(
 PROFILE_RATE = 200  # samples per second
 PROFILE_SECONDS = 20  # at most, from the start of the steady window
 LS_PROFILE_SECONDS = 10  # from the first `cgsh ls` on
+CLIENT_PROFILE_RATE = 500  # samples per second of one `cgsh ls`
 
 
 def _start_profile(directory: Path, pid: int, seconds: float) -> subprocess.Popen[bytes]:
@@ -582,6 +583,43 @@ def _summarize_profile(
     lines += procs.top_lines(inclusive, own, per, top, decimals=1)
     (directory / f"auth-{label}-top.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:shown]), flush=True)
+
+
+def _profile_client(directory: Path, backend: str, home: Path, top: int = 40) -> None:
+    """DIR/cgsh-ls-BACKEND-top.txt: one `cgsh ls --format=json` under py-spy, waits
+    included (`--idle`), in ms of its wall time: where a listing's time goes on the
+    client's side (start-up, TLS, waiting for the answer, decoding, printing)."""
+    raw = directory / f"cgsh-ls-{backend}.txt"
+    started = time.monotonic()
+    subprocess.run(
+        [
+            str(procs.py_spy_path()),
+            "record",
+            "--rate",
+            str(CLIENT_PROFILE_RATE),
+            "--idle",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--",
+            str(Path(sys.executable).parent / "cgsh"),
+            "ls",
+            "--format=json",
+        ],
+        env={**os.environ, "CERTGATE_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    wall = time.monotonic() - started
+    if not raw.exists():
+        return
+    inclusive, own, total = procs.tally_stacks(raw)
+    lines = [f"cgsh ls ({backend}) under py-spy: {wall:.2f} s, {total} samples; ms of wall time"]
+    lines += procs.top_lines(inclusive, own, 1000 / CLIENT_PROFILE_RATE, top, decimals=1)
+    (directory / f"cgsh-ls-{backend}-top.txt").write_text("\n".join(lines) + "\n")
+    print(f"[{backend}] " + lines[0], flush=True)
 
 
 def run_backend(
@@ -746,6 +784,7 @@ def run_backend(
         if spy is not None:
             spy.wait()
             _summarize_profile(args.profile, f"{backend}-ls", LS_PROFILE_SECONDS, shown=0)
+            _profile_client(args.profile, backend, user.home)
 
         if not args.restart:
             return
