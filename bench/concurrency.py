@@ -99,7 +99,6 @@ import asyncio
 import multiprocessing
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -128,6 +127,9 @@ from bench.procs import (  # noqa: E402
     cpu_seconds,
     own_cpu_seconds,
     pin,
+    py_spy_path,
+    tally_stacks,
+    top_lines,
     tree,
 )
 from bench.ssh_paths import LOGIN, ROLE, sign_host  # noqa: E402
@@ -925,9 +927,7 @@ def start_profile(
     Not `--gil`: the GIL is released in the crypto, fork/exec and system calls that are a
     start's cost. Idle threads are left out (py-spy's default), so samples are CPU-ish."""
     directory.mkdir(parents=True, exist_ok=True)
-    py_spy = Path(sys.executable).parent / "py-spy"
-    if not py_spy.exists():
-        py_spy = Path(os.environ.get("PY_SPY", shutil.which("py-spy") or "/tmp/spy/bin/py-spy"))
+    py_spy = py_spy_path()
     assert cluster.process is not None
     targets = {"proxy": cluster.process.pid, "node": cluster.nodes[0].pid}
     return [
@@ -953,40 +953,6 @@ def start_profile(
         )
         for name, pid in targets.items()
     ]
-
-
-def tally_stacks(path: Path) -> tuple[dict[str, int], dict[str, int], int]:
-    """py-spy's collapsed stacks in `path`: samples per function, inclusive (the function
-    and what it calls) and self, and the samples in all."""
-    inclusive: dict[str, int] = {}
-    own: dict[str, int] = {}
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        frames = [f.rsplit(":", 1)[0] for f in stack.split(";")]
-        for frame in set(frames):
-            inclusive[frame] = inclusive.get(frame, 0) + count
-        own[frames[-1]] = own.get(frames[-1], 0) + count
-    return inclusive, own, total
-
-
-def top_lines(
-    inclusive: dict[str, int], own: dict[str, int], per: float, top: int, decimals: int
-) -> list[str]:
-    """The `top` functions by inclusive samples, then by self samples, in ms (`per` ms a
-    sample)."""
-    width = f"8.{decimals}f"
-    lines = [f"{'incl ms':>8} {'self ms':>8}  function"]
-    for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:top]:
-        lines.append(f"{count * per:{width}} {own.get(frame, 0) * per:{width}}  {frame}")
-    lines.append("top self:")
-    for frame, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
-        lines.append(f"{count * per:{width}}  {frame}")
-    return lines
 
 
 def summarize_lock_profile(directory: Path, label: str, top: int = 30) -> None:

@@ -1,9 +1,12 @@
-"""What the benchmarks read of their processes in /proc (trees, CPU seconds), and where
-they put them (`core_split`, `pin`: servers on one core, their load generators on the rest)."""
+"""What the benchmarks read of their processes in /proc (trees, CPU seconds), where
+they put them (`core_split`, `pin`: servers on one core, their load generators on the rest),
+and how they read a py-spy profile of them (`tally_stacks`, `top_lines`)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -109,3 +112,45 @@ def own_autogroup(nice: int) -> str:
     except OSError as exc:
         return f"own scheduling group, nice not set ({exc.strerror})"
     return f"own scheduling group at nice {nice}"
+
+
+def py_spy_path() -> Path:
+    """py-spy (`pip install py-spy` into .venv), else $PY_SPY or the one on PATH."""
+    py_spy = Path(sys.executable).parent / "py-spy"
+    if not py_spy.exists():
+        py_spy = Path(os.environ.get("PY_SPY", shutil.which("py-spy") or "/tmp/spy/bin/py-spy"))
+    return py_spy
+
+
+def tally_stacks(path: Path) -> tuple[dict[str, int], dict[str, int], int]:
+    """py-spy's collapsed stacks in `path`: samples per function, inclusive (the function
+    and what it calls) and self, and the samples in all."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [f.rsplit(":", 1)[0] for f in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    return inclusive, own, total
+
+
+def top_lines(
+    inclusive: dict[str, int], own: dict[str, int], per: float, top: int, decimals: int
+) -> list[str]:
+    """The `top` functions by inclusive samples, then by self samples, in ms (`per` ms a
+    sample)."""
+    width = f"8.{decimals}f"
+    lines = [f"{'incl ms':>8} {'self ms':>8}  function"]
+    for frame, count in sorted(inclusive.items(), key=lambda item: -item[1])[:top]:
+        lines.append(f"{count * per:{width}} {own.get(frame, 0) * per:{width}}  {frame}")
+    lines.append("top self:")
+    for frame, count in sorted(own.items(), key=lambda item: -item[1])[:top]:
+        lines.append(f"{count * per:{width}}  {frame}")
+    return lines

@@ -3,6 +3,7 @@
     .venv/bin/python bench/scale.py [--nodes 10000] [--interval 30] [--seconds 60]
                                     [--workers 4] [--backends sqlite,postgres]
                                     [--watch 0.5] [--auth-workers 1] [--no-pin]
+                                    [--profile DIR] [--no-restart]
 
 For each backend: a real `certgate start --roles auth,proxy` (one process) on loopback.
 `--workers` load-generator processes (spawned, so their CPU is not the server's) each
@@ -129,6 +130,12 @@ def _length(head: bytes) -> int:
 _BROKEN = (OSError, EOFError, TimeoutError, asyncio.IncompleteReadError, ValueError)
 
 
+class BeatFailed(ConnectionProblem):
+    def __init__(self, phase: str, exc: BaseException) -> None:
+        super().__init__(f"heartbeat failed: {type(exc).__name__} {exc}")
+        self.kind = f"{type(exc).__name__} ({phase})"
+
+
 class BeatConnection:
     """One node's keep-alive mTLS connection to auth, speaking just enough HTTP/1.1 for
     `POST /v1/nodes/heartbeat`.
@@ -151,15 +158,18 @@ class BeatConnection:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def beat(self) -> None:
+        phase = "connect"  # a new connection (TLS handshake included)
         try:
             if self._streams is None:
                 self._streams = await _connect(self._host, self._port, self._context)
+            else:
+                phase = "kept"  # on the connection kept since the last beat
             # Then the node's 15 s for the answer.
             async with asyncio.timeout(SERVICE_TIMEOUT.read):
                 await self._beat(*self._streams)
         except _BROKEN as exc:
             self.close()
-            raise ConnectionProblem(f"heartbeat failed: {type(exc).__name__} {exc}") from None
+            raise BeatFailed(phase, exc) from None
 
     async def _beat(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(self._request)
@@ -297,6 +307,8 @@ class SimNode:
             except CertgateError as exc:
                 stats["failed"] += 1
                 stats["error"] = str(exc)
+                kind = getattr(exc, "kind", type(exc).__name__)
+                stats["kinds"][kind] = stats["kinds"].get(kind, 0) + 1
                 stats["down"].add(self.name)
                 delay = self.retry.next()
                 continue
@@ -352,7 +364,7 @@ def _worker(
         ]
         stats: dict[str, Any] = {
             "ok": 0, "failed": 0, "latency": [], "down": set(), "returned": [],
-            "mark": False, "seen": {}, "error": "",
+            "mark": False, "seen": {}, "error": "", "kinds": {},
         }  # fmt: skip
         pipe.send("joined")
         tasks = [asyncio.create_task(node.run(stats)) for node in nodes]
@@ -377,10 +389,11 @@ def _worker(
                     "returned": stats["returned"],
                     "seen": list(stats["seen"].values()),
                     "error": stats["error"],
+                    "kinds": stats["kinds"],
                     "watching": sum(1 for n in nodes if n.view is not None and n.view.connected),
                 }
             )
-            stats.update(ok=0, failed=0, latency=[], returned=[])
+            stats.update(ok=0, failed=0, latency=[], returned=[], kinds={})
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -453,15 +466,21 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+SLICE_SECONDS = 10.0
+
+
 def _reports(pipes: list[Any]) -> dict[str, Any]:
     for pipe in pipes:
         pipe.send("report")
+    return _merged([pipe.recv() for pipe in pipes])
+
+
+def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {
         "ok": 0, "failed": 0, "latency": [], "down": 0, "returned": [], "seen": [], "error": "",
-        "watching": 0,
+        "watching": 0, "kinds": {},
     }  # fmt: skip
-    for pipe in pipes:
-        part = pipe.recv()
+    for part in parts:
         merged["ok"] += part["ok"]
         merged["failed"] += part["failed"]
         merged["down"] += part["down"]
@@ -470,7 +489,28 @@ def _reports(pipes: list[Any]) -> dict[str, Any]:
         merged["returned"] += part["returned"]
         merged["seen"] += part["seen"]
         merged["error"] = merged["error"] or part["error"]
+        for kind, count in part["kinds"].items():
+            merged["kinds"][kind] = merged["kinds"].get(kind, 0) + count
     return merged
+
+
+def _commits(conninfo: str) -> int:
+    """Transactions committed in the store's database so far (0 without PostgreSQL)."""
+    if not conninfo:
+        return 0
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _kinds(report: dict[str, Any]) -> str:
+    """Failures by error and where (a new connection or the kept one), most first."""
+    ordered = sorted(report["kinds"].items(), key=lambda item: -item[1])
+    return ", ".join(f"{kind} {count}" for kind, count in ordered)
 
 
 def _generators_cpu(workers: list[multiprocessing.process.BaseProcess]) -> float:
@@ -487,6 +527,99 @@ def _sides(
         f"auth{pinned} {auth_cpu:.2f} cores; load generators {generators_cpu:.2f} of "
         f"{cores} cores{saturated}"
     )
+
+
+PROFILE_RATE = 200  # samples per second
+PROFILE_SECONDS = 20  # at most, from the start of the steady window
+LS_PROFILE_SECONDS = 10  # from the first `cgsh ls` on
+CLIENT_PROFILE_RATE = 500  # samples per second of one `cgsh ls`
+
+
+def _start_profile(directory: Path, pid: int, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy on auth (the proxy in its process, its workers) during the steady window.
+
+    py-spy runs where this process runs (the generators' cores when pinned): its CPU is
+    theirs, not auth's. Idle threads are left out, so samples are CPU-ish."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            str(procs.py_spy_path()),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(min(seconds, PROFILE_SECONDS))),  # whole seconds
+            "--rate",
+            str(PROFILE_RATE),
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--subprocesses",
+            "--output",
+            str(directory / "auth.txt"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _summarize_profile(
+    directory: Path, label: str, seconds: float, top: int = 40, shown: int = 16
+) -> None:
+    """DIR/auth-LABEL-top.txt: auth's top functions (in the steady window: LABEL is the
+    backend; during `cgsh ls`: BACKEND-ls), as ms of CPU per second of the profile
+    (inclusive and self), and its raw stacks kept beside it."""
+    raw = directory / "auth.txt"
+    if not raw.exists():
+        print(f"[{label}] profile: py-spy wrote nothing (is it installed in .venv?)")
+        return
+    kept = raw.rename(directory / f"auth-{label}-{int(time.time())}.txt")
+    inclusive, own, total = procs.tally_stacks(kept)
+    per = 1000 / PROFILE_RATE / seconds  # ms per second of the profile, per sample
+    lines = [
+        f"auth ({label}): {total} samples at {PROFILE_RATE}/s over {seconds:g} s "
+        f"({kept.name}); ms of CPU per second (1000: all of a core)"
+    ]
+    lines += procs.top_lines(inclusive, own, per, top, decimals=1)
+    (directory / f"auth-{label}-top.txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:shown]), flush=True)
+
+
+def _profile_client(directory: Path, backend: str, home: Path, top: int = 40) -> None:
+    """DIR/cgsh-ls-BACKEND-top.txt: one `cgsh ls --format=json` under py-spy, waits
+    included (`--idle`), in ms of its wall time: where a listing's time goes on the
+    client's side (start-up, TLS, waiting for the answer, decoding, printing)."""
+    raw = directory / f"cgsh-ls-{backend}.txt"
+    started = time.monotonic()
+    subprocess.run(
+        [
+            str(procs.py_spy_path()),
+            "record",
+            "--rate",
+            str(CLIENT_PROFILE_RATE),
+            "--idle",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--",
+            str(Path(sys.executable).parent / "cgsh"),
+            "ls",
+            "--format=json",
+        ],
+        env={**os.environ, "CERTGATE_HOME": str(home)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    wall = time.monotonic() - started
+    if not raw.exists():
+        return
+    inclusive, own, total = procs.tally_stacks(raw)
+    lines = [f"cgsh ls ({backend}) under py-spy: {wall:.2f} s, {total} samples; ms of wall time"]
+    lines += procs.top_lines(inclusive, own, 1000 / CLIENT_PROFILE_RATE, top, decimals=1)
+    (directory / f"cgsh-ls-{backend}-top.txt").write_text("\n".join(lines) + "\n")
+    print(f"[{backend}] " + lines[0], flush=True)
 
 
 def run_backend(
@@ -548,33 +681,72 @@ def run_backend(
             pipes.append(parent)
         for pipe in pipes:
             assert pipe.recv() == "joined"
+        joined_in = time.monotonic() - started
         print(
-            f"[{backend}] {args.nodes} nodes joined in {time.monotonic() - started:.0f} s; "
+            f"[{backend}] {args.nodes} nodes joined in {joined_in:.0f} s; "
             f"{round(args.watch * 100)} % of them hold a watch stream"
         )
 
-        # Steady state: let every node beat once, then measure a window.
+        # Steady state: let every node beat once and the join ramp settle (a slice with
+        # no failure), then measure a window. The nodes start beating and watching
+        # together once joined, 15,000 connections in 30 s at 10,000 nodes: more
+        # handshakes than auth's core does in that time, so some wait past auth's
+        # handshake_timeout and retry. Measured from 36 s after the joins (earlier
+        # rounds), the window held that ramp's tail: 2,086, 652 and 0 failures in its
+        # three 10 s slices, every one a new connection, none a kept one.
         time.sleep(args.interval * 1.2)
-        _reports(pipes)
+        ramp = _reports(pipes)
+        settling = [ramp]
+        while ramp["failed"] and len(settling) * SLICE_SECONDS < args.settle:
+            time.sleep(SLICE_SECONDS)
+            ramp = _reports(pipes)
+            settling.append(ramp)
+        settled = _merged(settling)
+        print(
+            f"[{backend}] settled {time.monotonic() - started - joined_in:.0f} s after the "
+            f"joins ({'a slice' if not ramp['failed'] else 'no slice, within --settle'} "
+            f"with no failure); meanwhile {settled['ok']} beats answered, "
+            f"{settled['failed']} failed"
+            + (f" ({_kinds(settled)})" if settled["failed"] else "")
+            + f"; answered / failed in the first {args.interval * 1.2:.0f} s: "
+            f"{settling[0]['ok']}/{settling[0]['failed']}, then per {SLICE_SECONDS:g} s: "
+            + (", ".join(f"{p['ok']}/{p['failed']}" for p in settling[1:]) or "-"),
+            flush=True,
+        )
         pid = cluster.process.pid
         cpu0, wait0, t0 = _proc_cpu(pid), _runqueue_wait(pid), time.monotonic()
         generators0 = _generators_cpu(workers)
+        database0 = procs.own_cpu_seconds(procs.tree(database)) if database else 0.0
+        commits0 = _commits(conninfo)
         load0 = os.getloadavg()[0]
-        time.sleep(args.seconds)
-        window = _reports(pipes)
+        spy = _start_profile(args.profile, pid, args.seconds) if args.profile else None
+        # In slices, so a reader sees whether failures die down or go on.
+        slices: list[dict[str, Any]] = []
+        for _ in range(max(1, round(args.seconds / SLICE_SECONDS))):
+            time.sleep(args.seconds / max(1, round(args.seconds / SLICE_SECONDS)))
+            slices.append(_reports(pipes))
+        window = _merged(slices)
+        window["watching"] = slices[-1]["watching"]  # open now, not summed
         elapsed = time.monotonic() - t0
         cpu = (_proc_cpu(pid) - cpu0) / elapsed
         generators = (_generators_cpu(workers) - generators0) / elapsed
         starved = (_runqueue_wait(pid) - wait0) / elapsed
         load = (load0 + os.getloadavg()[0]) / 2
         rss, rss_now = _rss_mib(pid), _rss_mib(pid, "VmRSS")
+        if database:
+            print(
+                f"[{backend}] PostgreSQL (on auth's core): "
+                f"{(procs.own_cpu_seconds(procs.tree(database)) - database0) / elapsed:.2f} cores, "
+                f"{(_commits(conninfo) - commits0) / elapsed:.0f} transactions/s"
+            )
         print(
             f"[{backend}] heartbeats/s {window['ok'] / elapsed:.0f} "
             f"(offered ~{args.nodes / args.interval:.0f}/s; failed {window['failed']}"
-            + (f": {window['error']}" if window["failed"] else "")
+            + (f": {window['error']}; by kind {_kinds(window)}" if window["failed"] else "")
             + "), "
             f"latency p50 {_pct(window['latency'], 0.5) * 1000:.0f} ms "
-            f"p99 {_pct(window['latency'], 0.99) * 1000:.0f} ms"
+            f"p99 {_pct(window['latency'], 0.99) * 1000:.0f} ms; answered / failed per "
+            f"{SLICE_SECONDS:g} s: " + ", ".join(f"{p['ok']}/{p['failed']}" for p in slices)
         )
         print(
             f"[{backend}] CPU: {_sides(cpu, generators, client_cpus, pinned)}; "
@@ -584,6 +756,11 @@ def run_backend(
             f"(target <= {TARGET_RSS_MIB} MiB); {window['watching']} watch streams open, "
             f"{_open_connections(pid)} sockets open in auth"
         )
+        if spy is not None:
+            spy.wait()
+            _summarize_profile(args.profile, backend, int(min(args.seconds, PROFILE_SECONDS)))
+        # And auth during the listings (10 s: most of them).
+        spy = _start_profile(args.profile, pid, LS_PROFILE_SECONDS) if args.profile else None
         listed, shown, errors, baseline = [], 0, [], []
         for _ in range(10):
             t = time.monotonic()
@@ -604,7 +781,13 @@ def run_backend(
             f"{_pct(listed, 0.5) - _pct(baseline, 0.5):.2f} s of the ls p50"
             + (f"; {len(errors)} of 10 failed: {errors[0]}" if errors else "")
         )
+        if spy is not None:
+            spy.wait()
+            _summarize_profile(args.profile, f"{backend}-ls", LS_PROFILE_SECONDS, shown=0)
+            _profile_client(args.profile, backend, user.home)
 
+        if not args.restart:
+            return
         # Restart: stop auth, start it again on the same store, time the returns.
         stopping = time.monotonic()
         try:
@@ -722,6 +905,24 @@ def main() -> None:
         dest="pin",
         action="store_false",
         help="let auth and the load generators share every core (the old figure)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=180.0,
+        help="seconds at most, after the joins, to wait for a 10 s slice without a failure",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="py-spy on auth for the steady window's first 20 s: DIR/auth-BACKEND-top.txt",
+    )
+    parser.add_argument(
+        "--no-restart",
+        dest="restart",
+        action="store_false",
+        help="stop after `cgsh ls` (quicker runs for profiles)",
     )
     args = parser.parse_args()
     if args.pin:  # this process and the cgsh it runs are clients too

@@ -115,3 +115,35 @@ async def test_a_bad_item_still_falls_back_to_one_by_one(backend: Backend) -> No
     outcomes = await asyncio.gather(*(writer.put(item) for item in items), return_exceptions=True)
     assert isinstance(outcomes[1], BadParameter)
     assert counting.calls.count("put") == 3
+
+
+async def steady_puts(writer: BatchedWriter, count: int, every: float) -> list[Item]:
+    """`count` puts, one every `every` seconds (as heartbeats come), all awaited."""
+    pending = []
+    for i in range(count):
+        pending.append(asyncio.ensure_future(writer.put(Item(f"/nodes/s{i:02d}", b"beat"))))
+        await asyncio.sleep(every)
+    return await asyncio.gather(*pending)
+
+
+async def test_steady_puts_wait_for_each_other_and_a_lone_put_does_not_wait(
+    backend: Backend,
+) -> None:
+    # With spacing, puts that come one at a time while busy go together: the first
+    # at once, the other 19 in the next batch, a second later. Without it, each
+    # round trip took the one or two puts made meanwhile (shown on the same puts).
+    async with watching(backend, ["/nodes/"]) as events:
+        spaced = BatchedWriter(backend, "test puts", spacing=1.0)
+        written = await steady_puts(spaced, 20, 0.01)
+        assert spaced.batches == 2
+        seen = await next_events(events, 20)
+    assert [e.item for e in seen] == written  # each its own event, in order
+    eager = BatchedWriter(backend, "test puts")
+    await steady_puts(eager, 20, 0.01)
+    assert eager.batches > 2
+    # After a quiet spell a put is written at once, not a spacing later.
+    await asyncio.sleep(1.0)
+    started = asyncio.get_running_loop().time()
+    await spaced.put(Item("/nodes/lone", b"beat"))
+    assert asyncio.get_running_loop().time() - started < 0.5
+    assert spaced.batches == 3

@@ -74,6 +74,26 @@ async def test_watch_survives_dropped_connections_without_missing_events(
         await other.close()
 
 
+async def test_a_pooled_connection_the_server_ended_is_replaced_before_use(
+    pg: PostgresBackend, postgres_server: PostgresServer, postgres_schema: str
+) -> None:
+    # The pool's check is no round trip per checkout, but a connection the server has
+    # ended (it says so, then closes) is still found and replaced: no write fails.
+    await pg.put(Item("/t/before", b"v"))  # its connection back in the pool, idle
+    others = "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+    ended = [pid for (pid,) in postgres_server.sql(postgres_schema, others, DATABASE)]
+    assert terminate_other_connections(postgres_server, postgres_schema) >= 1
+    deadline = asyncio.get_running_loop().time() + 10
+    while set(ended) & {pid for (pid,) in postgres_server.sql(postgres_schema, others, DATABASE)}:
+        assert asyncio.get_running_loop().time() < deadline  # until every one has exited
+        await asyncio.sleep(0.05)
+    for n in range(3):
+        assert (await pg.put(Item(f"/t/after-{n}", b"v"))).value == b"v"
+    assert [i.key for i in await pg.range("/t/")] == [
+        "/t/after-0", "/t/after-1", "/t/after-2", "/t/before"
+    ]  # fmt: skip
+
+
 async def test_a_write_without_notify_is_still_delivered(
     pg: PostgresBackend, postgres_server: PostgresServer, postgres_schema: str
 ) -> None:

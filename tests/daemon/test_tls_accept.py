@@ -108,6 +108,17 @@ def test_asyncio_still_reads_tls_through_the_attributes_we_share() -> None:
         try:
             assert one.get_buffer(-1).obj is two.get_buffer(-1).obj
             assert len(one.get_buffer(-1)) == sslproto.SSLProtocol.max_size
+            assert one.max_size == sslproto.SSLProtocol.max_size  # reads as asyncio's
+            # Nor is a buffer of its own made and thrown away per connection (it was
+            # zeroed, 0.15-0.4 ms of CPU each): asyncio's __init__ sizes it by max_size.
+            tracemalloc.start()
+            try:
+                three = SharedBufferTLS(loop, asyncio.Protocol(), insecure(), None)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < sslproto.SSLProtocol.max_size / 4, peak
+            three._app_transport.abort()
         finally:
             for protocol in (one, two):  # never connected: nothing to shut down
                 protocol._app_transport.abort()

@@ -190,3 +190,21 @@ async def test_stopping_waits_for_the_streams_it_ended(backend: CountingBackend)
     assert await hub.drained(3.0)
     assert sorted(left) == ["a", "b"]
     await asyncio.gather(*tasks)
+
+
+async def test_events_queued_behind_one_are_taken_together_in_order(
+    backend: CountingBackend,
+) -> None:
+    # What a watch stream writes in one go: the first event awaited, then every one
+    # already queued, in order; the stream then waits for the next, as before.
+    hub = WatchHub(backend)  # type: ignore[arg-type]
+    async with hub.subscribe(["/nodes/"]) as events:
+        for i in range(5):
+            await backend.put(Item(key=f"/nodes/n{i}", value=b"{}"))
+        first = await anext(events)
+        rest: list[Event] = []  # taken as they reach the queue, never awaited
+        await eventually_async(lambda: rest.extend(events.ready()) or len(rest) == 4)
+        assert [e.item.key for e in [first, *rest]] == [f"/nodes/n{i}" for i in range(5)]
+        assert events.ready() == []  # taken off the queue: not handed out twice
+        await backend.put(Item(key="/nodes/n5", value=b"{}"))
+        assert (await anext(events)).item.key == "/nodes/n5"

@@ -42,6 +42,11 @@ from certgate.services.users import UserService
 MAX_USER_TTL = timedelta(hours=30)
 # Decoded nodes kept (above the 10,000 nodes one auth is sized for).
 NODES_DECODED = 32_768
+# While heartbeats come steadily, their batches are written at most this often (each
+# beat waits up to this long for others to join it): at 10,000 nodes a batch per
+# round trip carried one or two beats, each batch a transaction, a NOTIFY and a
+# watch feed read.
+HEARTBEAT_BATCH_SPACING = 0.02
 
 
 class AuthCore:
@@ -74,7 +79,9 @@ class AuthCore:
         self.nodes: ResourceStore[Node] = ResourceStore(
             backend, "/nodes/", Node, "node", cache_size=NODES_DECODED
         )
-        self.node_writer = BatchedWriter(backend, "node heartbeats")
+        self.node_writer = BatchedWriter(
+            backend, "node heartbeats", spacing=HEARTBEAT_BATCH_SPACING
+        )
         # What `cgsh ls` lists from, instead of reading every node per call.
         self.node_mirror = PrefixMirror(backend, self.nodes.prefix, clock)
         self.kube_clusters: ResourceStore[KubeCluster] = ResourceStore(

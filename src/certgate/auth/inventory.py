@@ -33,7 +33,9 @@ class Inventory(AuthCore):
                 f'access denied: this identity no longer holds the name "{node.name}": '
                 "join the cluster again with a new token"
             )
-        meta = node.metadata.model_copy(update={"expires": self.clock.now() + ttl})
+        # Revision 0 as stored: encode then copies nothing more (two model copies a
+        # beat fewer, 333 beats a second at 10,000 nodes).
+        meta = node.metadata.model_copy(update={"expires": self.clock.now() + ttl, "revision": 0})
         # Coalesced with the other nodes' beats into one transaction (batched_writer.py).
         await self.node_writer.put(self.nodes.encode(node.model_copy(update={"metadata": meta})))
 

@@ -13,7 +13,7 @@ reads the store once per set of prefixes and hands each event to every subscribe
 
     async with hub.subscribe(prefixes) as events:   # before the snapshot is read
         snapshot = ...                              # events may repeat it, never skip past it
-        async for event in events: ...
+        async for event in events: ...              # or anext(events), then events.ready()
 
 A feed starts with its first subscriber and stops with its last. A subscriber that falls
 `QUEUE_LIMIT` events behind, or a feed whose store watch fails (compacted, store
@@ -72,6 +72,30 @@ class _Subscriber:
                 return
             self.ready.clear()
             await self.ready.wait()
+
+
+class Subscription:
+    """One subscriber's events: `async for event in it`, or `anext(it)` and then
+    `ready()` for the events already queued behind that one, taken at once. A watch
+    stream writes those in one go: at 10,000 nodes the proxy's stream carried a
+    heartbeat per write, each a TLS record the proxy read and parsed on its own."""
+
+    def __init__(self, subscriber: _Subscriber) -> None:
+        self._subscriber = subscriber
+        self._events = aiter(subscriber)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await anext(self._events)
+
+    def ready(self) -> list[Event]:
+        """The events queued now, in order, taken off the queue (none waited for). A
+        failure or end behind them comes from the next `anext`, as it would have."""
+        taken = list(self._subscriber.events)
+        self._subscriber.events.clear()
+        return taken
 
 
 class _Feed:
@@ -194,7 +218,7 @@ class WatchHub:
         return built
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, prefixes: Sequence[str]) -> AsyncIterator[AsyncIterator[Event]]:
+    async def subscribe(self, prefixes: Sequence[str]) -> AsyncIterator[Subscription]:
         """Every event under `prefixes` from now on, in revision order."""
         key = _key(prefixes)
         feed = self._feeds.get(key)
@@ -209,7 +233,7 @@ class WatchHub:
         self._streams += 1
         try:
             await feed.started()
-            yield aiter(subscriber)
+            yield Subscription(subscriber)
         finally:
             feed.subscribers.discard(subscriber)
             try:

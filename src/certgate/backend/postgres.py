@@ -37,6 +37,7 @@ import bisect
 import contextlib
 import logging
 import random
+import select
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -381,7 +382,7 @@ class PostgresBackend:
             open=False,
             kwargs={"autocommit": True},
             configure=_configure,
-            check=AsyncConnectionPool.check_connection,
+            check=_check_pooled,
             timeout=pool_timeout,
             name="certgate-postgres",
         )
@@ -391,6 +392,9 @@ class PostgresBackend:
         self._head = 0
         # The newest revision this instance knows of; watch(start_revision=0) starts here.
         self._known_revision = 0
+        # The newest revision this instance wrote (and poked the feed for), so its
+        # NOTIFY need not poke it again.
+        self._poked_through = 0
         # Replaced after every feed read, so a watcher that took the current one before
         # looking at the buffer is woken by anything appended after.
         self._fed = asyncio.Event()
@@ -769,8 +773,10 @@ class PostgresBackend:
                     failures = 0
                     # Anything written while we were not listening is read now.
                     self._poke.set()
-                    async for _ in conn.notifies():
-                        self._poke.set()
+                    async for notice in conn.notifies():
+                        seen = max(self._head, self._poked_through)
+                        if _notified_revision(notice.payload) > seen:
+                            self._poke.set()
             except (psycopg.Error, CertgateError) as exc:
                 if self._closed:
                     return
@@ -834,6 +840,8 @@ class PostgresBackend:
 
     def _wrote(self, revision: int) -> None:
         self._known_revision = max(self._known_revision, revision)
+        # Set after the commit: a feed read starts after it and sees `revision`.
+        self._poked_through = max(self._poked_through, revision)
         self._poke.set()
 
     def _item(self, item: Item, value: bytes, revision: int) -> Item:
@@ -916,6 +924,18 @@ class PostgresBackend:
             return dropped.rowcount
 
 
+def _notified_revision(payload: str) -> int:
+    """The revision a NOTIFY carries (the writer's new head). One the feed has read, or
+    this instance wrote (its commit poked the feed, `_wrote`), needs no read of its
+    own: the NOTIFY of an instance's own write, arriving after that poke, read the log
+    a second time for nothing, one query more per heartbeat batch. Unreadable: read
+    (a writer that sends something else must still wake the feed)."""
+    try:
+        return int(payload)
+    except ValueError:
+        return 1 << 62
+
+
 def _revision(event: Event) -> int:
     return event.item.revision
 
@@ -923,6 +943,24 @@ def _revision(event: Event) -> int:
 def _backoff(failures: int, base: float = 0.5) -> float:
     """Exponential, capped at 10 s, with jitter so instances do not retry in step."""
     return float(min(10.0, base * 2 ** min(failures, 10)) * random.uniform(0.5, 1.5))
+
+
+async def _check_pooled(conn: AsyncConnection[Any]) -> None:
+    """The pool's check of a connection it hands out (raises if it is broken).
+
+    A round trip only when the idle connection has something to read, or libpq knows
+    it is broken: a server that ends a connection (restart, `pg_terminate_backend`,
+    idle timeout) sends an error and closes it, and an idle pooled connection has
+    nothing else to read (notifications come on the LISTEN connection, not these).
+    A round trip on every checkout (psycopg_pool's check_connection) was one more
+    query for each heartbeat batch and each watch feed read: at 10,000 nodes on
+    PostgreSQL, a twentieth of auth's core with the server on the same core."""
+    if not conn.closed:
+        waiting = select.poll()
+        waiting.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+        if not waiting.poll(0):
+            return
+    await AsyncConnectionPool.check_connection(conn)
 
 
 async def _configure(conn: AsyncConnection[Any]) -> None:

@@ -10,6 +10,12 @@ idle, one transaction per round trip when it is busy.
     put(b) ─┼─► pending ─► writer task: write_many([a, b, c]) ─► each caller's future
     put(c) ─┘
 
+With `spacing`, a batch starts at least that long after the one before: when puts
+come steadily (333 heartbeats a second, each round trip a few ms), each batch used to
+carry one or two, and every batch costs a transaction, a NOTIFY, a watch feed read
+and their round trips. A put after a quiet spell still goes at once; a busy one waits
+at most `spacing` for the others to join it.
+
 Every put keeps its own effect and order: items get consecutive revisions in the order
 the puts were made, and a key put twice before a write goes in two batches, so watchers
 see both events in order.
@@ -40,10 +46,15 @@ MAX_BATCH = 500
 
 
 class BatchedWriter:
-    def __init__(self, backend: Backend, what: str, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, backend: Backend, what: str, max_batch: int = MAX_BATCH, spacing: float = 0.0
+    ) -> None:
         self._backend = backend
         self._what = what
         self._max_batch = max_batch
+        # While busy, a batch starts at least `spacing` seconds after the one before.
+        self._spacing = spacing
+        self._last_start = float("-inf")
         self._pending: list[tuple[Item, asyncio.Future[Item]]] = []
         self._writer: asyncio.Task[None] | None = None
         self.batches = 0  # transactions written (for tests and benchmarks)
@@ -78,7 +89,12 @@ class BatchedWriter:
         return batch
 
     async def _write_pending(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._pending:
+            wait = self._last_start + self._spacing - loop.time()
+            if wait > 0:  # busy: let more puts join this batch
+                await asyncio.sleep(wait)
+            self._last_start = loop.time()
             batch = self._next_batch()
             outcomes = await self._write([item for item, _ in batch])
             self.batches += 1

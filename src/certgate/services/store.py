@@ -79,7 +79,10 @@ class ResourceStore(Generic[T]):
 
     def _encode(self, resource: T) -> Item:
         meta = _metadata(resource)
-        clean = resource.model_copy(update={"metadata": meta.model_copy(update={"revision": 0})})
+        clean = resource  # stored without its revision (a copy only when it has one)
+        if meta.revision:
+            unrevised = meta.model_copy(update={"revision": 0})
+            clean = resource.model_copy(update={"metadata": unrevised})
         return Item(
             key=self.key(meta.name),
             value=clean.model_dump_json().encode(),
