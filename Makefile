@@ -8,7 +8,12 @@ VENDOR := $(WEB)/static/vendor
 
 .PHONY: install web-assets run test lint bench clean
 
+# Bytecode for certgate's own modules, written once here: an editable install has none,
+# and with PYTHONDONTWRITEBYTECODE set (as on the test machines) every certgate, cgsh and
+# cgctl start compiled its modules again (0.3 s of CPU per daemon start, a fifth of
+# `cgsh ls`'s start-up). A stale file is only ignored: Python checks the source's mtime.
 install: $(STAMP)
+	$(BIN)/python -m compileall -q src > /dev/null
 
 $(STAMP): pyproject.toml $(WEB)/package-lock.json
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
