@@ -1064,7 +1064,8 @@ def summarize_lock_profile(directory: Path, label: str, top: int = 30) -> None:
         raw = directory / f"{name}.txt"
         if not raw.exists():
             continue
-        kept = directory / f"{name}-lock-{label.replace('@', '-')}-{int(time.time())}.txt"
+        tag = label.replace("@", "-").replace(" ", "-")
+        kept = directory / f"{name}-lock-{tag}-{int(time.time())}.txt"
         raw.rename(kept)
         inclusive, own, total = tally_stacks(kept)
         per = 1000 / LOCK_PROFILE_RATE
