@@ -5,7 +5,8 @@
                                           [--rounds 2] [--lock-rounds 1] [--lock-procs 4]
                                           [--profile DIR] [--split both|pinned|unpinned]
                                           [--event-loop uvloop|asyncio] [--compare-loop]
-                                          [--baseline-src DIR] [--lock-split pinned|unpinned]
+                                          [--baseline-src DIR]
+                                          [--lock-split apart|pinned|both|unpinned]
                                           [--busy-forks] [--lock-only]
 
 Two paths, set up in the same run on this machine, driven by the same client (asyncssh,
@@ -70,12 +71,26 @@ Figures (printed next to their targets, nothing asserted):
       `wait_closed()`), the figure printed before. 250 sessions per client process, on
       the same cores as the servers and the shells that exit, are torn down one after
       the other: this figure times the bench's clients as much as the servers.
-  During the lock (`--lock-split pinned`, the default) certgate's processes, the shells
-  included, run on the first core and the sessions' client processes and the observer on
-  the others: a user's ssh runs on the user's machine, so the bench's clients tearing down
-  1,000 sessions must not take the servers' CPU. `--lock-split unpinned` measures it the
-  old way (in this round's runs both gave the same figures: the proxy's cut pass took
-  ~100-140 ms of CPU and 0.7-1.4 s of wall time either way).
+  Where the processes run during the lock (`--lock-split`; the sessions are opened
+  unpinned, then each round places them, every thread, children included):
+    apart (the default): the auth+proxy process (its auth workers included) alone on the
+      first core; the nodes, their spawn helpers and shells, the sessions' client
+      processes and the close observer on the other(s). What the target is about: one
+      proxy in front of ten nodes that, in a deployment, are other machines, and users
+      whose ssh runs on their own. The proxy still relays the busy sessions' output and
+      takes what the nodes send at the lock, as it would.
+    pinned: every certgate process (auth+proxy, the nodes, their shells) on the first
+      core, the clients and the observer on the other(s): the proxy shares its core with
+      the ten nodes' own cuts and the shells' exits at the lock (the figure before
+      `apart`; what a proxy colocated with its nodes would see).
+    both: apart and pinned taking turns, round by round (`--lock-rounds` per split).
+    unpinned: every process on any core (the first version's figure).
+  In every split the close observer runs in the real-time class when the kernel allows
+  it (SCHED_FIFO; printed at the start, else nice -10): it is the measuring instrument,
+  woken by each FIN it notes the time at once, whatever else runs on its core. The
+  figure is the same in every split: from the lock request's send to each jump
+  connection's FIN (or RST) at the client host. `apart` is the default because the
+  target names a deployment's figure; `pinned` stays to watch what colocated nodes cost.
   Then each stage, from the servers' logs (lock_stages.py): auth's answer, the proxy's
   lock event, its cut of the jump connections and their last close, each node's event,
   cut and hang-up. `--rounds 0` skips the starts/s windows.
@@ -442,6 +457,17 @@ def measure_starts(
 
 UNPINNED = "unpinned"
 PINNED = "pinned"
+APART = "apart"
+BOTH = "both"
+# Where the processes run during a lock round (`--lock-split`), in the words printed.
+LOCK_SPLITS = {
+    APART: "auth+proxy alone on the first core; the nodes, their shells, the sessions'"
+    " clients and the close observer on the other(s), as in a deployment, where nodes are"
+    " other machines",
+    PINNED: "auth+proxy, the nodes and their shells on the first core; the sessions'"
+    " clients and the close observer on the other(s)",
+    UNPINNED: "every process on any core",
+}
 # ---------------------------------------------------------------------- lock
 
 
@@ -584,10 +610,11 @@ def main() -> int:
     parser.add_argument("--busy", type=int, default=10, help="sessions that print output")
     parser.add_argument(
         "--lock-split",
-        default=PINNED,
-        choices=[PINNED, UNPINNED],
-        help="during the lock: certgate on the first core, the sessions' clients on the"
-        " others (pinned), or every process on any core",
+        default=APART,
+        choices=[APART, PINNED, BOTH, UNPINNED],
+        help="during the lock: auth+proxy alone on the first core, the nodes and clients on"
+        " the others (apart, default); all of certgate on the first core, the clients on the"
+        " others (pinned); apart and pinned taking turns (both); or every process on any core",
     )
     parser.add_argument(
         "--busy-forks",
@@ -613,7 +640,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--split",
-        choices=["both", UNPINNED, PINNED],
+        choices=[BOTH, UNPINNED, PINNED],
         default="both",
         help="starts/s windows with every process on any core, servers and clients on"
         " separate cores, or both (default)",
@@ -636,7 +663,8 @@ def main() -> int:
         help="also start a second certgate running the other event loop, for starts/s",
     )
     args = parser.parse_args()
-    args.split = [UNPINNED, PINNED] if args.split == "both" else [args.split]
+    args.split = [UNPINNED, PINNED] if args.split == BOTH else [args.split]
+    args.lock_splits = [APART, PINNED] if args.lock_split == BOTH else [args.lock_split]
     os.environ[BUSY_FORKS_ENV] = "1" if args.busy_forks else "0"
     openssh_sessions = args.openssh_sessions or args.sessions
     ensure_user(LOGIN)
@@ -825,16 +853,20 @@ def sessions_phase(
     base_certgate = memory(certgate.roots)
     lock_rounds: list[LockRound] = []
     loaded_certgate: Memory | None = None
-    observer = CloseObserver.start(workdir)
+    observer = start_observer(workdir, args.lock_splits)
     try:
         for number in range(max(1, args.lock_rounds)):
-            workers = open_for_lock(
-                certgate, keys, args.sessions, args.busy, args.lock_procs, observer.path
-            )
-            if number == 0:
-                loaded_certgate = settle_memory(certgate.roots)
-            print(f"lock round {number + 1}: {args.sessions} certgate sessions", flush=True)
-            lock_rounds.append(run_lock(args, cluster, certgate, workers, observer))
+            for split in args.lock_splits:
+                workers = open_for_lock(
+                    certgate, keys, args.sessions, args.busy, args.lock_procs, observer.path
+                )
+                if loaded_certgate is None:
+                    loaded_certgate = settle_memory(certgate.roots)
+                print(
+                    f"lock round {number + 1} ({split}): {args.sessions} certgate sessions",
+                    flush=True,
+                )
+                lock_rounds.append(run_lock(args, cluster, certgate, workers, observer, split))
     finally:
         observer.stop()
     assert loaded_certgate is not None
@@ -846,32 +878,63 @@ def sessions_phase(
     return memories, lock_rounds
 
 
+def start_observer(workdir: Path, splits: list[str]) -> CloseObserver:
+    """The close observer, and what the lock rounds' splits mean (printed once)."""
+    observer = CloseObserver.start(workdir)
+    for split in splits:
+        print(f"lock split {split}: {LOCK_SPLITS[split]}", flush=True)
+    print(f"close observer: {observer.priority}", flush=True)
+    return observer
+
+
+def place_for_lock(
+    split: str, route: Route, workers: list[tuple[Any, Any]], observer: CloseObserver
+) -> None:
+    """Put the path's processes and the lock's clients where `split` says (LOCK_SPLITS).
+
+    A user's ssh runs on the user's machine: in both split ways the sessions' clients and
+    the observer are off the server core, so the clients' teardown of 1,000 sessions
+    cannot take the servers' CPU. `pinned` puts every certgate process (the shells
+    included) on that one core; `apart` only the auth+proxy process (its auth workers
+    included), the nodes going with the clients, as nodes are other machines in a
+    deployment. The observer's timestamps do not wait for that busy core: it runs in the
+    real-time class (close_observer.py), when allowed."""
+    clients = [observer.process.pid, *(child.pid for _, child in workers)]
+    client_pids = [pid for pid in clients if pid is not None]
+    if split == UNPINNED:
+        pin(route.roots, ALL)
+        pin(client_pids, ALL)
+        return
+    server_cpus, client_cpus = core_split()
+    if split == PINNED:
+        pin(route.roots, server_cpus)
+    else:
+        pin(route.roots[:1], server_cpus)
+        pin(route.roots[1:], client_cpus)
+    pin(client_pids, client_cpus)
+
+
 def run_lock(
     args: argparse.Namespace,
     cluster: Cluster,
     route: Route,
     workers: list[tuple[Any, Any]],
     observer: CloseObserver,
+    split: str,
 ) -> LockRound:
-    """One lock on the sessions `workers` hold open through `route`, and its stages."""
-    if args.lock_split == PINNED:
-        # As a user's ssh runs on the user's machine: the sessions' clients (and the
-        # observer) on the client cores, certgate's processes (the shells included) on
-        # the server core, so the clients' teardown of 1,000 sessions cannot take the
-        # servers' CPU.
-        server_cpus, client_cpus = core_split()
-        pin(route.roots, server_cpus)
-        clients = [observer.process.pid, *(child.pid for _, child in workers)]
-        pin([pid for pid in clients if pid is not None], client_cpus)
+    """One lock on the sessions `workers` hold open through `route`, with the processes
+    placed as `split` says, and its stages."""
+    place_for_lock(split, route, workers, observer)
     spy: list[subprocess.Popen[bytes]] = []
     if args.profile is not None and args.lock_only:
         spy = start_profile(args.profile, cluster, LOCK_PROFILE_SECONDS, LOCK_PROFILE_RATE)
         time.sleep(0.5)  # py-spy attached
     lock = asyncio.run(lock_round(cluster, workers, observer, args.sessions))
+    lock.split = split
     for process in spy:
         process.wait()
     if spy and args.profile is not None:
-        summarize_lock_profile(args.profile, route.label)
+        summarize_lock_profile(args.profile, f"{route.label} {split}")
     pin(route.roots, ALL)
     time.sleep(3)  # every node sees the lock go, and logs its last hang-up
     lock.read_stages(cluster, args.nodes)
@@ -885,29 +948,33 @@ def lock_only(
     clusters: dict[str, Cluster],
     workdir: Path,
 ) -> int:
-    """`--lock-only`: `--lock-rounds` locks on every certgate path, the paths taking turns
-    (the first one changing from round to round), and each path's figures."""
-    rounds: dict[str, list[LockRound]] = {route.label: [] for route in paths}
-    observer = CloseObserver.start(workdir)
+    """`--lock-only`: `--lock-rounds` locks on every certgate path in every lock split,
+    taking turns (the first path and split changing from round to round), and the figures
+    of each path in each split."""
+    turns = [(split, route) for split in args.lock_splits for route in paths]
+    rounds: dict[tuple[str, str], list[LockRound]] = {
+        (route.label, split): [] for split, route in turns
+    }
+    observer = start_observer(workdir, args.lock_splits)
     try:
         for number in range(max(1, args.lock_rounds)):
-            shift = number % len(paths)
-            for route in paths[shift:] + paths[:shift]:
+            shift = number % len(turns)
+            for split, route in turns[shift:] + turns[:shift]:
                 workers = open_for_lock(
                     route, keys_for[route.label], args.sessions, args.busy, args.lock_procs,
                     observer.path,
                 )  # fmt: skip
                 print(
-                    f"lock round {number + 1}: {args.sessions} sessions through {route.label}"
-                    f" (load average {Path('/proc/loadavg').read_text().split()[0]})",
+                    f"lock round {number + 1} ({split}): {args.sessions} sessions through"
+                    f" {route.label} (load average {Path('/proc/loadavg').read_text().split()[0]})",
                     flush=True,
                 )
-                lock = run_lock(args, clusters[route.label], route, workers, observer)
-                rounds[route.label].append(lock)
+                lock = run_lock(args, clusters[route.label], route, workers, observer, split)
+                rounds[(route.label, split)].append(lock)
     finally:
         observer.stop()
-    for label, locks in rounds.items():
-        print(f"\n==== {label}")
+    for (label, split), locks in rounds.items():
+        print(f"\n==== {label}, {split}")
         report_lock(args, locks)
     print(f"\nload average at the end: {Path('/proc/loadavg').read_text().strip()}")
     return 0
@@ -963,7 +1030,8 @@ def summarize_lock_profile(directory: Path, label: str, top: int = 30) -> None:
         raw = directory / f"{name}.txt"
         if not raw.exists():
             continue
-        kept = directory / f"{name}-lock-{label.replace('@', '-')}-{int(time.time())}.txt"
+        tag = label.replace("@", "-").replace(" ", "-")
+        kept = directory / f"{name}-lock-{tag}-{int(time.time())}.txt"
         raw.rename(kept)
         inclusive, own, total = tally_stacks(kept)
         per = 1000 / LOCK_PROFILE_RATE

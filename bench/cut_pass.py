@@ -11,7 +11,8 @@ connection has. Then the server ends all of them in one pass, the way `--ways` s
     disconnect      asyncssh's disconnect() (a close packet per channel, the disconnect,
                     an abort), then the corked transport's cut (the FIN at once): the
                     proxy's cut before cut_connection
-    cut_connection  corked.py cut_connection: the disconnect packet, the FIN, an abort
+    cut_connection  corked.py cut_connection: the disconnect packet and the FIN in one
+                    segment; the abort right after the pass
 
 Printed per way, median over the rounds (the ways take turns): the pass's CPU and wall
 time (what users wait for: every disconnect and FIN is written in the pass), and the CPU

@@ -63,6 +63,7 @@ class LockRound:
     arrived: dict[str, float] = field(default_factory=dict)  # session -> FIN/RST at the host
     proxy: ServerStages | None = None
     nodes: list[ServerStages] = field(default_factory=list)
+    split: str = ""  # where the processes ran (bench/concurrency.py --lock-split)
 
     def read_stages(self, cluster: ClusterLogs, nodes: int) -> None:
         """The servers' stages, from their logs (before the run's directory goes)."""
@@ -109,21 +110,26 @@ def spread(values: list[float]) -> str:
 
 
 def report_lock(args: argparse.Namespace, rounds: list[LockRound]) -> None:
+    """Each round's stages, then the closes of all rounds of each split together."""
     for number, lock in enumerate(rounds, 1):
         print(
-            f"\nlock round {number}: {args.sessions} sessions ({args.busy} busy"
+            f"\nlock round {number}{f' ({lock.split})' if lock.split else ''}: {args.sessions}"
+            f" sessions ({args.busy} busy"
             f"{', forking' if getattr(args, 'busy_forks', False) else ''}) on"
             f" {args.nodes} nodes, ms after the lock request was sent"
         )
         report_round(lock, args.busy)
-    arrived = [t for lock in rounds for t in after(lock.arrived, lock.sent)]
-    processed = [t for lock in rounds for t in after(lock.processed, lock.sent)]
-    print(
-        f"\nlock on the user -> each of {args.sessions} sessions on {args.nodes} nodes closed"
-        f" ({len(rounds)} round(s); target p99 <= {TARGET_P99_MS} ms):"
-    )
-    print(f"  close at the client host (socket):  {spread(arrived)}")
-    print(f"  close seen by the bench's asyncssh: {spread(processed)}")
+    for split in dict.fromkeys(lock.split for lock in rounds):
+        chosen = [lock for lock in rounds if lock.split == split]
+        arrived = [t for lock in chosen for t in after(lock.arrived, lock.sent)]
+        processed = [t for lock in chosen for t in after(lock.processed, lock.sent)]
+        print(
+            f"\nlock on the user -> each of {args.sessions} sessions on {args.nodes} nodes closed"
+            f" ({len(chosen)} round(s){f', {split}' if split else ''};"
+            f" target p99 <= {TARGET_P99_MS} ms):"
+        )
+        print(f"  close at the client host (socket):  {spread(arrived)}")
+        print(f"  close seen by the bench's asyncssh: {spread(processed)}")
 
 
 def report_round(lock: LockRound, busy: int) -> None:

@@ -126,7 +126,9 @@ async def test_the_client_gets_the_message_and_the_server_side_hears_the_end(
         for conn in served.conns:
             await asyncio.wait_for(conn.wait_closed(), 5)
         await eventually_async(lambda: len(served.tunnel_ends) == 6)
-        assert len(served.owner_lost) == 3
+        # As after asyncssh's own disconnect: an end, not an error (the abort comes
+        # after the cut's pass, and nothing in between may make it a lost connection).
+        assert served.owner_lost == [None, None, None]
         # A second cut of a cut connection is harmless (a second lock in the same pass).
         cut_connection(served.conns[0], MESSAGE)
     finally:
@@ -147,8 +149,8 @@ async def test_a_client_that_reads_nothing_gets_the_fin_at_once(reasons: _Reason
     try:
         assert not poll.poll(0)  # shown first: the poll would see an end, and sees none yet
         cut_connection(served.conns[0], MESSAGE)
-        # The event loop does not run during this blocking poll: the FIN (and the reset
-        # behind it) left within the cut's own call, not a pass later.
+        # The event loop does not run during this blocking poll: the FIN left within the
+        # cut's own call, not a pass later (the reset follows with the abort).
         assert poll.poll(2000)
         # The disconnect packet is there, unread, ahead of the end.
         with socket.fromfd(raw.fileno(), socket.AF_INET, socket.SOCK_STREAM) as peek:

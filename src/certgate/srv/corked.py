@@ -39,14 +39,29 @@ from asyncssh.packet import String, UInt32
 CORKED = "certgate_corked_transport"
 
 
-def _end_now(fd: int) -> None:
-    """The FIN now, behind what was written; and a reset when the socket closes, which
-    drops whatever the peer has not taken by then (a peer that reads nothing would
-    otherwise hold the FIN back behind the output it does not read)."""
-    sock = socket.socket(fileno=fd)  # borrowed: detached below, never closed here
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _end_now(transport_sock: Any, last: bytes) -> None:
+    """`last` (the disconnect packet) and the FIN now, in one TCP segment; and a reset when
+    the socket closes, which drops whatever the peer has not taken by then (a peer that
+    reads nothing would otherwise hold the FIN back behind the output it does not read).
+
+    `last` is sent with MSG_MORE, which holds it in the kernel, and the shutdown puts the
+    FIN on that same segment: one packet through the network stack instead of two (on
+    loopback the sender's call also runs the receiver's side of each). Only for a sink
+    with nothing queued (else `last` would overtake it); a send cut short (a peer that
+    reads nothing, its window full) loses the rest, as the reset would."""
+    # Borrowed (detached below, never closed here); family, type and protocol given so
+    # that making it asks the kernel nothing.
+    sock = socket.socket(
+        transport_sock.family, transport_sock.type, transport_sock.proto, transport_sock.fileno()
+    )
     try:
         with contextlib.suppress(OSError):  # the peer may be gone already
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if last:
+                sock.send(last, socket.MSG_MORE)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             sock.shutdown(socket.SHUT_WR)
     finally:
         sock.detach()
@@ -107,16 +122,23 @@ class CorkedTransport(asyncio.Transport):
 
     def cut(self) -> None:
         """End the connection now (a lock): what was written (the disconnect message)
-        leaves at once with the FIN right behind it, not a pass of the event loop later
-        when the socket is closed; and the close resets the connection, so output the
-        peer has not taken by then (a client that stopped reading) is dropped, not
-        drained first. The transport is aborted, as usual."""
-        self.flush()
-        self._closing = True
+        leaves at once with the FIN on the same segment, not a pass of the event loop
+        later when the socket is closed; and the close resets the connection, so output
+        the peer has not taken by then (a client that stopped reading) is dropped, not
+        drained first. Nothing more is read or written; the transport's abort (which
+        closes the socket, with that reset) is left to the connection's, which follows."""
         sock = self._sink.get_extra_info("socket") if self._on_socket else None
+        if sock is None or self._sink.get_write_buffer_size():
+            # Behind output the sink still holds: the packet goes to the sink after it.
+            self.flush()
+            last = b""
+        else:
+            last = b"".join(self._pending)
+            self._pending.clear()
+        self._closing = True
         if sock is not None:
-            _end_now(sock.fileno())
-        self._sink.abort()
+            _end_now(sock, last)
+        self._sink.pause_reading()
 
     def is_closing(self) -> bool:
         return self._closing
@@ -135,7 +157,8 @@ class CorkedTransport(asyncio.Transport):
         self._sink.pause_reading()
 
     def resume_reading(self) -> None:
-        self._sink.resume_reading()
+        if not self._closing:  # a cut connection reads nothing more until its abort
+            self._sink.resume_reading()
 
     def get_write_buffer_size(self) -> int:
         return sum(len(chunk) for chunk in self._pending)
@@ -257,9 +280,10 @@ def cut_connection(conn: Any, message: str, code: int = asyncssh.DISC_BY_APPLICA
     each, built and encrypted, that a peer told to disconnect has no use for; then it
     sends the disconnect and aborts. Here only the disconnect is sent. Everything else
     happens as with `disconnect()`: every channel's session and the connection's owner
-    get connection_lost in the next pass (asyncssh's `abort`), so what a session does
-    when it ends (its audit, its recording, a tunnel's linger) still runs. A connection
-    on no corked socket (inside an SSH channel) is disconnected asyncssh's way."""
+    get connection_lost a pass or two later (asyncssh's `abort`, called after this
+    pass), so what a session does when it ends (its audit, its recording, a tunnel's
+    linger) still runs. A connection on no corked socket (inside an SSH channel) is
+    disconnected asyncssh's way."""
     transport = conn.get_extra_info(CORKED)
     if transport is None or not transport.on_socket:
         conn.disconnect(code, message)
@@ -268,4 +292,8 @@ def cut_connection(conn: Any, message: str, code: int = asyncssh.DISC_BY_APPLICA
         return
     conn.send_packet(MSG_DISCONNECT, UInt32(code), String(message), String(DEFAULT_LANG))
     transport.cut()
-    conn.abort()
+    # The abort (asyncssh's log line and clean-up, then the transport's, which closes
+    # the socket) is not what the user waits for: it runs right after this pass, so in
+    # a lock's pass over a thousand connections every FIN leaves before any of it. The
+    # cut transport reads and writes nothing meanwhile.
+    asyncio.get_running_loop().call_soon(conn.abort)
