@@ -24,6 +24,7 @@ from certgate.backend.registry import open_backend, open_event_store
 from certgate.clock import SystemClock
 from certgate.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
 from certgate.services.audit import AuditLog
+from tests.support.wait import eventually_async
 
 ROLES: list[dict[str, Any]] = [
     {
@@ -315,6 +316,32 @@ async def test_a_resource_request_grants_the_search_roles_for_that_node_only(
     cert = identity_from_ssh_cert(bundle.ssh_cert)
     assert cert.resources == ("node/db-1",) and cert.logins == ("reader",)
     assert [n.name for n in await server.nodes_for(cert)] == ["db-1"]
+
+
+async def test_ls_judges_each_label_set_so_shared_sets_do_not_leak(server: AuthServer) -> None:
+    # Label sets repeat across nodes and are judged once per call: every node still
+    # gets the answer for its own labels, in the store's order.
+    labels = [
+        {"env": "prod"},
+        {"env": "dev"},
+        {"env": "prod"},
+        {"env": "prod", "team": "x"},
+        {"env": "dev"},
+        {"team": "x", "env": "prod"},
+        {"team": "x"},
+    ]
+    for i, these in enumerate(labels):
+        node = from_dict(
+            {"kind": "node", "metadata": {"name": f"n{i}", "labels": these},
+             "spec": {"addr": "127.0.0.1:1"}}
+        )  # fmt: skip
+        await server.nodes.upsert(node)  # type: ignore[arg-type]
+    # `cgsh ls` answers from auth's watch-fed copy of the nodes: wait for the last put.
+    await eventually_async(lambda: len(server.node_mirror.items()) == len(labels))
+    dba = replace(user("dan"), roles=("db-admin",))
+    assert [n.name for n in await server.nodes_for(dba)] == ["n0", "n2", "n3", "n5"]
+    everyone = replace(user("dan"), roles=("two-man",))
+    assert len(await server.nodes_for(everyone)) == len(labels)
 
 
 async def test_a_lock_on_a_request_refuses_its_certificates(server: AuthServer) -> None:

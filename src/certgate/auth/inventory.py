@@ -73,12 +73,20 @@ class Inventory(AuthCore):
             nodes = [self.nodes.decode(item) for item in self.node_mirror.items()]
         else:
             nodes = await self.nodes.list()
-        return [
-            n
-            for n in nodes
-            if role_set.can_access_node(n.metadata.labels)
-            and resource_allowed(caller.resources, "node", n.name)
-        ]
+        # Whether the roles reach a node depends on its labels alone, and nodes share
+        # label sets: each set is judged once per call (the judging was half of a
+        # `cgsh ls` at 10,000 nodes on auth's core).
+        reaches: dict[tuple[tuple[str, str], ...], bool] = {}
+        visible = []
+        for n in nodes:
+            labels = n.metadata.labels
+            key = tuple(labels.items())
+            reached = reaches.get(key)
+            if reached is None:
+                reached = reaches[key] = role_set.can_access_node(labels)
+            if reached and resource_allowed(caller.resources, "node", n.name):
+                visible.append(n)
+        return visible
 
     async def is_agentless(self, node: str) -> bool:
         """Whether `node` is an agentless OpenSSH node (its sessions are the proxy's)."""
