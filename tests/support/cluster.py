@@ -179,15 +179,30 @@ class Cluster:
     def cgctl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        return run(
-            [str(BIN / "cgctl"), "--data-dir", str(self.data_dir), *args], input=input, check=check
-        )
+        argv = [str(BIN / "cgctl"), "--data-dir", str(self.data_dir), *args]
+        return self._run(argv, input=input, check=check)
 
     def cgsh(
         self, user: User, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         env = {"CERTGATE_HOME": str(user.home)}
-        return run([str(BIN / "cgsh"), *args], input=input, check=check, env=env)
+        return self._run([str(BIN / "cgsh"), *args], input=input, check=check, env=env)
+
+    def _run(
+        self, argv: list[str], input: str | None, check: bool, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """run(), and when the command failed because certgate is gone, how it went."""
+        try:
+            return run(argv, input=input, check=check, env=env)
+        except AssertionError as failed:
+            code = self.process.poll() if self.process is not None else None
+            if code is None:
+                raise
+            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+            raise AssertionError(
+                f"{failed}\ncertgate itself exited with {code} (negative: that signal); "
+                f"the end of its log:\n{tail}"
+            ) from None
 
     def add_user(self, name: str, roles: str = "access", logins: str = "") -> User:
         args = ["users", "add", name, f"--roles={roles}"]

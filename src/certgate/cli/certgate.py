@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import sys
 from pathlib import Path
@@ -126,6 +127,9 @@ def start(
         config = config.model_copy(update={"strict_lock_grace": parse_duration(strict_lock_grace)})
     directory = data_dir or (Path(config.data_dir) if config.data_dir else default_data_dir())
     setup_logging(config.debug)
+    # A crash in native code (OpenSSL, uvloop, libpq) leaves the Python stack of every
+    # thread on stderr, the log, instead of a process gone without a word.
+    faulthandler.enable()
     daemon = Daemon(config, directory.resolve(), first_admin=first_admin)
     try:
         event_loop.run(daemon.run())
