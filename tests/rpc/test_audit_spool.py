@@ -60,6 +60,17 @@ def delivered(spool: AuditSpool) -> bool:
     return spool.backlog == 0 and not spool._writing
 
 
+async def _sent_one_by_one(tmp_path: Path, auth: _Auth, count: int) -> AuditSpool:
+    """A started spool that has delivered `count` events, each in a call of its own
+    (the cursor is saved at most once a second, so it may lag behind them)."""
+    spool = AuditSpool(tmp_path, auth)
+    await spool.start()
+    for n in range(count):
+        spool.put("exec", {"n": n})
+        await until(lambda: delivered(spool))
+    return spool
+
+
 def segments(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.jsonl"))
 
@@ -275,11 +286,7 @@ async def test_a_backlog_larger_than_memory_keeps_arriving_in_order(tmp_path: Pa
 
 async def test_after_close_a_restart_resends_nothing_already_stored(tmp_path: Path) -> None:
     auth = _Auth()
-    first = AuditSpool(tmp_path, auth)
-    await first.start()
-    for n in range(5):
-        first.put("exec", {"n": n})
-        await until(lambda: delivered(first))  # one call each, cursor saved at most 1/s
+    first = await _sent_one_by_one(tmp_path, auth, 5)
     await first.close()
     sent = len(auth.sent_ids)
 
@@ -293,11 +300,7 @@ async def test_after_close_a_restart_resends_nothing_already_stored(tmp_path: Pa
 
 async def test_a_crash_resends_what_the_saved_cursor_does_not_cover_once(tmp_path: Path) -> None:
     auth = _Auth()
-    crashed = AuditSpool(tmp_path, auth)
-    await crashed.start()
-    for n in range(30):
-        crashed.put("exec", {"n": n})
-        await until(lambda: delivered(crashed))
+    crashed = await _sent_one_by_one(tmp_path, auth, 30)
     for task in crashed._tasks:  # kill -9: no close, the cursor maybe a second behind
         task.cancel()
     await asyncio.gather(*crashed._tasks, return_exceptions=True)
