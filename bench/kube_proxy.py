@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/kube_proxy.py [--size 256M] [--rounds 3] [--calls 30]
                                          [--kube-in-proxy] [--record]
+                                         [--split both|shared|apart]
 
 The API server is the test stand-in (tests/support/kube_standin.py: aiohttp in a thread
 of this process); certgate runs auth + proxy and a kube service as real processes. Both
@@ -26,6 +27,18 @@ Measured, the paths taking turns:
 Targets (printed, never asserted): latency <= 1.3x direct, throughput >= 0.8x direct.
 With each throughput figure, the CPU seconds each process spent per run (`/proc`): the
 proxy, the kube service, this process (the stand-in) and kubectl; `--only` picks parts.
+
+Where the processes run during the throughput runs (`--split`; the layouts take turns,
+round by round, and each prints its own figures):
+  shared  every process on any core: kubectl, the stand-in, `cat` and certgate's
+          processes share the two cores. A relay's CPU comes straight off the ends'
+          (the direct path already keeps both cores busy), so this measures what
+          certgate costs a machine that also runs kubectl and the API server.
+  apart   certgate's processes (auth+proxy, the kube service) on the first core;
+          kubectl, the stand-in and `cat` on the other, on both paths: certgate's hop
+          has a core of its own, as the proxy has a machine of its own in a
+          deployment, and the ends get the same one core on both paths. This measures
+          whether certgate's hop holds the stream back.
 """
 
 from __future__ import annotations
@@ -47,6 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import procs  # noqa: E402
 from tests.support.cluster import BIN, Cluster, User  # noqa: E402
 from tests.support.kube_cluster import KUBECTL, KubeSetup  # noqa: E402
 from tests.support.kube_standin import ADMIN_TOKEN, Grant, KubeStandin  # noqa: E402
@@ -135,6 +149,10 @@ def main() -> None:
         "--kube-in-proxy", action="store_true", help="the kube service in the proxy's process"
     )
     parser.add_argument("--record", action="store_true", help="record_session.k8s: strict")
+    parser.add_argument(
+        "--split", choices=("both", "shared", "apart"), default="both",
+        help="where the processes run during the throughput runs (see the top of this file)",
+    )  # fmt: skip
     args = parser.parse_args()
     size = parse_size(args.size)
 
@@ -213,19 +231,23 @@ def measure(
     if setup.service is not None:  # else it runs in the proxy's process
         pids["kube"] = setup.service.pid
     pids["stand-in"] = os.getpid()
+    splits = ["shared", "apart"] if args.split == "both" else [args.split]
+    certgate_pids = [pid for name, pid in pids.items() if name != "stand-in"]
     for part, title, kubectl_args in (
         ("logs", "kubectl logs", ["-n", "dev", "logs", "web"]),
         ("exec", "kubectl exec -- cat", ["-n", "dev", "exec", "web", "--", "cat", str(big)]),
     ):
         if part not in parts:
             continue
-        rates: dict[str, list[float]] = {name: [] for name in envs}
+        paths = [(split, name) for split in splits for name in envs]
+        rates: dict[tuple[str, str], list[float]] = {path: [] for path in paths}
         upload: dict[str, float] = {}
-        cpu: dict[str, dict[str, float]] = {name: {} for name in envs}
+        cpu: dict[tuple[str, str], dict[str, float]] = {path: {} for path in paths}
         for _ in range(args.rounds):
-            for name, env in envs.items():
+            for split, name in paths:
+                place(split, certgate_pids)
                 before = cpu_now(pids)
-                seconds, received = run_kubectl(env, kubectl_args)
+                seconds, received = run_kubectl(envs[name], kubectl_args)
                 after = cpu_now(pids)
                 if args.record and name == "certgate" and part == "exec":
                     # The recording's upload runs after the session: not into the next
@@ -234,25 +256,55 @@ def measure(
                     wait_for_recordings(setup, user, uploaded)
                     done = cpu_now(pids)
                     for proc in pids:
-                        upload[proc] = (
-                            upload.get(proc, 0.0) + (done[proc] - after[proc]) / args.rounds
+                        upload[proc] = upload.get(proc, 0.0) + (done[proc] - after[proc]) / (
+                            args.rounds * len(splits)
                         )
                 assert received >= size, (name, received)
-                rates[name].append(received / seconds / 1e6)
+                rates[split, name].append(received / seconds / 1e6)
                 for proc, value in after.items():
                     spent = (value - before[proc]) / args.rounds
-                    cpu[name][proc] = cpu[name].get(proc, 0.0) + spent
-        print(f"\n{title} of {size >> 20} MiB, MB/s (median of {args.rounds}):")
-        for name, values in rates.items():
-            runs = ", ".join(f"{v:.0f}" for v in values)
-            spent = "  ".join(f"{proc} {value:.2f}" for proc, value in cpu[name].items())
-            print(f"  {name:9} {statistics.median(values):8.1f}   runs {runs}")
-            print(f"  {'':9} CPU s per run: {spent}")
-            if name == "certgate" and upload:
-                spent = "  ".join(f"{proc} {value:.2f}" for proc, value in upload.items())
-                print(f"  {'':9} then the recording's upload, CPU s: {spent}")
-        share = statistics.median(rates["certgate"]) / statistics.median(rates["direct"])
-        print(f"  certgate/direct: {share:.2f}x (target >= 0.8x)")
+                    cpu[split, name][proc] = cpu[split, name].get(proc, 0.0) + spent
+        place("shared", certgate_pids)
+        for split in splits:
+            print(
+                f"\n{title} of {size >> 20} MiB, MB/s (median of {args.rounds}), {LAYOUTS[split]}:"
+            )
+            for name in envs:
+                values = rates[split, name]
+                runs = ", ".join(f"{v:.0f}" for v in values)
+                spent = "  ".join(f"{proc} {value:.2f}" for proc, value in cpu[split, name].items())
+                print(f"  {name:9} {statistics.median(values):8.1f}   runs {runs}")
+                print(f"  {'':9} CPU s per run: {spent}")
+            share = statistics.median(rates[split, "certgate"]) / statistics.median(
+                rates[split, "direct"]
+            )
+            print(f"  certgate/direct: {share:.2f}x (target >= 0.8x)")
+        if upload:
+            spent = "  ".join(f"{proc} {value:.2f}" for proc, value in upload.items())
+            print(f"  after each recorded exec, the recording's upload, CPU s: {spent}")
+
+
+LAYOUTS = {
+    "shared": "every process on either core",
+    "apart": "certgate on core 0; kubectl, the stand-in and cat on core 1",
+}
+
+
+def place(split: str, certgate_pids: list[int]) -> None:
+    """Pins for a run in `split` (see the top of this file). This process holds the
+    stand-in's threads and starts kubectl, which inherits its affinity."""
+    if split == "shared":
+        procs.pin(certgate_pids, procs.ALL)
+        own = procs.ALL
+    else:
+        certgate_cores, ends_cores = procs.core_split()
+        procs.pin(certgate_pids, certgate_cores)
+        own = ends_cores
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), own)
+        except OSError:
+            pass  # a thread gone meanwhile
 
 
 def wait_for_recordings(setup: KubeSetup, user: User, count: int) -> None:
