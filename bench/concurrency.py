@@ -7,7 +7,7 @@
                                           [--event-loop uvloop|asyncio] [--compare-loop]
                                           [--baseline-src DIR]
                                           [--lock-split apart|pinned|both|unpinned]
-                                          [--busy-forks] [--lock-only]
+                                          [--busy-forks] [--lock-only] [--start-nodes K]
 
 Two paths, set up in the same run on this machine, driven by the same client (asyncssh,
 in this script: 1,000 `ssh -J` processes, each with its own jump `ssh`, would weigh more
@@ -45,6 +45,13 @@ Figures (printed next to their targets, nothing asserted):
   figure that says what a server does is the server CPU per start without the servers'
   idle CPU, and 1000 / that = starts/s per server core; both are printed as ratios.
   Other jobs on the machine are not pinned: they still take their share of either core.
+  Each client worker starts its sessions on one node, the workers spread over the nodes;
+  `--start-nodes K` aims them all at the first K nodes (all `--nodes` still run and
+  their CPU still counts). Pinned, ten Python node processes taking turns on one core
+  for starts spread over all of them cost certgate about twice the CPU per start that
+  the same starts cost on one node (each process meets its next start with a cold
+  cache and fewer starts to batch per wake-up); forked sshds barely notice. In a
+  deployment each node is a machine of its own and the proxy sees every start.
 - event loop: the certgate processes run `--event-loop` (CERTGATE_EVENT_LOOP; uvloop by
   default); `--compare-loop` starts a second certgate (its own auth+proxy and nodes) on
   the other loop and adds it as a third path in the same starts windows.
@@ -122,7 +129,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -623,6 +630,10 @@ def main() -> int:
     )
     parser.add_argument("--nodes", type=int, default=10)
     parser.add_argument("--clients", type=int, default=50, help="parallel clients for starts/s")
+    parser.add_argument(
+        "--start-nodes", type=int, default=None,
+        help="the starts go to the first K of the --nodes (default: all of them)",
+    )  # fmt: skip
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=15, help="each starts/s window")
     parser.add_argument("--rounds", type=int, default=2, help="starts/s windows per path")
@@ -760,13 +771,18 @@ def main() -> int:
                     count_before = into.count
                     route_keys = keys_for[route.label]
                     clients, procs = args.clients, args.client_procs
+                    # --start-nodes: the starts go to the first K targets; every
+                    # process's CPU is still counted.
+                    aimed = replace(route, targets=route.targets[: args.start_nodes])
                     measure_starts(
-                        route, route_keys, clients, procs, args.seconds, into, client_cpus
+                        aimed, route_keys, clients, procs, args.seconds, into, client_cpus
                     )
                     for process in spy:
                         process.wait()
                     if spy and args.profile is not None:
-                        summarize_profile(args.profile, into.count - count_before, args.nodes)
+                        summarize_profile(
+                            args.profile, into.count - count_before, args.start_nodes or args.nodes
+                        )
         pin(servers, ALL)
         busy_after, idle_after = machine_cpu()
 
@@ -1107,8 +1123,9 @@ def report_memory(
 
 
 def report_starts(args: argparse.Namespace, starts: dict[str, dict[str, Starts]]) -> None:
+    aimed = f", aimed at {args.start_nodes} of the {args.nodes} nodes" if args.start_nodes else ""
     print(f"\nsession starts/s, {args.clients} parallel clients in {args.client_procs} processes,"
-          f" {args.rounds} x {args.seconds:.0f} s per path and split")  # fmt: skip
+          f" {args.rounds} x {args.seconds:.0f} s per path and split{aimed}")  # fmt: skip
     for split, paths in starts.items():
         if split == PINNED:
             server_cpus, client_cpus = core_split()
