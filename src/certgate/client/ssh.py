@@ -13,6 +13,7 @@ rather than "Permission denied (publickey)".
 from __future__ import annotations
 
 import getpass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -62,8 +63,8 @@ def list_node_rows(profile: Profile, labels: dict[str, str] | None = None) -> li
         ]
     else:
         columns = answer["columns"]
-        at = [columns.index(c) for c in NodeRow._fields]
-        rows = [NodeRow(*(row[i] for i in at)) for row in answer["rows"]]
+        pick = itemgetter(*(columns.index(c) for c in NodeRow._fields))
+        rows = list(map(NodeRow._make, map(pick, answer["rows"])))
     wanted = (labels or {}).items()
     if wanted:
         rows = [r for r in rows if all(r.labels.get(k) == v for k, v in wanted)]
