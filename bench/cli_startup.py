@@ -37,6 +37,13 @@ def _baseline_tree(revision: str, into: Path) -> Path:
     )
     into.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    # Bytecode as `make install` writes it for this tree: with PYTHONDONTWRITEBYTECODE
+    # set, the baseline compiled every module it imported again on every run.
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(into / "src")],
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
     return into / "src"
 
 
