@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support.cluster import BIN, Cluster, User  # noqa: E402
 
 
-def _baseline_tree(revision: str, into: Path) -> Path:
+def baseline_tree(revision: str, into: Path) -> Path:
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", revision, "src"], capture_output=True, check=True
     )
@@ -82,7 +82,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="cli-startup-") as tmp:
         work = Path(tmp)
-        baseline_src = _baseline_tree(args.baseline, work / "baseline")
+        baseline_src = baseline_tree(args.baseline, work / "baseline")
         cluster = Cluster(work / "cluster")
         cluster.start()
         try:
