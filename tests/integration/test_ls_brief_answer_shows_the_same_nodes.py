@@ -136,3 +136,25 @@ def test_a_bad_label_filter_is_still_a_usage_error(cluster: Cluster, lister: Use
     refused = cluster.cgsh(lister, "ls", "env", check=False)
     assert refused.returncode == 2
     assert '"env": filter nodes with key=value' in refused.stderr
+
+
+def test_ls_shows_a_changed_node_as_it_is_now(cluster: Cluster, lister: User) -> None:
+    # Auth keeps each node's brief row per revision: a new revision is a new row.
+    def address_of(name: str) -> str:
+        rows = _printed_rows(cluster.cgsh(lister, "ls", "tier=moved").stdout)
+        return next((row[1] for row in rows if row[0] == name), "")
+
+    assert address_of("brief-d") == ""  # not there yet: the control
+    moved = "kind: node\nmetadata: {name: brief-d, labels: {team: brief, tier: moved}}\n"
+    cluster.cgctl(
+        "create", "-f", "-", input=moved + "spec: {sub_kind: openssh, addr: '10.9.1.1:22'}"
+    )
+    assert address_of("brief-d") == "10.9.1.1:22"
+    cluster.cgctl(
+        "create",
+        "--force",
+        "-f",
+        "-",
+        input=moved + "spec: {sub_kind: openssh, addr: '10.9.1.2:22'}",
+    )
+    assert address_of("brief-d") == "10.9.1.2:22"
