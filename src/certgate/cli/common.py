@@ -69,7 +69,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _cell(value: Any) -> str:
-    if isinstance(value, str):
+    if type(value) is str:  # most cells; a str subclass may print otherwise (str() below)
         return value
     if isinstance(value, list | tuple):
         return ",".join(str(v) for v in value)
