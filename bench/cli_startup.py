@@ -31,12 +31,19 @@ sys.path.insert(0, str(ROOT))
 from tests.support.cluster import BIN, Cluster, User  # noqa: E402
 
 
-def _baseline_tree(revision: str, into: Path) -> Path:
+def baseline_tree(revision: str, into: Path) -> Path:
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", revision, "src"], capture_output=True, check=True
     )
     into.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    # Bytecode as `make install` writes it for this tree: with PYTHONDONTWRITEBYTECODE
+    # set, the baseline compiled every module it imported again on every run.
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(into / "src")],
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
     return into / "src"
 
 
@@ -75,7 +82,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="cli-startup-") as tmp:
         work = Path(tmp)
-        baseline_src = _baseline_tree(args.baseline, work / "baseline")
+        baseline_src = baseline_tree(args.baseline, work / "baseline")
         cluster = Cluster(work / "cluster")
         cluster.start()
         try:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/scale.py [--nodes 10000] [--interval 30] [--seconds 60]
                                     [--workers 4] [--backends sqlite,postgres]
                                     [--watch 0.5] [--auth-workers 1] [--no-pin]
-                                    [--profile DIR] [--no-restart]
+                                    [--profile DIR] [--no-restart] [--baseline REV]
 
 For each backend: a real `certgate start --roles auth,proxy` (one process) on loopback.
 `--workers` load-generator processes (spawned, so their CPU is not the server's) each
@@ -31,7 +31,8 @@ Measured and printed next to the targets (nothing is asserted):
 - heartbeats/s answered in the steady window, failures, heartbeat latency p50/p99;
 - the auth process's CPU (core-seconds per second of the window) and peak RSS (VmHWM),
   its `--auth-workers` processes' added in;
-- `cgsh ls --format=json` p50/p99 over 10 runs (the real command, start-up included);
+- `cgsh ls` and `cgsh ls --format=json` p50/p99 over 10 runs each (the real commands,
+  start-up included);
 - an auth restart (SIGTERM, start again on the same store): seconds from auth ready
   again until every node had a heartbeat answered, and how the returns spread per second.
 """
@@ -60,6 +61,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import procs
+from bench.cli_startup import baseline_tree
 from certgate.api.bundle import CertBundle
 from certgate.api.codec import to_dict
 from certgate.api.meta import Metadata
@@ -73,7 +75,8 @@ from certgate.rpc.join import fetch_host_ca
 from certgate.rpc.watcher import RECONNECT_BASE, RECONNECT_CAP, ping_seconds, silence_seconds
 from certgate.srv.host import WATCHED_KINDS
 from certgate.transport import client_context
-from tests.support.cluster import Cluster
+from tests.support.cluster import BIN, Cluster
+from tests.support.cluster import run as run_command
 from tests.support.postgres import running_postgres
 
 TARGET_RSS_MIB = 1024
@@ -586,7 +589,7 @@ def _summarize_profile(
 
 
 def _profile_client(directory: Path, backend: str, home: Path, top: int = 40) -> None:
-    """DIR/cgsh-ls-BACKEND-top.txt: one `cgsh ls --format=json` under py-spy, waits
+    """DIR/cgsh-ls-BACKEND-top.txt: one `cgsh ls` under py-spy, waits
     included (`--idle`), in ms of its wall time: where a listing's time goes on the
     client's side (start-up, TLS, waiting for the answer, decoding, printing)."""
     raw = directory / f"cgsh-ls-{backend}.txt"
@@ -605,7 +608,6 @@ def _profile_client(directory: Path, backend: str, home: Path, top: int = 40) ->
             "--",
             str(Path(sys.executable).parent / "cgsh"),
             "ls",
-            "--format=json",
         ],
         env={**os.environ, "CERTGATE_HOME": str(home)},
         stdout=subprocess.DEVNULL,
@@ -761,26 +763,51 @@ def run_backend(
             _summarize_profile(args.profile, backend, int(min(args.seconds, PROFILE_SECONDS)))
         # And auth during the listings (10 s: most of them).
         spy = _start_profile(args.profile, pid, LS_PROFILE_SECONDS) if args.profile else None
-        listed, shown, errors, baseline = [], 0, [], []
+        # `cgsh ls` (the table: what the target names) and `cgsh ls --format=json` (the
+        # full node resources, for scripts) in turn, each timed with start-up; with
+        # --baseline, the same two from that tree's cgsh right after them.
+        commands = {"ls": ["ls"], "json": ["ls", "--format=json"]}
+        times: dict[str, list[float]] = {}
+        shown, errors, baseline = 0, [], []
         for _ in range(10):
             t = time.monotonic()
             cluster.cgsh(user, "status", check=False)  # start-up and profile, no listing
             baseline.append(time.monotonic() - t)
-            t = time.monotonic()
-            result = cluster.cgsh(user, "ls", "--format=json", check=False)
-            if result.returncode == 0:
-                listed.append(time.monotonic() - t)
-                shown = len(json.loads(result.stdout))
-            else:
-                errors.append(result.stderr.strip())
+            for tree in ["", *([args.baseline] if args.baseline else [])]:
+                for name, argv in commands.items():
+                    env = {"CERTGATE_HOME": str(user.home)}
+                    if tree:
+                        env["PYTHONPATH"] = str(args.baseline_src)
+                    t = time.monotonic()
+                    result = run_command([str(BIN / "cgsh"), *argv], check=False, env=env)
+                    if result.returncode != 0:
+                        errors.append(result.stderr.strip())
+                        continue
+                    times.setdefault(f"{tree}{name}", []).append(time.monotonic() - t)
+                    if not tree and name == "ls":
+                        shown = len(result.stdout.splitlines()) - 2  # under header and rule
+        listed, as_json = times.get("ls", []), times.get("json", [])
         print(
             f"[{backend}] cgsh ls ({shown} nodes listed): p50 {_pct(listed, 0.5):.2f} s "
             f"p99 {_pct(listed, 0.99):.2f} s (target p50 <= {TARGET_LS_P50:.0f} s); "
+            f"cgsh ls --format=json: p50 {_pct(as_json, 0.5):.2f} s "
+            f"p99 {_pct(as_json, 0.99):.2f} s; "
             f"`cgsh status` in the same runs (start-up, no listing): p50 "
             f"{_pct(baseline, 0.5):.2f} s, so listing took ~"
             f"{_pct(listed, 0.5) - _pct(baseline, 0.5):.2f} s of the ls p50"
-            + (f"; {len(errors)} of 10 failed: {errors[0]}" if errors else "")
+            + (f"; {len(errors)} failed: {errors[0]}" if errors else "")
         )
+        if args.baseline:
+            base_ls, base_json = (
+                times.get(f"{args.baseline}ls", []),
+                times.get(f"{args.baseline}json", []),
+            )
+            print(
+                f"[{backend}] the same runs with cgsh from {args.baseline} (this auth): "
+                f"cgsh ls p50 {_pct(base_ls, 0.5):.2f} s p99 {_pct(base_ls, 0.99):.2f} s; "
+                f"--format=json p50 {_pct(base_json, 0.5):.2f} s "
+                f"p99 {_pct(base_json, 0.99):.2f} s"
+            )
         if spy is not None:
             spy.wait()
             _summarize_profile(args.profile, f"{backend}-ls", LS_PROFILE_SECONDS, shown=0)
@@ -919,6 +946,11 @@ def main() -> None:
         help="py-spy on auth for the steady window's first 20 s: DIR/auth-BACKEND-top.txt",
     )
     parser.add_argument(
+        "--baseline",
+        default="",
+        help="also time `cgsh ls` with cgsh from this git revision (e.g. main), in turn",
+    )
+    parser.add_argument(
         "--no-restart",
         dest="restart",
         action="store_false",
@@ -931,6 +963,8 @@ def main() -> None:
     print(f"scheduling: {procs.own_autogroup(AUTOGROUP_NICE)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="certgate-scale-") as tmp:
         workdir = Path(tmp)
+        if args.baseline:
+            args.baseline_src = baseline_tree(args.baseline, workdir / "baseline")
         for backend in args.backends.split(","):
             if backend == "postgres":
                 with running_postgres() as server:

@@ -132,6 +132,10 @@ def test_a_rogue_host_certificate_cannot_stand_in_for_the_proxy(
     identity = cluster.workdir / "rogue-1" / "identity" / "node"
     bob = cluster.add_user("tofu-bob", logins="bob")
     cluster.login(bob)
+    # A listing first: the real proxy's certificate is remembered in bob's keys, which
+    # the copies below take along (a remembered certificate vouches for itself only).
+    assert cluster.cgsh(bob, "ls").returncode == 0
+    assert (bob.home / "keys" / "proxy_certs.json").exists()
 
     # The test's server would be seen: with the node's key and a self-signed
     # certificate pinned as the proxy's, the same profile gets through to it.

@@ -43,7 +43,6 @@ from certgate.api.names import check_name, shown, utc_time
 from certgate.api.node import Node
 from certgate.auth import permissions as perm
 from certgate.auth.audit_intake import checked_event
-from certgate.auth.core import NODES_DECODED
 from certgate.auth.http_access import add_access_routes
 from certgate.auth.http_agentless import add_agentless_routes
 from certgate.auth.http_body import (
@@ -54,6 +53,7 @@ from certgate.auth.http_body import (
     str_list,
 )
 from certgate.auth.http_mfa import add_mfa_routes
+from certgate.auth.http_nodes import add_node_routes
 from certgate.auth.http_recordings import add_recording_routes
 from certgate.auth.http_requests import add_request_routes
 from certgate.auth.http_sessions import add_session_routes
@@ -109,7 +109,6 @@ class AuthAPI:
         # Verified client certificate (DER) -> who it speaks for. The TLS handshake
         # verified it; what it says never changes, so it is parsed once, not per request.
         self._peers: dict[bytes, Identity] = {}
-        self._nodes_json: dict[str, tuple[int, bytes]] = {}
         # Stored items that do not decode: met (to audit) and audited, by key and revision.
         self._unaudited_skips: dict[tuple[str, int], str] = {}
         self._audited_skips: set[tuple[str, int]] = set()
@@ -287,8 +286,8 @@ class AuthAPI:
         r.add_post("/v1/resources", add(None, "", self.put_resource))
         r.add_get("/v1/watch", add(None, "", self.watch))
         r.add_post("/v1/nodes/heartbeat", add(perm.HEARTBEAT, "update", self.heartbeat))
-        r.add_get("/v1/my/nodes", add(perm.SELF, "read", self.my_nodes))
         r.add_get("/v1/my/kube_clusters", add(perm.SELF, "read", self.my_kube_clusters))
+        add_node_routes(self, r)
         add_recording_routes(self, r)
         add_session_routes(self, r)
         add_agentless_routes(self, r)
@@ -573,26 +572,6 @@ class AuthAPI:
     async def my_kube_clusters(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
         return [to_dict(c) for c in await self.server.kube_clusters_for(caller)]
-
-    async def my_nodes(self, request: web.Request, caller: Identity | None) -> Any:
-        assert caller is not None
-        nodes = await self.server.nodes_for(caller)
-        body = b"[" + b", ".join(self._node_json(n) for n in nodes) + b"]"
-        return web.Response(body=body, content_type="application/json")
-
-    def _node_json(self, node: Node) -> bytes:
-        """A node as the API shows it, kept per revision: `cgsh ls` at 10,000 nodes
-        encoded all of them per call (a third of a second of auth's one core), where
-        only those that beat since the last call changed."""
-        name, revision = node.metadata.name, node.metadata.revision
-        kept = self._nodes_json.get(name)
-        if kept is not None and kept[0] == revision:
-            return kept[1]
-        encoded = json.dumps(to_dict(node)).encode()
-        if len(self._nodes_json) >= NODES_DECODED:
-            del self._nodes_json[next(iter(self._nodes_json))]  # the oldest
-        self._nodes_json[name] = (revision, encoded)
-        return encoded
 
     async def _end_watches(self, app: web.Application) -> None:
         self._watches.close()

@@ -59,20 +59,22 @@ def _refused_value(exc: Exception) -> BadParameter | None:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
+    cells = [[str(h) for h in headers], *([_cell(v) for v in row] for row in rows)]
+    widths = [max(map(len, column)) for column in zip(*cells, strict=True)]  # rows as wide
+    # One format string for every line: `cgsh ls` prints 10,000 of them.
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [line.format(*row).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def _cell(value: Any) -> str:
+    if type(value) is str:  # most cells; a str subclass may print otherwise (str() below)
+        return value
     if isinstance(value, list | tuple):
         return ",".join(str(v) for v in value)
     if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items())
+        return ",".join([f"{k}={v}" for k, v in value.items()])
     return "" if value is None else str(value)
 
 

@@ -16,10 +16,13 @@ import httpx
 
 from certgate.client.expiry import expired_message
 from certgate.client.profile import CertificateExpired, Profile
-from certgate.client.proxy_trust import PinCheck, ProxyPin, proxy_context
+from certgate.client.proxy_trust import PinCheck, ProxyPin, VerifiedLeaves, proxy_context
 from certgate.errors import AccessDenied, CertgateError, ConnectionProblem
 from certgate.rpc.auth_client import AuthClient
 from certgate.rpc.identity_files import IdentityFiles
+
+# In the profile's keys directory: the proxy certificates its pin accepted.
+PROXY_CERTS_FILE = "proxy_certs.json"
 
 
 class CertificateRefused(AccessDenied):
@@ -30,10 +33,14 @@ class ProxyClient(AuthClient):
     """AuthClient to the proxy whose errors say what went wrong with the certificates."""
 
     def __init__(
-        self, proxy: str, pin: ProxyPin | None, identity: IdentityFiles | None = None
+        self,
+        proxy: str,
+        pin: ProxyPin | None,
+        identity: IdentityFiles | None = None,
+        verified: VerifiedLeaves | None = None,
     ) -> None:
         self.proxy = proxy
-        self.check = PinCheck(proxy, pin)
+        self.check = PinCheck(proxy, pin, verified=verified)
         self._identity = identity
         cert = identity.bundle.tls_cert if identity else None
         key = identity.key_pem if identity else None
@@ -85,4 +92,6 @@ class ProxyClient(AuthClient):
 
 def connect_proxy(profile: Profile) -> ProxyClient:
     """The profile's client, refused before dialling when its certificate expired."""
-    return ProxyClient(profile.proxy, profile.pin, profile.valid_identity())
+    identity = profile.valid_identity()
+    verified = VerifiedLeaves(profile.keys_dir / PROXY_CERTS_FILE)
+    return ProxyClient(profile.proxy, profile.pin, identity, verified)

@@ -13,14 +13,22 @@ The check runs inside the handshake through `SSLContext.sslsocket_class`: httpx'
 transport calls `wrap_socket`, whose socket class is ours, so a mismatch fails the
 connection itself. The failure is kept on the `PinCheck` so the caller reports it as a
 changed certificate, not as a network error.
+
+A certificate the pin accepted is remembered (`VerifiedLeaves`, in the profile's keys
+directory) by the SHA-256 of its bytes, with its validity: meeting the same bytes again
+under the same pin, while they are valid, is the same answer without parsing them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import ssl
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from certgate.api.identity import SYSTEM_PROXY
@@ -83,6 +91,76 @@ def spki_pin_of_pem(cert_pem: str) -> str:
     return spki_pin(x509.load_pem_x509_certificate(cert_pem.encode()))
 
 
+# Proxy certificates remembered per profile: a few, for proxies behind one address.
+VERIFIED_LEAVES = 4
+
+
+@dataclass(frozen=True)
+class VerifiedLeaves:
+    """Proxy certificates a pin accepted, by the SHA-256 of their DER bytes.
+
+    Checking a certificate against the pin needs cryptography's x509 module: importing
+    it was 35 ms of CPU on every cgsh command that connects (a sixth of `cgsh ls`). The
+    same bytes are the same certificate, already found issued by the pinned CA to the
+    proxy (or holding the pinned key): only their validity is left to check. Kept in
+    the keys directory, which a login empties and parking moves with the profile; a
+    file that cannot be read or written only means the full check.
+    """
+
+    path: Path
+
+    def vouch(self, der: bytes, pin: ProxyPin) -> bool:
+        digest, now = hashlib.sha256(der).hexdigest(), time.time()
+        return any(
+            entry.get("sha256") == digest
+            and entry.get("pin") == _pin_id(pin)
+            and _number(entry.get("not_before")) <= now <= _number(entry.get("not_after"))
+            for entry in self._entries()
+        )
+
+    def remember(self, der: bytes, leaf: x509.Certificate, pin: ProxyPin) -> None:
+        digest, now = hashlib.sha256(der).hexdigest(), time.time()
+        kept = [
+            entry
+            for entry in self._entries()
+            if entry.get("sha256") != digest and _number(entry.get("not_after")) > now
+        ]
+        kept.append(
+            {
+                "sha256": digest,
+                "pin": _pin_id(pin),
+                "not_before": leaf.not_valid_before_utc.timestamp(),
+                "not_after": leaf.not_valid_after_utc.timestamp(),
+            }
+        )
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(kept[-VERIFIED_LEAVES:], out)
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+
+    def _entries(self) -> list[dict[str, Any]]:
+        try:
+            entries = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(entries, list):
+            return []
+        return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def _pin_id(pin: ProxyPin) -> str:
+    return hashlib.sha256(json.dumps(pin.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def _number(value: Any) -> float:
+    """A stored time, or NaN (never within a validity window) when it is not one."""
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
 @dataclass
 class PinCheck:
     """Checks the proxy's leaf certificate during each handshake; keeps what it saw."""
@@ -91,20 +169,28 @@ class PinCheck:
     pin: ProxyPin | None  # None: accept anything (first contact with --insecure)
     seen: x509.Certificate | None = None
     failure: CertgateError | None = field(default=None)
+    # Certificates this pin accepted before (None: check every one in full).
+    verified: VerifiedLeaves | None = None
 
     def check(self, der: bytes | None) -> None:
-        from cryptography import x509
-
         if der is None:
             self._fail("the proxy presented no certificate")
+        pin = self.pin
+        if pin is not None and pin.kind == "public":
+            return  # the ssl module verified it (chain and name) already
+        if pin is not None and self.verified is not None and self.verified.vouch(der, pin):
+            return
+        from cryptography import x509
+
         leaf = x509.load_der_x509_certificate(der)
         self.seen = leaf
-        pin = self.pin
-        if pin is None or pin.kind == "public":
-            return  # public: the ssl module verified it (chain and name) already
-        if pin.kind == "spki" and spki_pin(leaf) == pin.sha256:
-            return
-        if pin.kind == "ca" and _is_proxy_cert_under(leaf, pin.ca_pem):
+        if pin is None:
+            return  # first contact (--insecure): what was seen is pinned by the caller
+        if (pin.kind == "spki" and spki_pin(leaf) == pin.sha256) or (
+            pin.kind == "ca" and _is_proxy_cert_under(leaf, pin.ca_pem)
+        ):
+            if self.verified is not None:
+                self.verified.remember(der, leaf, pin)
             return
         self._fail(
             f"the proxy at {self.proxy} presents a different certificate than at your first "

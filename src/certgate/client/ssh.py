@@ -13,8 +13,9 @@ rather than "Permission denied (publickey)".
 from __future__ import annotations
 
 import getpass
+from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from certgate.client.cluster import connect_profile
 from certgate.client.names import did_you_mean
@@ -23,18 +24,60 @@ from certgate.client.proxy_client import connect_proxy
 from certgate.errors import BadParameter, CertgateError, NotFound
 
 
+class NodeRow(NamedTuple):
+    """What `cgsh ls` prints of a node and `cgsh ssh` matches names against."""
+
+    name: str
+    hostname: str
+    addr: str
+    labels: dict[str, str]
+
+
 def list_nodes(profile: Profile, labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Nodes the user's roles can reach, optionally only those with all `labels`."""
-    cluster = connect_profile(profile)
-    try:
-        nodes: list[dict[str, Any]] = cluster.call("GET", "/my/nodes")
-    finally:
-        cluster.close()
+    """Nodes the user's roles can reach as full resources (`cgsh ls --format=json`),
+    optionally only those with all `labels`, sorted by name."""
+    nodes: list[dict[str, Any]] = _my_nodes(profile, {})
     wanted = labels or {}
     chosen = [
         n for n in nodes if all(n["metadata"]["labels"].get(k) == v for k, v in wanted.items())
     ]
     return sorted(chosen, key=lambda n: n["metadata"]["name"])
+
+
+def list_node_rows(profile: Profile, labels: dict[str, str] | None = None) -> list[NodeRow]:
+    """The same nodes as list_nodes, as rows of what `cgsh ls` prints.
+
+    Asked for in auth's brief form: at 10,000 nodes the full answer was ~2.5 MB to
+    decode for three columns (see auth/http_nodes.py). An auth from before that form
+    ignores the parameter and sends full nodes, which are cut down here."""
+    answer = _my_nodes(profile, {"form": "brief"})
+    if isinstance(answer, list):  # full resources from an older auth
+        rows = [
+            NodeRow(
+                n["metadata"]["name"],
+                n["spec"].get("hostname", ""),
+                n["spec"]["addr"],
+                n["metadata"]["labels"],
+            )
+            for n in answer
+        ]
+    else:
+        columns = answer["columns"]
+        pick = itemgetter(*(columns.index(c) for c in NodeRow._fields))
+        rows = list(map(NodeRow._make, map(pick, answer["rows"])))
+    wanted = (labels or {}).items()
+    if wanted:
+        rows = [r for r in rows if all(r.labels.get(k) == v for k, v in wanted)]
+    rows.sort(key=lambda r: r.name)
+    return rows
+
+
+def _my_nodes(profile: Profile, params: dict[str, str]) -> Any:
+    cluster = connect_profile(profile)
+    try:
+        return cluster.call("GET", "/my/nodes", params=params or None)
+    finally:
+        cluster.close()
 
 
 def check_access(profile: Profile, node: str, login: str) -> dict[str, Any]:
@@ -57,12 +100,10 @@ def _nearest_node(profile: Profile, typed: str) -> str:
     """`; did you mean "x"?` among the nodes this user can reach (only those: a hint
     must not name a node the user's roles hide)."""
     try:
-        nodes = list_nodes(profile)
+        nodes = list_node_rows(profile)
     except CertgateError:
         return ""
-    names = {n["metadata"]["name"] for n in nodes} | {
-        n["spec"]["hostname"] for n in nodes if n["spec"].get("hostname")
-    }
+    names = {n.name for n in nodes} | {n.hostname for n in nodes if n.hostname}
     return did_you_mean(names, typed)
 
 
