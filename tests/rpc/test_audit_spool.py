@@ -284,6 +284,21 @@ async def test_a_backlog_larger_than_memory_keeps_arriving_in_order(tmp_path: Pa
     await spool.close()
 
 
+async def test_close_ends_the_spool_when_its_sender_is_woken_as_it_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    # Events delivered one by one within a second: the cursor is not saved yet, so the
+    # sender waits for the next write with a time limit. A write wakes it in the same
+    # pass as close() cancels it; Python 3.11's wait_for then swallowed the cancel, and
+    # close() waited for the sender forever (a hang seen in CI).
+    auth = _Auth()
+    spool = await _sent_one_by_one(tmp_path, auth, 3)
+    spool._wake_sender.set()  # what the writer does after writing
+    await asyncio.wait_for(spool.close(), 5)
+    assert all(task.done() for task in spool._tasks)
+    assert auth.numbers() == [0, 1, 2]
+
+
 async def test_after_close_a_restart_resends_nothing_already_stored(tmp_path: Path) -> None:
     auth = _Auth()
     first = await _sent_one_by_one(tmp_path, auth, 5)

@@ -201,7 +201,8 @@ class AuditSpool:
                     break
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
+                    async with asyncio.timeout_at(deadline):
+                        await self._changed.wait()
         finally:
             self._closed = True
             for task in self._tasks:
@@ -296,8 +297,12 @@ class AuditSpool:
                 self._changed.set()
                 if self._cursor_saved != self._cursor():
                     # Saved within CURSOR_SECONDS, or with the next call.
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for returns the
+                    # result of a wait that ended as the task was cancelled, swallowing
+                    # the cancel, and close() then waited for this task forever.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake_sender.wait(), CURSOR_SECONDS)
+                        async with asyncio.timeout(CURSOR_SECONDS):
+                            await self._wake_sender.wait()
                 else:
                     await self._wake_sender.wait()
                 self._wake_sender.clear()
@@ -329,7 +334,8 @@ class AuditSpool:
     async def _deliver(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
         """Send `batch` ((end offset, record), ...) and move the cursor past it."""
         try:
-            await asyncio.wait_for(self._send([r for _, r in batch]), SEND_TIMEOUT)
+            async with asyncio.timeout(SEND_TIMEOUT):  # not wait_for: see _sender
+                await self._send([r for _, r in batch])
         except _REFUSED as exc:
             if len(batch) == 1:
                 await asyncio.to_thread(self._set_aside, batch[0][1], exc)
