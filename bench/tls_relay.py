@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import multiprocessing
 import os
-import re
 import resource
 import socket
 import ssl
@@ -49,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.kube_proxy import parse_size  # noqa: E402
 from certgate.kube import wsframes  # noqa: E402
 from certgate.srv.splice import splice  # noqa: E402
 from tests.support.tlsfiles import self_signed  # noqa: E402
@@ -287,13 +287,6 @@ def _cpu() -> float:
 # the run ----------------------------------------------------------------------------------
 
 
-def _size(text: str) -> int:
-    match = re.fullmatch(r"(\d+)([KMG]?)", text.upper())
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (like 256M)")
-    return int(match[1]) << {"": 0, "K": 10, "M": 20, "G": 30}[match[2]]
-
-
 def _aes_speed() -> str:
     try:
         out = subprocess.run(
@@ -310,7 +303,7 @@ def _aes_speed() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=_size, default=_size("256M"))
+    parser.add_argument("--size", type=parse_size, default=parse_size("256M"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
