@@ -27,6 +27,7 @@ import yaml
 
 from certgate.api.codec import from_dict
 from certgate.api.kube_cluster import PROXY_PATH_PREFIX, KubeCluster
+from certgate.atomic_files import write_atomic
 from certgate.client.cluster import connect_profile
 from certgate.client.kube_credentials import plugin_exec
 from certgate.client.profile import Profile, home, load_profile
@@ -136,12 +137,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 def _save(path: Path, config: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".certgate-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        yaml.safe_dump(config, out, default_flow_style=False, sort_keys=False)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    write_atomic(path, yaml.safe_dump(config, default_flow_style=False, sort_keys=False))
 
 
 def _put(config: dict[str, Any], key: str, name: str, inner: str, value: Any) -> None:

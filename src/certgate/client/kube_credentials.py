@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from certgate.atomic_files import write_atomic
 from certgate.client.expiry import expired_message
 from certgate.errors import AccessDenied
 
@@ -86,15 +87,10 @@ def write_credential(keys: Path) -> None:
     """Write the ExecCredential of the keys just saved in `keys` for the fast path
     (private: it holds the key). Atomic, so kubectl never reads half a file."""
     text = json.dumps(exec_credential(keys)) + "\n"
-    tmp = keys / (CREDENTIAL_FILE + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.replace(tmp, keys / CREDENTIAL_FILE)
+    write_atomic(keys / CREDENTIAL_FILE, text)
     expires = _expiry(json.loads((keys / "bundle.json").read_text()))
     until = str(int(expires.timestamp())) if expires is not None else "0"
-    tmp.write_text(until + "\n")
-    os.replace(tmp, keys / EXPIRES_FILE)
+    write_atomic(keys / EXPIRES_FILE, until + "\n")
 
 
 def plugin_exec(cluster: str, home: Path) -> dict[str, Any]:

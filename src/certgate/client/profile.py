@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from certgate.atomic_files import write_atomic
 from certgate.client.expiry import expired_message
 from certgate.client.kube_credentials import write_credential
 from certgate.client.proxy_trust import ProxyPin, spki_pin_of_pem
@@ -92,7 +93,7 @@ class Profile:
             "ssh_proxy": self.ssh_proxy,
             "pin": self.pin.to_dict() if self.pin else None,
         }
-        _write_private(directory / "profile.json", json.dumps(document, indent=2) + "\n")
+        write_atomic(directory / "profile.json", json.dumps(document, indent=2) + "\n")
 
 
 def load_profile() -> Profile:
@@ -222,11 +223,3 @@ def remove_profile() -> bool:
     shutil.rmtree(directory / "keys", ignore_errors=True)
     (directory / "profile.json").unlink(missing_ok=True)
     return found
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)

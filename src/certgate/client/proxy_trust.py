@@ -21,9 +21,9 @@ under the same pin, while they are valid, is the same answer without parsing the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from certgate.api.identity import SYSTEM_PROXY
+from certgate.atomic_files import write_atomic
 from certgate.errors import AccessDenied, CertgateError
 from certgate.transport import client_context
 
@@ -133,14 +134,8 @@ class VerifiedLeaves:
                 "not_after": leaf.not_valid_after_utc.timestamp(),
             }
         )
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                json.dump(kept[-VERIFIED_LEAVES:], out)
-            os.replace(tmp, self.path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not written: the full check next time
+            write_atomic(self.path, json.dumps(kept[-VERIFIED_LEAVES:]))
 
     def _entries(self) -> list[dict[str, Any]]:
         try:

@@ -14,13 +14,13 @@ uses, and under the user's profile.
 from __future__ import annotations
 
 import json
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certgate.api.bundle import CertBundle
+from certgate.atomic_files import write_atomic
 from certgate.errors import BadParameter, NotFound
 from certgate.transport import client_context
 
@@ -52,14 +52,18 @@ class IdentityFiles:
         from certgate.api.certs import private_key_to_openssh, public_key_openssh
 
         key = _private_key(self.key_pem)
-        _write(directory / "key.pem", self.key_pem.encode(), 0o600)
-        _write(directory / "key", private_key_to_openssh(key), 0o600)
-        _write(directory / "key.pub", (public_key_openssh(key) + "\n").encode(), 0o644)
-        _write(directory / "key-cert.pub", (self.bundle.ssh_cert.strip() + "\n").encode(), 0o644)
-        _write(directory / "tls.crt", self.bundle.tls_cert.encode(), 0o644)
-        _write(directory / "cas.pem", "".join(self.bundle.tls_cas).encode(), 0o644)
-        _write(directory / "known_hosts", (self.bundle.known_hosts.strip() + "\n").encode(), 0o644)
-        _write(
+        write_atomic(directory / "key.pem", self.key_pem.encode(), 0o600)
+        write_atomic(directory / "key", private_key_to_openssh(key), 0o600)
+        write_atomic(directory / "key.pub", (public_key_openssh(key) + "\n").encode(), 0o644)
+        write_atomic(
+            directory / "key-cert.pub", (self.bundle.ssh_cert.strip() + "\n").encode(), 0o644
+        )
+        write_atomic(directory / "tls.crt", self.bundle.tls_cert.encode(), 0o644)
+        write_atomic(directory / "cas.pem", "".join(self.bundle.tls_cas).encode(), 0o644)
+        write_atomic(
+            directory / "known_hosts", (self.bundle.known_hosts.strip() + "\n").encode(), 0o644
+        )
+        write_atomic(
             directory / "bundle.json", json.dumps(self.bundle.to_dict(), indent=2).encode(), 0o600
         )
 
@@ -90,12 +94,3 @@ def new_key() -> tuple[str, str]:
 
     key = generate_private_key()
     return private_key_to_pem(key).decode(), public_key_openssh(key)
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
