@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import aiohttp
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -260,7 +261,99 @@ class WatchConnection:
             await asyncio.gather(self.task, return_exceptions=True)
 
 
-async def watch_sweeper(watches: list[WatchConnection]) -> None:
+class SocketWatch:
+    """The same watch as a WebSocket that also carries the node's heartbeats, as a real
+    node holds it since heartbeats ride the watch (auth/watch_channel.py): one
+    connection per node. aiohttp's client (its frame parser is C), one session per
+    load-generator process; only the arrival of messages and the beats' answers are
+    read, the rest is not decoded (the generators' CPU is not auth's)."""
+
+    def __init__(self, auth: str, context: ssl.SSLContext, session: Any) -> None:
+        ping = ping_seconds(DEFAULT_STRICT_GRACE)
+        self.silence = silence_seconds(ping)
+        query = urlencode({"kinds": ",".join(WATCHED_KINDS), "ping": f"{ping:g}"})
+        self._url = f"https://{auth}/v1/watch?{query}"
+        self._context = context
+        self._session = session
+        self.connected = False
+        self.last_word = 0.0
+        self._socket: Any = None
+        self._asked: dict[int, asyncio.Future[bytes]] = {}
+        self._next = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    def drop_if_silent(self, now: float) -> None:
+        pass  # aiohttp's receive timeout does it (ws_receive below)
+
+    async def beat(self, body: dict[str, Any]) -> None:
+        """Send a beat up the socket and wait for its answer; BeatFailed otherwise."""
+        if self._socket is None or not self.connected:
+            raise BeatFailed("socket", ConnectionError("no watch socket"))
+        self._next += 1
+        ident = self._next
+        answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._asked[ident] = answered
+        try:
+            await self._socket.send_bytes(json.dumps({**body, "id": ident}).encode())
+            async with asyncio.timeout(SERVICE_TIMEOUT.read):
+                answer = await answered
+        except (*_BROKEN, RuntimeError) as exc:
+            raise BeatFailed("socket", exc) from None
+        finally:
+            self._asked.pop(ident, None)
+        if b'"error"' in answer:
+            raise BeatFailed("socket", ValueError(answer[:200].decode()))
+
+    async def _run(self) -> None:
+        backoff = Backoff(base=RECONNECT_BASE, cap=RECONNECT_CAP)
+        while True:
+            try:
+                await self._follow()
+            except (*_BROKEN, aiohttp.ClientError):
+                pass
+            if self.connected:
+                backoff.reset()
+            self.connected = False
+            await asyncio.sleep(backoff.next())
+
+    async def _follow(self) -> None:
+        async with asyncio.timeout(SERVICE_TIMEOUT.connect):
+            socket = await self._session.ws_connect(
+                self._url,
+                ssl=self._context,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=self.silence, ws_close=5.0),
+            )
+        self._socket = socket
+        self.last_word = asyncio.get_running_loop().time()
+        try:
+            async for message in socket:
+                if message.type is not aiohttp.WSMsgType.BINARY:
+                    break
+                self.connected = True
+                self.last_word = asyncio.get_running_loop().time()
+                if message.data.startswith(b'{"type": "answer"'):
+                    answer = json.loads(message.data)
+                    waiting = self._asked.get(answer["id"])
+                    if waiting is not None and not waiting.done():
+                        waiting.set_result(message.data)
+            raise EOFError("the watch socket ended")
+        finally:
+            self._socket = None
+            for waiting in self._asked.values():
+                if not waiting.done():
+                    waiting.set_exception(EOFError("the watch socket ended"))
+            await socket.close()
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def watch_sweeper(watches: list[WatchConnection | SocketWatch]) -> None:
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(1.0)
@@ -271,12 +364,23 @@ async def watch_sweeper(watches: list[WatchConnection]) -> None:
 
 class SimNode:
     def __init__(
-        self, name: str, identity: IdentityFiles, auth: str, interval: float, watch: bool
+        self,
+        name: str,
+        identity: IdentityFiles,
+        auth: str,
+        interval: float,
+        watch: bool,
+        sockets: Any,  # an aiohttp session: beats ride the watch; None: a second connection
     ) -> None:
         self.name = name
         context = identity.tls_context()
-        # What a real node watches (node/agent.py), on a second connection.
-        self.view = WatchConnection(auth, context) if watch else None
+        # What a real node watches (node/agent.py): on the connection that also carries
+        # its beats, or (`--beats-over call`, before) on a second one.
+        self.view: WatchConnection | SocketWatch | None = None
+        if watch:
+            self.view = (
+                SocketWatch(auth, context, sockets) if sockets else WatchConnection(auth, context)
+            )
         self.interval = interval
         self.retry = Backoff(base=min(1.0, interval), cap=interval)
         self.body = {
@@ -292,7 +396,11 @@ class SimNode:
 
     async def beat(self) -> float:
         started = time.monotonic()
-        await self.beats.beat()
+        # As SessionHost.beat: up the watch while it is open, else as a call.
+        if isinstance(self.view, SocketWatch) and self.view.connected:
+            await self.view.beat({"type": "heartbeat", **self.body})
+        else:
+            await self.beats.beat()
         return time.monotonic() - started
 
     async def run(self, stats: dict[str, Any]) -> None:
@@ -334,6 +442,7 @@ def _worker(
     token: str,
     interval: float,
     watch: float,
+    beats_over: str,
     cpus: set[int] | None,
     pipe: Any,
 ) -> None:
@@ -362,8 +471,12 @@ def _worker(
         joined = await asyncio.gather(*(join(name) for name in names))
         await joiner.close()
         watchers = round(len(names) * watch)
+        sockets = None
+        if beats_over == "watch":
+            sockets = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         nodes = [
-            SimNode(n, i, auth, interval, watch=k < watchers) for k, (n, i) in enumerate(joined)
+            SimNode(n, i, auth, interval, watch=k < watchers, sockets=sockets)
+            for k, (n, i) in enumerate(joined)
         ]
         stats: dict[str, Any] = {
             "ok": 0, "failed": 0, "latency": [], "down": set(), "returned": [],
@@ -403,6 +516,8 @@ def _worker(
         await asyncio.gather(*(n.view.close() for n in nodes if n.view is not None))
         for node in nodes:
             node.beats.close()
+        if sockets is not None:
+            await sockets.close()
 
     # The loop a real node runs (uvloop unless CERTGATE_EVENT_LOOP says otherwise): its
     # TLS layer is C, where asyncio's is Python.
@@ -674,6 +789,7 @@ def run_backend(
                     tokens[index],
                     args.interval,
                     args.watch,
+                    args.beats_over,
                     client_cpus,
                     child,
                 ),
@@ -686,7 +802,12 @@ def run_backend(
         joined_in = time.monotonic() - started
         print(
             f"[{backend}] {args.nodes} nodes joined in {joined_in:.0f} s; "
-            f"{round(args.watch * 100)} % of them hold a watch stream"
+            f"{round(args.watch * 100)} % of them hold a watch stream; "
+            + (
+                "their beats ride it (one connection each)"
+                if args.beats_over == "watch"
+                else "beats on a connection of their own"
+            )
         )
 
         # Steady state: let every node beat once and the join ramp settle (a slice with
@@ -925,7 +1046,17 @@ def main() -> None:
         help="auth_service.workers (processes serving the auth API; 0: one per core)",
     )
     parser.add_argument(
-        "--watch", type=float, default=0.5, help="share of nodes that hold a watch stream"
+        "--watch",
+        type=float,
+        default=1.0,
+        help="share of nodes that hold a watch stream (every real node does)",
+    )
+    parser.add_argument(
+        "--beats-over",
+        choices=["watch", "call"],
+        default="watch",
+        help="watch: heartbeats ride the watch socket, as a node sends them now; call: "
+        "POST /v1/nodes/heartbeat on a second connection, as before",
     )
     parser.add_argument(
         "--no-pin",

@@ -169,3 +169,77 @@ async def test_a_late_ping_from_a_busy_auth_does_not_drop_the_stream() -> None:
         await view.close()
         await client.close()
         await runner.cleanup()
+
+
+async def _serve(handler: Any) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.router.add_get("/v1/watch", handler)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+
+async def test_an_auth_without_the_socket_form_is_watched_with_the_plain_stream() -> None:
+    # An auth of an earlier version answers the socket request with its plain stream:
+    # the service watches that way, and its heartbeats go as calls.
+    asked = []
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        asked.append(request.headers.get("Upgrade", ""))
+        answer = web.StreamResponse()
+        await answer.prepare(request)
+        snapshot = {"type": "snapshot", "revision": 1, "items": {"lock": [lock("plain")]}}
+        await answer.write(json.dumps(snapshot).encode() + b"\n")
+        await asyncio.Event().wait()
+        return answer
+
+    runner, port = await _serve(watch)
+    client = AsyncAuthClient(f"http://127.0.0.1:{port}", ssl.create_default_context())
+    view = ResourceView(client, ["lock"], carries_requests=True)
+    view.start()
+    try:
+        await view.wait_ready(timeout=10)
+        assert [x.metadata.name for x in view.all("lock")] == ["plain"]  # type: ignore[attr-defined]
+        assert asked == ["websocket", ""]  # tried once, then plain
+        assert not view.carries_requests
+        with pytest.raises(ConnectionProblem, match="carries no requests"):
+            await view.ask({"type": "heartbeat"}, timeout=1)
+    finally:
+        await view.close()
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_a_request_pending_when_the_socket_drops_fails_at_once() -> None:
+    # The heartbeat waiting for its answer learns the socket went (and is sent as a
+    # call), rather than waiting out its timeout while the node drops from the list.
+    sockets: list[web.WebSocketResponse] = []
+
+    async def watch(request: web.Request) -> web.WebSocketResponse:
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        sockets.append(socket)
+        snapshot = {"type": "snapshot", "revision": 1, "items": {"lock": []}}
+        await socket.send_bytes(json.dumps(snapshot).encode() + b"\n")
+        await socket.receive()  # the request, never answered
+        assert request.transport is not None
+        request.transport.close()
+        return socket
+
+    runner, port = await _serve(watch)
+    client = AsyncAuthClient(f"http://127.0.0.1:{port}", ssl.create_default_context())
+    view = ResourceView(client, ["lock"], carries_requests=True)
+    view.start()
+    try:
+        await view.wait_ready(timeout=10)
+        await eventually_async(lambda: view.carries_requests)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(ConnectionProblem, match="closed before auth answered"):
+            await view.ask({"type": "heartbeat"}, timeout=30)
+        assert asyncio.get_running_loop().time() - started < 10
+    finally:
+        await view.close()
+        await client.close()
+        await runner.cleanup()

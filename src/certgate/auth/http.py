@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -60,6 +61,14 @@ from certgate.auth.http_sessions import add_session_routes
 from certgate.auth.http_user_certs import add_user_cert_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
+from certgate.auth.watch_channel import (
+    LineSink,
+    SocketLines,
+    StreamedLines,
+    answer_requests,
+    open_socket,
+    wants_socket,
+)
 from certgate.auth.watch_hub import Subscription, WatchHub
 from certgate.backend.base import EventType, Item
 from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
@@ -553,7 +562,10 @@ class AuthAPI:
 
     async def heartbeat(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
-        body = await json_body(request)
+        await self._beat(caller, await json_body(request))
+
+    async def _beat(self, caller: Identity, body: dict[str, Any]) -> None:
+        """A heartbeat's body, from POST /v1/nodes/heartbeat or the watch socket."""
         seconds = body.get("ttl_seconds", 30)
         if not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
             raise BadParameter("ttl_seconds must be a number of seconds up to 3600")
@@ -562,12 +574,11 @@ class AuthAPI:
             if not isinstance(cluster, KubeCluster) or not caller.is_service(SYSTEM_KUBE):
                 raise BadParameter("a kube_cluster heartbeat comes from a kube service")
             await self.server.kube_heartbeat(caller, cluster, timedelta(seconds=seconds))
-            return None
+            return
         node = from_dict(body.get("node"))
         if not isinstance(node, Node):
             raise BadParameter("a heartbeat carries a node resource")
         await self.server.heartbeat(caller, node, timedelta(seconds=seconds))
-        return None
 
     async def my_kube_clusters(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
@@ -605,21 +616,58 @@ class AuthAPI:
             revision, items = await self._watches.memo(
                 watched, tuple(kinds), lambda: self._snapshot(kinds)
             )
+            head = json.dumps({"type": "snapshot", "revision": revision})[:-1]
+            snapshot = f'{head}, "items": '.encode() + items + b"}\n"
+            follow = functools.partial(
+                self._follow, events, kinds, stores, by_prefix, caller if guarded else None, ping
+            )
+            if wants_socket(request):
+                return await self._watch_socket(request, caller, snapshot, follow)
             response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
             await response.prepare(request)
-            head = json.dumps({"type": "snapshot", "revision": revision})[:-1]
-            await response.write(f'{head}, "items": '.encode() + items + b"}\n")
-            await self._follow(
-                response,
-                events,
-                kinds,
-                stores,
-                by_prefix,
-                request,
-                caller if guarded else None,
-                ping,
-            )
+            await response.write(snapshot)
+            await follow(StreamedLines(request, response))
         return response
+
+    async def _watch_socket(
+        self,
+        request: web.Request,
+        caller: Identity | None,
+        snapshot: bytes,
+        follow: Callable[[LineSink], Awaitable[None]],
+    ) -> web.WebSocketResponse:
+        """The watch as a WebSocket that also takes the watcher's heartbeats
+        (watch_channel.py): the stream and the requests run side by side until either
+        ends, and the socket ends with them."""
+        socket = open_socket()
+        await socket.prepare(request)
+        sink = SocketLines(request, socket)
+
+        async def handle(kind: str, body: dict[str, Any]) -> None:
+            # Checked per request, as POST /v1/nodes/heartbeat is: the permission and
+            # then whether this identity still holds the name it announces.
+            if caller is None:
+                raise AccessDenied("access denied: a heartbeat needs a service certificate")
+            await self._beat(await self.authorizer.check(caller, perm.HEARTBEAT, "update"), body)
+
+        try:
+            await sink.write(snapshot)
+        except ConnectionResetError:
+            return socket
+        stream = asyncio.ensure_future(follow(sink))
+        requests = asyncio.ensure_future(answer_requests(socket, handle))
+        try:
+            await asyncio.wait({stream, requests}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stream_ended = stream.done()
+            for task in (stream, requests):
+                task.cancel()
+            await asyncio.gather(stream, requests, return_exceptions=True)
+        if stream_ended and not socket.closed:
+            # The stream ended as auth stops: say so with a close frame.
+            with contextlib.suppress(ConnectionResetError):
+                await socket.close(code=1001, message=b"auth is stopping")
+        return socket
 
     async def _snapshot(self, kinds: list[str]) -> bytes:
         """The items of a watch snapshot, as JSON; _readable strips CA private keys
@@ -629,14 +677,13 @@ class AuthAPI:
 
     async def _follow(
         self,
-        response: web.StreamResponse,
         events: Subscription,
         kinds: list[str],
         stores: dict[str, Any],
         by_prefix: dict[str, str],
-        request: web.Request,
         guarded: Identity | None,
         ping: float,
+        sink: LineSink,
     ) -> None:
         """Relay `events` to the stream; `guarded` is the user whose stream a lock ends;
         a ping after `ping` seconds without a line."""
@@ -653,9 +700,9 @@ class AuthAPI:
                     # Each ping also re-checks auth's lock cache: a lock written by
                     # another auth process arrives there, if not (yet) in this stream.
                     if guarded and (reason := await self._watch_refusal(guarded, None)):
-                        await _cut(request, response, reason)
+                        await _cut(sink, reason)
                         break
-                    await response.write(PING_LINE)
+                    await sink.write(PING_LINE)
                     continue
                 try:
                     first = next_event.result()
@@ -693,30 +740,30 @@ class AuthAPI:
                             _line({"type": "put", "kind": kind, "resource": to_dict(resource)})
                         )
                 if lines:
-                    await response.write(b"".join(lines))
+                    await sink.write(b"".join(lines))
                 if cut is not None:
-                    await _cut(request, response, cut)
+                    await _cut(sink, cut)
                     break
                 next_event = asyncio.ensure_future(anext(events))
         except ConnectionResetError:
             pass  # the watcher went away
         except CertgateError as exc:  # compacted past it, fell behind, store gone
             log.warning("watch of %s ended: %s", ",".join(kinds), exc)
-            _end_abruptly(request)
+            sink.abort()
         except Exception:
             log.exception("watch of %s ended by an error", ",".join(kinds))
-            _end_abruptly(request)
+            sink.abort()
         finally:
             next_event.cancel()
             await asyncio.gather(next_event, return_exceptions=True)
 
 
-async def _cut(request: web.Request, response: web.StreamResponse, reason: str) -> None:
+async def _cut(sink: LineSink, reason: str) -> None:
     """End a watch stream whose caller may no longer have it, saying why; the
     watcher's reconnect is then refused like any call of theirs."""
     with contextlib.suppress(ConnectionResetError):
-        await _send(response, {"type": "closed", "reason": reason})
-    _end_abruptly(request)
+        await sink.write(_line({"type": "closed", "reason": reason}))
+    sink.abort()
 
 
 # Watchers measure how fresh their view is by these (strict locking), so keep it short;
@@ -745,17 +792,6 @@ PING_LINE = json.dumps({"type": "ping"}).encode() + b"\n"
 
 def _line(message: dict[str, Any]) -> bytes:
     return json.dumps(message).encode() + b"\n"
-
-
-async def _send(response: web.StreamResponse, message: dict[str, Any]) -> None:
-    await response.write(_line(message))
-
-
-def _end_abruptly(request: web.Request) -> None:
-    # Closing the connection without the final chunk tells the client the stream broke
-    # (it reconnects); a clean end could pass for "auth has nothing more to say".
-    if request.transport is not None:
-        request.transport.close()
 
 
 def _checked_name(value: object, what: str, route: str, request: web.Request) -> str:

@@ -47,7 +47,6 @@ class KubeService:
     ) -> None:
         self.name = name
         self._identity = identity
-        self._auth = auth
         self._interval = heartbeat_interval
         self.labels = labels
         self.upstreams = {u.name: u for u in upstreams}
@@ -107,4 +106,4 @@ class KubeService:
                 "kube_cluster": to_dict(cluster),
                 "ttl_seconds": ttl.total_seconds(),
             }
-            await self._auth.call("POST", "/v1/nodes/heartbeat", json=body)
+            await self.host.beat(body)

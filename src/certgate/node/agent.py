@@ -46,7 +46,6 @@ class NodeAgent:
         self.name = name
         self.labels = labels
         self._identity = identity
-        self._auth = auth
         self._interval = heartbeat_interval
         self.host = SessionHost(
             name, "node", auth, heartbeat_interval, strict_grace, data_dir, self._end_session
@@ -110,8 +109,4 @@ class NodeAgent:
         # Expires 1.5 intervals on: a missed beat or two of jitter keeps it listed, and a
         # stopped node is gone within two intervals.
         ttl = self._interval * 1.5
-        await self._auth.call(
-            "POST",
-            "/v1/nodes/heartbeat",
-            json={"node": to_dict(node), "ttl_seconds": ttl.total_seconds()},
-        )
+        await self.host.beat({"node": to_dict(node), "ttl_seconds": ttl.total_seconds()})

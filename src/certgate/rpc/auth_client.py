@@ -47,6 +47,11 @@ DOWNLOAD_CHUNK = 256 * 1024
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
+class NotASocket(ConnectionProblem):
+    """Auth answered a WebSocket request with a plain answer: it is of a version without
+    the socket form, and the caller uses the plain one."""
+
+
 def _raise_for(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
@@ -140,6 +145,9 @@ class AsyncAuthClient:
     ):
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         self._addresses = AuthAddresses([url.rstrip("/") for url in urls])
+        self._context = context
+        self._headers = headers
+        self._sockets: Any = None  # an aiohttp.ClientSession, made at the first websocket()
         self._clients = {
             url: httpx.AsyncClient(
                 base_url=url,
@@ -282,6 +290,50 @@ class AsyncAuthClient:
         finally:
             await response.aclose()
 
+    @contextlib.asynccontextmanager
+    async def websocket(
+        self, path: str, params: dict[str, str], max_message: int
+    ) -> AsyncIterator[Any]:
+        """A WebSocket to `path` on the first auth that takes it (the watch that also
+        carries heartbeats: auth/watch_channel.py), as an aiohttp ClientWebSocketResponse.
+
+        An auth that cannot be reached is passed over for the next, as for calls; one
+        that answers without a socket raises: NotASocket for a plain answer (an auth
+        that does not know the socket form), its refusal otherwise.
+        """
+        import aiohttp  # here: cgsh imports this module and never opens a socket
+
+        if self._sockets is None:
+            self._sockets = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._context, limit=0),
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=None, connect=SERVICE_TIMEOUT.connect),
+            )
+        last: Exception | None = None
+        for url in self._addresses.in_order():
+            try:
+                socket = await self._sockets.ws_connect(
+                    url + path, params=params, autoping=True, max_msg_size=max_message
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                self._addresses.worked(url)  # it answered: the answer is the news
+                if exc.status < 400:
+                    raise NotASocket(f"{url} answered {exc.status}, not a socket") from exc
+                raise from_json(exc.status, {}) from exc
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self._addresses.failed(url)
+                last = exc
+                continue
+            self._addresses.worked(url)
+            try:
+                yield socket
+            finally:
+                await socket.close()
+            return
+        raise ConnectionProblem(f"cannot reach {self._describe()}: {last}")
+
     async def close(self) -> None:
         for client in self._clients.values():
             await client.aclose()
+        if self._sockets is not None:
+            await self._sockets.close()

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ValidationError
 
 from certgate.api.codec import KINDS
 from certgate.api.names import shown
-from certgate.errors import ConnectionProblem
-from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.errors import ConnectionProblem, from_json
+from certgate.rpc.auth_client import AsyncAuthClient, NotASocket
 from certgate.rpc.failover import Backoff
 
 log = logging.getLogger("certgate.watch")
@@ -32,6 +32,9 @@ RECONNECT_BASE = 0.5  # seconds: the first retry comes within this
 RECONNECT_CAP = 10.0
 # How long a service waits for its first snapshot before it gives up starting.
 READY_TIMEOUT = 300.0
+# The largest message auth may send down the socket: a snapshot of every role, lock and
+# CA (a plain stream's line has no such bound; 64 MiB is far beyond any real one).
+MAX_MESSAGE = 64 * 1024 * 1024
 
 ChangeCallback = Callable[[str, str, BaseModel | None], Awaitable[None]]
 
@@ -63,6 +66,7 @@ class ResourceView:
         on_change: ChangeCallback | None = None,
         path: str = "/v1/watch",  # through a proxy, as a user: /v1/api/watch
         ping_every: float = 1.0,  # ping_seconds(strict_grace)
+        carries_requests: bool = False,  # a WebSocket that also takes `ask` (heartbeats)
     ) -> None:
         self._client = client
         self._path = path
@@ -79,6 +83,12 @@ class ResourceView:
         self._last_error = ""
         self._what = ",".join(kinds)
         self.connected = False
+        # The WebSocket form (auth/watch_channel.py): one connection for the watch and the
+        # service's heartbeats. Dropped for the plain stream if auth does not know it.
+        self._wants_socket = carries_requests
+        self._socket: Any = None  # the open aiohttp ClientWebSocketResponse
+        self._asked: dict[int, asyncio.Future[None]] = {}
+        self._next_id = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"watch {','.join(self._kinds)}")
@@ -141,13 +151,89 @@ class ResourceView:
             self.connected = False
             await asyncio.sleep(backoff.next())
 
+    @property
+    def carries_requests(self) -> bool:
+        """Whether `ask` can go now: the view is connected over a WebSocket."""
+        return self._socket is not None and self.connected
+
+    async def ask(self, request: dict[str, Any], timeout: float) -> None:
+        """Send `request` (`{"type": "heartbeat", ...}`) up the watch's socket and wait
+        for auth's answer; its refusal is raised as the certgate error it is.
+        ConnectionProblem if the socket is not there or goes before the answer: the
+        caller may send the same by a plain call."""
+        socket = self._socket
+        if socket is None or not self.connected:
+            raise ConnectionProblem("the watch carries no requests now")
+        self._next_id += 1
+        ident = self._next_id
+        answered = asyncio.get_running_loop().create_future()
+        self._asked[ident] = answered
+        try:
+            await socket.send_bytes(json.dumps({**request, "id": ident}).encode())
+            async with asyncio.timeout(timeout):
+                await answered
+        except TimeoutError:
+            raise ConnectionProblem(f"auth did not answer within {timeout:g}s") from None
+        except (ConnectionError, RuntimeError) as exc:  # closed under the send
+            raise ConnectionProblem(f"the watch socket went: {exc}") from exc
+        finally:
+            self._asked.pop(ident, None)
+
+    def _answered(self, message: dict[str, Any]) -> None:
+        answered = self._asked.get(message.get("id"))  # type: ignore[arg-type]
+        if answered is None or answered.done():
+            return  # asked by a socket before this one, or given up on
+        error = message.get("error")
+        if error is None:
+            answered.set_result(None)
+        else:
+            answered.set_exception(from_json(0, error))
+
     async def _follow(self) -> None:
+        if self._wants_socket:
+            try:
+                await self._follow_socket()
+                return
+            except NotASocket as exc:
+                log.warning("%s; watching with the plain stream", exc)
+                self._wants_socket = False
         stream = self._client.stream("GET", self._path, params=self._params, silence=self._silence)
         async with stream as lines:
             async for line in lines:
                 self._last_contact = time.monotonic()
                 message = json.loads(line)
                 await self._apply(message)
+
+    async def _follow_socket(self) -> None:
+        from aiohttp import WSMsgType  # services only: cgsh imports this module
+
+        async with self._client.websocket(self._path, self._params, MAX_MESSAGE) as socket:
+            self._socket = socket
+            try:
+                while True:
+                    try:
+                        message = await socket.receive(timeout=self._silence)
+                    except TimeoutError:
+                        raise ConnectionProblem(
+                            f"the watch was silent for {self._silence:g}s"
+                        ) from None
+                    if message.type is not WSMsgType.BINARY:
+                        if message.type is WSMsgType.ERROR:
+                            raise ConnectionProblem(f"the watch broke: {socket.exception()}")
+                        raise ConnectionProblem("auth closed the watch")
+                    self._last_contact = time.monotonic()
+                    for line in message.data.splitlines():
+                        document = json.loads(line)
+                        if document["type"] == "answer":
+                            self._answered(document)
+                        else:
+                            await self._apply(document)
+            finally:
+                self._socket = None
+                gone = ConnectionProblem("the watch socket closed before auth answered")
+                for answered in self._asked.values():
+                    if not answered.done():
+                        answered.set_exception(gone)
 
     async def _apply(self, message: dict[str, Any]) -> None:
         kind_of = message["type"]

@@ -23,12 +23,13 @@ import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
 from certgate.access.cached_access import CachedAccess
 from certgate.api.identity import Identity
-from certgate.errors import CertgateError
+from certgate.errors import CertgateError, ConnectionProblem
 from certgate.recording.node_recordings import NodeRecordings
 from certgate.recording.uploader import auth_sender
 from certgate.rpc.audit import post_events
@@ -51,6 +52,8 @@ log = logging.getLogger("certgate")
 # seconds, not one per event (docs/audit.md): they reach auth up to that much later.
 # Locks and the cuts they cause come through the watch and never wait for it.
 DELIVERY_INTERVAL = 0.5
+# How long a heartbeat sent up the watch waits for auth's answer (a call waits as long).
+BEAT_ANSWER_SECONDS = 15.0
 
 # (session id, message, reason) -> whether a live session of that id was ended
 EndSession = Callable[[str, str, str], bool]
@@ -69,12 +72,14 @@ class SessionHost:
     ) -> None:
         """`what` names the service in logs and refusals ("node", "kube service")."""
         self._what = what
+        self._auth = auth
         self._interval = heartbeat_interval
         self.view = ResourceView(
             auth,
             WATCHED_KINDS,
             self._on_change,
             ping_every=ping_seconds(strict_grace),
+            carries_requests=True,  # the heartbeats ride the watch: one connection to auth
         )
         self.access = CachedAccess(self.view, strict_grace=strict_grace)
         self.registry = SessionRegistry()
@@ -125,6 +130,20 @@ class SessionHost:
         await self.trackers.close()
         await self.recordings.close()
         await self.view.close()
+
+    async def beat(self, body: dict[str, Any]) -> None:
+        """Send a heartbeat (the body of POST /v1/nodes/heartbeat): up the watch's socket
+        while it is open, so the service holds one connection to auth, not two; as a
+        call when it is not (reconnecting, or an auth without the socket form)."""
+        if self.view.carries_requests:
+            try:
+                await self.view.ask({"type": "heartbeat", **body}, timeout=BEAT_ANSWER_SECONDS)
+                return
+            except ConnectionProblem as exc:  # the socket went: the call may still get through
+                log.info(
+                    "%s heartbeat over the watch failed (%s); sending it as a call", self._what, exc
+                )
+        await self._auth.call("POST", "/v1/nodes/heartbeat", json=body)
 
     def recording_mode(self, identity: Identity, kind: str) -> str:
         return self.access.role_set(identity).options().record_session.mode(kind)
