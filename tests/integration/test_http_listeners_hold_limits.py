@@ -4,6 +4,7 @@ once, and the listener keeps serving everyone else."""
 
 from __future__ import annotations
 
+import asyncio
 import select
 import socket
 import ssl
@@ -13,6 +14,10 @@ from collections.abc import Iterator
 import pytest
 
 from certgate.api.json_input import BODY_TIMEOUT
+from certgate.errors import AccessDenied
+from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.rpc.identity_files import IdentityFiles
+from certgate.rpc.watcher import ResourceView
 from tests.support.cluster import Cluster
 from tests.support.raw_http import insecure, send
 
@@ -126,3 +131,32 @@ def test_a_half_sent_body_is_refused_after_the_body_timeout(limited: Cluster) ->
     assert b"did not arrive in time" in answer
     assert BODY_TIMEOUT - 1 < time.monotonic() - start < BODY_TIMEOUT + 5
     sock.close()
+
+
+async def test_a_watch_socket_outlives_the_idle_timeout(
+    limited: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The watch that carries a node's heartbeats is one long request: auth's idle timer
+    # (2 s here) is for connections between requests, and must not close it.
+    admin = IdentityFiles.load(limited.data_dir / "admin")
+    client = AsyncAuthClient(f"https://{limited.auth_addr}", admin.tls_context())
+    view = ResourceView(client, ["lock"], carries_requests=True)
+    view.start()
+    try:
+        await view.wait_ready(timeout=30)
+        assert view.carries_requests
+        await asyncio.sleep(3 * TIMEOUT)
+        assert view.carries_requests
+        # Auth answers on it (an admin is no node: refused, but answered).
+        node = {
+            "kind": "node",
+            "version": "v1",
+            "metadata": {"name": "admin"},
+            "spec": {"addr": "127.0.0.1:1"},
+        }
+        with pytest.raises(AccessDenied, match="is not a node"):
+            await view.ask({"type": "heartbeat", "node": node, "ttl_seconds": 30}, timeout=10)
+        assert "watch of lock lost" not in caplog.text
+    finally:
+        await view.close()
+        await client.close()

@@ -43,6 +43,7 @@ SERVICE_TIMEOUT = httpx.Timeout(15.0, connect=30.0)
 # node sends. httpx's own default, 5 s, made every heartbeat a new handshake.
 KEEPALIVE_EXPIRY = 50.0
 DOWNLOAD_CHUNK = 256 * 1024
+SOCKET_CLOSE_SECONDS = 2.0
 # Failures before a request left: another auth address may be tried with the same call.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -313,7 +314,13 @@ class AsyncAuthClient:
         for url in self._addresses.in_order():
             try:
                 socket = await self._sockets.ws_connect(
-                    url + path, params=params, autoping=True, max_msg_size=max_message
+                    url + path,
+                    params=params,
+                    autoping=True,
+                    max_msg_size=max_message,
+                    # Closing waits this long for auth's close frame: a silent auth is
+                    # left for the next one soon (aiohttp's default is 10 s).
+                    timeout=aiohttp.ClientWSTimeout(ws_close=SOCKET_CLOSE_SECONDS),
                 )
             except aiohttp.WSServerHandshakeError as exc:
                 self._addresses.worked(url)  # it answered: the answer is the news
