@@ -73,7 +73,13 @@ from certgate.rpc.auth_client import SERVICE_TIMEOUT, AsyncAuthClient
 from certgate.rpc.failover import Backoff
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import fetch_host_ca
-from certgate.rpc.watcher import RECONNECT_BASE, RECONNECT_CAP, ping_seconds, silence_seconds
+from certgate.rpc.watcher import (
+    READY_TIMEOUT,
+    RECONNECT_BASE,
+    RECONNECT_CAP,
+    ping_seconds,
+    silence_seconds,
+)
 from certgate.srv.host import WATCHED_KINDS
 from certgate.transport import client_context
 from tests.support.cluster import BIN, Cluster
@@ -411,6 +417,13 @@ class SimNode:
             await asyncio.sleep(delay)  # the watches open spread out too
             self.view.start()
             delay = 0
+            if isinstance(self.view, SocketWatch):
+                # A node beats once its view has its snapshot (SessionHost.start, then
+                # serving): its first beat goes up the socket, not as a call on a
+                # second connection. It waits as long as the node does (wait_ready).
+                deadline = time.monotonic() + READY_TIMEOUT
+                while not self.view.connected and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
         while True:
             await asyncio.sleep(delay)
             try:
