@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import multiprocessing
 import os
@@ -56,7 +57,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import aiohttp
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -270,43 +270,64 @@ class WatchConnection:
 class SocketWatch:
     """The same watch as a WebSocket that also carries the node's heartbeats, as a real
     node holds it since heartbeats ride the watch (auth/watch_channel.py): one
-    connection per node. aiohttp's client (its frame parser is C), one session per
-    load-generator process; only the arrival of messages and the beats' answers are
-    read, the rest is not decoded (the generators' CPU is not auth's)."""
+    connection per node. Lean like the two classes above, for the same reason: the
+    upgrade request by hand and just the frames auth sends (binary, close; unmasked)
+    and the beat the node sends (binary, masked, as a client must). With aiohttp's
+    client on 10,000 nodes the generators' core saturated as auth restarted, their
+    handshakes outlived auth's handshake_timeout and no watch came back: the figure
+    was theirs. Silence is checked by `watch_sweeper`, as for the plain stream.
+    """
 
-    def __init__(self, auth: str, context: ssl.SSLContext, session: Any) -> None:
+    def __init__(self, auth: str, context: ssl.SSLContext) -> None:
+        self._host, port = auth.rsplit(":", 1)
+        self._port = int(port)
+        self._context = context
         ping = ping_seconds(DEFAULT_STRICT_GRACE)
         self.silence = silence_seconds(ping)
-        query = urlencode({"kinds": ",".join(WATCHED_KINDS), "ping": f"{ping:g}"})
-        self._url = f"https://{auth}/v1/watch?{query}"
-        self._context = context
-        self._session = session
+        params = urlencode({"kinds": ",".join(WATCHED_KINDS), "ping": f"{ping:g}"})
+        key = base64.b64encode(os.urandom(16)).decode()
+        self._request = (
+            f"GET /v1/watch?{params} HTTP/1.1\r\nHost: {auth}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
         self.connected = False
         self.last_word = 0.0
-        self._socket: Any = None
+        self._writer: asyncio.StreamWriter | None = None
         self._asked: dict[int, asyncio.Future[bytes]] = {}
         self._next = 0
+        self._up = asyncio.Event()  # set while connected
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run())
 
     def drop_if_silent(self, now: float) -> None:
-        pass  # aiohttp's receive timeout does it (ws_receive below)
+        if self._writer is not None and now - self.last_word > self.silence:
+            self._writer.close()
+
+    async def up_within(self, seconds: float) -> bool:
+        if not self.connected:
+            try:
+                async with asyncio.timeout(seconds):
+                    await self._up.wait()
+            except TimeoutError:
+                return False
+        return True
 
     async def beat(self, body: dict[str, Any]) -> None:
         """Send a beat up the socket and wait for its answer; BeatFailed otherwise."""
-        if self._socket is None or not self.connected:
+        if self._writer is None or not self.connected:
             raise BeatFailed("socket", ConnectionError("no watch socket"))
         self._next += 1
         ident = self._next
         answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._asked[ident] = answered
         try:
-            await self._socket.send_bytes(json.dumps({**body, "id": ident}).encode())
+            self._writer.write(_client_frame(json.dumps({**body, "id": ident}).encode()))
             async with asyncio.timeout(SERVICE_TIMEOUT.read):
                 answer = await answered
-        except (*_BROKEN, RuntimeError) as exc:
+        except _BROKEN as exc:
             raise BeatFailed("socket", exc) from None
         finally:
             self._asked.pop(ident, None)
@@ -318,45 +339,66 @@ class SocketWatch:
         while True:
             try:
                 await self._follow()
-            except (*_BROKEN, aiohttp.ClientError):
+            except _BROKEN:
                 pass
             if self.connected:
                 backoff.reset()
             self.connected = False
+            self._up.clear()
             await asyncio.sleep(backoff.next())
 
     async def _follow(self) -> None:
-        async with asyncio.timeout(SERVICE_TIMEOUT.connect):
-            socket = await self._session.ws_connect(
-                self._url,
-                ssl=self._context,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=self.silence, ws_close=5.0),
-            )
-        self._socket = socket
+        reader, self._writer = await _connect(self._host, self._port, self._context)
         self.last_word = asyncio.get_running_loop().time()
         try:
-            async for message in socket:
-                if message.type is not aiohttp.WSMsgType.BINARY:
-                    break
+            self._writer.write(self._request)
+            status, _ = await _head(reader)
+            if status != 101:
+                raise ValueError(f"watch answered {status}")
+            while True:
+                head = await reader.readexactly(2)
+                size = head[1] & 0x7F
+                if size == 126:
+                    size = int.from_bytes(await reader.readexactly(2), "big")
+                elif size == 127:
+                    size = int.from_bytes(await reader.readexactly(8), "big")
+                data = await reader.readexactly(size)
+                if head[0] & 0x0F != 0x2:  # not binary: a close (auth sends no others)
+                    raise EOFError("the watch socket closed")
                 self.connected = True
+                self._up.set()
                 self.last_word = asyncio.get_running_loop().time()
-                if message.data.startswith(b'{"type": "answer"'):
-                    answer = json.loads(message.data)
-                    waiting = self._asked.get(answer["id"])
+                if data.startswith(b'{"type": "answer"'):
+                    waiting = self._asked.get(json.loads(data)["id"])
                     if waiting is not None and not waiting.done():
-                        waiting.set_result(message.data)
-            raise EOFError("the watch socket ended")
+                        waiting.set_result(data)
         finally:
-            self._socket = None
+            self._writer.close()
+            self._writer = None
+            self.connected = False
+            self._up.clear()
             for waiting in self._asked.values():
                 if not waiting.done():
                     waiting.set_exception(EOFError("the watch socket ended"))
-            await socket.close()
 
     async def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+
+
+def _client_frame(payload: bytes) -> bytes:
+    """One binary frame from a client: masked (RFC 6455 5.3), as auth requires."""
+    mask = os.urandom(4)
+    size = len(payload)
+    head = (
+        bytes([0x82, 0x80 | size]) if size < 126 else bytes([0x82, 0xFE]) + size.to_bytes(2, "big")
+    )
+    stretched = (mask * (size // 4 + 1))[:size]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(stretched, "big")).to_bytes(
+        size, "big"
+    )
+    return head + mask + masked
 
 
 async def watch_sweeper(watches: list[WatchConnection | SocketWatch]) -> None:
@@ -376,7 +418,7 @@ class SimNode:
         auth: str,
         interval: float,
         watch: bool,
-        sockets: Any,  # an aiohttp session: beats ride the watch; None: a second connection
+        beats_over: str,  # watch: the beats ride the watch socket; call: a second connection
     ) -> None:
         self.name = name
         context = identity.tls_context()
@@ -385,7 +427,9 @@ class SimNode:
         self.view: WatchConnection | SocketWatch | None = None
         if watch:
             self.view = (
-                SocketWatch(auth, context, sockets) if sockets else WatchConnection(auth, context)
+                SocketWatch(auth, context)
+                if beats_over == "watch"
+                else WatchConnection(auth, context)
             )
         self.interval = interval
         self.retry = Backoff(base=min(1.0, interval), cap=interval)
@@ -402,8 +446,9 @@ class SimNode:
 
     async def beat(self) -> float:
         started = time.monotonic()
-        # As SessionHost.beat: up the watch while it is open, else as a call.
-        if isinstance(self.view, SocketWatch) and self.view.connected:
+        # As SessionHost.beat: up the watch, waiting up to half an interval for it while
+        # it is reconnected; as a call past that.
+        if isinstance(self.view, SocketWatch) and await self.view.up_within(self.interval / 2):
             await self.view.beat({"type": "heartbeat", **self.body})
         else:
             await self.beats.beat()
@@ -484,11 +529,8 @@ def _worker(
         joined = await asyncio.gather(*(join(name) for name in names))
         await joiner.close()
         watchers = round(len(names) * watch)
-        sockets = None
-        if beats_over == "watch":
-            sockets = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         nodes = [
-            SimNode(n, i, auth, interval, watch=k < watchers, sockets=sockets)
+            SimNode(n, i, auth, interval, watch=k < watchers, beats_over=beats_over)
             for k, (n, i) in enumerate(joined)
         ]
         stats: dict[str, Any] = {
@@ -529,8 +571,6 @@ def _worker(
         await asyncio.gather(*(n.view.close() for n in nodes if n.view is not None))
         for node in nodes:
             node.beats.close()
-        if sockets is not None:
-            await sockets.close()
 
     # The loop a real node runs (uvloop unless CERTGATE_EVENT_LOOP says otherwise): its
     # TLS layer is C, where asyncio's is Python.

@@ -182,3 +182,27 @@ async def test_a_malformed_request_ends_the_socket_and_changes_nothing(
     finally:
         await view.close()
         await client.close()
+
+
+def test_after_an_auth_restart_the_node_comes_back_on_one_connection(tmp_path: Path) -> None:
+    # 10,000 nodes coming back to a restarted auth: a beat that went as a call while the
+    # watch was reconnecting would open a second connection per node and double auth's
+    # handshakes. It waits for the socket (up to half an interval) instead.
+    cluster = Cluster(tmp_path)
+    cluster.start()
+    try:
+        # 30 s beats: a beat waits up to 15 s for the socket, past the watch's reconnect
+        # backoff (at most 10 s) on a loaded machine.
+        node, _ = cluster.start_node("comeback", "env=beats", "--heartbeat-interval", "30s")
+        eventually(lambda: "comeback" in listed_nodes(cluster), timeout=30)
+        assert cluster.process is not None
+        cluster.process.terminate()
+        cluster.process.wait(timeout=20)
+        cluster.start()
+        before = listed_nodes(cluster)["comeback"]["metadata"]["expires"]
+        # Back and beating: its first beat after the restart moves the expiry on...
+        eventually(lambda: listed_nodes(cluster)["comeback"]["metadata"]["expires"] != before, 40)
+        # ...on the one connection of its watch.
+        assert established_to(node.pid, cluster.auth_port) == 1
+    finally:
+        cluster.stop()

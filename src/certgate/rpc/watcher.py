@@ -87,6 +87,7 @@ class ResourceView:
         # service's heartbeats. Dropped for the plain stream if auth does not know it.
         self._wants_socket = carries_requests
         self._socket: Any = None  # the open aiohttp ClientWebSocketResponse
+        self._carrying = asyncio.Event()  # set while `ask` can go
         self._asked: dict[int, asyncio.Future[None]] = {}
         self._next_id = 0
 
@@ -155,6 +156,19 @@ class ResourceView:
     def carries_requests(self) -> bool:
         """Whether `ask` can go now: the view is connected over a WebSocket."""
         return self._socket is not None and self.connected
+
+    async def carrying_within(self, seconds: float) -> bool:
+        """Whether `ask` can go within `seconds`: at once if the socket is up; if it is
+        being reconnected, once it is back. False at once for a view that does not use
+        the socket form (not asked for, or auth does not know it)."""
+        if not self._wants_socket:
+            return False
+        try:
+            async with asyncio.timeout(seconds):
+                await self._carrying.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def ask(self, request: dict[str, Any], timeout: float) -> None:
         """Send `request` (`{"type": "heartbeat", ...}`) up the watch's socket and wait
@@ -230,6 +244,7 @@ class ResourceView:
                             await self._apply(document)
             finally:
                 self._socket = None
+                self._carrying.clear()
                 gone = ConnectionProblem("the watch socket closed before auth answered")
                 for answered in self._asked.values():
                     if not answered.done():
@@ -246,6 +261,8 @@ class ResourceView:
             self._items = {kind: fresh.get(kind, {}) for kind in self._kinds}
             self.connected = True
             self._ready.set()
+            if self._socket is not None:
+                self._carrying.set()
             for kind in self._kinds:
                 for name, resource in self._items[kind].items():
                     if old[kind].get(name) != resource:

@@ -132,10 +132,15 @@ class SessionHost:
         await self.view.close()
 
     async def beat(self, body: dict[str, Any]) -> None:
-        """Send a heartbeat (the body of POST /v1/nodes/heartbeat): up the watch's socket
-        while it is open, so the service holds one connection to auth, not two; as a
-        call when it is not (reconnecting, or an auth without the socket form)."""
-        if self.view.carries_requests:
+        """Send a heartbeat (the body of POST /v1/nodes/heartbeat) up the watch's socket,
+        so the service holds one connection to auth, not two.
+
+        While the socket is being reconnected (auth restarted, or failed over) the beat
+        waits for it up to half an interval, which the node's TTL (1.5 intervals)
+        allows: as a call at once it would open a second connection, and 10,000 nodes
+        coming back to a restarted auth would double its handshakes. Past that, or for
+        an auth without the socket form, it goes as a call."""
+        if await self.view.carrying_within(self._interval.total_seconds() / 2):
             try:
                 await self.view.ask({"type": "heartbeat", **body}, timeout=BEAT_ANSWER_SECONDS)
                 return
