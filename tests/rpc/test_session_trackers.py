@@ -130,3 +130,28 @@ async def test_while_busy_calls_go_at_most_every_min_interval() -> None:
     assert min(gaps) >= interval * 0.9, gaps
     assert len(times) <= 1.2 / interval + 3, len(times)
     await publisher.close()
+
+
+async def test_close_ends_the_worker_when_its_call_is_answered_as_it_is_cancelled() -> None:
+    # The flush time is up with a call under way, and auth's answer arrives as close()
+    # cancels the worker. Python 3.11's wait_for then returned the answer and swallowed
+    # the cancel: the worker went back to waiting for changes, and close() waited for it
+    # forever. Each round lets the answer land a different number of loop passes after
+    # close() starts; with wait_for some rounds hung (1 to 3 here, on Python 3.11.7).
+    async def close_as_answered(passes: int) -> None:
+        auth = _Auth()
+        publisher = SessionTrackerPublisher(auth, refresh=60)  # type: ignore[arg-type]
+        publisher.start()
+        tasks = list(publisher._tasks)
+        auth.gate.clear()
+        publisher.put(tracker(1))
+        await eventually_async(lambda: auth.arrived == 1)  # the call is held at the gate
+        closing = asyncio.create_task(publisher.close(flush_seconds=0))
+        for _ in range(passes):
+            await asyncio.sleep(0)
+        auth.gate.set()  # the answer
+        await asyncio.wait_for(closing, 5)
+        assert all(task.done() for task in tasks)
+
+    for passes in range(6):
+        await close_as_answered(passes)

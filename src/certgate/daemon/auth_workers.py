@@ -227,7 +227,8 @@ async def _run_worker(spec: WorkerSpec, conn: Connection) -> None:
         log.info("auth worker %d serving (pid %d)", spec.index, os.getpid())
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), REPORT_INTERVAL)
+                async with asyncio.timeout(REPORT_INTERVAL):
+                    await stop.wait()
             report = relay.take_report()
             if report is not None and not _send(conn, ("metrics", report)):
                 break

@@ -33,7 +33,8 @@ async def is_plain_http(conn: socket.socket, timeout: float) -> bool:
 
     loop.add_reader(conn.fileno(), ready)
     try:
-        await asyncio.wait_for(readable, timeout)
+        async with asyncio.timeout(timeout):
+            await readable
     finally:
         loop.remove_reader(conn.fileno())
     try:

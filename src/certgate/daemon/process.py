@@ -150,7 +150,8 @@ class Daemon:
         # Last started, first stopped: nodes and proxies before the auth they talk to.
         for closer in reversed(self._closers):
             try:
-                await asyncio.wait_for(closer(), SHUTDOWN_STEP_SECONDS)
+                async with asyncio.timeout(SHUTDOWN_STEP_SECONDS):
+                    await closer()
             except TimeoutError:
                 log.warning("a service took over %ss to stop; moving on", SHUTDOWN_STEP_SECONDS)
             except Exception:
@@ -620,7 +621,8 @@ class Daemon:
 
 async def _store_ready(backend: Backend) -> str | None:
     try:
-        await asyncio.wait_for(backend.current_revision(), timeout=2)
+        async with asyncio.timeout(2):
+            await backend.current_revision()
     except (CertgateError, TimeoutError, OSError) as exc:
         return f"store unreachable: {exc}"
     return None

@@ -93,16 +93,14 @@ class _Call:
 
 async def dial(upstream: Upstream) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            reader, writer = await asyncio.open_connection(
                 upstream.host,
                 upstream.port,
                 ssl=upstream.tls_context(),
                 server_hostname=upstream.host,
                 limit=MAX_HEAD,
-            ),
-            CONNECT_TIMEOUT,
-        )
+            )
     except (OSError, TimeoutError, ssl.SSLError) as exc:
         raise BadParameter(
             f'cannot reach the API server of kubernetes cluster "{upstream.name}": {exc}'

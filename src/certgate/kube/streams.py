@@ -52,7 +52,8 @@ class ExecIO:
     async def hang_up(self) -> None:
         self.stop()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.closed.wait(), 2)
+            async with asyncio.timeout(2):
+                await self.closed.wait()
 
 
 async def relay_frames(

@@ -166,7 +166,8 @@ class NodeSSHServer:
             connection.abort()
         if acceptor is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(acceptor.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await acceptor.wait_closed()
         await self._audit_queue.close()
         spawner, self.spawner = self.spawner, None
         if spawner is not None:

@@ -152,7 +152,8 @@ class PluginRunner:
                 # Stopping (SIGTERM): the call in flight may finish and be recorded
                 # first, so a clean stop never sends a message twice.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(call, STOP_GRACE)
+                    async with asyncio.timeout(STOP_GRACE):
+                        await call
                 raise
         if request.resolved and not record.quiet:
             # Final, and all said: from now on only its id is kept (the file stays small).

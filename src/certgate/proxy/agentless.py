@@ -195,15 +195,14 @@ class AgentlessForwarder:
         reason = f'node "{node.name}" at {node.spec.addr} is unreachable'
         loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM),
-                self.connect_timeout,
-            )
+            async with asyncio.timeout(self.connect_timeout):
+                infos = await loop.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
             family, kind, proto, _, addr = infos[0]
             sock = socket.socket(family, kind, proto)
             sock.setblocking(False)
             try:
-                await asyncio.wait_for(loop.sock_connect(sock, addr), self.connect_timeout)
+                async with asyncio.timeout(self.connect_timeout):
+                    await loop.sock_connect(sock, addr)
             except BaseException:
                 sock.close()
                 raise

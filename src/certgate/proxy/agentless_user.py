@@ -275,10 +275,10 @@ class UserConnection(asyncssh.SSHServer):
         remaining = max(dialled.deadline - time.monotonic(), 0.5)
         tunnel: _OnwardTunnel | None = None
         try:
-            key, cert = await asyncio.wait_for(
-                self._forwarder.onward_credentials(self._presented, self.login, node.name),
-                remaining,
-            )
+            async with asyncio.timeout(remaining):
+                key, cert = await self._forwarder.onward_credentials(
+                    self._presented, self.login, node.name
+                )
             options = await asyncssh.SSHClientConnectionOptions.construct(
                 config=None,
                 client_factory=lambda: _OnwardClient(self),
@@ -297,9 +297,8 @@ class UserConnection(asyncssh.SSHServer):
             )
             remaining = max(dialled.deadline - time.monotonic(), 0.5)
             tunnel = _OnwardTunnel(dialled)
-            conn = await asyncio.wait_for(
-                asyncssh.connect(tunnel=tunnel, config=None, options=options), remaining
-            )
+            async with asyncio.timeout(remaining):
+                conn = await asyncssh.connect(tunnel=tunnel, config=None, options=options)
         except BaseException as exc:
             dialled.close()
             if tunnel is not None and tunnel.conn is not None:

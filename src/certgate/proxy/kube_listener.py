@@ -166,16 +166,14 @@ class KubeListener:
         if self._tls is None:
             self._tls = self._service_tls()  # built once: it loads certificates
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                reader, writer = await asyncio.open_connection(
                     host.strip("[]"),
                     int(port),
                     ssl=self._tls,
                     server_hostname=host.strip("[]"),
                     limit=MAX_HEAD,
-                ),
-                CONNECT_TIMEOUT,
-            )
+                )
         except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
             raise BadParameter(
                 f"cannot reach its kube service at {cluster.spec.addr}: {exc}"

@@ -132,7 +132,8 @@ async def open_tunnel(host: str, port: int, timeout: float) -> NodeTunnel:
     """Connect to host:port (TimeoutError/OSError on failure) and return the session
     that relays a channel to it."""
     loop = asyncio.get_running_loop()
-    _, node = await asyncio.wait_for(loop.create_connection(_NodeSide, host, port), timeout)
+    async with asyncio.timeout(timeout):
+        _, node = await loop.create_connection(_NodeSide, host, port)
     session = NodeTunnel(node)
     # If the channel never opens after all (the client hung up while we dialled),
     # asyncssh drops the session without telling it: close the node's side then.

@@ -177,7 +177,8 @@ class ProxyWeb:
             raise AccessDenied(reason) from None
         host, _, port = node.spec.addr.rpartition(":")
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), 5)
+            async with asyncio.timeout(5):
+                _, writer = await asyncio.open_connection(host, int(port))
             writer.close()
         except (TimeoutError, OSError) as exc:
             raise ConnectionProblem(

@@ -68,7 +68,8 @@ class SessionTrackerPublisher:
         """Send what is pending (bounded by `flush_seconds`), then stop."""
         if self._tasks:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.flushed(), flush_seconds)
+                async with asyncio.timeout(flush_seconds):
+                    await self.flushed()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -130,7 +131,8 @@ class SessionTrackerPublisher:
             for session_id in ids:
                 del self._pending[session_id]
             try:
-                await asyncio.wait_for(self._send(ids), CALL_TIMEOUT)
+                async with asyncio.timeout(CALL_TIMEOUT):
+                    await self._send(ids)
             except (CertgateError, TimeoutError) as exc:
                 # Live trackers go out again with the next refresh; an unsent delete
                 # is left to expire.

@@ -111,7 +111,8 @@ class ResourceView:
                     + (f" (last error: {self._last_error})" if self._last_error else "")
                 )
             try:
-                await asyncio.wait_for(self._ready.wait(), min(report_every, left))
+                async with asyncio.timeout(min(report_every, left)):
+                    await self._ready.wait()
                 return
             except TimeoutError:
                 log.warning(

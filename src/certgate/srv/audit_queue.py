@@ -86,7 +86,8 @@ class MemoryAuditQueue:
             return
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._queue.join()
         finally:
             # Also when this close is itself cancelled (a shutdown step ran out of time):
             # a worker left running would fail on a closed client for every event left.
@@ -103,10 +104,11 @@ class MemoryAuditQueue:
             while self._batch is not None and len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                if self._batch is not None:
-                    await asyncio.wait_for(self._batch(batch), AUDIT_TIMEOUT)
-                else:
-                    await asyncio.wait_for(self._sink(*batch[0]), AUDIT_TIMEOUT)
+                async with asyncio.timeout(AUDIT_TIMEOUT):
+                    if self._batch is not None:
+                        await self._batch(batch)
+                    else:
+                        await self._sink(*batch[0])
             except Exception:
                 log.exception("audit sink failed for %s", ", ".join(e for e, _ in batch))
             finally:

@@ -45,7 +45,8 @@ async def check_login(
 ) -> SessionPolicy:
     """The policy for `identity` as `login`, or LoginRefused saying why."""
     try:
-        policy = await asyncio.wait_for(authorizer(identity, login, client_addr), timeout)
+        async with asyncio.timeout(timeout):
+            policy = await authorizer(identity, login, client_addr)
     except AccessDenied as exc:
         raise LoginRefused(exc.message) from None
     except TimeoutError:

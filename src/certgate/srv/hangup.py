@@ -49,7 +49,8 @@ async def wait_for_last_words(closing: Iterable[Ending]) -> None:
     waits = [item.wait_closed() for item in closing]
     if waits:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*waits), TERMINATE_FLUSH_SECONDS)
+            async with asyncio.timeout(TERMINATE_FLUSH_SECONDS):
+                await asyncio.gather(*waits)
 
 
 async def close_connection(conn: Any) -> None:
@@ -63,4 +64,5 @@ async def close_connection(conn: Any) -> None:
 async def connection_closed(conn: Any) -> None:
     """Wait (bounded) until an asyncssh connection closing already is closed."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(conn.wait_closed(), TERMINATE_FLUSH_SECONDS)
+        async with asyncio.timeout(TERMINATE_FLUSH_SECONDS):
+            await conn.wait_closed()

@@ -288,7 +288,8 @@ def streaming(writer: asyncio.StreamWriter) -> None:
 async def close_writer(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.wait_closed(), 2)
+        async with asyncio.timeout(2):
+            await writer.wait_closed()
 
 
 def response_head(status: int, reason: str, headers: list[tuple[str, str]]) -> Head:

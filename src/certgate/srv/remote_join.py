@@ -78,22 +78,22 @@ async def open_observer(
     host, _, port = addr.rpartition(":")
     host = host.strip("[]")
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, int(port), ssl=tls, server_hostname=host, limit=MAX_HEAD),
-            CONNECT_TIMEOUT,
-        )
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            reader, writer = await asyncio.open_connection(
+                host, int(port), ssl=tls, server_hostname=host, limit=MAX_HEAD
+            )
     except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
         raise BadParameter(f"cannot reach the kube service at {addr}: {exc}") from exc
     try:
         writer.write(observe_request(identity, session_id, client_addr).encode())
-        response = await asyncio.wait_for(read_head(reader), CONNECT_TIMEOUT)
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            response = await read_head(reader)
         if response is None:
             raise ProtocolError("the kube service closed the connection")
         if response.status != 200:
             framing = body_framing(response, response=True)
-            body = await asyncio.wait_for(
-                read_body(reader, framing, MAX_REFUSAL_BODY), CONNECT_TIMEOUT
-            )
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                body = await read_body(reader, framing, MAX_REFUSAL_BODY)
             raise _refusal(response.status, body)
     except BaseException as exc:
         writer.close()
