@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/scale.py [--nodes 10000] [--interval 30] [--seconds 60]
                                     [--workers 4] [--backends sqlite,postgres]
-                                    [--watch 0.5] [--auth-workers 1] [--no-pin]
+                                    [--watch 1.0] [--beats-over watch|call]
+                                    [--auth-workers 1] [--no-pin]
                                     [--profile DIR] [--no-restart] [--baseline REV]
 
 For each backend: a real `certgate start --roles auth,proxy` (one process) on loopback.
@@ -11,10 +12,12 @@ join their share of the N nodes with a multi-use node token each (`POST /v1/join
 node has its own key and certificates, and auth holds every name), then heartbeat as
 `certgate start --roles node` does (`POST /v1/nodes/heartbeat` over mTLS, every
 `--interval` seconds ±10 %, retries after a failure with the node's full-jitter backoff).
-A `--watch` share of the nodes (0.5: every other one) also holds the watch stream a
-real node holds (the request `ResourceView` sends for role, lock, cert_authority: a
-second connection, open for good, reconnected with its backoff), which is what auth
-carries in production; none serve SSH. Auth runs with its default `http_limits` (what
+A `--watch` share of the nodes (1.0: all, as every real node watches) also holds the
+watch stream a real node holds (the request `ResourceView` sends for role, lock,
+cert_authority, open for good, reconnected with its backoff), which is what auth
+carries in production; none serve SSH. With `--beats-over watch` (a node's way now)
+the watch is a WebSocket and the beats ride it: one connection per node; with `call`
+the beats go as `POST /v1/nodes/heartbeat` on a second connection, as before. Auth runs with its default `http_limits` (what
 an operator gets without tuning).
 
 Auth's figure is auth's own: auth (with the proxy in its process, and PostgreSQL's
@@ -213,8 +216,9 @@ class WatchConnection:
         ping = ping_seconds(DEFAULT_STRICT_GRACE)  # as a node with the default grace asks
         self.silence = silence_seconds(ping)
         params = urlencode({"kinds": ",".join(WATCHED_KINDS), "ping": f"{ping:g}"})
+        self._target = f"/v1/watch?{params}"
         self._request = (
-            f"GET /v1/watch?{params} HTTP/1.1\r\nHost: {auth}\r\nAccept: */*\r\n"
+            f"GET {self._target} HTTP/1.1\r\nHost: {auth}\r\nAccept: */*\r\n"
             "Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n"
             f"User-Agent: python-httpx/{httpx.__version__}\r\n\r\n"
         ).encode()
@@ -267,7 +271,7 @@ class WatchConnection:
             await asyncio.gather(self.task, return_exceptions=True)
 
 
-class SocketWatch:
+class SocketWatch(WatchConnection):
     """The same watch as a WebSocket that also carries the node's heartbeats, as a real
     node holds it since heartbeats ride the watch (auth/watch_channel.py): one
     connection per node. Lean like the two classes above, for the same reason: the
@@ -275,36 +279,20 @@ class SocketWatch:
     and the beat the node sends (binary, masked, as a client must). With aiohttp's
     client on 10,000 nodes the generators' core saturated as auth restarted, their
     handshakes outlived auth's handshake_timeout and no watch came back: the figure
-    was theirs. Silence is checked by `watch_sweeper`, as for the plain stream.
+    was theirs. Reconnects and silence as for the plain stream.
     """
 
     def __init__(self, auth: str, context: ssl.SSLContext) -> None:
-        self._host, port = auth.rsplit(":", 1)
-        self._port = int(port)
-        self._context = context
-        ping = ping_seconds(DEFAULT_STRICT_GRACE)
-        self.silence = silence_seconds(ping)
-        params = urlencode({"kinds": ",".join(WATCHED_KINDS), "ping": f"{ping:g}"})
+        super().__init__(auth, context)
         key = base64.b64encode(os.urandom(16)).decode()
         self._request = (
-            f"GET /v1/watch?{params} HTTP/1.1\r\nHost: {auth}\r\nUpgrade: websocket\r\n"
+            f"GET {self._target} HTTP/1.1\r\nHost: {auth}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
-        self.connected = False
-        self.last_word = 0.0
-        self._writer: asyncio.StreamWriter | None = None
         self._asked: dict[int, asyncio.Future[bytes]] = {}
         self._next = 0
         self._up = asyncio.Event()  # set while connected
-        self.task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._run())
-
-    def drop_if_silent(self, now: float) -> None:
-        if self._writer is not None and now - self.last_word > self.silence:
-            self._writer.close()
 
     async def up_within(self, seconds: float) -> bool:
         if not self.connected:
@@ -333,19 +321,6 @@ class SocketWatch:
             self._asked.pop(ident, None)
         if b'"error"' in answer:
             raise BeatFailed("socket", ValueError(answer[:200].decode()))
-
-    async def _run(self) -> None:
-        backoff = Backoff(base=RECONNECT_BASE, cap=RECONNECT_CAP)
-        while True:
-            try:
-                await self._follow()
-            except _BROKEN:
-                pass
-            if self.connected:
-                backoff.reset()
-            self.connected = False
-            self._up.clear()
-            await asyncio.sleep(backoff.next())
 
     async def _follow(self) -> None:
         reader, self._writer = await _connect(self._host, self._port, self._context)
@@ -380,11 +355,6 @@ class SocketWatch:
             for waiting in self._asked.values():
                 if not waiting.done():
                     waiting.set_exception(EOFError("the watch socket ended"))
-
-    async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
 
 
 def _client_frame(payload: bytes) -> bytes:

@@ -171,14 +171,27 @@ async def test_a_late_ping_from_a_busy_auth_does_not_drop_the_stream() -> None:
         await runner.cleanup()
 
 
-async def _serve(handler: Any) -> tuple[web.AppRunner, int]:
+@asynccontextmanager
+async def _socket_view(handler: Any) -> AsyncIterator[ResourceView]:
+    """A view that asks for the socket form, of an auth that answers the watch with
+    `handler`, started and ready."""
     app = web.Application()
     app.router.add_get("/v1/watch", handler)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    client = AsyncAuthClient(f"http://127.0.0.1:{port}", ssl.create_default_context())
+    view = ResourceView(client, ["lock"], carries_requests=True)
+    view.start()
+    try:
+        await view.wait_ready(timeout=10)
+        yield view
+    finally:
+        await view.close()
+        await client.close()
+        await runner.cleanup()
 
 
 async def test_an_auth_without_the_socket_form_is_watched_with_the_plain_stream() -> None:
@@ -195,21 +208,12 @@ async def test_an_auth_without_the_socket_form_is_watched_with_the_plain_stream(
         await asyncio.Event().wait()
         return answer
 
-    runner, port = await _serve(watch)
-    client = AsyncAuthClient(f"http://127.0.0.1:{port}", ssl.create_default_context())
-    view = ResourceView(client, ["lock"], carries_requests=True)
-    view.start()
-    try:
-        await view.wait_ready(timeout=10)
+    async with _socket_view(watch) as view:
         assert [x.metadata.name for x in view.all("lock")] == ["plain"]  # type: ignore[attr-defined]
         assert asked == ["websocket", ""]  # tried once, then plain
         assert not view.carries_requests
         with pytest.raises(ConnectionProblem, match="carries no requests"):
             await view.ask({"type": "heartbeat"}, timeout=1)
-    finally:
-        await view.close()
-        await client.close()
-        await runner.cleanup()
 
 
 async def test_a_request_pending_when_the_socket_drops_fails_at_once() -> None:
@@ -228,18 +232,9 @@ async def test_a_request_pending_when_the_socket_drops_fails_at_once() -> None:
         request.transport.close()
         return socket
 
-    runner, port = await _serve(watch)
-    client = AsyncAuthClient(f"http://127.0.0.1:{port}", ssl.create_default_context())
-    view = ResourceView(client, ["lock"], carries_requests=True)
-    view.start()
-    try:
-        await view.wait_ready(timeout=10)
+    async with _socket_view(watch) as view:
         await eventually_async(lambda: view.carries_requests)
         started = asyncio.get_running_loop().time()
         with pytest.raises(ConnectionProblem, match="closed before auth answered"):
             await view.ask({"type": "heartbeat"}, timeout=30)
         assert asyncio.get_running_loop().time() - started < 10
-    finally:
-        await view.close()
-        await client.close()
-        await runner.cleanup()
