@@ -17,8 +17,8 @@ watch stream a real node holds (the request `ResourceView` sends for role, lock,
 cert_authority, open for good, reconnected with its backoff), which is what auth
 carries in production; none serve SSH. With `--beats-over watch` (a node's way now)
 the watch is a WebSocket and the beats ride it: one connection per node; with `call`
-the beats go as `POST /v1/nodes/heartbeat` on a second connection, as before. Auth runs with its default `http_limits` (what
-an operator gets without tuning).
+the beats go as `POST /v1/nodes/heartbeat` on a second connection, as before. Auth
+runs with its default `http_limits` (what an operator gets without tuning).
 
 Auth's figure is auth's own: auth (with the proxy in its process, and PostgreSQL's
 processes) is pinned to the first core, the load generators, this process and the
