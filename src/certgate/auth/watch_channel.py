@@ -24,13 +24,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
+from pydantic import ValidationError
 
+from certgate.api.codec import describe_validation_error
+from certgate.api.json_input import MAX_BODY_BYTES, parse_json
 from certgate.errors import BadParameter, CertgateError, to_json
 
-# The largest message a watcher may send: a heartbeat with its labels is well under
-# 8 KiB; anything bigger ends the socket (aiohttp closes it with 1009) before it is read
-# whole. A node's labels are bounded far below this by the heartbeat's own checks.
-MAX_REQUEST_BYTES = 64 * 1024
+# The largest message a watcher may send: what POST /v1/nodes/heartbeat takes, so a
+# beat that goes as a call goes up the socket too. Anything bigger ends the socket
+# before it is read whole.
+MAX_REQUEST_BYTES = MAX_BODY_BYTES
 # The kinds of request the socket carries, each a function of its body.
 REQUESTS = ("heartbeat",)
 
@@ -99,10 +102,13 @@ async def answer_requests(socket: web.WebSocketResponse, handle: Request) -> Non
     async for message in socket:
         if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
             break  # ERROR (too big, bad frame): aiohttp has closed it or will
+        raw = message.data if isinstance(message.data, bytes) else message.data.encode()
         try:
-            body = json.loads(message.data)
-        except ValueError:
-            await socket.close(code=1003, message=b"a request is one JSON object")
+            # As every request body is read: no input raises anything but BadParameter
+            # (lone surrogates, NaN, deep nesting, huge numbers are refused here).
+            body = parse_json(raw)
+        except BadParameter as exc:
+            await socket.close(code=1003, message=exc.message.encode()[:120])
             break
         kind = body.get("type") if isinstance(body, dict) else None
         ident = body.get("id") if isinstance(body, dict) else None
@@ -114,6 +120,8 @@ async def answer_requests(socket: web.WebSocketResponse, handle: Request) -> Non
             await handle(kind, body)
         except CertgateError as exc:
             answer["error"] = to_json(exc)
+        except ValidationError as exc:  # a resource that does not validate
+            answer["error"] = to_json(BadParameter(describe_validation_error(kind, "", exc)))
         except (TypeError, ValueError) as exc:  # a body of the wrong shape
             answer["error"] = to_json(BadParameter(f"bad {kind}: {exc}"))
         await socket.send_bytes(json.dumps(answer).encode() + b"\n")
