@@ -23,7 +23,7 @@ from certgate.rpc.identity_files import IdentityFiles
 from certgate.rpc.join import join_cluster
 from certgate.rpc.watcher import ResourceView
 from tests.support.cluster import Cluster
-from tests.support.wait import eventually, eventually_async
+from tests.support.wait import eventually, eventually_async, tls_closed
 
 KINDS = ["role", "lock", "cert_authority"]
 
@@ -113,6 +113,7 @@ async def view_of(cluster: Cluster) -> AsyncIterator[Any]:
     for view, client in opened:
         await view.close()
         await client.close()
+    await tls_closed()
 
 
 async def test_a_node_cannot_announce_another_name_over_its_watch(
@@ -182,6 +183,7 @@ async def test_a_malformed_request_ends_the_socket_and_changes_nothing(
                 assert json.loads(message.data.splitlines()[0])["type"] == "ping"
             assert message.type is aiohttp.WSMsgType.CLOSE
             assert socket.close_code in codes
+    await tls_closed()
     assert "big-1" not in await asyncio.to_thread(listed_nodes, cluster)
     # Auth goes on serving watches.
     admin = IdentityFiles.load(cluster.data_dir / "admin")
@@ -193,6 +195,7 @@ async def test_a_malformed_request_ends_the_socket_and_changes_nothing(
     finally:
         await view.close()
         await client.close()
+        await tls_closed()
 
 
 def test_after_an_auth_restart_the_node_comes_back_on_one_connection(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from certgate.rpc.identity_files import IdentityFiles
 from certgate.rpc.watcher import ResourceView
 from tests.support.cluster import Cluster
 from tests.support.raw_http import insecure, send
+from tests.support.wait import tls_closed
 
 MAX_CONNECTIONS = 30
 TIMEOUT = 2.0  # idle and handshake
@@ -160,3 +161,4 @@ async def test_a_watch_socket_outlives_the_idle_timeout(
     finally:
         await view.close()
         await client.close()
+        await tls_closed()
