@@ -149,32 +149,17 @@ async def test_a_late_ping_from_a_busy_auth_does_not_drop_the_stream() -> None:
         await asyncio.Event().wait()
         return answer
 
-    app = web.Application()
-    app.router.add_get("/v1/watch", watch)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    client = AsyncAuthClient(f"http://127.0.0.1:{port}", ssl.create_default_context())
-    view = ResourceView(client, ["lock"], ping_every=5.0)
-    view.start()
-    try:
-        await view.wait_ready(timeout=5)
+    async with _view_of(watch, ping_every=5.0) as view:
         await asyncio.wait_for(pinged.wait(), LATE_PING + 5)
         await eventually_async(lambda: view.seconds_since_contact() < 1)
         assert view.connected
         assert len(streams) == 1  # it would have been 2 had the late ping dropped it
-    finally:
-        await view.close()
-        await client.close()
-        await runner.cleanup()
 
 
 @asynccontextmanager
-async def _socket_view(handler: Any) -> AsyncIterator[ResourceView]:
-    """A view that asks for the socket form, of an auth that answers the watch with
-    `handler`, started and ready."""
+async def _view_of(handler: Any, **options: Any) -> AsyncIterator[ResourceView]:
+    """A lock view (ResourceView `options`) of an auth stand-in on loopback that answers
+    the watch with `handler`, started and ready."""
     app = web.Application()
     app.router.add_get("/v1/watch", handler)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
@@ -183,7 +168,7 @@ async def _socket_view(handler: Any) -> AsyncIterator[ResourceView]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     client = AsyncAuthClient(f"http://127.0.0.1:{port}", ssl.create_default_context())
-    view = ResourceView(client, ["lock"], carries_requests=True)
+    view = ResourceView(client, ["lock"], **options)
     view.start()
     try:
         await view.wait_ready(timeout=10)
@@ -208,7 +193,7 @@ async def test_an_auth_without_the_socket_form_is_watched_with_the_plain_stream(
         await asyncio.Event().wait()
         return answer
 
-    async with _socket_view(watch) as view:
+    async with _view_of(watch, carries_requests=True) as view:
         assert [x.metadata.name for x in view.all("lock")] == ["plain"]  # type: ignore[attr-defined]
         assert asked == ["websocket", ""]  # tried once, then plain
         assert not view.carries_requests
@@ -232,7 +217,7 @@ async def test_a_request_pending_when_the_socket_drops_fails_at_once() -> None:
         request.transport.close()
         return socket
 
-    async with _socket_view(watch) as view:
+    async with _view_of(watch, carries_requests=True) as view:
         await eventually_async(lambda: view.carries_requests)
         started = asyncio.get_running_loop().time()
         with pytest.raises(ConnectionProblem, match="closed before auth answered"):

@@ -50,34 +50,34 @@ class LineSink(Protocol):
         snapshot): a clean end could pass for "auth has nothing more to say"."""
 
 
-class StreamedLines:
-    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+class _Lines:
+    def __init__(self, request: web.Request) -> None:
         self._request = request
+
+    def abort(self) -> None:
+        # Closing the connection: without the final chunk, or without a close frame.
+        if self._request.transport is not None:
+            self._request.transport.close()
+
+
+class StreamedLines(_Lines):
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+        super().__init__(request)
         self._response = response
 
     async def write(self, data: bytes) -> None:
         await self._response.write(data)
 
-    def abort(self) -> None:
-        # Closing the connection without the final chunk.
-        if self._request.transport is not None:
-            self._request.transport.close()
 
-
-class SocketLines:
+class SocketLines(_Lines):
     def __init__(self, request: web.Request, socket: web.WebSocketResponse) -> None:
-        self._request = request
-        self.socket = socket
+        super().__init__(request)
+        self._socket = socket
 
     async def write(self, data: bytes) -> None:
-        if self.socket.closed:  # the watcher went away: as a streamed answer says it
+        if self._socket.closed:  # the watcher went away: as a streamed answer says it
             raise ConnectionResetError("the watch socket is closed")
-        await self.socket.send_bytes(data)
-
-    def abort(self) -> None:
-        # Without a close frame: the watcher reads it as a broken stream.
-        if self._request.transport is not None:
-            self._request.transport.close()
+        await self._socket.send_bytes(data)
 
 
 def wants_socket(request: web.Request) -> bool:

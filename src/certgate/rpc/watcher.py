@@ -156,7 +156,7 @@ class ResourceView:
     @property
     def carries_requests(self) -> bool:
         """Whether `ask` can go now: the view is connected over a WebSocket."""
-        return self._socket is not None and self.connected
+        return self._carrying.is_set()
 
     async def carrying_within(self, seconds: float) -> bool:
         """Whether `ask` can go within `seconds`: at once if the socket is up; if it is
@@ -177,7 +177,7 @@ class ResourceView:
         ConnectionProblem if the socket is not there or goes before the answer: the
         caller may send the same by a plain call."""
         socket = self._socket
-        if socket is None or not self.connected:
+        if socket is None or not self.carries_requests:
             raise ConnectionProblem("the watch carries no requests now")
         self._next_id += 1
         ident = self._next_id
