@@ -4,9 +4,11 @@ survives dropped connections, schema migration, TLS) and the registry that picks
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,8 @@ from certgate.backend.registry import open_backend
 from certgate.clock import FakeClock
 from certgate.errors import BadParameter, CompareFailed, ConnectionProblem, NotFound
 from tests.support.postgres import DATABASE, TLS_USER, PostgresServer, running_postgres
+from tests.support.tcp_relay import TcpRelay
+from tests.support.wait import eventually_async
 
 from .conftest import BackendTarget
 from .suite import BackendSuite, assert_quiet, next_events, watching
@@ -313,3 +317,76 @@ async def retrying(backend: PostgresBackend, item: Item) -> Item:
         except ConnectionProblem:
             assert asyncio.get_running_loop().time() < deadline, "the pool never reconnected"
             await asyncio.sleep(0.1)
+
+
+async def test_cut_off_from_the_database_it_says_it_is_behind_until_it_reads_again(
+    postgres_server: PostgresServer, postgres_schema: str
+) -> None:
+    # An auth whose network to the database fails goes on serving its watchers from
+    # what it read last; a lock written meanwhile through another auth is missing. It
+    # must say so (seconds_behind), until it has read the store through again.
+    own = postgres_server.conninfo(postgres_schema)
+    with TcpRelay(postgres_server.port) as relay:
+        backend = await PostgresBackend.open(
+            own.replace(f"port={postgres_server.port}", f"port={relay.port}"),
+            poll_interval=0.05,
+            pool_timeout=0.5,
+        )
+        other = await PostgresBackend.open(own, poll_interval=0.05)
+        try:
+            async with watching(backend, ["/locks/"]) as events:
+                arrival = asyncio.ensure_future(anext(events))
+                assert backend.seconds_behind() == 0
+                relay.cut()
+                written = await other.put(Item("/locks/from-the-other-auth", b"v"))
+                await asyncio.sleep(2)  # past two poll intervals and the slack
+                assert backend.seconds_behind() > 1
+                assert not await backend.catch_up(0.5)
+                assert not arrival.done()
+                relay.heal()
+                # The pool's next try at a connection may be seconds away.
+                assert await backend.catch_up(15)
+                assert backend.seconds_behind() == 0
+                # Watchers woken by that read ran before catch_up returned.
+                assert arrival.done() and arrival.result().item == written
+        finally:
+            await backend.close()
+            await other.close()
+
+
+async def test_catch_up_does_not_wait_out_the_feeds_backoff(
+    pg: PostgresBackend,
+    postgres_server: PostgresServer,
+    postgres_schema: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The feed's reads fail for a while and its retries space out (its query alone is
+    # refused here, so the pool's own retries are not in play). Once the store answers
+    # again, a lock check's catch_up has it read at once, not after the backoff.
+    read_log = pg._read_log
+
+    async def refused(*args: Any) -> Any:
+        raise ConnectionProblem("the database refuses (test)")
+
+    retry = re.compile(r"watch feed failed, again in (\d+\.\d)s")
+
+    def next_retry() -> float:
+        found = [float(m[1]) for r in caplog.records if (m := retry.search(r.getMessage()))]
+        return found[-1] if found else 0.0
+
+    other = await PostgresBackend.open(postgres_server.conninfo(postgres_schema))
+    try:
+        async with watching(pg, ["/locks/"]) as events:
+            arrival = asyncio.ensure_future(anext(events))
+            monkeypatch.setattr(pg, "_read_log", refused)
+            await eventually_async(lambda: next_retry() >= 2, timeout=30)
+            monkeypatch.setattr(pg, "_read_log", read_log)
+            written = await other.put(Item("/locks/from-the-other-auth", b"v"))
+            started = asyncio.get_running_loop().time()
+            assert await pg.catch_up(15)
+            waited = asyncio.get_running_loop().time() - started
+            assert arrival.done() and arrival.result().item == written
+            assert waited < 1, f"catch_up took {waited:.1f}s of a {next_retry()}s backoff"
+    finally:
+        await other.close()

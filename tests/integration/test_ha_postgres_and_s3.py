@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ import pexpect  # type: ignore[import-untyped]
 import pytest
 
 from tests.support.cluster import BIN, Cluster, User, run
-from tests.support.net import free_port
+from tests.support.ha import another_auth
 from tests.support.postgres import PostgresServer
 from tests.support.s3 import S3Server
 from tests.support.wait import eventually
@@ -129,39 +127,10 @@ def test_login_session_and_replay_on_postgres_and_s3(
 
 @pytest.fixture(scope="module")
 def second_auth(cluster: Cluster) -> Iterator[Path]:
-    """Another auth process on the same store (another host, in production): its data
-    dir holds only its own identities; users, roles, CAs and locks are the shared ones."""
+    """Another auth process on the same store (another host, in production)."""
     config = next(arg for arg in cluster.extra_args if arg.endswith(".yaml"))
-    data_dir = cluster.workdir / "auth-b"
-    diag_port = free_port()
-    log = cluster.workdir / "auth-b.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [str(BIN / "certgate"), "start", "--config", config, "--roles", "auth",
-             "--data-dir", str(data_dir), "--cluster-name", cluster.cluster_name,
-             "--nodename", "auth-b", "--auth-listen", f"127.0.0.1:{free_port()}",
-             "--diag-addr", f"127.0.0.1:{diag_port}"],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def ready() -> bool:
-        assert process.poll() is None, log.read_text()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{diag_port}/readyz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    try:
-        eventually(ready, timeout=30)
+    with another_auth(cluster, config) as data_dir:
         yield data_dir
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_a_lock_made_through_one_auth_ends_a_session_held_through_the_other(

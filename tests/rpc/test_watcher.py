@@ -223,3 +223,31 @@ async def test_a_request_pending_when_the_socket_drops_fails_at_once() -> None:
         with pytest.raises(ConnectionProblem, match="closed before auth answered"):
             await view.ask({"type": "heartbeat"}, timeout=30)
         assert asyncio.get_running_loop().time() - started < 10
+
+
+async def test_a_ping_from_an_auth_behind_its_store_ages_the_view() -> None:
+    # An auth cut off from a shared store keeps pinging, but says how far behind it is:
+    # the view is that much older, so strict locking refuses once the grace is spent.
+    # A ping without a usable number still says auth is there.
+    send: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        answer = web.StreamResponse()
+        await answer.prepare(request)
+        snapshot = {"type": "snapshot", "revision": 1, "items": {"lock": []}}
+        await answer.write(json.dumps(snapshot).encode() + b"\n")
+        while True:
+            await answer.write(await send.get())
+
+    async with _view_of(watch) as view:
+        assert view.seconds_since_contact() < 1
+        await send.put(b'{"type": "ping", "behind": 40.5}\n')
+        await eventually_async(lambda: view.seconds_since_contact() >= 40.5)
+        await send.put(b'{"type": "ping"}\n')
+        await eventually_async(lambda: view.seconds_since_contact() < 1)
+        for bad in (b'"forty"', b"-5", b"1e300", b"NaN", b"null"):
+            await send.put(b'{"type": "ping", "behind": 40}\n')
+            await eventually_async(lambda: view.seconds_since_contact() >= 40)
+            await send.put(b'{"type": "ping", "behind": ' + bad + b"}\n")
+            await eventually_async(lambda: view.seconds_since_contact() < 1)
+        assert view.connected

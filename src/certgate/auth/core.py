@@ -201,9 +201,11 @@ class AuthCore:
         issued: datetime | None = None,
     ) -> None:
         """AccessDenied with the lock's message if a lock targets this identity (whose
-        certificate was issued at `issued`, if known)."""
+        certificate was issued at `issued`, if known); ConnectionProblem if auth cannot
+        tell (cut off from its store)."""
+        locks = await self.lock_cache.current()
         now = self.clock.now()
-        for lock in self.lock_cache.all():
+        for lock in locks:
             if lock_matches(
                 lock, user=user, roles=roles, request_ids=request_ids, now=now, issued=issued
             ):

@@ -56,6 +56,11 @@ class Backend(Protocol):
     - watch: events for keys under any of `prefixes`, in revision order, starting after
       `start_revision` (0: only events from now on). Items that expire produce DELETE
       events. The iterator ends when the backend is closed.
+    - seconds_behind: 0 while this instance's watches follow the store on schedule;
+      otherwise how long ago it last read the store through: writes by other instances
+      since then (a lock made through another auth) may not have reached its watches.
+    - catch_up: read the store through now; False if that did not happen within
+      `timeout` (the store is unreachable).
     """
 
     async def get(self, key: str) -> Item: ...
@@ -81,5 +86,9 @@ class Backend(Protocol):
     async def current_revision(self) -> int: ...
 
     def watch(self, prefixes: Sequence[str], start_revision: int = 0) -> AsyncIterator[Event]: ...
+
+    def seconds_behind(self) -> float: ...
+
+    async def catch_up(self, timeout: float) -> bool: ...
 
     async def close(self) -> None: ...

@@ -67,6 +67,14 @@ T = TypeVar("T")
 CHANNEL = "certgate_events"
 # Events read per query, and expired items deleted per transaction.
 _BATCH = 1000
+# How long the pool keeps retrying one connection. Its retries double without a cap
+# (1, 2, 4, ... 128 s): after a two-minute outage the next try could be two minutes away,
+# the database long back. Given up, the next query that needs a connection tries again
+# at once.
+RECONNECT_GIVE_UP = 10.0
+# What a feed read may take beyond two poll intervals (a busy event loop or database)
+# before the feed counts as behind (seconds_behind).
+SYNC_SLACK = 1.0
 
 MIGRATIONS = [
     # 1: items, the event log, the revision counter and the compaction watermark.
@@ -384,6 +392,7 @@ class PostgresBackend:
             configure=_configure,
             check=_check_pooled,
             timeout=pool_timeout,
+            reconnect_timeout=RECONNECT_GIVE_UP,
             name="certgate-postgres",
         )
         # The feed: every event with floor < revision <= head, in order, is in _buffer.
@@ -400,6 +409,9 @@ class PostgresBackend:
         self._fed = asyncio.Event()
         # Set to make the feed read now (a NOTIFY, or a write through this instance).
         self._poke = asyncio.Event()
+        # When the last feed read that reached the head began (monotonic): everything
+        # committed before then is in the buffer.
+        self._synced = time.monotonic()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -691,6 +703,27 @@ class PostgresBackend:
             raise BadParameter(f"start_revision must not be negative, got {start_revision}")
         return self._watch(tuple(prefixes), start_revision or self._known_revision)
 
+    def seconds_behind(self) -> float:
+        """0 while the feed reads on schedule (every poll interval, or on a NOTIFY);
+        else the age of its last complete read: an auth cut off from the database
+        keeps serving its watchers, but what other instances wrote since is missing."""
+        age = time.monotonic() - self._synced
+        return age if age > 2 * self._poll_interval + SYNC_SLACK else 0.0
+
+    async def catch_up(self, timeout: float) -> bool:
+        """Have the feed read the log through now (not at its next poll or retry),
+        and wait for that; False if it could not within `timeout`. Watchers woken by
+        that read run before the caller resumes (they waited on it first)."""
+        asked = time.monotonic()
+        self._poke.set()
+        try:
+            async with asyncio.timeout(timeout):
+                while self._synced < asked and not self._closed:
+                    await self._fed.wait()
+        except TimeoutError:
+            return False
+        return self._synced >= asked
+
     async def close(self) -> None:
         """Stop the feed and maintenance, end every watch, close the connections."""
         if self._closed:
@@ -786,30 +819,34 @@ class PostgresBackend:
                 await asyncio.sleep(delay)
 
     async def _feed(self) -> None:
-        """Read new events into the buffer when poked, and every poll_interval anyway."""
+        """Read new events into the buffer when poked, and every poll_interval anyway.
+        After a failure it waits its backoff, or less if poked: a NOTIFY, a write that
+        went through or a `catch_up` says the database answers again."""
         failures = 0
+        wait = self._poll_interval
         while not self._closed:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_interval):
+                async with asyncio.timeout(wait):
                     await self._poke.wait()
             self._poke.clear()
             try:
                 await self._read_feed()
                 failures = 0
+                wait = self._poll_interval
             except Exception as exc:
                 if self._closed:
                     return
                 failures += 1
-                delay = _backoff(failures)
+                wait = _backoff(failures)
                 log.warning(
                     "postgres watch feed failed, again in %.1fs: %s",
-                    delay,
+                    wait,
                     exc,
                     exc_info=not isinstance(exc, CertgateError),
                 )
-                await asyncio.sleep(delay)
 
     async def _read_feed(self) -> None:
+        started = time.monotonic()
         while True:
             try:
                 events, head = await self._read_log([""], self._head)
@@ -818,6 +855,7 @@ class PostgresBackend:
                 # afresh. Watchers still behind it read the log and are told to reload.
                 revision = await self.current_revision()
                 self._buffer, self._floor, self._head = [], revision, revision
+                self._synced = started
                 self._publish()
                 return
             if events:
@@ -830,9 +868,11 @@ class PostgresBackend:
                 self._buffer = self._buffer[-self._buffer_events :]
                 self._floor = dropped[-1].item.revision
             self._known_revision = max(self._known_revision, self._head)
-            self._publish()
             if len(events) < _BATCH:
+                self._synced = started
+                self._publish()
                 return
+            self._publish()
 
     def _publish(self) -> None:
         self._fed.set()

@@ -67,6 +67,7 @@ def auth_app(
     api = AuthAPI(server, metrics, recordings=open_recording_store(cfg.recordings.uri, data_dir))
     app = api.app()
     app.middlewares.append(metrics.middleware("auth"))
+    metrics.store_behind.set_function(server.backend.seconds_behind)
     return app
 
 

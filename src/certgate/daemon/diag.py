@@ -6,7 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from certgate.errors import CertgateError
@@ -39,6 +39,11 @@ class Metrics:
         )
         self.errors = Counter(
             "certgate_errors_total", "Refused or failed API calls", ["kind"], registry=self.registry
+        )
+        self.store_behind = Gauge(
+            "certgate_store_watch_behind_seconds",
+            "How far auth's watch of its store is behind (0: on schedule; PostgreSQL only)",
+            registry=self.registry,
         )
 
     def middleware(self, service: str) -> Callable[..., Awaitable[web.StreamResponse]]:

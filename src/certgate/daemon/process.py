@@ -619,12 +619,22 @@ class Daemon:
         return runner
 
 
+# An auth whose watch of a shared store is this far behind reports itself not ready, so
+# a load balancer sends its clients to one that sees the others' writes (locks).
+STORE_BEHIND_NOT_READY = 10.0
+
+
 async def _store_ready(backend: Backend) -> str | None:
     try:
         async with asyncio.timeout(2):
             await backend.current_revision()
     except (CertgateError, TimeoutError, OSError) as exc:
         return f"store unreachable: {exc}"
+    if (behind := backend.seconds_behind()) >= STORE_BEHIND_NOT_READY:
+        return (
+            f"store watch {behind:.0f}s behind: writes through other auth instances"
+            " (locks) are not reaching this one"
+        )
     return None
 
 

@@ -134,8 +134,16 @@ class ResourceView:
         return list(self._items[kind].values())
 
     def seconds_since_contact(self) -> float:
-        """Seconds since auth last said anything (the stream pings every second)."""
+        """How old the view may be: seconds since auth last said anything, or more if
+        auth said it was behind its store (an auth cut off from a shared database
+        keeps pinging, but what other auth processes wrote since is missing)."""
         return time.monotonic() - self._last_contact if self._last_contact else float("inf")
+
+    def _heard(self, message: dict[str, Any]) -> None:
+        behind = message.get("behind", 0) if message.get("type") == "ping" else 0
+        if not isinstance(behind, int | float) or not 0 <= behind < 1e9:
+            behind = 0  # not a number of seconds: the ping still says auth is there
+        self._last_contact = time.monotonic() - behind
 
     async def _run(self) -> None:
         # Full jitter: when an auth restarts, every watcher of it drops at once; spread
@@ -215,8 +223,8 @@ class ResourceView:
         stream = self._client.stream("GET", self._path, params=self._params, silence=self._silence)
         async with stream as lines:
             async for line in lines:
-                self._last_contact = time.monotonic()
                 message = json.loads(line)
+                self._heard(message)
                 await self._apply(message)
 
     async def _follow_socket(self) -> None:
@@ -236,9 +244,9 @@ class ResourceView:
                         if message.type is WSMsgType.ERROR:
                             raise ConnectionProblem(f"the watch broke: {socket.exception()}")
                         raise ConnectionProblem("auth closed the watch")
-                    self._last_contact = time.monotonic()
                     for line in message.data.splitlines():
                         document = json.loads(line)
+                        self._heard(document)
                         if document["type"] == "answer":
                             self._answered(document)
                         else:

@@ -4,6 +4,11 @@ Every API call of a user checks the locks; reading them from the store each time
 put a query on the hottest path (certificate renewal). The copy follows the store's
 watch, so a lock written by any auth process applies here within the backend's watch
 latency (in-process: at once; SQLite across processes: one poll interval).
+
+An auth cut off from a shared store (PostgreSQL) would go on answering from a copy that
+misses the locks other auth processes wrote meanwhile, and after the cut heals its
+watch may still wait out a retry. `current()` refuses to answer from a copy that is
+behind: it has the store read through first, or says it cannot confirm the locks.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ from datetime import timedelta
 from certgate.api.lock import Lock
 from certgate.backend.base import Backend, EventType
 from certgate.clock import Clock, SystemClock
-from certgate.errors import CompareFailed
+from certgate.errors import CompareFailed, ConnectionProblem
 from certgate.services.store import ResourceStore
 
 log = logging.getLogger("certgate.locks")
+
+# How long a lock check waits for the store to be read through when the copy is behind.
+CATCH_UP_SECONDS = 2.0
 
 
 class LockCache:
@@ -47,7 +55,20 @@ class LockCache:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def all(self) -> list[Lock]:
+        """The locks as last read, however long ago (see `current`)."""
         return list(self._locks.values())
+
+    async def current(self) -> list[Lock]:
+        """The locks, with every lock the store holds now among them: ConnectionProblem
+        if the copy is behind the store and cannot catch up within CATCH_UP_SECONDS."""
+        behind = self._backend.seconds_behind()
+        if behind and not await self._backend.catch_up(CATCH_UP_SECONDS):
+            raise ConnectionProblem(
+                f"auth cannot confirm locks: it has not read its store for {behind:.0f}s"
+                " (the database is unreachable from this auth); try again, or through"
+                " another auth"
+            )
+        return self.all()
 
     def _expired(self, lock: Lock) -> bool:
         expires = lock.metadata.expires

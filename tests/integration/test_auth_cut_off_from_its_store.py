@@ -1,0 +1,147 @@
+"""An auth cut off from the shared PostgreSQL store does not vouch for locks it cannot see.
+
+Real processes: auth A (with its proxy and a node) reaches PostgreSQL through a TCP relay
+the test cuts; auth B reaches it directly. While A is cut off, a lock on bob made
+through B cannot reach A. A goes on pinging its watchers, but its pings say how far
+behind its store it is: bob's shell, held through A's proxy and node under a
+`locking_mode: strict` role, is ended once the strict grace is spent, as when auth itself
+is unreachable. Before, A's pings kept the views fresh and the shell ran on. Once the
+network heals, A answers bob's next login with the lock at once, not after its watch's
+retry backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect  # type: ignore[import-untyped]
+import pytest
+
+from tests.support.cluster import BIN, Cluster, User, run
+from tests.support.ha import another_auth
+from tests.support.postgres import PostgresServer
+from tests.support.tcp_relay import TcpRelay
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sessions as root need root")
+
+STRICT_GRACE = 3.0
+STRICT_ROOT = """\
+kind: role
+metadata: {name: strict-root}
+spec:
+  allow:
+    logins: [root]
+    node_labels: {"*": "*"}
+  options: {locking_mode: strict}
+"""
+
+
+def _config(path: Path, conninfo: str) -> str:
+    path.write_text(
+        "version: v1\n"
+        "auth_service:\n"
+        "  storage:\n"
+        "    type: postgres\n"
+        f"    conn_string: {json.dumps(conninfo)}\n"
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def relay(postgres_server: PostgresServer) -> Iterator[TcpRelay]:
+    with TcpRelay(postgres_server.port) as relay:
+        yield relay
+
+
+@pytest.fixture(scope="module")
+def schema(postgres_server: PostgresServer) -> Iterator[str]:
+    name = postgres_server.create_schema()
+    yield name
+    postgres_server.drop_schema(name)
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: PostgresServer,
+    relay: TcpRelay,
+    schema: str,
+) -> Iterator[Cluster]:
+    workdir = tmp_path_factory.mktemp("cut-off")
+    direct = postgres_server.conninfo(schema)
+    through_relay = direct.replace(f"port={postgres_server.port}", f"port={relay.port}")
+    config = _config(workdir / "auth-a.yaml", through_relay)
+    c = Cluster(
+        workdir,
+        roles="auth,proxy,node",
+        extra_args=["--config", config, "--strict-lock-grace", f"{STRICT_GRACE:g}s"],
+    )
+    c.start()
+    c.cgctl("create", "-f", "-", input=STRICT_ROOT)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def auth_b(cluster: Cluster, postgres_server: PostgresServer, schema: str) -> Iterator[Path]:
+    config = _config(cluster.workdir / "auth-b.yaml", postgres_server.conninfo(schema))
+    with another_auth(cluster, config) as data_dir:
+        yield data_dir
+
+
+@pytest.fixture(scope="module")
+def bob(cluster: Cluster) -> User:
+    user = cluster.add_user("bob", roles="strict-root")
+    cluster.login(user)
+    return user
+
+
+def test_a_lock_it_cannot_see_ends_strict_sessions_and_refuses_the_next_login(
+    cluster: Cluster, auth_b: Path, bob: User, relay: TcpRelay
+) -> None:
+    child = pexpect.spawn(
+        str(BIN / "cgsh"),
+        ["ssh", "-t", "root@node-1"],
+        env={**os.environ, "CERTGATE_HOME": str(bob.home), "TERM": "xterm"},
+        timeout=20,
+        encoding="utf-8",
+    )
+    try:
+        child.sendline("echo READY-$((40+2))")
+        child.expect("READY-42")
+        relay.cut()
+        cut_at = time.monotonic()
+        run([str(BIN / "cgctl"), "--data-dir", str(auth_b), "lock", "--user=bob",
+             "--message=made through auth B"])  # fmt: skip
+        # A cannot learn of the lock, and says it is behind: the strict session ends
+        # as when auth is out of reach, once the grace is spent.
+        child.expect("cannot confirm locks", timeout=30)
+        child.expect(pexpect.EOF)
+        # (the feed reads every second and counts as behind after three)
+        assert time.monotonic() - cut_at < STRICT_GRACE + 15
+        assert eventually(lambda: _behind(cluster) > STRICT_GRACE, timeout=10)
+        assert cluster.diag("/readyz")[0] != 200  # 503, or no answer within 2 s
+    finally:
+        child.close()
+        relay.heal()
+
+    # Healed: A's first answer to bob already knows the lock made through B.
+    refused = cluster.login(bob, check=False)
+    assert refused.returncode != 0
+    assert "locked: made through auth B" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    eventually(lambda: cluster.diag("/readyz")[0] == 200, timeout=30)
+    assert _behind(cluster) == 0
+
+
+def _behind(cluster: Cluster) -> float:
+    """certgate_store_watch_behind_seconds, from auth A's /metrics."""
+    status, text = cluster.diag("/metrics")
+    assert status == 200
+    line = next(x for x in text.splitlines() if x.startswith("certgate_store_watch_behind"))
+    return float(line.split()[-1])
