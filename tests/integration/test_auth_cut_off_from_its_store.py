@@ -21,7 +21,7 @@ from pathlib import Path
 import pexpect  # type: ignore[import-untyped]
 import pytest
 
-from tests.support.cluster import BIN, Cluster, User, run
+from tests.support.cluster import BIN, Cluster, User, cgsh_shell, run
 from tests.support.ha import another_auth
 from tests.support.postgres import PostgresServer
 from tests.support.tcp_relay import TcpRelay
@@ -104,16 +104,8 @@ def bob(cluster: Cluster) -> User:
 def test_a_lock_it_cannot_see_ends_strict_sessions_and_refuses_the_next_login(
     cluster: Cluster, auth_b: Path, bob: User, relay: TcpRelay
 ) -> None:
-    child = pexpect.spawn(
-        str(BIN / "cgsh"),
-        ["ssh", "-t", "root@node-1"],
-        env={**os.environ, "CERTGATE_HOME": str(bob.home), "TERM": "xterm"},
-        timeout=20,
-        encoding="utf-8",
-    )
+    child = cgsh_shell(bob.home)
     try:
-        child.sendline("echo READY-$((40+2))")
-        child.expect("READY-42")
         relay.cut()
         cut_at = time.monotonic()
         run([str(BIN / "cgctl"), "--data-dir", str(auth_b), "lock", "--user=bob",

@@ -25,7 +25,7 @@ from typing import Any
 import pexpect  # type: ignore[import-untyped]
 import pytest
 
-from tests.support.cluster import BIN, Cluster, User, run
+from tests.support.cluster import BIN, Cluster, User, cgsh_shell, run
 from tests.support.net import free_port
 from tests.support.postgres import PostgresServer
 from tests.support.wait import eventually
@@ -165,19 +165,6 @@ def ha(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
         postgres_server.drop_schema(schema)
 
 
-def _shell(home: Path) -> pexpect.spawn:
-    child = pexpect.spawn(
-        str(BIN / "cgsh"),
-        ["ssh", "-t", "root@node-ha"],
-        env={**os.environ, "CERTGATE_HOME": str(home), "TERM": "xterm"},
-        timeout=20,
-        encoding="utf-8",
-    )
-    child.sendline("echo READY-$((40+2))")
-    child.expect("READY-42")
-    return child
-
-
 def _node(ha: HA) -> dict[str, Any]:
     return dict(json.loads(ha.cgctl_b("get", "node/node-ha", "--format=json").stdout))
 
@@ -189,7 +176,7 @@ def test_kill_9_of_one_auth_leaves_logins_heartbeats_audit_sessions_and_locks_wo
     bob_1 = replace(bob, home=ha.workdir / "homes" / "bob-1")  # a profile on proxy 1
     bob_2 = replace(bob, home=ha.workdir / "homes" / "bob-2")  # and one on proxy 2
     ha.login(bob_1, ha.proxy_1)
-    shell = _shell(bob_1.home)
+    shell = cgsh_shell(bob_1.home, "root@node-ha")
     try:
         # The node is heartbeating (through A, its first address).
         before = _node(ha)["metadata"]["expires"]

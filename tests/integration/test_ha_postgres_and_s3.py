@@ -22,7 +22,7 @@ from typing import Any
 import pexpect  # type: ignore[import-untyped]
 import pytest
 
-from tests.support.cluster import BIN, Cluster, User, run
+from tests.support.cluster import BIN, Cluster, User, cgsh_shell, run
 from tests.support.ha import another_auth
 from tests.support.postgres import PostgresServer
 from tests.support.s3 import S3Server
@@ -141,16 +141,8 @@ def test_a_lock_made_through_one_auth_ends_a_session_held_through_the_other(
     assert "bob" in users
 
     # bob's shell runs through the proxy and node attached to the first auth.
-    child = pexpect.spawn(
-        str(BIN / "cgsh"),
-        ["ssh", "-t", "root@node-1"],
-        env={**os.environ, "CERTGATE_HOME": str(bob.home), "TERM": "xterm"},
-        timeout=20,
-        encoding="utf-8",
-    )
+    child = cgsh_shell(bob.home)
     try:
-        child.sendline("echo READY-$((40+2))")
-        child.expect("READY-42")
         out = cluster_b_cgctl(
             second_auth, "lock", "--user=bob", "--message=from the other auth"
         ).stdout

@@ -229,6 +229,23 @@ class Cluster:
         )  # fmt: skip
 
 
+def cgsh_shell(home: Path, target: str = "root@node-1") -> Any:
+    """`cgsh ssh -t TARGET` as the user whose cgsh state is in `home` (a pexpect child),
+    once its shell has answered."""
+    import pexpect  # type: ignore[import-untyped]
+
+    child = pexpect.spawn(
+        str(BIN / "cgsh"),
+        ["ssh", "-t", target],
+        env={**os.environ, "CERTGATE_HOME": str(home), "TERM": "xterm"},
+        timeout=20,
+        encoding="utf-8",
+    )
+    child.sendline("echo READY-$((40+2))")
+    child.expect("READY-42")
+    return child
+
+
 def invite_token(text: str) -> str:
     match = re.search(r"/web/invite/([0-9a-f]+)", text)
     assert match, text
