@@ -161,3 +161,30 @@ def test_a_lock_made_through_one_auth_ends_a_session_held_through_the_other(
 
 def cluster_b_cgctl(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return run([str(BIN / "cgctl"), "--data-dir", str(data_dir), *args])
+
+
+def test_a_missing_bucket_is_said_at_start_and_the_cluster_still_serves(
+    tmp_path: Path, s3_server: S3Server
+) -> None:
+    # An operator who mistyped the bucket hears of it in the log as auth starts, not
+    # at the first session's upload; logins and sessions are not held up by it.
+    config = tmp_path / "certgate.yaml"
+    config.write_text(
+        "version: v1\n"
+        "auth_service:\n"
+        "  recordings:\n"
+        f"    uri: {json.dumps(s3_server.uri('no-such-bucket'))}\n"
+    )
+    c = Cluster(tmp_path, roles="auth,proxy", extra_args=["--config", str(config)])
+    c.start()
+    try:
+
+        def said() -> list[str]:
+            return [x for x in c.log.read_text().splitlines() if "no-such-bucket" in x]
+
+        [line] = eventually(said, timeout=30)
+        assert 'recordings bucket "no-such-bucket" does not exist' in line
+        assert "session recordings cannot be stored" in line
+        assert c.diag("/readyz")[0] == 200
+    finally:
+        c.stop()

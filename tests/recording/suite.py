@@ -65,6 +65,9 @@ async def collect(store: RecordingStore, recording_id: str, chunk_size: int = 64
 class RecordingStoreSuite:
     # ---- put / get -----------------------------------------------------------------
 
+    async def test_a_usable_store_checks_clean(self, store: RecordingStore) -> None:
+        assert await store.check() is None
+
     async def test_put_then_read_back(self, store: RecordingStore) -> None:
         item = info()
         stored = await store.put(item, cast())

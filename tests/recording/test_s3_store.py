@@ -79,6 +79,8 @@ async def test_a_retry_or_a_refusal_leaves_one_file(
 async def test_a_missing_bucket_or_server_is_one_line(s3_server: S3Server, tmp_path: Path) -> None:
     store = open_recording_store(s3_server.uri("no-such-bucket"), tmp_path)
     try:
+        # What auth says at start (daemon/auth_service.py), and at the first upload.
+        assert await store.check() == 'recordings bucket "no-such-bucket" does not exist'
         with pytest.raises(BadParameter, match='bucket "no-such-bucket" does not exist'):
             await store.put(info(), cast())
     finally:
@@ -86,6 +88,8 @@ async def test_a_missing_bucket_or_server_is_one_line(s3_server: S3Server, tmp_p
     gone = f"s3://b/p?endpoint=http://127.0.0.1:{free_port()}&region=us-east-1"
     store = open_recording_store(gone, tmp_path)
     try:
+        problem = await store.check()
+        assert problem is not None and "unreachable" in problem and "\n" not in problem
         with pytest.raises(ConnectionProblem) as refused:
             await store.info(info().id)
         assert "\n" not in str(refused.value)

@@ -7,8 +7,10 @@ auth API is built the same way.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,11 @@ from certgate.clock import SystemClock
 from certgate.daemon.config import AuthService
 from certgate.daemon.diag import Metrics
 from certgate.recording.registry import open_recording_store
+from certgate.recording.store import RecordingStore
 from certgate.services.audit import AuditLog
 from certgate.transport import server_context
+
+log = logging.getLogger("certgate.auth")
 
 Closer = Callable[[], Awaitable[Any]]
 
@@ -64,11 +69,34 @@ def auth_app(
     server: AuthServer, metrics: Metrics, cfg: AuthService, data_dir: Path
 ) -> web.Application:
     """The auth HTTPS API (to be served with client certificates required by TLS)."""
-    api = AuthAPI(server, metrics, recordings=open_recording_store(cfg.recordings.uri, data_dir))
+    recordings = open_recording_store(cfg.recordings.uri, data_dir)
+    api = AuthAPI(server, metrics, recordings=recordings)
     app = api.app()
     app.middlewares.append(metrics.middleware("auth"))
     metrics.store_behind.set_function(server.backend.seconds_behind)
+
+    async def check_recordings(app: web.Application) -> AsyncIterator[None]:
+        # In the background: a slow bucket must not hold up the start, and a missing
+        # one must not stop it (nodes keep their recordings and retry).
+        check = asyncio.create_task(_check_recordings(recordings))
+        yield
+        check.cancel()
+        await asyncio.gather(check, return_exceptions=True)
+
+    app.cleanup_ctx.append(check_recordings)
     return app
+
+
+async def _check_recordings(recordings: RecordingStore) -> None:
+    """Say at start, in one line, that the recordings store cannot be used, rather than
+    at the first upload."""
+    problem = await recordings.check()
+    if problem is not None:
+        log.error(
+            "%s: session recordings cannot be stored or played until it is fixed"
+            " (nodes keep them and retry)",
+            problem,
+        )
 
 
 def auth_tls_context(cert_pem: str, key_pem: str, client_cas: Sequence[str]) -> ssl.SSLContext:

@@ -136,6 +136,9 @@ class DirectoryStore:
         found.sort(key=lambda i: (i.start, i.id), reverse=True)
         return found[: query.limit]
 
+    async def check(self) -> str | None:
+        return None  # the constructor made the directory, or refused
+
     async def close(self) -> None:
         pass
 

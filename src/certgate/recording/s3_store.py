@@ -227,6 +227,15 @@ class S3Store:
         except (ValueError, KeyError, TypeError, ValidationError) as exc:
             raise BadParameter(f"recording {recording_id} has unreadable metadata: {exc}") from exc
 
+    async def check(self) -> str | None:
+        try:
+            await self._run(lambda: self._client.head_bucket(Bucket=self.bucket))
+        except NotFound:  # a HEAD answer has no body: a bare 404, not NoSuchBucket
+            return f'recordings bucket "{self.bucket}" does not exist'
+        except CertgateError as exc:
+            return str(exc)
+        return None
+
     async def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
         self._client.close()

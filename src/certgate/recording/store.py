@@ -75,6 +75,11 @@ class RecordingStore(Protocol):
         """NotFound if there is no such recording."""
         ...
 
+    async def check(self) -> str | None:
+        """Whether the store can be used (the bucket exists and lets us in): None, or
+        what is wrong in one line. Read-only."""
+        ...
+
     async def close(self) -> None: ...
 
 
