@@ -55,6 +55,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -762,6 +763,37 @@ def _profile_client(directory: Path, backend: str, home: Path, top: int = 40) ->
     print(f"[{backend}] " + lines[0], flush=True)
 
 
+class BehindSampler:
+    """Auth's `certgate_store_watch_behind_seconds`, read from /metrics once a second in
+    a thread: whether its watch of the store fell behind under the load (over about 3 s
+    it counts as behind: user calls wait for it to catch up, pings say so to the nodes;
+    at 10 s /readyz says not ready). Always 0 on SQLite."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+        self._stop = threading.Event()
+        self.samples: list[float] = []
+        self._thread = threading.Thread(target=self._run, name="behind-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            status, text = self._cluster.diag("/metrics")
+            if status != 200:
+                continue  # a busy auth answers late: the sample is skipped, not zero
+            for line in text.splitlines():
+                if line.startswith("certgate_store_watch_behind_seconds "):
+                    self.samples.append(float(line.split()[-1]))
+
+    def report(self) -> str:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        behind = [x for x in self.samples if x > 0]
+        return f"store watch behind in {len(behind)} of {len(self.samples)} samples" + (
+            f" (at most {max(behind):.1f} s)" if behind else ""
+        )
+
+
 def run_backend(
     backend: str, args: argparse.Namespace, workdir: Path, conninfo: str, database: list[int]
 ) -> None:
@@ -783,6 +815,7 @@ def run_backend(
     cluster.start(timeout=60)
     assert cluster.process is not None
     procs.pin([cluster.process.pid, *database], server_cpus)
+    sampler = BehindSampler(cluster)
     workers: list[multiprocessing.process.BaseProcess] = []
     pipes: list[Any] = []
     try:
@@ -900,7 +933,7 @@ def run_backend(
             f"runnable for a core (load average {load:.1f}); peak RSS {rss:.0f} MiB, "
             f"{rss_now:.0f} MiB now "
             f"(target <= {TARGET_RSS_MIB} MiB); {window['watching']} watch streams open, "
-            f"{_open_connections(pid)} sockets open in auth"
+            f"{_open_connections(pid)} sockets open in auth; {sampler.report()}"
         )
         if spy is not None:
             spy.wait()
@@ -983,6 +1016,7 @@ def run_backend(
         # nodes are coming back all the same; the curve starts at the first answer.
         cluster.start(timeout=RESTART_READY_TIMEOUT)
         ready_at = time.time()
+        sampler = BehindSampler(cluster)
         print(f"[{backend}] auth restarted ({time.monotonic() - down_since:.1f} s down)")
         assert cluster.process is not None
         pid = cluster.process.pid
@@ -1025,7 +1059,7 @@ def run_backend(
             f"{TARGET_REREGISTER:.0f} s; a node that saw no failure beats on its own "
             f"schedule, within --interval); {len(after)} had failed while auth was down, "
             f"all back by {(after[-1] if after else 0):.1f} s; "
-            f"{watching} watch streams open again"
+            f"{watching} watch streams open again; {sampler.report()}"
         )
         if after:
             buckets: dict[int, int] = {}
