@@ -31,9 +31,17 @@ async def _server(name: str, hits: list[str]) -> tuple[web.AppRunner, str]:
         await response.write(f'{{"served_by": "{name}"}}\n'.encode())
         return response
 
+    async def socket(request: web.Request) -> web.WebSocketResponse:
+        answer = web.WebSocketResponse()
+        await answer.prepare(request)
+        await answer.send_str(f'{{"served_by": "{name}"}}')
+        await answer.close()
+        return answer
+
     app = web.Application()
     app.router.add_get("/v1/ping", ping)
     app.router.add_get("/v1/watch", watch)
+    app.router.add_get("/v1/socket", socket)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -101,3 +109,55 @@ def test_backoff_is_full_jitter_within_a_growing_capped_window() -> None:
     assert min(first) < 0.05 and max(first) > 0.45
     backoff.reset()
     assert backoff.bound() == 0.5
+
+
+async def test_an_auth_that_cannot_serve_is_passed_over_and_the_last_answer_is_kept(
+    auth_b: tuple[str, list[str]],
+) -> None:
+    # An auth cut off from its store answers 503: with several addresses, calls and
+    # watches go on to the next, and stay there. When every address answers 503, the
+    # caller hears what the last one said, not "unreachable".
+    cut_off_hits: list[str] = []
+
+    async def cannot_serve(request: web.Request) -> web.Response:
+        cut_off_hits.append(request.path)
+        return web.json_response(
+            {"error": "connection_problem", "message": "postgres store unreachable (test)"},
+            status=503,
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", cannot_serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    cut_off = f"http://127.0.0.1:{port}"
+    url_b, hits = auth_b
+    client = AsyncAuthClient([cut_off, url_b], client_context(insecure=True))
+    both_cut_off = [cut_off, f"http://localhost:{port}"]  # two names, one server
+    alone = AsyncAuthClient(both_cut_off, client_context(insecure=True))
+    try:
+        assert await client.call("GET", "/v1/ping") == {"served_by": "b"}
+        assert client.base_url == url_b
+        async with client.stream("GET", "/v1/watch") as lines:
+            assert [line async for line in lines] == ['{"served_by": "b"}']
+        assert cut_off_hits == ["/v1/ping"]  # sticky to b after the first 503
+        assert hits == ["b"]
+        # A watch, either form, from a service that starts at the cut-off auth.
+        fresh = AsyncAuthClient([cut_off, url_b], client_context(insecure=True))
+        try:
+            async with fresh.stream("GET", "/v1/watch") as lines:
+                assert [line async for line in lines] == ['{"served_by": "b"}']
+            fresh._addresses.failed(url_b)  # the cut-off one first again
+            async with fresh.websocket("/v1/socket", {}, 1024) as socket:
+                assert (await socket.receive()).data == '{"served_by": "b"}'
+        finally:
+            await fresh.close()
+        assert cut_off_hits == ["/v1/ping", "/v1/watch", "/v1/socket"]
+        with pytest.raises(ConnectionProblem, match="postgres store unreachable"):
+            await alone.call("GET", "/v1/ping")
+    finally:
+        await client.close()
+        await alone.close()
+        await runner.cleanup()

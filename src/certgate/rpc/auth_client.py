@@ -46,6 +46,9 @@ DOWNLOAD_CHUNK = 256 * 1024
 SOCKET_CLOSE_SECONDS = 2.0
 # Failures before a request left: another auth address may be tried with the same call.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# What an auth answers when it cannot serve now (its store out of reach, or it cannot
+# confirm locks): with several addresses, the call goes on to the next.
+UNAVAILABLE = 503
 
 
 class NotASocket(ConnectionProblem):
@@ -176,14 +179,17 @@ class AsyncAuthClient:
     async def _send(
         self, build: Callable[[httpx.AsyncClient], httpx.Request], replayable: bool = True
     ) -> tuple[str, httpx.Response]:
-        """Send to the current address, or the next ones while they cannot be reached.
+        """Send to the current address, or the next ones while they cannot be reached or
+        cannot serve (503: an auth cut off from its store; the last one's 503 is the
+        answer).
 
         The answer's body is left unread. A streamed request body is read once, so such a
         request is not `replayable`: it goes to the current address only.
         """
         last: httpx.HTTPError | None = None
         addresses = self._addresses.in_order()
-        for url in addresses if replayable else addresses[:1]:
+        tried = addresses if replayable else addresses[:1]
+        for n, url in enumerate(tried, start=1):
             client = self._clients[url]
             try:
                 response = await client.send(build(client), stream=True)
@@ -194,6 +200,10 @@ class AsyncAuthClient:
             except httpx.HTTPError as exc:
                 self._addresses.failed(url)
                 raise _unreachable(url, exc) from exc
+            if response.status_code == UNAVAILABLE and n < len(tried):
+                await response.aclose()
+                self._addresses.failed(url)
+                continue
             self._addresses.worked(url)
             return url, response
         assert last is not None
@@ -311,7 +321,8 @@ class AsyncAuthClient:
                 timeout=aiohttp.ClientTimeout(total=None, connect=SERVICE_TIMEOUT.connect),
             )
         last: Exception | None = None
-        for url in self._addresses.in_order():
+        addresses = self._addresses.in_order()
+        for n, url in enumerate(addresses, start=1):
             try:
                 socket = await self._sockets.ws_connect(
                     url + path,
@@ -323,6 +334,10 @@ class AsyncAuthClient:
                     timeout=aiohttp.ClientWSTimeout(ws_close=SOCKET_CLOSE_SECONDS),
                 )
             except aiohttp.WSServerHandshakeError as exc:
+                if exc.status == UNAVAILABLE and n < len(addresses):
+                    self._addresses.failed(url)  # cut off from its store: the next may serve
+                    last = exc
+                    continue
                 self._addresses.worked(url)  # it answered: the answer is the news
                 if exc.status < 400:
                     raise NotASocket(f"{url} answered {exc.status}, not a socket") from exc
