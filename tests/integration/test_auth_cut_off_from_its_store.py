@@ -22,7 +22,7 @@ import pexpect  # type: ignore[import-untyped]
 import pytest
 
 from tests.support.cluster import BIN, Cluster, User, cgsh_shell, run
-from tests.support.ha import another_auth
+from tests.support.ha import OtherAuth, another_auth
 from tests.support.postgres import PostgresServer
 from tests.support.tcp_relay import TcpRelay
 from tests.support.wait import eventually
@@ -88,10 +88,10 @@ def cluster(
 
 
 @pytest.fixture(scope="module")
-def auth_b(cluster: Cluster, postgres_server: PostgresServer, schema: str) -> Iterator[Path]:
+def auth_b(cluster: Cluster, postgres_server: PostgresServer, schema: str) -> Iterator[OtherAuth]:
     config = _config(cluster.workdir / "auth-b.yaml", postgres_server.conninfo(schema))
-    with another_auth(cluster, config) as data_dir:
-        yield data_dir
+    with another_auth(cluster, config) as auth:
+        yield auth
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +102,13 @@ def bob(cluster: Cluster) -> User:
 
 
 def test_a_lock_it_cannot_see_ends_strict_sessions_and_refuses_the_next_login(
-    cluster: Cluster, auth_b: Path, bob: User, relay: TcpRelay
+    cluster: Cluster, auth_b: OtherAuth, bob: User, relay: TcpRelay
 ) -> None:
     child = cgsh_shell(bob.home)
     try:
         relay.cut()
         cut_at = time.monotonic()
-        run([str(BIN / "cgctl"), "--data-dir", str(auth_b), "lock", "--user=bob",
+        run([str(BIN / "cgctl"), "--data-dir", str(auth_b.data_dir), "lock", "--user=bob",
              "--message=made through auth B"])  # fmt: skip
         # A cannot learn of the lock, and says it is behind: the strict session ends
         # as when auth is out of reach, once the grace is spent.
@@ -129,6 +129,36 @@ def test_a_lock_it_cannot_see_ends_strict_sessions_and_refuses_the_next_login(
     assert "Traceback" not in refused.stderr
     eventually(lambda: cluster.diag("/readyz")[0] == 200, timeout=30)
     assert _behind(cluster) == 0
+
+
+def test_a_node_that_knows_both_auths_keeps_beating_through_the_one_that_serves(
+    cluster: Cluster, auth_b: OtherAuth, relay: TcpRelay
+) -> None:
+    # node-2 joined with both auth addresses, its watch on A. A is cut off: its pings
+    # say so, and the node's heartbeats go as calls, which A answers 503 and B takes.
+    # Before, each beat went up A's socket and failed after A's pool timeout: the node
+    # dropped out of every listing although B was there.
+    _, _port = cluster.start_node(
+        "node-2", "env=dev", "--auth-server", f"{cluster.auth_addr},{auth_b.addr}"
+    )
+
+    def expires() -> str:
+        got = run([str(BIN / "cgctl"), "--data-dir", str(auth_b.data_dir), "get",
+                   "node/node-2", "--format=json"], check=False)  # fmt: skip
+        return json.loads(got.stdout)["metadata"]["expires"] if got.returncode == 0 else ""
+
+    eventually(expires, timeout=30)
+    relay.cut()
+    try:
+        time.sleep(20)  # A refuses beats once 10 s behind; the node has moved on by then
+        seen = []
+        for _ in range(3):
+            time.sleep(2)
+            seen.append(expires())
+        assert "" not in seen, "node-2 dropped out of the listing while B was there"
+        assert len(set(seen)) == 3, seen  # it beats every second, through B
+    finally:
+        relay.heal()
 
 
 def _behind(cluster: Cluster) -> float:

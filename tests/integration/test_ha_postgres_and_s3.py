@@ -129,8 +129,8 @@ def test_login_session_and_replay_on_postgres_and_s3(
 def second_auth(cluster: Cluster) -> Iterator[Path]:
     """Another auth process on the same store (another host, in production)."""
     config = next(arg for arg in cluster.extra_args if arg.endswith(".yaml"))
-    with another_auth(cluster, config) as data_dir:
-        yield data_dir
+    with another_auth(cluster, config) as auth:
+        yield auth.data_dir
 
 
 def test_a_lock_made_through_one_auth_ends_a_session_held_through_the_other(

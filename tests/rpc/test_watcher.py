@@ -243,8 +243,10 @@ async def test_a_ping_from_an_auth_behind_its_store_ages_the_view() -> None:
         assert view.seconds_since_contact() < 1
         await send.put(b'{"type": "ping", "behind": 40.5}\n')
         await eventually_async(lambda: view.seconds_since_contact() >= 40.5)
+        assert view.auth_behind == 40.5  # the node's heartbeats go as calls meanwhile
         await send.put(b'{"type": "ping"}\n')
         await eventually_async(lambda: view.seconds_since_contact() < 1)
+        assert view.auth_behind == 0
         for bad in (b'"forty"', b"-5", b"1e300", b"NaN", b"null"):
             await send.put(b'{"type": "ping", "behind": 40}\n')
             await eventually_async(lambda: view.seconds_since_contact() >= 40)

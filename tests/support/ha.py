@@ -7,6 +7,7 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.cluster import BIN, Cluster
@@ -14,19 +15,25 @@ from tests.support.net import free_port
 from tests.support.wait import eventually
 
 
+@dataclass(frozen=True)
+class OtherAuth:
+    data_dir: Path  # only its own identities: `cgctl --data-dir DIR ...` acts through it
+    addr: str  # its API, host:port
+
+
 @contextmanager
-def another_auth(cluster: Cluster, config: str, name: str = "auth-b") -> Iterator[Path]:
-    """`certgate start --roles auth --config CONFIG` beside `cluster`, ready; yields its
-    data dir, which holds only its own identities (users, roles, CAs and locks are the
-    store's): `cgctl --data-dir DIR ...` acts through it."""
+def another_auth(cluster: Cluster, config: str, name: str = "auth-b") -> Iterator[OtherAuth]:
+    """`certgate start --roles auth --config CONFIG` beside `cluster`, ready (users,
+    roles, CAs and locks are the store's)."""
     data_dir = cluster.workdir / name
+    addr = f"127.0.0.1:{free_port()}"
     diag_port = free_port()
     log = cluster.workdir / f"{name}.log"
     with log.open("ab") as out:
         process = subprocess.Popen(
             [str(BIN / "certgate"), "start", "--config", config, "--roles", "auth",
              "--data-dir", str(data_dir), "--cluster-name", cluster.cluster_name,
-             "--nodename", name, "--auth-listen", f"127.0.0.1:{free_port()}",
+             "--nodename", name, "--auth-listen", addr,
              "--diag-addr", f"127.0.0.1:{diag_port}"],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -41,7 +48,7 @@ def another_auth(cluster: Cluster, config: str, name: str = "auth-b") -> Iterato
 
     try:
         eventually(ready, timeout=30)
-        yield data_dir
+        yield OtherAuth(data_dir, addr)
     finally:
         process.send_signal(signal.SIGTERM)
         try:

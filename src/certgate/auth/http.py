@@ -70,8 +70,8 @@ from certgate.auth.watch_channel import (
     wants_socket,
 )
 from certgate.auth.watch_hub import Subscription, WatchHub
-from certgate.backend.base import EventType, Item
-from certgate.errors import AccessDenied, BadParameter, CertgateError, to_json
+from certgate.backend.base import BEHIND_UNAVAILABLE, EventType, Item
+from certgate.errors import AccessDenied, BadParameter, CertgateError, ConnectionProblem, to_json
 from certgate.recording.store import RecordingStore
 
 log = logging.getLogger("certgate.auth")
@@ -566,6 +566,11 @@ class AuthAPI:
 
     async def _beat(self, caller: Identity, body: dict[str, Any]) -> None:
         """A heartbeat's body, from POST /v1/nodes/heartbeat or the watch socket."""
+        if (behind := self.server.backend.seconds_behind()) >= BEHIND_UNAVAILABLE:
+            raise ConnectionProblem(
+                f"auth cannot reach its store (not read for {behind:.0f}s): heartbeat not"
+                " stored; another auth may take it"
+            )
         seconds = body.get("ttl_seconds", 30)
         if not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
             raise BadParameter("ttl_seconds must be a number of seconds up to 3600")

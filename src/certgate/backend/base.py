@@ -37,6 +37,12 @@ class Event:
     item: Item
 
 
+# An instance this far behind its store (seconds_behind) counts as unavailable: its
+# /readyz says not ready, and auth refuses heartbeats at once (503) rather than after
+# its database pool's timeout, so a service that knows another auth moves to it.
+BEHIND_UNAVAILABLE = 10.0
+
+
 class Backend(Protocol):
     """All methods are coroutines; errors are certgate.errors kinds.
 

@@ -29,7 +29,7 @@ from certgate.access.cached_access import CachedAccess
 from certgate.api.authority import CertAuthority
 from certgate.api.identity import SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY
 from certgate.auth.server import AuthServer
-from certgate.backend.base import Backend
+from certgate.backend.base import BEHIND_UNAVAILABLE, Backend
 from certgate.daemon import gc_tuning
 from certgate.daemon.auth_service import auth_app, auth_tls_context, open_auth_server
 from certgate.daemon.auth_workers import (
@@ -619,18 +619,14 @@ class Daemon:
         return runner
 
 
-# An auth whose watch of a shared store is this far behind reports itself not ready, so
-# a load balancer sends its clients to one that sees the others' writes (locks).
-STORE_BEHIND_NOT_READY = 10.0
-
-
 async def _store_ready(backend: Backend) -> str | None:
     try:
         async with asyncio.timeout(2):
             await backend.current_revision()
     except (CertgateError, TimeoutError, OSError) as exc:
         return f"store unreachable: {exc}"
-    if (behind := backend.seconds_behind()) >= STORE_BEHIND_NOT_READY:
+    # A load balancer then sends clients to an auth that sees the others' writes (locks).
+    if (behind := backend.seconds_behind()) >= BEHIND_UNAVAILABLE:
         return (
             f"store watch {behind:.0f}s behind: writes through other auth instances"
             " (locks) are not reaching this one"

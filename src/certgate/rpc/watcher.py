@@ -80,6 +80,8 @@ class ResourceView:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_contact = 0.0
+        # What auth's last ping said: seconds it is behind its store (0: on schedule).
+        self.auth_behind = 0.0
         self._last_error = ""
         self._what = ",".join(kinds)
         self.connected = False
@@ -140,9 +142,13 @@ class ResourceView:
         return time.monotonic() - self._last_contact if self._last_contact else float("inf")
 
     def _heard(self, message: dict[str, Any]) -> None:
-        behind = message.get("behind", 0) if message.get("type") == "ping" else 0
+        if message.get("type") != "ping":
+            self._last_contact = time.monotonic()
+            return
+        behind = message.get("behind", 0)
         if not isinstance(behind, int | float) or not 0 <= behind < 1e9:
             behind = 0  # not a number of seconds: the ping still says auth is there
+        self.auth_behind = float(behind)
         self._last_contact = time.monotonic() - behind
 
     async def _run(self) -> None:
@@ -213,6 +219,7 @@ class ResourceView:
             answered.set_exception(from_json(0, error))
 
     async def _follow(self) -> None:
+        self.auth_behind = 0.0  # a new connection, perhaps to another auth
         if self._wants_socket:
             try:
                 await self._follow_socket()

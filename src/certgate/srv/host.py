@@ -139,8 +139,13 @@ class SessionHost:
         waits for it up to half an interval, which the node's TTL (1.5 intervals)
         allows: as a call at once it would open a second connection, and 10,000 nodes
         coming back to a restarted auth would double its handshakes. Past that, or for
-        an auth without the socket form, it goes as a call."""
-        if await self.view.carrying_within(self._interval.total_seconds() / 2):
+        an auth without the socket form, it goes as a call. So it does while the watch's
+        auth says it is behind its store: cut off from the database, it could not store
+        the beat either (it would answer after its pool's timeout), and a call goes on
+        to the next auth address that serves (rpc/auth_client.py)."""
+        if not self.view.auth_behind and await self.view.carrying_within(
+            self._interval.total_seconds() / 2
+        ):
             try:
                 await self.view.ask({"type": "heartbeat", **body}, timeout=BEAT_ANSWER_SECONDS)
                 return
