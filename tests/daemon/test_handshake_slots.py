@@ -127,8 +127,10 @@ async def _burst(listener: Listener) -> None:
 async def test_a_burst_past_the_slots_is_all_served_a_few_at_a_time(listener: Listener) -> None:
     await _burst(listener)
     # Fails without the slots: the control below runs the same burst with a slot per
-    # client and sees more than SLOTS at once; "1 <" shows the slots are shared, not one.
-    assert 1 < listener.most <= SLOTS, listener.most
+    # client and sees more than SLOTS at once.
+    assert listener.most <= SLOTS, f"{listener.most} handshakes ran at once"
+    # And the slots are shared, not one at a time (handshakes serialised would pass above).
+    assert listener.most > 1, f"{listener.most} handshake ran at once"
 
 
 @pytest.mark.parametrize("listener", [BURST], indirect=True)
