@@ -25,6 +25,7 @@ from certgate.daemon.diag import Metrics
 from certgate.recording.registry import open_recording_store
 from certgate.recording.store import RecordingStore
 from certgate.services.audit import AuditLog
+from certgate.services.audit_fallback import AuditFallback
 from certgate.transport import server_context
 
 log = logging.getLogger("certgate.auth")
@@ -50,7 +51,12 @@ async def open_auth_server(
     closers.append(backend.close)
     events = await open_event_store(storage, data_dir)
     closers.append(events.close)
-    audit = AuditLog(events, data_dir / "log" / "events.log")
+    audit = AuditLog(
+        events,
+        data_dir / "log" / "events.log",
+        fallback=AuditFallback(data_dir / "audit_fallback", events),
+    )
+    await audit.start()
     closers.append(audit.close)  # before the event store closes
     server = AuthServer(
         backend,
@@ -74,6 +80,7 @@ def auth_app(
     app = api.app()
     app.middlewares.append(metrics.middleware("auth"))
     metrics.store_behind.set_function(server.backend.seconds_behind)
+    metrics.audit_held.set_function(lambda: server.audit.held)
 
     async def check_recordings(app: web.Application) -> AsyncIterator[None]:
         # In the background: a slow bucket must not hold up the start, and a missing

@@ -45,6 +45,12 @@ class Metrics:
             "How far auth's watch of its store is behind (0: on schedule; PostgreSQL only)",
             registry=self.registry,
         )
+        self.audit_held = Gauge(
+            "certgate_audit_events_held",
+            "Auth's own audit events kept on its disk because the event store did not take"
+            " them (stored once it does)",
+            registry=self.registry,
+        )
 
     def middleware(self, service: str) -> Callable[..., Awaitable[web.StreamResponse]]:
         @web.middleware
