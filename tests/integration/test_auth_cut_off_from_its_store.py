@@ -30,7 +30,7 @@ from tests.support.wait import eventually
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sessions as root need root")
 
 STRICT_GRACE = 3.0
-STRICT_ROOT = """\
+ROLES = """\
 kind: role
 metadata: {name: strict-root}
 spec:
@@ -38,6 +38,13 @@ spec:
     logins: [root]
     node_labels: {"*": "*"}
   options: {locking_mode: strict}
+---
+kind: role
+metadata: {name: root}
+spec:
+  allow:
+    logins: [root]
+    node_labels: {"*": "*"}
 """
 
 
@@ -82,7 +89,7 @@ def cluster(
         extra_args=["--config", config, "--strict-lock-grace", f"{STRICT_GRACE:g}s"],
     )
     c.start()
-    c.cgctl("create", "-f", "-", input=STRICT_ROOT)
+    c.cgctl("create", "-f", "-", input=ROLES)
     yield c
     c.stop()
 
@@ -159,6 +166,33 @@ def test_a_node_that_knows_both_auths_keeps_beating_through_the_one_that_serves(
         assert len(set(seen)) == 3, seen  # it beats every second, through B
     finally:
         relay.heal()
+
+
+def test_a_node_that_knows_both_auths_moves_its_watch_and_learns_the_lock(
+    cluster: Cluster, auth_b: OtherAuth, relay: TcpRelay
+) -> None:
+    # node-3 joined with both addresses, its watch on A. carol's session there is
+    # best-effort (no strict role): nothing ends it for A's silence, only a lock. A
+    # lock made through B while A is cut off reaches node-3 because its watch moves to
+    # B once B has served one of its heartbeats (A refuses them once 10 s behind).
+    # Before, the watch stayed on A, which pings on, and carol's shell ran on.
+    cluster.start_node("node-3", "env=dev", "--auth-server", f"{cluster.auth_addr},{auth_b.addr}")
+    carol = cluster.add_user("carol", roles="root")
+    cluster.login(carol)
+    child = cgsh_shell(carol.home, "root@node-3")
+    try:
+        relay.cut()
+        cut_at = time.monotonic()
+        run([str(BIN / "cgctl"), "--data-dir", str(auth_b.data_dir), "lock", "--user=carol",
+             "--message=carol locked through B"])  # fmt: skip
+        child.expect("carol locked through B", timeout=60)
+        child.expect(pexpect.EOF)
+        # 10 s until A refuses beats, a beat a second, a ping a second
+        assert time.monotonic() - cut_at < 40
+    finally:
+        child.close()
+        relay.heal()
+    assert "moving the watch there" in (cluster.workdir / "node-3.log").read_text()
 
 
 def _behind(cluster: Cluster) -> float:

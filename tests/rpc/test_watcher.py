@@ -36,9 +36,17 @@ FAR = "9999-12-31T23:59:59-23:59"
 
 
 class _Auth:
+    base_url = "https://auth.test"
+
     def __init__(self, messages: list[dict[str, Any]]) -> None:
         self.lines = [json.dumps(m) for m in messages]
         self.done = asyncio.Event()
+
+    def served_mark(self) -> int:
+        return 0
+
+    def served_since(self, mark: int) -> str | None:
+        return None
 
     @asynccontextmanager
     async def stream(
@@ -253,3 +261,87 @@ async def test_a_ping_from_an_auth_behind_its_store_ages_the_view() -> None:
             await send.put(b'{"type": "ping", "behind": ' + bad + b"}\n")
             await eventually_async(lambda: view.seconds_since_contact() < 1)
         assert view.connected
+
+
+async def _stand_in(watch: Any, ping: Any) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_get("/v1/watch", watch)
+    app.router.add_get("/v1/ping", ping)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("b_serves", [True, False], ids=["b-serves", "both-cut-off"])
+async def test_a_watch_on_an_auth_behind_its_store_moves_to_one_that_serves(
+    b_serves: bool,
+) -> None:
+    # Auth A is cut off from the shared store: it keeps the watch and pings every 0.2 s
+    # saying how far behind it is, and refuses calls (503). Once B has served one of
+    # the service's calls (its heartbeat), the watch moves to B and gets the lock made
+    # through B. When B cannot serve either (the database itself is down), the watch
+    # stays: no storm.
+    watched: list[str] = []
+    behind = {"a": 0}
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response(
+            {"error": "connection_problem", "message": "auth cannot confirm locks (test)"},
+            status=503,
+        )
+
+    async def watch_a(request: web.Request) -> web.StreamResponse:
+        watched.append("a")
+        answer = web.StreamResponse()
+        await answer.prepare(request)
+        snapshot = {"type": "snapshot", "revision": 1, "items": {"lock": []}}
+        await answer.write(json.dumps(snapshot).encode() + b"\n")
+        while True:
+            await asyncio.sleep(0.2)
+            await answer.write(json.dumps({"type": "ping", "behind": behind["a"]}).encode() + b"\n")
+
+    async def watch_b(request: web.Request) -> web.StreamResponse:
+        watched.append("b")
+        answer = web.StreamResponse()
+        await answer.prepare(request)
+        items = {"lock": [lock("made-through-b")]}
+        snapshot = {"type": "snapshot", "revision": 9, "items": items}
+        await answer.write(json.dumps(snapshot).encode() + b"\n")
+        while True:
+            await asyncio.sleep(0.2)
+            await answer.write(b'{"type": "ping"}\n')
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.json_response({"served_by": "b"})
+
+    runner_a, url_a = await _stand_in(watch_a, refuse)
+    runner_b, url_b = await _stand_in(watch_b, serve if b_serves else refuse)
+    client = AsyncAuthClient([url_a, url_b], ssl.create_default_context())
+    view = ResourceView(client, ["lock"])
+    view.start()
+    try:
+        await view.wait_ready(timeout=10)
+        # Behind, but nothing served elsewhere yet: it stays.
+        behind["a"] = 12
+        await eventually_async(lambda: view.auth_behind == 12)
+        # The heartbeat: A refuses it, B serves it (or refuses it too).
+        if b_serves:
+            assert await client.call("GET", "/v1/ping") == {"served_by": "b"}
+            await eventually_async(lambda: view.get("lock", "made-through-b") is not None)
+            assert watched == ["a", "b"]
+            await asyncio.sleep(1)
+            assert view.auth_behind == 0 and watched == ["a", "b"]  # and stays on B
+        else:
+            with pytest.raises(ConnectionProblem, match="cannot confirm locks"):
+                await client.call("GET", "/v1/ping")
+            await asyncio.sleep(1)  # five pings saying "behind"
+            assert watched == ["a"]
+            assert view.auth_behind == 12 and view.get("lock", "made-through-b") is None
+    finally:
+        await view.close()
+        await client.close()
+        await runner_a.cleanup()
+        await runner_b.cleanup()

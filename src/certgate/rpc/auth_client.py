@@ -152,6 +152,11 @@ class AsyncAuthClient:
         self._context = context
         self._headers = headers
         self._sockets: Any = None  # an aiohttp.ClientSession, made at the first websocket()
+        # Answers from an auth that could serve (anything but 503), counted, and the
+        # address of the latest: a watch on an auth that is behind its store moves to
+        # one that serves (rpc/watcher.py).
+        self._served = 0
+        self._last_served = ""
         self._clients = {
             url: httpx.AsyncClient(
                 base_url=url,
@@ -175,6 +180,20 @@ class AsyncAuthClient:
     @property
     def base_urls(self) -> list[str]:
         return self._addresses.all
+
+    def served_mark(self) -> int:
+        """A mark to pass to `served_since` later."""
+        return self._served
+
+    def served_since(self, mark: int) -> str | None:
+        """The address of the auth that last served a call or a watch, if one did since
+        `mark`; None if none did (every answer since was a 503, or there was none)."""
+        return self._last_served if self._served > mark else None
+
+    def _answered_by(self, url: str, status: int) -> None:
+        if status != UNAVAILABLE:
+            self._served += 1
+            self._last_served = url
 
     async def _send(
         self, build: Callable[[httpx.AsyncClient], httpx.Request], replayable: bool = True
@@ -205,6 +224,7 @@ class AsyncAuthClient:
                 self._addresses.failed(url)
                 continue
             self._addresses.worked(url)
+            self._answered_by(url, response.status_code)
             return url, response
         assert last is not None
         raise _unreachable(self._describe(), last) from last
@@ -347,6 +367,7 @@ class AsyncAuthClient:
                 last = exc
                 continue
             self._addresses.worked(url)
+            self._answered_by(url, 101)  # switched protocols: it serves
             try:
                 yield socket
             finally:

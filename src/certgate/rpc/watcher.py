@@ -82,6 +82,9 @@ class ResourceView:
         self._last_contact = 0.0
         # What auth's last ping said: seconds it is behind its store (0: on schedule).
         self.auth_behind = 0.0
+        # The auth this watch follows, and the client's served_mark when it connected.
+        self._watching = ""
+        self._served_mark = 0
         self._last_error = ""
         self._what = ",".join(kinds)
         self.connected = False
@@ -150,6 +153,28 @@ class ResourceView:
             behind = 0  # not a number of seconds: the ping still says auth is there
         self.auth_behind = float(behind)
         self._last_contact = time.monotonic() - behind
+        if behind:
+            self._move_if_another_serves()
+
+    def _connected(self) -> None:
+        self._watching = self._client.base_url
+        self._served_mark = self._client.served_mark()
+
+    def _move_if_another_serves(self) -> None:
+        """This watch's auth is behind its store (cut off from a shared database): if
+        another auth has served one of this service's calls since the watch began
+        (its heartbeats go as calls meanwhile, and pass over an auth that refuses them),
+        follow that one instead, so locks made through it reach this service.
+
+        Only on that evidence: in an outage of the database itself every auth is behind
+        and refuses alike, nothing is served elsewhere, and no watch moves (10,000 nodes
+        hopping between auths would be a reconnect storm for nothing)."""
+        serving = self._client.served_since(self._served_mark)
+        if serving is not None and serving != self._watching:
+            raise ConnectionProblem(
+                f"{self._watching} is {self.auth_behind:.0f}s behind its store and"
+                f" {serving} serves: moving the watch there"
+            )
 
     async def _run(self) -> None:
         # Full jitter: when an auth restarts, every watcher of it drops at once; spread
@@ -229,6 +254,7 @@ class ResourceView:
                 self._wants_socket = False
         stream = self._client.stream("GET", self._path, params=self._params, silence=self._silence)
         async with stream as lines:
+            self._connected()
             async for line in lines:
                 message = json.loads(line)
                 self._heard(message)
@@ -238,6 +264,7 @@ class ResourceView:
         from aiohttp import WSMsgType  # services only: cgsh imports this module
 
         async with self._client.websocket(self._path, self._params, MAX_MESSAGE) as socket:
+            self._connected()
             self._socket = socket
             try:
                 while True:
