@@ -17,7 +17,7 @@ import pytest
 from certgate.backend.events_sqlite import SQLiteEventStore
 from certgate.errors import CertgateError
 from certgate.services.audit import AuditLog
-from certgate.services.audit_fallback import REFUSED, AuditFallback
+from certgate.services.audit_fallback import REFUSED, RETRY_BATCH, AuditFallback
 from tests.support.wait import eventually_async
 
 
@@ -169,4 +169,26 @@ async def test_without_a_fallback_the_emitter_hears_the_store_failure(
     table.take_away()
     with pytest.raises(CertgateError, match="no such table"):
         await audit.emit("lock.created", user="admin", target="bob")
+    await audit.close()
+
+
+async def test_a_long_outages_file_is_stored_a_batch_at_a_time_whole(
+    tmp_path: Path, store: SQLiteEventStore
+) -> None:
+    # More than two retry batches, and a line that is not JSON among them.
+    good = {"event": "user.login.failure", "code": "T1000W", "time": "2030-01-01T00:00:00+00:00"}
+    directory = tmp_path / "fallback"
+    directory.mkdir()
+    lines = [json.dumps({**good, "uid": f"e{i}"}) for i in range(2 * RETRY_BATCH + 7)]
+    lines.insert(RETRY_BATCH, "{not json")
+    (directory / "98-left.jsonl").write_text("\n".join(lines) + "\n")
+
+    audit = audit_log(tmp_path, store)
+    await audit.start()
+    assert audit.held == len(lines)
+    await eventually_async(lambda: audit.held == 0, timeout=10)
+    events, _ = await store.search(limit=10_000)
+    assert len(events) == 2 * RETRY_BATCH + 7
+    (refused,) = (directory / REFUSED).read_text().splitlines()
+    assert json.loads(refused)["event"] == {"line": "{not json\n"}
     await audit.close()

@@ -215,9 +215,15 @@ class AuditFallback:
                 return
 
     async def _store_file(self, held: _HeldFile) -> None:
-        records = await asyncio.to_thread(_read_records, held.path, self._dir)
-        for start in range(0, len(records), RETRY_BATCH):
-            batch = records[start : start + RETRY_BATCH]
+        # A batch at a time: a file that grew through a long outage is never in memory
+        # whole.
+        offset = 0
+        while True:
+            batch, offset = await asyncio.to_thread(
+                _read_batch, held.path, offset, RETRY_BATCH, self._dir
+            )
+            if not batch:
+                return
             try:
                 await self._store.append_many(batch)
             except BadParameter:
@@ -249,19 +255,26 @@ def _append_and_sync(fd: int, data: bytes) -> None:
     os.fsync(fd)
 
 
-def _read_records(path: Path, directory: Path) -> list[dict[str, Any]]:
-    """The whole lines of a held file; a torn last line (a process killed mid-write,
-    before its fsync returned and so before its emit returned) is skipped."""
-    records = []
+def _read_batch(
+    path: Path, offset: int, most: int, directory: Path
+) -> tuple[list[dict[str, Any]], int]:
+    """Up to `most` events from the whole lines of a held file from `offset`, and the
+    offset after them. A torn last line (a process killed mid-write, before its fsync
+    returned and so before its emit returned) is left out; a line that is not JSON is
+    set aside."""
+    records: list[dict[str, Any]] = []
     with contextlib.suppress(FileNotFoundError), path.open("rb") as lines:
-        for line in lines:
+        lines.seek(offset)
+        while len(records) < most:
+            line = lines.readline()
             if not line.endswith(b"\n"):
                 break
+            offset += len(line)
             try:
                 records.append(json.loads(line))
             except ValueError as exc:
                 _set_aside(directory, {"line": line.decode(errors="replace")}, str(exc))
-    return records
+    return records, offset
 
 
 def _remove(held: _HeldFile) -> None:
