@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
+import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
@@ -28,8 +30,10 @@ from certgate.api.meta import Metadata
 from certgate.api.node import Node, NodeSpec
 from certgate.api.role import Role, RoleConditions, RoleOptions, RoleSpec
 from certgate.auth.ca import CASigner, generate_authority
+from certgate.daemon.event_loop import ASYNCIO, UVLOOP, loop_factory
 from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.agentless_certs import Signed
+from certgate.proxy.agentless_user import Dialled, _OnwardTunnel
 from certgate.proxy.sshd import ProxySSH
 from certgate.srv.monitor import SessionMonitor
 from certgate.srv.session import SessionInfo, SessionRefused
@@ -429,6 +433,76 @@ async def test_closing_the_forwarder_closes_sockets_not_yet_taken(proxy: Proxy, 
     await proxy.forwarder.close()
     assert dialled.sock.fileno() == -1
     del session
+
+
+class _Unused:
+    """An asyncssh connection's stand-in: only its transport matters here."""
+
+    def connection_made(self, transport: Any) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+
+def _dialled_node() -> Node:
+    return Node(
+        metadata=Metadata(name=NODE), spec=NodeSpec(addr="127.0.0.1:22", sub_kind="openssh")
+    )
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("loop_name", [ASYNCIO, UVLOOP])
+def test_a_user_hanging_up_while_the_onward_transport_starts_closes_its_socket_once(
+    loop_name: str,
+) -> None:
+    # The user's connection ends (connection_lost closes the dialled socket) while the
+    # onward transport is being made on that socket, then the onward task is cancelled.
+    # The transport owns the descriptor by then: a close of ours under it made the loop
+    # close it again later, or watch a number reused meanwhile, and libuv aborted the
+    # proxy on that (SIGABRT in uv__epoll_ctl_flush, seen in CI).
+    async def hang_up_mid_start() -> None:
+        listener = socket.create_server(("127.0.0.1", 0))
+        sock = socket.create_connection(listener.getsockname())
+        sock.setblocking(False)
+        fd = sock.fileno()
+        dialled = Dialled(_dialled_node(), sock, 0.0)
+        starting = asyncio.create_task(_OnwardTunnel(dialled).create_connection(_Unused, "", 0))
+        await asyncio.sleep(0)  # the loop has the descriptor; its transport is not started
+        dialled.close()  # what UserConnection.connection_lost does
+        assert _is_open(fd), "closed under the transport that owns it"
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        for _ in range(3):  # asyncio's transport closes its socket a step later
+            await asyncio.sleep(0)
+        assert not _is_open(fd) and sock.fileno() == -1  # closed, by its owner
+        listener.close()
+
+    with asyncio.Runner(loop_factory=loop_factory(loop_name)) as runner:
+        runner.run(hang_up_mid_start())
+
+
+@pytest.mark.parametrize("loop_name", [ASYNCIO, UVLOOP])
+def test_an_onward_transport_that_never_takes_the_socket_leaves_it_closed(
+    loop_name: str,
+) -> None:
+    async def refused() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # no stream: refused
+        dialled = Dialled(_dialled_node(), sock, 0.0)
+        with pytest.raises(ValueError):
+            await _OnwardTunnel(dialled).create_connection(_Unused, "", 0)
+        assert sock.fileno() == -1
+
+    with asyncio.Runner(loop_factory=loop_factory(loop_name)) as runner:
+        runner.run(refused())
 
 
 # ---- the session monitor, as on a node ---------------------------------------------

@@ -198,7 +198,12 @@ class Cluster:
             code = self.process.poll() if self.process is not None else None
             if code is None:
                 raise
-            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+            lines = self.log.read_text(errors="replace").splitlines()
+            # A crash: what was said just before the fatal error (a C library's failed
+            # assertion) matters more than the thread dump that fills the end.
+            fatal = next((i for i, x in enumerate(lines) if x.startswith("Fatal Python")), None)
+            shown = lines[-20:] if fatal is None else lines[max(0, fatal - 10) : fatal + 30]
+            tail = "\n".join(shown)
             raise AssertionError(
                 f"{failed}\ncertgate itself exited with {code} (negative: that signal); "
                 f"the end of its log:\n{tail}"

@@ -67,7 +67,7 @@ class Dialled:
     node: Node
     sock: socket.socket
     deadline: float  # time.monotonic() by which the sshd must have let us in
-    given: bool = False  # a transport of asyncssh's owns it, and closes it from then on
+    given: bool = False  # the event loop's transport owns it, and closes it from then on
 
     def close(self) -> None:
         if not self.given:
@@ -435,8 +435,9 @@ class UserConnection(asyncssh.SSHServer):
 
 
 class _OnwardTunnel(CorkedTunnel):
-    """The tunnel on the dialled socket; it notes when a transport takes the socket over
-    (asyncssh may fail or be cancelled before that, and then the socket is still ours)."""
+    """The tunnel on the dialled socket; it hands the socket to the event loop's
+    transport (asyncssh may fail or be cancelled before that, and then the socket is
+    still ours)."""
 
     def __init__(self, dialled: Dialled) -> None:
         super().__init__(dialled.sock)
@@ -446,8 +447,20 @@ class _OnwardTunnel(CorkedTunnel):
     async def create_connection(
         self, session_factory: Callable[[], Any], remote_host: str, remote_port: int
     ) -> tuple[Any, Any]:
-        transport, conn = await super().create_connection(session_factory, remote_host, remote_port)
+        # Given before the await, not after: while the loop waits for its transport to
+        # start, that transport watches the descriptor already, and closes it if the
+        # wait is cancelled. A close of ours meanwhile (the user hanging up) closed the
+        # descriptor under it: the loop then closed it a second time, or watched a
+        # number reused by another file, and libuv aborts the whole process on that.
         self._dialled.given = True
+        try:
+            transport, conn = await super().create_connection(
+                session_factory, remote_host, remote_port
+            )
+        except BaseException:
+            if self._dialled.sock.fileno() != -1:  # failed before the loop took it
+                self._dialled.sock.close()
+            raise
         self.conn = conn
         return transport, conn
 
