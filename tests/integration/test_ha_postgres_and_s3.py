@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,28 +164,47 @@ def cluster_b_cgctl(data_dir: Path, *args: str) -> subprocess.CompletedProcess[s
     return run([str(BIN / "cgctl"), "--data-dir", str(data_dir), *args])
 
 
-def test_a_missing_bucket_is_said_at_start_and_the_cluster_still_serves(
+def test_a_missing_bucket_is_said_at_start_and_recordings_wait_on_the_node_until_it_works(
     tmp_path: Path, s3_server: S3Server
 ) -> None:
     # An operator who mistyped the bucket hears of it in the log as auth starts, not
-    # at the first session's upload; logins and sessions are not held up by it.
+    # at the first session's upload; logins and sessions are not held up by it, even
+    # under `record_session: strict` (the node records to its disk first). Once the
+    # bucket exists, the recording made meanwhile is uploaded and plays: none is lost.
+    bucket = f"later-{uuid.uuid4().hex[:12]}"
     config = tmp_path / "certgate.yaml"
     config.write_text(
-        "version: v1\n"
-        "auth_service:\n"
-        "  recordings:\n"
-        f"    uri: {json.dumps(s3_server.uri('no-such-bucket'))}\n"
+        f"version: v1\nauth_service:\n  recordings:\n    uri: {json.dumps(s3_server.uri(bucket))}\n"
     )
-    c = Cluster(tmp_path, roles="auth,proxy", extra_args=["--config", str(config)])
+    c = Cluster(tmp_path, roles="auth,proxy,node", extra_args=["--config", str(config)])
     c.start()
     try:
 
         def said() -> list[str]:
-            return [x for x in c.log.read_text().splitlines() if "no-such-bucket" in x]
+            return [x for x in c.log.read_text().splitlines() if bucket in x]
 
         [line] = eventually(said, timeout=30)
-        assert 'recordings bucket "no-such-bucket" does not exist' in line
+        assert f'recordings bucket "{bucket}" does not exist' in line
         assert "session recordings cannot be stored" in line
         assert c.diag("/readyz")[0] == 200
+
+        c.cgctl("create", "-f", "-", input=RECORDED)
+        carol = c.add_user("carol", roles="recorded,auditor")
+        c.login(carol)
+        ran = c.cgsh(carol, "ssh", "root@node-1", "echo kept-$((6*7))")
+        assert "kept-42" in ran.stdout
+        eventually(lambda: "upload of recording" in c.log.read_text(), timeout=30)
+
+        s3_server.client().create_bucket(Bucket=bucket)
+
+        def listed() -> list[dict[str, Any]]:
+            answer = c.cgsh(carol, "recordings", "ls", "--format=json", check=False)
+            return json.loads(answer.stdout) if answer.returncode == 0 else []
+
+        # The node retries with backoff (doubling from 1 s): within a minute here.
+        [recording] = eventually(listed, timeout=90)
+        played = json.loads(c.cgsh(carol, "play", recording["id"], "--format=json").stdout)
+        assert "kept-42" in "".join(e["data"] for e in played["events"] if e["type"] == "o")
+        assert "Traceback" not in c.log.read_text()
     finally:
         c.stop()

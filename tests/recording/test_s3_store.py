@@ -79,9 +79,10 @@ async def test_a_retry_or_a_refusal_leaves_one_file(
 async def test_a_missing_bucket_or_server_is_one_line(s3_server: S3Server, tmp_path: Path) -> None:
     store = open_recording_store(s3_server.uri("no-such-bucket"), tmp_path)
     try:
-        # What auth says at start (daemon/auth_service.py), and at the first upload.
+        # What auth says at start (daemon/auth_service.py), and at the first upload: as
+        # unavailable (503), which a node retries, not as a refused recording.
         assert await store.check() == 'recordings bucket "no-such-bucket" does not exist'
-        with pytest.raises(BadParameter, match='bucket "no-such-bucket" does not exist'):
+        with pytest.raises(ConnectionProblem, match='bucket "no-such-bucket" does not exist'):
             await store.put(info(), cast())
     finally:
         await store.close()

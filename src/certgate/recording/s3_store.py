@@ -274,8 +274,11 @@ class _CountingReader(io.RawIOBase):
 
 
 def _translate(exc: ClientError | BotoCoreError, bucket: str) -> CertgateError:
+    # A missing bucket, refused access or missing credentials are the store's state, which
+    # an operator fixes, not a fault of the request: ConnectionProblem (503), so a node
+    # keeps the recording and retries rather than setting it aside as refused.
     if isinstance(exc, NoCredentialsError):
-        return BadParameter(
+        return ConnectionProblem(
             "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             " (or ~/.aws/credentials, or an instance role) for the auth service"
         )
@@ -287,9 +290,9 @@ def _translate(exc: ClientError | BotoCoreError, bucket: str) -> CertgateError:
         if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
             return CompareFailed(f"changed meanwhile in bucket {bucket}")
         if code == "NoSuchBucket":
-            return BadParameter(f'recordings bucket "{bucket}" does not exist')
+            return ConnectionProblem(f'recordings bucket "{bucket}" does not exist')
         if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
-            return BadParameter(f'recordings bucket "{bucket}" refused access: {code}')
+            return ConnectionProblem(f'recordings bucket "{bucket}" refused access: {code}')
         return ConnectionProblem(f"recordings bucket {bucket}: {code or exc}")
     return ConnectionProblem(f"recordings bucket {bucket} unreachable: {exc}")
 
