@@ -125,6 +125,12 @@ def test_a_lock_it_cannot_see_ends_strict_sessions_and_refuses_the_next_login(
         assert time.monotonic() - cut_at < STRICT_GRACE + 15
         assert eventually(lambda: _behind(cluster) > STRICT_GRACE, timeout=10)
         assert cluster.diag("/readyz")[0] != 200  # 503, or no answer within 2 s
+        # Once 10 s behind, the health check is answered at once (no store round trip).
+        eventually(lambda: _behind(cluster) >= 10, timeout=20)
+        asked = time.monotonic()
+        status, text = cluster.diag("/readyz")
+        assert status == 503 and "behind" in text, (status, text)
+        assert time.monotonic() - asked < 1
     finally:
         child.close()
         relay.heal()
