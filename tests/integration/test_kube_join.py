@@ -80,6 +80,8 @@ def people(kube: KubeSetup) -> dict[str, User]:
 
 def exec_shell(kube: KubeSetup, user: User) -> tuple[pexpect.spawn, str]:
     """`kubectl exec -it` in a real terminal, and its live session's id."""
+    # The previous test's session may still be listed for a moment after its kubectl exited.
+    earlier = {s["id"] for s in sessions(kube.cluster, user)}
     child = pexpect.spawn(
         str(KUBECTL),
         ["-n", "default", "exec", "-it", "shell", "--", "/bin/sh"],
@@ -89,8 +91,10 @@ def exec_shell(kube: KubeSetup, user: User) -> tuple[pexpect.spawn, str]:
         encoding="utf-8",
     )
     child.expect(r"\$ ")
-    found = eventually(lambda: [s["id"] for s in sessions(kube.cluster, user)])
-    assert len(found) == 1
+    found = eventually(
+        lambda: [s["id"] for s in sessions(kube.cluster, user) if s["id"] not in earlier]
+    )
+    assert len(found) == 1, f"one kubectl exec, sessions {found} started"
     return child, found[0]
 
 
