@@ -3,7 +3,10 @@ streamed reads and the URI the registry takes."""
 
 from __future__ import annotations
 
+import http.server
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,6 +99,45 @@ async def test_a_missing_bucket_or_server_is_one_line(s3_server: S3Server, tmp_p
         assert "\n" not in str(refused.value)
     finally:
         await store.close()
+
+
+class _RedirectsEverything(http.server.BaseHTTPRequestHandler):
+    """Not an S3 server: a web server that sends every request elsewhere (as a plain
+    http:// port of certgate's proxy does)."""
+
+    def _answer(self) -> None:
+        self.send_response(301)
+        self.send_header("Location", f"https://{self.headers.get('Host', 'x')}{self.path}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_HEAD = do_PUT = do_POST = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+async def test_an_endpoint_that_is_no_s3_server_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "certgate-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "certgate-test")
+    # botocore follows a 301 as S3's "wrong region" answer, asking the bucket's region
+    # through the same redirect again: without care, until Python's recursion limit.
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RedirectsEverything)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{web.server_address[1]}"
+    store = open_recording_store(f"s3://b/p?endpoint={endpoint}&region=us-east-1", tmp_path)
+    try:
+        problem = await store.check()
+        assert problem is not None and "\n" not in problem
+        assert f"{endpoint} does not answer as an S3 server" in problem
+        with pytest.raises(ConnectionProblem, match="does not answer as an S3 server"):
+            await store.put(info(), cast())
+    finally:
+        await store.close()
+        web.shutdown()
+        web.server_close()
 
 
 @pytest.mark.parametrize(

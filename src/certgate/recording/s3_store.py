@@ -72,6 +72,7 @@ class S3Store:
         region: str | None = None,
     ) -> None:
         self.bucket = bucket
+        self._endpoint = endpoint or "the S3 endpoint"
         self.prefix = prefix.strip("/")
         self._base = f"{self.prefix}/" if self.prefix else ""
         config = Config(
@@ -102,6 +103,13 @@ class S3Store:
             return await asyncio.get_running_loop().run_in_executor(self._threads, call)
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, self.bucket) from exc
+        except RecursionError:
+            # botocore takes a 301 for S3's "ask the bucket's region" and asks through
+            # the same redirect again: a web server, not S3, is at the endpoint.
+            raise ConnectionProblem(
+                f"recordings bucket {self.bucket}: {self._endpoint} does not answer as an"
+                " S3 server does (it redirects every request): check the endpoint"
+            ) from None
 
     # ---- writing -------------------------------------------------------------------
 
