@@ -16,8 +16,9 @@ from typing import Any
 import asyncssh
 import pytest
 
+from certgate.daemon.event_loop import ASYNCIO, UVLOOP, loop_factory
 from certgate.srv.certcapture import skip_ignore_packets
-from certgate.srv.corked import CORKED, CorkedListener, cut_connection
+from certgate.srv.corked import CORKED, CorkedListener, CorkedTransport, cut_connection
 from tests.support.wait import eventually_async
 
 MESSAGE = "access denied: locked: corked drill"
@@ -178,3 +179,29 @@ async def test_a_connection_on_no_corked_socket_is_disconnected_the_usual_way(
     finally:
         listener.close()
         await listener.wait_closed()
+
+
+@pytest.mark.parametrize("loop_name", [ASYNCIO, UVLOOP])
+def test_output_for_a_socket_already_closed_is_dropped_quietly(loop_name: str) -> None:
+    # The socket's transport may be closed (the peer reset the connection) before the
+    # asyncssh connection on it hears so and stops writing. uvloop's transport raised on
+    # those writes: an ERROR with a traceback in the log for an ordinary hang-up.
+    async def write_then_lose_the_socket() -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        ours, theirs = socket.socketpair()
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=ours)
+        corked = CorkedTransport(transport, on_socket=True)
+        transport.abort()  # the connection is lost (a reset, say)...
+        for _ in range(3):
+            await asyncio.sleep(0)
+        corked.write(b"late output")  # ...and its owner, not told yet, writes
+        corked.write_eof()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        theirs.close()
+        return errors
+
+    with asyncio.Runner(loop_factory=loop_factory(loop_name)) as runner:
+        assert runner.run(write_then_lose_the_socket()) == []

@@ -96,6 +96,10 @@ class CorkedTransport(asyncio.Transport):
             return
         data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
         self._pending.clear()
+        if self._sink.is_closing():
+            # Closed under us since the write (the peer went away): uvloop's transport
+            # raises on a write now, where asyncio's only logs a warning.
+            return
         try:
             self._sink.write(data)
         except (OSError, asyncssh.Error):
@@ -103,7 +107,8 @@ class CorkedTransport(asyncio.Transport):
 
     def write_eof(self) -> None:
         self.flush()
-        self._sink.write_eof()
+        if not self._sink.is_closing():
+            self._sink.write_eof()
 
     def can_write_eof(self) -> bool:
         return True
