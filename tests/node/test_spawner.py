@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -159,3 +160,21 @@ def test_the_helper_ends_when_the_node_goes(spawner: Spawner) -> None:
     assert process.poll() is None
     sock.close()
     assert process.wait(timeout=10) == 0
+
+
+def test_the_helper_ends_quietly_when_the_node_dies_with_its_news_unread(
+    spawner: Spawner, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A node killed while the helper's "child exited" message waits unread: the kernel
+    # resets the socket rather than closing it, and the helper printed a traceback.
+    process, sock = spawner._process, spawner._sock
+    assert process is not None and sock is not None
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        spawner.spawn(ChildSpec("/bin/true", ["true"], {}, "/", None, (null, null, null), False))
+    finally:
+        os.close(null)
+    time.sleep(0.5)  # the child has exited, and the helper said so to nobody
+    sock.close()
+    assert process.wait(timeout=10) == 0
+    assert "Traceback" not in capfd.readouterr().err

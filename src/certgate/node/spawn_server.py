@@ -40,9 +40,13 @@ STDIO = 3  # fds that come with a request
 def recv_message(sock: socket.socket, max_fds: int) -> tuple[dict[str, Any] | None, list[int]]:
     """One message and the fds that came with it; (None, []) once the peer closed."""
     fds = array.array("i")
-    data, ancdata, _flags, _addr = sock.recvmsg(
-        MAX_MESSAGE, socket.CMSG_SPACE(max_fds * fds.itemsize)
-    )
+    try:
+        data, ancdata, _flags, _addr = sock.recvmsg(
+            MAX_MESSAGE, socket.CMSG_SPACE(max_fds * fds.itemsize)
+        )
+    except ConnectionResetError:
+        # The peer died with messages of ours unread: the kernel resets, not closes.
+        return None, []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
