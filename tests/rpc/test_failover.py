@@ -10,11 +10,12 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from aiohttp import web
 
 from certgate.errors import ConnectionProblem
-from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.rpc.auth_client import AsyncAuthClient, what_broke
 from certgate.rpc.failover import AuthAddresses, Backoff
 from certgate.transport import client_context
 from tests.support.net import free_port
@@ -161,3 +162,17 @@ async def test_an_auth_that_cannot_serve_is_passed_over_and_the_last_answer_is_k
         await client.close()
         await alone.close()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("exc", "said"),
+    [
+        (httpx.ReadError(""), "the connection broke off (ReadError)"),
+        (httpx.RemoteProtocolError(""), "the connection broke off (RemoteProtocolError)"),
+        (TimeoutError(), "no answer in time"),
+        (httpx.ConnectError("[Errno 111] Connection refused"), "[Errno 111] Connection refused"),
+    ],
+)
+def test_an_error_with_no_words_of_its_own_is_still_said(exc: Exception, said: str) -> None:
+    # Seen in a node's log: "node heartbeat failed: cannot reach https://...: " (nothing).
+    assert what_broke(exc) == said

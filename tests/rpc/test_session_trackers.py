@@ -11,9 +11,12 @@ import itertools
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from certgate.api.meta import Metadata
 from certgate.api.session_tracker import SessionTracker, SessionTrackerSpec
 from certgate.errors import ConnectionProblem
+from certgate.rpc import session_trackers
 from certgate.rpc.session_trackers import SessionTrackerPublisher
 from tests.support.wait import eventually_async
 
@@ -155,3 +158,19 @@ async def test_close_ends_the_worker_when_its_call_is_answered_as_it_is_cancelle
 
     for passes in range(6):
         await close_as_answered(passes)
+
+
+async def test_an_auth_that_does_not_answer_is_said_in_the_log(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A timeout has no words of its own: the line ended in "not sent: " before.
+    monkeypatch.setattr(session_trackers, "CALL_TIMEOUT", 0.05)
+    auth = _Auth()
+    auth.gate.clear()  # auth never answers
+    publisher = SessionTrackerPublisher(auth)  # type: ignore[arg-type]
+    publisher.start()
+    publisher.put(tracker(1))
+    await eventually_async(lambda: "not sent" in caplog.text)
+    assert "1 session tracker change(s) not sent: auth did not answer within 0.05s" in caplog.text
+    auth.gate.set()
+    await publisher.close()

@@ -90,7 +90,18 @@ def _unreachable(base_url: str, exc: Exception) -> CertgateError:
         )
     if isinstance(exc, httpx.TimeoutException):
         return ConnectionProblem(f"{base_url} did not answer in time: it may be busy, try again")
-    return ConnectionProblem(f"cannot reach {base_url}: {exc}")
+    return ConnectionProblem(f"cannot reach {base_url}: {what_broke(exc)}")
+
+
+def what_broke(exc: BaseException) -> str:
+    """An error's own words, or what it is when it has none (a read cut off or a
+    timeout often says nothing: a log line ending in ": " told an operator nothing)."""
+    text = str(exc).strip()
+    if text:
+        return text
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return f"the connection broke off ({type(exc).__name__})"
 
 
 class AuthClient:
@@ -373,7 +384,8 @@ class AsyncAuthClient:
             finally:
                 await socket.close()
             return
-        raise ConnectionProblem(f"cannot reach {self._describe()}: {last}")
+        assert last is not None  # every address was tried, and each failed
+        raise ConnectionProblem(f"cannot reach {self._describe()}: {what_broke(last)}")
 
     async def close(self) -> None:
         for client in self._clients.values():

@@ -136,7 +136,12 @@ class SessionTrackerPublisher:
             except (CertgateError, TimeoutError) as exc:
                 # Live trackers go out again with the next refresh; an unsent delete
                 # is left to expire.
-                log.warning("%d session tracker change(s) not sent: %s", len(ids), exc)
+                reason = (
+                    f"auth did not answer within {CALL_TIMEOUT:g}s"
+                    if isinstance(exc, TimeoutError)
+                    else str(exc)
+                )
+                log.warning("%d session tracker change(s) not sent: %s", len(ids), reason)
 
     async def _refresher(self) -> None:
         while True:
