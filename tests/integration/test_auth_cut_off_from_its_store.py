@@ -23,7 +23,7 @@ import pytest
 
 from tests.support.cluster import BIN, Cluster, User, cgsh_shell, run
 from tests.support.ha import OtherAuth, another_auth
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, certgate_config
 from tests.support.tcp_relay import TcpRelay
 from tests.support.wait import eventually
 
@@ -49,13 +49,7 @@ spec:
 
 
 def _config(path: Path, conninfo: str) -> str:
-    path.write_text(
-        "version: v1\n"
-        "auth_service:\n"
-        "  storage:\n"
-        "    type: postgres\n"
-        f"    conn_string: {json.dumps(conninfo)}\n"
-    )
+    path.write_text(certgate_config(conninfo))
     return str(path)
 
 

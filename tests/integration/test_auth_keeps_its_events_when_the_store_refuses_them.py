@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support.cluster import Cluster
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, certgate_config
 from tests.support.wait import eventually
 
 TABLE = "certgate_audit_events"
@@ -40,13 +40,7 @@ def cluster(
 ) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("audit-fallback")
     config = workdir / "certgate.yaml"
-    config.write_text(
-        "version: v1\n"
-        "auth_service:\n"
-        "  storage:\n"
-        "    type: postgres\n"
-        f"    conn_string: {json.dumps(postgres_server.conninfo(schema))}\n"
-    )
+    config.write_text(certgate_config(postgres_server.conninfo(schema)))
     c = Cluster(workdir, roles="auth", extra_args=["--config", str(config)])
     c.start()
     yield c

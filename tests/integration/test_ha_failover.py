@@ -27,7 +27,7 @@ import pytest
 
 from tests.support.cluster import BIN, Cluster, User, cgsh_shell, run
 from tests.support.net import free_port
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, certgate_config
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sessions as root need root")
@@ -113,13 +113,7 @@ def ha(tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
     schema = postgres_server.create_schema()
     workdir = tmp_path_factory.mktemp("failover")
     config = workdir / "certgate.yaml"
-    config.write_text(
-        "version: v1\n"
-        "auth_service:\n"
-        "  storage:\n"
-        "    type: postgres\n"
-        f"    conn_string: {json.dumps(postgres_server.conninfo(schema))}\n"
-    )
+    config.write_text(certgate_config(postgres_server.conninfo(schema)))
     auth_a = Cluster(workdir / "a", roles="auth", extra_args=["--config", str(config)])
     services: list[Service] = []
     try:

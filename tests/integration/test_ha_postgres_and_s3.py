@@ -25,7 +25,7 @@ import pytest
 
 from tests.support.cluster import BIN, Cluster, User, cgsh_shell, run
 from tests.support.ha import another_auth
-from tests.support.postgres import PostgresServer
+from tests.support.postgres import PostgresServer, certgate_config
 from tests.support.s3 import S3Server
 from tests.support.wait import eventually
 
@@ -59,15 +59,8 @@ def cluster(
     schema, bucket = stores
     workdir = tmp_path_factory.mktemp("ha")
     config = workdir / "certgate.yaml"
-    config.write_text(
-        "version: v1\n"
-        "auth_service:\n"
-        "  storage:\n"
-        "    type: postgres\n"
-        f"    conn_string: {json.dumps(postgres_server.conninfo(schema))}\n"
-        "  recordings:\n"
-        f"    uri: {json.dumps(s3_server.uri(bucket, 'cluster-a'))}\n"
-    )
+    recordings = f"  recordings:\n    uri: {json.dumps(s3_server.uri(bucket, 'cluster-a'))}\n"
+    config.write_text(certgate_config(postgres_server.conninfo(schema), recordings))
     c = Cluster(workdir, roles="auth,proxy,node", extra_args=["--config", str(config)])
     c.start()
     c.cgctl("create", "-f", "-", input=RECORDED)

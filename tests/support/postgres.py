@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import ipaddress
+import json
 import os
 import pwd
 import shutil
@@ -295,3 +296,15 @@ def postgres_schema(postgres_server: PostgresServer) -> Iterator[str]:
     name = postgres_server.create_schema()
     yield name
     postgres_server.drop_schema(name)
+
+
+def certgate_config(conninfo: str, auth_service_more: str = "") -> str:
+    """A certgate.yaml whose auth keeps its state in PostgreSQL at `conninfo`, with
+    `auth_service_more` (lines indented under auth_service) added."""
+    return (
+        "version: v1\n"
+        "auth_service:\n"
+        "  storage:\n"
+        "    type: postgres\n"
+        f"    conn_string: {json.dumps(conninfo)}\n" + auth_service_more
+    )
