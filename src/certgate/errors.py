@@ -113,3 +113,14 @@ def from_json(status: int, body: object) -> CertgateError:
         if cls.http_status == status:
             return cls(f"request failed with status {status}")
     return CertgateError(f"request failed with status {status}")
+
+
+def what_broke(exc: BaseException) -> str:
+    """An error's own words, or what it is when it has none (a read cut off or a
+    timeout often says nothing: a log line ending in ": " told an operator nothing)."""
+    text = str(exc).strip()
+    if text:
+        return text
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    return f"the connection broke off ({type(exc).__name__})"

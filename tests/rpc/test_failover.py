@@ -14,8 +14,8 @@ import httpx
 import pytest
 from aiohttp import web
 
-from certgate.errors import ConnectionProblem
-from certgate.rpc.auth_client import AsyncAuthClient, what_broke
+from certgate.errors import ConnectionProblem, what_broke
+from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.failover import AuthAddresses, Backoff
 from certgate.transport import client_context
 from tests.support.net import free_port

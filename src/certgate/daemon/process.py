@@ -44,7 +44,7 @@ from certgate.daemon.config import Config, dial_addr, split_addr
 from certgate.daemon.diag import Diagnostics, Metrics
 from certgate.daemon.listeners import LimitedSite, bound_sockets, limited_runner
 from certgate.daemon.logs import secure_data_dir
-from certgate.errors import BadParameter, CertgateError, NotFound
+from certgate.errors import BadParameter, CertgateError, NotFound, what_broke
 from certgate.kube.kubeconfig import in_cluster, load_kubeconfig
 from certgate.kube.service import KubeService
 from certgate.node.agent import NodeAgent
@@ -619,6 +619,10 @@ class Daemon:
         return runner
 
 
+# How long /readyz waits for the store to answer (a balancer's check timeout is longer).
+STORE_PROBE_SECONDS = 2.0
+
+
 async def _store_ready(backend: Backend) -> str | None:
     # A load balancer then sends clients to an auth that sees the others' writes (locks).
     # Checked first: it needs no round trip, so a health check of an auth cut off from
@@ -629,10 +633,10 @@ async def _store_ready(backend: Backend) -> str | None:
             " (locks) are not reaching this one"
         )
     try:
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(STORE_PROBE_SECONDS):
             await backend.current_revision()
     except (CertgateError, TimeoutError, OSError) as exc:
-        return f"store unreachable: {exc}"
+        return f"store unreachable: {what_broke(exc)}"
     return None
 
 

@@ -43,7 +43,7 @@ from certgate.access.kube import (
 from certgate.access.rbac import RoleSet
 from certgate.api.certs import identity_from_x509
 from certgate.api.identity import SYSTEM_PROXY, Identity
-from certgate.errors import AccessDenied, BadParameter, CertgateError
+from certgate.errors import AccessDenied, BadParameter, CertgateError, what_broke
 from certgate.kube.filtering import MAX_FILTERED_BODY, answer, relay_filtered, relay_watch
 from certgate.kube.kubeconfig import Upstream
 from certgate.kube.observe import KubeObservers
@@ -103,7 +103,8 @@ async def dial(upstream: Upstream) -> tuple[asyncio.StreamReader, asyncio.Stream
             )
     except (OSError, TimeoutError, ssl.SSLError) as exc:
         raise BadParameter(
-            f'cannot reach the API server of kubernetes cluster "{upstream.name}": {exc}'
+            f'cannot reach the API server of kubernetes cluster "{upstream.name}": '
+            + what_broke(exc)
         ) from exc
     streaming(writer)
     return reader, writer

@@ -49,7 +49,7 @@ from pydantic import BaseModel
 
 from certgate.access.cached_access import CachedAccess
 from certgate.api.node import Node
-from certgate.errors import BadParameter, CertgateError
+from certgate.errors import BadParameter, CertgateError, what_broke
 from certgate.proxy.agentless_certs import AgentlessCertSource
 from certgate.proxy.agentless_user import Dialled, UserConnection
 from certgate.rpc.audit import AuditSink
@@ -207,7 +207,7 @@ class AgentlessForwarder:
                 sock.close()
                 raise
         except (TimeoutError, OSError, ValueError, IndexError) as exc:
-            log.warning("%s: %s", reason, exc)
+            log.warning("%s: %s", reason, what_broke(exc))
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock

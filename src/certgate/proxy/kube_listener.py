@@ -38,7 +38,7 @@ from certgate.access.kube import (
 from certgate.api.certs import identity_from_x509
 from certgate.api.identity import Identity
 from certgate.api.kube_cluster import PROXY_PATH_PREFIX, KubeCluster
-from certgate.errors import AccessDenied, BadParameter, CertgateError, NotFound
+from certgate.errors import AccessDenied, BadParameter, CertgateError, NotFound, what_broke
 from certgate.rpc.watcher import ResourceView
 from certgate.srv.http1 import (
     MAX_HEAD,
@@ -176,7 +176,7 @@ class KubeListener:
                 )
         except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
             raise BadParameter(
-                f"cannot reach its kube service at {cluster.spec.addr}: {exc}"
+                f"cannot reach its kube service at {cluster.spec.addr}: {what_broke(exc)}"
             ) from exc
         streaming(writer)
         return reader, writer

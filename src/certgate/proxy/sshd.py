@@ -35,7 +35,7 @@ from certgate.access.cached_access import CachedAccess
 from certgate.api.identity import Identity
 from certgate.api.node import Node
 from certgate.api.session_tracker import parse_join_login
-from certgate.errors import AccessDenied, CertgateError, NotFound
+from certgate.errors import AccessDenied, CertgateError, NotFound, what_broke
 from certgate.proxy.agentless import AgentlessForwarder
 from certgate.proxy.kube_join import KubeJoins, KubeJoinTarget
 from certgate.proxy.tunnel import NodeTunnel, open_tunnel
@@ -202,7 +202,7 @@ class _Connection(asyncssh.SSHServer):
             tunnel = await open_tunnel(host, int(port), DIAL_TIMEOUT)
         except (TimeoutError, OSError) as exc:
             reason = f'node "{node.name}" at {node.spec.addr} is unreachable'
-            log.warning("%s: %s", reason, exc)
+            log.warning("%s: %s", reason, what_broke(exc))
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason) from None
         self._tunnels.add(tunnel)
         return tunnel

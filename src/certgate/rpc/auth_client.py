@@ -23,7 +23,7 @@ import httpx
 if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None  # type: ignore[assignment]
 
-from certgate.errors import CertgateError, ConnectionProblem, from_json
+from certgate.errors import CertgateError, ConnectionProblem, from_json, what_broke
 from certgate.rpc.failover import AuthAddresses
 
 DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
@@ -91,17 +91,6 @@ def _unreachable(base_url: str, exc: Exception) -> CertgateError:
     if isinstance(exc, httpx.TimeoutException):
         return ConnectionProblem(f"{base_url} did not answer in time: it may be busy, try again")
     return ConnectionProblem(f"cannot reach {base_url}: {what_broke(exc)}")
-
-
-def what_broke(exc: BaseException) -> str:
-    """An error's own words, or what it is when it has none (a read cut off or a
-    timeout often says nothing: a log line ending in ": " told an operator nothing)."""
-    text = str(exc).strip()
-    if text:
-        return text
-    if isinstance(exc, TimeoutError):
-        return "no answer in time"
-    return f"the connection broke off ({type(exc).__name__})"
 
 
 class AuthClient:

@@ -22,7 +22,7 @@ import json
 import ssl
 
 from certgate.api.identity import Identity
-from certgate.errors import AccessDenied, BadParameter, CertgateError, NotFound
+from certgate.errors import AccessDenied, BadParameter, CertgateError, NotFound, what_broke
 from certgate.srv.http1 import (
     MAX_HEAD,
     Head,
@@ -83,7 +83,7 @@ async def open_observer(
                 host, int(port), ssl=tls, server_hostname=host, limit=MAX_HEAD
             )
     except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
-        raise BadParameter(f"cannot reach the kube service at {addr}: {exc}") from exc
+        raise BadParameter(f"cannot reach the kube service at {addr}: {what_broke(exc)}") from exc
     try:
         writer.write(observe_request(identity, session_id, client_addr).encode())
         async with asyncio.timeout(CONNECT_TIMEOUT):
