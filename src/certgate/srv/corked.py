@@ -132,6 +132,10 @@ class CorkedTransport(asyncio.Transport):
         the peer has not taken by then (a client that stopped reading) is dropped, not
         drained first. Nothing more is read or written; the transport's abort (which
         closes the socket, with that reset) is left to the connection's, which follows."""
+        if self._sink.is_closing():  # the peer went first: nothing left to cut
+            self._pending.clear()
+            self._closing = True
+            return
         sock = self._sink.get_extra_info("socket") if self._on_socket else None
         if sock is None or self._sink.get_write_buffer_size():
             # Behind output the sink still holds: the packet goes to the sink after it.
