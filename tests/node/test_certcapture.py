@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import inspect
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from certgate.api.identity import Identity
+from certgate.auth.ca import CASigner
 from certgate.errors import AccessDenied
 from certgate.node.sshd import NodeSSHServer
 from certgate.srv import certcapture
@@ -138,6 +140,76 @@ def test_certificate_text_round_trips(authorities: Authorities) -> None:
         certcapture.certificate_text(b"\x00")
 
 
+Authorize = Callable[[Identity, str, str], Awaitable[SessionPolicy]]
+
+
+async def _allow(identity: Identity, login: str, client_addr: str) -> SessionPolicy:
+    return SessionPolicy()
+
+
+async def _start_node(
+    authorities: Authorities, authorize: Authorize, user_ca_lines: Callable[[], list[str]]
+) -> tuple[NodeSSHServer, int]:
+    host_key = ed25519.Ed25519PrivateKey.generate()
+    host_public = host_key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    host_cert = authorities.host.sign_host_ssh(
+        host_public.decode(), "node-cc", ["127.0.0.1"], datetime.now(UTC) + timedelta(hours=1)
+    )
+    server = NodeSSHServer(
+        host_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ),
+        host_cert,
+        user_ca_lines,
+        authorize,
+        None,
+        "node-cc",
+    )
+    return server, await server.start("127.0.0.1", 0)
+
+
+def _client_key(
+    ca: CASigner, identity: Identity, valid: timedelta = timedelta(hours=1)
+) -> tuple[Any, Any]:
+    user_key = ec.generate_private_key(ec.SECP256R1())
+    public = user_key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    now = datetime.now(UTC)
+    cert = ca.sign_user_ssh(
+        public.decode(),
+        identity,
+        now - timedelta(minutes=1),
+        now + valid,
+        permit_port_forwarding=False,
+        permit_agent_forwarding=False,
+    )
+    private = user_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    return asyncssh.import_private_key(private), asyncssh.import_certificate(cert)
+
+
+async def _login(port: int, keys: list[tuple[Any, Any]]) -> None:
+    async with asyncssh.connect(
+        "127.0.0.1",
+        port,
+        username="root",
+        client_keys=keys,
+        known_hosts=None,
+        agent_path=None,
+        config=None,
+        encryption_algs=["aes128-gcm@openssh.com"],
+    ):
+        pass
+
+
 async def test_asyncssh_client_login_hands_the_certificate_identity_to_the_authorizer(
     authorities: Authorities,
 ) -> None:
@@ -150,61 +222,7 @@ async def test_asyncssh_client_login_hands_the_certificate_identity_to_the_autho
             raise AccessDenied("blocked")
         return SessionPolicy()
 
-    host_key = ed25519.Ed25519PrivateKey.generate()
-    host_public = host_key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    now = datetime.now(UTC)
-    host_cert = authorities.host.sign_host_ssh(
-        host_public.decode(), "node-cc", ["127.0.0.1"], now + timedelta(hours=1)
-    )
-    server = NodeSSHServer(
-        host_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        ),
-        host_cert,
-        lambda: authorities.user_ca_lines,
-        authorize,
-        None,
-        "node-cc",
-    )
-    port = await server.start("127.0.0.1", 0)
-
-    def client_key(identity: Identity) -> tuple[Any, Any]:
-        user_key = ec.generate_private_key(ec.SECP256R1())
-        public = user_key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        cert = authorities.user.sign_user_ssh(
-            public.decode(),
-            identity,
-            now - timedelta(minutes=1),
-            now + timedelta(hours=1),
-            permit_port_forwarding=False,
-            permit_agent_forwarding=False,
-        )
-        private = user_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-        return asyncssh.import_private_key(private), asyncssh.import_certificate(cert)
-
-    async def login(keys: list[tuple[Any, Any]]) -> None:
-        async with asyncssh.connect(
-            "127.0.0.1",
-            port,
-            username="root",
-            client_keys=keys,
-            known_hosts=None,
-            agent_path=None,
-            config=None,
-            encryption_algs=["aes128-gcm@openssh.com"],
-        ):
-            pass
-
+    server, port = await _start_node(authorities, authorize, lambda: authorities.user_ca_lines)
     try:
         identity = Identity(
             username="carol",
@@ -212,7 +230,7 @@ async def test_asyncssh_client_login_hands_the_certificate_identity_to_the_autho
             traits={"team": ["infra"]},
             logins=("root",),
         )
-        await login([client_key(identity)])
+        await _login(port, [_client_key(authorities.user, identity)])
         assert len(seen) == 1
         got, got_login, client_addr = seen[0]
         assert (got.username, got.roles, got.traits, got.logins) == (
@@ -226,8 +244,59 @@ async def test_asyncssh_client_login_hands_the_certificate_identity_to_the_autho
         # A refusal by the authorizer is a failed login.
         blocked = Identity(username="dave", roles=("blocked",), logins=("root",))
         with pytest.raises(asyncssh.PermissionDenied):
-            await login([client_key(blocked)])
+            await _login(port, [_client_key(authorities.user, blocked)])
         assert [identity.username for identity, _, _ in seen] == ["carol", "dave"]
+    finally:
+        await server.close()
+
+
+async def test_a_trusted_certificate_is_parsed_once_and_still_checked_every_time(
+    authorities: Authorities, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[bytes] = []
+    decode = certcapture.decode_ssh_certificate
+
+    def counting_decode(key_data: bytes) -> Any:
+        parsed.append(key_data)
+        return decode(key_data)
+
+    monkeypatch.setattr(certcapture, "decode_ssh_certificate", counting_decode)
+    certcapture.TRUSTED_CERTIFICATES.clear()
+    trusted = list(authorities.user_ca_lines)
+    server, port = await _start_node(authorities, _allow, lambda: trusted)
+    erin = Identity(username="erin", roles=("dev",), logins=("root",))
+    try:
+        # Two connections, each a probe and a signed request: parsed once.
+        keys = [_client_key(authorities.user, erin)]
+        cert = keys[0][1].public_data
+        await _login(port, keys)
+        await _login(port, keys)
+        assert parsed.count(cert) == 1
+
+        # A stranger's certificate is refused every time and never kept.
+        stranger = [_client_key(authorities.other, erin)]
+        for _ in range(2):
+            with pytest.raises(asyncssh.PermissionDenied):
+                await _login(port, stranger)
+        assert parsed.count(stranger[0][1].public_data) == 2
+        assert certcapture.TRUSTED_CERTIFICATES.get(stranger[0][1].public_data) is None
+
+        # A kept certificate past its end is refused: validity is checked every time.
+        class Later:
+            @staticmethod
+            def time() -> float:
+                return datetime.now(UTC).timestamp() + 2 * 3600
+
+        with monkeypatch.context() as later:
+            later.setattr(asyncssh.public_key, "time", Later)
+            with pytest.raises(asyncssh.PermissionDenied):
+                await _login(port, keys)
+
+        # So is one whose CA the node no longer trusts (a rotation, say).
+        trusted[:] = [authorities.other.public_key_text]
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _login(port, keys)
+        assert parsed.count(cert) == 1  # refused from the kept parse, not parsed again
     finally:
         await server.close()
 

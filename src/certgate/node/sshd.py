@@ -241,6 +241,7 @@ class _Connection(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername")
         self.client_addr = _format_addr(str(peer[0]), int(peer[1])) if peer else ""
         certcapture.install_certificate_capture(conn, self._certificate_verified)
+        certcapture.reuse_trusted_certificates(conn)
         certcapture.skip_config_reload(conn)
         certcapture.skip_ignore_packets(conn)
         certcapture.guard_agent_forwarding(conn, self._allow_agent, self._agent_socket_created)

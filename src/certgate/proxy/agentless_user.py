@@ -118,6 +118,7 @@ class UserConnection(asyncssh.SSHServer):
         self.node_name = self._dialled.node.name
         self._trusted = self._forwarder.trusted_user_cas()
         certcapture.install_certificate_capture(conn, self._certificate_verified)
+        certcapture.reuse_trusted_certificates(conn)
         self._forwarder.add_connection(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -44,6 +44,7 @@ from certgate.srv.certcapture import (
     certificate_identity,
     check_compatible,
     install_certificate_capture,
+    reuse_trusted_certificates,
     skip_config_reload,
     skip_ignore_packets,
 )
@@ -79,6 +80,7 @@ class _Connection(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername")
         self.client_addr = f"{peer[0]}:{peer[1]}" if peer else ""
         install_certificate_capture(conn, self._verified)
+        reuse_trusted_certificates(conn)
         skip_config_reload(conn)
         skip_ignore_packets(conn)
         _allow_jumping(conn)
