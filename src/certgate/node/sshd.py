@@ -53,9 +53,9 @@ from certgate.node.spawner import Spawner
 from certgate.srv import certcapture
 from certgate.srv.audit_queue import AuditSink, AuditWriter, BatchSink, audit_writer
 from certgate.srv.authorize import AUTHORIZE_TIMEOUT, LoginRefused, check_login
+from certgate.srv.certificate_login import CertificateLogin
 from certgate.srv.corked import CorkedListener
-from certgate.srv.forwarding import loopback_bind
-from certgate.srv.join import JoinChannel, SessionParty, join_refusal
+from certgate.srv.join import SessionParty
 from certgate.srv.live import LiveClient, LiveSession
 from certgate.srv.registry import SessionRegistry
 from certgate.srv.server_options import DEFAULT_CIPHERS, certificate_server_options
@@ -69,7 +69,7 @@ from certgate.srv.session import (
     SessionRefused,
     SessionTracking,
 )
-from certgate.srv.user_cas import NO_KEYS, TrustedUserCAs, UserCAKeys
+from certgate.srv.user_cas import TrustedUserCAs, UserCAKeys
 
 log = logging.getLogger(__name__)
 
@@ -213,26 +213,19 @@ class NodeSSHServer:
         self._audit_queue.put(event, fields)
 
 
-class _Connection(asyncssh.SSHServer):
+class _Connection(CertificateLogin):
     """One client connection: its authentication and what it was allowed."""
 
     def __init__(self, node: NodeSSHServer) -> None:
+        super().__init__(node.registry, log)
         self._node = node
-        self._conn: Any = None
-        self._trusted: UserCAKeys = NO_KEYS
-        self.client_addr = ""
-        self.client: LiveClient | None = None
         self.account: UnixAccount | None = None
-        # Set for a join login: (mode, session id); such a connection only joins.
-        self.join: tuple[str, str] | None = None
 
-    @property
-    def policy(self) -> SessionPolicy:
-        return self.client.policy if self.client is not None else SessionPolicy()
+    def user_cas(self) -> UserCAKeys:
+        return self._node._user_cas.current()
 
-    @property
-    def login(self) -> str:
-        return self.client.login if self.client is not None else ""
+    def audit(self, event: str, fields: dict[str, Any]) -> None:
+        self._node._audit(event, fields)
 
     # ---- asyncssh callbacks --------------------------------------------------
 
@@ -249,37 +242,12 @@ class _Connection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._node._connections.discard(self)
-        if self.client is not None:
-            self._node.registry.remove_client(self.client)
-            self.client.joins.clear()
-
-    def begin_auth(self, username: str) -> bool:
-        # Read now, so a rotated CA applies to the next login (user_cas.py); the login
-        # is checked against the principals by `_certificate_verified`, first thing.
-        self._trusted = trusted = self._node._user_cas.current()
-        if trusted.authorized_keys is not None:
-            self._conn.set_authorized_keys(trusted.authorized_keys)
-        return True  # every login authenticates
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: Any) -> bool:
-        return False  # plain keys never: only certificates from the user CA
-
-    def validate_ca_key(self, username: str, key: Any) -> bool:
-        return bytes(key.public_data) in self._trusted.blobs
+        super().connection_lost(exc)
 
     def session_requested(self) -> Any:
         client = self.client
         if client is not None and self.join is not None:
-            mode, session_id = self.join
-            registry = self._node.registry
-            channel = JoinChannel(
-                client.identity.username, mode, session_id, lambda: registry.party(session_id)
-            )
-            client.joins.add(channel)
-            return channel
+            return self.join_channel(client)
         if client is None or self.account is None:
             return False
         return _Session(self, client, self.account)
@@ -287,27 +255,16 @@ class _Connection(asyncssh.SSHServer):
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> bool:
-        allowed = self.policy.port_forwarding
-        self._audit_forward("local", f"{dest_host}:{dest_port}", allowed)
-        if not allowed:
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                "port forwarding is not allowed by your roles",
-            )
-        if self.client is not None:
-            self.client.touch()
+        self.check_local_forward(dest_host, dest_port)
         return True
 
     def server_requested(self, listen_host: str, listen_port: int) -> Any:
-        policy = self.policy
-        allowed = policy.port_forwarding
         # The listener is opened by this (root) process: only root may ask for a
         # privileged port, as with sshd.
-        if 0 < listen_port < 1024 and (self.account is None or self.account.uid != 0):
-            allowed = False
-        bind = listen_host if policy.remote_bind_any else loopback_bind(listen_host)
-        self._audit_forward("remote", f"{bind}:{listen_port}", allowed)
-        if not allowed:
+        privileged = 0 < listen_port < 1024
+        root = self.account is not None and self.account.uid == 0
+        bind = self.remote_forward_bind(listen_host, listen_port, allowed=root or not privileged)
+        if bind is None:
             return False
         if bind == listen_host:
             return True
@@ -322,7 +279,7 @@ class _Connection(asyncssh.SSHServer):
         try:
             identity = certcapture.certificate_identity(key_data)
         except (BadParameter, ValueError) as exc:
-            self._reject(None, login, f"malformed certificate: {exc}")
+            self.refuse(None, login, f"malformed certificate: {exc}")
             return False
         join = parse_join_login(login)
         if join is not None:
@@ -333,10 +290,10 @@ class _Connection(asyncssh.SSHServer):
             )
             account = node._accounts.lookup(login)
         except LoginRefused as exc:
-            self._reject(identity, login, exc.reason)
+            self.refuse(identity, login, exc.reason)
             return False
         except NotFound as exc:
-            self._reject(identity, login, exc.message)
+            self.refuse(identity, login, exc.message)
             return False
         self.account = account
         self._admit(identity, login, policy)
@@ -367,40 +324,16 @@ class _Connection(asyncssh.SSHServer):
             node._join_authorizer(identity, session.info, mode)
 
         party = session.party if session is not None else None
-        refusal = join_refusal(mode, session_id, party, authorize)
-        if refusal is not None:
-            self._reject(identity, login, refusal)
+        if not self.accept_join(identity, login, mode, session_id, party, authorize):
             return False
-        self.join = (mode, session_id)
         self._admit(identity, login, SessionPolicy())
         return True
 
-    def _reject(self, identity: Identity | None, login: str, reason: str) -> None:
-        user = identity.username if identity is not None else ""
-        log.info("refused %s as %s from %s: %s", user or "?", login, self.client_addr, reason)
-        self._node._audit(
-            "session.rejected",
-            {"user": user, "login": login, "reason": reason, "client_addr": self.client_addr},
-        )
-
     # ---- forwarding ----------------------------------------------------------
-
-    def _audit_forward(self, kind: str, addr: str, allowed: bool) -> None:
-        self._node._audit(
-            "port_forward",
-            {
-                "user": self.client.identity.username if self.client else "",
-                "login": self.login,
-                "client_addr": self.client_addr,
-                "kind": kind,
-                "addr": addr,
-                "allowed": allowed,
-            },
-        )
 
     def _allow_agent(self) -> bool:
         allowed = self.policy.forward_agent and self.account is not None
-        self._node._audit(
+        self.audit(
             "agent_forward",
             {
                 "user": self.client.identity.username if self.client else "",

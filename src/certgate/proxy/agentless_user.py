@@ -37,13 +37,12 @@ from certgate.errors import BadParameter, CertgateError
 from certgate.proxy.agentless_session import ChannelPipe, RelaySession
 from certgate.srv import certcapture
 from certgate.srv.authorize import LoginRefused, check_login
+from certgate.srv.certificate_login import CertificateLogin
 from certgate.srv.corked import CorkedTunnel
-from certgate.srv.forwarding import loopback_bind
 from certgate.srv.hangup import close_connection
-from certgate.srv.join import JoinChannel, join_refusal
 from certgate.srv.live import LiveClient
 from certgate.srv.session import SessionPolicy
-from certgate.srv.user_cas import NO_KEYS, UserCAKeys
+from certgate.srv.user_cas import UserCAKeys
 
 if TYPE_CHECKING:
     from certgate.proxy.agentless import AgentlessForwarder
@@ -74,36 +73,28 @@ class Dialled:
             self.sock.close()
 
 
-class UserConnection(asyncssh.SSHServer):
+class UserConnection(CertificateLogin):
     """One user's SSH connection to an agentless node, and the proxy's to its sshd."""
 
     def __init__(self, forwarder: AgentlessForwarder) -> None:
+        super().__init__(forwarder.registry, log)
         self._forwarder = forwarder
-        self._conn: Any = None
         self._dialled: Dialled | None = None
-        self._trusted: UserCAKeys = NO_KEYS
-        self.client_addr = ""
         self.node_name = ""
-        self.client: LiveClient | None = None
         self._presented = ""
-        # Set for a join login: (mode, session id); such a connection only joins.
-        self.join: tuple[str, str] | None = None
         self._onward_task: asyncio.Task[asyncssh.SSHClientConnection] | None = None
         self._onward: asyncssh.SSHClientConnection | None = None
         self._onward_refusal_audited = False
         self._lost = False
 
-    @property
-    def identity(self) -> Identity | None:
-        return self.client.identity if self.client is not None else None
+    def user_cas(self) -> UserCAKeys:
+        return self._forwarder.trusted_user_cas()
 
-    @property
-    def login(self) -> str:
-        return self.client.login if self.client is not None else ""
+    def audit(self, event: str, fields: dict[str, Any]) -> None:
+        self._forwarder.audit(event, {**fields, "node": self.node_name})
 
-    @property
-    def policy(self) -> SessionPolicy:
-        return self.client.policy if self.client is not None else SessionPolicy()
+    def describe_target(self) -> str:
+        return f" on {self.node_name}"
 
     # ---- asyncssh callbacks ----------------------------------------------------
 
@@ -116,7 +107,6 @@ class UserConnection(asyncssh.SSHServer):
             conn.abort()
             return
         self.node_name = self._dialled.node.name
-        self._trusted = self._forwarder.trusted_user_cas()
         certcapture.install_certificate_capture(conn, self._certificate_verified)
         certcapture.reuse_trusted_certificates(conn)
         self._forwarder.add_connection(self)
@@ -124,9 +114,7 @@ class UserConnection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._forwarder.remove_connection(self)
-        if self.client is not None:
-            self._forwarder.registry.remove_client(self.client)
-            self.client.joins.clear()
+        super().connection_lost(exc)
         if self._onward_task is not None and not self._onward_task.done():
             # A task cancelled before its first step never runs its own cleanup.
             self._onward_task.cancel()
@@ -135,58 +123,25 @@ class UserConnection(asyncssh.SSHServer):
         if self._dialled is not None:
             self._dialled.close()  # unless asyncssh's transport owns it by now
 
-    def begin_auth(self, username: str) -> bool:
-        # principals="*": asyncssh would refuse a login that is not a principal
-        # silently; `_certificate_verified` checks it and audits the refusal.
-        if self._trusted.authorized_keys is not None:
-            self._conn.set_authorized_keys(self._trusted.authorized_keys)
-        return True
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: Any) -> bool:
-        return False  # only certificates from the user CA
-
-    def validate_ca_key(self, username: str, key: Any) -> bool:
-        return bytes(key.public_data) in self._trusted.blobs
-
     def session_requested(self) -> Any:
         client = self.client
         if client is None:
             return False
         if self.join is not None:
-            mode, session_id = self.join
-            forwarder = self._forwarder
-            channel = JoinChannel(
-                client.identity.username, mode, session_id, lambda: forwarder.party(session_id)
-            )
-            client.joins.add(channel)
-            return channel
+            return self.join_channel(client)
         return self._open_session(client)
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> Any:
-        allowed = self.policy.port_forwarding
-        self._audit_forward("local", f"{dest_host}:{dest_port}", allowed)
-        if not allowed:
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                "port forwarding is not allowed by your roles",
-            )
-        if self.client is not None:
-            self.client.touch()
+        self.check_local_forward(dest_host, dest_port)
         return self._open_direct(dest_host, dest_port, orig_host, orig_port)
 
     def server_requested(self, listen_host: str, listen_port: int) -> Any:
-        policy = self.policy
-        allowed = policy.port_forwarding
         # The sshd's own GatewayPorts would decide otherwise; ask it for what the roles
         # allow, so a permissive sshd config does not widen them.
-        bind = listen_host if policy.remote_bind_any else loopback_bind(listen_host)
-        self._audit_forward("remote", f"{bind}:{listen_port}", allowed)
-        if not allowed:
+        bind = self.remote_forward_bind(listen_host, listen_port)
+        if bind is None:
             return False
         return self._open_remote(listen_host, bind, listen_port)
 
@@ -199,7 +154,7 @@ class UserConnection(asyncssh.SSHServer):
             presented = certcapture.certificate_text(key_data)
             identity = identity_from_ssh_cert(presented)
         except (BadParameter, ValueError) as exc:
-            self._reject(None, login, f"malformed certificate: {exc}")
+            self.refuse(None, login, f"malformed certificate: {exc}")
             return False
         join = parse_join_login(login)
         if join is not None:
@@ -210,7 +165,7 @@ class UserConnection(asyncssh.SSHServer):
                 forwarder.authorizer_for(node), identity, login, self.client_addr
             )
         except LoginRefused as exc:
-            self._reject(identity, login, exc.reason)
+            self.refuse(identity, login, exc.reason)
             return False
         self._presented = presented
         # Agents are not relayed to agentless nodes (the sshd would need the socket).
@@ -248,24 +203,10 @@ class UserConnection(asyncssh.SSHServer):
             )
 
         party = session.party if session is not None else None
-        refusal = join_refusal(mode, session_id, party, authorize)
-        if refusal is not None:
-            self._reject(identity, login, refusal)
+        if not self.accept_join(identity, login, mode, session_id, party, authorize):
             return False
-        self.join = (mode, session_id)
         self._admit(identity, login, SessionPolicy())
         return True
-
-    def _reject(self, identity: Identity | None, login: str, reason: str) -> None:
-        user = identity.username if identity is not None else ""
-        log.info(
-            "refused %s as %s on %s from %s: %s",
-            user or "?", login, self.node_name, self.client_addr, reason,
-        )  # fmt: skip
-        self.audit(
-            "session.rejected",
-            {"user": user, "login": login, "reason": reason, "client_addr": self.client_addr},
-        )
 
     # ---- the connection to the sshd --------------------------------------------
 
@@ -343,7 +284,7 @@ class UserConnection(asyncssh.SSHServer):
         if not self._onward_refusal_audited:
             self._onward_refusal_audited = True
             log.info("agentless onward connection failed: %s", reason)
-            self._reject(self.identity, self.login, reason)
+            self.refuse(self.identity, self.login, reason)
         return asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, reason)
 
     async def onward(self) -> asyncssh.SSHClientConnection:
@@ -401,24 +342,6 @@ class UserConnection(asyncssh.SSHServer):
             return False
         bound = listener.get_port() or listen_port
         return listener
-
-    # ---- helpers -------------------------------------------------------------------
-
-    def audit(self, event: str, fields: dict[str, Any]) -> None:
-        self._forwarder.audit(event, {**fields, "node": self.node_name})
-
-    def _audit_forward(self, kind: str, addr: str, allowed: bool) -> None:
-        self.audit(
-            "port_forward",
-            {
-                "user": self.identity.username if self.identity else "",
-                "login": self.login,
-                "client_addr": self.client_addr,
-                "kind": kind,
-                "addr": addr,
-                "allowed": allowed,
-            },
-        )
 
     # ---- termination -------------------------------------------------------------
 
