@@ -26,9 +26,7 @@ import contextlib
 import logging
 import os
 import random
-import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncssh
@@ -69,13 +67,10 @@ from certgate.srv.session import (
     SessionRefused,
     SessionTracking,
 )
+from certgate.srv.session_channel import SessionChannel
 from certgate.srv.user_cas import TrustedUserCAs, UserCAKeys
 
 log = logging.getLogger(__name__)
-
-# A channel queues at most this much output before the child's output is paused; a few
-# SSH packets' worth keeps the pipe full without holding megabytes per session.
-WRITE_HIGH_WATER = 256 * 1024
 
 
 def _format_addr(host: str, port: int) -> str:
@@ -363,7 +358,7 @@ class _Connection(CertificateLogin):
             self._conn.abort()
 
 
-class _Session(asyncssh.SSHServerSession[bytes]):
+class _Session(SessionChannel):
     """One session channel: its request, its child process and the relay between them.
 
     The I/O of a LiveSession (srv/live.py), which owns the rest of its life; it is also
@@ -371,39 +366,13 @@ class _Session(asyncssh.SSHServerSession[bytes]):
     """
 
     def __init__(self, connection: _Connection, client: LiveClient, account: UnixAccount) -> None:
+        super().__init__(client)
         self._node = connection._node
-        self._client = client
         self._account = account
-        self._chan: Any = None
-        self.id = str(uuid.uuid4())
-        self.core: LiveSession | None = None
-        self._kind = ""
-        self._command: str | None = None
-        self._term: str | None = None
-        self._term_size: tuple[int, int, int, int] | None = None
         self._child: ChildProcess | None = None
         self._exit_code: int | None = None
 
     # ---- requests ------------------------------------------------------------
-
-    def connection_made(self, chan: Any) -> None:
-        self._chan = chan
-        chan.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-
-    def pty_requested(
-        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any
-    ) -> bool:
-        self._term = term_type
-        self._term_size = term_size
-        return True
-
-    def shell_requested(self) -> bool:
-        self._kind = "shell"
-        return True
-
-    def exec_requested(self, command: str) -> bool:
-        self._kind, self._command = "exec", command
-        return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
         if subsystem != "sftp" or not os.access(SFTP_SERVER, os.X_OK):
@@ -413,23 +382,8 @@ class _Session(asyncssh.SSHServerSession[bytes]):
 
     def session_started(self) -> None:
         size = self._term_size
-        if size is not None and (size[0] <= 0 or size[1] <= 0):
-            size = self._term_size = (80, 24, 0, 0)
         client = self._client
-        info = SessionInfo(
-            id=self.id,
-            identity=client.identity,
-            login=client.login,
-            kind=self._kind,
-            started=datetime.now(UTC),
-            client_addr=client.client_addr,
-            command=self._command,
-            tty=size is not None,
-            term_size=(size[0], size[1]) if size is not None else None,
-            term=self._term,
-            protocol="ssh",
-            shell=self._account.shell,
-        )
+        info = self.session_info(shell=self._account.shell)
         node = self._node
         core = self.core = LiveSession(
             client,
@@ -503,15 +457,9 @@ class _Session(asyncssh.SSHServerSession[bytes]):
             self._child.close_stdin()
         return True  # keep the channel open for the child's remaining output
 
-    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
-        if width <= 0 or height <= 0:
-            return
-        self._term_size = (width, height, pixwidth, pixheight)
+    def resize_target(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         if self._child is not None:
             self._child.resize(width, height, pixwidth, pixheight)
-        if self.core is not None:
-            self.core.input()
-            self.core.resized(width, height)
 
     def signal_received(self, signal: str) -> None:
         signum = signal_by_name(signal)
@@ -579,13 +527,6 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         return {"exit_code": self._exit_code} if self._exit_code is not None else {}
 
     # ---- SessionIO (what the core asks of us) ------------------------------------
-
-    def write(self, data: bytes, stderr: bool) -> None:
-        with contextlib.suppress(OSError):
-            if stderr:
-                self._chan.write_stderr(data)
-            else:
-                self._chan.write(data)
 
     def stop(self) -> None:
         """Close the channel (close() flushes what the window allows), stop the child's

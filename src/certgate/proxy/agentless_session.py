@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncssh
@@ -33,11 +31,9 @@ import asyncssh
 from certgate.srv.live import LiveClient, LiveSession
 from certgate.srv.registry import SessionRegistry
 from certgate.srv.session import ObserverFactory, SessionInfo, SessionRefused, SessionTracking
+from certgate.srv.session_channel import WRITE_HIGH_WATER, SessionChannel
 
 log = logging.getLogger("certgate.proxy.agentless")
-
-# A channel queues at most this much before the other side is paused (as on the node).
-WRITE_HIGH_WATER = 256 * 1024
 
 
 class RelayHost(Protocol):
@@ -53,7 +49,7 @@ class RelayHost(Protocol):
     def tracking(self) -> SessionTracking | None: ...
 
 
-class RelaySession(asyncssh.SSHServerSession[bytes]):
+class RelaySession(SessionChannel):
     """One session channel of the user, relayed to one session channel on the sshd.
 
     The I/O of a LiveSession (srv/live.py), which owns the rest of its life.
@@ -65,19 +61,11 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         host: RelayHost,
         onward: asyncssh.SSHClientConnection,
     ) -> None:
-        self._client = client
+        super().__init__(client)
         self._host = host
         self._onward_conn = onward
-        self.id = str(uuid.uuid4())
-        self.core: LiveSession | None = None
-        self._chan: Any = None
         self._onward: Any = None  # the sshd's session channel, once open
-        self._kind = ""
-        self._command: str | None = None
         self._subsystem: str | None = None
-        self._term: str | None = None
-        self._term_size: tuple[int, int, int, int] | None = None
-        self._term_modes: dict[int, int] = {}
         self._early: list[bytes] = []
         self._early_eof = False
         self._task: asyncio.Task[None] | None = None
@@ -90,27 +78,6 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
 
     # ---- the user's requests -------------------------------------------------
 
-    def connection_made(self, chan: Any) -> None:
-        self._chan = chan
-        chan.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-
-    def pty_requested(
-        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any
-    ) -> bool:
-        self._term = term_type
-        width, height = term_size[0] or 80, term_size[1] or 24
-        self._term_size = (width, height, term_size[2], term_size[3])
-        self._term_modes = dict(term_modes or {})
-        return True
-
-    def shell_requested(self) -> bool:
-        self._kind = "shell"
-        return True
-
-    def exec_requested(self, command: str) -> bool:
-        self._kind, self._command = "exec", command
-        return True
-
     def subsystem_requested(self, subsystem: str) -> bool:
         if subsystem != "sftp":
             return False
@@ -119,22 +86,8 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
 
     def session_started(self) -> None:
         client = self._client
-        size = self._term_size
-        info = SessionInfo(
-            id=self.id,
-            identity=client.identity,
-            login=client.login,
-            kind=self._kind,
-            started=datetime.now(UTC),
-            client_addr=client.client_addr,
-            command=self._command,
-            tty=size is not None,
-            term_size=(size[0], size[1]) if size is not None else None,
-            term=self._term,
-            node=client.target,
-            protocol="ssh",
-            # No shell: the proxy cannot know the agentless node's accounts.
-        )
+        # No shell: the proxy cannot know the agentless node's accounts.
+        info = self.session_info(node=client.target)
         host = self._host
         core = self.core = LiveSession(
             client,
@@ -212,16 +165,10 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
             self._early_eof = True
         return True  # keep the channel open for the sshd's remaining output
 
-    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
-        if width <= 0 or height <= 0:
-            return
-        self._term_size = (width, height, pixwidth, pixheight)
+    def resize_target(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         if self._onward is not None:
             with contextlib.suppress(OSError):
                 self._onward.change_terminal_size(width, height, pixwidth, pixheight)
-        if self.core is not None:
-            self.core.input()
-            self.core.resized(width, height)
 
     def signal_received(self, signal: str) -> None:
         if self._onward is not None:
@@ -311,13 +258,6 @@ class RelaySession(asyncssh.SSHServerSession[bytes]):
         return {}
 
     # ---- SessionIO (what the core asks of us) ------------------------------------
-
-    def write(self, data: bytes, stderr: bool) -> None:
-        with contextlib.suppress(OSError):
-            if stderr:
-                self._chan.write_stderr(data)
-            else:
-                self._chan.write(data)
 
     def stop(self) -> None:
         """End the sshd's session and close the user's channel."""
