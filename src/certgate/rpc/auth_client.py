@@ -6,12 +6,15 @@ Answers are JSON; an error answer is turned back into the certgate error that ca
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
+import json as jsonlib
 import ssl
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from typing import Any, BinaryIO
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
 
 import httpx
 
@@ -43,6 +46,10 @@ SERVICE_TIMEOUT = httpx.Timeout(15.0, connect=30.0)
 # node sends. httpx's own default, 5 s, made every heartbeat a new handshake.
 KEEPALIVE_EXPIRY = 50.0
 DOWNLOAD_CHUNK = 256 * 1024
+# Connections a service keeps to one auth address at most.
+MAX_CONNECTIONS = 64
+# A streamed request body that makes no progress this long fails the call.
+WRITE_STALL = 15.0
 SOCKET_CLOSE_SECONDS = 2.0
 # Failures before a request left: another auth address may be tried with the same call.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -56,7 +63,41 @@ class NotASocket(ConnectionProblem):
     the socket form, and the caller uses the plain one."""
 
 
-def _raise_for(response: httpx.Response) -> None:
+class _Answer(Protocol):
+    """What _decode reads of an answer: an httpx.Response or an Answer."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An auth answer read whole (what AsyncAuthClient.raw returns)."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
+
+
+def _raise_for(response: _Answer) -> None:
     if response.status_code < 400:
         return
     try:
@@ -66,7 +107,7 @@ def _raise_for(response: httpx.Response) -> None:
     raise from_json(response.status_code, body)
 
 
-def _decode(response: httpx.Response) -> Any:
+def _decode(response: _Answer) -> Any:
     _raise_for(response)
     if response.status_code == 204 or not response.content:
         return None
@@ -91,6 +132,42 @@ def _unreachable(base_url: str, exc: Exception) -> CertgateError:
     if isinstance(exc, httpx.TimeoutException):
         return ConnectionProblem(f"{base_url} did not answer in time: it may be busy, try again")
     return ConnectionProblem(f"cannot reach {base_url}: {what_broke(exc)}")
+
+
+def _unreachable_over_aiohttp(base_url: str, exc: Exception) -> CertgateError:
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return ConnectionProblem(f"cannot verify the TLS certificate of {base_url}: {exc}")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ConnectionProblem(
+            f"{base_url} did not answer in time: no connection within the timeout (TLS "
+            "handshake included); it is busy or unreachable, try again"
+        )
+    if isinstance(exc, TimeoutError):
+        return ConnectionProblem(f"{base_url} did not answer in time: it may be busy, try again")
+    return ConnectionProblem(f"cannot reach {base_url}: {what_broke(exc)}")
+
+
+def _query(params: Any) -> Any:
+    """Query parameters as httpx wrote them (None as "", booleans as true/false): aiohttp
+    takes only strings and numbers. A list of pairs passes as it is."""
+    if not isinstance(params, Mapping):
+        return params
+    return {
+        key: "" if value is None else str(value).lower() if isinstance(value, bool) else value
+        for key, value in params.items()
+    }
+
+
+async def _paced(chunks: AsyncIterable[bytes], deadline: asyncio.Timeout) -> AsyncIterator[bytes]:
+    """`chunks`, each taken only once the last was written: the deadline moves on with
+    every one, and is lifted after the last (the answer has its own read timeout)."""
+    loop = asyncio.get_running_loop()
+    async for chunk in chunks:
+        deadline.reschedule(loop.time() + WRITE_STALL)
+        yield chunk
+    deadline.reschedule(None)
 
 
 class AuthClient:
@@ -152,6 +229,7 @@ class AsyncAuthClient:
         self._context = context
         self._headers = headers
         self._sockets: Any = None  # an aiohttp.ClientSession, made at the first websocket()
+        self._calls: Any = None  # an aiohttp.ClientSession, made at the first call
         # Answers from an auth that could serve (anything but 503), counted, and the
         # address of the latest: a watch on an auth that is behind its store moves to
         # one that serves (rpc/watcher.py).
@@ -164,7 +242,7 @@ class AsyncAuthClient:
                 timeout=SERVICE_TIMEOUT,
                 headers=headers,
                 limits=httpx.Limits(
-                    max_connections=64,
+                    max_connections=MAX_CONNECTIONS,
                     max_keepalive_connections=32,
                     keepalive_expiry=KEEPALIVE_EXPIRY,
                 ),
@@ -252,22 +330,73 @@ class AsyncAuthClient:
         params: Any = None,
         headers: dict[str, str] | None = None,
         content: bytes | AsyncIterable[bytes] | None = None,  # an iterable streams
-    ) -> httpx.Response:
-        def build(client: httpx.AsyncClient) -> httpx.Request:
-            return client.build_request(
-                method, path, json=json, params=params, headers=headers, content=content
-            )
+    ) -> Answer:
+        """One call, its answer read whole, over aiohttp: a call costs a node a quarter
+        of httpx's CPU (0.28 against 1.2 ms for a small PUT over TLS, measured here),
+        and every session's recording is one.
 
-        replayable = not isinstance(content, AsyncIterable)
-        url, response = await self._send(build, replayable)
-        try:
-            await response.aread()
-        except httpx.HTTPError as exc:
-            self._addresses.failed(url)
-            raise _unreachable(url, exc) from exc
-        finally:
-            await response.aclose()
-        return response
+        A streamed body (`content` iterable) is read once, so it goes to the current
+        address only; one that makes no progress for WRITE_STALL seconds (auth stopped
+        reading it) fails the call, as httpx's write timeout did."""
+        import aiohttp  # here: cgsh imports this module and never calls through it
+
+        session = self._call_session()
+        streamed = isinstance(content, AsyncIterable)
+        addresses = self._addresses.in_order()
+        tried = addresses[:1] if streamed else addresses
+        last: Exception | None = None
+        for n, url in enumerate(tried, start=1):
+            try:
+                async with asyncio.timeout(None) as deadline:
+                    data: Any = content
+                    if streamed:
+                        assert isinstance(content, AsyncIterable)
+                        data = _paced(content, deadline)
+                    async with session.request(
+                        method,
+                        url + path,
+                        json=json,
+                        params=_query(params),
+                        headers=headers,
+                        data=data,
+                    ) as response:
+                        answer = Answer(response.status, response.headers, await response.read())
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                self._addresses.failed(url)  # nothing was sent: the next may have it
+                last = exc
+                continue
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self._addresses.failed(url)
+                raise _unreachable_over_aiohttp(url, exc) from exc
+            if answer.status_code == UNAVAILABLE and n < len(tried):
+                self._addresses.failed(url)
+                continue
+            self._addresses.worked(url)
+            self._answered_by(url, answer.status_code)
+            return answer
+        assert last is not None
+        raise _unreachable_over_aiohttp(self._describe(), last) from last
+
+    def _call_session(self) -> Any:
+        """The aiohttp session of `raw` and `call`, made at the first call."""
+        import aiohttp
+
+        if self._calls is None:
+            self._calls = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    ssl=self._context,
+                    limit=0,
+                    limit_per_host=MAX_CONNECTIONS,
+                    keepalive_timeout=KEEPALIVE_EXPIRY,
+                ),
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=SERVICE_TIMEOUT.connect,  # the wait for a pooled one included
+                    sock_read=SERVICE_TIMEOUT.read,
+                ),
+            )
+        return self._calls
 
     @contextlib.asynccontextmanager
     async def raw_stream(
@@ -379,5 +508,7 @@ class AsyncAuthClient:
     async def close(self) -> None:
         for client in self._clients.values():
             await client.aclose()
+        if self._calls is not None:
+            await self._calls.close()
         if self._sockets is not None:
             await self._sockets.close()
