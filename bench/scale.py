@@ -73,7 +73,7 @@ from certgate.api.meta import Metadata
 from certgate.api.node import Node, NodeSpec
 from certgate.daemon import event_loop
 from certgate.errors import CertgateError, ConnectionProblem
-from certgate.rpc.auth_client import SERVICE_TIMEOUT, AsyncAuthClient
+from certgate.rpc.auth_client import CONNECT_TIMEOUT, READ_TIMEOUT, AsyncAuthClient
 from certgate.rpc.failover import Backoff
 from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import fetch_host_ca
@@ -121,9 +121,9 @@ async def _join(client: AsyncAuthClient, token: str, name: str) -> IdentityFiles
 async def _connect(
     host: str, port: int, context: ssl.SSLContext
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    # The real node's connect timeout (rpc/auth_client.SERVICE_TIMEOUT): 30 s, TLS
+    # The real node's connect timeout (rpc/auth_client.CONNECT_TIMEOUT): 30 s, TLS
     # handshake included.
-    async with asyncio.timeout(SERVICE_TIMEOUT.connect):
+    async with asyncio.timeout(CONNECT_TIMEOUT):
         return await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
 
 
@@ -179,7 +179,7 @@ class BeatConnection:
             else:
                 phase = "kept"  # on the connection kept since the last beat
             # Then the node's 15 s for the answer.
-            async with asyncio.timeout(SERVICE_TIMEOUT.read):
+            async with asyncio.timeout(READ_TIMEOUT):
                 await self._beat(*self._streams)
         except _BROKEN as exc:
             self.close()
@@ -314,7 +314,7 @@ class SocketWatch(WatchConnection):
         self._asked[ident] = answered
         try:
             self._writer.write(_client_frame(json.dumps({**body, "id": ident}).encode()))
-            async with asyncio.timeout(SERVICE_TIMEOUT.read):
+            async with asyncio.timeout(READ_TIMEOUT):
                 answer = await answered
         except _BROKEN as exc:
             raise BeatFailed("socket", exc) from None

@@ -120,3 +120,29 @@ async def test_an_auth_whose_certificate_the_cluster_did_not_sign_is_refused(
     finally:
         await client.close()
         await runner.cleanup()
+
+
+async def test_a_watch_line_of_any_length_comes_whole() -> None:
+    # aiohttp's own readline refuses lines over 128 KiB; a watch event carries a whole
+    # resource, and a large role is one line.
+    big = '{"role": "' + "r" * 300_000 + '"}'
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        text = ('{"a": 1}\r\n' + big + "\n" + '{"b": 2}').encode()
+        for start in range(0, len(text), 7_000):  # in pieces, split anywhere
+            await response.write(text[start : start + 7_000])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/watch", watch)
+    runner, port = await _serve(app)
+    client = AsyncAuthClient(f"http://127.0.0.1:{port}", client_context())
+    try:
+        async with client.stream("GET", "/v1/watch") as lines:
+            assert [line async for line in lines] == ['{"a": 1}', big, '{"b": 2}']
+    finally:
+        await client.close()
+        await runner.cleanup()

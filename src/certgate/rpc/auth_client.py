@@ -12,9 +12,9 @@ import importlib.util
 import json as jsonlib
 import ssl
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 import httpx
 
@@ -30,20 +30,22 @@ from certgate.errors import CertgateError, ConnectionProblem, from_json, what_br
 from certgate.rpc.failover import AuthAddresses
 
 DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
-# Services (nodes, proxies) wait longer for the connection itself: httpx's connect
-# timeout covers the TLS handshake too, and an auth that 10,000 nodes connect to at
+# Services (nodes, proxies) wait longer for the connection itself: the connect timeout
+# covers the TLS handshake too, and an auth that 10,000 nodes connect to at
 # once (its restart) takes handshakes a few at a time and lets the rest wait up to its
 # handshake_timeout (10 s by default; daemon/listeners.py). A node that gave up at 5 s
 # threw away its place in that queue and came back at the end of it, with the work
 # already done for it lost: at 10,000 nodes auth answered nothing. 30 s is above the
 # server's 10 s with room for the kernel's accept queue; the cost is that a
 # black-holed auth address (no RST) is tried for 30 s before the next one.
-SERVICE_TIMEOUT = httpx.Timeout(15.0, connect=30.0)
+CONNECT_TIMEOUT = 30.0
+# A service's call fails when auth sends nothing for this long.
+READ_TIMEOUT = 15.0
 # How long an idle connection to auth is kept for the next call: above a node's
 # heartbeat interval (10 s by default; 30 s on large fleets), so heartbeats reuse one
 # connection rather than pay a new mTLS handshake each (auth's dearest work per beat);
 # below auth's default idle_timeout (60 s), so auth is not the one closing it as the
-# node sends. httpx's own default, 5 s, made every heartbeat a new handshake.
+# node sends. httpx's default, 5 s, made every heartbeat a new handshake.
 KEEPALIVE_EXPIRY = 50.0
 DOWNLOAD_CHUNK = 256 * 1024
 # Connections a service keeps to one auth address at most.
@@ -51,8 +53,6 @@ MAX_CONNECTIONS = 64
 # A streamed request body that makes no progress this long fails the call.
 WRITE_STALL = 15.0
 SOCKET_CLOSE_SECONDS = 2.0
-# Failures before a request left: another auth address may be tried with the same call.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # What an auth answers when it cannot serve now (its store out of reach, or it cannot
 # confirm locks): with several addresses, the call goes on to the next.
 UNAVAILABLE = 503
@@ -95,6 +95,28 @@ class Answer:
 
     def json(self) -> Any:
         return jsonlib.loads(self.content)
+
+
+class StreamedAnswer:
+    """An answer whose body is read as it comes (AsyncAuthClient.raw_stream)."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response  # an aiohttp ClientResponse
+
+    @property
+    def status_code(self) -> int:
+        return int(self._response.status)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return cast(Mapping[str, str], self._response.headers)
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body as it arrives, any content-encoding undone."""
+        return cast(AsyncIterator[bytes], self._response.content.iter_any())
+
+    async def aread(self) -> bytes:
+        return cast(bytes, await self._response.read())
 
 
 def _raise_for(response: _Answer) -> None:
@@ -158,6 +180,23 @@ def _query(params: Any) -> Any:
         key: "" if value is None else str(value).lower() if isinstance(value, bool) else value
         for key, value in params.items()
     }
+
+
+async def _lines(response: Any) -> AsyncIterator[str]:
+    """An answer's lines as they come, without their line ends; no bound on a line's
+    length (aiohttp's readline has one)."""
+    pending = bytearray()
+    async for chunk in response.content.iter_any():
+        pending += chunk
+        if b"\n" not in chunk:
+            continue
+        *lines, rest = pending.split(b"\n")
+        pending = bytearray(rest)
+        for line in lines:
+            if line := line.rstrip(b"\r"):
+                yield line.decode("utf-8", errors="replace")
+    if pending.rstrip(b"\r"):
+        yield pending.rstrip(b"\r").decode("utf-8", errors="replace")
 
 
 async def _paced(chunks: AsyncIterable[bytes], deadline: asyncio.Timeout) -> AsyncIterator[bytes]:
@@ -235,20 +274,6 @@ class AsyncAuthClient:
         # one that serves (rpc/watcher.py).
         self._served = 0
         self._last_served = ""
-        self._clients = {
-            url: httpx.AsyncClient(
-                base_url=url,
-                verify=context,
-                timeout=SERVICE_TIMEOUT,
-                headers=headers,
-                limits=httpx.Limits(
-                    max_connections=MAX_CONNECTIONS,
-                    max_keepalive_connections=32,
-                    keepalive_expiry=KEEPALIVE_EXPIRY,
-                ),
-            )
-            for url in self._addresses.all
-        }
 
     @property
     def base_url(self) -> str:
@@ -272,40 +297,6 @@ class AsyncAuthClient:
         if status != UNAVAILABLE:
             self._served += 1
             self._last_served = url
-
-    async def _send(
-        self, build: Callable[[httpx.AsyncClient], httpx.Request], replayable: bool = True
-    ) -> tuple[str, httpx.Response]:
-        """Send to the current address, or the next ones while they cannot be reached or
-        cannot serve (503: an auth cut off from its store; the last one's 503 is the
-        answer).
-
-        The answer's body is left unread. A streamed request body is read once, so such a
-        request is not `replayable`: it goes to the current address only.
-        """
-        last: httpx.HTTPError | None = None
-        addresses = self._addresses.in_order()
-        tried = addresses if replayable else addresses[:1]
-        for n, url in enumerate(tried, start=1):
-            client = self._clients[url]
-            try:
-                response = await client.send(build(client), stream=True)
-            except _NOT_SENT as exc:
-                self._addresses.failed(url)
-                last = exc
-                continue
-            except httpx.HTTPError as exc:
-                self._addresses.failed(url)
-                raise _unreachable(url, exc) from exc
-            if response.status_code == UNAVAILABLE and n < len(tried):
-                await response.aclose()
-                self._addresses.failed(url)
-                continue
-            self._addresses.worked(url)
-            self._answered_by(url, response.status_code)
-            return url, response
-        assert last is not None
-        raise _unreachable(self._describe(), last) from last
 
     def _describe(self) -> str:
         urls = self._addresses.all
@@ -331,54 +322,116 @@ class AsyncAuthClient:
         headers: dict[str, str] | None = None,
         content: bytes | AsyncIterable[bytes] | None = None,  # an iterable streams
     ) -> Answer:
-        """One call, its answer read whole, over aiohttp: a call costs a node a quarter
-        of httpx's CPU (0.28 against 1.2 ms for a small PUT over TLS, measured here),
-        and every session's recording is one.
+        """One call, its answer read whole.
 
         A streamed body (`content` iterable) is read once, so it goes to the current
         address only; one that makes no progress for WRITE_STALL seconds (auth stopped
-        reading it) fails the call, as httpx's write timeout did."""
+        reading it) fails the call."""
         import aiohttp  # here: cgsh imports this module and never calls through it
 
-        session = self._call_session()
         streamed = isinstance(content, AsyncIterable)
+        url = self._addresses.current()
+        try:
+            async with asyncio.timeout(None) as deadline:
+                data: Any = content
+                if streamed:
+                    assert isinstance(content, AsyncIterable)
+                    data = _paced(content, deadline)
+                url, response = await self._open(
+                    method,
+                    path,
+                    replayable=not streamed,
+                    json=json,
+                    params=_query(params),
+                    headers=headers,
+                    data=data,
+                )
+                async with response:
+                    return Answer(response.status, response.headers, await response.read())
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._addresses.failed(url)
+            raise _unreachable_over_aiohttp(url, exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def raw_stream(
+        self,
+        method: str,
+        path: str,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+    ) -> AsyncIterator[StreamedAnswer]:
+        """Like `raw`, but the body is left unread: iterate `aiter_bytes()` inside.
+
+        However long the answer, only a chunk of it is in memory at a time (the proxy
+        passes a recording through this way). A failure while reading the body becomes
+        ConnectionProblem, as one before the answer does.
+        """
+        import aiohttp
+
+        url, response = await self._open(
+            method, path, params=_query(params), headers=headers, data=content
+        )
+        try:
+            yield StreamedAnswer(response)
+        except aiohttp.ClientError as exc:
+            raise _unreachable_over_aiohttp(url, exc) from exc
+        finally:
+            response.release()
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, path: str, params: Any = None, silence: float = 5.0
+    ) -> AsyncIterator[AsyncIterator[str]]:
+        """A long answer, line by line (the watch stream), from any auth that answers;
+        `silence` seconds without a byte mean the stream is dead (the watch pings)."""
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=silence)
+        url, response = await self._open(method, path, params=_query(params), timeout=timeout)
+        try:
+            if response.status >= 400:
+                _raise_for(Answer(response.status, response.headers, await response.read()))
+            yield _lines(response)
+        except aiohttp.ClientError as exc:
+            self._addresses.failed(url)
+            raise _unreachable_over_aiohttp(url, exc) from exc
+        finally:
+            response.release()
+
+    async def _open(self, method: str, path: str, replayable: bool = True, **request: Any) -> Any:
+        """(address, aiohttp answer with its body unread: release it) from the current
+        address, or the next ones while they cannot be reached (nothing was sent) or
+        cannot serve (503: an auth cut off from its store; the last one's 503 is the
+        answer). A request that is not `replayable` goes to the current address only."""
+        import aiohttp
+
+        session = self._call_session()
         addresses = self._addresses.in_order()
-        tried = addresses[:1] if streamed else addresses
+        tried = addresses if replayable else addresses[:1]
         last: Exception | None = None
         for n, url in enumerate(tried, start=1):
             try:
-                async with asyncio.timeout(None) as deadline:
-                    data: Any = content
-                    if streamed:
-                        assert isinstance(content, AsyncIterable)
-                        data = _paced(content, deadline)
-                    async with session.request(
-                        method,
-                        url + path,
-                        json=json,
-                        params=_query(params),
-                        headers=headers,
-                        data=data,
-                    ) as response:
-                        answer = Answer(response.status, response.headers, await response.read())
+                response = await session.request(method, url + path, **request)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 self._addresses.failed(url)  # nothing was sent: the next may have it
                 last = exc
                 continue
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except (aiohttp.ClientError, OSError) as exc:
                 self._addresses.failed(url)
                 raise _unreachable_over_aiohttp(url, exc) from exc
-            if answer.status_code == UNAVAILABLE and n < len(tried):
+            if response.status == UNAVAILABLE and n < len(tried):
+                response.release()
                 self._addresses.failed(url)
                 continue
             self._addresses.worked(url)
-            self._answered_by(url, answer.status_code)
-            return answer
+            self._answered_by(url, response.status)
+            return url, response
         assert last is not None
         raise _unreachable_over_aiohttp(self._describe(), last) from last
 
     def _call_session(self) -> Any:
-        """The aiohttp session of `raw` and `call`, made at the first call."""
+        """The aiohttp session of calls and answer streams, made at the first call."""
         import aiohttp
 
         if self._calls is None:
@@ -392,63 +445,11 @@ class AsyncAuthClient:
                 headers=self._headers,
                 timeout=aiohttp.ClientTimeout(
                     total=None,
-                    connect=SERVICE_TIMEOUT.connect,  # the wait for a pooled one included
-                    sock_read=SERVICE_TIMEOUT.read,
+                    connect=CONNECT_TIMEOUT,  # the wait for a pooled connection included
+                    sock_read=READ_TIMEOUT,
                 ),
             )
         return self._calls
-
-    @contextlib.asynccontextmanager
-    async def raw_stream(
-        self,
-        method: str,
-        path: str,
-        params: Any = None,
-        headers: dict[str, str] | None = None,
-        content: bytes | AsyncIterable[bytes] | None = None,
-    ) -> AsyncIterator[httpx.Response]:
-        """Like `raw`, but the body is left unread: iterate `aiter_bytes()` inside.
-
-        However long the answer, only a chunk of it is in memory at a time (the proxy
-        passes a recording through this way). A failure while reading the body becomes
-        ConnectionProblem, as one before the answer does.
-        """
-
-        def build(client: httpx.AsyncClient) -> httpx.Request:
-            return client.build_request(
-                method, path, params=params, headers=headers, content=content
-            )
-
-        url, response = await self._send(build, not isinstance(content, AsyncIterable))
-        try:
-            yield response
-        except httpx.HTTPError as exc:
-            raise _unreachable(url, exc) from exc
-        finally:
-            await response.aclose()
-
-    @contextlib.asynccontextmanager
-    async def stream(
-        self, method: str, path: str, params: Any = None, silence: float = 5.0
-    ) -> AsyncIterator[AsyncIterator[str]]:
-        """A long answer, line by line (the watch stream), from any auth that answers;
-        `silence` seconds without a byte mean the stream is dead (the watch pings)."""
-        timeout = httpx.Timeout(silence, connect=SERVICE_TIMEOUT.connect)
-
-        def build(client: httpx.AsyncClient) -> httpx.Request:
-            return client.build_request(method, path, params=params, timeout=timeout)
-
-        url, response = await self._send(build)
-        try:
-            if response.status_code >= 400:
-                await response.aread()
-                _raise_for(response)
-            yield response.aiter_lines()
-        except httpx.HTTPError as exc:
-            self._addresses.failed(url)
-            raise _unreachable(url, exc) from exc
-        finally:
-            await response.aclose()
 
     @contextlib.asynccontextmanager
     async def websocket(
@@ -467,7 +468,7 @@ class AsyncAuthClient:
             self._sockets = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._context, limit=0),
                 headers=self._headers,
-                timeout=aiohttp.ClientTimeout(total=None, connect=SERVICE_TIMEOUT.connect),
+                timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT),
             )
         last: Exception | None = None
         addresses = self._addresses.in_order()
@@ -506,8 +507,6 @@ class AsyncAuthClient:
         raise ConnectionProblem(f"cannot reach {self._describe()}: {what_broke(last)}")
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
         if self._calls is not None:
             await self._calls.close()
         if self._sockets is not None:
