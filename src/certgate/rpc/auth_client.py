@@ -6,7 +6,7 @@ Answers are JSON; an error answer is turned back into the certgate error that ca
 The sync client is httpx; the async one is aiohttp, imported at its first call (cgsh
 imports this module and never makes one). A service calls auth for every recording,
 audit batch and tracker change: a small PUT over TLS cost 1.2 ms of CPU with httpx
-and 0.28 ms with aiohttp on the same server (bench/README.md, concurrency.py).
+and 0.28 ms with aiohttp on the same server (measured apart: bench/README.md).
 """
 
 from __future__ import annotations
