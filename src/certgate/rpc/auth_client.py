@@ -144,34 +144,38 @@ def _decode(response: _Answer) -> Any:
 
 
 def _unreachable(base_url: str, exc: Exception) -> CertgateError:
+    """An httpx failure (the command-line client), in the words _connection_problem has."""
     if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
         return ConnectionProblem(
             f"cannot verify the TLS certificate of {base_url}: pass --insecure for a "
             "self-signed proxy, or check the address"
         )
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+    no_connection = isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout)
+    timed_out = isinstance(exc, httpx.TimeoutException)
+    return _connection_problem(base_url, exc, no_connection, timed_out)
+
+
+def _unreachable_over_aiohttp(base_url: str, exc: Exception) -> CertgateError:
+    """An aiohttp failure (the services' client), in the same words."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return ConnectionProblem(f"cannot verify the TLS certificate of {base_url}: {exc}")
+    no_connection = isinstance(exc, aiohttp.ConnectionTimeoutError)
+    return _connection_problem(base_url, exc, no_connection, isinstance(exc, TimeoutError))
+
+
+def _connection_problem(
+    base_url: str, exc: Exception, no_connection: bool, timed_out: bool
+) -> CertgateError:
+    if no_connection:
         # A busy server takes TLS handshakes a few at a time (daemon/listeners.py): a
         # connection still queued for one when the client gives up is this, not a refusal.
         return ConnectionProblem(
             f"{base_url} did not answer in time: no connection within the timeout (TLS "
             "handshake included); it is busy or unreachable, try again"
         )
-    if isinstance(exc, httpx.TimeoutException):
-        return ConnectionProblem(f"{base_url} did not answer in time: it may be busy, try again")
-    return ConnectionProblem(f"cannot reach {base_url}: {what_broke(exc)}")
-
-
-def _unreachable_over_aiohttp(base_url: str, exc: Exception) -> CertgateError:
-    import aiohttp
-
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return ConnectionProblem(f"cannot verify the TLS certificate of {base_url}: {exc}")
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return ConnectionProblem(
-            f"{base_url} did not answer in time: no connection within the timeout (TLS "
-            "handshake included); it is busy or unreachable, try again"
-        )
-    if isinstance(exc, TimeoutError):
+    if timed_out:
         return ConnectionProblem(f"{base_url} did not answer in time: it may be busy, try again")
     return ConnectionProblem(f"cannot reach {base_url}: {what_broke(exc)}")
 
@@ -347,7 +351,7 @@ class AsyncAuthClient:
                     path,
                     replayable=not streamed,
                     json=json,
-                    params=_query(params),
+                    params=params,
                     headers=headers,
                     data=data,
                 )
@@ -374,9 +378,7 @@ class AsyncAuthClient:
         """
         import aiohttp
 
-        url, response = await self._open(
-            method, path, params=_query(params), headers=headers, data=content
-        )
+        url, response = await self._open(method, path, params=params, headers=headers, data=content)
         try:
             yield StreamedAnswer(response)
         except aiohttp.ClientError as exc:
@@ -393,7 +395,7 @@ class AsyncAuthClient:
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT, sock_read=silence)
-        url, response = await self._open(method, path, params=_query(params), timeout=timeout)
+        url, response = await self._open(method, path, params=params, timeout=timeout)
         try:
             if response.status >= 400:
                 _raise_for(Answer(response.status, response.headers, await response.read()))
@@ -412,6 +414,7 @@ class AsyncAuthClient:
         import aiohttp
 
         session = self._call_session()
+        request["params"] = _query(request.get("params"))
         addresses = self._addresses.in_order()
         tried = addresses if replayable else addresses[:1]
         last: Exception | None = None
