@@ -16,6 +16,8 @@ from datetime import datetime
 from enum import Enum
 from typing import Protocol
 
+from certgate.errors import BadParameter
+
 
 @dataclass(frozen=True)
 class Item:
@@ -98,3 +100,44 @@ class Backend(Protocol):
     async def catch_up(self, timeout: float) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+# ---- what every implementation checks and computes the same way -------------------
+
+
+def checked_value(item: Item) -> bytes:
+    """`item`'s value as bytes, once the item is checked: BadParameter for an empty key,
+    a value that is not bytes, or an expiry without a timezone."""
+    if not isinstance(item.key, str) or not item.key:
+        raise BadParameter("item key must be a non-empty string")
+    if not isinstance(item.value, bytes | bytearray | memoryview):
+        raise BadParameter(f"value of {item.key} must be bytes")
+    if item.expires is not None and item.expires.tzinfo is None:
+        raise BadParameter(f"expiry must carry a timezone, got {item.expires.isoformat()}")
+    return bytes(item.value)
+
+
+def watched_prefixes(prefixes: Sequence[str], start_revision: int) -> tuple[str, ...]:
+    """`watch`'s arguments checked (BadParameter), its prefixes as a tuple."""
+    if isinstance(prefixes, str):
+        raise BadParameter("watch takes a list of prefixes, not one string")
+    if not prefixes:
+        raise BadParameter('watch needs at least one prefix; "" watches every key')
+    if start_revision < 0:
+        raise BadParameter(f"start_revision must not be negative, got {start_revision}")
+    return tuple(prefixes)
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest string above every string that starts with `prefix` (None: none is).
+
+    With it, `key >= prefix AND key < end` is an index range: both stores order keys
+    by code point (SQLite's BINARY on UTF-8 text, PostgreSQL's COLLATE "C"), as Python
+    does.
+    """
+    point = ord(prefix[-1]) + 1
+    if point > 0x10FFFF:
+        return None
+    if 0xD800 <= point <= 0xDFFF:  # surrogates are not characters; skip past them
+        point = 0xE000
+    return prefix[:-1] + chr(point)

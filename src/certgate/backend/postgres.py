@@ -48,7 +48,14 @@ from psycopg import AsyncConnection, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from certgate.backend.base import Event, EventType, Item
+from certgate.backend.base import (
+    Event,
+    EventType,
+    Item,
+    checked_value,
+    prefix_end,
+    watched_prefixes,
+)
 from certgate.clock import Clock, SystemClock
 from certgate.errors import (
     AlreadyExists,
@@ -226,19 +233,6 @@ async def migrate(conn: AsyncConnection[Any], component: str, steps: Sequence[st
 _MIGRATION_LOCK = 0x63677465  # "cgte"
 
 
-def _prefix_end(prefix: str) -> str | None:
-    """The smallest string above every string that starts with `prefix` (None: none is).
-
-    The key column sorts by code point (COLLATE "C" on UTF-8), as Python does.
-    """
-    point = ord(prefix[-1]) + 1
-    if point > 0x10FFFF:
-        return None
-    if 0xD800 <= point <= 0xDFFF:  # surrogates are not characters; skip past them
-        point = 0xE000
-    return prefix[:-1] + chr(point)
-
-
 def _prefix_clause(prefixes: Sequence[str]) -> tuple[sql.Composable, list[Any]]:
     """SQL matching keys under any of `prefixes` (index ranges), and its parameters."""
     parts: list[sql.Composable] = []
@@ -246,7 +240,7 @@ def _prefix_clause(prefixes: Sequence[str]) -> tuple[sql.Composable, list[Any]]:
     for prefix in prefixes:
         if prefix == "":
             return sql.SQL("true"), []
-        end = _prefix_end(prefix)
+        end = prefix_end(prefix)
         if end is None:
             parts.append(sql.SQL("(key >= %s AND starts_with(key, %s))"))
             params += [prefix, prefix]
@@ -254,16 +248,6 @@ def _prefix_clause(prefixes: Sequence[str]) -> tuple[sql.Composable, list[Any]]:
             parts.append(sql.SQL("(key >= %s AND key < %s)"))
             params += [prefix, end]
     return sql.SQL("(") + sql.SQL(" OR ").join(parts) + sql.SQL(")"), params
-
-
-def _check_item(item: Item) -> bytes:
-    if not isinstance(item.key, str) or not item.key:
-        raise BadParameter("item key must be a non-empty string")
-    if not isinstance(item.value, bytes | bytearray | memoryview):
-        raise BadParameter(f"value of {item.key} must be bytes")
-    if item.expires is not None and item.expires.tzinfo is None:
-        raise BadParameter(f"expiry must carry a timezone, got {item.expires.isoformat()}")
-    return bytes(item.value)
 
 
 # PostgreSQL's timestamptz ends in year 9999 (psycopg refuses later ones); an expiry
@@ -502,7 +486,7 @@ class PostgresBackend:
         return [found[key] for key in keys if key in found]
 
     async def create(self, item: Item) -> Item:
-        value = _check_item(item)
+        value = checked_value(item)
         now = self._clock.now()
 
         async def create(conn: AsyncConnection[Any], head: int) -> int:
@@ -518,7 +502,7 @@ class PostgresBackend:
         holds the writers' lock only while the server runs it, not across round trips.
         `stored` and `logged` read from `bumped`, so the counter row is locked first,
         as in every other write (no lock-order deadlock)."""
-        value = _check_item(item)
+        value = checked_value(item)
         async with self._connection() as conn:
             result = await conn.execute(
                 "WITH bumped AS ("
@@ -548,7 +532,7 @@ class PostgresBackend:
         """All in one transaction under the writers' lock: every item or none; with
         `create_only`, one live key among them refuses the whole batch. Then `deletes`,
         those live."""
-        values = [_check_item(item) for item in items]
+        values = [checked_value(item) for item in items]
         now = self._clock.now()
         first: list[int] = []
 
@@ -617,7 +601,7 @@ class PostgresBackend:
         ]
 
     async def compare_and_swap(self, item: Item, expected_revision: int) -> Item:
-        value = _check_item(item)
+        value = checked_value(item)
         now = self._clock.now()
 
         async def swap(conn: AsyncConnection[Any], head: int) -> int:
@@ -695,13 +679,8 @@ class PostgresBackend:
         own writes, and others' as its feed has read them. To follow a state read with
         `range`, take `current_revision()` before the read and watch from there.
         """
-        if isinstance(prefixes, str):
-            raise BadParameter("watch takes a list of prefixes, not one string")
-        if not prefixes:
-            raise BadParameter('watch needs at least one prefix; "" watches every key')
-        if start_revision < 0:
-            raise BadParameter(f"start_revision must not be negative, got {start_revision}")
-        return self._watch(tuple(prefixes), start_revision or self._known_revision)
+        checked = watched_prefixes(prefixes, start_revision)
+        return self._watch(checked, start_revision or self._known_revision)
 
     def seconds_behind(self) -> float:
         """0 while the feed reads on schedule (every poll interval, or on a NOTIFY);

@@ -46,7 +46,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from certgate.backend.base import Event, EventType, Item
+from certgate.backend.base import (
+    Event,
+    EventType,
+    Item,
+    checked_value,
+    prefix_end,
+    watched_prefixes,
+)
 from certgate.clock import Clock, SystemClock
 from certgate.errors import (
     AlreadyExists,
@@ -263,20 +270,6 @@ def read_transaction(conn: sqlite3.Connection) -> Iterator[None]:
             conn.execute("COMMIT")
 
 
-def _prefix_end(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with `prefix`, if any.
-
-    With it, `key >= prefix AND key < end` is an index range; SQLite's BINARY order
-    on UTF-8 text is code-point order, the same as Python's.
-    """
-    point = ord(prefix[-1]) + 1
-    if point > 0x10FFFF:
-        return None
-    if 0xD800 <= point <= 0xDFFF:  # surrogates cannot be stored; skip past them
-        point = 0xE000
-    return prefix[:-1] + chr(point)
-
-
 def _prefix_clause(prefixes: Sequence[str]) -> tuple[str, list[Any]]:
     """SQL matching keys under any of `prefixes`, and its parameters."""
     parts: list[str] = []
@@ -284,7 +277,7 @@ def _prefix_clause(prefixes: Sequence[str]) -> tuple[str, list[Any]]:
     for prefix in prefixes:
         if prefix == "":
             return "1", []
-        end = _prefix_end(prefix)
+        end = prefix_end(prefix)
         if end is None:
             parts.append("(key >= ? AND substr(key, 1, ?) = ?)")
             params += [prefix, len(prefix), prefix]
@@ -292,12 +285,6 @@ def _prefix_clause(prefixes: Sequence[str]) -> tuple[str, list[Any]]:
             parts.append("(key >= ? AND key < ?)")
             params += [prefix, end]
     return "(" + " OR ".join(parts) + ")", params
-
-
-def _epoch(moment: datetime, what: str) -> float:
-    if moment.tzinfo is None:
-        raise BadParameter(f"{what} must carry a timezone, got {moment.isoformat()}")
-    return moment.timestamp()
 
 
 def _moment(epoch: float | None) -> datetime | None:
@@ -313,12 +300,8 @@ def _moment(epoch: float | None) -> datetime | None:
 
 
 def _check_item(item: Item) -> tuple[bytes, float | None]:
-    if not isinstance(item.key, str) or not item.key:
-        raise BadParameter("item key must be a non-empty string")
-    if not isinstance(item.value, bytes | bytearray | memoryview):
-        raise BadParameter(f"value of {item.key} must be bytes")
-    expires = None if item.expires is None else _epoch(item.expires, "expiry")
-    return bytes(item.value), expires
+    value = checked_value(item)
+    return value, None if item.expires is None else item.expires.timestamp()
 
 
 def _current_revision(conn: sqlite3.Connection) -> int:
@@ -648,13 +631,8 @@ class SQLiteBackend:
         To follow a state read with `range`, take `current_revision()` before the
         read and watch from there (events may repeat what the read saw; never skip).
         """
-        if isinstance(prefixes, str):
-            raise BadParameter("watch takes a list of prefixes, not one string")
-        if not prefixes:
-            raise BadParameter('watch needs at least one prefix; "" watches every key')
-        if start_revision < 0:
-            raise BadParameter(f"start_revision must not be negative, got {start_revision}")
-        return self._watch(tuple(prefixes), start_revision or self._known_revision)
+        checked = watched_prefixes(prefixes, start_revision)
+        return self._watch(checked, start_revision or self._known_revision)
 
     def seconds_behind(self) -> float:
         # One file on this host: its watches read it every poll interval and a read
