@@ -58,6 +58,16 @@ class EventStore(Protocol):
 # -- shared by the implementations -------------------------------------------------
 
 
+def check_search(order: str, event_types: Sequence[str], limit: int) -> None:
+    """`search`'s order, types and limit checked: BadParameter naming what is wrong."""
+    if order not in ("desc", "asc"):
+        raise BadParameter(f'order must be "desc" or "asc", got {order!r}')
+    if isinstance(event_types, str):
+        raise BadParameter("event_types takes a list of event types, not one string")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadParameter(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+
+
 def event_row(event: Mapping[str, Any]) -> tuple[Any, ...]:
     """A checked event as (time in microseconds, event, code, uid, user, node, JSON)."""
     for field in ("event", "code", "time", "uid"):

@@ -28,9 +28,15 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from certgate.backend.events import MAX_LIMIT, decode_cursor, encode_cursor, event_row, to_micros
+from certgate.backend.events import (
+    check_search,
+    decode_cursor,
+    encode_cursor,
+    event_row,
+    to_micros,
+)
 from certgate.backend.postgres import connect, migrate, translate_pg_error
-from certgate.errors import BadParameter, ConnectionProblem
+from certgate.errors import ConnectionProblem
 
 MIGRATIONS = [
     # 1: the events, and one index per way of searching them.
@@ -132,12 +138,7 @@ class PostgresEventStore:
         order: str = "desc",
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of events; see `certgate.backend.events.EventStore`."""
-        if order not in ("desc", "asc"):
-            raise BadParameter(f'order must be "desc" or "asc", got {order!r}')
-        if isinstance(event_types, str):
-            raise BadParameter("event_types takes a list of event types, not one string")
-        if not 1 <= limit <= MAX_LIMIT:
-            raise BadParameter(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+        check_search(order, event_types, limit)
 
         conditions: list[sql.Composable] = []
         params: list[Any] = []

@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from certgate.backend.events import (
-    MAX_LIMIT,
+    check_search,
     decode_cursor,
     encode_cursor,
     event_row,
     to_micros,
 )
 from certgate.backend.sqlite import SQLiteWorker, translate_sqlite_error, write_transaction
-from certgate.errors import BadParameter
 
 log = logging.getLogger(__name__)
 
@@ -215,12 +214,7 @@ class SQLiteEventStore:
         events (newest first for "desc") and the cursor for the next page, or None when
         this page is the last. Pass the cursor back with the same filters and order.
         """
-        if order not in ("desc", "asc"):
-            raise BadParameter(f'order must be "desc" or "asc", got {order!r}')
-        if isinstance(event_types, str):
-            raise BadParameter("event_types takes a list of event types, not one string")
-        if not 1 <= limit <= MAX_LIMIT:
-            raise BadParameter(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+        check_search(order, event_types, limit)
 
         conditions: list[str] = []
         params: list[Any] = []
