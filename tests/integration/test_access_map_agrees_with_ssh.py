@@ -140,6 +140,17 @@ def test_filters_text_and_csv(c: Cluster, people: dict[str, User]) -> None:
     locked = c.cgctl("access", "ls", "--user=lou").stdout
     assert "locked by " in locked
 
+    # A mistyped name is said to be one, not answered with an empty table ("no access").
+    for flag, said in (
+        ("--user=dnaa", 'user "dnaa" not found'),
+        ("--role=am-prd", 'role "am-prd" not found'),
+        ("--node=node-9", 'node "node-9" not found'),
+        ("--kube-cluster=nowhere", 'kubernetes cluster "nowhere" not found'),
+    ):
+        typo = c.cgctl("access", "ls", flag, check=False)
+        assert typo.returncode != 0 and said in typo.stderr, (flag, typo.stderr)
+        assert typo.stdout == "", typo.stdout
+
     bad = c.cgctl("access", "ls", "--label=env", check=False)
     assert bad.returncode != 0 and "must be KEY=VALUE" in bad.stderr, bad.stderr
     too_far = c.cgctl("activity", "--days=1000", check=False)

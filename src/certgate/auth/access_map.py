@@ -18,9 +18,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from certgate.access.matrix import MatrixInput, Row, iter_access
 from certgate.access.matrix_paths import RowKey
-from certgate.errors import BadParameter
+from certgate.errors import BadParameter, NotFound
 
 if TYPE_CHECKING:
+    from certgate.api.kube_cluster import KubeCluster
+    from certgate.api.node import Node
+    from certgate.api.role import Role
+    from certgate.api.user import User
     from certgate.auth.server import AuthServer
 
 # Activity kinds and the audit event types each counts.
@@ -76,6 +80,7 @@ class AccessMap:
         locks = await server.locks.list_readable()
         requests = await server.access_requests.list_readable()
         now = server.clock.now()
+        _check_named(wanted, users, roles, nodes, clusters)
         if wanted.user:
             users = [u for u in users if u.name == wanted.user]
         if wanted.role:
@@ -134,6 +139,32 @@ class AccessMap:
                 yield datetime.fromisoformat(event["time"])
             if cursor is None:
                 return
+
+
+def _check_named(
+    wanted: AccessFilter,
+    users: Sequence[User],
+    roles: Mapping[str, Role],
+    nodes: Sequence[Node],
+    clusters: Sequence[KubeCluster],
+) -> None:
+    """NotFound for a filter naming what does not exist: a mistyped name would
+    otherwise read as "has no access" (an empty answer)."""
+    if wanted.user and not any(u.name == wanted.user for u in users):
+        raise NotFound(f'user "{wanted.user}" not found')
+    if wanted.role and wanted.role not in roles:
+        raise NotFound(f'role "{wanted.role}" not found')
+    # Only where that kind is listed: `kind` may leave nodes or clusters out.
+    if wanted.node and wanted.kind != "kube_cluster":
+        if not any(wanted.node in (n.name, n.spec.hostname) for n in nodes):
+            raise NotFound(
+                f'node "{wanted.node}" not found: no online node has that id or hostname'
+            )
+    if wanted.kube_cluster and wanted.kind != "node":
+        if not any(c.name == wanted.kube_cluster for c in clusters):
+            raise NotFound(
+                f'kubernetes cluster "{wanted.kube_cluster}" not found: no kube service serves it'
+            )
 
 
 def _has_labels(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
