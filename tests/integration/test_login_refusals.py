@@ -32,6 +32,17 @@ def test_unknown_user_bad_password_and_bad_code_read_the_same(cluster: Cluster) 
     assert cluster.login(alice).returncode == 0
 
 
+def test_an_empty_password_on_standard_input_is_said_before_anything_is_sent(
+    cluster: Cluster,
+) -> None:
+    erin = cluster.add_user("refusal-erin", logins="erin")
+    empty = User(erin.name, "", erin.otp, erin.home)
+    result = cluster.login(empty, check=False, otp="123456")
+    assert result.returncode == 2
+    assert "no password on standard input" in result.stderr, result.stderr
+    assert not audit(cluster, "user.login.failure", "refusal-erin")  # nothing reached auth
+
+
 REUSED = "error: access denied: this one-time code was already used; wait for the next one"
 
 

@@ -86,6 +86,10 @@ def login(
             password = click.prompt(f"Password for {user}", hide_input=True)
         else:
             password = sys.stdin.readline().rstrip("\r\n")
+            if not password:
+                raise click.UsageError(
+                    "no password on standard input: pipe it in, or run cgsh login in a terminal"
+                )
         if not otp:
             if not sys.stdin.isatty():
                 raise click.UsageError("pass --otp when the password comes from standard input")
