@@ -93,6 +93,13 @@ def ssh(
     from certgate.client.profile import load_profile
     from certgate.client.ssh import check_access, split_target, write_config
 
+    if target.startswith("-"):
+        # An option cgsh does not know lands here (the command's own options, after the
+        # target, pass through as they are).
+        raise click.UsageError(
+            f"no such option: {target} (cgsh ssh takes -l, -L, -R, -N, -A, -t and -T; "
+            "for any other, use ssh itself with the config from cgsh config)"
+        )
     profile = load_profile()
     user, node = split_target(target, login)
     options: list[str] = []
