@@ -158,10 +158,10 @@ def test_a_stored_recording_is_write_once(cluster: Cluster) -> None:
     session = str(uuid.uuid4())
     began = time.time()
 
-    def cast(text: str) -> bytes:
+    def cast(text: str, node: str = "recorder-1") -> bytes:
         header = Header(
             width=80, height=24, timestamp=began, session_id=session,
-            user="alice", login="alice", node="recorder-1",
+            user="alice", login="alice", node=node,
         )  # fmt: skip
         return (json.dumps(header.to_dict()) + "\n" + json.dumps([0.5, "o", text]) + "\n").encode()
 
@@ -173,8 +173,19 @@ def test_a_stored_recording_is_write_once(cluster: Cluster) -> None:
         forged = client.put(f"/v1/recordings/{session}", content=cast("ls\r\n"))
         assert forged.status_code == 409
         assert "write-once" in forged.json()["message"]
-    played = cluster.cgctl("audit", "ls", "--event=session.upload.failure", "--format=json")
-    assert session in played.stdout
+    # Another node's recording of the same session id: refused alike, and audited too.
+    other, pin = new_token(cluster)
+    with as_host(cluster, join(cluster, other, pin, "recorder-2", [])) as client:
+        taken = client.put(f"/v1/recordings/{session}", content=cast("ls\r\n", "recorder-2"))
+        assert taken.status_code == 409, taken.text
+        assert "write-once" in taken.json()["message"]
+    failures = json.loads(
+        cluster.cgctl("audit", "ls", "--event=session.upload.failure", "--format=json").stdout
+    )
+    assert sorted(e["server"] for e in failures if e["session_id"] == session) == [
+        "recorder-1",
+        "recorder-2",
+    ]
     admin = IdentityFiles.load(cluster.data_dir / "admin")
     with as_host(cluster, admin) as client:
         stored = client.get(f"/v1/recordings/{session}/cast").content

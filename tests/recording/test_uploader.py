@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from certgate.errors import BadParameter, ConnectionProblem
+from certgate.errors import AlreadyExists, BadParameter, CertgateError, ConnectionProblem
 from certgate.recording.asciicast import CastEncoder, Header
 from certgate.recording.rawlog import FRAME, OUTPUT_TYPE, preamble
 from certgate.recording.recorder import RecordingDirectory
@@ -22,15 +22,15 @@ class FakeAuth:
     def __init__(self) -> None:
         self.stored: dict[str, tuple[bytes, bool]] = {}
         self.down = False
-        self.refuse = False
+        self.refuse: CertgateError | None = None
         self.attempts = 0
 
     async def send(self, session_id: str, chunks: AsyncIterable[bytes], incomplete: bool) -> None:
         self.attempts += 1
         if self.down:
             raise ConnectionProblem("auth is unreachable")
-        if self.refuse:
-            raise BadParameter("not an asciicast v2 header")
+        if self.refuse is not None:
+            raise self.refuse
         data = b"".join([chunk async for chunk in chunks])
         self.stored[session_id] = (data, incomplete)
 
@@ -83,10 +83,23 @@ async def test_nothing_is_deleted_until_auth_has_it(directory: RecordingDirector
     await uploader.close()
 
 
-async def test_a_refused_file_is_kept_aside(directory: RecordingDirectory) -> None:
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        BadParameter("not an asciicast v2 header"),
+        # Another recording holds the id: no retry can ever be taken, and each would be
+        # one more session.upload.failure in the audit log.
+        AlreadyExists(
+            "recording x is already stored with other content: recordings are write-once"
+        ),
+    ],
+)
+async def test_a_refused_file_is_kept_aside_and_not_sent_again(
+    directory: RecordingDirectory, refusal: CertgateError
+) -> None:
     auth = FakeAuth()
-    auth.refuse = True
-    uploader = RecordingUploader(directory, auth.send)
+    auth.refuse = refusal
+    uploader = RecordingUploader(directory, auth.send, retry_min=0.01, retry_max=0.02)
     await uploader.start()
     session = str(uuid.uuid4())
     directory.finished(session).write_bytes(b"garbage")
@@ -94,6 +107,8 @@ async def test_a_refused_file_is_kept_aside(directory: RecordingDirectory) -> No
     kept = directory.path / "rejected" / f"{session}.cast"
     await eventually(kept.exists)
     assert kept.read_bytes() == b"garbage"
+    await asyncio.sleep(0.2)  # ten retry periods
+    assert auth.attempts == 1 and uploader.pending() == 0
     await uploader.close()
 
 

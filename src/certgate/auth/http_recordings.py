@@ -10,7 +10,8 @@ Who may do what, checked before any work:
 - upload: nodes (the RECORDING_WRITE grant), and only recordings of their own sessions
   (the header's node must be the caller); a stored recording is write-once (the same
   file again is a retry and accepted, anything else refused and audited as
-  `session.upload.failure`);
+  `session.upload.failure`: the store decides, so no upload reads it first; a file from
+  another node differs from the stored one in its header's node at least);
 - list and read: a user always sees their own sessions' recordings; others' need a role
   rule on `session` (`list` to list, `read` to play), as the `auditor` preset has. The
   auth host's admin identity sees everything. The route itself only needs a signed-in
@@ -181,7 +182,6 @@ class RecordingRoutes:
                     f"access denied: node {caller.username} may not upload recordings of "
                     f'node "{header.node}"'
                 )
-            await self._check_not_taken(recording_id, header.node)
             spool.seek(0)
             duration = last_event_time(spool)
             spool.seek(0)
@@ -224,17 +224,6 @@ class RecordingRoutes:
             incomplete=stored.incomplete,
         )
         return stored.to_dict()
-
-    async def _check_not_taken(self, recording_id: str, node: str) -> None:
-        """A node may send its recording again (a retry), never replace another's."""
-        try:
-            existing = await self._store.info(recording_id)
-        except NotFound:
-            return
-        if existing.node != node:
-            raise AccessDenied(
-                f"access denied: recording {recording_id} was uploaded by node {existing.node}"
-            )
 
 
 def _time(text: str | None) -> datetime | None:

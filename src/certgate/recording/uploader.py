@@ -6,7 +6,7 @@
                            <id>.cast (cut off: incomplete) ──submit───┘    asciicast v2:
                                                                            cast_chunks)
                      stored ──▶ unlink the file
-                     refused as malformed ──▶ <dir>/rejected/
+                     refused as malformed, or its id taken ──▶ <dir>/rejected/
                      any other error ──▶ retry later (backoff and jitter)
 
 Nothing is deleted before auth answered that it stored the recording, so a crash or
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from certgate.api.recording import is_recording_id
-from certgate.errors import BadParameter, CertgateError, from_json
+from certgate.errors import AlreadyExists, BadParameter, CertgateError, from_json
 from certgate.recording.rawlog import CastConverter, read_preamble
 from certgate.recording.recorder import RecordingDirectory
 from certgate.rpc.auth_client import AsyncAuthClient
@@ -176,9 +176,10 @@ class RecordingUploader:
             # The header first: a log cut off before it was written is refused here.
             first = await anext(chunks, b"")
             await self._send(session_id, _prepend(first, chunks), not complete)
-        except BadParameter as exc:
-            # Auth will never take this file as it is: keep it aside for an operator
-            # rather than retrying forever or deleting it.
+        except (BadParameter, AlreadyExists) as exc:
+            # Auth will never take this file as it is (malformed, or its id holds another
+            # recording: write-once): keep it aside for an operator rather than retrying
+            # forever or deleting it.
             kept = self._directory.path / "rejected" / path.name
             kept.parent.mkdir(exist_ok=True)
             path.replace(kept)
