@@ -224,3 +224,29 @@ def test_no_service_certificate_is_valid_for_a_nodes_name(cluster: Cluster) -> N
     with pytest.raises(AccessDenied, match="is the name of another node"):
         join_proxy([suffixed])
     assert join_proxy(["proxy-2.example"]).bundle.identity.username == "proxy-2"
+
+
+def test_a_truncated_recording_is_stored_and_listed_as_such(cluster: Cluster) -> None:
+    """What a node sends of a session that printed more than a recording holds: the
+    start, marked truncated (its node keeps the rest); auth stores it as incomplete."""
+    token, pin = new_token(cluster)
+    node = join(cluster, token, pin, "recorder-3", [])
+    session = str(uuid.uuid4())
+    header = Header(
+        width=80, height=24, timestamp=time.time(), session_id=session,
+        user="alice", login="alice", node="recorder-3",
+    )  # fmt: skip
+    body = (json.dumps(header.to_dict()) + "\n" + json.dumps([0.5, "o", "x" * 100]) + "\n").encode()
+    with as_host(cluster, node) as client:
+        stored = client.put(f"/v1/recordings/{session}", params={"truncated": "1"}, content=body)
+        assert stored.status_code == 200, stored.text
+        assert stored.json()["truncated"] is True and stored.json()["incomplete"] is True
+    uploads = json.loads(
+        cluster.cgctl("audit", "ls", "--event=session.upload", "--format=json").stdout
+    )
+    assert [e["truncated"] for e in uploads if e["session_id"] == session] == [True]
+    auditor = cluster.add_user("trunc-auditor", roles="auditor")
+    cluster.login(auditor)
+    listed = cluster.cgsh(auditor, "recordings", "ls").stdout
+    row = next(line for line in listed.splitlines() if line.startswith(session))
+    assert "(truncated: its node keeps the rest)" in row

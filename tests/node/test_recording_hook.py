@@ -75,7 +75,9 @@ def rnode(
     uploads: dict[str, tuple[bytes, bool]] = {}
     events: list[tuple[str, dict[str, Any]]] = []
 
-    async def send(session_id: str, chunks: AsyncIterable[bytes], incomplete: bool) -> None:
+    async def send(
+        session_id: str, chunks: AsyncIterable[bytes], incomplete: bool, truncated: bool
+    ) -> None:
         uploads[session_id] = (b"".join([chunk async for chunk in chunks]), incomplete)
 
     async def audit(event: str, fields: dict[str, Any]) -> None:

@@ -21,11 +21,14 @@ class FakeAuth:
 
     def __init__(self) -> None:
         self.stored: dict[str, tuple[bytes, bool]] = {}
+        self.truncated: set[str] = set()
         self.down = False
         self.refuse: CertgateError | None = None
         self.attempts = 0
 
-    async def send(self, session_id: str, chunks: AsyncIterable[bytes], incomplete: bool) -> None:
+    async def send(
+        self, session_id: str, chunks: AsyncIterable[bytes], incomplete: bool, truncated: bool
+    ) -> None:
         self.attempts += 1
         if self.down:
             raise ConnectionProblem("auth is unreachable")
@@ -33,6 +36,8 @@ class FakeAuth:
             raise self.refuse
         data = b"".join([chunk async for chunk in chunks])
         self.stored[session_id] = (data, incomplete)
+        if truncated:
+            self.truncated.add(session_id)
 
 
 async def eventually(check: object, timeout: float = 5.0) -> None:
@@ -193,3 +198,40 @@ async def test_a_just_ended_session_is_sent_after_a_delay_or_at_close(
     uploader.ended(second, complete=True)
     await uploader.close()  # does not leave it for the next start
     assert second in auth.stored and not directory.finished(second).exists()
+
+
+async def test_a_recording_over_the_limit_sends_its_start_and_keeps_the_whole_log(
+    directory: RecordingDirectory,
+) -> None:
+    """A session that printed more than auth stores: the first whole events within the
+    limit go up marked truncated, and the session log stays on the node, whole (what
+    came after the limit is evidence too); a retry forever is what it did before."""
+    limit = 60_000
+    big, small = str(uuid.uuid4()), str(uuid.uuid4())
+    # 0.2 s apart, so each output is an event of its own: 40 events of ~5 KB.
+    log, cast = raw_log(big, *((n / 5, b"x" * 5000) for n in range(40)))
+    directory.finished(big).write_bytes(log)
+    small_log, small_cast = raw_log(small, (0.1, b"ok"))
+    directory.finished(small).write_bytes(small_log)
+    # Large enough on disk to be read through first, and within the limit as asciicast.
+    medium = str(uuid.uuid4())
+    medium_log, medium_cast = raw_log(medium, *((n / 5, b"y" * 5000) for n in range(8)))
+    directory.finished(medium).write_bytes(medium_log)
+    assert len(medium_log) * 8 > limit > len(medium_cast)
+    auth = FakeAuth()
+    uploader = RecordingUploader(directory, auth.send, max_bytes=limit)
+    assert await uploader.start() == 3
+    await eventually(lambda: len(auth.stored) == 3)
+    assert auth.stored[medium] == (medium_cast, False) and medium not in auth.truncated
+    sent, incomplete = auth.stored[big]
+    assert big in auth.truncated and small not in auth.truncated
+    assert len(sent) <= limit and cast.startswith(sent) and sent.endswith(b"\n")
+    assert len(sent) > limit - 6_000  # every whole event that fits
+    assert incomplete is False  # the session ended; auth marks it incomplete for truncated
+    kept = directory.path / "rejected" / f"{big}.cast"
+    await eventually(kept.exists)
+    assert kept.read_bytes() == log and not directory.finished(big).exists()
+    assert auth.stored[small] == (small_cast, False)
+    await eventually(lambda: not directory.finished(small).exists())
+    assert auth.attempts == 3
+    await uploader.close()

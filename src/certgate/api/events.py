@@ -152,6 +152,7 @@ CATALOGUE: dict[str, EventType] = {
             "duration",
             "size",
             "incomplete",
+            "truncated",
         ),
         _auth(
             "session.upload.failure",

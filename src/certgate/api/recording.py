@@ -16,6 +16,11 @@ from pydantic import AfterValidator, Field
 from certgate.api.meta import Model
 from certgate.errors import BadParameter
 
+# The largest recording auth stores, in bytes of asciicast. A session that printed more
+# is sent up to its last whole event within this, marked `truncated`, and the node that
+# recorded it keeps its whole session log (recordings/rejected/).
+MAX_RECORDING_BYTES = 4 * 1024**3
+
 _ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
@@ -43,8 +48,11 @@ RecordingId = Annotated[str, AfterValidator(_valid_id)]
 class RecordingInfo(Model):
     """One stored recording: whose session it was, where, when and for how long.
 
-    `incomplete` means the node stopped (crash, kill -9) before the session ended, so
-    the recording stops where the last write before that did.
+    `incomplete` means the recording stops before the session did: the node stopped
+    (crash, kill -9) before the session ended, so the recording stops where the last
+    write before that did; or it is `truncated` too: the session printed more than
+    MAX_RECORDING_BYTES, the recording holds the start, and the node that recorded it
+    keeps the whole session log.
     """
 
     kind: str = "recording"
@@ -59,6 +67,7 @@ class RecordingInfo(Model):
     start: datetime
     duration: float = 0.0  # seconds, to the last recorded event
     incomplete: bool = False
+    truncated: bool = False
     size: int = 0  # bytes of the cast file
     uploaded: datetime | None = None
 

@@ -1,6 +1,8 @@
 """Auth API routes for session recordings (DESIGN §5).
 
-    PUT /v1/recordings/{id}?incomplete=1   a node uploads a cast file (body: the file)
+    PUT /v1/recordings/{id}?incomplete=1&truncated=1
+                                           a node uploads a cast file (body: the file;
+                                           truncated: the start of a longer one)
     GET /v1/recordings?since&until&user&node&limit    list, newest first
     GET /v1/recordings/{id}                its RecordingInfo
     GET /v1/recordings/{id}/cast           the cast file, streamed
@@ -29,7 +31,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_KUBE, SYSTEM_PROXY, Identity
-from certgate.api.recording import RecordingInfo, check_recording_id, is_recording_id
+from certgate.api.recording import (
+    MAX_RECORDING_BYTES,
+    RecordingInfo,
+    check_recording_id,
+    is_recording_id,
+)
 from certgate.auth import permissions as perm
 from certgate.errors import (
     AccessDenied,
@@ -48,8 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("certgate.auth")
 
 SESSION = "session"  # the role rule resource for recordings
-# The largest recording a node may upload.
-MAX_UPLOAD_BYTES = 4 * 1024**3
 # Uploads are kept in memory up to this size while they are checked, then on disk.
 SPOOL_BYTES = 4 * 1024 * 1024
 CHUNK = 256 * 1024
@@ -147,14 +152,15 @@ class RecordingRoutes:
     async def upload(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
         recording_id = check_recording_id(request.match_info["id"])
-        incomplete = request.query.get("incomplete", "") in ("1", "true", "yes")
+        truncated = _flag(request, "truncated")
+        incomplete = _flag(request, "incomplete") or truncated
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
             received = 0
             async for chunk in request.content.iter_chunked(CHUNK):
                 received += len(chunk)
-                if received > MAX_UPLOAD_BYTES:
+                if received > MAX_RECORDING_BYTES:
                     raise LimitExceeded(
-                        f"recording {recording_id} is larger than {MAX_UPLOAD_BYTES} bytes"
+                        f"recording {recording_id} is larger than {MAX_RECORDING_BYTES} bytes"
                     )
                 spool.write(chunk)
             spool.seek(0)
@@ -196,6 +202,7 @@ class RecordingRoutes:
                 start=datetime.fromtimestamp(header.timestamp, UTC),
                 duration=round(duration, 3),
                 incomplete=incomplete,
+                truncated=truncated,
                 uploaded=self._api.server.clock.now(),
             )
             try:
@@ -222,8 +229,13 @@ class RecordingRoutes:
             duration=stored.duration,
             size=stored.size,
             incomplete=stored.incomplete,
+            truncated=stored.truncated,
         )
         return stored.to_dict()
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "") in ("1", "true", "yes")
 
 
 def _time(text: str | None) -> datetime | None:

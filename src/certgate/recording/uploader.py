@@ -11,7 +11,11 @@
 
 Nothing is deleted before auth answered that it stored the recording, so a crash or
 `kill -9` at any point loses at most what the session had not yet written: the next
-start finds the file and sends it, marked incomplete if the session never ended.
+start finds the file and sends it, marked incomplete if the session never ended. A
+recording over MAX_RECORDING_BYTES as asciicast (a session that printed gigabytes) is
+sent up to its last whole event within that, marked truncated, and then kept whole in
+<dir>/rejected/ rather than deleted: auth refuses larger ones, and what a session did
+after its first gigabytes is evidence too.
 Uploads go one at a time, streamed from the file. A raw session log (rawlog.py)
 becomes asciicast v2 as it is read, a chunk at a time on the event loop between other
 work (not in a thread: see recorder.py on the GIL); a log cut off by a crash ends at its
@@ -28,7 +32,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaita
 from pathlib import Path
 from typing import IO
 
-from certgate.api.recording import is_recording_id
+from certgate.api.recording import MAX_RECORDING_BYTES, is_recording_id
 from certgate.errors import AlreadyExists, BadParameter, CertgateError, from_json
 from certgate.recording.rawlog import CastConverter, read_preamble
 from certgate.recording.recorder import RecordingDirectory
@@ -45,9 +49,14 @@ CHUNK = 256 * 1024
 # as not to slow that down (measured: bench/recording_overhead.py).
 AFTER_END_DELAY = 1.0
 
-# (session id, the recording as asciicast v2 bytes, incomplete) -> returns once auth has
-# stored it; raises otherwise. The bytes can be iterated once.
-Send = Callable[[str, AsyncIterable[bytes], bool], Awaitable[None]]
+# At most this many bytes of asciicast per byte of session log (a control character is
+# written \u00XX), with room to spare: a log this many times smaller than the limit is
+# sent without reading it through first.
+MAX_EXPANSION = 8
+
+# (session id, the recording as asciicast v2 bytes, incomplete, truncated) -> returns
+# once auth has stored it; raises otherwise. The bytes can be iterated once.
+Send = Callable[[str, AsyncIterable[bytes], bool, bool], Awaitable[None]]
 
 
 class RecordingUploader:
@@ -59,9 +68,11 @@ class RecordingUploader:
         retry_min: float = RETRY_MIN,
         retry_max: float = RETRY_MAX,
         after_end: float = AFTER_END_DELAY,
+        max_bytes: int = MAX_RECORDING_BYTES,
     ) -> None:
         self._directory = directory
         self._send = send
+        self._max_bytes = max_bytes
         self._retry_min = retry_min
         self._retry_max = retry_max
         self._after_end = after_end
@@ -171,18 +182,17 @@ class RecordingUploader:
         if not path.exists():
             log.warning("recording %s vanished before it was uploaded", session_id)
             return
-        chunks = cast_chunks(path)
+        chunks = cast_chunks(path, limit=self._max_bytes)
         try:
+            truncated = await _over(path, self._max_bytes)
             # The header first: a log cut off before it was written is refused here.
             first = await anext(chunks, b"")
-            await self._send(session_id, _prepend(first, chunks), not complete)
+            await self._send(session_id, _prepend(first, chunks), not complete, truncated)
         except (BadParameter, AlreadyExists) as exc:
             # Auth will never take this file as it is (malformed, or its id holds another
             # recording: write-once): keep it aside for an operator rather than retrying
             # forever or deleting it.
-            kept = self._directory.path / "rejected" / path.name
-            kept.parent.mkdir(exist_ok=True)
-            path.replace(kept)
+            kept = self._keep(path)
             log.error("auth refused recording %s (%s); kept in %s", session_id, exc, kept)
             return
         except (CertgateError, OSError) as exc:
@@ -199,23 +209,70 @@ class RecordingUploader:
             return
         finally:
             await chunks.aclose()
-        path.unlink(missing_ok=True)
         self._delays.pop(session_id, None)
         self.uploaded += 1
+        if truncated:
+            kept = self._keep(path)
+            log.error(
+                "recording %s is over %d bytes as asciicast: auth has its start (marked "
+                "truncated); the whole session log is kept in %s",
+                session_id, self._max_bytes, kept,
+            )  # fmt: skip
+            return
+        path.unlink(missing_ok=True)
         log.info("recording %s uploaded%s", session_id, "" if complete else " (incomplete)")
+
+    def _keep(self, path: Path) -> Path:
+        """Move a recording aside for an operator (<dir>/rejected/); its new path."""
+        kept = self._directory.path / "rejected" / path.name
+        kept.parent.mkdir(exist_ok=True)
+        path.replace(kept)
+        return kept
 
     def _retry(self, session_id: str, complete: bool) -> None:
         self._retries.pop(session_id, None)
         self.submit(session_id, complete)
 
 
-async def cast_chunks(path: Path, size: int = CHUNK) -> AsyncGenerator[bytes, None]:
-    """The recording at `path` as asciicast v2, the header line first, then chunks.
+async def cast_chunks(
+    path: Path, size: int = CHUNK, limit: int | None = None
+) -> AsyncGenerator[bytes, None]:
+    """The recording at `path` as asciicast v2, the header line first, then chunks;
+    with `limit`, only up to the last whole line within that many bytes.
 
     A raw session log is converted as it is read; anything else (a node's file from
     before raw logs) is asciicast already and comes as it is. BadParameter at the first
     chunk if a raw log has no readable header.
     """
+    left = limit
+    async for chunk in _cast_chunks(path, size):
+        if left is not None and len(chunk) > left:
+            if end := chunk.rfind(b"\n", 0, left) + 1:
+                yield chunk[:end]
+            return
+        if left is not None:
+            left -= len(chunk)
+        yield chunk
+
+
+async def _over(path: Path, limit: int) -> bool:
+    """Whether the recording at `path` is over `limit` bytes as asciicast: read through
+    only when its size on disk says it may be."""
+    if path.stat().st_size * MAX_EXPANSION <= limit:
+        return False
+    total = 0
+    chunks = _cast_chunks(path)
+    try:
+        async for chunk in chunks:
+            total += len(chunk)
+            if total > limit:
+                return True
+    finally:
+        await chunks.aclose()
+    return False
+
+
+async def _cast_chunks(path: Path, size: int = CHUNK) -> AsyncGenerator[bytes, None]:
     with path.open("rb") as file:
         # The header and the first chunk in one trip to a thread, and no trip for the
         # empty read at the end: a file that gives less than asked is at its end (the
@@ -269,11 +326,14 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 def auth_sender(auth: AsyncAuthClient) -> Send:
     """A `Send` that streams the file to auth's `PUT /v1/recordings/{id}`."""
 
-    async def send(session_id: str, chunks: AsyncIterable[bytes], incomplete: bool) -> None:
+    async def send(
+        session_id: str, chunks: AsyncIterable[bytes], incomplete: bool, truncated: bool
+    ) -> None:
+        flags = {"incomplete": incomplete, "truncated": truncated}
         response = await auth.raw(
             "PUT",
             f"/v1/recordings/{session_id}",
-            params={"incomplete": "1"} if incomplete else None,
+            params={name: "1" for name, on in flags.items() if on} or None,
             headers={"Content-Type": "application/x-asciicast"},
             content=chunks,
         )

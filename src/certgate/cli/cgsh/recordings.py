@@ -11,6 +11,7 @@ from certgate.cli.common import FORMAT, print_json, table
 
 # The client modules (httpx, cryptography, pydantic) are imported in the commands.
 if TYPE_CHECKING:
+    from certgate.api.recording import RecordingInfo
     from certgate.client.recordings import Recording
 
 
@@ -45,7 +46,7 @@ def ls(since: str | None, user: str | None, node: str | None, limit: int, fmt: s
             info.login,
             info.node,
             info.start.strftime("%Y-%m-%d %H:%M:%S"),
-            format_seconds(info.duration) + (" (incomplete)" if info.incomplete else ""),
+            format_seconds(info.duration) + _cut_short(info),
             info.session_kind if info.command is None else f"exec: {info.command}",
         )
         for info in found
@@ -101,3 +102,10 @@ def _show(recording: Recording, fmt: str, speed: float, skip_idle: bool) -> str 
 
     play(reader.events(), write, speed=speed, skip_idle=skip_idle)
     return reader.damage
+
+
+def _cut_short(info: RecordingInfo) -> str:
+    """Why the recording stops before its session did, if it does."""
+    if info.truncated:
+        return " (truncated: its node keeps the rest)"
+    return " (incomplete)" if info.incomplete else ""
