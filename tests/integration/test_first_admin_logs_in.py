@@ -124,3 +124,34 @@ def test_stock_sshd_refuses_a_login_that_is_not_a_principal(
 def test_host_ca_export_is_a_known_hosts_line(first_admin_cluster: Cluster) -> None:
     line = first_admin_cluster.cgctl("auth", "export", "--type=host").stdout.strip()
     assert line.startswith("@cert-authority * ssh-ed25519 ")
+
+
+def test_a_restart_before_sign_up_prints_a_new_link_and_voids_the_old(
+    tmp_path: Path,
+) -> None:
+    """`make run`, Ctrl-C before opening the link (or after it expired), `make run`
+    again: a new link, not silence that leaves nobody able to log in."""
+    c = Cluster(tmp_path / "restarted", extra_args=["--first-admin", "admin"])
+    c.start()
+    try:
+        first = invite_token(c.log.read_text())
+        c.stop()
+        c.start()
+        log = c.log.read_text()
+        assert 'First admin user "admin" has not signed up yet' in log
+        tokens = re.findall(r"/web/invite/([0-9a-f]+)", log)
+        assert len(tokens) == 2 and tokens[0] == first
+        assert c.web("GET", f"/v1/invites/{first}")[0] == 404
+        status, invite = c.web("GET", f"/v1/invites/{tokens[1]}")
+        assert status == 200 and invite["user"] == "admin"
+        otp = OtpDevice(invite["totp_secret"])
+        status, _ = c.web(
+            "POST", f"/v1/invites/{tokens[1]}", {"password": PASSWORD, "otp": otp.next_code()}
+        )
+        assert status == 204
+        # Signed up: a further start prints no link.
+        c.stop()
+        c.start()
+        assert c.log.read_text().count("/web/invite/") == 2
+    finally:
+        c.stop()

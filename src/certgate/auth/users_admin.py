@@ -63,6 +63,18 @@ class UserAdmin(UserCuts):
         await self.cut_user_certs(user, by, "reset")
         return await self._new_invite(name, "reset")
 
+    async def reinvite_user(self, name: str, by: str) -> str:
+        """A new invite for a user who never signed up; the earlier links stop working.
+        BadParameter for one who did (`reset_user` is for that)."""
+        user = await self.users.get(name)
+        if user.status.active:
+            raise BadParameter(f'user "{name}" has signed up already: reset them instead')
+        for invite in await self.users.list_invites():
+            if invite.user == name:
+                await self.users.delete_invite(invite.token)
+        await self.audit.emit("user.reset", user=by, name=name)
+        return await self._new_invite(name, "invite")
+
     async def update_user(
         self,
         name: str,

@@ -567,15 +567,27 @@ class Daemon:
     # first admin -----------------------------------------------------------------
 
     async def _invite_first_admin(self, auth: AuthServer) -> None:
-        if await auth.users.list_all():
-            return
-        login = os.environ.get("SUDO_USER") or _current_user()
-        logins = list(dict.fromkeys([login, "root"])) if login != "root" else ["root"]
-        url = await auth.add_user(
-            self.first_admin, FIRST_ADMIN_ROLES, {"logins": logins}, created_by="certgate start"
-        )
+        users = await auth.users.list_all()
+        if not users:
+            login = os.environ.get("SUDO_USER") or _current_user()
+            logins = list(dict.fromkeys([login, "root"])) if login != "root" else ["root"]
+            url = await auth.add_user(
+                self.first_admin, FIRST_ADMIN_ROLES, {"logins": logins}, created_by="certgate start"
+            )
+            said = f'First admin user "{self.first_admin}" created (logins: {", ".join(logins)}).'
+        else:
+            admin = next((u for u in users if u.name == self.first_admin), None)
+            if admin is None or admin.status.active:
+                return  # the cluster has its people: --first-admin is for an empty one
+            # Invited at an earlier start and never signed up (the link lost with that
+            # terminal, or expired): `make run` again must not leave them locked out.
+            url = await auth.reinvite_user(self.first_admin, by="certgate start")
+            said = (
+                f'First admin user "{self.first_admin}" has not signed up yet: here is a new '
+                "link (earlier ones no longer work)."
+            )
         self.announce(
-            f'\nFirst admin user "{self.first_admin}" created (logins: {", ".join(logins)}).\n'
+            f"\n{said}\n"
             f"Open this link within 1 hour to set a password and one-time code:\n\n  {url}\n\n"
             f"Then: {self._login_command()}\n"
         )
