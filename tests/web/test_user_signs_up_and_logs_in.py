@@ -32,6 +32,14 @@ def test_sign_up_log_in_see_nodes_log_out(
     page.click(".filters button")
     assert page.locator("#node-count").inner_text() == "1 node"
 
+    # A stale or mistyped link: a page with the way back, the menu still there.
+    answer = page.goto(f"https://{cluster.proxy_addr}/web/nodes/old-bookmark")
+    assert answer is not None and answer.status == 404
+    assert page.locator("h1").inner_text() == "Not found"
+    assert page.locator("header nav a:text-is('Recordings')").count() == 1
+    page.click("text=Back to the start page")
+    assert page.url.endswith("/web/nodes")
+
     cookies = {c["name"]: c for c in page.context.cookies()}
     session = cookies["__Host-certgate_session"]
     assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Strict"

@@ -332,6 +332,10 @@ async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         response: web.StreamResponse = await handler(request)
         return response
+    except web.HTTPNotFound:
+        if request.method != "GET" or not request.path.startswith("/web/"):
+            raise
+        return await webui.not_found_page(request)
     except web.HTTPException:
         raise
     except _Refusal as exc:

@@ -27,7 +27,7 @@ from certgate.proxy.webui.audit_page import audit_page
 from certgate.proxy.webui.csp import install_player_policy
 from certgate.proxy.webui.invite_pages import InvitePages
 from certgate.proxy.webui.nodes_page import nodes_page
-from certgate.proxy.webui.render import ACCESS_KEY, CLUSTER_KEY, redirect
+from certgate.proxy.webui.render import ACCESS_KEY, CLUSTER_KEY, page, redirect
 from certgate.proxy.webui.sessions import WebSession, WebSessions
 from certgate.proxy.webui.terminal import terminal_page, terminal_socket
 from certgate.proxy.webui.vendor import vendor_file
@@ -98,3 +98,10 @@ def end_locked(sessions: WebSessions, access: CachedAccess) -> int:
         return None if lock is None else lock_message(lock)
 
     return sessions.end_where(reason)
+
+
+async def not_found_page(request: web.Request) -> web.Response:
+    """What a person's mistyped or stale /web link gets: a page with the way back, not
+    aiohttp's bare "404: Not Found"."""
+    session = await guard.signed_in(request)
+    return page(request, "not_found.html", session=session, status=404, path=request.path)
