@@ -27,6 +27,7 @@ def test_sign_up_log_in_see_nodes_log_out(
     page.fill("#q", "no-such-node")
     page.click(".filters button")
     assert page.locator("#node-count").inner_text() == "0 nodes"
+    assert page.locator("#nodes tbody").inner_text() == "No node matches."
     page.fill("#q", "")
     page.select_option("#label", "env=dev")
     page.click(".filters button")

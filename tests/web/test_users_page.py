@@ -56,3 +56,20 @@ def test_removing_a_user_ends_their_web_session(
 
     eventually(logged_out, timeout=10)
     page.context.close()
+
+
+def test_a_user_without_rights_sees_a_refusal_and_an_empty_state_not_dead_forms(
+    cluster: Cluster, browser: Browser, tmp_path: Path
+) -> None:
+    cluster.cgctl(
+        "create", "-f", "-", input="kind: role\nmetadata: {name: reaches-nothing}\nspec: {}\n"
+    )
+    otp = sign_up(cluster, browser, tmp_path, "bystander", roles="reaches-nothing")
+    page = log_in(browser, cluster, "bystander", otp)
+    # No node: says so, and where to ask, instead of an empty table.
+    assert "No node your roles reach yet" in page.locator("#nodes").inner_text()
+    assert page.locator("#nodes a[href='/web/requests']").count() == 1
+    page.goto(f"https://{cluster.proxy_addr}/web/users")
+    assert 'do not allow "list" on "user"' in page.locator("p.error").inner_text()
+    assert page.locator("#new-user").count() == 0 and page.locator("#users").count() == 0
+    page.context.close()

@@ -27,12 +27,14 @@ async def _page(
     request: web.Request, session: WebSession, error: str = "", link: str = "", status: int = 200
 ) -> web.Response:
     users: list[dict[str, Any]] = []
+    listed = True
     try:
         users = await request.app[guard.AUTH_KEY].call(
             "GET", "/v1/resources/user", headers=session.forwarded_headers()
         )
     except CertgateError as exc:
         error, status = error or exc.message, exc.http_status
+        listed = False
     rows = [
         {
             "name": u["metadata"]["name"],
@@ -42,8 +44,8 @@ async def _page(
         for u in sorted(users, key=lambda u: str(u["metadata"]["name"]))
     ]
     return page(
-        request, "users.html", session=session, users=rows, error=error, link=link,
-        status=status,
+        request, "users.html", session=session, users=rows, listed=listed, error=error,
+        link=link, status=status,
     )  # fmt: skip
 
 
