@@ -235,3 +235,23 @@ async def test_a_recording_over_the_limit_sends_its_start_and_keeps_the_whole_lo
     await eventually(lambda: not directory.finished(small).exists())
     assert auth.attempts == 3
     await uploader.close()
+
+
+async def test_a_file_that_cannot_be_kept_aside_does_not_stop_the_uploads_behind_it(
+    directory: RecordingDirectory,
+) -> None:
+    (directory.path / "rejected").write_text("a file where the folder should be")
+    auth = FakeAuth()
+    auth.refuse = BadParameter("not an asciicast v2 header")
+    uploader = RecordingUploader(directory, auth.send)
+    await uploader.start()
+    bad, good = str(uuid.uuid4()), str(uuid.uuid4())
+    directory.finished(bad).write_bytes(b"garbage")
+    uploader.submit(bad, complete=True)
+    await eventually(lambda: auth.attempts == 1)
+    auth.refuse = None
+    directory.finished(good).write_bytes(raw_log(good)[0])
+    uploader.submit(good, complete=True)
+    await eventually(lambda: good in auth.stored)
+    assert directory.finished(bad).exists()  # left in place, for the next start
+    await uploader.close()

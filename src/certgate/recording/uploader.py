@@ -223,10 +223,16 @@ class RecordingUploader:
         log.info("recording %s uploaded%s", session_id, "" if complete else " (incomplete)")
 
     def _keep(self, path: Path) -> Path:
-        """Move a recording aside for an operator (<dir>/rejected/); its new path."""
+        """Move a recording aside for an operator (<dir>/rejected/); where it is now. If
+        it cannot be moved it stays (and is sent again at the next start): an error here
+        must not stop the uploads queued behind it."""
         kept = self._directory.path / "rejected" / path.name
-        kept.parent.mkdir(exist_ok=True)
-        path.replace(kept)
+        try:
+            kept.parent.mkdir(exist_ok=True)
+            path.replace(kept)
+        except OSError as exc:
+            log.error("cannot move recording %s to %s: %s", path.stem, kept.parent, exc)
+            return path
         return kept
 
     def _retry(self, session_id: str, complete: bool) -> None:
