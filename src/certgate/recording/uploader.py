@@ -171,6 +171,10 @@ class RecordingUploader:
             session_id, complete = await self._queue.get()
             try:
                 await self._upload(session_id, complete)
+            except Exception:
+                # Whatever one recording runs into must not stop the uploads behind it:
+                # its file stays where it is, and the next start sends it again.
+                log.exception("upload of recording %s failed", session_id)
             finally:
                 self._queued.discard(session_id)
                 self._queue.task_done()
