@@ -42,6 +42,16 @@ def test_role_round_trip_through_yaml_and_json(cluster: Cluster) -> None:
     shown = yaml.safe_load(cluster.cgctl("get", "role/dev", "--format=yaml").stdout)
     assert shown["spec"]["options"]["max_session_ttl"] == "1h"
 
+    # Not from under the users who hold it: they would name a role that is not there.
+    cluster.cgctl("users", "add", "dev-dora", "--roles=dev")
+    held = cluster.cgctl("rm", "role/dev", check=False)
+    assert held.returncode == 2, held.stderr
+    assert held.stderr.strip() == (
+        'error: role "dev" is held by dev-dora: take it from them first '
+        "(cgctl users update NAME --set-roles=...)"
+    )
+    assert cluster.cgctl("get", "role/dev").returncode == 0
+    cluster.cgctl("users", "update", "dev-dora", "--set-roles=access")
     assert cluster.cgctl("rm", "role/dev").returncode == 0
     gone = cluster.cgctl("get", "role/dev", check=False)
     assert gone.returncode == 4

@@ -129,6 +129,8 @@ class ResourceAdmin(UserAdmin):
             return
         if kind == "cert_authority":
             raise BadParameter("certificate authorities cannot be deleted")
+        if kind == "role":
+            await self._check_role_unheld(name)
         if kind == "node":
             await self._delete_node(name)
         else:
@@ -137,6 +139,18 @@ class ResourceAdmin(UserAdmin):
             kind, "resource.deleted"
         )
         await self.audit.emit(event, user=by, kind=kind, name=name)
+
+    async def _check_role_unheld(self, name: str) -> None:
+        """BadParameter while users hold role `name`: deleted under them, it would leave
+        them naming a role that is not there, and their next login refused for it."""
+        holders = sorted(u.name for u in await self.users.list_all() if name in u.spec.roles)
+        if holders:
+            more = f" and {len(holders) - 5} more" if len(holders) > 5 else ""
+            shown = ", ".join(holders[:5]) + more
+            raise BadParameter(
+                f'role "{name}" is held by {shown}: take it from them first '
+                "(cgctl users update NAME --set-roles=...)"
+            )
 
     async def _delete_node(self, name: str) -> None:
         """Out of the inventory, and its name free to join again: the identity that held
