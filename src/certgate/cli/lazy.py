@@ -16,6 +16,7 @@ inside the functions that need them, so that stays cheap.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Mapping
 from typing import Any
@@ -24,11 +25,36 @@ import click
 
 
 class LazyGroup(click.Group):
-    """A group whose subcommands are named up front and imported on first use."""
+    """A group whose subcommands are named up front and imported on first use.
 
-    def __init__(self, *args: Any, lazy: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+    A name that is no command gets the command it most likely meant, or for a name
+    people expect (`cgctl locks`) what does that here (`hints`)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        lazy: Mapping[str, str] | None = None,
+        hints: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._lazy = dict(lazy or {})
+        self._hints = dict(hints or {})
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        # Not while completing a word (resilient parsing): click gives up quietly there.
+        unknown = args and not name.startswith("-") and self.get_command(ctx, name) is None
+        if unknown and not ctx.resilient_parsing:
+            hint = self._hints.get(name)
+            if hint is None:
+                close = difflib.get_close_matches(name, self.list_commands(ctx), n=1)
+                hint = f"did you mean {ctx.command_path} {close[0]}?" if close else None
+            if hint is not None:
+                ctx.fail(f"No such command {name!r}: {hint}")
+        return super().resolve_command(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*self.commands, *self._lazy})

@@ -31,6 +31,14 @@ COMMANDS = {
     "activity": f"{_PACKAGE}.access:activity",
 }
 
+# Names people reach for that are no cgctl command, and what does that here.
+HINTS = {
+    "locks": "cgctl get lock lists them, cgctl lock makes one, cgctl rm lock/NAME lifts one",
+    "roles": "cgctl get roles lists them, cgctl create -f FILE makes or changes one",
+    "recordings": "recordings are cgsh's: cgsh recordings ls, cgsh play ID",
+    "sessions": "live sessions are cgsh's: cgsh sessions ls, cgsh join ID",
+}
+
 # Options of cgctl itself that people also type after the subcommand
 # (`cgctl users ls --data-dir ./data`); no subcommand has options of these names.
 GLOBAL_OPTIONS = ("--data-dir", "--config")
@@ -65,7 +73,10 @@ def hoist_global_options(args: list[str]) -> list[str]:
 
 
 @click.group(
-    cls=AdminGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]}
+    cls=AdminGroup,
+    lazy=COMMANDS,
+    hints=HINTS,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.option(
     "--data-dir",
