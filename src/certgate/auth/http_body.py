@@ -82,3 +82,8 @@ def query_int(request: web.Request, key: str, default: int, maximum: int) -> int
     if not (text.isascii() and text.isdigit()) or len(text) > 9 or not 1 <= int(text) <= maximum:
         raise BadParameter(f"{key} must be a whole number from 1 to {maximum}")
     return int(text)
+
+
+def query_flag(request: web.Request, key: str) -> bool:
+    """Whether a flag query parameter is on (`?incomplete=1`, `true` or `yes`)."""
+    return request.query.get(key, "") in ("1", "true", "yes")

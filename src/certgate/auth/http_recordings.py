@@ -38,6 +38,7 @@ from certgate.api.recording import (
     is_recording_id,
 )
 from certgate.auth import permissions as perm
+from certgate.auth.http_body import query_flag
 from certgate.errors import (
     AccessDenied,
     AlreadyExists,
@@ -152,8 +153,8 @@ class RecordingRoutes:
     async def upload(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None
         recording_id = check_recording_id(request.match_info["id"])
-        truncated = _flag(request, "truncated")
-        incomplete = _flag(request, "incomplete") or truncated
+        truncated = query_flag(request, "truncated")
+        incomplete = query_flag(request, "incomplete") or truncated
         with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
             received = 0
             async for chunk in request.content.iter_chunked(CHUNK):
@@ -232,10 +233,6 @@ class RecordingRoutes:
             truncated=stored.truncated,
         )
         return stored.to_dict()
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    return request.query.get(name, "") in ("1", "true", "yes")
 
 
 def _time(text: str | None) -> datetime | None:
