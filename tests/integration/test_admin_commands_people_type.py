@@ -53,5 +53,9 @@ def test_a_duration_without_a_unit_is_refused(cluster: Cluster) -> None:
     assert bare.stderr.strip() == 'error: invalid --ttl "10": give a unit: 10s, 10m or 10h'
     token = cluster.cgctl("tokens", "add", "--type=node", "--ttl=30", check=False)
     assert token.returncode == 2
+    # Zero is no lifetime: refused by the flag's name, not by a field of the API.
+    zero = cluster.cgctl("lock", "--user=lock-ttl-cy", "--ttl=0m", check=False)
+    assert zero.returncode == 2
+    assert zero.stderr.strip() == 'error: invalid --ttl "0m": must be longer than 0s'
     assert "lock-ttl-cy" not in cluster.cgctl("get", "lock").stdout
     assert cluster.cgctl("lock", "--user=lock-ttl-cy", "--ttl=10s").returncode == 0

@@ -101,7 +101,8 @@ class DurationText(click.ParamType[str]):
     """A duration flag (`--ttl=10m`): checked here, passed on as the text typed.
 
     A unit is required: `--ttl=10` could mean seconds or minutes, and a lock or a token
-    that lasts 10 seconds instead of 10 minutes is a surprise found too late.
+    that lasts 10 seconds instead of 10 minutes is a surprise found too late. Zero is
+    refused: every duration flag is a lifetime or a wait, and none of them means "none".
     """
 
     name = "duration"
@@ -115,9 +116,11 @@ class DurationText(click.ParamType[str]):
         from certgate.api.duration import parse_duration  # pulls in pydantic: only here
 
         try:
-            parse_duration(text)
+            duration = parse_duration(text)
         except BadParameter as exc:
             raise BadParameter(f"{flag}: {exc.message}") from None
+        if not duration:
+            raise BadParameter(f'invalid {flag} "{text}": must be longer than 0s')
         return text
 
 
