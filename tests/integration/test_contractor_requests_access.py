@@ -163,6 +163,16 @@ def test_two_approvals_from_different_reviewers_and_every_refusal_says_why(
     c.login(pete)
     request_id = c.cgsh(pete, "request", "create", "--roles=node-access", "--nowait").stdout
     request_id = request_id.strip()
+    # The same command again (after a Ctrl-C, say) finds the pending request: reviewers
+    # are not asked twice.
+    again = c.cgsh(pete, "request", "create", "--roles=node-access", "--nowait")
+    assert again.stdout.strip() == request_id
+    assert f"Not asked twice: this is your pending request {request_id} for the same" in (
+        again.stderr
+    )
+    assert [e["id"] for e in audit(c, "access_request.create") if e["user"] == "pete"] == [
+        request_id
+    ]
 
     own = c.cgsh(pete, "request", "review", "--approve", request_id, check=False)
     assert own.returncode == 3

@@ -119,7 +119,8 @@ async def request(server: AuthServer, who: str = "carl", **kw: Any) -> Any:
         "pending_ttl": None,
         **kw,
     }
-    return await server.create_request(user(who), **args)
+    created, _ = await server.create_request(user(who), **args)
+    return created
 
 
 def events(tmp_path: Path, kind: str) -> list[dict[str, Any]]:
@@ -154,6 +155,35 @@ async def test_one_approval_resolves_and_the_certificate_carries_the_grant(
     [update] = events(tmp_path, "access_request.update")
     assert update["state"] == "APPROVED" and update["user"] == "alice"
     assert update["reason"] == "approved by alice (alice: ok)"
+
+
+async def test_asking_again_for_the_same_finds_the_pending_request(
+    server: AuthServer, tmp_path: Path
+) -> None:
+    first, new = await server.create_request(
+        user("carl"), ["db-admin"], [], "migration", [], None, None
+    )
+    again, new_again = await server.create_request(
+        user("carl"), ["db-admin"], [], "migration", [], None, None
+    )
+    assert new and not new_again
+    assert again.name == first.name
+    # Reviewers were asked once: one create event, one request in the store.
+    assert [e["id"] for e in events(tmp_path, "access_request.create")] == [first.name]
+    assert [r.name for r in await server.list_requests(ADMIN, True)] == [first.name]
+
+    # Anything else asked for is another request: a reason, a duration, another user.
+    other_reason = await request(server, reason="another migration")
+    shorter = await request(server, max_duration=timedelta(minutes=5))
+    other_user = await request(server, who="pete")
+    assert len({first.name, other_reason.name, shorter.name, other_user.name}) == 4
+
+    # Once the first is decided, the same words make a new request.
+    await server.review_request(user("alice"), first.name, "deny", "not now")
+    after, new_after = await server.create_request(
+        user("carl"), ["db-admin"], [], "migration", [], None, None
+    )
+    assert new_after and after.name != first.name
 
 
 async def test_the_asked_max_duration_caps_access_below_the_roles(server: AuthServer) -> None:

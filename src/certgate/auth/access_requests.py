@@ -122,7 +122,10 @@ class AccessRequestAdmin(AuthCore):
         reviewers: Sequence[str],
         max_duration: timedelta | None,
         pending_ttl: timedelta | None,
-    ) -> AccessRequest:
+    ) -> tuple[AccessRequest, bool]:
+        """The new request and True; or, when the caller already waits on a request for
+        the very same thing (a command typed again after Ctrl-C, a form sent twice), that
+        one and False: reviewers are not asked twice."""
         if caller.kind != "user":
             raise AccessDenied("access denied: only users request access")
         user, standing = await self._standing(caller)
@@ -153,6 +156,9 @@ class AccessRequestAdmin(AuthCore):
                 thresholds=policy.thresholds(roles),
             ),
         )
+        same = await self._same_pending(request.spec)
+        if same is not None:
+            return same, False
         saved = await self.access_requests.create(_retention(request))
         await self.audit.emit(
             "access_request.create",
@@ -164,7 +170,28 @@ class AccessRequestAdmin(AuthCore):
             reviewers=saved.spec.suggested_reviewers,
             state="PENDING",
         )
-        return saved
+        return saved, True
+
+    async def _same_pending(self, asked: AccessRequestSpec) -> AccessRequest | None:
+        """The user's pending request asking for exactly `asked` (roles, resources,
+        reason, reviewers, durations), if any."""
+
+        def key(spec: AccessRequestSpec) -> tuple[object, ...]:
+            return (
+                spec.user,
+                spec.roles,
+                spec.resources,
+                spec.reason,
+                spec.suggested_reviewers,
+                spec.max_duration,
+                spec.pending_expires - spec.created,
+            )
+
+        for found in await self.access_requests.list():
+            found = await self._expire_one(found)
+            if found.spec.state == "PENDING" and key(found.spec) == key(asked):
+                return found
+        return None
 
     async def _resource_ref(self, text: str) -> ResourceRef:
         kind, _, name = text.partition("/")

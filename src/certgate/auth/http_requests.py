@@ -1,7 +1,8 @@
 """Auth API routes for access requests (`cgsh request`, `cgctl requests`).
 
     POST /v1/access_requests                 create {roles|resources, reason, reviewers,
-                                             max_duration, request_ttl}
+                                             max_duration, request_ttl}: 201; 200 and
+                                             the caller's pending request for the same
     GET  /v1/access_requests                 ?limit=N: own requests and those the caller
                                              may review, the newest N (DEFAULT_LIST when
                                              not given, at most MAX_LIST)
@@ -91,7 +92,7 @@ class RequestRoutes:
         reason = body.get("reason", "")
         if not isinstance(reason, str):
             raise BadParameter('"reason" must be a string')
-        created = await self._api.server.create_request(
+        created, new = await self._api.server.create_request(
             caller,
             roles=str_list(body, "roles"),
             resources=str_list(body, "resources"),
@@ -100,7 +101,8 @@ class RequestRoutes:
             max_duration=_optional_duration(body, "max_duration"),
             pending_ttl=_optional_duration(body, "request_ttl"),
         )
-        return to_dict(created)
+        # 200, not 201: the caller's earlier request for the same thing, still pending.
+        return web.json_response(to_dict(created), status=201 if new else 200)
 
     async def list(self, request: web.Request, caller: Identity | None) -> Any:
         assert caller is not None

@@ -35,6 +35,11 @@ class ClusterAPI:
     def call(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
         return self.client.call(method, self.prefix + path, json=json, params=params)
 
+    def call_status(
+        self, method: str, path: str, json: Any = None, params: Any = None
+    ) -> tuple[Any, int]:
+        return self.client.call_status(method, self.prefix + path, json=json, params=params)
+
     def download(self, path: str, out: BinaryIO, params: Any = None) -> int:
         return self.client.download(self.prefix + path, out, params=params)
 

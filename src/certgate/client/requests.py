@@ -101,7 +101,9 @@ class RequestsAPI:
         reviewers: Sequence[str],
         max_duration: str | None,
         request_ttl: str | None,
-    ) -> AccessRequestView:
+    ) -> tuple[AccessRequestView, bool]:
+        """The request and True; or the caller's pending request for the very same
+        thing, made earlier, and False."""
         body: dict[str, Any] = {
             "roles": list(roles),
             "resources": list(resources),
@@ -112,7 +114,8 @@ class RequestsAPI:
             body["max_duration"] = max_duration
         if request_ttl:
             body["request_ttl"] = request_ttl
-        return AccessRequestView.from_dict(self._cluster.call("POST", "/access_requests", body))
+        data, status = self._cluster.call_status("POST", "/access_requests", body)
+        return AccessRequestView.from_dict(data), status == 201
 
     def all(self, limit: int = DEFAULT_LIST) -> list[AccessRequestView]:
         """The newest `limit` requests the caller may see (auth caps the answer)."""

@@ -230,11 +230,18 @@ class AuthClient:
         )
 
     def call(self, method: str, path: str, json: Any = None, params: Any = None) -> Any:
+        return self.call_status(method, path, json=json, params=params)[0]
+
+    def call_status(
+        self, method: str, path: str, json: Any = None, params: Any = None
+    ) -> tuple[Any, int]:
+        """As `call`, with the answer's status (201 created, 200 found: a create that
+        found what was asked for already there)."""
         try:
             response = self._http.request(method, path, json=json, params=params)
         except httpx.HTTPError as exc:
             raise _unreachable(self.base_url, exc) from exc
-        return _decode(response)
+        return _decode(response), response.status_code
 
     def download(self, path: str, out: BinaryIO, params: Any = None) -> int:
         """GET `path` into `out` a chunk at a time (a large answer never sits in

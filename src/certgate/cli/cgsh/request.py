@@ -103,12 +103,19 @@ def request_at_login(profile: Profile, roles: list[str], reason: str) -> None:
     cluster = connect_profile(profile)
     try:
         api = RequestsAPI(cluster)
-        created = api.create(roles, [], reason, [], None, None)
-        click.echo(f"Your roles require an access request: request {created.id}", err=True)
+        created, new = api.create(roles, [], reason, [], None, None)
+        if new:
+            click.echo(f"Your roles require an access request: request {created.id}", err=True)
+        else:
+            click.echo(f"Your roles require an access request: {_earlier(created)}", err=True)
         click.echo(f"Waiting for {created.what} to be reviewed...", err=True)
         wait_and_assume(api, created)
     finally:
         cluster.close()
+
+
+def _earlier(found: AccessRequestView) -> str:
+    return f"your pending request {found.id} for the same, made {when(found.created)}"
 
 
 def describe_grant(grant: dict[str, Any]) -> str:
@@ -159,7 +166,7 @@ def create(
     if not role_list and not resources:
         raise click.UsageError("name --roles=ROLE[,ROLE] or --resource=node/NAME")
     api = _api(ctx)
-    created = api.create(
+    created, new = api.create(
         role_list,
         list(resources),
         reason,
@@ -167,6 +174,8 @@ def create(
         max_duration,
         request_ttl,
     )
+    if not new:
+        click.echo(f"Not asked twice: this is {_earlier(created)}.", err=True)
     if nowait:
         click.echo(created.id)
         return
