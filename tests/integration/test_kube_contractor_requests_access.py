@@ -96,6 +96,7 @@ def _pending(kube: KubeSetup, user: str) -> list[dict[str, Any]]:
 
 def test_contractor_requests_kube_access_and_a_lock_takes_it_away(kube: KubeSetup) -> None:
     contractor = _contractor(kube, "contractor")
+    assert "Kubernetes groups:  -\n" in kube.cluster.cgsh(contractor, "status").stdout
     config_before = kube.kubeconfig(contractor).read_text()
     refused = kube.kubectl(contractor, "get", "nodes")
     assert refused.returncode != 0
@@ -110,6 +111,11 @@ def test_contractor_requests_kube_access_and_a_lock_takes_it_away(kube: KubeSetu
     out, err = waiting.communicate(timeout=30)
     assert waiting.returncode == 0, err
     assert "Approved" in out
+    # As in the talk: "I've been assigned the Kubernetes group system:masters".
+    assert (
+        "Roles: kube-contractor, kube-member; logins: -\nKubernetes groups: system:masters\n" in out
+    )
+    assert "Kubernetes groups:  system:masters\n" in kube.cluster.cgsh(contractor, "status").stdout
 
     # The next kubectl call presents the fresh certificate (the exec plugin reads it).
     granted = kube.kubectl(contractor, "get", "nodes")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from certgate.api.identity import Identity
@@ -20,6 +20,11 @@ class CertBundle:
     known_hosts: str
     # OpenSSH public keys of the user CA (what sshd's TrustedUserCAKeys holds).
     user_ca_keys: list[str]
+    # What the user's roles grant in Kubernetes clusters, all clusters together, when
+    # issued (`cgsh status` shows it). For display: each call is decided by the kube
+    # service from the roles as they are then, per cluster (kubernetes_labels).
+    kubernetes_groups: list[str] = field(default_factory=list)
+    kubernetes_users: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -29,6 +34,8 @@ class CertBundle:
             "tls_cas": self.tls_cas,
             "known_hosts": self.known_hosts,
             "user_ca_keys": self.user_ca_keys,
+            "kubernetes_groups": self.kubernetes_groups,
+            "kubernetes_users": self.kubernetes_users,
         }
 
     @classmethod
@@ -40,4 +47,7 @@ class CertBundle:
             tls_cas=[str(c) for c in data["tls_cas"]],
             known_hosts=str(data["known_hosts"]),
             user_ca_keys=[str(k) for k in data["user_ca_keys"]],
+            # Absent from bundles saved by an older cgsh.
+            kubernetes_groups=[str(g) for g in data.get("kubernetes_groups", [])],
+            kubernetes_users=[str(u) for u in data.get("kubernetes_users", [])],
         )

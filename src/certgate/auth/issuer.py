@@ -106,7 +106,11 @@ class CertIssuer:
             not_before=now,
             not_after=identity.expires,
         )
-        return self._bundle(identity, ssh_cert, tls_cert)
+        return replace(
+            self._bundle(identity, ssh_cert, tls_cert),
+            kubernetes_groups=role_set.kubernetes_groups(),
+            kubernetes_users=role_set.kubernetes_users(),
+        )
 
     def issue_service(
         self,

@@ -53,6 +53,10 @@ def show_grant(request: AccessRequestView, bundle: CertBundle) -> None:
         f"until {when(identity.expires.isoformat())}."
     )
     click.echo(f"Roles: {', '.join(identity.roles)}; logins: {', '.join(identity.logins) or '-'}")
+    if bundle.kubernetes_groups or bundle.kubernetes_users:
+        kube = f"Kubernetes groups: {', '.join(bundle.kubernetes_groups) or '-'}"
+        users = f"; users: {', '.join(bundle.kubernetes_users)}" if bundle.kubernetes_users else ""
+        click.echo(kube + users)
     click.echo("Back to your own roles at any time: cgsh request drop")
 
 

@@ -137,7 +137,8 @@ def profile_status() -> dict[str, object]:
     from certgate.client.profile import load_profile
 
     profile = load_profile()
-    identity = profile.identity().bundle.identity
+    bundle = profile.identity().bundle
+    identity = bundle.identity
     grants: list[dict[str, Any]] = []
     if identity.request_ids:  # only then is auth asked (and its client imported)
         from certgate.client.requests import grant_status
@@ -149,7 +150,8 @@ def profile_status() -> dict[str, object]:
         "user": identity.username,
         "roles": list(identity.roles),
         "logins": list(identity.logins),
-        "kubernetes_groups": identity.traits.get("kubernetes_groups", []),
+        "kubernetes_groups": bundle.kubernetes_groups,
+        "kubernetes_users": bundle.kubernetes_users,
         "valid_until": identity.expires.isoformat(),
         "expired": identity.expires <= datetime.now(UTC),
         "access_requests": grants,
@@ -182,6 +184,8 @@ def _show(status: dict[str, object], fmt: str) -> None:
     click.echo(f"  Roles:              {joined('roles')}")
     click.echo(f"  Logins:             {joined('logins')}")
     click.echo(f"  Kubernetes groups:  {joined('kubernetes_groups')}")
+    if status.get("kubernetes_users"):
+        click.echo(f"  Kubernetes users:   {joined('kubernetes_users')}")
     click.echo(f"  Valid until:        {validity}")
     requests = status.get("access_requests")
     for grant in requests if isinstance(requests, list) else []:
