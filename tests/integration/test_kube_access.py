@@ -125,11 +125,18 @@ def admin(kube: KubeSetup) -> User:
 
 
 def test_kube_ls_lists_the_cluster_with_its_labels(kube: KubeSetup, viewer: User) -> None:
-    out = kube.cluster.cgsh(viewer, "kube", "ls", "--format=json").stdout
-    assert {"name": "dev-cluster", "labels": {"env": "dev"}} in json.loads(out)
+    out = kube.cgsh(viewer, "kube", "ls", "--format=json").stdout
+    assert {"name": "dev-cluster", "labels": {"env": "dev"}, "selected": True} in json.loads(out)
     config = kube.kubeconfig(viewer)
     assert config.stat().st_mode & 0o777 == 0o600
     assert "certgate.client.kube_credentials" in config.read_text()
+    typo = kube.kube_login(viewer, "dev-clustr")
+    assert typo.returncode == 4
+    assert typo.stderr.strip() == (
+        'error: kubernetes cluster "dev-clustr" not found; did you mean "dev-cluster"?'
+    )
+    other = kube.kube_login(viewer, "prod")
+    assert other.stderr.strip() == 'error: kubernetes cluster "prod" not found: see cgsh kube ls'
 
 
 def test_get_nodes_is_refused_without_groups(kube: KubeSetup, contractor: User) -> None:

@@ -61,6 +61,9 @@ def _user(kube: KubeSetup, name: str, roles: str) -> User:
     for cluster in (FAR, NEAR):  # both contexts written; NEAR is current
         result = kube.kube_login(user, cluster)
         assert result.returncode == 0, result.stderr
+    shown = kube.cgsh(user, "kube", "ls").stdout.splitlines()
+    selected = [line.split()[0] for line in shown if line.endswith("*")]
+    assert selected == [NEAR]
     return user
 
 

@@ -67,8 +67,12 @@ class KubeSetup:
         }
 
     def kube_login(self, user: User, name: str = "dev-cluster") -> subprocess.CompletedProcess[str]:
+        return self.cgsh(user, "kube", "login", name)
+
+    def cgsh(self, user: User, *args: str) -> subprocess.CompletedProcess[str]:
+        """cgsh as `user`, with the user's kubeconfig (KUBECONFIG) as kubectl has it."""
         return subprocess.run(
-            [str(BIN / "cgsh"), "kube", "login", name],
+            [str(BIN / "cgsh"), *args],
             capture_output=True, text=True, env=self.env(user), timeout=60,
         )  # fmt: skip
 

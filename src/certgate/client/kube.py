@@ -30,6 +30,7 @@ from certgate.api.kube_cluster import PROXY_PATH_PREFIX, KubeCluster
 from certgate.atomic_files import write_atomic
 from certgate.client.cluster import connect_profile
 from certgate.client.kube_credentials import plugin_exec
+from certgate.client.names import did_you_mean
 from certgate.client.profile import Profile, home, load_profile
 from certgate.client.proxy_client import ProxyClient
 from certgate.errors import BadParameter, NotFound
@@ -60,8 +61,10 @@ class Written:
 
 def login(name: str) -> Written:
     profile = load_profile()
-    if name not in {c.name for c in list_clusters()}:
-        raise NotFound(f'kubernetes cluster "{name}" not found: see cgsh kube ls')
+    reachable = [c.name for c in list_clusters()]
+    if name not in reachable:
+        hint = did_you_mean(reachable, name) or ": see cgsh kube ls"
+        raise NotFound(f'kubernetes cluster "{name}" not found{hint}')
     kube_addr = _kube_addr(profile)
     entry = f"certgate-{profile.cluster}-{name}"
     context = f"{profile.cluster}-{name}"
@@ -80,6 +83,28 @@ def login(name: str) -> Written:
     _save(path, config)
     _remember(path, entry, context)
     return Written(path, context)
+
+
+def selected() -> str | None:
+    """The cluster kubectl's current context reaches through cgsh's entries, if any
+    (`cgsh kube ls` marks it)."""
+    profile = load_profile()
+    try:
+        config = _load(kubeconfig_path())
+    except BadParameter:
+        return None  # an unreadable kubeconfig selects nothing; login says why
+    current = config.get("current-context") or ""
+    prefix = f"{profile.cluster}-"
+    if not isinstance(current, str) or not current.startswith(prefix):
+        return None
+    name = current[len(prefix) :]
+    entry = f"certgate-{profile.cluster}-{name}"
+    for context in config.get("contexts") or []:
+        if isinstance(context, dict) and context.get("name") == current:
+            inner = context.get("context") or {}
+            if isinstance(inner, dict) and inner.get("user") == entry:
+                return name
+    return None
 
 
 def logout() -> int:

@@ -21,18 +21,29 @@ def kube() -> None:
 @kube.command("ls")
 @FORMAT
 def ls(fmt: str) -> None:
-    """The clusters your roles let you reach, with their labels."""
-    from certgate.client.kube import list_clusters
+    """The clusters your roles let you reach, with their labels; * marks the one
+    kubectl's current context reaches (cgsh kube login NAME selects one)."""
+    from certgate.client.kube import list_clusters, selected
 
     clusters = list_clusters()
+    current = selected()
     if fmt == "json":
-        print_json([{"name": c.name, "labels": c.metadata.labels} for c in clusters])
+        print_json(
+            [
+                {"name": c.name, "labels": c.metadata.labels, "selected": c.name == current}
+                for c in clusters
+            ]
+        )
         return
     rows = [
-        [c.name, ",".join(f"{k}={v}" for k, v in sorted(c.metadata.labels.items()))]
+        [
+            c.name,
+            ",".join(f"{k}={v}" for k, v in sorted(c.metadata.labels.items())),
+            "*" if c.name == current else "",
+        ]
         for c in clusters
     ]
-    click.echo(table(["Cluster", "Labels"], rows))
+    click.echo(table(["Cluster", "Labels", "Selected"], rows))
 
 
 @kube.command("login")
