@@ -133,6 +133,10 @@ def test_contractor_requests_kube_access_and_a_lock_takes_it_away(kube: KubeSetu
     )
     assert "contract ended" in locked.stderr
     assert "kube-node-1" not in locked.stdout
+    # cgsh status cannot look the grant up any more, and says why.
+    status = kube.cgsh(contractor, "status").stdout
+    assert f"Access request:     {pending['metadata']['name']} (not checked: " in status
+    assert "locked: contract ended)" in status
 
 
 def test_a_kube_cluster_resource_request_grants_that_cluster_only(kube: KubeSetup) -> None:

@@ -238,22 +238,22 @@ def drop(profile: Profile) -> CertBundle:
 
 
 def grant_status(profile: Profile, request_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The grants the profile's certificates carry: who approved, until when (only the
-    ids when auth cannot be asked)."""
+    """The grants the profile's certificates carry: who approved, until when (the ids
+    and why not, when auth cannot be asked: offline, expired, locked)."""
     if not request_ids:
         return []
     out: list[dict[str, Any]] = []
     try:
         cluster = connect_profile(profile)
-    except CertgateError:
-        return [{"id": ref} for ref in request_ids]
+    except CertgateError as exc:
+        return [{"id": ref, "error": exc.message} for ref in request_ids]
     try:
         api = RequestsAPI(cluster)
         for ref in request_ids:
             try:
                 found = api.get(ref)
-            except CertgateError:
-                out.append({"id": ref})
+            except CertgateError as exc:
+                out.append({"id": ref, "error": exc.message})
                 continue
             out.append(
                 {

@@ -124,7 +124,8 @@ def _earlier(found: AccessRequestView) -> str:
 
 def describe_grant(grant: dict[str, Any]) -> str:
     if "state" not in grant:
-        return str(grant["id"])
+        why = grant.get("error")
+        return f"{grant['id']} (not checked: {why})" if why else str(grant["id"])
     ends = when(grant.get("access_expires"))
     ended = grant["state"] != "APPROVED" or ends.endswith("ago)")
     status = "ENDED" if ended else "active"
