@@ -46,6 +46,13 @@ def test_contractor_requests_and_approver_steps_up(
     request_url = carl.url
     assert carl.locator("#state").inner_text() == "PENDING"
     assert carl.locator("#review").count() == 0  # nobody reviews their own request
+    # The same form sent again: the same request, and the page says so.
+    carl.click("header nav a:text-is('Requests')")
+    carl.select_option("#roles", "web-node-access")
+    carl.fill("#reason", "fix the db")
+    carl.click("#new-request button")
+    assert carl.url.split("?")[0] == request_url
+    assert "this is your pending request for the same" in carl.locator("p.ok").inner_text()
 
     # The link a chat message carries: through the login page, then straight to it.
     path = request_url.split(cluster.proxy_addr, 1)[1]

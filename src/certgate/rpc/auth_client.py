@@ -326,8 +326,20 @@ class AsyncAuthClient:
         params: Any = None,
         headers: dict[str, str] | None = None,
     ) -> Any:
+        return (await self.call_status(method, path, json, params, headers))[0]
+
+    async def call_status(
+        self,
+        method: str,
+        path: str,
+        json: Any = None,
+        params: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[Any, int]:
+        """As `call`, with the answer's status (201 created, 200 found: a create that
+        found what was asked for already there)."""
         response = await self.raw(method, path, json=json, params=params, headers=headers)
-        return _decode(response)
+        return _decode(response), response.status_code
 
     async def raw(
         self,

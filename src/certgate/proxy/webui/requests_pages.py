@@ -49,7 +49,7 @@ async def create(
 ) -> web.StreamResponse:
     roles = [r.strip() for r in form.get("roles", "").split(",") if r.strip()]
     try:
-        created = await request.app[guard.AUTH_KEY].call(
+        created, status = await request.app[guard.AUTH_KEY].call_status(
             "POST",
             "/v1/access_requests",
             json={"roles": roles, "reason": form.get("reason", "")},
@@ -57,14 +57,18 @@ async def create(
         )
     except CertgateError as exc:
         return await _list(request, session, exc.message, exc.http_status)
-    return redirect(f"/web/requests/{created['metadata']['name']}")
+    # 200: the user's pending request for the same (a form sent twice): its page says so.
+    same = "" if status == 201 else "?same=1"
+    return redirect(f"/web/requests/{created['metadata']['name']}{same}")
 
 
 async def review_page(request: web.Request) -> web.StreamResponse:
     session = await guard.signed_in(request)
     if session is None:
         return to_login(request)
-    return await _review_page(request, session, "", "", 200)
+    same = request.query.get("same") == "1"
+    done = "You already asked for this: this is your pending request for the same." if same else ""
+    return await _review_page(request, session, "", done, 200)
 
 
 async def _review_page(
