@@ -16,6 +16,7 @@ BIN = Path(sys.executable).parent
     [
         ("cgctl", ["locks", "ls"], "No such command 'locks': cgctl get lock lists them"),
         ("cgctl", ["roles"], "No such command 'roles': cgctl get roles lists them"),
+        ("cgctl", ["unlock", "--user=bob"], "No such command 'unlock': cgctl rm lock/NAME lifts"),
         ("cgctl", ["tokns", "ls"], "No such command 'tokns': did you mean cgctl tokens?"),
         ("cgsh", ["lss"], "No such command 'lss': did you mean cgsh ls?"),
         ("cgctl", ["xyzzy"], "No such command 'xyzzy'."),

@@ -34,6 +34,7 @@ COMMANDS = {
 # Names people reach for that are no cgctl command, and what does that here.
 HINTS = {
     "locks": "cgctl get lock lists them, cgctl lock makes one, cgctl rm lock/NAME lifts one",
+    "unlock": "cgctl rm lock/NAME lifts a lock (cgctl get lock lists them)",
     "roles": "cgctl get roles lists them, cgctl create -f FILE makes or changes one",
     "recordings": "recordings are cgsh's: cgsh recordings ls, cgsh play ID",
     "sessions": "live sessions are cgsh's: cgsh sessions ls, cgsh join ID",
