@@ -78,5 +78,18 @@ def test_contractor_requests_and_approver_steps_up(
 
     carl.reload()
     assert carl.locator("#state").inner_text() == "APPROVED"
+
+    # A reason holding a long link wraps: neither page grows wider than the window.
+    link = "https://tickets.example.com/search?jql=" + "project%3DOPS%26id%3D4711" * 16
+    carl.click("header nav a:text-is('Requests')")
+    carl.select_option("#roles", "web-node-access")
+    carl.fill("#reason", link)
+    carl.click("#new-request button")
+    assert link in carl.locator("dl.facts").inner_text()
+    wider = "document.documentElement.scrollWidth > window.innerWidth"
+    assert not carl.evaluate(wider)
+    carl.click("header nav a:text-is('Requests')")
+    assert link in carl.locator("table").inner_text()
+    assert not carl.evaluate(wider)
     carl.context.close()
     ann.context.close()
