@@ -34,4 +34,11 @@ def test_user_without_the_rule_is_refused(
     response = page.goto(f"https://{cluster.proxy_addr}/web/audit")
     assert response is not None and response.status == 403
     assert page.locator("p.error").inner_text().startswith("access denied")
+    # Nothing under the refusal that reads as an answer ("No events match.").
+    assert page.locator("#events").count() == 0 and page.locator("form.filters").count() == 0
+    # The locks page alike: no lock form, no "No locks." table.
+    response = page.goto(f"https://{cluster.proxy_addr}/web/locks")
+    assert response is not None and response.status == 403
+    assert page.locator("p.error").inner_text().startswith("access denied")
+    assert page.locator("#new-lock").count() == 0 and page.locator("#locks").count() == 0
     page.context.close()

@@ -39,13 +39,14 @@ async def audit_page(request: web.Request) -> web.StreamResponse:
     events: list[dict[str, Any]] = []
     next_cursor = ""
     error = ""
+    status = 200
     try:
         answer = await request.app[guard.AUTH_KEY].call(
             "GET", "/v1/events", params=params, headers=session.forwarded_headers()
         )
         events, next_cursor = answer["events"], answer.get("cursor") or ""
     except CertgateError as exc:
-        error = exc.message
+        error, status = exc.message, exc.http_status
     rows = [
         {
             "time": str(e.get("time", ""))[:19].replace("T", " "),
@@ -64,5 +65,7 @@ async def audit_page(request: web.Request) -> web.StreamResponse:
         since=since,
         next_cursor=next_cursor,
         error=error,
-        status=403 if error.startswith("access denied") else 200,
+        # Refused: neither filters nor "No events match." (the log was not searched).
+        refused=status == 403,
+        status=status,
     )

@@ -32,12 +32,14 @@ async def locks_page(request: web.Request) -> web.StreamResponse:
 
 async def _page(request: web.Request, session: WebSession, error: str, status: int) -> web.Response:
     locks: list[dict[str, Any]] = []
+    listed = True
     try:
         locks = await request.app[guard.AUTH_KEY].call(
             "GET", "/v1/resources/lock", headers=session.forwarded_headers()
         )
     except CertgateError as exc:
-        error, status = error or exc.message, exc.http_status
+        # No "No locks." under a refusal: the table would say something untrue.
+        error, status, listed = error or exc.message, exc.http_status, False
     rows = []
     for lock in locks:
         target = {k: v for k, v in lock["spec"]["target"].items() if v and k != "issued_before"}
@@ -50,8 +52,8 @@ async def _page(request: web.Request, session: WebSession, error: str, status: i
             }
         )
     return page(
-        request, "locks.html", session=session, locks=rows, targets=TARGETS, error=error,
-        status=status,
+        request, "locks.html", session=session, locks=rows, listed=listed, targets=TARGETS,
+        error=error, status=status,
     )  # fmt: skip
 
 
