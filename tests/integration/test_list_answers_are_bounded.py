@@ -25,6 +25,7 @@ from certgate.auth.http_access import DEFAULT_PAGE, MAX_PAGE
 from certgate.auth.http_requests import MAX_LIST
 from certgate.client.cluster import ClusterAPI, connect_profile
 from certgate.errors import BadParameter
+from certgate.recording.store import MAX_LIST as MAX_RECORDINGS
 from tests.support.cluster import BIN, Cluster, User, run
 
 LOGINS = [f"l{i:02d}" for i in range(60)]
@@ -125,6 +126,13 @@ def test_the_request_list_is_capped_newest_first(c: Cluster) -> None:
             with pytest.raises(BadParameter) as refused:
                 api.call("GET", "/access_requests", params={"limit": huge})
             assert refused.value.message == f"limit must be a whole number from 1 to {MAX_LIST}"
+        # The recordings list words it the same way.
+        for bad in (str(MAX_RECORDINGS + 1), "abc"):
+            with pytest.raises(BadParameter) as refused:
+                api.call("GET", "/recordings", params={"limit": bad})
+            assert refused.value.message == (
+                f"limit must be a whole number from 1 to {MAX_RECORDINGS}"
+            )
     shown = c.cgsh(asker, "request", "ls", "--limit=2", "--format=json")
     assert len(json.loads(shown.stdout)) == 2
     assert "showing the newest 2 requests: --limit=N shows more" in shown.stderr

@@ -38,7 +38,7 @@ from certgate.api.recording import (
     is_recording_id,
 )
 from certgate.auth import permissions as perm
-from certgate.auth.http_body import query_flag
+from certgate.auth.http_body import query_flag, query_int
 from certgate.errors import (
     AccessDenied,
     AlreadyExists,
@@ -112,7 +112,7 @@ class RecordingRoutes:
             until=_time(q.get("until")),
             user=q.get("user") or None,
             node=q.get("node") or None,
-            limit=_limit(q.get("limit")),
+            limit=query_int(request, "limit", 1000, MAX_LIST),
         )
         if not await self._sees_all(caller, "list"):
             if query.user not in (None, caller.username):
@@ -243,15 +243,3 @@ def _time(text: str | None) -> datetime | None:
     except ValueError as exc:
         raise BadParameter(f'invalid time "{text}": use RFC 3339') from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _limit(text: str | None) -> int:
-    if not text:
-        return 1000
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise BadParameter(f'invalid limit "{text}": use a number') from exc
-    if not 1 <= value <= MAX_LIST:
-        raise BadParameter(f"limit must be between 1 and {MAX_LIST}, got {value}")
-    return value
