@@ -90,6 +90,8 @@ def test_configure_prints_a_config_that_starts(tmp_path: Path) -> None:
     assert set(data) >= {"auth_service", "proxy_service", "ssh_service", "kubernetes_service"}
     # Every option of the config schema is in the sample, and the sample is valid.
     assert _keys(Config.model_validate(data).model_dump()) == _keys(data)
+    # ... and says the defaults: a config made from it behaves as no config does.
+    assert Config.model_validate(data) == Config()
     data["data_dir"] = str(tmp_path / "data")
     data["diag_addr"] = f"127.0.0.1:{free_port()}"
     data["auth_service"]["listen_addr"] = f"127.0.0.1:{free_port()}"

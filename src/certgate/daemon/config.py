@@ -284,7 +284,7 @@ ssh_service:
   enabled: true
   listen_addr: 0.0.0.0:3022
   advertise_addr: ""      # what the proxy dials; default: listen_addr on this host
-  labels: {env: dev}
+  labels: {}              # e.g. {env: prod, team: db}: what roles' node_labels match
   heartbeat_interval: 10s # the node leaves `cgsh ls` within two intervals of stopping
 
 kubernetes_service:
