@@ -95,6 +95,8 @@ def test_configure_prints_a_config_that_starts(tmp_path: Path) -> None:
     data["data_dir"] = str(tmp_path / "data")
     data["diag_addr"] = f"127.0.0.1:{free_port()}"
     data["auth_service"]["listen_addr"] = f"127.0.0.1:{free_port()}"
+    # Behind a balancer this host cannot reach itself through: cgctl here still works.
+    data["auth_service"]["advertise_addr"] = "auth-balancer.invalid:3025"
     # Every port a free one: the defaults may be taken (another cluster on this host, or
     # a test running beside this one).
     for key in ("web_listen_addr", "ssh_listen_addr", "kube_listen_addr"):
@@ -113,6 +115,8 @@ def test_configure_prints_a_config_that_starts(tmp_path: Path) -> None:
         ):
             time.sleep(0.1)
         assert (tmp_path / "data" / "admin" / "auth_addr").exists()
+        users = run([str(BIN / "cgctl"), "--data-dir", str(tmp_path / "data"), "users", "ls"])
+        assert users.returncode == 0, users.stderr
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=15)

@@ -175,7 +175,8 @@ class Daemon:
 
         key_pem, public_key = new_key()
         auth_host, _ = split_addr(self.auth_addr, 3025)
-        principals = _local_names(self.nodename, auth_host)
+        listen_host, _ = split_addr(cfg.listen_addr, 3025)
+        principals = _local_names(self.nodename, auth_host, listen_host)
         own = IdentityFiles(
             key_pem, server.issue_service_identity("auth", "Auth", public_key, principals)
         )
@@ -184,7 +185,9 @@ class Daemon:
         admin = IdentityFiles(admin_key, server.issue_admin_identity(admin_public))
         admin_dir = self.data_dir / "admin"
         admin.save(admin_dir)
-        (admin_dir / "auth_addr").write_text(self.auth_addr + "\n")
+        # cgctl on this host talks to this auth where it listens, not through the
+        # advertised address (a load balancer, which may not take a member's own calls).
+        (admin_dir / "auth_addr").write_text(dial_addr(cfg.listen_addr, 3025) + "\n")
 
         app = auth_app(server, self.metrics, cfg, self.data_dir)
         tls_cas = server.issuer.tls_ca_certs()
