@@ -60,6 +60,14 @@ def test_login_to_a_second_cluster_and_switch_back(
     assert a.cgsh(ann_a, "ls").returncode == 0
     assert (home / "keys" / "key-cert.pub").exists()
 
+    # Logged out of alpha, still logged in to beta: status says how to get back, and
+    # the switch asks for nothing while beta's certificates are valid.
+    assert a.cgsh(ann_a, "logout").stdout.strip() == "Logged out."
+    gone = a.cgsh(ann_a, "status", check=False)
+    assert gone.returncode == 3 and "cgsh login beta.test" in gone.stderr
+    assert "beta.test" in b.cgsh(ann_b, "login", "beta.test", input="").stdout
+    assert status(b, ann_b)["cluster"] == "beta.test"
+
 
 def test_each_proxy_keeps_its_pin(two: tuple[Cluster, Cluster], tmp_path: Path) -> None:
     a, b = two

@@ -81,7 +81,7 @@ def login(name: str) -> Written:
     _put(config, "contexts", context, "context", {"cluster": entry, "user": entry})
     config["current-context"] = context
     _save(path, config)
-    _remember(path, entry, context)
+    _remember(path, entry, context, profile.cluster)
     return Written(path, context)
 
 
@@ -107,28 +107,44 @@ def selected() -> str | None:
     return None
 
 
-def logout() -> int:
-    """Remove the entries `login` wrote (and only those); how many contexts were removed."""
+def logout(cluster: str) -> int:
+    """Remove the entries `login` wrote for `cluster` (a certgate cluster: other
+    clusters' entries, and everything cgsh did not write, stay); how many contexts were
+    removed."""
     note = home() / "kube.json"
     try:
         written = json.loads(note.read_text())
     except (OSError, ValueError):
         return 0
     removed = 0
+    kept: dict[str, list[dict[str, str]]] = {}
     for path_text, entries in written.items():
+        ours = [e for e in entries if _written_for(e, cluster)]
+        if len(ours) < len(entries):
+            kept[path_text] = [e for e in entries if not _written_for(e, cluster)]
         path = Path(path_text)
-        if not path.exists():
+        if not ours or not path.exists():
             continue
         config = _load(path)
-        for entry in entries:
+        for entry in ours:
             removed += _drop(config, "contexts", entry["context"])
             _drop(config, "clusters", entry["entry"])
             _drop(config, "users", entry["entry"])
             if config.get("current-context") == entry["context"]:
                 config["current-context"] = ""
         _save(path, config)
-    note.unlink(missing_ok=True)
+    if kept:
+        note.write_text(json.dumps(kept, indent=2) + "\n")
+    else:
+        note.unlink(missing_ok=True)
     return removed
+
+
+def _written_for(entry: dict[str, str], cluster: str) -> bool:
+    # Notes from before entries named their cluster: by the entry's name alone.
+    return entry.get("cluster", cluster) == cluster and entry["entry"].startswith(
+        f"certgate-{cluster}-"
+    )
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -180,14 +196,14 @@ def _drop(config: dict[str, Any], key: str, name: str) -> int:
     return len(items) - len(kept)
 
 
-def _remember(path: Path, entry: str, context: str) -> None:
+def _remember(path: Path, entry: str, context: str, cluster: str) -> None:
     note = home() / "kube.json"
     try:
         written = json.loads(note.read_text())
     except (OSError, ValueError):
         written = {}
     entries = [e for e in written.get(str(path), []) if e.get("context") != context]
-    entries.append({"entry": entry, "context": context})
+    entries.append({"entry": entry, "context": context, "cluster": cluster})
     written[str(path)] = entries
     home().mkdir(parents=True, exist_ok=True)
     note.write_text(json.dumps(written, indent=2) + "\n")

@@ -106,9 +106,12 @@ def login(
 
 
 def _still_valid(profile: Profile) -> bool:
-    from certgate.client.profile import load_profile, parked_identity
+    from certgate.client.profile import NotLoggedIn, load_profile, parked_identity
 
-    current = profile.proxy == load_profile().proxy
+    try:
+        current = profile.proxy == load_profile().proxy
+    except NotLoggedIn:  # logged out of the current cluster: the parked ones remain
+        current = False
     identity = profile.identity() if current else parked_identity(profile)
     return identity is not None and identity.bundle.identity.expires > datetime.now(UTC)
 
@@ -206,17 +209,33 @@ def _show(status: dict[str, object], fmt: str) -> None:
 @FORMAT
 def status(fmt: str) -> None:
     """Show who you are logged in as, your roles and logins, and until when."""
-    _show(profile_status(), fmt)
+    from certgate.client.profile import NotLoggedIn
+
+    try:
+        current = profile_status()
+    except NotLoggedIn as exc:
+        others = [str(o["cluster"]) for o in other_clusters()]
+        if not others:
+            raise
+        # Logged out of the current cluster, still logged in to others: say how back.
+        raise NotLoggedIn(
+            f"{exc.message}; or switch to a cluster you are logged in to: "
+            + ", ".join(f"cgsh login {name}" for name in others)
+        ) from None
+    _show(current, fmt)
 
 
 @click.command()
 def logout() -> None:
-    """Remove your keys and certificates from this machine (and the kubeconfig
-    contexts cgsh kube login wrote)."""
+    """Remove your keys and certificates for the current cluster from this machine (and
+    the kubeconfig contexts cgsh kube login wrote for it)."""
     from certgate.client.kube import logout as kube_logout
-    from certgate.client.profile import remove_profile
+    from certgate.client.profile import NotLoggedIn, load_profile, remove_profile
 
-    kube_logout()
+    try:
+        kube_logout(load_profile().cluster)
+    except NotLoggedIn:
+        pass  # no current cluster: the kubeconfig entries are other clusters'
     if remove_profile():
         click.echo("Logged out.")
     else:
