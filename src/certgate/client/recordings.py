@@ -74,7 +74,16 @@ def _checked(api: ClusterAPI, recording_id: str) -> str:
     if not is_id_prefix(recording_id):
         raise NotFound(f'recording "{recording_id}" not found')
     ids = [info.id for info in list_recordings(api, limit=MAX_PREFIX_SCAN)]
-    return resolve_prefix(ids, recording_id, "recording")
+    try:
+        return resolve_prefix(ids, recording_id, "recording")
+    except NotFound:
+        if len(ids) < MAX_PREFIX_SCAN:
+            raise
+        # Older ones were not looked at: the whole id finds them.
+        raise NotFound(
+            f'recording "{recording_id}" not found among the {MAX_PREFIX_SCAN} newest '
+            "you can list: give its whole id"
+        ) from None
 
 
 def fetch_info(api: ClusterAPI, recording_id: str) -> RecordingInfo:
