@@ -211,6 +211,12 @@ def test_joining_without_the_policy_is_refused(cluster: Cluster, people: dict[st
     hidden = cluster.cgsh(eve, "join", session_id, check=False)
     assert hidden.returncode != 0
     assert f'session "{session_id}" not found' in hidden.stderr
+    # A prefix eve cannot see reads the same as the whole id does.
+    short = cluster.cgsh(eve, "join", session_id[:8], check=False)
+    assert short.returncode == 4
+    assert short.stderr.strip() == (
+        f'error: session "{session_id[:8]}" not found: it has ended, or you cannot see it'
+    )
     bogus = cluster.cgsh(walt, "join", "../../etc/passwd", check=False)
     assert bogus.returncode == 4
     assert bogus.stderr.strip() == (

@@ -44,7 +44,13 @@ def join_target(api: ClusterAPI, session_id: str, mode: str) -> JoinTarget:
         if not is_id_prefix(session_id):
             raise NotFound(f'session "{session_id}" not found: session ids are UUIDs')
         live = [str(s["id"]) for s in list_sessions(api)]
-        session_id = resolve_prefix(live, session_id, "session")
+        try:
+            session_id = resolve_prefix(live, session_id, "session")
+        except NotFound:
+            # As auth words it for a whole id: the list holds only live sessions.
+            raise NotFound(
+                f'session "{session_id}" not found: it has ended, or you cannot see it'
+            ) from None
     session: dict[str, Any] = api.call("GET", f"/sessions/{session_id}")
     kube = session.get("kind") == "k8s"
     if kube and mode == "peer":
