@@ -125,6 +125,11 @@ def test_a_lock_it_cannot_see_ends_strict_sessions_and_refuses_the_next_login(
         status, text = cluster.diag("/readyz")
         assert status == 503 and "behind" in text, (status, text)
         assert time.monotonic() - asked < 1
+        # A call that needs the store fails in one line, and the operator reads why
+        # in auth's log.
+        failed = cluster.cgsh(bob, "ls", check=False)
+        assert failed.returncode != 0 and "Traceback" not in failed.stderr
+        assert "WARNING certgate.auth: postgres store" in cluster.log.read_text()
     finally:
         child.close()
         relay.heal()

@@ -73,6 +73,7 @@ from certgate.auth.watch_hub import Subscription, WatchHub
 from certgate.backend.base import BEHIND_UNAVAILABLE, EventType, Item
 from certgate.errors import AccessDenied, BadParameter, CertgateError, ConnectionProblem, to_json
 from certgate.recording.store import RecordingStore
+from certgate.services.throttled_log import ThrottledWarning
 
 log = logging.getLogger("certgate.auth")
 
@@ -112,6 +113,8 @@ class AuthAPI:
             load_grants=server.granted_roles,
         )
         self.metrics = metrics
+        # A failing store or bucket fails every call alike: one log line per 10 s.
+        self._unreachable = ThrottledWarning(log)
         # Every watch stream of a set of kinds shares one store watch (watch_hub.py).
         self._watches = WatchHub(server.backend)
         self._host_ca_certs: list[x509.Certificate] | None = None
@@ -249,6 +252,8 @@ class AuthAPI:
             except CertgateError as exc:
                 if self.metrics:
                     self.metrics.errors.labels(kind=exc.kind).inc()
+                if isinstance(exc, ConnectionProblem):  # the store or the bucket failing
+                    self._unreachable.warn(exc.message)
                 return web.json_response(to_json(exc), status=exc.http_status)
             if isinstance(result, web.StreamResponse):
                 return result
