@@ -8,7 +8,7 @@ from pathlib import Path
 
 from playwright.sync_api import Browser
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import PASSWORD, Cluster, User
 from tests.web.helpers import log_in, shot, sign_up
 
 ROLES = """\
@@ -93,3 +93,45 @@ def test_contractor_requests_and_approver_steps_up(
     assert not carl.evaluate(wider)
     carl.context.close()
     ann.context.close()
+
+
+RESOURCE_ROLES = """\
+kind: role
+metadata: {name: web-box-asker}
+spec:
+  allow:
+    request: {search_as_roles: [web-box-search]}
+---
+kind: role
+metadata: {name: web-box-search}
+spec:
+  allow: {logins: [webbox], node_labels: {"*": "*"}}
+---
+kind: role
+metadata: {name: web-box-approver}
+spec:
+  allow: {review_requests: {roles: [web-box-search]}}
+"""
+
+
+def test_a_resource_request_shows_the_resource_it_asks_for(
+    cluster: Cluster, browser: Browser, tmp_path: Path
+) -> None:
+    """A reviewer approves a node, not a role that reaches every node: the page says
+    which node, as cgsh and the chat messages do."""
+    cluster.cgctl("create", "-f", "-", input=RESOURCE_ROLES)
+    rex_otp = sign_up(cluster, browser, tmp_path, "rex", roles="web-box-asker")
+    amy_otp = sign_up(cluster, browser, tmp_path, "amy", roles="web-box-approver")
+    rex = User("rex", PASSWORD, rex_otp, tmp_path / "rex")
+    cluster.login(rex)
+    request_id = cluster.cgsh(
+        rex, "request", "create", "--resource=node/node-1", "--reason=one box", "--nowait"
+    ).stdout.strip()
+
+    amy = log_in(browser, cluster, "amy", amy_otp, start=f"/web/requests/{request_id}")
+    assert amy.locator("h1").inner_text() == "rex asks for node/node-1"
+    assert amy.locator("#resources").inner_text() == "node/node-1, reached as web-box-search"
+    amy.click("header nav a:text-is('Requests')")
+    row = amy.locator(f"tr[data-request='{request_id}']").inner_text()
+    assert "node/node-1" in row and "web-box-search" not in row
+    amy.context.close()

@@ -10,6 +10,8 @@ access.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from certgate.errors import CertgateError
@@ -38,6 +40,7 @@ async def _list(request: web.Request, session: WebSession, error: str, status: i
         session=session,
         requests=requests,
         requestable=requestable.get("roles", []),
+        asked=asked,
         error=error,
         status=status,
     )
@@ -85,8 +88,8 @@ async def _review_page(
             status=exc.http_status,
         )  # fmt: skip
     return page(
-        request, "request.html", session=session, req=found, error=error, done=done,
-        status=status,
+        request, "request.html", session=session, req=found, asked=asked, error=error,
+        done=done, status=status,
     )  # fmt: skip
 
 
@@ -115,6 +118,15 @@ async def review(
         return await _review_page(request, session, exc.message, "", exc.http_status)
     done = "approved" if verdict == "approve" else "denied"
     return await _review_page(request, session, "", f"you {done} this request", 200)
+
+
+def asked(access_request: dict[str, Any]) -> str:
+    """What a request asks for, as a reviewer must read it: its resources (node/db-1)
+    when it names any (its roles are then only what they are reached as), else its
+    roles. The same words as cgsh and the chat messages."""
+    spec = access_request["spec"]
+    resources = [f"{r['kind']}/{r['name']}" for r in spec.get("resources") or []]
+    return ", ".join(resources or spec.get("roles") or [])
 
 
 def _safe(request_id: str) -> str:
