@@ -133,6 +133,8 @@ async def test_one_approval_resolves_and_the_certificate_carries_the_grant(
 ) -> None:
     created = await request(server)
     assert created.state == "PENDING" and created.spec.suggested_reviewers == ["alice"]
+    # Reviewers see what the grant would last: the roles' 2h, nothing shorter asked.
+    assert created.spec.max_duration == timedelta(hours=2)
     approved = await server.review_request(user("alice"), created.name[:8], "approve", "ok")
     assert approved.state == "APPROVED"
     assert approved.spec.resolve_reason == "approved by alice (alice: ok)"
@@ -188,6 +190,9 @@ async def test_asking_again_for_the_same_finds_the_pending_request(
 
 async def test_the_asked_max_duration_caps_access_below_the_roles(server: AuthServer) -> None:
     created = await request(server, max_duration=timedelta(minutes=5))
+    assert created.spec.max_duration == timedelta(minutes=5)
+    longer = await request(server, max_duration=timedelta(hours=5), reason="longer")
+    assert longer.spec.max_duration == timedelta(hours=2)  # the roles' limit
     approved = await server.review_request(user("alice"), created.name, "approve", "")
     left = approved.spec.access_expires - SystemClock().now()
     assert timedelta(minutes=4) < left <= timedelta(minutes=5)

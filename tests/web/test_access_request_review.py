@@ -131,6 +131,8 @@ def test_a_resource_request_shows_the_resource_it_asks_for(
     amy = log_in(browser, cluster, "amy", amy_otp, start=f"/web/requests/{request_id}")
     assert amy.locator("h1").inner_text() == "rex asks for node/node-1"
     assert amy.locator("#resources").inner_text() == "node/node-1, reached as web-box-search"
+    # No role limits it: what approval would give, not "until the certificate expires".
+    assert amy.locator("#duration").inner_text() == "8h from approval"
     amy.click("header nav a:text-is('Requests')")
     row = amy.locator(f"tr[data-request='{request_id}']").inner_text()
     assert "node/node-1" in row and "web-box-search" not in row

@@ -25,6 +25,7 @@ from certgate.access.rbac import RoleSet
 from certgate.access.requests import (
     RequestPolicy,
     ReviewPolicy,
+    access_duration,
     apply_review,
     check_reviewable,
     expire,
@@ -152,7 +153,10 @@ class AccessRequestAdmin(AuthCore):
                 ),
                 created=now,
                 pending_expires=now + ttl,
-                max_duration=max_duration,
+                # What the grant would last, as reviewers and chat messages show it: the
+                # asked duration, capped by the roles' (approval caps it again by the
+                # roles as they are then).
+                max_duration=access_duration(max_duration, policy.max_duration(roles)),
                 thresholds=policy.thresholds(roles),
             ),
         )
