@@ -70,6 +70,16 @@ class ProxyService(_Section):
     ssh_listen_addr: str = "0.0.0.0:3023"
     kube_listen_addr: str = "0.0.0.0:3026"
     tls: TLSFiles = Field(default_factory=TLSFiles)
+    # A browser session ends after this long without a page or a keystroke in its
+    # web terminal.
+    web_idle_timeout: Duration = timedelta(minutes=30)
+
+    @field_validator("web_idle_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
 
 
 class SSHService(_Section):
@@ -279,6 +289,7 @@ proxy_service:
   tls:                    # empty: a certificate from the cluster's host CA (--insecure)
     cert_file: ""
     key_file: ""
+  web_idle_timeout: 30m   # a browser session ends after this long unused (pages, terminal)
 
 ssh_service:
   enabled: true

@@ -375,6 +375,7 @@ class Daemon:
             f"{public_host}:{ssh_port}",
             kube_addr,
             real_certificate=real_certificate,
+            web_idle_timeout=cfg.web_idle_timeout.total_seconds(),
         )
         app = web_proxy.app()
         app.middlewares.append(self.metrics.middleware("proxy"))

@@ -30,7 +30,7 @@ from certgate.api.json_input import BODY_TIMEOUT, MAX_BODY_BYTES, parse_json
 from certgate.errors import AccessDenied, BadParameter, CertgateError, ConnectionProblem, to_json
 from certgate.proxy import webui
 from certgate.proxy.web_headers import install_security_headers
-from certgate.proxy.webui.sessions import WebSessions
+from certgate.proxy.webui.sessions import IDLE_TIMEOUT, WebSessions
 from certgate.rpc.audit import AuditSink
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.srv.authorize import access_authorizer
@@ -58,6 +58,7 @@ class ProxyWeb:
         kube_addr: str = "",
         *,
         real_certificate: bool = False,
+        web_idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self._auth = auth
         self.cluster_name = cluster_name
@@ -70,7 +71,7 @@ class ProxyWeb:
         # The proxy's audit spool, set once it is open: refusals decided here are events.
         self.audit: AuditSink | None = None
         # Browser logins (/web): held here, the browser has only a cookie.
-        self.web_sessions = WebSessions(auth)
+        self.web_sessions = WebSessions(auth, idle_timeout=web_idle_timeout)
         # This proxy's SSH listener as dialled from here, once it listens: the web
         # terminal reaches agentless nodes through it, as `cgsh ssh` does.
         self.local_ssh_addr: tuple[str, int] | None = None

@@ -8,8 +8,9 @@
 
 The store keeps only a hash of the cookie, so a dump of the proxy's memory (or a log
 line) does not hand out live sessions. Sessions end on logout, after IDLE_TIMEOUT without
-a request, when their certificates can no longer be renewed, and at once when a lock
-matches their user (`end_locked`, called by the proxy's watch of locks).
+a request or a keystroke in one of their terminals, when their certificates can no
+longer be renewed, and at once when a lock matches their user (`end_locked`, called by
+the proxy's watch of locks).
 """
 
 from __future__ import annotations
@@ -151,6 +152,10 @@ class WebSessions:
             return None
         session.last_used = now
         return session
+
+    def touch(self, session: WebSession) -> None:
+        """The session is in use without a page request: typing in its web terminal."""
+        session.last_used = self._clock()
 
     async def fresh(self, session: WebSession) -> WebSession:
         """Renew the certificates when they are close to expiry (the session is in use)."""

@@ -105,10 +105,14 @@ def terminal_socket(
         except CertgateError as exc:
             await finish(exc.message)
             return ws
+        sessions = request.app[guard.SESSIONS_KEY]
         try:
             async for message in ws:
                 if message.type != WSMsgType.TEXT:
                     continue
+                # Typing in the terminal is using the session: it does not idle out
+                # under someone at work in a shell for half an hour.
+                sessions.touch(session)
                 _handle(shell, message.data)
         finally:
             if on_session_end in session.on_end:
