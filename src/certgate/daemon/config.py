@@ -105,7 +105,8 @@ class KubernetesService(_Section):
 
 
 class HTTPLimits(_Section):
-    """What one client may hold on each HTTPS listener (auth 3025, proxy web 3080)."""
+    """What one client may hold on each HTTPS listener (auth 3025, proxy web 3080, proxy
+    kube 3026; a kube service's 3027 keeps these defaults)."""
 
     # Connections open at once per listener, counting those still in the TLS handshake;
     # past it new ones are closed at once. Every node holds two on auth (its watch

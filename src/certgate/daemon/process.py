@@ -40,9 +40,9 @@ from certgate.daemon.auth_workers import (
     serve_on,
     worker_count,
 )
-from certgate.daemon.config import Config, dial_addr, split_addr
+from certgate.daemon.config import Config, HTTPLimits, dial_addr, split_addr
 from certgate.daemon.diag import Diagnostics, Metrics
-from certgate.daemon.listeners import LimitedSite, bound_sockets, limited_runner
+from certgate.daemon.listeners import LimitedSite, bound_sockets, limited_runner, open_files_for
 from certgate.daemon.logs import secure_data_dir
 from certgate.errors import BadParameter, CertgateError, NotFound, what_broke
 from certgate.kube.kubeconfig import in_cluster, load_kubeconfig
@@ -64,7 +64,7 @@ from certgate.rpc.identity_files import IdentityFiles, new_key
 from certgate.rpc.join import join_cluster
 from certgate.rpc.session_trackers import SessionTrackerPublisher
 from certgate.rpc.watcher import ResourceView
-from certgate.srv.http1_server import LocalServers
+from certgate.srv.http1_server import Http1Limits, LocalServers
 from certgate.srv.monitor import SessionMonitor
 from certgate.srv.recording_hook import RecordingHook
 from certgate.srv.registry import SessionRegistry
@@ -509,6 +509,7 @@ class Daemon:
             ),
             audit.put,
             local=self._local_servers,
+            limits=_http1_limits(self.config.http_limits),
         )
         context = server_context(cert_pem, key_pem, client_cas=user_ca)
         host, port = split_addr(cfg.kube_listen_addr, 3026)
@@ -673,6 +674,15 @@ def _reachable_host(listen_host: str, auth_addr: str) -> str:
             return str(probe.getsockname()[0])
     except OSError:
         return "127.0.0.1"
+
+
+def _http1_limits(limits: HTTPLimits) -> Http1Limits:
+    """`http_limits` for the kube listener (kubectl's 3026), as for the web port."""
+    return Http1Limits(
+        max_connections=open_files_for(limits.max_connections),
+        idle_timeout=limits.idle_timeout.total_seconds(),
+        handshake_timeout=limits.handshake_timeout.total_seconds(),
+    )
 
 
 def _local_names(nodename: str, *extra: str) -> list[str]:

@@ -48,7 +48,13 @@ from certgate.srv.http1 import (
     response_head,
     streaming,
 )
-from certgate.srv.http1_server import ClientConnection, Connection, Http1Server, LocalServers
+from certgate.srv.http1_server import (
+    ClientConnection,
+    Connection,
+    Http1Limits,
+    Http1Server,
+    LocalServers,
+)
 from certgate.srv.splice import splice
 
 log = logging.getLogger("certgate.proxy.kube")
@@ -67,6 +73,7 @@ class KubeListener:
         service_tls: Callable[[], ssl.SSLContext],
         audit: Callable[[str, dict[str, Any]], None],
         local: LocalServers | None = None,
+        limits: Http1Limits | None = None,
     ) -> None:
         self._view = view
         self._access = access
@@ -74,7 +81,7 @@ class KubeListener:
         self._audit = audit
         self._local = local  # kube services of this process, handed requests directly
         self._tls: ssl.SSLContext | None = None
-        self._server: Http1Server[_Peer] = Http1Server(_peer, self._call, log)
+        self._server: Http1Server[_Peer] = Http1Server(_peer, self._call, log, limits)
 
     async def start(self, host: str, port: int, context: ssl.SSLContext) -> int:
         return await self._server.start(host, port, context)

@@ -1,8 +1,9 @@
 """An HTTP/1.1 relay server: the listener lifecycle and the request/answer relay that the
 proxy's kube listener and the kube service share.
 
-    Http1Server(accept, call)
-      start(host, port, tls)       asyncio server; one task per client connection, tracked
+    Http1Server(accept, call, log, limits)
+      start(host, port, tls)       asyncio server; one task per client connection, tracked;
+                                   Http1Limits bound what one client may hold (below)
       per connection:              accept(client) -> context, or None to hang up at once
                                    call(head, client, context) -> may the connection go on?
       close()                      stop listening, cancel the connections, close idle upstreams
@@ -29,6 +30,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from certgate.errors import BadParameter
@@ -46,6 +48,27 @@ from certgate.srv.http1 import (
 )
 
 Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@dataclass(frozen=True)
+class Http1Limits:
+    """What clients may hold of a listener, as `http_limits` for auth and the web port:
+    without them a client that connects and sends nothing (or a header a byte a minute)
+    holds a socket and a task for ever, and enough of them take every file descriptor.
+
+    - handshake_timeout: the TLS handshake, from the connection's start;
+    - idle_timeout: each request head, from the connection's start or the end of the
+      answer before (an idle keep-alive connection, or a head sent a byte at a time);
+      streams (watch, exec, port-forward) are bodies and answers, never timed here;
+    - max_connections: connections past their handshake at once; more are closed at
+      once.
+    """
+
+    max_connections: int = 25_000
+    idle_timeout: float = 60.0
+    handshake_timeout: float = 10.0
+
+
 # Opens a new connection to one upstream (raises CertgateError when it cannot).
 Dial = Callable[[], Awaitable[Connection]]
 Context = TypeVar("Context")
@@ -245,17 +268,26 @@ class Http1Server(Generic[Context]):
         accept: Callable[[ClientConnection], Context | None],
         call: Callable[[Head, ClientConnection, Context], Awaitable[bool]],
         log: logging.Logger,
+        limits: Http1Limits | None = None,
     ) -> None:
         self._accept = accept
         self._call = call
         self._log = log
+        self.limits = limits or Http1Limits()
+        self.refused = 0  # connections closed past max_connections
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self._pool = IdlePool()
 
     async def start(self, host: str, port: int, context: ssl.SSLContext) -> int:
         self._server = await asyncio.start_server(
-            self._serve, host or None, port, ssl=context, limit=MAX_HEAD, reuse_address=True
+            self._serve,
+            host or None,
+            port,
+            ssl=context,
+            limit=MAX_HEAD,
+            reuse_address=True,
+            ssl_handshake_timeout=self.limits.handshake_timeout,
         )
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -274,6 +306,14 @@ class Http1Server(Generic[Context]):
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._connections) >= self.limits.max_connections:
+            self.refused += 1
+            if self.refused == 1 or self.refused % 1000 == 0:
+                self._log.warning(
+                    "refusing connections past max_connections=%d", self.limits.max_connections
+                )
+            writer.transport.abort()
+            return
         self._connections.add(task)
         streaming(writer)
         client = ClientConnection(reader, writer, self._pool)
@@ -281,8 +321,14 @@ class Http1Server(Generic[Context]):
             context = self._accept(client)
             if context is None:
                 return
-            while (head := await read_head(reader)) is not None:
-                if not await self._call(head, client, context):
+            while True:
+                try:
+                    async with asyncio.timeout(self.limits.idle_timeout):
+                        head = await read_head(reader)
+                except TimeoutError:
+                    self._log.debug("closed: no request within %ss", self.limits.idle_timeout)
+                    break
+                if head is None or not await self._call(head, client, context):
                     break
         except (ConnectionError, ProtocolError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             self._log.debug("connection ended: %s", exc)
