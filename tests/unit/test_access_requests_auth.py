@@ -353,6 +353,32 @@ async def test_a_resource_request_grants_the_search_roles_for_that_node_only(
     assert [n.name for n in await server.nodes_for(cert)] == ["db-1"]
 
 
+async def test_a_resource_request_names_only_the_search_roles_that_matter_to_it(
+    server: AuthServer,
+) -> None:
+    """Reviewers are asked about the roles that reach the node (and any that deny, which
+    only narrow), not every role the user may search as."""
+    extra = [
+        {"kind": "role", "metadata": {"name": "web-search"},
+         "spec": {"allow": {"logins": ["web"], "node_labels": {"env": "dev"}}}},
+        {"kind": "role", "metadata": {"name": "no-root"},
+         "spec": {"deny": {"logins": ["root"]}}},
+        {"kind": "role", "metadata": {"name": "wide-searcher"},
+         "spec": {"allow": {"request": {
+             "search_as_roles": ["db-search", "web-search", "no-root"]}}}},
+    ]  # fmt: skip
+    for role in extra:
+        await server.put_resource(from_dict(role), "admin", upsert=False)
+    await server.add_user("sam", ["wide-searcher"], {}, "admin")
+    node = from_dict(
+        {"kind": "node", "metadata": {"name": "db-9", "labels": {"env": "prod"}},
+         "spec": {"addr": "127.0.0.1:1"}}
+    )  # fmt: skip
+    await server.nodes.upsert(node)  # type: ignore[arg-type]
+    created = await request(server, who="sam", roles=[], resources=["node/db-9"])
+    assert created.spec.roles == ["db-search", "no-root"]
+
+
 async def test_ls_judges_each_label_set_so_shared_sets_do_not_leak(server: AuthServer) -> None:
     # Label sets repeat across nodes and are judged once per call: every node still
     # gets the answer for its own labels, in the store's order.

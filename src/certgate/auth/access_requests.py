@@ -43,7 +43,7 @@ from certgate.api.identity import SYSTEM_ADMIN, Identity
 from certgate.api.kube_cluster import KubeCluster
 from certgate.api.meta import Metadata
 from certgate.api.node import Node
-from certgate.api.role import Role
+from certgate.api.role import Role, RoleConditions
 from certgate.api.user import User
 from certgate.auth.core import MAX_USER_TTL, AuthCore
 from certgate.errors import AccessDenied, BadParameter, CertgateError, CompareFailed, NotFound
@@ -229,22 +229,33 @@ class AccessRequestAdmin(AuthCore):
         refs: Sequence[ResourceRef],
         asked: Sequence[str],
     ) -> list[str]:
-        """The search roles to grant the resources with: those asked, else every one
-        the user may search as; together they must reach every named resource (the
-        grant is limited to those resources anyway)."""
+        """The search roles to grant the resources with: those asked, else those of the
+        roles the user may search as that reach a named resource (and any that deny
+        something: a deny only narrows); together they must reach every named resource
+        (the grant is limited to those resources anyway). Reviewers are asked about, and
+        the certificates carry, no role that has nothing to do with the resources."""
         names = list(asked) or policy.search_as_roles()
         if not names:
             raise AccessDenied(
                 "access denied: your roles let you request no resources (no search_as_roles)"
             )
         policy.check_request(names, refs, "-")  # the reason is checked with the request
-        role_set = RoleSet(await self.roles.get_many(names), user.spec.traits)
+        roles = await self.roles.get_many(names)
+        role_set = RoleSet(roles, user.spec.traits)
         for ref in refs:
             if not await self._reachable(role_set, ref):
                 # The same answer as for a resource that does not exist: a user learns
                 # of resources only through the roles they may search as.
                 raise NotFound(_not_requestable(ref.kind, ref.name))
-        return names
+        if asked:
+            return names
+        kept = []
+        for role in roles:
+            alone = RoleSet([role], user.spec.traits)
+            reaches = [await self._reachable(alone, ref) for ref in refs]
+            if any(reaches) or role.spec.deny != RoleConditions():
+                kept.append(role.name)
+        return kept
 
     async def _reachable(self, role_set: RoleSet, ref: ResourceRef) -> bool:
         if ref.kind == "kube_cluster":
