@@ -42,6 +42,11 @@ spec:
   options: {{request_access: always}}
 ---
 kind: role
+metadata: {{name: ticket-minded}}
+spec:
+  options: {{request_access: reason, request_prompt: "ticket number?"}}
+---
+kind: role
 metadata: {{name: node-access}}
 spec:
   allow: {{logins: [{LOGIN}], node_labels: {{"*": "*"}}}}
@@ -313,3 +318,13 @@ def test_request_access_always_makes_login_request_and_wait(c: Cluster) -> None:
     _, err = login.communicate(timeout=30)
     assert login.returncode == 0, err
     assert ssh(c, olga, "node-1", "echo always").stdout.strip() == "always"
+
+    # A role saying `reason` beside it: the login's request needs one, and says how.
+    rhea = c.add_user("rhea", roles="always-contractor,ticket-minded")
+    bare = c.login(rhea, check=False)
+    assert bare.returncode == 2
+    assert bare.stderr.strip().endswith(
+        "your roles require a reason for access requests (ticket number?): "
+        "cgsh login --request-reason=..."
+    )
+    assert not requests_of(c, "rhea", "PENDING")

@@ -76,6 +76,17 @@ def test_request_access_reason_requires_a_reason_with_the_prompt() -> None:
     with pytest.raises(BadParameter, match=r"require a reason .*\(ticket number\?\)"):
         policy.check_request(["x"], [], "  ")
     policy.check_request(["x"], [], "JIRA-1")
+    # A role that says `always` beside it (requests at login) does not drop the reason.
+    both = RequestPolicy(
+        [
+            role("c", allow={"request": {"roles": ["x"]}}, options={"request_access": "reason"}),
+            role("d", options={"request_access": "always"}),
+        ],
+        {},
+    )
+    assert both.request_access == "always"
+    with pytest.raises(BadParameter, match="require a reason"):
+        both.check_request(["x"], [], "")
 
 
 def test_thresholds_and_max_duration_come_from_the_sections_that_grant_the_roles() -> None:

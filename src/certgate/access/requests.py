@@ -89,6 +89,8 @@ class RequestPolicy:
         self._traits = traits
         modes = [r.spec.options.request_access for r in ordered]
         self.request_access: RequestAccess = max(modes or ["optional"], key=_STRICTNESS.__getitem__)
+        # Any role saying `reason` wants one, also beside a role that says `always`.
+        self.reason_required = "reason" in modes
         self.request_prompt = next(
             (r.spec.options.request_prompt for r in ordered if r.spec.options.request_prompt), ""
         )
@@ -118,7 +120,7 @@ class RequestPolicy:
                     else f'access denied: your roles do not let you request resources as "{role}"'
                     f" ({hint})"
                 )
-        if self.request_access == "reason" and not reason.strip():
+        if self.reason_required and not reason.strip():
             prompt = f" ({self.request_prompt})" if self.request_prompt else ""
             raise BadParameter(f"your roles require a reason for access requests{prompt}: --reason")
 

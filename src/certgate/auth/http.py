@@ -339,7 +339,13 @@ class AuthAPI:
         # Users whose roles say `request_access: always` request at once (cgsh login).
         policy = await self.server.request_policy(bundle.identity)
         if policy.request_access == "always":
-            answer["request_access"] = {"mode": "always", "roles": policy.requestable_roles()}
+            answer["request_access"] = {
+                "mode": "always",
+                "roles": policy.requestable_roles(),
+                # A role also says `reason`: cgsh asks for one before requesting.
+                "reason_required": policy.reason_required,
+                "prompt": policy.request_prompt,
+            }
         return answer
 
     async def renew(self, request: web.Request, caller: Identity | None) -> Any:

@@ -101,8 +101,25 @@ def login(
     if request_id:
         assume_after_login(profile, request_id)
     elif terms.get("roles"):
+        if terms.get("reason_required") and not request_reason.strip():
+            request_reason = _reason_for(str(terms.get("prompt") or ""))
         request_at_login(profile, list(terms["roles"]), request_reason)
     _show(profile_status(), "text")
+
+
+def _reason_for(prompt: str) -> str:
+    """The reason the roles require for the request a login makes: asked for in a
+    terminal, else the flag it needs."""
+    asked = f" ({prompt})" if prompt else ""
+    if not sys.stdin.isatty():
+        raise click.UsageError(
+            f"your roles require a reason for access requests{asked}: "
+            "cgsh login --request-reason=..."
+        )
+    reason = str(click.prompt(f"Reason for the access request{asked}")).strip()
+    if not reason:
+        raise click.UsageError("your roles require a reason for access requests")
+    return reason
 
 
 def _still_valid(profile: Profile) -> bool:
