@@ -136,6 +136,13 @@ def test_resources_limit_calls_to_what_they_name() -> None:
         rules.check(parse_request("GET", "/api/v1/nodes"))
     # A role without kubernetes_resources does not limit.
     assert not resource_rules(roles(VIEWER), DEV).filters
+    # ... unless it makes the user nobody there: a role listing the cluster alone (a
+    # contractor's standing role) leaves the granting role's limit in place.
+    lister = role("lister", RoleConditions(kubernetes_labels={"*": "*"}))
+    listed = resource_rules(roles(lister, DEV_PODS), DEV)
+    with pytest.raises(AccessDenied, match="kubernetes_resources"):
+        listed.check(parse_request("POST", "/api/v1/namespaces/prod/pods/api/exec"))
+    listed.check(parse_request("GET", "/api/v1/namespaces/dev/pods/web/exec?command=sh"))
 
 
 def test_deny_resources_win() -> None:

@@ -304,11 +304,17 @@ class ResourceRules:
 
 
 def resource_rules(role_set: RoleSet, labels: Mapping[str, str]) -> ResourceRules:
+    """What the roles matching a cluster let one touch there. A matching role without
+    kubernetes_resources allows every resource, but only one that makes the user
+    somebody in the cluster (kubernetes_groups or kubernetes_users): a role that only
+    lists the cluster (`kubernetes_labels` alone, as a contractor's standing role) must
+    not undo the limit of the role that grants the groups."""
     allowed: list[KubeResource] = []
     unlimited = False
     for role in role_set.kube_roles(labels):
         entries = role.spec.allow.kubernetes_resources
-        if not entries:
+        grants = role.spec.allow.kubernetes_groups or role.spec.allow.kubernetes_users
+        if not entries and grants:
             unlimited = True
         allowed.extend(entries)
     denied = tuple(
