@@ -63,6 +63,13 @@ class TLSFiles(_Section):
     key_file: str = ""
 
 
+def _longer_than_zero(value: timedelta) -> timedelta:
+    """A timeout or lifetime of the config: zero would mean at once, never what is meant."""
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0s")
+    return value
+
+
 class ProxyService(_Section):
     enabled: bool = True
     public_addr: str = "localhost:3080"
@@ -74,12 +81,7 @@ class ProxyService(_Section):
     # web terminal.
     web_idle_timeout: Duration = timedelta(minutes=30)
 
-    @field_validator("web_idle_timeout")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be longer than 0s")
-        return value
+    _positive = field_validator("web_idle_timeout")(_longer_than_zero)
 
 
 class SSHService(_Section):
@@ -127,12 +129,7 @@ class HTTPLimits(_Section):
     # handshake_timeout when thousands of nodes connect at once (an auth restart).
     handshakes_at_once: int = Field(default=64, ge=1, le=100_000)
 
-    @field_validator("idle_timeout", "handshake_timeout")
-    @classmethod
-    def _positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be longer than 0s")
-        return value
+    _positive = field_validator("idle_timeout", "handshake_timeout")(_longer_than_zero)
 
 
 class Config(_Section):
