@@ -240,6 +240,7 @@ def test_a_resource_request_grants_that_node_and_no_other(c: Cluster) -> None:
     ).stdout.strip()
     shown = c.cgsh(rita, "request", "show", request_id).stdout
     assert "Roles:         node-search" in shown and "Resources:     node/node-2" in shown
+    assert "Access for:    8h once approved" in shown  # no role limits it: the default
     c.cgctl("requests", "approve", request_id)
     c.login(rita, f"--request-id={request_id}")
 

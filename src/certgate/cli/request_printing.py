@@ -82,6 +82,9 @@ def show_request(request: AccessRequestView) -> None:
     click.echo(f"State:         {request.state}")
     if request.state == "PENDING":
         click.echo(f"Expires:       {when(request.pending_expires)} unless resolved")
+        lasts = request.raw["spec"].get("max_duration")
+        if lasts:  # what approving would grant (requests made before it was kept: none)
+            click.echo(f"Access for:    {lasts} once approved")
     if request.state == "APPROVED":
         click.echo(f"Access until:  {when(request.access_expires)}")
     for review in request.reviews:
