@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from certgate.proxy.webui.sessions import IDLE_TIMEOUT, WebSessions
+from certgate.proxy.webui.terminal import handle_message
 
 
 class _Auth:
@@ -36,3 +37,26 @@ async def test_terminal_use_keeps_the_session_and_idleness_ends_it() -> None:
     assert sessions.sweep() == 1
     assert ended == ["your web session ended after being idle"]
     assert sessions.find(cookie) is None
+
+
+class _Shell:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.sizes: list[tuple[int, int]] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self.sizes.append((cols, rows))
+
+
+def test_only_keystrokes_count_as_use_not_the_pages_pings() -> None:
+    """The terminal page pings every 20 s: were that use, a tab left open with a root
+    shell would never idle out."""
+    shell = _Shell()
+    assert handle_message(shell, '{"type": "input", "data": "ls\\r"}')
+    assert not handle_message(shell, '{"type": "ping"}')
+    assert not handle_message(shell, '{"type": "resize", "cols": 100, "rows": 30}')
+    assert not handle_message(shell, "not json")
+    assert shell.written == [b"ls\r"] and shell.sizes == [(100, 30)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
@@ -111,9 +111,10 @@ def terminal_socket(
                 if message.type != WSMsgType.TEXT:
                     continue
                 # Typing in the terminal is using the session: it does not idle out
-                # under someone at work in a shell for half an hour.
-                sessions.touch(session)
-                _handle(shell, message.data)
+                # under someone at work in a shell for half an hour. The page's own
+                # pings are not: a tab left open must still idle out.
+                if handle_message(shell, message.data):
+                    sessions.touch(session)
         finally:
             if on_session_end in session.on_end:
                 session.on_end.remove(on_session_end)
@@ -150,19 +151,27 @@ async def _target(
     raise AccessDenied(f"access denied: you may not join session {session_id[:8]} as {mode}")
 
 
-def _handle(shell: NodeShell, text: str) -> None:
+class _Shell(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def resize(self, cols: int, rows: int) -> None: ...
+
+
+def handle_message(shell: _Shell, text: str) -> bool:
+    """One message of the page to the shell; whether it was the user's keystrokes."""
     try:
         message = json.loads(text)
     except ValueError:
-        return
+        return False
     if not isinstance(message, dict):
-        return
+        return False
     kind = message.get("type")
     if kind == "input" and isinstance(message.get("data"), str):
         shell.write(message["data"].encode())
-    elif kind == "resize":
+        return True
+    if kind == "resize":
         cols, rows = _size(message.get("cols"), message.get("rows"))
         shell.resize(cols, rows)
+    return False
 
 
 def _size(cols: Any, rows: Any) -> tuple[int, int]:
