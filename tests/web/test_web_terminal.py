@@ -4,10 +4,12 @@ node as for cgsh ssh; a lock closes it at once with the lock's message."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -134,3 +136,23 @@ def _handshake(url: str, cookie: str, origin: str) -> int:
             tls.sendall(request.encode())
             status_line = tls.recv(4096).split(b"\r\n", 1)[0]
     return int(status_line.split()[1])
+
+
+def test_a_login_link_does_not_open_a_terminal(
+    cluster: Cluster, browser: Browser, tmp_path: Path
+) -> None:
+    """A link someone sends (`/web/login?next=/web/terminal?...`) does not open a shell,
+    or join the sender's session, in the user's name the moment they log in."""
+    ensure_user("webnext")
+    otp = sign_up(cluster, browser, tmp_path, "webnext")
+    for target in ("/web/terminal?node=node-1&login=webnext", "/web/./%74erminal?node=node-1"):
+        page = log_in(browser, cluster, "webnext", otp, start=target)
+        assert page.url.endswith("/web/nodes"), page.url
+        assert page.locator("#terminal").count() == 0
+        page.context.close()
+    # No shell was started (a node sends its events within a second or so).
+    time.sleep(2)
+    started = cluster.cgctl(
+        "audit", "ls", "--event=session.start", "--user=webnext", "--format=json"
+    ).stdout
+    assert json.loads(started) == []

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
@@ -76,7 +77,14 @@ def to_login(request: web.Request) -> web.Response:
 
 
 def safe_next(value: str) -> str:
-    """Only our own pages: never another host (`//evil`, `/\\evil`) or a scheme."""
+    """Only our own pages: never another host (`//evil`, `/\\evil`) or a scheme, and
+    never a terminal: a link must not open a shell, or a join of someone's session, in
+    the user's name the moment they log in (a terminal opens from a click on the
+    resources or sessions page)."""
+    # As the browser and the router will read it: /web/./terminal, /web/%74erminal.
+    path = posixpath.normpath(unquote(urlsplit(value).path))
+    if path == "/web/terminal" or path.startswith("/web/terminal/"):
+        return "/web/nodes"
     if value.startswith("/web/") and not value.startswith("/web//") and "\\" not in value:
         return value
     return "/web/nodes"
