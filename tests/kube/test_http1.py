@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from certgate.srv import http1
+from certgate.srv.http1_server import ClientConnection, IdlePool
 
 
 async def _reader(data: bytes) -> asyncio.StreamReader:
@@ -76,3 +77,88 @@ def test_framing_leaves_no_room_for_smuggling() -> None:
     two = http1.Head("POST / HTTP/1.1", [("Content-Length", "4"), ("Content-Length", "9")])
     with pytest.raises(http1.ProtocolError):
         http1.body_framing(two, response=False)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # A bare LF inside a value: a server that ends lines at LF reads two headers
+        # more, an identity among them, that the relay never saw to strip.
+        b"GET /api HTTP/1.1\r\nX-A: x\nImpersonate-User: system:admin\r\n\r\n",
+        b"GET /api HTTP/1.1\r\nX-A: x\rImpersonate-User: system:admin\r\n\r\n",
+        b"GET /api HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",
+        b"GET /api HTTP/1.1\r\nImpersonate-User : root\r\n\r\n",  # space before the colon
+        b"GET /api HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        b"GET /api HTTP/1.1\r\n folded: x\r\n\r\n",
+        b"GET /a\nb HTTP/1.1\r\n\r\n",  # a bare LF in the request line
+        b"head /api HTTP/1.1\r\n\r\n",  # a method is case-sensitive: not HEAD
+        b"GET  /api HTTP/1.1\r\n\r\n",
+        b"GET /api HTTP/2.0\r\n\r\n",
+        b"GET /a b HTTP/1.1\r\n\r\n",
+    ],
+)
+async def test_a_head_that_two_parsers_could_read_differently_is_refused(raw: bytes) -> None:
+    with pytest.raises(http1.ProtocolError):
+        await http1.read_head(await _reader(raw))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"0x5\r\nhello\r\n0\r\n\r\n",  # Python's int() takes these; servers do not
+        b"+5\r\nhello\r\n0\r\n\r\n",
+        b"5_\r\nhello\r\n0\r\n\r\n",
+        b"-0\r\n\r\n",
+        b"5;a\nb\r\nhello\r\n0\r\n\r\n",  # a bare LF in an extension
+        b"5\r\nhelloXX0\r\n\r\n",  # no CRLF after the data
+        b"5\r\nhello\r\n0\r\nX-T\nrailer: 1\r\n\r\n",
+        b"5\r\nhello\r\n0\r\nnot a trailer\r\n\r\n",
+    ],
+)
+async def test_a_chunked_body_read_two_ways_is_refused(body: bytes) -> None:
+    with pytest.raises(http1.ProtocolError):
+        await http1.relay_body(await _reader(body), _Sink(), http1.Framing("chunked"))  # type: ignore[arg-type]
+    with pytest.raises(http1.ProtocolError):
+        await http1.read_body(await _reader(body), http1.Framing("chunked"), 100)
+
+
+async def test_interim_answers_are_passed_over_not_taken_for_the_answer() -> None:
+    """A `100 Continue` taken for the answer leaves the real one queued on a pooled
+    connection: the next user of it would read this user's answer."""
+    assert "expect" in http1.HOP_BY_HOP  # not forwarded, so servers rarely send one
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n")
+        writer.write(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    async def idle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    api = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    client_side = await asyncio.start_server(idle, "127.0.0.1", 0)
+    api_port = api.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", client_side.sockets[0].getsockname()[1]
+    )
+    client = ClientConnection(reader, writer, IdlePool())
+
+    async def dial() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", api_port)
+
+    request = http1.Head("POST /x HTTP/1.1", [("Content-Length", "0")])
+    (up_reader, up_writer), answer = await client.exchange(
+        "api", dial, request, http1.Framing("none"), peer="API server"
+    )
+    assert answer.status == 201
+    assert await up_reader.readexactly(2) == b"ok"
+    up_writer.close()
+    await up_writer.wait_closed()
+    await client.close()
+    for server in (api, client_side):
+        server.close()
+        await server.wait_closed()

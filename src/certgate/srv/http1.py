@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
@@ -29,8 +30,21 @@ COPY_CHUNK = 256 * 1024
 # How much a writer holds before drain() waits (asyncio's default is 64 KiB).
 WRITE_BUFFER = 1024 * 1024
 # Hop-by-hop headers never forwarded as they came (RFC 9110 §7.6.1); Connection and
-# Upgrade are kept for protocol switches.
-HOP_BY_HOP = ("keep-alive", "proxy-connection", "te", "trailer", "proxy-authorization")
+# Upgrade are kept for protocol switches. Expect too: the relay sends the body on without
+# waiting, and a `100 Continue` the server would send ahead of its answer is one answer
+# more on a connection other users share.
+HOP_BY_HOP = ("keep-alive", "proxy-connection", "te", "trailer", "proxy-authorization", "expect")
+# A header name: an RFC 9110 token. A value: visible characters, spaces and tabs; never a
+# lone CR or LF, NUL or another control character. A server behind the relay that ends
+# a line at a bare LF (Go's does) would otherwise read headers this relay never saw,
+# `Impersonate-User` among them, or another Content-Length.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# A request line: an upper-case method (methods are case-sensitive: `head` is not HEAD,
+# and a relay and a server that disagree on whether a body follows lose step), one
+# space, a target of visible characters, one space, the version.
+_REQUEST_LINE = re.compile(r"[A-Z]+ [\x21-\x7e]+ HTTP/1\.[01]")
+_STATUS_LINE = re.compile(r"HTTP/1\.[01] [0-9]{3}( [\t\x20-\x7e\x80-\xff]*)?")
 
 
 class ProtocolError(BadParameter):
@@ -126,15 +140,18 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
         lines.pop(0)  # tolerated empty lines before a request (RFC 9112 §2.2)
     if not lines:
         return None
+    start = lines[0]
+    if not (_REQUEST_LINE.fullmatch(start) or _STATUS_LINE.fullmatch(start)):
+        raise ProtocolError(f"malformed start line {start[:80]!r}")
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         if not line:
             continue
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
+        if not sep or not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
             raise ProtocolError(f"malformed header line {line[:80]!r}")
-        headers.append((name, value.strip()))
-    return Head(lines[0], headers)
+        headers.append((name, value.strip(" \t")))
+    return Head(start, headers)
 
 
 @dataclass(frozen=True)
@@ -190,19 +207,20 @@ async def relay_body(
             writer.write(size_line)
             if size == 0:
                 while True:  # trailers, then the empty line
-                    line = await reader.readuntil(b"\r\n")
+                    line = _trailer(await reader.readuntil(b"\r\n"))
                     writer.write(line)
                     if line == b"\r\n":
                         break
                 await writer.drain()
                 return
-            left = size + 2  # the data and its CRLF
+            left = size
             while left:
                 data = await reader.read(min(left, COPY_CHUNK))
                 if not data:
                     raise ProtocolError("the connection closed in the middle of a chunk")
                 writer.write(data)
                 left -= len(data)
+            writer.write(_chunk_end(await reader.readexactly(2)))
             await writer.drain()
     elif framing.kind == "close":
         while data := await reader.read(COPY_CHUNK):
@@ -216,11 +234,11 @@ async def read_chunks(reader: asyncio.StreamReader, framing: Framing) -> bytes:
     if framing.kind == "chunked":
         size = _chunk_size(await reader.readuntil(b"\r\n"))
         if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":
+            while _trailer(await reader.readuntil(b"\r\n")) != b"\r\n":
                 pass
             return b""
         data = await reader.readexactly(size)
-        await reader.readexactly(2)
+        _chunk_end(await reader.readexactly(2))
         return data
     if framing.kind == "close":
         return await reader.read(COPY_CHUNK)
@@ -249,12 +267,31 @@ def encode_chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data) if data else b"0\r\n\r\n"
 
 
+# Strict, as both ends of a relay must read a chunked body alike (a lenient reader and
+# a strict one disagree on where it ends: request smuggling): hex digits only (not
+# Python's "0x", "_", "+" or "-"), an extension of visible characters, CRLF after each
+# chunk's data, and trailers that are header lines.
+_CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})(;[\t\x20-\x7e]*)?\r\n")
+_TRAILER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)?\r\n")
+
+
 def _chunk_size(line: bytes) -> int:
-    text = line.split(b";", 1)[0].strip()
-    try:
-        return int(text, 16)
-    except ValueError:
-        raise ProtocolError(f"malformed chunk size {line[:40]!r}") from None
+    match = _CHUNK_SIZE_LINE.fullmatch(line)
+    if match is None:
+        raise ProtocolError(f"malformed chunk size {line[:40]!r}")
+    return int(match.group(1), 16)
+
+
+def _chunk_end(crlf: bytes) -> bytes:
+    if crlf != b"\r\n":
+        raise ProtocolError("a chunk's data does not end with CRLF")
+    return crlf
+
+
+def _trailer(line: bytes) -> bytes:
+    if not _TRAILER_LINE.fullmatch(line):
+        raise ProtocolError(f"malformed trailer line {line[:40]!r}")
+    return line
 
 
 def closed_waiter(writer: asyncio.StreamWriter) -> asyncio.Future[None]:

@@ -174,6 +174,12 @@ class ClientConnection:
                 up_writer.write(head.encode())
                 await relay_body(self.reader, up_writer, framing)
                 response = await read_head(up_reader)
+                # Interim answers (100 Continue, 103 Early Hints) come before the answer
+                # and are not it: passed over, or the connection would lose step.
+                while response is not None and 100 <= response.status < 200:
+                    if response.status == 101:
+                        break
+                    response = await read_head(up_reader)
                 if response is None:
                     raise ProtocolError(f"the {peer} closed the connection")
                 return connection, response
