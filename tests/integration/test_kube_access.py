@@ -232,6 +232,11 @@ def test_injected_impersonation_headers_never_reach_the_api_server(
     # Asking for a group outright, as a header, is checked like --as-group.
     assert call(marker, {"Impersonate-Group": "system:masters"}) == 403
 
+    # A path the API server would decode (%61pi is api) is refused, not judged as
+    # discovery and passed on unfiltered.
+    assert call("/k8s/dev-cluster/%61pi/v1/namespaces?encoded=1", {}) == 400
+    assert not kube.standin.seen("encoded=1")
+
     # Headers hidden behind a bare LF (a Go server ends a line there) never pass.
     import socket
 

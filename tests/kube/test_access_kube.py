@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from certgate.access.kube import (
     AUTHENTICATED_GROUP,
+    check_path,
     impersonation,
     parse_request,
     resource_rules,
@@ -17,7 +18,7 @@ from certgate.access.kube import (
 from certgate.access.rbac import RoleSet
 from certgate.api.meta import Metadata
 from certgate.api.role import KubeResource, Role, RoleConditions, RoleSpec
-from certgate.errors import AccessDenied
+from certgate.errors import AccessDenied, BadParameter
 
 DEV = {"env": "dev"}
 
@@ -181,3 +182,38 @@ def test_a_filtered_list_never_shows_other_namespaces(namespace: str, name: str)
     request = parse_request("GET", "/api/v1/pods")
     kept = rules.filter_object(request, {"items": [_pod(namespace, name)]})["items"]
     assert bool(kept) == (namespace == "dev")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/%61pi/v1/namespaces/prod/secrets",  # the API server decodes: /api/...
+        "/api/v1/namespaces/dev/pods/web/%65xec?command=sh",  # exec, not get
+        "/api/v1/namespaces/dev/pods/web%2Fexec",
+        "/api/v1/namespaces/dev/../prod/pods",
+        "/api/v1//namespaces/prod/pods",
+        "/api/v1/namespaces/./prod/pods",
+        "/api/v1/namespaces/dev/pods/..",
+        "api/v1/pods",
+    ],
+)
+def test_paths_the_api_server_would_read_otherwise_are_refused(target: str) -> None:
+    with pytest.raises(BadParameter, match="malformed path"):
+        check_path(target)
+
+
+def test_paths_kubectl_sends_pass() -> None:
+    for target in (
+        "/api",
+        "/api/v1/namespaces/dev/pods/web/exec?command=sh&command=-c&command=ls%20-l",
+        "/apis/apps/v1/namespaces/dev/deployments/",
+        "/api/v1/pods?fieldSelector=metadata.name%3Dweb&watch=true",
+    ):
+        check_path(target)
+
+
+def test_the_legacy_watch_prefix_is_a_watch_of_what_follows() -> None:
+    request = parse_request("GET", "/api/v1/watch/namespaces/prod/secrets")
+    assert (request.verb, request.kind, request.namespace) == ("watch", "secret", "prod")
+    named = parse_request("GET", "/api/v1/watch/namespaces/prod/secrets/db")
+    assert (named.verb, named.name) == ("watch", "db")

@@ -32,7 +32,7 @@ from urllib.parse import parse_qs
 from certgate.access.rbac import RoleSet
 from certgate.api.identity import Identity
 from certgate.api.role import KubeResource
-from certgate.errors import AccessDenied
+from certgate.errors import AccessDenied, BadParameter
 
 # Sent along with the impersonated groups, as the API server adds it to any
 # authenticated user: discovery and self-review permissions come with it.
@@ -73,6 +73,26 @@ class KubeRequest:
         return values[0]
 
 
+def check_path(target: str) -> None:
+    """Refuse a path the API server could read otherwise than `parse_request` does, so
+    that the rules are judged on what it will serve: it decodes %-escapes (`/%61pi/...`
+    is `/api/...`, `.../%65xec` is exec) and resolves `.`, `..` and empty segments its
+    own way. kubectl sends none of these in a path."""
+    path = target.partition("?")[0]
+    segments = path.split("/")
+    if (
+        not path.startswith("/")
+        or "%" in path
+        or "\\" in path
+        or any(s in ("", ".", "..") for s in segments[1:-1])
+        or segments[-1] in (".", "..")
+    ):
+        raise BadParameter(
+            f'malformed path "{path[:80]}": %-escapes, empty, "." and ".." segments '
+            "are not accepted"
+        )
+
+
 def parse_request(method: str, target: str) -> KubeRequest:
     """The resource a request line's target names (`/api/v1/namespaces/dev/pods/web/exec?...`)."""
     path, _, raw_query = target.partition("?")
@@ -85,6 +105,11 @@ def parse_request(method: str, target: str) -> KubeRequest:
         rest = parts[3:]
     else:
         return KubeRequest(method, path, _plain_verb(method), query=query)
+    # The legacy watch prefix (`/api/v1/watch/namespaces/dev/pods`): a watch of what
+    # follows, judged as one.
+    watch_prefix = bool(rest) and rest[0] == "watch"
+    if watch_prefix:
+        rest = rest[1:]
     namespace = ""
     if len(rest) >= 2 and rest[0] == "namespaces" and len(rest) != 2:
         namespace, rest = rest[1], rest[2:]
@@ -99,8 +124,8 @@ def parse_request(method: str, target: str) -> KubeRequest:
     if subresource in _SUBRESOURCE_VERBS:
         verb = _SUBRESOURCE_VERBS[subresource]
     elif method in ("GET", "HEAD"):
-        watch = query.get("watch", [""])[0] in ("true", "1")
-        verb = "get" if name else ("watch" if watch else "list")
+        watch = watch_prefix or query.get("watch", [""])[0] in ("true", "1")
+        verb = "watch" if watch else ("get" if name else "list")
     elif method == "DELETE" and not name:
         verb = "deletecollection"
     else:

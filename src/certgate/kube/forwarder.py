@@ -35,6 +35,7 @@ from certgate.access.kube import (
     Impersonation,
     KubeRequest,
     ResourceRules,
+    check_path,
     check_resource_grant,
     impersonation,
     parse_request,
@@ -232,6 +233,7 @@ class KubeForwarder:
         asked = head.remove_prefix("Impersonate-")
         as_user = next((v for k, v in asked if k.lower() == "impersonate-user"), "")
         as_groups = [v for k, v in asked if k.lower() == "impersonate-group"]
+        check_path(head.target)
         upstream = self.upstreams.get(cluster)
         if upstream is None:
             raise AccessDenied(f'kubernetes cluster "{cluster}" is not served here')

@@ -31,6 +31,7 @@ from cryptography import x509
 from certgate.access.cached_access import CachedAccess
 from certgate.access.kube import (
     check_cluster,
+    check_path,
     check_resource_grant,
     parse_request,
     status_body,
@@ -100,6 +101,7 @@ class KubeListener:
                     "access denied: kubernetes calls need a certgate certificate: "
                     "run cgsh kube login CLUSTER"
                 )
+            check_path(path)  # judged here as the API server will read it
             cluster = self._route(identity, name)
         except CertgateError as exc:
             await read_body(reader, framing, 1024 * 1024)
