@@ -189,18 +189,17 @@ def test_as_group_may_narrow_but_not_widen(kube: KubeSetup, viewer: User) -> Non
     assert '--as "admin" is not allowed' in other_user.stderr
 
 
-def test_injected_impersonation_headers_never_reach_the_api_server(
-    kube: KubeSetup, viewer: User
-) -> None:
-    """A client that writes its own Impersonate-* headers, not through kubectl's flags."""
+def _raw_client(kube: KubeSetup, user: User) -> tuple[ssl.SSLContext, Any]:
+    """A client that writes its own requests with the user's certificate, not kubectl:
+    its TLS context and `call(path, headers) -> status`."""
     creds = json.loads(
         subprocess.run(
             [str(BIN / "cgsh"), "kube", "credentials"], capture_output=True, text=True,
-            env=kube.env(viewer), check=True,
+            env=kube.env(user), check=True,
         ).stdout
     )["status"]  # fmt: skip
-    cert = viewer.home / "attacker.crt"
-    key = viewer.home / "attacker.key"
+    cert = user.home / "attacker.crt"
+    key = user.home / "attacker.key"
     cert.write_text(creds["clientCertificateData"])
     key.write_text(creds["clientKeyData"])
     context = ssl.create_default_context()
@@ -215,6 +214,15 @@ def test_injected_impersonation_headers_never_reach_the_api_server(
         status = conn.getresponse().status
         conn.close()
         return status
+
+    return context, call
+
+
+def test_injected_impersonation_headers_never_reach_the_api_server(
+    kube: KubeSetup, viewer: User
+) -> None:
+    """A client that writes its own Impersonate-* headers, not through kubectl's flags."""
+    context, call = _raw_client(kube, viewer)
 
     marker = "/k8s/dev-cluster/api/v1/namespaces?injected=1"
     headers = {
@@ -377,6 +385,14 @@ def test_kubernetes_resources_limit_exec_to_one_namespace_and_filter_lists(
     assert outside.returncode != 0
     assert "kubernetes_resources" in outside.stderr
     assert "outside" not in outside.stdout
+
+    # Asking for YAML or protobuf, which the filter could not read: the API server is
+    # asked for JSON (and what is not JSON is refused, tests/kube).
+    _, call = _raw_client(kube, user)
+    accept = "application/vnd.kubernetes.protobuf, application/yaml"
+    assert call("/k8s/dev-cluster/api/v1/pods?asked=yaml", {"Accept": accept}) == 200
+    [seen] = kube.standin.seen("asked=yaml")
+    assert seen.headers["accept"] == ["application/json"]
 
 
 def test_logs_follow_streams_lines_as_they_come(kube: KubeSetup, viewer: User) -> None:

@@ -19,6 +19,7 @@ from certgate.access.rbac import RoleSet
 from certgate.api.meta import Metadata
 from certgate.api.role import KubeResource, Role, RoleConditions, RoleSpec
 from certgate.errors import AccessDenied, BadParameter
+from certgate.kube.filtering import json_only
 
 DEV = {"env": "dev"}
 
@@ -174,6 +175,26 @@ def test_lists_tables_and_watch_events_are_filtered() -> None:
     shown = json.dumps({"type": "ADDED", "object": {"kind": "Pod", **_pod("dev", "b")}})
     assert rules.filter_event(watch, hidden.encode()) is None
     assert rules.filter_event(watch, shown.encode()) is not None
+
+
+def test_what_the_filter_cannot_read_is_not_passed_on() -> None:
+    """YAML, protobuf or an unknown shape could hold what the rules take out: the
+    filter fails closed (and asks for JSON, so kubectl's answers are read)."""
+    rules = resource_rules(roles(DEV_PODS), DEV)
+    listing = parse_request("GET", "/api/v1/pods")
+    assert rules.filter_object(listing, "items:\n- metadata: {namespace: prod}") is None
+    assert rules.filter_object(listing, {"kind": "Mystery", "data": ["prod/api"]}) is None
+    status = {"kind": "Status", "status": "Failure", "message": "no"}
+    assert rules.filter_object(listing, status) == status
+    watch = parse_request("GET", "/api/v1/pods?watch=1")
+    assert rules.filter_event(watch, b"\x0a\x05proto") is None
+    assert rules.filter_event(watch, b'{"type": "ADDED"}') is None
+    assert json_only("application/vnd.kubernetes.protobuf, application/json") == (
+        "application/json"
+    )
+    table = "application/json;as=Table;v=v1;g=meta.k8s.io, application/json"
+    assert json_only(table) == table
+    assert json_only("application/yaml") == "application/json"
 
 
 @given(st.text(alphabet="abc-", min_size=1, max_size=8), st.text(alphabet="abc-", max_size=8))

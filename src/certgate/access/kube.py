@@ -293,9 +293,10 @@ class ResourceRules:
 
     def filter_object(self, request: KubeRequest, obj: Any) -> Any:
         """A list, a Table or a single object with what the user may not see taken out
-        (a single object the user may not see becomes None)."""
+        (a single object the user may not see becomes None). Fails closed: anything
+        else but a Status is None, as it may hold what the rules would take out."""
         if not isinstance(obj, dict):
-            return obj
+            return None
         if isinstance(obj.get("items"), list):
             items = [i for i in obj["items"] if self._item_ok(request, i)]
             return {**obj, "items": items}
@@ -304,16 +305,17 @@ class ResourceRules:
             return {**obj, "rows": rows}
         if isinstance(obj.get("metadata"), dict) and obj.get("kind") not in ("Status", None):
             return obj if self._item_ok(request, obj) else None
-        return obj
+        return obj if obj.get("kind") == "Status" else None
 
     def filter_event(self, request: KubeRequest, line: bytes) -> bytes | None:
-        """One watch event line, filtered (None: the user may not see it)."""
+        """One watch event line, filtered (None: the user may not see it, or it is not
+        a JSON watch event this can judge)."""
         try:
             event = json.loads(line)
         except ValueError:
-            return line
+            return None
         if not isinstance(event, dict) or "object" not in event:
-            return line
+            return None
         obj = self.filter_object(request, event["object"])
         if obj is None or (
             isinstance(obj, dict) and obj.get("kind") == "Table" and not obj["rows"]

@@ -17,7 +17,6 @@ from certgate.srv.http1 import (
     encode_chunk,
     read_body,
     read_chunks,
-    relay_body,
     response_head,
 )
 
@@ -37,19 +36,18 @@ async def relay_filtered(
     try:
         obj = json.loads(body)
     except ValueError:
-        obj = None
-    if obj is not None:
-        kept = rules.filter_object(request, obj)
-        if kept is None:
-            await answer(
-                writer,
-                403,
-                "Forbidden",
-                f"access denied: {request.target()} is not allowed by your roles "
-                "(kubernetes_resources)",
-            )
-            return
-        body = json.dumps(kept).encode()
+        obj = None  # not JSON (the request asks for JSON): nothing to judge, nothing sent
+    kept = rules.filter_object(request, obj)
+    if kept is None:
+        await answer(
+            writer,
+            403,
+            "Forbidden",
+            f"access denied: {request.target()} is not allowed by your roles "
+            "(kubernetes_resources)",
+        )
+        return
+    body = json.dumps(kept).encode()
     response.remove("Transfer-Encoding")
     response.set("Content-Length", str(len(body)))
     writer.write(response.encode() + body)
@@ -65,8 +63,8 @@ async def relay_watch(
     rules: ResourceRules,
 ) -> None:
     if framing.kind not in ("chunked", "close"):
-        writer.write(response.encode())
-        await relay_body(up_reader, writer, framing)
+        # Not a stream (a Status, say): read whole and judged as a list is.
+        await relay_filtered(response, up_reader, writer, framing, request, rules)
         return
     response.remove("Content-Length")
     response.set("Transfer-Encoding", "chunked")
@@ -83,6 +81,17 @@ async def relay_watch(
             await writer.drain()
     writer.write(encode_chunk(b""))
     await writer.drain()
+
+
+def json_only(accept: str) -> str:
+    """An Accept header with its JSON media ranges only (`application/json`, with
+    kubectl's `;as=Table;...` parameters kept); plain JSON when none is left."""
+    kept = [
+        part.strip()
+        for part in accept.split(",")
+        if part.split(";", 1)[0].strip().lower() == "application/json"
+    ]
+    return ", ".join(kept) or "application/json"
 
 
 # ---- upgrades: exec/attach sessions, port-forward ------------------------------------

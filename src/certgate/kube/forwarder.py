@@ -45,7 +45,13 @@ from certgate.access.rbac import RoleSet
 from certgate.api.certs import identity_from_x509
 from certgate.api.identity import SYSTEM_PROXY, Identity
 from certgate.errors import AccessDenied, BadParameter, CertgateError, what_broke
-from certgate.kube.filtering import MAX_FILTERED_BODY, answer, relay_filtered, relay_watch
+from certgate.kube.filtering import (
+    MAX_FILTERED_BODY,
+    answer,
+    json_only,
+    relay_filtered,
+    relay_watch,
+)
 from certgate.kube.kubeconfig import Upstream
 from certgate.kube.observe import KubeObservers
 from certgate.kube.streams import ExecIO, relay_frames, relay_raw
@@ -397,3 +403,6 @@ def _rewrite(head: Head, call: _Call) -> None:
         head.add("Impersonate-Group", group)
     if call.rules.filters:
         head.remove("Accept-Encoding")  # filtered answers are read, so plain
+        # ... and JSON, the one form they are read in (YAML or protobuf would pass
+        # unread): kubectl's Table and plain JSON stay, anything else is dropped.
+        head.set("Accept", json_only(head.get("Accept") or ""))
