@@ -640,6 +640,48 @@ def test_port_forward_works_and_a_lock_ends_it(kube: KubeSetup) -> None:
     assert "tunnel closed" in again.stderr
 
 
+def test_a_lock_ends_a_running_watch_and_logs_follow(kube: KubeSetup) -> None:
+    """Plain streaming answers, not only exec sessions, end at once on a lock although
+    the certificate is still valid."""
+    user = _user(kube, "streamer", "kube-viewer")
+    watch = kube.kubectl_process(user, "get", "pods", "-n", "dev", "-w")
+    follow = kube.kubectl_process(user, "-n", "dev", "logs", "-f", "web")
+    try:
+        assert watch.stdout is not None and follow.stdout is not None
+        assert watch.stdout.readline()  # streaming
+        assert follow.stdout.readline().strip() == "web line 0"
+        assert watch.poll() is None and follow.poll() is None  # the lock is what ends them
+        kube.cluster.cgctl("lock", "--user=streamer", "--message=streams cut")
+        eventually(lambda: watch.poll() is not None and follow.poll() is not None, timeout=10)
+    finally:
+        for process in (watch, follow):
+            process.kill()
+            process.communicate(timeout=10)
+
+
+def test_a_kept_alive_connection_does_not_outlive_its_certificate(kube: KubeSetup) -> None:
+    """The TLS handshake checked the certificate once; each call on the connection
+    afterwards is checked again."""
+    import http.client
+
+    user = kube.cluster.add_user("shortlived", roles="kube-viewer")
+    kube.cluster.login(user, "--ttl=6s")
+    context, _ = _raw_client(kube, user)
+    conn = http.client.HTTPSConnection("127.0.0.1", kube.kube_proxy_port, context=context)
+    try:
+        conn.request("GET", "/k8s/dev-cluster/api/v1/namespaces/dev/pods")
+        first = conn.getresponse()
+        first.read()
+        assert first.status == 200
+        time.sleep(7)
+        conn.request("GET", "/k8s/dev-cluster/api/v1/namespaces/dev/pods")
+        second = conn.getresponse()
+        body = second.read().decode()
+        assert second.status == 403 and "certificate expired" in body
+    finally:
+        conn.close()
+
+
 def test_a_watch_left_midway_never_hands_its_connection_to_another_user(
     kube: KubeSetup, viewer: User, admin: User
 ) -> None:

@@ -24,7 +24,7 @@ import logging
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -227,7 +227,31 @@ class KubeForwarder:
                         response, up_reader, writer, r_framing, request, call.rules
                     )
 
-        keep = await client.relay_answer(key, head, response, up_reader, r_framing, relay)
+        # A watch or `logs -f` runs for as long as the user likes: held as a live client
+        # for it, so a lock (or the end of the certificate, when the roles say so) cuts
+        # it as it cuts an exec. Not idle-timed: a stream's user sends nothing.
+        watcher: LiveClient | None = None
+        if request.verb == "watch" or request.first("follow") == "true":
+
+            async def hang_up() -> None:
+                writer.transport.abort()
+
+            policy = replace(policy_for(call.role_set, call.identity), idle_timeout=None)
+            watcher = LiveClient(
+                identity=call.identity,
+                login=call.imp.user,
+                target=call.cluster,
+                client_addr=call.client_addr,
+                policy=policy,
+                audit=self._audit,
+                close=hang_up,
+            )
+            self._registry.add_client(watcher)
+        try:
+            keep = await client.relay_answer(key, head, response, up_reader, r_framing, relay)
+        finally:
+            if watcher is not None:
+                self._registry.remove_client(watcher)
         self._audit_call(call.identity, call.cluster, request, response.status)
         return keep
 
@@ -240,6 +264,12 @@ class KubeForwarder:
         as_user = next((v for k, v in asked if k.lower() == "impersonate-user"), "")
         as_groups = [v for k, v in asked if k.lower() == "impersonate-group"]
         check_path(head.target)
+        if identity.expires <= datetime.now(UTC):
+            # A kept-alive connection outlives the handshake that checked the certificate.
+            raise AccessDenied(
+                f"access denied: your certificate expired at {identity.expires:%Y-%m-%d %H:%M:%S} "
+                "UTC: run cgsh login"
+            )
         upstream = self.upstreams.get(cluster)
         if upstream is None:
             raise AccessDenied(f'kubernetes cluster "{cluster}" is not served here')
