@@ -658,6 +658,16 @@ def test_a_lock_ends_a_running_watch_and_logs_follow(kube: KubeSetup) -> None:
             process.kill()
             process.communicate(timeout=10)
 
+    # Both calls are in the audit log, saying how they ended (a call is an event also
+    # when its answer never completes).
+    def cut_calls() -> list[dict[str, Any]]:
+        out = kube.cluster.cgctl("audit", "ls", "--event=kube.request", "--format=json").stdout
+        return [e for e in json.loads(out) if e.get("user") == "streamer" and "ended" in e]
+
+    ended = eventually(lambda: len(cut_calls()) >= 2 and cut_calls(), timeout=15)
+    assert {e["verb"] for e in ended} >= {"watch", "get"}
+    assert all(e["ended"].startswith("cut: ") for e in ended), ended
+
 
 def test_a_kept_alive_connection_does_not_outlive_its_certificate(kube: KubeSetup) -> None:
     """The TLS handshake checked the certificate once; each call on the connection

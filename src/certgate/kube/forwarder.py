@@ -59,6 +59,7 @@ from certgate.srv.authorize import policy_for
 from certgate.srv.http1 import (
     HOP_BY_HOP,
     MAX_HEAD,
+    Framing,
     Head,
     body_framing,
     read_body,
@@ -177,18 +178,23 @@ class KubeForwarder:
         if self._observers is not None and is_observe_request(head):
             await self._observers.serve(head, reader, writer)
             return False
-        framing = body_framing(head, response=False)
         request = parse_request(head.method, head.target)
         cluster = head.get(CLUSTER_HEADER) or ""
         identity: Identity | None = None
+        framing: Framing | None = None
         try:
+            framing = body_framing(head, response=False)
             identity = _header_identity(head)
             call = self._decide(head, request, identity, cluster)
         except CertgateError as exc:
-            await read_body(reader, framing, MAX_FILTERED_BODY)
-            reason = "Forbidden" if isinstance(exc, AccessDenied) else "BadRequest"
-            await answer(writer, exc.http_status, reason, exc.message)
+            # Audited first: reading the refused body may fail (too large, cut off).
             self._audit_call(identity, cluster, request, exc.http_status, exc.message)
+            reason = "Forbidden" if isinstance(exc, AccessDenied) else "BadRequest"
+            if framing is None:  # where the body ends is unknown: the connection ends
+                await answer(writer, exc.http_status, reason, exc.message)
+                return False
+            await read_body(reader, framing, MAX_FILTERED_BODY)
+            await answer(writer, exc.http_status, reason, exc.message)
             return not head.wants_close()
         _rewrite(head, call)
         if head.is_upgrade():
@@ -247,12 +253,17 @@ class KubeForwarder:
                 close=hang_up,
             )
             self._registry.add_client(watcher)
+        ended = "the answer was cut short"  # unless it is relayed whole
         try:
             keep = await client.relay_answer(key, head, response, up_reader, r_framing, relay)
+            ended = ""
         finally:
             if watcher is not None:
                 self._registry.remove_client(watcher)
-        self._audit_call(call.identity, call.cluster, request, response.status)
+            # Also for a stream the user stopped or a lock cut: every call is an event.
+            if watcher is not None and watcher.cut_reason:
+                ended = f"cut: {watcher.cut_reason}"
+            self._audit_call(call.identity, call.cluster, request, response.status, ended=ended)
         return keep
 
     def _decide(self, head: Head, request: KubeRequest, identity: Identity, cluster: str) -> _Call:
@@ -351,6 +362,7 @@ class KubeForwarder:
             )
         except (CertgateError, OSError, asyncio.IncompleteReadError) as exc:
             message = exc.message if isinstance(exc, CertgateError) else str(exc)
+            self._audit_call(call.identity, call.cluster, request, 502, message)
             await answer(writer, 502, "ServiceUnavailable", message)
             if session is not None:
                 session.ended("refused")
@@ -398,6 +410,8 @@ class KubeForwarder:
         request: KubeRequest,
         status: int,
         reason: str = "",
+        *,
+        ended: str = "",
     ) -> None:
         fields: dict[str, Any] = {
             "user": identity.username if identity else "",
@@ -414,6 +428,8 @@ class KubeForwarder:
                 fields["resource_name"] = request.name
         if reason:
             fields["reason"] = reason
+        if ended:
+            fields["ended"] = ended  # a stream the user left, or a lock cut
         self._audit("kube.request", fields)
 
 

@@ -43,6 +43,7 @@ from certgate.errors import AccessDenied, BadParameter, CertgateError, NotFound,
 from certgate.rpc.watcher import ResourceView
 from certgate.srv.http1 import (
     MAX_HEAD,
+    Framing,
     Head,
     body_framing,
     read_body,
@@ -92,10 +93,11 @@ class KubeListener:
 
     async def _call(self, head: Head, client: ClientConnection, peer: _Peer) -> bool:
         reader, writer = client.reader, client.writer
-        framing = body_framing(head, response=False)
         name, path = _split_target(head.target)
         identity = peer.identity
+        framing: Framing | None = None
         try:
+            framing = body_framing(head, response=False)
             if identity is None:
                 raise AccessDenied(
                     "access denied: kubernetes calls need a certgate certificate: "
@@ -104,9 +106,13 @@ class KubeListener:
             check_path(path)  # judged here as the API server will read it
             cluster = self._route(identity, name)
         except CertgateError as exc:
+            # Audited first: reading the refused body may fail (too large, cut off).
+            self._audit_refusal(identity, name, head.method, path, exc)
+            if framing is None:  # where the body ends is unknown: the connection ends
+                await _answer(writer, exc.http_status, exc.message)
+                return False
             await read_body(reader, framing, 1024 * 1024)
             await _answer(writer, exc.http_status, exc.message)
-            self._audit_refusal(identity, name, head.method, path, exc)
             return not head.wants_close()
         head.target = path
         # Only this proxy speaks for the user: anything that looks like it is dropped.
@@ -194,19 +200,21 @@ class KubeListener:
         self, identity: Identity | None, cluster: str, method: str, path: str, exc: CertgateError
     ) -> None:
         request = parse_request(method, path)
-        self._audit(
-            "kube.request",
-            {
-                "user": identity.username if identity else "",
-                "kubernetes_cluster": cluster,
-                "method": method,
-                "path": request.path,
-                "verb": request.verb,
-                "status": exc.http_status,
-                "reason": exc.message,
-                "server": "proxy",
-            },
-        )
+        fields: dict[str, Any] = {
+            "user": identity.username if identity else "",
+            "kubernetes_cluster": cluster,
+            "method": method,
+            "path": request.path,
+            "verb": request.verb,
+            "status": exc.http_status,
+            "reason": exc.message,
+            "server": "proxy",
+        }
+        if request.kind:  # what the call touched, as the kube service's events say
+            fields.update(resource_kind=request.kind, namespace=request.namespace)
+            if request.name:
+                fields["resource_name"] = request.name
+        self._audit("kube.request", fields)
 
 
 def _expired(cluster: KubeCluster) -> bool:
