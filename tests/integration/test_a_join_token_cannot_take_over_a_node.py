@@ -93,7 +93,12 @@ def test_a_token_cannot_take_over_a_live_node_name(cluster: Cluster, tmp_path: P
         join(cluster, token, pin, "rogue-1", ["*"])
     with pytest.raises(AccessDenied, match='principal "web-1" is the name of another node'):
         join(cluster, token, pin, "rogue-1", ["web-1"])
-    assert len(audit(cluster, "join.failure")) >= 3
+    # A role no host joins as: refused, and audited like every refused join.
+    with pytest.raises(BadParameter, match='cannot join as "admin"'):
+        asyncio.run(join_cluster(cluster.auth_addr, token, pin, "admin", "rogue-2", []))
+    failures = audit(cluster, "join.failure")
+    assert len(failures) >= 4
+    assert any(e.get("role") == "admin" and e.get("name") == "rogue-2" for e in failures)
 
     # The token itself still works for a new name (what the refusals would have been).
     rogue = join(cluster, token, pin, "rogue-1", ["localhost", "127.0.0.1"])

@@ -75,10 +75,10 @@ class JoinAdmin(AuthCore):
         client_addr: str,
     ) -> CertBundle:
         """A host proves it holds a join token and gets its service certificates."""
-        system_role = JOIN_ROLE_TO_SYSTEM.get(role)
-        if system_role is None:
-            raise BadParameter(f'cannot join as "{role}": use node, proxy or kube')
         try:
+            system_role = JOIN_ROLE_TO_SYSTEM.get(role)
+            if system_role is None:
+                raise BadParameter(f'cannot join as "{role}": use node, proxy or kube')
             return await self._join(
                 token_name, role, system_role, public_key, name, principals, client_addr
             )
