@@ -411,6 +411,14 @@ class Daemon:
         access = CachedAccess(
             view, web_proxy.cluster_name, strict_grace=self.config.strict_lock_grace.total_seconds()
         )
+        # The proxy's audit events (jump host, agentless sessions, the web's refusals)
+        # wait on disk until auth stored them; ready before the web can refuse anyone
+        # by the view (its first refusal is an event), closed after both servers
+        # (closers run in reverse).
+        audit = AuditSpool(self.data_dir / "proxy" / "audit", post_events(auth), "proxy audit")
+        await audit.start()
+        self._closers.append(audit.close)
+        web_proxy.audit = SpoolSink(audit)
         web_proxy.access = access
         # The sessions this proxy serves itself (agentless nodes; later Kubernetes exec
         # and the web terminal): one registry, one monitor, whatever the protocol.
@@ -430,12 +438,6 @@ class Daemon:
         trackers = SessionTrackerPublisher(auth)
         trackers.start()
         self._closers.append(trackers.close)
-        # The proxy's audit events (jump host, agentless sessions) wait on disk until
-        # auth stored them; closed after both servers (closers run in reverse).
-        audit = AuditSpool(self.data_dir / "proxy" / "audit", post_events(auth), "proxy audit")
-        await audit.start()
-        self._closers.append(audit.close)
-        web_proxy.audit = SpoolSink(audit)
         agentless = AgentlessForwarder(
             user_ca_keys=lambda: _ca_keys(view, "user_ssh"),
             host_ca_keys=lambda: _ca_keys(view, "host_ssh"),
