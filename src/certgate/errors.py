@@ -11,6 +11,16 @@ our code, with `raise ... from exc`.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound="CertgateError")
+
+
+def audited(exc: E) -> E:
+    """`exc`, marked as already written to the audit log where it was raised."""
+    exc.audited = True
+    return exc
+
 
 class CertgateError(Exception):
     """Base of every error certgate shows to a user."""
@@ -18,6 +28,9 @@ class CertgateError(Exception):
     http_status = 500
     exit_code = 1
     kind = "internal"
+    # Set where the refusal was already written to the audit log, so the layer above
+    # that audits every refusal does not write it twice.
+    audited = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -182,6 +182,13 @@ def test_two_approvals_from_different_reviewers_and_every_refusal_says_why(
     own = c.cgsh(pete, "request", "review", "--approve", request_id, check=False)
     assert own.returncode == 3
     assert own.stderr.strip() == "error: access denied: you may not review your own access request"
+    # Audited, as every refusal: who tried what.
+    [tried] = [
+        e
+        for e in audit(c, "session.rejected")
+        if e["user"] == "pete" and e.get("path", "").endswith(f"/{request_id}/reviews")
+    ]
+    assert tried["reason"] == "access denied: you may not review your own access request"
     kim = c.cgsh(reviewers["kim"], "request", "review", "--approve", request_id, check=False)
     assert kim.stderr.strip() == (
         'error: access denied: you may not review requests for role "node-access": none of '

@@ -4,6 +4,7 @@ Identity headers cannot be forged past the proxy or straight to auth."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import ssl
 import subprocess
@@ -41,6 +42,15 @@ def test_access_only_user_is_refused_admin_calls(cluster: Cluster) -> None:
     assert result.stderr.strip() == 'error: access denied: your roles do not allow "list" on "user"'
     result = remote_cgctl(plain, "create", "-f", "-", check=False)
     assert result.returncode != 0
+    # The refusal is an event an admin can find: who, what they tried, why not.
+    out = cluster.cgctl("audit", "ls", "--event=session.rejected", "--format=json").stdout
+    [refused] = [
+        e
+        for e in json.loads(out)
+        if e.get("user") == "remote-plain" and e.get("resource") == "user"
+    ]
+    assert (refused["kind"], refused["verb"], refused["server"]) == ("api", "list", "auth")
+    assert refused["reason"] == 'access denied: your roles do not allow "list" on "user"'
 
 
 def test_auditor_reads_the_audit_log_but_cannot_create_roles(cluster: Cluster) -> None:

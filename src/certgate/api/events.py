@@ -266,7 +266,7 @@ CATALOGUE: dict[str, EventType] = {
             "session.rejected",
             "T1006W",
             "a session or login was refused",
-            (*_PEER, "reason", "addr", "session_id", "kind"),
+            (*_PEER, "reason", "addr", "session_id", "kind", "method", "path", "resource", "verb"),
             _SESSION_SERVERS | _AUTH_ONLY,
         ),
         _session(

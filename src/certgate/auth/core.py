@@ -233,6 +233,7 @@ class AuthCore:
             )
         except AccessDenied as exc:
             await self.audit.emit("cert.create.failure", user=user.name, error=exc.message)
+            exc.audited = True
             raise
         if roles is None:
             roles = await self.load_roles(user.spec.roles)

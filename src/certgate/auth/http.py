@@ -166,6 +166,7 @@ class AuthAPI:
             await self.server.audit.emit(
                 "session.rejected", user=user, kind="api", reason=exc.message, server="auth"
             )
+            exc.audited = True
             raise
 
     async def _watch_refusal(self, caller: Identity | None, lock: Lock | None) -> str | None:
@@ -243,8 +244,16 @@ class AuthAPI:
             try:
                 caller = self.caller(request)
                 if resource is not None:
-                    caller = await self.authorizer.check(caller, resource, verb)
-                result = await fn(request, caller)
+                    try:
+                        caller = await self.authorizer.check(caller, resource, verb)
+                    except AccessDenied as exc:
+                        await self._audit_refusal(request, caller, resource, verb, exc)
+                        raise
+                try:
+                    result = await fn(request, caller)
+                except AccessDenied as exc:  # an access request refused, say
+                    await self._audit_refusal(request, caller, resource or "", verb, exc)
+                    raise
             except ValidationError as exc:
                 # A model built from request input that slipped past the route's checks.
                 bad = BadParameter(describe_validation_error(exc.title.lower(), "", exc))
@@ -262,6 +271,33 @@ class AuthAPI:
             return web.json_response(result)
 
         return handle
+
+    async def _audit_refusal(
+        self,
+        request: web.Request,
+        caller: Identity | None,
+        resource: str,
+        verb: str,
+        exc: AccessDenied,
+    ) -> None:
+        """A call the roles refuse (`cgctl users add` by an auditor, a service calling
+        what it may not) is an attempt an admin must be able to find. Callers without a
+        certificate are not audited: anyone can knock, and their knocks would fill the
+        log (they are counted in certgate_errors_total)."""
+        if exc.audited or caller is None:
+            return
+        await self.server.audit.emit(
+            "session.rejected",
+            user=caller.username,
+            kind="api",
+            server="auth",
+            reason=exc.message,
+            method=request.method,
+            path=request.path,
+            resource=resource,
+            verb=verb,
+        )
+        exc.audited = True
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_internal_errors])

@@ -86,6 +86,7 @@ class JoinAdmin(AuthCore):
             await self.audit.emit(
                 "join.failure", name=name, role=role, addr=client_addr, error=exc.message
             )
+            exc.audited = True
             raise
 
     async def _join(

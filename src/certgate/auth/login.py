@@ -26,7 +26,14 @@ from certgate.api.user import User
 from certgate.auth.passwords import match_totp, verify_password
 from certgate.backend.base import Backend, Item
 from certgate.clock import Clock
-from certgate.errors import AccessDenied, AlreadyExists, CompareFailed, LimitExceeded, NotFound
+from certgate.errors import (
+    AccessDenied,
+    AlreadyExists,
+    CompareFailed,
+    LimitExceeded,
+    NotFound,
+    audited,
+)
 from certgate.services.audit import AuditLog
 from certgate.services.users import UserSecrets, UserService
 
@@ -68,7 +75,7 @@ class LoginChecker:
                 addr=client_addr,
                 error=LOCKED_REASON,
             )
-            raise LimitExceeded(LOCKED)
+            raise audited(LimitExceeded(LOCKED))
         reason = await self._verify(name, password, otp, now)
         if reason:
             await self._audit.emit(
@@ -76,9 +83,9 @@ class LoginChecker:
             )
             if reason == REUSED_REASON:
                 await self._release(name)
-                raise AccessDenied(REUSED)
+                raise audited(AccessDenied(REUSED))
             # The reservation already counted this failure.
-            raise AccessDenied(REFUSAL)
+            raise audited(AccessDenied(REFUSAL))
         await self.unlock(name)
         return await self._users.get(name)
 
@@ -94,7 +101,7 @@ class LoginChecker:
             await self._audit.emit(
                 "user.mfa.verify", user=name, success=False, addr=client_addr, error=LOCKED_REASON
             )
-            raise LimitExceeded(LOCKED)
+            raise audited(LimitExceeded(LOCKED))
         reason = await self._verify_code_only(name, otp, now)
         await self._audit.emit(
             "user.mfa.verify", user=name, success=not reason, addr=client_addr,
@@ -103,9 +110,9 @@ class LoginChecker:
         if reason == REUSED_REASON:
             # Not a guess: the person typed a code they already used. As for logins.
             await self._release(name)
-            raise AccessDenied(REUSED)
+            raise audited(AccessDenied(REUSED))
         if reason:
-            raise AccessDenied(CODE_REFUSAL)
+            raise audited(AccessDenied(CODE_REFUSAL))
         await self.unlock(name)
 
     async def unlock(self, name: str) -> None:

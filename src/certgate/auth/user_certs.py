@@ -38,6 +38,7 @@ class UserCerts:
             await server.audit.emit(
                 "cert.create.failure", user=user.name, error=exc.message, issued_by=by
             )
+            exc.audited = True
             raise
         role_set = server.role_sets.get(roles, user.spec.traits)
         identity = server.issuer.user_identity(user, roles, ttl, role_set=role_set)
