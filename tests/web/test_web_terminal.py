@@ -156,3 +156,29 @@ def test_a_login_link_does_not_open_a_terminal(
         "audit", "ls", "--event=session.start", "--user=webnext", "--format=json"
     ).stdout
     assert json.loads(started) == []
+
+
+def test_a_terminal_the_proxy_refuses_is_audited(
+    cluster: Cluster, browser: Browser, tmp_path: Path
+) -> None:
+    """Refused by the proxy before any node is dialled (a join the roles do not allow,
+    a node that is not there): the node never sees it, so the proxy writes the event."""
+    ensure_user("webrefused")
+    otp = sign_up(cluster, browser, tmp_path, "webrefused")
+    page = log_in(browser, cluster, "webrefused", otp)
+    session_id = "0f2b3c4d-5e6f-4a0b-8c9d-0e1f2a3b4c5d"
+    base = f"https://{cluster.proxy_addr}/web/terminal"
+    for query in (f"node=node-1&login=join:peer:{session_id}", "node=nowhere&login=webrefused"):
+        page.goto(f"{base}?{query}")
+        eventually(lambda: page.locator("#term-status").inner_text() != "connecting...")
+    page.context.close()
+
+    def refusals() -> list[dict[str, object]]:
+        out = cluster.cgctl(
+            "audit", "ls", "--event=session.rejected", "--user=webrefused", "--format=json"
+        ).stdout
+        return [e for e in json.loads(out) if e.get("kind") == "web"]
+
+    found = eventually(lambda: len(refusals()) >= 2 and refusals(), timeout=15)
+    assert {e["login"] for e in found} == {f"join:peer:{session_id}", "webrefused"}
+    assert all(e["server"] == "proxy" for e in found)

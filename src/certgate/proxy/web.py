@@ -97,6 +97,7 @@ class ProxyWeb:
             lambda: self.access,
             real_certificate=self.real_certificate,
             jump=lambda: self.local_ssh_addr,
+            audit=lambda: self.audit,
         )
         return app
 

@@ -43,6 +43,7 @@ def register(
     *,
     real_certificate: bool,
     jump: Callable[[], tuple[str, int] | None] = lambda: None,
+    audit: guard.AuditGetter = lambda: None,
 ) -> None:
     """`jump()`: where this proxy's SSH listener answers locally, once it does (the web
     terminal reaches agentless nodes through it)."""
@@ -50,6 +51,7 @@ def register(
     app[guard.AUTH_KEY] = auth
     app[CLUSTER_KEY] = cluster_name
     app[ACCESS_KEY] = access
+    app[guard.AUDIT_KEY] = audit
     install_player_policy(app)
     invites = InvitePages(real_certificate)
     r = app.router

@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Callable
 
 from aiohttp import web
 
 from certgate.errors import AccessDenied
 from certgate.proxy.webui.sessions import WebSession, WebSessions
+from certgate.rpc.audit import AuditSink
 from certgate.rpc.auth_client import AsyncAuthClient
 
 SESSION_COOKIE = "__Host-certgate_session"
 LOGIN_CSRF_COOKIE = "__Host-certgate_login"
 SESSIONS_KEY = web.AppKey("web_sessions", WebSessions)
 AUTH_KEY = web.AppKey("web_auth", AsyncAuthClient)
+# The proxy's audit sink, once its spool is open (refusals decided in the web UI).
+AuditGetter = Callable[[], AuditSink | None]
+AUDIT_KEY: web.AppKey[AuditGetter] = web.AppKey("web_audit")
 
 
 def set_session_cookie(response: web.StreamResponse, cookie: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -20,11 +21,13 @@ from aiohttp import WSMsgType, web
 from certgate.access.cached_access import CachedAccess
 from certgate.api.node import Node
 from certgate.api.session_tracker import parse_join_login
-from certgate.errors import AccessDenied, CertgateError
+from certgate.errors import AccessDenied, CertgateError, NotFound
 from certgate.proxy.webui import guard
 from certgate.proxy.webui.render import page, to_login
 from certgate.proxy.webui.sessions import WebSession
 from certgate.proxy.webui.ssh_bridge import NodeShell
+
+log = logging.getLogger("certgate.proxy.web")
 
 # A browser that stays silent this long (it pings every 20 s) is gone.
 WS_HEARTBEAT = 30.0
@@ -99,7 +102,13 @@ def terminal_socket(
         try:
             session = await request.app[guard.SESSIONS_KEY].fresh(session)
             login = request.query.get("login", "")
-            node = await _target(request, checker, session, login)
+            try:
+                node = await _target(request, checker, session, login)
+            except (AccessDenied, NotFound) as exc:
+                # Decided here, before any node is dialled: the node never sees the
+                # attempt (a hidden node, a join refused), so this proxy writes it.
+                await _audit_refusal(request, session, login, exc)
+                raise
             cols, rows = _size(request.query.get("cols"), request.query.get("rows"))
             await shell.open(session, node, login, cols, rows, jump())
         except CertgateError as exc:
@@ -149,6 +158,25 @@ async def _target(
             checker.check_identity(session.identity, node=node.name)
             return node
     raise AccessDenied(f"access denied: you may not join session {session_id[:8]} as {mode}")
+
+
+async def _audit_refusal(
+    request: web.Request, session: WebSession, login: str, exc: CertgateError
+) -> None:
+    audit = request.app[guard.AUDIT_KEY]()
+    fields = {
+        "user": session.user,
+        "login": login,
+        "node": request.query.get("node", ""),
+        "addr": session.client_addr,
+        "reason": exc.message,
+        "kind": "web",
+        "server": "proxy",
+    }
+    if audit is None:  # the proxy is starting: its audit spool is not open yet
+        log.warning("unaudited refusal of %s@%s for %s", login, fields["node"], session.user)
+        return
+    await audit("session.rejected", **fields)
 
 
 class _Shell(Protocol):
