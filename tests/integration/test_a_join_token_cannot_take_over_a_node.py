@@ -249,7 +249,7 @@ def test_a_truncated_recording_is_stored_and_listed_as_such(cluster: Cluster) ->
     uploads = json.loads(
         cluster.cgctl("audit", "ls", "--event=session.upload", "--format=json").stdout
     )
-    assert [e["truncated"] for e in uploads if e["session_id"] == session] == [True]
+    assert [e["recording_truncated"] for e in uploads if e["session_id"] == session] == [True]
     auditor = cluster.add_user("trunc-auditor", roles="auditor")
     cluster.login(auditor)
     listed = cluster.cgsh(auditor, "recordings", "ls").stdout

@@ -36,6 +36,16 @@ async def test_a_refused_login_with_a_megabyte_name_stores_a_prefix(
     assert len(line) < 2000 and json.loads(line)["truncated"] == ["user"]
 
 
+async def test_a_cut_upload_event_keeps_both_its_flag_and_the_list_of_cut_fields(
+    audit: AuditLog,
+) -> None:
+    """session.upload says a recording was truncated in a field of its own: the size
+    caps' `truncated` list of cut fields must not overwrite it, nor it them."""
+    await audit.emit("session.upload", user="u" * 10_000, session_id="s", recording_truncated=True)
+    (stored,), _ = await audit.search(since=None, until=None)
+    assert stored["recording_truncated"] is True and stored["truncated"] == ["user"]
+
+
 async def test_an_event_recorded_twice_is_stored_and_logged_once(
     audit: AuditLog, tmp_path: Path
 ) -> None:

@@ -152,7 +152,7 @@ CATALOGUE: dict[str, EventType] = {
             "duration",
             "size",
             "incomplete",
-            "truncated",
+            "recording_truncated",
         ),
         _auth(
             "session.upload.failure",

@@ -230,7 +230,8 @@ class RecordingRoutes:
             duration=stored.duration,
             size=stored.size,
             incomplete=stored.incomplete,
-            truncated=stored.truncated,
+            # Not `truncated`: that name lists the fields the size caps cut short.
+            recording_truncated=stored.truncated,
         )
         return stored.to_dict()
 
