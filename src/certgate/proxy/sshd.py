@@ -114,6 +114,7 @@ class _Connection(asyncssh.SSHServer):
                 login=login,
                 addr=self.client_addr,
                 reason=exc.message,
+                kind="ssh",
                 server="proxy",
             )
             return False
@@ -161,7 +162,7 @@ class _Connection(asyncssh.SSHServer):
         except CertgateError as exc:
             await self._proxy.audit(
                 "session.rejected", user=identity.username, login=login,
-                addr=self.client_addr, reason=exc.message, server="proxy",
+                addr=self.client_addr, reason=exc.message, kind="ssh", server="proxy",
             )  # fmt: skip
             return False
         return True
@@ -190,7 +191,7 @@ class _Connection(asyncssh.SSHServer):
         except CertgateError as exc:
             await self._proxy.audit(
                 "session.rejected", user=identity.username, node=target,
-                addr=self.client_addr, reason=exc.message, server="proxy",
+                addr=self.client_addr, reason=exc.message, kind="ssh", server="proxy",
             )  # fmt: skip
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, exc.message) from None
         if node.spec.sub_kind == "openssh":
