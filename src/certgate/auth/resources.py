@@ -99,12 +99,15 @@ class ResourceAdmin(UserAdmin):
         saved: list[BaseModel] = [
             store.decode(item) for store, item in zip(stores, written, strict=True)
         ]
-        for resource, before, now in zip(prepared, befores, saved, strict=True):
+        # Every write is audited first: cutting a user's certificates may fail (the
+        # store, a lock write), and must not leave the writes after it unaudited.
+        for resource in prepared:
+            await self._audit_put(resource, by)
+        for before, now in zip(befores, saved, strict=True):
             if before is not None and isinstance(now, User):
                 lost = narrowed(before, now)
                 if lost:
                     await self.cut_user_certs(before, by, f"changed (lost {', '.join(lost)})")
-            await self._audit_put(resource, by)
         return saved
 
     async def _audit_put(self, resource: Resource, by: str) -> None:
