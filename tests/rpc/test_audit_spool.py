@@ -355,3 +355,44 @@ async def test_while_busy_calls_go_at_most_every_min_interval(tmp_path: Path) ->
     # Without the interval each write (every ~10 ms) would be a call of its own.
     assert len(calls) <= 1.2 / interval + 3, len(calls)
     await spool.close()
+
+
+async def test_a_write_the_disk_cut_short_leaves_no_half_line_behind(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A full disk lets part of a batch in and refuses the rest: the half line is cut
+    off, the batch is written again whole, and every event after it arrives, also when
+    they have to be read back from the file (auth was away meanwhile)."""
+    import errno
+    import os
+
+    from certgate.rpc import audit_spool
+
+    auth = _Auth()
+    auth.down = True
+    spool = AuditSpool(tmp_path, auth)
+    await spool.start()
+    spool.put("exec", {"n": 0})
+    await until(lambda: len(set(auth.sent_ids)) >= 1)
+    real_write = os.write
+    full = [True]
+
+    def disk_full_once(fd: int, data: Any) -> int:
+        if full[0]:
+            full[0] = False
+            real_write(fd, bytes(data[:7]))  # part of the line, then no space
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(audit_spool.os, "write", disk_full_once)
+    for n in (1, 2):
+        spool.put("exec", {"n": n})
+    # Retried after a second, whole.
+    await until(lambda: len(set(auth.sent_ids)) >= 3, timeout=15)
+    for path in segments(tmp_path):
+        for line in path.read_bytes().splitlines():
+            json.loads(line)  # every line whole
+    auth.down = False
+    await until(lambda: len(auth.stored) == 3, timeout=30)
+    assert sorted(auth.numbers()) == [0, 1, 2]
+    await spool.close()

@@ -227,7 +227,7 @@ class AuditSpool:
                 try:
                     segment = await self._active_segment()
                     assert segment.fd is not None
-                    lines = await asyncio.to_thread(_write, segment.fd, records)
+                    lines = await asyncio.to_thread(_write, segment.fd, records, segment.end)
                 except OSError as exc:
                     # A partly written batch is written again whole: auth keeps each id once.
                     log.error("%s: cannot write audit events (retrying): %s", self._name, exc)
@@ -266,7 +266,7 @@ class AuditSpool:
         try:
             if fd is None:
                 raise OSError("the spool was never started")
-            lines = _write(fd, records)
+            lines = _write(fd, records, self._segments[-1].end)
         except OSError as exc:
             kinds = ", ".join(sorted({str(r["event"]) for r in records}))
             count = len(records)
@@ -497,9 +497,13 @@ def _line(record: dict[str, Any]) -> bytes:
     return _ENCODER.encode(record).encode() + b"\n"
 
 
-def _write(fd: int, records: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+def _write(fd: int, records: list[dict[str, Any]], end: int) -> list[tuple[int, dict[str, Any]]]:
     """Append `records` as lines and fsync. Runs in a thread. Each line's length and the
-    record as it was written (what reading the line back gives, once sent as JSON)."""
+    record as it was written (what reading the line back gives, once sent as JSON).
+
+    `end` is where the segment's last whole line ends: a write that fails part way (a
+    full disk) is cut back to it, so the file never holds half a line, whose length
+    would put every offset after it out of step with the lines read back."""
     lines = []
     written = []
     for record in records:
@@ -510,9 +514,14 @@ def _write(fd: int, records: list[dict[str, Any]]) -> list[tuple[int, dict[str, 
         lines.append(line)
         written.append((len(line), record))
     view = memoryview(b"".join(lines))
-    while view:
-        view = view[os.write(fd, view) :]
-    os.fsync(fd)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, end)
+        raise
     return written
 
 
