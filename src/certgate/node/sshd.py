@@ -514,7 +514,10 @@ class _Session(SessionChannel):
     def exited(self, returncode: int) -> None:
         self._exit_code = returncode
         if self.core is not None:
-            self.core.exec_finished(returncode)
+            if returncode >= 0:
+                self.core.exec_finished(returncode)
+            else:  # killed by a signal: named, as OpenSSH's exit-signal does
+                self.core.exec_finished(None, signal_name(-returncode))
         with contextlib.suppress(OSError):
             if returncode >= 0:
                 self._chan.exit(returncode)
@@ -524,7 +527,11 @@ class _Session(SessionChannel):
             self.core.ended("exited", self._exit_fields())
 
     def _exit_fields(self) -> dict[str, Any]:
-        return {"exit_code": self._exit_code} if self._exit_code is not None else {}
+        if self._exit_code is None:
+            return {}
+        if self._exit_code < 0:
+            return {"exit_signal": signal_name(-self._exit_code)}
+        return {"exit_code": self._exit_code}
 
     # ---- SessionIO (what the core asks of us) ------------------------------------
 

@@ -229,11 +229,11 @@ class LiveSession:
         if self.observer is not None:
             self._notify(self.observer.on_resize, width, height)
 
-    def exec_finished(self, exit_code: int | None) -> None:
+    def exec_finished(self, exit_code: int | None, exit_signal: str | None = None) -> None:
+        """An exec's `exec` event: its exit code, or the signal that killed it."""
         if self.info.kind == "exec" and not self._ended:
-            self.client.audit(
-                "exec", {**self.fields(), "command": self.info.command, "exit_code": exit_code}
-            )
+            how = {"exit_signal": exit_signal} if exit_signal else {"exit_code": exit_code}
+            self.client.audit("exec", {**self.fields(), "command": self.info.command, **how})
 
     # ---- ending ----------------------------------------------------------------
 
