@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,7 +136,10 @@ def test_a_lock_it_cannot_see_ends_strict_sessions_and_refuses_the_next_login(
         )
         assert failed.returncode != 0 and "Traceback" not in failed.stderr
         assert "postgres store" in failed.stderr, failed.stderr
-        assert "WARNING certgate.auth: postgres store" in cluster.log.read_text()
+        # One line per 10 s however many calls fail, so it may be a node's refused
+        # heartbeat's ("auth cannot reach its store") rather than this call's.
+        warned = re.compile(r"WARNING certgate\.auth: .*(postgres store|cannot reach its store)")
+        assert warned.search(cluster.log.read_text())
     finally:
         child.close()
         relay.heal()
