@@ -243,15 +243,11 @@ class AuthAPI:
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
                 caller = self.caller(request)
-                if resource is not None:
-                    try:
-                        caller = await self.authorizer.check(caller, resource, verb)
-                    except AccessDenied as exc:
-                        await self._audit_refusal(request, caller, resource, verb, exc)
-                        raise
                 try:
+                    if resource is not None:
+                        caller = await self.authorizer.check(caller, resource, verb)
                     result = await fn(request, caller)
-                except AccessDenied as exc:  # an access request refused, say
+                except AccessDenied as exc:  # the roles, or the call itself (a review)
                     await self._audit_refusal(request, caller, resource or "", verb, exc)
                     raise
             except ValidationError as exc:
