@@ -147,11 +147,18 @@ async def read_head(reader: asyncio.StreamReader) -> Head | None:
     for line in lines[1:]:
         if not line:
             continue
-        name, sep, value = line.partition(":")
-        if not sep or not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
-            raise ProtocolError(f"malformed header line {line[:80]!r}")
+        name, value = _field(line)
         headers.append((name, value.strip(" \t")))
     return Head(start, headers)
+
+
+def _field(line: str) -> tuple[str, str]:
+    """A header (or trailer) line's name and value: a token, a colon, a value of no
+    control characters; ProtocolError otherwise."""
+    name, sep, value = line.partition(":")
+    if not sep or not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+        raise ProtocolError(f"malformed header line {line[:80]!r}")
+    return name, value
 
 
 @dataclass(frozen=True)
@@ -270,9 +277,8 @@ def encode_chunk(data: bytes) -> bytes:
 # Strict, as both ends of a relay must read a chunked body alike (a lenient reader and
 # a strict one disagree on where it ends: request smuggling): hex digits only (not
 # Python's "0x", "_", "+" or "-"), an extension of visible characters, CRLF after each
-# chunk's data, and trailers that are header lines.
+# chunk's data, and trailers that are header lines (`_field`).
 _CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})(;[\t\x20-\x7e]*)?\r\n")
-_TRAILER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*)?\r\n")
 
 
 def _chunk_size(line: bytes) -> int:
@@ -289,8 +295,9 @@ def _chunk_end(crlf: bytes) -> bytes:
 
 
 def _trailer(line: bytes) -> bytes:
-    if not _TRAILER_LINE.fullmatch(line):
-        raise ProtocolError(f"malformed trailer line {line[:40]!r}")
+    """A trailer line (or the empty line that ends them), read by the header rule."""
+    if line != b"\r\n":
+        _field(line.decode("latin-1").removesuffix("\r\n"))
     return line
 
 
