@@ -72,6 +72,15 @@ class KubeRequest:
         values = (self.query or {}).get(key) or [""]
         return values[0]
 
+    def audit_fields(self) -> dict[str, Any]:
+        """The call as every kube.request event names it, whoever writes it."""
+        fields: dict[str, Any] = {"method": self.method, "path": self.path, "verb": self.verb}
+        if self.kind:
+            fields.update(resource_kind=self.kind, namespace=self.namespace)
+            if self.name:
+                fields["resource_name"] = self.name
+        return fields
+
 
 def check_path(target: str) -> None:
     """Refuse a path the API server could read otherwise than `parse_request` does, so

@@ -416,16 +416,10 @@ class KubeForwarder:
         fields: dict[str, Any] = {
             "user": identity.username if identity else "",
             "kubernetes_cluster": cluster,
-            "method": request.method,
-            "path": request.path,
-            "verb": request.verb,
+            **request.audit_fields(),
             "status": status,
             "kube_service": self._name,
         }
-        if request.kind:
-            fields.update(resource_kind=request.kind, namespace=request.namespace)
-            if request.name:
-                fields["resource_name"] = request.name
         if reason:
             fields["reason"] = reason
         if ended:

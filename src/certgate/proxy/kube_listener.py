@@ -199,21 +199,14 @@ class KubeListener:
     def _audit_refusal(
         self, identity: Identity | None, cluster: str, method: str, path: str, exc: CertgateError
     ) -> None:
-        request = parse_request(method, path)
         fields: dict[str, Any] = {
             "user": identity.username if identity else "",
             "kubernetes_cluster": cluster,
-            "method": method,
-            "path": request.path,
-            "verb": request.verb,
+            **parse_request(method, path).audit_fields(),
             "status": exc.http_status,
             "reason": exc.message,
             "server": "proxy",
         }
-        if request.kind:  # what the call touched, as the kube service's events say
-            fields.update(resource_kind=request.kind, namespace=request.namespace)
-            if request.name:
-                fields["resource_name"] = request.name
         self._audit("kube.request", fields)
 
 
