@@ -30,6 +30,7 @@ from certgate.api.json_input import BODY_TIMEOUT, MAX_BODY_BYTES, parse_json
 from certgate.errors import AccessDenied, BadParameter, CertgateError, ConnectionProblem, to_json
 from certgate.proxy import webui
 from certgate.proxy.web_headers import install_security_headers
+from certgate.proxy.webui import guard
 from certgate.proxy.webui.sessions import IDLE_TIMEOUT, WebSessions
 from certgate.rpc.audit import AuditSink
 from certgate.rpc.auth_client import AsyncAuthClient
@@ -193,19 +194,10 @@ class ProxyWeb:
     ) -> None:
         """Audits a refusal decided here: cgsh stops at this answer, so the node never
         sees the attempt and would not record it."""
-        if self.audit is None:
-            log.warning("unaudited refusal of %s@%s for %s", login, node, identity.username)
-            return
-        await self.audit(
-            "session.rejected",
-            user=identity.username,
-            login=login,
-            node=node,
-            addr=request.remote or "",
-            reason=reason,
-            kind="ssh",
-            server="proxy",
-        )
+        await guard.audit_rejected(
+            self.audit, user=identity.username, login=login, node=node,
+            addr=request.remote or "", reason=reason, kind="ssh",
+        )  # fmt: skip
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """The auth API for users, with their certificate passed on for auth to check."""

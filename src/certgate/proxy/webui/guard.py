@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import secrets
 from collections.abc import Callable
 
@@ -32,6 +33,24 @@ AUTH_KEY = web.AppKey("web_auth", AsyncAuthClient)
 # The proxy's audit sink, once its spool is open (refusals decided in the web UI).
 AuditGetter = Callable[[], AuditSink | None]
 AUDIT_KEY: web.AppKey[AuditGetter] = web.AppKey("web_audit")
+
+log = logging.getLogger("certgate.proxy.web")
+
+
+async def audit_rejected(
+    audit: AuditSink | None, *, user: str, login: str, node: str, addr: str, reason: str,
+    kind: str,
+) -> None:  # fmt: skip
+    """A refusal this proxy decided before dialling any node (which therefore never
+    sees the attempt): a session.rejected event, or a log line while the proxy starts
+    and its audit spool is not open yet."""
+    if audit is None:
+        log.warning("unaudited refusal of %s@%s for %s", login, node, user)
+        return
+    await audit(
+        "session.rejected", user=user, login=login, node=node, addr=addr, reason=reason,
+        kind=kind, server="proxy",
+    )  # fmt: skip
 
 
 def set_session_cookie(response: web.StreamResponse, cookie: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -26,8 +25,6 @@ from certgate.proxy.webui import guard
 from certgate.proxy.webui.render import page, to_login
 from certgate.proxy.webui.sessions import WebSession
 from certgate.proxy.webui.ssh_bridge import NodeShell
-
-log = logging.getLogger("certgate.proxy.web")
 
 # A browser that stays silent this long (it pings every 20 s) is gone.
 WS_HEARTBEAT = 30.0
@@ -163,20 +160,11 @@ async def _target(
 async def _audit_refusal(
     request: web.Request, session: WebSession, login: str, exc: CertgateError
 ) -> None:
-    audit = request.app[guard.AUDIT_KEY]()
-    fields = {
-        "user": session.user,
-        "login": login,
-        "node": request.query.get("node", ""),
-        "addr": session.client_addr,
-        "reason": exc.message,
-        "kind": "web",
-        "server": "proxy",
-    }
-    if audit is None:  # the proxy is starting: its audit spool is not open yet
-        log.warning("unaudited refusal of %s@%s for %s", login, fields["node"], session.user)
-        return
-    await audit("session.rejected", **fields)
+    await guard.audit_rejected(
+        request.app[guard.AUDIT_KEY](), user=session.user, login=login,
+        node=request.query.get("node", ""), addr=session.client_addr, reason=exc.message,
+        kind="web",
+    )  # fmt: skip
 
 
 class _Shell(Protocol):
