@@ -20,10 +20,9 @@ from certgate.api.lock import Lock, LockSpec, LockTarget
 from certgate.api.meta import Metadata
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
-from certgate.backend.registry import open_backend, open_event_store
 from certgate.clock import SystemClock
 from certgate.errors import AccessDenied, AlreadyExists, BadParameter, NotFound
-from certgate.services.audit import AuditLog
+from tests.support.auth_server import started_auth_server
 from tests.support.wait import eventually_async
 
 ROLES: list[dict[str, Any]] = [
@@ -83,23 +82,15 @@ ROLES: list[dict[str, Any]] = [
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[AuthServer]:
-    backend = await open_backend({}, tmp_path)
-    events = await open_event_store({}, tmp_path)
-    audit = AuditLog(events, tmp_path / "log" / "events.log")
-    auth = AuthServer(backend, audit, SystemClock(), "test", "proxy:3080", "auth:3025")
-    await auth.start()
-    for role in ROLES:
-        await auth.put_resource(from_dict(role), "admin", upsert=False)
-    await auth.add_user("carl", ["contractor"], {}, "admin")
-    await auth.add_user("pete", ["contractor", "picky"], {}, "admin")
-    for name in ("alice", "bob", *(f"r{i}" for i in range(8))):
-        await auth.add_user(name, ["reviewer"], {}, "admin")
-    await auth.add_user("kim", ["kube-reviewer"], {}, "admin")
-    yield auth
-    await auth.close()
-    await audit.close()
-    await events.close()
-    await backend.close()
+    async with started_auth_server(tmp_path) as auth:
+        for role in ROLES:
+            await auth.put_resource(from_dict(role), "admin", upsert=False)
+        await auth.add_user("carl", ["contractor"], {}, "admin")
+        await auth.add_user("pete", ["contractor", "picky"], {}, "admin")
+        for name in ("alice", "bob", *(f"r{i}" for i in range(8))):
+            await auth.add_user(name, ["reviewer"], {}, "admin")
+        await auth.add_user("kim", ["kube-reviewer"], {}, "admin")
+        yield auth
 
 
 def user(name: str) -> Identity:

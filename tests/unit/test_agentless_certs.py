@@ -26,10 +26,8 @@ from certgate.auth.agentless import AgentlessCerts
 from certgate.auth.ca import CASigner, generate_authority
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
-from certgate.backend.registry import open_backend, open_event_store
-from certgate.clock import SystemClock
 from certgate.errors import AccessDenied, BadParameter, NotFound
-from certgate.services.audit import AuditLog
+from tests.support.auth_server import started_auth_server
 from tests.support.wait import eventually_async
 
 NODE = "web-1"
@@ -37,37 +35,29 @@ NODE = "web-1"
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[AuthServer]:
-    backend = await open_backend({}, tmp_path)
-    events = await open_event_store({}, tmp_path)
-    audit = AuditLog(events, tmp_path / "log" / "events.log")
-    auth = AuthServer(backend, audit, SystemClock(), "test", "proxy:3080", "auth:3025")
-    await auth.start()
-    await auth.put_resource(
-        Role(
-            metadata=Metadata(name="dev"),
-            spec=RoleSpec(
-                allow=RoleConditions(logins=["ubuntu", "deploy"], node_labels={"env": "dev"}),
-                deny=RoleConditions(logins=["deploy"], node_labels={"tier": "db"}),
+    async with started_auth_server(tmp_path) as auth:
+        await auth.put_resource(
+            Role(
+                metadata=Metadata(name="dev"),
+                spec=RoleSpec(
+                    allow=RoleConditions(logins=["ubuntu", "deploy"], node_labels={"env": "dev"}),
+                    deny=RoleConditions(logins=["deploy"], node_labels={"tier": "db"}),
+                ),
             ),
-        ),
-        "admin",
-        upsert=False,
-    )
-    for name, sub_kind, labels in (
-        (NODE, "openssh", {"env": "dev"}),
-        ("db-1", "openssh", {"env": "dev", "tier": "db"}),
-        ("agent-1", "", {"env": "dev"}),
-    ):
-        node = Node(
-            metadata=Metadata(name=name, labels=labels),
-            spec=NodeSpec(addr="127.0.0.1:22", sub_kind=sub_kind),  # type: ignore[arg-type]
+            "admin",
+            upsert=False,
         )
-        await auth.put_resource(node, "admin", upsert=False)
-    yield auth
-    await auth.close()
-    await audit.close()
-    await events.close()
-    await backend.close()
+        for name, sub_kind, labels in (
+            (NODE, "openssh", {"env": "dev"}),
+            ("db-1", "openssh", {"env": "dev", "tier": "db"}),
+            ("agent-1", "", {"env": "dev"}),
+        ):
+            node = Node(
+                metadata=Metadata(name=name, labels=labels),
+                spec=NodeSpec(addr="127.0.0.1:22", sub_kind=sub_kind),  # type: ignore[arg-type]
+            )
+            await auth.put_resource(node, "admin", upsert=False)
+        yield auth
 
 
 def _user_cert(

@@ -19,23 +19,14 @@ from certgate.api.identity import Identity
 from certgate.api.meta import Metadata
 from certgate.api.role import Role, RoleConditions, RoleOptions, RoleSpec
 from certgate.auth.server import AuthServer
-from certgate.backend.registry import open_backend, open_event_store
-from certgate.clock import SystemClock
 from certgate.errors import AccessDenied, BadParameter, NotFound
-from certgate.services.audit import AuditLog
+from tests.support.auth_server import started_auth_server
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[AuthServer]:
-    backend = await open_backend({}, tmp_path)
-    events = await open_event_store({}, tmp_path)
-    audit = AuditLog(events, tmp_path / "log" / "events.log")
-    auth = AuthServer(backend, audit, SystemClock(), "test", "proxy:3080", "auth:3025")
-    await auth.start()
-    yield auth
-    await audit.close()
-    await events.close()
-    await backend.close()
+    async with started_auth_server(tmp_path) as auth:
+        yield auth
 
 
 def _role(name: str, logins: list[str], ttl: timedelta = timedelta(hours=8)) -> Role:
