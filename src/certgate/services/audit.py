@@ -17,6 +17,8 @@ together, one store transaction and one file append for the lot:
 
 So a busy auth server issuing certificates is never queued behind one event at a time.
 
+An append the disk refuses is kept and made once it has room (services/audit_file.py).
+
 An event auth emits itself that the store cannot take (unreachable, refusing the table)
 is kept on disk by services/audit_fallback.py and stored once the store takes it: the
 action it records has usually happened already, so the event must not go with the
@@ -29,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -41,6 +42,7 @@ from certgate.api.events import code_of
 from certgate.clock import Clock, SystemClock
 from certgate.errors import BadParameter
 from certgate.services.audit_fallback import AuditFallback
+from certgate.services.audit_file import AuditFile
 from certgate.services.settle import settle
 from certgate.tasks import log_failure
 
@@ -83,13 +85,12 @@ class AuditLog:
         """`fallback`: where auth's own events wait while the store cannot take them;
         without one, `emit` raises what the store raised."""
         self._store = store
-        self._log_file = log_file
+        self._file = AuditFile(log_file)
         self._clock = clock or SystemClock()
         self._fallback = fallback
         # (record, its waiter, whether it may be held in the fallback)
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None], bool]] = []
         self._writer: asyncio.Task[None] | None = None
-        log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     @property
     def held(self) -> int:
@@ -137,6 +138,7 @@ class AuditLog:
             await asyncio.wait([self._writer])
         if self._fallback is not None:
             await self._fallback.close()
+        await self._file.close()
 
     async def search(self, **query: Any) -> tuple[list[dict[str, Any]], str | None]:
         return await self._store.search(**query)
@@ -155,13 +157,12 @@ class AuditLog:
             ]
             if stored:
                 text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in stored)
-                try:
-                    # On the loop: appending a few KB to the page cache takes
-                    # microseconds, less than handing it to a thread and back.
-                    _append_text(self._log_file, text)
-                except OSError as exc:
-                    # Stored but not in the file: the caller hears of it, as before.
-                    outcomes = [o if isinstance(o, Exception) else exc for o in outcomes]
+                # On the loop: appending a few KB to the page cache takes microseconds,
+                # less than handing it to a thread and back.
+                if (error := self._file.append(text)) is not None:
+                    # Stored, and kept for the file until it has room: the caller hears
+                    # of it, as before.
+                    outcomes = [o if isinstance(o, Exception) else error for o in outcomes]
             results = [o if isinstance(o, Exception) else None for o in outcomes]
             settle((done for _, done, _ in batch), results)
 
@@ -210,16 +211,3 @@ class AuditLog:
             except Exception as exc:
                 outcomes.append(exc)
         return outcomes
-
-
-def _append_text(path: Path, text: str) -> None:
-    # One write() on an O_APPEND descriptor: lines from several processes (auth
-    # workers) never interleave within a batch.
-    # 0600: the lines name users, client addresses and command lines.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        data = text.encode()
-        while data:
-            data = data[os.write(fd, data) :]
-    finally:
-        os.close(fd)
