@@ -396,3 +396,47 @@ async def test_a_write_the_disk_cut_short_leaves_no_half_line_behind(
     await until(lambda: len(auth.stored) == 3, timeout=30)
     assert sorted(auth.numbers()) == [0, 1, 2]
     await spool.close()
+
+
+class _CountingAuth(_Auth):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0  # calls started, held at the gate or not
+
+    async def __call__(self, records: list[dict[str, Any]]) -> None:
+        self.calls += 1
+        await super().__call__(records)
+
+
+async def test_events_the_memory_copy_skipped_while_full_are_sent_not_jumped_over(
+    tmp_path: Path,
+) -> None:
+    """While auth was away more was written than the memory copy holds; as the backlog
+    drains, room frees and newer events join the copy after a gap. A batch taken from
+    memory across that gap moved the cursor past events never sent."""
+    auth = _CountingAuth()
+    auth.down = True
+    spool = AuditSpool(tmp_path, auth)
+    await spool.start()
+    for n in range(300):
+        spool.put("exec", {"n": n})
+    await until(lambda: auth.calls >= 1 and not spool._fresh)  # failed: memory dropped
+    for n in range(300, 300 + FRESH_EVENTS + 200):
+        spool.put("exec", {"n": n})
+    await until(lambda: not spool._buffer and not spool._writing)
+    assert len(spool._fresh) == FRESH_EVENTS  # the last 200 are on disk only
+
+    auth.gate.clear()
+    auth.down = False
+    await until(lambda: auth.calls >= 2, timeout=15)  # the first 500, from the file
+    auth.gate.set()
+    auth.gate.clear()  # that call goes on; the next one waits
+    await until(lambda: auth.calls >= 3)  # from memory, which now has room
+    total = 300 + FRESH_EVENTS + 200 + 50
+    for n in range(total - 50, total):
+        spool.put("exec", {"n": n})
+    await until(lambda: not spool._buffer and not spool._writing)
+    auth.gate.set()
+    await until(lambda: delivered(spool), timeout=15)
+    assert auth.numbers() == list(range(total))
+    await spool.close()

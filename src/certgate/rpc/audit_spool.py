@@ -406,11 +406,17 @@ class AuditSpool:
             return []
         batch: list[tuple[int, dict[str, Any]]] = []
         size = 0
+        position = self._offset
         for item in fresh:
             size += item.end - item.start
-            if item.seq != segment.seq or len(batch) >= BATCH_EVENTS or size > BATCH_BYTES:
+            # Lines the memory copy skipped while it was full lie between two that are
+            # not contiguous: they are read from the file next, not jumped over.
+            if item.seq != segment.seq or item.start != position:
+                break
+            if len(batch) >= BATCH_EVENTS or size > BATCH_BYTES:
                 break
             batch.append((item.end, item.record))
+            position = item.end
         return batch
 
     async def _read_batch(self, segment: _Segment) -> list[tuple[int, dict[str, Any]]]:
