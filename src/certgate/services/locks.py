@@ -96,9 +96,8 @@ class LockCache:
 
     async def _reload(self) -> int:
         revision = await self._backend.current_revision()
-        before, self._locks = self._locks, {
-            lock.name: lock for lock in await self._store.list_readable()
-        }
+        before = self._locks
+        self._locks = {lock.name: lock for lock in await self._store.list_readable()}
         # Expired while the watch was down (or in the gap it fell behind by): the
         # callback's event has a uid of its own per lock, so every auth that sees it
         # stores it once.
