@@ -147,3 +147,39 @@ async def test_an_endpoint_that_is_no_s3_server_is_one_line(
 def test_registry_refuses_bad_s3_uris(tmp_path: Path, uri: str) -> None:
     with pytest.raises(BadParameter):
         open_recording_store(uri, tmp_path)
+
+
+async def test_an_info_put_whose_answer_was_lost_keeps_the_recording_playable(
+    s3_store: S3Store, s3_server: S3Server, s3_bucket: str
+) -> None:
+    """The info PUT reaches S3 and is applied, but its answer is lost (a read timeout,
+    a reset): botocore's retry of it meets the info it wrote itself. That is this upload,
+    stored; before, the store took it for another upload's and deleted its own data."""
+    lost: list[str] = []
+
+    def lose_the_answer(response: Any, request_dict: Any, **_: Any) -> int | None:
+        applied = response is not None and response[0].status_code == 200
+        if not lost and applied and request_dict["url_path"].endswith(".json"):
+            lost.append(request_dict["url_path"])
+            return 0  # retry at once, as after a read timeout
+        return None
+
+    s3_store._client.meta.events.register_first("needs-retry.s3.PutObject", lose_the_answer)
+    item = info()
+    await s3_store.put(item, cast("kept"))
+    assert lost  # the answer was lost, and the PUT sent again
+    assert await s3_store.get(item.id) == cast("kept")
+    assert len(data_keys(s3_server, s3_bucket)) == 1
+
+
+async def test_an_upload_whose_info_cannot_be_written_leaves_no_data_behind(
+    s3_store: S3Store, s3_server: S3Server, s3_bucket: str
+) -> None:
+    def refuse(params: Any, **_: Any) -> None:
+        if params["Key"].endswith(".json"):  # the data goes in; its info does not
+            raise ConnectionProblem("the bucket refused the info")
+
+    s3_store._client.meta.events.register_first("before-parameter-build.s3.PutObject", refuse)
+    with pytest.raises(ConnectionProblem):
+        await s3_store.put(info(), cast("orphan"))
+    assert data_keys(s3_server, s3_bucket) == []

@@ -27,6 +27,7 @@ Listing reads every info object (in parallel): fine for thousands of recordings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import io
@@ -126,6 +127,26 @@ class S3Store:
         body = json.dumps(
             {"info": stored.to_dict(), "object": data_key, "sha256": reader.sha256.hexdigest()}
         ).encode()
+        try:
+            return await self._point_to(info.id, info_key, data_key, body, stored, reader)
+        except Exception:
+            # The object no info names is deleted. Not on a cancel: the info PUT may
+            # still be under way on its thread and land after the delete.
+            with contextlib.suppress(Exception):
+                await self._unless_pointed_to(info.id, data_key)
+            raise
+
+    async def _point_to(
+        self,
+        recording_id: str,
+        info_key: str,
+        data_key: str,
+        body: bytes,
+        stored: RecordingInfo,
+        reader: _CountingReader,
+    ) -> RecordingInfo:
+        """Write the info pointing at `data_key`, once; `stored` if this file is (or was
+        already) the recording, else AlreadyExists."""
         for _ in range(3):
             try:
                 # Write-once: created only if absent, atomically in S3 (If-None-Match),
@@ -142,19 +163,32 @@ class S3Store:
                 return stored
             except CompareFailed:
                 pass
-            # Taken: a retry of the same file is answered as stored; else refused.
-            await self._run(lambda: self._client.delete_object(Bucket=self.bucket, Key=data_key))
             try:
-                existing, _, digest = await self._read_pointer(info.id)
+                existing, pointed, digest = await self._read_pointer(recording_id)
             except NotFound:
                 continue  # deleted meanwhile: try again
+            if pointed == data_key:
+                # Ours: the PUT was applied but its answer lost, and botocore's retry
+                # of it found the info there.
+                return existing
+            # Taken by another upload: a retry of the same file is answered as stored.
+            await self._run(lambda: self._client.delete_object(Bucket=self.bucket, Key=data_key))
             if digest == reader.sha256.hexdigest():
                 return existing
             raise AlreadyExists(
-                f"recording {info.id} is already stored with other content:"
+                f"recording {recording_id} is already stored with other content:"
                 " recordings are write-once"
             )
-        raise ConnectionProblem(f"recording {info.id}: the bucket kept changing, try again")
+        raise ConnectionProblem(f"recording {recording_id}: the bucket kept changing, try again")
+
+    async def _unless_pointed_to(self, recording_id: str, data_key: str) -> None:
+        """Delete the object `data_key` unless the recording's info names it."""
+        try:
+            _, pointed, _ = await self._read_pointer(recording_id)
+        except NotFound:
+            pointed = None
+        if pointed != data_key:
+            await self._run(lambda: self._client.delete_object(Bucket=self.bucket, Key=data_key))
 
     async def delete(self, recording_id: str) -> None:
         _, data_key, _ = await self._read_pointer(recording_id)
