@@ -86,6 +86,16 @@ class ResourceAdmin(UserAdmin):
                     resource = resource.model_copy(update={"status": before.status})
             prepared.append(resource)
             befores.append(before)
+        # Narrowed users are cut before the write too (see auth/user_cuts.py).
+        narrowings = [
+            (before, lost)
+            for before, resource in zip(befores, prepared, strict=True)
+            if before is not None
+            and isinstance(resource, User)
+            and (lost := narrowed(before, resource))
+        ]
+        for before, lost in narrowings:
+            await self.cut_user_certs(before, by, f"changed (lost {', '.join(lost)})", wait=False)
         stores = [self.store_for(r.kind) for r in prepared]
         items = [store.encode(r) for store, r in zip(stores, prepared, strict=True)]
         try:
@@ -103,11 +113,8 @@ class ResourceAdmin(UserAdmin):
         # store, a lock write), and must not leave the writes after it unaudited.
         for resource in prepared:
             await self._audit_put(resource, by)
-        for before, now in zip(befores, saved, strict=True):
-            if before is not None and isinstance(now, User):
-                lost = narrowed(before, now)
-                if lost:
-                    await self.cut_user_certs(before, by, f"changed (lost {', '.join(lost)})")
+        for before, lost in narrowings:
+            await self.cut_user_certs(before, by, f"changed (lost {', '.join(lost)})")
         return saved
 
     async def _audit_put(self, resource: Resource, by: str) -> None:

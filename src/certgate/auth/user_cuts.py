@@ -14,6 +14,11 @@ certificate signed before the cut says it started before `C - 1 min`; every one 
 from `C` on says it started at or after it. The cut waits until `C` (under a second)
 before it returns, so a login after `cgctl` answered is never caught by it.
 
+Narrowing a user cuts twice: before the change is written, so that a failure after it
+(the store, a lost answer that a client then sends to another auth, which finds nothing
+left to narrow) never leaves the old certificates working; and after it, for those
+signed while the change was being written.
+
 The lock spreads through the usual watch to every node and proxy (which end matching
 sessions) and expires by itself when the longest certificate it can cover would have:
 `C` + the longest `max_session_ttl` among the roles the user held (never more than the
@@ -34,8 +39,9 @@ from certgate.errors import NotFound
 
 
 class UserCuts(AuthCore):
-    async def cut_user_certs(self, user: User, by: str, reason: str) -> Lock:
-        """Lock every certificate `user` holds now (see the module docstring)."""
+    async def cut_user_certs(self, user: User, by: str, reason: str, wait: bool = True) -> Lock:
+        """Lock every certificate `user` holds now (see the module docstring). Without
+        `wait`, return before the cut moment (a cut that another follows)."""
         now = self.clock.now()
         cut = _next_whole_second(now)
         expires = cut + await self._longest_certificate(user.spec.roles)
@@ -66,9 +72,9 @@ class UserCuts(AuthCore):
         )
         # Until C, a certificate signed now would still be caught: wait it out (under a
         # second), so whoever ran the command can log in again as soon as it returns.
-        wait = (cut - self.clock.now()).total_seconds()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        left = (cut - self.clock.now()).total_seconds()
+        if wait and left > 0:
+            await asyncio.sleep(left)
         return lock
 
     async def _longest_certificate(self, role_names: list[str]) -> timedelta:

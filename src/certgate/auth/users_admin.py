@@ -102,8 +102,12 @@ class UserAdmin(UserCuts):
                 },
             }
         )
-        after = await self.users.update(before.model_copy(update={"spec": spec}))
-        lost = narrowed(before, after)
+        wanted = before.model_copy(update={"spec": spec})
+        lost = narrowed(before, wanted)
+        reason = f"changed (lost {', '.join(lost)})"
+        if lost:
+            await self.cut_user_certs(before, by, reason, wait=False)  # see auth/user_cuts.py
+        after = await self.users.update(wanted)
         await self.audit.emit(
             "user.update",
             user=by,
@@ -113,7 +117,7 @@ class UserAdmin(UserCuts):
             removed=lost or None,
         )
         if lost:
-            await self.cut_user_certs(before, by, f"changed (lost {', '.join(lost)})")
+            await self.cut_user_certs(before, by, reason)
         return after
 
     async def unlock_user(self, name: str, by: str) -> None:
