@@ -301,3 +301,20 @@ def test_kill_9_mid_session_loses_nothing_written(cluster: Cluster, alice: User)
     assert "before-the-42-crash" in shown(play_json(cluster, alice, session_id))
     assert "(incomplete)" in cluster.cgsh(alice, "recordings", "ls").stdout
     eventually(lambda: not list(live.glob("*.cast")), timeout=30)  # deleted once auth has it
+
+
+def test_an_escape_sequence_in_a_command_never_reaches_the_readers_terminal(
+    cluster: Cluster, bob: User
+) -> None:
+    """A command carries what the user typed into the listings an admin reads; an OSC 52
+    in it would set the admin's clipboard, a cursor move would rewrite the rows above."""
+    command = "true '\x1b[1A\x1b[2K\x1b]52;c;cGF3bmVk\x07'"
+    assert cluster.cgsh(bob, "ssh", "root@node-1", command).returncode == 0
+    eventually(lambda: any(r.get("command") == command for r in recordings(cluster, bob)))
+    listings = [
+        cluster.cgsh(bob, "recordings", "ls", "--user=bob").stdout,
+        cluster.cgctl("audit", "ls", "--user=bob", "--event=exec").stdout,
+    ]
+    for listing in listings:
+        assert "\x1b" not in listing and "\x07" not in listing
+        assert "true '\\x1b[1A\\x1b[2K\\x1b]52;c;cGF3bmVk\\x07'" in listing

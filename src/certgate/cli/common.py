@@ -7,6 +7,7 @@ codec are loaded where a refusal needs them (cli/lazy.py says why start-up matte
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -70,12 +71,25 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _cell(value: Any) -> str:
     if type(value) is str:  # most cells; a str subclass may print otherwise (str() below)
-        return value
-    if isinstance(value, list | tuple):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, dict):
-        return ",".join([f"{k}={v}" for k, v in value.items()])
-    return "" if value is None else str(value)
+        text = value
+    elif isinstance(value, list | tuple):
+        text = ",".join(str(v) for v in value)
+    elif isinstance(value, dict):
+        text = ",".join([f"{k}={v}" for k, v in value.items()])
+    else:
+        text = "" if value is None else str(value)
+    # Cells carry what users typed (commands, reasons, names): an escape sequence
+    # in one must not reach the reader's terminal, where it could rewrite the rows
+    # above it, set the clipboard, or answer into the shell. isprintable() is the
+    # fast test (10,000 rows of `cgsh ls`); tabs and newlines would break the columns.
+    return text if text.isprintable() else _CONTROL.sub(_escaped, text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
 
 
 def print_json(data: Any) -> None:
