@@ -7,6 +7,8 @@ every time it is called within one test.
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -181,6 +183,9 @@ class EventStoreSuite:
         bad: list[dict[str, Any]] = [
             {"cursor": "not a cursor"},
             {"cursor": cursor, "order": "asc"},
+            # Crafted: well-formed, but numbers no store could have made (an overflow).
+            {"cursor": _crafted_cursor("desc", 2**63, 1)},
+            {"cursor": _crafted_cursor("desc", 1, 2**64)},
             {"limit": 0},
             {"order": "sideways"},
             {"since": datetime(2030, 1, 1)},  # no timezone
@@ -213,3 +218,8 @@ class EventStoreSuite:
         ]
         events, _ = await store.search(order="asc")
         assert numbers(events) == [0, 1, 2, 3, 4]
+
+
+def _crafted_cursor(order: str, time: int, row_id: int) -> str:
+    raw = json.dumps([order, time, row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")

@@ -115,4 +115,7 @@ def decode_cursor(cursor: str, order: str) -> tuple[int, int]:
         raise BadParameter("search cursor is malformed: start again without one") from exc
     if cursor_order != order or not isinstance(time, int) or not isinstance(row_id, int):
         raise BadParameter(f"search cursor was not made by an {order!r}-order search")
+    # The stores compare them as 64-bit integers: beyond that is no cursor they made.
+    if not (-(2**63) <= time < 2**63 and 0 <= row_id < 2**63):
+        raise BadParameter("search cursor is malformed: start again without one")
     return time, row_id
