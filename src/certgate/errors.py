@@ -96,6 +96,11 @@ class ConnectionProblem(CertgateError):
     kind = "connection_problem"
 
 
+# On a 503: the server wrote nothing for the call, so a client may send it to another
+# server (backend/write_marks.py).
+NOT_APPLIED_HEADER = "Certgate-Not-Applied"
+
+
 _BY_KIND: dict[str, type[CertgateError]] = {
     cls.kind: cls
     for cls in (

@@ -71,7 +71,15 @@ from certgate.auth.watch_channel import (
 )
 from certgate.auth.watch_hub import Subscription, WatchHub
 from certgate.backend.base import BEHIND_UNAVAILABLE, EventType, Item
-from certgate.errors import AccessDenied, BadParameter, CertgateError, ConnectionProblem, to_json
+from certgate.backend.write_marks import track_store_writes
+from certgate.errors import (
+    NOT_APPLIED_HEADER,
+    AccessDenied,
+    BadParameter,
+    CertgateError,
+    ConnectionProblem,
+    to_json,
+)
 from certgate.recording.store import RecordingStore
 from certgate.services.throttled_log import ThrottledWarning
 
@@ -241,6 +249,7 @@ class AuthAPI:
         self, resource: str | None, verb: str, fn: Handler
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:
+            writes = track_store_writes()
             try:
                 caller = self.caller(request)
                 try:
@@ -257,9 +266,12 @@ class AuthAPI:
             except CertgateError as exc:
                 if self.metrics:
                     self.metrics.errors.labels(kind=exc.kind).inc()
+                headers = {}
                 if isinstance(exc, ConnectionProblem):  # the store or the bucket failing
                     self._unreachable.warn(exc.message)
-                return web.json_response(to_json(exc), status=exc.http_status)
+                    if not writes.tried:
+                        headers[NOT_APPLIED_HEADER] = "1"  # another auth may take it
+                return web.json_response(to_json(exc), status=exc.http_status, headers=headers)
             if isinstance(result, web.StreamResponse):
                 return result
             if result is None:

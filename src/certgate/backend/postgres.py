@@ -56,6 +56,7 @@ from certgate.backend.base import (
     prefix_end,
     watched_prefixes,
 )
+from certgate.backend.write_marks import note_store_write
 from certgate.clock import Clock, SystemClock
 from certgate.errors import (
     AlreadyExists,
@@ -486,6 +487,7 @@ class PostgresBackend:
         return [found[key] for key in keys if key in found]
 
     async def create(self, item: Item) -> Item:
+        note_store_write()
         value = checked_value(item)
         now = self._clock.now()
 
@@ -502,6 +504,7 @@ class PostgresBackend:
         holds the writers' lock only while the server runs it, not across round trips.
         `stored` and `logged` read from `bumped`, so the counter row is locked first,
         as in every other write (no lock-order deadlock)."""
+        note_store_write()
         value = checked_value(item)
         async with self._connection() as conn:
             result = await conn.execute(
@@ -532,6 +535,7 @@ class PostgresBackend:
         """All in one transaction under the writers' lock: every item or none; with
         `create_only`, one live key among them refuses the whole batch. Then `deletes`,
         those live."""
+        note_store_write()
         values = [checked_value(item) for item in items]
         now = self._clock.now()
         first: list[int] = []
@@ -601,6 +605,7 @@ class PostgresBackend:
         ]
 
     async def compare_and_swap(self, item: Item, expected_revision: int) -> Item:
+        note_store_write()
         value = checked_value(item)
         now = self._clock.now()
 
@@ -619,6 +624,7 @@ class PostgresBackend:
         return self._item(item, value, await self._write(swap))
 
     async def delete(self, key: str) -> None:
+        note_store_write()
         now = self._clock.now()
 
         async def delete(conn: AsyncConnection[Any], head: int) -> int:
@@ -631,6 +637,7 @@ class PostgresBackend:
 
     async def delete_range(self, prefix: str) -> int:
         """Delete every item under `prefix`; returns how many were visible."""
+        note_store_write()
         now = self._clock.now()
         where, params = _prefix_clause([prefix])
         live = 0

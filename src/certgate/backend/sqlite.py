@@ -54,6 +54,7 @@ from certgate.backend.base import (
     prefix_end,
     watched_prefixes,
 )
+from certgate.backend.write_marks import note_store_write
 from certgate.clock import Clock, SystemClock
 from certgate.errors import (
     AlreadyExists,
@@ -493,6 +494,7 @@ class SQLiteBackend:
         return self._reader if self._reader_thread == threading.get_ident() else None
 
     async def create(self, item: Item) -> Item:
+        note_store_write()
         value, expires = _check_item(item)
         now = self._now()
 
@@ -506,6 +508,7 @@ class SQLiteBackend:
         return self._written(item, value, await self._db.run(create))
 
     async def put(self, item: Item) -> Item:
+        note_store_write()
         value, expires = _check_item(item)
         now = self._now()
 
@@ -518,6 +521,7 @@ class SQLiteBackend:
     async def write_many(
         self, items: Sequence[Item], create_only: bool, deletes: Sequence[str] = ()
     ) -> list[Item]:
+        note_store_write()
         checked = [_check_item(item) for item in items]
         now = self._now()
         last = 0
@@ -548,6 +552,7 @@ class SQLiteBackend:
         ]
 
     async def compare_and_swap(self, item: Item, expected_revision: int) -> Item:
+        note_store_write()
         value, expires = _check_item(item)
         now = self._now()
 
@@ -566,6 +571,7 @@ class SQLiteBackend:
         return self._written(item, value, await self._db.run(swap))
 
     async def delete(self, key: str) -> None:
+        note_store_write()
         now = self._now()
 
         def delete(conn: sqlite3.Connection) -> int:
@@ -579,6 +585,7 @@ class SQLiteBackend:
 
     async def delete_range(self, prefix: str) -> int:
         """Delete every item under `prefix`; returns how many were visible."""
+        note_store_write()
         now = self._now()
         where, params = _prefix_clause([prefix])
 

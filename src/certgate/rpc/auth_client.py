@@ -31,7 +31,13 @@ import httpx
 if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None  # type: ignore[assignment]
 
-from certgate.errors import CertgateError, ConnectionProblem, from_json, what_broke
+from certgate.errors import (
+    NOT_APPLIED_HEADER,
+    CertgateError,
+    ConnectionProblem,
+    from_json,
+    what_broke,
+)
 from certgate.rpc.failover import AuthAddresses
 
 DEFAULT_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
@@ -61,6 +67,8 @@ SOCKET_CLOSE_SECONDS = 2.0
 # What an auth answers when it cannot serve now (its store out of reach, or it cannot
 # confirm locks): with several addresses, the call goes on to the next.
 UNAVAILABLE = 503
+# Calls that write nothing, which an auth that cannot serve passes to the next as they are.
+_READS = frozenset({"GET", "HEAD"})
 
 
 class NotASocket(ConnectionProblem):
@@ -429,7 +437,9 @@ class AsyncAuthClient:
         """(address, aiohttp answer with its body unread: release it) from the current
         address, or the next ones while they cannot be reached (nothing was sent) or
         cannot serve (503: an auth cut off from its store; the last one's 503 is the
-        answer). A request that is not `replayable` goes to the current address only."""
+        answer). A 503'd call goes on only if it is a read or auth says it wrote nothing
+        (`_may_resend`); else its 503 is the answer, and the next call goes to the next
+        auth. A request that is not `replayable` goes to the current address only."""
         import aiohttp
 
         session = self._call_session()
@@ -448,9 +458,12 @@ class AsyncAuthClient:
                 self._addresses.failed(url)
                 raise _unreachable_over_aiohttp(url, exc) from exc
             if response.status == UNAVAILABLE and n < len(tried):
-                response.release()
-                self._addresses.failed(url)
-                continue
+                self._addresses.failed(url)  # the next call goes on to the next auth
+                if _may_resend(method, response.headers):
+                    response.release()
+                    continue
+                # It may have written part of the call: the caller hears the 503.
+                return url, response
             self._addresses.worked(url)
             self._answered_by(url, response.status)
             return url, response
@@ -538,3 +551,9 @@ class AsyncAuthClient:
             await self._calls.close()
         if self._sockets is not None:
             await self._sockets.close()
+
+
+def _may_resend(method: str, headers: Any) -> bool:
+    """Whether a call an auth answered 503 may go to the next one: a read, or a call
+    that auth says wrote nothing (backend/write_marks.py)."""
+    return method.upper() in _READS or headers.get(NOT_APPLIED_HEADER) == "1"

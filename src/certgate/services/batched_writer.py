@@ -32,6 +32,7 @@ items are then written one by one, so each caller hears of its own error only.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 
 from certgate.backend.base import Backend, Item
@@ -66,7 +67,11 @@ class BatchedWriter:
         done: asyncio.Future[Item] = asyncio.get_running_loop().create_future()
         self._pending.append((item, done))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_pending(), name=self._what)
+            # An empty context: its writes are for many requests, none of them this
+            # caller's alone (backend/write_marks.py).
+            self._writer = asyncio.create_task(
+                self._write_pending(), name=self._what, context=contextvars.Context()
+            )
             self._writer.add_done_callback(log_failure(log, f"{self._what} writer"))
         return await done
 
