@@ -204,3 +204,41 @@ def test_join_refusals(cluster: Cluster, tmp_path: Path) -> None:
     assert "does not match --ca-pin" in bad_pin.stderr
     for result in (wrong_role, removed, bad_pin):
         assert "Traceback" not in result.stderr
+
+
+def test_a_service_with_no_auth_to_reach_says_so(tmp_path: Path) -> None:
+    result = start_once("--data-dir", str(tmp_path / "d"), "--roles", "node", "--diag-addr", "")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: this process runs no auth service: give --auth-server HOST:PORT (and --token"
+        " to join the cluster)"
+    )
+
+
+def test_a_signal_stops_a_service_still_waiting_for_auth(cluster: Cluster) -> None:
+    """A node whose auth is away waits for it as it starts (up to minutes); SIGTERM or
+    Ctrl-C then ends it, as it does once started. Before, the signal waited for the
+    start to finish, and an operator had to kill -9 it."""
+    node, _ = cluster.start_node("waits-for-auth", "env=sig")
+    node.send_signal(signal.SIGTERM)
+    assert node.wait(timeout=15) == 0
+    log = cluster.workdir / "waits-for-auth-again.log"
+    with log.open("wb") as log_file:
+        again = subprocess.Popen(
+            [str(BIN / "certgate"), "start", "--roles", "node", "--nodename", "waits-for-auth",
+             "--auth-server", f"127.0.0.1:{free_port()}",  # nothing listens there
+             "--data-dir", str(cluster.workdir / "waits-for-auth"),
+             "--ssh-listen", f"127.0.0.1:{free_port()}", "--diag-addr", ""],
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        time.sleep(2)
+        assert again.poll() is None, log.read_text()  # still waiting for auth
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(timeout=10) == 0
+    finally:
+        if again.poll() is None:
+            again.kill()
+            again.wait()
+    assert "stopped while starting" in log.read_text()
+    assert "Traceback" not in log.read_text()

@@ -121,7 +121,18 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         try:
-            await self.start()
+            # A signal while starting (a service waiting for an auth that is away)
+            # stops the start, not only what comes after it.
+            starting = asyncio.create_task(self.start(), name="certgate start")
+            stopping = asyncio.create_task(stop.wait(), name="certgate stop signal")
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                log.info("stopped while starting")
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                return
+            stopping.cancel()
+            starting.result()  # its error, if it failed
             gc_tuning.settle_after_start()
             await stop.wait()
             log.info("shutting down")
@@ -130,6 +141,17 @@ class Daemon:
             await self.close()
 
     async def start(self) -> None:
+        config = self.config
+        joins = (
+            config.proxy_service.enabled
+            or config.ssh_service.enabled
+            or config.kubernetes_service.enabled
+        )
+        if joins and not config.auth_service.enabled and not config.auth_servers:
+            raise BadParameter(
+                "this process runs no auth service: give --auth-server HOST:PORT (and"
+                " --token to join the cluster)"
+            )
         _check_data_dir(self.data_dir)
         diagnostics = Diagnostics(self.metrics)
         if self.config.diag_addr:
