@@ -28,18 +28,23 @@ DEFAULT_PROXY_PORT = 3080
 def proxy_address(value: str) -> str:
     """`https://host:port`, `https://host` (443), `host:port` or `host` (3080) -> host:port."""
     text = value.strip()
-    if "://" in text:
-        parts = urlsplit(text)
-        if parts.scheme != "https" or parts.path not in ("", "/") or parts.query:
-            raise BadParameter(f'proxy "{value}": use https://HOST:PORT or HOST:PORT')
-        default = 443
-    else:
-        parts = urlsplit("//" + text)
-        default = DEFAULT_PROXY_PORT
     try:
-        port = parts.port or default
+        if "://" in text:
+            parts = urlsplit(text)
+            if parts.scheme != "https" or parts.path not in ("", "/") or parts.query:
+                raise BadParameter(f'proxy "{value}": use https://HOST:PORT or HOST:PORT')
+            default = 443
+        else:
+            parts = urlsplit("//" + text)
+            default = DEFAULT_PROXY_PORT
+    except ValueError:  # an unclosed or invalid [IPv6] address
+        raise BadParameter(f'proxy "{value}": use https://HOST:PORT or HOST:PORT') from None
+    try:
+        port = default if parts.port is None else parts.port
     except ValueError:
         raise BadParameter(f'proxy "{value}": the port must be a number') from None
+    if port == 0:
+        raise BadParameter(f'proxy "{value}": the port must be from 1 to 65535')
     host = parts.hostname
     if not host or parts.username or parts.password:
         raise BadParameter(f'proxy "{value}": use https://HOST:PORT or HOST:PORT')
