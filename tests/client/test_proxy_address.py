@@ -34,6 +34,9 @@ def test_accepted_forms(typed: str, address: str) -> None:
         "proxy.example.com:port",
         "https://",
         "",
+        "proxy.example.com:0",  # before, read as the default port
+        "[::1",  # before, a ValueError traceback
+        "https://[zz]:1",
     ],
 )
 def test_refused_forms(typed: str) -> None:
