@@ -57,5 +57,13 @@ def test_a_duration_without_a_unit_is_refused(cluster: Cluster) -> None:
     zero = cluster.cgctl("lock", "--user=lock-ttl-cy", "--ttl=0m", check=False)
     assert zero.returncode == 2
     assert zero.stderr.strip() == 'error: invalid --ttl "0m": must be longer than 0s'
+    # A lock that has expired already would lock nothing: before, "Created a lock".
+    past = cluster.cgctl(
+        "lock", "--user=lock-ttl-cy", "--expires=2000-01-01T00:00:00Z", check=False
+    )
+    assert past.returncode == 2
+    assert past.stderr.strip() == (
+        'error: --expires "2000-01-01T00:00:00Z" has passed: give a time in the future'
+    )
     assert "lock-ttl-cy" not in cluster.cgctl("get", "lock").stdout
     assert cluster.cgctl("lock", "--user=lock-ttl-cy", "--ttl=10s").returncode == 0

@@ -63,6 +63,13 @@ class ResourceAdmin(UserAdmin):
             if ref in seen:
                 raise BadParameter(f'{resource.kind} "{ref[1]}" appears twice in the input')
             seen.add(ref)
+            expires = resource.metadata.expires
+            if expires is not None and expires <= self.clock.now():
+                # Stored, it would be gone at once: a lock that locks nothing.
+                raise BadParameter(
+                    f'{resource.kind} "{ref[1]}" expires {expires.isoformat()}, which has'
+                    " passed: give a time in the future"
+                )
             if isinstance(resource, Role):
                 validate_role(resource)
             if isinstance(resource, CertAuthority):

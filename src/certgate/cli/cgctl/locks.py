@@ -84,6 +84,8 @@ def lock(
             raise BadParameter(f'invalid --expires "{expires}": use RFC 3339') from exc
         if until.tzinfo is None:
             raise BadParameter(f'--expires "{expires}" needs a time zone (e.g. Z or +02:00)')
+        if until <= datetime.now(UTC):
+            raise BadParameter(f'--expires "{expires}" has passed: give a time in the future')
     LockTarget.model_validate(chosen)  # names checked before any of them goes in a URL
     cluster = api(ctx)
     if not force:
