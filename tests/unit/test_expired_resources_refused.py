@@ -21,6 +21,6 @@ async def test_a_lock_that_has_expired_already_is_refused(tmp_path: Path) -> Non
             metadata=Metadata(name="late", expires=datetime(2000, 1, 1, tzinfo=UTC)),
             spec=LockSpec(target=LockTarget(user="mallory")),
         )
-        with pytest.raises(BadParameter, match='lock "late" expires 2000-01-01.* has passed'):
+        with pytest.raises(BadParameter, match=r'lock "late" expires 2000-01-01.* has passed'):
             await server.put_resources([lock], "admin", False)
         assert await server.locks.list() == []
