@@ -7,6 +7,7 @@ codec are loaded where a refusal needs them (cli/lazy.py says why start-up matte
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -36,6 +37,13 @@ def run(main: Callable[..., Any]) -> Callable[[], None]:
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             sys.exit(130)
+        except OSError as exc:  # stdout on a full disk, a file that cannot be read
+            # (click itself ends quietly when the reader of a pipe leaves.) Nothing more
+            # to stdout: Python would fail again flushing it at exit.
+            _silence_stdout()
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+            sys.exit(1)
         except Exception as exc:
             bad = _refused_value(exc)
             if bad is None:
@@ -57,6 +65,12 @@ def _refused_value(exc: Exception) -> BadParameter | None:
     from certgate.api.codec import describe_validation_error
 
     return BadParameter(describe_validation_error(exc.title.lower(), "", exc))
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
