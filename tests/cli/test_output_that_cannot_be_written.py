@@ -22,4 +22,3 @@ def test_a_full_disk_is_one_line(argv: list[str]) -> None:
         )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr == "error: No space left on device\n"
-
