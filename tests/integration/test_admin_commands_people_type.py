@@ -67,3 +67,16 @@ def test_a_duration_without_a_unit_is_refused(cluster: Cluster) -> None:
     )
     assert "lock-ttl-cy" not in cluster.cgctl("get", "lock").stdout
     assert cluster.cgctl("lock", "--user=lock-ttl-cy", "--ttl=10s").returncode == 0
+
+
+def test_an_audit_search_that_could_find_nothing_says_why(cluster: Cluster) -> None:
+    """Before, each of these answered an empty list, as if there were no such events."""
+    unit = 'error: invalid time "10": give a unit (10s, 10m, 10h) or an RFC 3339 time'
+    typo = 'error: unknown event type "user.logn"; did you mean "user.login"?'
+    empty = "error: since must be before until: this search can find nothing"
+    cases = [(["--since=10"], unit), (["--event=user.logn"], typo)]
+    cases.append((["--since=1h", "--until=2h"], empty))
+    for flags, said in cases:
+        result = cluster.cgctl("audit", "ls", *flags, check=False)
+        assert (result.returncode, result.stderr.strip()) == (2, said)
+    assert cluster.cgctl("audit", "ls", "--event=user.login", "--since=1h").returncode == 0

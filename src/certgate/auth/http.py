@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import difflib
 import functools
 import json
 import logging
@@ -28,6 +29,7 @@ from aiohttp import web
 from cryptography import x509
 from pydantic import BaseModel, ValidationError
 
+from certgate.api import events as events_catalogue
 from certgate.api.authority import CertAuthority
 from certgate.api.certs import (
     identity_from_x509,
@@ -515,10 +517,20 @@ class AuthAPI:
 
     async def search_events(self, request: web.Request, caller: Identity | None) -> Any:
         q = request.query
+        event_types = [e for e in q.get("event", "").split(",") if e]
+        for event_type in event_types:
+            if event_type not in events_catalogue.CATALOGUE:
+                # A typo would otherwise find nothing, and look like no such events.
+                close = difflib.get_close_matches(event_type, events_catalogue.CATALOGUE, n=1)
+                hint = f'; did you mean "{close[0]}"?' if close else " (docs/audit.md lists them)"
+                raise BadParameter(f'unknown event type "{event_type[:64]}"{hint}')
+        since, until = _time(q.get("since")), _time(q.get("until"))
+        if since is not None and until is not None and since >= until:
+            raise BadParameter("since must be before until: this search can find nothing")
         events, cursor = await self.server.audit.search(
-            since=_time(q.get("since")),
-            until=_time(q.get("until")),
-            event_types=[e for e in q.get("event", "").split(",") if e],
+            since=since,
+            until=until,
+            event_types=event_types,
             user=q.get("user") or None,
             node=q.get("node") or None,
             limit=query_int(request, "limit", 100, 10000),

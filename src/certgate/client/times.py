@@ -12,6 +12,12 @@ def parse_since(value: str | None) -> str | None:
     """`1h` (that long ago) or an RFC 3339 time, as an RFC 3339 time."""
     if not value:
         return None
+    if value.strip().isdigit():
+        # `--since=10`: seconds, minutes or a year? The duration flags refuse it too.
+        raise BadParameter(
+            f'invalid time "{value}": give a unit ({value}s, {value}m, {value}h) or an RFC'
+            " 3339 time"
+        )
     try:
         return (datetime.now(UTC) - parse_duration(value)).isoformat()
     except BadParameter:
