@@ -242,3 +242,12 @@ def test_a_signal_stops_a_service_still_waiting_for_auth(cluster: Cluster) -> No
             again.wait()
     assert "stopped while starting" in log.read_text()
     assert "Traceback" not in log.read_text()
+
+
+def test_a_bad_name_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    rule = "must be 1 to 253 characters, start with a letter or digit and hold only"
+    for flag, value in (("--nodename", "a/b"), ("--first-admin", "bad!name")):
+        result = start_once("--data-dir", str(tmp_path / "d"), flag, value, "--diag-addr", "")
+        assert result.returncode == 2
+        assert result.stderr.startswith(f'error: invalid {flag} "{value}": {rule}')
+        assert "listening" not in result.stderr  # before, every service started first

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from certgate.access.cached_access import CachedAccess
 from certgate.api.authority import CertAuthority
 from certgate.api.identity import SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY
+from certgate.api.names import check_name
 from certgate.auth.server import AuthServer
 from certgate.backend.base import BEHIND_UNAVAILABLE, Backend
 from certgate.daemon import gc_tuning
@@ -152,6 +153,11 @@ class Daemon:
                 "this process runs no auth service: give --auth-server HOST:PORT (and"
                 " --token to join the cluster)"
             )
+        # Checked before anything starts: the name goes into certificates and the
+        # inventory, and a bad one would fail only after every listener is up.
+        check_name(self.nodename, "--nodename")
+        if self.first_admin:
+            check_name(self.first_admin, "--first-admin")
         _check_data_dir(self.data_dir)
         diagnostics = Diagnostics(self.metrics)
         if self.config.diag_addr:
