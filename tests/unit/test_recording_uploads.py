@@ -1,6 +1,7 @@
 """Recording uploads against a real auth server in this process (over HTTP, without
 TLS: the caller is named by a test header instead of a certificate), from the
-attacker's side: what one upload may cost auth, and what a broken file is refused as."""
+attacker's side: who may upload a session's recording, what one upload may cost auth,
+and what a broken file is refused as."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from certgate.api.identity import SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY, Identity
+from certgate.api.kube_cluster import KubeCluster, KubeClusterSpec
+from certgate.api.meta import Metadata
+from certgate.api.node import Node, NodeSpec
 from certgate.auth import http_recordings
 from certgate.auth.http import AuthAPI
 from certgate.auth.server import AuthServer
@@ -102,6 +106,100 @@ def cast(session_id: str, node: str, *events: Any, user: str = "alice", **header
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+# ---- only the host that ran the session uploads its recording ---------------------------
+
+
+async def test_a_proxy_named_like_a_node_cannot_upload_that_nodes_session(auth: Auth) -> None:
+    session = new_id()
+    await auth.track("db-1", session, "db-1")
+    listed = await auth.call("proxy-db-1", "GET", "/v1/sessions")
+    assert [s["id"] for s in await listed.json()] == [session]  # proxies see live sessions
+    fake = cast(session, "db-1", [0.1, "o", "$ ls\r\n"], [1.0, "m", "session ended"])
+    refused = await auth.upload("proxy-db-1", session, fake)
+    assert refused.status == 403, await refused.text()
+    # Nor under a kube service of that name.
+    assert (await auth.upload("kube-db-1", session, fake)).status == 403
+    # The node's own upload, once its session ended, is the one stored.
+    ended = [9.0, "m", "session ended"]
+    real = cast(session, "db-1", [0.1, "o", "# rm -rf /var/lib/db\r\n"], ended)
+    stored = await auth.upload("db-1", session, real)
+    assert stored.status == 200, await stored.text()
+    assert (auth.dir / "recordings" / f"{session}.cast").read_bytes() == real
+    [upload] = await auth.events("session.upload")
+    assert upload["server"] == "db-1" and upload["duration"] == 9.0
+
+
+async def test_a_rogue_node_cannot_take_a_session_id_it_learned(auth: Auth) -> None:
+    session = new_id()
+    await auth.announce("db-1", session, "db-1")
+    fake = cast(session, "evil", [0.1, "o", "ls\r\n"])
+    assert (await auth.upload("evil", session, fake)).status == 403
+    # Announcing the session itself afterwards claims nothing: the first host holds it.
+    await auth.announce("evil", session, "evil")
+    assert (await auth.upload("evil", session, fake)).status == 403
+    real = cast(session, "db-1", [0.1, "o", "rm -rf /data\r\n"])
+    assert (await auth.upload("db-1", session, real)).status == 200
+    assert (auth.dir / "recordings" / f"{session}.cast").read_bytes() == real
+
+
+async def test_the_header_must_name_the_announced_node_and_user(auth: Auth) -> None:
+    session = new_id()
+    await auth.announce("db-1", session, "db-1", user="alice")
+    assert (await auth.upload("db-1", session, cast(session, "db-1", user="bob"))).status == 403
+    assert (await auth.upload("db-1", session, cast(session, "db-1"))).status == 200
+
+
+async def test_a_kube_service_uploads_only_for_clusters_it_announced(auth: Auth) -> None:
+    def cluster(name: str) -> KubeCluster:
+        return KubeCluster(metadata=Metadata(name=name), spec=KubeClusterSpec(addr="10.0.0.1:3027"))
+
+    minute = timedelta(minutes=1)
+    await auth.server.kube_heartbeat(CALLERS["kube-a"], cluster("prod"), minute)
+    # A "cluster" named like a node gives no hold on that node's sessions.
+    await auth.server.kube_heartbeat(CALLERS["kube-evil"], cluster("db-1"), minute)
+    node_session = new_id()
+    await auth.announce("db-1", node_session, "db-1")
+    forged = cast(node_session, "db-1", [0.1, "o", "forged"])
+    assert (await auth.upload("kube-evil", node_session, forged)).status == 403
+    # The kube service's own exec session on its cluster: stored.
+    exec_session = new_id()
+    await auth.announce("kube-a", exec_session, "prod")
+    assert (await auth.upload("kube-a", exec_session, cast(exec_session, "prod"))).status == 200
+    # A session it claims on a cluster it does not serve is not its to upload.
+    other = new_id()
+    await auth.announce("kube-a", other, "staging")
+    assert (await auth.upload("kube-a", other, cast(other, "staging"))).status == 404
+
+
+async def test_a_proxy_uploads_the_sessions_of_agentless_nodes_only(auth: Auth) -> None:
+    spec = NodeSpec(addr="10.0.0.2:22", sub_kind="openssh")
+    await auth.server.put_resource(
+        Node(metadata=Metadata(name="legacy-1"), spec=spec), "admin", upsert=False
+    )
+    session = new_id()
+    await auth.track("proxy", session, "legacy-1")
+    await auth.announce("proxy", session, "legacy-1")
+    assert (await auth.upload("proxy", session, cast(session, "legacy-1"))).status == 200
+    not_agentless = new_id()
+    await auth.announce("proxy", not_agentless, "db-1")
+    answer = await auth.upload("proxy", not_agentless, cast(not_agentless, "db-1"))
+    assert answer.status == 404
+
+
+async def test_an_upload_ahead_of_its_announcement_is_retried_not_lost(auth: Auth) -> None:
+    """An exec session has no tracker: its announcement alone says whose it is, and it
+    may reach auth after the upload's first try (the spool was behind)."""
+    session = new_id()
+    body = cast(session, "db-1", [0.5, "o", "out"], [0.7, "m", "session ended"])
+    early = await auth.upload("db-1", session, body)
+    assert early.status == 404  # the uploader retries NotFound
+    await auth.announce("db-1", session, "db-1")
+    assert (await auth.upload("db-1", session, body)).status == 200
+    # A retry whose answer was lost is accepted again; other content is not.
+    assert (await auth.upload("db-1", session, body)).status == 200
+    assert (await auth.upload("db-1", session, cast(session, "db-1"))).status == 409
 
 
 # ---- what one upload may cost auth ---------------------------------------------------

@@ -229,6 +229,12 @@ CATALOGUE: dict[str, EventType] = {
             "access_requests",
         ),
         _session(
+            "session.recording.start",
+            "T2006I",
+            "a session's recording began (its host alone may upload it)",
+            *_SESSION,
+        ),
+        _session(
             "session.join",
             "T2001I",
             "someone joined a live session",

@@ -9,12 +9,13 @@
 
 Who may do what, checked before any work:
 
-- upload: nodes (the RECORDING_WRITE grant), and only recordings of their own sessions
-  (the header's node must be the caller), checked from the header line before the rest
-  of the body is taken; a stored recording is write-once (the same
-  file again is a retry and accepted, anything else refused and audited as
-  `session.upload.failure`: the store decides, so no upload reads it first; a file from
-  another node differs from the stored one in its header's node at least);
+- upload: services (the RECORDING_WRITE grant), and only recordings of sessions they
+  hosted: the session must have been announced by the caller (auth/session_hosts.py),
+  with the header's node and user. The header line is read and checked first, before
+  the rest of the body is taken; an upload with no announcement yet is refused with
+  NotFound (retried by the uploader). A stored recording is write-once (the same file
+  again is a retry and accepted, anything else refused and audited as
+  `session.upload.failure`: the store decides, so no upload reads it first);
 - list and read: a user always sees their own sessions' recordings; others' need a role
   rule on `session` (`list` to list, `read` to play), as the `auditor` preset has. The
   auth host's admin identity sees everything. The route itself only needs a signed-in
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import StreamReader, web
 
-from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_KUBE, SYSTEM_PROXY, Identity
+from certgate.api.identity import SYSTEM_ADMIN, Identity
 from certgate.api.json_input import BODY_TIMEOUT
 from certgate.api.recording import (
     MAX_RECORDING_BYTES,
@@ -199,8 +200,10 @@ class RecordingRoutes:
                 raise BadParameter(
                     f"recording {recording_id} holds session {header.session_id or '(none)'}"
                 )
-            # Before the rest of the body is taken.
-            await self._check_own(caller, header)
+            # Before the rest of the body is taken: only the host that ran the session.
+            await self._api.session_hosts.check_uploader(
+                caller, recording_id, header.node, header.user
+            )
             with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
                 await _spool_body(request.content, spool, first + rest, recording_id)
                 # Bounded, and in a thread: the tail may be on disk.
@@ -213,6 +216,7 @@ class RecordingRoutes:
                 now = self._api.server.clock.now()
                 info = _info(recording_id, header, duration, incomplete, truncated, now)
                 stored = await self._store_upload(caller, info, spool)
+        await self._api.session_hosts.uploaded(recording_id)
         await self._api.server.audit.emit(
             "session.upload",
             server=caller.username,
@@ -228,26 +232,6 @@ class RecordingRoutes:
             recording_truncated=stored.truncated,
         )
         return stored.to_dict()
-
-    async def _check_own(self, caller: Identity, header: Header) -> None:
-        is_admin = SYSTEM_ADMIN in caller.roles
-        own = (
-            header.node == caller.username
-            or (
-                # Proxies record (and upload) the sessions of agentless OpenSSH nodes.
-                SYSTEM_PROXY in caller.roles and await self._api.server.is_agentless(header.node)
-            )
-            or (
-                # Kube services record exec sessions in the clusters they serve.
-                SYSTEM_KUBE in caller.roles
-                and await self._api.server.serves_kube_cluster(caller.username, header.node)
-            )
-        )
-        if not own and not is_admin:
-            raise AccessDenied(
-                f"access denied: node {caller.username} may not upload recordings of "
-                f'node "{header.node}"'
-            )
 
     async def _store_upload(
         self, caller: Identity, info: RecordingInfo, spool: Any

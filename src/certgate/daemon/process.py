@@ -451,6 +451,7 @@ class Daemon:
                     access.role_set(identity).options().record_session.mode(kind)
                 ),
                 end_session,
+                audit.put,
             ),
             tracking=TrackedSessions(trackers),
             registry=registry,

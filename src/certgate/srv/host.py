@@ -93,7 +93,9 @@ class SessionHost:
         )
         # Session recordings: written under data_dir, uploaded to auth (recording_hook.py).
         self.recordings = NodeRecordings(data_dir / "recordings", auth_sender(auth))
-        self.record = RecordingHook(self.recordings, name, self.recording_mode, end_session)
+        self.record = RecordingHook(
+            self.recordings, name, self.recording_mode, end_session, self.audit.put
+        )
         # Live sessions are refreshed with the heartbeat and outlive a dead service by at
         # most three intervals, as its place in the inventory does by two.
         seconds = heartbeat_interval.total_seconds()
