@@ -1,7 +1,7 @@
-"""Recording uploads against a real auth server in this process (over HTTP, without
-TLS: the caller is named by a test header instead of a certificate), from the
+"""Recording uploads and reads against a real auth server in this process (over HTTP,
+without TLS: the caller is named by a test header instead of a certificate), from the
 attacker's side: who may upload a session's recording, what one upload may cost auth,
-and what a broken file is refused as."""
+what a broken file is refused as, and what reading one leaves in the audit log."""
 
 from __future__ import annotations
 
@@ -322,3 +322,40 @@ async def test_a_broken_recording_is_refused_with_a_reason(auth: Auth, case: str
     assert message and "\n" not in message
     listed = await auth.call("alice", "GET", "/v1/recordings")
     assert listed.status == 200 and await listed.json() == []
+
+
+# ---- reading ---------------------------------------------------------------------
+
+
+async def _stored(auth: Auth) -> str:
+    session = new_id()
+    await auth.announce("db-1", session, "db-1")
+    body = cast(session, "db-1", [0.5, "o", "secret\r\n"])
+    assert (await auth.upload("db-1", session, body)).status == 200
+    return session
+
+
+async def test_playing_a_recording_is_audited_once(auth: Auth) -> None:
+    session = await _stored(auth)
+    info = await auth.call("alice", "GET", f"/v1/recordings/{session}")
+    assert info.status == 200
+    assert await auth.events("session.recording.access") == []  # its info is no playback
+    cast_file = await auth.call("alice", "GET", f"/v1/recordings/{session}/cast")
+    assert cast_file.status == 200 and b"secret" in await cast_file.read()
+    [access] = await auth.events("session.recording.access")
+    assert (access["user"], access["session_id"], access["session_user"], access["node"]) == (
+        "alice", session, "alice", "db-1",
+    )  # fmt: skip
+
+
+async def test_a_recording_one_may_not_read_is_not_found(auth: Auth) -> None:
+    session = await _stored(auth)
+    missing = new_id()
+    for path in (f"/v1/recordings/{session}", f"/v1/recordings/{session}/cast"):
+        answer = await auth.call("bob", "GET", path)
+        assert answer.status == 404
+        message = (await answer.json())["message"]
+        assert "alice" not in message
+        absent = await auth.call("bob", "GET", path.replace(session, missing))
+        assert (await absent.json())["message"] == message.replace(session, missing)
+    assert await auth.events("session.recording.access") == []

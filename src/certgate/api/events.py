@@ -164,6 +164,15 @@ CATALOGUE: dict[str, EventType] = {
             "error",
         ),
         _auth(
+            "session.recording.access",
+            "T2012I",
+            "a session recording was played or downloaded",
+            "user",
+            "session_id",
+            "session_user",
+            "node",
+        ),
+        _auth(
             "access_request.create",
             "T5000I",
             "an access request was created",

@@ -20,7 +20,9 @@ Who may do what, checked before any work:
   rule on `session` (`list` to list, `read` to play), as the `auditor` preset has. The
   auth host's admin identity sees everything. The route itself only needs a signed-in
   caller (`perm.SELF`): the rest of the decision depends on what is asked for, so it is
-  made here, at the top of each handler, before the store is touched.
+  made here, at the top of each handler, before the store is touched. A recording the
+  caller may not read is answered as one that does not exist. Fetching the cast file
+  is audited (`session.recording.access`): one fetch is one playback or download.
 
 What an upload costs auth is bounded: at most UPLOADS_PER_CALLER at a time from one
 service (and MAX_UPLOADS in all), a body that pauses longer than READ_TIMEOUT is cut
@@ -132,10 +134,8 @@ class RecordingRoutes:
             raise NotFound(f'recording "{recording_id}" not found: recording ids are session UUIDs')
         info = await self._store.info(recording_id)
         if info.user != caller.username and not await self._sees_all(caller, "read"):
-            raise AccessDenied(
-                f'access denied to recording "{recording_id}": it is {info.user}\'s session and '
-                f'your roles do not allow "read" on "{SESSION}"'
-            )
+            # As if there were none: whose session it was is not the caller's to learn.
+            raise not_found(recording_id)
         return info
 
     # ---- routes --------------------------------------------------------------------
@@ -179,6 +179,15 @@ class RecordingRoutes:
             headers={"Content-Type": "application/x-asciicast; charset=utf-8"}
         )
         response.content_length = info.size
+        assert caller is not None
+        # Once per fetch: the web player and `cgsh play` fetch the whole file once.
+        await self._api.server.audit.emit(
+            "session.recording.access",
+            user=caller.username,
+            session_id=info.id,
+            session_user=info.user,
+            node=info.node,
+        )
         await response.prepare(request)
         await response.write(first)
         async for chunk in chunks:
