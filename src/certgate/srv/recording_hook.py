@@ -12,7 +12,8 @@ the caller's roles) decides:
                  writes fail is ended with a message
 
 Each recording opened is announced to auth (`session.recording.start`, through the
-service's durable audit spool): auth stores a recording only from the host that
+service's durable audit spool), and so is each one an earlier run left, as the service
+starts (`announce_recording`): auth stores a recording only from the host that
 announced its session first (auth/session_hosts.py).
 """
 
@@ -38,6 +39,21 @@ EndSession = Callable[[str, str, str], bool]
 Audit = Callable[[str, dict[str, Any]], None]
 
 DEFAULT_SIZE = (80, 24)
+
+
+def announce_recording(audit: Audit, header: Header) -> None:
+    """Tell auth this host records the session of `header`: its recording is this
+    host's to upload (auth/session_hosts.py)."""
+    audit(
+        "session.recording.start",
+        {
+            "session_id": header.session_id,
+            "user": header.user,
+            "login": header.login,
+            "kind": header.kind,
+            "node": header.node,
+        },
+    )
 
 
 class RecordingHook:
@@ -82,16 +98,7 @@ class RecordingHook:
             return None
         # Queued before the session can end (its upload waits a second after that),
         # and delivered before anything queued later: auth has the claim first.
-        self._audit(
-            "session.recording.start",
-            {
-                "session_id": header.session_id,
-                "user": header.user,
-                "login": header.login,
-                "kind": header.kind,
-                "node": header.node,
-            },
-        )
+        announce_recording(self._audit, header)
         return recorder
 
     def header(self, info: SessionInfo) -> Header:
