@@ -94,23 +94,26 @@ def add_recording_routes(api: AuthAPI, router: web.UrlDispatcher) -> None:
 class RecordingRoutes:
     def __init__(self, api: AuthAPI) -> None:
         self._api = api
-        self._uploads: dict[str, int] = {}  # uploads under way, per caller
+        # Uploads under way per caller: name and roles (a proxy may share a node's name).
+        self._uploads: dict[tuple[str, tuple[str, ...]], int] = {}
 
     @contextmanager
-    def _upload_slot(self, caller: str) -> Iterator[None]:
-        if self._uploads.get(caller, 0) >= UPLOADS_PER_CALLER:
+    def _upload_slot(self, caller: Identity) -> Iterator[None]:
+        key = (caller.username, tuple(sorted(caller.roles)))
+        if self._uploads.get(key, 0) >= UPLOADS_PER_CALLER:
             raise LimitExceeded(
-                f"{caller} is already uploading {UPLOADS_PER_CALLER} recordings: retry later"
+                f"{caller.username} is already uploading {UPLOADS_PER_CALLER} recordings: "
+                "retry later"
             )
         if sum(self._uploads.values()) >= MAX_UPLOADS:
             raise LimitExceeded(f"auth is taking {MAX_UPLOADS} uploads already: retry later")
-        self._uploads[caller] = self._uploads.get(caller, 0) + 1
+        self._uploads[key] = self._uploads.get(key, 0) + 1
         try:
             yield
         finally:
-            self._uploads[caller] -= 1
-            if not self._uploads[caller]:
-                del self._uploads[caller]
+            self._uploads[key] -= 1
+            if not self._uploads[key]:
+                del self._uploads[key]
 
     @property
     def _store(self) -> RecordingStore:
@@ -202,7 +205,7 @@ class RecordingRoutes:
         incomplete = query_flag(request, "incomplete") or truncated
         if request.content_length is not None and request.content_length > MAX_RECORDING_BYTES:
             raise _too_large(recording_id)
-        with self._upload_slot(caller.username):
+        with self._upload_slot(caller):
             first, rest = await _header_line(request.content)
             header = CastReader([first]).header
             if header.session_id != recording_id:
