@@ -16,7 +16,8 @@ sends as the session starts:
 A claim is made only under the writer rule below, and only by the first host to
 announce the session: a later claim of it by another service is refused. The recording
 announcement is the lasting claim (RECORDING_TTL: a node may upload after a long
-outage; its spool delivers the announcement first, whenever that is); a tracker's claim
+outage; its spool delivers the announcement first, whenever that is, and a host
+announces again what an earlier run left as it starts: uploader.py); a tracker's claim
 (TRACKER_TTL) only holds the id from the moment `GET /v1/sessions` shows it to proxies,
 in case the tracker arrives first. An upload with no claim yet is refused with
 NotFound, which the uploader retries: the announcement may still be on its way.
