@@ -157,6 +157,14 @@ def test_tokens_limited_by_uses_and_bound_to_a_name(cluster: Cluster) -> None:
         join(cluster, two, pin, "counted-3", [])
 
 
+def announce(client: httpx.Client, session: str, node: str) -> None:
+    """What a node's recording hook sends as it opens a recording: the session is its."""
+    fields = {"session_id": session, "user": "alice", "login": "alice", "kind": "shell"}
+    event = {"event": "session.recording.start", "fields": {**fields, "node": node}}
+    answer = client.post("/v1/events", json={"events": [event]})
+    assert answer.status_code == 204, answer.text
+
+
 def test_a_stored_recording_is_write_once(cluster: Cluster) -> None:
     token, pin = new_token(cluster)
     node = join(cluster, token, pin, "recorder-1", [])
@@ -171,6 +179,7 @@ def test_a_stored_recording_is_write_once(cluster: Cluster) -> None:
         return (json.dumps(header.to_dict()) + "\n" + json.dumps([0.5, "o", text]) + "\n").encode()
 
     with as_host(cluster, node) as client:
+        announce(client, session, "recorder-1")
         first = client.put(f"/v1/recordings/{session}", content=cast("rm -rf /\r\n"))
         assert first.status_code == 200, first.text
         retry = client.put(f"/v1/recordings/{session}", content=cast("rm -rf /\r\n"))
@@ -178,19 +187,22 @@ def test_a_stored_recording_is_write_once(cluster: Cluster) -> None:
         forged = client.put(f"/v1/recordings/{session}", content=cast("ls\r\n"))
         assert forged.status_code == 409
         assert "write-once" in forged.json()["message"]
-    # Another node's recording of the same session id: refused alike, and audited too.
+    # Another node's recording of the same session id, even once it announced the
+    # session too: not its session. Refused, and audited.
     other, pin = new_token(cluster)
     with as_host(cluster, join(cluster, other, pin, "recorder-2", [])) as client:
+        announce(client, session, "recorder-2")
         taken = client.put(f"/v1/recordings/{session}", content=cast("ls\r\n", "recorder-2"))
-        assert taken.status_code == 409, taken.text
-        assert "write-once" in taken.json()["message"]
+        assert taken.status_code == 403, taken.text
+        assert "not hosted by recorder-2" in taken.json()["message"]
     failures = json.loads(
         cluster.cgctl("audit", "ls", "--event=session.upload.failure", "--format=json").stdout
     )
-    assert sorted(e["server"] for e in failures if e["session_id"] == session) == [
-        "recorder-1",
-        "recorder-2",
-    ]
+    assert [e["server"] for e in failures if e["session_id"] == session] == ["recorder-1"]
+    rejected = json.loads(
+        cluster.cgctl("audit", "ls", "--event=session.rejected", "--format=json").stdout
+    )
+    assert any(e["user"] == "recorder-2" and session in e["path"] for e in rejected)
     admin = IdentityFiles.load(cluster.data_dir / "admin")
     with as_host(cluster, admin) as client:
         stored = client.get(f"/v1/recordings/{session}/cast").content
@@ -243,6 +255,7 @@ def test_a_truncated_recording_is_stored_and_listed_as_such(cluster: Cluster) ->
     )  # fmt: skip
     body = (json.dumps(header.to_dict()) + "\n" + json.dumps([0.5, "o", "x" * 100]) + "\n").encode()
     with as_host(cluster, node) as client:
+        announce(client, session, "recorder-3")
         stored = client.put(f"/v1/recordings/{session}", params={"truncated": "1"}, content=body)
         assert stored.status_code == 200, stored.text
         assert stored.json()["truncated"] is True and stored.json()["incomplete"] is True

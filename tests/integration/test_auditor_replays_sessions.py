@@ -176,10 +176,11 @@ def test_a_user_plays_their_own_recordings_but_not_others(
 
     # Without a "session" rule: only one's own, listed and played.
     assert {r["user"] for r in recordings(cluster, alice)} == {"alice"}
+    # Answered as a recording that does not exist: whose it is is not alice's to learn.
     refused = cluster.cgsh(alice, "play", bob_exec["id"], check=False)
-    assert refused.returncode == 3
-    assert f'access denied to recording "{bob_exec["id"]}"' in refused.stderr
-    assert 'your roles do not allow "read" on "session"' in refused.stderr
+    assert refused.returncode == 4
+    assert f'recording "{bob_exec["id"]}" not found' in refused.stderr
+    assert "bob" not in refused.stderr
     listed = cluster.cgsh(alice, "recordings", "ls", "--user=bob", check=False)
     assert listed.returncode == 3 and "access denied" in listed.stderr
 
@@ -188,6 +189,13 @@ def test_a_user_plays_their_own_recordings_but_not_others(
     assert [r["id"] for r in recordings(cluster, bob, "--user=alice")] == [alices["id"]]
     assert recordings(cluster, bob, "--node=elsewhere") == []
     assert "typed-42" in shown(play_json(cluster, bob, alices["id"]))
+    # That playback is audited, once; alice's refused attempt fetched nothing.
+    out = cluster.cgctl("audit", "ls", "--event=session.recording.access", "--format=json").stdout
+    accesses = [(e["user"], e["session_id"], e["session_user"]) for e in json.loads(out)]
+    assert [a for a in accesses if a[0] == "bob" and a[1] == alices["id"]] == [
+        ("bob", alices["id"], "alice")
+    ]
+    assert not [a for a in accesses if a[0] == "alice" and a[1] == bob_exec["id"]]
     table = cluster.cgsh(bob, "recordings", "ls", "--since=1h").stdout
     assert bob_exec["id"] in table and alices["id"] in table
 

@@ -105,6 +105,7 @@ def rnode(
         "node-r",
         mode_for,
         lambda sid, msg, reason: holder["server"].end_session(sid, msg, reason),
+        lambda event, fields: events.append((event, fields)),
     )
     observers: list[SessionObserver | None] = []
 
@@ -157,6 +158,11 @@ def test_strict_records_exec_output_with_the_command(
     assert reader.header.command == "echo out-marker; echo err-marker >&2; exit 3"
     shown = "".join(e.data for e in reader.events())
     assert "out-marker" in shown and "err-marker" in shown
+    # Announced to auth as the recording began: an exec has no tracker, and auth stores
+    # a recording only from the host that announced its session.
+    announced = [f for e, f in list(rnode.events) if e == "session.recording.start"]
+    assert {"session_id": reader.header.session_id, "user": "exec-strict", "login": ALICE,
+            "kind": "exec", "node": "node-r"} in announced  # fmt: skip
 
 
 def test_best_effort_records_shells_but_not_plain_exec(

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from certgate.errors import BadParameter
+from certgate.recording import asciicast
 from certgate.recording.asciicast import (
     CastEncoder,
     CastReader,
@@ -146,7 +147,12 @@ def test_a_truncated_file_plays_to_the_damage_and_says_where(tmp_path: Path) -> 
         ("garbage", "not JSON"),
         ('{"a": 1}', "not an event"),
         ('[0.5, "o"]', "not an event"),
-        ('[-1, "o", "x"]', "event time is not a non-negative number"),
+        ('[-1, "o", "x"]', "event time is not a number of seconds from 0"),
+        ('[NaN, "o", "x"]', "not JSON (NaN is not a JSON number)"),
+        ('[Infinity, "o", "x"]', "not JSON (Infinity is not a JSON number)"),
+        ('[1e400, "o", "x"]', "event time is not a number of seconds from 0"),
+        ('[4e8, "o", "x"]', "event time is not a number of seconds from 0"),
+        ("[" * 100_000, "nested too deep"),
         ('[0.5, "o", 7]', "event type and data must be strings"),
         ('[0.5, "r", "wide"]', 'resize event "wide" is not WIDTHxHEIGHT'),
         ('[0.01, "o", "x"]', "time goes backwards"),
@@ -168,6 +174,12 @@ def test_corrupt_lines_stop_playback_with_the_line_number(line: str, reason: str
         ("{not json", "not JSON"),
         ('{"version": 1, "width": 80, "height": 24}', "not an asciicast v2 header"),
         ('{"version": 2, "width": 0, "height": 24}', "positive integer width and height"),
+        ('{"version": 2, "width": 80, "height": 24, "timestamp": NaN}', "not JSON (NaN"),
+        ('{"version": 2, "width": 80, "height": 24, "timestamp": 1e20}', "between 1970 and 2100"),
+        ('{"version": 2, "width": 80, "height": 24, "timestamp": -1e12}', "between 1970 and 2100"),
+        ('{"version": 2, "width": 80, "height": 24, "timestamp": 1e400}', "between 1970 and 2100"),
+        ("[" * 100_000, "nested too deep"),
+        ('{"version": 2, "width": 80, "height": 24, "x": ' + "[" * 40 + "]" * 40 + "}", "deep"),
     ],
 )
 def test_an_unreadable_header_is_refused(first: str | None, reason: str) -> None:
@@ -185,6 +197,29 @@ def test_last_event_time_reads_only_the_tail_of_long_recordings() -> None:
     big = [HEADER.to_line(), f'[7.5, "o", "{"y" * 600_000}"]\n'.encode()]
     assert last_event_time(io.BytesIO(b"".join(big))) == 7.5
     assert last_event_time(io.BytesIO(HEADER.to_line())) == 0.0
+
+
+def test_last_event_time_does_bounded_work_on_a_tail_of_garbage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file whose end holds no event: the answer is None (no recording), found by
+    parsing at most TAIL_LINES lines, not every line of the file (an upload of 30 MiB
+    of "x\\n" held auth's event loop for a minute)."""
+    parsed = 0
+    parse = asciicast._parse_event
+
+    def counting(line: str | bytes) -> Event:
+        nonlocal parsed
+        parsed += 1
+        return parse(line)
+
+    monkeypatch.setattr(asciicast, "_parse_event", counting)
+    garbage = HEADER.to_line() + b'[0.5, "o", "a"]\n' + b"x\n" * (3 * 1024 * 1024 // 2)
+    assert last_event_time(io.BytesIO(garbage)) is None
+    assert parsed <= asciicast.TAIL_LINES
+    # A long line that fills the whole tail: no event in it either.
+    long_line = HEADER.to_line() + b"y" * (asciicast.TAIL_BYTES + 10) + b"\n"
+    assert last_event_time(io.BytesIO(long_line)) is None
 
 
 def test_unicode_line_breaks_are_escaped_so_a_line_is_a_line() -> None:

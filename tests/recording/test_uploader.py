@@ -255,3 +255,27 @@ async def test_a_file_that_cannot_be_kept_aside_does_not_stop_the_uploads_behind
     await eventually(lambda: good in auth.stored)
     assert directory.finished(bad).exists()  # left in place, for the next start
     await uploader.close()
+
+
+async def test_leftovers_are_announced_again_before_they_are_sent(
+    directory: RecordingDirectory,
+) -> None:
+    """Auth takes a recording only from the host that announced its session: what an
+    earlier run left (made before hosts announced recordings, or announced so long ago
+    that auth forgot) is announced again, ahead of its upload."""
+    raw, legacy, broken = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    directory.live(raw).write_bytes(raw_log(raw, (0.1, b"cut off"))[0])
+    legacy_cast = Header(80, 24, 1_900_000_000.0, legacy, "bob", "root", "node-1").to_line()
+    directory.finished(legacy).write_bytes(legacy_cast)  # asciicast, from an older node
+    directory.finished(broken).write_bytes(b"no header at all")
+    auth = FakeAuth()
+    announced: list[tuple[str, str, int]] = []
+
+    def announce(header: Header) -> None:
+        announced.append((header.session_id, header.user, auth.attempts))
+
+    uploader = RecordingUploader(directory, auth.send, announce=announce)
+    assert await uploader.start() == 3
+    assert sorted(announced) == sorted([(raw, "alice", 0), (legacy, "bob", 0)])
+    await eventually(lambda: {raw, legacy} <= set(auth.stored))
+    await uploader.close()

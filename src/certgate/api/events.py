@@ -164,6 +164,15 @@ CATALOGUE: dict[str, EventType] = {
             "error",
         ),
         _auth(
+            "session.recording.access",
+            "T2012I",
+            "a session recording was played or downloaded",
+            "user",
+            "session_id",
+            "session_user",
+            "node",
+        ),
+        _auth(
             "access_request.create",
             "T5000I",
             "an access request was created",
@@ -227,6 +236,12 @@ CATALOGUE: dict[str, EventType] = {
             "tty",
             "pid",
             "access_requests",
+        ),
+        _session(
+            "session.recording.start",
+            "T2006I",
+            "a session's recording began (its host alone may upload it)",
+            *_SESSION,
         ),
         _session(
             "session.join",

@@ -63,6 +63,7 @@ from certgate.auth.http_sessions import add_session_routes
 from certgate.auth.http_user_certs import add_user_cert_routes
 from certgate.auth.permissions import Authorizer
 from certgate.auth.server import AuthServer
+from certgate.auth.session_hosts import SessionHosts
 from certgate.auth.watch_channel import (
     LineSink,
     SocketLines,
@@ -115,6 +116,8 @@ class AuthAPI:
     ) -> None:
         self.server = server
         self.recordings = recordings  # session recordings (http_recordings.py)
+        # Which service hosts each session: the one that may upload its recording.
+        self.session_hosts = SessionHosts(server)
         self.authorizer = Authorizer(
             server.load_roles,
             server.role_sets,
@@ -552,6 +555,8 @@ class AuthAPI:
         if not isinstance(items, list) or len(items) > MAX_EVENTS_PER_CALL:
             raise BadParameter(f'"events" must be a list of at most {MAX_EVENTS_PER_CALL}')
         checked = [self._checked_event(caller, item) for item in items]
+        # Before the events are stored: if this fails, the sender sends them all again.
+        await self.session_hosts.claim_announced(caller, checked)
         await asyncio.gather(*(self.server.audit.record(event) for event in checked))
         return None
 

@@ -10,6 +10,10 @@ Each answer is a flat object: the tracker's fields plus `join_modes`, how the ca
 join it (`cgsh join` reads it to refuse with a reason before dialling the node, which
 decides again on its own).
 
+Who writes a tracker: the host that runs the session, by the writer rule of
+auth/session_hosts.py (a node for itself, a kube service for its clusters, a proxy for
+agentless nodes); a tracker also claims its session for that host there.
+
 Who sees a session: its owner (who may also join it as a peer, from another terminal);
 anyone whose roles' `join_sessions` let them join it; anyone whose roles allow `list`
 on `session` (auditors); proxies and the admin identity. Others get the same answer as
@@ -26,11 +30,12 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from certgate.api.codec import describe_validation_error
-from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY, Identity
+from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_PROXY, Identity
 from certgate.api.recording import is_recording_id
 from certgate.api.session_tracker import JOIN_MODES, SessionTracker
 from certgate.auth import permissions as perm
 from certgate.auth.http_body import json_body
+from certgate.auth.session_hosts import TRACKER_TTL
 from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.services.store import ResourceStore
 
@@ -65,27 +70,6 @@ class SessionRoutes:
         return self._api.server.session_trackers
 
     # ---- writers (nodes and proxies) ------------------------------------------------
-
-    async def _check_writer(self, caller: Identity, node: str) -> None:
-        """A node (or kube service) speaks for its own sessions; a proxy for those of
-        agentless nodes. Being named like the node is not enough: a proxy shares the
-        name of the host it runs on, which may also run a node."""
-        if caller.kind == "service":
-            if SYSTEM_ADMIN in caller.roles:
-                return
-            runs_sessions = SYSTEM_NODE in caller.roles or SYSTEM_KUBE in caller.roles
-            if runs_sessions and node == caller.username:
-                return
-            # A kube service's sessions are named after the cluster it announced.
-            if SYSTEM_KUBE in caller.roles and await self._api.server.serves_kube_cluster(
-                caller.username, node
-            ):
-                return
-            if SYSTEM_PROXY in caller.roles and await self._api.server.is_agentless(node):
-                return
-        raise AccessDenied(
-            f'access denied: {caller.username} may not track sessions of node "{node}"'
-        )
 
     def _check_roles(
         self,
@@ -140,8 +124,9 @@ class SessionRoutes:
             raise BadParameter(f"ttl_seconds must be a number of seconds up to {MAX_TTL_SECONDS}")
         trackers = [_tracker(item) for item in _items(body, "put")]
         deletes = [_session_id(item) for item in _items(body, "delete")]
+        hosts = self._api.session_hosts
         for node in sorted({t.spec.node for t in trackers}):
-            await self._check_writer(caller, node)
+            await hosts.check_writer(caller, node)
         server = self._api.server
         users = server.users.users
         names = [*(t.name for t in trackers), *deletes]
@@ -171,7 +156,12 @@ class SessionRoutes:
                 self._check_roles(tracker, standing, granted)
         for name in deletes:
             if name in existing:
-                await self._check_writer(caller, existing[name].spec.node)
+                await hosts.check_writer(caller, existing[name].spec.node)
+        # From now on proxies see these ids: they are this host's sessions, whoever
+        # announces them later (auth/session_hosts.py).
+        await hosts.claim(
+            caller, [(t.name, t.spec.node, t.spec.user) for t in trackers], TRACKER_TTL
+        )
         expires = server.clock.now() + timedelta(seconds=seconds)
         puts = [
             self._store.encode(

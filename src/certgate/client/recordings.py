@@ -10,6 +10,7 @@ with a role rule on `session`); this module only asks.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -149,7 +150,10 @@ def as_json(recording: Recording) -> dict[str, Any]:
 
 
 def format_seconds(seconds: float) -> str:
-    """`42s`, `3m05s`, `2h01m` for listings."""
+    """`42s`, `3m05s`, `2h01m` for listings; `?` for what is no finite duration (auth
+    stored NaN and Infinity before it refused them)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
     whole = round(seconds)
     if whole < 60:
         return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"

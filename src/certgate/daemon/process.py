@@ -19,6 +19,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,7 +68,7 @@ from certgate.rpc.session_trackers import SessionTrackerPublisher
 from certgate.rpc.watcher import ResourceView
 from certgate.srv.http1_server import Http1Limits, LocalServers
 from certgate.srv.monitor import SessionMonitor
-from certgate.srv.recording_hook import RecordingHook
+from certgate.srv.recording_hook import RecordingHook, announce_recording
 from certgate.srv.registry import SessionRegistry
 from certgate.srv.tracking import TrackedSessions
 from certgate.transport import client_context, server_context
@@ -455,7 +456,11 @@ class Daemon:
         monitor.start()
         self._closers.append(monitor.close)
         # Sessions of agentless nodes are recorded here, as a node records its own.
-        recordings = NodeRecordings(self.data_dir / "proxy" / "recordings", auth_sender(auth))
+        recordings = NodeRecordings(
+            self.data_dir / "proxy" / "recordings",
+            auth_sender(auth),
+            partial(announce_recording, audit.put),
+        )
         await recordings.start()
         self._closers.append(recordings.close)
 
@@ -479,6 +484,7 @@ class Daemon:
                     access.role_set(identity).options().record_session.mode(kind)
                 ),
                 end_session,
+                audit.put,
             ),
             tracking=TrackedSessions(trackers),
             registry=registry,

@@ -46,6 +46,15 @@ MARKER = "m"
 # The label of the marker that ends a recording whose session ended.
 END_LABEL = "session ended"
 
+# The sane range of a header's start time (Unix seconds: 1970 to 2100), and the latest
+# time an event may have (seconds after the start: ten years). Anything else is a broken
+# or forged file, refused before a date or a duration is computed from it.
+MAX_TIMESTAMP = 4_102_444_800
+MAX_EVENT_TIME = 10 * 365 * 86_400
+# How deep the header's JSON may nest (it holds two small objects; what is unknown is
+# kept as read, and no one should have to walk a deep one again).
+MAX_HEADER_DEPTH = 32
+
 # A raw event as the recorder collects it: (seconds since start, type, payload). Output
 # payloads are bytes (decoded when encoded), resize payloads are (width, height), marker
 # payloads their label.
@@ -111,6 +120,8 @@ class Header:
         timestamp = meta.get("start", data.get("timestamp", 0))
         if not isinstance(timestamp, int | float) or isinstance(timestamp, bool):
             raise ValueError("the header timestamp is not a number")
+        if not 0 <= timestamp <= MAX_TIMESTAMP:  # False for NaN too
+            raise ValueError("the header timestamp is not a time between 1970 and 2100")
         roles = meta.get("roles", [])
         command = meta.get("command")
         known = {"version", "width", "height", "timestamp", "env", "certgate"}
@@ -242,7 +253,10 @@ class CastReader:
         if first is None:
             raise BadParameter("recording ends at line 1: the file is empty")
         try:
-            self.header = Header.from_dict(json.loads(first))
+            data = _loads(first)
+            if _depth(data) > MAX_HEADER_DEPTH:
+                raise ValueError(f"the header is nested more than {MAX_HEADER_DEPTH} deep")
+            self.header = Header.from_dict(data)
         except ValueError as exc:
             raise BadParameter(f"recording ends at line 1: {_reason(exc)}") from exc
 
@@ -280,13 +294,44 @@ def _reason(exc: ValueError) -> str:
     return str(exc)
 
 
-def _parse_event(line: str) -> Event:
-    value = json.loads(line)
+def _loads(line: str | bytes) -> Any:
+    """One line's JSON; ValueError for what JSON does not allow though Python's parser
+    takes it (NaN, Infinity), and for nesting too deep to parse."""
+    try:
+        return json.loads(line, parse_constant=_not_json)
+    except RecursionError as exc:
+        raise ValueError("the line is nested too deep") from exc
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"not JSON ({name} is not a JSON number)")
+
+
+def _depth(value: Any) -> int:
+    """How deep `value` nests (1: a scalar), walked without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def _parse_event(line: str | bytes) -> Event:
+    value = _loads(line)
     if not isinstance(value, list) or len(value) != 3:
         raise ValueError("not an event ([time, type, data])")
     time, kind, data = value
-    if not isinstance(time, int | float) or isinstance(time, bool) or time < 0:
-        raise ValueError("event time is not a non-negative number")
+    if (
+        not isinstance(time, int | float)
+        or isinstance(time, bool)
+        or not 0 <= time <= MAX_EVENT_TIME  # False for NaN; 1e400 parses as infinity
+    ):
+        raise ValueError(f"event time is not a number of seconds from 0 to {MAX_EVENT_TIME}")
     if not isinstance(kind, str) or not isinstance(data, str):
         raise ValueError("event type and data must be strings")
     if kind == RESIZE and not _is_size(data):
@@ -305,33 +350,40 @@ def read_header(file: IO[bytes]) -> Header:
     return CastReader([file.readline(1 << 20)]).header
 
 
-# How far from the end `last_event_time` looks first for the last whole event.
-_TAIL_BYTES = 256 * 1024
+# How much of a recording's end `last_event_time` reads, and how many of its last lines
+# it tries: its work is bounded whatever the file holds. An event line is at most a few
+# hundred KiB (rawlog.py: 64 KiB of output per event, escaped).
+TAIL_BYTES = 4 * 1024 * 1024
+TAIL_LINES = 64
 
 
-def last_event_time(file: IO[bytes]) -> float:
-    """The time of the last readable event in `file` (0 if none), read from its end:
-    the recording's duration (the session's, when it ends with the end marker).
+def last_event_time(file: IO[bytes]) -> float | None:
+    """The time of the last valid event in `file` (a recording, header first), read
+    from its end: the recording's duration (the session's, when it ends with the end
+    marker). 0 if the file holds no event at all; None if its last TAIL_LINES lines
+    (within TAIL_BYTES) hold none that is valid: that is no recording.
 
     A broken last line (a torn write) is skipped, so the duration of a damaged
-    recording is that of what can be played. Reads a growing tail, so the usual cost
-    is one small read however long the recording is.
+    recording is that of what can be played. At most TAIL_BYTES are read and
+    TAIL_LINES parsed, however long the recording is.
     """
     size = file.seek(0, os.SEEK_END)
-    span = _TAIL_BYTES
-    while True:
-        start = max(0, size - span)
-        file.seek(start)
-        lines = file.read(size - start).split(b"\n")
-        if start > 0:
-            lines = lines[1:]  # the first piece is probably part of a line
-        for raw in reversed(lines):
-            if not raw.strip():
-                continue
-            try:
-                return _parse_event(raw.decode("utf-8", errors="replace")).time
-            except ValueError:
-                continue
-        if start == 0:
-            return 0.0
-        span *= 4
+    start = max(0, size - TAIL_BYTES)
+    file.seek(start)
+    lines = file.read(size - start).split(b"\n")
+    # From the file's start, the first line is the header; else it is probably part of
+    # a line.
+    lines = lines[1:]
+    tried = 0
+    for raw in reversed(lines):
+        if not raw.strip():
+            continue
+        if tried == TAIL_LINES:
+            return None
+        tried += 1
+        try:
+            return _parse_event(raw).time
+        except ValueError:
+            continue
+    # Nothing tried: a file of the header alone, or one line longer than the tail.
+    return None if tried or start > 0 else 0.0

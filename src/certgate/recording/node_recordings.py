@@ -22,7 +22,7 @@ from certgate.recording.recorder import (
     RecordingWriter,
     SessionRecorder,
 )
-from certgate.recording.uploader import RecordingUploader, Send
+from certgate.recording.uploader import Announce, RecordingUploader, Send
 
 log = logging.getLogger("certgate.recording")
 
@@ -30,10 +30,11 @@ CLOSE_UPLOAD_SECONDS = 5.0
 
 
 class NodeRecordings:
-    def __init__(self, path: Path, send: Send) -> None:
+    def __init__(self, path: Path, send: Send, announce: Announce | None = None) -> None:
+        """`announce`: what an earlier run left is announced to auth again at start."""
         self.directory = RecordingDirectory(path)
         self.writer = RecordingWriter()
-        self.uploader = RecordingUploader(self.directory, send)
+        self.uploader = RecordingUploader(self.directory, send, announce=announce)
 
     async def start(self) -> int:
         """Returns how many recordings from an earlier run were queued for upload."""

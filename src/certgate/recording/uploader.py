@@ -16,6 +16,11 @@ recording over MAX_RECORDING_BYTES as asciicast (a session that printed gigabyte
 sent up to its last whole event within that, marked truncated, and then kept whole in
 <dir>/rejected/ rather than deleted: auth refuses larger ones, and what a session did
 after its first gigabytes is evidence too.
+Auth takes a recording only from the host that announced its session (auth/
+session_hosts.py): the recording hook announces each one as it opens it, and `start`
+announces again what an earlier run left (`announce`), before queuing it: a recording
+made before the host announced recordings, or one whose announcement auth forgot (a
+year on), is then uploaded too.
 Uploads go one at a time, streamed from the file. A raw session log (rawlog.py)
 becomes asciicast v2 as it is read, a chunk at a time on the event loop between other
 work (not in a thread: see recorder.py on the GIL); a log cut off by a crash ends at its
@@ -34,7 +39,8 @@ from typing import IO
 
 from certgate.api.recording import MAX_RECORDING_BYTES, is_recording_id
 from certgate.errors import AlreadyExists, BadParameter, CertgateError, from_json
-from certgate.recording.rawlog import CastConverter, read_preamble
+from certgate.recording.asciicast import CastReader, Header
+from certgate.recording.rawlog import MAX_HEADER_BYTES, CastConverter, read_preamble
 from certgate.recording.recorder import RecordingDirectory
 from certgate.rpc.auth_client import AsyncAuthClient
 
@@ -57,6 +63,8 @@ MAX_EXPANSION = 8
 # (session id, the recording as asciicast v2 bytes, incomplete, truncated) -> returns
 # once auth has stored it; raises otherwise. The bytes can be iterated once.
 Send = Callable[[str, AsyncIterable[bytes], bool, bool], Awaitable[None]]
+# Tells auth that this host recorded the session of this header (the recording hook's).
+Announce = Callable[[Header], None]
 
 
 class RecordingUploader:
@@ -69,9 +77,11 @@ class RecordingUploader:
         retry_max: float = RETRY_MAX,
         after_end: float = AFTER_END_DELAY,
         max_bytes: int = MAX_RECORDING_BYTES,
+        announce: Announce | None = None,
     ) -> None:
         self._directory = directory
         self._send = send
+        self._announce = announce
         self._max_bytes = max_bytes
         self._retry_min = retry_min
         self._retry_max = retry_max
@@ -91,8 +101,14 @@ class RecordingUploader:
         to a session that was cut off.
         """
         self._directory.create()
+        found = self._leftovers()
+        if self._announce is not None:
+            headers = await asyncio.to_thread(lambda: [_header_of(path) for path, _ in found])
+            for header in headers:
+                if header is not None:
+                    self._announce(header)
         leftovers = 0
-        for path, complete in self._leftovers():
+        for path, complete in found:
             self.submit(path.stem, complete)
             leftovers += 1
         if leftovers:
@@ -304,6 +320,17 @@ async def _cast_chunks(path: Path, size: int = CHUNK) -> AsyncGenerator[bytes, N
         if tail := converter.finish():
             yield tail
         _log_losses(path, converter)
+
+
+def _header_of(path: Path) -> Header | None:
+    """The header of the recording at `path`; None if it has none that can be read (its
+    upload will say so)."""
+    try:
+        with path.open("rb") as file:
+            line = read_preamble(file) or file.readline(MAX_HEADER_BYTES)
+        return CastReader([line]).header
+    except (BadParameter, OSError):
+        return None
 
 
 def _read_start(file: IO[bytes], size: int) -> tuple[bytes | None, bytes]:

@@ -22,6 +22,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from certgate.rpc.failover import Backoff
 from certgate.rpc.session_trackers import SessionTrackerPublisher
 from certgate.rpc.watcher import ResourceView, ping_seconds
 from certgate.srv.monitor import SessionMonitor
-from certgate.srv.recording_hook import RecordingHook
+from certgate.srv.recording_hook import RecordingHook, announce_recording
 from certgate.srv.registry import SessionRegistry
 
 # What a host (a node, a kube service) watches on auth: who may log in, locks, and the
@@ -92,8 +93,12 @@ class SessionHost:
             min_interval=DELIVERY_INTERVAL,
         )
         # Session recordings: written under data_dir, uploaded to auth (recording_hook.py).
-        self.recordings = NodeRecordings(data_dir / "recordings", auth_sender(auth))
-        self.record = RecordingHook(self.recordings, name, self.recording_mode, end_session)
+        self.recordings = NodeRecordings(
+            data_dir / "recordings", auth_sender(auth), partial(announce_recording, self.audit.put)
+        )
+        self.record = RecordingHook(
+            self.recordings, name, self.recording_mode, end_session, self.audit.put
+        )
         # Live sessions are refreshed with the heartbeat and outlive a dead service by at
         # most three intervals, as its place in the inventory does by two.
         seconds = heartbeat_interval.total_seconds()

@@ -10,12 +10,18 @@ the caller's roles) decides:
     strict       pty sessions and exec commands are recorded; a session whose file
                  cannot be created is refused before anything runs, and one whose
                  writes fail is ended with a message
+
+Each recording opened is announced to auth (`session.recording.start`, through the
+service's durable audit spool), and so is each one an earlier run left, as the service
+starts (`announce_recording`): auth stores a recording only from the host that
+announced its session first (auth/session_hosts.py).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from certgate.api.identity import Identity
 from certgate.errors import CertgateError
@@ -29,8 +35,25 @@ log = logging.getLogger("certgate.node")
 ModeFor = Callable[[Identity, str], str]
 # (session id, message, reason) -> whether a live session was ended
 EndSession = Callable[[str, str, str], bool]
+# (event, fields) -> None: queue an audit event for auth (the service's spool)
+Audit = Callable[[str, dict[str, Any]], None]
 
 DEFAULT_SIZE = (80, 24)
+
+
+def announce_recording(audit: Audit, header: Header) -> None:
+    """Tell auth this host records the session of `header`: its recording is this
+    host's to upload (auth/session_hosts.py)."""
+    audit(
+        "session.recording.start",
+        {
+            "session_id": header.session_id,
+            "user": header.user,
+            "login": header.login,
+            "kind": header.kind,
+            "node": header.node,
+        },
+    )
 
 
 class RecordingHook:
@@ -42,11 +65,13 @@ class RecordingHook:
         node_name: str,
         mode_for: ModeFor,
         end_session: EndSession,
+        audit: Audit,
     ) -> None:
         self._recordings = recordings
         self._node_name = node_name
         self._mode_for = mode_for
         self._end_session = end_session
+        self._audit = audit
 
     def __call__(self, info: SessionInfo) -> SessionObserver | None:
         try:
@@ -60,10 +85,9 @@ class RecordingHook:
         if mode == "off" or (not info.tty and mode != "strict"):
             return None
         strict = mode == "strict"
+        header = self.header(info)
         try:
-            return self._recordings.open(
-                self.header(info), on_failure=self._failed if strict else None
-            )
+            recorder = self._recordings.open(header, on_failure=self._failed if strict else None)
         except OSError as exc:
             reason = exc.strerror or str(exc)
             if strict:
@@ -72,6 +96,10 @@ class RecordingHook:
                 ) from exc
             log.warning("session %s is not recorded: %s", info.id, reason)
             return None
+        # Queued before the session can end (its upload waits a second after that),
+        # and delivered before anything queued later: auth has the claim first.
+        announce_recording(self._audit, header)
+        return recorder
 
     def header(self, info: SessionInfo) -> Header:
         # Everything comes from the session's own description: the machine that records

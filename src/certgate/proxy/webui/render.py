@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import posixpath
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,20 @@ _ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+
+
+def minutes_seconds(seconds: Any) -> str:
+    """`m:ss` for a duration; `?` for anything but a finite number of seconds (auth
+    stored NaN and Infinity before it refused them: one must not break a whole list)."""
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+        return "?"
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+_ENV.filters["minutes_seconds"] = minutes_seconds
 
 
 def page(
