@@ -528,7 +528,7 @@ class AuthAPI:
                 hint = f'; did you mean "{close[0]}"?' if close else " (docs/audit.md lists them)"
                 raise BadParameter(f'unknown event type "{event_type[:64]}"{hint}')
         since, until = _time(q.get("since")), _time(q.get("until"))
-        if since is not None and until is not None and since >= until:
+        if since is not None and until is not None and since > until:
             raise BadParameter("since must be before until: this search can find nothing")
         events, cursor = await self.server.audit.search(
             since=since,
