@@ -6,7 +6,8 @@
                ──▶ identity ──▶ authorizer(identity, login, client_addr) ──▶ SessionPolicy
                (AccessDenied ──▶ auth fails, audit "session.rejected")
       session  shell / exec / exec with pty / sftp subsystem ──▶ session.spawn() as the
-               Unix user; bytes relayed between the channel and the child's raw fds
+               Unix user, through its login shell (`shell -c sftp-server` for sftp, as
+               sshd); bytes relayed between the channel and the child's raw fds
       forward  -L (direct-tcpip), -R (tcpip-forward), agent ──▶ only if the policy says so
       join     login "join:<mode>:<session id>" ──▶ join_authorizer(identity, owner, mode)
                ──▶ a JoinChannel in that session's party (join.py), nothing else
@@ -420,10 +421,10 @@ class _Session(SessionChannel):
             term=self._term,
             extra=self._session_env(),
         )
-        if self._kind == "sftp":
-            executable, argv = SFTP_SERVER, [SFTP_SERVER]
-        else:
-            executable, argv = shell_argv(account, self._command)
+        # A subsystem runs through the login's shell, as sshd runs it: an account whose
+        # shell refuses logins (nologin, /bin/false) gets no file access either.
+        command = SFTP_SERVER if self._kind == "sftp" else self._command
+        executable, argv = shell_argv(account, command)
         return spawn(
             account, executable, argv, env, self, pty_size=size, spawner=self._node.spawner
         )
