@@ -83,7 +83,7 @@ class NodeSSHServer:
 
     `trusted_user_ca_keys()` is called for every new connection, so rotating the user
     CA needs no restart. `authorizer` decides each login; `audit` receives events;
-    `session_observer` (optional) is asked for an observer for every pty session.
+    `session_observer` (optional) is asked for an observer for every session.
     Live sessions and clients are kept in `registry` (srv/registry.py), which the
     node's session monitor (srv/monitor.py) cuts.
     """
