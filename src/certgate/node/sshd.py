@@ -10,7 +10,8 @@
                sshd); bytes relayed between the channel and the child's raw fds
       forward  -L (direct-tcpip), -R (tcpip-forward), agent ──▶ only if the policy says so
       join     login "join:<mode>:<session id>" ──▶ join_authorizer(identity, owner, mode)
-               ──▶ a JoinChannel in that session's party (join.py), nothing else
+               ──▶ the joiner's own SessionPolicy (idle timeout, certificate expiry; no
+               forwarding) ──▶ a JoinChannel in that session's party (join.py), nothing else
       trackers terminal sessions and their joiners are reported to `tracking`
       audit    session.rejected, session.start, session.end, session.join,
                session.leave, exec, port_forward, agent_forward; delivered in order
@@ -313,16 +314,17 @@ class _Connection(CertificateLogin):
         node = self._node
         session = node.registry.session(session_id)
 
-        def authorize() -> None:
+        def authorize() -> SessionPolicy:
             if node._join_authorizer is None:
                 raise AccessDenied("joining sessions is not enabled on this node")
             assert session is not None
-            node._join_authorizer(identity, session.info, mode)
+            return node._join_authorizer(identity, session.info, mode)
 
         party = session.party if session is not None else None
-        if not self.accept_join(identity, login, mode, session_id, party, authorize):
+        policy = self.accept_join(identity, login, mode, session_id, party, authorize)
+        if policy is None:
             return False
-        self._admit(identity, login, SessionPolicy())
+        self._admit(identity, login, policy)
         return True
 
     # ---- forwarding ----------------------------------------------------------

@@ -116,7 +116,7 @@ class SessionTracking(Protocol):
 
 
 Authorizer = Callable[[Identity, str, str], Awaitable[SessionPolicy]]
-# (joiner, the session's owner, mode) -> None, or AccessDenied
-JoinAuthorizer = Callable[[Identity, SessionInfo, str], None]
+# (joiner, the session's owner, mode) -> the joiner's policy, or AccessDenied
+JoinAuthorizer = Callable[[Identity, SessionInfo, str], SessionPolicy]
 ObserverFactory = Callable[[SessionInfo], SessionObserver | None]
 SessionPredicate = Callable[[Identity, str], bool]
