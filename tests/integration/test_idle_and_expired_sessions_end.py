@@ -1,11 +1,13 @@
 """A security officer's roles: idle shells close by themselves, a session does not outlive
 the certificate it began with, and a role that requires per-session MFA (not built yet)
 refuses sessions rather than run them without it. The same on a certgate node and on an
-agentless OpenSSH node served by the proxy: one session monitor, one authorizer."""
+agentless OpenSSH node served by the proxy: one session monitor, one authorizer. Someone
+who joins another's session is held to their own roles' idle timeout and expiry too."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ from typing import Any
 import pexpect
 import pytest
 
-from tests.support.cluster import Cluster, User
+from tests.support.cluster import BIN, Cluster, User
 from tests.support.sshd import run_sshd
 from tests.support.unix import ensure_user
 from tests.support.wait import eventually
@@ -33,6 +35,23 @@ kind: role
 metadata: {{name: expiring-dev}}
 spec:
   allow: {{logins: [{LOGIN}], node_labels: {{"*": "*"}}}}
+  options: {{disconnect_expired_cert: true}}
+---
+kind: role
+metadata: {{name: plain-dev}}
+spec:
+  allow: {{logins: [{LOGIN}], node_labels: {{"*": "*"}}}}
+---
+kind: role
+metadata: {{name: idle-pair}}
+spec:
+  allow: {{join_sessions: [{{roles: [plain-dev], kinds: [ssh], modes: [peer]}}]}}
+  options: {{client_idle_timeout: 3s}}
+---
+kind: role
+metadata: {{name: expiring-pair}}
+spec:
+  allow: {{join_sessions: [{{roles: [plain-dev], kinds: [ssh], modes: [peer]}}]}}
   options: {{disconnect_expired_cert: true}}
 """
 MFA_ROLE = f"""\
@@ -133,6 +152,60 @@ def test_a_session_ends_when_its_certificate_expires(cluster: Cluster, node: str
         lambda: [e for e in events(cluster, "--event=session.end", f"--user={name}")]
     )
     assert ended[0]["reason"] == "certificate expired"
+
+
+def joined(user: User, session_id: str) -> Any:
+    """`cgsh join ID --mode=peer` as `user`, once it has joined."""
+    view = pexpect.spawn(
+        str(BIN / "cgsh"),
+        ["join", session_id, "--mode=peer"],
+        env={**os.environ, "CERTGATE_HOME": str(user.home), "TERM": "xterm"},
+        timeout=15,
+        encoding="utf-8",
+    )
+    view.expect(f"joined session {session_id} as peer")
+    return view
+
+
+@pytest.mark.parametrize("node", ["node-1", AGENTLESS])
+def test_joiners_are_cut_by_their_own_idle_timeout_and_certificate_expiry(
+    cluster: Cluster, node: str
+) -> None:
+    where = node.split("-")[0]
+    owner, config = logged_in(cluster, f"host-{where}", "plain-dev")
+    live = shell(config, f"{LOGIN}@{node}")
+    listed = eventually(
+        lambda: [
+            s
+            for s in json.loads(cluster.cgsh(owner, "sessions", "ls", "--format=json").stdout)
+            if s["node"] == node
+        ]
+    )
+    session_id = listed[0]["id"]
+    idler = cluster.add_user(f"idler-{where}", roles="idle-pair")
+    cluster.login(idler)
+    late = cluster.add_user(f"expiring-{where}", roles="expiring-pair")
+    cluster.login(late, "--ttl=12s")
+    # The idle joiner joins last: from then on it must type within 3 s.
+    expiring = joined(late, session_id)
+    idle = joined(idler, session_id)
+    # A peer's typing is input: it keeps the idle joiner in past its timeout...
+    for n in range(4):
+        time.sleep(1)
+        idle.send(f"echo PEER-{n}-$((1+1))\r")
+        idle.expect(f"PEER-{n}-2")
+    # ...then three quiet seconds end its view, with one line saying why.
+    idle.expect(r"certgate: session ended: no input for 3s \(client_idle_timeout of your roles\)")
+    idle.expect(pexpect.EOF)
+    # The other joiner's certificate runs out (its view would otherwise last: no idle
+    # timeout, and the owner's roles set no expiry).
+    expiring.expect(r"your certificate expired at .* \(disconnect_expired_cert of your roles\)", 30)
+    expiring.expect(pexpect.EOF)
+    # The session itself goes on: the owner's roles set neither.
+    live.sendline("echo OWNER-$((2+3))")
+    live.expect("OWNER-5")
+    live.sendline("exit")
+    live.expect(pexpect.EOF)
 
 
 def test_require_session_mfa_refuses_sessions_until_it_exists(cluster: Cluster) -> None:

@@ -45,6 +45,14 @@ spec:
 ---
 kind: role
 version: v1
+metadata: {name: kube-brief-watcher}
+spec:
+  allow:
+    join_sessions: [{roles: [kube-contractor], kinds: [k8s], modes: [observer]}]
+  options: {disconnect_expired_cert: true}
+---
+kind: role
+version: v1
 metadata: {name: ssh-watcher}
 spec:
   allow:
@@ -279,6 +287,22 @@ def test_a_lock_on_the_observer_ends_its_view(kube: KubeSetup, people: dict[str,
         # The contractor's session goes on.
         shell.sendline("echo still-$((4+4))")
         shell.expect("still-8")
+    shell.sendline("exit")
+    shell.expect(pexpect.EOF)
+
+
+def test_an_observers_view_ends_when_its_certificate_expires(
+    kube: KubeSetup, people: dict[str, User]
+) -> None:
+    brief = kube.cluster.add_user("brief", roles="kube-brief-watcher")
+    kube.cluster.login(brief, "--ttl=12s")
+    shell, observer = watched(kube, people["contractor"], brief)
+    observer.expect(r"your certificate expired at .* \(disconnect_expired_cert of your roles\)", 30)
+    observer.expect(pexpect.EOF)
+    shell.expect_exact("brief left")
+    # The contractor's session goes on (its roles set no expiry).
+    shell.sendline("echo still-$((4+5))")
+    shell.expect("still-9")
     shell.sendline("exit")
     shell.expect(pexpect.EOF)
 

@@ -103,6 +103,21 @@ async def test_peers_type_into_the_session(owner: _Owner) -> None:
     assert owner.party.members == [pat]
 
 
+async def test_what_a_joiner_sends_is_input_for_its_idle_timeout(owner: _Owner) -> None:
+    inputs: list[str] = []
+
+    def touched() -> None:
+        inputs.append("walt")
+
+    walt = JoinChannel("walt", "observer", "sid", lambda: owner.party, touched)
+    walt.connection_made(_Channel())
+    walt.session_started()
+    walt.data_received(b"q", None)  # goes nowhere, but walt is there
+    walt.terminal_size_changed(100, 30, 0, 0)
+    assert inputs == ["walt", "walt"]
+    assert owner.typed == b""
+
+
 async def test_the_end_of_the_session_lets_everyone_go(owner: _Owner) -> None:
     _, walt_channel = _joiner(owner, "walt", "observer")
     _, pat_channel = _joiner(owner, "pat", "peer")

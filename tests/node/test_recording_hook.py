@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pexpect  # type: ignore[import-untyped]
@@ -23,7 +24,7 @@ from certgate.node.sshd import NodeSSHServer
 from certgate.recording.asciicast import CastReader
 from certgate.recording.node_recordings import NodeRecordings
 from certgate.recording.recorder import SessionRecorder
-from certgate.srv.recording_hook import RecordingHook
+from certgate.srv.recording_hook import SFTP_UNDER_STRICT, RecordingHook
 from certgate.srv.session import SessionInfo, SessionObserver
 
 from .conftest import ALICE, Authorities, CredsFactory, authorize, needs_openssh
@@ -165,6 +166,73 @@ def test_strict_records_exec_output_with_the_command(
             "kind": "exec", "node": "node-r"} in announced  # fmt: skip
 
 
+def test_strict_records_a_shell_without_a_pty(
+    rnode: RecordingNode, make_creds: CredsFactory
+) -> None:
+    creds = make_creds("shell-t-strict", (ALICE,), ("strict",))
+    # `ssh -T` with commands piped in: a shell, not a command, and no terminal.
+    result = subprocess.run(
+        rnode.ssh(creds, "-T", f"{ALICE}@127.0.0.1"),
+        input=b"echo piped-$((6*7))\necho to-stderr-$((6*7)) >&2\n",
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"piped-42" in result.stdout and b"to-stderr-42" in result.stderr
+    rnode.wait(lambda: any(b"shell-t-strict" in data for data, _ in rnode.uploads.values()))
+    reader, incomplete = rnode.upload_for("shell-t-strict")
+    assert not incomplete
+    assert (reader.header.kind, reader.header.command) == ("shell", None)
+    shown = "".join(e.data for e in reader.events())
+    assert "piped-42" in shown and "to-stderr-42" in shown
+    start = next(
+        f for e, f in rnode.events if e == "session.start" and f["user"] == "shell-t-strict"
+    )
+    assert (start["kind"], start["tty"]) == ("shell", False)
+
+
+def test_strict_refuses_sftp_which_cannot_be_recorded(
+    rnode: RecordingNode, make_creds: CredsFactory, tmp_path: Path
+) -> None:
+    batch = tmp_path / "batch"
+    batch.write_text("ls -a\n")
+
+    def sftp(creds: Any) -> subprocess.CompletedProcess[bytes]:
+        argv = rnode.ssh(creds, f"{ALICE}@127.0.0.1")
+        argv[:3] = ["sftp", "-P", str(rnode.port)]
+        argv[-1:-1] = ["-b", str(batch)]
+        return subprocess.run(argv, capture_output=True, timeout=30)
+
+    # Control: under best_effort sftp runs, unrecorded.
+    relaxed = sftp(make_creds("sftp-relaxed", (ALICE,)))
+    assert relaxed.returncode == 0 and b".bashrc" in relaxed.stdout, relaxed.stderr
+    # Under strict it is refused before sftp-server runs, with one line saying why.
+    refused = sftp(make_creds("sftp-strict", (ALICE,), ("strict",)))
+    assert refused.returncode != 0 and b".bashrc" not in refused.stdout
+    assert b"certgate: cannot start session: " + SFTP_UNDER_STRICT.encode() in refused.stderr
+    rnode.wait(
+        lambda: any(
+            e == "session.rejected" and f.get("user") == "sftp-strict" for e, f in rnode.events
+        )
+    )
+    rejected = next(
+        f for e, f in rnode.events if e == "session.rejected" and f["user"] == "sftp-strict"
+    )
+    assert rejected["kind"] == "sftp" and rejected["reason"] == SFTP_UNDER_STRICT
+    # What the refusal suggests works, and is recorded: scp -O runs `scp -t` as a command.
+    source = tmp_path / "copied.txt"
+    source.write_text("copied over a recorded command\n")
+    copier = make_creds("scp-o-strict", (ALICE,), ("strict",))
+    argv = rnode.ssh(copier, f"{ALICE}@127.0.0.1")
+    scp = ["scp", "-O", "-P", str(rnode.port), *argv[3:-1], str(source), f"{argv[-1]}:"]
+    copied = subprocess.run(scp, capture_output=True, timeout=30)
+    assert copied.returncode == 0, copied.stderr
+    rnode.wait(lambda: any(b"scp-o-strict" in data for data, _ in rnode.uploads.values()))
+    reader, _ = rnode.upload_for("scp-o-strict")
+    assert (reader.header.kind, reader.header.command) == ("exec", "scp -t .")
+    assert not any(b"sftp-relaxed" in data for data, _ in list(rnode.uploads.values()))
+
+
 def test_best_effort_records_shells_but_not_plain_exec(
     rnode: RecordingNode, make_creds: CredsFactory
 ) -> None:
@@ -173,6 +241,14 @@ def test_best_effort_records_shells_but_not_plain_exec(
         rnode.ssh(creds, f"{ALICE}@127.0.0.1", "echo not-recorded"), capture_output=True, timeout=30
     )
     assert result.returncode == 0
+    # Nor a shell without a pty.
+    result = subprocess.run(
+        rnode.ssh(creds, "-T", f"{ALICE}@127.0.0.1"),
+        input=b"echo not-recorded-shell\n",
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0 and b"not-recorded-shell" in result.stdout
     # With a pty the same command is a terminal session: recorded. Its upload, which comes
     # after the plain exec ended, is also the sign that a recording of that exec would be here.
     result = subprocess.run(

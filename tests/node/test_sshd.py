@@ -23,6 +23,7 @@ import pexpect  # type: ignore[import-untyped]
 import pytest
 
 from certgate.auth.ca import CASigner, generate_authority
+from tests.support.unix import ensure_account
 from tests.support.wait import eventually
 
 from .conftest import (
@@ -36,12 +37,14 @@ from .conftest import (
     Authorities,
     CredsFactory,
     Node,
+    UserCreds,
     needs_openssh,
 )
 
 pytestmark = needs_openssh
 
 PROMPT = "cg-ready> "
+NOLOGIN = "cgtnologin"  # an account whose shell is /usr/sbin/nologin
 
 
 def wait_for_shell(child: pexpect.spawn) -> None:
@@ -426,6 +429,31 @@ def test_scp_both_ways_preserves_bytes_and_ownership(
     denied = run([*scp, str(source), f"{ALICE}@127.0.0.1:/root/nope.bin"])
     assert denied.returncode != 0
     assert not Path("/root/nope.bin").exists()
+
+
+def test_sftp_runs_through_the_login_shell_so_a_nologin_account_gets_no_files(
+    node: Node, make_creds: CredsFactory, tmp_path: Path
+) -> None:
+    ensure_account(NOLOGIN, ["-m", "-s", "/usr/sbin/nologin"])
+    batch = tmp_path / "batch"
+    batch.write_text("ls -a\n")
+
+    def sftp(creds: UserCreds, login: str) -> subprocess.CompletedProcess[bytes]:
+        options = ["-P", str(node.port), *creds.ssh_options(), "-b", str(batch)]
+        return run(["sftp", *options, f"{login}@127.0.0.1"])
+
+    # Control: the same sftp works for an account with a shell.
+    works = sftp(make_creds("sftp-shell", (ALICE,)), ALICE)
+    assert works.returncode == 0, works.stderr
+    assert b".bashrc" in works.stdout
+
+    # As with sshd, the account's shell decides: nologin refuses commands and sftp alike.
+    creds = make_creds("sftp-nologin", (NOLOGIN,))
+    command = run(node.ssh_argv(creds, NOLOGIN, "id"))
+    assert b"This account is currently not available" in command.stdout + command.stderr
+    refused = sftp(creds, NOLOGIN)
+    assert refused.returncode != 0
+    assert b".profile" not in refused.stdout
 
 
 def test_rsync_over_ssh(node: Node, make_creds: CredsFactory, tmp_path: Path) -> None:

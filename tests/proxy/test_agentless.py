@@ -405,6 +405,21 @@ async def test_sftp_runs_on_the_sshd(proxy: Proxy, tmp_path: Path) -> None:
     assert owner.stdout.strip() == LOGIN
 
 
+async def test_a_shell_without_a_pty_and_sftp_are_offered_to_the_observer(proxy: Proxy) -> None:
+    # The recorder (an observer) decides what record_session records of each: it must be
+    # asked for every session, not only those with a pty and commands.
+    async with proxy.connect() as conn:
+        shell = await conn.run(None, input=b"echo no-pty-$((6*7))\n", encoding=None)
+        assert shell.exit_status == 0 and b"no-pty-42" in shell.stdout
+        async with conn.start_sftp_client() as sftp:
+            await sftp.realpath(".")
+    assert [(o.info.kind, o.info.tty) for o in proxy.observed] == [
+        ("shell", False),
+        ("sftp", False),
+    ]
+    assert b"no-pty-42" in proxy.observed[0].output
+
+
 def _agentless_node(sshd: Sshd) -> Node:
     return Node(
         metadata=Metadata(name=NODE, labels={"env": "lab"}),

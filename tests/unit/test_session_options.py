@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from certgate.access.cached_access import CachedAccess
 from certgate.access.rbac import RoleSet
 from certgate.api.identity import Identity
 from certgate.api.role import Role
-from certgate.srv.authorize import policy_for, session_mfa_refusal
+from certgate.errors import AccessDenied
+from certgate.srv.authorize import authorize_join, policy_for, session_mfa_refusal
+from tests.support.views import StubView
 
 
 def role(name: str, **options: Any) -> Role:
@@ -81,6 +84,33 @@ def test_policy_carries_the_monitor_limits() -> None:
     assert not policy.remote_bind_any
     plain = policy_for(RoleSet([role("a")], {}), identity)
     assert plain.idle_timeout is None and plain.expires is None
+
+
+def test_a_joiner_gets_its_own_limits_and_nothing_to_forward() -> None:
+    expires = datetime(2030, 1, 1, tzinfo=UTC)
+    pair = Role.model_validate(
+        {
+            "metadata": {"name": "pair"},
+            "spec": {
+                "allow": {"join_sessions": [{"roles": ["dev"], "modes": ["peer"]}]},
+                "options": {
+                    "client_idle_timeout": "90s",
+                    "disconnect_expired_cert": True,
+                    "port_forwarding": True,
+                    "forward_agent": True,
+                    "ssh_remote_bind_any": True,
+                },
+            },
+        }
+    )
+    access = CachedAccess(StubView({"role": {"pair": pair, "dev": role("dev")}}))  # type: ignore[arg-type]
+    owner = Identity(username="al", roles=("dev",), logins=("u",), expires=expires)
+    joiner = Identity(username="pat", roles=("pair",), logins=(), expires=expires)
+    policy = authorize_join(access, joiner, owner, "peer", "node-1")
+    assert (policy.idle_timeout, policy.expires) == (90.0, expires)
+    assert not (policy.port_forwarding or policy.forward_agent or policy.remote_bind_any)
+    with pytest.raises(AccessDenied, match="do not allow joining al's sessions as peer"):
+        authorize_join(access, Identity(username="eve", roles=("dev",)), owner, "peer", "n")
 
 
 def test_session_mfa_refusal_names_the_role() -> None:

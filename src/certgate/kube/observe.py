@@ -5,7 +5,8 @@
                                         │ the joiner's locks; join_sessions for kind k8s
                                         ▼
                      a StreamJoiner in the session's party (srv/join.py), on a LiveClient
-                     of its own: the monitor ends the view when a lock names the joiner,
+                     of its own: the monitor ends the view when a lock names the joiner
+                     or its certificate expires (disconnect_expired_cert of its roles),
                      and the party ends it (with the reason) when the session ends
 
 Only observers: typing into someone's kubectl exec (peer) is refused at the proxy.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +26,7 @@ from certgate.api.identity import Identity
 from certgate.api.session_tracker import join_login
 from certgate.errors import AccessDenied, CertgateError, NotFound
 from certgate.kube.filtering import answer
+from certgate.srv.authorize import authorize_join
 from certgate.srv.http1 import Head, response_head
 from certgate.srv.http1_server import both
 from certgate.srv.join import MAX_BEHIND_BYTES, SessionParty, join_refusal, joined_banner
@@ -100,11 +103,14 @@ class KubeObservers:
                 raise NotFound(f'session "{session_id}" is not running here')
             owner = session.info
             who = identity
+            policy = SessionPolicy()
 
             def authorize() -> None:
-                self._access.check_join(
-                    who, owner.identity.username, owner.identity.roles, MODE, owner.node, "k8s"
-                )
+                nonlocal policy
+                policy = authorize_join(self._access, who, owner.identity, MODE, owner.node, "k8s")
+                # The proxy sends nothing of the observer's on this stream: it could only
+                # ever look idle, so no idle timeout.
+                policy = replace(policy, idle_timeout=None)
 
             refusal = join_refusal(MODE, session_id, session.party, authorize)
             if refusal is not None:
@@ -122,7 +128,7 @@ class KubeObservers:
             login=login,
             target=session.info.node,
             client_addr=client_addr,
-            policy=SessionPolicy(),
+            policy=policy,
             audit=self._audit,
             close=member.hang_up,
         )

@@ -23,9 +23,9 @@ from certgate.api.node import Node, NodeSpec
 from certgate.node.sshd import NodeSSHServer
 from certgate.rpc.auth_client import AsyncAuthClient
 from certgate.rpc.identity_files import IdentityFiles
-from certgate.srv.authorize import access_authorizer
+from certgate.srv.authorize import access_authorizer, authorize_join
 from certgate.srv.host import SessionHost
-from certgate.srv.session import SessionInfo, SessionObserver
+from certgate.srv.session import SessionInfo, SessionObserver, SessionPolicy
 from certgate.srv.tracking import TrackedSessions
 
 log = logging.getLogger("certgate.node")
@@ -88,10 +88,8 @@ class NodeAgent:
             return []
         return [key.public for key in ca.spec.active_keys]
 
-    def _authorize_join(self, identity: Identity, owner: SessionInfo, mode: str) -> None:
-        self.access.check_join(
-            identity, owner.identity.username, owner.identity.roles, mode, self.name
-        )
+    def _authorize_join(self, identity: Identity, owner: SessionInfo, mode: str) -> SessionPolicy:
+        return authorize_join(self.access, identity, owner.identity, mode, self.name)
 
     def _observer(self, info: SessionInfo) -> SessionObserver | None:
         return self.host.record(info)

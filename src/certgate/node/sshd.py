@@ -6,10 +6,12 @@
                ──▶ identity ──▶ authorizer(identity, login, client_addr) ──▶ SessionPolicy
                (AccessDenied ──▶ auth fails, audit "session.rejected")
       session  shell / exec / exec with pty / sftp subsystem ──▶ session.spawn() as the
-               Unix user; bytes relayed between the channel and the child's raw fds
+               Unix user, through its login shell (`shell -c sftp-server` for sftp, as
+               sshd); bytes relayed between the channel and the child's raw fds
       forward  -L (direct-tcpip), -R (tcpip-forward), agent ──▶ only if the policy says so
       join     login "join:<mode>:<session id>" ──▶ join_authorizer(identity, owner, mode)
-               ──▶ a JoinChannel in that session's party (join.py), nothing else
+               ──▶ the joiner's own SessionPolicy (idle timeout, certificate expiry; no
+               forwarding) ──▶ a JoinChannel in that session's party (join.py), nothing else
       trackers terminal sessions and their joiners are reported to `tracking`
       audit    session.rejected, session.start, session.end, session.join,
                session.leave, exec, port_forward, agent_forward; delivered in order
@@ -82,7 +84,7 @@ class NodeSSHServer:
 
     `trusted_user_ca_keys()` is called for every new connection, so rotating the user
     CA needs no restart. `authorizer` decides each login; `audit` receives events;
-    `session_observer` (optional) is asked for an observer for every pty session.
+    `session_observer` (optional) is asked for an observer for every session.
     Live sessions and clients are kept in `registry` (srv/registry.py), which the
     node's session monitor (srv/monitor.py) cuts.
     """
@@ -312,16 +314,17 @@ class _Connection(CertificateLogin):
         node = self._node
         session = node.registry.session(session_id)
 
-        def authorize() -> None:
+        def authorize() -> SessionPolicy:
             if node._join_authorizer is None:
                 raise AccessDenied("joining sessions is not enabled on this node")
             assert session is not None
-            node._join_authorizer(identity, session.info, mode)
+            return node._join_authorizer(identity, session.info, mode)
 
         party = session.party if session is not None else None
-        if not self.accept_join(identity, login, mode, session_id, party, authorize):
+        policy = self.accept_join(identity, login, mode, session_id, party, authorize)
+        if policy is None:
             return False
-        self._admit(identity, login, SessionPolicy())
+        self._admit(identity, login, policy)
         return True
 
     # ---- forwarding ----------------------------------------------------------
@@ -420,10 +423,10 @@ class _Session(SessionChannel):
             term=self._term,
             extra=self._session_env(),
         )
-        if self._kind == "sftp":
-            executable, argv = SFTP_SERVER, [SFTP_SERVER]
-        else:
-            executable, argv = shell_argv(account, self._command)
+        # A subsystem runs through the login's shell, as sshd runs it: an account whose
+        # shell refuses logins (nologin, /bin/false) gets no file access either.
+        command = SFTP_SERVER if self._kind == "sftp" else self._command
+        executable, argv = shell_argv(account, command)
         return spawn(
             account, executable, argv, env, self, pty_size=size, spawner=self._node.spawner
         )

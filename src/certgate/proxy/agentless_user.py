@@ -36,7 +36,7 @@ from certgate.api.session_tracker import parse_join_login
 from certgate.errors import BadParameter, CertgateError
 from certgate.proxy.agentless_session import ChannelPipe, RelaySession
 from certgate.srv import certcapture
-from certgate.srv.authorize import LoginRefused, check_login
+from certgate.srv.authorize import LoginRefused, authorize_join, check_login
 from certgate.srv.certificate_login import CertificateLogin
 from certgate.srv.corked import CorkedTunnel
 from certgate.srv.hangup import close_connection
@@ -195,17 +195,16 @@ class UserConnection(CertificateLogin):
         if session is not None and session.info.node != self.node_name:
             session = None  # joined through the node it runs on, nowhere else
 
-        def authorize() -> None:
+        def authorize() -> SessionPolicy:
             assert session is not None
             owner = session.info.identity
-            self._forwarder.access.check_join(
-                identity, owner.username, owner.roles, mode, self.node_name
-            )
+            return authorize_join(self._forwarder.access, identity, owner, mode, self.node_name)
 
         party = session.party if session is not None else None
-        if not self.accept_join(identity, login, mode, session_id, party, authorize):
+        policy = self.accept_join(identity, login, mode, session_id, party, authorize)
+        if policy is None:
             return False
-        self._admit(identity, login, SessionPolicy())
+        self._admit(identity, login, policy)
         return True
 
     # ---- the connection to the sshd --------------------------------------------

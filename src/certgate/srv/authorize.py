@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 
 from certgate.access.cached_access import CachedAccess
 from certgate.access.rbac import RoleSet
@@ -81,6 +82,23 @@ def policy_for(role_set: RoleSet, identity: Identity) -> SessionPolicy:
         idle_timeout=idle.total_seconds() if idle is not None else None,
         expires=identity.expires if options.disconnect_expired_cert else None,
     )
+
+
+def authorize_join(
+    access: CachedAccess,
+    joiner: Identity,
+    owner: Identity,
+    mode: str,
+    node: str,
+    kind: str = "ssh",
+) -> SessionPolicy:
+    """Whether `joiner` may join `owner`'s session in `mode` (AccessDenied if not), and
+    the joiner's policy: its own roles' idle timeout and certificate expiry, so the
+    monitor cuts a joiner as it cuts a user of its own session; nothing to forward, as
+    a join login runs nothing of its own."""
+    access.check_join(joiner, owner.username, owner.roles, mode, node, kind)
+    policy = policy_for(access.role_set(joiner), joiner)
+    return replace(policy, port_forwarding=False, forward_agent=False, remote_bind_any=False)
 
 
 def access_authorizer(

@@ -116,24 +116,36 @@ class CertificateLogin(asyncssh.SSHServer):
         mode: str,
         session_id: str,
         party: SessionParty | None,
-        authorize: Callable[[], None],
-    ) -> bool:
-        """A join login: refused (and audited) unless the session is live (`party`) and
-        `authorize()` (the joiner's roles for `mode`) raises nothing."""
-        refusal = join_refusal(mode, session_id, party, authorize)
+        authorize: Callable[[], SessionPolicy],
+    ) -> SessionPolicy | None:
+        """A join login: the joiner's policy from `authorize()` (the joiner's roles for
+        `mode`), or None if refused (and audited): the session must be live (`party`)
+        and `authorize()` must not raise."""
+        policy = SessionPolicy()
+
+        def check() -> None:
+            nonlocal policy
+            policy = authorize()
+
+        refusal = join_refusal(mode, session_id, party, check)
         if refusal is not None:
             self.refuse(identity, login, refusal)
-            return False
+            return None
         self.join = (mode, session_id)
-        return True
+        return policy
 
     def join_channel(self, client: LiveClient) -> JoinChannel:
-        """The session channel of a join login."""
+        """The session channel of a join login; what the joiner sends keeps it from
+        being idle."""
         assert self.join is not None
         mode, session_id = self.join
         registry = self._registry
         channel = JoinChannel(
-            client.identity.username, mode, session_id, lambda: registry.party(session_id)
+            client.identity.username,
+            mode,
+            session_id,
+            lambda: registry.party(session_id),
+            on_input=client.touch,
         )
         client.joins.add(channel)
         return channel

@@ -200,7 +200,9 @@ class JoinChannel(ViewChannel):
 
     `find_party()` is asked when the joiner's shell request arrives; None means the
     session has ended in the meantime. Only pty and shell requests are accepted: a
-    join login runs nothing of its own.
+    join login runs nothing of its own. `on_input()` is called for whatever the joiner
+    sends (keys, window changes; an observer's keys go nowhere, but they are input),
+    for the idle timeout of the joiner's roles.
     """
 
     def __init__(
@@ -209,12 +211,14 @@ class JoinChannel(ViewChannel):
         mode: str,
         session_id: str,
         find_party: Callable[[], SessionParty | None],
+        on_input: Callable[[], None] | None = None,
     ) -> None:
         self.user = user
         self.mode = mode
         self.session_id = session_id
         self.joined = datetime.now(UTC)
         self._find_party = find_party
+        self._on_input = on_input
         self._party: SessionParty | None = None
         self._chan: Any = None
         self._done = False
@@ -233,12 +237,19 @@ class JoinChannel(ViewChannel):
         party.join(self)
 
     def data_received(self, data: bytes, datatype: Any) -> None:
+        if self._on_input is not None:
+            self._on_input()
         if self._party is None:
             return
         if self.mode == "peer":
             self._party.input(self, data)
         elif wants_to_leave(data):
             self.finish("certgate: you left the session")
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        # The owner's terminal sets the size; the joiner resizing its own is input.
+        if self._on_input is not None:
+            self._on_input()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._done = True

@@ -165,11 +165,12 @@ class LiveSession:
     # ---- starting --------------------------------------------------------------
 
     def open_observer(self) -> None:
-        """Ask for the session's observer (terminal and exec sessions): before anything
-        runs, so a session whose recording is required and impossible never starts.
-        Raises SessionRefused."""
-        if self.info.tty or self.info.kind == "exec":
-            self.observer = observer_for(self._observe, self.info)
+        """Ask for the session's observer, whatever its kind (shell, exec or sftp, with
+        a pty or without): before anything runs, so a session whose recording is
+        required and impossible never starts. Raises SessionRefused."""
+        # Which kinds are recorded is the observer's decision (recording_hook.py): a
+        # shell without a pty (`ssh -T`) is as much a session as one with.
+        self.observer = observer_for(self._observe, self.info)
 
     def begin(self) -> None:
         """The session is live: listed, joinable, tracked, cut by the monitor."""

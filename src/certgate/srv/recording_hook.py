@@ -7,9 +7,14 @@ the caller's roles) decides:
     best_effort  pty sessions are recorded; if the file cannot be created or written,
                  the session goes on (the recording is kept up to the failure and
                  uploaded marked incomplete)
-    strict       pty sessions and exec commands are recorded; a session whose file
-                 cannot be created is refused before anything runs, and one whose
-                 writes fail is ended with a message
+    strict       every shell and command is recorded, with a pty or without (`ssh -T`,
+                 `ssh node cmd`); a session whose file cannot be created is refused
+                 before anything runs, and one whose writes fail is ended with a message.
+                 sftp cannot be recorded (its output is a binary protocol, its uploads
+                 are input), so it is refused
+
+sftp is never recorded: under off and best_effort it runs unrecorded (audited by its
+session.start and session.end), under strict it is refused (session.rejected).
 
 Each recording opened is announced to auth (`session.recording.start`, through the
 service's durable audit spool), and so is each one an earlier run left, as the service
@@ -39,6 +44,11 @@ EndSession = Callable[[str, str, str], bool]
 Audit = Callable[[str, dict[str, Any]], None]
 
 DEFAULT_SIZE = (80, 24)
+
+SFTP_UNDER_STRICT = (
+    "your roles require session recording (record_session strict) and sftp file "
+    "transfers cannot be recorded; scp -O copies with a recorded command"
+)
 
 
 def announce_recording(audit: Audit, header: Header) -> None:
@@ -82,9 +92,13 @@ class RecordingHook:
             raise SessionRefused(
                 f"cannot tell whether this session must be recorded: {exc}"
             ) from exc
-        if mode == "off" or (not info.tty and mode != "strict"):
-            return None
         strict = mode == "strict"
+        if info.kind == "sftp":
+            if strict:
+                raise SessionRefused(SFTP_UNDER_STRICT)
+            return None
+        if mode == "off" or (not info.tty and not strict):
+            return None
         header = self.header(info)
         try:
             recorder = self._recordings.open(header, on_failure=self._failed if strict else None)

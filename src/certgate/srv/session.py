@@ -68,9 +68,9 @@ class SessionInfo:
 class SessionObserver(Protocol):
     """Sees what a session shows; a session recorder implements it.
 
-    The factory is asked for every pty session and every exec session (with or without
-    a pty), before the child is started; it returns None to observe nothing, and may
-    raise SessionRefused to refuse the session (recording required but impossible).
+    The factory is asked for every session (shell, exec or sftp, with a pty or without),
+    before the child is started; it returns None to observe nothing, and may raise
+    SessionRefused to refuse the session (recording required but impossible).
     Called on the event loop in the data path: keep each call cheap and non-blocking
     (buffer and hand off). An exception detaches the observer, never the session; an
     observer that must stop the session calls `NodeSSHServer.end_session`.
@@ -116,7 +116,7 @@ class SessionTracking(Protocol):
 
 
 Authorizer = Callable[[Identity, str, str], Awaitable[SessionPolicy]]
-# (joiner, the session's owner, mode) -> None, or AccessDenied
-JoinAuthorizer = Callable[[Identity, SessionInfo, str], None]
+# (joiner, the session's owner, mode) -> the joiner's policy, or AccessDenied
+JoinAuthorizer = Callable[[Identity, SessionInfo, str], SessionPolicy]
 ObserverFactory = Callable[[SessionInfo], SessionObserver | None]
 SessionPredicate = Callable[[Identity, str], bool]
