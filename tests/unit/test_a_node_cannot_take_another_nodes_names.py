@@ -177,3 +177,25 @@ async def test_a_heartbeat_cannot_announce_another_nodes_name_or_address(
     # `certgate start` names a node after its host): web-1's name still wins.
     second = await join(auth, "web-1b", [])
     await auth.heartbeat(second, beat("web-1b", "10.0.0.5:3023", "web-1"), TTL)
+
+
+async def kube_join(auth: AuthServer, name: str, client_addr: str) -> Identity:
+    token = await auth.add_token(["kube"], timedelta(minutes=5), "admin")
+    _, public_key = new_key()
+    bundle = await auth.join(token.name, "kube", public_key, name, [], client_addr)
+    return bundle.identity
+
+
+async def test_another_roles_token_cannot_take_a_nodes_name(auth: AuthServer) -> None:
+    # Every service certificate is a host certificate for its name: a kube service
+    # named web-1 would have one that users' ssh accepts for node web-1.
+    await join(auth, "web-1", [], "10.0.0.5")
+    with pytest.raises(AccessDenied, match=r'"web-1" is held by a node that joined from 10\.0'):
+        await kube_join(auth, "web-1", "6.6.6.6")
+    await auth.put_resource(
+        AGENTLESS.model_copy(update={"metadata": Metadata(name="db-1")}), "admin", False
+    )
+    with pytest.raises(AccessDenied, match='"db-1" is an agentless node an admin registered'):
+        await kube_join(auth, "db-1", "10.0.0.5")
+    # The kube service beside the node (`--roles node,kube`) joins from its address.
+    assert (await kube_join(auth, "web-1", "10.0.0.5")).username == "web-1"

@@ -4,7 +4,8 @@ A join token proves the host may join in a role; it does not let the host choose
 someone else:
 
 - the name must be free: held by no live identity of that role, nor an agentless node
-  (services/host_names.py); `cgctl rm node/NAME` frees a node's name;
+  (services/host_names.py), nor by another role's host elsewhere (one machine's
+  services share its name); `cgctl rm node/NAME` frees a node's name;
 - principals (host certificate names, TLS subjectAltNames) are single host names or
   addresses — never patterns — and never another host's name;
 - neither the name nor a principal may be another node's hostname or address, or the
@@ -113,13 +114,14 @@ class JoinAdmin(HostNameRules):
         _check_join_name(name)
         if await self.host_names.get(role, name) is not None:
             raise AccessDenied(await self._held_message(role, name))
-        registered = await self._registered_node(name) if role == "node" else None
-        if registered is not None:
+        registered = await self._registered_node(name)
+        if registered is not None and (role == "node" or registered.spec.sub_kind):
             # An agentless node registered before names were claimed for them, or a
             # node record an admin wrote: no join takes it over.
             if registered.spec.sub_kind == "openssh":
                 raise AccessDenied(_agentless_message(name))
             raise AccessDenied(await self._held_message(role, name))
+        await self._check_other_roles(role, name, client_addr)
         await self._check_principals(name, principals)
         await self.check_join_names(role, name, principals, client_addr)
         bundle = self.issue_service_identity(name, system_role, public_key, principals)
@@ -167,6 +169,21 @@ class JoinAdmin(HostNameRules):
             except (CompareFailed, NotFound):
                 continue  # another join took a use meanwhile: read again
         raise AccessDenied("access denied: the join token is busy; try again")
+
+    async def _check_other_roles(self, role: str, name: str, client_addr: str) -> None:
+        """AccessDenied if a host elsewhere holds `name` in another role: every service
+        certificate is a host certificate for its name, so a kube token must not get one
+        for a node's name. One machine's services share its name (`--roles node,kube`),
+        and join from its address."""
+        for other in JOIN_ROLE_TO_SYSTEM:
+            holder = None if other == role else await self.host_names.get(other, name)
+            if holder is not None and (holder.agentless or holder.addr != client_addr):
+                if holder.agentless:
+                    raise AccessDenied(_agentless_message(name))
+                raise AccessDenied(
+                    f'access denied: the name "{name}" is held by a {other} that joined '
+                    f"from {holder.addr or 'elsewhere'}; pick another name"
+                )
 
     async def _registered_node(self, name: str) -> Node | None:
         try:
