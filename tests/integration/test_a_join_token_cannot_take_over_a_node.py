@@ -138,6 +138,59 @@ def test_a_token_cannot_take_over_a_live_node_name(cluster: Cluster, tmp_path: P
     eventually(lambda: node_addr(cluster, "web-1") is None)
 
 
+AGENTLESS = """\
+kind: node
+metadata: {name: agentless-9, labels: {env: dev}}
+spec: {sub_kind: openssh, addr: "10.9.9.9:22", hostname: db9.example}
+"""
+
+
+def node_spec(cluster: Cluster, name: str) -> dict[str, object] | None:
+    result = cluster.cgctl("get", f"node/{name}", "--format=json", check=False)
+    if result.returncode != 0:
+        return None
+    spec: dict[str, object] = json.loads(result.stdout)["spec"]
+    return spec
+
+
+def test_a_token_cannot_take_an_agentless_node_or_another_nodes_names(cluster: Cluster) -> None:
+    cluster.cgctl("create", "-f", "-", input=AGENTLESS)
+    registered = node_spec(cluster, "agentless-9")
+    token, pin = new_token(cluster)
+    # Its name, its address, its hostname: none is the rogue's to take.
+    with pytest.raises(AccessDenied, match='"agentless-9" is an agentless node an admin regis'):
+        join(cluster, token, pin, "agentless-9", ["agentless-9"])
+    with pytest.raises(AccessDenied, match=r'principal "10\.9\.9\.9" is the address of node "a'):
+        join(cluster, token, pin, "rogue-9", ["10.9.9.9"])
+    with pytest.raises(AccessDenied, match=r'"db9\.example" is the hostname of node "agentless-9"'):
+        join(cluster, token, pin, "db9.example", [])
+    assert node_spec(cluster, "agentless-9") == registered
+    failures = audit(cluster, "join.failure")
+    assert {"agentless-9", "rogue-9", "db9.example"} <= {e.get("name") for e in failures}
+
+    # A rogue that joined under a name of its own cannot announce another node's name
+    # or address as its hostname, to draw `cgsh ssh agentless-9` or its address.
+    rogue = join(cluster, token, pin, "rogue-9", ["localhost", "127.0.0.1"])
+    taken = {
+        "agentless-9": 'hostname "agentless-9", the name of node "agentless-9"',
+        "10.9.9.9": 'hostname "10.9.9.9", the address of node "agentless-9"',
+    }
+    with as_host(cluster, rogue) as client:
+        for hostname, message in taken.items():
+            node = {
+                "kind": "node",
+                "version": "v1",
+                "metadata": {"name": "rogue-9", "labels": {"env": "dev"}},
+                "spec": {"addr": "127.0.0.66:22", "hostname": hostname},
+            }
+            answer = client.post("/v1/nodes/heartbeat", json={"node": node, "ttl_seconds": 30})
+            assert answer.status_code == 403
+            assert message in answer.json()["message"]
+    assert node_addr(cluster, "rogue-9") is None
+    refused = [e for e in audit(cluster, "heartbeat.failure") if e.get("node") == "rogue-9"]
+    assert sorted(e["hostname"] for e in refused) == ["10.9.9.9", "agentless-9"]
+
+
 def test_tokens_limited_by_uses_and_bound_to_a_name(cluster: Cluster) -> None:
     token, pin = new_token(cluster, "--uses=1", "--name=bound-1")
     with pytest.raises(AccessDenied, match='this join token is for "bound-1" only'):

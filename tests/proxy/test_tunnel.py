@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import gc
 
+import pytest
+
 from certgate.proxy.tunnel import open_tunnel
 from tests.support.wait import eventually_async
 
@@ -30,6 +32,35 @@ async def test_a_channel_that_never_opens_closes_the_node_connection() -> None:
         del session
         gc.collect()
         assert await asyncio.wait_for(closed, 5) == b""
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_the_proxy_never_relays_to_a_link_local_or_unspecified_address() -> None:
+    # A node announces its own address; the jump host relays raw bytes there. 0.0.0.0
+    # reaches the proxy's own loopback services, 169.254.169.254 a cloud's metadata.
+    accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put(writer)
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        # What a relay to 0.0.0.0 would reach: this machine's loopback listener.
+        _, probe = await asyncio.open_connection("0.0.0.0", port)
+        (await asyncio.wait_for(accepted.get(), 5)).close()
+        probe.close()
+        for host in ("0.0.0.0", "169.254.169.254", "::ffff:169.254.169.254", "224.0.0.1"):
+            with pytest.raises(OSError, match="never a node's"):
+                await open_tunnel(host, port, 5)
+        assert accepted.empty()
+        # Nodes on the proxy's own machine (loopback) are still dialled.
+        session = await open_tunnel("127.0.0.1", port, 5)
+        (await asyncio.wait_for(accepted.get(), 5)).close()
+        del session
+        gc.collect()
     finally:
         server.close()
         await server.wait_closed()

@@ -4,7 +4,7 @@ They decide without a round trip to auth, and go on deciding while auth is brief
 unreachable (the view is fed by auth's watch stream, see rpc/watcher.py).
 
 check_identity(identity)        -> None or AccessDenied   (locks, roles that exist)
-resolve_node(identity, target)  -> Node or NotFound/AccessDenied
+resolve_node(identity, target)  -> Node or NotFound/AccessDenied/BadParameter (ambiguous)
 check_join(identity, owner, ...) -> None or AccessDenied   (cgsh join)
 """
 
@@ -15,12 +15,13 @@ from datetime import timedelta
 
 from certgate.access.rbac import RoleSet
 from certgate.access.requests import check_resource, resource_allowed
+from certgate.api.host_names import addr_host, host_key
 from certgate.api.identity import Identity
 from certgate.api.lock import Lock, lock_matches, lock_message
 from certgate.api.node import Node
 from certgate.api.role import Role
 from certgate.clock import Clock, SystemClock
-from certgate.errors import AccessDenied, NotFound
+from certgate.errors import AccessDenied, BadParameter, NotFound
 from certgate.rpc.watcher import ResourceView
 
 # How far past its expiry a node stays routable while the view follows auth's watch.
@@ -125,10 +126,15 @@ class CachedAccess:
                 f"as {mode} (role option join_sessions)"
             )
 
-    def find_node(self, target: str) -> Node:
-        """A node by id, then by hostname, then by address; never an arbitrary address.
+    def find_node(self, target: str, shown: Callable[[Node], bool] | None = None) -> Node:
+        """The node named `target`; else the one node whose hostname or address host it is.
 
-        `web-1.<cluster name>` names node `web-1` (what `cgsh config` lets ssh use)."""
+        A name always wins: names are unique and held from the join on, while hostnames
+        and addresses are what nodes announce. A string that is the hostname or address
+        of several nodes names none of them (BadParameter naming them), so a node that
+        announces another's hostname or address cannot draw its users. `shown` says which
+        nodes that message may name (those the caller's roles see); never an arbitrary
+        address. `web-1.<cluster name>` names node `web-1` (what `cgsh config` lets ssh use)."""
         if self._cluster_suffix and target.endswith(self._cluster_suffix):
             target = target[: -len(self._cluster_suffix)]
         nodes = [n for n in self._view.all("node") if isinstance(n, Node)]
@@ -139,24 +145,44 @@ class CachedAccess:
         allowance = EXPIRY_LAG_ALLOWANCE if self._view.connected else timedelta(0)
         horizon = self._clock.now() - allowance
         live = [n for n in nodes if n.metadata.expires is None or n.metadata.expires > horizon]
-        keys: list[Callable[[Node], str]] = [
-            lambda n: n.metadata.name,
-            lambda n: n.spec.hostname,
-            lambda n: n.spec.addr.rsplit(":", 1)[0],
-        ]
-        for key in keys:
-            found = [n for n in live if key(n) == target]
-            if len(found) == 1:
-                return found[0]
-            if len(found) > 1:
-                raise NotFound(f'"{target}" names {len(found)} nodes: use the node id')
+        for node in live:
+            if node.metadata.name == target:
+                return node
+        key = host_key(target)
+        found: list[tuple[Node, str]] = []
+        for node in live:
+            ways = [
+                what
+                for what, value in (
+                    ("hostname", node.spec.hostname),
+                    ("address", addr_host(node.spec.addr)),
+                )
+                if value and host_key(value) == key
+            ]
+            if ways:
+                found.append((node, " and ".join(ways)))
+        if len(found) == 1:
+            return found[0][0]
+        named = [f"{n.name} by {how}" for n, how in found if shown is None or shown(n)]
+        if len(found) > 1 and named:
+            hidden = len(found) - len(named)
+            more = f", {hidden} more" if hidden else ""
+            raise BadParameter(
+                f'"{target}" names {len(found)} nodes ({", ".join(named)}{more}): '
+                "use the node's name"
+            )
         raise NotFound(f'node "{target}" not found')
 
     def resolve_node(self, identity: Identity, target: str) -> Node:
-        node = self.find_node(target)
-        if not self.role_set(identity).can_access_node(
-            node.metadata.labels
-        ) or not resource_allowed(identity.resources, "node", node.name):
+        role_set = self.role_set(identity)
+
+        def visible(node: Node) -> bool:
+            return role_set.can_access_node(node.metadata.labels) and resource_allowed(
+                identity.resources, "node", node.name
+            )
+
+        node = self.find_node(target, shown=visible)
+        if not visible(node):
             # The same answer as for a missing node: roles decide what a user may see.
             raise NotFound(f'node "{target}" not found')
         self.check_identity(identity, node=node.name)

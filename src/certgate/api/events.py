@@ -117,6 +117,16 @@ CATALOGUE: dict[str, EventType] = {
         _auth(
             "join.failure", "TJ001E", "a service failed to join", "name", "role", "addr", "error"
         ),
+        _auth(
+            "heartbeat.failure",
+            "TJ002E",
+            "a heartbeat was refused",
+            "name",
+            "node",
+            "hostname",
+            "addr",
+            "error",
+        ),
         _auth("resource.created", "TR000I", "a resource was created", "user", "kind", "name"),
         _auth("resource.deleted", "TR001I", "a resource was removed", "user", "kind", "name"),
         _auth(

@@ -35,6 +35,7 @@ from certgate.services.audit import AuditLog
 from certgate.services.batched_writer import BatchedWriter
 from certgate.services.host_names import HostNames
 from certgate.services.locks import LockCache
+from certgate.services.node_aliases import NodeAliases
 from certgate.services.prefix_mirror import PrefixMirror
 from certgate.services.store import ResourceStore
 from certgate.services.users import UserService
@@ -82,8 +83,15 @@ class AuthCore:
         self.node_writer = BatchedWriter(
             backend, "node heartbeats", spacing=HEARTBEAT_BATCH_SPACING
         )
+        # Which node each name, hostname and address is (joins and heartbeats may not
+        # take another's), kept from the mirror.
+        self.node_aliases = NodeAliases()
+        # For heartbeats (inventory.py): per node, the hostname and identity last
+        # checked, and the uids of refused beats already audited.
+        self._hostnames_checked: dict[str, tuple[str, datetime | None]] = {}
+        self._beats_refused: set[str] = set()
         # What `cgsh ls` lists from, instead of reading every node per call.
-        self.node_mirror = PrefixMirror(backend, self.nodes.prefix, clock)
+        self.node_mirror = PrefixMirror(backend, self.nodes.prefix, clock, self.node_aliases)
         self.kube_clusters: ResourceStore[KubeCluster] = ResourceStore(
             backend, "/kube_clusters/", KubeCluster, "kubernetes cluster"
         )

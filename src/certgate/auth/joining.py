@@ -3,10 +3,13 @@
 A join token proves the host may join in a role; it does not let the host choose to be
 someone else:
 
-- the name must be free: held by no live identity of that role (services/host_names.py);
-  `cgctl rm node/NAME` frees a node's name;
+- the name must be free: held by no live identity of that role, nor an agentless node
+  (services/host_names.py), nor by another role's host elsewhere (one machine's
+  services share its name); `cgctl rm node/NAME` frees a node's name;
 - principals (host certificate names, TLS subjectAltNames) are single host names or
   addresses — never patterns — and never another host's name;
+- neither the name nor a principal may be another node's hostname or address, or the
+  cluster's public host names (auth/host_name_rules.py);
 - a token may be bound to one name (`--name`) and to a number of joins (`--uses`).
 
 Every refusal is audited (`join.failure`).
@@ -18,12 +21,14 @@ import secrets
 from datetime import timedelta
 
 from certgate.api.bundle import CertBundle
-from certgate.api.host_names import MAX_HOST_PRINCIPALS, check_host_name
+from certgate.api.host_names import MAX_HOST_PRINCIPALS, check_host_name, is_loopback
 from certgate.api.identity import SYSTEM_ADMIN, SYSTEM_KUBE, SYSTEM_NODE, SYSTEM_PROXY
 from certgate.api.meta import Metadata
+from certgate.api.node import Node
 from certgate.api.token import Token, TokenSpec
 from certgate.auth.ca import ca_pin
-from certgate.auth.core import AuthCore, check_token_text
+from certgate.auth.core import check_token_text
+from certgate.auth.host_name_rules import HostNameRules
 from certgate.errors import AccessDenied, AlreadyExists, BadParameter, CompareFailed, NotFound
 from certgate.services.host_names import HostName
 
@@ -32,7 +37,7 @@ JOIN_ROLE_TO_SYSTEM = {"node": SYSTEM_NODE, "proxy": SYSTEM_PROXY, "kube": SYSTE
 _USE_TRIES = 50
 
 
-class JoinAdmin(AuthCore):
+class JoinAdmin(HostNameRules):
     # join tokens and service identities ---------------------------------------------------
 
     async def add_token(
@@ -109,7 +114,16 @@ class JoinAdmin(AuthCore):
         _check_join_name(name)
         if await self.host_names.get(role, name) is not None:
             raise AccessDenied(await self._held_message(role, name))
+        registered = await self._registered_node(name)
+        if registered is not None and (role == "node" or registered.spec.sub_kind):
+            # An agentless node registered before names were claimed for them, or a
+            # node record an admin wrote: no join takes it over.
+            if registered.spec.sub_kind == "openssh":
+                raise AccessDenied(_agentless_message(name))
+            raise AccessDenied(await self._held_message(role, name))
+        await self._check_other_roles(role, name, client_addr)
         await self._check_principals(name, principals)
+        await self.check_join_names(role, name, principals, client_addr)
         bundle = self.issue_service_identity(name, system_role, public_key, principals)
         identity = bundle.identity
         assert identity.issued is not None
@@ -156,8 +170,31 @@ class JoinAdmin(AuthCore):
                 continue  # another join took a use meanwhile: read again
         raise AccessDenied("access denied: the join token is busy; try again")
 
+    async def _check_other_roles(self, role: str, name: str, client_addr: str) -> None:
+        """AccessDenied if a host elsewhere holds `name` in another role: every service
+        certificate is a host certificate for its name, so a kube token must not get one
+        for a node's name. One machine's services share its name (`--roles node,kube`),
+        and join from its address."""
+        for other in JOIN_ROLE_TO_SYSTEM:
+            holder = None if other == role else await self.host_names.get(other, name)
+            if holder is not None and (holder.agentless or holder.addr != client_addr):
+                if holder.agentless:
+                    raise AccessDenied(_agentless_message(name))
+                raise AccessDenied(
+                    f'access denied: the name "{name}" is held by a {other} that joined '
+                    f"from {holder.addr or 'elsewhere'}; pick another name"
+                )
+
+    async def _registered_node(self, name: str) -> Node | None:
+        try:
+            return await self.nodes.get(name)
+        except NotFound:
+            return None
+
     async def _held_message(self, role: str, name: str) -> str:
         holder = await self.host_names.get(role, name)
+        if holder is not None and holder.agentless:
+            return _agentless_message(name)
         where = f" from {holder.addr}" if holder and holder.addr else ""
         free = f'"cgctl rm node/{name}"' if role == "node" else "its certificate to expire"
         return (
@@ -173,8 +210,8 @@ class JoinAdmin(AuthCore):
         for principal in principals:
             check_host_name(principal, "principal")
             base = principal[: -len(suffix)] if principal.endswith(suffix) else principal
-            if base == name:
-                continue
+            if base == name or is_loopback(principal):
+                continue  # loopback names are every host's own (host_name_rules.py)
             # Any role: a proxy's certificate, too, must not be valid for a node's name.
             for other in JOIN_ROLE_TO_SYSTEM:
                 if await self.host_names.get(other, base) is not None:
@@ -212,7 +249,18 @@ class JoinAdmin(AuthCore):
 
 def _check_join_name(name: str) -> None:
     check_host_name(name, "host name")
+    if is_loopback(name):
+        # Every host's certificate names localhost: a node of that name would make
+        # every other host's join refused.
+        raise BadParameter(f'invalid host name "{name}": it names every machine; use its own')
     try:
         Metadata(name=name)  # a node's name is its resource name
     except ValueError as exc:
         raise BadParameter(f'invalid host name "{name}": {exc}') from None
+
+
+def _agentless_message(name: str) -> str:
+    return (
+        f'access denied: the name "{name}" is an agentless node an admin registered; '
+        f'pick another name, or remove it first with "cgctl rm node/{name}"'
+    )

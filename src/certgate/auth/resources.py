@@ -13,11 +13,13 @@ from certgate.api.access_request import AccessRequest
 from certgate.api.authority import CertAuthority
 from certgate.api.codec import Resource
 from certgate.api.lock import Lock
+from certgate.api.node import Node
 from certgate.api.role import Role
 from certgate.api.user import User
 from certgate.auth.user_cuts import narrowed
 from certgate.auth.users_admin import UserAdmin
 from certgate.errors import AlreadyExists, BadParameter, NotFound
+from certgate.services.host_names import HostName
 from certgate.services.store import ResourceStore
 
 
@@ -105,13 +107,17 @@ class ResourceAdmin(UserAdmin):
             await self.cut_user_certs(before, by, f"changed (lost {', '.join(lost)})", wait=False)
         stores = [self.store_for(r.kind) for r in prepared]
         items = [store.encode(r) for store, r in zip(stores, prepared, strict=True)]
+        claimed = await self._claim_agentless_names(prepared)
         try:
             written = await self.backend.write_many(items, create_only=not upsert)
-        except AlreadyExists as exc:
-            for item, resource in zip(items, prepared, strict=True):
-                if item.key in exc.message.split():
-                    name = resource.metadata.name
-                    raise AlreadyExists(f'{resource.kind} "{name}" already exists') from None
+        except BaseException as exc:
+            for name in claimed:  # nothing was written: the names stay free
+                await self.host_names.release("node", name)
+            if isinstance(exc, AlreadyExists):
+                for item, resource in zip(items, prepared, strict=True):
+                    if item.key in exc.message.split():
+                        name = resource.metadata.name
+                        raise AlreadyExists(f'{resource.kind} "{name}" already exists') from None
             raise
         saved: list[BaseModel] = [
             store.decode(item) for store, item in zip(stores, written, strict=True)
@@ -123,6 +129,34 @@ class ResourceAdmin(UserAdmin):
         for before, lost in narrowings:
             await self.cut_user_certs(before, by, f"changed (lost {', '.join(lost)})")
         return saved
+
+    async def _claim_agentless_names(self, resources: Sequence[Resource]) -> list[str]:
+        """Claim the names of the agentless nodes among `resources`, so that no join can
+        take one (services/host_names.py); the names newly claimed. AlreadyExists if a
+        joined node holds one: an admin removes it first."""
+        claimed: list[str] = []
+        try:
+            for resource in resources:
+                if not isinstance(resource, Node) or resource.spec.sub_kind != "openssh":
+                    continue
+                entry = HostName.agentless_node(resource.name, self.clock.now())
+                try:
+                    await self.host_names.claim(entry)  # of this and a racing join, one wins
+                except AlreadyExists:
+                    holder = await self.host_names.get("node", resource.name)
+                    if holder is None or holder.agentless:
+                        continue  # registered already (or just freed): the claim stands
+                    where = f" from {holder.addr}" if holder.addr else ""
+                    raise AlreadyExists(
+                        f'node "{resource.name}" is held by a node that joined{where}: '
+                        f'remove it first with "cgctl rm node/{resource.name}"'
+                    ) from None
+                claimed.append(resource.name)
+        except BaseException:
+            for name in claimed:
+                await self.host_names.release("node", name)
+            raise
+        return claimed
 
     async def _audit_put(self, resource: Resource, by: str) -> None:
         if isinstance(resource, Lock):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import socket
 import weakref
 from typing import Any, cast
 
@@ -133,9 +135,46 @@ async def open_tunnel(host: str, port: int, timeout: float) -> NodeTunnel:
     that relays a channel to it."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        _, node = await loop.create_connection(_NodeSide, host, port)
+        addresses = await _dialable_addresses(host, port)
+        failure: OSError | None = None
+        for address in addresses:
+            try:
+                _, node = await loop.create_connection(_NodeSide, address, port)
+                break
+            except OSError as exc:
+                failure = exc
+        else:
+            assert failure is not None
+            raise failure
     session = NodeTunnel(node)
     # If the channel never opens after all (the client hung up while we dialled),
     # asyncssh drops the session without telling it: close the node's side then.
     weakref.finalize(session, node.close_unattached)
     return session
+
+
+async def _dialable_addresses(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to that may be a node's.
+
+    A node announces its own address, and the jump host relays raw bytes to it: a node
+    announcing 169.254.169.254:80 (a cloud's metadata service, whose answers carry the
+    proxy's credentials) or 0.0.0.0 (the proxy's own loopback) would make the proxy a
+    relay to it. Link-local, multicast and unspecified addresses are never a node's;
+    checked after resolving, so a name that resolves to one is refused alike.
+    """
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    allowed = [address for address in found if not _never_a_node(address)]
+    if not allowed:
+        raise OSError(
+            f"{host} is at {', '.join(found)}: a link-local, multicast or unspecified "
+            "address is never a node's"
+        )
+    return allowed
+
+
+def _never_a_node(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_link_local or ip.is_multicast or ip.is_unspecified

@@ -4,9 +4,11 @@
 
 A join creates the entry (create fails if present: of two racing joins one wins); it
 expires with the certificate, so a name frees itself when its holder's identity could
-no longer be used. Identities the auth host issues itself (its own proxy and node)
-replace the entry. `cgctl rm node/NAME` deletes it: the name is free to join again,
-and the old holder's heartbeats stop counting (they no longer match the entry).
+no longer be used. Registering an agentless node creates one too (`agentless`, never
+expiring), so no join can take an admin's node. Identities the auth host issues itself
+(its own proxy and node) replace the entry. `cgctl rm node/NAME` deletes it: the name
+is free to join again, and the old holder's heartbeats stop counting (they no longer
+match the entry).
 
 Every heartbeat asks who holds its name (`holder`): at 10,000 nodes that was a store
 read per beat, half of auth's time. `holder` answers from memory instead, kept correct
@@ -35,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict
 
@@ -51,6 +53,8 @@ PREFIX = "/host_names/"
 # Keys per batched read of missed names (one `get_many`, one statement).
 MAX_READ = 1000
 RETRY_DELAY = 1.0
+# An agentless node's claim: held until an admin removes the node.
+NEVER = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 class HostName(BaseModel):
@@ -62,6 +66,13 @@ class HostName(BaseModel):
     issued: datetime
     expires: datetime
     addr: str = ""  # where the holder joined from, for the refusal message
+    # An agentless node an admin registered (`cgctl create`): no identity holds the name,
+    # and it never expires; `cgctl rm node/NAME` frees it.
+    agentless: bool = False
+
+    @classmethod
+    def agentless_node(cls, name: str, registered: datetime) -> HostName:
+        return cls(role="node", name=name, issued=registered, expires=NEVER, agentless=True)
 
 
 class HostNames:
@@ -210,7 +221,7 @@ class HostNames:
         return Item(
             key=self._key(entry.role, entry.name),
             value=entry.model_dump_json().encode(),
-            expires=entry.expires,
+            expires=None if entry.agentless else entry.expires,
         )
 
     async def get(self, role: str, name: str) -> HostName | None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
+from typing import Protocol
 
 from certgate.backend.base import Backend, EventType, Item
 from certgate.clock import Clock
@@ -25,11 +27,24 @@ log = logging.getLogger("certgate.store")
 RETRY_DELAY = 1.0
 
 
+class MirrorListener(Protocol):
+    """Something kept from the mirror's items (an index), told of every change."""
+
+    def reset(self, items: Iterable[Item]) -> None: ...
+
+    def put(self, item: Item) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
 class PrefixMirror:
-    def __init__(self, backend: Backend, prefix: str, clock: Clock) -> None:
+    def __init__(
+        self, backend: Backend, prefix: str, clock: Clock, listener: MirrorListener | None = None
+    ) -> None:
         self._backend = backend
         self._prefix = prefix
         self._clock = clock
+        self._listener = listener
         self._items: dict[str, Item] = {}
         self._task: asyncio.Task[None] | None = None
         self.current = False
@@ -54,6 +69,8 @@ class PrefixMirror:
         # The revision first: events after it may repeat the snapshot, never skip past it.
         revision = await self._backend.current_revision()
         self._items = {item.key: item for item in await self._backend.range(self._prefix)}
+        if self._listener is not None:
+            self._listener.reset(self._items.values())
         return revision
 
     async def _follow(self, revision: int) -> None:
@@ -64,8 +81,12 @@ class PrefixMirror:
                     revision = event.item.revision
                     if event.type is EventType.DELETE:
                         self._items.pop(event.item.key, None)
+                        if self._listener is not None:
+                            self._listener.delete(event.item.key)
                     else:
                         self._items[event.item.key] = event.item
+                        if self._listener is not None:
+                            self._listener.put(event.item)
                 self.current = False
                 return  # the backend closed
             except asyncio.CancelledError:
