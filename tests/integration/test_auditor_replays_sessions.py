@@ -326,3 +326,19 @@ def test_an_escape_sequence_in_a_command_never_reaches_the_readers_terminal(
     for listing in listings:
         assert "\x1b" not in listing and "\x07" not in listing
         assert "true '\\x1b[1A\\x1b[2K\\x1b]52;c;cGF3bmVk\\x07'" in listing
+
+
+def test_play_keeps_the_clipboard_of_whoever_replays_it_out_of_the_users_reach(
+    cluster: Cluster, bob: User
+) -> None:
+    """Bob's session printed an OSC 52 (set the clipboard to a command of his choice);
+    an auditor replaying it must not get it pasted into their shell."""
+    command = r"printf 'before\033]52;c;Y3VybCBldmls\007after\n'"
+    assert cluster.cgsh(bob, "ssh", "root@node-1", command).returncode == 0
+    recording = eventually(
+        lambda: next((r for r in recordings(cluster, bob) if r.get("command") == command), None)
+    )
+    played = cluster.cgsh(bob, "play", recording["id"], "--speed=100").stdout
+    assert "beforeafter" in played and "\x1b]52" not in played
+    raw = cluster.cgsh(bob, "play", recording["id"], "--speed=100", "--raw").stdout
+    assert "before\x1b]52;c;Y3VybCBldmls\x07after" in raw

@@ -58,12 +58,20 @@ def ls(since: str | None, user: str | None, node: str | None, limit: int, fmt: s
 @click.argument("recording_id", metavar="ID")
 @click.option("--speed", default=1.0, show_default=True, type=float, help="Playback speed.")
 @click.option("--skip-idle", is_flag=True, help="Shorten pauses to half a second.")
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="Write the output exactly as recorded, escape sequences that set the clipboard"
+    " or make the terminal answer included.",
+)
 @FORMAT
-def play_command(recording_id: str, speed: float, skip_idle: bool, fmt: str) -> None:
+def play_command(recording_id: str, speed: float, skip_idle: bool, raw: bool, fmt: str) -> None:
     """Replay a recorded session in this terminal at its original timing.
 
-    --format=json prints the recording's events instead. A damaged recording plays up to
-    the damage, then says where it stops (exit status 1).
+    What the recorded user could aim at your terminal is left out: clipboard writes
+    (OSC 52), queries the terminal would answer into your shell, device control strings
+    (--raw keeps them). --format=json prints the recording's events instead. A damaged
+    recording plays up to the damage, then says where it stops (exit status 1).
     """
     if speed <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--speed")
@@ -76,7 +84,7 @@ def play_command(recording_id: str, speed: float, skip_idle: bool, fmt: str) -> 
     finally:
         api.close()
     try:
-        damage = _show(recording, fmt, speed, skip_idle)
+        damage = _show(recording, fmt, speed, skip_idle, raw)
     finally:
         recording.close()
     if damage:
@@ -84,9 +92,10 @@ def play_command(recording_id: str, speed: float, skip_idle: bool, fmt: str) -> 
         sys.exit(1)
 
 
-def _show(recording: Recording, fmt: str, speed: float, skip_idle: bool) -> str | None:
+def _show(recording: Recording, fmt: str, speed: float, skip_idle: bool, raw: bool) -> str | None:
     """Print or play `recording`; returns where it is damaged, if it is."""
     from certgate.client.recordings import as_json, play
+    from certgate.client.terminal_filter import TerminalOutputFilter
 
     if fmt == "json":
         document = as_json(recording)
@@ -96,8 +105,10 @@ def _show(recording: Recording, fmt: str, speed: float, skip_idle: bool) -> str 
     reader = recording.reader()
     out = sys.stdout.buffer
 
+    keep = None if raw else TerminalOutputFilter().feed
+
     def write(text: str) -> None:
-        out.write(text.encode("utf-8", errors="replace"))
+        out.write((text if keep is None else keep(text)).encode("utf-8", errors="replace"))
         out.flush()
 
     play(reader.events(), write, speed=speed, skip_idle=skip_idle)
