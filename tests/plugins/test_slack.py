@@ -13,7 +13,7 @@ from certgate.errors import ConnectionProblem
 from certgate.plugins.notifier import RecipientRefused
 from certgate.plugins.retry import RetryPolicy
 from certgate.plugins.slack import SlackNotifier
-from tests.plugins.conftest import config, slack_section
+from tests.plugins.conftest import config, runner, slack_section
 from tests.plugins.requests import pending, review
 from tests.support.slack_standin import SlackStandin
 
@@ -121,3 +121,21 @@ async def test_a_long_reason_is_cut_not_refused(tmp_path: Path, slack: SlackStan
     assert reason.removesuffix("…").endswith(("&lt;", "&amp;", "&gt;"))
     await n.post("#access-requests", request)
     await n.close()
+
+
+async def test_reviewers_get_direct_messages_only_through_the_config(
+    tmp_path: Path, slack: SlackStandin
+) -> None:
+    slack.users["ceo@othercorp.com"] = "U0OUTSIDER"
+    c = config(tmp_path, slack=slack_section(slack), emails={"carol": "alice@example.com"})
+    # As stored before auth checked reviewers: an address the requester typed.
+    request = pending(suggested_reviewers=("ceo@othercorp.com", "bob", "carol"))
+    async with runner(c, SlackNotifier) as loop:
+        await loop._handle(request.id, request)
+    assert {m.channel for m in slack.top_messages()} == {
+        "C0ACCESS01",
+        slack.dm_channel("bob@example.com"),  # bob@email_domain
+        slack.dm_channel("alice@example.com"),  # carol, through the emails map
+    }
+    lookups = [c.body["email"] for c in slack.calls if c.method == "users.lookupByEmail"]
+    assert "ceo@othercorp.com" not in lookups

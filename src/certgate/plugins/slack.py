@@ -56,11 +56,7 @@ class SlackNotifier:
     # Notifier ---------------------------------------------------------------------
 
     def recipients(self, request: RequestInfo) -> list[str]:
-        found = self._config.recipients_for(request.roles)
-        for reviewer in request.suggested_reviewers:
-            email = self._config.email_for(reviewer)
-            found.append(email if email else f"user:{reviewer}")
-        return list(dict.fromkeys(found))
+        return self._config.recipients_for(request.roles, request.suggested_reviewers)
 
     async def post(self, recipient: str, request: RequestInfo) -> Posted:
         channel = await self._channel(recipient)
