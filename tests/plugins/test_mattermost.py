@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -77,3 +78,53 @@ async def test_refusals(tmp_path: Path, mattermost: MattermostStandin) -> None:
     with pytest.raises(ConnectionProblem, match="401"):
         await wrong.post("eng/access-requests", pending())
     await wrong.close()
+
+
+REASON = (
+    "@channel urgent ![x](https://evil.example/p.png) "
+    "[Review it in certgate](https://evil.example/login) <b>*bold*</b> `code` ~town &amp; #tag"
+)
+
+
+def _as_read(markdown: str) -> str:
+    """What a reader sees of escaped text: the escapes and word joiners gone."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
+
+
+def _markup(message: str, request_id: str) -> list[str]:
+    """Markdown in `message` besides the plugin's own (title, id, link, command, time)."""
+    for own in (
+        "**Access request**",
+        f"`{request_id}`",
+        f"[Review it in certgate](https://proxy.example.com:3080/web/requests/{request_id})",
+        f"`cgctl requests approve {request_id}`",
+    ):
+        message = message.replace(own, "")
+    message = re.sub(r"^_pending until .*_$", "", message, flags=re.M)
+    return re.findall(r"(?<!\\)[\[\]()!<>`*_~#&]|@[a-z]", message)
+
+
+async def test_words_of_requesters_and_reviewers_show_as_words(
+    tmp_path: Path, mattermost: MattermostStandin
+) -> None:
+    n = notifier(tmp_path, mattermost)
+    request = pending(roles=("dba",), reason=REASON + "\n# heading\n| a | b |")
+    posted = await n.post("eng/access-requests", request)
+    reviewed = replace(request, reviews=(review("bob", "deny", REASON),))
+    await n.reply("eng/access-requests", posted.ref, reviewed, 0)
+    denied = replace(reviewed, state="DENIED", resolve_reason=f"denied by bob (bob: {REASON})")
+    await n.update("eng/access-requests", posted.ref, denied)
+    await n.tell_requester(denied)
+    [post] = [p for p in mattermost.top_posts() if p.id == posted.ref["post_id"]]
+    [reply] = mattermost.replies(post)
+    direct = mattermost.direct_with("alice@example.com")
+    [dm] = [p for p in mattermost.posts if p.channel_id == direct]
+    for message in (post.message, reply.message, dm.message):
+        # No mention, link, image, HTML, code span or emphasis but the plugin's own.
+        assert _markup(message, request.id) == [], message
+    # Each reads as what was typed, on one line.
+    assert f"| Reason | {REASON} # heading | a | b | |" in _as_read(post.message)
+    assert f"| Status | ❌ DENIED: denied by bob (bob: {REASON}) |" in _as_read(post.message)
+    assert _as_read(reply.message) == f"bob denied the request: {REASON}"
+    assert _as_read(dm.message).endswith(f"was denied by bob (bob: {REASON}).")
+    await n.close()

@@ -10,6 +10,7 @@ PUT  /api/v4/posts/{id} {id, message}                  the update
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -21,6 +22,17 @@ from certgate.plugins.config import PluginConfig
 from certgate.plugins.notifier import Posted, RecipientRefused
 from certgate.plugins.request_info import RequestInfo
 from certgate.plugins.retry import send
+
+# Characters of one shown value (a reason of thousands): Mattermost refuses a post over
+# 16383, and a table of a few such cells stays under it.
+VALUE_LIMIT = 4000
+# What a requester's or reviewer's words could use as Markdown: emphasis, code, links
+# and images, autolinks and HTML, entities, strike-through and ~channel links, hashtags,
+# table bars, inline LaTeX, and the escape character itself.
+_MARKDOWN = re.compile(r"([\\`*_\[\]()<>!#|~&$])")
+# After each @, so `@channel` reaches nobody: Mattermost finds mentions in the raw text,
+# where a backslash does not stop them. Invisible, and not a space.
+WORD_JOINER = "\u2060"
 
 
 class MattermostNotifier:
@@ -54,7 +66,7 @@ class MattermostNotifier:
             {
                 "channel_id": ref["channel_id"],
                 "root_id": ref["post_id"],
-                "message": text.review_line(request.reviews[index]),
+                "message": _literal(text.review_line(request.reviews[index])),
             },
         )
 
@@ -72,7 +84,9 @@ class MattermostNotifier:
             raise RecipientRefused(f"no email known for {request.user}: see docs/plugins.md")
         channel_id = await self._channel(email)
         await self._call(
-            "POST", "/posts", {"channel_id": channel_id, "message": text.outcome_line(request)}
+            "POST",
+            "/posts",
+            {"channel_id": channel_id, "message": _literal(text.outcome_line(request))},
         )
 
     async def close(self) -> None:
@@ -88,12 +102,12 @@ class MattermostNotifier:
                 "",
                 "| | |",
                 "|---|---|",
-                f"| User | {_cell(request.user)} |",
-                f"| Requested | {_cell(text.cut(request.what(), 4000))} |",
-                f"| Reason | {_cell(text.cut(request.reason or '-', 4000))} |",
+                f"| User | {_literal(request.user)} |",
+                f"| Requested | {_literal(request.what())} |",
+                f"| Reason | {_literal(request.reason or '-')} |",
                 f"| Duration | {text.duration(request)} |",
                 f"| Access until | {text.when(request.access_ends())} |",
-                f"| Status | {_cell(text.status(request))} |",
+                f"| Status | {_literal(text.status(request))} |",
                 "",
                 f"[Review it in certgate]({url}) or run `{text.approve_command(request)}`",
                 f"_pending until {text.when(request.pending_expires)}_",
@@ -145,6 +159,15 @@ def _error(response: httpx.Response) -> str:
     return f"status {response.status_code}"
 
 
-def _cell(value: str) -> str:
-    # A bar would end the table cell; a newline the row.
-    return value.replace("|", "\\|").replace("\n", " ")
+def _literal(value: str, limit: int = VALUE_LIMIT) -> str:
+    """`value` shown as the very words it is, wherever it goes (a table cell, a reply, a
+    direct message): Markdown escaped, mentions broken, on one line (a newline would end
+    a table row, or start a heading or a quote), and at most `limit` characters."""
+    one_line = " ".join(value.splitlines())
+    shown = _MARKDOWN.sub(r"\\\1", one_line).replace("@", "@" + WORD_JOINER)
+    if len(shown) <= limit:
+        return shown
+    cut = shown[: limit - 1]
+    if (len(cut) - len(cut.rstrip("\\"))) % 2:
+        cut = cut[:-1]  # never half an escape
+    return cut + "…"
