@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,40 @@ async def test_reviewers_get_direct_messages_only_through_the_config(
     }
     lookups = [c.body["email"] for c in slack.calls if c.method == "users.lookupByEmail"]
     assert "ceo@othercorp.com" not in lookups
+
+
+EVIL = "<!channel> please re-login at <https://evil.example/login|https://127.0.0.1:23080/web>"
+
+
+def _texts(value: Any) -> list[str]:
+    """Every mrkdwn string in a call's body: `text` and the blocks' texts."""
+    if isinstance(value, dict):
+        return [t for k, v in value.items() if k != "channel" for t in _texts(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in _texts(v)]
+    return [value] if isinstance(value, str) else []
+
+
+async def test_words_of_requesters_and_reviewers_are_escaped_everywhere(
+    tmp_path: Path, slack: SlackStandin
+) -> None:
+    n = notifier(tmp_path, slack)
+    request = pending(reason=EVIL)
+    posted = await n.post("#access-requests", request)
+    reviewed = replace(request, reviews=(review("bob", "approve", EVIL),))
+    await n.reply("#access-requests", posted.ref, reviewed, 0)
+    approved = replace(reviewed, state="APPROVED", resolve_reason=f"approved by bob (bob: {EVIL})")
+    await n.update("#access-requests", posted.ref, approved)
+    await n.tell_requester(approved)
+    own_link = f"<https://proxy.example.com:3080/web/requests/{request.id}|Review it in certgate>"
+    sent = [c for c in slack.calls if c.method in ("chat.postMessage", "chat.update")]
+    assert {c.method for c in sent} == {"chat.postMessage", "chat.update"} and len(sent) >= 4
+    for call in sent:
+        for text in _texts(call.body):
+            assert "<" not in text.replace(own_link, ""), json.dumps(call.body)
+    shown = "&lt;!channel&gt; please re-login at &lt;https://evil.example/login|"
+    [message] = [m for m in slack.top_messages() if m.channel == "C0ACCESS01"]
+    assert shown in slack.replies(message)[0].text
+    assert shown in message.text  # the fallback text, with the resolve reason
+    assert shown in slack.top_messages()[-1].text  # the requester's direct message
+    await n.close()

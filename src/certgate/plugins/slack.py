@@ -27,6 +27,8 @@ from certgate.plugins.retry import send
 
 # Characters of one field's value (Slack's limit is 2000 with the field's name).
 FIELD_LIMIT = 1900
+# Characters of a message's `text` (Slack refuses one over 40000: msg_too_long).
+TEXT_LIMIT = 4000
 # Refusals that do not go away by trying again.
 _FOR_GOOD = {
     "channel_not_found",
@@ -74,7 +76,7 @@ class SlackNotifier:
             {
                 "channel": ref["channel"],
                 "thread_ts": ref["ts"],
-                "text": text.review_line(request.reviews[index]),
+                "text": _escaped(text.review_line(request.reviews[index]), TEXT_LIMIT),
             },
         )
 
@@ -95,7 +97,8 @@ class SlackNotifier:
             raise RecipientRefused(f"no email known for {request.user}: see docs/plugins.md")
         channel = await self._channel(email)
         await self._call(
-            "chat.postMessage", {"channel": channel, "text": text.outcome_line(request)}
+            "chat.postMessage",
+            {"channel": channel, "text": _escaped(text.outcome_line(request), TEXT_LIMIT)},
         )
 
     async def close(self) -> None:
@@ -185,21 +188,23 @@ class SlackNotifier:
 
 def _fallback(request: RequestInfo) -> str:
     """The notification text (and what clients without blocks show)."""
-    return f"{text.headline(request)}: {text.status(request)}"
+    return _escaped(f"{text.headline(request)}: {text.status(request)}", TEXT_LIMIT)
 
 
 def _field(value: str) -> str:
     """Escaped, and short enough for a field (Slack refuses one over 2000 characters)."""
-    escaped = _escape(value)
-    if len(escaped) <= FIELD_LIMIT:
+    return _escaped(value, FIELD_LIMIT)
+
+
+def _escaped(value: str, limit: int) -> str:
+    """`value` as plain words in mrkdwn, at most `limit` characters. Every text sent goes
+    through here, blocks and `text` alike: `<!channel>` or `<https://evil|certgate>` in a
+    reason or a review would otherwise notify everyone or show a disguised link."""
+    escaped = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if len(escaped) <= limit:
         return escaped
-    cut = escaped[: FIELD_LIMIT - 1]
+    cut = escaped[: limit - 1]
     amp = cut.rfind("&", len(cut) - 5)
     if amp != -1 and ";" not in cut[amp:]:
         cut = cut[:amp]  # never half an entity
     return cut + "…"
-
-
-def _escape(value: str) -> str:
-    # Slack mrkdwn treats these three as control characters.
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
