@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from certgate.errors import ConnectionProblem
 from certgate.plugins.mattermost import MattermostNotifier
 from certgate.plugins.notifier import RecipientRefused
-from tests.plugins.conftest import config, mattermost_section
+from tests.plugins.conftest import config, mattermost_section, runner
 from tests.plugins.requests import pending, review
 from tests.support.mattermost_standin import MattermostStandin
 
@@ -128,3 +129,32 @@ async def test_words_of_requesters_and_reviewers_show_as_words(
     assert _as_read(reply.message) == f"bob denied the request: {REASON}"
     assert _as_read(dm.message).endswith(f"was denied by bob (bob: {REASON}).")
     await n.close()
+
+
+async def test_a_channel_the_bot_may_not_post_in_does_not_hold_up_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    mm = MattermostStandin(not_member=("eng/private",), rate_limit_once=False).start()
+    try:
+        c = config(
+            tmp_path,
+            mattermost=mattermost_section(mm),
+            role_to_recipients={"*": ["eng/private", "eng/access-requests"]},
+        )
+        request = pending(suggested_reviewers=())
+        async with runner(c, MattermostNotifier) as loop:
+            await loop._handle(request.id, request)  # not ConnectionProblem, for ever
+            reviewed = replace(request, reviews=(review(),))
+            await loop._handle(request.id, reviewed)
+        [post] = mm.top_posts()
+        assert post.channel_id == mm.channels["eng/access-requests"]
+        assert [r.message for r in mm.replies(post)] == ["bob approved the request: ok"]
+        private = mm.channels["eng/private"]
+        tried = [
+            x for x in mm.calls if x.method == "POST /posts" and x.body["channel_id"] == private
+        ]
+        assert [x.status for x in tried] == [403]  # once, and never again
+        refused = [r for r in caplog.records if r.levelno == logging.WARNING and "403" in r.message]
+        assert len(refused) == 1 and "add the bot to the channel" in refused[0].message
+    finally:
+        mm.stop()

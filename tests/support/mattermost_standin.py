@@ -40,8 +40,12 @@ class MattermostStandin:
         channels: dict[str, str] | None = None,  # "team/channel" -> id
         users: dict[str, str] | None = None,  # email -> user id
         rate_limit_once: bool = True,
+        not_member: tuple[str, ...] = (),  # "team/channel"s the bot may find, not post in
     ) -> None:
         self.channels = channels or {"eng/access-requests": new_id()}
+        for name in not_member:
+            self.channels.setdefault(name, new_id())
+        self._not_member = {self.channels[name] for name in not_member}
         self.users = users or {}
         self.direct: dict[str, str] = {}  # direct channel id -> the other user's id
         self.posts: list[Post] = []
@@ -132,7 +136,8 @@ class MattermostStandin:
         if not isinstance(body, dict) or not body.get("channel_id"):
             return _error(400, "api.context.invalid_body_param.app_error", "Invalid channel_id")
         channel_id = str(body["channel_id"])
-        if channel_id not in self.channels.values() and channel_id not in self.direct:
+        known = channel_id in self.channels.values() or channel_id in self.direct
+        if not known or channel_id in self._not_member:
             return _error(403, "api.context.permissions.app_error", "You do not have permission")
         root_id = str(body.get("root_id") or "")
         if root_id and not any(p.id == root_id for p in self.posts):

@@ -140,8 +140,15 @@ class MattermostNotifier:
         response = await send(self._http, method, self._api + path, what=what, json=body)
         if response.status_code in (400, 404):
             raise RecipientRefused(f"{what}: {_error(response)}")
+        if response.status_code == 403:
+            # The bot may not post there (not in the channel, or a channel it may not
+            # see): that recipient will not work until an admin acts, and waiting on it
+            # would hold up every other recipient and request. Skipped, and logged once.
+            raise RecipientRefused(
+                f"{what}: {_error(response)}: add the bot to the channel (or team)"
+            )
         if response.status_code >= 300:
-            # 401/403: the token's fault, not the recipient's: retried later.
+            # 401: the token's fault, not the recipient's: retried later.
             raise ConnectionProblem(f"{what}: {_error(response)}")
         try:
             return response.json()
