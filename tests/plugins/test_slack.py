@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import certgate.plugins.retry as retry_module
 import certgate.plugins.slack as slack_module
 from certgate.errors import ConnectionProblem
 from certgate.plugins.notifier import RecipientRefused
@@ -17,6 +20,7 @@ from certgate.plugins.slack import SlackNotifier
 from tests.plugins.conftest import config, runner, slack_section
 from tests.plugins.requests import pending, review
 from tests.support.slack_standin import SlackStandin
+from tests.support.wait import eventually_async
 
 
 def notifier(tmp_path: Path, slack: SlackStandin, token: str | None = None) -> SlackNotifier:
@@ -177,3 +181,30 @@ async def test_words_of_requesters_and_reviewers_are_escaped_everywhere(
     assert shown in message.text  # the fallback text, with the resolve reason
     assert shown in slack.top_messages()[-1].text  # the requester's direct message
     await n.close()
+
+
+async def test_nothing_is_sent_before_a_long_retry_after_has_passed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Scaled down: a call waits out a Retry-After of up to 1 s (60 s in real life), and
+    # Slack asks for 3 s (120 s), refusing every post until then, as Slack does.
+    monkeypatch.setattr(retry_module, "MAX_RETRY_AFTER", 1.0)
+    slack = SlackStandin(rate_limit_once=False).start()
+    try:
+        slack.rate_limit_next(retry_after=3, hold=True)
+        request = pending(suggested_reviewers=())
+        async with runner(config(tmp_path, slack=slack_section(slack)), SlackNotifier) as loop:
+            started = time.monotonic()
+            loop._pending[request.id] = request  # as a watch event would leave it
+            loop._wake.set()
+            work = asyncio.create_task(loop._work())
+            try:
+                await eventually_async(slack.top_messages, timeout=20)
+            finally:
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+        assert slack.rate_limited == 1
+        assert slack.early_calls == 0  # not one post inside the window Slack asked for
+        assert time.monotonic() - started >= 3
+    finally:
+        slack.stop()
