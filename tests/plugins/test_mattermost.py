@@ -7,8 +7,10 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import pytest
 
+import certgate.plugins.retry as retry_module
 from certgate.errors import ConnectionProblem
 from certgate.plugins.mattermost import MattermostNotifier
 from certgate.plugins.notifier import RecipientRefused
@@ -156,5 +158,34 @@ async def test_a_channel_the_bot_may_not_post_in_does_not_hold_up_the_others(
         assert [x.status for x in tried] == [403]  # once, and never again
         refused = [r for r in caplog.records if r.levelno == logging.WARNING and "403" in r.message]
         assert len(refused) == 1 and "add the bot to the channel" in refused[0].message
+    finally:
+        mm.stop()
+
+
+async def test_a_post_whose_answer_was_lost_is_found_not_posted_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retry_module, "TIMEOUT", httpx.Timeout(0.5))  # 10 s in real life
+    mm = MattermostStandin(rate_limit_once=False).start()
+    try:
+        c = config(
+            tmp_path,
+            mattermost=mattermost_section(mm),
+            role_to_recipients={"*": ["eng/access-requests"]},
+        )
+        request = pending(suggested_reviewers=())
+        async with runner(c, MattermostNotifier) as loop:
+            mm.delay_next_post(2.0)  # saved, but answered after the plugin gave up
+            with pytest.raises(ConnectionProblem, match="may have been taken"):
+                await loop._handle(request.id, request)
+            await loop._handle(request.id, request)  # the loop tries the step again
+            await loop._handle(request.id, replace(request, reviews=(review(),)))
+        [post] = mm.top_posts()
+        # Found, and recorded: the review went into its thread.
+        assert [r.message for r in mm.replies(post)] == ["bob approved the request: ok"]
+        assert [x.status for x in mm.calls if x.method == "POST /posts"] == [201, 201]
+        assert [x.method for x in mm.calls if x.method.startswith("GET /channels/")] == [
+            f"GET /channels/{post.channel_id}/posts"
+        ]
     finally:
         mm.stop()

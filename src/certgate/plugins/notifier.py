@@ -19,6 +19,11 @@ class RecipientRefused(BadParameter):
     """The chat refused this recipient or message for good (unknown channel, no such user)."""
 
 
+class OutcomeUnknown(ConnectionProblem):
+    """A post was sent but its answer was lost (no answer in time, a cut connection, a
+    5xx): the chat may have taken it. Tried again later, like any ConnectionProblem."""
+
+
 class RateLimited(ConnectionProblem):
     """The chat asked us to wait `retry_after` seconds (a 429's Retry-After) before any
     call: the loop waits at least that long before its next step."""

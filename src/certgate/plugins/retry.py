@@ -7,6 +7,12 @@ Anything else is the caller's answer to read. After the last attempt the failure
 A 429 is never tried again before its Retry-After has passed: one of up to
 MAX_RETRY_AFTER seconds is waited here; a longer one, or one still in force when the
 attempts run out, ends the call with `RateLimited`, and the loop waits out the rest.
+
+A call that is not `idempotent` (a new post: sent twice, it shows twice) is tried again
+here only when the server cannot have taken it: the connection was never made, or the
+answer was 429 or 503. Any other failure (no answer in time, the connection cut before
+the answer, another 5xx) ends it at once with `OutcomeUnknown`: the post may be there,
+and the caller decides how to look before sending it again.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 import httpx
 
 from certgate.errors import ConnectionProblem
-from certgate.plugins.notifier import RateLimited
+from certgate.plugins.notifier import OutcomeUnknown, RateLimited
 
 log = logging.getLogger("certgate.plugins")
 
@@ -30,6 +36,10 @@ MAX_RETRY_AFTER = 60.0
 # The longest Retry-After honoured at all: a server's mistake (a year) must not stop
 # every notification for that long.
 MAX_RATE_LIMIT_WAIT = 900.0
+# Failures before a single byte of the request left: trying again cannot repeat it.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Answers that say the request was not taken.
+_NOT_TAKEN = (429, 503)
 
 
 @dataclass(frozen=True)
@@ -64,10 +74,12 @@ async def send(
     url: str,
     *,
     what: str,
+    idempotent: bool = True,
     policy: RetryPolicy | None = None,
     **kwargs: Any,
 ) -> httpx.Response:
-    """`client.request(...)`, retried by `policy`; `what` names the call in logs and errors."""
+    """`client.request(...)`, retried by `policy`; `what` names the call in logs and errors;
+    `idempotent=False` for a call that must not be repeated blindly (a new post)."""
     policy = policy or RetryPolicy()
     problem = ""
     asked: float | None = None  # the last answer's Retry-After, while it was a 429
@@ -78,6 +90,8 @@ async def send(
             response = await client.request(method, url, timeout=TIMEOUT, **kwargs)
         except httpx.HTTPError as exc:
             problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if not idempotent and not isinstance(exc, _NOT_SENT):
+                raise OutcomeUnknown(f"{what}: {problem}: it may have been taken") from exc
         else:
             if response.status_code == 429:
                 problem = "rate limited (429)"
@@ -87,6 +101,8 @@ async def send(
                 wait = asked if asked is not None else wait
             elif response.status_code >= 500:
                 problem = f"server error {response.status_code}"
+                if not idempotent and response.status_code not in _NOT_TAKEN:
+                    raise OutcomeUnknown(f"{what}: {problem}: it may have been taken")
             else:
                 return response
         if attempt + 1 < policy.attempts:

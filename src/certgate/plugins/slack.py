@@ -167,7 +167,16 @@ class SlackNotifier:
     ) -> dict[str, Any]:
         what = f"slack {method}"
         if body is not None:
-            response = await send(self._http, "POST", f"{self._api}/{method}", what=what, json=body)
+            # A message posted twice shows twice; Slack has no key to post it once, and
+            # asking whether it arrived needs the history scopes (docs/plugins.md).
+            response = await send(
+                self._http,
+                "POST",
+                f"{self._api}/{method}",
+                what=what,
+                idempotent=method != "chat.postMessage",
+                json=body,
+            )
         else:
             response = await send(
                 self._http, "GET", f"{self._api}/{method}", what=what, params=params
