@@ -7,8 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from certgate.rpc.identity_files import IdentityFiles
 from tests.plugins.live import (
     People,
     PluginProcess,
@@ -25,6 +27,7 @@ EMAILS = {
     "alice@example.com": "U0ALICE001",
     "bob@example.com": "U0BOB00001",
     "carol@example.com": "U0CAROL001",
+    "ceo@othercorp.com": "U0OUTSIDER",  # in the workspace, but no certgate user
 }
 
 
@@ -178,3 +181,33 @@ def test_a_first_start_announces_pending_requests_not_history(
     # Handled in order: the later request's message means the snapshot was all handled.
     assert messages_for(slack, history) == []
     assert not any(history in m.text for m in slack.top_messages())
+
+
+def test_a_requester_cannot_make_the_plugin_message_outsiders(
+    cluster: Cluster, people: People, slack: SlackStandin, workdir: Path
+) -> None:
+    plugin = PluginProcess("slack", slack_config(cluster, workdir, slack, "slack-d"), workdir)
+    plugin.start()
+    try:
+        # `cgsh request create --reviewers=ceo@othercorp.com,...`, straight at the API.
+        identity = IdentityFiles.load(people.alice.home / "keys")
+        with httpx.Client(verify=identity.tls_context(insecure=True)) as http:
+            url = f"https://{cluster.proxy_addr}/v1/api/access_requests"
+            for reviewers, said in (
+                (["bob", "ceo@othercorp.com"], '"ceo@othercorp.com" is not a certgate user'),
+                ([f"person{i}" for i in range(256)], "at most 10 suggested reviewers"),
+            ):
+                answer = http.post(url, json={"roles": ["kube-admin"], "reviewers": reviewers})
+                assert answer.status_code == 400, answer.text
+                assert said in answer.json()["message"] and "\n" not in answer.json()["message"]
+        # A reviewer who is a certgate user still gets a direct message.
+        rid = create_request(cluster, people.alice, reason="outsiders", reviewers=["carol"])[
+            "metadata"
+        ]["name"]
+        eventually(lambda: _two(messages_for(slack, rid)))
+        assert {m.channel for m in messages_for(slack, rid)} == {"C0ACCESS01", "D0CAROL001"}
+    finally:
+        assert plugin.stop() == 0
+    lookups = [c.body["email"] for c in slack.calls if c.method == "users.lookupByEmail"]
+    assert "ceo@othercorp.com" not in lookups
+    assert not any(m.channel == "D0OUTSIDER" for m in slack.top_messages())

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
+from certgate.plugins.base import PluginRunner
 from certgate.plugins.config import PluginConfig
+from certgate.plugins.notifier import Notifier
+from certgate.plugins.state import StateFile
+from certgate.rpc.auth_client import AsyncAuthClient
+from certgate.transport import client_context
 from tests.support.mattermost_standin import TOKEN as MM_TOKEN
 from tests.support.mattermost_standin import MattermostStandin
 from tests.support.slack_standin import TOKEN as SLACK_TOKEN
@@ -51,3 +57,18 @@ def slack_section(standin: SlackStandin, token: str = SLACK_TOKEN) -> dict[str, 
 
 def mattermost_section(standin: MattermostStandin, token: str = MM_TOKEN) -> dict[str, str]:
     return {"token": token, "url": standin.url}
+
+
+@asynccontextmanager
+async def runner(
+    config: PluginConfig, make: Callable[[PluginConfig], Notifier]
+) -> AsyncIterator[PluginRunner]:
+    """The plugin loop around a real notifier, fed requests by the test (`_handle`)
+    instead of a watch: no cluster needed."""
+    notifier = make(config)
+    auth = AsyncAuthClient("https://127.0.0.1:9", client_context(insecure=True))
+    try:
+        yield PluginRunner("test", config, notifier, StateFile(config.state_file), auth)
+    finally:
+        await notifier.close()
+        await auth.close()

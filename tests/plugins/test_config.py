@@ -50,6 +50,16 @@ def test_emails_for_direct_messages(tmp_path: Path) -> None:
     assert c.email_for("bob@other.example") == "bob@other.example"
     assert c.email_for("carol") == "carol@example.com"
     assert config(tmp_path, email_domain="").email_for("carol") is None
+    # A suggested reviewer is the requester's word: an address only through this config.
+    assert c.reviewer_email("alice") == "a.smith@corp.example"
+    assert c.reviewer_email("carol") == "carol@example.com"
+    assert c.reviewer_email("bob@other.example") is None
+    assert c.reviewer_email("<!channel>") is None
+    assert c.recipients_for(("web",), ("bob@other.example", "carol")) == [
+        "#access-requests",
+        "user:bob@other.example",
+        "carol@example.com",
+    ]
     assert c.link_base == "https://proxy.example.com:3080"
     assert config(tmp_path, web_url="https://web.example.com/").link_base == (
         "https://web.example.com"

@@ -1,10 +1,13 @@
 """A Mattermost REST API v4 stand-in: the calls the Mattermost plugin makes, answered
 as Mattermost answers them (26-character ids, 201 on create, error bodies with id and
-message, one 429 with Retry-After), recording the posts a real server would hold.
+message, one 429 with Retry-After, 403 on a post where the bot is no member), recording
+the posts a real server would hold (with their props, found again by
+GET /channels/{id}/posts?since=), and able to answer a post late.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import string
 import threading
@@ -32,6 +35,8 @@ class Post:
     message: str
     root_id: str = ""
     edits: list[str] = field(default_factory=list)
+    props: dict[str, Any] = field(default_factory=dict)
+    create_at: int = field(default_factory=lambda: int(time.time() * 1000))
 
 
 class MattermostStandin:
@@ -40,14 +45,19 @@ class MattermostStandin:
         channels: dict[str, str] | None = None,  # "team/channel" -> id
         users: dict[str, str] | None = None,  # email -> user id
         rate_limit_once: bool = True,
+        not_member: tuple[str, ...] = (),  # "team/channel"s the bot may find, not post in
     ) -> None:
         self.channels = channels or {"eng/access-requests": new_id()}
+        for name in not_member:
+            self.channels.setdefault(name, new_id())
+        self._not_member = {self.channels[name] for name in not_member}
         self.users = users or {}
         self.direct: dict[str, str] = {}  # direct channel id -> the other user's id
         self.posts: list[Post] = []
         self.calls: list[Call] = []
         self._rate_limit = rate_limit_once
         self.rate_limited = 0
+        self._delay = 0.0
         self._lock = threading.Lock()
         app = web.Application()
         app.router.add_route("*", "/api/v4/{path:.*}", self._handle)
@@ -63,6 +73,12 @@ class MattermostStandin:
 
     def stop(self) -> None:
         self._server.stop()
+
+    def delay_next_post(self, seconds: float) -> None:
+        """The next POST /posts is saved at once but answered `seconds` later: a caller
+        that gives up waiting has made a post it has no answer for."""
+        with self._lock:
+            self._delay = seconds
 
     def top_posts(self) -> list[Post]:
         with self._lock:
@@ -84,6 +100,11 @@ class MattermostStandin:
         headers = {"Retry-After": "1"} if status == 429 else {}
         with self._lock:
             self.calls.append(Call(f"{request.method} {path}", body, dict(request.headers), status))
+            delay = 0.0
+            if request.method == "POST" and path == "/posts" and status == 201:
+                delay, self._delay = self._delay, 0.0
+        if delay:
+            await asyncio.sleep(delay)
         return web.json_response(answer, status=status, headers=headers)
 
     def _answer(self, request: web.Request, path: str, body: Any) -> tuple[int, Any]:
@@ -92,6 +113,9 @@ class MattermostStandin:
                 401, "api.context.session_expired.app_error", "Invalid or expired session"
             )
         verb = request.method
+        if verb == "GET" and path.startswith("/channels/") and path.endswith("/posts"):
+            with self._lock:
+                return self._posts_since(path.split("/")[2], int(request.query.get("since", 0)))
         if self._rate_limit and verb == "POST" and path == "/posts":
             self._rate_limit = False
             self.rate_limited += 1
@@ -132,14 +156,25 @@ class MattermostStandin:
         if not isinstance(body, dict) or not body.get("channel_id"):
             return _error(400, "api.context.invalid_body_param.app_error", "Invalid channel_id")
         channel_id = str(body["channel_id"])
-        if channel_id not in self.channels.values() and channel_id not in self.direct:
+        known = channel_id in self.channels.values() or channel_id in self.direct
+        if not known or channel_id in self._not_member:
             return _error(403, "api.context.permissions.app_error", "You do not have permission")
         root_id = str(body.get("root_id") or "")
         if root_id and not any(p.id == root_id for p in self.posts):
             return _error(400, "api.post.create_post.root_id.app_error", "Invalid RootId parameter")
-        post = Post(new_id(), channel_id, str(body.get("message", "")), root_id)
+        props = body.get("props") if isinstance(body.get("props"), dict) else {}
+        post = Post(new_id(), channel_id, str(body.get("message", "")), root_id, props=props)
         self.posts.append(post)
         return 201, _post_json(post)
+
+    def _posts_since(self, channel_id: str, since: int) -> tuple[int, Any]:
+        if channel_id not in self.channels.values() and channel_id not in self.direct:
+            return _error(403, "api.context.permissions.app_error", "You do not have permission")
+        found = [p for p in self.posts if p.channel_id == channel_id and p.create_at >= since]
+        return 200, {
+            "order": [p.id for p in reversed(found)],
+            "posts": {p.id: _post_json(p) for p in found},
+        }
 
     def _update_post(self, post_id: str, body: Any) -> tuple[int, Any]:
         if not isinstance(body, dict) or body.get("id") != post_id:
@@ -153,14 +188,16 @@ class MattermostStandin:
 
 
 def _post_json(post: Post) -> dict[str, Any]:
-    now = int(time.time() * 1000)
     return {
         "id": post.id,
+        "user_id": BOT_ID,  # every post here is the bot's: the token is its
         "channel_id": post.channel_id,
         "message": post.message,
         "root_id": post.root_id,
-        "create_at": now,
-        "update_at": now,
+        "props": post.props,
+        "create_at": post.create_at,
+        "update_at": int(time.time() * 1000),
+        "delete_at": 0,
     }
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +47,9 @@ class SlackStandin:
         self.messages: list[Message] = []
         self._rate_limit = rate_limit_once
         self._retry_after = 1
+        self._hold = False
+        self._limited_until = 0.0  # monotonic: while held, every post before it is a 429
+        self.early_calls = 0  # posts that came before the Retry-After asked had passed
         self._delay = 0.0
         self.rate_limited = 0
         self._ts = itertools.count(1)
@@ -70,11 +75,14 @@ class SlackStandin:
         with self._lock:
             self._delay = seconds
 
-    def rate_limit_next(self, retry_after: int) -> None:
-        """The next chat.postMessage gets a 429 asking for `retry_after` seconds."""
+    def rate_limit_next(self, retry_after: int, hold: bool = False) -> None:
+        """The next chat.postMessage gets a 429 asking for `retry_after` seconds. With
+        `hold`, as Slack does: every chat.postMessage until then gets one too (asking
+        for the rest of the window), and is counted in `early_calls`."""
         with self._lock:
             self._rate_limit = True
             self._retry_after = retry_after
+            self._hold = hold
 
     # what was received --------------------------------------------------------------
 
@@ -103,6 +111,12 @@ class SlackStandin:
             body = dict(request.query)
         status, answer = self._answer(request, method, body)
         headers = {"Retry-After": str(self._retry_after)} if status == 429 else {}
+        if status == 429 and self._hold:
+            left = self._limited_until - time.monotonic()
+            if left > 0:
+                headers = {"Retry-After": str(math.ceil(left))}
+            else:
+                self._limited_until = time.monotonic() + self._retry_after
         with self._lock:
             self.calls.append(Call(method, body, dict(request.headers), status))
             delay, self._delay = (self._delay, 0.0) if method == "chat.postMessage" else (0.0, 0.0)
@@ -118,6 +132,9 @@ class SlackStandin:
             return 200, {"ok": False, "error": "not_authed"}
         if auth != f"Bearer {TOKEN}":
             return 200, {"ok": False, "error": "invalid_auth"}
+        if method == "chat.postMessage" and time.monotonic() < self._limited_until - 0.05:
+            self.early_calls += 1
+            return 429, {"ok": False, "error": "ratelimited"}
         if self._rate_limit and method == "chat.postMessage":
             self._rate_limit = False
             self.rate_limited += 1

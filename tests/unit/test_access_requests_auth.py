@@ -450,3 +450,16 @@ async def test_the_api_honours_a_grant_while_it_lasts_and_never_a_foreign_one(
     await server.access_requests.update(stored.model_copy(update={"spec": ended}))
     with pytest.raises(AccessDenied):
         await authorizer.check(granted, "event", "list")
+
+
+async def test_suggested_reviewers_are_a_few_certgate_users(server: AuthServer) -> None:
+    # Plugins message suggested reviewers directly: a requester names users, not addresses.
+    with pytest.raises(BadParameter, match=r'"ceo@othercorp\.com" is not a certgate user'):
+        await request(server, reviewers=["bob", "ceo@othercorp.com"])
+    with pytest.raises(BadParameter, match="invalid suggested reviewer"):
+        await request(server, reviewers=["<!channel>"])
+    with pytest.raises(BadParameter, match="at most 10 suggested reviewers, not 11"):
+        await request(server, reviewers=["alice", "bob", *(f"r{i}" for i in range(8)), "kim"])
+    ten = ["alice", "bob", *(f"r{i}" for i in range(8))]
+    created = await request(server, reviewers=[*ten, "bob"])
+    assert created.spec.suggested_reviewers == ten

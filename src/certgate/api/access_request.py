@@ -27,6 +27,9 @@ FINAL_STATES: tuple[RequestState, ...] = ("APPROVED", "DENIED", "EXPIRED")
 
 # Kinds of resource a request may name (`--resource=node/NAME`).
 RESOURCE_KINDS = ("node",)
+# Reviewers a requester may suggest (`--reviewers`): each one is a certgate user whom
+# chat plugins may message directly, so the requester never names a crowd.
+MAX_SUGGESTED_REVIEWERS = 10
 
 
 class ResourceRef(Model):

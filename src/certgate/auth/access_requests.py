@@ -32,6 +32,7 @@ from certgate.access.requests import (
     resolve_directly,
 )
 from certgate.api.access_request import (
+    MAX_SUGGESTED_REVIEWERS,
     AccessRequest,
     AccessRequestSpec,
     ResourceRef,
@@ -42,6 +43,7 @@ from certgate.api.bundle import CertBundle
 from certgate.api.identity import SYSTEM_ADMIN, Identity
 from certgate.api.kube_cluster import KubeCluster
 from certgate.api.meta import Metadata
+from certgate.api.names import check_name, shown
 from certgate.api.node import Node
 from certgate.api.role import Role, RoleConditions
 from certgate.api.user import User
@@ -131,6 +133,7 @@ class AccessRequestAdmin(AuthCore):
             raise AccessDenied("access denied: only users request access")
         user, standing = await self._standing(caller)
         policy = RequestPolicy(standing, user.spec.traits)
+        reviewers = await self._suggested_reviewers(reviewers)
         refs = [await self._resource_ref(text) for text in resources]
         if refs:
             roles = await self._search_roles_for(policy, user, refs, roles)
@@ -175,6 +178,27 @@ class AccessRequestAdmin(AuthCore):
             state="PENDING",
         )
         return saved, True
+
+    async def _suggested_reviewers(self, names: Sequence[str]) -> list[str]:
+        """The requester's suggested reviewers, each a certgate user, at most
+        MAX_SUGGESTED_REVIEWERS: plugins message them directly, so a request must not
+        name outsiders (an email address) or a crowd."""
+        unique = list(dict.fromkeys(names))
+        if len(unique) > MAX_SUGGESTED_REVIEWERS:
+            raise BadParameter(
+                f"at most {MAX_SUGGESTED_REVIEWERS} suggested reviewers, not {len(unique)}: "
+                "name fewer"
+            )
+        for name in unique:
+            check_name(name, "suggested reviewer")
+            try:
+                await self.users.get(name)
+            except NotFound:
+                raise BadParameter(
+                    f"suggested reviewer {shown(name)} is not a certgate user: "
+                    "name reviewers by their certgate user name"
+                ) from None
+        return unique
 
     async def _same_pending(self, asked: AccessRequestSpec) -> AccessRequest | None:
         """The user's pending request asking for exactly `asked` (roles, resources,

@@ -6,8 +6,8 @@
 
 Requests are handled one at a time, so a chat's rate limit is met by one caller. A step
 that fails for now (the chat is down, rate limited past our retries) puts its request
-back, and the loop waits with backoff; a request that changes meanwhile is handled as
-it is by then, never as it was.
+back, and the loop waits with backoff, and at least as long as the chat's Retry-After
+asked; a request that changes meanwhile is handled as it is by then, never as it was.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from certgate.api.codec import to_dict
 from certgate.errors import CertgateError, ConnectionProblem
 from certgate.plugins.config import PluginConfig
-from certgate.plugins.notifier import Notifier, RecipientRefused
+from certgate.plugins.notifier import Notifier, RateLimited, RecipientRefused
 from certgate.plugins.request_info import EXPIRED, RequestInfo
 from certgate.plugins.state import MessageRecord, PluginState, RequestRecord, StateFile
 from certgate.plugins.steps import Step, next_step
@@ -120,6 +120,9 @@ class PluginRunner:
                         self._pending[rid] = request
                     self._failures += 1
                     delay = min(MAX_BACKOFF, 2.0**self._failures) * (0.5 + random.random() / 2)
+                    if isinstance(exc, RateLimited):
+                        # Every step waits: they all go to the chat that asked.
+                        delay = max(delay, exc.retry_after)
                     log.warning("request %s: %s; trying again in %.0fs", rid, exc.message, delay)
                     await asyncio.sleep(delay)
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from certgate.api.codec import describe_validation_error
+from certgate.api.names import name_problem
 from certgate.errors import BadParameter
 
 
@@ -51,7 +52,8 @@ class PluginConfig(_Section):
     # (Slack: #name or id; Mattermost: team/channel) or email addresses (direct messages).
     role_to_recipients: dict[str, list[str]] = Field(default_factory=dict)
     # How a certgate user name becomes an email for direct messages: this map first,
-    # then the name itself if it is an address, then NAME@email_domain.
+    # then NAME@email_domain; a requester's own name is also taken as it is if it is an
+    # address (a suggested reviewer's never is: the requester typed it).
     emails: dict[str, str] = Field(default_factory=dict)
     email_domain: str = ""
     slack: SlackConfig | None = None
@@ -70,23 +72,34 @@ class PluginConfig(_Section):
         return (self.web_url or f"https://{self.proxy}").rstrip("/")
 
     def email_for(self, user: str) -> str | None:
-        """The email address of a certgate user, or None when none is known."""
-        if user in self.emails:
-            return self.emails[user]
-        if "@" in user:
-            return user
-        if self.email_domain:
-            return f"{user}@{self.email_domain}"
+        """The email address of a requester (the user a request is from), or None."""
+        if user not in self.emails and "@" in user:
+            return user  # auth named the requester, and an admin named the user
+        return self.reviewer_email(user)
+
+    def reviewer_email(self, name: str) -> str | None:
+        """The email address of a suggested reviewer, or None. Only through this config:
+        the name is the requester's words, so it is never taken as an address itself
+        (auth refuses names of no certgate user, but a request stored before that rule,
+        or one from an auth without it, may still hold one)."""
+        if name in self.emails:
+            return self.emails[name]
+        if self.email_domain and name_problem(name) is None and "@" not in name:
+            return f"{name}@{self.email_domain}"
         return None
 
-    def recipients_for(self, roles: tuple[str, ...]) -> list[str]:
-        """Each requested role's recipients (a role not listed: "*"'s), in order, once."""
+    def recipients_for(self, roles: tuple[str, ...], reviewers: tuple[str, ...] = ()) -> list[str]:
+        """Each requested role's recipients (a role not listed: "*"'s), in order, once;
+        then each suggested reviewer's email, or "user:NAME" when none is known (a
+        recipient that is refused, so the log says whom nobody could reach)."""
         fallback = self.role_to_recipients.get("*", [])
         found: list[str] = []
         for role in roles:
             found.extend(self.role_to_recipients.get(role, fallback))
         if not roles:  # a request for resources only
             found.extend(fallback)
+        for reviewer in reviewers:
+            found.append(self.reviewer_email(reviewer) or f"user:{reviewer}")
         return list(dict.fromkeys(found))
 
 

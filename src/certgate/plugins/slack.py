@@ -27,6 +27,8 @@ from certgate.plugins.retry import send
 
 # Characters of one field's value (Slack's limit is 2000 with the field's name).
 FIELD_LIMIT = 1900
+# Characters of a message's `text` (Slack refuses one over 40000: msg_too_long).
+TEXT_LIMIT = 4000
 # Refusals that do not go away by trying again.
 _FOR_GOOD = {
     "channel_not_found",
@@ -56,11 +58,7 @@ class SlackNotifier:
     # Notifier ---------------------------------------------------------------------
 
     def recipients(self, request: RequestInfo) -> list[str]:
-        found = self._config.recipients_for(request.roles)
-        for reviewer in request.suggested_reviewers:
-            email = self._config.email_for(reviewer)
-            found.append(email if email else f"user:{reviewer}")
-        return list(dict.fromkeys(found))
+        return self._config.recipients_for(request.roles, request.suggested_reviewers)
 
     async def post(self, recipient: str, request: RequestInfo) -> Posted:
         channel = await self._channel(recipient)
@@ -78,7 +76,7 @@ class SlackNotifier:
             {
                 "channel": ref["channel"],
                 "thread_ts": ref["ts"],
-                "text": text.review_line(request.reviews[index]),
+                "text": _escaped(text.review_line(request.reviews[index]), TEXT_LIMIT),
             },
         )
 
@@ -99,7 +97,8 @@ class SlackNotifier:
             raise RecipientRefused(f"no email known for {request.user}: see docs/plugins.md")
         channel = await self._channel(email)
         await self._call(
-            "chat.postMessage", {"channel": channel, "text": text.outcome_line(request)}
+            "chat.postMessage",
+            {"channel": channel, "text": _escaped(text.outcome_line(request), TEXT_LIMIT)},
         )
 
     async def close(self) -> None:
@@ -168,7 +167,16 @@ class SlackNotifier:
     ) -> dict[str, Any]:
         what = f"slack {method}"
         if body is not None:
-            response = await send(self._http, "POST", f"{self._api}/{method}", what=what, json=body)
+            # A message posted twice shows twice; Slack has no key to post it once, and
+            # asking whether it arrived needs the history scopes (docs/plugins.md).
+            response = await send(
+                self._http,
+                "POST",
+                f"{self._api}/{method}",
+                what=what,
+                idempotent=method != "chat.postMessage",
+                json=body,
+            )
         else:
             response = await send(
                 self._http, "GET", f"{self._api}/{method}", what=what, params=params
@@ -189,21 +197,23 @@ class SlackNotifier:
 
 def _fallback(request: RequestInfo) -> str:
     """The notification text (and what clients without blocks show)."""
-    return f"{text.headline(request)}: {text.status(request)}"
+    return _escaped(f"{text.headline(request)}: {text.status(request)}", TEXT_LIMIT)
 
 
 def _field(value: str) -> str:
     """Escaped, and short enough for a field (Slack refuses one over 2000 characters)."""
-    escaped = _escape(value)
-    if len(escaped) <= FIELD_LIMIT:
+    return _escaped(value, FIELD_LIMIT)
+
+
+def _escaped(value: str, limit: int) -> str:
+    """`value` as plain words in mrkdwn, at most `limit` characters. Every text sent goes
+    through here, blocks and `text` alike: `<!channel>` or `<https://evil|certgate>` in a
+    reason or a review would otherwise notify everyone or show a disguised link."""
+    escaped = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if len(escaped) <= limit:
         return escaped
-    cut = escaped[: FIELD_LIMIT - 1]
+    cut = escaped[: limit - 1]
     amp = cut.rfind("&", len(cut) - 5)
     if amp != -1 and ";" not in cut[amp:]:
         cut = cut[:amp]  # never half an entity
     return cut + "…"
-
-
-def _escape(value: str) -> str:
-    # Slack mrkdwn treats these three as control characters.
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

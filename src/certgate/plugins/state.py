@@ -9,8 +9,9 @@
                   "<resolved, all said>": {"quiet": true, "request": {id, user, state}}}}
 
 A record is dropped once its request is gone from the cluster, so the file holds only
-live requests. A crash between an outbound call and the save that follows it is the
-one window in which a step can be sent twice (docs/plugins.md says so).
+live requests. A crash between an outbound call and the save that follows it can send
+a step twice; so can a post whose answer was lost (docs/plugins.md, "When a message can
+show twice", lists every case).
 """
 
 from __future__ import annotations

@@ -146,7 +146,11 @@ def request() -> None:
     help="A resource to request: node/NAME or kube_cluster/NAME (repeatable).",
 )
 @click.option("--reason", default="", help="Why you need it (reviewers see it).")
-@click.option("--reviewers", default="", help="Who should review it, comma-separated.")
+@click.option(
+    "--reviewers",
+    default="",
+    help="Certgate users who should review it: user names, comma-separated, at most 10.",
+)
 @click.option(
     "--max-duration", type=DURATION, help="How long the access should last at most (e.g. 2h)."
 )
