@@ -714,3 +714,28 @@ def test_a_watch_left_midway_never_hands_its_connection_to_another_user(
         assert "api" in result.stdout
         last = [s for s in kube.standin.seen("/namespaces/prod/pods") if s.status == 200][-1]
         assert last.headers["impersonate-user"] == ["kadmin"]
+
+
+def test_a_second_kube_service_cannot_take_the_cluster_over(kube: KubeSetup, viewer: User) -> None:
+    """A host with a kube join token announcing a cluster another kube service serves is
+    refused: kubectl calls go on to the first. Before, its heartbeat took the cluster's
+    entry, and users' kubectl traffic went to it."""
+    service, port = kube.service, kube.service_port
+    try:
+        kube.start_kube_service(name="kube-evil")  # announces dev-cluster too
+    finally:
+        rogue, kube.service, kube.service_port = kube.service, service, port
+    log = kube.cluster.workdir / "kube-evil.log"
+    said = (
+        'cluster dev-cluster not announced: access denied: kubernetes cluster "dev-cluster"'
+        ' is served by kube service "kube-1"'
+    )
+    eventually(lambda: said in log.read_text())
+    time.sleep(2)  # two of its beats more: the entry stays kube-1's, said once
+    assert log.read_text().count(said) == 1
+    entry = kube.cluster.cgctl("get", "kube_cluster/dev-cluster", "--format=json").stdout
+    assert json.loads(entry)["spec"]["service"] == "kube-1"
+    assert kube.kubectl(viewer, "get", "pods").returncode == 0
+    assert rogue is not None
+    rogue.terminate()
+    rogue.wait(timeout=15)

@@ -125,6 +125,7 @@ CATALOGUE: dict[str, EventType] = {
             "node",
             "hostname",
             "addr",
+            "kube_cluster",
             "error",
         ),
         _auth("resource.created", "TR000I", "a resource was created", "user", "kind", "name"),

@@ -11,7 +11,7 @@ from certgate.api.identity import SYSTEM_NODE, Identity
 from certgate.api.kube_cluster import KubeCluster
 from certgate.api.node import Node
 from certgate.auth.host_name_rules import HostNameRules
-from certgate.errors import AccessDenied, NotFound
+from certgate.errors import AccessDenied, AlreadyExists, NotFound
 
 # Names whose announced hostname (or refused beat) this process remembers checking
 # (above the 10,000 nodes one auth is sized for).
@@ -26,7 +26,13 @@ class Inventory(HostNameRules):
         try:
             await self._check_heartbeat(caller, node)
         except AccessDenied as exc:
-            await self._audit_refused_beat(caller, node, exc)
+            await self._audit_refused_beat(
+                caller,
+                exc,
+                node=node.name,
+                hostname=node.spec.hostname or None,
+                addr=node.spec.addr,
+            )
             raise
         # Revision 0 as stored: encode then copies nothing more (two model copies a
         # beat fewer, 333 beats a second at 10,000 nodes).
@@ -67,31 +73,50 @@ class Inventory(HostNameRules):
                 self._hostnames_checked.clear()
             self._hostnames_checked[node.name] = seen
 
-    async def _audit_refused_beat(self, caller: Identity, node: Node, exc: AccessDenied) -> None:
-        """`heartbeat.failure`, once per identity and reason: a refused node beats on
+    async def _audit_refused_beat(
+        self, caller: Identity, exc: AccessDenied, **fields: str | None
+    ) -> None:
+        """`heartbeat.failure`, once per identity and reason: a refused service beats on
         every interval, and one event says what a thousand would."""
-        key = f"heartbeat.failure:{caller.username}:{caller.issued}:{node.name}:{exc.message}"
+        said = ":".join(f"{k}={v}" for k, v in sorted(fields.items()))
+        key = f"heartbeat.failure:{caller.username}:{caller.issued}:{said}:{exc.message}"
         uid = str(uuid.uuid5(uuid.NAMESPACE_URL, key))
         if uid not in self._beats_refused:
             if len(self._beats_refused) >= HOSTNAMES_CHECKED:
                 self._beats_refused.clear()
             await self.audit.emit(
-                "heartbeat.failure",
-                uid=uid,
-                name=caller.username,
-                node=node.name,
-                hostname=node.spec.hostname or None,
-                addr=node.spec.addr,
-                error=exc.message,
+                "heartbeat.failure", uid=uid, name=caller.username, **fields, error=exc.message
             )
             self._beats_refused.add(uid)
         exc.audited = True
 
     async def kube_heartbeat(self, caller: Identity, cluster: KubeCluster, ttl: timedelta) -> None:
-        """A kube service announces a cluster it forwards to (it names itself as service)."""
+        """A kube service announces a cluster it forwards to (it names itself as service).
+
+        A cluster name is one service's while its entry lives: the proxy sends every
+        kubectl call for the cluster to the service the entry names, so another kube
+        service announcing the same name would take that traffic over. It is refused
+        until the first stops and its entry expires (then it takes the name over)."""
         spec = cluster.spec.model_copy(update={"service": caller.username})
         meta = cluster.metadata.model_copy(update={"expires": self.clock.now() + ttl})
-        await self.kube_clusters.upsert(cluster.model_copy(update={"metadata": meta, "spec": spec}))
+        announced = cluster.model_copy(update={"metadata": meta, "spec": spec})
+        try:
+            held = await self.kube_clusters.get(cluster.name)
+        except NotFound:
+            try:
+                await self.kube_clusters.create(announced)
+                return
+            except AlreadyExists:  # another service's first beat, just now
+                held = await self.kube_clusters.get(cluster.name)
+        if held.spec.service != caller.username:
+            exc = AccessDenied(
+                f'access denied: kubernetes cluster "{cluster.name}" is served by kube'
+                f' service "{held.spec.service}"; another can serve that name only once it'
+                " stops (its entry expires a heartbeat TTL after its last beat)"
+            )
+            await self._audit_refused_beat(caller, exc, kube_cluster=cluster.name)
+            raise exc
+        await self.kube_clusters.upsert(announced)
 
     async def serves_kube_cluster(self, service: str, cluster: str) -> bool:
         """Whether kube service `service` announced `cluster` (it records its sessions)."""

@@ -13,6 +13,7 @@ KubeService.start()
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from certgate.api.codec import to_dict
 from certgate.api.kube_cluster import KubeCluster, KubeClusterSpec
 from certgate.api.meta import Metadata
+from certgate.errors import AccessDenied
 from certgate.kube.forwarder import KubeForwarder
 from certgate.kube.kubeconfig import Upstream
 from certgate.kube.observe import KubeObservers
@@ -29,6 +31,8 @@ from certgate.srv.host import SessionHost
 from certgate.srv.http1_server import LocalServers
 from certgate.srv.tracking import TrackedSessions
 from certgate.transport import server_context
+
+log = logging.getLogger("certgate.kube")
 
 
 class KubeService:
@@ -48,6 +52,7 @@ class KubeService:
         self.name = name
         self._identity = identity
         self._interval = heartbeat_interval
+        self._refused: dict[str, str] = {}  # cluster -> why its last beat was refused
         self.labels = labels
         self.upstreams = {u.name: u for u in upstreams}
         self.host = SessionHost(
@@ -106,4 +111,15 @@ class KubeService:
                 "kube_cluster": to_dict(cluster),
                 "ttl_seconds": ttl.total_seconds(),
             }
-            await self.host.beat(body)
+            try:
+                await self.host.beat(body)
+            except AccessDenied as exc:
+                # One cluster refused (another kube service serves its name) must not
+                # keep this service's other clusters from being announced. Said once,
+                # not on every beat.
+                if self._refused.get(upstream.name) != exc.message:
+                    log.warning("kube service: cluster %s not announced: %s", upstream.name, exc)
+                self._refused[upstream.name] = exc.message
+            else:
+                if self._refused.pop(upstream.name, None) is not None:
+                    log.warning("kube service: cluster %s announced", upstream.name)
