@@ -64,3 +64,11 @@ def test_emails_for_direct_messages(tmp_path: Path) -> None:
     assert config(tmp_path, web_url="https://web.example.com/").link_base == (
         "https://web.example.com"
     )
+
+
+def test_broken_yaml_is_one_line_saying_where(tmp_path: Path) -> None:
+    broken = write(tmp_path, "slack: {token: xoxb-1\n")
+    with pytest.raises(BadParameter) as refused:
+        load_plugin_config(broken, "slack")
+    assert "\n" not in refused.value.message  # before, PyYAML's four lines, input quoted
+    assert refused.value.message.startswith(f"{broken} is not valid YAML at line 5, column 1:")

@@ -101,6 +101,14 @@ def from_dict(document: Any) -> Resource:
     return resource
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what PyYAML found, on one line (` at line 3, column 1: ...`): its own
+    message spans lines and quotes the input."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return f"{where}: {getattr(exc, 'problem', None) or 'cannot be parsed'}"
+
+
 def parse_documents(text: str) -> list[Resource]:
     """Every resource in a YAML (or JSON) stream; nothing is returned if any one is bad."""
     if len(text) > MAX_INPUT_CHARS:
@@ -108,10 +116,7 @@ def parse_documents(text: str) -> list[Resource]:
     try:
         documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "cannot be parsed"
-        raise BadParameter(f"invalid YAML{where}: {problem}") from exc
+        raise BadParameter(f"invalid YAML{yaml_problem(exc)}") from exc
     except RecursionError as exc:  # [[[[...]]]] thousands deep
         raise BadParameter("invalid YAML: nested too deeply") from exc
     except Exception as exc:

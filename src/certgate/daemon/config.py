@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from certgate.api.codec import describe_validation_error
+from certgate.api.codec import describe_validation_error, yaml_problem
 from certgate.api.duration import Duration
 from certgate.errors import BadParameter
 
@@ -199,9 +199,7 @@ def load_config(path: Path | None) -> Config:
     try:
         data: Any = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise BadParameter(f"config {path}: invalid YAML{where}") from exc
+        raise BadParameter(f"config {path}: invalid YAML{yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise BadParameter(f"config {path}: expected a mapping of settings")
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from certgate.api.codec import describe_validation_error
+from certgate.api.codec import describe_validation_error, yaml_problem
 from certgate.api.names import name_problem
 from certgate.errors import BadParameter
 
@@ -110,7 +110,7 @@ def load_plugin_config(path: Path, plugin: str) -> PluginConfig:
     except OSError as exc:
         raise BadParameter(f"cannot read {path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
-        raise BadParameter(f"{path} is not valid YAML: {exc}") from exc
+        raise BadParameter(f"{path} is not valid YAML{yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise BadParameter(f"{path} must be a YAML mapping")
     try:
