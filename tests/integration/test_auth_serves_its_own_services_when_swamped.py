@@ -85,5 +85,6 @@ def test_auth_is_ready_while_its_public_port_is_full(cluster: Cluster) -> None:
         cluster.start(timeout=30)  # ready: its proxy has its first snapshot from auth
         assert cluster.diag("/readyz")[0] == 200
         # The swamp holds the public port: a newcomer is turned away there (one of a
-        # few tries, in case one lands just as a place frees).
-        assert any(turned_away(cluster.auth_port) for _ in range(3))
+        # few tries, in case one lands just as a place frees: every 3 s each held place
+        # times out, and a loaded machine's swamp thread refills them late).
+        assert any(turned_away(cluster.auth_port) for _ in range(8))
